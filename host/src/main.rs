@@ -1,0 +1,237 @@
+//! The `warden` command line.
+
+use anyhow::{anyhow, Context as _};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use warden::policy::{Grant, Policy};
+use warden::runtime::{sha256_hex, Plugin};
+use warden::{InvocationInfo, Runtime, RuntimeConfig};
+
+#[derive(Parser)]
+#[command(name = "warden", version, about = "Run security automation steps as sandboxed WebAssembly components")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run or inspect a single action (plugin).
+    #[command(subcommand)]
+    Action(ActionCmd),
+    /// Check the policy file.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Work with plugin files.
+    #[command(subcommand)]
+    Plugin(PluginCmd),
+}
+
+#[derive(Args)]
+struct PolicyArg {
+    /// Policy file (default: $WARDEN_POLICY, else ./warden.toml if present; without one, everything is denied).
+    #[arg(long, env = "WARDEN_POLICY")]
+    policy: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ActionCmd {
+    /// Run an action once and print its output JSON on stdout.
+    Run {
+        /// A plugin name from the policy, or a path to a .wasm component.
+        plugin: String,
+        /// Input JSON, or @file to read it from a file.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        #[command(flatten)]
+        policy: PolicyArg,
+        /// Print every audit record (JSON lines) on stderr.
+        #[arg(long)]
+        audit: bool,
+        /// Do not print the action's log lines on stderr.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Print an action's manifest (name, version, schemas, expected hosts and credentials).
+    Describe {
+        plugin: String,
+        #[command(flatten)]
+        policy: PolicyArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Parse and validate a policy file; print a summary of each grant.
+    Check {
+        #[arg(default_value = "warden.toml")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCmd {
+    /// Print a component's sha256, for pinning in the policy.
+    Digest { wasm: PathBuf },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("warden: error: {}", one_line(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+fn load_policy(arg: &PolicyArg) -> anyhow::Result<Policy> {
+    let path = match &arg.policy {
+        Some(p) => Some(p.clone()),
+        None => Some(PathBuf::from("warden.toml")).filter(|p| p.exists()),
+    };
+    match path {
+        Some(p) => Ok(Policy::load(&p)?),
+        None => Ok(Policy::empty()),
+    }
+}
+
+/// A name from the policy, or a path; a path gets the grant of the policy
+/// entry that points at the same file, otherwise nothing.
+fn resolve_plugin(rt: &Runtime, policy: &Policy, spec: &str) -> anyhow::Result<(Arc<Plugin>, Arc<Grant>)> {
+    if let Some(entry) = policy.plugins.get(spec) {
+        return Ok((rt.load_entry(entry)?, policy.grant_for(spec)));
+    }
+    let path = Path::new(spec);
+    if !path.exists() {
+        let known: Vec<&str> = policy.plugins.keys().map(String::as_str).collect();
+        return Err(anyhow!(
+            "`{spec}` is neither a plugin in {} (known: {}) nor a file",
+            policy.file,
+            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+        ));
+    }
+    let canonical = path.canonicalize()?;
+    if let Some(entry) = policy.plugins.values().find(|e| e.path.canonicalize().ok().as_deref() == Some(&canonical)) {
+        return Ok((rt.load_entry(entry)?, policy.grant_for(&entry.name)));
+    }
+    let plugin = rt.load_file(path)?;
+    let grant = Arc::new(Grant::deny_all(&plugin.name));
+    Ok((plugin, grant))
+}
+
+fn read_input(input: &str) -> anyhow::Result<String> {
+    let text = match input.strip_prefix('@') {
+        Some(file) => std::fs::read_to_string(file).with_context(|| format!("cannot read input file {file}"))?,
+        None => input.to_string(),
+    };
+    serde_json::from_str::<serde_json::Value>(&text)
+        .map_err(|e| anyhow!("--input is not JSON ({e}); pass a JSON object or @file.json"))?;
+    Ok(text)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Action(ActionCmd::Run { plugin, input, policy, audit, quiet }) => {
+            let policy = load_policy(&policy)?;
+            let input = read_input(&input)?;
+            let rt = Runtime::new(RuntimeConfig::default())?;
+            let (plugin, grant) = resolve_plugin(&rt, &policy, &plugin)?;
+            let info = InvocationInfo {
+                run_id: format!("cli-{}", warden::audit::now_ms()),
+                team: "cli".into(),
+                attempt: 1,
+                ..Default::default()
+            };
+            let report = rt.invoke(&plugin, grant, info, &input, None).await;
+            if !quiet {
+                for line in &report.logs {
+                    eprintln!("[{} {}] {}", line.level, line.source, line.message.trim_end());
+                }
+            }
+            if audit {
+                for rec in &report.audit {
+                    eprintln!("audit: {}", serde_json::to_string(rec)?);
+                }
+            }
+            match report.outcome {
+                Ok(output) => {
+                    let value: serde_json::Value = serde_json::from_str(&output)?;
+                    println!("{}", serde_json::to_string_pretty(&value)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("warden: {}: {e}", plugin.name);
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Action(ActionCmd::Describe { plugin, policy }) => {
+            let policy = load_policy(&policy)?;
+            let rt = Runtime::new(RuntimeConfig::default())?;
+            let (plugin, _) = resolve_plugin(&rt, &policy, &plugin)?;
+            let manifest = rt.describe(&plugin).await?;
+            println!("{}", serde_json::to_string_pretty(&manifest)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCmd::Check { file }) => {
+            let policy = Policy::load(&file)?;
+            println!("{}: ok", file.display());
+            for (name, entry) in &policy.plugins {
+                let grant = policy.grant_for(name);
+                let pin = entry.sha256.as_deref().map(|s| &s[..12]).unwrap_or("unpinned");
+                let exists = if entry.path.exists() { "" } else { " (file missing: build it first)" };
+                println!("plugin {name} ({pin}) {}{exists}", entry.path.display());
+                if grant.rules.is_empty() {
+                    println!("  reaches nothing");
+                }
+                for r in &grant.rules {
+                    println!("  allow {}", r.text);
+                }
+                for (c, spec) in &grant.credentials {
+                    let state = match spec.source.read() {
+                        Ok(_) => "value present".to_string(),
+                        Err(why) => format!("NO VALUE: {why}"),
+                    };
+                    println!("  credential {c} -> {} ({}; {state})", spec.bindings_text(), spec.source.describe());
+                }
+                let l = &grant.limits;
+                println!(
+                    "  limits memory={} cpu_ms={} wall_ms={} http_requests={} response_bytes={}",
+                    warden::limits::Bytes(l.memory_bytes),
+                    l.cpu_ms,
+                    l.wall_ms,
+                    l.http_requests,
+                    warden::limits::Bytes(l.response_bytes)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCmd::Digest { wasm }) => {
+            let bytes = std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+            println!("{}", sha256_hex(&bytes));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! The operator's policy (`warden.toml`): which plugins exist, what each may
+//! reach, with which credentials and within which limits.
+//!
+//! The file is parsed once into typed rules. Anything wrong is refused with
+//! `file:line: what is wrong; how to fix it`. Deny by default: a plugin without
+//! a grant reaches nothing.
+
+pub mod credential;
+pub mod rule;
+
+use crate::limits::{Bytes, Limits, SizeValue, MAX_MEMORY_BYTES};
+use credential::{Binding, CredentialKind, CredentialSpec, SecretSource};
+use rule::{EgressRule, HostPattern};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use toml::Spanned;
+
+/// A policy error: where, what, and the fix, on one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.message)
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+#[derive(Debug, Clone)]
+pub struct PluginEntry {
+    pub name: String,
+    /// Absolute, or relative to the policy file's folder as written.
+    pub path: PathBuf,
+    /// Lower-case hex sha256 the component must have, when pinned.
+    pub sha256: Option<String>,
+    pub line: usize,
+}
+
+/// What one plugin may do.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub plugin: String,
+    pub rules: Vec<EgressRule>,
+    /// The credentials this plugin may name, by name.
+    pub credentials: BTreeMap<String, Arc<CredentialSpec>>,
+    pub limits: Limits,
+    pub allow_any_host: bool,
+}
+
+impl Grant {
+    /// The grant of a plugin the policy does not mention: nothing, within default limits.
+    pub fn deny_all(plugin: &str) -> Grant {
+        Grant {
+            plugin: plugin.to_string(),
+            rules: Vec::new(),
+            credentials: BTreeMap::new(),
+            limits: Limits::default(),
+            allow_any_host: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The file it came from, as shown in errors.
+    pub file: String,
+    pub plugins: BTreeMap<String, PluginEntry>,
+    pub grants: BTreeMap<String, Arc<Grant>>,
+    pub credentials: BTreeMap<String, Arc<CredentialSpec>>,
+}
+
+impl Policy {
+    /// An empty policy: no plugins, no grants. Everything is denied.
+    pub fn empty() -> Policy {
+        Policy {
+            file: "<no policy>".into(),
+            plugins: BTreeMap::new(),
+            grants: BTreeMap::new(),
+            credentials: BTreeMap::new(),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            file: path.display().to_string(),
+            line: 0,
+            message: format!("cannot read the policy file: {e}"),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Policy::parse(&text, &path.display().to_string(), base)
+    }
+
+    /// Parses policy text; relative paths are resolved against `base`.
+    pub fn parse(text: &str, file: &str, base: &Path) -> Result<Policy, PolicyError> {
+        let err = |span: std::ops::Range<usize>, message: String| PolicyError {
+            file: file.to_string(),
+            line: line_of(text, span.start),
+            message,
+        };
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+            let msg = e.message().trim().to_string();
+            err(e.span().unwrap_or(0..0), format!("{msg} (see the policy example in README.md)"))
+        })?;
+
+        let mut credentials = BTreeMap::new();
+        for (name, c) in raw.credentials {
+            let span = c.kind.span();
+            let spec = parse_credential(&name, c, base).map_err(|m| err(span.clone(), m))?;
+            credentials.insert(name, Arc::new(spec));
+        }
+
+        let mut plugins = BTreeMap::new();
+        for (name, p) in raw.plugins {
+            let span = p.path.span();
+            let sha256 = match p.sha256 {
+                Some(s) => {
+                    let v = s.get_ref().to_ascii_lowercase();
+                    if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(err(
+                            s.span(),
+                            format!("plugins.{name}.sha256 must be 64 hex digits; `warden plugin digest <wasm>` prints it"),
+                        ));
+                    }
+                    Some(v)
+                }
+                None => None,
+            };
+            let path = base.join(p.path.into_inner());
+            plugins.insert(name.clone(), PluginEntry { name, path, sha256, line: line_of(text, span.start) });
+        }
+
+        let mut grants = BTreeMap::new();
+        for (plugin, g) in raw.grants {
+            let where_ = g.span();
+            let g = g.into_inner();
+            if !plugins.contains_key(&plugin) {
+                return Err(err(
+                    where_,
+                    format!("[grants.{plugin}] grants a plugin that has no [plugins.{plugin}] entry; add the plugin or fix the name"),
+                ));
+            }
+            let mut rules = Vec::new();
+            for r in &g.allow {
+                let rule = EgressRule::parse(r.get_ref()).map_err(|m| err(r.span(), m))?;
+                if rule.host == HostPattern::Any && !g.allow_any_host {
+                    return Err(err(
+                        r.span(),
+                        format!(
+                            "rule `{}` lets {plugin} reach every host on the internet; if that is really meant, set allow_any_host = true in [grants.{plugin}]",
+                            rule.text
+                        ),
+                    ));
+                }
+                rules.push(rule);
+            }
+            let mut granted = BTreeMap::new();
+            for c in &g.credentials {
+                let spec = credentials.get(c.get_ref()).ok_or_else(|| {
+                    err(c.span(), format!("grant {plugin} names credential `{}` but there is no [credentials.{}]", c.get_ref(), c.get_ref()))
+                })?;
+                granted.insert(c.get_ref().clone(), spec.clone());
+            }
+            let limits = match g.limits {
+                Some(l) => {
+                    let span = l.span();
+                    parse_limits(l.into_inner()).map_err(|m| err(span, format!("grants.{plugin}.limits: {m}")))?
+                }
+                None => Limits::default(),
+            };
+            grants.insert(
+                plugin.clone(),
+                Arc::new(Grant { plugin, rules, credentials: granted, limits, allow_any_host: g.allow_any_host }),
+            );
+        }
+        Ok(Policy { file: file.to_string(), plugins, grants, credentials })
+    }
+
+    /// The grant for `plugin`, or deny-all when the policy has none.
+    pub fn grant_for(&self, plugin: &str) -> Arc<Grant> {
+        self.grants.get(plugin).cloned().unwrap_or_else(|| Arc::new(Grant::deny_all(plugin)))
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+fn parse_credential(name: &str, c: RawCredential, base: &Path) -> Result<CredentialSpec, String> {
+    let need = |field: Option<String>, what: &str| {
+        field.ok_or_else(|| format!("credentials.{name}: kind `{}` needs `{what}`", c.kind.get_ref()))
+    };
+    let kind = match c.kind.get_ref().as_str() {
+        "bearer" => CredentialKind::Bearer,
+        "header" => CredentialKind::Header {
+            name: need(c.header.clone(), "header = \"X-Api-Key\"")?.to_ascii_lowercase(),
+            prefix: c.prefix.clone().unwrap_or_default(),
+        },
+        "basic" => CredentialKind::Basic { user: need(c.user.clone(), "user = \"name\"")? },
+        "query" => CredentialKind::Query { param: need(c.param.clone(), "param = \"api_key\"")? },
+        other => {
+            return Err(format!(
+                "credentials.{name}: kind `{other}` is unknown; use header, bearer, basic or query"
+            ))
+        }
+    };
+    if let CredentialKind::Header { name: h, .. } = &kind {
+        if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            return Err(format!("credentials.{name}: `{h}` is not a valid header name"));
+        }
+    }
+    let source = match (c.env, c.file) {
+        (Some(v), None) => SecretSource::Env(v),
+        (None, Some(f)) => SecretSource::File(base.join(f)),
+        _ => {
+            return Err(format!(
+                "credentials.{name}: give exactly one of env = \"VAR\" or file = \"path\" for the secret value"
+            ))
+        }
+    };
+    if c.hosts.is_empty() {
+        return Err(format!(
+            "credentials.{name}: `hosts` is empty, so it could never be sent; list the origins it belongs to, e.g. hosts = [\"https://api.example.com\"]"
+        ));
+    }
+    let hosts = c.hosts.iter().map(|h| Binding::parse(h)).collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("credentials.{name}: {e}"))?;
+    Ok(CredentialSpec { name: name.to_string(), kind, source, hosts })
+}
+
+fn parse_limits(raw: RawLimits) -> Result<Limits, String> {
+    let mut l = Limits::default();
+    let size = |v: &Option<SizeValue>, field: &str, into: &mut u64| -> Result<(), String> {
+        if let Some(v) = v {
+            *into = v.to_bytes().map_err(|e| format!("{field}: {e}"))?;
+        }
+        Ok(())
+    };
+    size(&raw.memory, "memory", &mut l.memory_bytes)?;
+    size(&raw.request_bytes, "request_bytes", &mut l.request_bytes)?;
+    size(&raw.response_bytes, "response_bytes", &mut l.response_bytes)?;
+    size(&raw.log_bytes, "log_bytes", &mut l.log_bytes)?;
+    size(&raw.output_bytes, "output_bytes", &mut l.output_bytes)?;
+    if let Some(v) = raw.cpu_ms { l.cpu_ms = v; }
+    if let Some(v) = raw.wall_ms { l.wall_ms = v; }
+    if let Some(v) = raw.http_requests { l.http_requests = v; }
+    if l.memory_bytes > MAX_MEMORY_BYTES {
+        return Err(format!("memory {} is above warden's maximum of {}", Bytes(l.memory_bytes), Bytes(MAX_MEMORY_BYTES)));
+    }
+    if l.memory_bytes < 1024 * 1024 {
+        return Err(format!("memory {} is too small to instantiate a component; give at least 1MiB", Bytes(l.memory_bytes)));
+    }
+    if l.cpu_ms == 0 || l.wall_ms == 0 {
+        return Err("cpu_ms and wall_ms must be above 0".into());
+    }
+    Ok(l)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    plugins: BTreeMap<String, RawPlugin>,
+    #[serde(default)]
+    grants: BTreeMap<String, Spanned<RawGrant>>,
+    #[serde(default)]
+    credentials: BTreeMap<String, RawCredential>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    path: Spanned<String>,
+    sha256: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrant {
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    credentials: Vec<Spanned<String>>,
+    limits: Option<Spanned<RawLimits>>,
+    #[serde(default)]
+    allow_any_host: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory: Option<SizeValue>,
+    cpu_ms: Option<u64>,
+    wall_ms: Option<u64>,
+    http_requests: Option<u32>,
+    request_bytes: Option<SizeValue>,
+    response_bytes: Option<SizeValue>,
+    log_bytes: Option<SizeValue>,
+    output_bytes: Option<SizeValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredential {
+    kind: Spanned<String>,
+    header: Option<String>,
+    prefix: Option<String>,
+    user: Option<String>,
+    param: Option<String>,
+    env: Option<String>,
+    file: Option<String>,
+    #[serde(default)]
+    hosts: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Policy, PolicyError> {
+        Policy::parse(text, "warden.toml", Path::new("/etc/warden"))
+    }
+
+    const GOOD: &str = r#"
+[plugins.http-fetch]
+path = "plugins/http_fetch.wasm"
+
+[grants.http-fetch]
+allow = ["GET http://127.0.0.1:8080/*", "POST https://*.example.com/api/*"]
+credentials = ["demo"]
+limits = { memory = "32MiB", cpu_ms = 1000, wall_ms = 10000, http_requests = 10, response_bytes = "1MiB" }
+
+[credentials.demo]
+kind = "bearer"
+env = "DEMO_TOKEN"
+hosts = ["http://127.0.0.1:8080"]
+"#;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let p = parse(GOOD).unwrap();
+        let g = p.grant_for("http-fetch");
+        assert_eq!(g.rules.len(), 2);
+        assert_eq!(g.limits.memory_bytes, 32 * 1024 * 1024);
+        assert_eq!(g.limits.http_requests, 10);
+        assert!(g.credentials.contains_key("demo"));
+        assert_eq!(p.plugins["http-fetch"].path, Path::new("/etc/warden/plugins/http_fetch.wasm"));
+    }
+
+    #[test]
+    fn a_plugin_without_a_grant_reaches_nothing() {
+        let p = parse(GOOD).unwrap();
+        let g = p.grant_for("unknown");
+        assert!(g.rules.is_empty() && g.credentials.is_empty());
+    }
+
+    #[test]
+    fn a_bad_rule_is_reported_with_its_line() {
+        let text = GOOD.replace("\"GET http://127.0.0.1:8080/*\"", "\"GET ftp://x/*\"");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line, 6, "{e}");
+        assert!(e.to_string().starts_with("warden.toml:6: rule `GET ftp://x/*`"), "{e}");
+    }
+
+    #[test]
+    fn any_host_needs_a_loud_opt_in() {
+        let text = GOOD.replace("\"POST https://*.example.com/api/*\"", "\"GET https://*/*\"");
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("allow_any_host = true"), "{e}");
+        let ok = text.replace("credentials = [\"demo\"]", "credentials = [\"demo\"]\nallow_any_host = true");
+        assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn unknown_credentials_and_fields_are_refused() {
+        let e = parse(&GOOD.replace("credentials = [\"demo\"]", "credentials = [\"nope\"]")).unwrap_err();
+        assert!(e.message.contains("no [credentials.nope]"), "{e}");
+        let e = parse(&GOOD.replace("env = \"DEMO_TOKEN\"", "env = \"DEMO_TOKEN\"\ntoken = \"x\"")).unwrap_err();
+        assert!(e.message.contains("unknown field `token`"), "{e}");
+        assert_eq!(e.line, 13);
+    }
+
+    #[test]
+    fn grants_for_undeclared_plugins_are_refused() {
+        let e = parse(&GOOD.replace("[grants.http-fetch]", "[grants.http-fetc]")).unwrap_err();
+        assert!(e.message.contains("no [plugins.http-fetc] entry"), "{e}");
+    }
+
+    #[test]
+    fn limits_are_bounded() {
+        let e = parse(&GOOD.replace("\"32MiB\"", "\"8GiB\"")).unwrap_err();
+        assert!(e.message.contains("above warden's maximum"), "{e}");
+        let e = parse(&GOOD.replace("\"32MiB\"", "\"32 parsecs\"")).unwrap_err();
+        assert!(e.message.contains("memory"), "{e}");
+    }
+
+    #[test]
+    fn credential_kinds_need_their_fields() {
+        let e = parse(&GOOD.replace("kind = \"bearer\"", "kind = \"header\"")).unwrap_err();
+        assert!(e.message.contains("needs `header"), "{e}");
+        let e = parse(&GOOD.replace("hosts = [\"http://127.0.0.1:8080\"]", "hosts = []")).unwrap_err();
+        assert!(e.message.contains("could never be sent"), "{e}");
+        let e = parse(&GOOD.replace("env = \"DEMO_TOKEN\"", "")).unwrap_err();
+        assert!(e.message.contains("exactly one of env"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_pin_is_explained() {
+        let text = GOOD.replace("path = \"plugins/http_fetch.wasm\"", "path = \"x.wasm\"\nsha256 = \"abc\"");
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("64 hex digits"), "{e}");
+    }
+}

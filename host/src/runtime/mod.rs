@@ -1,0 +1,516 @@
+//! The runtime: one wasmtime `Engine`, components compiled once (cached on
+//! disk by content hash and engine), one `InstancePre` per component, and a
+//! fresh `Store` per invocation with the grant's limits.
+
+mod cache;
+mod host;
+mod state;
+mod stdio;
+
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "action",
+        imports: { default: async | trappable },
+        exports: { default: async },
+    });
+}
+
+use crate::audit::{now_ms, AuditRecord};
+use crate::egress::resolve::{HostResolver, SystemResolver};
+use crate::egress::transport::Transport;
+use crate::limits::{Bytes, MAX_MEMORY_BYTES};
+use crate::policy::{Grant, PluginEntry};
+use anyhow::{anyhow, Context as _};
+use bindings::warden::action::types;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use state::{InvocationState, Stop};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+
+/// How often the epoch advances; the CPU limit is checked at this granularity.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Who is asking (carried into the guest and into every audit record).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct InvocationInfo {
+    pub run_id: String,
+    pub story: String,
+    pub step: String,
+    pub team: String,
+    pub attempt: u32,
+}
+
+/// One log line of an invocation.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    pub at_ms: u64,
+    pub level: &'static str,
+    /// `guest` (log import), `stdout`, `stderr`, or `host` (warden's own notes).
+    pub source: &'static str,
+    pub message: String,
+}
+
+/// The manifest an action describes itself with.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub input_schema: serde_json::Value,
+    pub output_schema: serde_json::Value,
+    pub hosts: Vec<String>,
+    pub credentials: Vec<String>,
+}
+
+/// Why an invocation did not return output.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum InvokeError {
+    /// The action refused its input.
+    InvalidInput { message: String },
+    /// The action reported that the policy refused something it needed.
+    Denied { message: String },
+    /// The upstream service failed.
+    Upstream { status: Option<u16>, message: String, retry_after_ms: Option<u64> },
+    /// The action reported a failure.
+    Failed { message: String },
+    /// The host stopped the guest at a limit (`cpu`, `memory`, `wall`, `output`).
+    Limit { limit: &'static str, message: String },
+    /// The guest trapped or panicked.
+    Trap { message: String },
+    /// The component could not be instantiated (missing imports, pool exhausted).
+    Instantiate { message: String },
+}
+
+impl std::fmt::Display for InvokeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InvokeError::InvalidInput { message } => write!(f, "invalid input: {message}"),
+            InvokeError::Denied { message } => write!(f, "denied: {message}"),
+            InvokeError::Upstream { status, message, retry_after_ms } => {
+                write!(f, "upstream error")?;
+                if let Some(s) = status {
+                    write!(f, " (HTTP {s})")?;
+                }
+                write!(f, ": {message}")?;
+                if let Some(ms) = retry_after_ms {
+                    write!(f, " (retry after {ms} ms)")?;
+                }
+                Ok(())
+            }
+            InvokeError::Failed { message } => write!(f, "failed: {message}"),
+            InvokeError::Limit { message, .. } => write!(f, "stopped: {message}"),
+            InvokeError::Trap { message } => write!(f, "trapped: {message}"),
+            InvokeError::Instantiate { message } => write!(f, "cannot start the plugin: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for InvokeError {}
+
+impl From<types::ActionError> for InvokeError {
+    fn from(e: types::ActionError) -> InvokeError {
+        match e {
+            types::ActionError::InvalidInput(message) => InvokeError::InvalidInput { message },
+            types::ActionError::Denied(message) => InvokeError::Denied { message },
+            types::ActionError::Upstream(u) => InvokeError::Upstream {
+                status: u.status,
+                message: u.message,
+                retry_after_ms: u.retry_after_ms,
+            },
+            types::ActionError::Failed(message) => InvokeError::Failed { message },
+        }
+    }
+}
+
+/// Everything one invocation produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvocationReport {
+    pub plugin: String,
+    /// The output JSON text, or why there is none.
+    pub outcome: Result<String, InvokeError>,
+    pub logs: Vec<LogLine>,
+    pub audit: Vec<AuditRecord>,
+    pub http_requests: u32,
+    pub duration_ms: u64,
+    pub cpu_ms: u64,
+}
+
+/// A compiled component, ready to instantiate.
+pub struct Plugin {
+    pub name: String,
+    pub sha256: String,
+    pre: bindings::ActionPre<InvocationState>,
+}
+
+/// Engine-wide settings.
+#[derive(Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached; `None` disables the disk cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Resolves host names for egress (injectable for tests).
+    pub resolver: Arc<dyn HostResolver>,
+    /// How many invocations may be instantiated at once (pooling allocator slots).
+    pub max_instances: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cache_dir: default_cache_dir(),
+            resolver: Arc::new(SystemResolver),
+            max_instances: 1000,
+        }
+    }
+}
+
+/// `$WARDEN_CACHE_DIR`, else `$XDG_CACHE_HOME/warden`, else `~/.cache/warden`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("WARDEN_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("warden"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/warden"))
+}
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<InvocationState>,
+    transport: Arc<Transport>,
+    cache_dir: Option<PathBuf>,
+    loaded: Mutex<std::collections::HashMap<String, Arc<Plugin>>>,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+        let engine = build_engine(config.max_instances)?;
+        start_epoch_ticker(&engine);
+        let mut linker = Linker::<InvocationState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+        bindings::Action::add_to_linker::<InvocationState, HasSelf<InvocationState>>(&mut linker, |s| s)
+            .map_err(anyhow::Error::from)?;
+        Ok(Runtime {
+            engine,
+            linker,
+            transport: Arc::new(Transport::new(config.resolver)?),
+            cache_dir: config.cache_dir,
+            loaded: Mutex::default(),
+        })
+    }
+
+    /// Loads the plugin a policy entry names, checking its sha256 pin.
+    pub fn load_entry(&self, entry: &PluginEntry) -> anyhow::Result<Arc<Plugin>> {
+        let bytes = std::fs::read(&entry.path).with_context(|| {
+            format!(
+                "plugin {}: cannot read {} (build the plugins with scripts/build-guests.sh, or fix plugins.{}.path)",
+                entry.name,
+                entry.path.display(),
+                entry.name
+            )
+        })?;
+        let digest = sha256_hex(&bytes);
+        if let Some(pin) = &entry.sha256 {
+            if *pin != digest {
+                anyhow::bail!(
+                    "plugin {}: {} has sha256 {digest} but the policy pins {pin}; refusing to load it (if you rebuilt it on purpose, update plugins.{}.sha256)",
+                    entry.name,
+                    entry.path.display(),
+                    entry.name
+                );
+            }
+        }
+        self.load_bytes(&entry.name, &bytes)
+    }
+
+    /// Loads a component from a file, named after its file stem.
+    pub fn load_file(&self, path: &Path) -> anyhow::Result<Arc<Plugin>> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read plugin {}", path.display()))?;
+        let name = path.file_stem().map(|s| s.to_string_lossy().replace('_', "-")).unwrap_or_default();
+        self.load_bytes(&name, &bytes)
+    }
+
+    /// Compiles (or fetches from the caches) and pre-links a component.
+    pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> anyhow::Result<Arc<Plugin>> {
+        let digest = sha256_hex(bytes);
+        let key = format!("{name}@{digest}");
+        if let Some(p) = self.loaded.lock().unwrap().get(&key) {
+            return Ok(p.clone());
+        }
+        let component = cache::compile(&self.engine, self.cache_dir.as_deref(), &digest, bytes)
+            .with_context(|| format!("plugin {name}: not a valid WebAssembly component"))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow!(
+                "plugin {name} does not fit the warden:action world: {e}; build it against wit/ with wit-bindgen (see README, Writing a plugin)"
+            )
+        })?;
+        let pre = bindings::ActionPre::new(pre).map_err(|e| {
+            anyhow!("plugin {name} does not export the warden:action world (describe, run): {e}")
+        })?;
+        let plugin = Arc::new(Plugin { name: name.to_string(), sha256: digest, pre });
+        self.loaded.lock().unwrap().insert(key, plugin.clone());
+        Ok(plugin)
+    }
+
+    /// Calls `describe` in a fresh, deny-all store.
+    pub async fn describe(&self, plugin: &Plugin) -> anyhow::Result<Manifest> {
+        let grant = Arc::new(Grant::deny_all(&plugin.name));
+        let mut store = self.store(plugin, grant, InvocationInfo::default(), None);
+        let wall = Duration::from_millis(store.data().limits().wall_ms);
+        let call = async {
+            let action = plugin.pre.instantiate_async(&mut store).await?;
+            action.call_describe(&mut store).await
+        };
+        let m = tokio::time::timeout(wall, call)
+            .await
+            .map_err(|_| anyhow!("plugin {}: describe() did not return in time", plugin.name))?
+            .map_err(|e| anyhow!("plugin {}: describe() trapped: {e}", plugin.name))?;
+        let schema = |text: &str, what: &str| {
+            serde_json::from_str(text).with_context(|| format!("plugin {}: {what} is not JSON", plugin.name))
+        };
+        Ok(Manifest {
+            input_schema: schema(&m.input_schema, "input-schema")?,
+            output_schema: schema(&m.output_schema, "output-schema")?,
+            name: m.name,
+            version: m.version,
+            description: m.description,
+            hosts: m.hosts,
+            credentials: m.credentials,
+        })
+    }
+
+    /// Runs the action once under `grant`. Never panics on guest behaviour:
+    /// whatever the guest does ends up in the report.
+    pub async fn invoke(
+        &self,
+        plugin: &Plugin,
+        grant: Arc<Grant>,
+        info: InvocationInfo,
+        input: &str,
+        log_tap: Option<UnboundedSender<LogLine>>,
+    ) -> InvocationReport {
+        let started = Instant::now();
+        let limits = grant.limits.clone();
+        let mut store = self.store(plugin, grant, info.clone(), log_tap);
+        let wit_info = types::Invocation {
+            run_id: info.run_id,
+            story: info.story,
+            step: info.step,
+            team: info.team,
+            attempt: info.attempt,
+        };
+        let call = async {
+            let action = plugin.pre.instantiate_async(&mut store).await.map_err(Failure::Instantiate)?;
+            action.call_run(&mut store, &wit_info, input).await.map_err(Failure::Trap)
+        };
+        let raw = tokio::time::timeout(Duration::from_millis(limits.wall_ms), call).await;
+        let state = store.data_mut();
+        let outcome = match raw {
+            Err(_elapsed) => Err(InvokeError::Limit {
+                limit: "wall",
+                message: format!(
+                    "wall-clock limit of {} ms reached (limits.wall_ms; sleeps and HTTP count)",
+                    limits.wall_ms
+                ),
+            }),
+            Ok(Err(Failure::Instantiate(e))) => Err(instantiate_error(state, e)),
+            Ok(Err(Failure::Trap(e))) => Err(trap_error(state, &limits, e)),
+            Ok(Ok(Err(action_error))) => Err(InvokeError::from(action_error)),
+            Ok(Ok(Ok(output))) => check_output(output, limits.output_bytes),
+        };
+        collect_stdio(state);
+        if state.logs.dropped_bytes > 0 {
+            let dropped = state.logs.dropped_bytes;
+            state.logs.lines.push(LogLine {
+                at_ms: now_ms(),
+                level: "warn",
+                source: "host",
+                message: format!("{} of log output dropped past limits.log_bytes", Bytes(dropped)),
+            });
+        }
+        InvocationReport {
+            plugin: plugin.name.clone(),
+            outcome,
+            logs: std::mem::take(&mut state.logs.lines),
+            audit: std::mem::take(&mut state.audit),
+            http_requests: state.http_sent,
+            duration_ms: started.elapsed().as_millis() as u64,
+            cpu_ms: state.meter.guest_cpu().as_millis() as u64,
+        }
+    }
+
+    fn store(
+        &self,
+        plugin: &Plugin,
+        grant: Arc<Grant>,
+        info: InvocationInfo,
+        tap: Option<UnboundedSender<LogLine>>,
+    ) -> Store<InvocationState> {
+        let cpu_limit = Duration::from_millis(grant.limits.cpu_ms);
+        let state = InvocationState::new(&plugin.name, grant, info, self.transport.clone(), tap);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.memory);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut ctx| {
+            let state = ctx.data_mut();
+            if state.meter.guest_cpu() > cpu_limit {
+                state.stop = Some(Stop::Cpu);
+                return Err(wasmtime::format_err!("cpu limit"));
+            }
+            // Yield so one busy guest cannot starve the others on this thread;
+            // the time spent parked is not the guest's CPU time.
+            let off = state.meter.off_cpu();
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(async move {
+                    tokio::task::yield_now().await;
+                    drop(off);
+                }),
+            ))
+        });
+        store
+    }
+}
+
+enum Failure {
+    Instantiate(wasmtime::Error),
+    Trap(wasmtime::Error),
+}
+
+fn check_output(output: String, cap: u64) -> Result<String, InvokeError> {
+    if output.len() as u64 > cap {
+        return Err(InvokeError::Limit {
+            limit: "output",
+            message: format!(
+                "output is {}; the grant allows {} (limits.output_bytes)",
+                Bytes(output.len() as u64),
+                Bytes(cap)
+            ),
+        });
+    }
+    if serde_json::from_str::<serde::de::IgnoredAny>(&output).is_err() {
+        return Err(InvokeError::Failed { message: "the action returned output that is not JSON".into() });
+    }
+    Ok(output)
+}
+
+fn instantiate_error(state: &mut InvocationState, e: wasmtime::Error) -> InvokeError {
+    if let Some(desired) = state.memory.refused {
+        state.stop = Some(Stop::Memory { desired });
+        return InvokeError::Limit { limit: "memory", message: state.memory.message() };
+    }
+    InvokeError::Instantiate { message: root_message(&e) }
+}
+
+fn trap_error(state: &mut InvocationState, limits: &crate::limits::Limits, e: wasmtime::Error) -> InvokeError {
+    if state.stop == Some(Stop::Cpu) {
+        return InvokeError::Limit {
+            limit: "cpu",
+            message: format!("CPU limit of {} ms reached (limits.cpu_ms)", limits.cpu_ms),
+        };
+    }
+    if state.memory.refused.is_some() {
+        return InvokeError::Limit { limit: "memory", message: state.memory.message() };
+    }
+    // A Rust panic prints its message to stderr before it traps: use it.
+    let (stderr, _) = state.stderr.take();
+    let panic = panic_message(&stderr);
+    let mut message = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::StackOverflow) => "stack overflow (the guest recursed too deeply)".to_string(),
+        Some(wasmtime::Trap::MemoryOutOfBounds) => {
+            "out of bounds memory access (in Rust and C guests, usually their own stack overflowing)".to_string()
+        }
+        Some(t) => t.to_string(),
+        None => root_message(&e),
+    };
+    if let Some(p) = panic {
+        message = format!("the plugin panicked: {p} ({message})");
+    }
+    // Keep the rest of stderr in the log.
+    if !stderr.is_empty() {
+        state.logs.push(LogLine { at_ms: now_ms(), level: "warn", source: "stderr", message: stderr });
+    }
+    InvokeError::Trap { message }
+}
+
+/// `thread '..' panicked at src/lib.rs:1:2:\nmessage` → `message (at src/lib.rs:1:2)`.
+fn panic_message(stderr: &str) -> Option<String> {
+    let lines: Vec<&str> = stderr.lines().collect();
+    let at = lines.iter().rposition(|l| l.contains("panicked at"))?;
+    let location = lines[at].split("panicked at").nth(1).unwrap_or("").trim().trim_end_matches(':');
+    let text = lines.get(at + 1).map_or("", |l| l.trim());
+    Some(format!("{text} (at {location})"))
+}
+
+fn root_message(e: &wasmtime::Error) -> String {
+    let text = format!("{e}");
+    text.lines().next().unwrap_or("").to_string()
+}
+
+fn collect_stdio(state: &mut InvocationState) {
+    for (pipe, source, level) in [(state.stdout.clone(), "stdout", "info"), (state.stderr.clone(), "stderr", "warn")] {
+        let (text, dropped) = pipe.take();
+        if !text.is_empty() {
+            state.logs.push(LogLine { at_ms: now_ms(), level, source, message: text });
+        }
+        if dropped > 0 {
+            state.logs.push(LogLine {
+                at_ms: now_ms(),
+                level: "warn",
+                source: "host",
+                message: format!("{} of {source} dropped past limits.log_bytes", Bytes(dropped)),
+            });
+        }
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn build_engine(max_instances: u32) -> anyhow::Result<Engine> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.max_wasm_stack(512 * 1024);
+    let n = max_instances.max(1);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(4))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(4))
+        .total_stacks(n)
+        .max_memory_size(MAX_MEMORY_BYTES as usize)
+        .max_unused_warm_slots(n.min(100));
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    match Engine::new(&config) {
+        Ok(engine) => Ok(engine),
+        Err(e) => {
+            // Some hosts cap virtual memory; fall back rather than refuse to start.
+            tracing::warn!("pooling allocator unavailable ({e}); using on-demand allocation");
+            config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+            Engine::new(&config).map_err(anyhow::Error::from)
+        }
+    }
+}
+
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("warden-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            match weak.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => break,
+            }
+        })
+        .expect("spawn epoch thread");
+}

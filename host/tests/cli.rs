@@ -1,0 +1,146 @@
+//! The `warden` binary as a user runs it: exit codes, stdout, one-line errors.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+}
+
+fn http_fetch_wasm() -> PathBuf {
+    let p = root().join("target/wasm32-wasip2/guest/http_fetch.wasm");
+    assert!(p.exists(), "run scripts/build-guests.sh first");
+    p
+}
+
+fn warden(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
+    cmd.args(args).env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache")).env_remove("WARDEN_POLICY");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn write_policy(dir: &std::path::Path, port: u16) -> PathBuf {
+    let path = dir.join("warden.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[plugins.http-fetch]
+path = "{wasm}"
+
+[grants.http-fetch]
+allow = ["GET http://127.0.0.1:{port}/*"]
+credentials = ["demo"]
+
+[credentials.demo]
+kind = "bearer"
+env = "CLI_TEST_TOKEN"
+hosts = ["http://127.0.0.1:{port}"]
+"#,
+            wasm = http_fetch_wasm().display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("warden-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn action_run_prints_the_output_and_the_audit() {
+    let (srv, rec) = warden_sim::origin::spawn().await.unwrap();
+    let dir = tempdir("run");
+    let policy = write_policy(&dir, srv.port());
+    let input = format!(r#"{{"url": "{}", "credential": "demo"}}"#, srv.url("/echo"));
+    let out = tokio::task::spawn_blocking(move || {
+        warden(
+            &["action", "run", "http-fetch", "--policy", policy.to_str().unwrap(), "--input", &input, "--audit"],
+            &[("CLI_TEST_TOKEN", "cli-secret-123")],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["status"], 200);
+    assert_eq!(json["body"]["headers"]["authorization"], "Bearer [REDACTED]");
+    assert_eq!(rec.all()[0].headers["authorization"], "Bearer cli-secret-123");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(r#""decision":"allowed""#), "{stderr}");
+    assert!(!stderr.contains("cli-secret-123") && !text(&out.stdout).contains("cli-secret-123"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_denied_call_exits_non_zero_with_one_clear_line() {
+    let (srv, rec) = warden_sim::origin::spawn().await.unwrap();
+    let dir = tempdir("deny");
+    let policy = write_policy(&dir, srv.port());
+    let out = tokio::task::spawn_blocking(move || {
+        warden(
+            &["action", "run", "http-fetch", "-q", "--policy", policy.to_str().unwrap(), "--input", r#"{"url":"http://169.254.169.254/latest/meta-data/"}"#],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("warden: http-fetch: denied: no rule of http-fetch allows http://169.254.169.254:80"), "{stderr}");
+    assert_eq!(rec.count(), 0);
+}
+
+#[test]
+fn a_bad_policy_is_refused_with_file_and_line() {
+    let dir = tempdir("bad");
+    let path = dir.join("warden.toml");
+    std::fs::write(&path, "[plugins.x]\npath = \"x.wasm\"\n\n[grants.x]\nallow = [\"GET ftp://files.example/*\"]\n").unwrap();
+    let out = warden(&["policy", "check", path.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&format!("{}:5: rule `GET ftp://files.example/*`: scheme `ftp` is not http or https", path.display())), "{stderr}");
+}
+
+#[test]
+fn bad_input_and_unknown_plugins_are_explained() {
+    let out = warden(&["action", "run", "nope", "--input", "{not json"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--input is not JSON"), "{}", text(&out.stderr));
+    let out = warden(&["action", "run", "nope"], &[]);
+    assert!(text(&out.stderr).contains("`nope` is neither a plugin"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_plugin_run_by_path_without_a_grant_reaches_nothing() {
+    let wasm = http_fetch_wasm();
+    let dir = tempdir("nogrant");
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .current_dir(&dir)
+        .env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache"))
+        .args(["action", "run", wasm.to_str().unwrap(), "-q", "--input", r#"{"url":"https://example.com/"}"#])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("has no egress grant"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn describe_prints_the_manifest() {
+    let out = warden(&["action", "describe", http_fetch_wasm().to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["name"], "http-fetch");
+    assert_eq!(m["input_schema"]["required"][0], "url");
+}

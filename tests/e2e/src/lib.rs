@@ -1,0 +1,67 @@
+//! Shared helpers for warden's end-to-end tests.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use warden::egress::resolve::HostResolver;
+use warden::policy::Policy;
+use warden::{InvocationInfo, InvocationReport, Runtime, RuntimeConfig};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// Path of a guest built by `scripts/build-guests.sh`.
+pub fn guest(name: &str) -> PathBuf {
+    let p = workspace_root().join("target/wasm32-wasip2/guest").join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(p.exists(), "{} is missing: run scripts/build-guests.sh (scripts/test.sh does)", p.display());
+    p
+}
+
+/// A runtime with a compile cache under target/, and an optional resolver.
+pub fn runtime(resolver: Option<Arc<dyn HostResolver>>) -> Runtime {
+    let mut cfg = RuntimeConfig {
+        cache_dir: Some(workspace_root().join("target/warden-test-cache")),
+        max_instances: 64,
+        ..Default::default()
+    };
+    if let Some(r) = resolver {
+        cfg.resolver = r;
+    }
+    Runtime::new(cfg).expect("runtime")
+}
+
+/// Parses a policy written inline; `{probe}` and friends become guest paths.
+pub fn policy(text: &str) -> Policy {
+    let mut text = text.to_string();
+    for name in ["probe", "http-fetch", "sentinelone-hunt", "jira-ticket", "email"] {
+        let key = format!("{{{name}}}");
+        if text.contains(&key) {
+            text = text.replace(&key, &guest(name).display().to_string());
+        }
+    }
+    Policy::parse(&text, "test-policy.toml", &workspace_root()).unwrap_or_else(|e| panic!("test policy: {e}"))
+}
+
+pub fn info(run_id: &str) -> InvocationInfo {
+    InvocationInfo { run_id: run_id.into(), team: "test".into(), attempt: 1, ..Default::default() }
+}
+
+/// Loads `plugin` from `policy` and runs it with `input`.
+pub async fn run(rt: &Runtime, policy: &Policy, plugin: &str, input: serde_json::Value) -> InvocationReport {
+    let entry = policy.plugins.get(plugin).unwrap_or_else(|| panic!("no plugin {plugin} in test policy"));
+    let p = rt.load_entry(entry).expect("load plugin");
+    rt.invoke(&p, policy.grant_for(plugin), info("test-run"), &input.to_string(), None).await
+}
+
+/// The output JSON, or a panic that shows the error and the logs.
+pub fn output(report: &InvocationReport) -> serde_json::Value {
+    match &report.outcome {
+        Ok(text) => serde_json::from_str(text).unwrap(),
+        Err(e) => panic!("invocation failed: {e}\nlogs: {:#?}", report.logs),
+    }
+}
+
+/// Everything a report could leak, as one string, for "no secret anywhere" checks.
+pub fn everything(report: &InvocationReport) -> String {
+    serde_json::to_string(report).unwrap()
+}

@@ -1,0 +1,153 @@
+//! `probe`: a test guest that does whatever its input says, so the host's
+//! tests can check each limit and each egress rule from inside the sandbox.
+//! Not a plugin anyone should grant anything to.
+
+wit_bindgen::generate!({ path: "../../../wit", world: "action" });
+
+use serde_json::{json, Value};
+use warden::action::http::{self, HttpError, Request};
+use warden::action::{clock, log};
+
+struct Probe;
+
+fn http_error(e: &HttpError) -> Value {
+    match e {
+        HttpError::Denied(m) => json!({"kind": "denied", "message": m}),
+        HttpError::InvalidRequest(m) => json!({"kind": "invalid-request", "message": m}),
+        HttpError::Timeout => json!({"kind": "timeout"}),
+        HttpError::Connection(m) => json!({"kind": "connection", "message": m}),
+        HttpError::TooLarge(m) => json!({"kind": "too-large", "message": m}),
+    }
+}
+
+fn fetch(v: &Value) -> Value {
+    let headers = v["headers"]
+        .as_object()
+        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect())
+        .unwrap_or_default();
+    let req = Request {
+        method: v["method"].as_str().unwrap_or("GET").into(),
+        url: v["url"].as_str().unwrap_or("").into(),
+        headers,
+        body: v["body"].as_str().map(|b| b.as_bytes().to_vec()),
+        timeout_ms: v["timeout_ms"].as_u64().map(|t| t as u32),
+        credential: v["credential"].as_str().map(String::from),
+    };
+    match http::send(&req) {
+        Ok(r) => json!({
+            "status": r.status,
+            "headers": r.headers,
+            "body": String::from_utf8_lossy(&r.body),
+        }),
+        Err(e) => json!({"error": http_error(&e)}),
+    }
+}
+
+#[inline(never)]
+fn recurse(n: u64, pad: &mut [u8; 256]) -> u64 {
+    pad[(n % 256) as usize] = n as u8;
+    let mut p = *pad;
+    if n == 0 { 0 } else { recurse(n - 1, &mut p) + p[3] as u64 }
+}
+
+/// Recursion that lives on the wasm stack only (no shadow-stack frames).
+#[inline(never)]
+fn deep(n: u64) -> u64 {
+    if n == 0 { 0 } else { 1 + deep(std::hint::black_box(n - 1)) }
+}
+
+impl Guest for Probe {
+    fn describe() -> Manifest {
+        Manifest {
+            name: "probe".into(),
+            version: "0.0.0".into(),
+            description: "test guest".into(),
+            input_schema: "{}".into(),
+            output_schema: "{}".into(),
+            hosts: vec![],
+            credentials: vec![],
+        }
+    }
+
+    fn run(inv: Invocation, input: String) -> Result<String, ActionError> {
+        let v: Value = serde_json::from_str(&input).map_err(|e| ActionError::InvalidInput(e.to_string()))?;
+        let out = match v["op"].as_str().unwrap_or("") {
+            "counter" => {
+                // A fresh store per invocation means this always starts at 0.
+                static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                json!({"count": COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1})
+            }
+            "echo" => json!({"input": v, "run_id": inv.run_id, "attempt": inv.attempt}),
+            "fetch" => fetch(&v),
+            "fetch_many" => {
+                let n = v["count"].as_u64().unwrap_or(1);
+                let results: Vec<Value> = (0..n).map(|_| fetch(&v)).collect();
+                json!({"results": results})
+            }
+            "loop" => loop {
+                std::hint::black_box(0u64);
+            },
+            "spin_between_calls" => {
+                // Busy between host calls: the CPU limit must still hold.
+                let mut x = 0u64;
+                loop {
+                    for i in 0..1_000_000u64 {
+                        x = std::hint::black_box(x.wrapping_add(i));
+                    }
+                    clock::now();
+                }
+            }
+            "grow" => {
+                let mib = v["mib"].as_u64().unwrap_or(1) as usize;
+                let mut chunks = Vec::new();
+                for _ in 0..mib {
+                    chunks.push(vec![1u8; 1024 * 1024]);
+                }
+                json!({"grew_mib": chunks.len()})
+            }
+            "huge_alloc" => {
+                let bytes = v["bytes"].as_u64().unwrap_or(1 << 30) as usize;
+                let big = vec![7u8; bytes];
+                json!({"len": big.len()})
+            }
+            "recurse" => {
+                let mut pad = [0u8; 256];
+                json!({"depth": recurse(v["depth"].as_u64().unwrap_or(10_000_000), &mut pad)})
+            }
+            "recurse_native" => json!({"depth": deep(v["depth"].as_u64().unwrap_or(100_000_000))}),
+            "sleep" => {
+                let ms = v["ms"].as_u64().unwrap_or(1000);
+                let before = clock::now();
+                clock::sleep(ms);
+                json!({"slept_ms": clock::now() - before})
+            }
+            "panic" => panic!("probe was asked to panic"),
+            "fail" => return Err(ActionError::Failed(v["message"].as_str().unwrap_or("failed").into())),
+            "log" => {
+                let n = v["count"].as_u64().unwrap_or(1);
+                for i in 0..n {
+                    log::log(log::Level::Info, &format!("line {i} {}", "x".repeat(100)));
+                    println!("stdout line {i}");
+                }
+                json!({"logged": n})
+            }
+            "output" => json!({"data": "x".repeat(v["bytes"].as_u64().unwrap_or(10) as usize)}),
+            "not_json" => return Ok("this is not json".into()),
+            "ambient" => {
+                // What the sandbox lets a guest see without any capability.
+                let env: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+                let args: Vec<String> = std::env::args().collect();
+                let files: Vec<Value> = ["/etc/passwd", "/proc/self/environ", ".", "/"]
+                    .iter()
+                    .map(|p| json!({"path": p, "read": std::fs::read(p).is_ok(), "list": std::fs::read_dir(p).is_ok()}))
+                    .collect();
+                let tcp = std::net::TcpStream::connect("127.0.0.1:80").is_ok();
+                json!({"env": env, "args": args, "files": files, "tcp": tcp})
+            }
+            other => return Err(ActionError::InvalidInput(format!("unknown op `{other}`"))),
+        };
+        Ok(out.to_string())
+    }
+}
+
+export!(Probe);

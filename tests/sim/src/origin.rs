@@ -1,0 +1,143 @@
+//! A test origin that records every request and answers in the ways an
+//! upstream can misbehave.
+//!
+//! Routes:
+//! * `GET /json` — `{"ok": true}`
+//! * `ANY /echo` — echoes method, path, query, headers and body as JSON, and
+//!   repeats the `authorization` header back in an `x-echo-authorization` header
+//! * `GET /bytes/{n}` — `n` bytes with a Content-Length
+//! * `GET /endless` — a chunked body that never ends
+//! * `GET /slow` — one byte per second
+//! * `GET /redirect?to=URL` — 302 to URL
+//! * `GET /internal` — marks that it was reached (redirect targets)
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the origin received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: HashMap<String, String>,
+}
+
+#[derive(Clone, Default)]
+pub struct Recorder(Arc<Mutex<Vec<Seen>>>);
+
+impl Recorder {
+    pub fn all(&self) -> Vec<Seen> {
+        self.0.lock().unwrap().clone()
+    }
+    pub fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    pub fn paths(&self) -> Vec<String> {
+        self.all().into_iter().map(|s| s.path).collect()
+    }
+    fn push(&self, method: &Method, uri: &Uri, headers: &HeaderMap) {
+        self.0.lock().unwrap().push(Seen {
+            method: method.to_string(),
+            path: uri.path().to_string(),
+            query: uri.query().unwrap_or("").to_string(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect(),
+        });
+    }
+}
+
+pub fn router(rec: Recorder) -> Router {
+    Router::new()
+        .route("/json", get(|| async { Json(json!({"ok": true})) }))
+        .route("/echo", any(echo))
+        .route("/echo/{*rest}", any(echo))
+        .route("/bytes/{n}", get(bytes))
+        .route("/endless", get(endless))
+        .route("/slow", get(slow))
+        .route("/redirect", get(redirect))
+        .route("/internal", get(|| async { "internal" }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "no such route") })
+        .layer(axum::middleware::from_fn_with_state(rec.clone(), record))
+        .with_state(rec)
+}
+
+async fn record(
+    State(rec): State<Recorder>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    rec.push(req.method(), req.uri(), req.headers());
+    next.run(req).await
+}
+
+async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let hdrs: HashMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let auth = hdrs.get("authorization").cloned().unwrap_or_default();
+    let body = json!({
+        "method": method.to_string(),
+        "path": uri.path(),
+        "query": uri.query().unwrap_or(""),
+        "headers": hdrs,
+        "body": String::from_utf8_lossy(&body),
+    });
+    ([("x-echo-authorization", auth)], Json(body)).into_response()
+}
+
+async fn bytes(Path(n): Path<usize>) -> Vec<u8> {
+    vec![b'a'; n]
+}
+
+async fn endless() -> Response {
+    let stream = futures_stream(|| Bytes::from(vec![b'z'; 64 * 1024]), Duration::ZERO);
+    Response::new(Body::from_stream(stream))
+}
+
+async fn slow() -> Response {
+    let stream = futures_stream(|| Bytes::from_static(b"."), Duration::from_secs(1));
+    Response::new(Body::from_stream(stream))
+}
+
+fn futures_stream(
+    chunk: impl Fn() -> Bytes + Send + 'static,
+    every: Duration,
+) -> impl tokio_stream::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            if tx.send(Ok(chunk())).await.is_err() {
+                break;
+            }
+            if !every.is_zero() {
+                tokio::time::sleep(every).await;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+async fn redirect(Query(q): Query<HashMap<String, String>>) -> Response {
+    let to = q.get("to").cloned().unwrap_or_else(|| "/json".into());
+    (StatusCode::FOUND, [("location", to)], "").into_response()
+}
+
+/// Convenience: spawn an origin and hand back its recorder.
+pub async fn spawn() -> std::io::Result<(crate::Running, Recorder)> {
+    let rec = Recorder::default();
+    let running = crate::serve(router(rec.clone())).await?;
+    Ok((running, rec))
+}
+
