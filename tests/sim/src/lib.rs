@@ -2,11 +2,67 @@
 //! 127.0.0.1 for tests and for the README demo.
 //!
 //! * [`origin`]: a plain test origin (echo, large and endless bodies, slow
-//!   bodies, redirects) that records what it received.
+//!   bodies, redirects).
+//! * [`sentinelone`]: SentinelOne Management API v2.1 Deep Visibility.
+//! * [`jira`]: Jira Cloud REST v2/v3 and Jira Service Management requests.
+//!
+//! Each records what it received and checks the auth header it expects, which
+//! is how the tests prove the host injected the credential. The shapes follow
+//! `shared/reference/vendor-apis.md`.
 
+pub mod jira;
 pub mod origin;
+pub mod sentinelone;
 
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::Response;
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+/// One request a simulator received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: HashMap<String, String>,
+}
+
+/// Every request a simulator received, for assertions (e.g. that the host
+/// injected the credential).
+#[derive(Clone, Default)]
+pub struct Recorder(Arc<Mutex<Vec<Seen>>>);
+
+impl Recorder {
+    pub fn all(&self) -> Vec<Seen> {
+        self.0.lock().unwrap().clone()
+    }
+    pub fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    pub fn paths(&self) -> Vec<String> {
+        self.all().into_iter().map(|s| s.path).collect()
+    }
+    fn push(&self, method: &Method, uri: &Uri, headers: &HeaderMap) {
+        self.0.lock().unwrap().push(Seen {
+            method: method.to_string(),
+            path: uri.path().to_string(),
+            query: uri.query().unwrap_or("").to_string(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect(),
+        });
+    }
+}
+
+/// Middleware that records each request into the router's [`Recorder`].
+pub async fn record(State(rec): State<Recorder>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    rec.push(req.method(), req.uri(), req.headers());
+    next.run(req).await
+}
 
 /// A server running on a background task; stops when dropped.
 pub struct Running {

@@ -12,50 +12,15 @@
 //! * `GET /internal` — marks that it was reached (redirect targets)
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
+use crate::Recorder;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
 use serde_json::json;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// What the origin received.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: String,
-    pub path: String,
-    pub query: String,
-    pub headers: HashMap<String, String>,
-}
-
-#[derive(Clone, Default)]
-pub struct Recorder(Arc<Mutex<Vec<Seen>>>);
-
-impl Recorder {
-    pub fn all(&self) -> Vec<Seen> {
-        self.0.lock().unwrap().clone()
-    }
-    pub fn count(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-    pub fn paths(&self) -> Vec<String> {
-        self.all().into_iter().map(|s| s.path).collect()
-    }
-    fn push(&self, method: &Method, uri: &Uri, headers: &HeaderMap) {
-        self.0.lock().unwrap().push(Seen {
-            method: method.to_string(),
-            path: uri.path().to_string(),
-            query: uri.query().unwrap_or("").to_string(),
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                .collect(),
-        });
-    }
-}
 
 pub fn router(rec: Recorder) -> Router {
     Router::new()
@@ -68,17 +33,7 @@ pub fn router(rec: Recorder) -> Router {
         .route("/redirect", get(redirect))
         .route("/internal", get(|| async { "internal" }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such route") })
-        .layer(axum::middleware::from_fn_with_state(rec.clone(), record))
-        .with_state(rec)
-}
-
-async fn record(
-    State(rec): State<Recorder>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    rec.push(req.method(), req.uri(), req.headers());
-    next.run(req).await
+        .layer(axum::middleware::from_fn_with_state(rec, crate::record))
 }
 
 async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
