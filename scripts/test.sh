@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build-guests.sh
+# The email tests need aiosmtpd (a real SMTP server); install it if missing.
+python3 -c "import aiosmtpd" 2>/dev/null || python3 -m pip install --quiet aiosmtpd
 cargo test --quiet "$@"

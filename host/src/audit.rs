@@ -1,9 +1,9 @@
 //! Audit records: one for every capability call that reaches for the outside
 //! world, allowed or denied. They carry names and decisions, never secret values.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     Allowed,
@@ -35,6 +35,9 @@ pub struct AuditRecord {
     pub credential: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// For mail: how many recipients per domain (never the addresses or the body).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient_domains: Option<std::collections::BTreeMap<String, u32>>,
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub duration_ms: u64,

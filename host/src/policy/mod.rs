@@ -9,6 +9,7 @@ pub mod credential;
 pub mod rule;
 
 use crate::limits::{Bytes, Limits, SizeValue, MAX_MEMORY_BYTES};
+use crate::mail::{MailGrant, Relay, RelayTls};
 use credential::{Binding, CredentialKind, CredentialSpec, SecretSource};
 use rule::{EgressRule, HostPattern};
 use serde::Deserialize;
@@ -53,6 +54,8 @@ pub struct Grant {
     pub credentials: BTreeMap<String, Arc<CredentialSpec>>,
     pub limits: Limits,
     pub allow_any_host: bool,
+    /// Email through a relay, when granted.
+    pub mail: Option<MailGrant>,
 }
 
 impl Grant {
@@ -64,6 +67,7 @@ impl Grant {
             credentials: BTreeMap::new(),
             limits: Limits::default(),
             allow_any_host: false,
+            mail: None,
         }
     }
 }
@@ -75,6 +79,7 @@ pub struct Policy {
     pub plugins: BTreeMap<String, PluginEntry>,
     pub grants: BTreeMap<String, Arc<Grant>>,
     pub credentials: BTreeMap<String, Arc<CredentialSpec>>,
+    pub relays: BTreeMap<String, Arc<Relay>>,
 }
 
 impl Policy {
@@ -85,6 +90,7 @@ impl Policy {
             plugins: BTreeMap::new(),
             grants: BTreeMap::new(),
             credentials: BTreeMap::new(),
+            relays: BTreeMap::new(),
         }
     }
 
@@ -115,6 +121,13 @@ impl Policy {
             let span = c.kind.span();
             let spec = parse_credential(&name, c, base).map_err(|m| err(span.clone(), m))?;
             credentials.insert(name, Arc::new(spec));
+        }
+
+        let mut relays = BTreeMap::new();
+        for (name, r) in raw.relays {
+            let span = r.host.span();
+            let relay = parse_relay(&name, r, base).map_err(|m| err(span.clone(), m))?;
+            relays.insert(name, Arc::new(relay));
         }
 
         let mut plugins = BTreeMap::new();
@@ -175,12 +188,19 @@ impl Policy {
                 }
                 None => Limits::default(),
             };
+            let mail = match g.smtp {
+                Some(m) => {
+                    let span = m.span();
+                    Some(parse_mail_grant(&plugin, m.into_inner(), &relays).map_err(|msg| err(span, msg))?)
+                }
+                None => None,
+            };
             grants.insert(
                 plugin.clone(),
-                Arc::new(Grant { plugin, rules, credentials: granted, limits, allow_any_host: g.allow_any_host }),
+                Arc::new(Grant { plugin, rules, credentials: granted, limits, allow_any_host: g.allow_any_host, mail }),
             );
         }
-        Ok(Policy { file: file.to_string(), plugins, grants, credentials })
+        Ok(Policy { file: file.to_string(), plugins, grants, credentials, relays })
     }
 
     /// The grant for `plugin`, or deny-all when the policy has none.
@@ -235,6 +255,74 @@ fn parse_credential(name: &str, c: RawCredential, base: &Path) -> Result<Credent
     Ok(CredentialSpec { name: name.to_string(), kind, source, hosts })
 }
 
+fn parse_relay(name: &str, r: RawRelay, base: &Path) -> Result<Relay, String> {
+    let host = r.host.into_inner();
+    let tls = match r.tls.as_deref().unwrap_or("starttls") {
+        "none" => RelayTls::None,
+        "starttls" => RelayTls::StartTls,
+        "tls" => RelayTls::Tls,
+        other => return Err(format!("relays.{name}: tls `{other}` is unknown; use none, starttls or tls")),
+    };
+    let port = r.port.unwrap_or(match tls {
+        RelayTls::None => 25,
+        RelayTls::StartTls => 587,
+        RelayTls::Tls => 465,
+    });
+    let auth = match (r.user, r.password_env, r.password_file) {
+        (None, None, None) => None,
+        (Some(u), Some(e), None) => Some((u, SecretSource::Env(e))),
+        (Some(u), None, Some(f)) => Some((u, SecretSource::File(base.join(f)))),
+        _ => return Err(format!("relays.{name}: give user with exactly one of password_env or password_file")),
+    };
+    let local = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if auth.is_some() && tls == RelayTls::None && !local {
+        return Err(format!(
+            "relays.{name}: tls = \"none\" would send the relay password in clear to {host}; use starttls or tls"
+        ));
+    }
+    Ok(Relay {
+        name: name.to_string(),
+        host,
+        port,
+        tls,
+        auth,
+        default_from: r.default_from,
+        timeout: std::time::Duration::from_millis(r.timeout_ms.unwrap_or(15_000)),
+    })
+}
+
+fn parse_mail_grant(plugin: &str, m: RawMailGrant, relays: &BTreeMap<String, Arc<Relay>>) -> Result<MailGrant, String> {
+    let relay = relays.get(&m.relay).cloned().ok_or_else(|| {
+        format!("grants.{plugin}.smtp names relay `{}` but there is no [relays.{}]", m.relay, m.relay)
+    })?;
+    if m.recipient_domains.is_empty() {
+        return Err(format!(
+            "grants.{plugin}.smtp.recipient_domains is empty, so every message would be refused; list the domains it may write to"
+        ));
+    }
+    if m.senders.is_empty() && relay.default_from.is_none() {
+        return Err(format!("grants.{plugin}.smtp.senders is empty; list the addresses (or @domains) it may send as"));
+    }
+    let mut senders = m.senders;
+    if let Some(d) = &relay.default_from {
+        if senders.is_empty() {
+            senders.push(d.clone());
+        }
+    }
+    let max_message_bytes = match &m.max_message_bytes {
+        Some(v) => v.to_bytes().map_err(|e| format!("grants.{plugin}.smtp.max_message_bytes: {e}"))?,
+        None => 1024 * 1024,
+    };
+    Ok(MailGrant {
+        relay,
+        senders,
+        recipient_domains: m.recipient_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+        max_recipients: m.max_recipients.unwrap_or(10),
+        max_message_bytes,
+        max_messages: m.max_messages.unwrap_or(5),
+    })
+}
+
 fn parse_limits(raw: RawLimits) -> Result<Limits, String> {
     let mut l = Limits::default();
     let size = |v: &Option<SizeValue>, field: &str, into: &mut u64| -> Result<(), String> {
@@ -272,6 +360,34 @@ struct RawPolicy {
     grants: BTreeMap<String, Spanned<RawGrant>>,
     #[serde(default)]
     credentials: BTreeMap<String, RawCredential>,
+    #[serde(default)]
+    relays: BTreeMap<String, RawRelay>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    host: Spanned<String>,
+    port: Option<u16>,
+    tls: Option<String>,
+    user: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<String>,
+    default_from: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMailGrant {
+    relay: String,
+    #[serde(default)]
+    senders: Vec<String>,
+    #[serde(default)]
+    recipient_domains: Vec<String>,
+    max_recipients: Option<usize>,
+    max_message_bytes: Option<SizeValue>,
+    max_messages: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -291,6 +407,7 @@ struct RawGrant {
     limits: Option<Spanned<RawLimits>>,
     #[serde(default)]
     allow_any_host: bool,
+    smtp: Option<Spanned<RawMailGrant>>,
 }
 
 #[derive(Deserialize)]
@@ -409,6 +526,23 @@ hosts = ["http://127.0.0.1:8080"]
         assert!(e.message.contains("could never be sent"), "{e}");
         let e = parse(&GOOD.replace("env = \"DEMO_TOKEN\"", "")).unwrap_err();
         assert!(e.message.contains("exactly one of env"), "{e}");
+    }
+
+    #[test]
+    fn mail_grants_name_a_relay_and_domains() {
+        let text = format!("{GOOD}\n[relays.corp]\nhost = \"127.0.0.1\"\nport = 2525\ntls = \"none\"\ndefault_from = \"warden@corp.example\"\n");
+        let ok = text.replace("credentials = [\"demo\"]", "credentials = [\"demo\"]\nsmtp = { relay = \"corp\", recipient_domains = [\"corp.example\"] }");
+        let p = parse(&ok).unwrap();
+        let m = p.grant_for("http-fetch").mail.clone().unwrap();
+        assert_eq!(m.relay.port, 2525);
+        assert_eq!(m.senders, vec!["warden@corp.example"]);
+        let e = parse(&ok.replace("relay = \"corp\"", "relay = \"nope\"")).unwrap_err();
+        assert!(e.message.contains("no [relays.nope]"), "{e}");
+        let e = parse(&ok.replace("recipient_domains = [\"corp.example\"]", "recipient_domains = []")).unwrap_err();
+        assert!(e.message.contains("every message would be refused"), "{e}");
+        let clear = ok.replace("host = \"127.0.0.1\"", "host = \"smtp.corp.example\"\nuser = \"u\"\npassword_env = \"P\"");
+        let e = parse(&clear).unwrap_err();
+        assert!(e.message.contains("in clear"), "{e}");
     }
 
     #[test]

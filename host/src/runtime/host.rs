@@ -4,7 +4,8 @@
 //! audit record per attempt; `log` lands in the invocation's record; `clock`
 //! sleeps without burning the guest's CPU budget.
 
-use super::bindings::warden::action::{clock, http, log, types};
+use super::bindings::warden::action::{clock, http, log, smtp, types};
+use crate::mail::{self, Draft, MailError};
 use super::state::InvocationState;
 use super::LogLine;
 use crate::audit::{now_ms, AuditRecord, Decision};
@@ -45,6 +46,7 @@ impl http::Host for InvocationState {
             rule: String::new(),
             reason: None,
             credential: req.credential.clone(),
+            recipient_domains: None,
             status: None,
             request_bytes: req.body.as_ref().map_or(0, |b| b.len() as u64),
             response_bytes: 0,
@@ -248,5 +250,90 @@ impl clock::Host for InvocationState {
 
     async fn now(&mut self) -> wasmtime::Result<u64> {
         Ok(now_ms())
+    }
+}
+
+impl smtp::Host for InvocationState {
+    async fn send(&mut self, m: smtp::Message) -> wasmtime::Result<Result<smtp::Receipt, smtp::SmtpError>> {
+        let _off = self.meter.off_cpu();
+        let started = Instant::now();
+        let grant = self.grant.mail.clone();
+        let url = grant.as_ref().map_or("smtp://(none)".to_string(), |g| format!("smtp://{}:{}", g.relay.host, g.relay.port));
+        let mut record = AuditRecord {
+            at_ms: now_ms(),
+            capability: "smtp",
+            plugin: self.plugin.clone(),
+            run_id: self.info.run_id.clone(),
+            story: self.info.story.clone(),
+            step: self.info.step.clone(),
+            team: self.info.team.clone(),
+            method: "SEND".into(),
+            url,
+            decision: Decision::Denied,
+            rule: String::new(),
+            reason: None,
+            credential: None,
+            recipient_domains: None,
+            status: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            duration_ms: 0,
+        };
+        let draft = Draft {
+            from: m.from,
+            to: m.to,
+            cc: m.cc,
+            bcc: m.bcc,
+            reply_to: m.reply_to,
+            subject: m.subject,
+            text: m.text,
+            html: m.html,
+        };
+        let checked = mail::check(&self.plugin, grant.as_ref(), self.mail_sent, &draft);
+        let result = match checked {
+            Err(e) => Err(e),
+            Ok(checked) => {
+                self.mail_sent += 1;
+                record.rule = "smtp".into();
+                record.recipient_domains = Some(checked.domains.clone());
+                record.request_bytes = checked.message.formatted().len() as u64;
+                let relay = grant.as_ref().expect("checked implies a grant").relay.clone();
+                mail::send(&relay, &checked).await.map(|id| smtp::Receipt { message_id: id, accepted: checked.recipients })
+            }
+        };
+        let result = match result {
+            Ok(receipt) => {
+                record.decision = Decision::Allowed;
+                Ok(receipt)
+            }
+            Err(MailError::Denied(d)) => {
+                record.rule = d.rule;
+                record.reason = Some(d.reason.clone());
+                Err(smtp::SmtpError::Denied(d.reason))
+            }
+            Err(MailError::Invalid(m)) => {
+                record.rule = "invalid-message".into();
+                record.reason = Some(m.clone());
+                Err(smtp::SmtpError::InvalidMessage(m))
+            }
+            Err(MailError::Timeout) => {
+                record.decision = Decision::Allowed;
+                record.reason = Some("relay timeout".into());
+                Err(smtp::SmtpError::Timeout)
+            }
+            Err(MailError::Connection(m)) => {
+                record.decision = Decision::Allowed;
+                record.reason = Some(m.clone());
+                Err(smtp::SmtpError::Connection(m))
+            }
+            Err(MailError::Rejected(m)) => {
+                record.decision = Decision::Allowed;
+                record.reason = Some(m.clone());
+                Err(smtp::SmtpError::Rejected(m))
+            }
+        };
+        record.duration_ms = started.elapsed().as_millis() as u64;
+        self.audit.push(record);
+        Ok(result)
     }
 }

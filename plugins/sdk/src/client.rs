@@ -44,27 +44,47 @@ impl Client {
 
     /// Sends once; transport errors become `action-error`s.
     pub fn send_once(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Response, ActionError> {
+        let body = body.map(|b| Body { content_type: "application/json".into(), bytes: b.to_string().into_bytes() });
+        self.send_body_once(method, path, body.as_ref())
+    }
+
+    /// Sends once with any body.
+    pub fn send_body_once(&self, method: &str, path: &str, body: Option<&Body>) -> Result<Response, ActionError> {
         let mut headers = vec![("accept".to_string(), "application/json".to_string())];
-        if body.is_some() {
-            headers.push(("content-type".into(), "application/json".into()));
+        if let Some(b) = body {
+            headers.push(("content-type".into(), b.content_type.clone()));
         }
         let req = Request {
             method: method.into(),
             url: self.url(path),
             headers,
-            body: body.map(|b| b.to_string().into_bytes()),
+            body: body.map(|b| b.bytes.clone()),
             timeout_ms: self.timeout_ms,
             credential: self.credential.clone(),
         };
         http::send(&req).map_err(|e| self.transport_error(e))
     }
 
-    /// Sends, retrying 429 and 503 up to `max_retries` times. The final
-    /// response is returned whatever its status.
+    /// Sends a JSON body (or none), retrying 429 and 503 up to `max_retries`
+    /// times. The final response is returned whatever its status.
     pub fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Response, ActionError> {
+        let body = body.map(|b| Body { content_type: "application/json".into(), bytes: b.to_string().into_bytes() });
+        self.send_body(method, path, body.as_ref())
+    }
+
+    /// POSTs `application/x-www-form-urlencoded` fields, with the same retries.
+    pub fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> Result<Response, ActionError> {
+        let encoded: Vec<String> =
+            fields.iter().map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v))).collect();
+        let body = Body { content_type: "application/x-www-form-urlencoded".into(), bytes: encoded.join("&").into_bytes() };
+        self.send_body("POST", path, Some(&body))
+    }
+
+    /// [`Client::send`] for any body.
+    pub fn send_body(&self, method: &str, path: &str, body: Option<&Body>) -> Result<Response, ActionError> {
         let mut attempt = 0;
         loop {
-            let resp = self.send_once(method, path, body)?;
+            let resp = self.send_body_once(method, path, body)?;
             if !(resp.status == 429 || resp.status == 503) || attempt >= self.max_retries {
                 return Ok(resp);
             }
@@ -114,6 +134,25 @@ impl Client {
             HttpError::TooLarge(why) => ActionError::Failed(why),
         }
     }
+}
+
+/// A request body and its content type.
+pub struct Body {
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (for query
+/// values and form fields).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 /// `Retry-After` in milliseconds (the seconds form; an HTTP date gives `None`).

@@ -12,7 +12,7 @@ mod summary;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use warden_sdk::client::{body_snippet, paginate, retry_after_ms};
+use warden_sdk::client::{body_snippet, paginate, percent_encode, retry_after_ms};
 use warden_sdk::{invalid, log, now_ms, output, parse_input, sleep_ms, upstream, ActionError, Client, Guest, Invocation, Manifest};
 
 const API: &str = "/web/api/v2.1";
@@ -292,17 +292,6 @@ fn wait_for_query(client: &Client, cred: &str, query_id: &str, input: &Input) ->
         }
         sleep_ms(input.poll_interval_ms);
     }
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 warden_sdk::export_action!(Hunt);

@@ -65,3 +65,48 @@ pub fn output(report: &InvocationReport) -> serde_json::Value {
 pub fn everything(report: &InvocationReport) -> String {
     serde_json::to_string(report).unwrap()
 }
+
+/// A real SMTP server (tests/smtp_server.py, aiosmtpd) on a free port; killed on drop.
+pub struct SmtpServer {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: std::process::Child,
+}
+
+impl SmtpServer {
+    pub fn start() -> SmtpServer {
+        use std::io::BufRead;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("warden-smtp-{}-{port}", std::process::id()));
+        let mut child = std::process::Command::new("python3")
+            .arg(workspace_root().join("tests/smtp_server.py"))
+            .args(["--port", &port.to_string(), "--dir", dir.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 is needed for the SMTP tests");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("READY"),
+            "tests/smtp_server.py did not start (is aiosmtpd installed? `pip install aiosmtpd`; .ci/run does)"
+        );
+        SmtpServer { port, dir, child }
+    }
+
+    /// Messages received so far, in order.
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "json")).collect())
+            .unwrap_or_default();
+        files.sort();
+        files.iter().map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap()).collect()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -5,12 +5,16 @@
 //!   bodies, redirects).
 //! * [`sentinelone`]: SentinelOne Management API v2.1 Deep Visibility.
 //! * [`jira`]: Jira Cloud REST v2/v3 and Jira Service Management requests.
+//! * [`mail`]: SendGrid v3 and Mailgun.
+//!
+//! Real SMTP is tested against a real server (`tests/smtp_server.py`, aiosmtpd).
 //!
 //! Each records what it received and checks the auth header it expects, which
 //! is how the tests prove the host injected the credential. The shapes follow
 //! `shared/reference/vendor-apis.md`.
 
 pub mod jira;
+pub mod mail;
 pub mod origin;
 pub mod sentinelone;
 

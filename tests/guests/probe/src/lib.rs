@@ -6,7 +6,7 @@ wit_bindgen::generate!({ path: "../../../wit", world: "action" });
 
 use serde_json::{json, Value};
 use warden::action::http::{self, HttpError, Request};
-use warden::action::{clock, log};
+use warden::action::{clock, log, smtp};
 
 struct Probe;
 
@@ -113,6 +113,28 @@ impl Guest for Probe {
             "recurse" => {
                 let mut pad = [0u8; 256];
                 json!({"depth": recurse(v["depth"].as_u64().unwrap_or(10_000_000), &mut pad)})
+            }
+            "mail" => {
+                // Hands the message to the host as is: the host alone must refuse.
+                let list = |k: &str| -> Vec<String> {
+                    v[k].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+                };
+                let m = smtp::Message {
+                    from: v["from"].as_str().map(String::from),
+                    to: list("to"),
+                    cc: list("cc"),
+                    bcc: list("bcc"),
+                    reply_to: None,
+                    subject: v["subject"].as_str().unwrap_or("").into(),
+                    text: v["text"].as_str().unwrap_or("").into(),
+                    html: None,
+                };
+                match smtp::send(&m) {
+                    Ok(r) => json!({"message_id": r.message_id, "accepted": r.accepted}),
+                    Err(smtp::SmtpError::Denied(m)) => json!({"error": {"kind": "denied", "message": m}}),
+                    Err(smtp::SmtpError::InvalidMessage(m)) => json!({"error": {"kind": "invalid-message", "message": m}}),
+                    Err(e) => json!({"error": {"kind": "other", "message": format!("{e:?}")}}),
+                }
             }
             "recurse_native" => json!({"depth": deep(v["depth"].as_u64().unwrap_or(100_000_000))}),
             "sleep" => {
