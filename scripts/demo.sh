@@ -1,19 +1,45 @@
 #!/usr/bin/env bash
-# The README demo: start the local simulators, run the example against them.
+# The README demo: the threat-hunt story against the local simulators.
+#
+# Starts warden-sim (SentinelOne on :8701, Jira on :8702) and a real SMTP
+# server (tests/smtp_server.py on :8725), then runs examples/stories/threat-hunt.yaml
+# under examples/warden.toml: hunt → ticket → email. Runs are recorded in .warden/demo.db.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build-guests.sh
+python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install --quiet aiosmtpd
 cargo build --quiet -p warden -p warden-sim
-target/debug/warden-sim --origin 127.0.0.1:8700 >/dev/null &
-sim=$!
-trap 'kill $sim 2>/dev/null' EXIT
-for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/8700) 2>/dev/null && break; sleep 0.1; done
 
-export DEMO_TOKEN=demo-token-not-a-real-secret
-echo "== warden action run http-fetch (allowed, with the demo credential injected by the host)"
-target/debug/warden action run http-fetch --policy examples/warden.toml --audit \
-  --input '{"url": "http://127.0.0.1:8700/echo", "credential": "demo"}'
+export S1_API_TOKEN=s1-demo-token JIRA_API_TOKEN=jira-demo-token DEMO_TOKEN=demo-token
+mail_dir=.warden/demo-mail
+rm -rf "$mail_dir"
+target/debug/warden-sim --origin 127.0.0.1:8700 --s1 127.0.0.1:8701 --jira 127.0.0.1:8702 >/dev/null &
+sim=$!
+python3 tests/smtp_server.py --port 8725 --dir "$mail_dir" >/dev/null &
+smtp=$!
+trap 'kill $sim $smtp 2>/dev/null || true' EXIT
+for port in 8701 8702 8725; do
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
+
+echo "== warden story run threat-hunt (indicator evil.example, seen on the simulated fleet)"
+target/debug/warden story run examples/stories/threat-hunt.yaml \
+  --policy examples/warden.toml --db .warden/demo.db \
+  --input @examples/threat-hunt-input.json
+
 echo
-echo "== the same plugin asking for the cloud metadata endpoint (denied by policy)"
-target/debug/warden action run http-fetch --policy examples/warden.toml --audit \
-  --input '{"url": "http://169.254.169.254/latest/meta-data/"}' || true
+echo "== the email the leads received (read back from the SMTP server)"
+python3 - "$mail_dir" <<'PY'
+import json, pathlib, sys
+for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
+    m = json.loads(f.read_text())
+    print(f"To: {', '.join(m['rcpt_tos'])}\nSubject: {m['subject']}\n\n{m['text'].strip()}\n")
+PY
+
+echo "== the same story for an indicator nobody saw (no ticket, no email)"
+target/debug/warden story run examples/stories/threat-hunt.yaml -q \
+  --policy examples/warden.toml --db .warden/demo.db \
+  --input '{"indicator": {"kind": "domain", "value": "benign.example"}, "leads": ["soc-lead@corp.example"]}'
+echo
+echo "Recorded runs: target/debug/warden runs list --db .warden/demo.db"
+target/debug/warden runs list --db .warden/demo.db --limit 2

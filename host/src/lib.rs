@@ -11,6 +11,8 @@ pub mod limits;
 pub mod mail;
 pub mod policy;
 pub mod runtime;
+pub mod store;
+pub mod story;
 
 pub use policy::Policy;
 pub use runtime::{InvocationInfo, InvocationReport, InvokeError, Runtime, RuntimeConfig};

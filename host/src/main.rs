@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use warden::policy::{Grant, Policy};
 use warden::runtime::{sha256_hex, Plugin};
+use warden::story::engine::{Engine, Observer, Quiet};
+use warden::story::Library;
 use warden::{InvocationInfo, Runtime, RuntimeConfig};
+
+mod progress;
 
 #[derive(Parser)]
 #[command(name = "warden", version, about = "Run security automation steps as sandboxed WebAssembly components")]
@@ -27,6 +31,82 @@ enum Command {
     /// Work with plugin files.
     #[command(subcommand)]
     Plugin(PluginCmd),
+    /// Run and check stories.
+    #[command(subcommand)]
+    Story(StoryCmd),
+    /// Inspect recorded runs.
+    #[command(subcommand)]
+    Runs(RunsCmd),
+}
+
+#[derive(Args)]
+struct StoriesArg {
+    /// Folder of story files (default: $WARDEN_STORIES, else the folder of the story file given).
+    #[arg(long, env = "WARDEN_STORIES")]
+    stories: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DbArg {
+    /// The run store (SQLite; created and migrated as needed).
+    #[arg(long, env = "WARDEN_DB", default_value = ".warden/runs.db")]
+    db: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum StoryCmd {
+    /// Run a story, showing each step live, and print its output JSON.
+    Run {
+        /// A story file, or a story name from --stories.
+        story: String,
+        /// Input JSON, or @file.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        #[command(flatten)]
+        policy: PolicyArg,
+        #[command(flatten)]
+        stories: StoriesArg,
+        #[command(flatten)]
+        db: DbArg,
+        /// Print the whole run result (id, state, output, error) as JSON.
+        #[arg(long)]
+        json: bool,
+        /// No live progress on stderr.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Validate story files (and their plugins and sub-stories) without running them.
+    Check {
+        /// A story file or a folder of them.
+        path: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsCmd {
+    /// Recent runs, newest first.
+    List {
+        #[command(flatten)]
+        db: DbArg,
+        #[arg(long)]
+        story: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run: its steps, errors, sub-story runs and audit records.
+    Show {
+        id: String,
+        #[command(flatten)]
+        db: DbArg,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -141,6 +221,33 @@ fn resolve_plugin(rt: &Runtime, policy: &Policy, spec: &str) -> anyhow::Result<(
     Ok((plugin, grant))
 }
 
+/// The library that holds `spec` (a story file, or a name in `stories`) and the story's name.
+fn load_library(spec: &str, stories: Option<&Path>) -> anyhow::Result<(Library, String)> {
+    let path = Path::new(spec);
+    if path.is_file() {
+        let text = std::fs::read_to_string(path)?;
+        let story = warden::story::parse(&text, path)?;
+        let dir = stories.map(Path::to_path_buf).unwrap_or_else(|| {
+            path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf()
+        });
+        let mut library = Library::load_dir(&dir)?;
+        library.stories.entry(story.name.clone()).or_insert_with(|| Arc::new(story.clone()));
+        return Ok((library, story.name));
+    }
+    let Some(dir) = stories else {
+        return Err(anyhow!("`{spec}` is not a story file; to run a story by name, give --stories DIR (or set WARDEN_STORIES)"));
+    };
+    let library = Library::load_dir(dir)?;
+    if library.get(spec).is_none() {
+        return Err(anyhow!(
+            "no story `{spec}` in {} (it has: {})",
+            dir.display(),
+            library.stories.keys().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok((library, spec.to_string()))
+}
+
 fn read_input(input: &str) -> anyhow::Result<String> {
     let text = match input.strip_prefix('@') {
         Some(file) => std::fs::read_to_string(file).with_context(|| format!("cannot read input file {file}"))?,
@@ -225,6 +332,77 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     l.http_requests,
                     warden::limits::Bytes(l.response_bytes)
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Story(StoryCmd::Run { story, input, policy, stories, db, json, quiet }) => {
+            let policy = Arc::new(load_policy(&policy)?);
+            let input: serde_json::Value = serde_json::from_str(&read_input(&input)?)?;
+            let (library, name) = load_library(&story, stories.stories.as_deref())?;
+            library.check(&policy)?;
+            let store = Arc::new(warden::store::RunStore::open(&db.db)?);
+            let rt = Arc::new(Runtime::new(RuntimeConfig::default())?);
+            let engine = Engine::new(rt, policy, Arc::new(library), store);
+            let observer: Box<dyn Observer> = if quiet { Box::new(Quiet) } else { Box::new(progress::Progress::new()) };
+            let result = engine.run(&name, input, "cli", observer.as_ref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else if let Some(out) = &result.output {
+                println!("{}", serde_json::to_string_pretty(out)?);
+            }
+            match &result.error {
+                None => Ok(ExitCode::SUCCESS),
+                Some(e) => {
+                    eprintln!(
+                        "warden: run {} failed at step {}: {}",
+                        result.run_id,
+                        result.failed_step.as_deref().unwrap_or("?"),
+                        e.message
+                    );
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Story(StoryCmd::Check { path, policy }) => {
+            let policy = load_policy(&policy)?;
+            let library = if path.is_dir() {
+                Library::load_dir(&path)?
+            } else {
+                let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                Library::load_dir(dir)?
+            };
+            library.check(&policy)?;
+            for s in library.stories.values() {
+                println!("ok {} ({}, team {}, {} steps)", s.name, s.file.display(), s.team, s.steps.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runs(RunsCmd::List { db, story, state, limit, json }) => {
+            let store = warden::store::RunStore::open(&db.db)?;
+            let runs = store.list_runs(story.as_deref(), state.as_deref(), false, limit, 0)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else {
+                for r in runs {
+                    let took = match (r.started_ms, r.finished_ms) {
+                        (Some(a), Some(b)) => format!("{:.1}s", (b.saturating_sub(a)) as f64 / 1000.0),
+                        _ => "-".into(),
+                    };
+                    let err = r.error.map(|e| format!("  {e}")).unwrap_or_default();
+                    println!("{}  {:<10} {:<20} {:>7}  {}{err}", r.id, r.state, r.story, took, r.trigger);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runs(RunsCmd::Show { id, db, json }) => {
+            let store = warden::store::RunStore::open(&db.db)?;
+            let Some(run) = store.get_run(&id)? else {
+                return Err(anyhow!("no run `{id}` in {} (see `warden runs list`)", db.db.display()));
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&run)?);
+            } else {
+                progress::print_run(&run);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1,0 +1,378 @@
+//! The run store: every story run, its steps (input, output, error, attempts,
+//! timings), their logs and the audit records of every capability call, in
+//! embedded SQLite. warden creates and migrates the schema itself. Nothing
+//! secret is written: inputs and outputs only ever hold credential *names*,
+//! and responses were scrubbed by the host before a guest saw them.
+
+use crate::audit::AuditRecord;
+use crate::runtime::LogLine;
+use anyhow::Context as _;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Schema versions, applied in order; `PRAGMA user_version` records progress.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    story TEXT NOT NULL,
+    team TEXT NOT NULL,
+    state TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    input TEXT NOT NULL,
+    output TEXT,
+    error TEXT,
+    failed_step TEXT,
+    parent_run TEXT,
+    parent_step TEXT,
+    created_ms INTEGER NOT NULL,
+    started_ms INTEGER,
+    finished_ms INTEGER
+);
+CREATE INDEX runs_by_story ON runs(story, created_ms);
+CREATE INDEX runs_by_state ON runs(state);
+CREATE TABLE steps (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    item INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    input TEXT,
+    output TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    started_ms INTEGER,
+    finished_ms INTEGER,
+    PRIMARY KEY (run_id, step_id, item)
+);
+CREATE TABLE logs (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    level TEXT NOT NULL,
+    source TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX logs_by_run ON logs(run_id);
+CREATE TABLE audit (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX audit_by_run ON audit(run_id);
+"#];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub id: String,
+    pub story: String,
+    pub team: String,
+    pub state: String,
+    pub trigger: String,
+    pub error: Option<String>,
+    pub failed_step: Option<String>,
+    pub parent_run: Option<String>,
+    pub created_ms: u64,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    pub step_id: String,
+    /// Position in a `for_each`, or `None` for the step as a whole.
+    pub item: Option<u32>,
+    pub kind: String,
+    pub state: String,
+    pub input: Option<Value>,
+    pub output: Option<Value>,
+    pub error: Option<Value>,
+    pub attempts: u32,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogRecord {
+    pub step_id: String,
+    pub at_ms: u64,
+    pub level: String,
+    pub source: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub run: RunSummary,
+    pub input: Value,
+    pub output: Option<Value>,
+    pub steps: Vec<StepRecord>,
+    pub logs: Vec<LogRecord>,
+    pub audit: Vec<Value>,
+    pub children: Vec<RunSummary>,
+}
+
+pub struct NewRun<'a> {
+    pub id: &'a str,
+    pub story: &'a str,
+    pub team: &'a str,
+    pub trigger: &'a str,
+    pub input: &'a Value,
+    pub parent: Option<(&'a str, &'a str)>,
+}
+
+pub struct RunStore {
+    conn: Mutex<Connection>,
+}
+
+fn ms() -> u64 {
+    crate::audit::now_ms()
+}
+
+fn json_col(v: Option<String>) -> Option<Value> {
+    v.and_then(|s| serde_json::from_str(&s).ok())
+}
+
+impl RunStore {
+    /// Opens (creating and migrating as needed) the store at `path`.
+    pub fn open(path: &Path) -> anyhow::Result<RunStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let conn = Connection::open(path).with_context(|| format!("cannot open the run store {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        RunStore::with(conn)
+    }
+
+    pub fn in_memory() -> anyhow::Result<RunStore> {
+        RunStore::with(Connection::open_in_memory()?)
+    }
+
+    fn with(conn: Connection) -> anyhow::Result<RunStore> {
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > MIGRATIONS.len() {
+            anyhow::bail!("the run store was written by a newer warden (schema {version}); upgrade warden or use another --db");
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))
+                .with_context(|| format!("run store migration {} failed", i + 1))?;
+        }
+        Ok(RunStore { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn create_run(&self, r: &NewRun) -> anyhow::Result<()> {
+        self.conn().execute(
+            "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms) VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8)",
+            params![r.id, r.story, r.team, r.trigger, r.input.to_string(), r.parent.map(|p| p.0), r.parent.map(|p| p.1), ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn start_run(&self, id: &str) -> anyhow::Result<()> {
+        self.conn().execute("UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, ?2) WHERE id = ?1", params![id, ms()])?;
+        Ok(())
+    }
+
+    pub fn finish_run(&self, id: &str, state: &str, output: Option<&Value>, error: Option<&str>, failed_step: Option<&str>) -> anyhow::Result<()> {
+        self.conn().execute(
+            "UPDATE runs SET state = ?2, output = ?3, error = ?4, failed_step = ?5, finished_ms = ?6 WHERE id = ?1",
+            params![id, state, output.map(|o| o.to_string()), error, failed_step, ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn step_started(&self, run: &str, step: &str, item: Option<usize>, kind: &str, input: Option<&Value>, attempt: u32) -> anyhow::Result<()> {
+        self.conn().execute(
+            "INSERT INTO steps (run_id, step_id, item, kind, state, input, attempts, started_ms) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)
+             ON CONFLICT(run_id, step_id, item) DO UPDATE SET state = 'running', input = COALESCE(excluded.input, input), attempts = excluded.attempts",
+            params![run, step, item.map_or(-1, |i| i as i64), kind, input.map(|i| i.to_string()), attempt, ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn step_finished(&self, run: &str, step: &str, item: Option<usize>, kind: &str, state: &str, output: Option<&Value>, error: Option<&Value>, attempts: u32) -> anyhow::Result<()> {
+        self.conn().execute(
+            "INSERT INTO steps (run_id, step_id, item, kind, state, output, error, attempts, started_ms, finished_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+             ON CONFLICT(run_id, step_id, item) DO UPDATE SET state = excluded.state, output = excluded.output, error = excluded.error, attempts = MAX(attempts, excluded.attempts), finished_ms = excluded.finished_ms",
+            params![run, step, item.map_or(-1, |i| i as i64), kind, state, output.map(|o| o.to_string()), error.map(|e| e.to_string()), attempts, ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn add_logs(&self, run: &str, step: &str, lines: &[LogLine]) -> anyhow::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("INSERT INTO logs (run_id, step_id, at_ms, level, source, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+            for l in lines {
+                stmt.execute(params![run, step, l.at_ms, l.level, l.source, l.message])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn add_audit(&self, run: &str, step: &str, records: &[AuditRecord]) -> anyhow::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("INSERT INTO audit (run_id, step_id, at_ms, record) VALUES (?1, ?2, ?3, ?4)")?;
+            for r in records {
+                stmt.execute(params![run, step, r.at_ms, serde_json::to_string(r)?])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn summary(row: &rusqlite::Row) -> rusqlite::Result<RunSummary> {
+        Ok(RunSummary {
+            id: row.get("id")?,
+            story: row.get("story")?,
+            team: row.get("team")?,
+            state: row.get("state")?,
+            trigger: row.get("trigger")?,
+            error: row.get("error")?,
+            failed_step: row.get("failed_step")?,
+            parent_run: row.get("parent_run")?,
+            created_ms: row.get("created_ms")?,
+            started_ms: row.get("started_ms")?,
+            finished_ms: row.get("finished_ms")?,
+        })
+    }
+
+    /// Newest first. `story` and `state` filter; top-level runs only unless `include_children`.
+    pub fn list_runs(&self, story: Option<&str>, state: Option<&str>, include_children: bool, limit: usize, offset: usize) -> anyhow::Result<Vec<RunSummary>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT * FROM runs WHERE (?1 IS NULL OR story = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 OR parent_run IS NULL)
+             ORDER BY created_ms DESC, rowid DESC LIMIT ?4 OFFSET ?5",
+        )?;
+        let rows = stmt.query_map(params![story, state, include_children, limit as i64, offset as i64], RunStore::summary)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn run_summary(&self, id: &str) -> anyhow::Result<Option<RunSummary>> {
+        Ok(self.conn().query_row("SELECT * FROM runs WHERE id = ?1", params![id], RunStore::summary).optional()?)
+    }
+
+    /// The story and input of a run, to execute it (e.g. after a restart).
+    pub fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>> {
+        let row: Option<(String, String)> = self
+            .conn()
+            .query_row("SELECT story, input FROM runs WHERE id = ?1", params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(row.map(|(s, i)| (s, serde_json::from_str(&i).unwrap_or(Value::Null))))
+    }
+
+    pub fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT id FROM runs WHERE state = ?1 AND parent_run IS NULL ORDER BY created_ms")?;
+        let rows = stmt.query_map(params![state], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM runs WHERE parent_run IS NULL GROUP BY state ORDER BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Steps that finished successfully in a run (to resume after the last one).
+    pub fn finished_steps(&self, run: &str) -> anyhow::Result<Vec<StepRecord>> {
+        Ok(self.get_run(run)?.map(|d| d.steps).unwrap_or_default())
+    }
+
+    pub fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>> {
+        let conn = self.conn();
+        let Some((run, input, output)) = conn
+            .query_row("SELECT *, input, output FROM runs WHERE id = ?1", params![id], |r| {
+                Ok((RunStore::summary(r)?, r.get::<_, String>("input")?, r.get::<_, Option<String>>("output")?))
+            })
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let mut stmt = conn.prepare_cached("SELECT * FROM steps WHERE run_id = ?1 ORDER BY started_ms, step_id, item")?;
+        let steps = stmt
+            .query_map(params![id], |r| {
+                let item: i64 = r.get("item")?;
+                Ok(StepRecord {
+                    step_id: r.get("step_id")?,
+                    item: (item >= 0).then_some(item as u32),
+                    kind: r.get("kind")?,
+                    state: r.get("state")?,
+                    input: json_col(r.get("input")?),
+                    output: json_col(r.get("output")?),
+                    error: json_col(r.get("error")?),
+                    attempts: r.get("attempts")?,
+                    started_ms: r.get("started_ms")?,
+                    finished_ms: r.get("finished_ms")?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut stmt = conn.prepare_cached("SELECT * FROM logs WHERE run_id = ?1 ORDER BY rowid")?;
+        let logs = stmt
+            .query_map(params![id], |r| {
+                Ok(LogRecord { step_id: r.get("step_id")?, at_ms: r.get("at_ms")?, level: r.get("level")?, source: r.get("source")?, message: r.get("message")? })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut stmt = conn.prepare_cached("SELECT record FROM audit WHERE run_id = ?1 ORDER BY rowid")?;
+        let audit = stmt
+            .query_map(params![id], |r| r.get::<_, String>(0))?
+            .filter_map(|r| r.ok().and_then(|s| serde_json::from_str(&s).ok()))
+            .collect();
+        let mut stmt = conn.prepare_cached("SELECT * FROM runs WHERE parent_run = ?1 ORDER BY created_ms")?;
+        let children = stmt.query_map(params![id], RunStore::summary)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(RunDetail { run, input: serde_json::from_str(&input).unwrap_or(Value::Null), output: json_col(output), steps, logs, audit, children }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_run_is_recorded_with_its_steps() {
+        let s = RunStore::in_memory().unwrap();
+        let input = json!({"x": 1});
+        s.create_run(&NewRun { id: "r1", story: "st", team: "soc", trigger: "cli", input: &input, parent: None }).unwrap();
+        s.start_run("r1").unwrap();
+        s.step_started("r1", "a", None, "action", Some(&json!({"in": 1})), 1).unwrap();
+        s.step_finished("r1", "a", None, "action", "succeeded", Some(&json!({"out": 2})), None, 1).unwrap();
+        s.finish_run("r1", "succeeded", Some(&json!({"done": true})), None, None).unwrap();
+        let d = s.get_run("r1").unwrap().unwrap();
+        assert_eq!(d.run.state, "succeeded");
+        assert_eq!(d.steps[0].input, Some(json!({"in": 1})));
+        assert_eq!(d.steps[0].output, Some(json!({"out": 2})));
+        assert_eq!(d.output, Some(json!({"done": true})));
+        assert_eq!(s.list_runs(Some("st"), None, false, 10, 0).unwrap().len(), 1);
+        assert_eq!(s.count_by_state().unwrap(), vec![("succeeded".to_string(), 1)]);
+    }
+
+    #[test]
+    fn reopening_migrates_once() {
+        let dir = std::env::temp_dir().join(format!("warden-store-{}", std::process::id()));
+        let path = dir.join("runs.db");
+        let _ = std::fs::remove_file(&path);
+        {
+            let s = RunStore::open(&path).unwrap();
+            s.create_run(&NewRun { id: "r", story: "s", team: "t", trigger: "cli", input: &json!({}), parent: None }).unwrap();
+        }
+        let s = RunStore::open(&path).unwrap();
+        assert!(s.run_summary("r").unwrap().is_some());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

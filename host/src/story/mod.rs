@@ -1,0 +1,508 @@
+//! Stories: what security teams build and share.
+//!
+//! A story file (YAML, JSON accepted) holds one story: `name`, `description`,
+//! `team`, an `input` schema, `steps`, optional `fallbacks`, and `output`. A
+//! step is an `action` (a plugin), a `story` (send to another story), or a
+//! built-in `transform`; any step may have `if`, `for_each` (+ `concurrency`),
+//! `retry`, `timeout_ms` and `on_error`. Everything that can be checked is
+//! checked at load, with `file:line`: unknown plugins and stories, duplicate or
+//! misspelt step ids, references to later or unknown steps, bad templates,
+//! cycles between stories.
+
+pub mod engine;
+pub mod schema;
+pub mod template;
+pub mod transform;
+
+use crate::policy::Policy;
+use serde::Deserialize;
+use serde_json::Value;
+use serde_saphyr::Spanned;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+pub use transform::Transform;
+
+/// A story error: `file:line: what; the fix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoryError {
+    pub file: String,
+    pub line: u64,
+    pub message: String,
+}
+
+impl fmt::Display for StoryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.message)
+    }
+}
+
+impl std::error::Error for StoryError {}
+
+/// All errors of a check, one per line.
+#[derive(Debug, Clone)]
+pub struct StoryErrors(pub Vec<StoryError>);
+
+impl fmt::Display for StoryErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(|e| e.to_string()).collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+impl std::error::Error for StoryErrors {}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepKind {
+    Action(String),
+    Story(String),
+    Transform(Transform),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OnError {
+    Fail,
+    Continue,
+    /// Run the named fallback; its output stands in for the step's.
+    Fallback(String),
+}
+
+/// Which failures a retry policy retries. Kinds are those of
+/// [`engine::StepError::kind`]: `upstream`, `timeout`, `failed`, `limit`, …
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    pub attempts: u32,
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub on: Vec<String>,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry { attempts: 1, backoff_ms: 1000, max_backoff_ms: 60_000, on: vec!["upstream".into(), "timeout".into()] }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub id: String,
+    pub line: u64,
+    pub kind: StepKind,
+    pub with: Value,
+    pub condition: Option<String>,
+    pub for_each: Option<String>,
+    pub concurrency: usize,
+    pub retry: Retry,
+    pub timeout: Option<Duration>,
+    pub on_error: OnError,
+}
+
+#[derive(Debug, Clone)]
+pub struct Story {
+    pub name: String,
+    pub description: String,
+    pub team: String,
+    pub input_schema: Value,
+    pub steps: Vec<Step>,
+    pub fallbacks: Vec<Step>,
+    pub output: Option<Value>,
+    /// Teams (other than its own) that may call this story as a sub-story.
+    pub allow_callers: Vec<String>,
+    pub file: PathBuf,
+    pub line: u64,
+}
+
+impl Story {
+    pub fn fallback(&self, id: &str) -> Option<&Step> {
+        self.fallbacks.iter().find(|s| s.id == id)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStory {
+    name: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    team: Option<String>,
+    #[serde(default)]
+    input: Option<Value>,
+    steps: Vec<Spanned<RawStep>>,
+    #[serde(default)]
+    fallbacks: Vec<Spanned<RawStep>>,
+    #[serde(default)]
+    output: Option<Value>,
+    #[serde(default)]
+    allow_callers: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    id: String,
+    action: Option<String>,
+    story: Option<String>,
+    transform: Option<Transform>,
+    #[serde(default)]
+    with: Option<Value>,
+    #[serde(rename = "if")]
+    condition: Option<String>,
+    for_each: Option<String>,
+    concurrency: Option<usize>,
+    retry: Option<RawRetry>,
+    timeout_ms: Option<u64>,
+    on_error: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    attempts: u32,
+    backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+    on: Option<Vec<String>>,
+}
+
+const RETRY_KINDS: &[&str] = &["invalid-input", "denied", "upstream", "failed", "limit", "trap", "timeout", "story", "template"];
+
+fn valid_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Parses one story file (no cross-story checks; see [`Library::check`]).
+pub fn parse(text: &str, file: &Path) -> Result<Story, StoryErrors> {
+    let fname = file.display().to_string();
+    let err = |line: u64, message: String| StoryError { file: fname.clone(), line, message };
+    let raw: RawStory = serde_saphyr::from_str(text).map_err(|e| {
+        let line = e.location().map(|l| l.line()).unwrap_or(0);
+        let msg = e.to_string();
+        let first = msg.lines().next().unwrap_or("").to_string();
+        StoryErrors(vec![err(line, format!("{first} (a story needs name, steps; each step an id and one of action, story, transform)"))])
+    })?;
+    let mut errors = Vec::new();
+    let name = raw.name.value.clone();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        errors.push(err(raw.name.referenced.line(), format!("story name `{name}` must be letters, digits, - and _")));
+    }
+    let convert = |raw: &Spanned<RawStep>, errors: &mut Vec<StoryError>| -> Option<Step> {
+        let line = raw.referenced.line();
+        let r = &raw.value;
+        if !valid_id(&r.id) {
+            errors.push(err(line, format!("step id `{}` must be an identifier (letters, digits, _) so templates can name it as steps.{}", r.id, r.id.replace('-', "_"))));
+        }
+        let kinds = [r.action.is_some(), r.story.is_some(), r.transform.is_some()].iter().filter(|b| **b).count();
+        if kinds != 1 {
+            errors.push(err(line, format!("step `{}` needs exactly one of action, story or transform", r.id)));
+            return None;
+        }
+        let kind = if let Some(a) = &r.action {
+            StepKind::Action(a.clone())
+        } else if let Some(s) = &r.story {
+            StepKind::Story(s.clone())
+        } else {
+            let t = r.transform.clone().unwrap();
+            if let Err(m) = t.validate() {
+                errors.push(err(line, format!("step `{}`: {m}", r.id)));
+            }
+            if r.with.is_some() {
+                errors.push(err(line, format!("step `{}`: a transform takes its arguments inside `transform`, not `with`", r.id)));
+            }
+            StepKind::Transform(t)
+        };
+        let retry = match &r.retry {
+            None => Retry::default(),
+            Some(rr) => {
+                let on = rr.on.clone().unwrap_or_else(|| Retry::default().on);
+                for k in &on {
+                    if !RETRY_KINDS.contains(&k.as_str()) {
+                        errors.push(err(line, format!("step `{}`: retry.on kind `{k}` is unknown; use {}", r.id, RETRY_KINDS.join(", "))));
+                    }
+                }
+                if rr.attempts == 0 || rr.attempts > 20 {
+                    errors.push(err(line, format!("step `{}`: retry.attempts must be 1..20", r.id)));
+                }
+                Retry {
+                    attempts: rr.attempts,
+                    backoff_ms: rr.backoff_ms.unwrap_or(1000),
+                    max_backoff_ms: rr.max_backoff_ms.unwrap_or(60_000),
+                    on,
+                }
+            }
+        };
+        let on_error = match r.on_error.as_deref() {
+            None | Some("fail") => OnError::Fail,
+            Some("continue") => OnError::Continue,
+            Some(other) => OnError::Fallback(other.to_string()),
+        };
+        let concurrency = r.concurrency.unwrap_or(1);
+        if concurrency == 0 || concurrency > 64 {
+            errors.push(err(line, format!("step `{}`: concurrency must be 1..64", r.id)));
+        }
+        if r.concurrency.is_some() && r.for_each.is_none() {
+            errors.push(err(line, format!("step `{}`: concurrency only applies with for_each", r.id)));
+        }
+        Some(Step {
+            id: r.id.clone(),
+            line,
+            kind,
+            with: r.with.clone().unwrap_or(Value::Object(Default::default())),
+            condition: r.condition.clone(),
+            for_each: r.for_each.clone(),
+            concurrency: concurrency.clamp(1, 64),
+            retry,
+            timeout: r.timeout_ms.map(Duration::from_millis),
+            on_error,
+        })
+    };
+    let steps: Vec<Step> = raw.steps.iter().filter_map(|s| convert(s, &mut errors)).collect();
+    let fallbacks: Vec<Step> = raw.fallbacks.iter().filter_map(|s| convert(s, &mut errors)).collect();
+    if steps.is_empty() && errors.is_empty() {
+        errors.push(err(raw.name.referenced.line(), format!("story `{name}` has no steps")));
+    }
+    if let Some(schema) = &raw.input {
+        if let Err(m) = schema::check_schema(schema) {
+            errors.push(err(raw.name.referenced.line(), format!("input schema: {m}")));
+        }
+    }
+    let story = Story {
+        name,
+        description: raw.description,
+        team: raw.team.unwrap_or_else(|| "default".into()),
+        input_schema: raw.input.unwrap_or(Value::Null),
+        steps,
+        fallbacks,
+        output: raw.output,
+        allow_callers: raw.allow_callers,
+        file: file.to_path_buf(),
+        line: raw.name.referenced.line(),
+    };
+    check_references(&story, &mut errors);
+    if errors.is_empty() { Ok(story) } else { Err(StoryErrors(errors)) }
+}
+
+/// Template syntax and step references within one story.
+fn check_references(story: &Story, errors: &mut Vec<StoryError>) {
+    let file = story.file.display().to_string();
+    let ids: Vec<&str> = story.steps.iter().map(|s| s.id.as_str()).collect();
+    let mut seen = BTreeSet::new();
+    for s in story.steps.iter().chain(&story.fallbacks) {
+        if !seen.insert(s.id.as_str()) {
+            errors.push(StoryError { file: file.clone(), line: s.line, message: format!("duplicate step id `{}`; ids must be unique in a story", s.id) });
+        }
+    }
+    let fallback_ids: Vec<&str> = story.fallbacks.iter().map(|s| s.id.as_str()).collect();
+    let check = |line: u64, owner: &str, earlier: &[&str], text: &str, roots: &[&str], errors: &mut Vec<StoryError>| {
+        let refs = match template::references(text) {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(StoryError { file: file.clone(), line, message: format!("{owner}: bad template `{text}`: {e}") });
+                return;
+            }
+        };
+        for r in refs {
+            let mut parts = r.split('.');
+            let root = parts.next().unwrap_or("");
+            if root == "steps" {
+                match parts.next() {
+                    Some(id) if earlier.contains(&id) => {}
+                    Some(id) if ids.contains(&id) => errors.push(StoryError {
+                        file: file.clone(),
+                        line,
+                        message: format!("{owner}: `{text}` reads steps.{id}, which runs later; a step can only read earlier steps"),
+                    }),
+                    Some(id) => errors.push(StoryError {
+                        file: file.clone(),
+                        line,
+                        message: format!("{owner}: `{text}` reads steps.{id}, but there is no step `{id}` (steps: {})", ids.join(", ")),
+                    }),
+                    None => {}
+                }
+            } else if !roots.contains(&root) {
+                errors.push(StoryError {
+                    file: file.clone(),
+                    line,
+                    message: format!("{owner}: `{text}` reads `{root}`, which is not defined here (available: {})", roots.join(", ")),
+                });
+            }
+        }
+    };
+    for (i, s) in story.steps.iter().enumerate() {
+        let earlier = &ids[..i];
+        let owner = format!("step `{}`", s.id);
+        let mut roots = vec!["input", "steps", "run"];
+        if let Some(f) = &s.for_each {
+            check(s.line, &owner, earlier, f, &roots, errors);
+            roots.extend(["item", "index"]);
+        }
+        if let Some(c) = &s.condition {
+            check(s.line, &owner, earlier, c, &["input", "steps", "run"], errors);
+        }
+        for t in step_templates(s) {
+            check(s.line, &owner, earlier, &t, &roots, errors);
+        }
+        if let OnError::Fallback(f) = &s.on_error {
+            if !fallback_ids.contains(&f.as_str()) {
+                errors.push(StoryError {
+                    file: file.clone(),
+                    line: s.line,
+                    message: format!("step `{}`: on_error `{f}` is not fail, continue, or a fallback id (fallbacks: {})", s.id, if fallback_ids.is_empty() { "none".into() } else { fallback_ids.join(", ") }),
+                });
+            }
+        }
+    }
+    for f in &story.fallbacks {
+        let owner = format!("fallback `{}`", f.id);
+        for t in step_templates(f) {
+            // A fallback may read any step (it runs when one fails) and the error.
+            check(f.line, &owner, &ids, &t, &["input", "steps", "run", "error", "item", "index"], errors);
+        }
+    }
+    if let Some(out) = &story.output {
+        let mut texts = Vec::new();
+        template::strings(out, &mut texts);
+        for t in texts {
+            check(story.line, "output", &ids, &t, &["input", "steps", "run"], errors);
+        }
+    }
+}
+
+/// Template strings of a step's arguments (not its `if`/`for_each`).
+fn step_templates(s: &Step) -> Vec<String> {
+    let mut out = Vec::new();
+    template::strings(&s.with, &mut out);
+    if let StepKind::Transform(t) = &s.kind {
+        t.templates(&mut out);
+    }
+    out
+}
+
+/// All stories the host knows, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Library {
+    pub stories: BTreeMap<String, Arc<Story>>,
+}
+
+impl Library {
+    /// Loads every `*.yaml`, `*.yml` and `*.json` file in `dir`.
+    pub fn load_dir(dir: &Path) -> Result<Library, StoryErrors> {
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            StoryErrors(vec![StoryError { file: dir.display().to_string(), line: 0, message: format!("cannot read the stories folder: {e}") }])
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
+            .collect();
+        files.sort();
+        Library::load_files(&files)
+    }
+
+    pub fn load_files(files: &[PathBuf]) -> Result<Library, StoryErrors> {
+        let mut lib = Library::default();
+        let mut errors = Vec::new();
+        for f in files {
+            let text = match std::fs::read_to_string(f) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(StoryError { file: f.display().to_string(), line: 0, message: format!("cannot read: {e}") });
+                    continue;
+                }
+            };
+            match parse(&text, f) {
+                Ok(story) => {
+                    if let Some(prev) = lib.stories.get(&story.name) {
+                        errors.push(StoryError {
+                            file: f.display().to_string(),
+                            line: story.line,
+                            message: format!("story `{}` is also defined in {}; names must be unique", story.name, prev.file.display()),
+                        });
+                    } else {
+                        lib.stories.insert(story.name.clone(), Arc::new(story));
+                    }
+                }
+                Err(StoryErrors(e)) => errors.extend(e),
+            }
+        }
+        if errors.is_empty() { Ok(lib) } else { Err(StoryErrors(errors)) }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Story>> {
+        self.stories.get(name).cloned()
+    }
+
+    /// Cross-story checks: plugins exist in the policy, called stories exist
+    /// and allow the caller's team, and no story calls itself through others.
+    pub fn check(&self, policy: &Policy) -> Result<(), StoryErrors> {
+        let mut errors = Vec::new();
+        for story in self.stories.values() {
+            let file = story.file.display().to_string();
+            for s in story.steps.iter().chain(&story.fallbacks) {
+                match &s.kind {
+                    StepKind::Action(p) if !policy.plugins.contains_key(p) => errors.push(StoryError {
+                        file: file.clone(),
+                        line: s.line,
+                        message: format!(
+                            "step `{}`: unknown plugin `{p}`; add [plugins.{p}] to {} (it has: {})",
+                            s.id,
+                            policy.file,
+                            policy.plugins.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    }),
+                    StepKind::Story(name) => match self.stories.get(name) {
+                        None => errors.push(StoryError {
+                            file: file.clone(),
+                            line: s.line,
+                            message: format!("step `{}`: unknown story `{name}` (known: {})", s.id, self.stories.keys().cloned().collect::<Vec<_>>().join(", ")),
+                        }),
+                        Some(callee) if callee.team != story.team && !callee.allow_callers.contains(&story.team) => errors.push(StoryError {
+                            file: file.clone(),
+                            line: s.line,
+                            message: format!(
+                                "step `{}`: story `{name}` belongs to team {} and does not allow team {} to call it; add `{}` to its allow_callers",
+                                s.id, callee.team, story.team, story.team
+                            ),
+                        }),
+                        Some(_) => {}
+                    },
+                    _ => {}
+                }
+            }
+        }
+        // Cycles: depth-first over story calls.
+        for name in self.stories.keys() {
+            let mut path = vec![name.clone()];
+            if let Some(cycle) = self.find_cycle(name, &mut path) {
+                let story = &self.stories[name];
+                let msg = format!("story calls form a cycle: {}; a story cannot call itself, even through others", cycle.join(" → "));
+                if !errors.iter().any(|e: &StoryError| e.message == msg) {
+                    errors.push(StoryError { file: story.file.display().to_string(), line: story.line, message: msg });
+                }
+                break;
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(StoryErrors(errors)) }
+    }
+
+    fn find_cycle(&self, name: &str, path: &mut Vec<String>) -> Option<Vec<String>> {
+        let story = self.stories.get(name)?;
+        for s in story.steps.iter().chain(&story.fallbacks) {
+            if let StepKind::Story(callee) = &s.kind {
+                if let Some(pos) = path.iter().position(|p| p == callee) {
+                    let mut cycle = path[pos..].to_vec();
+                    cycle.push(callee.clone());
+                    return Some(cycle);
+                }
+                path.push(callee.clone());
+                if let Some(c) = self.find_cycle(callee, path) {
+                    return Some(c);
+                }
+                path.pop();
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,152 @@
+//! Templating for stories, with minijinja.
+//!
+//! A string is a template when it holds `{{ … }}` or `{% … %}`. A string that
+//! is exactly one `{{ expression }}` evaluates to the expression's value (an
+//! object stays an object, a number a number); anything else renders to text.
+//! Undefined is an error, never an empty string. The context holds `input`,
+//! `steps`, `item`/`index` (in `for_each`), `run` and `error` (in fallbacks):
+//! credential values are not reachable from here at all.
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+
+/// Upper bound on template work, so a story cannot spin the host.
+const FUEL: u64 = 200_000;
+
+pub fn env() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_fuel(Some(FUEL));
+        env
+    })
+}
+
+pub fn is_template(s: &str) -> bool {
+    s.contains("{{") || s.contains("{%")
+}
+
+/// `Some(expr)` when the whole string is one `{{ expr }}`.
+fn single_expression(s: &str) -> Option<&str> {
+    let t = s.trim();
+    let inner = t.strip_prefix("{{")?.strip_suffix("}}")?;
+    if inner.contains("{{") || inner.contains("}}") || inner.contains("{%") {
+        return None;
+    }
+    Some(inner.trim())
+}
+
+/// Renders one string against `ctx`.
+pub fn render_str(s: &str, ctx: &Value) -> Result<Value, String> {
+    if !is_template(s) {
+        return Ok(Value::String(s.to_string()));
+    }
+    let env = env();
+    if let Some(expr) = single_expression(s) {
+        let compiled = env.compile_expression(expr).map_err(|e| describe(&e))?;
+        let v = compiled.eval(ctx).map_err(|e| describe(&e))?;
+        return serde_json::to_value(&v).map_err(|e| e.to_string());
+    }
+    env.render_str(s, ctx).map(Value::String).map_err(|e| describe(&e))
+}
+
+/// Renders every string inside a JSON value.
+pub fn render_value(v: &Value, ctx: &Value) -> Result<Value, String> {
+    Ok(match v {
+        Value::String(s) => render_str(s, ctx).map_err(|e| format!("`{s}`: {e}"))?,
+        Value::Array(items) => Value::Array(items.iter().map(|i| render_value(i, ctx)).collect::<Result<_, _>>()?),
+        Value::Object(map) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in map {
+                out.insert(k.clone(), render_value(v, ctx)?);
+            }
+            Value::Object(out)
+        }
+        other => other.clone(),
+    })
+}
+
+/// Jinja truthiness of a condition's value.
+pub fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty() && s != "false" && s != "False",
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
+fn describe(e: &minijinja::Error) -> String {
+    let mut msg = e.kind().to_string();
+    if let Some(detail) = e.detail() {
+        msg.push_str(": ");
+        msg.push_str(detail);
+    }
+    msg
+}
+
+/// Compiles a template string and returns the variable paths it reads
+/// (`steps.hunt.output`, `input.window`), so references can be checked at load.
+pub fn references(s: &str) -> Result<BTreeSet<String>, String> {
+    if !is_template(s) {
+        return Ok(BTreeSet::new());
+    }
+    let env = env();
+    let vars = match single_expression(s) {
+        Some(expr) => env.compile_expression(expr).map_err(|e| describe(&e))?.undeclared_variables(true),
+        None => env.template_from_str(s).map_err(|e| describe(&e))?.undeclared_variables(true),
+    };
+    Ok(vars.into_iter().collect())
+}
+
+/// Every template string inside a JSON value.
+pub fn strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) if is_template(s) => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|i| strings(i, out)),
+        Value::Object(map) => map.values().for_each(|i| strings(i, out)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_single_expression_keeps_its_type() {
+        let ctx = json!({"input": {"ioc": {"kind": "domain", "value": "x"}, "n": [1, 2, 3]}});
+        assert_eq!(render_str("{{ input.ioc }}", &ctx).unwrap(), json!({"kind": "domain", "value": "x"}));
+        assert_eq!(render_str("{{ input.n | length }}", &ctx).unwrap(), json!(3));
+        assert_eq!(render_str("seen {{ input.n | length }} times", &ctx).unwrap(), json!("seen 3 times"));
+        assert_eq!(render_str("plain", &ctx).unwrap(), json!("plain"));
+    }
+
+    #[test]
+    fn undefined_is_an_error_not_an_empty_string() {
+        let ctx = json!({"input": {}});
+        assert!(render_str("{{ input.missing }}", &ctx).unwrap_err().contains("undefined"));
+        assert!(render_str("x {{ input.missing }} y", &ctx).is_err());
+        assert!(render_str("{{ nothing.at.all }}", &ctx).is_err());
+    }
+
+    #[test]
+    fn references_are_reported_as_paths() {
+        let r = references("{{ steps.hunt.output.unique_hosts | length }} and {{ input.window }}").unwrap();
+        assert!(r.contains("steps.hunt.output.unique_hosts"), "{r:?}");
+        assert!(r.contains("input.window"), "{r:?}");
+        assert!(references("{{ broken").is_err());
+    }
+
+    #[test]
+    fn runaway_templates_run_out_of_fuel() {
+        let e = render_str("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", &json!({}));
+        assert!(e.is_err());
+    }
+}

@@ -1,0 +1,225 @@
+//! Built-in transforms: data shaping that needs no plugin.
+//!
+//! ```yaml
+//! transform: { set: { hosts: "{{ steps.hunt.output.unique_hosts | length }}" } }
+//! transform: { merge: ["{{ steps.a.output }}", {extra: 1}] }
+//! transform: { extract: { from: "{{ steps.hunt.output }}", paths: { first: "unique_hosts.0.agent_name" } } }
+//! transform: { deduplicate: { items: "{{ steps.x.output }}", by: "{{ item.agent_uuid }}" } }
+//! transform: { aggregate: { items: "{{ … }}", group_by: "{{ item.os }}" } }
+//! transform: { assert: { that: "{{ steps.hunt.output.query_id is defined }}", message: "the hunt returned no query id" } }
+//! ```
+
+use super::template::{self, render_str, render_value, truthy};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transform {
+    pub set: Option<Value>,
+    pub merge: Option<Vec<Value>>,
+    pub extract: Option<Extract>,
+    pub deduplicate: Option<Deduplicate>,
+    pub aggregate: Option<Aggregate>,
+    pub assert: Option<Assert>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Extract {
+    pub from: Value,
+    pub paths: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deduplicate {
+    pub items: Value,
+    pub by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Aggregate {
+    pub items: Value,
+    pub group_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assert {
+    pub that: String,
+    pub message: String,
+}
+
+impl Transform {
+    pub fn validate(&self) -> Result<(), String> {
+        let n = [self.set.is_some(), self.merge.is_some(), self.extract.is_some(), self.deduplicate.is_some(), self.aggregate.is_some(), self.assert.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if n != 1 {
+            return Err("a transform needs exactly one of set, merge, extract, deduplicate, aggregate, assert".into());
+        }
+        if let Some(e) = &self.extract {
+            for (k, p) in &e.paths {
+                if !p.is_string() {
+                    return Err(format!("extract.paths.{k} must be a dotted path string like `unique_hosts.0.agent_name`"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Template strings that only read the story context (for load-time checks).
+    /// `by` and `group_by` read `item` and are checked when they run.
+    pub fn templates(&self, out: &mut Vec<String>) {
+        if let Some(v) = &self.set {
+            template::strings(v, out);
+        }
+        if let Some(list) = &self.merge {
+            list.iter().for_each(|v| template::strings(v, out));
+        }
+        if let Some(e) = &self.extract {
+            template::strings(&e.from, out);
+        }
+        if let Some(d) = &self.deduplicate {
+            template::strings(&d.items, out);
+        }
+        if let Some(a) = &self.aggregate {
+            template::strings(&a.items, out);
+        }
+        if let Some(a) = &self.assert {
+            template::strings(&Value::String(a.that.clone()), out);
+        }
+    }
+
+    pub fn apply(&self, ctx: &Value) -> Result<Value, String> {
+        if let Some(v) = &self.set {
+            return render_value(v, ctx);
+        }
+        if let Some(list) = &self.merge {
+            let mut out = Map::new();
+            for v in list {
+                match render_value(v, ctx)? {
+                    Value::Object(m) => out.extend(m),
+                    Value::Null => {}
+                    other => return Err(format!("merge takes objects, got {other}")),
+                }
+            }
+            return Ok(Value::Object(out));
+        }
+        if let Some(e) = &self.extract {
+            let from = render_value(&e.from, ctx)?;
+            let mut out = Map::new();
+            for (k, p) in &e.paths {
+                let path = p.as_str().unwrap_or("");
+                out.insert(k.clone(), lookup(&from, path).ok_or_else(|| format!("extract.paths.{k}: `{path}` is not in the value"))?);
+            }
+            return Ok(Value::Object(out));
+        }
+        if let Some(d) = &self.deduplicate {
+            let items = list(render_value(&d.items, ctx)?, "deduplicate.items")?;
+            let mut seen = std::collections::HashSet::new();
+            let mut kept = Vec::new();
+            for (i, item) in items.into_iter().enumerate() {
+                let key = render_str(&d.by, &with_item(ctx, &item, i)).map_err(|e| format!("deduplicate.by: {e}"))?;
+                if seen.insert(key.to_string()) {
+                    kept.push(item);
+                }
+            }
+            return Ok(Value::Array(kept));
+        }
+        if let Some(a) = &self.aggregate {
+            let items = list(render_value(&a.items, ctx)?, "aggregate.items")?;
+            let total = items.len();
+            let mut groups: Vec<(String, usize)> = Vec::new();
+            for (i, item) in items.into_iter().enumerate() {
+                let key = match render_str(&a.group_by, &with_item(ctx, &item, i)).map_err(|e| format!("aggregate.group_by: {e}"))? {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, n)) => *n += 1,
+                    None => groups.push((key, 1)),
+                }
+            }
+            groups.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            let groups: Vec<Value> = groups.into_iter().map(|(k, n)| json!({"key": k, "count": n})).collect();
+            return Ok(json!({"total": total, "groups": groups}));
+        }
+        if let Some(a) = &self.assert {
+            let v = render_str(&a.that, ctx)?;
+            return if truthy(&v) { Ok(json!({"ok": true})) } else { Err(a.message.clone()) };
+        }
+        Err("empty transform".into())
+    }
+}
+
+fn list(v: Value, what: &str) -> Result<Vec<Value>, String> {
+    match v {
+        Value::Array(a) => Ok(a),
+        other => Err(format!("{what} must be a list, got {}", short(&other))),
+    }
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 80 { format!("{}…", &s[..80]) } else { s }
+}
+
+fn with_item(ctx: &Value, item: &Value, index: usize) -> Value {
+    let mut c = ctx.clone();
+    c["item"] = item.clone();
+    c["index"] = json!(index);
+    c
+}
+
+/// `a.b.0.c` into objects and arrays.
+pub fn lookup(v: &Value, path: &str) -> Option<Value> {
+    let mut cur = v;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        cur = match cur {
+            Value::Object(m) => m.get(part)?,
+            Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(yaml: Value) -> Transform {
+        serde_json::from_value(yaml).unwrap()
+    }
+
+    #[test]
+    fn each_transform_shapes_data() {
+        let ctx = json!({"steps": {"hunt": {"output": {"hosts": [
+            {"name": "a", "os": "windows"}, {"name": "b", "os": "linux"}, {"name": "a", "os": "windows"}
+        ]}}}});
+        let d = t(json!({"deduplicate": {"items": "{{ steps.hunt.output.hosts }}", "by": "{{ item.name }}"}}));
+        assert_eq!(d.apply(&ctx).unwrap().as_array().unwrap().len(), 2);
+        let a = t(json!({"aggregate": {"items": "{{ steps.hunt.output.hosts }}", "group_by": "{{ item.os }}"}}));
+        assert_eq!(a.apply(&ctx).unwrap(), json!({"total": 3, "groups": [{"key": "windows", "count": 2}, {"key": "linux", "count": 1}]}));
+        let e = t(json!({"extract": {"from": "{{ steps.hunt.output }}", "paths": {"first": "hosts.0.name", "n": "hosts.2.os"}}}));
+        assert_eq!(e.apply(&ctx).unwrap(), json!({"first": "a", "n": "windows"}));
+        let m = t(json!({"merge": [{"a": 1}, "{{ steps.hunt.output }}"]}));
+        assert_eq!(m.apply(&ctx).unwrap()["a"], 1);
+        let s = t(json!({"set": {"count": "{{ steps.hunt.output.hosts | length }}"}}));
+        assert_eq!(s.apply(&ctx).unwrap(), json!({"count": 3}));
+        let ok = t(json!({"assert": {"that": "{{ steps.hunt.output.hosts | length > 0 }}", "message": "no hosts"}}));
+        assert!(ok.apply(&ctx).is_ok());
+        let no = t(json!({"assert": {"that": "{{ steps.hunt.output.hosts | length > 5 }}", "message": "too few hosts"}}));
+        assert_eq!(no.apply(&ctx).unwrap_err(), "too few hosts");
+    }
+
+    #[test]
+    fn a_missing_path_is_an_error() {
+        let e = t(json!({"extract": {"from": {"a": 1}, "paths": {"x": "b.c"}}}));
+        assert!(e.apply(&json!({})).unwrap_err().contains("`b.c` is not in the value"));
+    }
+}
