@@ -304,7 +304,7 @@ impl RunStore {
         else {
             return Ok(None);
         };
-        let mut stmt = conn.prepare_cached("SELECT * FROM steps WHERE run_id = ?1 ORDER BY started_ms, step_id, item")?;
+        let mut stmt = conn.prepare_cached("SELECT * FROM steps WHERE run_id = ?1 ORDER BY rowid")?;
         let steps = stmt
             .query_map(params![id], |r| {
                 let item: i64 = r.get("item")?;

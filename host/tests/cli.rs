@@ -144,3 +144,48 @@ fn describe_prints_the_manifest() {
     assert_eq!(m["name"], "http-fetch");
     assert_eq!(m["input_schema"]["required"][0], "url");
 }
+
+#[test]
+fn story_check_reports_problems_with_file_and_line() {
+    let dir = tempdir("storycheck");
+    let file = dir.join("a.yaml");
+    std::fs::write(&file, "name: a\nsteps:\n  - id: x\n    transform: {set: {}}\n  - id: y\n    transform: {set: {v: \"{{ steps.q.output }}\"}}\n  - id: z\n    transform: {set: {v: \"{{ steps.r.output }}\"}}\n").unwrap();
+    let out = warden(&["story", "check", dir.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let f = file.display();
+    assert!(stderr.contains(&format!("{f}:5: step `y`: `{{{{ steps.q.output }}}}` reads steps.q, but there is no step `q`")), "{stderr}");
+    assert!(stderr.contains(&format!("{f}:7: step `z`: `{{{{ steps.r.output }}}}` reads steps.r")), "{stderr}");
+
+    std::fs::write(&file, "name: a\nsteps:\n  - id: x\n    action: ghost\n").unwrap();
+    let out = warden(&["story", "check", file.to_str().unwrap()], &[]);
+    assert!(text(&out.stderr).contains(&format!("{f}:3: step `x`: unknown plugin `ghost`")), "{}", text(&out.stderr));
+}
+
+#[test]
+fn story_run_records_the_run_for_runs_list_and_show() {
+    let dir = tempdir("storyrun");
+    std::fs::write(
+        dir.join("t.yaml"),
+        "name: t\ninput: {type: object, required: [who]}\nsteps:\n  - id: greet\n    transform: {set: {hello: \"{{ input.who }}\"}}\n",
+    )
+    .unwrap();
+    let db = dir.join("runs.db");
+    let out = warden(&["story", "run", dir.join("t.yaml").to_str().unwrap(), "--db", db.to_str().unwrap(), "--input", r#"{"who":"soc"}"#], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(), serde_json::json!({"hello": "soc"}));
+    assert!(text(&out.stderr).contains("✓ greet succeeded"), "{}", text(&out.stderr));
+
+    let list = warden(&["runs", "list", "--db", db.to_str().unwrap(), "--json"], &[]);
+    let runs: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(runs[0]["story"], "t");
+    assert_eq!(runs[0]["state"], "succeeded");
+    let id = runs[0]["id"].as_str().unwrap();
+    let show = warden(&["runs", "show", id, "--db", db.to_str().unwrap(), "--json"], &[]);
+    let run: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(run["steps"][0]["output"], serde_json::json!({"hello": "soc"}));
+
+    let bad = warden(&["story", "run", dir.join("t.yaml").to_str().unwrap(), "--db", db.to_str().unwrap(), "--input", "{}"], &[]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad.stderr).contains("invalid input: input is missing required field `who`"), "{}", text(&bad.stderr));
+}

@@ -48,6 +48,11 @@ pub fn render_str(s: &str, ctx: &Value) -> Result<Value, String> {
     if let Some(expr) = single_expression(s) {
         let compiled = env.compile_expression(expr).map_err(|e| describe(&e))?;
         let v = compiled.eval(ctx).map_err(|e| describe(&e))?;
+        if v.is_undefined() {
+            // Strict mode only trips when undefined is printed; a bare
+            // expression must not quietly become null either.
+            return Err(format!("undefined value: `{expr}` does not exist"));
+        }
         return serde_json::to_value(&v).map_err(|e| e.to_string());
     }
     env.render_str(s, ctx).map(Value::String).map_err(|e| describe(&e))

@@ -110,3 +110,38 @@ impl Drop for SmtpServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A folder of story files for one test; removed on drop.
+pub struct StoryDir(pub PathBuf);
+
+impl StoryDir {
+    pub fn new(files: &[(&str, &str)]) -> StoryDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("warden-stories-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        StoryDir(dir)
+    }
+}
+
+impl Drop for StoryDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A story engine over `dir` with an in-memory run store.
+pub fn engine(policy: Policy, dir: &Path) -> warden::story::engine::Engine {
+    let library = warden::story::Library::load_dir(dir).unwrap_or_else(|e| panic!("{e}"));
+    library.check(&policy).unwrap_or_else(|e| panic!("{e}"));
+    warden::story::engine::Engine::new(
+        Arc::new(runtime(None)),
+        Arc::new(policy),
+        Arc::new(library),
+        Arc::new(warden::store::RunStore::in_memory().unwrap()),
+    )
+}

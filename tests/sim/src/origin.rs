@@ -19,10 +19,33 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
 use serde_json::json;
+use std::sync::{Arc, Mutex};
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// Counters behind `/flaky` and `/hold`.
+#[derive(Default)]
+pub struct Counters {
+    flaky: Mutex<HashMap<String, u32>>,
+    in_flight: Mutex<HashMap<String, (usize, usize)>>,
+}
+
+impl Counters {
+    /// Most `/hold` requests with `key` in flight at once.
+    pub fn max_in_flight(&self, key: &str) -> usize {
+        self.in_flight.lock().unwrap().get(key).map_or(0, |v| v.1)
+    }
+    /// Calls made to `/flaky` with `key`.
+    pub fn flaky_calls(&self, key: &str) -> u32 {
+        self.flaky.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+}
+
 pub fn router(rec: Recorder) -> Router {
+    router_with(rec, Arc::new(Counters::default()))
+}
+
+pub fn router_with(rec: Recorder, counters: Arc<Counters>) -> Router {
     Router::new()
         .route("/json", get(|| async { Json(json!({"ok": true})) }))
         .route("/echo", any(echo))
@@ -32,7 +55,10 @@ pub fn router(rec: Recorder) -> Router {
         .route("/slow", get(slow))
         .route("/redirect", get(redirect))
         .route("/internal", get(|| async { "internal" }))
+        .route("/flaky", get(flaky))
+        .route("/hold", get(hold))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such route") })
+        .layer(axum::extract::Extension(counters))
         .layer(axum::middleware::from_fn_with_state(rec, crate::record))
 }
 
@@ -87,6 +113,45 @@ fn futures_stream(
 async fn redirect(Query(q): Query<HashMap<String, String>>) -> Response {
     let to = q.get("to").cloned().unwrap_or_else(|| "/json".into());
     (StatusCode::FOUND, [("location", to)], "").into_response()
+}
+
+/// `GET /flaky?key=K&fail=N`: 503 (Retry-After: 1) for the first N calls with K, then 200.
+async fn flaky(axum::extract::Extension(c): axum::extract::Extension<Arc<Counters>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let key = q.get("key").cloned().unwrap_or_default();
+    let fail: u32 = q.get("fail").and_then(|f| f.parse().ok()).unwrap_or(1);
+    let calls = {
+        let mut m = c.flaky.lock().unwrap();
+        let n = m.entry(key).or_default();
+        *n += 1;
+        *n
+    };
+    if calls <= fail {
+        return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")], "try again").into_response();
+    }
+    Json(json!({"ok": true, "calls": calls})).into_response()
+}
+
+/// `GET /hold?key=K&ms=M&tag=T`: holds the request M ms, counting how many with K overlap.
+async fn hold(axum::extract::Extension(c): axum::extract::Extension<Arc<Counters>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let key = q.get("key").cloned().unwrap_or_default();
+    let ms: u64 = q.get("ms").and_then(|f| f.parse().ok()).unwrap_or(100);
+    {
+        let mut m = c.in_flight.lock().unwrap();
+        let e = m.entry(key.clone()).or_default();
+        e.0 += 1;
+        e.1 = e.1.max(e.0);
+    }
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    c.in_flight.lock().unwrap().get_mut(&key).unwrap().0 -= 1;
+    Json(json!({"tag": q.get("tag")})).into_response()
+}
+
+/// An origin with its counters exposed.
+pub async fn spawn_with_counters() -> std::io::Result<(crate::Running, Recorder, Arc<Counters>)> {
+    let rec = Recorder::default();
+    let counters = Arc::new(Counters::default());
+    let running = crate::serve(router_with(rec.clone(), counters.clone())).await?;
+    Ok((running, rec, counters))
 }
 
 /// Convenience: spawn an origin and hand back its recorder.

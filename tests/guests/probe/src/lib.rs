@@ -79,6 +79,25 @@ impl Guest for Probe {
             }
             "echo" => json!({"input": v, "run_id": inv.run_id, "attempt": inv.attempt}),
             "fetch" => fetch(&v),
+            "call" => {
+                // Like a connector: a non-2xx answer is an upstream error.
+                let r = fetch(&v);
+                if let Some(e) = r.get("error") {
+                    return Err(ActionError::Failed(e.to_string()));
+                }
+                let status = r["status"].as_u64().unwrap_or(0) as u16;
+                if status >= 400 {
+                    let retry_after_ms = r["headers"].as_array().and_then(|hs| {
+                        hs.iter().find(|h| h[0] == "retry-after").and_then(|h| h[1].as_str()?.parse::<u64>().ok()).map(|s| s * 1000)
+                    });
+                    return Err(ActionError::Upstream(warden::action::types::UpstreamError {
+                        status: Some(status),
+                        message: format!("HTTP {status}"),
+                        retry_after_ms,
+                    }));
+                }
+                serde_json::from_str::<Value>(r["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null)
+            }
             "fetch_many" => {
                 let n = v["count"].as_u64().unwrap_or(1);
                 let results: Vec<Value> = (0..n).map(|_| fetch(&v)).collect();
