@@ -11,6 +11,7 @@ pub mod limits;
 pub mod mail;
 pub mod policy;
 pub mod runtime;
+pub mod server;
 pub mod store;
 pub mod story;
 

@@ -37,6 +37,29 @@ enum Command {
     /// Inspect recorded runs.
     #[command(subcommand)]
     Runs(RunsCmd),
+    /// Serve webhooks, the run API and metrics; run schedules; execute runs durably.
+    Serve {
+        /// Address to listen on (default: [server] listen, else 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+        /// The run store (default: [server] db, else $WARDEN_DB, else .warden/runs.db).
+        #[arg(long, env = "WARDEN_DB")]
+        db: Option<PathBuf>,
+        #[command(flatten)]
+        policy: PolicyArg,
+        /// Folder of story files (default: [server] stories, else $WARDEN_STORIES).
+        #[arg(long, env = "WARDEN_STORIES")]
+        stories: Option<PathBuf>,
+        /// Runs executing at once (default: [server] workers, else 64).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Seconds to let in-flight runs finish after SIGTERM (default 30).
+        #[arg(long)]
+        drain_secs: Option<u64>,
+        /// Log JSON lines instead of human-readable text.
+        #[arg(long)]
+        log_json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -158,13 +181,18 @@ enum PluginCmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let (default_level, json) = match &cli.command {
+        Command::Serve { log_json, .. } => ("info", *log_json),
+        _ => ("warn", false),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| default_level.into());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match rt.block_on(run(cli)) {
         Ok(code) => code,
@@ -404,6 +432,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 progress::print_run(&run);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { listen, db, policy, stories, workers, drain_secs, log_json: _ } => {
+            let policy = Arc::new(load_policy(&policy)?);
+            let cfg = policy.server.clone();
+            let stories = stories.or(cfg.stories).ok_or_else(|| anyhow!("give --stories DIR (or [server] stories in the policy)"))?;
+            let library = Library::load_dir(&stories)?;
+            library.check(&policy)?;
+            for name in policy.triggers.keys() {
+                if library.get(name).is_none() {
+                    return Err(anyhow!("{}: [triggers.{name}] names a story that is not in {}", policy.file, stories.display()));
+                }
+            }
+            let db = db.or(cfg.db).unwrap_or_else(|| PathBuf::from(".warden/runs.db"));
+            let store = Arc::new(warden::store::RunStore::open(&db)?);
+            let workers = workers.or(cfg.workers).unwrap_or(64);
+            let rt = Arc::new(Runtime::new(RuntimeConfig { max_instances: (workers as u32 * 4).max(64), ..Default::default() })?);
+            let engine = Arc::new(Engine::new(rt, policy, Arc::new(library), store));
+            let listen = listen.or(cfg.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+            let opts = warden::server::ServeOptions { workers, drain: std::time::Duration::from_secs(drain_secs.or(cfg.drain_secs).unwrap_or(30)) };
+            warden::server::serve(engine, &listen, opts).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin(PluginCmd::Digest { wasm }) => {

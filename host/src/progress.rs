@@ -50,6 +50,10 @@ impl Observer for Progress {
             Event::RunFinished { story, state, elapsed, depth, .. } => {
                 writeln!(out, "{}■ story {story} {state} in {}", "  ".repeat(*depth), secs(*elapsed))
             }
+            Event::Audit { step, record, .. } if record.decision == warden::audit::Decision::Denied => {
+                writeln!(out, "      {step}: denied {} {} ({})", record.method, record.url, record.rule)
+            }
+            Event::Audit { .. } => Ok(()),
         };
     }
 }

@@ -80,6 +80,38 @@ pub struct Policy {
     pub grants: BTreeMap<String, Arc<Grant>>,
     pub credentials: BTreeMap<String, Arc<CredentialSpec>>,
     pub relays: BTreeMap<String, Arc<Relay>>,
+    /// How stories are started from outside: webhooks and schedules, by story name.
+    pub triggers: BTreeMap<String, Trigger>,
+    pub server: ServerConfig,
+}
+
+/// `[triggers.STORY]`: a webhook (with its HMAC secret) and/or a schedule.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub story: String,
+    /// The webhook's HMAC-SHA256 key; without one the story has no webhook.
+    pub secret: Option<SecretSource>,
+    /// Callers may ask to wait for the output (`?wait=true`).
+    pub allow_sync: bool,
+    pub max_body: u64,
+    /// Runs of this story executing at once.
+    pub concurrency: usize,
+    /// Cron expression (with seconds: `sec min hour day month weekday`).
+    pub schedule: Option<String>,
+    pub schedule_input: serde_json::Value,
+    pub line: usize,
+}
+
+/// `[server]`: defaults for `warden serve` (flags override them).
+#[derive(Debug, Clone, Default)]
+pub struct ServerConfig {
+    pub listen: Option<String>,
+    pub db: Option<PathBuf>,
+    pub stories: Option<PathBuf>,
+    pub workers: Option<usize>,
+    pub drain_secs: Option<u64>,
+    /// When set, `/api/*` requires `Authorization: Bearer <this secret>`.
+    pub api_token: Option<SecretSource>,
 }
 
 impl Policy {
@@ -91,6 +123,8 @@ impl Policy {
             grants: BTreeMap::new(),
             credentials: BTreeMap::new(),
             relays: BTreeMap::new(),
+            triggers: BTreeMap::new(),
+            server: ServerConfig::default(),
         }
     }
 
@@ -200,7 +234,26 @@ impl Policy {
                 Arc::new(Grant { plugin, rules, credentials: granted, limits, allow_any_host: g.allow_any_host, mail }),
             );
         }
-        Ok(Policy { file: file.to_string(), plugins, grants, credentials, relays })
+        let mut triggers = BTreeMap::new();
+        for (story, t) in raw.triggers {
+            let span = t.span();
+            let line = line_of(text, span.start);
+            let t = t.into_inner();
+            let trigger = parse_trigger(&story, t, base, line).map_err(|m| err(span, m))?;
+            triggers.insert(story, trigger);
+        }
+        let server = match raw.server {
+            Some(s) => ServerConfig {
+                listen: s.listen,
+                db: s.db.map(|d| base.join(d)),
+                stories: s.stories.map(|d| base.join(d)),
+                workers: s.workers,
+                drain_secs: s.drain_secs,
+                api_token: s.api_token_env.map(SecretSource::Env),
+            },
+            None => ServerConfig::default(),
+        };
+        Ok(Policy { file: file.to_string(), plugins, grants, credentials, relays, triggers, server })
     }
 
     /// The grant for `plugin`, or deny-all when the policy has none.
@@ -253,6 +306,47 @@ fn parse_credential(name: &str, c: RawCredential, base: &Path) -> Result<Credent
     let hosts = c.hosts.iter().map(|h| Binding::parse(h)).collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("credentials.{name}: {e}"))?;
     Ok(CredentialSpec { name: name.to_string(), kind, source, hosts })
+}
+
+fn parse_trigger(story: &str, t: RawTrigger, base: &Path, line: usize) -> Result<Trigger, String> {
+    let secret = match (t.secret_env, t.secret_file) {
+        (Some(e), None) => Some(SecretSource::Env(e)),
+        (None, Some(f)) => Some(SecretSource::File(base.join(f))),
+        (None, None) => None,
+        _ => return Err(format!("triggers.{story}: give one of secret_env or secret_file, not both")),
+    };
+    if secret.is_none() && t.schedule.is_none() {
+        return Err(format!(
+            "triggers.{story} has neither a webhook secret (secret_env/secret_file) nor a schedule, so nothing can start it"
+        ));
+    }
+    if t.allow_sync && secret.is_none() {
+        return Err(format!("triggers.{story}: allow_sync needs a webhook (secret_env or secret_file)"));
+    }
+    if let Some(cron) = &t.schedule {
+        use std::str::FromStr;
+        cron::Schedule::from_str(cron).map_err(|e| {
+            format!("triggers.{story}.schedule `{cron}` is not a cron expression ({e}); use `sec min hour day month weekday`, e.g. \"0 */15 * * * *\"")
+        })?;
+    }
+    let max_body = match &t.max_body {
+        Some(v) => v.to_bytes().map_err(|e| format!("triggers.{story}.max_body: {e}"))?,
+        None => 256 * 1024,
+    };
+    let concurrency = t.concurrency.unwrap_or(16);
+    if concurrency == 0 {
+        return Err(format!("triggers.{story}.concurrency must be at least 1"));
+    }
+    Ok(Trigger {
+        story: story.to_string(),
+        secret,
+        allow_sync: t.allow_sync,
+        max_body,
+        concurrency,
+        schedule: t.schedule,
+        schedule_input: t.schedule_input.map(|v| serde_json::to_value(v).unwrap_or_default()).unwrap_or(serde_json::json!({})),
+        line,
+    })
 }
 
 fn parse_relay(name: &str, r: RawRelay, base: &Path) -> Result<Relay, String> {
@@ -362,6 +456,33 @@ struct RawPolicy {
     credentials: BTreeMap<String, RawCredential>,
     #[serde(default)]
     relays: BTreeMap<String, RawRelay>,
+    #[serde(default)]
+    triggers: BTreeMap<String, Spanned<RawTrigger>>,
+    server: Option<RawServer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrigger {
+    secret_env: Option<String>,
+    secret_file: Option<String>,
+    #[serde(default)]
+    allow_sync: bool,
+    max_body: Option<SizeValue>,
+    concurrency: Option<usize>,
+    schedule: Option<String>,
+    schedule_input: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    db: Option<String>,
+    stories: Option<String>,
+    workers: Option<usize>,
+    drain_secs: Option<u64>,
+    api_token_env: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -543,6 +664,20 @@ hosts = ["http://127.0.0.1:8080"]
         let clear = ok.replace("host = \"127.0.0.1\"", "host = \"smtp.corp.example\"\nuser = \"u\"\npassword_env = \"P\"");
         let e = parse(&clear).unwrap_err();
         assert!(e.message.contains("in clear"), "{e}");
+    }
+
+    #[test]
+    fn triggers_need_a_secret_or_a_schedule() {
+        let ok = format!("{GOOD}\n[triggers.hunt]\nsecret_env = \"S\"\nallow_sync = true\nschedule = \"0 */5 * * * *\"\nschedule_input = {{ indicator = \"x\" }}\n");
+        let p = parse(&ok).unwrap();
+        let t = &p.triggers["hunt"];
+        assert!(t.allow_sync);
+        assert_eq!(t.schedule_input["indicator"], "x");
+        let e = parse(&format!("{GOOD}\n[triggers.hunt]\nallow_sync = false\n")).unwrap_err();
+        assert!(e.message.contains("nothing can start it"), "{e}");
+        let e = parse(&format!("{GOOD}\n[triggers.hunt]\nschedule = \"every minute\"\n")).unwrap_err();
+        assert!(e.message.contains("is not a cron expression"), "{e}");
+        assert_eq!(e.line, 15);
     }
 
     #[test]

@@ -187,6 +187,18 @@ pub struct Runtime {
     transport: Arc<Transport>,
     cache_dir: Option<PathBuf>,
     loaded: Mutex<std::collections::HashMap<String, Arc<Plugin>>>,
+    /// Invocations alive right now, and the pool's capacity (for metrics).
+    live: Arc<std::sync::atomic::AtomicUsize>,
+    capacity: u32,
+}
+
+/// Counts an invocation as live until dropped.
+struct Live(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Runtime {
@@ -203,7 +215,14 @@ impl Runtime {
             transport: Arc::new(Transport::new(config.resolver)?),
             cache_dir: config.cache_dir,
             loaded: Mutex::default(),
+            live: Arc::default(),
+            capacity: config.max_instances,
         })
+    }
+
+    /// Invocations running now, and how many the instance pool holds.
+    pub fn instances(&self) -> (usize, u32) {
+        (self.live.load(std::sync::atomic::Ordering::Relaxed), self.capacity)
     }
 
     /// Loads the plugin a policy entry names, checking its sha256 pin.
@@ -297,6 +316,8 @@ impl Runtime {
         log_tap: Option<UnboundedSender<LogLine>>,
     ) -> InvocationReport {
         let started = Instant::now();
+        self.live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _live = Live(self.live.clone());
         let limits = grant.limits.clone();
         let mut store = self.store(plugin, grant, info.clone(), log_tap);
         let wit_info = types::Invocation {

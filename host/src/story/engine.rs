@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Why a step failed. `kind` is what `retry.on` matches.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct StepError {
     pub kind: String,
     pub message: String,
@@ -57,8 +57,10 @@ impl From<InvokeError> for StepError {
 pub enum Event<'a> {
     RunStarted { run: &'a str, story: &'a str, depth: usize },
     StepStarted { run: &'a str, step: &'a str, item: Option<usize>, attempt: u32, depth: usize },
-    StepFinished { run: &'a str, step: &'a str, item: Option<usize>, state: &'a str, elapsed: Duration, error: Option<&'a StepError>, depth: usize },
+    StepFinished { run: &'a str, step: &'a str, kind: &'static str, item: Option<usize>, state: &'a str, elapsed: Duration, error: Option<&'a StepError>, depth: usize },
     Log { run: &'a str, step: &'a str, line: &'a LogLine, depth: usize },
+    /// One capability call's audit record (already stored).
+    Audit { run: &'a str, step: &'a str, record: &'a crate::audit::AuditRecord },
     RunFinished { run: &'a str, story: &'a str, state: &'a str, elapsed: Duration, depth: usize },
 }
 
@@ -134,6 +136,16 @@ impl Context {
     }
 }
 
+/// Where a resumed run picks up: the finished steps' results, and the index of
+/// the first step still to run.
+#[derive(Default)]
+struct Resume {
+    done: Vec<(String, String, Value, Option<StepError>)>,
+    from: usize,
+    /// Attempts the interrupted step already used (recorded for the audit trail).
+    attempts_used: u32,
+}
+
 pub fn new_run_id() -> String {
     format!("r{}", uuid::Uuid::new_v4().simple())
 }
@@ -179,20 +191,74 @@ impl Engine {
             let _ = self.store.finish_run(run_id, "failed", None, Some(&msg), None);
             return fail(msg);
         };
-        let r = self.run_story(story, run_id.to_string(), input, 0, observer).await;
-        r
+        self.run_story(story, run_id.to_string(), input, 0, observer, Resume::default()).await
     }
 
-    fn run_story<'a>(&'a self, story: Arc<Story>, run_id: String, input: Value, depth: usize, observer: &'a dyn Observer) -> BoxFuture<'a, RunResult> {
+    /// Continues a run that a restart interrupted. Finished steps keep their
+    /// results; the interrupted step runs again if its retry policy allows
+    /// another attempt, otherwise the run fails saying so. Never silent.
+    pub async fn resume(&self, run_id: &str, observer: &dyn Observer) -> RunResult {
+        let detail = match self.store.get_run(run_id) {
+            Ok(Some(d)) => d,
+            _ => return self.execute(run_id, observer).await,
+        };
+        let Some(story) = self.library.get(&detail.run.story) else {
+            let msg = format!("interrupted by a restart, and story `{}` is no longer loaded", detail.run.story);
+            let _ = self.store.finish_run(run_id, "failed", None, Some(&msg), None);
+            return RunResult { run_id: run_id.into(), state: "failed".into(), output: None, failed_step: None, error: Some(StepError::new("failed", msg)) };
+        };
+        // Sub-story runs cut off mid-way are over; their step runs again below.
+        for child in detail.children.iter().filter(|c| c.state == "running" || c.state == "queued") {
+            let _ = self.store.finish_run(&child.id, "failed", None, Some("interrupted by a restart; the calling step runs again"), None);
+        }
+        let mut resume = Resume::default();
+        for step in &story.steps {
+            let row = detail.steps.iter().find(|r| r.step_id == step.id && r.item.is_none());
+            match row.map(|r| (r.state.as_str(), r)) {
+                Some(("succeeded" | "skipped" | "recovered", r)) => {
+                    resume.done.push((step.id.clone(), r.state.clone(), r.output.clone().unwrap_or(Value::Null), None));
+                    resume.from += 1;
+                }
+                Some(("failed", r)) if step.on_error == OnError::Continue => {
+                    let e: Option<StepError> = r.error.clone().and_then(|e| serde_json::from_value(e).ok());
+                    resume.done.push((step.id.clone(), "failed".into(), Value::Null, e));
+                    resume.from += 1;
+                }
+                Some((_, r)) => {
+                    if r.attempts >= step.retry.attempts {
+                        let msg = format!(
+                            "interrupted by a restart during step {} (attempt {}); its retry policy allows no further attempt",
+                            step.id, r.attempts
+                        );
+                        let _ = self.store.step_finished(run_id, &step.id, None, kind_name(&step.kind), "failed", None, Some(&json!(StepError::new("interrupted", &msg))), r.attempts);
+                        let _ = self.store.finish_run(run_id, "failed", None, Some(&msg), Some(&step.id));
+                        return RunResult { run_id: run_id.into(), state: "failed".into(), output: None, failed_step: Some(step.id.clone()), error: Some(StepError::new("interrupted", msg)) };
+                    }
+                    resume.attempts_used = r.attempts;
+                    break;
+                }
+                None => break,
+            }
+        }
+        self.run_story(story, run_id.to_string(), detail.input, 0, observer, resume).await
+    }
+
+    fn run_story<'a>(&'a self, story: Arc<Story>, run_id: String, input: Value, depth: usize, observer: &'a dyn Observer, resume: Resume) -> BoxFuture<'a, RunResult> {
         Box::pin(async move {
             let started = Instant::now();
             let _ = self.store.start_run(&run_id);
             observer.event(&Event::RunStarted { run: &run_id, story: &story.name, depth });
             let mut ctx = Context::new(&run_id, &story, input);
             let mut last_output = Value::Null;
+            for (id, status, output, error) in &resume.done {
+                ctx.set_step(id, status, output.clone(), error.as_ref());
+                last_output = output.clone();
+            }
             let mut failure: Option<(String, StepError)> = None;
-            for step in &story.steps {
-                match self.run_step(&story, step, &run_id, &mut ctx, depth, observer).await {
+            for (i, step) in story.steps.iter().enumerate().skip(resume.from) {
+                // A resumed step continues its attempt count, so the retry policy holds across restarts.
+                let first_attempt = if i == resume.from { resume.attempts_used + 1 } else { 1 };
+                match self.run_step(&story, step, &run_id, &mut ctx, depth, observer, first_attempt).await {
                     Ok(Some(out)) => last_output = out,
                     Ok(None) => {}
                     Err(e) => {
@@ -230,14 +296,15 @@ impl Engine {
     }
 
     /// One step: condition, items, retries, error policy. `Ok(None)` when skipped.
-    async fn run_step(&self, story: &Story, step: &Step, run: &str, ctx: &mut Context, depth: usize, observer: &dyn Observer) -> Result<Option<Value>, StepError> {
+    #[allow(clippy::too_many_arguments)]
+    async fn run_step(&self, story: &Story, step: &Step, run: &str, ctx: &mut Context, depth: usize, observer: &dyn Observer, first_attempt: u32) -> Result<Option<Value>, StepError> {
         let kind = kind_name(&step.kind);
         if let Some(cond) = &step.condition {
             let go = render_str(cond, &ctx.value).map_err(|e| StepError::new("template", format!("if `{cond}`: {e}")));
             match go {
                 Ok(v) if !truthy(&v) => {
                     let _ = self.store.step_finished(run, &step.id, None, kind, "skipped", None, None, 0);
-                    observer.event(&Event::StepFinished { run, step: &step.id, item: None, state: "skipped", elapsed: Duration::ZERO, error: None, depth });
+                    observer.event(&Event::StepFinished { run, step: &step.id, kind, item: None, state: "skipped", elapsed: Duration::ZERO, error: None, depth });
                     ctx.set_step(&step.id, "skipped", Value::Null, None);
                     return Ok(None);
                 }
@@ -250,8 +317,8 @@ impl Engine {
         }
         let started = Instant::now();
         let result = match &step.for_each {
-            None => self.attempts(story, step, run, &ctx.value, None, depth, observer).await,
-            Some(list) => self.for_each(story, step, run, ctx, list, depth, observer).await,
+            None => self.attempts(story, step, run, &ctx.value, None, depth, observer, first_attempt).await,
+            Some(list) => self.for_each(story, step, run, ctx, list, depth, observer, first_attempt).await,
         };
         match result {
             Ok(out) => {
@@ -268,7 +335,7 @@ impl Engine {
                 match &step.on_error {
                     OnError::Fail => Err(e),
                     OnError::Continue => {
-                        observer.event(&Event::StepFinished { run, step: &step.id, item: None, state: "continued", elapsed: started.elapsed(), error: Some(&e), depth });
+                        observer.event(&Event::StepFinished { run, step: &step.id, kind, item: None, state: "continued", elapsed: started.elapsed(), error: Some(&e), depth });
                         ctx.set_step(&step.id, "failed", Value::Null, Some(&e));
                         Ok(None)
                     }
@@ -276,7 +343,7 @@ impl Engine {
                         let fb = story.fallback(name).expect("checked at load");
                         let mut fctx = ctx.value.clone();
                         fctx["error"] = json!({"step": step.id, "kind": e.kind, "message": e.message});
-                        let out = self.attempts(story, fb, run, &fctx, None, depth, observer).await.map_err(|fe| {
+                        let out = self.attempts(story, fb, run, &fctx, None, depth, observer, 1).await.map_err(|fe| {
                             StepError::new(&fe.kind, format!("fallback {name} failed too: {} (after: {})", fe.message, e.message))
                         })?;
                         ctx.set_step(&step.id, "recovered", out.clone(), Some(&e));
@@ -287,7 +354,8 @@ impl Engine {
         }
     }
 
-    async fn for_each(&self, story: &Story, step: &Step, run: &str, ctx: &Context, list: &str, depth: usize, observer: &dyn Observer) -> Result<Value, StepError> {
+    #[allow(clippy::too_many_arguments)]
+    async fn for_each(&self, story: &Story, step: &Step, run: &str, ctx: &Context, list: &str, depth: usize, observer: &dyn Observer, first_attempt: u32) -> Result<Value, StepError> {
         let items = match render_str(list, &ctx.value).map_err(|e| StepError::new("template", format!("for_each `{list}`: {e}")))? {
             Value::Array(a) => a,
             other => return Err(StepError::new("template", format!("for_each `{list}` must give a list, not {other}"))),
@@ -300,7 +368,7 @@ impl Engine {
             while pending.len() < step.concurrency {
                 let Some((i, item)) = next.next() else { break };
                 let ictx = ctx.with_item(item, i);
-                pending.push_back(async move { (i, self.attempts(story, step, run, &ictx, Some(i), depth, observer).await) });
+                pending.push_back(async move { (i, self.attempts(story, step, run, &ictx, Some(i), depth, observer, first_attempt).await) });
             }
             match pending.next().await {
                 Some((_, Ok(v))) => outputs.push(v),
@@ -313,9 +381,9 @@ impl Engine {
 
     /// Runs a step (or one item of it) with its retry policy and timeout.
     #[allow(clippy::too_many_arguments)]
-    async fn attempts(&self, story: &Story, step: &Step, run: &str, ctx: &Value, item: Option<usize>, depth: usize, observer: &dyn Observer) -> Result<Value, StepError> {
+    async fn attempts(&self, story: &Story, step: &Step, run: &str, ctx: &Value, item: Option<usize>, depth: usize, observer: &dyn Observer, first_attempt: u32) -> Result<Value, StepError> {
         let kind = kind_name(&step.kind);
-        let mut attempt = 1;
+        let mut attempt = first_attempt;
         loop {
             let started = Instant::now();
             observer.event(&Event::StepStarted { run, step: &step.id, item, attempt, depth });
@@ -330,14 +398,14 @@ impl Engine {
             match result {
                 Ok(out) => {
                     let _ = self.store.step_finished(run, &step.id, item, kind, "succeeded", Some(&out), None, attempt);
-                    observer.event(&Event::StepFinished { run, step: &step.id, item, state: "succeeded", elapsed, error: None, depth });
+                    observer.event(&Event::StepFinished { run, step: &step.id, kind, item, state: "succeeded", elapsed, error: None, depth });
                     return Ok(out);
                 }
                 Err(e) => {
                     let retry = attempt < step.retry.attempts && step.retry.on.iter().any(|k| *k == e.kind);
                     let state = if retry { "retrying" } else { "failed" };
                     let _ = self.store.step_finished(run, &step.id, item, kind, state, None, Some(&json!(e)), attempt);
-                    observer.event(&Event::StepFinished { run, step: &step.id, item, state, elapsed, error: Some(&e), depth });
+                    observer.event(&Event::StepFinished { run, step: &step.id, kind, item, state, elapsed, error: Some(&e), depth });
                     if !retry {
                         return Err(e);
                     }
@@ -379,6 +447,9 @@ impl Engine {
                 }
                 let _ = self.store.add_logs(run, &step.id, &report.logs);
                 let _ = self.store.add_audit(run, &step.id, &report.audit);
+                for record in &report.audit {
+                    observer.event(&Event::Audit { run, step: &step.id, record });
+                }
                 match report.outcome {
                     Ok(text) => serde_json::from_str(&text).map_err(|e| StepError::new("failed", format!("output is not JSON: {e}"))),
                     Err(e) => Err(e.into()),
@@ -395,7 +466,7 @@ impl Engine {
                 self.store
                     .create_run(&NewRun { id: &child, story: &callee.name, team: &callee.team, trigger: &format!("story:{}", story.name), input: &input, parent: Some((run, &step.id)) })
                     .map_err(|e| StepError::new("failed", e.to_string()))?;
-                let result = self.run_story(callee, child.clone(), input, depth + 1, observer).await;
+                let result = self.run_story(callee, child.clone(), input, depth + 1, observer, Resume::default()).await;
                 match (result.state.as_str(), result.output, result.error) {
                     ("succeeded", Some(out), _) => Ok(out),
                     (_, _, Some(e)) => Err(StepError {

@@ -26,6 +26,14 @@ pub fn check_schema(schema: &Value) -> Result<(), String> {
             return Err(format!("type {t} is not one of {}", TYPES.join(", ")));
         }
     }
+    if let Some(req) = obj.get("required") {
+        let ok = req.as_array().is_some_and(|a| a.iter().all(Value::is_string));
+        if !ok {
+            return Err(format!(
+                "required must be a list of field names, got {req} (YAML reads bare y, n, yes, no, on, off as booleans: quote them)"
+            ));
+        }
+    }
     if let Some(props) = obj.get("properties") {
         let props = props.as_object().ok_or("properties must be a mapping")?;
         for (name, p) in props {
@@ -141,5 +149,6 @@ mod tests {
     fn unsupported_keywords_are_refused_at_load() {
         assert!(check_schema(&json!({"type": "object", "oneOf": []})).unwrap_err().contains("`oneOf`"));
         assert!(check_schema(&json!({"type": "thing"})).is_err());
+        assert!(check_schema(&json!({"type": "object", "required": [false]})).unwrap_err().contains("quote them"));
     }
 }

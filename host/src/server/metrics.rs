@@ -1,0 +1,114 @@
+//! Prometheus metrics for `warden serve`: runs by state, step durations,
+//! egress denials by rule, webhook answers, and instance pool use.
+
+use crate::audit::Decision;
+use crate::story::engine::{Event, Observer};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+
+const BUCKETS: &[f64] = &[0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+#[derive(Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, v: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; BUCKETS.len()];
+        }
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    runs_finished: Mutex<BTreeMap<(String, String), u64>>,
+    pub runs_in_flight: AtomicI64,
+    pub runs_queued: AtomicI64,
+    step_seconds: Mutex<BTreeMap<String, Histogram>>,
+    denials: Mutex<BTreeMap<String, u64>>,
+    webhooks: Mutex<BTreeMap<(String, u16), u64>>,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Metrics {
+    pub fn webhook(&self, story: &str, code: u16) {
+        *self.webhooks.lock().unwrap().entry((story.to_string(), code)).or_default() += 1;
+    }
+
+    pub fn render(&self, instances: (usize, u32), stored: &[(String, u64)]) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP warden_runs_finished_total Story runs finished by this process, by story and final state.\n# TYPE warden_runs_finished_total counter\n");
+        for ((story, state), n) in self.runs_finished.lock().unwrap().iter() {
+            let _ = writeln!(out, "warden_runs_finished_total{{story=\"{}\",state=\"{}\"}} {n}", esc(story), esc(state));
+        }
+        out.push_str("# HELP warden_runs Runs in the run store by state (top-level runs).\n# TYPE warden_runs gauge\n");
+        for (state, n) in stored {
+            let _ = writeln!(out, "warden_runs{{state=\"{}\"}} {n}", esc(state));
+        }
+        let _ = writeln!(out, "# HELP warden_runs_in_flight Runs executing now.\n# TYPE warden_runs_in_flight gauge\nwarden_runs_in_flight {}", self.runs_in_flight.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP warden_runs_waiting Runs accepted and waiting for a worker.\n# TYPE warden_runs_waiting gauge\nwarden_runs_waiting {}", self.runs_queued.load(Ordering::Relaxed));
+        out.push_str("# HELP warden_step_duration_seconds Step attempt durations by step kind.\n# TYPE warden_step_duration_seconds histogram\n");
+        for (kind, h) in self.step_seconds.lock().unwrap().iter() {
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(out, "warden_step_duration_seconds_bucket{{kind=\"{kind}\",le=\"{b}\"}} {}", h.counts[i]);
+            }
+            let _ = writeln!(out, "warden_step_duration_seconds_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "warden_step_duration_seconds_sum{{kind=\"{kind}\"}} {}", h.sum);
+            let _ = writeln!(out, "warden_step_duration_seconds_count{{kind=\"{kind}\"}} {}", h.count);
+        }
+        out.push_str("# HELP warden_egress_denials_total Capability calls refused by policy, by the rule that refused.\n# TYPE warden_egress_denials_total counter\n");
+        for (rule, n) in self.denials.lock().unwrap().iter() {
+            let _ = writeln!(out, "warden_egress_denials_total{{rule=\"{}\"}} {n}", esc(rule));
+        }
+        out.push_str("# HELP warden_webhooks_total Webhook requests by story and HTTP status.\n# TYPE warden_webhooks_total counter\n");
+        for ((story, code), n) in self.webhooks.lock().unwrap().iter() {
+            let _ = writeln!(out, "warden_webhooks_total{{story=\"{}\",code=\"{code}\"}} {n}", esc(story));
+        }
+        let _ = writeln!(out, "# HELP warden_instances_in_use Plugin instances alive now.\n# TYPE warden_instances_in_use gauge\nwarden_instances_in_use {}", instances.0);
+        let _ = writeln!(out, "# HELP warden_instances_capacity Instance pool capacity.\n# TYPE warden_instances_capacity gauge\nwarden_instances_capacity {}", instances.1);
+        out
+    }
+}
+
+/// Feeds [`Metrics`] from engine events and logs each run (human or JSON, per tracing's format).
+pub struct MetricsObserver<'a>(pub &'a Metrics);
+
+impl Observer for MetricsObserver<'_> {
+    fn event(&self, e: &Event) {
+        match e {
+            Event::StepFinished { step, kind, state, elapsed, run, error, .. } => {
+                if *state != "skipped" {
+                    self.0.step_seconds.lock().unwrap().entry(kind.to_string()).or_default().observe(elapsed.as_secs_f64());
+                }
+                if let Some(err) = error {
+                    tracing::info!(run = %run, step = %step, state = %state, kind = %err.kind, "step {state}: {}", err.message);
+                }
+            }
+            Event::Audit { record, .. } if record.decision == Decision::Denied => {
+                *self.0.denials.lock().unwrap().entry(record.rule.clone()).or_default() += 1;
+            }
+            Event::RunStarted { run, story, depth: 0 } => tracing::info!(run = %run, story = %story, "run started"),
+            Event::RunFinished { run, story, state, elapsed, depth: 0 } => {
+                *self.0.runs_finished.lock().unwrap().entry((story.to_string(), state.to_string())).or_default() += 1;
+                tracing::info!(run = %run, story = %story, state = %state, ms = elapsed.as_millis() as u64, "run finished");
+            }
+            _ => {}
+        }
+    }
+}

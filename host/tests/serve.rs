@@ -1,0 +1,239 @@
+//! `warden serve` as an operator runs it: webhooks, the run API, durability
+//! across SIGKILL, schedules and metrics.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+const SECRET: &str = "webhook-secret-for-tests";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+}
+
+fn probe_wasm() -> PathBuf {
+    let p = root().join("target/wasm32-wasip2/guest/probe.wasm");
+    assert!(p.exists(), "run scripts/build-guests.sh first");
+    p
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    dir: PathBuf,
+}
+
+impl Server {
+    fn start(dir: &Path, workers: usize) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--workers", &workers.to_string()])
+            .arg("--db")
+            .arg(dir.join("runs.db"))
+            .arg("--policy")
+            .arg(dir.join("warden.toml"))
+            .arg("--stories")
+            .arg(dir.join("stories"))
+            .env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache"))
+            .env("WEBHOOK_SECRET", SECRET)
+            .env("WARDEN_LOG", "warn")
+            .spawn()
+            .unwrap();
+        let s = Server { child, base: format!("http://127.0.0.1:{port}"), dir: dir.to_path_buf() };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("warden serve did not start");
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn setup(name: &str, stories: &[(&str, &str)], triggers: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("warden-serve-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("stories")).unwrap();
+    for (file, text) in stories {
+        std::fs::write(dir.join("stories").join(file), text).unwrap();
+    }
+    std::fs::write(
+        dir.join("warden.toml"),
+        format!("[plugins.probe]\npath = \"{}\"\n[grants.probe]\nallow = [\"GET https://blocked.example/*\"]\n\n{triggers}", probe_wasm().display()),
+    )
+    .unwrap();
+    dir
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+async fn post(base: &str, story: &str, body: &str, sig: Option<String>, ctype: &str) -> (u16, serde_json::Value) {
+    let mut req = client().post(format!("{base}/webhooks/{story}")).header("content-type", ctype).body(body.to_string());
+    if let Some(s) = sig {
+        req = req.header("x-warden-signature", s);
+    }
+    let resp = req.send().await.unwrap();
+    let code = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (code, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+async fn get(base: &str, path: &str) -> serde_json::Value {
+    let text = client().get(format!("{base}{path}")).send().await.unwrap().text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+}
+
+fn sign(body: &str) -> String {
+    warden::server::sign(SECRET.as_bytes(), body.as_bytes())
+}
+
+/// Polls the run list until `done` holds (bounded), returning the runs.
+async fn wait_for(base: &str, done: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    for _ in 0..600 {
+        let runs = get(base, "/api/runs?limit=500").await["runs"].as_array().cloned().unwrap_or_default();
+        if done(&runs) {
+            return runs;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("runs did not reach the expected state");
+}
+
+const QUICK: &str = "name: quick\ninput: {type: object, required: [num]}\nsteps:\n  - id: echo\n    transform: {set: {num: \"{{ input.num }}\"}}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_answer_with_the_right_status_and_create_runs_only_when_valid() {
+    let dir = setup("answers", &[("quick.yaml", QUICK)], "[triggers.quick]\nsecret_env = \"WEBHOOK_SECRET\"\nallow_sync = true\nmax_body = \"1KiB\"\n");
+    let srv = Server::start(&dir, 4);
+    let b = &srv.base;
+    let body = r#"{"num": 1}"#;
+
+    assert_eq!(post(b, "quick", body, None, "application/json").await.0, 401, "missing signature");
+    assert_eq!(post(b, "quick", body, Some("sha256=00".into()), "application/json").await.0, 401, "bad signature");
+    assert_eq!(post(b, "quick", body, Some(warden::server::sign(b"wrong", body.as_bytes())), "application/json").await.0, 401, "wrong key");
+    let big = format!(r#"{{"num": "{}"}}"#, "x".repeat(2000));
+    assert_eq!(post(b, "quick", &big, Some(sign(&big)), "application/json").await.0, 413, "oversized");
+    assert_eq!(post(b, "quick", "{not json", Some(sign("{not json")), "application/json").await.0, 400, "malformed");
+    assert_eq!(post(b, "quick", body, Some(sign(body)), "text/plain").await.0, 415, "not JSON content type");
+    assert_eq!(post(b, "nope", body, Some(sign(body)), "application/json").await.0, 404, "unknown story");
+    let (code, err) = post(b, "quick", "{}", Some(sign("{}")), "application/json").await;
+    assert_eq!((code, err["error"].as_str().unwrap()), (422, "input is missing required field `num`"));
+    assert_eq!(get(b, "/api/runs").await["runs"].as_array().unwrap().len(), 0, "a refused webhook created a run");
+
+    let (code, accepted) = post(b, "quick", body, Some(sign(body)), "application/json").await;
+    assert_eq!(code, 202);
+    let id = accepted["run_id"].as_str().unwrap().to_string();
+    let runs = wait_for(b, |r| r.iter().any(|x| x["id"] == id.as_str() && x["state"] == "succeeded")).await;
+    assert_eq!(runs.len(), 1);
+    let detail = get(b, &format!("/api/runs/{id}")).await;
+    assert_eq!(detail["output"], serde_json::json!({"num": 1}));
+    assert_eq!(detail["trigger"], "webhook");
+
+    let (code, sync) = post(b, "quick?wait=true", body, Some(sign(body)), "application/json").await;
+    assert_eq!((code, sync["state"].as_str()), (200, Some("succeeded")));
+    assert_eq!(sync["output"], serde_json::json!({"num": 1}));
+
+    let metrics = get(b, "/metrics").await;
+    let m = metrics.as_str().unwrap();
+    assert!(m.contains("warden_webhooks_total{story=\"quick\",code=\"401\"} 3"), "{m}");
+    assert!(m.contains("warden_webhooks_total{story=\"quick\",code=\"202\"} 1"), "{m}");
+    assert!(m.contains("warden_runs{state=\"succeeded\"} 2"), "{m}");
+    assert!(m.contains("warden_step_duration_seconds_count{kind=\"transform\"} 2"), "{m}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_webhooks_are_all_recorded_and_completed() {
+    let dir = setup("flood", &[("quick.yaml", QUICK)], "[triggers.quick]\nsecret_env = \"WEBHOOK_SECRET\"\nconcurrency = 32\n");
+    let srv = Server::start(&dir, 32);
+    let mut tasks = Vec::new();
+    for n in 0..500 {
+        let base = srv.base.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = format!(r#"{{"num": {n}}}"#);
+            post(&base, "quick", &body, Some(sign(&body)), "application/json").await.0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 202);
+    }
+    let runs = wait_for(&srv.base, |r| r.len() == 500 && r.iter().all(|x| x["state"] == "succeeded")).await;
+    let mut ns: Vec<i64> = Vec::new();
+    for r in &runs {
+        let d = get(&srv.base, &format!("/api/runs/{}", r["id"].as_str().unwrap())).await;
+        ns.push(d["output"]["num"].as_i64().unwrap());
+    }
+    ns.sort();
+    assert_eq!(ns, (0..500).collect::<Vec<_>>(), "every webhook's input produced its own run");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_survive_sigkill_and_complete_or_fail_with_a_reason_after_restart() {
+    let slow = "name: slow\ninput: {type: object}\nsteps:\n  - id: wait\n    action: probe\n    retry: {attempts: 2, on: [upstream]}\n    with: {op: sleep, ms: 1500}\n";
+    let once = "name: once\ninput: {type: object}\nsteps:\n  - id: wait\n    action: probe\n    with: {op: sleep, ms: 1500}\n";
+    let dir = setup(
+        "kill",
+        &[("slow.yaml", slow), ("once.yaml", once)],
+        "[triggers.slow]\nsecret_env = \"WEBHOOK_SECRET\"\n[triggers.once]\nsecret_env = \"WEBHOOK_SECRET\"\n",
+    );
+    let mut srv = Server::start(&dir, 2);
+    let mut ids = Vec::new();
+    for (story, n) in [("once", 1), ("slow", 5)] {
+        for _ in 0..n {
+            let (code, v) = post(&srv.base, story, "{}", Some(sign("{}")), "application/json").await;
+            assert_eq!(code, 202);
+            ids.push(v["run_id"].as_str().unwrap().to_string());
+        }
+    }
+    // Kill while at least two runs are mid-step and others still wait.
+    wait_for(&srv.base, |r| r.iter().filter(|x| x["state"] == "running").count() >= 2).await;
+    srv.kill();
+
+    let srv = Server::start(&srv.dir.clone(), 2);
+    let runs = wait_for(&srv.base, |r| r.len() == 6 && r.iter().all(|x| x["state"] == "succeeded" || x["state"] == "failed")).await;
+    let mut resumed = 0;
+    for r in &runs {
+        assert!(ids.contains(&r["id"].as_str().unwrap().to_string()));
+        if r["state"] == "failed" {
+            let why = r["error"].as_str().unwrap_or("");
+            assert!(why.contains("interrupted by a restart during step wait"), "a run failed without a reason: {r}");
+            assert_eq!(r["story"], "once", "a run whose retry policy allows another attempt must resume");
+        }
+        let d = get(&srv.base, &format!("/api/runs/{}", r["id"].as_str().unwrap())).await;
+        if d["steps"][0]["attempts"] == 2 {
+            resumed += 1;
+        }
+    }
+    assert!(resumed >= 1, "no run was interrupted and resumed: {runs:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_fires_and_metrics_count_denials() {
+    let denied = "name: denied\ninput: {type: object}\nsteps:\n  - id: try\n    action: probe\n    with: {op: fetch, url: \"http://169.254.169.254/latest/meta-data/\"}\n";
+    let dir = setup("schedule", &[("denied.yaml", denied)], "[triggers.denied]\nschedule = \"* * * * * *\"\n");
+    let srv = Server::start(&dir, 2);
+    let runs = wait_for(&srv.base, |r| r.iter().any(|x| x["trigger"] == "schedule" && x["state"] == "succeeded")).await;
+    assert_eq!(runs[0]["story"], "denied");
+    let metrics = get(&srv.base, "/metrics").await;
+    let m = metrics.as_str().unwrap();
+    assert!(m.contains("warden_egress_denials_total{rule=\"default-deny\"}"), "{m}");
+    assert!(m.contains("warden_instances_capacity"), "{m}");
+    // No webhook without a secret.
+    assert_eq!(post(&srv.base, "denied", "{}", Some(sign("{}")), "application/json").await.0, 404);
+    let _ = std::fs::remove_dir_all(&dir);
+}
