@@ -40,6 +40,30 @@ echo "== the same story for an indicator nobody saw (no ticket, no email)"
 target/debug/warden story run examples/stories/threat-hunt.yaml -q \
   --policy examples/warden.toml --db .warden/demo.db \
   --input '{"indicator": {"kind": "domain", "value": "benign.example"}, "leads": ["soc-lead@corp.example"]}'
+
+echo
+echo "== warden serve: the same story started by a signed webhook"
+export WARDEN_WEBHOOK_SECRET=demo-webhook-secret
+target/debug/warden serve --policy examples/warden.toml --db .warden/demo.db --listen 127.0.0.1:8080 2>.warden/serve.log &
+serve=$!
+trap 'kill $sim $smtp $serve 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null && break; sleep 0.1; done
+body='{"indicator": {"kind": "domain", "value": "evil.example"}, "leads": ["soc-lead@corp.example"]}'
+sig="sha256=$(printf '%s' "$body" | python3 -c 'import hmac,hashlib,os,sys; print(hmac.new(os.environ["WARDEN_WEBHOOK_SECRET"].encode(), sys.stdin.buffer.read(), hashlib.sha256).hexdigest())')"
+echo "curl -X POST http://127.0.0.1:8080/webhooks/threat-hunt -H 'X-Warden-Signature: $sig' -d '$body'"
+accepted=$(curl -s -X POST http://127.0.0.1:8080/webhooks/threat-hunt \
+  -H 'Content-Type: application/json' -H "X-Warden-Signature: $sig" -d "$body")
+echo "$accepted"
+run=$(printf '%s' "$accepted" | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_id"])')
+for _ in $(seq 1 300); do
+  state=$(curl -s "http://127.0.0.1:8080/api/runs/$run" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
+  [ "$state" = succeeded ] || [ "$state" = failed ] && break
+  sleep 0.2
+done
+echo "run $run: $state"
+curl -s "http://127.0.0.1:8080/api/runs/$run" | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["output"], indent=2))'
+kill $serve 2>/dev/null || true; wait $serve 2>/dev/null || true
+
 echo
 echo "Recorded runs: target/debug/warden runs list --db .warden/demo.db"
-target/debug/warden runs list --db .warden/demo.db --limit 2
+target/debug/warden runs list --db .warden/demo.db --limit 3
