@@ -14,6 +14,7 @@ pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod story;
+pub mod vetting;
 
 pub use policy::Policy;
 pub use runtime::{InvocationInfo, InvocationReport, InvokeError, Runtime, RuntimeConfig};

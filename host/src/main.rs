@@ -172,12 +172,45 @@ enum PolicyCmd {
         #[arg(default_value = "warden.toml")]
         file: PathBuf,
     },
+    /// What a team's plugins may reach, with which credentials and limits, and which rule grants each.
+    Explain {
+        team: String,
+        /// One plugin (default: all).
+        plugin: Option<String>,
+        #[command(flatten)]
+        policy: PolicyArg,
+    },
 }
 
 #[derive(Subcommand)]
 enum PluginCmd {
     /// Print a component's sha256, for pinning in the policy.
     Digest { wasm: PathBuf },
+    /// Make an Ed25519 signing key: writes NAME.key (secret) and prints the public key for [keys.NAME].
+    Keygen {
+        name: String,
+        /// Folder for the secret key file.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Sign a component (its sha256 with the name and version its describe() returns); writes <wasm>.sig.
+    Sign {
+        wasm: PathBuf,
+        /// The secret key file from `warden plugin keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        /// The key's name in the policy (default: the key file's stem).
+        #[arg(long)]
+        key_name: Option<String>,
+    },
+    /// Verify a component's signature against the policy's keys (and a team's trust).
+    Verify {
+        wasm: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArg,
+        #[arg(long)]
+        team: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -274,6 +307,20 @@ fn load_library(spec: &str, stories: Option<&Path>) -> anyhow::Result<(Library, 
         ));
     }
     Ok((library, spec.to_string()))
+}
+
+fn write_secret_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(f, "{text}")?;
+    Ok(())
 }
 
 fn read_input(input: &str) -> anyhow::Result<String> {
@@ -453,6 +500,111 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let listen = listen.or(cfg.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
             let opts = warden::server::ServeOptions { workers, drain: std::time::Duration::from_secs(drain_secs.or(cfg.drain_secs).unwrap_or(30)) };
             warden::server::serve(engine, &listen, opts).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCmd::Keygen { name, dir }) => {
+            let (secret, public) = warden::vetting::keygen()?;
+            std::fs::create_dir_all(&dir)?;
+            let path = dir.join(format!("{name}.key"));
+            if path.exists() {
+                return Err(anyhow!("{} exists; refusing to overwrite a key", path.display()));
+            }
+            write_secret_file(&path, &secret)?;
+            eprintln!("secret key written to {} (keep it out of the repository)", path.display());
+            println!("[keys.{name}]\npublic_key = \"{public}\"");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCmd::Sign { wasm, key, key_name }) => {
+            let secret = std::fs::read_to_string(&key).with_context(|| format!("cannot read key {}", key.display()))?;
+            let key_name = key_name.unwrap_or_else(|| key.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+            let rt = Runtime::new(RuntimeConfig::default())?;
+            let plugin = rt.load_file(&wasm)?;
+            let m = rt.describe(&plugin).await?;
+            let sig = warden::vetting::sign(secret.trim(), &key_name, &m.name, &m.version, &plugin.sha256).map_err(|e| anyhow!("{}: {e}", key.display()))?;
+            let out = warden::vetting::sig_path(&wasm);
+            std::fs::write(&out, serde_json::to_string_pretty(&sig)? + "\n")?;
+            println!("signed {} {} ({}) with key {key_name}: {}", m.name, m.version, plugin.sha256, out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCmd::Verify { wasm, policy, team }) => {
+            let policy = load_policy(&policy)?;
+            let team = match &team {
+                Some(t) => Some(policy.teams.get(t).ok_or_else(|| anyhow!("no [teams.{t}] in {}", policy.file))?),
+                None => None,
+            };
+            let path = warden::vetting::sig_path(&wasm);
+            let text = std::fs::read_to_string(&path).with_context(|| format!("no signature at {}", path.display()))?;
+            let sig: warden::vetting::SignatureFile = serde_json::from_str(&text).with_context(|| format!("{} is not a signature file", path.display()))?;
+            let rt = Runtime::new(RuntimeConfig::default())?;
+            let plugin = rt.load_file(&wasm)?;
+            let m = rt.describe(&plugin).await?;
+            match warden::vetting::verify(&policy, team, &sig, &plugin.sha256, &m.name, &m.version) {
+                Ok(key) => {
+                    println!("ok: {} {} ({}) signed by key {key}", m.name, m.version, plugin.sha256);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(why) => Err(anyhow!("{} is refused: {why}", wasm.display())),
+            }
+        }
+        Command::Policy(PolicyCmd::Explain { team, plugin, policy }) => {
+            let policy = load_policy(&policy)?;
+            let t = policy.teams.get(&team);
+            if t.is_none() && !policy.teams.is_empty() {
+                return Err(anyhow!("no [teams.{team}] in {} (teams: {})", policy.file, policy.teams.keys().cloned().collect::<Vec<_>>().join(", ")));
+            }
+            let names: Vec<String> = match plugin {
+                Some(p) if policy.plugins.contains_key(&p) => vec![p],
+                Some(p) => return Err(anyhow!("no [plugins.{p}] in {}", policy.file)),
+                None => policy.plugins.keys().cloned().collect(),
+            };
+            let rt = Runtime::new(RuntimeConfig::default())?;
+            for name in names {
+                let entry = &policy.plugins[&name];
+                let grant = policy.grant_for_team(&name, &team);
+                println!("plugin {name} for team {team}");
+                let trust = match (t, rt.load_entry(entry)) {
+                    (_, Err(e)) => format!("REFUSED: {e:#}"),
+                    (None, Ok(_)) => "no teams in the policy: runs if the file loads (pin sha256 to be sure)".into(),
+                    (Some(t), Ok(p)) => match rt.describe(&p).await {
+                        Ok(m) => match warden::vetting::check(&policy, t, &name, &entry.path, entry.sha256.as_deref(), &p.sha256, &m.name, &m.version) {
+                            Ok(trust) => format!("trusted: {trust}"),
+                            Err(why) => format!("REFUSED: {why}"),
+                        },
+                        Err(e) => format!("REFUSED: {e:#}"),
+                    },
+                };
+                println!("  {trust}");
+                println!("  grant: {}", policy.grant_source(&name, &team));
+                if grant.rules.is_empty() {
+                    println!("  http: reaches nothing");
+                }
+                for r in &grant.rules {
+                    println!("  http: allow `{}`", r.text);
+                }
+                for (c, spec) in &grant.credentials {
+                    let owner = spec.team.as_deref().map(|o| format!("team {o}")).unwrap_or_else(|| "shared".into());
+                    println!("  credential {c} ({owner}) → only to {}", spec.bindings_text());
+                }
+                let all = if t.is_some() { policy.teams[&team].grants.get(&name).or(policy.grants.get(&name)) } else { policy.grants.get(&name) };
+                if let Some(g) = all {
+                    for (c, spec) in &g.credentials {
+                        if !grant.credentials.contains_key(c) {
+                            println!("  credential {c}: withheld (belongs to team {})", spec.team.as_deref().unwrap_or("?"));
+                        }
+                    }
+                }
+                if let Some(m) = &grant.mail {
+                    println!(
+                        "  smtp: relay {} ({}:{}), senders {}, recipient domains {}, ≤{} recipients, ≤{} messages",
+                        m.relay.name, m.relay.host, m.relay.port, m.senders.join(", "), m.recipient_domains.join(", "), m.max_recipients, m.max_messages
+                    );
+                }
+                let l = &grant.limits;
+                println!(
+                    "  limits: memory {}, cpu {} ms, wall {} ms, {} HTTP requests, responses ≤ {}",
+                    warden::limits::Bytes(l.memory_bytes), l.cpu_ms, l.wall_ms, l.http_requests, warden::limits::Bytes(l.response_bytes)
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin(PluginCmd::Digest { wasm }) => {

@@ -189,3 +189,45 @@ fn story_run_records_the_run_for_runs_list_and_show() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(text(&bad.stderr).contains("invalid input: input is missing required field `who`"), "{}", text(&bad.stderr));
 }
+
+#[test]
+fn keygen_sign_verify_and_explain() {
+    let dir = tempdir("sign");
+    let wasm = dir.join("http_fetch.wasm");
+    std::fs::copy(http_fetch_wasm(), &wasm).unwrap();
+    let out = warden(&["plugin", "keygen", "release", "--dir", dir.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let snippet = text(&out.stdout);
+    assert!(snippet.starts_with("[keys.release]\npublic_key = \""), "{snippet}");
+    let key_file = dir.join("release.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let out = warden(&["plugin", "sign", wasm.to_str().unwrap(), "--key", key_file.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let policy = dir.join("warden.toml");
+    std::fs::write(
+        &policy,
+        format!("{snippet}\n[plugins.http-fetch]\npath = \"{}\"\n[grants.http-fetch]\nallow = [\"GET https://api.example.com/*\"]\n[teams.soc]\ntrusted_keys = [\"release\"]\n", wasm.display()),
+    )
+    .unwrap();
+    let out = warden(&["plugin", "verify", wasm.to_str().unwrap(), "--policy", policy.to_str().unwrap(), "--team", "soc"], &[]);
+    assert!(text(&out.stdout).starts_with("ok: http-fetch 0.1.0"), "{}{}", text(&out.stdout), text(&out.stderr));
+    let out = warden(&["policy", "explain", "soc", "--policy", policy.to_str().unwrap()], &[]);
+    let explained = text(&out.stdout);
+    assert!(explained.contains("trusted: signed by trusted key release"), "{explained}");
+    assert!(explained.contains("http: allow `GET https://api.example.com/*`"), "{explained}");
+    assert!(explained.contains("grant: [grants.http-fetch]"), "{explained}");
+
+    let out = warden(&["plugin", "keygen", "release", "--dir", dir.to_str().unwrap()], &[]);
+    assert!(text(&out.stderr).contains("refusing to overwrite"), "{}", text(&out.stderr));
+
+    let mut bytes = std::fs::read(&wasm).unwrap();
+    bytes.extend_from_slice(&[0x00, 0x02, 0x01, b'x']);
+    std::fs::write(&wasm, bytes).unwrap();
+    let out = warden(&["plugin", "verify", wasm.to_str().unwrap(), "--policy", policy.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("the component changed after signing"), "{}", text(&out.stderr));
+}

@@ -132,6 +132,8 @@ pub struct CredentialSpec {
     pub kind: CredentialKind,
     pub source: SecretSource,
     pub hosts: Vec<Binding>,
+    /// Owning team, if any: only that team's runs may use it.
+    pub team: Option<String>,
 }
 
 /// What the host adds to a request, and what it must scrub from the answer.
@@ -206,6 +208,7 @@ mod tests {
             kind: CredentialKind::Basic { user: "bot@corp.example".into() },
             source: SecretSource::Env("X".into()),
             hosts: vec![],
+            team: None,
         };
         let inj = spec.injection(&Secret::new("tok".into()));
         let (_, v) = inj.header.unwrap();

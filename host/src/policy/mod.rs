@@ -83,6 +83,28 @@ pub struct Policy {
     /// How stories are started from outside: webhooks and schedules, by story name.
     pub triggers: BTreeMap<String, Trigger>,
     pub server: ServerConfig,
+    /// Signing keys plugins may be signed with.
+    pub keys: BTreeMap<String, TrustedKey>,
+    /// Teams: their own grants, the keys they trust. With any team defined,
+    /// every story must belong to one and plugins must be pinned or signed.
+    pub teams: BTreeMap<String, Team>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrustedKey {
+    pub name: String,
+    pub public: ed25519_dalek::VerifyingKey,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Team {
+    pub name: String,
+    pub trusted_keys: Vec<String>,
+    /// A pinned digest is not enough: the plugin must be signed by a trusted key.
+    pub require_signature: bool,
+    /// Grants that replace the global `[grants.PLUGIN]` for this team's runs.
+    pub grants: BTreeMap<String, Arc<Grant>>,
 }
 
 /// `[triggers.STORY]`: a webhook (with its HMAC secret) and/or a schedule.
@@ -125,6 +147,8 @@ impl Policy {
             relays: BTreeMap::new(),
             triggers: BTreeMap::new(),
             server: ServerConfig::default(),
+            keys: BTreeMap::new(),
+            teams: BTreeMap::new(),
         }
     }
 
@@ -186,54 +210,41 @@ impl Policy {
 
         let mut grants = BTreeMap::new();
         for (plugin, g) in raw.grants {
-            let where_ = g.span();
-            let g = g.into_inner();
-            if !plugins.contains_key(&plugin) {
-                return Err(err(
-                    where_,
-                    format!("[grants.{plugin}] grants a plugin that has no [plugins.{plugin}] entry; add the plugin or fix the name"),
-                ));
-            }
-            let mut rules = Vec::new();
-            for r in &g.allow {
-                let rule = EgressRule::parse(r.get_ref()).map_err(|m| err(r.span(), m))?;
-                if rule.host == HostPattern::Any && !g.allow_any_host {
-                    return Err(err(
-                        r.span(),
-                        format!(
-                            "rule `{}` lets {plugin} reach every host on the internet; if that is really meant, set allow_any_host = true in [grants.{plugin}]",
-                            rule.text
-                        ),
-                    ));
-                }
-                rules.push(rule);
-            }
-            let mut granted = BTreeMap::new();
-            for c in &g.credentials {
-                let spec = credentials.get(c.get_ref()).ok_or_else(|| {
-                    err(c.span(), format!("grant {plugin} names credential `{}` but there is no [credentials.{}]", c.get_ref(), c.get_ref()))
-                })?;
-                granted.insert(c.get_ref().clone(), spec.clone());
-            }
-            let limits = match g.limits {
-                Some(l) => {
-                    let span = l.span();
-                    parse_limits(l.into_inner()).map_err(|m| err(span, format!("grants.{plugin}.limits: {m}")))?
-                }
-                None => Limits::default(),
-            };
-            let mail = match g.smtp {
-                Some(m) => {
-                    let span = m.span();
-                    Some(parse_mail_grant(&plugin, m.into_inner(), &relays).map_err(|msg| err(span, msg))?)
-                }
-                None => None,
-            };
-            grants.insert(
-                plugin.clone(),
-                Arc::new(Grant { plugin, rules, credentials: granted, limits, allow_any_host: g.allow_any_host, mail }),
-            );
+            let grant = parse_grant(&plugin, g, &plugins, &credentials, &relays, &err, "grants")?;
+            grants.insert(plugin.clone(), Arc::new(grant));
         }
+
+        let mut keys = BTreeMap::new();
+        for (name, k) in raw.keys {
+            let span = k.public_key.span();
+            let public = crate::vetting::parse_public_key(k.public_key.get_ref()).map_err(|m| err(span, format!("keys.{name}: {m}")))?;
+            keys.insert(name.clone(), TrustedKey { name, public, revoked: k.revoked });
+        }
+
+        let mut teams = BTreeMap::new();
+        for (name, t) in raw.teams {
+            let span = t.span();
+            let t = t.into_inner();
+            for k in &t.trusted_keys {
+                if !keys.contains_key(k) {
+                    return Err(err(span.clone(), format!("teams.{name} trusts key `{k}` but there is no [keys.{k}]")));
+                }
+            }
+            let mut team_grants = BTreeMap::new();
+            for (plugin, g) in t.grants {
+                let grant = parse_grant(&plugin, g, &plugins, &credentials, &relays, &err, &format!("teams.{name}.grants"))?;
+                team_grants.insert(plugin, Arc::new(grant));
+            }
+            teams.insert(name.clone(), Team { name, trusted_keys: t.trusted_keys, require_signature: t.require_signature, grants: team_grants });
+        }
+        for (cname, c) in &credentials {
+            if let Some(owner) = &c.team {
+                if !teams.contains_key(owner) {
+                    return Err(err(0..0, format!("credentials.{cname} belongs to team `{owner}`, which has no [teams.{owner}]")));
+                }
+            }
+        }
+
         let mut triggers = BTreeMap::new();
         for (story, t) in raw.triggers {
             let span = t.span();
@@ -253,12 +264,36 @@ impl Policy {
             },
             None => ServerConfig::default(),
         };
-        Ok(Policy { file: file.to_string(), plugins, grants, credentials, relays, triggers, server })
+        Ok(Policy { file: file.to_string(), plugins, grants, credentials, relays, triggers, server, keys, teams })
     }
 
     /// The grant for `plugin`, or deny-all when the policy has none.
     pub fn grant_for(&self, plugin: &str) -> Arc<Grant> {
         self.grants.get(plugin).cloned().unwrap_or_else(|| Arc::new(Grant::deny_all(plugin)))
+    }
+
+    /// The grant `plugin` has when it runs for `team`: the team's own grant if
+    /// it has one, else the global one — and never a credential that belongs
+    /// to another team, whatever either grant lists.
+    pub fn grant_for_team(&self, plugin: &str, team: &str) -> Arc<Grant> {
+        let base = self.teams.get(team).and_then(|t| t.grants.get(plugin)).cloned().unwrap_or_else(|| self.grant_for(plugin));
+        if base.credentials.values().all(|c| c.team.as_deref().is_none_or(|owner| owner == team)) {
+            return base;
+        }
+        let mut g = (*base).clone();
+        g.credentials.retain(|_, c| c.team.as_deref().is_none_or(|owner| owner == team));
+        Arc::new(g)
+    }
+
+    /// Where `plugin`'s grant for `team` comes from, for `policy explain`.
+    pub fn grant_source(&self, plugin: &str, team: &str) -> String {
+        if self.teams.get(team).is_some_and(|t| t.grants.contains_key(plugin)) {
+            format!("[teams.{team}.grants.{plugin}]")
+        } else if self.grants.contains_key(plugin) {
+            format!("[grants.{plugin}]")
+        } else {
+            "no grant (deny all)".into()
+        }
     }
 }
 
@@ -305,7 +340,64 @@ fn parse_credential(name: &str, c: RawCredential, base: &Path) -> Result<Credent
     }
     let hosts = c.hosts.iter().map(|h| Binding::parse(h)).collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("credentials.{name}: {e}"))?;
-    Ok(CredentialSpec { name: name.to_string(), kind, source, hosts })
+    Ok(CredentialSpec { name: name.to_string(), kind, source, hosts, team: c.team })
+}
+
+type ErrFn<'a> = dyn Fn(std::ops::Range<usize>, String) -> PolicyError + 'a;
+
+fn parse_grant(
+    plugin: &str,
+    g: Spanned<RawGrant>,
+    plugins: &BTreeMap<String, PluginEntry>,
+    credentials: &BTreeMap<String, Arc<CredentialSpec>>,
+    relays: &BTreeMap<String, Arc<Relay>>,
+    err: &ErrFn,
+    table: &str,
+) -> Result<Grant, PolicyError> {
+    let where_ = g.span();
+    let g = g.into_inner();
+    if !plugins.contains_key(plugin) {
+        return Err(err(
+            where_,
+            format!("[{table}.{plugin}] grants a plugin that has no [plugins.{plugin}] entry; add the plugin or fix the name"),
+        ));
+    }
+    let mut rules = Vec::new();
+    for r in &g.allow {
+        let rule = EgressRule::parse(r.get_ref()).map_err(|m| err(r.span(), m))?;
+        if rule.host == HostPattern::Any && !g.allow_any_host {
+            return Err(err(
+                r.span(),
+                format!(
+                    "rule `{}` lets {plugin} reach every host on the internet; if that is really meant, set allow_any_host = true in [{table}.{plugin}]",
+                    rule.text
+                ),
+            ));
+        }
+        rules.push(rule);
+    }
+    let mut granted = BTreeMap::new();
+    for c in &g.credentials {
+        let spec = credentials.get(c.get_ref()).ok_or_else(|| {
+            err(c.span(), format!("grant {plugin} names credential `{}` but there is no [credentials.{}]", c.get_ref(), c.get_ref()))
+        })?;
+        granted.insert(c.get_ref().clone(), spec.clone());
+    }
+    let limits = match g.limits {
+        Some(l) => {
+            let span = l.span();
+            parse_limits(l.into_inner()).map_err(|m| err(span, format!("{table}.{plugin}.limits: {m}")))?
+        }
+        None => Limits::default(),
+    };
+    let mail = match g.smtp {
+        Some(m) => {
+            let span = m.span();
+            Some(parse_mail_grant(plugin, m.into_inner(), relays).map_err(|msg| err(span, msg))?)
+        }
+        None => None,
+    };
+    Ok(Grant { plugin: plugin.to_string(), rules, credentials: granted, limits, allow_any_host: g.allow_any_host, mail })
 }
 
 fn parse_trigger(story: &str, t: RawTrigger, base: &Path, line: usize) -> Result<Trigger, String> {
@@ -459,6 +551,29 @@ struct RawPolicy {
     #[serde(default)]
     triggers: BTreeMap<String, Spanned<RawTrigger>>,
     server: Option<RawServer>,
+    #[serde(default)]
+    keys: BTreeMap<String, RawKey>,
+    #[serde(default)]
+    teams: BTreeMap<String, Spanned<RawTeam>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    public_key: Spanned<String>,
+    #[serde(default)]
+    revoked: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTeam {
+    #[serde(default)]
+    trusted_keys: Vec<String>,
+    #[serde(default)]
+    require_signature: bool,
+    #[serde(default)]
+    grants: BTreeMap<String, Spanned<RawGrant>>,
 }
 
 #[derive(Deserialize)]
@@ -556,6 +671,8 @@ struct RawCredential {
     file: Option<String>,
     #[serde(default)]
     hosts: Vec<String>,
+    /// The team that owns it; other teams' runs can never use it.
+    team: Option<String>,
 }
 
 #[cfg(test)]

@@ -429,11 +429,12 @@ impl Engine {
             StepKind::Action(plugin) => {
                 let input = render_value(&step.with, ctx).map_err(|e| StepError::new("template", format!("with: {e}")))?;
                 let _ = self.store.step_started(run, &step.id, item, kind, Some(&input), attempt);
-                let p = self.plugin(plugin)?;
+                let p = self.plugin(plugin, &story.team).await?;
                 let info = InvocationInfo { run_id: run.into(), story: story.name.clone(), step: step.id.clone(), team: story.team.clone(), attempt };
                 let (tap, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
                 let input_text = input.to_string();
-                let invoke = self.runtime.invoke(&p, self.policy.grant_for(plugin), info, &input_text, Some(tap));
+                // The grant of the story's own team: a sub-story runs under its team, never the caller's.
+                let invoke = self.runtime.invoke(&p, self.policy.grant_for_team(plugin, &story.team), info, &input_text, Some(tap));
                 tokio::pin!(invoke);
                 // Forward log lines live (a long poll shows its progress) while the step runs.
                 let report = loop {
@@ -480,13 +481,23 @@ impl Engine {
         }
     }
 
-    fn plugin(&self, name: &str) -> Result<Arc<Plugin>, StepError> {
-        if let Some(p) = self.plugins.lock().unwrap().get(name) {
+    /// The plugin, vetted for `team` when the policy has teams: pinned, or
+    /// signed by a key the team trusts (see [`crate::vetting`]).
+    async fn plugin(&self, name: &str, team: &str) -> Result<Arc<Plugin>, StepError> {
+        let key = format!("{team}/{name}");
+        if let Some(p) = self.plugins.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
         let entry = self.policy.plugins.get(name).ok_or_else(|| StepError::new("failed", format!("plugin `{name}` is not in the policy")))?;
-        let p = self.runtime.load_entry(entry).map_err(|e| StepError::new("failed", format!("{e:#}")))?;
-        self.plugins.lock().unwrap().insert(name.to_string(), p.clone());
+        let p = self.runtime.load_entry(entry).map_err(|e| StepError::new("denied", format!("{e:#}")))?;
+        if !self.policy.teams.is_empty() {
+            let t = self.policy.teams.get(team).ok_or_else(|| StepError::new("denied", format!("team `{team}` is not in the policy, so it may run nothing")))?;
+            let m = self.runtime.describe(&p).await.map_err(|e| StepError::new("failed", format!("{e:#}")))?;
+            let trust = crate::vetting::check(&self.policy, t, name, &entry.path, entry.sha256.as_deref(), &p.sha256, &m.name, &m.version)
+                .map_err(|why| StepError::new("denied", why))?;
+            tracing::debug!(team, plugin = name, "plugin trusted: {trust}");
+        }
+        self.plugins.lock().unwrap().insert(key, p.clone());
         Ok(p)
     }
 }

@@ -440,6 +440,13 @@ impl Library {
         let mut errors = Vec::new();
         for story in self.stories.values() {
             let file = story.file.display().to_string();
+            if !policy.teams.is_empty() && !policy.teams.contains_key(&story.team) {
+                errors.push(StoryError {
+                    file: file.clone(),
+                    line: story.line,
+                    message: format!("story `{}` belongs to team `{}`, which has no [teams.{}] in {}", story.name, story.team, story.team, policy.file),
+                });
+            }
             for s in story.steps.iter().chain(&story.fallbacks) {
                 match &s.kind {
                     StepKind::Action(p) if !policy.plugins.contains_key(p) => errors.push(StoryError {

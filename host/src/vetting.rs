@@ -1,0 +1,165 @@
+//! Vetting: a step is trusted because of who vetted it and what bytes it is,
+//! not because of where the file lies.
+//!
+//! A signature (`<plugin>.wasm.sig`, JSON) is an Ed25519 signature over the
+//! component's sha256 together with the name and version its `describe()`
+//! returns. A team runs a plugin only if the policy pins its digest, or a key
+//! the team trusts signed exactly these bytes under exactly this manifest —
+//! and, with `require_signature`, only the latter.
+
+use crate::policy::{Policy, Team};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+const CONTEXT: &str = "warden-plugin-signature-v1";
+
+/// The `.sig` file that travels beside a `.wasm`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureFile {
+    /// Name of the key in the policy's `[keys.NAME]`.
+    pub key: String,
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    /// Hex Ed25519 signature over [`message`].
+    pub signature: String,
+}
+
+/// What exactly is signed: context, manifest name and version, and the digest.
+pub fn message(name: &str, version: &str, sha256: &str) -> Vec<u8> {
+    format!("{CONTEXT}\n{name}\n{version}\n{sha256}\n").into_bytes()
+}
+
+pub fn sig_path(wasm: &Path) -> PathBuf {
+    let mut p = wasm.as_os_str().to_owned();
+    p.push(".sig");
+    PathBuf::from(p)
+}
+
+/// A new key pair: (secret seed hex, public key hex).
+pub fn keygen() -> anyhow::Result<(String, String)> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness for a key: {e}"))?;
+    let key = SigningKey::from_bytes(&seed);
+    Ok((hex::encode(seed), hex::encode(key.verifying_key().to_bytes())))
+}
+
+fn parse_hex32(what: &str, text: &str) -> Result<[u8; 32], String> {
+    let bytes = hex::decode(text.trim()).map_err(|_| format!("{what} is not hex"))?;
+    bytes.try_into().map_err(|_| format!("{what} must be 32 bytes (64 hex digits)"))
+}
+
+pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
+    VerifyingKey::from_bytes(&parse_hex32("public_key", text)?).map_err(|e| format!("public_key is not an Ed25519 key: {e}"))
+}
+
+/// Signs a component's digest and manifest.
+pub fn sign(secret_hex: &str, key_name: &str, name: &str, version: &str, sha256: &str) -> Result<SignatureFile, String> {
+    let key = SigningKey::from_bytes(&parse_hex32("the secret key", secret_hex)?);
+    let sig = key.sign(&message(name, version, sha256));
+    Ok(SignatureFile {
+        key: key_name.into(),
+        name: name.into(),
+        version: version.into(),
+        sha256: sha256.into(),
+        signature: hex::encode(sig.to_bytes()),
+    })
+}
+
+/// Why a team will run a plugin.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trust {
+    /// The policy pins this digest.
+    Pinned,
+    /// Signed by this trusted key.
+    Signed { key: String },
+}
+
+impl std::fmt::Display for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trust::Pinned => f.write_str("digest pinned in the policy"),
+            Trust::Signed { key } => write!(f, "signed by trusted key {key}"),
+        }
+    }
+}
+
+/// Verifies a signature file against the policy's keys, for a team.
+pub fn verify(policy: &Policy, team: Option<&Team>, sig: &SignatureFile, sha256: &str, name: &str, version: &str) -> Result<String, String> {
+    if sig.sha256 != sha256 {
+        return Err(format!("the signature covers sha256 {}, but the file is {sha256}: the component changed after signing", short(&sig.sha256)));
+    }
+    if sig.name != name || sig.version != version {
+        return Err(format!(
+            "the signature is for {} {}, but the component describes itself as {name} {version}",
+            sig.name, sig.version
+        ));
+    }
+    let Some(key) = policy.keys.get(&sig.key) else {
+        return Err(format!("it is signed by key `{}`, which the policy does not know ([keys.{}])", sig.key, sig.key));
+    };
+    if key.revoked {
+        return Err(format!("it is signed by key `{}`, which is revoked", sig.key));
+    }
+    if let Some(t) = team {
+        if !t.trusted_keys.contains(&sig.key) {
+            return Err(format!("it is signed by key `{}`, which team {} does not trust", sig.key, t.name));
+        }
+    }
+    let bytes: [u8; 64] = hex::decode(&sig.signature)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| "the signature is not 64 bytes of hex".to_string())?;
+    key.public
+        .verify(&message(name, version, sha256), &Signature::from_bytes(&bytes))
+        .map_err(|_| format!("the signature does not verify with key `{}`", sig.key))?;
+    Ok(sig.key.clone())
+}
+
+/// Decides whether `team` may run the plugin at `wasm` with this digest and manifest.
+pub fn check(policy: &Policy, team: &Team, plugin: &str, wasm: &Path, pin: Option<&str>, sha256: &str, name: &str, version: &str) -> Result<Trust, String> {
+    let refuse = |why: String| Err(format!("team {} refuses plugin {plugin}: {why}", team.name));
+    if !team.require_signature && pin == Some(sha256) {
+        return Ok(Trust::Pinned);
+    }
+    let path = sig_path(wasm);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(_) => {
+            let need = if team.require_signature { "a signature is required" } else { "it is neither pinned (plugins.*.sha256) nor signed" };
+            return refuse(format!("{need}, and there is no {} (sign it with `warden plugin sign`)", path.display()));
+        }
+    };
+    let sig: SignatureFile = match serde_json::from_str(&text) {
+        Ok(s) => s,
+        Err(e) => return refuse(format!("{} is not a warden signature file: {e}", path.display())),
+    };
+    match verify(policy, Some(team), &sig, sha256, name, version) {
+        Ok(key) => Ok(Trust::Signed { key }),
+        Err(why) => refuse(why),
+    }
+}
+
+fn short(h: &str) -> &str {
+    &h[..h.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_binds_the_digest_and_the_manifest() {
+        let (secret, public) = keygen().unwrap();
+        let vk = parse_public_key(&public).unwrap();
+        let sig = sign(&secret, "k", "jira-ticket", "1.0.0", "ab").unwrap();
+        let bytes: [u8; 64] = hex::decode(&sig.signature).unwrap().try_into().unwrap();
+        let s = Signature::from_bytes(&bytes);
+        assert!(vk.verify(&message("jira-ticket", "1.0.0", "ab"), &s).is_ok());
+        assert!(vk.verify(&message("jira-ticket", "1.0.1", "ab"), &s).is_err());
+        assert!(vk.verify(&message("jira-ticket", "1.0.0", "ac"), &s).is_err());
+        assert!(vk.verify(&message("evil", "1.0.0", "ab"), &s).is_err());
+    }
+}
