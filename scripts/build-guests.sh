@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasip2
 guests=()
-for dir in plugins/*/ tests/guests/*/; do
+for dir in plugins/*/ tests/hostile/*/; do
   [ -f "$dir/Cargo.toml" ] || continue
   name=$(sed -n 's/^name = "\(.*\)"/\1/p' "$dir/Cargo.toml" | head -1)
   # Library crates such as an SDK are not components.

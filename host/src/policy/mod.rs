@@ -29,7 +29,8 @@ pub struct PolicyError {
 
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.file, self.line, self.message)
+        // One line whatever the input held.
+        write!(f, "{}:{}: {}", self.file, self.line, self.message.replace('\r', "\\r").replace('\n', "\\n"))
     }
 }
 

@@ -347,6 +347,35 @@ impl Runtime {
             Ok(Ok(Ok(output))) => check_output(output, limits.output_bytes),
         };
         collect_stdio(state);
+        if let Err(e @ (InvokeError::Limit { .. } | InvokeError::Trap { .. })) = &outcome {
+            // The sandbox stopping a guest is a security event too.
+            let rule = match e {
+                InvokeError::Limit { limit: "output", .. } => "limits.output_bytes".to_string(),
+                InvokeError::Limit { limit: "memory", .. } => "limits.memory".to_string(),
+                InvokeError::Limit { limit, .. } => format!("limits.{limit}_ms"),
+                _ => "trap".to_string(),
+            };
+            state.audit.push(AuditRecord {
+                at_ms: now_ms(),
+                capability: "sandbox",
+                plugin: plugin.name.clone(),
+                run_id: state.info.run_id.clone(),
+                story: state.info.story.clone(),
+                step: state.info.step.clone(),
+                team: state.info.team.clone(),
+                method: "STOP".into(),
+                url: String::new(),
+                decision: crate::audit::Decision::Denied,
+                rule,
+                reason: Some(e.to_string()),
+                credential: None,
+                recipient_domains: None,
+                status: None,
+                request_bytes: 0,
+                response_bytes: 0,
+                duration_ms: started.elapsed().as_millis() as u64,
+            });
+        }
         if state.logs.dropped_bytes > 0 {
             let dropped = state.logs.dropped_bytes;
             state.logs.lines.push(LogLine {

@@ -35,7 +35,8 @@ pub struct StoryError {
 
 impl fmt::Display for StoryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.file, self.line, self.message)
+        // One line whatever the input held: a name or template may contain newlines.
+        write!(f, "{}:{}: {}", self.file, self.line, self.message.replace('\r', "\\r").replace('\n', "\\n"))
     }
 }
 
@@ -187,7 +188,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Story, StoryErrors> {
     let mut errors = Vec::new();
     let name = raw.name.value.clone();
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        errors.push(err(raw.name.referenced.line(), format!("story name `{name}` must be letters, digits, - and _")));
+        errors.push(err(raw.name.referenced.line(), format!("story name `{}` must be letters, digits, - and _", template::excerpt(&name))));
     }
     let convert = |raw: &Spanned<RawStep>, errors: &mut Vec<StoryError>| -> Option<Step> {
         let line = raw.referenced.line();
@@ -296,8 +297,10 @@ fn check_references(story: &Story, errors: &mut Vec<StoryError>) {
         }
     }
     let fallback_ids: Vec<&str> = story.fallbacks.iter().map(|s| s.id.as_str()).collect();
-    let check = |line: u64, owner: &str, earlier: &[&str], text: &str, roots: &[&str], errors: &mut Vec<StoryError>| {
-        let refs = match template::references(text) {
+    let check = |line: u64, owner: &str, earlier: &[&str], full: &str, roots: &[&str], errors: &mut Vec<StoryError>| {
+        let text = template::excerpt(full);
+        let text = text.as_str();
+        let refs = match template::references(full) {
             Ok(r) => r,
             Err(e) => {
                 errors.push(StoryError { file: file.clone(), line, message: format!("{owner}: bad template `{text}`: {e}") });

@@ -58,10 +58,20 @@ pub fn render_str(s: &str, ctx: &Value) -> Result<Value, String> {
     env.render_str(s, ctx).map(Value::String).map_err(|e| describe(&e))
 }
 
+/// A template shown in an error: one line, at most 80 characters.
+pub fn excerpt(s: &str) -> String {
+    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.chars().count() > 80 {
+        format!("{}…", one.chars().take(79).collect::<String>())
+    } else {
+        one
+    }
+}
+
 /// Renders every string inside a JSON value.
 pub fn render_value(v: &Value, ctx: &Value) -> Result<Value, String> {
     Ok(match v {
-        Value::String(s) => render_str(s, ctx).map_err(|e| format!("`{s}`: {e}"))?,
+        Value::String(s) => render_str(s, ctx).map_err(|e| format!("`{}`: {}", excerpt(s), e.replace('\n', " ")))?,
         Value::Array(items) => Value::Array(items.iter().map(|i| render_value(i, ctx)).collect::<Result<_, _>>()?),
         Value::Object(map) => {
             let mut out = serde_json::Map::new();
@@ -92,7 +102,7 @@ fn describe(e: &minijinja::Error) -> String {
         msg.push_str(": ");
         msg.push_str(detail);
     }
-    msg
+    msg.replace('\n', " ")
 }
 
 /// Compiles a template string and returns the variable paths it reads

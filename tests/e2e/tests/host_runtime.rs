@@ -1,4 +1,4 @@
-//! The host runtime, end to end: a real guest (tests/guests/probe) calling
+//! The host runtime, end to end: a real guest (tests/hostile/probe) calling
 //! through the policed capabilities to servers started on 127.0.0.1.
 
 use serde_json::{json, Value};

@@ -1,6 +1,8 @@
-//! `probe`: a test guest that does whatever its input says, so the host's
-//! tests can check each limit and each egress rule from inside the sandbox.
-//! Not a plugin anyone should grant anything to.
+//! `probe`: the adversarial guest. It does whatever its input says — loop,
+//! allocate, recurse, reach for internal addresses, smuggle headers, follow
+//! redirects, flood — so the host's tests (tests/e2e/tests/hostile.rs and
+//! others) can check every way out from inside the sandbox. Not a plugin
+//! anyone should grant anything to.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "action" });
 
@@ -71,7 +73,7 @@ impl Guest for Probe {
 
     fn run(inv: Invocation, input: String) -> Result<String, ActionError> {
         let v: Value = serde_json::from_str(&input).map_err(|e| ActionError::InvalidInput(e.to_string()))?;
-        let out = match v["op"].as_str().unwrap_or("") {
+        let mut out = match v["op"].as_str().unwrap_or("") {
             "counter" => {
                 // A fresh store per invocation means this always starts at 0.
                 static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -97,6 +99,26 @@ impl Guest for Probe {
                     }));
                 }
                 serde_json::from_str::<Value>(r["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null)
+            }
+            "follow" => {
+                // Follows redirects itself: each hop is a new request the host judges again.
+                let mut cur = v.clone();
+                let mut hops = 0;
+                loop {
+                    let r = fetch(&cur);
+                    let status = r["status"].as_u64().unwrap_or(0);
+                    if !(300..400).contains(&status) || hops >= 5 {
+                        break json!({"hops": hops, "last": r});
+                    }
+                    let location = r["headers"].as_array().and_then(|hs| {
+                        hs.iter().find(|h| h[0] == "location").and_then(|h| h[1].as_str().map(String::from))
+                    });
+                    match location {
+                        Some(l) => cur["url"] = json!(l),
+                        None => break json!({"hops": hops, "last": r}),
+                    }
+                    hops += 1;
+                }
             }
             "fetch_many" => {
                 let n = v["count"].as_u64().unwrap_or(1);
@@ -183,10 +205,16 @@ impl Guest for Probe {
                     .map(|p| json!({"path": p, "read": std::fs::read(p).is_ok(), "list": std::fs::read_dir(p).is_ok()}))
                     .collect();
                 let tcp = std::net::TcpStream::connect("127.0.0.1:80").is_ok();
-                json!({"env": env, "args": args, "files": files, "tcp": tcp})
+                // And through the capability, a scheme that is not HTTP.
+                let file = fetch(&json!({"url": "file:///etc/passwd"}));
+                json!({"env": env, "args": args, "files": files, "tcp": tcp, "file_url": file})
             }
             other => return Err(ActionError::InvalidInput(format!("unknown op `{other}`"))),
         };
+        // `then`: one more request after the op, to show the guest is still policed.
+        if let Some(url) = v["then"].as_str() {
+            out["then"] = fetch(&json!({"url": url}));
+        }
         Ok(out.to_string())
     }
 }
