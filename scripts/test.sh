@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 ./scripts/build-guests.sh
 # The email tests need aiosmtpd (a real SMTP server); install it if missing.
 python3 -c "import aiosmtpd" 2>/dev/null || python3 -m pip install --quiet aiosmtpd
-cargo test --quiet "$@"
+# --all-targets also runs every benchmark once in quick mode, so they never rot.
+cargo test --quiet --all-targets "$@"

@@ -171,45 +171,48 @@ impl RunStore {
     }
 
     pub fn create_run(&self, r: &NewRun) -> anyhow::Result<()> {
-        self.conn().execute(
+        self.conn().prepare_cached(
             "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms) VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8)",
-            params![r.id, r.story, r.team, r.trigger, r.input.to_string(), r.parent.map(|p| p.0), r.parent.map(|p| p.1), ms()],
+        )?.execute(params![r.id, r.story, r.team, r.trigger, r.input.to_string(), r.parent.map(|p| p.0), r.parent.map(|p| p.1), ms()],
         )?;
         Ok(())
     }
 
     pub fn start_run(&self, id: &str) -> anyhow::Result<()> {
-        self.conn().execute("UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, ?2) WHERE id = ?1", params![id, ms()])?;
+        self.conn().prepare_cached("UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, ?2) WHERE id = ?1")?.execute(params![id, ms()])?;
         Ok(())
     }
 
     pub fn finish_run(&self, id: &str, state: &str, output: Option<&Value>, error: Option<&str>, failed_step: Option<&str>) -> anyhow::Result<()> {
-        self.conn().execute(
+        self.conn().prepare_cached(
             "UPDATE runs SET state = ?2, output = ?3, error = ?4, failed_step = ?5, finished_ms = ?6 WHERE id = ?1",
-            params![id, state, output.map(|o| o.to_string()), error, failed_step, ms()],
+        )?.execute(params![id, state, output.map(|o| o.to_string()), error, failed_step, ms()],
         )?;
         Ok(())
     }
 
     pub fn step_started(&self, run: &str, step: &str, item: Option<usize>, kind: &str, input: Option<&Value>, attempt: u32) -> anyhow::Result<()> {
-        self.conn().execute(
+        self.conn().prepare_cached(
             "INSERT INTO steps (run_id, step_id, item, kind, state, input, attempts, started_ms) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)
              ON CONFLICT(run_id, step_id, item) DO UPDATE SET state = 'running', input = COALESCE(excluded.input, input), attempts = excluded.attempts",
-            params![run, step, item.map_or(-1, |i| i as i64), kind, input.map(|i| i.to_string()), attempt, ms()],
+        )?.execute(params![run, step, item.map_or(-1, |i| i as i64), kind, input.map(|i| i.to_string()), attempt, ms()],
         )?;
         Ok(())
     }
 
     pub fn step_finished(&self, run: &str, step: &str, item: Option<usize>, kind: &str, state: &str, output: Option<&Value>, error: Option<&Value>, attempts: u32) -> anyhow::Result<()> {
-        self.conn().execute(
+        self.conn().prepare_cached(
             "INSERT INTO steps (run_id, step_id, item, kind, state, output, error, attempts, started_ms, finished_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
              ON CONFLICT(run_id, step_id, item) DO UPDATE SET state = excluded.state, output = excluded.output, error = excluded.error, attempts = MAX(attempts, excluded.attempts), finished_ms = excluded.finished_ms",
-            params![run, step, item.map_or(-1, |i| i as i64), kind, state, output.map(|o| o.to_string()), error.map(|e| e.to_string()), attempts, ms()],
+        )?.execute(params![run, step, item.map_or(-1, |i| i as i64), kind, state, output.map(|o| o.to_string()), error.map(|e| e.to_string()), attempts, ms()],
         )?;
         Ok(())
     }
 
     pub fn add_logs(&self, run: &str, step: &str, lines: &[LogLine]) -> anyhow::Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         {
@@ -223,6 +226,9 @@ impl RunStore {
     }
 
     pub fn add_audit(&self, run: &str, step: &str, records: &[AuditRecord]) -> anyhow::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         {

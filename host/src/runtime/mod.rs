@@ -538,7 +538,14 @@ fn build_engine(max_instances: u32) -> anyhow::Result<Engine> {
         .total_tables(n.saturating_mul(4))
         .total_stacks(n)
         .max_memory_size(MAX_MEMORY_BYTES as usize)
-        .max_unused_warm_slots(n.min(100));
+        .max_unused_warm_slots(n.min(100))
+        // Reuse a slot's tables and fiber stack by zeroing them instead of
+        // madvise + page faults: kernel time was half of a trivial invocation
+        // (BENCHMARKS.md). Linear memory is left to madvise: a Rust guest's
+        // touched pages are not at the start, so keeping them resident only
+        // added memset time. Bounded: warm slots × 128 KiB stay resident.
+        .table_keep_resident(64 << 10)
+        .async_stack_keep_resident(64 << 10);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     match Engine::new(&config) {
         Ok(engine) => Ok(engine),

@@ -59,10 +59,12 @@ pub fn start(engine: Arc<Engine>, opts: &ServeOptions) -> anyhow::Result<(Router
     let queue = Queue::start(engine.clone(), metrics.clone(), opts.workers, &policy);
     for id in engine.store.runs_in_state("running")? {
         tracing::warn!(run = %id, "resuming a run interrupted by the last shutdown");
-        queue.push(id, true, None);
+        let story = engine.store.run_input(&id)?.map(|(s, _)| s).unwrap_or_default();
+        queue.push(id, &story, true, None);
     }
     for id in engine.store.runs_in_state("queued")? {
-        queue.push(id, false, None);
+        let story = engine.store.run_input(&id)?.map(|(s, _)| s).unwrap_or_default();
+        queue.push(id, &story, false, None);
     }
     schedule::start(engine.clone(), queue.clone(), &policy);
     let api_token = match &policy.server.api_token {
@@ -84,6 +86,8 @@ pub fn start(engine: Arc<Engine>, opts: &ServeOptions) -> anyhow::Result<(Router
 
 /// Serves until SIGTERM/SIGINT, then drains.
 pub async fn serve(engine: Arc<Engine>, listen: &str, opts: ServeOptions) -> anyhow::Result<()> {
+    let n = engine.preload().await.map_err(|e| anyhow::anyhow!("cannot serve: {e}"))?;
+    tracing::info!("{n} plugin(s) loaded and vetted");
     let (router, queue) = start(engine, &opts)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -184,13 +188,13 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
     };
     if wait {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        s.queue.push(run_id.clone(), false, Some(tx));
+        s.queue.push(run_id.clone(), story, false, Some(tx));
         return match rx.await {
             Ok(result) => (StatusCode::OK, Json(result)).into_response(),
             Err(_) => (StatusCode::ACCEPTED, Json(json!({"run_id": run_id}))).into_response(),
         };
     }
-    s.queue.push(run_id.clone(), false, None);
+    s.queue.push(run_id.clone(), story, false, None);
     (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status_url": format!("/api/runs/{run_id}")}))).into_response()
 }
 

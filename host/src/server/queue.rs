@@ -44,10 +44,9 @@ impl Queue {
             .clone()
     }
 
-    /// Schedules a recorded run. `resume` continues an interrupted one.
-    pub fn push(&self, run_id: String, resume: bool, done: Option<oneshot::Sender<RunResult>>) {
-        let story = self.engine.store.run_input(&run_id).ok().flatten().map(|(s, _)| s).unwrap_or_default();
-        let gate = self.story_gate(&story);
+    /// Schedules a recorded run of `story`. `resume` continues an interrupted one.
+    pub fn push(&self, run_id: String, story: &str, resume: bool, done: Option<oneshot::Sender<RunResult>>) {
+        let gate = self.story_gate(story);
         let q = self.clone();
         self.metrics.runs_queued.fetch_add(1, Ordering::Relaxed);
         self.tracker.spawn(async move {

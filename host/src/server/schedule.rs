@@ -19,7 +19,7 @@ pub fn start(engine: Arc<Engine>, queue: Queue, policy: &Policy) {
                 match engine.submit(&story, input.clone(), "schedule") {
                     Ok(id) => {
                         tracing::info!(story = %story, run = %id, "schedule fired");
-                        queue.push(id, false, None);
+                        queue.push(id, &story, false, None);
                     }
                     Err(e) => tracing::error!(story = %story, "scheduled run refused: {e}"),
                 }

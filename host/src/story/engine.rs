@@ -423,7 +423,8 @@ impl Engine {
         let kind = kind_name(&step.kind);
         match &step.kind {
             StepKind::Transform(t) => {
-                let _ = self.store.step_started(run, &step.id, item, kind, None, attempt);
+                // No "running" row: a transform has no side effects, so after a
+                // crash it simply runs again.
                 t.apply(ctx).map_err(|m| StepError::new(if m.contains("undefined") { "template" } else { "failed" }, m))
             }
             StepKind::Action(plugin) => {
@@ -479,6 +480,24 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Loads (compiles or fetches from the cache) and vets every plugin the
+    /// stories use, for the team of each story that uses it, so a broken or
+    /// untrusted plugin stops the server at start rather than a run later.
+    pub async fn preload(&self) -> Result<usize, String> {
+        let mut pairs = std::collections::BTreeSet::new();
+        for story in self.library.stories.values() {
+            for s in story.steps.iter().chain(&story.fallbacks) {
+                if let StepKind::Action(p) = &s.kind {
+                    pairs.insert((story.team.clone(), p.clone()));
+                }
+            }
+        }
+        for (team, plugin) in &pairs {
+            self.plugin(plugin, team).await.map_err(|e| format!("plugin {plugin} for team {team}: {}", e.message))?;
+        }
+        Ok(pairs.len())
     }
 
     /// The plugin, vetted for `team` when the policy has teams: pinned, or

@@ -1,0 +1,182 @@
+//! Invocation cost: warden vs bare wasmtime vs native, and the HTTP
+//! capability's round trip vs native reqwest. See BENCHMARKS.md.
+//!
+//!     cargo bench -p warden --bench invoke
+//!
+//! Needs the guests built (scripts/build-guests.sh).
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use warden::{InvocationInfo, Policy, Runtime, RuntimeConfig};
+
+mod bare {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "action",
+        imports: { default: async | trappable },
+        exports: { default: async },
+    });
+}
+
+use bare::warden::action::{clock, http, log, smtp, types};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// The least a plain wasmtime embedding needs to run the same component.
+struct BareState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for BareState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl types::Host for BareState {}
+impl http::Host for BareState {
+    async fn send(&mut self, _: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
+        Ok(Err(http::HttpError::Denied("bare".into())))
+    }
+}
+impl log::Host for BareState {
+    async fn log(&mut self, _: log::Level, _: String) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+impl clock::Host for BareState {
+    async fn sleep(&mut self, ms: u64) -> wasmtime::Result<()> {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(())
+    }
+    async fn now(&mut self) -> wasmtime::Result<u64> {
+        Ok(0)
+    }
+}
+impl smtp::Host for BareState {
+    async fn send(&mut self, _: smtp::Message) -> wasmtime::Result<Result<smtp::Receipt, smtp::SmtpError>> {
+        Ok(Err(smtp::SmtpError::Denied("bare".into())))
+    }
+}
+
+fn probe() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/guest/probe.wasm");
+    assert!(p.exists(), "build the guests first: scripts/build-guests.sh");
+    p
+}
+
+/// What the probe's `echo` op does, natively.
+fn native_echo(input: &str) -> String {
+    let v: Value = serde_json::from_str(input).unwrap();
+    json!({"input": v, "run_id": "bench", "attempt": 1}).to_string()
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let input = r#"{"op":"echo"}"#;
+
+    // warden: fresh isolated instance, policy, limits and audit on.
+    let warden_rt = Runtime::new(RuntimeConfig { cache_dir: None, max_instances: 64, ..Default::default() }).unwrap();
+    let (srv, _rec) = rt.block_on(warden_sim::origin::spawn()).unwrap();
+    let policy = Policy::parse(
+        &format!(
+            "[plugins.probe]\npath = \"{}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:{}/*\"]\nlimits = {{ http_requests = 1000 }}\n",
+            probe().display(),
+            srv.port()
+        ),
+        "bench.toml",
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    let plugin = warden_rt.load_entry(&policy.plugins["probe"]).unwrap();
+    let grant = policy.grant_for("probe");
+    let info = InvocationInfo { run_id: "bench".into(), team: "bench".into(), attempt: 1, ..Default::default() };
+
+    let mut g = c.benchmark_group("trivial_invocation");
+    g.bench_function("warden", |b| {
+        b.to_async(&rt).iter(|| async {
+            let r = warden_rt.invoke(&plugin, grant.clone(), info.clone(), input, None).await;
+            assert!(r.outcome.is_ok());
+        })
+    });
+
+    // bare wasmtime: same component, same bindings, a fresh store per call.
+    let engine = wasmtime::Engine::new(wasmtime::Config::new().wasm_component_model(true)).unwrap();
+    let component = wasmtime::component::Component::from_file(&engine, probe()).unwrap();
+    let mut linker = Linker::<BareState>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    bare::Action::add_to_linker::<BareState, HasSelf<BareState>>(&mut linker, |s| s).unwrap();
+    let pre = bare::ActionPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+    let wit_info = types::Invocation { run_id: "bench".into(), story: String::new(), step: String::new(), team: "bench".into(), attempt: 1 };
+    g.bench_function("bare_wasmtime", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut store = wasmtime::Store::new(&engine, BareState { wasi: WasiCtx::builder().build(), table: ResourceTable::new() });
+            let action = pre.instantiate_async(&mut store).await.unwrap();
+            let out = action.call_run(&mut store, &wit_info, input).await.unwrap();
+            assert!(out.is_ok());
+        })
+    });
+    // bare wasmtime with the pooling allocator and no epochs: the floor for this component.
+    let mut cfg = wasmtime::Config::new();
+    cfg.wasm_component_model(true);
+    cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(wasmtime::PoolingAllocationConfig::default()));
+    let pooled_engine = wasmtime::Engine::new(&cfg).unwrap();
+    let pooled_component = wasmtime::component::Component::from_file(&pooled_engine, probe()).unwrap();
+    let mut pooled_linker = Linker::<BareState>::new(&pooled_engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut pooled_linker).unwrap();
+    bare::Action::add_to_linker::<BareState, HasSelf<BareState>>(&mut pooled_linker, |s| s).unwrap();
+    let pooled_pre = bare::ActionPre::new(pooled_linker.instantiate_pre(&pooled_component).unwrap()).unwrap();
+    g.bench_function("bare_wasmtime_pooling", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut store = wasmtime::Store::new(&pooled_engine, BareState { wasi: WasiCtx::builder().build(), table: ResourceTable::new() });
+            let action = pooled_pre.instantiate_async(&mut store).await.unwrap();
+            let out = action.call_run(&mut store, &wit_info, input).await.unwrap();
+            assert!(out.is_ok());
+        })
+    });
+    g.bench_function("native", |b| b.iter(|| native_echo(std::hint::black_box(input))));
+    g.finish();
+
+    // HTTP round trip: 50 requests inside one invocation, minus the invocation itself,
+    // against 50 requests from the host with reqwest (connection reuse in both).
+    const N: u64 = 50;
+    let url = srv.url("/json");
+    let many = json!({"op": "fetch_many", "count": N, "url": url}).to_string();
+    let mut g = c.benchmark_group("http_round_trip");
+    g.bench_function("warden_per_request", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (warden_rt, plugin, grant, info, many) = (&warden_rt, &plugin, &grant, &info, &many);
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    let r = warden_rt.invoke(plugin, grant.clone(), info.clone(), many, None).await;
+                    let with_calls = t.elapsed();
+                    assert!(r.outcome.is_ok());
+                    let t = Instant::now();
+                    let _ = warden_rt.invoke(plugin, grant.clone(), info.clone(), r#"{"op":"echo"}"#, None).await;
+                    total += with_calls.saturating_sub(t.elapsed()) / N as u32;
+                }
+                total
+            }
+        })
+    });
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    g.bench_function("native_reqwest_per_request", |b| {
+        b.to_async(&rt).iter(|| async {
+            let r = client.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let _ = r.bytes().await.unwrap();
+        })
+    });
+    g.finish();
+    drop(srv);
+    let _ = Arc::new(());
+}
+
+criterion_group!(invoke, benches);
+criterion_main!(invoke);
