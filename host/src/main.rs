@@ -12,6 +12,7 @@ use warden::story::Library;
 use warden::{InvocationInfo, Runtime, RuntimeConfig};
 
 mod progress;
+mod scaffold;
 
 #[derive(Parser)]
 #[command(name = "warden", version, about = "Run security automation steps as sandboxed WebAssembly components")]
@@ -182,6 +183,11 @@ enum PolicyCmd {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Lang {
+    Rust,
+}
+
 #[derive(Subcommand)]
 enum PluginCmd {
     /// Print a component's sha256, for pinning in the policy.
@@ -202,6 +208,25 @@ enum PluginCmd {
         /// The key's name in the policy (default: the key file's stem).
         #[arg(long)]
         key_name: Option<String>,
+    },
+    /// Check that a component implements warden:action: its imports, exports, manifest, and what a policy grants it.
+    Check {
+        wasm: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArg,
+        /// Explain the grant for this team (default: the global grant).
+        #[arg(long)]
+        team: Option<String>,
+    },
+    /// Scaffold a new plugin that builds and passes its own tests out of the box.
+    New {
+        name: String,
+        /// Language of the plugin.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: Lang,
+        /// Folder to create it in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
     /// Verify a component's signature against the policy's keys (and a team's trust).
     Verify {
@@ -307,6 +332,61 @@ fn load_library(spec: &str, stories: Option<&Path>) -> anyhow::Result<(Library, 
         ));
     }
     Ok((library, spec.to_string()))
+}
+
+fn list_or_none(v: &[String]) -> String {
+    if v.is_empty() { "none".into() } else { v.join(", ") }
+}
+
+/// `policy explain` for one plugin: trust, rules, credentials, mail, limits.
+async fn explain_plugin(rt: &Runtime, policy: &Policy, name: &str, team: &str) {
+    let entry = &policy.plugins[name];
+    let t = policy.teams.get(team);
+    let grant = policy.grant_for_team(name, team);
+    println!("plugin {name}{}", if team.is_empty() { String::new() } else { format!(" for team {team}") });
+    let trust = match (t, rt.load_entry(entry)) {
+        (_, Err(e)) => format!("REFUSED: {e:#}"),
+        (None, Ok(_)) if policy.teams.is_empty() => "no teams in the policy: runs if the file loads (pin sha256 to be sure)".into(),
+        (None, Ok(_)) => "no team given: the global grant below applies to runs outside teams".into(),
+        (Some(t), Ok(p)) => match rt.describe(&p).await {
+            Ok(m) => match warden::vetting::check(policy, t, name, &entry.path, entry.sha256.as_deref(), &p.sha256, &m.name, &m.version) {
+                Ok(trust) => format!("trusted: {trust}"),
+                Err(why) => format!("REFUSED: {why}"),
+            },
+            Err(e) => format!("REFUSED: {e:#}"),
+        },
+    };
+    println!("  {trust}");
+    println!("  grant: {}", policy.grant_source(name, team));
+    if grant.rules.is_empty() {
+        println!("  http: reaches nothing");
+    }
+    for r in &grant.rules {
+        println!("  http: allow `{}`", r.text);
+    }
+    for (c, spec) in &grant.credentials {
+        let owner = spec.team.as_deref().map(|o| format!("team {o}")).unwrap_or_else(|| "shared".into());
+        println!("  credential {c} ({owner}) → only to {}", spec.bindings_text());
+    }
+    let listed = t.and_then(|t| t.grants.get(name)).or(policy.grants.get(name));
+    if let Some(g) = listed {
+        for (c, spec) in &g.credentials {
+            if !grant.credentials.contains_key(c) {
+                println!("  credential {c}: withheld (belongs to team {})", spec.team.as_deref().unwrap_or("?"));
+            }
+        }
+    }
+    if let Some(m) = &grant.mail {
+        println!(
+            "  smtp: relay {} ({}:{}), senders {}, recipient domains {}, ≤{} recipients, ≤{} messages",
+            m.relay.name, m.relay.host, m.relay.port, m.senders.join(", "), m.recipient_domains.join(", "), m.max_recipients, m.max_messages
+        );
+    }
+    let l = &grant.limits;
+    println!(
+        "  limits: memory {}, cpu {} ms, wall {} ms, {} HTTP requests, responses ≤ {}",
+        warden::limits::Bytes(l.memory_bytes), l.cpu_ms, l.wall_ms, l.http_requests, warden::limits::Bytes(l.response_bytes)
+    );
 }
 
 fn write_secret_file(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -559,52 +639,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let rt = Runtime::new(RuntimeConfig::default())?;
             for name in names {
-                let entry = &policy.plugins[&name];
-                let grant = policy.grant_for_team(&name, &team);
-                println!("plugin {name} for team {team}");
-                let trust = match (t, rt.load_entry(entry)) {
-                    (_, Err(e)) => format!("REFUSED: {e:#}"),
-                    (None, Ok(_)) => "no teams in the policy: runs if the file loads (pin sha256 to be sure)".into(),
-                    (Some(t), Ok(p)) => match rt.describe(&p).await {
-                        Ok(m) => match warden::vetting::check(&policy, t, &name, &entry.path, entry.sha256.as_deref(), &p.sha256, &m.name, &m.version) {
-                            Ok(trust) => format!("trusted: {trust}"),
-                            Err(why) => format!("REFUSED: {why}"),
-                        },
-                        Err(e) => format!("REFUSED: {e:#}"),
-                    },
-                };
-                println!("  {trust}");
-                println!("  grant: {}", policy.grant_source(&name, &team));
-                if grant.rules.is_empty() {
-                    println!("  http: reaches nothing");
-                }
-                for r in &grant.rules {
-                    println!("  http: allow `{}`", r.text);
-                }
-                for (c, spec) in &grant.credentials {
-                    let owner = spec.team.as_deref().map(|o| format!("team {o}")).unwrap_or_else(|| "shared".into());
-                    println!("  credential {c} ({owner}) → only to {}", spec.bindings_text());
-                }
-                let all = if t.is_some() { policy.teams[&team].grants.get(&name).or(policy.grants.get(&name)) } else { policy.grants.get(&name) };
-                if let Some(g) = all {
-                    for (c, spec) in &g.credentials {
-                        if !grant.credentials.contains_key(c) {
-                            println!("  credential {c}: withheld (belongs to team {})", spec.team.as_deref().unwrap_or("?"));
-                        }
-                    }
-                }
-                if let Some(m) = &grant.mail {
-                    println!(
-                        "  smtp: relay {} ({}:{}), senders {}, recipient domains {}, ≤{} recipients, ≤{} messages",
-                        m.relay.name, m.relay.host, m.relay.port, m.senders.join(", "), m.recipient_domains.join(", "), m.max_recipients, m.max_messages
-                    );
-                }
-                let l = &grant.limits;
-                println!(
-                    "  limits: memory {}, cpu {} ms, wall {} ms, {} HTTP requests, responses ≤ {}",
-                    warden::limits::Bytes(l.memory_bytes), l.cpu_ms, l.wall_ms, l.http_requests, warden::limits::Bytes(l.response_bytes)
-                );
+                explain_plugin(&rt, &policy, &name, &team).await;
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCmd::Check { wasm, policy, team }) => {
+            let policy = load_policy(&policy)?;
+            let bytes = std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+            let rt = Runtime::new(RuntimeConfig::default())?;
+            let inspection = rt.inspect(&bytes)?;
+            println!("component {} (sha256 {})", wasm.display(), inspection.sha256);
+            println!("  exports: {}", inspection.exports.join(", "));
+            println!("  imports: {}", inspection.imports.join(", "));
+            if !inspection.problems.is_empty() {
+                return Err(anyhow!("{} does not fit warden:action@{}: {}", wasm.display(), warden::runtime::WIT_VERSION, inspection.problems.join("; ")));
+            }
+            let plugin = rt.load_file(&wasm)?;
+            let m = rt.describe(&plugin).await?;
+            println!("  manifest: {} {} — {}", m.name, m.version, m.description);
+            println!("  expects hosts: {}; credentials: {}", list_or_none(&m.hosts), list_or_none(&m.credentials));
+            let canonical = wasm.canonicalize()?;
+            match policy.plugins.values().find(|e| e.path.canonicalize().ok().as_deref() == Some(&canonical)) {
+                Some(entry) => explain_plugin(&rt, &policy, &entry.name, team.as_deref().unwrap_or("")).await,
+                None => println!("  policy {}: no [plugins.*] entry points at this file, so it is granted nothing", policy.file),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCmd::New { name, lang: Lang::Rust, dir }) => {
+            let path = scaffold::rust(&name, &dir)?;
+            println!("created {}", path.display());
+            println!("  cd {} && cargo test && cargo build --release --target wasm32-wasip2", path.display());
+            println!("  warden plugin check target/wasm32-wasip2/release/{}.wasm --policy warden.toml", name.replace('-', "_"));
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin(PluginCmd::Digest { wasm }) => {

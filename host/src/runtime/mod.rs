@@ -142,6 +142,19 @@ pub struct InvocationReport {
     pub cpu_ms: u64,
 }
 
+/// The version of the `warden:action` package this host implements.
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// What `warden plugin check` reports about a component.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    pub sha256: String,
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    /// Why it cannot run here; empty when it fits.
+    pub problems: Vec<String>,
+}
+
 /// A compiled component, ready to instantiate.
 pub struct Plugin {
     pub name: String,
@@ -276,6 +289,38 @@ impl Runtime {
         let plugin = Arc::new(Plugin { name: name.to_string(), sha256: digest, pre });
         self.loaded.lock().unwrap().insert(key, plugin.clone());
         Ok(plugin)
+    }
+
+    /// What a component imports and exports, and whether it fits the
+    /// `warden:action` world this host provides — with a reason when not.
+    pub fn inspect(&self, bytes: &[u8]) -> anyhow::Result<Inspection> {
+        let digest = sha256_hex(bytes);
+        let component = cache::compile(&self.engine, self.cache_dir.as_deref(), &digest, bytes).map_err(|e| {
+            anyhow!("not a WebAssembly component ({e}); build it for wasm32-wasip2 (a cdylib for that target is a component)")
+        })?;
+        let ty = component.component_type();
+        let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let mut problems = Vec::new();
+        for want in ["describe", "run"] {
+            if !exports.iter().any(|e| e == want) {
+                problems.push(format!(
+                    "it does not export `{want}`: it targets another world (exports: {}); a warden plugin implements warden:action/action",
+                    if exports.is_empty() { "nothing".into() } else { exports.join(", ") }
+                ));
+            }
+        }
+        for i in &imports {
+            if let Some(rest) = i.strip_prefix("warden:action/") {
+                let version = rest.split('@').nth(1).unwrap_or("");
+                if !version.starts_with("0.1.") {
+                    problems.push(format!("it imports {i}, but this host provides warden:action@{WIT_VERSION}; rebuild it against this host's wit/"));
+                }
+            } else if !i.starts_with("wasi:") {
+                problems.push(format!("it imports {i}, which warden does not provide"));
+            }
+        }
+        Ok(Inspection { sha256: digest, imports, exports, problems })
     }
 
     /// Calls `describe` in a fresh, deny-all store.

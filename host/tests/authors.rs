@@ -1,0 +1,89 @@
+//! The connector author's path: scaffold, build, test, check.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+}
+
+fn warden(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(args)
+        .env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache"))
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn cargo(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(dir)
+        // Shared so repeated runs reuse the build; separate from the workspace's target.
+        .env("CARGO_TARGET_DIR", root().join("target/authors-test"))
+        .output()
+        .unwrap()
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("warden-authors-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn a_scaffolded_plugin_builds_passes_its_tests_and_checks_out() {
+    let dir = tempdir("new");
+    let out = warden(&["plugin", "new", "ticket-lookup", "--dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plugin = dir.join("ticket-lookup");
+
+    let test = cargo(&plugin, &["test", "--quiet"]);
+    assert!(test.status.success(), "{}{}", text(&test.stdout), text(&test.stderr));
+    assert!(text(&test.stdout).contains("2 passed"), "{}", text(&test.stdout));
+
+    let build = cargo(&plugin, &["build", "--quiet", "--release", "--target", "wasm32-wasip2"]);
+    assert!(build.status.success(), "{}", text(&build.stderr));
+    let wasm = root().join("target/authors-test/wasm32-wasip2/release/ticket_lookup.wasm");
+    let out = warden(&["plugin", "check", wasm.to_str().unwrap(), "--policy", plugin.join("warden.toml").to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("exports: describe, run"), "{stdout}");
+    assert!(stdout.contains("manifest: ticket-lookup 0.1.0"), "{stdout}");
+    // The scaffold's policy points at its own target dir, not this one.
+    assert!(stdout.contains("no [plugins.*] entry points at this file"), "{stdout}");
+
+    let again = warden(&["plugin", "new", "ticket-lookup", "--dir", dir.to_str().unwrap()]);
+    assert!(text(&again.stderr).contains("already exists"), "{}", text(&again.stderr));
+    let bad = warden(&["plugin", "new", "Bad_Name", "--dir", dir.to_str().unwrap()]);
+    assert!(text(&bad.stderr).contains("must be lower-case"), "{}", text(&bad.stderr));
+}
+
+#[test]
+fn check_refuses_what_is_not_a_warden_action() {
+    let dir = tempdir("check");
+    // A core module, not a component.
+    let core = dir.join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let out = warden(&["plugin", "check", core.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("not a WebAssembly component"), "{}", text(&out.stderr));
+
+    // A component for another world: a wasi:cli command.
+    let cmd = dir.join("cmd");
+    std::fs::create_dir_all(cmd.join("src")).unwrap();
+    std::fs::write(cmd.join("Cargo.toml"), "[package]\nname = \"cli-tool\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[workspace]\n").unwrap();
+    std::fs::write(cmd.join("src/main.rs"), "fn main() { println!(\"hi\"); }\n").unwrap();
+    let build = cargo(&cmd, &["build", "--quiet", "--release", "--target", "wasm32-wasip2"]);
+    assert!(build.status.success(), "{}", text(&build.stderr));
+    let wasm = root().join("target/authors-test/wasm32-wasip2/release/cli-tool.wasm");
+    let out = warden(&["plugin", "check", wasm.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("does not export `describe`: it targets another world (exports: wasi:cli/run@"), "{stderr}");
+}
