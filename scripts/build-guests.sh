@@ -11,3 +11,22 @@ for dir in plugins/*/ tests/hostile/*/; do
   grep -q 'cdylib' "$dir/Cargo.toml" && guests+=(-p "$name")
 done
 cargo build --quiet --profile guest --target wasm32-wasip2 "${guests[@]}"
+
+# Connectors in other languages, when their toolchains are here (CI installs them).
+out=target/wasm32-wasip2/guest
+newer() { [ -f "$1" ] && [ -z "$(find "${@:2}" -newer "$1" 2>/dev/null | head -1)" ]; }
+if command -v npm >/dev/null; then
+  if ! newer "$out/js_fetch.wasm" plugins/js-fetch/fetch.js plugins/js-fetch/build.mjs wit; then
+    (cd plugins/js-fetch && { [ -d node_modules ] || npm ci --no-audit --no-fund --silent; } && node build.mjs "../../$out/js_fetch.wasm" >/dev/null)
+  fi
+else
+  echo "build-guests: npm not found; skipping the JavaScript example" >&2
+fi
+command -v componentize-py >/dev/null || { command -v pyenv >/dev/null && pyenv rehash; } || true
+if command -v componentize-py >/dev/null; then
+  if ! newer "$out/py_fetch.wasm" plugins/py-fetch/app.py wit; then
+    (cd plugins/py-fetch && componentize-py -d ../../wit -w action componentize app -o "../../$out/py_fetch.wasm" >/dev/null)
+  fi
+else
+  echo "build-guests: componentize-py not found (pip install componentize-py); skipping the Python example" >&2
+fi

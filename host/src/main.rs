@@ -186,6 +186,8 @@ enum PolicyCmd {
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Lang {
     Rust,
+    Js,
+    Python,
 }
 
 #[derive(Subcommand)]
@@ -665,11 +667,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugin(PluginCmd::New { name, lang: Lang::Rust, dir }) => {
-            let path = scaffold::rust(&name, &dir)?;
+        Command::Plugin(PluginCmd::New { name, lang, dir }) => {
+            let file = name.replace('-', "_");
+            let (path, steps, wasm) = match lang {
+                Lang::Rust => (scaffold::rust(&name, &dir)?, "cargo test && cargo build --release --target wasm32-wasip2".to_string(), format!("target/wasm32-wasip2/release/{file}.wasm")),
+                Lang::Js => (scaffold::js(&name, &dir)?, "npm install && npm test && npm run build".to_string(), format!("{file}.wasm")),
+                Lang::Python => (scaffold::python(&name, &dir)?, "pip install componentize-py && python3 -m unittest && ./build.sh".to_string(), format!("{file}.wasm")),
+            };
             println!("created {}", path.display());
-            println!("  cd {} && cargo test && cargo build --release --target wasm32-wasip2", path.display());
-            println!("  warden plugin check target/wasm32-wasip2/release/{}.wasm --policy warden.toml", name.replace('-', "_"));
+            println!("  cd {} && {steps}", path.display());
+            println!("  warden plugin check {wasm} --policy warden.toml");
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin(PluginCmd::Digest { wasm }) => {

@@ -9,17 +9,136 @@ fn sdk_path() -> PathBuf {
     std::env::var_os("WARDEN_SDK").map(PathBuf::from).unwrap_or(compiled_in)
 }
 
-pub fn rust(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+/// Where this warden's WIT lives (JavaScript and Python builds read it).
+fn wit_path() -> anyhow::Result<PathBuf> {
+    let compiled_in = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+    let p = std::env::var_os("WARDEN_WIT").map(PathBuf::from).unwrap_or(compiled_in);
+    p.canonicalize().with_context(|| format!("cannot find warden's wit/ at {} (set WARDEN_WIT)", p.display()))
+}
+
+/// Checks the name and creates the plugin's folder.
+fn start(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') || name.starts_with('-') {
         return Err(anyhow!("plugin name `{name}` must be lower-case letters, digits and -"));
     }
-    let sdk = sdk_path()
-        .canonicalize()
-        .with_context(|| format!("cannot find the warden guest SDK at {} (set WARDEN_SDK to plugins/sdk of a warden checkout)", sdk_path().display()))?;
     let root = dir.join(name);
     if root.exists() {
         return Err(anyhow!("{} already exists; pick another name or folder", root.display()));
     }
+    std::fs::create_dir_all(&root)?;
+    Ok(root)
+}
+
+fn example_policy(name: &str, wasm: &str) -> String {
+    format!(
+        r#"# A policy to try the plugin with: `warden action run {name} --policy warden.toml --input '…'`.
+[plugins.{name}]
+path = "{wasm}"
+
+[grants.{name}]
+allow = ["GET https://api.example.com/v1/*"]
+credentials = ["example"]
+limits = {{ memory = "128MiB", cpu_ms = 2000, wall_ms = 10000, http_requests = 10 }}
+
+[credentials.example]
+kind = "bearer"
+env = "EXAMPLE_TOKEN"
+hosts = ["https://api.example.com"]
+"#
+    )
+}
+
+/// A JavaScript plugin built with componentize-js: `npm test`, `npm run build`.
+pub fn js(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    let wit = wit_path()?;
+    let root = start(name, dir)?;
+    let file = name.replace('-', "_");
+    std::fs::write(
+        root.join("package.json"),
+        format!(
+            r#"{{
+  "name": "{name}",
+  "private": true,
+  "version": "0.1.0",
+  "type": "module",
+  "scripts": {{
+    "test": "node --test",
+    "build": "node build.mjs"
+  }},
+  "devDependencies": {{
+    "@bytecodealliance/componentize-js": "0.23.0"
+  }}
+}}
+"#
+        ),
+    )?;
+    std::fs::write(
+        root.join("build.mjs"),
+        format!(
+            r#"// Builds app.js into {file}.wasm, a component of warden's `action` world.
+import {{ componentize }} from '@bytecodealliance/componentize-js';
+import {{ writeFile }} from 'node:fs/promises';
+
+const {{ component }} = await componentize({{
+  sourcePath: new URL('./app.js', import.meta.url).pathname,
+  witPath: process.env.WARDEN_WIT ?? {wit:?},
+  worldName: 'action',
+  // Only what warden provides: no wasi:http, no fetch-event.
+  disableFeatures: ['http', 'fetch-event'],
+}});
+await writeFile(new URL('./{file}.wasm', import.meta.url), component);
+console.log('built {file}.wasm');
+"#,
+            wit = wit.display().to_string()
+        ),
+    )?;
+    std::fs::write(root.join("logic.js"), JS_LOGIC)?;
+    std::fs::write(root.join("logic.test.js"), JS_TEST)?;
+    std::fs::write(root.join("app.js"), JS_APP.replace("{{name}}", name))?;
+    std::fs::write(root.join("warden.toml"), example_policy(name, &format!("{file}.wasm")))?;
+    std::fs::write(root.join(".gitignore"), "/node_modules
+*.wasm
+")?;
+    Ok(root)
+}
+
+/// A Python plugin built with componentize-py: `python3 -m unittest`, then componentize.
+pub fn python(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    let wit = wit_path()?;
+    let root = start(name, dir)?;
+    let file = name.replace('-', "_");
+    std::fs::write(root.join("logic.py"), PY_LOGIC)?;
+    std::fs::write(root.join("test_logic.py"), PY_TEST)?;
+    std::fs::write(root.join("app.py"), PY_APP.replace("{{name}}", name))?;
+    std::fs::write(
+        root.join("build.sh"),
+        format!(
+            r#"#!/bin/sh
+# Builds app.py into {file}.wasm, a component of warden's `action` world.
+set -e
+cd "$(dirname "$0")"
+componentize-py -d "${{WARDEN_WIT:-{wit}}}" -w action componentize app -o {file}.wasm
+"#,
+            wit = wit.display()
+        ),
+    )?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root.join("build.sh"), std::fs::Permissions::from_mode(0o755))?;
+    }
+    std::fs::write(root.join("warden.toml"), example_policy(name, &format!("{file}.wasm")))?;
+    std::fs::write(root.join(".gitignore"), "*.wasm
+__pycache__/
+")?;
+    Ok(root)
+}
+
+pub fn rust(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    let sdk = sdk_path()
+        .canonicalize()
+        .with_context(|| format!("cannot find the warden guest SDK at {} (set WARDEN_SDK to plugins/sdk of a warden checkout)", sdk_path().display()))?;
+    let root = start(name, dir)?;
     std::fs::create_dir_all(root.join("src"))?;
     let crate_name = name.replace('-', "_");
     std::fs::write(
@@ -51,25 +170,7 @@ strip = true
         ),
     )?;
     std::fs::write(root.join("src/lib.rs"), LIB_RS.replace("{{name}}", name))?;
-    std::fs::write(
-        root.join("warden.toml"),
-        format!(
-            r#"# A policy to try the plugin with: `warden action run {name} --policy warden.toml --input '…'`.
-[plugins.{name}]
-path = "target/wasm32-wasip2/release/{crate_name}.wasm"
-
-[grants.{name}]
-allow = ["GET https://api.example.com/v1/*"]
-credentials = ["example"]
-limits = {{ memory = "32MiB", cpu_ms = 1000, wall_ms = 10000, http_requests = 10 }}
-
-[credentials.example]
-kind = "bearer"
-env = "EXAMPLE_TOKEN"
-hosts = ["https://api.example.com"]
-"#
-        ),
-    )?;
+    std::fs::write(root.join("warden.toml"), example_policy(name, &format!("target/wasm32-wasip2/release/{crate_name}.wasm")))?;
     std::fs::write(root.join(".gitignore"), "/target\n")?;
     Ok(root)
 }
@@ -170,4 +271,170 @@ mod tests {
         assert!(matches!(input(r#"{"base_url": "https://x"}"#), Err(ActionError::InvalidInput(m)) if m.contains("path")));
     }
 }
+"##;
+
+const JS_LOGIC: &str = r##"// Pure logic, testable with `node --test` outside the sandbox.
+
+/// Parses and checks the input; throws warden's `invalid-input` error naming the field.
+export function parseInput(text) {
+  let v;
+  try {
+    v = JSON.parse(text);
+  } catch (e) {
+    throw { tag: 'invalid-input', val: `input is not JSON: ${e.message}` };
+  }
+  if (typeof v.base_url !== 'string' || !/^https?:\/\//.test(v.base_url)) {
+    throw { tag: 'invalid-input', val: 'base_url must be an http(s) URL' };
+  }
+  if (typeof v.path !== 'string' || !v.path.startsWith('/') || v.path.includes('..')) {
+    throw { tag: 'invalid-input', val: 'path must start with / and must not contain ..' };
+  }
+  return { url: v.base_url.replace(/\/+$/, '') + v.path, credential: v.credential };
+}
+"##;
+
+const JS_TEST: &str = r##"import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { parseInput } from './logic.js';
+
+test('good input is accepted', () => {
+  const i = parseInput('{"base_url": "https://api.example.com/", "path": "/v1/items", "credential": "example"}');
+  assert.equal(i.url, 'https://api.example.com/v1/items');
+  assert.equal(i.credential, 'example');
+});
+
+test('bad input is refused with the field named', () => {
+  assert.throws(() => parseInput('{"base_url": "ftp://x", "path": "/"}'), (e) => e.tag === 'invalid-input' && e.val.includes('base_url'));
+  assert.throws(() => parseInput('{"base_url": "https://x", "path": "/../admin"}'), (e) => e.val.includes('path'));
+  assert.throws(() => parseInput('not json'), (e) => e.tag === 'invalid-input');
+});
+"##;
+
+const JS_APP: &str = r##"// {{name}}: a warden plugin in JavaScript.
+//
+// GETs a JSON document through the host's policed `http` import, with the
+// credential the operator named (the host injects its value; the plugin never
+// sees it). `npm test` tests logic.js; `npm run build` makes the component.
+import { send } from 'warden:action/http@0.1.0';
+import { log } from 'warden:action/log@0.1.0';
+import { parseInput } from './logic.js';
+
+export function describe() {
+  return {
+    name: '{{name}}',
+    version: '0.1.0',
+    description: 'GET a JSON document from an API (a starting point for a connector).',
+    inputSchema: JSON.stringify({
+      type: 'object',
+      required: ['base_url', 'path'],
+      properties: { base_url: { type: 'string' }, path: { type: 'string' }, credential: { type: 'string' } },
+    }),
+    outputSchema: JSON.stringify({ type: 'object', properties: { data: {} } }),
+    hosts: ['https://api.example.com'],
+    credentials: ['example'],
+  };
+}
+
+export function run(invocation, input) {
+  const { url, credential } = parseInput(input);
+  let resp;
+  try {
+    resp = send({ method: 'GET', url, headers: [['accept', 'application/json']], body: undefined, timeoutMs: undefined, credential });
+  } catch (e) {
+    const err = e.payload ?? e;
+    if (err.tag === 'denied') throw { tag: 'denied', val: err.val };
+    throw { tag: 'upstream', val: { status: undefined, message: `${err.tag}${err.val ? ': ' + err.val : ''}`, retryAfterMs: undefined } };
+  }
+  if (resp.status >= 400) {
+    throw { tag: 'upstream', val: { status: resp.status, message: `upstream answered ${resp.status}`, retryAfterMs: undefined } };
+  }
+  log('info', `fetched ${url}`);
+  return JSON.stringify({ data: JSON.parse(new TextDecoder().decode(resp.body)) });
+}
+"##;
+
+const PY_LOGIC: &str = r##""""Pure logic, testable with `python3 -m unittest` outside the sandbox."""
+
+import json
+
+
+def parse_input(text: str) -> dict:
+    """Parses and checks the input; raises ValueError naming the field."""
+    try:
+        v = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"input is not JSON: {e}")
+    base = v.get("base_url")
+    if not isinstance(base, str) or not base.startswith(("https://", "http://")):
+        raise ValueError("base_url must be an http(s) URL")
+    path = v.get("path")
+    if not isinstance(path, str) or not path.startswith("/") or ".." in path:
+        raise ValueError("path must start with / and must not contain ..")
+    return {"url": base.rstrip("/") + path, "credential": v.get("credential")}
+"##;
+
+const PY_TEST: &str = r##"import unittest
+
+from logic import parse_input
+
+
+class ParseInput(unittest.TestCase):
+    def test_good_input_is_accepted(self):
+        i = parse_input('{"base_url": "https://api.example.com/", "path": "/v1/items", "credential": "example"}')
+        self.assertEqual(i["url"], "https://api.example.com/v1/items")
+
+    def test_bad_input_is_refused_with_the_field_named(self):
+        with self.assertRaisesRegex(ValueError, "base_url"):
+            parse_input('{"base_url": "ftp://x", "path": "/"}')
+        with self.assertRaisesRegex(ValueError, "path"):
+            parse_input('{"base_url": "https://x", "path": "/../admin"}')
+
+
+if __name__ == "__main__":
+    unittest.main()
+"##;
+
+const PY_APP: &str = r##""""{{name}}: a warden plugin in Python.
+
+GETs a JSON document through the host's policed `http` import, with the
+credential the operator named (the host injects its value; the plugin never
+sees it). `python3 -m unittest` tests logic.py; `./build.sh` makes the component.
+"""
+
+import json
+
+import wit_world
+from componentize_py_types import Err
+from wit_world.imports import http, log, types
+
+from logic import parse_input
+
+
+class WitWorld(wit_world.WitWorld):
+    def describe(self) -> types.Manifest:
+        return types.Manifest(
+            name="{{name}}",
+            version="0.1.0",
+            description="GET a JSON document from an API (a starting point for a connector).",
+            input_schema=json.dumps({"type": "object", "required": ["base_url", "path"]}),
+            output_schema=json.dumps({"type": "object", "properties": {"data": {}}}),
+            hosts=["https://api.example.com"],
+            credentials=["example"],
+        )
+
+    def run(self, invocation: types.Invocation, input: str) -> str:
+        try:
+            args = parse_input(input)
+        except ValueError as e:
+            raise Err(types.ActionError_InvalidInput(str(e)))
+        try:
+            resp = http.send(http.Request(method="GET", url=args["url"], headers=[("accept", "application/json")], body=None, timeout_ms=None, credential=args["credential"]))
+        except Err as e:
+            if isinstance(e.value, http.HttpError_Denied):
+                raise Err(types.ActionError_Denied(e.value.value))
+            raise Err(types.ActionError_Failed(type(e.value).__name__))
+        if resp.status >= 400:
+            raise Err(types.ActionError_Upstream(types.UpstreamError(status=resp.status, message=f"upstream answered {resp.status}", retry_after_ms=None)))
+        log.log(log.Level.INFO, f"fetched {args['url']}")
+        return json.dumps({"data": json.loads(resp.body)})
 "##;

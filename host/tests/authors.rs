@@ -87,3 +87,44 @@ fn check_refuses_what_is_not_a_warden_action() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("does not export `describe`: it targets another world (exports: wasi:cli/run@"), "{stderr}");
 }
+
+fn sh(dir: &std::path::Path, program: &str, args: &[&str]) -> std::process::Output {
+    Command::new(program).args(args).current_dir(dir).output().unwrap_or_else(|e| panic!("{program}: {e}"))
+}
+
+#[test]
+fn a_scaffolded_javascript_plugin_tests_builds_and_checks_out() {
+    let dir = tempdir("js");
+    let out = warden(&["plugin", "new", "lookup-js", "--lang", "js", "--dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plugin = dir.join("lookup-js");
+    // Reuse the example's componentize-js install instead of a fresh npm install.
+    let deps = root().join("plugins/js-fetch/node_modules");
+    assert!(deps.exists(), "run scripts/build-guests.sh (it installs plugins/js-fetch's node_modules)");
+    std::os::unix::fs::symlink(&deps, plugin.join("node_modules")).unwrap();
+    let test = sh(&plugin, "npm", &["test", "--silent"]);
+    assert!(test.status.success() && text(&test.stdout).contains("# pass 2"), "{}{}", text(&test.stdout), text(&test.stderr));
+    let build = sh(&plugin, "node", &["build.mjs"]);
+    assert!(build.status.success(), "{}", text(&build.stderr));
+    let out = warden(&["plugin", "check", plugin.join("lookup_js.wasm").to_str().unwrap(), "--policy", plugin.join("warden.toml").to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("manifest: lookup-js 0.1.0") && stdout.contains("grant: [grants.lookup-js]"), "{stdout}");
+}
+
+#[test]
+fn a_scaffolded_python_plugin_tests_builds_and_checks_out() {
+    let dir = tempdir("py");
+    let out = warden(&["plugin", "new", "lookup-py", "--lang", "python", "--dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plugin = dir.join("lookup-py");
+    let test = sh(&plugin, "python3", &["-m", "unittest"]);
+    assert!(test.status.success(), "{}", text(&test.stderr));
+    assert!(text(&test.stderr).contains("Ran 2 tests"), "{}", text(&test.stderr));
+    let build = sh(&plugin, "./build.sh", &[]);
+    assert!(build.status.success(), "componentize-py failed (pip install componentize-py): {}{}", text(&build.stdout), text(&build.stderr));
+    let out = warden(&["plugin", "check", plugin.join("lookup_py.wasm").to_str().unwrap(), "--policy", plugin.join("warden.toml").to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("manifest: lookup-py 0.1.0") && stdout.contains("grant: [grants.lookup-py]"), "{stdout}");
+}
