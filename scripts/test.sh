@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Builds the guests, then runs every test (unit, CLI, end to end).
+# Builds the guests, then runs every test (unit, CLI, end to end, hostile,
+# fuzz bursts, and every benchmark once in quick mode).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/build-guests.sh
-# The email tests need aiosmtpd (a real SMTP server); install it if missing.
+# What the tests need beyond Rust: a real SMTP server (aiosmtpd) for the email
+# tests, and componentize-py for the Python example (componentize-js for the
+# JavaScript one comes from npm in build-guests.sh).
 python3 -c "import aiosmtpd" 2>/dev/null || python3 -m pip install --quiet aiosmtpd
+if ! command -v componentize-py >/dev/null; then
+  python3 -m pip install --quiet componentize-py==0.25.1
+  command -v pyenv >/dev/null && pyenv rehash || true
+fi
+./scripts/build-guests.sh
 # --all-targets also runs every benchmark once in quick mode, so they never rot.
 cargo test --quiet --all-targets "$@"
