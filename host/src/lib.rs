@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod egress;
 pub mod limits;
+pub mod located;
 pub mod mail;
 pub mod policy;
 pub mod runtime;

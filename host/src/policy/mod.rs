@@ -14,27 +14,12 @@ use credential::{Binding, CredentialKind, CredentialSpec, SecretSource};
 use rule::{EgressRule, HostPattern};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use toml::Spanned;
 
 /// A policy error: where, what, and the fix, on one line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyError {
-    pub file: String,
-    pub line: usize,
-    pub message: String,
-}
-
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // One line whatever the input held.
-        write!(f, "{}:{}: {}", self.file, self.line, self.message.replace('\r', "\\r").replace('\n', "\\n"))
-    }
-}
-
-impl std::error::Error for PolicyError {}
+pub type PolicyError = crate::located::Located;
 
 #[derive(Debug, Clone)]
 pub struct PluginEntry {
@@ -43,7 +28,7 @@ pub struct PluginEntry {
     pub path: PathBuf,
     /// Lower-case hex sha256 the component must have, when pinned.
     pub sha256: Option<String>,
-    pub line: usize,
+    pub line: u64,
 }
 
 /// What one plugin may do.
@@ -122,7 +107,7 @@ pub struct Trigger {
     /// Cron expression (with seconds: `sec min hour day month weekday`).
     pub schedule: Option<String>,
     pub schedule_input: serde_json::Value,
-    pub line: usize,
+    pub line: u64,
 }
 
 /// `[server]`: defaults for `warden serve` (flags override them).
@@ -298,8 +283,8 @@ impl Policy {
     }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+fn line_of(text: &str, offset: usize) -> u64 {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() as u64 + 1
 }
 
 fn parse_credential(name: &str, c: RawCredential, base: &Path) -> Result<CredentialSpec, String> {
@@ -401,7 +386,7 @@ fn parse_grant(
     Ok(Grant { plugin: plugin.to_string(), rules, credentials: granted, limits, allow_any_host: g.allow_any_host, mail })
 }
 
-fn parse_trigger(story: &str, t: RawTrigger, base: &Path, line: usize) -> Result<Trigger, String> {
+fn parse_trigger(story: &str, t: RawTrigger, base: &Path, line: u64) -> Result<Trigger, String> {
     let secret = match (t.secret_env, t.secret_file) {
         (Some(e), None) => Some(SecretSource::Env(e)),
         (None, Some(f)) => Some(SecretSource::File(base.join(f))),

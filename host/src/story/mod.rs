@@ -26,21 +26,7 @@ use std::time::Duration;
 pub use transform::Transform;
 
 /// A story error: `file:line: what; the fix`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoryError {
-    pub file: String,
-    pub line: u64,
-    pub message: String,
-}
-
-impl fmt::Display for StoryError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // One line whatever the input held: a name or template may contain newlines.
-        write!(f, "{}:{}: {}", self.file, self.line, self.message.replace('\r', "\\r").replace('\n', "\\n"))
-    }
-}
-
-impl std::error::Error for StoryError {}
+pub type StoryError = crate::located::Located;
 
 /// All errors of a check, one per line.
 #[derive(Debug, Clone)]
