@@ -66,7 +66,8 @@ pub fn js(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
     "build": "node build.mjs"
   }},
   "devDependencies": {{
-    "@bytecodealliance/componentize-js": "0.23.0"
+    "@bytecodealliance/componentize-js": "0.23.0",
+    "@bytecodealliance/preview2-shim": "0.25.0"
   }}
 }}
 "#
