@@ -13,4 +13,9 @@ if ! command -v componentize-py >/dev/null; then
 fi
 ./scripts/build-guests.sh
 # --all-targets also runs every benchmark once in quick mode, so they never rot.
-cargo test --quiet --all-targets "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --quiet --all-targets "$@" 2>&1 | tee "$log"
+# One closing line for the whole run (cargo's last summary is often an empty target's).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
