@@ -237,3 +237,33 @@ async fn a_schedule_fires_and_metrics_count_denials() {
     assert_eq!(post(&srv.base, "denied", "{}", Some(sign("{}")), "application/json").await.0, 404);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_intake_and_drains_in_flight_runs() {
+    let slow = "name: slow\ninput: {type: object}\nsteps:\n  - id: wait\n    action: probe\n    with: {op: sleep, ms: 1500}\n";
+    let dir = setup("drain", &[("slow.yaml", slow)], "[triggers.slow]\nsecret_env = \"WEBHOOK_SECRET\"\n");
+    let mut srv = Server::start(&dir, 2);
+    let (code, v) = post(&srv.base, "slow", "{}", Some(sign("{}")), "application/json").await;
+    assert_eq!(code, 202);
+    let id = v["run_id"].as_str().unwrap().to_string();
+    wait_for(&srv.base, |r| r.iter().any(|x| x["state"] == "running")).await;
+    let pid = srv.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::task::spawn_blocking(move || {
+        let s = srv.child.wait().unwrap();
+        (s, srv)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "serve exited with {:?}", status.0);
+    // The run in flight finished before the process left; nothing is left to resume.
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["runs", "list", "--json", "--db"])
+        .arg(dir.join("runs.db"))
+        .output()
+        .unwrap();
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs[0]["id"], id.as_str());
+    assert_eq!(runs[0]["state"], "succeeded", "{runs}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
