@@ -295,11 +295,6 @@ impl RunStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Steps that finished successfully in a run (to resume after the last one).
-    pub fn finished_steps(&self, run: &str) -> anyhow::Result<Vec<StepRecord>> {
-        Ok(self.get_run(run)?.map(|d| d.steps).unwrap_or_default())
-    }
-
     pub fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>> {
         let conn = self.conn();
         let Some((run, input, output)) = conn

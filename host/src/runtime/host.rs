@@ -32,26 +32,9 @@ impl http::Host for InvocationState {
     async fn send(&mut self, req: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
         let _off = self.meter.off_cpu();
         let started = Instant::now();
-        let mut record = AuditRecord {
-            at_ms: now_ms(),
-            capability: "http",
-            plugin: self.plugin.clone(),
-            run_id: self.info.run_id.clone(),
-            story: self.info.story.clone(),
-            step: self.info.step.clone(),
-            team: self.info.team.clone(),
-            method: req.method.to_ascii_uppercase(),
-            url: truncate(&req.url, 2048),
-            decision: Decision::Denied,
-            rule: String::new(),
-            reason: None,
-            credential: req.credential.clone(),
-            recipient_domains: None,
-            status: None,
-            request_bytes: req.body.as_ref().map_or(0, |b| b.len() as u64),
-            response_bytes: 0,
-            duration_ms: 0,
-        };
+        let mut record = self.audit_record("http", req.method.to_ascii_uppercase(), truncate(&req.url, 2048));
+        record.credential = req.credential.clone();
+        record.request_bytes = req.body.as_ref().map_or(0, |b| b.len() as u64);
         let result = self.send_checked(req, &mut record).await;
         record.duration_ms = started.elapsed().as_millis() as u64;
         self.audit.push(record);
@@ -259,26 +242,7 @@ impl smtp::Host for InvocationState {
         let started = Instant::now();
         let grant = self.grant.mail.clone();
         let url = grant.as_ref().map_or("smtp://(none)".to_string(), |g| format!("smtp://{}:{}", g.relay.host, g.relay.port));
-        let mut record = AuditRecord {
-            at_ms: now_ms(),
-            capability: "smtp",
-            plugin: self.plugin.clone(),
-            run_id: self.info.run_id.clone(),
-            story: self.info.story.clone(),
-            step: self.info.step.clone(),
-            team: self.info.team.clone(),
-            method: "SEND".into(),
-            url,
-            decision: Decision::Denied,
-            rule: String::new(),
-            reason: None,
-            credential: None,
-            recipient_domains: None,
-            status: None,
-            request_bytes: 0,
-            response_bytes: 0,
-            duration_ms: 0,
-        };
+        let mut record = self.audit_record("smtp", "SEND".into(), url);
         let draft = Draft {
             from: m.from,
             to: m.to,

@@ -400,26 +400,11 @@ impl Runtime {
                 InvokeError::Limit { limit, .. } => format!("limits.{limit}_ms"),
                 _ => "trap".to_string(),
             };
-            state.audit.push(AuditRecord {
-                at_ms: now_ms(),
-                capability: "sandbox",
-                plugin: plugin.name.clone(),
-                run_id: state.info.run_id.clone(),
-                story: state.info.story.clone(),
-                step: state.info.step.clone(),
-                team: state.info.team.clone(),
-                method: "STOP".into(),
-                url: String::new(),
-                decision: crate::audit::Decision::Denied,
-                rule,
-                reason: Some(e.to_string()),
-                credential: None,
-                recipient_domains: None,
-                status: None,
-                request_bytes: 0,
-                response_bytes: 0,
-                duration_ms: started.elapsed().as_millis() as u64,
-            });
+            let mut record = state.audit_record("sandbox", "STOP".into(), String::new());
+            record.rule = rule;
+            record.reason = Some(e.to_string());
+            record.duration_ms = started.elapsed().as_millis() as u64;
+            state.audit.push(record);
         }
         if state.logs.dropped_bytes > 0 {
             let dropped = state.logs.dropped_bytes;

@@ -174,6 +174,30 @@ impl InvocationState {
     pub fn limits(&self) -> &Limits {
         &self.grant.limits
     }
+
+    /// A new audit record of this invocation: denied until a check says otherwise.
+    pub fn audit_record(&self, capability: &'static str, method: String, url: String) -> AuditRecord {
+        AuditRecord {
+            at_ms: crate::audit::now_ms(),
+            capability,
+            plugin: self.plugin.clone(),
+            run_id: self.info.run_id.clone(),
+            story: self.info.story.clone(),
+            step: self.info.step.clone(),
+            team: self.info.team.clone(),
+            method,
+            url,
+            decision: crate::audit::Decision::Denied,
+            rule: String::new(),
+            reason: None,
+            credential: None,
+            recipient_domains: None,
+            status: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            duration_ms: 0,
+        }
+    }
 }
 
 impl WasiView for InvocationState {
