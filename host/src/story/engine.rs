@@ -425,7 +425,7 @@ impl Engine {
             StepKind::Transform(t) => {
                 // No "running" row: a transform has no side effects, so after a
                 // crash it simply runs again.
-                t.apply(ctx).map_err(|m| StepError::new(if m.contains("undefined") { "template" } else { "failed" }, m))
+                t.apply(ctx).map_err(|e| StepError::new(e.kind(), e.into_message()))
             }
             StepKind::Action(plugin) => {
                 let input = render_value(&step.with, ctx).map_err(|e| StepError::new("template", format!("with: {e}")))?;

@@ -52,6 +52,29 @@ pub struct Assert {
     pub message: String,
 }
 
+/// Why a transform failed: its templates (kind `template`), or its data (kind `failed`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TransformError {
+    Template(String),
+    Failed(String),
+}
+
+impl TransformError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransformError::Template(_) => "template",
+            TransformError::Failed(_) => "failed",
+        }
+    }
+    pub fn into_message(self) -> String {
+        match self {
+            TransformError::Template(m) | TransformError::Failed(m) => m,
+        }
+    }
+}
+
+use TransformError::{Failed, Template};
+
 impl Transform {
     pub fn validate(&self) -> Result<(), String> {
         let n = [self.set.is_some(), self.merge.is_some(), self.extract.is_some(), self.deduplicate.is_some(), self.aggregate.is_some(), self.assert.is_some()]
@@ -94,36 +117,36 @@ impl Transform {
         }
     }
 
-    pub fn apply(&self, ctx: &Value) -> Result<Value, String> {
+    pub fn apply(&self, ctx: &Value) -> Result<Value, TransformError> {
         if let Some(v) = &self.set {
-            return render_value(v, ctx);
+            return render_value(v, ctx).map_err(Template);
         }
         if let Some(list) = &self.merge {
             let mut out = Map::new();
             for v in list {
-                match render_value(v, ctx)? {
+                match render_value(v, ctx).map_err(Template)? {
                     Value::Object(m) => out.extend(m),
                     Value::Null => {}
-                    other => return Err(format!("merge takes objects, got {other}")),
+                    other => return Err(Failed(format!("merge takes objects, got {other}"))),
                 }
             }
             return Ok(Value::Object(out));
         }
         if let Some(e) = &self.extract {
-            let from = render_value(&e.from, ctx)?;
+            let from = render_value(&e.from, ctx).map_err(Template)?;
             let mut out = Map::new();
             for (k, p) in &e.paths {
                 let path = p.as_str().unwrap_or("");
-                out.insert(k.clone(), lookup(&from, path).ok_or_else(|| format!("extract.paths.{k}: `{path}` is not in the value"))?);
+                out.insert(k.clone(), lookup(&from, path).ok_or_else(|| Failed(format!("extract.paths.{k}: `{path}` is not in the value")))?);
             }
             return Ok(Value::Object(out));
         }
         if let Some(d) = &self.deduplicate {
-            let items = list(render_value(&d.items, ctx)?, "deduplicate.items")?;
+            let items = list(render_value(&d.items, ctx).map_err(Template)?, "deduplicate.items")?;
             let mut seen = std::collections::HashSet::new();
             let mut kept = Vec::new();
             for (i, item) in items.into_iter().enumerate() {
-                let key = render_str(&d.by, &with_item(ctx, &item, i)).map_err(|e| format!("deduplicate.by: {e}"))?;
+                let key = render_str(&d.by, &with_item(ctx, &item, i)).map_err(|e| Template(format!("deduplicate.by: {e}")))?;
                 if seen.insert(key.to_string()) {
                     kept.push(item);
                 }
@@ -131,11 +154,11 @@ impl Transform {
             return Ok(Value::Array(kept));
         }
         if let Some(a) = &self.aggregate {
-            let items = list(render_value(&a.items, ctx)?, "aggregate.items")?;
+            let items = list(render_value(&a.items, ctx).map_err(Template)?, "aggregate.items")?;
             let total = items.len();
             let mut groups: Vec<(String, usize)> = Vec::new();
             for (i, item) in items.into_iter().enumerate() {
-                let key = match render_str(&a.group_by, &with_item(ctx, &item, i)).map_err(|e| format!("aggregate.group_by: {e}"))? {
+                let key = match render_str(&a.group_by, &with_item(ctx, &item, i)).map_err(|e| Template(format!("aggregate.group_by: {e}")))? {
                     Value::String(s) => s,
                     other => other.to_string(),
                 };
@@ -149,17 +172,17 @@ impl Transform {
             return Ok(json!({"total": total, "groups": groups}));
         }
         if let Some(a) = &self.assert {
-            let v = render_str(&a.that, ctx)?;
-            return if truthy(&v) { Ok(json!({"ok": true})) } else { Err(a.message.clone()) };
+            let v = render_str(&a.that, ctx).map_err(Template)?;
+            return if truthy(&v) { Ok(json!({"ok": true})) } else { Err(Failed(a.message.clone())) };
         }
-        Err("empty transform".into())
+        Err(Failed("empty transform".into()))
     }
 }
 
-fn list(v: Value, what: &str) -> Result<Vec<Value>, String> {
+fn list(v: Value, what: &str) -> Result<Vec<Value>, TransformError> {
     match v {
         Value::Array(a) => Ok(a),
-        other => Err(format!("{what} must be a list, got {}", short(&other))),
+        other => Err(Failed(format!("{what} must be a list, got {}", short(&other)))),
     }
 }
 
@@ -214,12 +237,14 @@ mod tests {
         let ok = t(json!({"assert": {"that": "{{ steps.hunt.output.hosts | length > 0 }}", "message": "no hosts"}}));
         assert!(ok.apply(&ctx).is_ok());
         let no = t(json!({"assert": {"that": "{{ steps.hunt.output.hosts | length > 5 }}", "message": "too few hosts"}}));
-        assert_eq!(no.apply(&ctx).unwrap_err(), "too few hosts");
+        assert_eq!(no.apply(&ctx).unwrap_err(), Failed("too few hosts".into()));
+        let undefined = t(json!({"set": {"x": "{{ steps.nope.output }}"}}));
+        assert!(matches!(undefined.apply(&ctx), Err(Template(m)) if m.contains("undefined")));
     }
 
     #[test]
     fn a_missing_path_is_an_error() {
         let e = t(json!({"extract": {"from": {"a": 1}, "paths": {"x": "b.c"}}}));
-        assert!(e.apply(&json!({})).unwrap_err().contains("`b.c` is not in the value"));
+        assert!(matches!(e.apply(&json!({})), Err(Failed(m)) if m.contains("`b.c` is not in the value")));
     }
 }
