@@ -1,22 +1,12 @@
 //! The connector author's path: scaffold, build, test, check.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{root, tempdir, text};
 use std::process::Command;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
-}
-
 fn warden(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(args)
-        .env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache"))
-        .output()
-        .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    common::warden(args, &[])
 }
 
 fn cargo(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
@@ -27,13 +17,6 @@ fn cargo(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
         .env("CARGO_TARGET_DIR", root().join("target/authors-test"))
         .output()
         .unwrap()
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("warden-authors-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]

@@ -1,25 +1,13 @@
 //! The `warden` binary as a user runs it: exit codes, stdout, one-line errors.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
-}
+use common::{root, tempdir, text, warden};
+use std::path::PathBuf;
+use std::process::Command;
 
 fn http_fetch_wasm() -> PathBuf {
-    let p = root().join("target/wasm32-wasip2/guest/http_fetch.wasm");
-    assert!(p.exists(), "run scripts/build-guests.sh first");
-    p
-}
-
-fn warden(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
-    cmd.args(args).env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache")).env_remove("WARDEN_POLICY");
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
+    common::guest("http_fetch")
 }
 
 fn write_policy(dir: &std::path::Path, port: u16) -> PathBuf {
@@ -45,16 +33,6 @@ hosts = ["http://127.0.0.1:{port}"]
     )
     .unwrap();
     path
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("warden-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]

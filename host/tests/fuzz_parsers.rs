@@ -10,6 +10,9 @@
 //!
 //! A failure prints the seed and iteration to reproduce it (FUZZ_SEED=…).
 
+mod common;
+
+use common::root;
 use std::path::Path;
 
 struct Rng(u64);
@@ -83,10 +86,6 @@ fn iterations() -> usize {
 
 fn seed() -> u64 {
     std::env::var("FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed_0f_0a7c4)
-}
-
-fn root() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn is_located(line: &str, file: &str) -> bool {

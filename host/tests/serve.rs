@@ -1,20 +1,17 @@
 //! `warden serve` as an operator runs it: webhooks, the run API, durability
 //! across SIGKILL, schedules and metrics.
 
+mod common;
+
+use common::root;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
 const SECRET: &str = "webhook-secret-for-tests";
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
-}
-
 fn probe_wasm() -> PathBuf {
-    let p = root().join("target/wasm32-wasip2/guest/probe.wasm");
-    assert!(p.exists(), "run scripts/build-guests.sh first");
-    p
+    common::guest("probe")
 }
 
 struct Server {

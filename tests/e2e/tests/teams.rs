@@ -35,7 +35,7 @@ fn write_sig(wasm: &Path, secret: &str, key: &str, name: &str) {
     std::fs::write(warden::vetting::sig_path(wasm), serde_json::to_string(&sig).unwrap()).unwrap();
 }
 
-fn policy(wasm: &Path, k: &Keys, port: u16, extra: &str) -> warden::Policy {
+fn policy(wasm: &Path, k: &Keys, port: u16) -> warden::Policy {
     let text = format!(
         r#"
 [plugins.probe]
@@ -62,7 +62,6 @@ kind = "bearer"
 env = "WARDEN_TEST_BLUE_TOKEN"
 hosts = ["http://127.0.0.1:{port}"]
 team = "blue"
-{extra}
 "#,
         wasm = wasm.display(),
         trusted = k.trusted.1,
@@ -75,9 +74,9 @@ team = "blue"
 
 const RED_ECHO: &str = "name: red-echo\nteam: red\nsteps:\n  - id: e\n    action: probe\n    with: {op: echo}\n";
 
-async fn run_red(wasm: &Path, k: &Keys, extra: &str) -> warden::story::engine::RunResult {
+async fn run_red(wasm: &Path, k: &Keys) -> warden::story::engine::RunResult {
     let dir = StoryDir::new(&[("red.yaml", RED_ECHO)]);
-    let e = engine(policy(wasm, k, 1, extra), &dir.0);
+    let e = engine(policy(wasm, k, 1), &dir.0);
     e.run("red-echo", json!({}), "test", &Quiet).await.unwrap()
 }
 
@@ -95,33 +94,33 @@ async fn a_plugin_signed_by_a_trusted_key_runs_and_every_other_signature_is_refu
     let wasm = probe_copy(&tmp.0);
 
     write_sig(&wasm, &k.trusted.0, "release", "probe");
-    assert_eq!(run_red(&wasm, &k, "").await.state, "succeeded");
+    assert_eq!(run_red(&wasm, &k).await.state, "succeeded");
 
     // Revoked key: same files, the policy marks the key revoked.
     let dir = StoryDir::new(&[("red.yaml", RED_ECHO)]);
-    let mut p = policy(&wasm, &k, 1, "");
+    let mut p = policy(&wasm, &k, 1);
     p.keys.get_mut("release").unwrap().revoked = true;
     let m = refused(&engine(p, &dir.0).run("red-echo", json!({}), "test", &Quiet).await.unwrap());
     assert!(m.contains("key `release`, which is revoked"), "{m}");
 
     // Wrong (untrusted) key.
     write_sig(&wasm, &k.other.0, "stranger", "probe");
-    let m = refused(&run_red(&wasm, &k, "").await);
+    let m = refused(&run_red(&wasm, &k).await);
     assert!(m.contains("key `stranger`, which team red does not trust"), "{m}");
 
     // Unknown key name.
     write_sig(&wasm, &k.other.0, "ghost", "probe");
-    let m = refused(&run_red(&wasm, &k, "").await);
+    let m = refused(&run_red(&wasm, &k).await);
     assert!(m.contains("key `ghost`, which the policy does not know"), "{m}");
 
     // A key name that is trusted, but the signature made with another key.
     write_sig(&wasm, &k.other.0, "release", "probe");
-    let m = refused(&run_red(&wasm, &k, "").await);
+    let m = refused(&run_red(&wasm, &k).await);
     assert!(m.contains("does not verify with key `release`"), "{m}");
 
     // A different manifest than the component describes.
     write_sig(&wasm, &k.trusted.0, "release", "jira-ticket");
-    let m = refused(&run_red(&wasm, &k, "").await);
+    let m = refused(&run_red(&wasm, &k).await);
     assert!(m.contains("the signature is for jira-ticket 0.0.0, but the component describes itself as probe 0.0.0"), "{m}");
 
     // A changed byte: a valid component with one more custom section.
@@ -129,12 +128,12 @@ async fn a_plugin_signed_by_a_trusted_key_runs_and_every_other_signature_is_refu
     let mut bytes = std::fs::read(&wasm).unwrap();
     bytes.extend_from_slice(&[0x00, 0x05, 0x04, b'e', b'v', b'i', b'l']);
     std::fs::write(&wasm, bytes).unwrap();
-    let m = refused(&run_red(&wasm, &k, "").await);
+    let m = refused(&run_red(&wasm, &k).await);
     assert!(m.contains("the component changed after signing"), "{m}");
 
     // Unsigned.
     std::fs::remove_file(warden::vetting::sig_path(&wasm)).unwrap();
-    let m = refused(&run_red(&wasm, &k, "").await);
+    let m = refused(&run_red(&wasm, &k).await);
     assert!(m.contains("neither pinned"), "{m}");
 }
 
@@ -144,7 +143,7 @@ async fn a_pinned_digest_is_enough_unless_the_team_requires_a_signature() {
     let tmp = StoryDir::new(&[]);
     let wasm = probe_copy(&tmp.0);
     let dir = StoryDir::new(&[("red.yaml", RED_ECHO)]);
-    let mut p = policy(&wasm, &k, 1, "");
+    let mut p = policy(&wasm, &k, 1);
     p.plugins.get_mut("probe").unwrap().sha256 = Some(sha(&wasm));
     let e = engine(p.clone(), &dir.0);
     assert_eq!(e.run("red-echo", json!({}), "test", &Quiet).await.unwrap().state, "succeeded");
@@ -167,7 +166,7 @@ async fn a_team_never_uses_another_teams_credential_but_its_sub_story_does() {
     let red_via_blue = "name: red-via-blue\nteam: red\nsteps:\n  - id: ask\n    story: blue-lookup\n    with: {}\noutput: \"{{ steps.ask.output }}\"\n";
     let blue = format!("name: blue-lookup\nteam: blue\nallow_callers: [red]\nsteps:\n  - id: use\n    action: probe\n    with: {{op: fetch, url: \"{url}\", credential: blue-token}}\noutput: {{status: \"{{{{ steps.use.output.status }}}}\"}}\n");
     let dir = StoryDir::new(&[("a.yaml", &red_direct), ("b.yaml", red_via_blue), ("c.yaml", &blue)]);
-    let e = engine(policy(&wasm, &k, srv.port(), ""), &dir.0);
+    let e = engine(policy(&wasm, &k, srv.port()), &dir.0);
 
     // Red's own step: the global grant lists blue-token, but it belongs to blue.
     let r = e.run("red-direct", json!({}), "test", &Quiet).await.unwrap();
@@ -202,7 +201,7 @@ fn a_sub_story_that_does_not_allow_the_caller_team_is_refused_at_load() {
         ("c.yaml", "name: c\nteam: purple\nsteps:\n  - id: y\n    transform: {set: {}}\n"),
     ]);
     let lib = Library::load_dir(&dir.0).unwrap();
-    let errors = lib.check(&policy(&wasm, &k, 1, "")).unwrap_err().to_string();
+    let errors = lib.check(&policy(&wasm, &k, 1)).unwrap_err().to_string();
     assert!(errors.contains("story `b` belongs to team blue and does not allow team red"), "{errors}");
     assert!(errors.contains("story `c` belongs to team `purple`, which has no [teams.purple]"), "{errors}");
 }
