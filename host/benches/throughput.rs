@@ -8,6 +8,7 @@ mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use warden::store::Store;
 use warden::story::engine::Engine;
 use warden::story::Library;
 use warden::{Policy, Runtime, RuntimeConfig};

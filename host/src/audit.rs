@@ -1,6 +1,8 @@
 //! Audit records: one for every capability call that reaches for the outside
-//! world, allowed or denied. They carry names and decisions, never secret values.
+//! world, allowed or denied, and for every stop of the sandbox. They carry
+//! names and decisions, never secret values.
 
+use crate::invocation::InvocationInfo;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -10,17 +12,17 @@ pub enum Decision {
     Denied,
 }
 
-/// One HTTP attempt.
+/// One capability call (or sandbox stop).
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRecord {
     /// Unix milliseconds when the attempt started.
     pub at_ms: u64,
+    /// `http`, `smtp` or `sandbox`.
     pub capability: &'static str,
     pub plugin: String,
-    pub run_id: String,
-    pub story: String,
-    pub step: String,
-    pub team: String,
+    /// Run, story, step, team and attempt of the invocation.
+    #[serde(flatten)]
+    pub invocation: InvocationInfo,
     pub method: String,
     /// The URL as the guest asked for it, with any secret spelling redacted.
     pub url: String,
@@ -41,6 +43,29 @@ pub struct AuditRecord {
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub duration_ms: u64,
+}
+
+impl AuditRecord {
+    /// A new record for `invocation`: denied until a check says otherwise.
+    pub fn new(capability: &'static str, plugin: &str, invocation: &InvocationInfo, method: String, url: String) -> AuditRecord {
+        AuditRecord {
+            at_ms: now_ms(),
+            capability,
+            plugin: plugin.to_string(),
+            invocation: invocation.clone(),
+            method,
+            url,
+            decision: Decision::Denied,
+            rule: String::new(),
+            reason: None,
+            credential: None,
+            status: None,
+            recipient_domains: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            duration_ms: 0,
+        }
+    }
 }
 
 pub fn now_ms() -> u64 {

@@ -1,15 +1,20 @@
 //! warden: run security automation steps as sandboxed WebAssembly components.
 //!
 //! Follow one invocation through the crate:
-//! [`policy`] (what the operator granted) → [`runtime`] (a fresh store per call,
-//! with limits) → `runtime::host` (the capability imports) → [`egress`] (the
-//! layered checks and the wire) → [`audit`] (what happened, without secrets).
+//! [`story`] (a step of a story) → [`runtime`] (a fresh store per call, with
+//! limits) → [`capability`] (the imports a guest may call: `http`, `smtp`,
+//! `log`, `clock`) → each capability's `check` against the [`policy`] → the
+//! wire → [`audit`] (what happened, without secrets) → [`store`] (the run's record).
+//!
+//! Floors, bottom up: `limits`, `located` → `policy` → `invocation`, `audit`,
+//! `bindings` → `capability`, `vetting` → `runtime` → `store` → `story` → `server`.
 
 pub mod audit;
-pub mod egress;
+pub mod bindings;
+pub mod capability;
+pub mod invocation;
 pub mod limits;
 pub mod located;
-pub mod mail;
 pub mod policy;
 pub mod runtime;
 pub mod server;
@@ -17,5 +22,6 @@ pub mod store;
 pub mod story;
 pub mod vetting;
 
+pub use invocation::{InvocationInfo, InvokeError};
 pub use policy::Policy;
-pub use runtime::{InvocationInfo, InvocationReport, InvokeError, Runtime, RuntimeConfig};
+pub use runtime::{InvocationReport, Runtime, RuntimeConfig};

@@ -5,7 +5,7 @@
 //! and responses were scrubbed by the host before a guest saw them.
 
 use crate::audit::AuditRecord;
-use crate::runtime::LogLine;
+use crate::invocation::LogLine;
 use anyhow::Context as _;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -125,6 +125,28 @@ pub struct NewRun<'a> {
     pub parent: Option<(&'a str, &'a str)>,
 }
 
+/// The run store's interface: what the story engine writes (through its
+/// recorder) and what the server and the CLI read. [`RunStore`] keeps it in
+/// SQLite; tests use stores that fail on demand.
+pub trait Store: Send + Sync {
+    fn create_run(&self, r: &NewRun) -> anyhow::Result<()>;
+    fn start_run(&self, id: &str) -> anyhow::Result<()>;
+    fn finish_run(&self, id: &str, state: &str, output: Option<&Value>, error: Option<&str>, failed_step: Option<&str>) -> anyhow::Result<()>;
+    fn step_started(&self, run: &str, step: &str, item: Option<usize>, kind: &str, input: Option<&Value>, attempt: u32) -> anyhow::Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn step_finished(&self, run: &str, step: &str, item: Option<usize>, kind: &str, state: &str, output: Option<&Value>, error: Option<&Value>, attempts: u32) -> anyhow::Result<()>;
+    fn add_logs(&self, run: &str, step: &str, lines: &[LogLine]) -> anyhow::Result<()>;
+    fn add_audit(&self, run: &str, step: &str, records: &[AuditRecord]) -> anyhow::Result<()>;
+    /// Newest first. `story` and `state` filter; top-level runs only unless `include_children`.
+    fn list_runs(&self, story: Option<&str>, state: Option<&str>, include_children: bool, limit: usize, offset: usize) -> anyhow::Result<Vec<RunSummary>>;
+    fn run_summary(&self, id: &str) -> anyhow::Result<Option<RunSummary>>;
+    /// The story and input of a run, to execute it (e.g. after a restart).
+    fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>>;
+    fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>>;
+    fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>>;
+    fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>>;
+}
+
 pub struct RunStore {
     conn: Mutex<Connection>,
 }
@@ -170,77 +192,6 @@ impl RunStore {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn create_run(&self, r: &NewRun) -> anyhow::Result<()> {
-        self.conn().prepare_cached(
-            "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms) VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8)",
-        )?.execute(params![r.id, r.story, r.team, r.trigger, r.input.to_string(), r.parent.map(|p| p.0), r.parent.map(|p| p.1), ms()],
-        )?;
-        Ok(())
-    }
-
-    pub fn start_run(&self, id: &str) -> anyhow::Result<()> {
-        self.conn().prepare_cached("UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, ?2) WHERE id = ?1")?.execute(params![id, ms()])?;
-        Ok(())
-    }
-
-    pub fn finish_run(&self, id: &str, state: &str, output: Option<&Value>, error: Option<&str>, failed_step: Option<&str>) -> anyhow::Result<()> {
-        self.conn().prepare_cached(
-            "UPDATE runs SET state = ?2, output = ?3, error = ?4, failed_step = ?5, finished_ms = ?6 WHERE id = ?1",
-        )?.execute(params![id, state, output.map(|o| o.to_string()), error, failed_step, ms()],
-        )?;
-        Ok(())
-    }
-
-    pub fn step_started(&self, run: &str, step: &str, item: Option<usize>, kind: &str, input: Option<&Value>, attempt: u32) -> anyhow::Result<()> {
-        self.conn().prepare_cached(
-            "INSERT INTO steps (run_id, step_id, item, kind, state, input, attempts, started_ms) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)
-             ON CONFLICT(run_id, step_id, item) DO UPDATE SET state = 'running', input = COALESCE(excluded.input, input), attempts = excluded.attempts",
-        )?.execute(params![run, step, item.map_or(-1, |i| i as i64), kind, input.map(|i| i.to_string()), attempt, ms()],
-        )?;
-        Ok(())
-    }
-
-    pub fn step_finished(&self, run: &str, step: &str, item: Option<usize>, kind: &str, state: &str, output: Option<&Value>, error: Option<&Value>, attempts: u32) -> anyhow::Result<()> {
-        self.conn().prepare_cached(
-            "INSERT INTO steps (run_id, step_id, item, kind, state, output, error, attempts, started_ms, finished_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
-             ON CONFLICT(run_id, step_id, item) DO UPDATE SET state = excluded.state, output = excluded.output, error = excluded.error, attempts = MAX(attempts, excluded.attempts), finished_ms = excluded.finished_ms",
-        )?.execute(params![run, step, item.map_or(-1, |i| i as i64), kind, state, output.map(|o| o.to_string()), error.map(|e| e.to_string()), attempts, ms()],
-        )?;
-        Ok(())
-    }
-
-    pub fn add_logs(&self, run: &str, step: &str, lines: &[LogLine]) -> anyhow::Result<()> {
-        if lines.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached("INSERT INTO logs (run_id, step_id, at_ms, level, source, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
-            for l in lines {
-                stmt.execute(params![run, step, l.at_ms, l.level, l.source, l.message])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    pub fn add_audit(&self, run: &str, step: &str, records: &[AuditRecord]) -> anyhow::Result<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached("INSERT INTO audit (run_id, step_id, at_ms, record) VALUES (?1, ?2, ?3, ?4)")?;
-            for r in records {
-                stmt.execute(params![run, step, r.at_ms, serde_json::to_string(r)?])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
     fn summary(row: &rusqlite::Row) -> rusqlite::Result<RunSummary> {
         Ok(RunSummary {
             id: row.get("id")?,
@@ -256,9 +207,82 @@ impl RunStore {
             finished_ms: row.get("finished_ms")?,
         })
     }
+}
+
+impl Store for RunStore {
+    fn create_run(&self, r: &NewRun) -> anyhow::Result<()> {
+        self.conn().prepare_cached(
+            "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms) VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8)",
+        )?.execute(params![r.id, r.story, r.team, r.trigger, r.input.to_string(), r.parent.map(|p| p.0), r.parent.map(|p| p.1), ms()],
+        )?;
+        Ok(())
+    }
+
+    fn start_run(&self, id: &str) -> anyhow::Result<()> {
+        self.conn().prepare_cached("UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, ?2) WHERE id = ?1")?.execute(params![id, ms()])?;
+        Ok(())
+    }
+
+    fn finish_run(&self, id: &str, state: &str, output: Option<&Value>, error: Option<&str>, failed_step: Option<&str>) -> anyhow::Result<()> {
+        self.conn().prepare_cached(
+            "UPDATE runs SET state = ?2, output = ?3, error = ?4, failed_step = ?5, finished_ms = ?6 WHERE id = ?1",
+        )?.execute(params![id, state, output.map(|o| o.to_string()), error, failed_step, ms()],
+        )?;
+        Ok(())
+    }
+
+    fn step_started(&self, run: &str, step: &str, item: Option<usize>, kind: &str, input: Option<&Value>, attempt: u32) -> anyhow::Result<()> {
+        self.conn().prepare_cached(
+            "INSERT INTO steps (run_id, step_id, item, kind, state, input, attempts, started_ms) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)
+             ON CONFLICT(run_id, step_id, item) DO UPDATE SET state = 'running', input = COALESCE(excluded.input, input), attempts = excluded.attempts",
+        )?.execute(params![run, step, item.map_or(-1, |i| i as i64), kind, input.map(|i| i.to_string()), attempt, ms()],
+        )?;
+        Ok(())
+    }
+
+    fn step_finished(&self, run: &str, step: &str, item: Option<usize>, kind: &str, state: &str, output: Option<&Value>, error: Option<&Value>, attempts: u32) -> anyhow::Result<()> {
+        self.conn().prepare_cached(
+            "INSERT INTO steps (run_id, step_id, item, kind, state, output, error, attempts, started_ms, finished_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+             ON CONFLICT(run_id, step_id, item) DO UPDATE SET state = excluded.state, output = excluded.output, error = excluded.error, attempts = MAX(attempts, excluded.attempts), finished_ms = excluded.finished_ms",
+        )?.execute(params![run, step, item.map_or(-1, |i| i as i64), kind, state, output.map(|o| o.to_string()), error.map(|e| e.to_string()), attempts, ms()],
+        )?;
+        Ok(())
+    }
+
+    fn add_logs(&self, run: &str, step: &str, lines: &[LogLine]) -> anyhow::Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("INSERT INTO logs (run_id, step_id, at_ms, level, source, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+            for l in lines {
+                stmt.execute(params![run, step, l.at_ms, l.level, l.source, l.message])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn add_audit(&self, run: &str, step: &str, records: &[AuditRecord]) -> anyhow::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("INSERT INTO audit (run_id, step_id, at_ms, record) VALUES (?1, ?2, ?3, ?4)")?;
+            for r in records {
+                stmt.execute(params![run, step, r.at_ms, serde_json::to_string(r)?])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
 
     /// Newest first. `story` and `state` filter; top-level runs only unless `include_children`.
-    pub fn list_runs(&self, story: Option<&str>, state: Option<&str>, include_children: bool, limit: usize, offset: usize) -> anyhow::Result<Vec<RunSummary>> {
+    fn list_runs(&self, story: Option<&str>, state: Option<&str>, include_children: bool, limit: usize, offset: usize) -> anyhow::Result<Vec<RunSummary>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT * FROM runs WHERE (?1 IS NULL OR story = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 OR parent_run IS NULL)
@@ -268,12 +292,12 @@ impl RunStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn run_summary(&self, id: &str) -> anyhow::Result<Option<RunSummary>> {
+    fn run_summary(&self, id: &str) -> anyhow::Result<Option<RunSummary>> {
         Ok(self.conn().query_row("SELECT * FROM runs WHERE id = ?1", params![id], RunStore::summary).optional()?)
     }
 
     /// The story and input of a run, to execute it (e.g. after a restart).
-    pub fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>> {
+    fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>> {
         let row: Option<(String, String)> = self
             .conn()
             .query_row("SELECT story, input FROM runs WHERE id = ?1", params![id], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -281,21 +305,21 @@ impl RunStore {
         Ok(row.map(|(s, i)| (s, serde_json::from_str(&i).unwrap_or(Value::Null))))
     }
 
-    pub fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>> {
+    fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached("SELECT id FROM runs WHERE state = ?1 AND parent_run IS NULL ORDER BY created_ms")?;
         let rows = stmt.query_map(params![state], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
+    fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM runs WHERE parent_run IS NULL GROUP BY state ORDER BY state")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>> {
+    fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>> {
         let conn = self.conn();
         let Some((run, input, output)) = conn
             .query_row("SELECT *, input, output FROM runs WHERE id = ?1", params![id], |r| {
@@ -337,6 +361,94 @@ impl RunStore {
         let mut stmt = conn.prepare_cached("SELECT * FROM runs WHERE parent_run = ?1 ORDER BY created_ms")?;
         let children = stmt.query_map(params![id], RunStore::summary)?.collect::<Result<Vec<_>, _>>()?;
         Ok(Some(RunDetail { run, input: serde_json::from_str(&input).unwrap_or(Value::Null), output: json_col(output), steps, logs, audit, children }))
+    }
+}
+
+/// A store that fails on demand, for tests of what happens when the disk is
+/// full or the database locked.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+    /// A SQLite store whose writes fail while `down` is set (optionally only
+    /// writes of one kind), as a full disk or a locked database would.
+    pub struct Flaky {
+        inner: RunStore,
+        down: AtomicBool,
+        only: Mutex<Option<&'static str>>,
+        /// Writes refused so far.
+        pub refused: AtomicU32,
+    }
+
+    impl Flaky {
+        pub fn new() -> Flaky {
+            Flaky { inner: RunStore::in_memory().unwrap(), down: AtomicBool::new(false), only: Mutex::new(None), refused: AtomicU32::new(0) }
+        }
+        pub fn fail(&self, only: Option<&'static str>) {
+            *self.only.lock().unwrap() = only;
+            self.down.store(true, Ordering::SeqCst);
+        }
+        pub fn heal(&self) {
+            self.down.store(false, Ordering::SeqCst);
+        }
+        fn gate(&self, op: &'static str) -> anyhow::Result<()> {
+            let only = *self.only.lock().unwrap();
+            if self.down.load(Ordering::SeqCst) && only.is_none_or(|o| o == op) {
+                self.refused.fetch_add(1, Ordering::SeqCst);
+                anyhow::bail!("database or disk is full");
+            }
+            Ok(())
+        }
+    }
+
+    impl Store for Flaky {
+        fn create_run(&self, r: &NewRun) -> anyhow::Result<()> {
+            self.gate("create_run")?;
+            self.inner.create_run(r)
+        }
+        fn start_run(&self, id: &str) -> anyhow::Result<()> {
+            self.gate("start_run")?;
+            self.inner.start_run(id)
+        }
+        fn finish_run(&self, id: &str, state: &str, output: Option<&Value>, error: Option<&str>, failed_step: Option<&str>) -> anyhow::Result<()> {
+            self.gate("finish_run")?;
+            self.inner.finish_run(id, state, output, error, failed_step)
+        }
+        fn step_started(&self, run: &str, step: &str, item: Option<usize>, kind: &str, input: Option<&Value>, attempt: u32) -> anyhow::Result<()> {
+            self.gate("step_started")?;
+            self.inner.step_started(run, step, item, kind, input, attempt)
+        }
+        fn step_finished(&self, run: &str, step: &str, item: Option<usize>, kind: &str, state: &str, output: Option<&Value>, error: Option<&Value>, attempts: u32) -> anyhow::Result<()> {
+            self.gate("step_finished")?;
+            self.inner.step_finished(run, step, item, kind, state, output, error, attempts)
+        }
+        fn add_logs(&self, run: &str, step: &str, lines: &[LogLine]) -> anyhow::Result<()> {
+            self.gate("add_logs")?;
+            self.inner.add_logs(run, step, lines)
+        }
+        fn add_audit(&self, run: &str, step: &str, records: &[AuditRecord]) -> anyhow::Result<()> {
+            self.gate("add_audit")?;
+            self.inner.add_audit(run, step, records)
+        }
+        fn list_runs(&self, story: Option<&str>, state: Option<&str>, include_children: bool, limit: usize, offset: usize) -> anyhow::Result<Vec<RunSummary>> {
+            self.inner.list_runs(story, state, include_children, limit, offset)
+        }
+        fn run_summary(&self, id: &str) -> anyhow::Result<Option<RunSummary>> {
+            self.inner.run_summary(id)
+        }
+        fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>> {
+            self.inner.run_input(id)
+        }
+        fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>> {
+            self.inner.runs_in_state(state)
+        }
+        fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
+            self.inner.count_by_state()
+        }
+        fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>> {
+            self.inner.get_run(id)
+        }
     }
 }
 

@@ -7,8 +7,9 @@
 //! the team trusts signed exactly these bytes under exactly this manifest —
 //! and, with `require_signature`, only the latter.
 
+use crate::policy::keys::parse_hex32;
 use crate::policy::{Policy, Team};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -44,15 +45,6 @@ pub fn keygen() -> anyhow::Result<(String, String)> {
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness for a key: {e}"))?;
     let key = SigningKey::from_bytes(&seed);
     Ok((hex::encode(seed), hex::encode(key.verifying_key().to_bytes())))
-}
-
-fn parse_hex32(what: &str, text: &str) -> Result<[u8; 32], String> {
-    let bytes = hex::decode(text.trim()).map_err(|_| format!("{what} is not hex"))?;
-    bytes.try_into().map_err(|_| format!("{what} must be 32 bytes (64 hex digits)"))
-}
-
-pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
-    VerifyingKey::from_bytes(&parse_hex32("public_key", text)?).map_err(|e| format!("public_key is not an Ed25519 key: {e}"))
 }
 
 /// Signs a component's digest and manifest.
@@ -149,6 +141,7 @@ fn short(h: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::keys::parse_public_key;
 
     #[test]
     fn a_signature_binds_the_digest_and_the_manifest() {

@@ -5,14 +5,31 @@
 //! `file:line: what is wrong; how to fix it`. Deny by default: a plugin without
 //! a grant reaches nothing.
 
-pub mod credential;
-pub mod rule;
+//! Layout: one file per section — [`credentials`], [`mail`] (relays and smtp
+//! grants), [`grants`] (rules and limits), [`keys`] (keys and teams),
+//! [`triggers`] (triggers and `[server]`) — over [`origin`], [`target`] and
+//! [`rule`], which say how a request is matched. This module imports nothing
+//! of warden but `limits` and `located`: everything else builds on it.
 
-use crate::limits::{Bytes, Limits, SizeValue, MAX_MEMORY_BYTES};
-use crate::mail::{MailGrant, Relay, RelayTls};
-use credential::{Binding, CredentialKind, CredentialSpec, SecretSource};
-use rule::{EgressRule, HostPattern};
+pub mod credentials;
+pub mod grants;
+pub mod keys;
+pub mod mail;
+pub mod origin;
+pub mod rule;
+pub mod target;
+pub mod triggers;
+
+pub use grants::Grant;
+pub use keys::{Team, TrustedKey};
+pub use triggers::{ServerConfig, Trigger};
+
+use credentials::{CredentialSpec, SecretSource};
+use grants::{parse_grant, RawGrant};
+use keys::{RawKey, RawTeam};
+use mail::{parse_relay, RawRelay, Relay};
 use serde::Deserialize;
+use triggers::{parse_trigger, RawServer, RawTrigger};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,33 +48,6 @@ pub struct PluginEntry {
     pub line: u64,
 }
 
-/// What one plugin may do.
-#[derive(Debug, Clone)]
-pub struct Grant {
-    pub plugin: String,
-    pub rules: Vec<EgressRule>,
-    /// The credentials this plugin may name, by name.
-    pub credentials: BTreeMap<String, Arc<CredentialSpec>>,
-    pub limits: Limits,
-    pub allow_any_host: bool,
-    /// Email through a relay, when granted.
-    pub mail: Option<MailGrant>,
-}
-
-impl Grant {
-    /// The grant of a plugin the policy does not mention: nothing, within default limits.
-    pub fn deny_all(plugin: &str) -> Grant {
-        Grant {
-            plugin: plugin.to_string(),
-            rules: Vec::new(),
-            credentials: BTreeMap::new(),
-            limits: Limits::default(),
-            allow_any_host: false,
-            mail: None,
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// The file it came from, as shown in errors.
@@ -74,52 +64,6 @@ pub struct Policy {
     /// Teams: their own grants, the keys they trust. With any team defined,
     /// every story must belong to one and plugins must be pinned or signed.
     pub teams: BTreeMap<String, Team>,
-}
-
-#[derive(Debug, Clone)]
-pub struct TrustedKey {
-    pub name: String,
-    pub public: ed25519_dalek::VerifyingKey,
-    pub revoked: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct Team {
-    pub name: String,
-    pub trusted_keys: Vec<String>,
-    /// A pinned digest is not enough: the plugin must be signed by a trusted key.
-    pub require_signature: bool,
-    /// Grants that replace the global `[grants.PLUGIN]` for this team's runs.
-    pub grants: BTreeMap<String, Arc<Grant>>,
-}
-
-/// `[triggers.STORY]`: a webhook (with its HMAC secret) and/or a schedule.
-#[derive(Debug, Clone)]
-pub struct Trigger {
-    pub story: String,
-    /// The webhook's HMAC-SHA256 key; without one the story has no webhook.
-    pub secret: Option<SecretSource>,
-    /// Callers may ask to wait for the output (`?wait=true`).
-    pub allow_sync: bool,
-    pub max_body: u64,
-    /// Runs of this story executing at once.
-    pub concurrency: usize,
-    /// Cron expression (with seconds: `sec min hour day month weekday`).
-    pub schedule: Option<String>,
-    pub schedule_input: serde_json::Value,
-    pub line: u64,
-}
-
-/// `[server]`: defaults for `warden serve` (flags override them).
-#[derive(Debug, Clone, Default)]
-pub struct ServerConfig {
-    pub listen: Option<String>,
-    pub db: Option<PathBuf>,
-    pub stories: Option<PathBuf>,
-    pub workers: Option<usize>,
-    pub drain_secs: Option<u64>,
-    /// When set, `/api/*` requires `Authorization: Bearer <this secret>`.
-    pub api_token: Option<SecretSource>,
 }
 
 impl Policy {
@@ -163,7 +107,7 @@ impl Policy {
         let mut credentials = BTreeMap::new();
         for (name, c) in raw.credentials {
             let span = c.kind.span();
-            let spec = parse_credential(&name, c, base).map_err(|m| err(span.clone(), m))?;
+            let spec = credentials::parse(&name, c, base).map_err(|m| err(span.clone(), m))?;
             credentials.insert(name, Arc::new(spec));
         }
 
@@ -203,7 +147,7 @@ impl Policy {
         let mut keys = BTreeMap::new();
         for (name, k) in raw.keys {
             let span = k.public_key.span();
-            let public = crate::vetting::parse_public_key(k.public_key.get_ref()).map_err(|m| err(span, format!("keys.{name}: {m}")))?;
+            let public = keys::parse_public_key(k.public_key.get_ref()).map_err(|m| err(span, format!("keys.{name}: {m}")))?;
             keys.insert(name.clone(), TrustedKey { name, public, revoked: k.revoked });
         }
 
@@ -253,6 +197,12 @@ impl Policy {
         Ok(Policy { file: file.to_string(), plugins, grants, credentials, relays, triggers, server, keys, teams })
     }
 
+    /// The `[plugins.*]` entry whose file is `path` (compared after resolving links).
+    pub fn plugin_at(&self, path: &Path) -> Option<&PluginEntry> {
+        let canonical = path.canonicalize().ok()?;
+        self.plugins.values().find(|e| e.path.canonicalize().ok().as_deref() == Some(canonical.as_path()))
+    }
+
     /// The grant for `plugin`, or deny-all when the policy has none.
     pub fn grant_for(&self, plugin: &str) -> Arc<Grant> {
         self.grants.get(plugin).cloned().unwrap_or_else(|| Arc::new(Grant::deny_all(plugin)))
@@ -287,242 +237,6 @@ fn line_of(text: &str, offset: usize) -> u64 {
     text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() as u64 + 1
 }
 
-fn parse_credential(name: &str, c: RawCredential, base: &Path) -> Result<CredentialSpec, String> {
-    let need = |field: Option<String>, what: &str| {
-        field.ok_or_else(|| format!("credentials.{name}: kind `{}` needs `{what}`", c.kind.get_ref()))
-    };
-    let kind = match c.kind.get_ref().as_str() {
-        "bearer" => CredentialKind::Bearer,
-        "header" => CredentialKind::Header {
-            name: need(c.header.clone(), "header = \"X-Api-Key\"")?.to_ascii_lowercase(),
-            prefix: c.prefix.clone().unwrap_or_default(),
-        },
-        "basic" => CredentialKind::Basic { user: need(c.user.clone(), "user = \"name\"")? },
-        "query" => CredentialKind::Query { param: need(c.param.clone(), "param = \"api_key\"")? },
-        other => {
-            return Err(format!(
-                "credentials.{name}: kind `{other}` is unknown; use header, bearer, basic or query"
-            ))
-        }
-    };
-    if let CredentialKind::Header { name: h, .. } = &kind {
-        if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
-            return Err(format!("credentials.{name}: `{h}` is not a valid header name"));
-        }
-    }
-    let source = match (c.env, c.file) {
-        (Some(v), None) => SecretSource::Env(v),
-        (None, Some(f)) => SecretSource::File(base.join(f)),
-        _ => {
-            return Err(format!(
-                "credentials.{name}: give exactly one of env = \"VAR\" or file = \"path\" for the secret value"
-            ))
-        }
-    };
-    if c.hosts.is_empty() {
-        return Err(format!(
-            "credentials.{name}: `hosts` is empty, so it could never be sent; list the origins it belongs to, e.g. hosts = [\"https://api.example.com\"]"
-        ));
-    }
-    let hosts = c.hosts.iter().map(|h| Binding::parse(h)).collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("credentials.{name}: {e}"))?;
-    Ok(CredentialSpec { name: name.to_string(), kind, source, hosts, team: c.team })
-}
-
-type ErrFn<'a> = dyn Fn(std::ops::Range<usize>, String) -> PolicyError + 'a;
-
-fn parse_grant(
-    plugin: &str,
-    g: Spanned<RawGrant>,
-    plugins: &BTreeMap<String, PluginEntry>,
-    credentials: &BTreeMap<String, Arc<CredentialSpec>>,
-    relays: &BTreeMap<String, Arc<Relay>>,
-    err: &ErrFn,
-    table: &str,
-) -> Result<Grant, PolicyError> {
-    let where_ = g.span();
-    let g = g.into_inner();
-    if !plugins.contains_key(plugin) {
-        return Err(err(
-            where_,
-            format!("[{table}.{plugin}] grants a plugin that has no [plugins.{plugin}] entry; add the plugin or fix the name"),
-        ));
-    }
-    let mut rules = Vec::new();
-    for r in &g.allow {
-        let rule = EgressRule::parse(r.get_ref()).map_err(|m| err(r.span(), m))?;
-        if rule.host == HostPattern::Any && !g.allow_any_host {
-            return Err(err(
-                r.span(),
-                format!(
-                    "rule `{}` lets {plugin} reach every host on the internet; if that is really meant, set allow_any_host = true in [{table}.{plugin}]",
-                    rule.text
-                ),
-            ));
-        }
-        rules.push(rule);
-    }
-    let mut granted = BTreeMap::new();
-    for c in &g.credentials {
-        let spec = credentials.get(c.get_ref()).ok_or_else(|| {
-            err(c.span(), format!("grant {plugin} names credential `{}` but there is no [credentials.{}]", c.get_ref(), c.get_ref()))
-        })?;
-        granted.insert(c.get_ref().clone(), spec.clone());
-    }
-    let limits = match g.limits {
-        Some(l) => {
-            let span = l.span();
-            parse_limits(l.into_inner()).map_err(|m| err(span, format!("{table}.{plugin}.limits: {m}")))?
-        }
-        None => Limits::default(),
-    };
-    let mail = match g.smtp {
-        Some(m) => {
-            let span = m.span();
-            Some(parse_mail_grant(plugin, m.into_inner(), relays).map_err(|msg| err(span, msg))?)
-        }
-        None => None,
-    };
-    Ok(Grant { plugin: plugin.to_string(), rules, credentials: granted, limits, allow_any_host: g.allow_any_host, mail })
-}
-
-fn parse_trigger(story: &str, t: RawTrigger, base: &Path, line: u64) -> Result<Trigger, String> {
-    let secret = match (t.secret_env, t.secret_file) {
-        (Some(e), None) => Some(SecretSource::Env(e)),
-        (None, Some(f)) => Some(SecretSource::File(base.join(f))),
-        (None, None) => None,
-        _ => return Err(format!("triggers.{story}: give one of secret_env or secret_file, not both")),
-    };
-    if secret.is_none() && t.schedule.is_none() {
-        return Err(format!(
-            "triggers.{story} has neither a webhook secret (secret_env/secret_file) nor a schedule, so nothing can start it"
-        ));
-    }
-    if t.allow_sync && secret.is_none() {
-        return Err(format!("triggers.{story}: allow_sync needs a webhook (secret_env or secret_file)"));
-    }
-    if let Some(cron) = &t.schedule {
-        use std::str::FromStr;
-        cron::Schedule::from_str(cron).map_err(|e| {
-            format!("triggers.{story}.schedule `{cron}` is not a cron expression ({e}); use `sec min hour day month weekday`, e.g. \"0 */15 * * * *\"")
-        })?;
-    }
-    let max_body = match &t.max_body {
-        Some(v) => v.to_bytes().map_err(|e| format!("triggers.{story}.max_body: {e}"))?,
-        None => 256 * 1024,
-    };
-    let concurrency = t.concurrency.unwrap_or(16);
-    if concurrency == 0 {
-        return Err(format!("triggers.{story}.concurrency must be at least 1"));
-    }
-    Ok(Trigger {
-        story: story.to_string(),
-        secret,
-        allow_sync: t.allow_sync,
-        max_body,
-        concurrency,
-        schedule: t.schedule,
-        schedule_input: t.schedule_input.map(|v| serde_json::to_value(v).unwrap_or_default()).unwrap_or(serde_json::json!({})),
-        line,
-    })
-}
-
-fn parse_relay(name: &str, r: RawRelay, base: &Path) -> Result<Relay, String> {
-    let host = r.host.into_inner();
-    let tls = match r.tls.as_deref().unwrap_or("starttls") {
-        "none" => RelayTls::None,
-        "starttls" => RelayTls::StartTls,
-        "tls" => RelayTls::Tls,
-        other => return Err(format!("relays.{name}: tls `{other}` is unknown; use none, starttls or tls")),
-    };
-    let port = r.port.unwrap_or(match tls {
-        RelayTls::None => 25,
-        RelayTls::StartTls => 587,
-        RelayTls::Tls => 465,
-    });
-    let auth = match (r.user, r.password_env, r.password_file) {
-        (None, None, None) => None,
-        (Some(u), Some(e), None) => Some((u, SecretSource::Env(e))),
-        (Some(u), None, Some(f)) => Some((u, SecretSource::File(base.join(f)))),
-        _ => return Err(format!("relays.{name}: give user with exactly one of password_env or password_file")),
-    };
-    let local = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    if auth.is_some() && tls == RelayTls::None && !local {
-        return Err(format!(
-            "relays.{name}: tls = \"none\" would send the relay password in clear to {host}; use starttls or tls"
-        ));
-    }
-    Ok(Relay {
-        name: name.to_string(),
-        host,
-        port,
-        tls,
-        auth,
-        default_from: r.default_from,
-        timeout: std::time::Duration::from_millis(r.timeout_ms.unwrap_or(15_000)),
-    })
-}
-
-fn parse_mail_grant(plugin: &str, m: RawMailGrant, relays: &BTreeMap<String, Arc<Relay>>) -> Result<MailGrant, String> {
-    let relay = relays.get(&m.relay).cloned().ok_or_else(|| {
-        format!("grants.{plugin}.smtp names relay `{}` but there is no [relays.{}]", m.relay, m.relay)
-    })?;
-    if m.recipient_domains.is_empty() {
-        return Err(format!(
-            "grants.{plugin}.smtp.recipient_domains is empty, so every message would be refused; list the domains it may write to"
-        ));
-    }
-    if m.senders.is_empty() && relay.default_from.is_none() {
-        return Err(format!("grants.{plugin}.smtp.senders is empty; list the addresses (or @domains) it may send as"));
-    }
-    let mut senders = m.senders;
-    if let Some(d) = &relay.default_from {
-        if senders.is_empty() {
-            senders.push(d.clone());
-        }
-    }
-    let max_message_bytes = match &m.max_message_bytes {
-        Some(v) => v.to_bytes().map_err(|e| format!("grants.{plugin}.smtp.max_message_bytes: {e}"))?,
-        None => 1024 * 1024,
-    };
-    Ok(MailGrant {
-        relay,
-        senders,
-        recipient_domains: m.recipient_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
-        max_recipients: m.max_recipients.unwrap_or(10),
-        max_message_bytes,
-        max_messages: m.max_messages.unwrap_or(5),
-    })
-}
-
-fn parse_limits(raw: RawLimits) -> Result<Limits, String> {
-    let mut l = Limits::default();
-    let size = |v: &Option<SizeValue>, field: &str, into: &mut u64| -> Result<(), String> {
-        if let Some(v) = v {
-            *into = v.to_bytes().map_err(|e| format!("{field}: {e}"))?;
-        }
-        Ok(())
-    };
-    size(&raw.memory, "memory", &mut l.memory_bytes)?;
-    size(&raw.request_bytes, "request_bytes", &mut l.request_bytes)?;
-    size(&raw.response_bytes, "response_bytes", &mut l.response_bytes)?;
-    size(&raw.log_bytes, "log_bytes", &mut l.log_bytes)?;
-    size(&raw.output_bytes, "output_bytes", &mut l.output_bytes)?;
-    if let Some(v) = raw.cpu_ms { l.cpu_ms = v; }
-    if let Some(v) = raw.wall_ms { l.wall_ms = v; }
-    if let Some(v) = raw.http_requests { l.http_requests = v; }
-    if l.memory_bytes > MAX_MEMORY_BYTES {
-        return Err(format!("memory {} is above warden's maximum of {}", Bytes(l.memory_bytes), Bytes(MAX_MEMORY_BYTES)));
-    }
-    if l.memory_bytes < 1024 * 1024 {
-        return Err(format!("memory {} is too small to instantiate a component; give at least 1MiB", Bytes(l.memory_bytes)));
-    }
-    if l.cpu_ms == 0 || l.wall_ms == 0 {
-        return Err("cpu_ms and wall_ms must be above 0".into());
-    }
-    Ok(l)
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
@@ -531,7 +245,7 @@ struct RawPolicy {
     #[serde(default)]
     grants: BTreeMap<String, Spanned<RawGrant>>,
     #[serde(default)]
-    credentials: BTreeMap<String, RawCredential>,
+    credentials: BTreeMap<String, credentials::RawCredential>,
     #[serde(default)]
     relays: BTreeMap<String, RawRelay>,
     #[serde(default)]
@@ -545,120 +259,9 @@ struct RawPolicy {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawKey {
-    public_key: Spanned<String>,
-    #[serde(default)]
-    revoked: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTeam {
-    #[serde(default)]
-    trusted_keys: Vec<String>,
-    #[serde(default)]
-    require_signature: bool,
-    #[serde(default)]
-    grants: BTreeMap<String, Spanned<RawGrant>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTrigger {
-    secret_env: Option<String>,
-    secret_file: Option<String>,
-    #[serde(default)]
-    allow_sync: bool,
-    max_body: Option<SizeValue>,
-    concurrency: Option<usize>,
-    schedule: Option<String>,
-    schedule_input: Option<toml::Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: Option<String>,
-    db: Option<String>,
-    stories: Option<String>,
-    workers: Option<usize>,
-    drain_secs: Option<u64>,
-    api_token_env: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRelay {
-    host: Spanned<String>,
-    port: Option<u16>,
-    tls: Option<String>,
-    user: Option<String>,
-    password_env: Option<String>,
-    password_file: Option<String>,
-    default_from: Option<String>,
-    timeout_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMailGrant {
-    relay: String,
-    #[serde(default)]
-    senders: Vec<String>,
-    #[serde(default)]
-    recipient_domains: Vec<String>,
-    max_recipients: Option<usize>,
-    max_message_bytes: Option<SizeValue>,
-    max_messages: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawPlugin {
     path: Spanned<String>,
     sha256: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGrant {
-    #[serde(default)]
-    allow: Vec<Spanned<String>>,
-    #[serde(default)]
-    credentials: Vec<Spanned<String>>,
-    limits: Option<Spanned<RawLimits>>,
-    #[serde(default)]
-    allow_any_host: bool,
-    smtp: Option<Spanned<RawMailGrant>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    memory: Option<SizeValue>,
-    cpu_ms: Option<u64>,
-    wall_ms: Option<u64>,
-    http_requests: Option<u32>,
-    request_bytes: Option<SizeValue>,
-    response_bytes: Option<SizeValue>,
-    log_bytes: Option<SizeValue>,
-    output_bytes: Option<SizeValue>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCredential {
-    kind: Spanned<String>,
-    header: Option<String>,
-    prefix: Option<String>,
-    user: Option<String>,
-    param: Option<String>,
-    env: Option<String>,
-    file: Option<String>,
-    #[serde(default)]
-    hosts: Vec<String>,
-    /// The team that owns it; other teams' runs can never use it.
-    team: Option<String>,
 }
 
 #[cfg(test)]

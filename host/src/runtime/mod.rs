@@ -3,26 +3,21 @@
 //! fresh `Store` per invocation with the grant's limits.
 
 mod cache;
-mod host;
+mod engine;
 mod state;
 mod stdio;
 
-pub(crate) mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "action",
-        imports: { default: async | trappable },
-        exports: { default: async },
-    });
-}
-
 use crate::audit::{now_ms, AuditRecord};
-use crate::egress::resolve::{HostResolver, SystemResolver};
-use crate::egress::transport::Transport;
-use crate::limits::{Bytes, MAX_MEMORY_BYTES};
+use crate::bindings;
+use crate::bindings::warden::action::types;
+use crate::capability::http::resolve::{HostResolver, SystemResolver};
+use crate::capability::http::transport::Transport;
+pub use crate::invocation::{InvocationInfo, InvokeError, LogLine, Manifest};
+use crate::limits::Bytes;
+use engine::{build_engine, start_epoch_ticker};
+pub use engine::EPOCH_TICK;
 use crate::policy::{Grant, PluginEntry};
 use anyhow::{anyhow, Context as _};
-use bindings::warden::action::types;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use state::{InvocationState, Stop};
@@ -30,89 +25,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
-use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime::component::Linker;
+use wasmtime::{Engine, Store, UpdateDeadline};
 
-/// How often the epoch advances; the CPU limit is checked at this granularity.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
-
-/// Who is asking (carried into the guest and into every audit record).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct InvocationInfo {
-    pub run_id: String,
-    pub story: String,
-    pub step: String,
-    pub team: String,
-    pub attempt: u32,
-}
-
-/// One log line of an invocation.
-#[derive(Debug, Clone, Serialize)]
-pub struct LogLine {
-    pub at_ms: u64,
-    pub level: &'static str,
-    /// `guest` (log import), `stdout`, `stderr`, or `host` (warden's own notes).
-    pub source: &'static str,
-    pub message: String,
-}
-
-/// The manifest an action describes itself with.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct Manifest {
-    pub name: String,
-    pub version: String,
-    pub description: String,
-    pub input_schema: serde_json::Value,
-    pub output_schema: serde_json::Value,
-    pub hosts: Vec<String>,
-    pub credentials: Vec<String>,
-}
-
-/// Why an invocation did not return output.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum InvokeError {
-    /// The action refused its input.
-    InvalidInput { message: String },
-    /// The action reported that the policy refused something it needed.
-    Denied { message: String },
-    /// The upstream service failed.
-    Upstream { status: Option<u16>, message: String, retry_after_ms: Option<u64> },
-    /// The action reported a failure.
-    Failed { message: String },
-    /// The host stopped the guest at a limit (`cpu`, `memory`, `wall`, `output`).
-    Limit { limit: &'static str, message: String },
-    /// The guest trapped or panicked.
-    Trap { message: String },
-    /// The component could not be instantiated (missing imports, pool exhausted).
-    Instantiate { message: String },
-}
-
-impl std::fmt::Display for InvokeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            InvokeError::InvalidInput { message } => write!(f, "invalid input: {message}"),
-            InvokeError::Denied { message } => write!(f, "denied: {message}"),
-            InvokeError::Upstream { status, message, retry_after_ms } => {
-                write!(f, "upstream error")?;
-                if let Some(s) = status {
-                    write!(f, " (HTTP {s})")?;
-                }
-                write!(f, ": {message}")?;
-                if let Some(ms) = retry_after_ms {
-                    write!(f, " (retry after {ms} ms)")?;
-                }
-                Ok(())
-            }
-            InvokeError::Failed { message } => write!(f, "failed: {message}"),
-            InvokeError::Limit { message, .. } => write!(f, "stopped: {message}"),
-            InvokeError::Trap { message } => write!(f, "trapped: {message}"),
-            InvokeError::Instantiate { message } => write!(f, "cannot start the plugin: {message}"),
-        }
-    }
-}
-
-impl std::error::Error for InvokeError {}
 
 impl From<types::ActionError> for InvokeError {
     fn from(e: types::ActionError) -> InvokeError {
@@ -220,8 +135,7 @@ impl Runtime {
         start_epoch_ticker(&engine);
         let mut linker = Linker::<InvocationState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
-        bindings::Action::add_to_linker::<InvocationState, HasSelf<InvocationState>>(&mut linker, |s| s)
-            .map_err(anyhow::Error::from)?;
+        crate::capability::add_to_linker(&mut linker, |s: &mut InvocationState| &mut s.caps)?;
         Ok(Runtime {
             engine,
             linker,
@@ -400,15 +314,14 @@ impl Runtime {
                 InvokeError::Limit { limit, .. } => format!("limits.{limit}_ms"),
                 _ => "trap".to_string(),
             };
-            let mut record = state.audit_record("sandbox", "STOP".into(), String::new());
+            let mut record = state.caps.call.record("sandbox", "STOP".into(), String::new());
             record.rule = rule;
             record.reason = Some(e.to_string());
-            record.duration_ms = started.elapsed().as_millis() as u64;
-            state.audit.push(record);
+            state.caps.call.keep(record, started);
         }
-        if state.logs.dropped_bytes > 0 {
-            let dropped = state.logs.dropped_bytes;
-            state.logs.lines.push(LogLine {
+        if state.caps.logs.dropped_bytes > 0 {
+            let dropped = state.caps.logs.dropped_bytes;
+            state.caps.logs.lines.push(LogLine {
                 at_ms: now_ms(),
                 level: "warn",
                 source: "host",
@@ -418,11 +331,11 @@ impl Runtime {
         InvocationReport {
             plugin: plugin.name.clone(),
             outcome,
-            logs: std::mem::take(&mut state.logs.lines),
-            audit: std::mem::take(&mut state.audit),
-            http_requests: state.http_sent,
+            logs: std::mem::take(&mut state.caps.logs.lines),
+            audit: std::mem::take(&mut state.caps.call.audit),
+            http_requests: state.caps.http.sent,
             duration_ms: started.elapsed().as_millis() as u64,
-            cpu_ms: state.meter.guest_cpu().as_millis() as u64,
+            cpu_ms: state.caps.call.meter.guest_cpu().as_millis() as u64,
         }
     }
 
@@ -440,13 +353,13 @@ impl Runtime {
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
-            if state.meter.guest_cpu() > cpu_limit {
+            if state.caps.call.meter.guest_cpu() > cpu_limit {
                 state.stop = Some(Stop::Cpu);
                 return Err(wasmtime::format_err!("cpu limit"));
             }
             // Yield so one busy guest cannot starve the others on this thread;
             // the time spent parked is not the guest's CPU time.
-            let off = state.meter.off_cpu();
+            let off = state.caps.call.meter.off_cpu();
             Ok(UpdateDeadline::YieldCustom(
                 1,
                 Box::pin(async move {
@@ -515,7 +428,7 @@ fn trap_error(state: &mut InvocationState, limits: &crate::limits::Limits, e: wa
     }
     // Keep the rest of stderr in the log.
     if !stderr.is_empty() {
-        state.logs.push(LogLine { at_ms: now_ms(), level: "warn", source: "stderr", message: stderr });
+        state.caps.logs.push(LogLine { at_ms: now_ms(), level: "warn", source: "stderr", message: stderr });
     }
     InvokeError::Trap { message }
 }
@@ -538,10 +451,10 @@ fn collect_stdio(state: &mut InvocationState) {
     for (pipe, source, level) in [(state.stdout.clone(), "stdout", "info"), (state.stderr.clone(), "stderr", "warn")] {
         let (text, dropped) = pipe.take();
         if !text.is_empty() {
-            state.logs.push(LogLine { at_ms: now_ms(), level, source, message: text });
+            state.caps.logs.push(LogLine { at_ms: now_ms(), level, source, message: text });
         }
         if dropped > 0 {
-            state.logs.push(LogLine {
+            state.caps.logs.push(LogLine {
                 at_ms: now_ms(),
                 level: "warn",
                 source: "host",
@@ -553,51 +466,4 @@ fn collect_stdio(state: &mut InvocationState) {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-fn build_engine(max_instances: u32) -> anyhow::Result<Engine> {
-    let mut config = Config::new();
-    config.wasm_component_model(true);
-    config.epoch_interruption(true);
-    config.max_wasm_stack(512 * 1024);
-    let n = max_instances.max(1);
-    let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(n)
-        .total_core_instances(n.saturating_mul(4))
-        .total_memories(n.saturating_mul(2))
-        .total_tables(n.saturating_mul(4))
-        .total_stacks(n)
-        .max_memory_size(MAX_MEMORY_BYTES as usize)
-        .max_unused_warm_slots(n.min(100))
-        // Reuse a slot's tables and fiber stack by zeroing them instead of
-        // madvise + page faults: kernel time was half of a trivial invocation
-        // (BENCHMARKS.md). Linear memory is left to madvise: a Rust guest's
-        // touched pages are not at the start, so keeping them resident only
-        // added memset time. Bounded: warm slots × 128 KiB stay resident.
-        .table_keep_resident(64 << 10)
-        .async_stack_keep_resident(64 << 10);
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    match Engine::new(&config) {
-        Ok(engine) => Ok(engine),
-        Err(e) => {
-            // Some hosts cap virtual memory; fall back rather than refuse to start.
-            tracing::warn!("pooling allocator unavailable ({e}); using on-demand allocation");
-            config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
-            Engine::new(&config).map_err(anyhow::Error::from)
-        }
-    }
-}
-
-fn start_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("warden-epoch".into())
-        .spawn(move || loop {
-            std::thread::sleep(EPOCH_TICK);
-            match weak.upgrade() {
-                Some(engine) => engine.increment_epoch(),
-                None => break,
-            }
-        })
-        .expect("spawn epoch thread");
 }

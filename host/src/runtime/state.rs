@@ -2,14 +2,12 @@
 //! built fresh for each call, so nothing leaks between runs.
 
 use super::stdio::CappedPipe;
-use super::{InvocationInfo, LogLine};
-use crate::audit::AuditRecord;
-use crate::egress::transport::Transport;
+use crate::capability::http::transport::Transport;
+use crate::capability::Capabilities;
+use crate::invocation::{InvocationInfo, LogLine};
 use crate::limits::{Bytes, Limits};
 use crate::policy::Grant;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -19,39 +17,6 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 pub enum Stop {
     Cpu,
     Memory { desired: u64 },
-}
-
-/// Guest CPU time = wall time since start minus time spent off the CPU
-/// (in host calls such as `sleep` and `http.send`, or yielded to other tasks).
-#[derive(Clone)]
-pub struct CpuMeter {
-    started: Instant,
-    off_cpu_ns: Arc<AtomicU64>,
-}
-
-impl CpuMeter {
-    pub fn start() -> CpuMeter {
-        CpuMeter { started: Instant::now(), off_cpu_ns: Arc::default() }
-    }
-    pub fn guest_cpu(&self) -> Duration {
-        let off = Duration::from_nanos(self.off_cpu_ns.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(off)
-    }
-    /// Time from now until the guard drops is not the guest's CPU time.
-    pub fn off_cpu(&self) -> OffCpu {
-        OffCpu { since: Instant::now(), off: self.off_cpu_ns.clone() }
-    }
-}
-
-pub struct OffCpu {
-    since: Instant,
-    off: Arc<AtomicU64>,
-}
-
-impl Drop for OffCpu {
-    fn drop(&mut self) {
-        self.off.fetch_add(self.since.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    }
 }
 
 /// Enforces the grant's memory limit across all of the component's memories.
@@ -89,43 +54,13 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// The captured log of one invocation, capped by `limits.log_bytes`.
-pub struct LogBuffer {
-    pub lines: Vec<LogLine>,
-    budget: u64,
-    pub dropped_bytes: u64,
-    tap: Option<UnboundedSender<LogLine>>,
-}
-
-impl LogBuffer {
-    pub fn push(&mut self, line: LogLine) {
-        let size = line.message.len() as u64;
-        if size > self.budget {
-            self.dropped_bytes += size;
-            return;
-        }
-        self.budget -= size;
-        if let Some(tap) = &self.tap {
-            let _ = tap.send(line.clone());
-        }
-        self.lines.push(line);
-    }
-}
-
+/// The data of one invocation's `Store`: WASI (which grants nothing), the
+/// memory limiter, the captured stdio, and the capabilities' state.
 pub struct InvocationState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub memory: MemoryLimiter,
-    pub plugin: String,
-    pub grant: Arc<Grant>,
-    pub info: InvocationInfo,
-    pub transport: Arc<Transport>,
-    pub http_sent: u32,
-    pub mail_sent: u32,
-    pub logs: LogBuffer,
-    pub audit: Vec<AuditRecord>,
-    pub meter: CpuMeter,
-    pub deadline: Instant,
+    pub caps: Capabilities,
     pub stop: Option<Stop>,
     pub stdout: CappedPipe,
     pub stderr: CappedPipe,
@@ -155,48 +90,15 @@ impl InvocationState {
             wasi,
             table: ResourceTable::new(),
             memory: MemoryLimiter { limit: limits.memory_bytes, used: 0, refused: None },
-            plugin: plugin.to_string(),
-            info,
-            transport,
-            http_sent: 0,
-            mail_sent: 0,
-            logs: LogBuffer { lines: Vec::new(), budget: limits.log_bytes, dropped_bytes: 0, tap },
-            audit: Vec::new(),
-            meter: CpuMeter::start(),
-            deadline: Instant::now() + Duration::from_millis(limits.wall_ms),
             stop: None,
             stdout,
             stderr,
-            grant,
+            caps: Capabilities::new(plugin, grant, info, transport, tap),
         }
     }
 
     pub fn limits(&self) -> &Limits {
-        &self.grant.limits
-    }
-
-    /// A new audit record of this invocation: denied until a check says otherwise.
-    pub fn audit_record(&self, capability: &'static str, method: String, url: String) -> AuditRecord {
-        AuditRecord {
-            at_ms: crate::audit::now_ms(),
-            capability,
-            plugin: self.plugin.clone(),
-            run_id: self.info.run_id.clone(),
-            story: self.info.story.clone(),
-            step: self.info.step.clone(),
-            team: self.info.team.clone(),
-            method,
-            url,
-            decision: crate::audit::Decision::Denied,
-            rule: String::new(),
-            reason: None,
-            credential: None,
-            recipient_domains: None,
-            status: None,
-            request_bytes: 0,
-            response_bytes: 0,
-            duration_ms: 0,
-        }
+        &self.caps.call.grant.limits
     }
 }
 

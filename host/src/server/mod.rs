@@ -7,13 +7,17 @@
 //! SIGTERM stops intake and drains in-flight runs up to a deadline; whatever
 //! is still running then resumes at the next start.
 
+pub mod config;
 pub mod metrics;
 mod queue;
 mod schedule;
 
-use crate::policy::credential::Secret;
+use crate::policy::credentials::Secret;
 use crate::policy::Policy;
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::store::RunStore;
 use crate::story::engine::{Engine, SubmitError};
+use crate::story::Library;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -71,17 +75,35 @@ pub fn start(engine: Arc<Engine>, opts: &ServeOptions) -> anyhow::Result<(Router
         Some(src) => Some(src.read().map_err(|e| anyhow::anyhow!("[server] api_token_env: {e}"))?),
         None => None,
     };
-    let max_body = policy.triggers.values().map(|t| t.max_body).max().unwrap_or(256 * 1024) as usize;
+    let max_body = policy.triggers.values().map(|t| t.max_body).max().unwrap_or(crate::policy::triggers::DEFAULT_MAX_BODY) as usize;
     let state = AppState { engine, policy, queue: queue.clone(), metrics, api_token };
     let router = Router::new()
         .route("/webhooks/{story}", post(webhook))
         .route("/api/runs", get(list_runs))
         .route("/api/runs/{id}", get(get_run))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state);
     Ok((router, queue))
+}
+
+/// `warden serve`: resolves the settings, loads and checks the stories against
+/// the policy, opens the store, then serves until SIGTERM.
+pub async fn run(policy: Policy, flags: config::ServeFlags) -> anyhow::Result<()> {
+    let settings = config::ServeSettings::resolve(flags, &policy.server)?;
+    let library = Library::load_dir(&settings.stories)?;
+    library.check(&policy)?;
+    for name in policy.triggers.keys() {
+        if library.get(name).is_none() {
+            anyhow::bail!("{}: [triggers.{name}] names a story that is not in {}", policy.file, settings.stories.display());
+        }
+    }
+    let store = Arc::new(RunStore::open(&settings.db)?);
+    let max_instances = (settings.workers as u32 * 4).max(64);
+    let rt = Arc::new(Runtime::new(RuntimeConfig { max_instances, ..Default::default() })?);
+    let engine = Arc::new(Engine::new(rt, Arc::new(policy), Arc::new(library), store));
+    serve(engine, &settings.listen, ServeOptions { workers: settings.workers, drain: settings.drain }).await
 }
 
 /// Serves until SIGTERM/SIGINT, then drains.
@@ -181,7 +203,7 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
     if wait && !trigger.allow_sync {
         return error(StatusCode::BAD_REQUEST, format!("story `{story}` does not allow ?wait=true (allow_sync in its trigger)"));
     }
-    let run_id = match s.engine.submit(story, input, "webhook") {
+    let run_id = match s.engine.submit(story, input, "webhook").await {
         Ok(id) => id,
         Err(SubmitError::InvalidInput(m)) => return error(StatusCode::UNPROCESSABLE_ENTITY, m),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -230,15 +252,53 @@ async fn get_run(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<S
     }
 }
 
+/// `200 ok` while the run store takes writes; `503` with the reason while it
+/// refuses them (runs then fail rather than go on unrecorded).
+async fn healthz(State(s): State<AppState>) -> Response {
+    match s.engine.store_health().status() {
+        Ok(()) => Json(json!({"status": "ok"})).into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unhealthy", "reason": format!("run store unavailable: {why}")}))).into_response(),
+    }
+}
+
 async fn metrics_text(State(s): State<AppState>) -> Response {
     let stored = s.engine.store.count_by_state().unwrap_or_default();
-    let body = s.metrics.render(s.engine.runtime.instances(), &stored);
+    let body = s.metrics.render(s.engine.invoker.instances(), &stored, s.engine.store_health().failures());
     ([("content-type", "text/plain; version=0.0.4")], body).into_response()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::Flaky;
+    use crate::story::invoke::PolicyInvoker;
+
+    #[tokio::test]
+    async fn healthz_reports_a_store_that_refuses_writes() {
+        let store = Arc::new(Flaky::new());
+        let story = crate::story::parse("name: s\nsteps:\n  - id: a\n    transform: {set: {x: 1}}\n", std::path::Path::new("s.yaml")).unwrap();
+        let mut library = Library::default();
+        library.stories.insert("s".into(), Arc::new(story));
+        let policy = Arc::new(Policy::empty());
+        let rt = Arc::new(Runtime::new(RuntimeConfig { cache_dir: None, max_instances: 4, ..Default::default() }).unwrap());
+        let invoker = Arc::new(PolicyInvoker::new(rt, policy.clone()));
+        let engine = Arc::new(Engine::with_invoker(invoker, policy, Arc::new(library), store.clone()));
+        let (router, _queue) = start(engine.clone(), &ServeOptions { workers: 1, drain: Duration::from_secs(1) }).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let health = || async { let r = reqwest::get(format!("{base}/healthz")).await.unwrap(); let code = r.status().as_u16(); (code, serde_json::from_slice::<serde_json::Value>(&r.bytes().await.unwrap()).unwrap()) };
+        assert_eq!(health().await.0, 200);
+        store.fail(None);
+        let refused = engine.submit("s", json!({}), "test").await.unwrap_err();
+        assert!(refused.to_string().starts_with("run store unavailable"), "{refused}");
+        let (code, body) = health().await;
+        assert_eq!(code, 503, "{body}");
+        assert_eq!(body["status"], "unhealthy");
+        assert!(body["reason"].as_str().unwrap().contains("database or disk is full"), "{body}");
+        let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("warden_store_write_failures_total 1"), "{metrics}");
+    }
 
     #[test]
     fn signatures_verify_and_tampering_fails() {

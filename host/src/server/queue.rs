@@ -12,8 +12,6 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::task::TaskTracker;
 
-const DEFAULT_STORY_CONCURRENCY: usize = 16;
-
 #[derive(Clone)]
 pub struct Queue {
     engine: Arc<Engine>,
@@ -40,7 +38,7 @@ impl Queue {
     fn story_gate(&self, story: &str) -> Arc<Semaphore> {
         let mut map = self.per_story.lock().unwrap();
         map.entry(story.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(*self.limits.get(story).unwrap_or(&DEFAULT_STORY_CONCURRENCY))))
+            .or_insert_with(|| Arc::new(Semaphore::new(*self.limits.get(story).unwrap_or(&crate::policy::triggers::DEFAULT_CONCURRENCY))))
             .clone()
     }
 

@@ -16,7 +16,7 @@ pub fn start(engine: Arc<Engine>, queue: Queue, policy: &Policy) {
             for next in schedule.upcoming(chrono::Utc) {
                 let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
                 tokio::time::sleep(wait).await;
-                match engine.submit(&story, input.clone(), "schedule") {
+                match engine.submit(&story, input.clone(), "schedule").await {
                     Ok(id) => {
                         tracing::info!(story = %story, run = %id, "schedule fired");
                         queue.push(id, &story, false, None);

@@ -1,90 +1,27 @@
-//! Executes stories: one step after another, each recorded in the run store.
+//! Executes stories: one step after another, each recorded by the run recorder.
 //!
 //! story → step (`if`, `for_each`, `retry`, `timeout_ms`, `on_error`) →
-//! action (a plugin under its grant, via [`crate::runtime`]) | sub-story (its
-//! own run, under its own team) | transform. Template errors name the step
-//! and the expression. A run's record is complete whatever happens.
+//! action (a plugin under its team's grant, through [`Invoke`]) | sub-story
+//! (its own run, under its own team) | transform. Template errors name the
+//! step and the expression. A run's record is complete, or the run fails
+//! saying the store is unavailable: see [`super::recorder`].
 
+use super::invoke::{Invoke, PolicyInvoker};
+pub use super::observe::{Event, Observer, Quiet};
+use super::recorder::{Recorder, StepAt, StoreHealth};
+pub use super::state::{ErrorKind, RunResult, RunState, StepError, StepState};
 use super::template::{render_str, render_value, truthy};
 use super::{schema, Library, OnError, Step, StepKind, Story};
+use crate::invocation::{InvocationInfo, LogLine};
 use crate::policy::Policy;
-use crate::runtime::{InvocationInfo, InvokeError, LogLine, Plugin, Runtime};
-use crate::store::{NewRun, RunStore};
+use crate::runtime::Runtime;
+use crate::store::{NewRun, Store};
 use futures::stream::{FuturesOrdered, StreamExt};
-use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Why a step failed. `kind` is what `retry.on` matches.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct StepError {
-    pub kind: String,
-    pub message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_after_ms: Option<u64>,
-}
-
-impl StepError {
-    fn new(kind: &str, message: impl Into<String>) -> StepError {
-        StepError { kind: kind.into(), message: message.into(), retry_after_ms: None }
-    }
-}
-
-impl From<InvokeError> for StepError {
-    fn from(e: InvokeError) -> StepError {
-        let kind = match &e {
-            InvokeError::InvalidInput { .. } => "invalid-input",
-            InvokeError::Denied { .. } => "denied",
-            InvokeError::Upstream { .. } => "upstream",
-            InvokeError::Failed { .. } | InvokeError::Instantiate { .. } => "failed",
-            InvokeError::Limit { .. } => "limit",
-            InvokeError::Trap { .. } => "trap",
-        };
-        let retry_after_ms = match &e {
-            InvokeError::Upstream { retry_after_ms, .. } => *retry_after_ms,
-            _ => None,
-        };
-        StepError { kind: kind.into(), message: e.to_string(), retry_after_ms }
-    }
-}
-
-/// What an observer (the CLI's progress display, metrics) is told.
-#[derive(Debug)]
-pub enum Event<'a> {
-    RunStarted { run: &'a str, story: &'a str, depth: usize },
-    StepStarted { run: &'a str, step: &'a str, item: Option<usize>, attempt: u32, depth: usize },
-    StepFinished { run: &'a str, step: &'a str, kind: &'static str, item: Option<usize>, state: &'a str, elapsed: Duration, error: Option<&'a StepError>, depth: usize },
-    Log { run: &'a str, step: &'a str, line: &'a LogLine, depth: usize },
-    /// One capability call's audit record (already stored).
-    Audit { run: &'a str, step: &'a str, record: &'a crate::audit::AuditRecord },
-    RunFinished { run: &'a str, story: &'a str, state: &'a str, elapsed: Duration, depth: usize },
-}
-
-pub trait Observer: Send + Sync {
-    fn event(&self, event: &Event);
-}
-
-/// An observer that ignores everything.
-pub struct Quiet;
-
-impl Observer for Quiet {
-    fn event(&self, _: &Event) {}
-}
-
-/// The end of a run.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunResult {
-    pub run_id: String,
-    pub state: String,
-    pub output: Option<Value>,
-    /// The step that failed the run, and why.
-    pub failed_step: Option<String>,
-    pub error: Option<StepError>,
-}
 
 /// Refused before a run was created.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,7 +36,7 @@ impl std::fmt::Display for SubmitError {
         match self {
             SubmitError::UnknownStory(s) => write!(f, "unknown story `{s}`"),
             SubmitError::InvalidInput(m) => write!(f, "invalid input: {m}"),
-            SubmitError::Store(m) => write!(f, "run store: {m}"),
+            SubmitError::Store(m) => write!(f, "{m}"),
         }
     }
 }
@@ -107,11 +44,12 @@ impl std::fmt::Display for SubmitError {
 impl std::error::Error for SubmitError {}
 
 pub struct Engine {
-    pub runtime: Arc<Runtime>,
+    pub invoker: Arc<dyn Invoke>,
     pub policy: Arc<Policy>,
     pub library: Arc<Library>,
-    pub store: Arc<RunStore>,
-    plugins: Mutex<HashMap<String, Arc<Plugin>>>,
+    /// For reading runs; every write goes through the recorder.
+    pub store: Arc<dyn Store>,
+    recorder: Recorder,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -125,7 +63,7 @@ impl Context {
     fn new(run: &str, story: &Story, input: Value) -> Context {
         Context { value: json!({"input": input, "steps": {}, "run": {"id": run, "story": story.name, "team": story.team}}) }
     }
-    fn set_step(&mut self, id: &str, status: &str, output: Value, error: Option<&StepError>) {
+    fn set_step(&mut self, id: &str, status: StepState, output: Value, error: Option<&StepError>) {
         self.value["steps"][id] = json!({"status": status, "output": output, "error": error});
     }
     fn with_item(&self, item: &Value, index: usize) -> Value {
@@ -136,60 +74,95 @@ impl Context {
     }
 }
 
+/// One step being run: where it is and who watches.
+struct StepRun<'a> {
+    story: &'a Story,
+    step: &'a Step,
+    run: &'a str,
+    depth: usize,
+    observer: &'a dyn Observer,
+}
+
+impl<'a> StepRun<'a> {
+    fn at(&self, item: Option<usize>) -> StepAt<'a> {
+        StepAt { run: self.run, step: &self.step.id, item, kind: self.step.kind.name() }
+    }
+
+    fn finished(&self, item: Option<usize>, state: StepState, elapsed: Duration, error: Option<&StepError>) {
+        let (run, step, kind, depth) = (self.run, self.step.id.as_str(), self.step.kind.name(), self.depth);
+        self.observer.event(&Event::StepFinished { run, step, kind, item, state, elapsed, error, depth });
+    }
+}
+
 /// Where a resumed run picks up: the finished steps' results, and the index of
 /// the first step still to run.
 #[derive(Default)]
 struct Resume {
-    done: Vec<(String, String, Value, Option<StepError>)>,
+    done: Vec<(String, StepState, Value, Option<StepError>)>,
     from: usize,
     /// Attempts the interrupted step already used (recorded for the audit trail).
     attempts_used: u32,
 }
+
+/// How a run's steps ended: the output, or the step that failed (`None`
+/// before any step) and why.
+type Outcome = Result<Value, (Option<String>, StepError)>;
 
 pub fn new_run_id() -> String {
     format!("r{}", uuid::Uuid::new_v4().simple())
 }
 
 impl Engine {
-    pub fn new(runtime: Arc<Runtime>, policy: Arc<Policy>, library: Arc<Library>, store: Arc<RunStore>) -> Engine {
-        Engine { runtime, policy, library, store, plugins: Mutex::default() }
+    /// An engine that runs plugins on `runtime` under `policy`.
+    pub fn new(runtime: Arc<Runtime>, policy: Arc<Policy>, library: Arc<Library>, store: Arc<dyn Store>) -> Engine {
+        let invoker = Arc::new(PolicyInvoker::new(runtime, policy.clone()));
+        Engine::with_invoker(invoker, policy, library, store)
+    }
+
+    /// An engine that runs actions through `invoker` (tests script one).
+    pub fn with_invoker(invoker: Arc<dyn Invoke>, policy: Arc<Policy>, library: Arc<Library>, store: Arc<dyn Store>) -> Engine {
+        Engine { invoker, policy, library, recorder: Recorder::new(store.clone(), Arc::default()), store }
+    }
+
+    /// Whether the run store takes writes (for `/healthz`).
+    pub fn store_health(&self) -> &StoreHealth {
+        &self.recorder.health
+    }
+
+    /// Reports the store unhealthy for `window` after a refused write (default [`super::recorder::UNHEALTHY_FOR`]).
+    pub fn with_health_window(mut self, window: std::time::Duration) -> Engine {
+        self.recorder = Recorder::new(self.store.clone(), Arc::new(StoreHealth::with_window(window)));
+        self
     }
 
     /// Validates the input and records a queued run. The run is durable from here.
-    pub fn submit(&self, story: &str, mut input: Value, trigger: &str) -> Result<String, SubmitError> {
+    pub async fn submit(&self, story: &str, mut input: Value, trigger: &str) -> Result<String, SubmitError> {
         let s = self.library.get(story).ok_or_else(|| SubmitError::UnknownStory(story.to_string()))?;
         schema::validate(&s.input_schema, &mut input, "").map_err(SubmitError::InvalidInput)?;
         let id = new_run_id();
-        self.store
+        self.recorder
             .create_run(&NewRun { id: &id, story: &s.name, team: &s.team, trigger, input: &input, parent: None })
+            .await
             .map_err(|e| SubmitError::Store(e.to_string()))?;
         Ok(id)
     }
 
     /// Submits and executes, waiting for the end.
     pub async fn run(&self, story: &str, input: Value, trigger: &str, observer: &dyn Observer) -> Result<RunResult, SubmitError> {
-        let id = self.submit(story, input, trigger)?;
+        let id = self.submit(story, input, trigger).await?;
         Ok(self.execute(&id, observer).await)
     }
 
     /// Executes a recorded run from its first step.
     pub async fn execute(&self, run_id: &str, observer: &dyn Observer) -> RunResult {
-        let fail = |msg: String| RunResult {
-            run_id: run_id.to_string(),
-            state: "failed".into(),
-            output: None,
-            failed_step: None,
-            error: Some(StepError::new("failed", msg)),
-        };
         let (story_name, input) = match self.store.run_input(run_id) {
             Ok(Some(x)) => x,
-            Ok(None) => return fail(format!("no run {run_id}")),
-            Err(e) => return fail(e.to_string()),
+            Ok(None) => return RunResult::failed(run_id, None, StepError::new(ErrorKind::Failed, format!("no run {run_id}"))),
+            Err(e) => return RunResult::failed(run_id, None, StepError::new(ErrorKind::Store, format!("run store unavailable: {e:#}"))),
         };
         let Some(story) = self.library.get(&story_name) else {
             let msg = format!("story `{story_name}` is no longer loaded");
-            let _ = self.store.finish_run(run_id, "failed", None, Some(&msg), None);
-            return fail(msg);
+            return self.fail_run(run_id, None, StepError::new(ErrorKind::Failed, msg)).await;
         };
         self.run_story(story, run_id.to_string(), input, 0, observer, Resume::default()).await
     }
@@ -204,40 +177,49 @@ impl Engine {
         };
         let Some(story) = self.library.get(&detail.run.story) else {
             let msg = format!("interrupted by a restart, and story `{}` is no longer loaded", detail.run.story);
-            let _ = self.store.finish_run(run_id, "failed", None, Some(&msg), None);
-            return RunResult { run_id: run_id.into(), state: "failed".into(), output: None, failed_step: None, error: Some(StepError::new("failed", msg)) };
+            return self.fail_run(run_id, None, StepError::new(ErrorKind::Failed, msg)).await;
         };
         // Sub-story runs cut off mid-way are over; their step runs again below.
-        for child in detail.children.iter().filter(|c| c.state == "running" || c.state == "queued") {
-            let _ = self.store.finish_run(&child.id, "failed", None, Some("interrupted by a restart; the calling step runs again"), None);
+        for child in detail.children.iter().filter(|c| c.state == RunState::Running.as_str() || c.state == RunState::Queued.as_str()) {
+            let why = "interrupted by a restart; the calling step runs again";
+            if let Err(down) = self.recorder.finish_run(&child.id, RunState::Failed, None, Some(why), None).await {
+                return RunResult::failed(run_id, None, down.into());
+            }
         }
         let mut resume = Resume::default();
         for step in &story.steps {
             let row = detail.steps.iter().find(|r| r.step_id == step.id && r.item.is_none());
-            match row.map(|r| (r.state.as_str(), r)) {
-                Some(("succeeded" | "skipped" | "recovered", r)) => {
-                    resume.done.push((step.id.clone(), r.state.clone(), r.output.clone().unwrap_or(Value::Null), None));
+            let Some(r) = row else { break };
+            match StepState::parse(&r.state) {
+                Some(state @ (StepState::Succeeded | StepState::Skipped | StepState::Recovered)) => {
+                    resume.done.push((step.id.clone(), state, r.output.clone().unwrap_or(Value::Null), None));
                     resume.from += 1;
                 }
-                Some(("failed", r)) if step.on_error == OnError::Continue => {
+                Some(StepState::Failed) if step.on_error == OnError::Continue => {
                     let e: Option<StepError> = r.error.clone().and_then(|e| serde_json::from_value(e).ok());
-                    resume.done.push((step.id.clone(), "failed".into(), Value::Null, e));
+                    resume.done.push((step.id.clone(), StepState::Failed, Value::Null, e));
                     resume.from += 1;
                 }
-                Some((_, r)) => {
+                _ => {
                     if r.attempts >= step.retry.attempts {
                         let msg = format!(
                             "interrupted by a restart during step {} (attempt {}); its retry policy allows no further attempt",
                             step.id, r.attempts
                         );
-                        let _ = self.store.step_finished(run_id, &step.id, None, kind_name(&step.kind), "failed", None, Some(&json!(StepError::new("interrupted", &msg))), r.attempts);
-                        let _ = self.store.finish_run(run_id, "failed", None, Some(&msg), Some(&step.id));
-                        return RunResult { run_id: run_id.into(), state: "failed".into(), output: None, failed_step: Some(step.id.clone()), error: Some(StepError::new("interrupted", msg)) };
+                        let e = StepError::new(ErrorKind::Interrupted, msg);
+                        let at = StepAt { run: run_id, step: &step.id, item: None, kind: step.kind.name() };
+                        if let Err(down) = self.recorder.step_finished(&at, StepState::Failed, None, Some(&e), r.attempts).await {
+                            return RunResult::failed(run_id, Some(step.id.clone()), down.into());
+                        }
+                        let msg = e.message.clone();
+                        return match self.recorder.finish_run(run_id, RunState::Failed, None, Some(&msg), Some(&step.id)).await {
+                            Ok(()) => RunResult::failed(run_id, Some(step.id.clone()), e),
+                            Err(down) => RunResult::failed(run_id, Some(step.id.clone()), down.into()),
+                        };
                     }
                     resume.attempts_used = r.attempts;
                     break;
                 }
-                None => break,
             }
         }
         self.run_story(story, run_id.to_string(), detail.input, 0, observer, resume).await
@@ -246,132 +228,142 @@ impl Engine {
     fn run_story<'a>(&'a self, story: Arc<Story>, run_id: String, input: Value, depth: usize, observer: &'a dyn Observer, resume: Resume) -> BoxFuture<'a, RunResult> {
         Box::pin(async move {
             let started = Instant::now();
-            let _ = self.store.start_run(&run_id);
             observer.event(&Event::RunStarted { run: &run_id, story: &story.name, depth });
-            let mut ctx = Context::new(&run_id, &story, input);
-            let mut last_output = Value::Null;
-            for (id, status, output, error) in &resume.done {
-                ctx.set_step(id, status, output.clone(), error.as_ref());
-                last_output = output.clone();
-            }
-            let mut failure: Option<(String, StepError)> = None;
-            for (i, step) in story.steps.iter().enumerate().skip(resume.from) {
-                // A resumed step continues its attempt count, so the retry policy holds across restarts.
-                let first_attempt = if i == resume.from { resume.attempts_used + 1 } else { 1 };
-                match self.run_step(&story, step, &run_id, &mut ctx, depth, observer, first_attempt).await {
-                    Ok(Some(out)) => last_output = out,
-                    Ok(None) => {}
-                    Err(e) => {
-                        failure = Some((step.id.clone(), e));
-                        break;
-                    }
-                }
-            }
-            let result = match failure {
-                Some((step, e)) => {
-                    let msg = format!("step {step}: {}", e.message);
-                    let _ = self.store.finish_run(&run_id, "failed", None, Some(&msg), Some(&step));
-                    RunResult { run_id: run_id.clone(), state: "failed".into(), output: None, failed_step: Some(step), error: Some(e) }
-                }
-                None => {
-                    let output = match &story.output {
-                        Some(template) => render_value(template, &ctx.value).map_err(|e| StepError::new("template", format!("output: {e}"))),
-                        None => Ok(last_output),
-                    };
-                    match output {
-                        Ok(out) => {
-                            let _ = self.store.finish_run(&run_id, "succeeded", Some(&out), None, None);
-                            RunResult { run_id: run_id.clone(), state: "succeeded".into(), output: Some(out), failed_step: None, error: None }
-                        }
-                        Err(e) => {
-                            let _ = self.store.finish_run(&run_id, "failed", None, Some(&e.message), Some("output"));
-                            RunResult { run_id: run_id.clone(), state: "failed".into(), output: None, failed_step: Some("output".into()), error: Some(e) }
-                        }
-                    }
-                }
+            let outcome = self.run_steps(&story, &run_id, input, depth, observer, resume).await;
+            let result = match outcome {
+                Ok(output) => match self.recorder.finish_run(&run_id, RunState::Succeeded, Some(&output), None, None).await {
+                    Ok(()) => RunResult::succeeded(&run_id, output),
+                    Err(down) => self.fail_run(&run_id, None, down.into()).await,
+                },
+                Err((step, e)) => self.fail_run(&run_id, step, e).await,
             };
-            observer.event(&Event::RunFinished { run: &run_id, story: &story.name, state: &result.state, elapsed: started.elapsed(), depth });
+            observer.event(&Event::RunFinished { run: &run_id, story: &story.name, state: result.state, elapsed: started.elapsed(), depth });
             result
         })
     }
 
-    /// One step: condition, items, retries, error policy. `Ok(None)` when skipped.
-    #[allow(clippy::too_many_arguments)]
-    async fn run_step(&self, story: &Story, step: &Step, run: &str, ctx: &mut Context, depth: usize, observer: &dyn Observer, first_attempt: u32) -> Result<Option<Value>, StepError> {
-        let kind = kind_name(&step.kind);
+    /// Records a run's failure. If the store refuses that too, the result says
+    /// so: the record is incomplete and the caller must not think otherwise.
+    async fn fail_run(&self, run_id: &str, step: Option<String>, e: StepError) -> RunResult {
+        let msg = match step.as_deref() {
+            Some(s) if s != "output" => format!("step {s}: {}", e.message),
+            _ => e.message.clone(),
+        };
+        match self.recorder.finish_run(run_id, RunState::Failed, None, Some(&msg), step.as_deref()).await {
+            Ok(()) => RunResult::failed(run_id, step, e),
+            Err(_) if e.kind == ErrorKind::Store => RunResult::failed(run_id, step, e),
+            Err(down) => RunResult::failed(run_id, step, StepError::new(ErrorKind::Store, format!("{down} (the run had failed: {msg})"))),
+        }
+    }
+
+    async fn run_steps(&self, story: &Story, run_id: &str, input: Value, depth: usize, observer: &dyn Observer, resume: Resume) -> Outcome {
+        self.recorder.start_run(run_id).await.map_err(|e| (None, e.into()))?;
+        let mut ctx = Context::new(run_id, story, input);
+        let mut last_output = Value::Null;
+        for (id, status, output, error) in &resume.done {
+            ctx.set_step(id, *status, output.clone(), error.as_ref());
+            last_output = output.clone();
+        }
+        for (i, step) in story.steps.iter().enumerate().skip(resume.from) {
+            // A resumed step continues its attempt count, so the retry policy holds across restarts.
+            let first_attempt = if i == resume.from { resume.attempts_used + 1 } else { 1 };
+            let sr = StepRun { story, step, run: run_id, depth, observer };
+            match self.run_step(&sr, &mut ctx, first_attempt).await {
+                Ok(Some(out)) => last_output = out,
+                Ok(None) => {}
+                Err(e) => return Err((Some(step.id.clone()), e)),
+            }
+        }
+        match &story.output {
+            Some(template) => render_value(template, &ctx.value)
+                .map_err(|e| (Some("output".to_string()), StepError::new(ErrorKind::Template, format!("output: {e}")))),
+            None => Ok(last_output),
+        }
+    }
+
+    /// One step: condition, items, retries, error policy. `Ok(None)` when it
+    /// adds no output (skipped, or failed with `on_error: continue`).
+    async fn run_step(&self, sr: &StepRun<'_>, ctx: &mut Context, first_attempt: u32) -> Result<Option<Value>, StepError> {
+        let step = sr.step;
         if let Some(cond) = &step.condition {
-            let go = render_str(cond, &ctx.value).map_err(|e| StepError::new("template", format!("if `{cond}`: {e}")));
-            match go {
+            match render_str(cond, &ctx.value) {
                 Ok(v) if !truthy(&v) => {
-                    let _ = self.store.step_finished(run, &step.id, None, kind, "skipped", None, None, 0);
-                    observer.event(&Event::StepFinished { run, step: &step.id, kind, item: None, state: "skipped", elapsed: Duration::ZERO, error: None, depth });
-                    ctx.set_step(&step.id, "skipped", Value::Null, None);
+                    self.recorder.step_finished(&sr.at(None), StepState::Skipped, None, None, 0).await?;
+                    sr.finished(None, StepState::Skipped, Duration::ZERO, None);
+                    ctx.set_step(&step.id, StepState::Skipped, Value::Null, None);
                     return Ok(None);
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    let _ = self.store.step_finished(run, &step.id, None, kind, "failed", None, Some(&json!(e)), 0);
+                    let e = StepError::new(ErrorKind::Template, format!("if `{cond}`: {e}"));
+                    self.recorder.step_finished(&sr.at(None), StepState::Failed, None, Some(&e), 0).await?;
                     return Err(e);
                 }
             }
         }
         let started = Instant::now();
         let result = match &step.for_each {
-            None => self.attempts(story, step, run, &ctx.value, None, depth, observer, first_attempt).await,
-            Some(list) => self.for_each(story, step, run, ctx, list, depth, observer, first_attempt).await,
-        };
-        match result {
-            Ok(out) => {
-                if step.for_each.is_some() {
-                    let _ = self.store.step_finished(run, &step.id, None, kind, "succeeded", Some(&out), None, 1);
-                }
-                ctx.set_step(&step.id, "succeeded", out.clone(), None);
-                Ok(Some(out))
+            None => self.attempts(sr, &ctx.value, None, first_attempt).await,
+            Some(list) => {
+                let result = self.for_each(sr, ctx, list, first_attempt).await;
+                // The step as a whole, beside its items' rows.
+                let (state, out, err) = match &result {
+                    Ok(out) => (StepState::Succeeded, Some(out), None),
+                    Err(e) => (StepState::Failed, None, Some(e)),
+                };
+                self.recorder.step_finished(&sr.at(None), state, out, err, 1).await?;
+                result
             }
-            Err(e) => {
-                if step.for_each.is_some() {
-                    let _ = self.store.step_finished(run, &step.id, None, kind, "failed", None, Some(&json!(e)), 1);
-                }
-                match &step.on_error {
-                    OnError::Fail => Err(e),
-                    OnError::Continue => {
-                        observer.event(&Event::StepFinished { run, step: &step.id, kind, item: None, state: "continued", elapsed: started.elapsed(), error: Some(&e), depth });
-                        ctx.set_step(&step.id, "failed", Value::Null, Some(&e));
-                        Ok(None)
-                    }
-                    OnError::Fallback(name) => {
-                        let fb = story.fallback(name).expect("checked at load");
-                        let mut fctx = ctx.value.clone();
-                        fctx["error"] = json!({"step": step.id, "kind": e.kind, "message": e.message});
-                        let out = self.attempts(story, fb, run, &fctx, None, depth, observer, 1).await.map_err(|fe| {
-                            StepError::new(&fe.kind, format!("fallback {name} failed too: {} (after: {})", fe.message, e.message))
-                        })?;
-                        ctx.set_step(&step.id, "recovered", out.clone(), Some(&e));
-                        Ok(Some(out))
-                    }
-                }
+        };
+        let e = match result {
+            Ok(out) => {
+                ctx.set_step(&step.id, StepState::Succeeded, out.clone(), None);
+                return Ok(Some(out));
+            }
+            // No error policy may hide a run the store could not record.
+            Err(e) if e.kind == ErrorKind::Store => return Err(e),
+            Err(e) => e,
+        };
+        match &step.on_error {
+            OnError::Fail => Err(e),
+            OnError::Continue => {
+                sr.finished(None, StepState::Continued, started.elapsed(), Some(&e));
+                ctx.set_step(&step.id, StepState::Failed, Value::Null, Some(&e));
+                Ok(None)
+            }
+            OnError::Fallback(name) => {
+                let fb = sr.story.fallback(name).expect("checked at load");
+                let mut fctx = ctx.value.clone();
+                fctx["error"] = json!({"step": step.id, "kind": e.kind, "message": e.message});
+                let fsr = StepRun { step: fb, ..*sr };
+                let out = self.attempts(&fsr, &fctx, None, 1).await.map_err(|fe| match fe.kind {
+                    ErrorKind::Store => fe,
+                    _ => StepError::new(fe.kind, format!("fallback {name} failed too: {} (after: {})", fe.message, e.message)),
+                })?;
+                ctx.set_step(&step.id, StepState::Recovered, out.clone(), Some(&e));
+                Ok(Some(out))
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn for_each(&self, story: &Story, step: &Step, run: &str, ctx: &Context, list: &str, depth: usize, observer: &dyn Observer, first_attempt: u32) -> Result<Value, StepError> {
-        let items = match render_str(list, &ctx.value).map_err(|e| StepError::new("template", format!("for_each `{list}`: {e}")))? {
+    async fn for_each(&self, sr: &StepRun<'_>, ctx: &Context, list: &str, first_attempt: u32) -> Result<Value, StepError> {
+        let items = match render_str(list, &ctx.value).map_err(|e| StepError::new(ErrorKind::Template, format!("for_each `{list}`: {e}")))? {
             Value::Array(a) => a,
-            other => return Err(StepError::new("template", format!("for_each `{list}` must give a list, not {other}"))),
+            other => return Err(StepError::new(ErrorKind::Template, format!("for_each `{list}` must give a list, not {other}"))),
         };
         // At most `concurrency` items in flight; results kept in item order.
         let mut pending = FuturesOrdered::new();
         let mut next = items.iter().enumerate();
         let mut outputs = Vec::with_capacity(items.len());
         loop {
-            while pending.len() < step.concurrency {
+            while pending.len() < sr.step.concurrency {
                 let Some((i, item)) = next.next() else { break };
                 let ictx = ctx.with_item(item, i);
-                pending.push_back(async move { (i, self.attempts(story, step, run, &ictx, Some(i), depth, observer, first_attempt).await) });
+                pending.push_back(async move { (i, self.attempts(sr, &ictx, Some(i), first_attempt).await) });
             }
             match pending.next().await {
                 Some((_, Ok(v))) => outputs.push(v),
+                Some((_, Err(e))) if e.kind == ErrorKind::Store => return Err(e),
                 Some((i, Err(e))) => return Err(StepError { message: format!("item {i}: {}", e.message), ..e }),
                 None => break,
             }
@@ -380,103 +372,98 @@ impl Engine {
     }
 
     /// Runs a step (or one item of it) with its retry policy and timeout.
-    #[allow(clippy::too_many_arguments)]
-    async fn attempts(&self, story: &Story, step: &Step, run: &str, ctx: &Value, item: Option<usize>, depth: usize, observer: &dyn Observer, first_attempt: u32) -> Result<Value, StepError> {
-        let kind = kind_name(&step.kind);
+    async fn attempts(&self, sr: &StepRun<'_>, ctx: &Value, item: Option<usize>, first_attempt: u32) -> Result<Value, StepError> {
+        let step = sr.step;
+        let at = sr.at(item);
         let mut attempt = first_attempt;
         loop {
             let started = Instant::now();
-            observer.event(&Event::StepStarted { run, step: &step.id, item, attempt, depth });
-            let once = self.once(story, step, run, ctx, item, attempt, depth, observer);
+            sr.observer.event(&Event::StepStarted { run: sr.run, step: &step.id, item, attempt, depth: sr.depth });
+            let once = self.once(sr, ctx, item, attempt);
             let result = match step.timeout {
                 Some(t) => tokio::time::timeout(t, once)
                     .await
-                    .unwrap_or_else(|_| Err(StepError::new("timeout", format!("no result within timeout_ms = {}", t.as_millis())))),
+                    .unwrap_or_else(|_| Err(StepError::new(ErrorKind::Timeout, format!("no result within timeout_ms = {}", t.as_millis())))),
                 None => once.await,
             };
             let elapsed = started.elapsed();
             match result {
                 Ok(out) => {
-                    let _ = self.store.step_finished(run, &step.id, item, kind, "succeeded", Some(&out), None, attempt);
-                    observer.event(&Event::StepFinished { run, step: &step.id, kind, item, state: "succeeded", elapsed, error: None, depth });
+                    self.recorder.step_finished(&at, StepState::Succeeded, Some(&out), None, attempt).await?;
+                    sr.finished(item, StepState::Succeeded, elapsed, None);
                     return Ok(out);
                 }
                 Err(e) => {
-                    let retry = attempt < step.retry.attempts && step.retry.on.iter().any(|k| *k == e.kind);
-                    let state = if retry { "retrying" } else { "failed" };
-                    let _ = self.store.step_finished(run, &step.id, item, kind, state, None, Some(&json!(e)), attempt);
-                    observer.event(&Event::StepFinished { run, step: &step.id, kind, item, state, elapsed, error: Some(&e), depth });
+                    let retry = step.retry.again(attempt, e.kind);
+                    let state = if retry { StepState::Retrying } else { StepState::Failed };
+                    self.recorder.step_finished(&at, state, None, Some(&e), attempt).await?;
+                    sr.finished(item, state, elapsed, Some(&e));
                     if !retry {
                         return Err(e);
                     }
-                    let backoff = step.retry.backoff_ms.saturating_mul(1 << (attempt - 1).min(16)).min(step.retry.max_backoff_ms);
-                    let wait = backoff.max(e.retry_after_ms.unwrap_or(0).min(step.retry.max_backoff_ms));
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    tokio::time::sleep(step.retry.wait(attempt, e.retry_after_ms)).await;
                     attempt += 1;
                 }
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn once(&self, story: &Story, step: &Step, run: &str, ctx: &Value, item: Option<usize>, attempt: u32, depth: usize, observer: &dyn Observer) -> Result<Value, StepError> {
-        let kind = kind_name(&step.kind);
+    async fn once(&self, sr: &StepRun<'_>, ctx: &Value, item: Option<usize>, attempt: u32) -> Result<Value, StepError> {
+        let (story, step, run) = (sr.story, sr.step, sr.run);
+        let input = match &step.kind {
+            // No "running" row: a transform has no side effects, so after a
+            // crash it simply runs again.
+            StepKind::Transform(t) => return t.apply(ctx).map_err(|e| StepError::new(e.kind(), e.into_message())),
+            _ => render_value(&step.with, ctx).map_err(|e| StepError::new(ErrorKind::Template, format!("with: {e}")))?,
+        };
+        self.recorder.step_started(&sr.at(item), Some(&input), attempt).await?;
         match &step.kind {
-            StepKind::Transform(t) => {
-                // No "running" row: a transform has no side effects, so after a
-                // crash it simply runs again.
-                t.apply(ctx).map_err(|e| StepError::new(e.kind(), e.into_message()))
-            }
+            StepKind::Transform(_) => unreachable!("returned above"),
             StepKind::Action(plugin) => {
-                let input = render_value(&step.with, ctx).map_err(|e| StepError::new("template", format!("with: {e}")))?;
-                let _ = self.store.step_started(run, &step.id, item, kind, Some(&input), attempt);
-                let p = self.plugin(plugin, &story.team).await?;
                 let info = InvocationInfo { run_id: run.into(), story: story.name.clone(), step: step.id.clone(), team: story.team.clone(), attempt };
                 let (tap, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
                 let input_text = input.to_string();
-                // The grant of the story's own team: a sub-story runs under its team, never the caller's.
-                let invoke = self.runtime.invoke(&p, self.policy.grant_for_team(plugin, &story.team), info, &input_text, Some(tap));
+                let invoke = self.invoker.invoke(plugin, &story.team, info, &input_text, Some(tap));
                 tokio::pin!(invoke);
                 // Forward log lines live (a long poll shows its progress) while the step runs.
                 let report = loop {
                     tokio::select! {
-                        report = &mut invoke => break report,
-                        Some(line) = rx.recv() => observer.event(&Event::Log { run, step: &step.id, line: &line, depth }),
+                        report = &mut invoke => break report?,
+                        Some(line) = rx.recv() => sr.observer.event(&Event::Log { run, step: &step.id, line: &line, depth: sr.depth }),
                     }
                 };
                 while let Ok(line) = rx.try_recv() {
-                    observer.event(&Event::Log { run, step: &step.id, line: &line, depth });
+                    sr.observer.event(&Event::Log { run, step: &step.id, line: &line, depth: sr.depth });
                 }
-                let _ = self.store.add_logs(run, &step.id, &report.logs);
-                let _ = self.store.add_audit(run, &step.id, &report.audit);
+                self.recorder.logs_and_audit(run, &step.id, &report.logs, &report.audit).await?;
                 for record in &report.audit {
-                    observer.event(&Event::Audit { run, step: &step.id, record });
+                    sr.observer.event(&Event::Audit { run, step: &step.id, record });
                 }
                 match report.outcome {
-                    Ok(text) => serde_json::from_str(&text).map_err(|e| StepError::new("failed", format!("output is not JSON: {e}"))),
+                    Ok(text) => serde_json::from_str(&text).map_err(|e| StepError::new(ErrorKind::Failed, format!("output is not JSON: {e}"))),
                     Err(e) => Err(e.into()),
                 }
             }
             StepKind::Story(name) => {
-                let input = render_value(&step.with, ctx).map_err(|e| StepError::new("template", format!("with: {e}")))?;
-                let _ = self.store.step_started(run, &step.id, item, kind, Some(&input), attempt);
-                let callee = self.library.get(name).ok_or_else(|| StepError::new("failed", format!("story `{name}` is not loaded")))?;
+                let callee = self.library.get(name).ok_or_else(|| StepError::new(ErrorKind::Failed, format!("story `{name}` is not loaded")))?;
                 let mut input = input;
                 schema::validate(&callee.input_schema, &mut input, "")
-                    .map_err(|m| StepError::new("invalid-input", format!("sub-story {name}: {m}")))?;
+                    .map_err(|m| StepError::new(ErrorKind::InvalidInput, format!("sub-story {name}: {m}")))?;
                 let child = new_run_id();
-                self.store
-                    .create_run(&NewRun { id: &child, story: &callee.name, team: &callee.team, trigger: &format!("story:{}", story.name), input: &input, parent: Some((run, &step.id)) })
-                    .map_err(|e| StepError::new("failed", e.to_string()))?;
-                let result = self.run_story(callee, child.clone(), input, depth + 1, observer, Resume::default()).await;
-                match (result.state.as_str(), result.output, result.error) {
-                    ("succeeded", Some(out), _) => Ok(out),
+                let trigger = format!("story:{}", story.name);
+                self.recorder
+                    .create_run(&NewRun { id: &child, story: &callee.name, team: &callee.team, trigger: &trigger, input: &input, parent: Some((run, &step.id)) })
+                    .await?;
+                let result = self.run_story(callee, child.clone(), input, sr.depth + 1, sr.observer, Resume::default()).await;
+                match (result.state, result.output, result.error) {
+                    (RunState::Succeeded, Some(out), _) => Ok(out),
+                    (_, _, Some(e)) if e.kind == ErrorKind::Store => Err(e),
                     (_, _, Some(e)) => Err(StepError {
-                        kind: "story".into(),
+                        kind: ErrorKind::Story,
                         message: format!("sub-story {name} (run {child}) failed at {}: {}", result.failed_step.unwrap_or_default(), e.message),
                         retry_after_ms: e.retry_after_ms,
                     }),
-                    _ => Err(StepError::new("story", format!("sub-story {name} (run {child}) failed"))),
+                    _ => Err(StepError::new(ErrorKind::Story, format!("sub-story {name} (run {child}) failed"))),
                 }
             }
         }
@@ -495,36 +482,8 @@ impl Engine {
             }
         }
         for (team, plugin) in &pairs {
-            self.plugin(plugin, team).await.map_err(|e| format!("plugin {plugin} for team {team}: {}", e.message))?;
+            self.invoker.prepare(plugin, team).await.map_err(|e| format!("plugin {plugin} for team {team}: {}", e.message))?;
         }
         Ok(pairs.len())
-    }
-
-    /// The plugin, vetted for `team` when the policy has teams: pinned, or
-    /// signed by a key the team trusts (see [`crate::vetting`]).
-    async fn plugin(&self, name: &str, team: &str) -> Result<Arc<Plugin>, StepError> {
-        let key = format!("{team}/{name}");
-        if let Some(p) = self.plugins.lock().unwrap().get(&key) {
-            return Ok(p.clone());
-        }
-        let entry = self.policy.plugins.get(name).ok_or_else(|| StepError::new("failed", format!("plugin `{name}` is not in the policy")))?;
-        let p = self.runtime.load_entry(entry).map_err(|e| StepError::new("denied", format!("{e:#}")))?;
-        if !self.policy.teams.is_empty() {
-            let t = self.policy.teams.get(team).ok_or_else(|| StepError::new("denied", format!("team `{team}` is not in the policy, so it may run nothing")))?;
-            let m = self.runtime.describe(&p).await.map_err(|e| StepError::new("failed", format!("{e:#}")))?;
-            let trust = crate::vetting::check(&self.policy, t, name, &entry.path, entry.sha256.as_deref(), &p.sha256, &m.name, &m.version)
-                .map_err(|why| StepError::new("denied", why))?;
-            tracing::debug!(team, plugin = name, "plugin trusted: {trust}");
-        }
-        self.plugins.lock().unwrap().insert(key, p.clone());
-        Ok(p)
-    }
-}
-
-fn kind_name(k: &StepKind) -> &'static str {
-    match k {
-        StepKind::Action(_) => "action",
-        StepKind::Story(_) => "story",
-        StepKind::Transform(_) => "transform",
     }
 }

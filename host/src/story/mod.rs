@@ -10,19 +10,24 @@
 //! cycles between stories.
 
 pub mod engine;
+pub mod invoke;
+mod library;
+pub mod observe;
+pub mod recorder;
 pub mod schema;
+pub mod state;
 pub mod template;
 pub mod transform;
 
-use crate::policy::Policy;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_saphyr::Spanned;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
+pub use state::{ErrorKind, RunResult, RunState, StepError, StepState};
+pub use library::Library;
 pub use transform::Transform;
 
 /// A story error: `file:line: what; the fix`.
@@ -48,6 +53,17 @@ pub enum StepKind {
     Transform(Transform),
 }
 
+impl StepKind {
+    /// `action`, `story` or `transform`, as stored and in metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Action(_) => "action",
+            StepKind::Story(_) => "story",
+            StepKind::Transform(_) => "transform",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum OnError {
     Fail,
@@ -56,19 +72,32 @@ pub enum OnError {
     Fallback(String),
 }
 
-/// Which failures a retry policy retries. Kinds are those of
-/// [`engine::StepError::kind`]: `upstream`, `timeout`, `failed`, `limit`, …
+/// Which failures a retry policy retries, by [`ErrorKind`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Retry {
     pub attempts: u32,
     pub backoff_ms: u64,
     pub max_backoff_ms: u64,
-    pub on: Vec<String>,
+    pub on: Vec<ErrorKind>,
 }
 
 impl Default for Retry {
     fn default() -> Self {
-        Retry { attempts: 1, backoff_ms: 1000, max_backoff_ms: 60_000, on: vec!["upstream".into(), "timeout".into()] }
+        Retry { attempts: 1, backoff_ms: 1000, max_backoff_ms: 60_000, on: vec![ErrorKind::Upstream, ErrorKind::Timeout] }
+    }
+}
+
+impl Retry {
+    /// Whether a failure of `kind` at attempt `attempt` gets another attempt.
+    pub fn again(&self, attempt: u32, kind: ErrorKind) -> bool {
+        attempt < self.attempts && self.on.contains(&kind)
+    }
+
+    /// How long to wait before attempt `attempt + 1`: exponential backoff, or
+    /// longer when the upstream asked (`Retry-After`), never past `max_backoff_ms`.
+    pub fn wait(&self, attempt: u32, retry_after_ms: Option<u64>) -> Duration {
+        let backoff = self.backoff_ms.saturating_mul(1 << (attempt.saturating_sub(1)).min(16)).min(self.max_backoff_ms);
+        Duration::from_millis(backoff.max(retry_after_ms.unwrap_or(0).min(self.max_backoff_ms)))
     }
 }
 
@@ -153,8 +182,6 @@ struct RawRetry {
     on: Option<Vec<String>>,
 }
 
-const RETRY_KINDS: &[&str] = &["invalid-input", "denied", "upstream", "failed", "limit", "trap", "timeout", "story", "template"];
-
 fn valid_id(id: &str) -> bool {
     let mut chars = id.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -204,10 +231,19 @@ pub fn parse(text: &str, file: &Path) -> Result<Story, StoryErrors> {
         let retry = match &r.retry {
             None => Retry::default(),
             Some(rr) => {
-                let on = rr.on.clone().unwrap_or_else(|| Retry::default().on);
-                for k in &on {
-                    if !RETRY_KINDS.contains(&k.as_str()) {
-                        errors.push(err(line, format!("step `{}`: retry.on kind `{k}` is unknown; use {}", r.id, RETRY_KINDS.join(", "))));
+                let mut on = Vec::new();
+                match &rr.on {
+                    None => on = Retry::default().on,
+                    Some(kinds) => {
+                        for k in kinds {
+                            match ErrorKind::parse(k).filter(|k| ErrorKind::RETRYABLE.contains(k)) {
+                                Some(kind) => on.push(kind),
+                                None => {
+                                    let known: Vec<&str> = ErrorKind::RETRYABLE.iter().map(|k| k.as_str()).collect();
+                                    errors.push(err(line, format!("step `{}`: retry.on kind `{k}` is unknown; use {}", r.id, known.join(", "))))
+                                }
+                            }
+                        }
                     }
                 }
                 if rr.attempts == 0 || rr.attempts > 20 {
@@ -370,135 +406,5 @@ fn step_templates(s: &Step) -> Vec<String> {
     out
 }
 
-/// All stories the host knows, by name.
-#[derive(Debug, Clone, Default)]
-pub struct Library {
-    pub stories: BTreeMap<String, Arc<Story>>,
-}
-
-impl Library {
-    /// Loads every `*.yaml`, `*.yml` and `*.json` file in `dir`.
-    pub fn load_dir(dir: &Path) -> Result<Library, StoryErrors> {
-        let entries = std::fs::read_dir(dir).map_err(|e| {
-            StoryErrors(vec![StoryError { file: dir.display().to_string(), line: 0, message: format!("cannot read the stories folder: {e}") }])
-        })?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
-            .collect();
-        files.sort();
-        Library::load_files(&files)
-    }
-
-    pub fn load_files(files: &[PathBuf]) -> Result<Library, StoryErrors> {
-        let mut lib = Library::default();
-        let mut errors = Vec::new();
-        for f in files {
-            let text = match std::fs::read_to_string(f) {
-                Ok(t) => t,
-                Err(e) => {
-                    errors.push(StoryError { file: f.display().to_string(), line: 0, message: format!("cannot read: {e}") });
-                    continue;
-                }
-            };
-            match parse(&text, f) {
-                Ok(story) => {
-                    if let Some(prev) = lib.stories.get(&story.name) {
-                        errors.push(StoryError {
-                            file: f.display().to_string(),
-                            line: story.line,
-                            message: format!("story `{}` is also defined in {}; names must be unique", story.name, prev.file.display()),
-                        });
-                    } else {
-                        lib.stories.insert(story.name.clone(), Arc::new(story));
-                    }
-                }
-                Err(StoryErrors(e)) => errors.extend(e),
-            }
-        }
-        if errors.is_empty() { Ok(lib) } else { Err(StoryErrors(errors)) }
-    }
-
-    pub fn get(&self, name: &str) -> Option<Arc<Story>> {
-        self.stories.get(name).cloned()
-    }
-
-    /// Cross-story checks: plugins exist in the policy, called stories exist
-    /// and allow the caller's team, and no story calls itself through others.
-    pub fn check(&self, policy: &Policy) -> Result<(), StoryErrors> {
-        let mut errors = Vec::new();
-        for story in self.stories.values() {
-            let file = story.file.display().to_string();
-            if !policy.teams.is_empty() && !policy.teams.contains_key(&story.team) {
-                errors.push(StoryError {
-                    file: file.clone(),
-                    line: story.line,
-                    message: format!("story `{}` belongs to team `{}`, which has no [teams.{}] in {}", story.name, story.team, story.team, policy.file),
-                });
-            }
-            for s in story.steps.iter().chain(&story.fallbacks) {
-                match &s.kind {
-                    StepKind::Action(p) if !policy.plugins.contains_key(p) => errors.push(StoryError {
-                        file: file.clone(),
-                        line: s.line,
-                        message: format!(
-                            "step `{}`: unknown plugin `{p}`; add [plugins.{p}] to {} (it has: {})",
-                            s.id,
-                            policy.file,
-                            policy.plugins.keys().cloned().collect::<Vec<_>>().join(", ")
-                        ),
-                    }),
-                    StepKind::Story(name) => match self.stories.get(name) {
-                        None => errors.push(StoryError {
-                            file: file.clone(),
-                            line: s.line,
-                            message: format!("step `{}`: unknown story `{name}` (known: {})", s.id, self.stories.keys().cloned().collect::<Vec<_>>().join(", ")),
-                        }),
-                        Some(callee) if callee.team != story.team && !callee.allow_callers.contains(&story.team) => errors.push(StoryError {
-                            file: file.clone(),
-                            line: s.line,
-                            message: format!(
-                                "step `{}`: story `{name}` belongs to team {} and does not allow team {} to call it; add `{}` to its allow_callers",
-                                s.id, callee.team, story.team, story.team
-                            ),
-                        }),
-                        Some(_) => {}
-                    },
-                    _ => {}
-                }
-            }
-        }
-        // Cycles: depth-first over story calls.
-        for name in self.stories.keys() {
-            let mut path = vec![name.clone()];
-            if let Some(cycle) = self.find_cycle(name, &mut path) {
-                let story = &self.stories[name];
-                let msg = format!("story calls form a cycle: {}; a story cannot call itself, even through others", cycle.join(" → "));
-                if !errors.iter().any(|e: &StoryError| e.message == msg) {
-                    errors.push(StoryError { file: story.file.display().to_string(), line: story.line, message: msg });
-                }
-                break;
-            }
-        }
-        if errors.is_empty() { Ok(()) } else { Err(StoryErrors(errors)) }
-    }
-
-    fn find_cycle(&self, name: &str, path: &mut Vec<String>) -> Option<Vec<String>> {
-        let story = self.stories.get(name)?;
-        for s in story.steps.iter().chain(&story.fallbacks) {
-            if let StepKind::Story(callee) = &s.kind {
-                if let Some(pos) = path.iter().position(|p| p == callee) {
-                    let mut cycle = path[pos..].to_vec();
-                    cycle.push(callee.clone());
-                    return Some(cycle);
-                }
-                path.push(callee.clone());
-                if let Some(c) = self.find_cycle(callee, path) {
-                    return Some(c);
-                }
-                path.pop();
-            }
-        }
-        None
-    }
-}
+#[cfg(test)]
+mod tests;

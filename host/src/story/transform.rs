@@ -9,19 +9,21 @@
 //! transform: { assert: { that: "{{ steps.hunt.output.query_id is defined }}", message: "the hunt returned no query id" } }
 //! ```
 
+use super::state::ErrorKind;
 use super::template::{self, render_str, render_value, truthy};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+/// One built-in transform; written as a map with exactly one of these keys.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Transform {
-    pub set: Option<Value>,
-    pub merge: Option<Vec<Value>>,
-    pub extract: Option<Extract>,
-    pub deduplicate: Option<Deduplicate>,
-    pub aggregate: Option<Aggregate>,
-    pub assert: Option<Assert>,
+#[serde(rename_all = "lowercase")]
+pub enum Transform {
+    Set(Value),
+    Merge(Vec<Value>),
+    Extract(Extract),
+    Deduplicate(Deduplicate),
+    Aggregate(Aggregate),
+    Assert(Assert),
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -60,10 +62,10 @@ pub enum TransformError {
 }
 
 impl TransformError {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            TransformError::Template(_) => "template",
-            TransformError::Failed(_) => "failed",
+            TransformError::Template(_) => ErrorKind::Template,
+            TransformError::Failed(_) => ErrorKind::Failed,
         }
     }
     pub fn into_message(self) -> String {
@@ -76,15 +78,9 @@ impl TransformError {
 use TransformError::{Failed, Template};
 
 impl Transform {
+    /// What serde cannot say: an `extract` path must be a dotted string.
     pub fn validate(&self) -> Result<(), String> {
-        let n = [self.set.is_some(), self.merge.is_some(), self.extract.is_some(), self.deduplicate.is_some(), self.aggregate.is_some(), self.assert.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
-        if n != 1 {
-            return Err("a transform needs exactly one of set, merge, extract, deduplicate, aggregate, assert".into());
-        }
-        if let Some(e) = &self.extract {
+        if let Transform::Extract(e) = self {
             for (k, p) in &e.paths {
                 if !p.is_string() {
                     return Err(format!("extract.paths.{k} must be a dotted path string like `unique_hosts.0.agent_name`"));
@@ -97,85 +93,74 @@ impl Transform {
     /// Template strings that only read the story context (for load-time checks).
     /// `by` and `group_by` read `item` and are checked when they run.
     pub fn templates(&self, out: &mut Vec<String>) {
-        if let Some(v) = &self.set {
-            template::strings(v, out);
-        }
-        if let Some(list) = &self.merge {
-            list.iter().for_each(|v| template::strings(v, out));
-        }
-        if let Some(e) = &self.extract {
-            template::strings(&e.from, out);
-        }
-        if let Some(d) = &self.deduplicate {
-            template::strings(&d.items, out);
-        }
-        if let Some(a) = &self.aggregate {
-            template::strings(&a.items, out);
-        }
-        if let Some(a) = &self.assert {
-            template::strings(&Value::String(a.that.clone()), out);
+        match self {
+            Transform::Set(v) => template::strings(v, out),
+            Transform::Merge(list) => list.iter().for_each(|v| template::strings(v, out)),
+            Transform::Extract(e) => template::strings(&e.from, out),
+            Transform::Deduplicate(d) => template::strings(&d.items, out),
+            Transform::Aggregate(a) => template::strings(&a.items, out),
+            Transform::Assert(a) => template::strings(&Value::String(a.that.clone()), out),
         }
     }
 
     pub fn apply(&self, ctx: &Value) -> Result<Value, TransformError> {
-        if let Some(v) = &self.set {
-            return render_value(v, ctx).map_err(Template);
-        }
-        if let Some(list) = &self.merge {
-            let mut out = Map::new();
-            for v in list {
-                match render_value(v, ctx).map_err(Template)? {
-                    Value::Object(m) => out.extend(m),
-                    Value::Null => {}
-                    other => return Err(Failed(format!("merge takes objects, got {other}"))),
+        match self {
+            Transform::Set(v) => render_value(v, ctx).map_err(Template),
+            Transform::Merge(list) => {
+                let mut out = Map::new();
+                for v in list {
+                    match render_value(v, ctx).map_err(Template)? {
+                        Value::Object(m) => out.extend(m),
+                        Value::Null => {}
+                        other => return Err(Failed(format!("merge takes objects, got {other}"))),
+                    }
                 }
+                Ok(Value::Object(out))
             }
-            return Ok(Value::Object(out));
-        }
-        if let Some(e) = &self.extract {
-            let from = render_value(&e.from, ctx).map_err(Template)?;
-            let mut out = Map::new();
-            for (k, p) in &e.paths {
-                let path = p.as_str().unwrap_or("");
-                out.insert(k.clone(), lookup(&from, path).ok_or_else(|| Failed(format!("extract.paths.{k}: `{path}` is not in the value")))?);
-            }
-            return Ok(Value::Object(out));
-        }
-        if let Some(d) = &self.deduplicate {
-            let items = list(render_value(&d.items, ctx).map_err(Template)?, "deduplicate.items")?;
-            let mut seen = std::collections::HashSet::new();
-            let mut kept = Vec::new();
-            for (i, item) in items.into_iter().enumerate() {
-                let key = render_str(&d.by, &with_item(ctx, &item, i)).map_err(|e| Template(format!("deduplicate.by: {e}")))?;
-                if seen.insert(key.to_string()) {
-                    kept.push(item);
+            Transform::Extract(e) => {
+                let from = render_value(&e.from, ctx).map_err(Template)?;
+                let mut out = Map::new();
+                for (k, p) in &e.paths {
+                    let path = p.as_str().unwrap_or("");
+                    out.insert(k.clone(), lookup(&from, path).ok_or_else(|| Failed(format!("extract.paths.{k}: `{path}` is not in the value")))?);
                 }
+                Ok(Value::Object(out))
             }
-            return Ok(Value::Array(kept));
-        }
-        if let Some(a) = &self.aggregate {
-            let items = list(render_value(&a.items, ctx).map_err(Template)?, "aggregate.items")?;
-            let total = items.len();
-            let mut groups: Vec<(String, usize)> = Vec::new();
-            for (i, item) in items.into_iter().enumerate() {
-                let key = match render_str(&a.group_by, &with_item(ctx, &item, i)).map_err(|e| Template(format!("aggregate.group_by: {e}")))? {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                match groups.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, n)) => *n += 1,
-                    None => groups.push((key, 1)),
+            Transform::Deduplicate(d) => {
+                let items = list(render_value(&d.items, ctx).map_err(Template)?, "deduplicate.items")?;
+                let mut seen = std::collections::HashSet::new();
+                let mut kept = Vec::new();
+                for (i, item) in items.into_iter().enumerate() {
+                    let key = render_str(&d.by, &with_item(ctx, &item, i)).map_err(|e| Template(format!("deduplicate.by: {e}")))?;
+                    if seen.insert(key.to_string()) {
+                        kept.push(item);
+                    }
                 }
+                Ok(Value::Array(kept))
             }
-            groups.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-            let groups: Vec<Value> = groups.into_iter().map(|(k, n)| json!({"key": k, "count": n})).collect();
-            return Ok(json!({"total": total, "groups": groups}));
+            Transform::Aggregate(a) => {
+                let items = list(render_value(&a.items, ctx).map_err(Template)?, "aggregate.items")?;
+                let total = items.len();
+                let mut groups: Vec<(String, usize)> = Vec::new();
+                for (i, item) in items.into_iter().enumerate() {
+                    let key = match render_str(&a.group_by, &with_item(ctx, &item, i)).map_err(|e| Template(format!("aggregate.group_by: {e}")))? {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    match groups.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, n)) => *n += 1,
+                        None => groups.push((key, 1)),
+                    }
+                }
+                groups.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                let groups: Vec<Value> = groups.into_iter().map(|(k, n)| json!({"key": k, "count": n})).collect();
+                Ok(json!({"total": total, "groups": groups}))
+            }
+            Transform::Assert(a) => {
+                let v = render_str(&a.that, ctx).map_err(Template)?;
+                if truthy(&v) { Ok(json!({"ok": true})) } else { Err(Failed(a.message.clone())) }
+            }
         }
-        if let Some(a) = &self.assert {
-            let v = render_str(&a.that, ctx).map_err(Template)?;
-            return if truthy(&v) { Ok(json!({"ok": true})) } else { Err(Failed(a.message.clone())) };
-        }
-        Err(Failed("empty transform".into()))
     }
 }
 
@@ -188,7 +173,7 @@ fn list(v: Value, what: &str) -> Result<Vec<Value>, TransformError> {
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 80 { format!("{}…", &s[..80]) } else { s }
+    if s.len() > 80 { format!("{}…", &s[..s.floor_char_boundary(80)]) } else { s }
 }
 
 fn with_item(ctx: &Value, item: &Value, index: usize) -> Value {

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use warden::egress::resolve::HostResolver;
+use warden::capability::http::resolve::HostResolver;
 use warden::policy::Policy;
 use warden::{InvocationInfo, InvocationReport, Runtime, RuntimeConfig};
 

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use std::sync::Arc;
 use warden::audit::Decision;
-use warden::egress::resolve::StaticResolver;
+use warden::capability::http::resolve::StaticResolver;
 use warden::InvokeError;
 use warden_e2e::{everything, output, policy, run, runtime};
 use warden_sim::origin;
@@ -64,7 +64,7 @@ async fn an_allowed_call_succeeds_and_is_audited() {
     assert_eq!(a.rule, format!("GET http://127.0.0.1:{}/*", srv.port()));
     assert_eq!(a.status, Some(200));
     assert_eq!(a.plugin, "probe");
-    assert_eq!(a.run_id, "test-run");
+    assert_eq!(a.invocation.run_id, "test-run");
 }
 
 #[tokio::test]

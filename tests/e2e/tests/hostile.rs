@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 use std::sync::Arc;
-use warden::egress::resolve::StaticResolver;
+use warden::capability::http::resolve::StaticResolver;
 use warden::story::engine::{Engine, Quiet};
 use warden::story::Library;
 use warden_e2e::{guest, runtime, workspace_root, StoryDir};

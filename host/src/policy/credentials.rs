@@ -4,9 +4,11 @@
 //! variable or a file on the host, added to the outgoing request after the
 //! policy check, and scrubbed from whatever comes back.
 
-use super::rule::{HostPattern, PortPattern, Scheme, Target};
-use base64::Engine as _;
-use std::path::PathBuf;
+use super::origin::{HostPattern, OriginPattern};
+use super::target::Target;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
 
 /// A secret value. Debug and Display never show it.
 #[derive(Clone)]
@@ -83,9 +85,7 @@ impl SecretSource {
 #[derive(Debug, Clone)]
 pub struct Binding {
     pub text: String,
-    pub scheme: Scheme,
-    pub host: HostPattern,
-    pub port: PortPattern,
+    pub origin: OriginPattern,
 }
 
 impl Binding {
@@ -93,35 +93,19 @@ impl Binding {
         let (scheme, rest) = text
             .split_once("://")
             .ok_or_else(|| format!("binding `{text}` needs a scheme, e.g. `https://api.example.com`"))?;
-        let scheme = Scheme::parse(scheme)
-            .ok_or_else(|| format!("binding `{text}`: scheme `{scheme}` is not http or https"))?;
         let authority = rest.trim_end_matches('/');
         if authority.contains('/') {
             return Err(format!("binding `{text}` is an origin (scheme://host[:port]); drop the path"));
         }
-        let (host, port) = super::rule::split_host_port(authority)
-            .ok_or_else(|| format!("binding `{text}`: bad host or port"))?;
-        let host = HostPattern::parse(host).map_err(|e| format!("binding `{text}`: {e}"))?;
-        if host == HostPattern::Any {
-            return Err(format!(
-                "binding `{text}`: a credential bound to every host could be sent anywhere; name its hosts"
-            ));
+        let origin = OriginPattern::parse(scheme, authority).map_err(|e| format!("binding `{text}`: {e}"))?;
+        if origin.host == HostPattern::Any {
+            return Err(format!("binding `{text}`: a credential bound to every host could be sent anywhere; name its hosts"));
         }
-        let port = match port {
-            None => PortPattern::One(scheme.default_port()),
-            Some("*") => PortPattern::Any,
-            Some(p) => PortPattern::One(p.parse().map_err(|_| format!("binding `{text}`: bad port `{p}`"))?),
-        };
-        Ok(Binding { text: text.to_string(), scheme, host, port })
+        Ok(Binding { text: text.to_string(), origin })
     }
 
     pub fn covers(&self, t: &Target) -> bool {
-        self.scheme == t.scheme
-            && self.host.matches(&t.host)
-            && match self.port {
-                PortPattern::Any => true,
-                PortPattern::One(p) => p == t.port,
-            }
+        self.origin.matches(t)
     }
 }
 
@@ -136,14 +120,6 @@ pub struct CredentialSpec {
     pub team: Option<String>,
 }
 
-/// What the host adds to a request, and what it must scrub from the answer.
-pub struct Injection {
-    pub header: Option<(String, String)>,
-    pub query: Option<(String, String)>,
-    /// Every spelling of the secret that could come back.
-    pub redact: Vec<Vec<u8>>,
-}
-
 impl CredentialSpec {
     pub fn bound_to(&self, t: &Target) -> bool {
         self.hosts.iter().any(|b| b.covers(t))
@@ -152,29 +128,64 @@ impl CredentialSpec {
     pub fn bindings_text(&self) -> String {
         self.hosts.iter().map(|b| b.text.as_str()).collect::<Vec<_>>().join(", ")
     }
+}
 
-    /// Builds the injection for this credential's value.
-    pub fn injection(&self, secret: &Secret) -> Injection {
-        let value = secret.expose();
-        let mut redact = vec![value.as_bytes().to_vec()];
-        let percent = url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>();
-        if percent != value {
-            redact.push(percent.into_bytes());
+pub(super) fn parse(name: &str, c: RawCredential, base: &Path) -> Result<CredentialSpec, String> {
+    let need = |field: Option<String>, what: &str| {
+        field.ok_or_else(|| format!("credentials.{name}: kind `{}` needs `{what}`", c.kind.get_ref()))
+    };
+    let kind = match c.kind.get_ref().as_str() {
+        "bearer" => CredentialKind::Bearer,
+        "header" => CredentialKind::Header {
+            name: need(c.header.clone(), "header = \"X-Api-Key\"")?.to_ascii_lowercase(),
+            prefix: c.prefix.clone().unwrap_or_default(),
+        },
+        "basic" => CredentialKind::Basic { user: need(c.user.clone(), "user = \"name\"")? },
+        "query" => CredentialKind::Query { param: need(c.param.clone(), "param = \"api_key\"")? },
+        other => {
+            return Err(format!(
+                "credentials.{name}: kind `{other}` is unknown; use header, bearer, basic or query"
+            ))
         }
-        let (header, query) = match &self.kind {
-            CredentialKind::Bearer => (Some(("authorization".to_string(), format!("Bearer {value}"))), None),
-            CredentialKind::Header { name, prefix } => (Some((name.clone(), format!("{prefix}{value}"))), None),
-            CredentialKind::Basic { user } => {
-                let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{value}"));
-                redact.push(encoded.clone().into_bytes());
-                (Some(("authorization".to_string(), format!("Basic {encoded}"))), None)
-            }
-            CredentialKind::Query { param } => (None, Some((param.clone(), value.to_string()))),
-        };
-        // Longest first so a spelling containing another is replaced whole.
-        redact.sort_by_key(|n| std::cmp::Reverse(n.len()));
-        Injection { header, query, redact }
+    };
+    if let CredentialKind::Header { name: h, .. } = &kind {
+        if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            return Err(format!("credentials.{name}: `{h}` is not a valid header name"));
+        }
     }
+    let source = match (c.env, c.file) {
+        (Some(v), None) => SecretSource::Env(v),
+        (None, Some(f)) => SecretSource::File(base.join(f)),
+        _ => {
+            return Err(format!(
+                "credentials.{name}: give exactly one of env = \"VAR\" or file = \"path\" for the secret value"
+            ))
+        }
+    };
+    if c.hosts.is_empty() {
+        return Err(format!(
+            "credentials.{name}: `hosts` is empty, so it could never be sent; list the origins it belongs to, e.g. hosts = [\"https://api.example.com\"]"
+        ));
+    }
+    let hosts = c.hosts.iter().map(|h| Binding::parse(h)).collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("credentials.{name}: {e}"))?;
+    Ok(CredentialSpec { name: name.to_string(), kind, source, hosts, team: c.team })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCredential {
+    pub(super) kind: Spanned<String>,
+    header: Option<String>,
+    prefix: Option<String>,
+    user: Option<String>,
+    param: Option<String>,
+    env: Option<String>,
+    file: Option<String>,
+    #[serde(default)]
+    hosts: Vec<String>,
+    /// The team that owns it; other teams' runs can never use it.
+    team: Option<String>,
 }
 
 #[cfg(test)]
@@ -199,21 +210,5 @@ mod tests {
     #[test]
     fn a_credential_cannot_be_bound_to_every_host() {
         assert!(Binding::parse("https://*").unwrap_err().contains("sent anywhere"));
-    }
-
-    #[test]
-    fn basic_injection_redacts_the_encoded_form_too() {
-        let spec = CredentialSpec {
-            name: "j".into(),
-            kind: CredentialKind::Basic { user: "bot@corp.example".into() },
-            source: SecretSource::Env("X".into()),
-            hosts: vec![],
-            team: None,
-        };
-        let inj = spec.injection(&Secret::new("tok".into()));
-        let (_, v) = inj.header.unwrap();
-        let encoded = v.strip_prefix("Basic ").unwrap();
-        assert!(inj.redact.iter().any(|r| r == encoded.as_bytes()));
-        assert!(inj.redact.iter().any(|r| r == b"tok"));
     }
 }

@@ -1,55 +1,13 @@
-//! Mail: the `smtp` capability's policy and its relay.
-//!
-//! The operator configures relays (`[relays.NAME]`) and, per grant, a mail
-//! policy (`smtp = { relay, senders, recipient_domains, … }`). A guest names
-//! none of that: it hands over a message, the host checks it ([`check`]) and
-//! only then sends it through the relay ([`send`]) with lettre. Refused
-//! messages are never sent. Relay passwords stay on the host.
+//! The mail policy's check: a message as the guest handed it over, judged
+//! against the grant's `smtp = { … }` before anything is sent. Refused
+//! messages never reach the relay.
 
-use crate::egress::Denial;
+use crate::capability::Denial;
 use crate::limits::Bytes;
-use crate::policy::credential::SecretSource;
+use crate::policy::mail::MailGrant;
 use lettre::message::{header::ContentType, Mailbox, MultiPart};
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::Message;
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelayTls {
-    /// Plain SMTP (only sensible to a relay on this machine).
-    None,
-    /// Upgrade with STARTTLS (submission, port 587).
-    StartTls,
-    /// TLS from the first byte (port 465).
-    Tls,
-}
-
-/// One `[relays.NAME]` table.
-#[derive(Debug, Clone)]
-pub struct Relay {
-    pub name: String,
-    pub host: String,
-    pub port: u16,
-    pub tls: RelayTls,
-    pub auth: Option<(String, SecretSource)>,
-    pub default_from: Option<String>,
-    pub timeout: Duration,
-}
-
-/// A grant's `smtp = { … }`.
-#[derive(Debug, Clone)]
-pub struct MailGrant {
-    pub relay: Arc<Relay>,
-    /// `user@domain` exactly, or `@domain` for any sender at that domain.
-    pub senders: Vec<String>,
-    /// `domain` exactly, or `*.domain` for its subdomains.
-    pub recipient_domains: Vec<String>,
-    pub max_recipients: usize,
-    pub max_message_bytes: u64,
-    pub max_messages: u32,
-}
 
 /// A message as the guest handed it over.
 pub struct Draft {
@@ -187,42 +145,12 @@ pub fn check(plugin: &str, grant: Option<&MailGrant>, sent_so_far: u32, d: &Draf
     Ok(Checked { message, recipients, domains })
 }
 
-/// Sends a checked message through the relay. Returns the Message-ID.
-pub async fn send(relay: &Relay, checked: &Checked) -> Result<String, MailError> {
-    let mut builder = match relay.tls {
-        RelayTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&relay.host),
-        RelayTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&relay.host)
-            .map_err(|e| MailError::Connection(format!("relay {}: {e}", relay.name)))?,
-        RelayTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&relay.host)
-            .map_err(|e| MailError::Connection(format!("relay {}: {e}", relay.name)))?,
-    }
-    .port(relay.port)
-    .timeout(Some(relay.timeout));
-    if let Some((user, source)) = &relay.auth {
-        let password = source
-            .read()
-            .map_err(|why| deny("relay-credential", format!("relay {} has no password on this host: {why}", relay.name)))?;
-        builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_string()));
-    }
-    let transport = builder.build();
-    let id = checked
-        .message
-        .headers()
-        .get_raw("Message-ID")
-        .unwrap_or_default()
-        .to_string();
-    match tokio::time::timeout(relay.timeout, transport.send(checked.message.clone())).await {
-        Err(_) => Err(MailError::Timeout),
-        Ok(Ok(_)) => Ok(id),
-        Ok(Err(e)) if e.is_permanent() || e.is_transient() => Err(MailError::Rejected(e.to_string())),
-        Ok(Err(e)) if e.is_timeout() => Err(MailError::Timeout),
-        Ok(Err(e)) => Err(MailError::Connection(format!("relay {}: {e}", relay.name))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::mail::{Relay, RelayTls};
+    use std::sync::Arc;
+    use std::time::Duration;
 
     fn grant() -> MailGrant {
         MailGrant {

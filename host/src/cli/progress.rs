@@ -4,6 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 use warden::store::RunDetail;
 use warden::story::engine::{Event, Observer};
+use warden::story::StepState;
 
 pub struct Progress {
     out: std::sync::Mutex<std::io::Stderr>,
@@ -34,10 +35,10 @@ impl Observer for Progress {
             }
             Event::StepFinished { step, item: i, state, elapsed, error, depth, .. } => {
                 let mark = match *state {
-                    "succeeded" => "✓",
-                    "skipped" => "–",
-                    "retrying" => "↻",
-                    "continued" => "!",
+                    StepState::Succeeded => "✓",
+                    StepState::Skipped => "–",
+                    StepState::Retrying => "↻",
+                    StepState::Continued => "!",
                     _ => "✗",
                 };
                 let why = error.map(|e| format!(": {}", e.message)).unwrap_or_default();

@@ -1,0 +1,245 @@
+//! How a guest's `http.send` is judged, every layer in order. Layers 1–7 are
+//! pure checks here; 8–10 happen around the wire in [`super`].
+//!
+//! 1. **Quota** ([`quota`]): every attempt counts against `limits.http_requests`,
+//!    so a flood of denied calls is bounded too.
+//! 2. **Target** ([`target`]): the URL is parsed and normalised once;
+//!    userinfo, non-HTTP schemes and over-long URLs stop here.
+//! 3. **Headers** ([`headers`]): host-owned headers (`Host`, `Content-Length`, …)
+//!    are refused, bad names and values (CR/LF) too.
+//! 4. **Size** ([`request_size`]): the body within `limits.request_bytes`.
+//! 5. **Rules** ([`decide`]): method, scheme, host, port and path must match one
+//!    rule of the plugin's grant. No rule, no request.
+//! 6. **Addresses** ([`screen_literal`] for IP literals; the transport's
+//!    [`super::resolve::ScreeningResolver`] for names, at connect time): only
+//!    public addresses, unless a rule names the address itself.
+//! 7. **Credentials** ([`check_credential`]): granted to this plugin and bound to
+//!    this origin.
+//! 8. **Injection** ([`super::inject`]): the value is read and added only now.
+//! 9. **Transport** ([`super::transport`]): no proxy, no redirects followed,
+//!    timeouts, capped body read.
+//! 10. **Redaction** ([`super::inject::redact`]): any spelling of an injected
+//!    secret is replaced by `[REDACTED]` in what goes back to the guest.
+
+use super::address::{classify, AddressClass};
+use super::resolve::AddressRefused;
+use crate::capability::Denial;
+use crate::limits::Bytes;
+use crate::policy::credentials::CredentialSpec;
+use crate::policy::rule::EgressRule;
+use crate::policy::target::{Target, TargetError, TargetHost};
+use crate::policy::Grant;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use std::sync::Arc;
+
+/// Why a request was refused before it reached the wire, and how the guest hears it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The policy said no (`http-error.denied`).
+    Denied(Denial),
+    /// The request is malformed (`http-error.invalid-request`), audited under `rule`.
+    Invalid { rule: &'static str, message: String },
+    /// The request is bigger than the grant allows (`http-error.too-large`).
+    TooLarge { rule: &'static str, message: String },
+}
+
+impl From<Denial> for Refusal {
+    fn from(d: Denial) -> Refusal {
+        Refusal::Denied(d)
+    }
+}
+
+fn invalid(message: String) -> Refusal {
+    Refusal::Invalid { rule: "invalid-request", message }
+}
+
+/// Headers the host owns. A guest setting them could smuggle a second request
+/// or point a virtual host somewhere its URL does not say.
+const HOST_OWNED_HEADERS: &[&str] = &[
+    "host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer",
+    "keep-alive", "proxy-authorization", "proxy-connection",
+];
+
+/// Layer 1: the `sent`-th attempt (counting this one) within the grant's quota.
+pub fn quota(grant: &Grant, sent: u32) -> Result<(), Refusal> {
+    let max = grant.limits.http_requests;
+    if sent > max {
+        return Err(Denial::new(
+            "limits.http_requests",
+            format!("{} has used its {max} HTTP requests for this invocation (limits.http_requests)", grant.plugin),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Layer 2: the URL, parsed and normalised.
+pub fn target(method: &str, url: &str) -> Result<Target, Refusal> {
+    Target::parse(method, url).map_err(|e| match e {
+        TargetError::Invalid(m) => invalid(m),
+        TargetError::Refused(m) => Denial::new("userinfo", m).into(),
+    })
+}
+
+/// Layer 3: the guest's headers, with nothing the host owns.
+pub fn headers(given: &[(String, String)]) -> Result<HeaderMap, Refusal> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in given {
+        let lname = name.to_ascii_lowercase();
+        if HOST_OWNED_HEADERS.contains(&lname.as_str()) || lname.starts_with("proxy-") {
+            return Err(Denial::new(
+                "host-owned-header",
+                format!("header `{name}` is set by warden from the URL and body; a step cannot choose it"),
+            )
+            .into());
+        }
+        let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) else {
+            return Err(invalid(format!(
+                "header `{}` has a bad name or value (control characters such as CR/LF are refused)",
+                name.escape_debug()
+            )));
+        };
+        headers.append(n, v);
+    }
+    Ok(headers)
+}
+
+/// Layer 4: the request body within `limits.request_bytes`.
+pub fn request_size(grant: &Grant, body: Option<&[u8]>) -> Result<(), Refusal> {
+    let (len, max) = (body.map_or(0, |b| b.len() as u64), grant.limits.request_bytes);
+    if len > max {
+        return Err(Refusal::TooLarge {
+            rule: "limits.request_bytes",
+            message: format!("request body is {}; {}'s grant allows {} (limits.request_bytes)", Bytes(len), grant.plugin, Bytes(max)),
+        });
+    }
+    Ok(())
+}
+
+/// Layer 5: the first rule that allows `t`, or a denial naming what did not match.
+pub fn decide<'g>(grant: &'g Grant, t: &Target) -> Result<&'g EgressRule, Denial> {
+    if let Some(rule) = grant
+        .rules
+        .iter()
+        .find(|r| r.matches_origin(t) && r.matches_path(t) && r.matches_method(t))
+    {
+        return Ok(rule);
+    }
+    let plugin = &grant.plugin;
+    let fix = format!("add a rule to [grants.{plugin}] allow if this is intended");
+    let same_origin: Vec<&EgressRule> = grant.rules.iter().filter(|r| r.matches_origin(t)).collect();
+    let reason = if grant.rules.is_empty() {
+        format!("{plugin} has no egress grant, so {} {} is refused; {fix}", t.method, t.url)
+    } else if same_origin.is_empty() {
+        format!("no rule of {plugin} allows {} (scheme, host and port); {fix}", t.origin())
+    } else if !same_origin.iter().any(|r| r.matches_path(t)) {
+        format!("path {} on {} is outside {plugin}'s rules; {fix}", t.path, t.origin())
+    } else {
+        format!("method {} to {}{} is not allowed for {plugin}; {fix}", t.method, t.origin(), t.path)
+    };
+    Err(Denial::new("default-deny", reason))
+}
+
+/// Layer 6 for IP literals (names are screened by the resolver at connect time).
+/// A non-public address passes only when the allowing rule names it exactly.
+pub fn screen_literal(rule: &EgressRule, t: &Target) -> Result<(), Denial> {
+    let TargetHost::Ip(ip) = &t.host else { return Ok(()) };
+    let class = classify(*ip);
+    if class == AddressClass::Public || rule.names_address(ip) {
+        return Ok(());
+    }
+    Err(Denial::new(
+        AddressRefused::RULE,
+        format!(
+            "{} is a {} address; warden refuses it unless a rule names that address (rule `{}` does not)",
+            t.host,
+            class.as_str(),
+            rule.text
+        ),
+    ))
+}
+
+/// Layer 7: the named credential must be granted to this plugin and bound to this origin.
+pub fn check_credential(grant: &Grant, name: &str, t: &Target) -> Result<Arc<CredentialSpec>, Denial> {
+    let Some(spec) = grant.credentials.get(name) else {
+        return Err(Denial::new(
+            "credential-grant",
+            format!(
+                "credential `{name}` is not granted to {}; add it to credentials in [grants.{}] if this is intended",
+                grant.plugin, grant.plugin
+            ),
+        ));
+    };
+    if !spec.bound_to(t) {
+        return Err(Denial::new(
+            "credential-binding",
+            format!(
+                "credential `{name}` is bound to {}, not {}; it is never sent elsewhere",
+                spec.bindings_text(),
+                t.origin()
+            ),
+        ));
+    }
+    Ok(spec.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::rule::EgressRule;
+    use crate::policy::Policy;
+    use std::path::Path;
+
+    fn grant(rules: &[&str]) -> Grant {
+        let text = format!(
+            "[plugins.p]\npath = \"p.wasm\"\n[grants.p]\nallow = [{}]\n",
+            rules.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(",")
+        );
+        (*Policy::parse(&text, "t.toml", Path::new(".")).unwrap().grant_for("p")).clone()
+    }
+
+    #[test]
+    fn host_owned_headers_are_refused_whatever_their_case() {
+        for name in ["Host", "CONTENT-LENGTH", "Transfer-Encoding", "proxy-anything"] {
+            let r = headers(&[(name.to_string(), "x".to_string())]).unwrap_err();
+            assert!(matches!(&r, Refusal::Denied(d) if d.rule == "host-owned-header"), "{name}: {r:?}");
+        }
+        assert!(matches!(headers(&[("x-a".into(), "1\r\nx-b: 2".into())]), Err(Refusal::Invalid { .. })));
+    }
+
+    #[test]
+    fn every_attempt_counts_against_the_quota() {
+        let mut g = grant(&[]);
+        g.limits.http_requests = 2;
+        assert!(quota(&g, 2).is_ok());
+        assert!(matches!(quota(&g, 3), Err(Refusal::Denied(d)) if d.rule == "limits.http_requests"));
+    }
+
+    fn t(m: &str, u: &str) -> Target {
+        Target::parse(m, u).unwrap()
+    }
+
+    #[test]
+    fn denials_say_which_part_failed() {
+        let g = grant(&["GET https://api.example.com/v1/*"]);
+        assert!(decide(&g, &t("GET", "https://other.example.com/v1/x")).unwrap_err().reason.contains("no rule of p allows https://other.example.com:443"));
+        assert!(decide(&g, &t("GET", "https://api.example.com/v2")).unwrap_err().reason.contains("path /v2"));
+        assert!(decide(&g, &t("POST", "https://api.example.com/v1/x")).unwrap_err().reason.contains("method POST"));
+        assert!(decide(&Grant::deny_all("p"), &t("GET", "https://x.example/")).unwrap_err().reason.contains("no egress grant"));
+    }
+
+    #[test]
+    fn private_literals_pass_only_when_a_rule_names_them() {
+        let g = grant(&["GET http://127.0.0.1:8080/*", "GET http://*.example.com:*/*"]);
+        let named = t("GET", "http://127.0.0.1:8080/x");
+        assert!(screen_literal(decide(&g, &named).unwrap(), &named).is_ok());
+        // A suffix rule cannot match an IP, so only `*` can let a literal through
+        // decide(); the screen still refuses it.
+        let any = EgressRule::parse("GET http://*:*/*").unwrap();
+        for url in ["http://127.0.0.2:8080/", "http://[::ffff:10.0.0.1]/", "http://0x7f.1/"] {
+            let d = screen_literal(&any, &t("GET", url)).unwrap_err();
+            assert_eq!(d.rule, "address-screen", "{url}");
+        }
+        assert!(screen_literal(&any, &t("GET", "http://8.8.8.8/")).is_ok());
+    }
+}

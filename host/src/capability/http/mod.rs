@@ -1,0 +1,164 @@
+//! The `http` capability: a guest's `http.send`, judged by the layers in
+//! [`check`] (numbered there), then injected ([`inject`]), sent ([`transport`],
+//! names resolved through [`resolve`], addresses classed by [`address`]) and
+//! scrubbed. One audit record per attempt, allowed or not.
+
+pub mod address;
+pub mod check;
+pub mod inject;
+pub mod resolve;
+pub mod transport;
+
+use super::{Call, Capabilities, Denial};
+use crate::audit::{AuditRecord, Decision};
+use crate::bindings::warden::action::http;
+use crate::limits::Bytes;
+use check::Refusal;
+use inject::{redact, redact_str};
+use reqwest::header::{HeaderName, HeaderValue};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use transport::{Transport, WireError, WireRequest};
+
+/// Default per-request timeout when the guest gives none.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest URL kept in an audit record.
+const AUDIT_URL_BYTES: usize = 2048;
+
+/// Per-invocation HTTP state.
+pub struct HttpState {
+    pub transport: Arc<Transport>,
+    /// Attempts so far, allowed or not.
+    pub sent: u32,
+}
+
+impl HttpState {
+    pub fn new(transport: Arc<Transport>) -> HttpState {
+        HttpState { transport, sent: 0 }
+    }
+}
+
+impl http::Host for Capabilities {
+    async fn send(&mut self, req: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
+        let _off = self.call.meter.off_cpu();
+        let started = Instant::now();
+        let mut record = self.call.record("http", req.method.to_ascii_uppercase(), truncate(&req.url, AUDIT_URL_BYTES));
+        record.credential = req.credential.clone();
+        record.request_bytes = req.body.as_ref().map_or(0, |b| b.len() as u64);
+        self.http.sent += 1;
+        let result = send(&self.call, &self.http, req, &mut record).await;
+        self.call.keep(record, started);
+        Ok(result)
+    }
+}
+
+fn denied(record: &mut AuditRecord, d: Denial) -> http::HttpError {
+    record.decision = Decision::Denied;
+    record.rule = d.rule;
+    record.reason = Some(d.reason.clone());
+    http::HttpError::Denied(d.reason)
+}
+
+fn failed(record: &mut AuditRecord, rule: &str, reason: String, err: http::HttpError) -> http::HttpError {
+    if record.rule.is_empty() {
+        record.rule = rule.to_string();
+    }
+    record.reason = Some(reason);
+    err
+}
+
+fn refused(record: &mut AuditRecord, r: Refusal) -> http::HttpError {
+    match r {
+        Refusal::Denied(d) => denied(record, d),
+        Refusal::Invalid { rule, message } => failed(record, rule, message.clone(), http::HttpError::InvalidRequest(message)),
+        Refusal::TooLarge { rule, message } => failed(record, rule, message.clone(), http::HttpError::TooLarge(message)),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// One attempt through every layer; `record` says what happened.
+async fn send(call: &Call, state: &HttpState, req: http::Request, record: &mut AuditRecord) -> Result<http::Response, http::HttpError> {
+    let grant = &call.grant;
+    let limits = &grant.limits;
+    let plugin = &call.plugin;
+
+    // Layers 1–7: pure checks.
+    check::quota(grant, state.sent).map_err(|r| refused(record, r))?;
+    let target = check::target(&req.method, &req.url).map_err(|r| refused(record, r))?;
+    let mut headers = check::headers(&req.headers).map_err(|r| refused(record, r))?;
+    check::request_size(grant, req.body.as_deref()).map_err(|r| refused(record, r))?;
+    let rule = check::decide(grant, &target).map_err(|d| denied(record, d))?;
+    check::screen_literal(rule, &target).map_err(|d| denied(record, d))?;
+    record.rule = rule.text.clone();
+    let spec = match &req.credential {
+        Some(name) => Some(check::check_credential(grant, name, &target).map_err(|d| denied(record, d))?),
+        None => None,
+    };
+
+    // Layer 8: the credential's value, injected only now.
+    let mut url = target.url.clone();
+    let mut needles = Vec::new();
+    if let Some(spec) = spec {
+        let name = &spec.name;
+        let secret = spec.source.read().map_err(|why| {
+            denied(record, Denial::new("credential-value", format!("credential `{name}` has no value on this host: {why}")))
+        })?;
+        let injection = inject::injection(&spec, &secret);
+        if let Some((h, v)) = injection.header {
+            let n = HeaderName::from_bytes(h.as_bytes()).expect("validated at policy load");
+            let mut v = HeaderValue::from_str(&v).map_err(|_| {
+                denied(record, Denial::new("credential-value", format!("credential `{name}` has a value that cannot be sent in a header")))
+            })?;
+            v.set_sensitive(true);
+            headers.remove(&n);
+            headers.insert(n, v);
+        }
+        if let Some((param, value)) = injection.query {
+            url.query_pairs_mut().append_pair(&param, &value);
+        }
+        needles = injection.redact;
+    }
+
+    // Layer 9: the wire (names are screened by its resolver at connect time).
+    let remaining = call.deadline.saturating_duration_since(Instant::now());
+    let asked = req.timeout_ms.map(|ms| Duration::from_millis(ms as u64)).unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+    let method = reqwest::Method::from_bytes(target.method.as_bytes()).expect("validated by Target::parse");
+    let wire = WireRequest { method, url, headers, body: req.body, timeout: asked.min(remaining), max_response_bytes: limits.response_bytes };
+    let response = match state.transport.send(wire).await {
+        Ok(r) => r,
+        Err(WireError::AddressRefused(refused)) => {
+            return Err(denied(record, Denial::new(resolve::AddressRefused::RULE, refused.to_string())))
+        }
+        Err(WireError::Timeout) => {
+            return Err(failed(record, "timeout", "no complete response before the timeout".into(), http::HttpError::Timeout))
+        }
+        Err(WireError::Connection(m)) => {
+            let m = redact_str(&m, &needles);
+            return Err(failed(record, "connection", m.clone(), http::HttpError::Connection(m)));
+        }
+        Err(WireError::TooLarge { cap, seen }) => {
+            record.response_bytes = seen;
+            let m = format!("response body passed {}, the most {plugin}'s grant lets it read (limits.response_bytes)", Bytes(cap));
+            return Err(failed(record, "limits.response_bytes", m.clone(), http::HttpError::TooLarge(m)));
+        }
+    };
+
+    // Layer 10: nothing the guest sees carries the secret.
+    record.decision = Decision::Allowed;
+    record.status = Some(response.status);
+    record.response_bytes = response.body.len() as u64;
+    let headers = response.headers.into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&redact(&v, &needles)).into_owned())).collect();
+    let body = if needles.is_empty() { response.body } else { redact(&response.body, &needles) };
+    Ok(http::Response { status: response.status, headers, body })
+}

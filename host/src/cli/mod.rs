@@ -1,0 +1,103 @@
+//! The `warden` command line: argument types here, one file per command group.
+
+mod action;
+mod common;
+mod explain;
+mod plugin;
+mod policy;
+mod progress;
+mod runs;
+mod scaffold;
+mod story;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub use common::one_line;
+
+#[derive(Parser)]
+#[command(name = "warden", version, about = "Run security automation steps as sandboxed WebAssembly components")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run or inspect a single action (plugin).
+    #[command(subcommand)]
+    Action(action::ActionCmd),
+    /// Check the policy file.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
+    /// Work with plugin files.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCmd),
+    /// Run and check stories.
+    #[command(subcommand)]
+    Story(story::StoryCmd),
+    /// Inspect recorded runs.
+    #[command(subcommand)]
+    Runs(runs::RunsCmd),
+    /// Serve webhooks, the run API and metrics; run schedules; execute runs durably.
+    Serve {
+        /// Address to listen on (default: [server] listen, else 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+        /// The run store (default: [server] db, else $WARDEN_DB, else .warden/runs.db).
+        #[arg(long, env = "WARDEN_DB")]
+        db: Option<PathBuf>,
+        #[command(flatten)]
+        policy: PolicyArg,
+        /// Folder of story files (default: [server] stories, else $WARDEN_STORIES).
+        #[arg(long, env = "WARDEN_STORIES")]
+        stories: Option<PathBuf>,
+        /// Runs executing at once (default: [server] workers, else 64).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Seconds to let in-flight runs finish after SIGTERM (default 30).
+        #[arg(long)]
+        drain_secs: Option<u64>,
+        /// Log JSON lines instead of human-readable text.
+        #[arg(long)]
+        log_json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct PolicyArg {
+    /// Policy file (default: $WARDEN_POLICY, else ./warden.toml if present; without one, everything is denied).
+    #[arg(long, env = "WARDEN_POLICY")]
+    pub policy: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct DbArg {
+    /// The run store (SQLite; created and migrated as needed).
+    #[arg(long, env = "WARDEN_DB", default_value = warden::server::config::DEFAULT_DB)]
+    pub db: PathBuf,
+}
+
+#[derive(Args)]
+pub struct StoriesArg {
+    /// Folder of story files (default: $WARDEN_STORIES, else the folder of the story file given).
+    #[arg(long, env = "WARDEN_STORIES")]
+    pub stories: Option<PathBuf>,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Action(cmd) => action::run(cmd).await,
+        Command::Policy(cmd) => policy::run(cmd).await,
+        Command::Plugin(cmd) => plugin::run(cmd).await,
+        Command::Story(cmd) => story::run(cmd).await,
+        Command::Runs(cmd) => runs::run(cmd),
+        Command::Serve { listen, db, policy, stories, workers, drain_secs, log_json: _ } => {
+            let policy = common::load_policy(&policy)?;
+            let flags = warden::server::config::ServeFlags { listen, db, stories, workers, drain_secs };
+            warden::server::run(policy, flags).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

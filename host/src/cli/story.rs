@@ -1,0 +1,79 @@
+//! `warden story run|check`.
+
+use super::common::{folder_of, load_library, load_policy, read_input};
+use super::{progress, DbArg, PolicyArg, StoriesArg};
+use clap::Subcommand;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use warden::story::engine::{Engine, Observer, Quiet};
+use warden::story::Library;
+use warden::{Runtime, RuntimeConfig};
+
+#[derive(Subcommand)]
+pub enum StoryCmd {
+    /// Run a story, showing each step live, and print its output JSON.
+    Run {
+        /// A story file, or a story name from --stories.
+        story: String,
+        /// Input JSON, or @file.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        #[command(flatten)]
+        policy: PolicyArg,
+        #[command(flatten)]
+        stories: StoriesArg,
+        #[command(flatten)]
+        db: DbArg,
+        /// Print the whole run result (id, state, output, error) as JSON.
+        #[arg(long)]
+        json: bool,
+        /// No live progress on stderr.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Validate story files (and their plugins and sub-stories) without running them.
+    Check {
+        /// A story file or a folder of them.
+        path: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArg,
+    },
+}
+
+pub async fn run(cmd: StoryCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        StoryCmd::Run { story, input, policy, stories, db, json, quiet } => {
+            let policy = Arc::new(load_policy(&policy)?);
+            let input: serde_json::Value = serde_json::from_str(&read_input(&input)?)?;
+            let (library, name) = load_library(&story, stories.stories.as_deref())?;
+            library.check(&policy)?;
+            let store = Arc::new(warden::store::RunStore::open(&db.db)?);
+            let rt = Arc::new(Runtime::new(RuntimeConfig::default())?);
+            let engine = Engine::new(rt, policy, Arc::new(library), store);
+            let observer: Box<dyn Observer> = if quiet { Box::new(Quiet) } else { Box::new(progress::Progress::new()) };
+            let result = engine.run(&name, input, "cli", observer.as_ref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else if let Some(out) = &result.output {
+                println!("{}", serde_json::to_string_pretty(out)?);
+            }
+            match &result.error {
+                None => Ok(ExitCode::SUCCESS),
+                Some(e) => {
+                    eprintln!("warden: run {} failed at step {}: {}", result.run_id, result.failed_step.as_deref().unwrap_or("?"), e.message);
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        StoryCmd::Check { path, policy } => {
+            let policy = load_policy(&policy)?;
+            let library = Library::load_dir(if path.is_dir() { &path } else { folder_of(&path) })?;
+            library.check(&policy)?;
+            for s in library.stories.values() {
+                println!("ok {} ({}, team {}, {} steps)", s.name, s.file.display(), s.team, s.steps.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The shared vocabulary of one invocation: who is asking ([`InvocationInfo`]),
+//! what it logged ([`LogLine`]), how it describes itself ([`Manifest`]), why it
+//! ended without output ([`InvokeError`]), and how much CPU it used
+//! ([`CpuMeter`]). The runtime, the capabilities, the store and the story
+//! engine all speak it; it imports nothing of warden.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Who is asking (carried into the guest and into every audit record).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct InvocationInfo {
+    pub run_id: String,
+    pub story: String,
+    pub step: String,
+    pub team: String,
+    pub attempt: u32,
+}
+
+/// One log line of an invocation.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    pub at_ms: u64,
+    pub level: &'static str,
+    /// `guest` (log import), `stdout`, `stderr`, or `host` (warden's own notes).
+    pub source: &'static str,
+    pub message: String,
+}
+
+/// The manifest an action describes itself with.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub input_schema: serde_json::Value,
+    pub output_schema: serde_json::Value,
+    pub hosts: Vec<String>,
+    pub credentials: Vec<String>,
+}
+
+/// Why an invocation did not return output.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum InvokeError {
+    /// The action refused its input.
+    InvalidInput { message: String },
+    /// The action reported that the policy refused something it needed.
+    Denied { message: String },
+    /// The upstream service failed.
+    Upstream { status: Option<u16>, message: String, retry_after_ms: Option<u64> },
+    /// The action reported a failure.
+    Failed { message: String },
+    /// The host stopped the guest at a limit (`cpu`, `memory`, `wall`, `output`).
+    Limit { limit: &'static str, message: String },
+    /// The guest trapped or panicked.
+    Trap { message: String },
+    /// The component could not be instantiated (missing imports, pool exhausted).
+    Instantiate { message: String },
+}
+
+impl std::fmt::Display for InvokeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InvokeError::InvalidInput { message } => write!(f, "invalid input: {message}"),
+            InvokeError::Denied { message } => write!(f, "denied: {message}"),
+            InvokeError::Upstream { status, message, retry_after_ms } => {
+                write!(f, "upstream error")?;
+                if let Some(s) = status {
+                    write!(f, " (HTTP {s})")?;
+                }
+                write!(f, ": {message}")?;
+                if let Some(ms) = retry_after_ms {
+                    write!(f, " (retry after {ms} ms)")?;
+                }
+                Ok(())
+            }
+            InvokeError::Failed { message } => write!(f, "failed: {message}"),
+            InvokeError::Limit { message, .. } => write!(f, "stopped: {message}"),
+            InvokeError::Trap { message } => write!(f, "trapped: {message}"),
+            InvokeError::Instantiate { message } => write!(f, "cannot start the plugin: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for InvokeError {}
+
+/// Guest CPU time = wall time since start minus time spent off the CPU
+/// (in host calls such as `sleep` and `http.send`, or yielded to other tasks).
+#[derive(Clone)]
+pub struct CpuMeter {
+    started: Instant,
+    off_cpu_ns: Arc<AtomicU64>,
+}
+
+impl CpuMeter {
+    pub fn start() -> CpuMeter {
+        CpuMeter { started: Instant::now(), off_cpu_ns: Arc::default() }
+    }
+    pub fn guest_cpu(&self) -> Duration {
+        let off = Duration::from_nanos(self.off_cpu_ns.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(off)
+    }
+    /// Time from now until the guard drops is not the guest's CPU time.
+    pub fn off_cpu(&self) -> OffCpu {
+        OffCpu { since: Instant::now(), off: self.off_cpu_ns.clone() }
+    }
+}
+
+pub struct OffCpu {
+    since: Instant,
+    off: Arc<AtomicU64>,
+}
+
+impl Drop for OffCpu {
+    fn drop(&mut self) {
+        self.off.fetch_add(self.since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+

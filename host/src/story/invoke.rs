@@ -1,0 +1,82 @@
+//! The seam between story semantics and the runtime: the engine asks an
+//! [`Invoke`] to run a plugin for a team, and never touches wasmtime. The
+//! real one, [`PolicyInvoker`], loads, vets and runs plugins under the
+//! policy's grants; unit tests give the engine a scripted one.
+
+use super::state::{ErrorKind, StepError};
+use crate::invocation::{InvocationInfo, LogLine};
+use crate::policy::Policy;
+use crate::runtime::{InvocationReport, Plugin, Runtime};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc::UnboundedSender;
+
+#[async_trait::async_trait]
+pub trait Invoke: Send + Sync {
+    /// Makes `plugin` ready to run for `team` (loaded, vetted); the error is
+    /// the one a step using it would fail with.
+    async fn prepare(&self, plugin: &str, team: &str) -> Result<(), StepError>;
+
+    /// Runs `plugin` once for `team`, under that team's grant. `tap` receives
+    /// log lines as they are written.
+    async fn invoke(&self, plugin: &str, team: &str, info: InvocationInfo, input: &str, tap: Option<UnboundedSender<LogLine>>) -> Result<InvocationReport, StepError>;
+
+    /// Invocations alive now, and how many can be (for metrics).
+    fn instances(&self) -> (usize, u32) {
+        (0, 0)
+    }
+}
+
+/// Runs plugins from the policy on the runtime, each vetted once per team.
+pub struct PolicyInvoker {
+    pub runtime: Arc<Runtime>,
+    policy: Arc<Policy>,
+    vetted: Mutex<HashMap<(String, String), Arc<Plugin>>>,
+}
+
+impl PolicyInvoker {
+    pub fn new(runtime: Arc<Runtime>, policy: Arc<Policy>) -> PolicyInvoker {
+        PolicyInvoker { runtime, policy, vetted: Mutex::default() }
+    }
+
+    /// The plugin, vetted for `team` when the policy has teams: pinned, or
+    /// signed by a key the team trusts (see [`crate::vetting`]).
+    async fn plugin(&self, name: &str, team: &str) -> Result<Arc<Plugin>, StepError> {
+        let key = (team.to_string(), name.to_string());
+        if let Some(p) = self.vetted.lock().unwrap().get(&key) {
+            return Ok(p.clone());
+        }
+        let entry = self.policy.plugins.get(name).ok_or_else(|| StepError::new(ErrorKind::Failed, format!("plugin `{name}` is not in the policy")))?;
+        let p = self.runtime.load_entry(entry).map_err(|e| StepError::new(ErrorKind::Denied, format!("{e:#}")))?;
+        if !self.policy.teams.is_empty() {
+            let t = self
+                .policy
+                .teams
+                .get(team)
+                .ok_or_else(|| StepError::new(ErrorKind::Denied, format!("team `{team}` is not in the policy, so it may run nothing")))?;
+            let m = self.runtime.describe(&p).await.map_err(|e| StepError::new(ErrorKind::Failed, format!("{e:#}")))?;
+            let trust = crate::vetting::check(&self.policy, t, name, &entry.path, entry.sha256.as_deref(), &p.sha256, &m.name, &m.version)
+                .map_err(|why| StepError::new(ErrorKind::Denied, why))?;
+            tracing::debug!(team, plugin = name, "plugin trusted: {trust}");
+        }
+        self.vetted.lock().unwrap().insert(key, p.clone());
+        Ok(p)
+    }
+}
+
+#[async_trait::async_trait]
+impl Invoke for PolicyInvoker {
+    async fn prepare(&self, plugin: &str, team: &str) -> Result<(), StepError> {
+        self.plugin(plugin, team).await.map(|_| ())
+    }
+
+    async fn invoke(&self, plugin: &str, team: &str, info: InvocationInfo, input: &str, tap: Option<UnboundedSender<LogLine>>) -> Result<InvocationReport, StepError> {
+        let p = self.plugin(plugin, team).await?;
+        // The grant of the story's own team: a sub-story runs under its team, never the caller's.
+        Ok(self.runtime.invoke(&p, self.policy.grant_for_team(plugin, team), info, input, tap).await)
+    }
+
+    fn instances(&self) -> (usize, u32) {
+        self.runtime.instances()
+    }
+}

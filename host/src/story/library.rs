@@ -1,0 +1,142 @@
+//! The library: every story the host knows, loaded from a folder and checked
+//! across stories (plugins exist, callees exist and allow the caller's team,
+//! no story calls itself through others).
+
+use super::{parse, StepKind, StoryError, StoryErrors, Story};
+use crate::policy::Policy;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// All stories the host knows, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Library {
+    pub stories: BTreeMap<String, Arc<Story>>,
+}
+
+impl Library {
+    /// Loads every `*.yaml`, `*.yml` and `*.json` file in `dir`.
+    pub fn load_dir(dir: &Path) -> Result<Library, StoryErrors> {
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            StoryErrors(vec![StoryError { file: dir.display().to_string(), line: 0, message: format!("cannot read the stories folder: {e}") }])
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
+            .collect();
+        files.sort();
+        Library::load_files(&files)
+    }
+
+    pub fn load_files(files: &[PathBuf]) -> Result<Library, StoryErrors> {
+        let mut lib = Library::default();
+        let mut errors = Vec::new();
+        for f in files {
+            let text = match std::fs::read_to_string(f) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(StoryError { file: f.display().to_string(), line: 0, message: format!("cannot read: {e}") });
+                    continue;
+                }
+            };
+            match parse(&text, f) {
+                Ok(story) => {
+                    if let Some(prev) = lib.stories.get(&story.name) {
+                        errors.push(StoryError {
+                            file: f.display().to_string(),
+                            line: story.line,
+                            message: format!("story `{}` is also defined in {}; names must be unique", story.name, prev.file.display()),
+                        });
+                    } else {
+                        lib.stories.insert(story.name.clone(), Arc::new(story));
+                    }
+                }
+                Err(StoryErrors(e)) => errors.extend(e),
+            }
+        }
+        if errors.is_empty() { Ok(lib) } else { Err(StoryErrors(errors)) }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Story>> {
+        self.stories.get(name).cloned()
+    }
+
+    /// Cross-story checks: plugins exist in the policy, called stories exist
+    /// and allow the caller's team, and no story calls itself through others.
+    pub fn check(&self, policy: &Policy) -> Result<(), StoryErrors> {
+        let mut errors = Vec::new();
+        for story in self.stories.values() {
+            let file = story.file.display().to_string();
+            if !policy.teams.is_empty() && !policy.teams.contains_key(&story.team) {
+                errors.push(StoryError {
+                    file: file.clone(),
+                    line: story.line,
+                    message: format!("story `{}` belongs to team `{}`, which has no [teams.{}] in {}", story.name, story.team, story.team, policy.file),
+                });
+            }
+            for s in story.steps.iter().chain(&story.fallbacks) {
+                match &s.kind {
+                    StepKind::Action(p) if !policy.plugins.contains_key(p) => errors.push(StoryError {
+                        file: file.clone(),
+                        line: s.line,
+                        message: format!(
+                            "step `{}`: unknown plugin `{p}`; add [plugins.{p}] to {} (it has: {})",
+                            s.id,
+                            policy.file,
+                            policy.plugins.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    }),
+                    StepKind::Story(name) => match self.stories.get(name) {
+                        None => errors.push(StoryError {
+                            file: file.clone(),
+                            line: s.line,
+                            message: format!("step `{}`: unknown story `{name}` (known: {})", s.id, self.stories.keys().cloned().collect::<Vec<_>>().join(", ")),
+                        }),
+                        Some(callee) if callee.team != story.team && !callee.allow_callers.contains(&story.team) => errors.push(StoryError {
+                            file: file.clone(),
+                            line: s.line,
+                            message: format!(
+                                "step `{}`: story `{name}` belongs to team {} and does not allow team {} to call it; add `{}` to its allow_callers",
+                                s.id, callee.team, story.team, story.team
+                            ),
+                        }),
+                        Some(_) => {}
+                    },
+                    _ => {}
+                }
+            }
+        }
+        // Cycles: depth-first over story calls.
+        for name in self.stories.keys() {
+            let mut path = vec![name.clone()];
+            if let Some(cycle) = self.find_cycle(name, &mut path) {
+                let story = &self.stories[name];
+                let msg = format!("story calls form a cycle: {}; a story cannot call itself, even through others", cycle.join(" → "));
+                if !errors.iter().any(|e: &StoryError| e.message == msg) {
+                    errors.push(StoryError { file: story.file.display().to_string(), line: story.line, message: msg });
+                }
+                break;
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(StoryErrors(errors)) }
+    }
+
+    fn find_cycle(&self, name: &str, path: &mut Vec<String>) -> Option<Vec<String>> {
+        let story = self.stories.get(name)?;
+        for s in story.steps.iter().chain(&story.fallbacks) {
+            if let StepKind::Story(callee) = &s.kind {
+                if let Some(pos) = path.iter().position(|p| p == callee) {
+                    let mut cycle = path[pos..].to_vec();
+                    cycle.push(callee.clone());
+                    return Some(cycle);
+                }
+                path.push(callee.clone());
+                if let Some(c) = self.find_cycle(callee, path) {
+                    return Some(c);
+                }
+                path.pop();
+            }
+        }
+        None
+    }
+}

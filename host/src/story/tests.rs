@@ -1,0 +1,414 @@
+//! Story semantics through the [`Invoke`] seam: no guest is compiled; a
+//! scripted invoker plays the plugins and a store can refuse writes on demand.
+
+use super::engine::{Engine, Quiet};
+use super::invoke::Invoke;
+use super::state::{ErrorKind, RunResult, RunState, StepError};
+use super::{parse, Library};
+use crate::audit::AuditRecord;
+use crate::invocation::{InvocationInfo, InvokeError, LogLine};
+use crate::policy::Policy;
+use crate::runtime::InvocationReport;
+use crate::store::testing::Flaky;
+use crate::store::{RunDetail, RunStore, Store};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// One call the engine made.
+#[derive(Debug, Clone)]
+struct Call {
+    plugin: String,
+    team: String,
+    info: InvocationInfo,
+    input: Value,
+}
+
+type Script = Box<dyn Fn(&Call, u32) -> Result<Value, InvokeError> + Send + Sync>;
+
+/// Plays plugins: each answers by its script (given the call and how many
+/// times it was called before). An input `sleep_ms` delays the answer.
+#[derive(Default)]
+struct Scripted {
+    scripts: HashMap<String, Script>,
+    calls: Mutex<Vec<Call>>,
+}
+
+impl Scripted {
+    fn with(mut self, plugin: &str, script: impl Fn(&Call, u32) -> Result<Value, InvokeError> + Send + Sync + 'static) -> Self {
+        self.scripts.insert(plugin.to_string(), Box::new(script));
+        self
+    }
+    fn calls(&self, plugin: &str) -> Vec<Call> {
+        self.calls.lock().unwrap().iter().filter(|c| c.plugin == plugin).cloned().collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Invoke for Scripted {
+    async fn prepare(&self, plugin: &str, _team: &str) -> Result<(), StepError> {
+        match self.scripts.contains_key(plugin) {
+            true => Ok(()),
+            false => Err(StepError::new(ErrorKind::Failed, format!("plugin `{plugin}` is not in the policy"))),
+        }
+    }
+
+    async fn invoke(&self, plugin: &str, team: &str, info: InvocationInfo, input: &str, tap: Option<UnboundedSender<LogLine>>) -> Result<InvocationReport, StepError> {
+        self.prepare(plugin, team).await?;
+        let input: Value = serde_json::from_str(input).unwrap();
+        if let Some(ms) = input["sleep_ms"].as_u64() {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        let call = Call { plugin: plugin.into(), team: team.into(), info: info.clone(), input };
+        let before = self.calls(plugin).len() as u32;
+        self.calls.lock().unwrap().push(call.clone());
+        let line = LogLine { at_ms: 1, level: "info", source: "guest", message: format!("{plugin} called") };
+        if let Some(tap) = tap {
+            let _ = tap.send(line.clone());
+        }
+        let outcome = (self.scripts[plugin])(&call, before).map(|v| v.to_string());
+        let audit = vec![AuditRecord::new("http", plugin, &info, "GET".into(), "https://api.example/".into())];
+        Ok(InvocationReport { plugin: plugin.into(), outcome, logs: vec![line], audit, http_requests: 1, duration_ms: 0, cpu_ms: 0 })
+    }
+}
+
+fn library(stories: &[&str]) -> Library {
+    let mut lib = Library::default();
+    for (i, text) in stories.iter().enumerate() {
+        let story = parse(text, Path::new(&format!("story{i}.yaml"))).unwrap_or_else(|e| panic!("{e}"));
+        lib.stories.insert(story.name.clone(), Arc::new(story));
+    }
+    lib
+}
+
+fn engine_on(invoker: Scripted, store: Arc<dyn Store>, stories: &[&str]) -> (Engine, Arc<Scripted>) {
+    let invoker = Arc::new(invoker);
+    let engine = Engine::with_invoker(invoker.clone(), Arc::new(Policy::empty()), Arc::new(library(stories)), store);
+    (engine, invoker)
+}
+
+fn engine(invoker: Scripted, stories: &[&str]) -> (Engine, Arc<Scripted>) {
+    engine_on(invoker, Arc::new(RunStore::in_memory().unwrap()), stories)
+}
+
+async fn run(e: &Engine, story: &str, input: Value) -> RunResult {
+    e.run(story, input, "test", &Quiet).await.unwrap()
+}
+
+fn detail(e: &Engine, r: &RunResult) -> RunDetail {
+    e.store.get_run(&r.run_id).unwrap().unwrap()
+}
+
+fn step_state(d: &RunDetail, step: &str) -> (String, u32) {
+    let s = d.steps.iter().find(|s| s.step_id == step && s.item.is_none()).unwrap_or_else(|| panic!("no row for {step}: {:?}", d.steps));
+    (s.state.clone(), s.attempts)
+}
+
+fn echo(call: &Call, _: u32) -> Result<Value, InvokeError> {
+    Ok(json!({"echo": call.input}))
+}
+
+fn upstream(message: &str) -> InvokeError {
+    InvokeError::Upstream { status: Some(503), message: message.into(), retry_after_ms: None }
+}
+
+const TWO_STEPS: &str = "
+name: two
+steps:
+  - id: first
+    action: echo
+    with: {n: '{{ input.n }}'}
+  - id: second
+    action: echo
+    with: {from_first: '{{ steps.first.output.echo.n }}'}
+";
+
+#[tokio::test]
+async fn steps_run_in_order_and_the_last_output_is_the_runs() {
+    let (e, inv) = engine(Scripted::default().with("echo", echo), &[TWO_STEPS]);
+    let r = run(&e, "two", json!({"n": 7})).await;
+    assert_eq!(r.state, RunState::Succeeded, "{:?}", r.error);
+    assert_eq!(r.output, Some(json!({"echo": {"from_first": 7}})));
+    let inputs: Vec<Value> = inv.calls("echo").into_iter().map(|c| c.input).collect();
+    assert_eq!(inputs, vec![json!({"n": 7}), json!({"from_first": 7})]);
+    assert_eq!(detail(&e, &r).run.state, "succeeded");
+}
+
+#[tokio::test]
+async fn an_action_runs_for_its_story_team_with_the_run_step_and_attempt() {
+    let story = "name: s\nteam: soc\nsteps:\n  - id: only\n    action: echo\n";
+    let (e, inv) = engine(Scripted::default().with("echo", echo), &[story]);
+    let r = run(&e, "s", json!({})).await;
+    let call = &inv.calls("echo")[0];
+    assert_eq!(call.team, "soc");
+    assert_eq!(call.info, InvocationInfo { run_id: r.run_id.clone(), story: "s".into(), step: "only".into(), team: "soc".into(), attempt: 1 });
+    let d = detail(&e, &r);
+    assert_eq!(d.logs.len(), 1, "the plugin's log line is recorded");
+    assert_eq!(d.audit.len(), 1, "its audit record is recorded");
+}
+
+#[tokio::test]
+async fn a_false_if_skips_the_step_and_records_it_as_skipped() {
+    let story = "name: s\nsteps:\n  - id: a\n    action: echo\n    if: '{{ input.go }}'\n  - id: b\n    transform: {set: {a: '{{ steps.a.status }}'}}\n";
+    let (e, inv) = engine(Scripted::default().with("echo", echo), &[story]);
+    let r = run(&e, "s", json!({"go": false})).await;
+    assert_eq!(r.output, Some(json!({"a": "skipped"})));
+    assert!(inv.calls("echo").is_empty());
+    assert_eq!(step_state(&detail(&e, &r), "a").0, "skipped");
+}
+
+#[tokio::test]
+async fn a_failed_step_fails_the_run_and_names_the_step() {
+    let (e, _) = engine(Scripted::default().with("echo", |_, _| Err(upstream("jira is down"))), &[TWO_STEPS]);
+    let r = run(&e, "two", json!({"n": 1})).await;
+    assert_eq!(r.state, RunState::Failed);
+    assert_eq!(r.failed_step.as_deref(), Some("first"));
+    assert_eq!(r.error.as_ref().unwrap().kind, ErrorKind::Upstream);
+    let d = detail(&e, &r);
+    assert_eq!(d.run.failed_step.as_deref(), Some("first"));
+    assert!(d.run.error.unwrap().contains("step first: upstream error (HTTP 503): jira is down"));
+    assert!(d.steps.iter().all(|s| s.step_id != "second"), "the second step never ran");
+}
+
+#[tokio::test]
+async fn a_failed_step_with_on_error_continue_lets_the_next_step_run() {
+    let story = "name: s\nsteps:\n  - id: a\n    action: broken\n    on_error: continue\n  - id: b\n    transform: {set: {a: '{{ steps.a.status }}', why: '{{ steps.a.error.kind }}'}}\n";
+    let (e, _) = engine(Scripted::default().with("broken", |_, _| Err(InvokeError::Failed { message: "no".into() })), &[story]);
+    let r = run(&e, "s", json!({})).await;
+    assert_eq!(r.state, RunState::Succeeded, "{:?}", r.error);
+    assert_eq!(r.output, Some(json!({"a": "failed", "why": "failed"})));
+}
+
+#[tokio::test]
+async fn a_fallback_stands_in_for_a_failed_step_and_sees_its_error() {
+    let story = "
+name: s
+steps:
+  - id: a
+    action: broken
+    on_error: plan_b
+fallbacks:
+  - id: plan_b
+    transform: {set: {recovered_from: '{{ error.step }}', kind: '{{ error.kind }}'}}
+";
+    let (e, _) = engine(Scripted::default().with("broken", |_, _| Err(upstream("x"))), &[story]);
+    let r = run(&e, "s", json!({})).await;
+    assert_eq!(r.output, Some(json!({"recovered_from": "a", "kind": "upstream"})));
+}
+
+#[tokio::test]
+async fn a_failing_fallback_fails_the_run_naming_both_errors() {
+    let story = "name: s\nsteps:\n  - id: a\n    action: broken\n    on_error: plan_b\nfallbacks:\n  - id: plan_b\n    action: broken\n";
+    let (e, _) = engine(Scripted::default().with("broken", |_, n| Err(upstream(&format!("failure {n}")))), &[story]);
+    let r = run(&e, "s", json!({})).await;
+    let err = r.error.unwrap();
+    assert!(err.message.contains("fallback plan_b failed too") && err.message.contains("failure 1") && err.message.contains("after: upstream error (HTTP 503): failure 0"), "{}", err.message);
+}
+
+#[tokio::test]
+async fn a_retry_succeeds_on_a_later_attempt_and_the_attempts_are_recorded() {
+    let story = "name: s\nsteps:\n  - id: a\n    action: flaky\n    retry: {attempts: 3, backoff_ms: 1}\n";
+    let (e, inv) = engine(Scripted::default().with("flaky", |_, n| if n < 2 { Err(upstream("busy")) } else { Ok(json!({"ok": n})) }), &[story]);
+    let r = run(&e, "s", json!({})).await;
+    assert_eq!(r.output, Some(json!({"ok": 2})));
+    let attempts: Vec<u32> = inv.calls("flaky").iter().map(|c| c.info.attempt).collect();
+    assert_eq!(attempts, vec![1, 2, 3]);
+    assert_eq!(step_state(&detail(&e, &r), "a"), ("succeeded".into(), 3));
+}
+
+#[tokio::test]
+async fn only_the_kinds_in_retry_on_are_retried() {
+    let story = "name: s\nsteps:\n  - id: a\n    action: denied\n    retry: {attempts: 5, backoff_ms: 1, on: [upstream]}\n";
+    let (e, inv) = engine(Scripted::default().with("denied", |_, _| Err(InvokeError::Denied { message: "policy".into() })), &[story]);
+    let r = run(&e, "s", json!({})).await;
+    assert_eq!(r.error.unwrap().kind, ErrorKind::Denied);
+    assert_eq!(inv.calls("denied").len(), 1, "a denial is not an upstream hiccup");
+}
+
+#[tokio::test]
+async fn a_step_that_outlasts_timeout_ms_fails_with_kind_timeout() {
+    let story = "name: s\nsteps:\n  - id: a\n    action: echo\n    with: {sleep_ms: 2000}\n    timeout_ms: 50\n";
+    let (e, _) = engine(Scripted::default().with("echo", echo), &[story]);
+    let r = run(&e, "s", json!({})).await;
+    let err = r.error.unwrap();
+    assert_eq!((err.kind, err.message.as_str()), (ErrorKind::Timeout, "no result within timeout_ms = 50"));
+}
+
+#[tokio::test]
+async fn for_each_runs_every_item_and_keeps_their_order() {
+    // Earlier items sleep longer, so with concurrency they finish last.
+    let story = "
+name: s
+steps:
+  - id: each
+    action: echo
+    for_each: '{{ input.items }}'
+    concurrency: 4
+    with: {sleep_ms: '{{ (4 - index) * 20 }}', item: '{{ item }}'}
+";
+    let (e, _) = engine(Scripted::default().with("echo", echo), &[story]);
+    let r = run(&e, "s", json!({"items": ["a", "b", "c", "d"]})).await;
+    let items: Vec<Value> = r.output.as_ref().unwrap().as_array().unwrap().iter().map(|o| o["echo"]["item"].clone()).collect();
+    assert_eq!(items, vec![json!("a"), json!("b"), json!("c"), json!("d")]);
+    let d = detail(&e, &r);
+    assert_eq!(d.steps.iter().filter(|s| s.item.is_some() && s.state == "succeeded").count(), 4);
+    assert_eq!(step_state(&d, "each").0, "succeeded");
+}
+
+#[tokio::test]
+async fn for_each_fails_at_a_failing_item_and_names_it() {
+    let story = "name: s\nsteps:\n  - id: each\n    action: picky\n    for_each: '{{ input.items }}'\n    with: {item: '{{ item }}'}\n";
+    let (e, _) = engine(Scripted::default().with("picky", |c, _| if c.input["item"] == "bad" { Err(InvokeError::InvalidInput { message: "bad item".into() }) } else { Ok(json!({})) }), &[story]);
+    let r = run(&e, "s", json!({"items": ["ok", "bad", "ok"]})).await;
+    let err = r.error.clone().unwrap();
+    assert_eq!(err.kind, ErrorKind::InvalidInput);
+    assert!(err.message.starts_with("item 1: "), "{}", err.message);
+    assert_eq!(step_state(&detail(&e, &r), "each").0, "failed");
+}
+
+const CALLEE: &str = "name: callee\nteam: ir\nallow_callers: [soc]\ninput: {type: object, required: [host]}\nsteps:\n  - id: act\n    action: echo\n    with: {host: '{{ input.host }}'}\n";
+
+#[tokio::test]
+async fn a_sub_story_runs_as_its_own_run_under_its_own_team() {
+    let caller = "name: caller\nteam: soc\nsteps:\n  - id: call\n    story: callee\n    with: {host: h1}\n";
+    let (e, inv) = engine(Scripted::default().with("echo", echo), &[caller, CALLEE]);
+    let r = run(&e, "caller", json!({})).await;
+    assert_eq!(r.output, Some(json!({"echo": {"host": "h1"}})));
+    assert_eq!(inv.calls("echo")[0].team, "ir", "the callee's grant, never the caller's");
+    let d = detail(&e, &r);
+    assert_eq!(d.children.len(), 1);
+    assert_eq!((d.children[0].story.as_str(), d.children[0].state.as_str()), ("callee", "succeeded"));
+}
+
+#[tokio::test]
+async fn a_sub_story_refuses_input_its_schema_does_not_accept() {
+    let caller = "name: caller\nteam: soc\nsteps:\n  - id: call\n    story: callee\n    with: {nohost: 1}\n";
+    let (e, inv) = engine(Scripted::default().with("echo", echo), &[caller, CALLEE]);
+    let r = run(&e, "caller", json!({})).await;
+    assert_eq!(r.error.unwrap().kind, ErrorKind::InvalidInput);
+    assert!(inv.calls("echo").is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_sub_story_fails_the_calling_step_with_kind_story() {
+    let caller = "name: caller\nteam: soc\nsteps:\n  - id: call\n    story: callee\n    with: {host: h1}\n";
+    let (e, _) = engine(Scripted::default().with("echo", |_, _| Err(upstream("edr down"))), &[caller, CALLEE]);
+    let r = run(&e, "caller", json!({})).await;
+    let err = r.error.clone().unwrap();
+    assert_eq!(err.kind, ErrorKind::Story);
+    assert!(err.message.contains("sub-story callee") && err.message.contains("failed at act") && err.message.contains("edr down"), "{}", err.message);
+    assert_eq!(detail(&e, &r).children[0].state, "failed");
+}
+
+#[tokio::test]
+async fn the_output_template_shapes_the_run_output() {
+    let story = format!("{TWO_STEPS}output: {{first: '{{{{ steps.first.output.echo.n }}}}', run: '{{{{ run.story }}}}'}}\n");
+    let (e, _) = engine(Scripted::default().with("echo", echo), &[&story]);
+    let r = run(&e, "two", json!({"n": 3})).await;
+    assert_eq!(r.output, Some(json!({"first": 3, "run": "two"})));
+}
+
+#[tokio::test]
+async fn input_that_fails_the_schema_is_refused_before_a_run_exists() {
+    let (e, _) = engine(Scripted::default().with("echo", echo), &[CALLEE]);
+    let err = e.run("callee", json!({}), "test", &Quiet).await.unwrap_err();
+    assert!(matches!(err, super::engine::SubmitError::InvalidInput(_)), "{err:?}");
+    assert!(e.store.list_runs(None, None, true, 10, 0).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn resume_keeps_finished_steps_and_runs_the_interrupted_one_again() {
+    let story = "name: s\nsteps:\n  - id: a\n    action: echo\n    with: {v: 1}\n  - id: b\n    action: echo\n    with: {a: '{{ steps.a.output.echo.v }}'}\n    retry: {attempts: 2, backoff_ms: 1}\n";
+    let (e, inv) = engine(Scripted::default().with("echo", echo), &[story]);
+    // A run cut off by a restart during step b's first attempt.
+    let id = e.submit("s", json!({}), "test").await.unwrap();
+    e.store.start_run(&id).unwrap();
+    e.store.step_finished(&id, "a", None, "action", "succeeded", Some(&json!({"echo": {"v": 1}})), None, 1).unwrap();
+    e.store.step_started(&id, "b", None, "action", Some(&json!({})), 1).unwrap();
+    let r = e.resume(&id, &Quiet).await;
+    assert_eq!(r.output, Some(json!({"echo": {"a": 1}})), "{:?}", r.error);
+    let calls = inv.calls("echo");
+    assert_eq!(calls.len(), 1, "step a is not run again");
+    assert_eq!(calls[0].info.attempt, 2, "the retry count holds across the restart");
+}
+
+#[tokio::test]
+async fn resume_fails_a_run_whose_interrupted_step_has_no_attempts_left() {
+    let story = "name: s\nsteps:\n  - id: a\n    action: echo\n";
+    let (e, inv) = engine(Scripted::default().with("echo", echo), &[story]);
+    let id = e.submit("s", json!({}), "test").await.unwrap();
+    e.store.start_run(&id).unwrap();
+    e.store.step_started(&id, "a", None, "action", Some(&json!({})), 1).unwrap();
+    let r = e.resume(&id, &Quiet).await;
+    assert_eq!(r.error.as_ref().unwrap().kind, ErrorKind::Interrupted);
+    assert!(inv.calls("echo").is_empty(), "an action with side effects is not repeated past its retry policy");
+    let d = e.store.get_run(&id).unwrap().unwrap();
+    assert_eq!(d.run.state, "failed");
+    assert!(d.run.error.unwrap().contains("interrupted by a restart"));
+}
+
+#[tokio::test]
+async fn a_store_that_refuses_writes_fails_the_run_loudly_and_reports_unhealthy() {
+    let store = Arc::new(Flaky::new());
+    let (e, _) = engine_on(Scripted::default().with("echo", echo), store.clone(), &[TWO_STEPS]);
+    let id = e.submit("two", json!({"n": 1}), "test").await.unwrap();
+    assert!(e.store_health().status().is_ok());
+    store.fail(Some("step_finished"));
+    let r = e.execute(&id, &Quiet).await;
+    assert_eq!(r.state, RunState::Failed, "a run whose record is incomplete never claims success");
+    let err = r.error.unwrap();
+    assert_eq!(err.kind, ErrorKind::Store);
+    assert!(err.message.starts_with("run store unavailable: cannot record step first of run"), "{}", err.message);
+    assert!(err.message.contains("database or disk is full"), "{}", err.message);
+    assert!(store.refused.load(Ordering::SeqCst) >= 4, "the write was retried before giving up");
+    let why = e.store_health().status().unwrap_err();
+    assert!(why.contains("database or disk is full"), "{why}");
+    // The failure itself reached the store, which still takes other writes.
+    let d = e.store.get_run(&id).unwrap().unwrap();
+    assert_eq!(d.run.state, "failed");
+    assert!(d.run.error.unwrap().contains("run store unavailable"));
+}
+
+#[tokio::test]
+async fn a_store_failure_is_not_hidden_by_on_error_continue() {
+    let store = Arc::new(Flaky::new());
+    let story = "name: s\nsteps:\n  - id: a\n    action: echo\n    on_error: continue\n  - id: b\n    transform: {set: {done: true}}\n";
+    let (e, _) = engine_on(Scripted::default().with("echo", echo), store.clone(), &[story]);
+    let id = e.submit("s", json!({}), "test").await.unwrap();
+    store.fail(Some("add_audit"));
+    let r = e.execute(&id, &Quiet).await;
+    assert_eq!((r.state, r.failed_step.as_deref()), (RunState::Failed, Some("a")));
+    assert_eq!(r.error.unwrap().kind, ErrorKind::Store);
+}
+
+#[tokio::test]
+async fn when_even_the_failure_cannot_be_written_the_result_still_says_so() {
+    let store = Arc::new(Flaky::new());
+    let (e, _) = engine_on(Scripted::default().with("echo", echo), store.clone(), &[TWO_STEPS]);
+    let id = e.submit("two", json!({"n": 1}), "test").await.unwrap();
+    store.fail(None);
+    let r = e.execute(&id, &Quiet).await;
+    assert_eq!(r.state, RunState::Failed);
+    assert!(r.error.unwrap().message.starts_with("run store unavailable: cannot record the start of run"));
+    store.heal();
+    assert!(e.submit("two", json!({"n": 2}), "test").await.is_ok(), "the store takes writes again");
+}
+
+#[tokio::test]
+async fn an_unhealthy_store_is_reported_for_the_window_then_healthy_again() {
+    let store = Arc::new(Flaky::new());
+    let (e, _) = engine_on(Scripted::default().with("echo", echo), store.clone(), &[TWO_STEPS]);
+    let e = e.with_health_window(Duration::from_millis(300));
+    store.fail(Some("create_run"));
+    let err = e.submit("two", json!({"n": 1}), "test").await.unwrap_err();
+    assert!(err.to_string().starts_with("run store unavailable: cannot record run"), "{err}");
+    assert!(e.store_health().status().is_err());
+    assert_eq!(e.store_health().failures(), 1);
+    store.heal();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(e.store_health().status().is_ok());
+}
