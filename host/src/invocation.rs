@@ -120,3 +120,35 @@ impl Drop for OffCpu {
     }
 }
 
+
+/// Guest text made safe to keep and to show: at most `max` bytes (cut on a
+/// character boundary and marked with `…`), and every control character but
+/// newline and tab escaped (`\u{1b}`), so a guest can neither drive the
+/// operator's terminal nor grow a record past what its grant allows.
+pub fn guest_text(s: &str, max: usize) -> String {
+    let cut = if s.len() > max { &s[..s.floor_char_boundary(max)] } else { s };
+    let mut out = String::with_capacity(cut.len() + 3);
+    for c in cut.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    if cut.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_text_is_capped_on_a_character_boundary_and_controls_are_escaped() {
+        assert_eq!(guest_text("héllo", 2), "h…");
+        assert_eq!(guest_text("a\u{1b}[2Jb\r\nc\td", 100), "a\\u{1b}[2Jb\\u{d}\nc\td");
+        assert_eq!(guest_text("short", 100), "short");
+    }
+}

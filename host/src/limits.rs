@@ -24,6 +24,9 @@ pub struct Limits {
     pub log_bytes: u64,
     /// Largest output JSON `run` may return.
     pub output_bytes: u64,
+    /// Refused capability calls before the host stops the invocation: a guest
+    /// probing the policy gets a few answers, not an unbounded supply.
+    pub denials: u32,
 }
 
 impl Default for Limits {
@@ -37,6 +40,7 @@ impl Default for Limits {
             response_bytes: 4 * MIB,
             log_bytes: 64 * KIB,
             output_bytes: 4 * MIB,
+            denials: 32,
         }
     }
 }

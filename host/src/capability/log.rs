@@ -4,7 +4,7 @@
 use super::Capabilities;
 use crate::audit::now_ms;
 use crate::bindings::warden::action::log;
-use crate::invocation::LogLine;
+use crate::invocation::{guest_text, LogLine};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// The captured log of one invocation, capped by `limits.log_bytes`.
@@ -12,21 +12,32 @@ pub struct LogBuffer {
     pub lines: Vec<LogLine>,
     budget: u64,
     pub dropped_bytes: u64,
+    pub dropped_lines: u64,
     tap: Option<UnboundedSender<LogLine>>,
 }
 
+/// What one kept line costs beyond its text (its record, its row).
+pub const LINE_OVERHEAD: u64 = 64;
+
 impl LogBuffer {
     pub fn new(budget: u64, tap: Option<UnboundedSender<LogLine>>) -> LogBuffer {
-        LogBuffer { lines: Vec::new(), budget, dropped_bytes: 0, tap }
+        LogBuffer { lines: Vec::new(), budget, dropped_bytes: 0, dropped_lines: 0, tap }
     }
 
-    pub fn push(&mut self, line: LogLine) {
-        let size = line.message.len() as u64;
+    /// Keeps `line` if the budget allows: every line costs its bytes plus
+    /// [`LINE_OVERHEAD`], so a flood of empty lines is bounded too. Control
+    /// characters are escaped here, once for every reader (store, terminal).
+    pub fn push(&mut self, mut line: LogLine) {
+        let size = line.message.len() as u64 + LINE_OVERHEAD;
         if size > self.budget {
-            self.dropped_bytes += size;
+            self.dropped_bytes += line.message.len() as u64;
+            self.dropped_lines += 1;
             return;
         }
         self.budget -= size;
+        if line.message.contains(|c: char| c.is_control() && c != '\n' && c != '\t') {
+            line.message = guest_text(&line.message, usize::MAX);
+        }
         if let Some(tap) = &self.tap {
             let _ = tap.send(line.clone());
         }

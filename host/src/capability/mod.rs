@@ -16,7 +16,7 @@ pub mod http;
 pub mod log;
 pub mod smtp;
 
-use crate::audit::AuditRecord;
+use crate::audit::{AuditRecord, Decision};
 use crate::bindings::warden::action;
 use crate::invocation::{CpuMeter, InvocationInfo, LogLine};
 use crate::policy::Grant;
@@ -48,6 +48,10 @@ pub struct Call {
     pub audit: Vec<AuditRecord>,
     pub meter: CpuMeter,
     pub deadline: Instant,
+    /// Calls refused so far (counted against `limits.denials`).
+    pub denials: u32,
+    /// Set when a capability stopped the invocation at a limit: (limit, message).
+    pub stopped: Option<(&'static str, String)>,
 }
 
 impl Call {
@@ -60,6 +64,24 @@ impl Call {
     pub fn keep(&mut self, mut record: AuditRecord, started: Instant) {
         record.duration_ms = started.elapsed().as_millis() as u64;
         self.audit.push(record);
+    }
+
+    /// [`Call::keep`] for the record of a capability call: a refusal counts
+    /// against `limits.denials`, and past it the returned trap stops the
+    /// invocation (the host call must return it).
+    pub fn answered(&mut self, record: AuditRecord, started: Instant) -> wasmtime::Result<()> {
+        let denied = record.decision == Decision::Denied;
+        self.keep(record, started);
+        let max = self.grant.limits.denials;
+        if denied {
+            self.denials += 1;
+            if self.denials > max {
+                let message = format!("{} had {max} capability calls refused; the host stopped it (limits.denials)", self.plugin);
+                self.stopped = Some(("denials", message.clone()));
+                return Err(wasmtime::Error::msg(message));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -85,6 +107,8 @@ impl Capabilities {
                 info,
                 audit: Vec::new(),
                 meter: CpuMeter::start(),
+                denials: 0,
+                stopped: None,
             },
         }
     }

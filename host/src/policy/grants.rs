@@ -111,6 +111,7 @@ pub(super) fn parse_limits(raw: RawLimits) -> Result<Limits, String> {
     if let Some(v) = raw.cpu_ms { l.cpu_ms = v; }
     if let Some(v) = raw.wall_ms { l.wall_ms = v; }
     if let Some(v) = raw.http_requests { l.http_requests = v; }
+    if let Some(v) = raw.denials { l.denials = v; }
     if l.memory_bytes > MAX_MEMORY_BYTES {
         return Err(format!("memory {} is above warden's maximum of {}", Bytes(l.memory_bytes), Bytes(MAX_MEMORY_BYTES)));
     }
@@ -143,6 +144,7 @@ pub(super) struct RawLimits {
     cpu_ms: Option<u64>,
     wall_ms: Option<u64>,
     http_requests: Option<u32>,
+    denials: Option<u32>,
     request_bytes: Option<SizeValue>,
     response_bytes: Option<SizeValue>,
     log_bytes: Option<SizeValue>,

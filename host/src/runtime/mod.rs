@@ -13,11 +13,13 @@ use crate::bindings::warden::action::types;
 use crate::capability::http::resolve::{HostResolver, SystemResolver};
 use crate::capability::http::transport::Transport;
 pub use crate::invocation::{InvocationInfo, InvokeError, LogLine, Manifest};
+use crate::invocation::guest_text;
 use crate::limits::Bytes;
 use engine::{build_engine, start_epoch_ticker};
 pub use engine::EPOCH_TICK;
 use crate::policy::{Grant, PluginEntry};
 use anyhow::{anyhow, Context as _};
+use futures::FutureExt as _;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use state::{InvocationState, Stop};
@@ -29,17 +31,26 @@ use wasmtime::component::Linker;
 use wasmtime::{Engine, Store, UpdateDeadline};
 
 
+/// Most hosts or credentials a manifest lists, and the largest schema it may give.
+const MAX_MANIFEST_ENTRIES: usize = 64;
+const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+
+/// Longest error message a guest's `action-error` keeps (it lands in the
+/// run store and on the operator's terminal).
+const MAX_ERROR_MESSAGE_BYTES: usize = 4096;
+
 impl From<types::ActionError> for InvokeError {
     fn from(e: types::ActionError) -> InvokeError {
+        let text = |m: String| guest_text(&m, MAX_ERROR_MESSAGE_BYTES);
         match e {
-            types::ActionError::InvalidInput(message) => InvokeError::InvalidInput { message },
-            types::ActionError::Denied(message) => InvokeError::Denied { message },
+            types::ActionError::InvalidInput(message) => InvokeError::InvalidInput { message: text(message) },
+            types::ActionError::Denied(message) => InvokeError::Denied { message: text(message) },
             types::ActionError::Upstream(u) => InvokeError::Upstream {
                 status: u.status,
-                message: u.message,
+                message: text(u.message),
                 retry_after_ms: u.retry_after_ms,
             },
-            types::ActionError::Failed(message) => InvokeError::Failed { message },
+            types::ActionError::Failed(message) => InvokeError::Failed { message: text(message) },
         }
     }
 }
@@ -251,16 +262,21 @@ impl Runtime {
             .map_err(|_| anyhow!("plugin {}: describe() did not return in time", plugin.name))?
             .map_err(|e| anyhow!("plugin {}: describe() trapped: {e}", plugin.name))?;
         let schema = |text: &str, what: &str| {
+            if text.len() > MAX_SCHEMA_BYTES {
+                anyhow::bail!("plugin {}: {what} is {} bytes; a schema may have at most {MAX_SCHEMA_BYTES}", plugin.name, text.len());
+            }
             serde_json::from_str(text).with_context(|| format!("plugin {}: {what} is not JSON", plugin.name))
         };
+        // A manifest is guest text shown to operators: capped and escaped.
+        let list = |v: Vec<String>| v.iter().take(MAX_MANIFEST_ENTRIES).map(|s| guest_text(s, 256)).collect();
         Ok(Manifest {
             input_schema: schema(&m.input_schema, "input-schema")?,
             output_schema: schema(&m.output_schema, "output-schema")?,
-            name: m.name,
-            version: m.version,
-            description: m.description,
-            hosts: m.hosts,
-            credentials: m.credentials,
+            name: guest_text(&m.name, 128),
+            version: guest_text(&m.version, 64),
+            description: guest_text(&m.description, 1024),
+            hosts: list(m.hosts),
+            credentials: list(m.credentials),
         })
     }
 
@@ -290,6 +306,9 @@ impl Runtime {
             let action = plugin.pre.instantiate_async(&mut store).await.map_err(Failure::Instantiate)?;
             action.call_run(&mut store, &wit_info, input).await.map_err(Failure::Trap)
         };
+        // A panic in warden's own code while serving this guest ends this
+        // invocation only, never the process or the runs beside it.
+        let call = async { std::panic::AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|panic| Err(Failure::HostPanic(panic_text(&panic)))) };
         let raw = tokio::time::timeout(Duration::from_millis(limits.wall_ms), call).await;
         let state = store.data_mut();
         let outcome = match raw {
@@ -302,6 +321,10 @@ impl Runtime {
             }),
             Ok(Err(Failure::Instantiate(e))) => Err(instantiate_error(state, e)),
             Ok(Err(Failure::Trap(e))) => Err(trap_error(state, &limits, e)),
+            Ok(Err(Failure::HostPanic(why))) => {
+                tracing::error!(plugin = %plugin.name, "warden panicked while serving a plugin: {why}");
+                Err(InvokeError::Trap { message: "warden failed while serving this plugin (a host bug, logged for the operator); the invocation was stopped".into() })
+            }
             Ok(Ok(Err(action_error))) => Err(InvokeError::from(action_error)),
             Ok(Ok(Ok(output))) => check_output(output, limits.output_bytes),
         };
@@ -311,7 +334,8 @@ impl Runtime {
             let rule = match e {
                 InvokeError::Limit { limit: "output", .. } => "limits.output_bytes".to_string(),
                 InvokeError::Limit { limit: "memory", .. } => "limits.memory".to_string(),
-                InvokeError::Limit { limit, .. } => format!("limits.{limit}_ms"),
+                InvokeError::Limit { limit: limit @ ("cpu" | "wall"), .. } => format!("limits.{limit}_ms"),
+                InvokeError::Limit { limit, .. } => format!("limits.{limit}"),
                 _ => "trap".to_string(),
             };
             let mut record = state.caps.call.record("sandbox", "STOP".into(), String::new());
@@ -319,14 +343,11 @@ impl Runtime {
             record.reason = Some(e.to_string());
             state.caps.call.keep(record, started);
         }
-        if state.caps.logs.dropped_bytes > 0 {
-            let dropped = state.caps.logs.dropped_bytes;
-            state.caps.logs.lines.push(LogLine {
-                at_ms: now_ms(),
-                level: "warn",
-                source: "host",
-                message: format!("{} of log output dropped past limits.log_bytes", Bytes(dropped)),
-            });
+        let logs = &state.caps.logs;
+        if logs.dropped_bytes > 0 || logs.dropped_lines > 0 {
+            let message = format!("{} of log output ({} lines) dropped past limits.log_bytes", Bytes(logs.dropped_bytes), logs.dropped_lines);
+            // Pushed past the budget on purpose: the operator must see what was lost.
+            state.caps.logs.lines.push(LogLine { at_ms: now_ms(), level: "warn", source: "host", message });
         }
         InvocationReport {
             plugin: plugin.name.clone(),
@@ -375,6 +396,12 @@ impl Runtime {
 enum Failure {
     Instantiate(wasmtime::Error),
     Trap(wasmtime::Error),
+    HostPanic(String),
+}
+
+/// The message of a caught panic.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a panic without a message".into())
 }
 
 fn check_output(output: String, cap: u64) -> Result<String, InvokeError> {
@@ -403,6 +430,9 @@ fn instantiate_error(state: &mut InvocationState, e: wasmtime::Error) -> InvokeE
 }
 
 fn trap_error(state: &mut InvocationState, limits: &crate::limits::Limits, e: wasmtime::Error) -> InvokeError {
+    if let Some((limit, message)) = state.caps.call.stopped.clone() {
+        return InvokeError::Limit { limit, message };
+    }
     if state.stop == Some(Stop::Cpu) {
         return InvokeError::Limit {
             limit: "cpu",
@@ -424,7 +454,7 @@ fn trap_error(state: &mut InvocationState, limits: &crate::limits::Limits, e: wa
         None => root_message(&e),
     };
     if let Some(p) = panic {
-        message = format!("the plugin panicked: {p} ({message})");
+        message = format!("the plugin panicked: {} ({message})", guest_text(&p, MAX_ERROR_MESSAGE_BYTES));
     }
     // Keep the rest of stderr in the log.
     if !stderr.is_empty() {

@@ -12,6 +12,11 @@ use tokio::sync::mpsc::UnboundedSender;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+/// Most bytes one `wasi:random` call may ask the host for.
+const MAX_RANDOM_BYTES: u64 = 1024 * 1024;
+/// Most WASI resources (streams, pollables, …) a guest may hold at once.
+const MAX_WASI_RESOURCES: usize = 4096;
+
 /// Which limit stopped the guest, so the error can say so plainly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
@@ -79,16 +84,21 @@ impl InvocationState {
         let stderr = CappedPipe::new(limits.log_bytes as usize);
         // WASI is linked so ordinary toolchains work, but it grants nothing:
         // no preopens, env, args or sockets; stdio is captured.
+        // Random bytes and resource handles are host memory a guest asks for:
+        // bounded here, not by the guest's own memory limit.
         let wasi = WasiCtx::builder()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            .max_random_size(MAX_RANDOM_BYTES.min(limits.memory_bytes))
             .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_WASI_RESOURCES);
         InvocationState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             memory: MemoryLimiter { limit: limits.memory_bytes, used: 0, refused: None },
             stop: None,
             stdout,

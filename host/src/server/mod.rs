@@ -273,6 +273,40 @@ mod tests {
     use crate::store::testing::Flaky;
     use crate::story::invoke::PolicyInvoker;
 
+    /// An invoker with a bug: it panics.
+    struct Panics;
+
+    #[async_trait::async_trait]
+    impl crate::story::invoke::Invoke for Panics {
+        async fn prepare(&self, _: &str, _: &str) -> Result<(), crate::story::StepError> {
+            Ok(())
+        }
+        async fn invoke(&self, _: &str, _: &str, _: crate::invocation::InvocationInfo, _: &str, _: Option<tokio::sync::mpsc::UnboundedSender<crate::invocation::LogLine>>) -> Result<crate::runtime::InvocationReport, crate::story::StepError> {
+            panic!("a bug in warden")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_that_panics_the_host_is_recorded_as_failed_and_its_neighbour_completes() {
+        let parse = |t: &str, f: &str| Arc::new(crate::story::parse(t, std::path::Path::new(f)).unwrap());
+        let mut library = Library::default();
+        library.stories.insert("bad".into(), parse("name: bad\nsteps:\n  - id: a\n    action: p\n", "bad.yaml"));
+        library.stories.insert("good".into(), parse("name: good\nsteps:\n  - id: a\n    transform: {set: {ok: true}}\n", "good.yaml"));
+        let engine = Arc::new(Engine::with_invoker(Arc::new(Panics), Arc::new(Policy::empty()), Arc::new(library), Arc::new(RunStore::in_memory().unwrap())));
+        let (_router, queue) = start(engine.clone(), &ServeOptions { workers: 2, drain: Duration::from_secs(1) }).unwrap();
+        let (bad, good) = (engine.submit("bad", json!({}), "test").await.unwrap(), engine.submit("good", json!({}), "test").await.unwrap());
+        let (tx_bad, rx_bad) = tokio::sync::oneshot::channel();
+        let (tx_good, rx_good) = tokio::sync::oneshot::channel();
+        queue.push(bad.clone(), "bad", false, Some(tx_bad));
+        queue.push(good.clone(), "good", false, Some(tx_good));
+        let (bad_result, good_result) = (rx_bad.await.unwrap(), rx_good.await.unwrap());
+        assert_eq!(bad_result.state, crate::story::RunState::Failed);
+        assert!(bad_result.error.unwrap().message.contains("host bug"));
+        assert_eq!(good_result.state, crate::story::RunState::Succeeded);
+        let stored = engine.store.get_run(&bad).unwrap().unwrap();
+        assert_eq!(stored.run.state, "failed", "never left running");
+    }
+
     #[tokio::test]
     async fn healthz_reports_a_store_that_refuses_writes() {
         let store = Arc::new(Flaky::new());

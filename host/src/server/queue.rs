@@ -5,6 +5,7 @@
 use super::metrics::{Metrics, MetricsObserver};
 use crate::policy::Policy;
 use crate::story::engine::{Engine, RunResult};
+use futures::FutureExt as _;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -53,7 +54,12 @@ impl Queue {
             q.metrics.runs_queued.fetch_sub(1, Ordering::Relaxed);
             q.metrics.runs_in_flight.fetch_add(1, Ordering::Relaxed);
             let observer = MetricsObserver(&q.metrics);
-            let result = if resume { q.engine.resume(&run_id, &observer).await } else { q.engine.execute(&run_id, &observer).await };
+            let run = async { if resume { q.engine.resume(&run_id, &observer).await } else { q.engine.execute(&run_id, &observer).await } };
+            // A bug in warden that panics one run fails that run, recorded, and nothing else.
+            let result = match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+                Ok(result) => result,
+                Err(panic) => q.engine.failed_by_host_bug(&run_id, &crate::runtime::panic_text(&panic)).await,
+            };
             q.metrics.runs_in_flight.fetch_sub(1, Ordering::Relaxed);
             if let Some(tx) = done {
                 let _ = tx.send(result);

@@ -167,6 +167,14 @@ impl Engine {
         self.run_story(story, run_id.to_string(), input, 0, observer, Resume::default()).await
     }
 
+    /// Records a run that warden itself broke off (a panic in its own code),
+    /// so it is never left `running`.
+    pub async fn failed_by_host_bug(&self, run_id: &str, why: &str) -> RunResult {
+        tracing::error!(run = %run_id, "warden panicked while executing a run: {why}");
+        let e = StepError::new(ErrorKind::Failed, "warden failed while executing this run (a host bug, logged for the operator)");
+        self.fail_run(run_id, None, e).await
+    }
+
     /// Continues a run that a restart interrupted. Finished steps keep their
     /// results; the interrupted step runs again if its retry policy allows
     /// another attempt, otherwise the run fails saying so. Never silent.

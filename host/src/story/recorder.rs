@@ -75,6 +75,16 @@ impl StoreHealth {
     }
 }
 
+/// Runs a store call (SQLite takes a lock and may wait on the disk) without
+/// stalling the other tasks of this worker thread: on a multi-threaded
+/// runtime they move to another thread meanwhile.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Writes one run's record (and its sub-runs').
 #[derive(Clone)]
 pub struct Recorder {
@@ -91,7 +101,7 @@ impl Recorder {
     async fn write(&self, what: &str, write: impl Fn(&dyn Store) -> anyhow::Result<()>) -> Result<(), StoreDown> {
         let mut pauses = RETRY_PAUSES.iter();
         loop {
-            match write(self.store.as_ref()) {
+            match blocking(|| write(self.store.as_ref())) {
                 Ok(()) => return Ok(()),
                 Err(e) => match pauses.next() {
                     Some(pause) => tokio::time::sleep(*pause).await,

@@ -41,10 +41,12 @@ impl AddressClass {
 }
 
 /// Cloud metadata endpoints, named so denials say what was at stake.
-const METADATA_V4: [Ipv4Addr; 3] = [
-    Ipv4Addr::new(169, 254, 169, 254), // AWS, GCP, Azure, OpenStack
+const METADATA_V4: [Ipv4Addr; 5] = [
+    Ipv4Addr::new(169, 254, 169, 254), // AWS, GCP, Azure IMDS, OpenStack, Oracle
     Ipv4Addr::new(169, 254, 170, 2),   // AWS ECS task metadata
     Ipv4Addr::new(100, 100, 100, 200), // Alibaba Cloud
+    Ipv4Addr::new(168, 63, 129, 16),   // Azure WireServer (a public-looking address inside every VNet)
+    Ipv4Addr::new(192, 0, 0, 192),     // Oracle Cloud metadata
 ];
 const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x254); // AWS IMDS over IPv6
 
@@ -136,6 +138,13 @@ fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cloud_metadata_endpoints_are_named_whatever_range_they_sit_in() {
+        for ip in ["168.63.129.16", "100.100.100.200", "192.0.0.192", "169.254.169.254", "::ffff:168.63.129.16"] {
+            assert_eq!(classify(ip.parse().unwrap()), AddressClass::Metadata, "{ip}");
+        }
+    }
 
     fn class(s: &str) -> AddressClass {
         classify(s.parse().unwrap())

@@ -24,6 +24,7 @@
 use super::address::{classify, AddressClass};
 use super::resolve::AddressRefused;
 use crate::capability::Denial;
+use crate::invocation::guest_text;
 use crate::limits::Bytes;
 use crate::policy::credentials::CredentialSpec;
 use crate::policy::rule::EgressRule;
@@ -53,6 +54,15 @@ fn invalid(message: String) -> Refusal {
     Refusal::Invalid { rule: "invalid-request", message }
 }
 
+/// Longest method a guest may name (the longest real one is 7 bytes).
+pub const MAX_METHOD_BYTES: usize = 16;
+/// Longest credential name a guest may name.
+pub const MAX_CREDENTIAL_NAME_BYTES: usize = 128;
+/// Most request headers a guest may send, and their total size (names and
+/// values): checked before any header library sees them.
+pub const MAX_HEADERS: usize = 100;
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// Headers the host owns. A guest setting them could smuggle a second request
 /// or point a virtual host somewhere its URL does not say.
 const HOST_OWNED_HEADERS: &[&str] = &[
@@ -75,6 +85,9 @@ pub fn quota(grant: &Grant, sent: u32) -> Result<(), Refusal> {
 
 /// Layer 2: the URL, parsed and normalised.
 pub fn target(method: &str, url: &str) -> Result<Target, Refusal> {
+    if method.len() > MAX_METHOD_BYTES {
+        return Err(invalid(format!("method is {} bytes; no HTTP method is longer than {MAX_METHOD_BYTES}", method.len())));
+    }
     Target::parse(method, url).map_err(|e| match e {
         TargetError::Invalid(m) => invalid(m),
         TargetError::Refused(m) => Denial::new("userinfo", m).into(),
@@ -83,20 +96,27 @@ pub fn target(method: &str, url: &str) -> Result<Target, Refusal> {
 
 /// Layer 3: the guest's headers, with nothing the host owns.
 pub fn headers(given: &[(String, String)]) -> Result<HeaderMap, Refusal> {
+    if given.len() > MAX_HEADERS {
+        return Err(invalid(format!("{} request headers; a request may carry at most {MAX_HEADERS}", given.len())));
+    }
+    let bytes: usize = given.iter().map(|(n, v)| n.len() + v.len()).sum();
+    if bytes > MAX_HEADER_BYTES {
+        return Err(invalid(format!("request headers are {}; at most {} in all", Bytes(bytes as u64), Bytes(MAX_HEADER_BYTES as u64))));
+    }
     let mut headers = HeaderMap::new();
     for (name, value) in given {
         let lname = name.to_ascii_lowercase();
         if HOST_OWNED_HEADERS.contains(&lname.as_str()) || lname.starts_with("proxy-") {
             return Err(Denial::new(
                 "host-owned-header",
-                format!("header `{name}` is set by warden from the URL and body; a step cannot choose it"),
+                format!("header `{}` is set by warden from the URL and body; a step cannot choose it", guest_text(name, 64)),
             )
             .into());
         }
         let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) else {
             return Err(invalid(format!(
                 "header `{}` has a bad name or value (control characters such as CR/LF are refused)",
-                name.escape_debug()
+                guest_text(name, 64).escape_debug()
             )));
         };
         headers.append(n, v);
@@ -165,8 +185,10 @@ pub fn check_credential(grant: &Grant, name: &str, t: &Target) -> Result<Arc<Cre
         return Err(Denial::new(
             "credential-grant",
             format!(
-                "credential `{name}` is not granted to {}; add it to credentials in [grants.{}] if this is intended",
-                grant.plugin, grant.plugin
+                "credential `{}` is not granted to {}; add it to credentials in [grants.{}] if this is intended",
+                guest_text(name, MAX_CREDENTIAL_NAME_BYTES),
+                grant.plugin,
+                grant.plugin
             ),
         ));
     };
@@ -205,6 +227,15 @@ mod tests {
             assert!(matches!(&r, Refusal::Denied(d) if d.rule == "host-owned-header"), "{name}: {r:?}");
         }
         assert!(matches!(headers(&[("x-a".into(), "1\r\nx-b: 2".into())]), Err(Refusal::Invalid { .. })));
+    }
+
+    #[test]
+    fn header_counts_and_sizes_are_capped_before_a_header_map_exists() {
+        let many: Vec<(String, String)> = (0..25_000).map(|i| (format!("x-h{i}"), "v".into())).collect();
+        assert!(matches!(headers(&many), Err(Refusal::Invalid { message, .. }) if message.contains("at most 100")));
+        let big = vec![("x-big".to_string(), "v".repeat(70_000))];
+        assert!(matches!(headers(&big), Err(Refusal::Invalid { message, .. }) if message.contains("at most 64 KiB")));
+        assert!(matches!(target(&"GET".repeat(1000), "http://x.example/"), Err(Refusal::Invalid { .. })));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod transport;
 use super::{Call, Capabilities, Denial};
 use crate::audit::{AuditRecord, Decision};
 use crate::bindings::warden::action::http;
+use crate::invocation::guest_text;
 use crate::limits::Bytes;
 use check::Refusal;
 use inject::{redact, redact_str};
@@ -43,12 +44,13 @@ impl http::Host for Capabilities {
     async fn send(&mut self, req: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
         let _off = self.call.meter.off_cpu();
         let started = Instant::now();
-        let mut record = self.call.record("http", req.method.to_ascii_uppercase(), truncate(&req.url, AUDIT_URL_BYTES));
-        record.credential = req.credential.clone();
+        let method = guest_text(&req.method, check::MAX_METHOD_BYTES).to_ascii_uppercase();
+        let mut record = self.call.record("http", method, guest_text(&req.url, AUDIT_URL_BYTES));
+        record.credential = req.credential.as_deref().map(|c| guest_text(c, check::MAX_CREDENTIAL_NAME_BYTES));
         record.request_bytes = req.body.as_ref().map_or(0, |b| b.len() as u64);
         self.http.sent += 1;
         let result = send(&self.call, &self.http, req, &mut record).await;
-        self.call.keep(record, started);
+        self.call.answered(record, started)?;
         Ok(result)
     }
 }
@@ -76,17 +78,6 @@ fn refused(record: &mut AuditRecord, r: Refusal) -> http::HttpError {
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
 /// One attempt through every layer; `record` says what happened.
 async fn send(call: &Call, state: &HttpState, req: http::Request, record: &mut AuditRecord) -> Result<http::Response, http::HttpError> {
     let grant = &call.grant;
@@ -111,8 +102,12 @@ async fn send(call: &Call, state: &HttpState, req: http::Request, record: &mut A
     let mut needles = Vec::new();
     if let Some(spec) = spec {
         let name = &spec.name;
+        // The guest hears that the value is missing; only the operator's audit
+        // record says where it should have come from.
         let secret = spec.source.read().map_err(|why| {
-            denied(record, Denial::new("credential-value", format!("credential `{name}` has no value on this host: {why}")))
+            let e = denied(record, Denial::new("credential-value", format!("credential `{name}` has no value on this host; the operator's audit record says why")));
+            record.reason = Some(format!("credential `{name}` has no value on this host: {why}"));
+            e
         })?;
         let injection = inject::injection(&spec, &secret);
         if let Some((h, v)) = injection.header {

@@ -3,6 +3,7 @@
 //! messages never reach the relay.
 
 use crate::capability::Denial;
+use crate::invocation::guest_text;
 use crate::limits::Bytes;
 use crate::policy::mail::MailGrant;
 use lettre::message::{header::ContentType, Mailbox, MultiPart};
@@ -49,7 +50,7 @@ fn domain_of(m: &Mailbox) -> String {
 fn parse(field: &str, addr: &str) -> Result<Mailbox, MailError> {
     addr.trim()
         .parse::<Mailbox>()
-        .map_err(|e| MailError::Invalid(format!("{field}: `{}` is not an email address ({e})", addr.escape_debug())))
+        .map_err(|e| MailError::Invalid(format!("{field}: `{}` is not an email address ({e})", guest_text(addr, 256).escape_debug())))
 }
 
 fn domain_allowed(rules: &[String], domain: &str) -> bool {
@@ -80,11 +81,26 @@ pub fn check(plugin: &str, grant: Option<&MailGrant>, sent_so_far: u32, d: &Draf
     if let Some(bad) = fields.chain(std::iter::once(&d.subject)).find(|f| f.contains(['\r', '\n'])) {
         return Err(deny(
             "header-injection",
-            format!("`{}` contains CR or LF, which could inject mail headers; refused", bad.escape_debug()),
+            format!("`{}` contains CR or LF, which could inject mail headers; refused", guest_text(bad, 256).escape_debug()),
         ));
     }
     if sent_so_far >= g.max_messages {
         return Err(deny("smtp.max_messages", format!("{plugin} has sent its {} messages for this invocation (smtp.max_messages)", g.max_messages)));
+    }
+    // Counts and sizes before any address is parsed or any message built.
+    let count = d.to.len() + d.cc.len() + d.bcc.len();
+    if count > g.max_recipients {
+        return Err(deny(
+            "smtp.max_recipients",
+            format!("{count} recipients; {plugin} may address at most {} per message (smtp.max_recipients)", g.max_recipients),
+        ));
+    }
+    let raw = d.subject.len() + d.text.len() + d.html.as_ref().map_or(0, String::len);
+    if raw as u64 > g.max_message_bytes {
+        return Err(deny(
+            "smtp.max_message_bytes",
+            format!("the message is {}; {plugin} may send at most {} (smtp.max_message_bytes)", Bytes(raw as u64), Bytes(g.max_message_bytes)),
+        ));
     }
     let from = match &d.from {
         Some(f) => parse("from", f)?,
@@ -128,7 +144,15 @@ pub fn check(plugin: &str, grant: Option<&MailGrant>, sent_so_far: u32, d: &Draf
         ));
     }
     if let Some(r) = &d.reply_to {
-        builder = builder.reply_to(parse("reply_to", r)?);
+        // Replies go where reply-to says: it is held to the recipient domains.
+        let m = parse("reply_to", r)?;
+        if !domain_allowed(&g.recipient_domains, &domain_of(&m)) {
+            return Err(deny(
+                "smtp.reply_to",
+                format!("reply-to {} is outside {plugin}'s allowed domains ({}); replies would leave them", m.email, g.recipient_domains.join(", ")),
+            ));
+        }
+        builder = builder.reply_to(m);
     }
     let message = match &d.html {
         Some(html) => builder.multipart(MultiPart::alternative_plain_html(d.text.clone(), html.clone())),
@@ -211,6 +235,18 @@ mod tests {
         let mut d = draft(&["a@corp.example"]);
         d.text = "x".repeat(20_000);
         assert_eq!(rule(check("p", Some(&g), 0, &d)), "smtp.max_message_bytes");
+        let mut d = draft(&["a@corp.example"]);
+        d.reply_to = Some("attacker@evil.example".into());
+        assert_eq!(rule(check("p", Some(&g), 0, &d)), "smtp.reply_to");
+        d.reply_to = Some("soc@corp.example".into());
+        assert_eq!(rule(check("p", Some(&g), 0, &d)), "sent");
+    }
+
+    #[test]
+    fn a_huge_recipient_list_is_refused_before_any_address_is_parsed() {
+        let many: Vec<String> = (0..100_000).map(|i| format!("not an address {i}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(rule(check("p", Some(&grant()), 0, &draft(&refs))), "smtp.max_recipients");
     }
 
     #[test]

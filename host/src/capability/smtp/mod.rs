@@ -69,7 +69,7 @@ impl smtp::Host for Capabilities {
                 Err(smtp::SmtpError::Rejected(m))
             }
         };
-        self.call.keep(record, started);
+        self.call.answered(record, started)?;
         Ok(result)
     }
 }

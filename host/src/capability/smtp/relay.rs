@@ -21,7 +21,11 @@ pub async fn send(relay: &Relay, checked: &Checked) -> Result<String, MailError>
     if let Some((user, source)) = &relay.auth {
         let password = source
             .read()
-            .map_err(|why| MailError::Denied(Denial::new("relay-credential", format!("relay {} has no password on this host: {why}", relay.name))))?;
+            .map_err(|why| {
+                // The guest hears that the password is missing, not where it should be.
+                tracing::error!(relay = %relay.name, "relay password unavailable: {why}");
+                MailError::Denied(Denial::new("relay-credential", format!("relay {} has no password on this host; the operator's log says why", relay.name)))
+            })?;
         builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_string()));
     }
     let transport = builder.build();

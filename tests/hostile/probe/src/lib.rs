@@ -45,6 +45,64 @@ fn fetch(v: &Value) -> Value {
     }
 }
 
+fn send_raw(req: Request) -> Value {
+    match http::send(&req) {
+        Ok(r) => json!({"status": r.status}),
+        Err(e) => json!({"error": http_error(&e)}),
+    }
+}
+
+fn mail_raw(m: smtp::Message) -> Value {
+    match smtp::send(&m) {
+        Ok(_) => json!({"sent": true}),
+        Err(smtp::SmtpError::Denied(m)) => json!({"error": {"kind": "denied", "message": m}}),
+        Err(smtp::SmtpError::InvalidMessage(m)) => json!({"error": {"kind": "invalid-message", "message": m}}),
+        Err(e) => json!({"error": {"kind": "other", "message": format!("{e:?}")}}),
+    }
+}
+
+/// Every import with the most extreme inputs a guest can build: counts and
+/// sizes that, unchecked, would crash a header library or fill host memory.
+fn extreme(v: &Value) -> Value {
+    let url = v["url"].as_str().unwrap_or("").to_string();
+    let req = |method: String, headers: Vec<(String, String)>, credential: Option<String>| Request {
+        method,
+        url: url.clone(),
+        headers,
+        body: None,
+        timeout_ms: Some(2000),
+        credential,
+    };
+    let mib = 1usize << 20;
+    let many: Vec<(String, String)> = (0..25_000).map(|i| (format!("x-h{i}"), "v".into())).collect();
+    let mut out = serde_json::Map::new();
+    out.insert("headers_25000".into(), send_raw(req("GET".into(), many, None)));
+    out.insert("header_1mib".into(), send_raw(req("GET".into(), vec![("x-big".into(), "v".repeat(mib))], None)));
+    out.insert("method_1mib".into(), send_raw(req("G".repeat(mib), vec![], None)));
+    out.insert("credential_8mib".into(), send_raw(req("GET".into(), vec![], Some("c".repeat(8 * mib)))));
+    let message = |to: Vec<String>, reply_to: Option<String>, subject: String| smtp::Message {
+        from: None,
+        to,
+        cc: vec![],
+        bcc: vec![],
+        reply_to,
+        subject,
+        text: "t".into(),
+        html: None,
+    };
+    out.insert("recipients_100000".into(), mail_raw(message((0..100_000).map(|i| format!("r{i}@corp.example")).collect(), None, "s".into())));
+    out.insert("subject_4mib".into(), mail_raw(message(vec!["a@corp.example".into()], None, "s".repeat(4 * mib))));
+    out.insert("reply_to_1mib".into(), mail_raw(message(vec!["a@corp.example".into()], Some("r".repeat(mib)), "s".into())));
+    log::log(log::Level::Warn, "\u{1b}]0;owned\u{7}\u{1b}[2Jcleared");
+    for _ in 0..100_000 {
+        log::log(log::Level::Info, "");
+    }
+    log::log(log::Level::Info, &"l".repeat(4 * mib));
+    clock::sleep(0);
+    out.insert("now".into(), json!(clock::now() > 0));
+    Value::Object(out)
+}
+
 #[inline(never)]
 fn recurse(n: u64, pad: &mut [u8; 256]) -> u64 {
     pad[(n % 256) as usize] = n as u8;
@@ -196,6 +254,8 @@ impl Guest for Probe {
             }
             "output" => json!({"data": "x".repeat(v["bytes"].as_u64().unwrap_or(10) as usize)}),
             "not_json" => return Ok("this is not json".into()),
+            "extreme" => extreme(&v),
+            "fail_big" => return Err(ActionError::Failed(format!("\u{1b}[2J{}", "e".repeat(v["bytes"].as_u64().unwrap_or(1 << 20) as usize)))),
             "ambient" => {
                 // What the sandbox lets a guest see without any capability.
                 let env: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
