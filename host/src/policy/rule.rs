@@ -4,7 +4,9 @@
 //! * the origin is an [`OriginPattern`]; a host of `*` (any host) needs
 //!   `allow_any_host = true` on the grant.
 //! * the path glob is matched against the normalised path (dot segments
-//!   resolved, query excluded); `*` matches any run of characters, `/` included.
+//!   resolved, query excluded); `*` matches within one segment, `**` across
+//!   any number. A path with an ambiguous sequence (`;`, `%2F`, `%2e`, …, see
+//!   [`AMBIGUOUS_PATH_SEQUENCES`]) matches only a rule whose path names it.
 
 use super::origin::{HostPattern, OriginPattern};
 use super::target::{Target, METHODS};
@@ -70,6 +72,11 @@ impl EgressRule {
         wildcard_match(&self.path, &t.path)
     }
 
+    /// True when this rule's path names `seq` itself, which opts in to paths carrying it.
+    pub fn names_sequence(&self, seq: &str) -> bool {
+        self.path.to_ascii_lowercase().contains(seq)
+    }
+
     pub fn matches_method(&self, t: &Target) -> bool {
         match &self.method {
             MethodPattern::Any => true,
@@ -84,31 +91,63 @@ impl EgressRule {
     }
 }
 
-/// `*` matches any run of characters (including `/`); everything else is literal.
+/// Path sequences that a common upstream (Tomcat, Spring, IIS, a proxy that
+/// decodes twice) may resolve as another path than the one a rule sees:
+/// path parameters, encoded dots, slashes and backslashes, encoded `%`, NUL,
+/// and empty segments. A request carrying one matches only a rule whose
+/// path names the same sequence.
+pub const AMBIGUOUS_PATH_SEQUENCES: &[&str] = &[";", "%2e", "%2f", "%5c", "%25", "%00", "//"];
+
+/// The first ambiguous sequence in `path` (case-insensitive), if any.
+pub fn ambiguous_sequence(path: &str) -> Option<&'static str> {
+    let lower = path.to_ascii_lowercase();
+    AMBIGUOUS_PATH_SEQUENCES.iter().copied().find(|seq| lower.contains(seq))
+}
+
+/// A path glob: `*` matches within one segment (never `/`), `**` matches any
+/// run of characters across segments; everything else is literal.
 pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+    enum Token {
+        Byte(u8),
+        Star,
+        DoubleStar,
+    }
     let p = pattern.as_bytes();
-    let t = text.as_bytes();
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
+    let mut tokens = Vec::with_capacity(p.len());
+    let mut i = 0;
+    while i < p.len() {
+        match (p[i], p.get(i + 1)) {
+            (b'*', Some(b'*')) => {
+                tokens.push(Token::DoubleStar);
+                i += 2;
+            }
+            (b'*', _) => {
+                tokens.push(Token::Star);
+                i += 1;
+            }
+            (b, _) => {
+                tokens.push(Token::Byte(b));
+                i += 1;
+            }
         }
     }
-    while pi < p.len() && p[pi] == b'*' {
-        pi += 1;
+    // can[j]: the tokens so far match text[..j]. One row per token: linear in
+    // the path's length, whatever the pattern.
+    let t = text.as_bytes();
+    let mut can = vec![false; t.len() + 1];
+    can[0] = true;
+    for token in &tokens {
+        let mut next = vec![false; t.len() + 1];
+        for j in 0..=t.len() {
+            next[j] = match token {
+                Token::Byte(b) => j > 0 && can[j - 1] && t[j - 1] == *b,
+                Token::Star => can[j] || (j > 0 && next[j - 1] && t[j - 1] != b'/'),
+                Token::DoubleStar => can[j] || (j > 0 && next[j - 1]),
+            };
+        }
+        can = next;
     }
-    pi == p.len()
+    can[t.len()]
 }
 
 #[cfg(test)]
@@ -128,7 +167,7 @@ mod tests {
 
     #[test]
     fn rule_allows_its_method_host_port_and_path() {
-        assert!(allows("GET http://127.0.0.1:8080/*", "GET", "http://127.0.0.1:8080/x/y?q=1"));
+        assert!(allows("GET http://127.0.0.1:8080/**", "GET", "http://127.0.0.1:8080/x/y?q=1"));
         assert!(allows("POST https://*.example.com/api/*", "post", "https://a.b.example.com/api/v1"));
         assert!(allows("* https://api.example.com/v1/*", "DELETE", "https://api.example.com/v1/z"));
     }
@@ -180,11 +219,26 @@ mod tests {
     }
 
     #[test]
-    fn wildcard_matching() {
+    fn one_star_matches_one_segment_and_two_stars_any_depth() {
         assert!(wildcard_match("/api/*", "/api/"));
-        assert!(wildcard_match("/api/*/x", "/api/a/b/x"));
-        assert!(!wildcard_match("/api/*/x", "/api/a/b/y"));
+        assert!(wildcard_match("/api/*", "/api/x"));
+        assert!(!wildcard_match("/api/*", "/api/x/admin"));
+        assert!(!wildcard_match("/api/*/x", "/api/a/b/x"));
+        assert!(wildcard_match("/api/**", "/api/a/b/x"));
+        assert!(wildcard_match("/api/**/x", "/api/a/b/x"));
+        assert!(!wildcard_match("/api/**/x", "/api/a/b/y"));
+        assert!(wildcard_match("/rest/api/*/issue/*", "/rest/api/2/issue/SOC-1"));
+        assert!(!wildcard_match("/rest/api/*/issue/*", "/rest/api/2/issue/SOC-1/transitions"));
+        assert!(wildcard_match("/echo*", "/echo-json"));
         assert!(wildcard_match("/*", "/"));
         assert!(!wildcard_match("/exact", "/exact/more"));
+    }
+
+    #[test]
+    fn ambiguous_path_sequences_are_found_in_any_case() {
+        for path in ["/api/..;/admin", "/api/%2E%2e/admin", "/api/a%2Fb", "/api/a%5cb", "/api/%252e%252e/x", "/api//admin", "/a%00b"] {
+            assert!(ambiguous_sequence(path).is_some(), "{path}");
+        }
+        assert_eq!(ambiguous_sequence("/web/api/v2.1/dv/events"), None);
     }
 }

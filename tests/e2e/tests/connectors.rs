@@ -378,7 +378,7 @@ fn policy_with_wrong_jira_token(port: u16) -> warden::Policy {
 [plugins.jira-ticket]
 path = "{{jira-ticket}}"
 [grants.jira-ticket]
-allow = ["* http://127.0.0.1:{port}/rest/*"]
+allow = ["* http://127.0.0.1:{port}/rest/**"]
 credentials = ["jira"]
 [credentials.jira]
 kind = "basic"

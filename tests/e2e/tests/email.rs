@@ -30,7 +30,7 @@ timeout_ms = 5000
 path = "{{email}}"
 
 [grants.email]
-allow = ["POST http://127.0.0.1:{api_port}/v3/*"]
+allow = ["POST http://127.0.0.1:{api_port}/v3/**"]
 credentials = ["sendgrid", "mailgun"]
 smtp = {{ relay = "local", senders = ["warden@corp.example", "@soc.corp.example"], recipient_domains = ["corp.example"], max_recipients = 3, max_message_bytes = "16KiB", max_messages = 3 }}
 

@@ -18,7 +18,7 @@ fn probe_policy(port: u16, extra_rules: &str, limits: &str) -> String {
 path = "{{probe}}"
 
 [grants.probe]
-allow = ["* http://127.0.0.1:{port}/echo*", "GET http://127.0.0.1:{port}/*", {extra_rules}]
+allow = ["* http://127.0.0.1:{port}/echo*", "GET http://127.0.0.1:{port}/**", {extra_rules}]
 credentials = ["origin-token"]
 limits = {{ {limits} }}
 
@@ -61,7 +61,7 @@ async fn an_allowed_call_succeeds_and_is_audited() {
     assert_eq!(report.audit.len(), 1);
     let a = &report.audit[0];
     assert_eq!(a.decision, Decision::Allowed);
-    assert_eq!(a.rule, format!("GET http://127.0.0.1:{}/*", srv.port()));
+    assert_eq!(a.rule, format!("GET http://127.0.0.1:{}/**", srv.port()));
     assert_eq!(a.status, Some(200));
     assert_eq!(a.plugin, "probe");
     assert_eq!(a.invocation.run_id, "test-run");
@@ -124,7 +124,7 @@ async fn private_addresses_are_denied_in_every_spelling() {
 [plugins.probe]
 path = "{probe}"
 [grants.probe]
-allow = ["GET http://*:*/*"]
+allow = ["GET http://*:*/**"]
 allow_any_host = true
 "#,
     );

@@ -83,6 +83,17 @@ fn cases(port: u16) -> Vec<Case> {
         Case { name: "headers: CR/LF in a value", plugin: "probe", input: json!({"op": "fetch", "url": o("/echo"), "headers": {"x-a": "1\r\nx-injected: 2"}}), expect: refused("invalid-request", "invalid-request", "CR/LF") },
         Case { name: "headers: CR/LF in a name", plugin: "probe", input: json!({"op": "fetch", "url": o("/echo"), "headers": {"x-a\r\nx-b": "1"}}), expect: refused("invalid-request", "invalid-request", "CR/LF") },
         Case { name: "headers: a Host that differs from the URL", plugin: "probe", input: json!({"op": "fetch", "url": o("/echo"), "headers": {"Host": "169.254.169.254"}}), expect: refused("denied", "host-owned-header", "header `Host`") },
+        // Paths an upstream may read as another path, and headers that ask it to.
+        Case { name: "path: a path parameter (`..;`, Tomcat)", plugin: "probe", input: fetch(o("/deep/..;/admin")), expect: refused("denied", "ambiguous-path", "contains `;`") },
+        Case { name: "path: an encoded slash", plugin: "probe", input: fetch(o("/deep/a%2Fb")), expect: refused("denied", "ambiguous-path", "contains `%2f`") },
+        Case { name: "path: an encoded backslash", plugin: "probe", input: fetch(o("/deep/a%5cb")), expect: refused("denied", "ambiguous-path", "contains `%5c`") },
+        Case { name: "path: double-encoded dot-segments", plugin: "probe", input: fetch(o("/deep/%252e%252e/admin")), expect: refused("denied", "ambiguous-path", "contains `%25`") },
+        Case { name: "path: encoded dot-segments, mixed case", plugin: "probe", input: fetch(o("/deep/%2E%2e/.%2E/admin")), expect: refused("denied", "default-deny", "path /admin") },
+        Case { name: "path: an empty segment", plugin: "probe", input: fetch(o("/deep//admin")), expect: refused("denied", "ambiguous-path", "contains `//`") },
+        Case { name: "path: `*` is one segment", plugin: "probe", input: fetch(o("/files/a/admin")), expect: refused("denied", "default-deny", "path /files/a/admin") },
+        Case { name: "headers: X-HTTP-Method-Override", plugin: "probe", input: json!({"op": "fetch", "url": o("/echo"), "headers": {"X-HTTP-Method-Override": "DELETE"}}), expect: refused("denied", "override-header", "another method or path") },
+        Case { name: "headers: X-Original-URL", plugin: "probe", input: json!({"op": "fetch", "url": o("/echo"), "headers": {"X-Original-URL": "/admin"}}), expect: refused("denied", "override-header", "another method or path") },
+        Case { name: "headers: X-Rewrite-URL", plugin: "probe", input: json!({"op": "fetch", "url": o("/echo"), "headers": {"x-rewrite-url": "/admin"}}), expect: refused("denied", "override-header", "another method or path") },
         Case { name: "url: userinfo", plugin: "probe", input: fetch(format!("http://127.0.0.1:{port}@evil.example/echo")), expect: refused("denied", "userinfo", "userinfo") },
         Case { name: "url: longer than any sane limit", plugin: "probe", input: fetch(format!("{}?q={}", o("/echo"), "a".repeat(20_000))), expect: refused("invalid-request", "invalid-request", "the limit is 8192") },
         // Secrets.
@@ -125,12 +136,13 @@ path = "{wasm}"
 allow = [
   "GET http://127.0.0.1:{port}/json", "GET http://127.0.0.1:{port}/echo", "POST http://127.0.0.1:{port}/echo",
   "GET http://127.0.0.1:{port}/redirect", "GET http://127.0.0.1:{port}/endless", "GET http://127.0.0.1:{port}/slow",
+  "GET http://127.0.0.1:{port}/files/*", "GET http://127.0.0.1:{port}/deep/**",
 ]
 credentials = ["origin-token"]
 limits = {{ memory = "16MiB", cpu_ms = 300, wall_ms = 3000, http_requests = 5, request_bytes = "4KiB", response_bytes = "64KiB", log_bytes = "4KiB", output_bytes = "64KiB" }}
 
 [grants.probe-any]
-allow = ["GET http://127.0.0.1:{port}/redirect", "GET http://*:*/*"]
+allow = ["GET http://127.0.0.1:{port}/redirect", "GET http://*:*/**"]
 allow_any_host = true
 credentials = ["origin-token"]
 limits = {{ wall_ms = 3000 }}

@@ -27,7 +27,7 @@ use crate::capability::Denial;
 use crate::invocation::guest_text;
 use crate::limits::Bytes;
 use crate::policy::credentials::CredentialSpec;
-use crate::policy::rule::EgressRule;
+use crate::policy::rule::{ambiguous_sequence, EgressRule};
 use crate::policy::target::{Target, TargetError, TargetHost};
 use crate::policy::Grant;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -68,6 +68,13 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 const HOST_OWNED_HEADERS: &[&str] = &[
     "host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer",
     "keep-alive", "proxy-authorization", "proxy-connection",
+];
+
+/// Headers that make common upstreams (and the proxies before them) act on
+/// another method or path than the one the rules judged.
+const OVERRIDE_HEADERS: &[&str] = &[
+    "x-http-method-override", "x-http-method", "x-method-override", "x-original-method",
+    "x-original-url", "x-rewrite-url",
 ];
 
 /// Layer 1: the `sent`-th attempt (counting this one) within the grant's quota.
@@ -113,6 +120,13 @@ pub fn headers(given: &[(String, String)]) -> Result<HeaderMap, Refusal> {
             )
             .into());
         }
+        if OVERRIDE_HEADERS.contains(&lname.as_str()) {
+            return Err(Denial::new(
+                "override-header",
+                format!("header `{}` asks the upstream for another method or path than the rules allowed; refused", guest_text(name, 64)),
+            )
+            .into());
+        }
         let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) else {
             return Err(invalid(format!(
                 "header `{}` has a bad name or value (control characters such as CR/LF are refused)",
@@ -137,13 +151,26 @@ pub fn request_size(grant: &Grant, body: Option<&[u8]>) -> Result<(), Refusal> {
 }
 
 /// Layer 5: the first rule that allows `t`, or a denial naming what did not match.
+/// A path with an ambiguous sequence (see [`crate::policy::rule::AMBIGUOUS_PATH_SEQUENCES`]) needs a
+/// rule that names that sequence: the upstream may not see the path the rule saw.
 pub fn decide<'g>(grant: &'g Grant, t: &Target) -> Result<&'g EgressRule, Denial> {
-    if let Some(rule) = grant
-        .rules
-        .iter()
-        .find(|r| r.matches_origin(t) && r.matches_path(t) && r.matches_method(t))
-    {
-        return Ok(rule);
+    let mut matching = grant.rules.iter().filter(|r| r.matches_origin(t) && r.matches_path(t) && r.matches_method(t)).peekable();
+    match (matching.peek().is_some(), ambiguous_sequence(&t.path)) {
+        (true, None) => return Ok(matching.next().expect("peeked")),
+        (true, Some(seq)) => {
+            return matching.find(|r| r.names_sequence(seq)).ok_or_else(|| {
+                Denial::new(
+                    "ambiguous-path",
+                    format!(
+                        "path {} on {} contains `{seq}`, which an upstream may resolve as another path than the rule allows; refused unless a rule of {} names `{seq}` in its path",
+                        t.path,
+                        t.origin(),
+                        grant.plugin
+                    ),
+                )
+            });
+        }
+        (false, _) => {}
     }
     let plugin = &grant.plugin;
     let fix = format!("add a rule to [grants.{plugin}] allow if this is intended");
@@ -227,6 +254,25 @@ mod tests {
             assert!(matches!(&r, Refusal::Denied(d) if d.rule == "host-owned-header"), "{name}: {r:?}");
         }
         assert!(matches!(headers(&[("x-a".into(), "1\r\nx-b: 2".into())]), Err(Refusal::Invalid { .. })));
+    }
+
+    #[test]
+    fn ambiguous_paths_need_a_rule_that_names_their_sequence() {
+        let g = grant(&["GET https://jira.example/rest/api/**", "GET https://jira.example/files/*;jsessionid=*"]);
+        for url in ["https://jira.example/rest/api/..;/admin", "https://jira.example/rest/api/a%2Fb", "https://jira.example/rest/api/%252e%252e/x", "https://jira.example/rest/api//secure/admin"] {
+            assert_eq!(decide(&g, &t("GET", url)).unwrap_err().rule, "ambiguous-path", "{url}");
+        }
+        assert!(decide(&g, &t("GET", "https://jira.example/files/a;jsessionid=1")).is_ok(), "a rule may name `;` explicitly");
+        // Encoded dot-segments never reach the rules at all: the URL parser resolves them.
+        assert_eq!(t("GET", "https://jira.example/rest/api/%2e%2E/%2E./admin").path, "/admin");
+    }
+
+    #[test]
+    fn method_and_url_override_headers_are_refused() {
+        for name in ["X-HTTP-Method-Override", "x-original-url", "X-Rewrite-URL", "X-HTTP-Method"] {
+            let r = headers(&[(name.to_string(), "DELETE".to_string())]).unwrap_err();
+            assert!(matches!(&r, Refusal::Denied(d) if d.rule == "override-header"), "{name}: {r:?}");
+        }
     }
 
     #[test]
