@@ -55,6 +55,17 @@ fn cases(port: u16) -> Vec<Case> {
         Case { name: "egress: disallowed path", plugin: "probe", input: fetch(o("/admin")), expect: refused("denied", "default-deny", "path /admin") },
         Case { name: "egress: non-HTTP scheme", plugin: "probe", input: fetch("ftp://127.0.0.1/x".into()), expect: refused("invalid-request", "invalid-request", "scheme `ftp`") },
     ];
+    // The credential reflected in every spelling byte matching alone would miss.
+    for (form, name) in [
+        ("json-u", "JSON \\u escapes"), ("json-slash", "JSON \\/"), ("percent-lower", "percent-encoding, lower case"),
+        ("percent-upper", "percent-encoding, upper case"), ("base64", "base64"), ("base64&offset=1", "base64 shifted by one byte"),
+        ("base64&offset=2", "base64 shifted by two bytes"), ("base64url&offset=1", "base64url shifted"), ("hex", "hex"),
+    ] {
+        let url = o(&format!("/reflect?form={form}"));
+        c.push(Case { name: Box::leak(format!("secret: reflected as {name}").into_boxed_str()), plugin: "probe", input: json!({"op": "fetch", "url": url, "credential": "origin-token"}), expect: Expect::Completes { rule: "GET", check: |out| {
+            if out["body"].as_str().unwrap_or("").contains("[REDACTED]") { Ok(()) } else { Err(format!("expected the reflected token redacted: {out}")) }
+        } } });
+    }
     // Internal addresses, in every spelling, under a grant that allows any public host.
     for (name, host, says) in [
         ("loopback literal", "127.0.0.2", "loopback"),
@@ -103,6 +114,13 @@ fn cases(port: u16) -> Vec<Case> {
             let text = out.to_string();
             if text.matches("[REDACTED]").count() >= 2 { Ok(()) } else { Err(format!("expected the echoed header and body redacted: {text}")) }
         } } },
+        Case { name: "secret: the guest asks for a compressed body", plugin: "probe", input: json!({"op": "fetch", "url": o("/echo"), "credential": "origin-token", "headers": {"Accept-Encoding": "gzip"}}), expect: Expect::Completes { rule: "GET", check: |out| {
+            let body: Value = serde_json::from_str(out["body"].as_str().unwrap_or("{}")).unwrap_or_default();
+            if body["headers"]["accept-encoding"] == "identity" { Ok(()) } else { Err(format!("the host must own content negotiation: {body}")) }
+        } } },
+        Case { name: "secret: an upstream that compresses anyway", plugin: "probe", input: json!({"op": "fetch", "url": o("/reflect?form=gzip"), "credential": "origin-token"}), expect: refused("denied", "content-encoding", "asked for identity") },
+        Case { name: "secret: one slice per request (Range)", plugin: "probe", input: json!({"op": "fetch", "url": o("/reflect"), "credential": "origin-token", "headers": {"Range": "bytes=6-9"}}), expect: refused("denied", "credential-range", "part of a response") },
+        Case { name: "secret: reflected with mixed-case percent escapes", plugin: "probe", input: json!({"op": "fetch", "url": o("/reflect?form=percent-mixed"), "credential": "origin-token"}), expect: refused("denied", "redaction", "cannot redact") },
         Case { name: "ambient: env vars, files, args, preopens, sockets", plugin: "probe", input: json!({"op": "ambient"}), expect: Expect::Completes { rule: "invalid-request", check: |out| {
             let nothing = out["env"] == json!([]) && out["args"] == json!([]) && out["tcp"] == json!(false)
                 && out["files"].as_array().unwrap().iter().all(|f| f["read"] == json!(false) && f["list"] == json!(false))
@@ -136,7 +154,7 @@ path = "{wasm}"
 allow = [
   "GET http://127.0.0.1:{port}/json", "GET http://127.0.0.1:{port}/echo", "POST http://127.0.0.1:{port}/echo",
   "GET http://127.0.0.1:{port}/redirect", "GET http://127.0.0.1:{port}/endless", "GET http://127.0.0.1:{port}/slow",
-  "GET http://127.0.0.1:{port}/files/*", "GET http://127.0.0.1:{port}/deep/**",
+  "GET http://127.0.0.1:{port}/files/*", "GET http://127.0.0.1:{port}/deep/**", "GET http://127.0.0.1:{port}/reflect",
 ]
 credentials = ["origin-token"]
 limits = {{ memory = "16MiB", cpu_ms = 300, wall_ms = 3000, http_requests = 5, request_bytes = "4KiB", response_bytes = "64KiB", log_bytes = "4KiB", output_bytes = "64KiB" }}
@@ -181,6 +199,23 @@ fn reported_error(out: &Value) -> Option<&Value> {
         .into_iter()
         .chain(out["results"].as_array().and_then(|r| r.last()).map(|r| &r["error"]))
         .find(|e| e.is_object())
+}
+
+/// The secret as hex, percent-encoded byte by byte, and base64 at every alignment
+/// (the characters that depend on its bytes alone).
+fn encoded_spellings() -> Vec<String> {
+    use base64::Engine as _;
+    let mut out = vec![SECRET.bytes().map(|b| format!("{b:02x}")).collect::<String>()];
+    out.push(SECRET.bytes().map(|b| format!("%{b:02x}")).collect());
+    out.push(SECRET.bytes().map(|b| format!("%{b:02X}")).collect());
+    for engine in [&base64::engine::general_purpose::STANDARD_NO_PAD, &base64::engine::general_purpose::URL_SAFE_NO_PAD] {
+        for k in 0..3usize {
+            let padded: Vec<u8> = std::iter::repeat_n(b'x', k).chain(SECRET.bytes()).collect();
+            let encoded = engine.encode(&padded);
+            out.push(encoded[4 * k.div_ceil(3)..4 * (padded.len() / 3)].to_string());
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,6 +279,9 @@ async fn the_sandbox_holds_against_every_hostile_case() {
         );
         if everywhere.contains(SECRET) {
             problems.push("the secret appears in the output, logs, audit or run store".into());
+        }
+        if let Some(form) = encoded_spellings().into_iter().find(|f| everywhere.contains(f.as_str())) {
+            problems.push(format!("the secret appears encoded ({form}) in the output, logs, audit or run store"));
         }
         if !problems.is_empty() {
             failures.push(format!("{}:\n    {}", case.name, problems.join("\n    ")));

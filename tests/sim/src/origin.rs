@@ -3,6 +3,7 @@
 //!
 //! Routes:
 //! * `GET /json` — `{"ok": true}`
+//! * `GET /reflect?form=…` — reflects the bearer token in an encoded form (see [`reflect`]).
 //! * `ANY /echo` — echoes method, path, query, headers and body as JSON, and
 //!   repeats the `authorization` header back in an `x-echo-authorization` header
 //! * `GET /bytes/{n}` — `n` bytes with a Content-Length
@@ -50,6 +51,7 @@ pub fn router_with(rec: Recorder, counters: Arc<Counters>) -> Router {
         .route("/json", get(|| async { Json(json!({"ok": true})) }))
         .route("/echo", any(echo))
         .route("/echo/{*rest}", any(echo))
+        .route("/reflect", get(reflect))
         .route("/bytes/{n}", get(bytes))
         .route("/endless", get(endless))
         .route("/slow", get(slow))
@@ -76,6 +78,44 @@ async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Resp
         "body": String::from_utf8_lossy(&body),
     });
     ([("x-echo-authorization", auth)], Json(body)).into_response()
+}
+
+/// `GET /reflect?form=F&offset=N`: an upstream that reflects the bearer token
+/// it received in a form plain byte matching cannot see — the spellings a
+/// hostile guest would ask for. Forms: `json-u` (every character `\u00XX`),
+/// `json-slash`, `percent-lower`, `percent-upper`, `percent-mixed`, `base64`
+/// and `base64url` (after `offset` bytes of padding, to shift the alignment),
+/// `hex`, `gzip` (labelled gzip whatever was asked). A `Range` header gets
+/// that slice of `token=<token>` as 206.
+async fn reflect(headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    use base64::Engine as _;
+    let auth = headers.get("authorization").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default();
+    let token = auth.strip_prefix("Bearer ").unwrap_or(&auth).to_string();
+    if let Some(range) = headers.get("range").and_then(|v| v.to_str().ok()) {
+        let full = format!("token={token}");
+        let (a, b) = range.trim_start_matches("bytes=").split_once('-').unwrap_or(("0", ""));
+        let a: usize = a.parse().unwrap_or(0).min(full.len());
+        let b: usize = b.parse::<usize>().map(|b| b + 1).unwrap_or(full.len()).clamp(a, full.len());
+        return (StatusCode::PARTIAL_CONTENT, full[a..b].to_string()).into_response();
+    }
+    let offset: usize = q.get("offset").and_then(|o| o.parse().ok()).unwrap_or(0);
+    let padded: Vec<u8> = std::iter::repeat_n(b'x', offset).chain(token.bytes()).collect();
+    let pct = |upper: bool, mixed: bool| -> String {
+        token.bytes().enumerate().map(|(i, b)| if upper || (mixed && i % 2 == 0) { format!("%{b:02X}") } else { format!("%{b:02x}") }).collect()
+    };
+    let body = match q.get("form").map(String::as_str).unwrap_or("") {
+        "json-u" => format!("{{\"token\":\"{}\"}}", token.chars().map(|c| format!("\\u{:04x}", c as u32)).collect::<String>()),
+        "json-slash" => format!("{{\"token\":\"{}\"}}", token.replace('/', "\\/")),
+        "percent-lower" => pct(false, false),
+        "percent-upper" => pct(true, false),
+        "percent-mixed" => pct(false, true),
+        "base64" => base64::engine::general_purpose::STANDARD.encode(&padded),
+        "base64url" => base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&padded),
+        "hex" => token.bytes().map(|b| format!("{b:02x}")).collect(),
+        "gzip" => return ([("content-encoding", "gzip")], format!("pretend-compressed:{}", token.chars().rev().collect::<String>())).into_response(),
+        _ => token,
+    };
+    body.into_response()
 }
 
 async fn bytes(Path(n): Path<usize>) -> Vec<u8> {

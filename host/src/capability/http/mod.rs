@@ -15,7 +15,7 @@ use crate::bindings::warden::action::http;
 use crate::invocation::guest_text;
 use crate::limits::Bytes;
 use check::Refusal;
-use inject::{redact, redact_str};
+use inject::Redactor;
 use reqwest::header::{HeaderName, HeaderValue};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,11 +97,19 @@ async fn send(call: &Call, state: &HttpState, req: http::Request, record: &mut A
         None => None,
     };
 
-    // Layer 8: the credential's value, injected only now.
+    // Layer 8: the credential's value, injected only now. With a credential on
+    // the request the host owns content negotiation and refuses partial
+    // content: a compressed body or one slice per request would hide the
+    // secret from redaction.
     let mut url = target.url.clone();
-    let mut needles = Vec::new();
+    let mut redactor = Redactor::none();
+    let injected = spec.is_some();
     if let Some(spec) = spec {
         let name = &spec.name;
+        if let Some(h) = ["range", "if-range"].into_iter().find(|h| headers.contains_key(*h)) {
+            return Err(denied(record, Denial::new("credential-range", format!("header `{h}` asks for part of a response; refused on a request that carries credential `{name}`, so redaction sees every byte"))));
+        }
+        headers.insert(reqwest::header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         // The guest hears that the value is missing; only the operator's audit
         // record says where it should have come from.
         let secret = spec.source.read().map_err(|why| {
@@ -122,7 +130,7 @@ async fn send(call: &Call, state: &HttpState, req: http::Request, record: &mut A
         if let Some((param, value)) = injection.query {
             url.query_pairs_mut().append_pair(&param, &value);
         }
-        needles = injection.redact;
+        redactor = injection.redactor;
     }
 
     // Layer 9: the wire (names are screened by its resolver at connect time).
@@ -139,7 +147,7 @@ async fn send(call: &Call, state: &HttpState, req: http::Request, record: &mut A
             return Err(failed(record, "timeout", "no complete response before the timeout".into(), http::HttpError::Timeout))
         }
         Err(WireError::Connection(m)) => {
-            let m = redact_str(&m, &needles);
+            let m = redactor.redact_str(&m);
             return Err(failed(record, "connection", m.clone(), http::HttpError::Connection(m)));
         }
         Err(WireError::TooLarge { cap, seen }) => {
@@ -150,10 +158,20 @@ async fn send(call: &Call, state: &HttpState, req: http::Request, record: &mut A
     };
 
     // Layer 10: nothing the guest sees carries the secret.
-    record.decision = Decision::Allowed;
     record.status = Some(response.status);
     record.response_bytes = response.body.len() as u64;
-    let headers = response.headers.into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&redact(&v, &needles)).into_owned())).collect();
-    let body = if needles.is_empty() { response.body } else { redact(&response.body, &needles) };
+    if injected {
+        let encoding = response.headers.iter().find(|(k, _)| k == "content-encoding").map(|(_, v)| String::from_utf8_lossy(v).to_ascii_lowercase());
+        if let Some(enc) = encoding.filter(|e| e.trim() != "identity") {
+            let why = format!("the upstream sent a `{}`-encoded body although warden asked for identity; refused, since redaction cannot see into it", guest_text(&enc, 32));
+            return Err(denied(record, Denial::new("content-encoding", why)));
+        }
+    }
+    let headers: Vec<(String, String)> = response.headers.into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&redactor.redact(&v)).into_owned())).collect();
+    let body = redactor.redact(&response.body);
+    if redactor.leaks(&body) || headers.iter().any(|(_, v)| redactor.leaks(v.as_bytes())) {
+        return Err(denied(record, Denial::new("redaction", "the response carries the credential in a form warden cannot redact; refused whole".into())));
+    }
+    record.decision = Decision::Allowed;
     Ok(http::Response { status: response.status, headers, body })
 }
