@@ -49,7 +49,8 @@ serve=$!
 trap 'kill $sim $smtp $serve 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null && break; sleep 0.1; done
 body='{"indicator": {"kind": "domain", "value": "evil.example"}, "leads": ["soc-lead@corp.example"]}'
-sig="sha256=$(printf '%s' "$body" | python3 -c 'import hmac,hashlib,os,sys; print(hmac.new(os.environ["WARDEN_WEBHOOK_SECRET"].encode(), sys.stdin.buffer.read(), hashlib.sha256).hexdigest())')"
+ts=$(date +%s)
+sig="t=$ts,v1=$(printf '%s.threat-hunt.%s' "$ts" "$body" | python3 -c 'import hmac,hashlib,os,sys; print(hmac.new(os.environ["WARDEN_WEBHOOK_SECRET"].encode(), sys.stdin.buffer.read(), hashlib.sha256).hexdigest())')"
 echo "curl -X POST http://127.0.0.1:8080/webhooks/threat-hunt -H 'X-Warden-Signature: $sig' -d '$body'"
 accepted=$(curl -s -X POST http://127.0.0.1:8080/webhooks/threat-hunt \
   -H 'Content-Type: application/json' -H "X-Warden-Signature: $sig" -d "$body")

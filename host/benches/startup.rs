@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 fn post(port: u16, body: &str, secret: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    let sig = warden::server::sign(secret.as_bytes(), body.as_bytes());
+    let sig = warden::server::sign(secret.as_bytes(), "threat-hunt", body.as_bytes());
     let req = format!(
         "POST /webhooks/threat-hunt HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Warden-Signature: {sig}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()

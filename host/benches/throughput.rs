@@ -60,7 +60,7 @@ async fn measure(runs: usize, concurrency: usize) -> f64 {
         tasks.push(tokio::spawn(async move {
             let _p = gate.acquire_owned().await.unwrap();
             let body = format!(r#"{{"k": {k}}}"#);
-            let sig = warden::server::sign(SECRET.as_bytes(), body.as_bytes());
+            let sig = warden::server::sign(SECRET.as_bytes(), "bench3", body.as_bytes());
             let r = client.post(&url).header("content-type", "application/json").header("x-warden-signature", sig).body(body).send().await.unwrap();
             assert_eq!(r.status(), 202);
         }));

@@ -63,6 +63,9 @@ CREATE TABLE audit (
     record TEXT NOT NULL
 );
 CREATE INDEX audit_by_run ON audit(run_id);
+"#, r#"
+ALTER TABLE runs ADD COLUMN idempotency_key TEXT;
+CREATE UNIQUE INDEX runs_by_idempotency_key ON runs(story, idempotency_key) WHERE idempotency_key IS NOT NULL;
 "#];
 
 #[derive(Debug, Clone, Serialize)]
@@ -123,6 +126,21 @@ pub struct NewRun<'a> {
     pub trigger: &'a str,
     pub input: &'a Value,
     pub parent: Option<(&'a str, &'a str)>,
+    /// A caller's `Idempotency-Key`: at most one run per story and key.
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// Which runs to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter<'a> {
+    /// Only this team's runs (a team's API token sees no others).
+    pub team: Option<&'a str>,
+    pub story: Option<&'a str>,
+    pub state: Option<&'a str>,
+    /// Sub-story runs too (by default only top-level runs).
+    pub include_children: bool,
+    pub limit: usize,
+    pub offset: usize,
 }
 
 /// The run store's interface: what the story engine writes (through its
@@ -137,8 +155,14 @@ pub trait Store: Send + Sync {
     fn step_finished(&self, run: &str, step: &str, item: Option<usize>, kind: &str, state: &str, output: Option<&Value>, error: Option<&Value>, attempts: u32) -> anyhow::Result<()>;
     fn add_logs(&self, run: &str, step: &str, lines: &[LogLine]) -> anyhow::Result<()>;
     fn add_audit(&self, run: &str, step: &str, records: &[AuditRecord]) -> anyhow::Result<()>;
+    /// Runs matching `filter`, newest first.
+    fn find_runs(&self, filter: &RunFilter) -> anyhow::Result<Vec<RunSummary>>;
     /// Newest first. `story` and `state` filter; top-level runs only unless `include_children`.
-    fn list_runs(&self, story: Option<&str>, state: Option<&str>, include_children: bool, limit: usize, offset: usize) -> anyhow::Result<Vec<RunSummary>>;
+    fn list_runs(&self, story: Option<&str>, state: Option<&str>, include_children: bool, limit: usize, offset: usize) -> anyhow::Result<Vec<RunSummary>> {
+        self.find_runs(&RunFilter { team: None, story, state, include_children, limit, offset })
+    }
+    /// The run of `story` created with this `Idempotency-Key`, if any.
+    fn run_by_idempotency_key(&self, story: &str, key: &str) -> anyhow::Result<Option<String>>;
     fn run_summary(&self, id: &str) -> anyhow::Result<Option<RunSummary>>;
     /// The story and input of a run, to execute it (e.g. after a restart).
     fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>>;
@@ -212,8 +236,8 @@ impl RunStore {
 impl Store for RunStore {
     fn create_run(&self, r: &NewRun) -> anyhow::Result<()> {
         self.conn().prepare_cached(
-            "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms) VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8)",
-        )?.execute(params![r.id, r.story, r.team, r.trigger, r.input.to_string(), r.parent.map(|p| p.0), r.parent.map(|p| p.1), ms()],
+            "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms, idempotency_key) VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?.execute(params![r.id, r.story, r.team, r.trigger, r.input.to_string(), r.parent.map(|p| p.0), r.parent.map(|p| p.1), ms(), r.idempotency_key],
         )?;
         Ok(())
     }
@@ -282,14 +306,18 @@ impl Store for RunStore {
     }
 
     /// Newest first. `story` and `state` filter; top-level runs only unless `include_children`.
-    fn list_runs(&self, story: Option<&str>, state: Option<&str>, include_children: bool, limit: usize, offset: usize) -> anyhow::Result<Vec<RunSummary>> {
+    fn find_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<RunSummary>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT * FROM runs WHERE (?1 IS NULL OR story = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 OR parent_run IS NULL)
+            "SELECT * FROM runs WHERE (?1 IS NULL OR story = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 OR parent_run IS NULL) AND (?6 IS NULL OR team = ?6)
              ORDER BY created_ms DESC, rowid DESC LIMIT ?4 OFFSET ?5",
         )?;
-        let rows = stmt.query_map(params![story, state, include_children, limit as i64, offset as i64], RunStore::summary)?;
+        let rows = stmt.query_map(params![f.story, f.state, f.include_children, f.limit as i64, f.offset as i64, f.team], RunStore::summary)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn run_by_idempotency_key(&self, story: &str, key: &str) -> anyhow::Result<Option<String>> {
+        Ok(self.conn().query_row("SELECT id FROM runs WHERE story = ?1 AND idempotency_key = ?2", params![story, key], |r| r.get(0)).optional()?)
     }
 
     fn run_summary(&self, id: &str) -> anyhow::Result<Option<RunSummary>> {
@@ -431,8 +459,11 @@ pub(crate) mod testing {
             self.gate("add_audit")?;
             self.inner.add_audit(run, step, records)
         }
-        fn list_runs(&self, story: Option<&str>, state: Option<&str>, include_children: bool, limit: usize, offset: usize) -> anyhow::Result<Vec<RunSummary>> {
-            self.inner.list_runs(story, state, include_children, limit, offset)
+        fn find_runs(&self, filter: &RunFilter) -> anyhow::Result<Vec<RunSummary>> {
+            self.inner.find_runs(filter)
+        }
+        fn run_by_idempotency_key(&self, story: &str, key: &str) -> anyhow::Result<Option<String>> {
+            self.inner.run_by_idempotency_key(story, key)
         }
         fn run_summary(&self, id: &str) -> anyhow::Result<Option<RunSummary>> {
             self.inner.run_summary(id)
@@ -461,7 +492,7 @@ mod tests {
     fn a_run_is_recorded_with_its_steps() {
         let s = RunStore::in_memory().unwrap();
         let input = json!({"x": 1});
-        s.create_run(&NewRun { id: "r1", story: "st", team: "soc", trigger: "cli", input: &input, parent: None }).unwrap();
+        s.create_run(&NewRun { id: "r1", story: "st", team: "soc", trigger: "cli", input: &input, parent: None, idempotency_key: None }).unwrap();
         s.start_run("r1").unwrap();
         s.step_started("r1", "a", None, "action", Some(&json!({"in": 1})), 1).unwrap();
         s.step_finished("r1", "a", None, "action", "succeeded", Some(&json!({"out": 2})), None, 1).unwrap();
@@ -482,7 +513,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         {
             let s = RunStore::open(&path).unwrap();
-            s.create_run(&NewRun { id: "r", story: "s", team: "t", trigger: "cli", input: &json!({}), parent: None }).unwrap();
+            s.create_run(&NewRun { id: "r", story: "s", team: "t", trigger: "cli", input: &json!({}), parent: None, idempotency_key: None }).unwrap();
         }
         let s = RunStore::open(&path).unwrap();
         assert!(s.run_summary("r").unwrap().is_some());

@@ -2,18 +2,21 @@
 //! not because of where the file lies.
 //!
 //! A signature (`<plugin>.wasm.sig`, JSON) is an Ed25519 signature over the
-//! component's sha256 together with the name and version its `describe()`
-//! returns. A team runs a plugin only if the policy pins its digest, or a key
-//! the team trusts signed exactly these bytes under exactly this manifest —
-//! and, with `require_signature`, only the latter.
+//! signing key's name, the component's sha256 and the name and version its
+//! `describe()` returns. A team runs a plugin only if the policy pins its
+//! digest, or a key the team trusts signed exactly these bytes under exactly
+//! this manifest — and, with `require_signature`, only the latter. A signed
+//! plugin runs only under its own name (`[plugins.NAME]` must be the name it
+//! was signed as), never older than the policy's `min_version`, and never
+//! with a revoked key, whatever alias the key is listed under.
 
 use crate::policy::keys::parse_hex32;
-use crate::policy::{Policy, Team};
+use crate::policy::{PluginEntry, Policy, Team, Version};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-const CONTEXT: &str = "warden-plugin-signature-v1";
+const CONTEXT: &str = "warden-plugin-signature-v2";
 
 /// The `.sig` file that travels beside a `.wasm`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -28,9 +31,9 @@ pub struct SignatureFile {
     pub signature: String,
 }
 
-/// What exactly is signed: context, manifest name and version, and the digest.
-pub fn message(name: &str, version: &str, sha256: &str) -> Vec<u8> {
-    format!("{CONTEXT}\n{name}\n{version}\n{sha256}\n").into_bytes()
+/// What exactly is signed: context, the key's name, manifest name and version, and the digest.
+pub fn message(key: &str, name: &str, version: &str, sha256: &str) -> Vec<u8> {
+    format!("{CONTEXT}\n{key}\n{name}\n{version}\n{sha256}\n").into_bytes()
 }
 
 pub fn sig_path(wasm: &Path) -> PathBuf {
@@ -50,7 +53,7 @@ pub fn keygen() -> anyhow::Result<(String, String)> {
 /// Signs a component's digest and manifest.
 pub fn sign(secret_hex: &str, key_name: &str, name: &str, version: &str, sha256: &str) -> Result<SignatureFile, String> {
     let key = SigningKey::from_bytes(&parse_hex32("the secret key", secret_hex)?);
-    let sig = key.sign(&message(name, version, sha256));
+    let sig = key.sign(&message(key_name, name, version, sha256));
     Ok(SignatureFile {
         key: key_name.into(),
         name: name.into(),
@@ -95,6 +98,10 @@ pub fn verify(policy: &Policy, team: Option<&Team>, sig: &SignatureFile, sha256:
     if key.revoked {
         return Err(format!("it is signed by key `{}`, which is revoked", sig.key));
     }
+    // Revocation follows the key, not its alias.
+    if let Some(alias) = policy.keys.values().find(|k| k.revoked && k.public == key.public) {
+        return Err(format!("it is signed by key `{}`, the same key as `{}`, which is revoked", sig.key, alias.name));
+    }
     if let Some(t) = team {
         if !t.trusted_keys.contains(&sig.key) {
             return Err(format!("it is signed by key `{}`, which team {} does not trust", sig.key, t.name));
@@ -105,17 +112,33 @@ pub fn verify(policy: &Policy, team: Option<&Team>, sig: &SignatureFile, sha256:
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| "the signature is not 64 bytes of hex".to_string())?;
     key.public
-        .verify(&message(name, version, sha256), &Signature::from_bytes(&bytes))
+        .verify(&message(&sig.key, name, version, sha256), &Signature::from_bytes(&bytes))
         .map_err(|_| format!("the signature does not verify with key `{}`", sig.key))?;
     Ok(sig.key.clone())
 }
 
-/// Decides whether `team` may run the plugin at `wasm` with this digest and manifest.
-pub fn check(policy: &Policy, team: &Team, plugin: &str, wasm: &Path, pin: Option<&str>, sha256: &str, name: &str, version: &str) -> Result<Trust, String> {
+/// The manifest's version is not below the policy's `min_version` for `entry`.
+pub fn version_allowed(entry: &PluginEntry, version: &str) -> Result<(), String> {
+    let Some(min) = entry.min_version else { return Ok(()) };
+    match Version::parse(version) {
+        Some(v) if v >= min => Ok(()),
+        Some(v) => Err(format!("plugin {} is version {v}, older than plugins.{}.min_version {min}", entry.name, entry.name)),
+        None => Err(format!("plugin {} reports version `{}`, which is not major.minor.patch, and plugins.{}.min_version is set", entry.name, version.escape_debug(), entry.name)),
+    }
+}
+
+/// Decides whether `team` may run the plugin of `entry`, whose bytes have this
+/// digest and whose manifest says this name and version.
+pub fn check(policy: &Policy, team: &Team, entry: &PluginEntry, sha256: &str, name: &str, version: &str) -> Result<Trust, String> {
+    let plugin = &entry.name;
     let refuse = |why: String| Err(format!("team {} refuses plugin {plugin}: {why}", team.name));
-    if !team.require_signature && pin == Some(sha256) {
+    if let Err(why) = version_allowed(entry, version) {
+        return refuse(why);
+    }
+    if !team.require_signature && entry.sha256.as_deref() == Some(sha256) {
         return Ok(Trust::Pinned);
     }
+    let wasm = &entry.path;
     let path = sig_path(wasm);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -128,14 +151,21 @@ pub fn check(policy: &Policy, team: &Team, plugin: &str, wasm: &Path, pin: Optio
         Ok(s) => s,
         Err(e) => return refuse(format!("{} is not a warden signature file: {e}", path.display())),
     };
-    match verify(policy, Some(team), &sig, sha256, name, version) {
-        Ok(key) => Ok(Trust::Signed { key }),
-        Err(why) => refuse(why),
+    if let Err(why) = verify(policy, Some(team), &sig, sha256, name, version) {
+        return refuse(why);
     }
+    // A signature vouches for the plugin it names, so it runs under that name's grant only.
+    if name != plugin.as_str() {
+        return refuse(format!(
+            "it is signed as plugin `{}`, but the policy runs it as [plugins.{plugin}]; a signed plugin gets only its own name's grant (rename the table or use the right file)",
+            name.escape_debug()
+        ));
+    }
+    Ok(Trust::Signed { key: sig.key })
 }
 
 fn short(h: &str) -> &str {
-    &h[..h.len().min(12)]
+    &h[..h.floor_char_boundary(12)]
 }
 
 #[cfg(test)]
@@ -150,9 +180,10 @@ mod tests {
         let sig = sign(&secret, "k", "jira-ticket", "1.0.0", "ab").unwrap();
         let bytes: [u8; 64] = hex::decode(&sig.signature).unwrap().try_into().unwrap();
         let s = Signature::from_bytes(&bytes);
-        assert!(vk.verify(&message("jira-ticket", "1.0.0", "ab"), &s).is_ok());
-        assert!(vk.verify(&message("jira-ticket", "1.0.1", "ab"), &s).is_err());
-        assert!(vk.verify(&message("jira-ticket", "1.0.0", "ac"), &s).is_err());
-        assert!(vk.verify(&message("evil", "1.0.0", "ab"), &s).is_err());
+        assert!(vk.verify(&message("k", "jira-ticket", "1.0.0", "ab"), &s).is_ok());
+        assert!(vk.verify(&message("k", "jira-ticket", "1.0.1", "ab"), &s).is_err());
+        assert!(vk.verify(&message("k", "jira-ticket", "1.0.0", "ac"), &s).is_err());
+        assert!(vk.verify(&message("k", "evil", "1.0.0", "ab"), &s).is_err());
+        assert!(vk.verify(&message("other-alias", "jira-ticket", "1.0.0", "ab"), &s).is_err(), "the key's name is signed too");
     }
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{root, tempdir, text, warden};
+use common::{guest, root, tempdir, text, warden};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -208,4 +208,48 @@ fn keygen_sign_verify_and_explain() {
     let out = warden(&["plugin", "verify", wasm.to_str().unwrap(), "--policy", policy.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("the component changed after signing"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn with_teams_the_cli_vets_plugins_as_a_story_would() {
+    let dir = tempdir("cli-teams");
+    let wasm = dir.join("probe.wasm");
+    std::fs::copy(guest("probe"), &wasm).unwrap();
+    std::fs::create_dir_all(dir.join("stories/soc")).unwrap();
+    let story = dir.join("stories/soc/echo.yaml");
+    std::fs::write(&story, "name: echo\nteam: soc\nsteps:\n  - id: say\n    action: probe\n    with: {op: echo}\n").unwrap();
+    let policy = dir.join("warden.toml");
+    let write_policy = |pin: &str| {
+        std::fs::write(&policy, format!("[plugins.probe]\npath = \"probe.wasm\"\n{pin}\n[teams.soc]\nstories = [\"stories/soc\"]\n")).unwrap();
+    };
+    write_policy("");
+    let p = policy.to_str().unwrap();
+    let (w, input) = (wasm.to_str().unwrap(), r#"{"op":"echo"}"#);
+
+    let out = warden(&["action", "run", "probe", "--input", input, "--policy", p], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("has teams: give --team TEAM"), "{}", text(&out.stderr));
+
+    // Neither pinned nor signed: refused, from the CLI as from a story.
+    let out = warden(&["action", "run", w, "--team", "soc", "--input", input, "--policy", p], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("team soc refuses plugin probe: it is neither pinned"), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).is_empty(), "the plugin never ran");
+
+    let out = warden(&["plugin", "check", w, "--team", "soc", "--policy", p], &[]);
+    assert!(text(&out.stdout).contains("REFUSED"), "{}", text(&out.stdout));
+    assert_eq!(out.status.code(), Some(1), "a REFUSED plugin fails the check, so it can gate CI");
+
+    let out = warden(&["story", "check", story.to_str().unwrap(), "--policy", p], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains(&format!("{}:4: step `say`: team soc refuses plugin probe", story.display())), "{}", text(&out.stderr));
+
+    // Pinned: all three agree it may run.
+    let digest = text(&warden(&["plugin", "digest", w], &[]).stdout).trim().to_string();
+    write_policy(&format!("sha256 = \"{digest}\""));
+    let out = warden(&["action", "run", "probe", "--team", "soc", "--input", input, "--policy", p], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("\"op\": \"echo\""), "{}", text(&out.stdout));
+    assert!(warden(&["plugin", "check", w, "--team", "soc", "--policy", p], &[]).status.success());
+    assert!(warden(&["story", "check", story.to_str().unwrap(), "--policy", p], &[]).status.success());
 }

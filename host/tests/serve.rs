@@ -93,8 +93,8 @@ async fn get(base: &str, path: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
 }
 
-fn sign(body: &str) -> String {
-    warden::server::sign(SECRET.as_bytes(), body.as_bytes())
+fn sign(story: &str, body: &str) -> String {
+    warden::server::sign(SECRET.as_bytes(), story, body.as_bytes())
 }
 
 /// Polls the run list until `done` holds (bounded), returning the runs.
@@ -120,17 +120,17 @@ async fn webhooks_answer_with_the_right_status_and_create_runs_only_when_valid()
 
     assert_eq!(post(b, "quick", body, None, "application/json").await.0, 401, "missing signature");
     assert_eq!(post(b, "quick", body, Some("sha256=00".into()), "application/json").await.0, 401, "bad signature");
-    assert_eq!(post(b, "quick", body, Some(warden::server::sign(b"wrong", body.as_bytes())), "application/json").await.0, 401, "wrong key");
+    assert_eq!(post(b, "quick", body, Some(warden::server::sign(b"wrong", "quick", body.as_bytes())), "application/json").await.0, 401, "wrong key");
     let big = format!(r#"{{"num": "{}"}}"#, "x".repeat(2000));
-    assert_eq!(post(b, "quick", &big, Some(sign(&big)), "application/json").await.0, 413, "oversized");
-    assert_eq!(post(b, "quick", "{not json", Some(sign("{not json")), "application/json").await.0, 400, "malformed");
-    assert_eq!(post(b, "quick", body, Some(sign(body)), "text/plain").await.0, 415, "not JSON content type");
-    assert_eq!(post(b, "nope", body, Some(sign(body)), "application/json").await.0, 404, "unknown story");
-    let (code, err) = post(b, "quick", "{}", Some(sign("{}")), "application/json").await;
+    assert_eq!(post(b, "quick", &big, Some(sign("quick", &big)), "application/json").await.0, 413, "oversized");
+    assert_eq!(post(b, "quick", "{not json", Some(sign("quick", "{not json")), "application/json").await.0, 400, "malformed");
+    assert_eq!(post(b, "quick", body, Some(sign("quick", body)), "text/plain").await.0, 415, "not JSON content type");
+    assert_eq!(post(b, "nope", body, Some(sign("nope", body)), "application/json").await.0, 404, "unknown story");
+    let (code, err) = post(b, "quick", "{}", Some(sign("quick", "{}")), "application/json").await;
     assert_eq!((code, err["error"].as_str().unwrap()), (422, "input is missing required field `num`"));
     assert_eq!(get(b, "/api/runs").await["runs"].as_array().unwrap().len(), 0, "a refused webhook created a run");
 
-    let (code, accepted) = post(b, "quick", body, Some(sign(body)), "application/json").await;
+    let (code, accepted) = post(b, "quick", body, Some(sign("quick", body)), "application/json").await;
     assert_eq!(code, 202);
     let id = accepted["run_id"].as_str().unwrap().to_string();
     let runs = wait_for(b, |r| r.iter().any(|x| x["id"] == id.as_str() && x["state"] == "succeeded")).await;
@@ -139,7 +139,9 @@ async fn webhooks_answer_with_the_right_status_and_create_runs_only_when_valid()
     assert_eq!(detail["output"], serde_json::json!({"num": 1}));
     assert_eq!(detail["trigger"], "webhook");
 
-    let (code, sync) = post(b, "quick?wait=true", body, Some(sign(body)), "application/json").await;
+    // Another request (a byte differs): the same signed body twice is a replay.
+    let again = r#"{"num": 1, "nonce": 2}"#;
+    let (code, sync) = post(b, "quick?wait=true", again, Some(sign("quick", again)), "application/json").await;
     assert_eq!((code, sync["state"].as_str()), (200, Some("succeeded")));
     assert_eq!(sync["output"], serde_json::json!({"num": 1}));
 
@@ -161,7 +163,7 @@ async fn five_hundred_concurrent_webhooks_are_all_recorded_and_completed() {
         let base = srv.base.clone();
         tasks.push(tokio::spawn(async move {
             let body = format!(r#"{{"num": {n}}}"#);
-            post(&base, "quick", &body, Some(sign(&body)), "application/json").await.0
+            post(&base, "quick", &body, Some(sign("quick", &body)), "application/json").await.0
         }));
     }
     for t in tasks {
@@ -190,8 +192,9 @@ async fn runs_survive_sigkill_and_complete_or_fail_with_a_reason_after_restart()
     let mut srv = Server::start(&dir, 2);
     let mut ids = Vec::new();
     for (story, n) in [("once", 1), ("slow", 5)] {
-        for _ in 0..n {
-            let (code, v) = post(&srv.base, story, "{}", Some(sign("{}")), "application/json").await;
+        for i in 0..n {
+            let body = format!(r#"{{"n": {i}}}"#);
+            let (code, v) = post(&srv.base, story, &body, Some(sign(story, &body)), "application/json").await;
             assert_eq!(code, 202);
             ids.push(v["run_id"].as_str().unwrap().to_string());
         }
@@ -231,7 +234,7 @@ async fn a_schedule_fires_and_metrics_count_denials() {
     assert!(m.contains("warden_egress_denials_total{rule=\"default-deny\"}"), "{m}");
     assert!(m.contains("warden_instances_capacity"), "{m}");
     // No webhook without a secret.
-    assert_eq!(post(&srv.base, "denied", "{}", Some(sign("{}")), "application/json").await.0, 404);
+    assert_eq!(post(&srv.base, "denied", "{}", Some(sign("denied", "{}")), "application/json").await.0, 404);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -240,7 +243,7 @@ async fn sigterm_stops_intake_and_drains_in_flight_runs() {
     let slow = "name: slow\ninput: {type: object}\nsteps:\n  - id: wait\n    action: probe\n    with: {op: sleep, ms: 1500}\n";
     let dir = setup("drain", &[("slow.yaml", slow)], "[triggers.slow]\nsecret_env = \"WEBHOOK_SECRET\"\n");
     let mut srv = Server::start(&dir, 2);
-    let (code, v) = post(&srv.base, "slow", "{}", Some(sign("{}")), "application/json").await;
+    let (code, v) = post(&srv.base, "slow", "{}", Some(sign("slow", "{}")), "application/json").await;
     assert_eq!(code, 202);
     let id = v["run_id"].as_str().unwrap().to_string();
     wait_for(&srv.base, |r| r.iter().any(|x| x["state"] == "running")).await;

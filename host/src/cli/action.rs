@@ -2,9 +2,21 @@
 
 use super::common::{load_policy, read_input, resolve_plugin};
 use super::PolicyArg;
+use anyhow::anyhow;
 use clap::Subcommand;
+use std::path::Path;
 use std::process::ExitCode;
-use warden::{InvocationInfo, Runtime, RuntimeConfig};
+use std::sync::Arc;
+use warden::story::invoke::{Invoke, PolicyInvoker};
+use warden::{InvocationInfo, Policy, Runtime, RuntimeConfig};
+
+/// The policy's name for `spec`: a plugin name, or the entry whose file `spec` is.
+fn policy_name(policy: &Policy, spec: &str) -> Option<String> {
+    if policy.plugins.contains_key(spec) {
+        return Some(spec.to_string());
+    }
+    policy.plugin_at(Path::new(spec)).map(|e| e.name.clone())
+}
 
 #[derive(Subcommand)]
 pub enum ActionCmd {
@@ -17,6 +29,10 @@ pub enum ActionCmd {
         input: String,
         #[command(flatten)]
         policy: PolicyArg,
+        /// Run it as this team: the team's trust (pin or signature) and grant apply, as in a story.
+        /// Required when the policy has teams.
+        #[arg(long)]
+        team: Option<String>,
         /// Print every audit record (JSON lines) on stderr.
         #[arg(long)]
         audit: bool,
@@ -34,13 +50,28 @@ pub enum ActionCmd {
 
 pub async fn run(cmd: ActionCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        ActionCmd::Run { plugin, input, policy, audit, quiet } => {
-            let policy = load_policy(&policy)?;
+        ActionCmd::Run { plugin, input, policy, team, audit, quiet } => {
+            let policy = Arc::new(load_policy(&policy)?);
             let input = read_input(&input)?;
-            let rt = Runtime::new(RuntimeConfig::default())?;
-            let (plugin, grant) = resolve_plugin(&rt, &policy, &plugin)?;
-            let info = InvocationInfo { run_id: format!("cli-{}", warden::audit::now_ms()), team: "cli".into(), attempt: 1, ..Default::default() };
-            let report = rt.invoke(&plugin, grant, info, &input, None).await;
+            let rt = Arc::new(Runtime::new(RuntimeConfig::default())?);
+            let team = match (team, policy.teams.is_empty()) {
+                (Some(t), _) => t,
+                (None, true) => "cli".to_string(),
+                (None, false) => return Err(anyhow!("{} has teams: give --team TEAM, so the plugin runs with that team's trust and grant", policy.file)),
+            };
+            let info = InvocationInfo { run_id: format!("cli-{}", warden::audit::now_ms()), team: team.clone(), attempt: 1, ..Default::default() };
+            let report = match policy_name(&policy, &plugin) {
+                // The same path as a story step: loaded, vetted for the team, run under its grant.
+                Some(name) => PolicyInvoker::new(rt.clone(), policy.clone())
+                    .invoke(&name, &team, info, &input, None)
+                    .await
+                    .map_err(|e| anyhow!("{name} for team {team}: {}", e.message))?,
+                None if policy.teams.is_empty() => {
+                    let (plugin, grant) = resolve_plugin(&rt, &policy, &plugin)?;
+                    rt.invoke(&plugin, grant, info, &input, None).await
+                }
+                None => return Err(anyhow!("`{plugin}` is not a plugin of {}; with teams, only the policy's vetted plugins run", policy.file)),
+            };
             if !quiet {
                 for line in &report.logs {
                     eprintln!("[{} {}] {}", line.level, line.source, line.message.trim_end());
@@ -58,7 +89,7 @@ pub async fn run(cmd: ActionCmd) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    eprintln!("warden: {}: {e}", plugin.name);
+                    eprintln!("warden: {}: {e}", report.plugin);
                     Ok(ExitCode::from(1))
                 }
             }

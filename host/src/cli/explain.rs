@@ -32,7 +32,8 @@ pub fn summary(grant: &Grant) {
 }
 
 /// `policy explain` for one plugin: trust, rules, credentials, mail, limits.
-pub async fn plugin(rt: &Runtime, policy: &Policy, name: &str, team: &str) {
+/// False when the plugin is REFUSED.
+pub async fn plugin(rt: &Runtime, policy: &Policy, name: &str, team: &str) -> bool {
     let entry = &policy.plugins[name];
     let t = policy.teams.get(team);
     let grant = policy.grant_for_team(name, team);
@@ -42,7 +43,7 @@ pub async fn plugin(rt: &Runtime, policy: &Policy, name: &str, team: &str) {
         (None, Ok(_)) if policy.teams.is_empty() => "no teams in the policy: runs if the file loads (pin sha256 to be sure)".into(),
         (None, Ok(_)) => "no team given: the global grant below applies to runs outside teams".into(),
         (Some(t), Ok(p)) => match rt.describe(&p).await {
-            Ok(m) => match warden::vetting::check(policy, t, name, &entry.path, entry.sha256.as_deref(), &p.sha256, &m.name, &m.version) {
+            Ok(m) => match warden::vetting::check(policy, t, entry, &p.sha256, &m.name, &m.version) {
                 Ok(trust) => format!("trusted: {trust}"),
                 Err(why) => format!("REFUSED: {why}"),
             },
@@ -50,6 +51,7 @@ pub async fn plugin(rt: &Runtime, policy: &Policy, name: &str, team: &str) {
         },
     };
     println!("  {trust}");
+    let refused = trust.starts_with("REFUSED");
     println!("  grant: {}", policy.grant_source(name, team));
     if grant.rules.is_empty() {
         println!("  http: reaches nothing");
@@ -90,4 +92,5 @@ pub async fn plugin(rt: &Runtime, policy: &Policy, name: &str, team: &str) {
         l.http_requests,
         Bytes(l.response_bytes)
     );
+    !refused
 }

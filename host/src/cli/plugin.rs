@@ -146,7 +146,12 @@ pub async fn run(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
             println!("  manifest: {} {} — {}", m.name, m.version, m.description);
             println!("  expects hosts: {}; credentials: {}", list_or_none(&m.hosts), list_or_none(&m.credentials));
             match policy.plugin_at(&wasm) {
-                Some(entry) => explain::plugin(&rt, &policy, &entry.name, team.as_deref().unwrap_or("")).await,
+                Some(entry) => {
+                    if !explain::plugin(&rt, &policy, &entry.name, team.as_deref().unwrap_or("")).await {
+                        // Non-zero, so `plugin check` can gate a CI pipeline.
+                        return Ok(ExitCode::from(1));
+                    }
+                }
                 None => println!("  policy {}: no [plugins.*] entry points at this file, so it is granted nothing", policy.file),
             }
         }

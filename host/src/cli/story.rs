@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use warden::story::engine::{Engine, Observer, Quiet};
-use warden::story::Library;
+use warden::story::invoke::{Invoke, PolicyInvoker};
+use warden::story::{Library, StepKind};
 use warden::{Runtime, RuntimeConfig};
 
 #[derive(Subcommand)]
@@ -41,6 +42,26 @@ pub enum StoryCmd {
     },
 }
 
+/// With teams, every action step's plugin vetted for its story's team, as a
+/// run would: one `file:line: …` per step whose plugin would be refused.
+async fn refused_plugins(policy: warden::Policy, library: &Library) -> anyhow::Result<Vec<String>> {
+    if policy.teams.is_empty() {
+        return Ok(Vec::new());
+    }
+    let invoker = PolicyInvoker::new(Arc::new(Runtime::new(RuntimeConfig::default())?), Arc::new(policy));
+    let mut refused = Vec::new();
+    for story in library.stories.values() {
+        for step in story.steps.iter().chain(&story.fallbacks) {
+            if let StepKind::Action(plugin) = &step.kind {
+                if let Err(e) = invoker.prepare(plugin, &story.team).await {
+                    refused.push(format!("{}:{}: step `{}`: {}", story.file.display(), step.line, step.id, e.message));
+                }
+            }
+        }
+    }
+    Ok(refused)
+}
+
 pub async fn run(cmd: StoryCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         StoryCmd::Run { story, input, policy, stories, db, json, quiet } => {
@@ -70,10 +91,17 @@ pub async fn run(cmd: StoryCmd) -> anyhow::Result<ExitCode> {
             let policy = load_policy(&policy)?;
             let library = Library::load_dir(if path.is_dir() { &path } else { folder_of(&path) })?;
             library.check(&policy)?;
+            let refused = refused_plugins(policy, &library).await?;
             for s in library.stories.values() {
                 println!("ok {} ({}, team {}, {} steps)", s.name, s.file.display(), s.team, s.steps.len());
             }
-            Ok(ExitCode::SUCCESS)
+            if refused.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            for line in &refused {
+                eprintln!("{line}");
+            }
+            Err(anyhow::anyhow!("{} step(s) use a plugin their team refuses", refused.len()))
         }
     }
 }

@@ -1,10 +1,12 @@
 //! Signing keys (`[keys.NAME]`) and teams (`[teams.NAME]`): who vets plugins,
 //! and which keys and grants each team's runs use.
 
+use super::credentials::SecretSource;
 use super::grants::{Grant, RawGrant};
 use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use toml::Spanned;
 
@@ -23,6 +25,11 @@ pub struct Team {
     pub require_signature: bool,
     /// Grants that replace the global `[grants.PLUGIN]` for this team's runs.
     pub grants: BTreeMap<String, Arc<Grant>>,
+    /// Story files, or folders of them, that belong to this team: the policy,
+    /// not a story's own `team:`, decides whose grants and credentials it uses.
+    pub stories: Vec<PathBuf>,
+    /// A token for `/api/*` that sees this team's runs only.
+    pub api_token: Option<SecretSource>,
 }
 
 /// 32 bytes from hex (a key or a seed), with an error naming `what`.
@@ -52,5 +59,8 @@ pub(super) struct RawTeam {
     pub(super) require_signature: bool,
     #[serde(default)]
     pub(super) grants: BTreeMap<String, Spanned<RawGrant>>,
+    #[serde(default)]
+    pub(super) stories: Vec<String>,
+    pub(super) api_token_env: Option<String>,
 }
 

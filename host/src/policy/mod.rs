@@ -45,7 +45,28 @@ pub struct PluginEntry {
     pub path: PathBuf,
     /// Lower-case hex sha256 the component must have, when pinned.
     pub sha256: Option<String>,
+    /// The lowest version its manifest may report (an older signed build is refused).
+    pub min_version: Option<Version>,
     pub line: u64,
+}
+
+/// A `major.minor.patch` version (a pre-release or build suffix is ignored for ordering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(pub u64, pub u64, pub u64);
+
+impl Version {
+    pub fn parse(text: &str) -> Option<Version> {
+        let core = text.trim().trim_start_matches('v').split(['-', '+']).next()?;
+        let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+        let v = Version(parts.next()??, parts.next().unwrap_or(Some(0))?, parts.next().unwrap_or(Some(0))?);
+        parts.next().is_none().then_some(v)
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -134,8 +155,14 @@ impl Policy {
                 }
                 None => None,
             };
+            let min_version = match p.min_version {
+                Some(v) => Some(Version::parse(v.get_ref()).ok_or_else(|| {
+                    err(v.span(), format!("plugins.{name}.min_version `{}` is not a version; write major.minor.patch, e.g. \"1.3.0\"", v.get_ref()))
+                })?),
+                None => None,
+            };
             let path = base.join(p.path.into_inner());
-            plugins.insert(name.clone(), PluginEntry { name, path, sha256, line: line_of(text, span.start) });
+            plugins.insert(name.clone(), PluginEntry { name, path, sha256, min_version, line: line_of(text, span.start) });
         }
 
         let mut grants = BTreeMap::new();
@@ -165,7 +192,9 @@ impl Policy {
                 let grant = parse_grant(&plugin, g, &plugins, &credentials, &relays, &err, &format!("teams.{name}.grants"))?;
                 team_grants.insert(plugin, Arc::new(grant));
             }
-            teams.insert(name.clone(), Team { name, trusted_keys: t.trusted_keys, require_signature: t.require_signature, grants: team_grants });
+            let stories = t.stories.iter().map(|s| base.join(s)).collect();
+            let api_token = t.api_token_env.map(SecretSource::Env);
+            teams.insert(name.clone(), Team { name, trusted_keys: t.trusted_keys, require_signature: t.require_signature, grants: team_grants, stories, api_token });
         }
         for (cname, c) in &credentials {
             if let Some(owner) = &c.team {
@@ -201,6 +230,18 @@ impl Policy {
     pub fn plugin_at(&self, path: &Path) -> Option<&PluginEntry> {
         let canonical = path.canonicalize().ok()?;
         self.plugins.values().find(|e| e.path.canonicalize().ok().as_deref() == Some(canonical.as_path()))
+    }
+
+    /// The team whose `stories` hold the story file `file` (the most specific
+    /// entry wins: a file named outright over the folder it lies in).
+    pub fn team_of_story(&self, file: &Path) -> Option<&str> {
+        let file = file.canonicalize().ok()?;
+        self.teams
+            .values()
+            .flat_map(|t| t.stories.iter().map(move |entry| (t, entry)))
+            .filter_map(|(t, entry)| entry.canonicalize().ok().filter(|e| file.starts_with(e)).map(|e| (e.components().count(), t)))
+            .max_by_key(|(depth, _)| *depth)
+            .map(|(_, t)| t.name.as_str())
     }
 
     /// The grant for `plugin`, or deny-all when the policy has none.
@@ -262,6 +303,7 @@ struct RawPolicy {
 struct RawPlugin {
     path: Spanned<String>,
     sha256: Option<Spanned<String>>,
+    min_version: Option<Spanned<String>>,
 }
 
 #[cfg(test)]

@@ -11,12 +11,49 @@ pub const DEFAULT_MAX_BODY: u64 = 256 * 1024;
 /// Runs of one story executing at once unless its trigger sets `concurrency`.
 pub const DEFAULT_CONCURRENCY: usize = 16;
 
+/// Seconds a signed webhook's timestamp may differ from the server's clock.
+pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
+
+/// How a webhook's sender signs it (`signature = "…"` on a trigger).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureScheme {
+    /// `X-Warden-Signature: t=<unix secs>,v1=<hex HMAC-SHA256 of "<t>.<story>.<body>">`:
+    /// bound to the story and a time window; replays are refused. The default.
+    Warden,
+    /// GitHub: `X-Hub-Signature-256: sha256=<hex HMAC of the body>`; replays
+    /// are refused by `X-GitHub-Delivery`.
+    GitHub,
+    /// Slack: `X-Slack-Signature: v0=<hex HMAC of "v0:<ts>:<body>">` with `X-Slack-Request-Timestamp`.
+    Slack,
+    /// Stripe-style: `Stripe-Signature: t=<ts>,v1=<hex HMAC of "<t>.<body>">`.
+    Stripe,
+    /// `X-Warden-Signature: sha256=<hex HMAC of the body>`: no timestamp, so a
+    /// captured request stays valid; only for senders that can do nothing else.
+    BodyOnly,
+}
+
+impl SignatureScheme {
+    fn parse(text: &str) -> Option<SignatureScheme> {
+        Some(match text {
+            "warden" => SignatureScheme::Warden,
+            "github" => SignatureScheme::GitHub,
+            "slack" => SignatureScheme::Slack,
+            "stripe" => SignatureScheme::Stripe,
+            "body-hmac" => SignatureScheme::BodyOnly,
+            _ => return None,
+        })
+    }
+}
+
 /// `[triggers.STORY]`: a webhook (with its HMAC secret) and/or a schedule.
 #[derive(Debug, Clone)]
 pub struct Trigger {
     pub story: String,
     /// The webhook's HMAC-SHA256 key; without one the story has no webhook.
     pub secret: Option<SecretSource>,
+    pub signature: SignatureScheme,
+    /// How far a signed timestamp may be from now, and how long a seen request is remembered.
+    pub tolerance_secs: u64,
     /// Callers may ask to wait for the output (`?wait=true`).
     pub allow_sync: bool,
     pub max_body: u64,
@@ -52,6 +89,16 @@ pub(super) fn parse_trigger(story: &str, t: RawTrigger, base: &Path, line: u64) 
             "triggers.{story} has neither a webhook secret (secret_env/secret_file) nor a schedule, so nothing can start it"
         ));
     }
+    let signature = match t.signature.as_deref() {
+        None => SignatureScheme::Warden,
+        Some(s) => SignatureScheme::parse(s).ok_or_else(|| {
+            format!("triggers.{story}.signature `{s}` is unknown; use warden (timestamped, the default), github, slack, stripe or body-hmac")
+        })?,
+    };
+    let tolerance_secs = t.tolerance_secs.unwrap_or(DEFAULT_TOLERANCE_SECS);
+    if tolerance_secs == 0 || tolerance_secs > 3600 {
+        return Err(format!("triggers.{story}.tolerance_secs must be 1..3600"));
+    }
     if t.allow_sync && secret.is_none() {
         return Err(format!("triggers.{story}: allow_sync needs a webhook (secret_env or secret_file)"));
     }
@@ -72,6 +119,8 @@ pub(super) fn parse_trigger(story: &str, t: RawTrigger, base: &Path, line: u64) 
     Ok(Trigger {
         story: story.to_string(),
         secret,
+        signature,
+        tolerance_secs,
         allow_sync: t.allow_sync,
         max_body,
         concurrency,
@@ -92,6 +141,8 @@ pub(super) struct RawTrigger {
     pub(super) concurrency: Option<usize>,
     pub(super) schedule: Option<String>,
     pub(super) schedule_input: Option<toml::Value>,
+    pub(super) signature: Option<String>,
+    pub(super) tolerance_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]

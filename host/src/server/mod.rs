@@ -11,11 +11,11 @@ pub mod config;
 pub mod metrics;
 mod queue;
 mod schedule;
+pub mod signature;
 
-use crate::policy::credentials::Secret;
 use crate::policy::Policy;
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::store::RunStore;
+use crate::store::{RunFilter, RunStore};
 use crate::story::engine::{Engine, SubmitError};
 use crate::story::Library;
 use axum::body::Bytes;
@@ -24,7 +24,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hmac::{Hmac, Mac};
 use metrics::Metrics;
 use queue::Queue;
 use serde::Deserialize;
@@ -34,8 +33,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The header carrying `sha256=<hex HMAC of the raw body>`.
-pub const SIGNATURE_HEADER: &str = "x-warden-signature";
+/// The header of warden's webhook signature (see [`signature`]).
+pub const SIGNATURE_HEADER: &str = signature::WARDEN_HEADER;
+
+/// Longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 256;
 
 pub struct ServeOptions {
     pub workers: usize,
@@ -48,7 +50,56 @@ struct AppState {
     policy: Arc<Policy>,
     queue: Queue,
     metrics: Arc<Metrics>,
-    api_token: Option<Secret>,
+    tokens: Arc<ApiTokens>,
+    replays: Arc<signature::ReplayCache>,
+}
+
+/// What an API token may read.
+#[derive(Debug, Clone, PartialEq)]
+enum Scope {
+    All,
+    Team(String),
+}
+
+/// The `/api/*` tokens: `[server] api_token_env` sees every run; a team's
+/// `api_token_env` sees that team's. Kept as digests, compared in constant time.
+struct ApiTokens(Vec<([u8; 32], Scope)>);
+
+impl ApiTokens {
+    fn load(policy: &Policy) -> anyhow::Result<ApiTokens> {
+        use sha2::Digest;
+        let mut tokens = Vec::new();
+        if let Some(src) = &policy.server.api_token {
+            let t = src.read().map_err(|e| anyhow::anyhow!("[server] api_token_env: {e}"))?;
+            tokens.push((Sha256::digest(t.expose().as_bytes()).into(), Scope::All));
+        }
+        for team in policy.teams.values() {
+            if let Some(src) = &team.api_token {
+                let t = src.read().map_err(|e| anyhow::anyhow!("[teams.{}] api_token_env: {e}", team.name))?;
+                tokens.push((Sha256::digest(t.expose().as_bytes()).into(), Scope::Team(team.name.clone())));
+            }
+        }
+        Ok(ApiTokens(tokens))
+    }
+
+    /// The scope of the request's bearer token; every run when no token is configured.
+    fn scope(&self, headers: &HeaderMap) -> Result<Scope, Response> {
+        use sha2::Digest;
+        if self.0.is_empty() {
+            return Ok(Scope::All);
+        }
+        let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let Some(given) = given else { return Err(error(StatusCode::UNAUTHORIZED, "send Authorization: Bearer <api token>")) };
+        let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        // Digests are compared, so timing says nothing about the token itself.
+        let mut found = None;
+        for (d, scope) in &self.0 {
+            if *d == digest {
+                found = Some(scope.clone());
+            }
+        }
+        found.ok_or_else(|| error(StatusCode::UNAUTHORIZED, "send Authorization: Bearer <api token>"))
+    }
 }
 
 fn error(code: StatusCode, message: impl Into<String>) -> Response {
@@ -71,12 +122,9 @@ pub fn start(engine: Arc<Engine>, opts: &ServeOptions) -> anyhow::Result<(Router
         queue.push(id, &story, false, None);
     }
     schedule::start(engine.clone(), queue.clone(), &policy);
-    let api_token = match &policy.server.api_token {
-        Some(src) => Some(src.read().map_err(|e| anyhow::anyhow!("[server] api_token_env: {e}"))?),
-        None => None,
-    };
+    let tokens = Arc::new(ApiTokens::load(&policy)?);
     let max_body = policy.triggers.values().map(|t| t.max_body).max().unwrap_or(crate::policy::triggers::DEFAULT_MAX_BODY) as usize;
-    let state = AppState { engine, policy, queue: queue.clone(), metrics, api_token };
+    let state = AppState { engine, policy, queue: queue.clone(), metrics, tokens, replays: Arc::default() };
     let router = Router::new()
         .route("/webhooks/{story}", post(webhook))
         .route("/api/runs", get(list_runs))
@@ -110,10 +158,17 @@ pub async fn run(policy: Policy, flags: config::ServeFlags) -> anyhow::Result<()
 pub async fn serve(engine: Arc<Engine>, listen: &str, opts: ServeOptions) -> anyhow::Result<()> {
     let n = engine.preload().await.map_err(|e| anyhow::anyhow!("cannot serve: {e}"))?;
     tracing::info!("{n} plugin(s) loaded and vetted");
+    let unguarded = ApiTokens::load(&engine.policy)?.0.is_empty();
     let (router, queue) = start(engine, &opts)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e} (pick another with --listen)"))?;
+    let addr = listener.local_addr()?;
+    if unguarded && !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to serve on {addr}: it is reachable beyond this machine and no API token is set, so anyone could read every run; set [server] api_token_env (and [teams.T] api_token_env for per-team tokens), or listen on 127.0.0.1"
+        );
+    }
     tracing::info!("warden serving on http://{}", listener.local_addr()?);
     axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("stopped accepting; draining in-flight runs for up to {} s", opts.drain.as_secs());
@@ -144,31 +199,24 @@ struct WebhookQuery {
     wait: bool,
 }
 
-/// Verifies `sha256=<hex>` over the raw body, in constant time.
-pub fn verify_signature(secret: &[u8], body: &[u8], header: &str) -> bool {
-    let Some(hex_sig) = header.trim().strip_prefix("sha256=") else { return false };
-    let Ok(sig) = hex::decode(hex_sig) else { return false };
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else { return false };
-    mac.update(body);
-    mac.verify_slice(&sig).is_ok()
-}
-
-/// Signs a body the way callers must (for tests, docs and the README's curl line).
-pub fn sign(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+/// Signs a body for `story` with warden's scheme, now: the `X-Warden-Signature`
+/// value (for tests, docs and clients written in Rust).
+pub fn sign(secret: &[u8], story: &str, body: &[u8]) -> String {
+    signature::sign_at(secret, story, body, chrono::Utc::now().timestamp())
 }
 
 async fn webhook(State(s): State<AppState>, Path(story): Path<String>, Query(q): Query<WebhookQuery>, headers: HeaderMap, body: Bytes) -> Response {
     let resp = webhook_inner(&s, &story, q.wait, &headers, &body).await;
-    s.metrics.webhook(&story, resp.status().as_u16());
+    // Only stories with a webhook get their own label: a caller cannot grow
+    // the metrics by inventing names.
+    let label = if s.policy.triggers.get(&story).is_some_and(|t| t.secret.is_some()) { story.as_str() } else { "(unknown)" };
+    s.metrics.webhook(label, resp.status().as_u16());
     resp
 }
 
 async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMap, body: &[u8]) -> Response {
     let Some(trigger) = s.policy.triggers.get(story).filter(|t| t.secret.is_some()) else {
-        return error(StatusCode::NOT_FOUND, format!("no webhook for story `{story}`"));
+        return error(StatusCode::NOT_FOUND, format!("no webhook for story `{}`", crate::invocation::guest_text(story, 64)));
     };
     if s.engine.library.get(story).is_none() {
         return error(StatusCode::NOT_FOUND, format!("story `{story}` is not loaded"));
@@ -183,9 +231,6 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
     if !is_json {
         return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send Content-Type: application/json");
     }
-    let Some(sig) = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()) else {
-        return error(StatusCode::UNAUTHORIZED, format!("missing {SIGNATURE_HEADER}: sha256=<hex HMAC-SHA256 of the body>"));
-    };
     let secret = match trigger.secret.as_ref().expect("filtered above").read() {
         Ok(v) => v,
         Err(why) => {
@@ -193,8 +238,24 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
             return error(StatusCode::SERVICE_UNAVAILABLE, "this webhook's secret is not configured on the server");
         }
     };
-    if !verify_signature(secret.expose().as_bytes(), body, sig) {
-        return error(StatusCode::UNAUTHORIZED, "signature does not match the body");
+    let now = chrono::Utc::now().timestamp();
+    let verified = match signature::verify(trigger.signature, secret.expose().as_bytes(), story, headers, body, now, trigger.tolerance_secs) {
+        Ok(v) => v,
+        Err(signature::Rejected::Unsigned(m) | signature::Rejected::Invalid(m)) => return error(StatusCode::UNAUTHORIZED, m),
+        Err(signature::Rejected::Replayed) => unreachable!("verify does not judge replays"),
+    };
+    let idempotency_key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => Some(k),
+        Some(_) => return error(StatusCode::BAD_REQUEST, format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters")),
+    };
+    // A retry that names its run gets that run; otherwise a request seen before is a replay.
+    if let Some(key) = idempotency_key {
+        match s.engine.store.run_by_idempotency_key(story, key) {
+            Ok(Some(id)) => return (StatusCode::OK, Json(json!({"run_id": id, "status_url": format!("/api/runs/{id}"), "existing": true}))).into_response(),
+            Ok(None) => {}
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("run store unavailable: {e:#}")),
+        }
     }
     let input: serde_json::Value = match serde_json::from_slice(body) {
         Ok(v) => v,
@@ -203,10 +264,20 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
     if wait && !trigger.allow_sync {
         return error(StatusCode::BAD_REQUEST, format!("story `{story}` does not allow ?wait=true (allow_sync in its trigger)"));
     }
-    let run_id = match s.engine.submit(story, input, "webhook").await {
-        Ok(id) => id,
-        Err(SubmitError::InvalidInput(m)) => return error(StatusCode::UNPROCESSABLE_ENTITY, m),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    if s.replays.first_time(story, &verified, now).is_err() {
+        return error(StatusCode::CONFLICT, "this signed request was already received; a replay starts no run (send an Idempotency-Key to get the first run back)");
+    }
+    let run_id = match s.engine.submit_once(story, input, "webhook", idempotency_key).await {
+        Ok((id, false)) => return (StatusCode::OK, Json(json!({"run_id": id, "status_url": format!("/api/runs/{id}"), "existing": true}))).into_response(),
+        Ok((id, true)) => id,
+        Err(e) => {
+            // No run was made: the sender may send the same request again.
+            s.replays.forget(story, &verified);
+            return match e {
+                SubmitError::InvalidInput(m) => error(StatusCode::UNPROCESSABLE_ENTITY, m),
+                e => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            };
+        }
     };
     if wait {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -220,34 +291,33 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
     (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status_url": format!("/api/runs/{run_id}")}))).into_response()
 }
 
-fn authorized(s: &AppState, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(token) = &s.api_token else { return Ok(()) };
-    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    // Compare digests so timing says nothing about the token.
-    use sha2::Digest;
-    let ok = given.is_some_and(|g| Sha256::digest(g.as_bytes()) == Sha256::digest(token.expose().as_bytes()));
-    if ok { Ok(()) } else { Err(error(StatusCode::UNAUTHORIZED, "send Authorization: Bearer <api token>")) }
-}
-
 async fn list_runs(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
-    if let Err(r) = authorized(&s, &headers) {
-        return r;
-    }
+    let scope = match s.tokens.scope(&headers) {
+        Ok(scope) => scope,
+        Err(r) => return r,
+    };
     let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(50usize).min(500);
     let offset = q.get("offset").and_then(|l| l.parse().ok()).unwrap_or(0usize);
-    match s.engine.store.list_runs(q.get("story").map(String::as_str), q.get("state").map(String::as_str), false, limit, offset) {
+    let team = match &scope {
+        Scope::All => q.get("team").map(String::as_str),
+        Scope::Team(t) => Some(t.as_str()),
+    };
+    let filter = RunFilter { team, story: q.get("story").map(String::as_str), state: q.get("state").map(String::as_str), include_children: false, limit, offset };
+    match s.engine.store.find_runs(&filter) {
         Ok(runs) => Json(json!({"runs": runs, "limit": limit, "offset": offset})).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
 async fn get_run(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = authorized(&s, &headers) {
-        return r;
-    }
+    let scope = match s.tokens.scope(&headers) {
+        Ok(scope) => scope,
+        Err(r) => return r,
+    };
     match s.engine.store.get_run(&id) {
-        Ok(Some(run)) => Json(run).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no run `{id}`")),
+        // Another team's run is answered as if it did not exist.
+        Ok(Some(run)) if scope == Scope::All || scope == Scope::Team(run.run.team.clone()) => Json(run).into_response(),
+        Ok(_) => error(StatusCode::NOT_FOUND, format!("no run `{}`", crate::invocation::guest_text(&id, 64))),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -272,6 +342,154 @@ mod tests {
     use super::*;
     use crate::store::testing::Flaky;
     use crate::story::invoke::PolicyInvoker;
+
+    /// A served policy and its stories, in a folder of their own.
+    struct Served {
+        base: String,
+        engine: Arc<Engine>,
+        dir: std::path::PathBuf,
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    const SECRET: &str = "webhook-secret-for-server-tests";
+
+    async fn served(policy: &str, stories: &[(&str, &str)]) -> Served {
+        let dir = std::env::temp_dir().join(format!("warden-server-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(dir.join("stories")).unwrap();
+        for (name, text) in stories {
+            std::fs::write(dir.join("stories").join(name), text).unwrap();
+        }
+        // SAFETY: every test sets the same values.
+        unsafe {
+            std::env::set_var("WARDEN_SERVER_TEST_SECRET", SECRET);
+            std::env::set_var("WARDEN_SERVER_TEST_ADMIN", "admin-token");
+            std::env::set_var("WARDEN_SERVER_TEST_RED", "red-token");
+            std::env::set_var("WARDEN_SERVER_TEST_BLUE", "blue-token");
+        }
+        let policy = Arc::new(Policy::parse(policy, "warden.toml", &dir).unwrap_or_else(|e| panic!("{e}")));
+        let library = Library::load_dir(&dir.join("stories")).unwrap();
+        library.check(&policy).unwrap_or_else(|e| panic!("{e}"));
+        let engine = Arc::new(Engine::with_invoker(Arc::new(Panics), policy, Arc::new(library), Arc::new(RunStore::in_memory().unwrap())));
+        let (router, _queue) = start(engine.clone(), &ServeOptions { workers: 2, drain: Duration::from_secs(1) }).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Served { base, engine, dir }
+    }
+
+    async fn post(base: &str, path: &str, body: &str, headers: &[(&str, String)]) -> (u16, serde_json::Value) {
+        let mut req = reqwest::Client::new().post(format!("{base}{path}")).header("content-type", "application/json").body(body.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let r = req.send().await.unwrap();
+        let code = r.status().as_u16();
+        (code, serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or_default())
+    }
+
+    async fn get(base: &str, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        let mut req = reqwest::Client::new().get(format!("{base}{path}"));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let r = req.send().await.unwrap();
+        let code = r.status().as_u16();
+        let bytes = r.bytes().await.unwrap();
+        (code, serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())))
+    }
+
+    const ECHO: &str = "steps:\n  - id: e\n    transform: {set: {ok: true}}\n";
+
+    #[tokio::test]
+    async fn a_signed_webhook_cannot_be_replayed_or_reused_for_another_story() {
+        let policy = "[triggers.a]\nsecret_env = \"WARDEN_SERVER_TEST_SECRET\"\n[triggers.b]\nsecret_env = \"WARDEN_SERVER_TEST_SECRET\"\n";
+        let srv = served(policy, &[("a.yaml", &format!("name: a\n{ECHO}")), ("b.yaml", &format!("name: b\n{ECHO}"))]).await;
+        let body = r#"{"event": 1}"#;
+        let sig = sign(SECRET.as_bytes(), "a", body.as_bytes());
+        let h = [(SIGNATURE_HEADER, sig.clone())];
+        assert_eq!(post(&srv.base, "/webhooks/a", body, &h).await.0, 202);
+        let (code, v) = post(&srv.base, "/webhooks/a", body, &h).await;
+        assert_eq!(code, 409, "{v}");
+        let (code, v) = post(&srv.base, "/webhooks/b", body, &h).await;
+        assert_eq!((code, v["error"].as_str().unwrap()), (401, "signature does not match the body"), "signed for a, sent to b");
+        let old = signature::sign_at(SECRET.as_bytes(), "a", body.as_bytes(), chrono::Utc::now().timestamp() - 3600);
+        let (code, v) = post(&srv.base, "/webhooks/a", body, &[(SIGNATURE_HEADER, old)]).await;
+        assert!(code == 401 && v["error"].as_str().unwrap().contains("from the server's clock"), "{code} {v}");
+        let legacy = format!("sha256={}", hex::encode(signature_mac(body)));
+        assert_eq!(post(&srv.base, "/webhooks/a", body, &[(SIGNATURE_HEADER, legacy)]).await.0, 401, "the body-only form is off unless chosen");
+        assert_eq!(srv.engine.store.list_runs(None, None, true, 10, 0).unwrap().len(), 1, "one run in all");
+    }
+
+    fn signature_mac(body: &str) -> Vec<u8> {
+        use hmac::{Hmac, Mac};
+        let mut m = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        m.update(body.as_bytes());
+        m.finalize().into_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_returns_the_first_run() {
+        let srv = served("[triggers.a]\nsecret_env = \"WARDEN_SERVER_TEST_SECRET\"\n", &[("a.yaml", &format!("name: a\n{ECHO}"))]).await;
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let body = format!(r#"{{"attempt": {n}}}"#);
+            let h = [(SIGNATURE_HEADER, sign(SECRET.as_bytes(), "a", body.as_bytes())), ("idempotency-key", "alert-7731".to_string())];
+            let (code, v) = post(&srv.base, "/webhooks/a", &body, &h).await;
+            assert_eq!(code, if n == 0 { 202 } else { 200 }, "{v}");
+            ids.push(v["run_id"].as_str().unwrap().to_string());
+        }
+        assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+        assert_eq!(srv.engine.store.list_runs(None, None, true, 10, 0).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn github_style_triggers_verify_their_senders_scheme_and_delivery_id() {
+        let srv = served("[triggers.a]\nsecret_env = \"WARDEN_SERVER_TEST_SECRET\"\nsignature = \"github\"\n", &[("a.yaml", &format!("name: a\n{ECHO}"))]).await;
+        let body = r#"{"action": "opened"}"#;
+        let h = [("x-hub-signature-256", format!("sha256={}", hex::encode(signature_mac(body)))), ("x-github-delivery", "72d3162e".to_string())];
+        assert_eq!(post(&srv.base, "/webhooks/a", body, &h).await.0, 202);
+        assert_eq!(post(&srv.base, "/webhooks/a", body, &h).await.0, 409, "a redelivery of the same id");
+    }
+
+    #[tokio::test]
+    async fn invented_webhook_names_do_not_grow_the_metrics() {
+        let srv = served("[triggers.a]\nsecret_env = \"WARDEN_SERVER_TEST_SECRET\"\n", &[("a.yaml", &format!("name: a\n{ECHO}"))]).await;
+        for n in 0..20 {
+            post(&srv.base, &format!("/webhooks/{}{n}", "x".repeat(1000)), "{}", &[]).await;
+        }
+        let (_, m) = get(&srv.base, "/metrics", None).await;
+        let m = m.as_str().unwrap();
+        assert!(m.contains("warden_webhooks_total{story=\"(unknown)\",code=\"404\"} 20"), "{m}");
+        assert!(!m.contains("xxxx"), "an invented name became a label");
+    }
+
+    #[tokio::test]
+    async fn a_team_token_reads_only_its_teams_runs() {
+        let policy = "[server]\napi_token_env = \"WARDEN_SERVER_TEST_ADMIN\"\n[teams.red]\nstories = [\"stories/red.yaml\"]\napi_token_env = \"WARDEN_SERVER_TEST_RED\"\n[teams.blue]\nstories = [\"stories/blue.yaml\"]\napi_token_env = \"WARDEN_SERVER_TEST_BLUE\"\n";
+        let srv = served(policy, &[("red.yaml", &format!("name: r\nteam: red\n{ECHO}")), ("blue.yaml", &format!("name: b\nteam: blue\n{ECHO}"))]).await;
+        let red_run = srv.engine.run("r", json!({}), "test", &crate::story::engine::Quiet).await.unwrap().run_id;
+        let blue_run = srv.engine.run("b", json!({}), "test", &crate::story::engine::Quiet).await.unwrap().run_id;
+        assert_eq!(get(&srv.base, "/api/runs", None).await.0, 401);
+        assert_eq!(get(&srv.base, "/api/runs", Some("guess")).await.0, 401);
+        let ids = |v: &serde_json::Value| v["runs"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+        assert_eq!(ids(&get(&srv.base, "/api/runs", Some("red-token")).await.1), vec![red_run.clone()]);
+        assert_eq!(ids(&get(&srv.base, "/api/runs?team=blue", Some("red-token")).await.1), vec![red_run.clone()], "a team token cannot widen its view");
+        assert_eq!(get(&srv.base, &format!("/api/runs/{red_run}"), Some("red-token")).await.0, 200);
+        assert_eq!(get(&srv.base, &format!("/api/runs/{blue_run}"), Some("red-token")).await.0, 404);
+        assert_eq!(ids(&get(&srv.base, "/api/runs", Some("admin-token")).await.1).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn serve_refuses_to_listen_beyond_loopback_without_a_token() {
+        let srv = served("", &[("a.yaml", &format!("name: a\n{ECHO}"))]).await;
+        let e = serve(srv.engine.clone(), "0.0.0.0:0", ServeOptions { workers: 1, drain: Duration::from_secs(1) }).await.unwrap_err().to_string();
+        assert!(e.contains("refusing to serve on 0.0.0.0") && e.contains("api_token_env"), "{e}");
+    }
 
     /// An invoker with a bug: it panics.
     struct Panics;
@@ -332,15 +550,5 @@ mod tests {
         assert!(body["reason"].as_str().unwrap().contains("database or disk is full"), "{body}");
         let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
         assert!(metrics.contains("warden_store_write_failures_total 1"), "{metrics}");
-    }
-
-    #[test]
-    fn signatures_verify_and_tampering_fails() {
-        let sig = sign(b"k", b"{\"a\":1}");
-        assert!(verify_signature(b"k", b"{\"a\":1}", &sig));
-        assert!(!verify_signature(b"k", b"{\"a\":2}", &sig));
-        assert!(!verify_signature(b"other", b"{\"a\":1}", &sig));
-        assert!(!verify_signature(b"k", b"{\"a\":1}", sig.trim_start_matches("sha256=")));
-        assert!(!verify_signature(b"k", b"{\"a\":1}", "sha256=zz"));
     }
 }

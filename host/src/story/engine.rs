@@ -136,15 +136,29 @@ impl Engine {
     }
 
     /// Validates the input and records a queued run. The run is durable from here.
-    pub async fn submit(&self, story: &str, mut input: Value, trigger: &str) -> Result<String, SubmitError> {
+    pub async fn submit(&self, story: &str, input: Value, trigger: &str) -> Result<String, SubmitError> {
+        self.submit_once(story, input, trigger, None).await.map(|(id, _)| id)
+    }
+
+    /// [`Engine::submit`], at most once per story and `idempotency_key`: a key
+    /// seen before answers with its run, `(id, false)`, and records nothing.
+    pub async fn submit_once(&self, story: &str, mut input: Value, trigger: &str, idempotency_key: Option<&str>) -> Result<(String, bool), SubmitError> {
         let s = self.library.get(story).ok_or_else(|| SubmitError::UnknownStory(story.to_string()))?;
+        let existing = |key: &str| self.store.run_by_idempotency_key(&s.name, key).map_err(|e| SubmitError::Store(format!("run store unavailable: {e:#}")));
+        if let Some(key) = idempotency_key {
+            if let Some(id) = existing(key)? {
+                return Ok((id, false));
+            }
+        }
         schema::validate(&s.input_schema, &mut input, "").map_err(SubmitError::InvalidInput)?;
         let id = new_run_id();
-        self.recorder
-            .create_run(&NewRun { id: &id, story: &s.name, team: &s.team, trigger, input: &input, parent: None })
-            .await
-            .map_err(|e| SubmitError::Store(e.to_string()))?;
-        Ok(id)
+        let created = self.recorder.create_run(&NewRun { id: &id, story: &s.name, team: &s.team, trigger, input: &input, parent: None, idempotency_key }).await;
+        match (created, idempotency_key) {
+            (Ok(()), _) => Ok((id, true)),
+            // Two callers raced with one key: the store kept the first.
+            (Err(e), Some(key)) => existing(key)?.map(|id| (id, false)).ok_or_else(|| SubmitError::Store(e.to_string())),
+            (Err(e), None) => Err(SubmitError::Store(e.to_string())),
+        }
     }
 
     /// Submits and executes, waiting for the end.
@@ -460,7 +474,7 @@ impl Engine {
                 let child = new_run_id();
                 let trigger = format!("story:{}", story.name);
                 self.recorder
-                    .create_run(&NewRun { id: &child, story: &callee.name, team: &callee.team, trigger: &trigger, input: &input, parent: Some((run, &step.id)) })
+                    .create_run(&NewRun { id: &child, story: &callee.name, team: &callee.team, trigger: &trigger, input: &input, parent: Some((run, &step.id)), idempotency_key: None })
                     .await?;
                 let result = self.run_story(callee, child.clone(), input, sr.depth + 1, sr.observer, Resume::default()).await;
                 match (result.state, result.output, result.error) {

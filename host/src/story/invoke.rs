@@ -48,16 +48,15 @@ impl PolicyInvoker {
         }
         let entry = self.policy.plugins.get(name).ok_or_else(|| StepError::new(ErrorKind::Failed, format!("plugin `{name}` is not in the policy")))?;
         let p = self.runtime.load_entry(entry).map_err(|e| StepError::new(ErrorKind::Denied, format!("{e:#}")))?;
+        let denied = |why: String| StepError::new(ErrorKind::Denied, why);
         if !self.policy.teams.is_empty() {
-            let t = self
-                .policy
-                .teams
-                .get(team)
-                .ok_or_else(|| StepError::new(ErrorKind::Denied, format!("team `{team}` is not in the policy, so it may run nothing")))?;
+            let t = self.policy.teams.get(team).ok_or_else(|| denied(format!("team `{team}` is not in the policy, so it may run nothing")))?;
             let m = self.runtime.describe(&p).await.map_err(|e| StepError::new(ErrorKind::Failed, format!("{e:#}")))?;
-            let trust = crate::vetting::check(&self.policy, t, name, &entry.path, entry.sha256.as_deref(), &p.sha256, &m.name, &m.version)
-                .map_err(|why| StepError::new(ErrorKind::Denied, why))?;
+            let trust = crate::vetting::check(&self.policy, t, entry, &p.sha256, &m.name, &m.version).map_err(denied)?;
             tracing::debug!(team, plugin = name, "plugin trusted: {trust}");
+        } else if entry.min_version.is_some() {
+            let m = self.runtime.describe(&p).await.map_err(|e| StepError::new(ErrorKind::Failed, format!("{e:#}")))?;
+            crate::vetting::version_allowed(entry, &m.version).map_err(denied)?;
         }
         self.vetted.lock().unwrap().insert(key, p.clone());
         Ok(p)

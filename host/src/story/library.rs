@@ -74,6 +74,23 @@ impl Library {
                     message: format!("story `{}` belongs to team `{}`, which has no [teams.{}] in {}", story.name, story.team, story.team, policy.file),
                 });
             }
+            // The policy decides whose story this is; a story cannot claim a team.
+            if !policy.teams.is_empty() {
+                let message = match policy.team_of_story(&story.file) {
+                    Some(owner) if owner == story.team => None,
+                    Some(owner) => Some(format!(
+                        "story `{}` says team `{}`, but {} gives this file to team `{owner}` ([teams.{owner}] stories); set `team: {owner}` or move the file",
+                        story.name, story.team, policy.file
+                    )),
+                    None => Some(format!(
+                        "story `{}` is in no team's `stories` in {}, so no team's grants may run it; add its file or folder to [teams.{}] stories",
+                        story.name, policy.file, story.team
+                    )),
+                };
+                if let Some(message) = message {
+                    errors.push(StoryError { file: file.clone(), line: story.line, message });
+                }
+            }
             for s in story.steps.iter().chain(&story.fallbacks) {
                 match &s.kind {
                     StepKind::Action(p) if !policy.plugins.contains_key(p) => errors.push(StoryError {

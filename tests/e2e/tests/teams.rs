@@ -35,7 +35,21 @@ fn write_sig(wasm: &Path, secret: &str, key: &str, name: &str) {
     std::fs::write(warden::vetting::sig_path(wasm), serde_json::to_string(&sig).unwrap()).unwrap();
 }
 
-fn policy(wasm: &Path, k: &Keys, port: u16) -> warden::Policy {
+/// The story files in `dir` whose names start with `prefix`, as a TOML list.
+fn files(dir: &Path, prefix: &str) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| format!("{:?}", e.path().display().to_string()))
+        .collect();
+    names.sort();
+    format!("[{}]", names.join(", "))
+}
+
+/// The teams' policy; in `dir`, files named `red…` are red's stories and `blue…` blue's.
+fn policy(wasm: &Path, k: &Keys, port: u16, dir: &Path) -> warden::Policy {
+    let (red, blue) = (files(dir, "red"), files(dir, "blue"));
     let text = format!(
         r#"
 [plugins.probe]
@@ -53,9 +67,11 @@ public_key = "{other}"
 
 [teams.red]
 trusted_keys = ["release"]
+stories = {red}
 
 [teams.blue]
 trusted_keys = ["release"]
+stories = {blue}
 
 [credentials.blue-token]
 kind = "bearer"
@@ -76,7 +92,7 @@ const RED_ECHO: &str = "name: red-echo\nteam: red\nsteps:\n  - id: e\n    action
 
 async fn run_red(wasm: &Path, k: &Keys) -> warden::story::engine::RunResult {
     let dir = StoryDir::new(&[("red.yaml", RED_ECHO)]);
-    let e = engine(policy(wasm, k, 1), &dir.0);
+    let e = engine(policy(wasm, k, 1, &dir.0), &dir.0);
     e.run("red-echo", json!({}), "test", &Quiet).await.unwrap()
 }
 
@@ -98,7 +114,7 @@ async fn a_plugin_signed_by_a_trusted_key_runs_and_every_other_signature_is_refu
 
     // Revoked key: same files, the policy marks the key revoked.
     let dir = StoryDir::new(&[("red.yaml", RED_ECHO)]);
-    let mut p = policy(&wasm, &k, 1);
+    let mut p = policy(&wasm, &k, 1, &dir.0);
     p.keys.get_mut("release").unwrap().revoked = true;
     let m = refused(&engine(p, &dir.0).run("red-echo", json!({}), "test", &Quiet).await.unwrap());
     assert!(m.contains("key `release`, which is revoked"), "{m}");
@@ -143,7 +159,7 @@ async fn a_pinned_digest_is_enough_unless_the_team_requires_a_signature() {
     let tmp = StoryDir::new(&[]);
     let wasm = probe_copy(&tmp.0);
     let dir = StoryDir::new(&[("red.yaml", RED_ECHO)]);
-    let mut p = policy(&wasm, &k, 1);
+    let mut p = policy(&wasm, &k, 1, &dir.0);
     p.plugins.get_mut("probe").unwrap().sha256 = Some(sha(&wasm));
     let e = engine(p.clone(), &dir.0);
     assert_eq!(e.run("red-echo", json!({}), "test", &Quiet).await.unwrap().state, "succeeded");
@@ -165,8 +181,8 @@ async fn a_team_never_uses_another_teams_credential_but_its_sub_story_does() {
     let red_direct = format!("name: red-direct\nteam: red\nsteps:\n  - id: use\n    action: probe\n    with: {{op: fetch, url: \"{url}\", credential: blue-token}}\n");
     let red_via_blue = "name: red-via-blue\nteam: red\nsteps:\n  - id: ask\n    story: blue-lookup\n    with: {}\noutput: \"{{ steps.ask.output }}\"\n";
     let blue = format!("name: blue-lookup\nteam: blue\nallow_callers: [red]\nsteps:\n  - id: use\n    action: probe\n    with: {{op: fetch, url: \"{url}\", credential: blue-token}}\noutput: {{status: \"{{{{ steps.use.output.status }}}}\"}}\n");
-    let dir = StoryDir::new(&[("a.yaml", &red_direct), ("b.yaml", red_via_blue), ("c.yaml", &blue)]);
-    let e = engine(policy(&wasm, &k, srv.port()), &dir.0);
+    let dir = StoryDir::new(&[("red-a.yaml", &red_direct), ("red-b.yaml", red_via_blue), ("blue-c.yaml", &blue)]);
+    let e = engine(policy(&wasm, &k, srv.port(), &dir.0), &dir.0);
 
     // Red's own step: the global grant lists blue-token, but it belongs to blue.
     let r = e.run("red-direct", json!({}), "test", &Quiet).await.unwrap();
@@ -196,12 +212,73 @@ fn a_sub_story_that_does_not_allow_the_caller_team_is_refused_at_load() {
     let tmp = StoryDir::new(&[]);
     let wasm = probe_copy(&tmp.0);
     let dir = StoryDir::new(&[
-        ("a.yaml", "name: a\nteam: red\nsteps:\n  - id: x\n    story: b\n"),
-        ("b.yaml", "name: b\nteam: blue\nsteps:\n  - id: y\n    transform: {set: {}}\n"),
-        ("c.yaml", "name: c\nteam: purple\nsteps:\n  - id: y\n    transform: {set: {}}\n"),
+        ("red-a.yaml", "name: a\nteam: red\nsteps:\n  - id: x\n    story: b\n"),
+        ("blue-b.yaml", "name: b\nteam: blue\nsteps:\n  - id: y\n    transform: {set: {}}\n"),
+        ("purple-c.yaml", "name: c\nteam: purple\nsteps:\n  - id: y\n    transform: {set: {}}\n"),
     ]);
     let lib = Library::load_dir(&dir.0).unwrap();
-    let errors = lib.check(&policy(&wasm, &k, 1)).unwrap_err().to_string();
+    let errors = lib.check(&policy(&wasm, &k, 1, &dir.0)).unwrap_err().to_string();
     assert!(errors.contains("story `b` belongs to team blue and does not allow team red"), "{errors}");
     assert!(errors.contains("story `c` belongs to team `purple`, which has no [teams.purple]"), "{errors}");
+}
+
+#[test]
+fn a_story_cannot_claim_another_team() {
+    let k = keys();
+    let tmp = StoryDir::new(&[]);
+    let wasm = probe_copy(&tmp.0);
+    // A file among red's stories that says it is blue's, and one nobody listed.
+    let dir = StoryDir::new(&[
+        ("red-claims-blue.yaml", "name: sneaky\nteam: blue\nsteps:\n  - id: use\n    action: probe\n    with: {op: echo}\n"),
+        ("red-ok.yaml", "name: fine\nteam: red\nsteps:\n  - id: y\n    transform: {set: {}}\n"),
+    ]);
+    let stray = StoryDir::new(&[("stray.yaml", "name: stray\nteam: red\nsteps:\n  - id: y\n    transform: {set: {}}\n")]);
+    let errors = Library::load_dir(&dir.0).unwrap().check(&policy(&wasm, &k, 1, &dir.0)).unwrap_err().to_string();
+    let file = dir.0.join("red-claims-blue.yaml");
+    assert!(errors.contains(&format!("{}:1: story `sneaky` says team `blue`, but teams.toml gives this file to team `red`", file.display())), "{errors}");
+    assert!(!errors.contains("`fine`"), "{errors}");
+    let errors = Library::load_dir(&stray.0).unwrap().check(&policy(&wasm, &k, 1, &dir.0)).unwrap_err().to_string();
+    assert!(errors.contains("story `stray` is in no team's `stories` in teams.toml"), "{errors}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_plugin_cannot_impersonate_another_or_an_older_self() {
+    let k = keys();
+    let tmp = StoryDir::new(&[]);
+    let wasm = probe_copy(&tmp.0);
+    write_sig(&wasm, &k.trusted.0, "release", "probe");
+    let dir = StoryDir::new(&[("red-jira.yaml", "name: red-jira\nteam: red\nsteps:\n  - id: t\n    action: jira-ticket\n    with: {op: echo}\n"), ("red.yaml", RED_ECHO)]);
+    let mut base = policy(&wasm, &k, 1, &dir.0);
+    let mut jira = base.plugins["probe"].clone();
+    jira.name = "jira-ticket".into();
+    base.plugins.insert("jira-ticket".into(), jira);
+
+    // Another plugin signed by a trusted key, dropped in as jira-ticket, gets nothing of Jira's.
+    let m = refused(&engine(base.clone(), &dir.0).run("red-jira", json!({}), "test", &Quiet).await.unwrap());
+    assert!(m.contains("it is signed as plugin `probe`, but the policy runs it as [plugins.jira-ticket]"), "{m}");
+
+    // An older signed build than the policy accepts.
+    let mut p = base.clone();
+    p.plugins.get_mut("probe").unwrap().min_version = warden::policy::Version::parse("1.2.0");
+    let m = refused(&engine(p, &dir.0).run("red-echo", json!({}), "test", &Quiet).await.unwrap());
+    assert!(m.contains("is version 0.0.0, older than plugins.probe.min_version 1.2.0"), "{m}");
+
+    // The key's name is signed: a .sig relabelled to another alias of the same key does not verify.
+    let mut p = base.clone();
+    let mut alias = p.keys["release"].clone();
+    alias.name = "alias".into();
+    p.keys.insert("alias".into(), alias);
+    p.teams.get_mut("red").unwrap().trusted_keys.push("alias".into());
+    let mut sig: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(warden::vetting::sig_path(&wasm)).unwrap()).unwrap();
+    sig["key"] = json!("alias");
+    std::fs::write(warden::vetting::sig_path(&wasm), sig.to_string()).unwrap();
+    let m = refused(&engine(p.clone(), &dir.0).run("red-echo", json!({}), "test", &Quiet).await.unwrap());
+    assert!(m.contains("does not verify with key `alias`"), "{m}");
+
+    // Revocation follows the key: revoked as `release`, it is refused under `alias` too.
+    write_sig(&wasm, &k.trusted.0, "alias", "probe");
+    assert_eq!(engine(p.clone(), &dir.0).run("red-echo", json!({}), "test", &Quiet).await.unwrap().state, "succeeded");
+    p.keys.get_mut("release").unwrap().revoked = true;
+    let m = refused(&engine(p, &dir.0).run("red-echo", json!({}), "test", &Quiet).await.unwrap());
+    assert!(m.contains("the same key as `release`, which is revoked"), "{m}");
 }
