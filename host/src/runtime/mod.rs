@@ -472,9 +472,12 @@ fn panic_message(stderr: &str) -> Option<String> {
     Some(format!("{text} (at {location})"))
 }
 
+/// What went wrong, in one line: the innermost cause (a host call's own
+/// error, e.g. a WASI limit), not wasmtime's "error while executing" wrapper.
 fn root_message(e: &wasmtime::Error) -> String {
-    let text = format!("{e}");
-    text.lines().next().unwrap_or("").to_string()
+    let root = e.root_cause().to_string();
+    let text = if root.trim().is_empty() { e.to_string() } else { root };
+    guest_text(text.lines().next().unwrap_or(""), MAX_ERROR_MESSAGE_BYTES)
 }
 
 fn collect_stdio(state: &mut InvocationState) {

@@ -98,3 +98,40 @@ async fn refused_calls_past_limits_denials_stop_the_invocation() {
     assert_eq!(denied, 6, "five refusals answered, the sixth stops it");
     assert_eq!(report.audit.last().unwrap().rule, "limits.denials");
 }
+
+#[tokio::test]
+async fn a_missing_credential_value_is_explained_to_the_operator_not_the_guest() {
+    let (srv, rec) = origin::spawn().await.unwrap();
+    let text = format!(
+        "{}\n[credentials.unset]\nkind = \"bearer\"\nenv = \"WARDEN_TEST_NEVER_SET_4417\"\nhosts = [\"http://127.0.0.1:{port}\"]\n",
+        grant(srv.port()).replace("allow = [", "credentials = [\"unset\"]\nallow = ["),
+        port = srv.port()
+    );
+    let p = policy(&text);
+    let rt = runtime(None);
+    let report = run(&rt, &p, "probe", json!({"op": "fetch", "url": srv.url("/json"), "credential": "unset"})).await;
+    let out = output(&report);
+    let told = out["error"]["message"].as_str().unwrap();
+    assert_eq!(kind(&out), "denied");
+    assert!(told.contains("credential `unset` has no value on this host") && !told.contains("WARDEN_TEST_NEVER_SET_4417"), "the guest learns the operator's env var: {told}");
+    let audited = report.audit[0].reason.as_deref().unwrap();
+    assert!(audited.contains("WARDEN_TEST_NEVER_SET_4417"), "the operator's audit record says where: {audited}");
+    assert_eq!(report.audit[0].rule, "credential-value");
+    assert_eq!(rec.count(), 0, "nothing was sent");
+}
+
+#[tokio::test]
+async fn wasi_random_and_resource_handles_are_bounded_by_the_host() {
+    let (srv, _rec) = origin::spawn().await.unwrap();
+    let p = policy(&grant(srv.port()));
+    let rt = runtime(None);
+    let ok = run(&rt, &p, "probe", json!({"op": "random", "len": 4096})).await;
+    assert_eq!(output(&ok)["got"], 4096);
+    // 4 GiB of random bytes would be host memory far past the 64 MiB grant.
+    let huge = run(&rt, &p, "probe", json!({"op": "random", "len": 4u64 << 30})).await;
+    assert!(matches!(&huge.outcome, Err(warden::InvokeError::Trap { message }) if message.contains("exceeds limit")), "{:?}", huge.outcome);
+    let held = run(&rt, &p, "probe", json!({"op": "handles", "count": 100})).await;
+    assert_eq!(output(&held)["held"], 100);
+    let flood = run(&rt, &p, "probe", json!({"op": "handles", "count": 1_000_000})).await;
+    assert!(matches!(&flood.outcome, Err(warden::InvokeError::Trap { .. })), "{:?}", flood.outcome);
+}

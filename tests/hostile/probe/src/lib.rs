@@ -255,6 +255,19 @@ impl Guest for Probe {
             "output" => json!({"data": "x".repeat(v["bytes"].as_u64().unwrap_or(10) as usize)}),
             "not_json" => return Ok("this is not json".into()),
             "extreme" => extreme(&v),
+            "random" => {
+                // Asks the host for random bytes directly; a huge length must be refused, not allocated.
+                let len = v["len"].as_u64().unwrap_or(16);
+                json!({"got": wasi::random::random::get_random_bytes(len).len()})
+            }
+            "handles" => {
+                // Holds WASI resources without end: the host's table must stop it.
+                let mut held = Vec::new();
+                for _ in 0..v["count"].as_u64().unwrap_or(10) {
+                    held.push(wasi::clocks::monotonic_clock::subscribe_duration(1_000_000_000));
+                }
+                json!({"held": held.len()})
+            }
             "fail_big" => return Err(ActionError::Failed(format!("\u{1b}[2J{}", "e".repeat(v["bytes"].as_u64().unwrap_or(1 << 20) as usize)))),
             "ambient" => {
                 // What the sandbox lets a guest see without any capability.
