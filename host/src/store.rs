@@ -407,11 +407,13 @@ pub(crate) mod testing {
         only: Mutex<Option<&'static str>>,
         /// Writes refused so far.
         pub refused: AtomicU32,
+        /// Milliseconds every write takes (a slow disk, a long checkpoint).
+        pub delay_ms: std::sync::atomic::AtomicU64,
     }
 
     impl Flaky {
         pub fn new() -> Flaky {
-            Flaky { inner: RunStore::in_memory().unwrap(), down: AtomicBool::new(false), only: Mutex::new(None), refused: AtomicU32::new(0) }
+            Flaky { inner: RunStore::in_memory().unwrap(), down: AtomicBool::new(false), only: Mutex::new(None), refused: AtomicU32::new(0), delay_ms: Default::default() }
         }
         pub fn fail(&self, only: Option<&'static str>) {
             *self.only.lock().unwrap() = only;
@@ -421,6 +423,10 @@ pub(crate) mod testing {
             self.down.store(false, Ordering::SeqCst);
         }
         fn gate(&self, op: &'static str) -> anyhow::Result<()> {
+            let delay = self.delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(delay));
+            }
             let only = *self.only.lock().unwrap();
             if self.down.load(Ordering::SeqCst) && only.is_none_or(|o| o == op) {
                 self.refused.fetch_add(1, Ordering::SeqCst);

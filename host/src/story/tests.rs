@@ -412,3 +412,31 @@ async fn an_unhealthy_store_is_reported_for_the_window_then_healthy_again() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(e.store_health().status().is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_slow_store_write_does_not_stall_the_other_tasks_of_its_thread() {
+    let store = Arc::new(Flaky::new());
+    let (e, _) = engine_on(Scripted::default().with("echo", echo), store.clone(), &[TWO_STEPS]);
+    store.delay_ms.store(400, Ordering::SeqCst);
+    let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let ticker = {
+        let ticks = ticks.clone();
+        tokio::spawn(async move {
+            for _ in 0..1000 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                ticks.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    // One worker thread, and the run's writes on it: a write that held it
+    // would stop the ticker for 400 ms.
+    let e = Arc::new(e);
+    let submitted = tokio::spawn({
+        let e = e.clone();
+        async move { e.submit("two", json!({"n": 1}), "test").await }
+    });
+    assert!(submitted.await.unwrap().is_ok());
+    let during = ticks.load(Ordering::SeqCst);
+    ticker.abort();
+    assert!(during >= 10, "only {during} ticks while one write took 400 ms: the write blocked the runtime's only worker");
+}
