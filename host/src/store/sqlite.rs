@@ -1,15 +1,9 @@
-//! The run store: every story run, its steps (input, output, error, attempts,
-//! timings), their logs and the audit records of every capability call, in
-//! embedded SQLite. warden creates and migrates the schema itself. Nothing
-//! secret is written: inputs and outputs only ever hold credential *names*,
-//! and responses were scrubbed by the host before a guest saw them.
+//! The run store in embedded SQLite (WAL, `synchronous = NORMAL`): created and
+//! migrated by warden itself, statements prepared once and cached.
 
-use crate::audit::AuditRecord;
-use crate::invocation::LogLine;
+use super::*;
 use anyhow::Context as _;
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
-use serde_json::Value;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -67,109 +61,6 @@ CREATE INDEX audit_by_run ON audit(run_id);
 ALTER TABLE runs ADD COLUMN idempotency_key TEXT;
 CREATE UNIQUE INDEX runs_by_idempotency_key ON runs(story, idempotency_key) WHERE idempotency_key IS NOT NULL;
 "#];
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RunSummary {
-    pub id: String,
-    pub story: String,
-    pub team: String,
-    pub state: String,
-    pub trigger: String,
-    pub error: Option<String>,
-    pub failed_step: Option<String>,
-    pub parent_run: Option<String>,
-    pub created_ms: u64,
-    pub started_ms: Option<u64>,
-    pub finished_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StepRecord {
-    pub step_id: String,
-    /// Position in a `for_each`, or `None` for the step as a whole.
-    pub item: Option<u32>,
-    pub kind: String,
-    pub state: String,
-    pub input: Option<Value>,
-    pub output: Option<Value>,
-    pub error: Option<Value>,
-    pub attempts: u32,
-    pub started_ms: Option<u64>,
-    pub finished_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct LogRecord {
-    pub step_id: String,
-    pub at_ms: u64,
-    pub level: String,
-    pub source: String,
-    pub message: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RunDetail {
-    #[serde(flatten)]
-    pub run: RunSummary,
-    pub input: Value,
-    pub output: Option<Value>,
-    pub steps: Vec<StepRecord>,
-    pub logs: Vec<LogRecord>,
-    pub audit: Vec<Value>,
-    pub children: Vec<RunSummary>,
-}
-
-pub struct NewRun<'a> {
-    pub id: &'a str,
-    pub story: &'a str,
-    pub team: &'a str,
-    pub trigger: &'a str,
-    pub input: &'a Value,
-    pub parent: Option<(&'a str, &'a str)>,
-    /// A caller's `Idempotency-Key`: at most one run per story and key.
-    pub idempotency_key: Option<&'a str>,
-}
-
-/// Which runs to list, newest first.
-#[derive(Debug, Clone, Default)]
-pub struct RunFilter<'a> {
-    /// Only this team's runs (a team's API token sees no others).
-    pub team: Option<&'a str>,
-    pub story: Option<&'a str>,
-    pub state: Option<&'a str>,
-    /// Sub-story runs too (by default only top-level runs).
-    pub include_children: bool,
-    pub limit: usize,
-    pub offset: usize,
-}
-
-/// The run store's interface: what the story engine writes (through its
-/// recorder) and what the server and the CLI read. [`RunStore`] keeps it in
-/// SQLite; tests use stores that fail on demand.
-pub trait Store: Send + Sync {
-    fn create_run(&self, r: &NewRun) -> anyhow::Result<()>;
-    fn start_run(&self, id: &str) -> anyhow::Result<()>;
-    fn finish_run(&self, id: &str, state: &str, output: Option<&Value>, error: Option<&str>, failed_step: Option<&str>) -> anyhow::Result<()>;
-    fn step_started(&self, run: &str, step: &str, item: Option<usize>, kind: &str, input: Option<&Value>, attempt: u32) -> anyhow::Result<()>;
-    #[allow(clippy::too_many_arguments)]
-    fn step_finished(&self, run: &str, step: &str, item: Option<usize>, kind: &str, state: &str, output: Option<&Value>, error: Option<&Value>, attempts: u32) -> anyhow::Result<()>;
-    fn add_logs(&self, run: &str, step: &str, lines: &[LogLine]) -> anyhow::Result<()>;
-    fn add_audit(&self, run: &str, step: &str, records: &[AuditRecord]) -> anyhow::Result<()>;
-    /// Runs matching `filter`, newest first.
-    fn find_runs(&self, filter: &RunFilter) -> anyhow::Result<Vec<RunSummary>>;
-    /// Newest first. `story` and `state` filter; top-level runs only unless `include_children`.
-    fn list_runs(&self, story: Option<&str>, state: Option<&str>, include_children: bool, limit: usize, offset: usize) -> anyhow::Result<Vec<RunSummary>> {
-        self.find_runs(&RunFilter { team: None, story, state, include_children, limit, offset })
-    }
-    /// The run of `story` created with this `Idempotency-Key`, if any.
-    fn run_by_idempotency_key(&self, story: &str, key: &str) -> anyhow::Result<Option<String>>;
-    fn run_summary(&self, id: &str) -> anyhow::Result<Option<RunSummary>>;
-    /// The story and input of a run, to execute it (e.g. after a restart).
-    fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>>;
-    fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>>;
-    fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>>;
-    fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>>;
-}
 
 pub struct RunStore {
     conn: Mutex<Connection>,
@@ -389,103 +280,6 @@ impl Store for RunStore {
         let mut stmt = conn.prepare_cached("SELECT * FROM runs WHERE parent_run = ?1 ORDER BY created_ms")?;
         let children = stmt.query_map(params![id], RunStore::summary)?.collect::<Result<Vec<_>, _>>()?;
         Ok(Some(RunDetail { run, input: serde_json::from_str(&input).unwrap_or(Value::Null), output: json_col(output), steps, logs, audit, children }))
-    }
-}
-
-/// A store that fails on demand, for tests of what happens when the disk is
-/// full or the database locked.
-#[cfg(test)]
-pub(crate) mod testing {
-    use super::*;
-    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-
-    /// A SQLite store whose writes fail while `down` is set (optionally only
-    /// writes of one kind), as a full disk or a locked database would.
-    pub struct Flaky {
-        inner: RunStore,
-        down: AtomicBool,
-        only: Mutex<Option<&'static str>>,
-        /// Writes refused so far.
-        pub refused: AtomicU32,
-        /// Milliseconds every write takes (a slow disk, a long checkpoint).
-        pub delay_ms: std::sync::atomic::AtomicU64,
-    }
-
-    impl Flaky {
-        pub fn new() -> Flaky {
-            Flaky { inner: RunStore::in_memory().unwrap(), down: AtomicBool::new(false), only: Mutex::new(None), refused: AtomicU32::new(0), delay_ms: Default::default() }
-        }
-        pub fn fail(&self, only: Option<&'static str>) {
-            *self.only.lock().unwrap() = only;
-            self.down.store(true, Ordering::SeqCst);
-        }
-        pub fn heal(&self) {
-            self.down.store(false, Ordering::SeqCst);
-        }
-        fn gate(&self, op: &'static str) -> anyhow::Result<()> {
-            let delay = self.delay_ms.load(Ordering::SeqCst);
-            if delay > 0 {
-                std::thread::sleep(std::time::Duration::from_millis(delay));
-            }
-            let only = *self.only.lock().unwrap();
-            if self.down.load(Ordering::SeqCst) && only.is_none_or(|o| o == op) {
-                self.refused.fetch_add(1, Ordering::SeqCst);
-                anyhow::bail!("database or disk is full");
-            }
-            Ok(())
-        }
-    }
-
-    impl Store for Flaky {
-        fn create_run(&self, r: &NewRun) -> anyhow::Result<()> {
-            self.gate("create_run")?;
-            self.inner.create_run(r)
-        }
-        fn start_run(&self, id: &str) -> anyhow::Result<()> {
-            self.gate("start_run")?;
-            self.inner.start_run(id)
-        }
-        fn finish_run(&self, id: &str, state: &str, output: Option<&Value>, error: Option<&str>, failed_step: Option<&str>) -> anyhow::Result<()> {
-            self.gate("finish_run")?;
-            self.inner.finish_run(id, state, output, error, failed_step)
-        }
-        fn step_started(&self, run: &str, step: &str, item: Option<usize>, kind: &str, input: Option<&Value>, attempt: u32) -> anyhow::Result<()> {
-            self.gate("step_started")?;
-            self.inner.step_started(run, step, item, kind, input, attempt)
-        }
-        fn step_finished(&self, run: &str, step: &str, item: Option<usize>, kind: &str, state: &str, output: Option<&Value>, error: Option<&Value>, attempts: u32) -> anyhow::Result<()> {
-            self.gate("step_finished")?;
-            self.inner.step_finished(run, step, item, kind, state, output, error, attempts)
-        }
-        fn add_logs(&self, run: &str, step: &str, lines: &[LogLine]) -> anyhow::Result<()> {
-            self.gate("add_logs")?;
-            self.inner.add_logs(run, step, lines)
-        }
-        fn add_audit(&self, run: &str, step: &str, records: &[AuditRecord]) -> anyhow::Result<()> {
-            self.gate("add_audit")?;
-            self.inner.add_audit(run, step, records)
-        }
-        fn find_runs(&self, filter: &RunFilter) -> anyhow::Result<Vec<RunSummary>> {
-            self.inner.find_runs(filter)
-        }
-        fn run_by_idempotency_key(&self, story: &str, key: &str) -> anyhow::Result<Option<String>> {
-            self.inner.run_by_idempotency_key(story, key)
-        }
-        fn run_summary(&self, id: &str) -> anyhow::Result<Option<RunSummary>> {
-            self.inner.run_summary(id)
-        }
-        fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>> {
-            self.inner.run_input(id)
-        }
-        fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>> {
-            self.inner.runs_in_state(state)
-        }
-        fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
-            self.inner.count_by_state()
-        }
-        fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>> {
-            self.inner.get_run(id)
-        }
     }
 }
 

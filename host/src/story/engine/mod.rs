@@ -6,12 +6,15 @@
 //! step and the expression. A run's record is complete, or the run fails
 //! saying the store is unavailable: see [`super::recorder`].
 
-use super::invoke::{Invoke, PolicyInvoker};
-pub use super::observe::{Event, Observer, Quiet};
-use super::recorder::{Recorder, StepAt, StoreHealth};
-pub use super::state::{ErrorKind, RunResult, RunState, StepError, StepState};
-use super::template::{render_str, render_value, truthy};
-use super::{schema, Library, OnError, Step, StepKind, Story};
+use crate::story::invoke::{Invoke, PolicyInvoker};
+pub use crate::story::observe::{Event, Observer, Quiet};
+use resume::Resume;
+
+mod resume;
+use crate::story::recorder::{Recorder, StepAt, StoreHealth};
+pub use crate::story::state::{ErrorKind, RunResult, RunState, StepError, StepState};
+use crate::story::template::{render_str, render_value, truthy};
+use crate::story::{schema, Library, OnError, Step, StepKind, Story};
 use crate::invocation::{InvocationInfo, LogLine};
 use crate::policy::Policy;
 use crate::runtime::Runtime;
@@ -92,16 +95,6 @@ impl<'a> StepRun<'a> {
         let (run, step, kind, depth) = (self.run, self.step.id.as_str(), self.step.kind.name(), self.depth);
         self.observer.event(&Event::StepFinished { run, step, kind, item, state, elapsed, error, depth });
     }
-}
-
-/// Where a resumed run picks up: the finished steps' results, and the index of
-/// the first step still to run.
-#[derive(Default)]
-struct Resume {
-    done: Vec<(String, StepState, Value, Option<StepError>)>,
-    from: usize,
-    /// Attempts the interrupted step already used (recorded for the audit trail).
-    attempts_used: u32,
 }
 
 /// How a run's steps ended: the output, or the step that failed (`None`
@@ -187,64 +180,6 @@ impl Engine {
         tracing::error!(run = %run_id, "warden panicked while executing a run: {why}");
         let e = StepError::new(ErrorKind::Failed, "warden failed while executing this run (a host bug, logged for the operator)");
         self.fail_run(run_id, None, e).await
-    }
-
-    /// Continues a run that a restart interrupted. Finished steps keep their
-    /// results; the interrupted step runs again if its retry policy allows
-    /// another attempt, otherwise the run fails saying so. Never silent.
-    pub async fn resume(&self, run_id: &str, observer: &dyn Observer) -> RunResult {
-        let detail = match self.store.get_run(run_id) {
-            Ok(Some(d)) => d,
-            _ => return self.execute(run_id, observer).await,
-        };
-        let Some(story) = self.library.get(&detail.run.story) else {
-            let msg = format!("interrupted by a restart, and story `{}` is no longer loaded", detail.run.story);
-            return self.fail_run(run_id, None, StepError::new(ErrorKind::Failed, msg)).await;
-        };
-        // Sub-story runs cut off mid-way are over; their step runs again below.
-        for child in detail.children.iter().filter(|c| c.state == RunState::Running.as_str() || c.state == RunState::Queued.as_str()) {
-            let why = "interrupted by a restart; the calling step runs again";
-            if let Err(down) = self.recorder.finish_run(&child.id, RunState::Failed, None, Some(why), None).await {
-                return RunResult::failed(run_id, None, down.into());
-            }
-        }
-        let mut resume = Resume::default();
-        for step in &story.steps {
-            let row = detail.steps.iter().find(|r| r.step_id == step.id && r.item.is_none());
-            let Some(r) = row else { break };
-            match StepState::parse(&r.state) {
-                Some(state @ (StepState::Succeeded | StepState::Skipped | StepState::Recovered)) => {
-                    resume.done.push((step.id.clone(), state, r.output.clone().unwrap_or(Value::Null), None));
-                    resume.from += 1;
-                }
-                Some(StepState::Failed) if step.on_error == OnError::Continue => {
-                    let e: Option<StepError> = r.error.clone().and_then(|e| serde_json::from_value(e).ok());
-                    resume.done.push((step.id.clone(), StepState::Failed, Value::Null, e));
-                    resume.from += 1;
-                }
-                _ => {
-                    if r.attempts >= step.retry.attempts {
-                        let msg = format!(
-                            "interrupted by a restart during step {} (attempt {}); its retry policy allows no further attempt",
-                            step.id, r.attempts
-                        );
-                        let e = StepError::new(ErrorKind::Interrupted, msg);
-                        let at = StepAt { run: run_id, step: &step.id, item: None, kind: step.kind.name() };
-                        if let Err(down) = self.recorder.step_finished(&at, StepState::Failed, None, Some(&e), r.attempts).await {
-                            return RunResult::failed(run_id, Some(step.id.clone()), down.into());
-                        }
-                        let msg = e.message.clone();
-                        return match self.recorder.finish_run(run_id, RunState::Failed, None, Some(&msg), Some(&step.id)).await {
-                            Ok(()) => RunResult::failed(run_id, Some(step.id.clone()), e),
-                            Err(down) => RunResult::failed(run_id, Some(step.id.clone()), down.into()),
-                        };
-                    }
-                    resume.attempts_used = r.attempts;
-                    break;
-                }
-            }
-        }
-        self.run_story(story, run_id.to_string(), detail.input, 0, observer, resume).await
     }
 
     fn run_story<'a>(&'a self, story: Arc<Story>, run_id: String, input: Value, depth: usize, observer: &'a dyn Observer, resume: Resume) -> BoxFuture<'a, RunResult> {

@@ -1,0 +1,95 @@
+//! A store that fails (or is slow) on demand, for tests of what happens when
+//! the disk is full or the database locked.
+
+use super::*;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Mutex;
+
+/// A SQLite store whose writes fail while `down` is set (optionally only
+/// writes of one kind), as a full disk or a locked database would.
+pub struct Flaky {
+    inner: RunStore,
+    down: AtomicBool,
+    only: Mutex<Option<&'static str>>,
+    /// Writes refused so far.
+    pub refused: AtomicU32,
+    /// Milliseconds every write takes (a slow disk, a long checkpoint).
+    pub delay_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Flaky {
+    pub fn new() -> Flaky {
+        Flaky { inner: RunStore::in_memory().unwrap(), down: AtomicBool::new(false), only: Mutex::new(None), refused: AtomicU32::new(0), delay_ms: Default::default() }
+    }
+    pub fn fail(&self, only: Option<&'static str>) {
+        *self.only.lock().unwrap() = only;
+        self.down.store(true, Ordering::SeqCst);
+    }
+    pub fn heal(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+    fn gate(&self, op: &'static str) -> anyhow::Result<()> {
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+        }
+        let only = *self.only.lock().unwrap();
+        if self.down.load(Ordering::SeqCst) && only.is_none_or(|o| o == op) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            anyhow::bail!("database or disk is full");
+        }
+        Ok(())
+    }
+}
+
+impl Store for Flaky {
+    fn create_run(&self, r: &NewRun) -> anyhow::Result<()> {
+        self.gate("create_run")?;
+        self.inner.create_run(r)
+    }
+    fn start_run(&self, id: &str) -> anyhow::Result<()> {
+        self.gate("start_run")?;
+        self.inner.start_run(id)
+    }
+    fn finish_run(&self, id: &str, state: &str, output: Option<&Value>, error: Option<&str>, failed_step: Option<&str>) -> anyhow::Result<()> {
+        self.gate("finish_run")?;
+        self.inner.finish_run(id, state, output, error, failed_step)
+    }
+    fn step_started(&self, run: &str, step: &str, item: Option<usize>, kind: &str, input: Option<&Value>, attempt: u32) -> anyhow::Result<()> {
+        self.gate("step_started")?;
+        self.inner.step_started(run, step, item, kind, input, attempt)
+    }
+    fn step_finished(&self, run: &str, step: &str, item: Option<usize>, kind: &str, state: &str, output: Option<&Value>, error: Option<&Value>, attempts: u32) -> anyhow::Result<()> {
+        self.gate("step_finished")?;
+        self.inner.step_finished(run, step, item, kind, state, output, error, attempts)
+    }
+    fn add_logs(&self, run: &str, step: &str, lines: &[LogLine]) -> anyhow::Result<()> {
+        self.gate("add_logs")?;
+        self.inner.add_logs(run, step, lines)
+    }
+    fn add_audit(&self, run: &str, step: &str, records: &[AuditRecord]) -> anyhow::Result<()> {
+        self.gate("add_audit")?;
+        self.inner.add_audit(run, step, records)
+    }
+    fn find_runs(&self, filter: &RunFilter) -> anyhow::Result<Vec<RunSummary>> {
+        self.inner.find_runs(filter)
+    }
+    fn run_by_idempotency_key(&self, story: &str, key: &str) -> anyhow::Result<Option<String>> {
+        self.inner.run_by_idempotency_key(story, key)
+    }
+    fn run_summary(&self, id: &str) -> anyhow::Result<Option<RunSummary>> {
+        self.inner.run_summary(id)
+    }
+    fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>> {
+        self.inner.run_input(id)
+    }
+    fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>> {
+        self.inner.runs_in_state(state)
+    }
+    fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
+        self.inner.count_by_state()
+    }
+    fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>> {
+        self.inner.get_run(id)
+    }
+}

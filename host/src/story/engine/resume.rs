@@ -1,0 +1,79 @@
+//! Resuming a run a restart interrupted: finished steps keep their results,
+//! the interrupted one runs again only if its retry policy allows.
+
+use super::{Engine, ErrorKind, RunResult, RunState, StepError, StepState};
+use crate::story::recorder::StepAt;
+use crate::story::OnError;
+use crate::story::observe::Observer;
+use serde_json::Value;
+
+/// Where a resumed run picks up: the finished steps' results, and the index of
+/// the first step still to run.
+#[derive(Default)]
+pub(super) struct Resume {
+    pub(super) done: Vec<(String, StepState, Value, Option<StepError>)>,
+    pub(super) from: usize,
+    /// Attempts the interrupted step already used (recorded for the audit trail).
+    pub(super) attempts_used: u32,
+}
+
+impl Engine {
+    /// Continues a run that a restart interrupted. Finished steps keep their
+    /// results; the interrupted step runs again if its retry policy allows
+    /// another attempt, otherwise the run fails saying so. Never silent.
+    pub async fn resume(&self, run_id: &str, observer: &dyn Observer) -> RunResult {
+        let detail = match self.store.get_run(run_id) {
+            Ok(Some(d)) => d,
+            _ => return self.execute(run_id, observer).await,
+        };
+        let Some(story) = self.library.get(&detail.run.story) else {
+            let msg = format!("interrupted by a restart, and story `{}` is no longer loaded", detail.run.story);
+            return self.fail_run(run_id, None, StepError::new(ErrorKind::Failed, msg)).await;
+        };
+        // Sub-story runs cut off mid-way are over; their step runs again below.
+        for child in detail.children.iter().filter(|c| c.state == RunState::Running.as_str() || c.state == RunState::Queued.as_str()) {
+            let why = "interrupted by a restart; the calling step runs again";
+            if let Err(down) = self.recorder.finish_run(&child.id, RunState::Failed, None, Some(why), None).await {
+                return RunResult::failed(run_id, None, down.into());
+            }
+        }
+        let mut resume = Resume::default();
+        for step in &story.steps {
+            let row = detail.steps.iter().find(|r| r.step_id == step.id && r.item.is_none());
+            let Some(r) = row else { break };
+            match StepState::parse(&r.state) {
+                Some(state @ (StepState::Succeeded | StepState::Skipped | StepState::Recovered)) => {
+                    resume.done.push((step.id.clone(), state, r.output.clone().unwrap_or(Value::Null), None));
+                    resume.from += 1;
+                }
+                Some(StepState::Failed) if step.on_error == OnError::Continue => {
+                    let e: Option<StepError> = r.error.clone().and_then(|e| serde_json::from_value(e).ok());
+                    resume.done.push((step.id.clone(), StepState::Failed, Value::Null, e));
+                    resume.from += 1;
+                }
+                _ => {
+                    if r.attempts >= step.retry.attempts {
+                        let msg = format!(
+                            "interrupted by a restart during step {} (attempt {}); its retry policy allows no further attempt",
+                            step.id, r.attempts
+                        );
+                        let e = StepError::new(ErrorKind::Interrupted, msg);
+                        let at = StepAt { run: run_id, step: &step.id, item: None, kind: step.kind.name() };
+                        if let Err(down) = self.recorder.step_finished(&at, StepState::Failed, None, Some(&e), r.attempts).await {
+                            return RunResult::failed(run_id, Some(step.id.clone()), down.into());
+                        }
+                        let msg = e.message.clone();
+                        return match self.recorder.finish_run(run_id, RunState::Failed, None, Some(&msg), Some(&step.id)).await {
+                            Ok(()) => RunResult::failed(run_id, Some(step.id.clone()), e),
+                            Err(down) => RunResult::failed(run_id, Some(step.id.clone()), down.into()),
+                        };
+                    }
+                    resume.attempts_used = r.attempts;
+                    break;
+                }
+            }
+        }
+        self.run_story(story, run_id.to_string(), detail.input, 0, observer, resume).await
+    }
+
+}
