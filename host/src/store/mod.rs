@@ -16,6 +16,19 @@ pub(crate) mod testing;
 
 pub use sqlite::RunStore;
 
+/// A write refused because it would break a uniqueness the caller relies on
+/// (one run per story and `Idempotency-Key`): an answer, not a store failure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict(pub String);
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Conflict {}
+
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {

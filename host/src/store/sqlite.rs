@@ -126,11 +126,16 @@ impl RunStore {
 
 impl Store for RunStore {
     fn create_run(&self, r: &NewRun) -> anyhow::Result<()> {
-        self.conn().prepare_cached(
+        let inserted = self.conn().prepare_cached(
             "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms, idempotency_key) VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?.execute(params![r.id, r.story, r.team, r.trigger, r.input.to_string(), r.parent.map(|p| p.0), r.parent.map(|p| p.1), ms(), r.idempotency_key],
-        )?;
-        Ok(())
+        )?.execute(params![r.id, r.story, r.team, r.trigger, r.input.to_string(), r.parent.map(|p| p.0), r.parent.map(|p| p.1), ms(), r.idempotency_key]);
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE && r.idempotency_key.is_some() => {
+                Err(Conflict(format!("story {} already has a run for this Idempotency-Key", r.story)).into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn start_run(&self, id: &str) -> anyhow::Result<()> {
@@ -304,6 +309,17 @@ mod tests {
         assert_eq!(d.output, Some(json!({"done": true})));
         assert_eq!(s.list_runs(Some("st"), None, false, 10, 0).unwrap().len(), 1);
         assert_eq!(s.count_by_state().unwrap(), vec![("succeeded".to_string(), 1)]);
+    }
+
+    #[test]
+    fn a_second_run_with_one_idempotency_key_is_a_conflict_not_a_failure() {
+        let s = RunStore::in_memory().unwrap();
+        let input = json!({});
+        let run = |id| NewRun { id, story: "st", team: "t", trigger: "webhook", input: &input, parent: None, idempotency_key: Some("k1") };
+        s.create_run(&run("r1")).unwrap();
+        let e = s.create_run(&run("r2")).unwrap_err();
+        assert!(e.is::<Conflict>(), "{e:#}");
+        assert_eq!(s.run_by_idempotency_key("st", "k1").unwrap().as_deref(), Some("r1"));
     }
 
     #[test]

@@ -103,6 +103,8 @@ impl Recorder {
         loop {
             match blocking(|| write(self.store.as_ref())) {
                 Ok(()) => return Ok(()),
+                // A conflict is the store working: no retry, and not unhealthy.
+                Err(e) if e.is::<crate::store::Conflict>() => return Err(StoreDown(format!("{e}"))),
                 Err(e) => match pauses.next() {
                     Some(pause) => tokio::time::sleep(*pause).await,
                     None => {

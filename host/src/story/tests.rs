@@ -440,3 +440,27 @@ async fn a_slow_store_write_does_not_stall_the_other_tasks_of_its_thread() {
     ticker.abort();
     assert!(during >= 10, "only {during} ticks while one write took 400 ms: the write blocked the runtime's only worker");
 }
+
+#[tokio::test]
+async fn two_submissions_racing_with_one_idempotency_key_share_one_run_and_leave_the_store_healthy() {
+    let (e, _) = engine(Scripted::default().with("echo", echo), &[TWO_STEPS]);
+    let (a, b) = tokio::join!(e.submit_once("two", json!({"n": 1}), "test", Some("k")), e.submit_once("two", json!({"n": 1}), "test", Some("k")));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.0, b.0);
+    assert!(a.1 ^ b.1, "exactly one created it: {a:?} {b:?}");
+    assert!(e.store_health().status().is_ok());
+    assert_eq!(e.store.list_runs(None, None, true, 10, 0).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_conflicting_create_is_answered_at_once_and_is_not_a_store_failure() {
+    use super::recorder::Recorder;
+    use crate::store::NewRun;
+    let rec = Recorder::new(Arc::new(RunStore::in_memory().unwrap()), Arc::default());
+    let input = json!({});
+    let run = |id| NewRun { id, story: "st", team: "t", trigger: "webhook", input: &input, parent: None, idempotency_key: Some("k") };
+    rec.create_run(&run("r1")).await.unwrap();
+    let refused = rec.create_run(&run("r2")).await.unwrap_err();
+    assert!(refused.to_string().contains("already has a run for this Idempotency-Key"), "{refused}");
+    assert!(rec.health.status().is_ok() && rec.health.failures() == 0, "a conflict is an answer, not a store failure");
+}
