@@ -145,7 +145,11 @@ impl ReplayCache {
             if *until >= now && map.len() < Self::CAPACITY {
                 break;
             }
-            map.remove(&(s.clone(), k.clone()));
+            // Only if the map still holds this entry, not a later one of the same request.
+            let key = (s.clone(), k.clone());
+            if map.get(&key) == Some(until) {
+                map.remove(&key);
+            }
             order.pop_front();
         }
         let key = (story.to_string(), v.replay_key.clone());
