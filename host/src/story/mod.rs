@@ -161,7 +161,7 @@ struct RawStep {
     id: String,
     action: Option<String>,
     story: Option<String>,
-    transform: Option<Transform>,
+    transform: Option<serde_json::Map<String, Value>>,
     #[serde(default)]
     with: Option<Value>,
     #[serde(rename = "if")]
@@ -219,7 +219,13 @@ pub fn parse(text: &str, file: &Path) -> Result<Story, StoryErrors> {
         } else if let Some(s) = &r.story {
             StepKind::Story(s.clone())
         } else {
-            let t = r.transform.clone().unwrap();
+            let t = match Transform::from_map(r.transform.clone().unwrap_or_default()) {
+                Ok(t) => t,
+                Err(m) => {
+                    errors.push(err(line, format!("step `{}`: {m}", r.id)));
+                    return None;
+                }
+            };
             if let Err(m) = t.validate() {
                 errors.push(err(line, format!("step `{}`: {m}", r.id)));
             }

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 
 /// One built-in transform; written as a map with exactly one of these keys.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "Map<String, Value>")]
+#[serde(rename_all = "lowercase")]
 pub enum Transform {
     Set(Value),
     Merge(Vec<Value>),
@@ -54,51 +54,6 @@ pub struct Assert {
     pub message: String,
 }
 
-/// The one-key map a story writes, read with an error that names the choices.
-impl TryFrom<Map<String, Value>> for Transform {
-    type Error = String;
-
-    fn try_from(map: Map<String, Value>) -> Result<Transform, String> {
-        const KINDS: &str = "set, merge, extract, deduplicate, aggregate, assert";
-        if map.len() != 1 {
-            let keys: Vec<&str> = map.keys().map(String::as_str).collect();
-            return Err(format!("a transform needs exactly one of {KINDS} (it has: {})", if keys.is_empty() { "none".into() } else { keys.join(", ") }));
-        }
-        let (kind, args) = map.into_iter().next().expect("one entry");
-        let tagged = serde_json::json!({ kind.clone(): args });
-        Tagged::deserialize(tagged).map(|t| t.0).map_err(|e| match KINDS.split(", ").any(|k| k == kind) {
-            true => format!("transform `{kind}`: {e}"),
-            false => format!("`{kind}` is not a transform; use one of {KINDS}"),
-        })
-    }
-}
-
-/// The derived, externally tagged form, read after the one-key check.
-struct Tagged(Transform);
-
-impl<'de> Deserialize<'de> for Tagged {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Tagged, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "lowercase")]
-        enum Raw {
-            Set(Value),
-            Merge(Vec<Value>),
-            Extract(Extract),
-            Deduplicate(Deduplicate),
-            Aggregate(Aggregate),
-            Assert(Assert),
-        }
-        Ok(Tagged(match Raw::deserialize(d)? {
-            Raw::Set(v) => Transform::Set(v),
-            Raw::Merge(v) => Transform::Merge(v),
-            Raw::Extract(v) => Transform::Extract(v),
-            Raw::Deduplicate(v) => Transform::Deduplicate(v),
-            Raw::Aggregate(v) => Transform::Aggregate(v),
-            Raw::Assert(v) => Transform::Assert(v),
-        }))
-    }
-}
-
 /// Why a transform failed: its templates (kind `template`), or its data (kind `failed`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum TransformError {
@@ -123,6 +78,20 @@ impl TransformError {
 use TransformError::{Failed, Template};
 
 impl Transform {
+    /// Reads the one-key map a story writes, with an error that names the choices.
+    pub fn from_map(map: Map<String, Value>) -> Result<Transform, String> {
+        const KINDS: &str = "set, merge, extract, deduplicate, aggregate, assert";
+        if map.len() != 1 {
+            let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+            return Err(format!("a transform needs exactly one of {KINDS} (it has: {})", if keys.is_empty() { "none".into() } else { keys.join(", ") }));
+        }
+        let kind = map.keys().next().cloned().unwrap_or_default();
+        serde_json::from_value(Value::Object(map)).map_err(|e| match KINDS.split(", ").any(|k| k == kind) {
+            true => format!("transform `{kind}`: {e}"),
+            false => format!("`{kind}` is not a transform; use one of {KINDS}"),
+        })
+    }
+
     /// What serde cannot say: an `extract` path must be a dotted string.
     pub fn validate(&self) -> Result<(), String> {
         if let Transform::Extract(e) = self {
