@@ -1,22 +1,14 @@
 //! `warden action run|describe`: one plugin, once, outside any story.
 
-use super::common::{load_policy, read_input, resolve_plugin};
+use super::common::{load_policy, policy_name, read_input, resolve_plugin};
 use super::PolicyArg;
 use anyhow::anyhow;
 use clap::Subcommand;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use warden::story::invoke::{Invoke, PolicyInvoker};
-use warden::{InvocationInfo, Policy, Runtime, RuntimeConfig};
+use warden::{InvocationInfo, Runtime, RuntimeConfig};
 
-/// The policy's name for `spec`: a plugin name, or the entry whose file `spec` is.
-fn policy_name(policy: &Policy, spec: &str) -> Option<String> {
-    if policy.plugins.contains_key(spec) {
-        return Some(spec.to_string());
-    }
-    policy.plugin_at(Path::new(spec)).map(|e| e.name.clone())
-}
 
 #[derive(Subcommand)]
 pub enum ActionCmd {

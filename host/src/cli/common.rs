@@ -43,11 +43,19 @@ pub fn read_input(input: &str) -> anyhow::Result<String> {
     Ok(text)
 }
 
+/// The policy's name for `spec`: a plugin name, or the entry whose file `spec` is.
+pub fn policy_name(policy: &Policy, spec: &str) -> Option<String> {
+    if policy.plugins.contains_key(spec) {
+        return Some(spec.to_string());
+    }
+    policy.plugin_at(Path::new(spec)).map(|e| e.name.clone())
+}
+
 /// A name from the policy, or a path; a path gets the grant of the policy
 /// entry that points at the same file, otherwise nothing.
 pub fn resolve_plugin(rt: &Runtime, policy: &Policy, spec: &str) -> anyhow::Result<(Arc<Plugin>, Arc<Grant>)> {
-    if let Some(entry) = policy.plugins.get(spec) {
-        return Ok((rt.load_entry(entry)?, policy.grant_for(spec)));
+    if let Some(name) = policy_name(policy, spec) {
+        return Ok((rt.load_entry(&policy.plugins[&name])?, policy.grant_for(&name)));
     }
     let path = Path::new(spec);
     if !path.exists() {
@@ -57,9 +65,6 @@ pub fn resolve_plugin(rt: &Runtime, policy: &Policy, spec: &str) -> anyhow::Resu
             policy.file,
             if known.is_empty() { "none".to_string() } else { known.join(", ") }
         ));
-    }
-    if let Some(entry) = policy.plugin_at(path) {
-        return Ok((rt.load_entry(entry)?, policy.grant_for(&entry.name)));
     }
     let plugin = rt.load_file(path)?;
     let grant = Arc::new(Grant::deny_all(&plugin.name));
