@@ -267,3 +267,89 @@ async fn sigterm_stops_intake_and_drains_in_flight_runs() {
     assert_eq!(runs[0]["state"], "succeeded", "{runs}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Group commit under load, then SIGKILL: every answered promise holds. A 202
+/// means the run is in the store; a `?wait=true` answer matches the stored
+/// end; a step's start is durable before its side effect, so after the
+/// restart no call is made twice past its retry policy (one attempt here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_breaks_no_answered_promise_and_repeats_no_side_effect() {
+    let (origin, seen) = warden_sim::origin::spawn().await.unwrap();
+    let story = format!(
+        "name: side\ninput: {{type: object, required: [k]}}\nsteps:\n  - id: prep\n    transform: {{set: {{k: \"{{{{ input.k }}}}\"}}}}\n  - id: call\n    action: probe\n    with: {{op: call, url: \"http://127.0.0.1:{}/json?k={{{{ input.k }}}}\"}}\n  - id: done\n    transform: {{set: {{ok: \"{{{{ steps.call.output.ok }}}}\"}}}}\n",
+        origin.port()
+    );
+    let dir = setup("kill-load", &[("side.yaml", &story)], "");
+    std::fs::write(
+        dir.join("warden.toml"),
+        format!(
+            "[plugins.probe]\npath = \"{}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:{}/json\"]\n[triggers.side]\nsecret_env = \"WEBHOOK_SECRET\"\nallow_sync = true\nconcurrency = 64\n",
+            probe_wasm().display(),
+            origin.port()
+        ),
+    )
+    .unwrap();
+    let mut srv = Server::start(&dir, 8);
+    let base = srv.base.clone();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+    let mut posts = Vec::new();
+    for k in 0..400u32 {
+        let (base, gate) = (base.clone(), gate.clone());
+        posts.push(tokio::spawn(async move {
+            let _p = gate.acquire().await.unwrap();
+            let wait = k % 2 == 0;
+            let body = format!(r#"{{"k": {k}}}"#);
+            let url = format!("{base}/webhooks/side{}", if wait { "?wait=true" } else { "" });
+            let sent = client().post(url).header("content-type", "application/json").header("x-warden-signature", sign("side", &body)).body(body).send().await;
+            let Ok(resp) = sent else { return (k, None) };
+            let code = resp.status().as_u16();
+            match resp.bytes().await {
+                Ok(b) => (k, Some((code, serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null)))),
+                Err(_) => (k, None),
+            }
+        }));
+    }
+    // Kill mid-stream: some runs answered, some mid-step, some not yet sent.
+    for _ in 0..500 {
+        if seen.count() >= 60 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    srv.kill();
+    let mut accepted = Vec::new();
+    let mut answered = Vec::new();
+    for p in posts {
+        match p.await.unwrap() {
+            (_, Some((202, v))) => accepted.push(v["run_id"].as_str().unwrap().to_string()),
+            (_, Some((200, v))) => answered.push((v["run_id"].as_str().unwrap().to_string(), v["state"].as_str().unwrap().to_string())),
+            (_, Some((code, v))) => panic!("unexpected answer {code}: {v}"),
+            (_, None) => {}
+        }
+    }
+    assert!(!accepted.is_empty() && !answered.is_empty(), "the kill came too early or too late: {} accepted, {} answered", accepted.len(), answered.len());
+
+    let srv = Server::start(&dir, 8);
+    let runs = wait_for(&srv.base, |r| !r.is_empty() && r.iter().all(|x| x["state"] == "succeeded" || x["state"] == "failed")).await;
+    let state_of = |id: &str| runs.iter().find(|r| r["id"] == id).map(|r| r["state"].as_str().unwrap().to_string());
+    for id in &accepted {
+        assert!(state_of(id).is_some(), "run {id} was answered 202 but is not in the store");
+    }
+    for (id, state) in &answered {
+        assert_eq!(state_of(id).as_deref(), Some(state.as_str()), "run {id} was answered {state}; the store says otherwise");
+    }
+    let failed = runs.iter().filter(|r| r["state"] == "failed").count();
+    eprintln!("{} accepted, {} answered, {} runs after the restart ({failed} failed), {} calls", accepted.len(), answered.len(), runs.len(), seen.count());
+    let mut calls = std::collections::HashMap::<String, usize>::new();
+    for s in seen.all() {
+        *calls.entry(s.query).or_default() += 1;
+    }
+    assert!(calls.values().all(|&n| n == 1), "a call was made twice though the step allows one attempt: {:?}", calls.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>());
+    for r in &runs {
+        if r["state"] == "failed" {
+            let why = r["error"].as_str().unwrap_or("");
+            assert!(why.contains("interrupted by a restart during step call"), "a run failed without the reason: {r}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

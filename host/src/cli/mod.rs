@@ -53,7 +53,7 @@ pub enum Command {
         /// Folder of story files (default: [server] stories, else $WARDEN_STORIES).
         #[arg(long, env = "WARDEN_STORIES")]
         stories: Option<PathBuf>,
-        /// Runs executing at once (default: [server] workers, else 64).
+        /// Runs executing at once (default: [server] workers, else sized from available memory: 64 to 1024).
         #[arg(long)]
         workers: Option<usize>,
         /// Seconds to let in-flight runs finish after SIGTERM (default 30).

@@ -9,7 +9,13 @@ use std::time::Duration;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// The run store when neither a flag, `$WARDEN_DB` nor `[server] db` names one.
 pub const DEFAULT_DB: &str = ".warden/runs.db";
-pub const DEFAULT_WORKERS: usize = 64;
+/// The worker count's floor and ceiling when it is sized from memory.
+pub const MIN_WORKERS: usize = 64;
+pub const MAX_WORKERS: usize = 1024;
+/// Memory set aside per worker when sizing the default: a run parked in a
+/// polling sleep costs ~70 KiB (BENCHMARKS.md), a plugin that parses a
+/// large response a few MiB. Each instance stays capped by its grant.
+pub const MEMORY_PER_WORKER: u64 = 4 << 20;
 pub const DEFAULT_DRAIN_SECS: u64 = 30;
 
 /// What the command line asked for; `None` defers to `[server]`.
@@ -43,14 +49,47 @@ impl ServeSettings {
             listen: flags.listen.or_else(|| cfg.listen.clone()).unwrap_or_else(|| DEFAULT_LISTEN.into()),
             db: flags.db.or_else(|| cfg.db.clone()).unwrap_or_else(|| PathBuf::from(DEFAULT_DB)),
             stories,
-            workers: flags.workers.or(cfg.workers).unwrap_or(DEFAULT_WORKERS),
+            workers: flags.workers.or(cfg.workers).unwrap_or_else(|| default_workers(available_memory())),
             drain: Duration::from_secs(flags.drain_secs.or(cfg.drain_secs).unwrap_or(DEFAULT_DRAIN_SECS)),
         })
     }
 }
 
+/// Memory the kernel says is available for new work (`MemAvailable`), if known.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Workers when none is configured: half of the available memory at
+/// [`MEMORY_PER_WORKER`] each, within [`MIN_WORKERS`]..=[`MAX_WORKERS`]
+/// (the floor when the memory is unknown). Runs mostly wait — on HTTP, on a
+/// polling sleep — so a few dozen workers leave a machine idle while a
+/// backlog grows.
+pub fn default_workers(available: Option<u64>) -> usize {
+    available.map_or(MIN_WORKERS, |m| ((m / 2 / MEMORY_PER_WORKER) as usize).clamp(MIN_WORKERS, MAX_WORKERS))
+}
+
+/// Plugin instances that may be alive at once for `workers` (a `for_each`
+/// step runs several): four per worker, at most 4,096 (each reserves address
+/// space in the pooling allocator; memory is only used when touched).
+pub fn instance_pool(workers: usize) -> u32 {
+    (workers.saturating_mul(4)).clamp(64, 4096) as u32
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_default_worker_count_follows_memory_within_bounds() {
+        assert_eq!(default_workers(None), MIN_WORKERS, "unknown memory: the floor");
+        assert_eq!(default_workers(Some(256 << 20)), MIN_WORKERS, "a small machine keeps the floor");
+        assert_eq!(default_workers(Some(2 << 30)), 256, "2 GiB available: half of it at 4 MiB per worker");
+        assert_eq!(default_workers(Some(64 << 30)), MAX_WORKERS);
+        assert_eq!(instance_pool(1024), 4096);
+        assert_eq!(instance_pool(2), 64);
+    }
+
     use super::*;
 
     #[test]
@@ -58,6 +97,8 @@ mod tests {
         let cfg = ServerConfig { listen: Some("0.0.0.0:9000".into()), workers: Some(8), stories: Some("s".into()), ..Default::default() };
         let s = ServeSettings::resolve(ServeFlags { workers: Some(2), ..Default::default() }, &cfg).unwrap();
         assert_eq!((s.listen.as_str(), s.workers, s.db.to_str().unwrap()), ("0.0.0.0:9000", 2, DEFAULT_DB));
+        let s = ServeSettings::resolve(ServeFlags::default(), &ServerConfig { stories: Some("s".into()), ..Default::default() }).unwrap();
+        assert_eq!(s.workers, default_workers(available_memory()), "no flag, no [server] workers: sized from memory");
         assert_eq!(s.drain, Duration::from_secs(DEFAULT_DRAIN_SECS));
     }
 

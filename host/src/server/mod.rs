@@ -16,7 +16,7 @@ pub mod signature;
 use crate::policy::Policy;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::{RunFilter, RunStore};
-use crate::story::engine::{Engine, SubmitError};
+use crate::story::engine::{Accepted, Engine, SubmitError};
 use crate::story::Library;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics::Metrics;
-use queue::Queue;
+use queue::{Queue, Start};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::Sha256;
@@ -115,11 +115,11 @@ pub fn start(engine: Arc<Engine>, opts: &ServeOptions) -> anyhow::Result<(Router
     for id in engine.store.runs_in_state("running")? {
         tracing::warn!(run = %id, "resuming a run interrupted by the last shutdown");
         let story = engine.store.run_input(&id)?.map(|(s, _)| s).unwrap_or_default();
-        queue.push(id, &story, true, None);
+        queue.push(id, &story, Start::Resume, None);
     }
     for id in engine.store.runs_in_state("queued")? {
         let story = engine.store.run_input(&id)?.map(|(s, _)| s).unwrap_or_default();
-        queue.push(id, &story, false, None);
+        queue.push(id, &story, Start::FromStore, None);
     }
     schedule::start(engine.clone(), queue.clone(), &policy);
     let tokens = Arc::new(ApiTokens::load(&policy)?);
@@ -139,6 +139,8 @@ pub fn start(engine: Arc<Engine>, opts: &ServeOptions) -> anyhow::Result<(Router
 /// `warden serve`: resolves the settings, loads and checks the stories against
 /// the policy, opens the store, then serves until SIGTERM.
 pub async fn run(policy: Policy, flags: config::ServeFlags) -> anyhow::Result<()> {
+    let flags_workers = flags.workers.is_some() || policy.server.workers.is_some();
+    let available = config::available_memory();
     let settings = config::ServeSettings::resolve(flags, &policy.server)?;
     let library = Library::load_dir(&settings.stories)?;
     library.check(&policy)?;
@@ -148,7 +150,18 @@ pub async fn run(policy: Policy, flags: config::ServeFlags) -> anyhow::Result<()
         }
     }
     let store = Arc::new(RunStore::open(&settings.db)?);
-    let max_instances = (settings.workers as u32 * 4).max(64);
+    let max_instances = config::instance_pool(settings.workers);
+    let largest_grant = policy.grants.values().map(|g| g.limits.memory_bytes).max().unwrap_or(crate::limits::Limits::default().memory_bytes);
+    tracing::info!(
+        "{} workers, {max_instances} plugin instances at most ({}; each instance capped by its grant's memory, largest {} MiB)",
+        settings.workers,
+        match (flags_workers, available) {
+            (true, _) => "as configured".to_string(),
+            (false, Some(m)) => format!("sized from {:.1} GiB available memory; --workers to change", m as f64 / (1u64 << 30) as f64),
+            (false, None) => "available memory unknown; --workers to change".to_string(),
+        },
+        largest_grant >> 20
+    );
     let rt = Arc::new(Runtime::new(RuntimeConfig { max_instances, ..Default::default() })?);
     let engine = Arc::new(Engine::new(rt, Arc::new(policy), Arc::new(library), store));
     serve(engine, &settings.listen, ServeOptions { workers: settings.workers, drain: settings.drain }).await
@@ -267,9 +280,9 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
     if s.replays.first_time(story, &verified, now).is_err() {
         return error(StatusCode::CONFLICT, "this signed request was already received; a replay starts no run (send an Idempotency-Key to get the first run back)");
     }
-    let run_id = match s.engine.submit_once(story, input, "webhook", idempotency_key).await {
-        Ok((id, false)) => return (StatusCode::OK, Json(json!({"run_id": id, "status_url": format!("/api/runs/{id}"), "existing": true}))).into_response(),
-        Ok((id, true)) => id,
+    let run = match s.engine.accept(story, input, "webhook", idempotency_key, wait).await {
+        Ok(Accepted::Existing(id)) => return (StatusCode::OK, Json(json!({"run_id": id, "status_url": format!("/api/runs/{id}"), "existing": true}))).into_response(),
+        Ok(Accepted::New(run)) => run,
         Err(e) => {
             // No run was made: the sender may send the same request again.
             s.replays.forget(story, &verified);
@@ -279,15 +292,14 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
             };
         }
     };
+    let run_id = run.id.clone();
     if wait {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        s.queue.push(run_id.clone(), story, false, Some(tx));
-        return match rx.await {
-            Ok(result) => (StatusCode::OK, Json(result)).into_response(),
-            Err(_) => (StatusCode::ACCEPTED, Json(json!({"run_id": run_id}))).into_response(),
+        return match s.queue.run_now(run_id.clone(), story, Start::Accepted(run)).await {
+            Some(result) => (StatusCode::OK, Json(result)).into_response(),
+            None => (StatusCode::ACCEPTED, Json(json!({"run_id": run_id}))).into_response(),
         };
     }
-    s.queue.push(run_id.clone(), story, false, None);
+    s.queue.push(run_id.clone(), story, Start::Accepted(run), None);
     (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status_url": format!("/api/runs/{run_id}")}))).into_response()
 }
 

@@ -4,7 +4,7 @@
 
 use super::metrics::{Metrics, MetricsObserver};
 use crate::policy::Policy;
-use crate::story::engine::{Engine, RunResult};
+use crate::story::engine::{Engine, NewlyAccepted, RunResult};
 use futures::FutureExt as _;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -12,6 +12,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::task::TaskTracker;
+
+type PermitResult = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>;
+
+/// How a queued run starts.
+pub enum Start {
+    /// Just accepted: its story and input are at hand.
+    Accepted(NewlyAccepted),
+    /// Recorded earlier (queued at a restart): read from the store.
+    FromStore,
+    /// Interrupted by a restart: resumed (see [`Engine::resume`]).
+    Resume,
+}
 
 #[derive(Clone)]
 pub struct Queue {
@@ -43,28 +55,59 @@ impl Queue {
             .clone()
     }
 
-    /// Schedules a recorded run of `story`. `resume` continues an interrupted one.
-    pub fn push(&self, run_id: String, story: &str, resume: bool, done: Option<oneshot::Sender<RunResult>>) {
+    /// Schedules a recorded run of `story`: it starts when a worker and the
+    /// story's gate have room.
+    pub fn push(&self, run_id: String, story: &str, start: Start, done: Option<oneshot::Sender<RunResult>>) {
         let gate = self.story_gate(story);
         let q = self.clone();
         self.metrics.runs_queued.fetch_add(1, Ordering::Relaxed);
         self.tracker.spawn(async move {
-            let _story_permit = gate.acquire_owned().await;
-            let _worker = q.workers.clone().acquire_owned().await;
+            let story_permit = gate.acquire_owned().await;
+            let worker = q.workers.clone().acquire_owned().await;
             q.metrics.runs_queued.fetch_sub(1, Ordering::Relaxed);
-            q.metrics.runs_in_flight.fetch_add(1, Ordering::Relaxed);
-            let observer = MetricsObserver(&q.metrics);
-            let run = async { if resume { q.engine.resume(&run_id, &observer).await } else { q.engine.execute(&run_id, &observer).await } };
-            // A bug in warden that panics one run fails that run, recorded, and nothing else.
-            let result = match std::panic::AssertUnwindSafe(run).catch_unwind().await {
-                Ok(result) => result,
-                Err(panic) => q.engine.failed_by_host_bug(&run_id, &crate::runtime::panic_text(&panic)).await,
-            };
-            q.metrics.runs_in_flight.fetch_sub(1, Ordering::Relaxed);
+            let result = q.execute(run_id, start, (story_permit, worker)).await;
             if let Some(tx) = done {
                 let _ = tx.send(result);
             }
         });
+    }
+
+    /// Executes a recorded run on the caller's task when a worker and the
+    /// story's gate have room at once (no hand-over to another task);
+    /// otherwise queues it like [`Queue::push`]. Answers with its result.
+    pub async fn run_now(&self, run_id: String, story: &str, start: Start) -> Option<RunResult> {
+        let gate = self.story_gate(story);
+        let permits = gate.try_acquire_owned().ok().and_then(|s| Some((s, self.workers.clone().try_acquire_owned().ok()?)));
+        match permits {
+            // Tracked, so a shutdown drains it like any other run.
+            Some((story_permit, worker)) => Some(self.tracker.track_future(self.execute(run_id, start, (Ok(story_permit), Ok(worker)))).await),
+            None => {
+                let (tx, rx) = oneshot::channel();
+                self.push(run_id, story, start, Some(tx));
+                rx.await.ok()
+            }
+        }
+    }
+
+    /// Executes one run holding its permits; a panic in warden's own code
+    /// fails that run, recorded, and nothing else.
+    async fn execute(&self, run_id: String, start: Start, _permits: (PermitResult, PermitResult)) -> RunResult {
+        self.metrics.runs_in_flight.fetch_add(1, Ordering::Relaxed);
+        let observer = MetricsObserver(&self.metrics);
+        let engine = &self.engine;
+        let run = async {
+            match start {
+                Start::Accepted(run) => engine.execute_accepted(run, &observer).await,
+                Start::FromStore => engine.execute(&run_id, &observer).await,
+                Start::Resume => engine.resume(&run_id, &observer).await,
+            }
+        };
+        let result = match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+            Ok(result) => result,
+            Err(panic) => engine.failed_by_host_bug(&run_id, &crate::runtime::panic_text(&panic)).await,
+        };
+        self.metrics.runs_in_flight.fetch_sub(1, Ordering::Relaxed);
+        result
     }
 
     /// Waits for every accepted run to finish, up to `deadline`. True when all did.

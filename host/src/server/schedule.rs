@@ -1,9 +1,9 @@
 //! Cron schedules: each trigger with a `schedule` submits a run of its story
 //! (input `schedule_input`) at every upcoming time.
 
-use super::queue::Queue;
+use super::queue::{Queue, Start};
 use crate::policy::Policy;
-use crate::story::engine::Engine;
+use crate::story::engine::{Accepted, Engine};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -16,11 +16,12 @@ pub fn start(engine: Arc<Engine>, queue: Queue, policy: &Policy) {
             for next in schedule.upcoming(chrono::Utc) {
                 let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
                 tokio::time::sleep(wait).await;
-                match engine.submit(&story, input.clone(), "schedule").await {
-                    Ok(id) => {
-                        tracing::info!(story = %story, run = %id, "schedule fired");
-                        queue.push(id, &story, false, None);
+                match engine.accept(&story, input.clone(), "schedule", None, false).await {
+                    Ok(Accepted::New(run)) => {
+                        tracing::info!(story = %story, run = %run.id, "schedule fired");
+                        queue.push(run.id.clone(), &story, Start::Accepted(run), None);
                     }
+                    Ok(Accepted::Existing(_)) => unreachable!("no idempotency key"),
                     Err(e) => tracing::error!(story = %story, "scheduled run refused: {e}"),
                 }
             }

@@ -175,8 +175,8 @@ async fn a_run_that_panics_the_host_is_recorded_as_failed_and_its_neighbour_comp
     let (bad, good) = (engine.submit("bad", json!({}), "test").await.unwrap(), engine.submit("good", json!({}), "test").await.unwrap());
     let (tx_bad, rx_bad) = tokio::sync::oneshot::channel();
     let (tx_good, rx_good) = tokio::sync::oneshot::channel();
-    queue.push(bad.clone(), "bad", false, Some(tx_bad));
-    queue.push(good.clone(), "good", false, Some(tx_good));
+    queue.push(bad.clone(), "bad", Start::FromStore, Some(tx_bad));
+    queue.push(good.clone(), "good", Start::FromStore, Some(tx_good));
     let (bad_result, good_result) = (rx_bad.await.unwrap(), rx_good.await.unwrap());
     assert_eq!(bad_result.state, crate::story::RunState::Failed);
     assert!(bad_result.error.unwrap().message.contains("host bug"));

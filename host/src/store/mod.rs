@@ -10,6 +10,7 @@ use crate::invocation::LogLine;
 use serde::Serialize;
 use serde_json::Value;
 
+pub mod group;
 mod sqlite;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -105,18 +106,137 @@ pub struct RunFilter<'a> {
     pub offset: usize,
 }
 
-/// The run store's interface: what the story engine writes (through its
-/// recorder) and what the server and the CLI read. [`RunStore`] keeps it in
-/// SQLite; tests use stores that fail on demand.
-pub trait Store: Send + Sync {
-    fn create_run(&self, r: &NewRun) -> anyhow::Result<()>;
-    fn start_run(&self, id: &str) -> anyhow::Result<()>;
-    fn finish_run(&self, id: &str, state: &str, output: Option<&Value>, error: Option<&str>, failed_step: Option<&str>) -> anyhow::Result<()>;
-    fn step_started(&self, run: &str, step: &str, item: Option<usize>, kind: &str, input: Option<&Value>, attempt: u32) -> anyhow::Result<()>;
+/// One write to a run's record, owned so that it can wait in a group commit
+/// (see [`group`]). Timestamps are taken when the write is made, not when it
+/// is committed.
+#[derive(Debug, Clone)]
+pub enum Write {
+    CreateRun { id: String, story: String, team: String, trigger: String, input: String, parent: Option<(String, String)>, idempotency_key: Option<String>, at_ms: u64 },
+    StartRun { id: String, at_ms: u64 },
+    FinishRun { id: String, state: String, output: Option<String>, error: Option<String>, failed_step: Option<String>, at_ms: u64 },
+    StepStarted { run: String, step: String, item: Option<usize>, kind: String, input: Option<String>, attempt: u32, at_ms: u64 },
+    StepFinished { run: String, step: String, item: Option<usize>, kind: String, state: String, output: Option<String>, error: Option<String>, attempts: u32, at_ms: u64 },
+    Logs { run: String, step: String, lines: Vec<LogLine> },
+    /// Audit records, each already serialized.
+    Audit { run: String, step: String, records: Vec<(u64, String)> },
+}
+
+impl Write {
+    pub fn create_run(r: &NewRun) -> Write {
+        Write::CreateRun {
+            id: r.id.into(),
+            story: r.story.into(),
+            team: r.team.into(),
+            trigger: r.trigger.into(),
+            input: r.input.to_string(),
+            parent: r.parent.map(|(run, step)| (run.into(), step.into())),
+            idempotency_key: r.idempotency_key.map(Into::into),
+            at_ms: now_ms(),
+        }
+    }
+
+    pub fn start_run(id: &str) -> Write {
+        Write::StartRun { id: id.into(), at_ms: now_ms() }
+    }
+
+    pub fn finish_run(id: &str, state: &str, output: Option<&Value>, error: Option<&str>, failed_step: Option<&str>) -> Write {
+        Write::FinishRun { id: id.into(), state: state.into(), output: output.map(Value::to_string), error: error.map(Into::into), failed_step: failed_step.map(Into::into), at_ms: now_ms() }
+    }
+
+    pub fn step_started(run: &str, step: &str, item: Option<usize>, kind: &str, input: Option<&Value>, attempt: u32) -> Write {
+        Write::StepStarted { run: run.into(), step: step.into(), item, kind: kind.into(), input: input.map(Value::to_string), attempt, at_ms: now_ms() }
+    }
+
     #[allow(clippy::too_many_arguments)]
-    fn step_finished(&self, run: &str, step: &str, item: Option<usize>, kind: &str, state: &str, output: Option<&Value>, error: Option<&Value>, attempts: u32) -> anyhow::Result<()>;
-    fn add_logs(&self, run: &str, step: &str, lines: &[LogLine]) -> anyhow::Result<()>;
-    fn add_audit(&self, run: &str, step: &str, records: &[AuditRecord]) -> anyhow::Result<()>;
+    pub fn step_finished(run: &str, step: &str, item: Option<usize>, kind: &str, state: &str, output: Option<&Value>, error: Option<&Value>, attempts: u32) -> Write {
+        Write::StepFinished {
+            run: run.into(),
+            step: step.into(),
+            item,
+            kind: kind.into(),
+            state: state.into(),
+            output: output.map(Value::to_string),
+            error: error.map(Value::to_string),
+            attempts,
+            at_ms: now_ms(),
+        }
+    }
+
+    pub fn logs(run: &str, step: &str, lines: &[LogLine]) -> Write {
+        Write::Logs { run: run.into(), step: step.into(), lines: lines.to_vec() }
+    }
+
+    pub fn audit(run: &str, step: &str, records: &[AuditRecord]) -> anyhow::Result<Write> {
+        let records = records.iter().map(|r| Ok((r.at_ms, serde_json::to_string(r)?))).collect::<anyhow::Result<_>>()?;
+        Ok(Write::Audit { run: run.into(), step: step.into(), records })
+    }
+
+    /// The run whose record this is part of.
+    pub fn run(&self) -> &str {
+        match self {
+            Write::CreateRun { id, .. } | Write::StartRun { id, .. } | Write::FinishRun { id, .. } => id,
+            Write::StepStarted { run, .. } | Write::StepFinished { run, .. } | Write::Logs { run, .. } | Write::Audit { run, .. } => run,
+        }
+    }
+
+    /// The step whose record this is, if any.
+    pub fn step(&self) -> Option<&str> {
+        match self {
+            Write::CreateRun { .. } | Write::StartRun { .. } | Write::FinishRun { .. } => None,
+            Write::StepStarted { step, .. } | Write::StepFinished { step, .. } | Write::Logs { step, .. } | Write::Audit { step, .. } => Some(step),
+        }
+    }
+
+    /// The kind of write, as tests name it to fail it on purpose.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Write::CreateRun { .. } => "create_run",
+            Write::StartRun { .. } => "start_run",
+            Write::FinishRun { .. } => "finish_run",
+            Write::StepStarted { .. } => "step_started",
+            Write::StepFinished { .. } => "step_finished",
+            Write::Logs { .. } => "add_logs",
+            Write::Audit { .. } => "add_audit",
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    crate::audit::now_ms()
+}
+
+/// The run store's interface: what the story engine writes (through its
+/// recorder and [`group::GroupCommit`]) and what the server and the CLI read.
+/// [`RunStore`] keeps it in SQLite; tests use stores that fail on demand.
+pub trait Store: Send + Sync {
+    /// Applies `batch` in one transaction. `Err` means nothing was committed;
+    /// `Ok` holds one answer per write: a [`Conflict`] was not applied (and
+    /// did not stop the others).
+    fn apply(&self, batch: &[Write]) -> anyhow::Result<Vec<Result<(), Conflict>>>;
+
+    /// [`Store::apply`] of one write; a conflict is an error.
+    fn apply_one(&self, w: Write) -> anyhow::Result<()> {
+        match self.apply(std::slice::from_ref(&w))?.pop() {
+            Some(Err(conflict)) => Err(conflict.into()),
+            _ => Ok(()),
+        }
+    }
+    fn create_run(&self, r: &NewRun) -> anyhow::Result<()> {
+        self.apply_one(Write::create_run(r))
+    }
+    fn start_run(&self, id: &str) -> anyhow::Result<()> {
+        self.apply_one(Write::start_run(id))
+    }
+    fn finish_run(&self, id: &str, state: &str, output: Option<&Value>, error: Option<&str>, failed_step: Option<&str>) -> anyhow::Result<()> {
+        self.apply_one(Write::finish_run(id, state, output, error, failed_step))
+    }
+    fn step_started(&self, run: &str, step: &str, item: Option<usize>, kind: &str, input: Option<&Value>, attempt: u32) -> anyhow::Result<()> {
+        self.apply_one(Write::step_started(run, step, item, kind, input, attempt))
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn step_finished(&self, run: &str, step: &str, item: Option<usize>, kind: &str, state: &str, output: Option<&Value>, error: Option<&Value>, attempts: u32) -> anyhow::Result<()> {
+        self.apply_one(Write::step_finished(run, step, item, kind, state, output, error, attempts))
+    }
     /// Runs matching `filter`, newest first.
     fn find_runs(&self, filter: &RunFilter) -> anyhow::Result<Vec<RunSummary>>;
     /// Newest first. `story` and `state` filter; top-level runs only unless `include_children`.

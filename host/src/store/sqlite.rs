@@ -63,11 +63,12 @@ CREATE UNIQUE INDEX runs_by_idempotency_key ON runs(story, idempotency_key) WHER
 "#];
 
 pub struct RunStore {
+    /// Every write goes through this one connection.
     conn: Mutex<Connection>,
-}
-
-fn ms() -> u64 {
-    crate::audit::now_ms()
+    /// Reads, on their own connection so that they never wait for a write
+    /// (WAL lets a reader see the last commit while the writer works).
+    /// `None` in memory, where a second connection would be another database.
+    read: Option<Mutex<Connection>>,
 }
 
 fn json_col(v: Option<String>) -> Option<Value> {
@@ -84,7 +85,12 @@ impl RunStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        RunStore::with(conn)
+        let mut store = RunStore::with(conn)?;
+        let read = Connection::open(path).with_context(|| format!("cannot open the run store {}", path.display()))?;
+        read.busy_timeout(std::time::Duration::from_secs(5))?;
+        read.pragma_update(None, "query_only", true)?;
+        store.read = Some(Mutex::new(read));
+        Ok(store)
     }
 
     pub fn in_memory() -> anyhow::Result<RunStore> {
@@ -100,11 +106,18 @@ impl RunStore {
             conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))
                 .with_context(|| format!("run store migration {} failed", i + 1))?;
         }
-        Ok(RunStore { conn: Mutex::new(conn) })
+        Ok(RunStore { conn: Mutex::new(conn), read: None })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        match &self.read {
+            Some(read) => read.lock().unwrap_or_else(|p| p.into_inner()),
+            None => self.conn(),
+        }
     }
 
     fn summary(row: &rusqlite::Row) -> rusqlite::Result<RunSummary> {
@@ -124,86 +137,82 @@ impl RunStore {
     }
 }
 
+impl RunStore {
+    /// One write inside the batch's transaction. A failed statement undoes
+    /// only itself (SQLite's default `ABORT`); the caller decides the rest.
+    fn write_one(tx: &rusqlite::Transaction, w: &Write) -> rusqlite::Result<()> {
+        match w {
+            Write::CreateRun { id, story, team, trigger, input, parent, idempotency_key, at_ms } => {
+                tx.prepare_cached(
+                    "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms, idempotency_key) VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?
+                .execute(params![id, story, team, trigger, input, parent.as_ref().map(|p| &p.0), parent.as_ref().map(|p| &p.1), at_ms, idempotency_key])?;
+            }
+            Write::StartRun { id, at_ms } => {
+                tx.prepare_cached("UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, ?2) WHERE id = ?1")?.execute(params![id, at_ms])?;
+            }
+            Write::FinishRun { id, state, output, error, failed_step, at_ms } => {
+                tx.prepare_cached("UPDATE runs SET state = ?2, output = ?3, error = ?4, failed_step = ?5, finished_ms = ?6 WHERE id = ?1")?
+                    .execute(params![id, state, output, error, failed_step, at_ms])?;
+            }
+            Write::StepStarted { run, step, item, kind, input, attempt, at_ms } => {
+                tx.prepare_cached(
+                    "INSERT INTO steps (run_id, step_id, item, kind, state, input, attempts, started_ms) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)
+                     ON CONFLICT(run_id, step_id, item) DO UPDATE SET state = 'running', input = COALESCE(excluded.input, input), attempts = excluded.attempts",
+                )?
+                .execute(params![run, step, item.map_or(-1, |i| i as i64), kind, input, attempt, at_ms])?;
+            }
+            Write::StepFinished { run, step, item, kind, state, output, error, attempts, at_ms } => {
+                tx.prepare_cached(
+                    "INSERT INTO steps (run_id, step_id, item, kind, state, output, error, attempts, started_ms, finished_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+                     ON CONFLICT(run_id, step_id, item) DO UPDATE SET state = excluded.state, output = excluded.output, error = excluded.error, attempts = MAX(attempts, excluded.attempts), finished_ms = excluded.finished_ms",
+                )?
+                .execute(params![run, step, item.map_or(-1, |i| i as i64), kind, state, output, error, attempts, at_ms])?;
+            }
+            Write::Logs { run, step, lines } => {
+                let mut stmt = tx.prepare_cached("INSERT INTO logs (run_id, step_id, at_ms, level, source, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+                for l in lines {
+                    stmt.execute(params![run, step, l.at_ms, l.level, l.source, l.message])?;
+                }
+            }
+            Write::Audit { run, step, records } => {
+                let mut stmt = tx.prepare_cached("INSERT INTO audit (run_id, step_id, at_ms, record) VALUES (?1, ?2, ?3, ?4)")?;
+                for (at_ms, record) in records {
+                    stmt.execute(params![run, step, at_ms, record])?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Store for RunStore {
-    fn create_run(&self, r: &NewRun) -> anyhow::Result<()> {
-        let inserted = self.conn().prepare_cached(
-            "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms, idempotency_key) VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?.execute(params![r.id, r.story, r.team, r.trigger, r.input.to_string(), r.parent.map(|p| p.0), r.parent.map(|p| p.1), ms(), r.idempotency_key]);
-        match inserted {
-            Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE && r.idempotency_key.is_some() => {
-                Err(Conflict(format!("story {} already has a run for this Idempotency-Key", r.story)).into())
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn start_run(&self, id: &str) -> anyhow::Result<()> {
-        self.conn().prepare_cached("UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, ?2) WHERE id = ?1")?.execute(params![id, ms()])?;
-        Ok(())
-    }
-
-    fn finish_run(&self, id: &str, state: &str, output: Option<&Value>, error: Option<&str>, failed_step: Option<&str>) -> anyhow::Result<()> {
-        self.conn().prepare_cached(
-            "UPDATE runs SET state = ?2, output = ?3, error = ?4, failed_step = ?5, finished_ms = ?6 WHERE id = ?1",
-        )?.execute(params![id, state, output.map(|o| o.to_string()), error, failed_step, ms()],
-        )?;
-        Ok(())
-    }
-
-    fn step_started(&self, run: &str, step: &str, item: Option<usize>, kind: &str, input: Option<&Value>, attempt: u32) -> anyhow::Result<()> {
-        self.conn().prepare_cached(
-            "INSERT INTO steps (run_id, step_id, item, kind, state, input, attempts, started_ms) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)
-             ON CONFLICT(run_id, step_id, item) DO UPDATE SET state = 'running', input = COALESCE(excluded.input, input), attempts = excluded.attempts",
-        )?.execute(params![run, step, item.map_or(-1, |i| i as i64), kind, input.map(|i| i.to_string()), attempt, ms()],
-        )?;
-        Ok(())
-    }
-
-    fn step_finished(&self, run: &str, step: &str, item: Option<usize>, kind: &str, state: &str, output: Option<&Value>, error: Option<&Value>, attempts: u32) -> anyhow::Result<()> {
-        self.conn().prepare_cached(
-            "INSERT INTO steps (run_id, step_id, item, kind, state, output, error, attempts, started_ms, finished_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
-             ON CONFLICT(run_id, step_id, item) DO UPDATE SET state = excluded.state, output = excluded.output, error = excluded.error, attempts = MAX(attempts, excluded.attempts), finished_ms = excluded.finished_ms",
-        )?.execute(params![run, step, item.map_or(-1, |i| i as i64), kind, state, output.map(|o| o.to_string()), error.map(|e| e.to_string()), attempts, ms()],
-        )?;
-        Ok(())
-    }
-
-    fn add_logs(&self, run: &str, step: &str, lines: &[LogLine]) -> anyhow::Result<()> {
-        if lines.is_empty() {
-            return Ok(());
-        }
+    fn apply(&self, batch: &[Write]) -> anyhow::Result<Vec<Result<(), Conflict>>> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached("INSERT INTO logs (run_id, step_id, at_ms, level, source, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
-            for l in lines {
-                stmt.execute(params![run, step, l.at_ms, l.level, l.source, l.message])?;
+        // IMMEDIATE: take the write lock up front (waiting up to the busy
+        // timeout) rather than fail to upgrade a read lock half-way.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut answers = Vec::with_capacity(batch.len());
+        for w in batch {
+            match RunStore::write_one(&tx, w) {
+                Ok(()) => answers.push(Ok(())),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE && matches!(w, Write::CreateRun { idempotency_key: Some(_), .. }) =>
+                {
+                    let Write::CreateRun { story, .. } = w else { unreachable!() };
+                    answers.push(Err(Conflict(format!("story {story} already has a run for this Idempotency-Key"))));
+                }
+                // Anything else fails the batch: dropping `tx` rolls it back.
+                Err(e) => return Err(anyhow::Error::from(e).context(format!("{} of run {}", w.name(), w.run()))),
             }
         }
         tx.commit()?;
-        Ok(())
-    }
-
-    fn add_audit(&self, run: &str, step: &str, records: &[AuditRecord]) -> anyhow::Result<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached("INSERT INTO audit (run_id, step_id, at_ms, record) VALUES (?1, ?2, ?3, ?4)")?;
-            for r in records {
-                stmt.execute(params![run, step, r.at_ms, serde_json::to_string(r)?])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+        Ok(answers)
     }
 
     /// Newest first. `story` and `state` filter; top-level runs only unless `include_children`.
     fn find_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<RunSummary>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(
             "SELECT * FROM runs WHERE (?1 IS NULL OR story = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 OR parent_run IS NULL) AND (?6 IS NULL OR team = ?6)
              ORDER BY created_ms DESC, rowid DESC LIMIT ?4 OFFSET ?5",
@@ -213,38 +222,38 @@ impl Store for RunStore {
     }
 
     fn run_by_idempotency_key(&self, story: &str, key: &str) -> anyhow::Result<Option<String>> {
-        Ok(self.conn().query_row("SELECT id FROM runs WHERE story = ?1 AND idempotency_key = ?2", params![story, key], |r| r.get(0)).optional()?)
+        Ok(self.reader().query_row("SELECT id FROM runs WHERE story = ?1 AND idempotency_key = ?2", params![story, key], |r| r.get(0)).optional()?)
     }
 
     fn run_summary(&self, id: &str) -> anyhow::Result<Option<RunSummary>> {
-        Ok(self.conn().query_row("SELECT * FROM runs WHERE id = ?1", params![id], RunStore::summary).optional()?)
+        Ok(self.reader().query_row("SELECT * FROM runs WHERE id = ?1", params![id], RunStore::summary).optional()?)
     }
 
     /// The story and input of a run, to execute it (e.g. after a restart).
     fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>> {
         let row: Option<(String, String)> = self
-            .conn()
+            .reader()
             .query_row("SELECT story, input FROM runs WHERE id = ?1", params![id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         Ok(row.map(|(s, i)| (s, serde_json::from_str(&i).unwrap_or(Value::Null))))
     }
 
     fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached("SELECT id FROM runs WHERE state = ?1 AND parent_run IS NULL ORDER BY created_ms")?;
         let rows = stmt.query_map(params![state], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM runs WHERE parent_run IS NULL GROUP BY state ORDER BY state")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let Some((run, input, output)) = conn
             .query_row("SELECT *, input, output FROM runs WHERE id = ?1", params![id], |r| {
                 Ok((RunStore::summary(r)?, r.get::<_, String>("input")?, r.get::<_, Option<String>>("output")?))

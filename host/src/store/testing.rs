@@ -43,33 +43,11 @@ impl Flaky {
 }
 
 impl Store for Flaky {
-    fn create_run(&self, r: &NewRun) -> anyhow::Result<()> {
-        self.gate("create_run")?;
-        self.inner.create_run(r)
-    }
-    fn start_run(&self, id: &str) -> anyhow::Result<()> {
-        self.gate("start_run")?;
-        self.inner.start_run(id)
-    }
-    fn finish_run(&self, id: &str, state: &str, output: Option<&Value>, error: Option<&str>, failed_step: Option<&str>) -> anyhow::Result<()> {
-        self.gate("finish_run")?;
-        self.inner.finish_run(id, state, output, error, failed_step)
-    }
-    fn step_started(&self, run: &str, step: &str, item: Option<usize>, kind: &str, input: Option<&Value>, attempt: u32) -> anyhow::Result<()> {
-        self.gate("step_started")?;
-        self.inner.step_started(run, step, item, kind, input, attempt)
-    }
-    fn step_finished(&self, run: &str, step: &str, item: Option<usize>, kind: &str, state: &str, output: Option<&Value>, error: Option<&Value>, attempts: u32) -> anyhow::Result<()> {
-        self.gate("step_finished")?;
-        self.inner.step_finished(run, step, item, kind, state, output, error, attempts)
-    }
-    fn add_logs(&self, run: &str, step: &str, lines: &[LogLine]) -> anyhow::Result<()> {
-        self.gate("add_logs")?;
-        self.inner.add_logs(run, step, lines)
-    }
-    fn add_audit(&self, run: &str, step: &str, records: &[AuditRecord]) -> anyhow::Result<()> {
-        self.gate("add_audit")?;
-        self.inner.add_audit(run, step, records)
+    fn apply(&self, batch: &[Write]) -> anyhow::Result<Vec<Result<(), Conflict>>> {
+        for w in batch {
+            self.gate(w.name())?;
+        }
+        self.inner.apply(batch)
     }
     fn find_runs(&self, filter: &RunFilter) -> anyhow::Result<Vec<RunSummary>> {
         self.inner.find_runs(filter)

@@ -1,29 +1,33 @@
-//! The run recorder: the one place that writes a run's record. A write that
-//! fails is retried briefly; if the store still refuses, the recorder says so
-//! ([`StoreDown`]), the engine fails the run with that error, and
-//! [`StoreHealth`] reports the store unhealthy for a while ([`UNHEALTHY_FOR`]).
+//! The run recorder: the one place that writes a run's record, through the
+//! store's group commit ([`crate::store::group`]). Writes that must be
+//! durable before the run goes on are awaited — the run's creation, a step's
+//! start before its side effects, the run's end — and the step records in
+//! between are queued and committed with the next of those. If the store
+//! refuses, the recorder says so ([`StoreDown`]), the engine fails the run with
+//! that error, and [`StoreHealth`] reports the store unhealthy for a while.
 //! Never a run that claims success with a missing record.
 
-use super::state::{ErrorKind, RunState, StepError, StepState};
+use super::state::{RunState, StepError, StepState, ErrorKind};
 use crate::audit::AuditRecord;
 use crate::invocation::LogLine;
-use crate::store::{NewRun, Store};
+use crate::store::group::{GroupCommit, Refused};
+use crate::store::{NewRun, Store, Write};
 use serde_json::Value;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-/// Pauses between the attempts of one write: about a third of a second in all,
-/// enough for a lock held by a checkpoint or a busy neighbour to clear.
-const RETRY_PAUSES: [Duration; 3] = [Duration::from_millis(10), Duration::from_millis(50), Duration::from_millis(250)];
+pub use crate::store::group::{StoreHealth, UNHEALTHY_FOR};
 
-/// A write the store refused after every retry.
+/// A write the store refused after every retry (or that clashed).
 #[derive(Debug, Clone, PartialEq)]
-pub struct StoreDown(pub String);
+pub struct StoreDown {
+    pub why: String,
+    /// The step whose record is missing, when it is a step's.
+    pub step: Option<String>,
+}
 
 impl std::fmt::Display for StoreDown {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "run store unavailable: {}", self.0)
+        write!(f, "run store unavailable: {}", self.why)
     }
 }
 
@@ -33,116 +37,79 @@ impl From<StoreDown> for StepError {
     }
 }
 
-/// How long one refused write keeps the store reported unhealthy: long
-/// enough for a health check polling every few seconds to see it.
-pub const UNHEALTHY_FOR: Duration = Duration::from_secs(60);
-
-/// Whether writes reach the store; read by `/healthz` and metrics.
-pub struct StoreHealth {
-    last_failure: Mutex<Option<(Instant, String)>>,
-    failures: AtomicU64,
-    window: Duration,
-}
-
-impl Default for StoreHealth {
-    fn default() -> Self {
-        StoreHealth::with_window(UNHEALTHY_FOR)
-    }
-}
-
-impl StoreHealth {
-    /// Reports unhealthy for `window` after each refused write.
-    pub fn with_window(window: Duration) -> StoreHealth {
-        StoreHealth { last_failure: Mutex::new(None), failures: AtomicU64::new(0), window }
-    }
-
-    /// `Err(why)` while a write was refused within the window.
-    pub fn status(&self) -> Result<(), String> {
-        match &*self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some((at, why)) if at.elapsed() < self.window => Err(why.clone()),
-            _ => Ok(()),
-        }
-    }
-
-    /// Writes that failed after every retry, since start.
-    pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
-    }
-
-    fn refused(&self, why: String) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), why));
-    }
-}
-
-/// Runs a store call (SQLite takes a lock and may wait on the disk) without
-/// stalling the other tasks of this worker thread: on a multi-threaded
-/// runtime they move to another thread meanwhile.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
-
 /// Writes one run's record (and its sub-runs').
 #[derive(Clone)]
 pub struct Recorder {
-    store: Arc<dyn Store>,
+    writer: GroupCommit,
     pub health: Arc<StoreHealth>,
 }
 
 impl Recorder {
     pub fn new(store: Arc<dyn Store>, health: Arc<StoreHealth>) -> Recorder {
-        Recorder { store, health }
+        Recorder { writer: GroupCommit::start(store, health.clone()), health }
     }
 
-    /// Runs `write` until it succeeds or the retries are spent.
-    async fn write(&self, what: &str, write: impl Fn(&dyn Store) -> anyhow::Result<()>) -> Result<(), StoreDown> {
-        let mut pauses = RETRY_PAUSES.iter();
-        loop {
-            match blocking(|| write(self.store.as_ref())) {
-                Ok(()) => return Ok(()),
-                // A conflict is the store working: no retry, and not unhealthy.
-                Err(e) if e.is::<crate::store::Conflict>() => return Err(StoreDown(format!("{e}"))),
-                Err(e) => match pauses.next() {
-                    Some(pause) => tokio::time::sleep(*pause).await,
-                    None => {
-                        let why = format!("cannot record {what}: {e:#}");
-                        tracing::error!("run store unavailable: {why}");
-                        self.health.refused(why.clone());
-                        return Err(StoreDown(why));
-                    }
-                },
-            }
+    /// Commits `write` and what was queued before it; `Ok` once durable.
+    async fn commit(&self, write: Write) -> Result<(), StoreDown> {
+        match self.writer.commit(write).await {
+            Ok(()) => Ok(()),
+            // A conflict is the store working: the message says what clashed.
+            Err(Refused::Conflict(why)) => Err(StoreDown { why, step: None }),
+            Err(Refused::Down { why, step }) => Err(StoreDown { why, step }),
         }
     }
 
     pub async fn create_run(&self, r: &NewRun<'_>) -> Result<(), StoreDown> {
-        self.write(&format!("run {}", r.id), |s| s.create_run(r)).await
+        self.commit(Write::create_run(r)).await
     }
 
-    pub async fn start_run(&self, run: &str) -> Result<(), StoreDown> {
-        self.write(&format!("the start of run {run}"), |s| s.start_run(run)).await
+    /// Queued: for a run whose caller waits for its end (see `Engine::accept`).
+    pub fn create_run_queued(&self, r: &NewRun<'_>) {
+        self.writer.queue(Write::create_run(r))
+    }
+
+    /// Queued: a run marked running that did nothing yet simply starts again.
+    pub fn start_run(&self, run: &str) {
+        self.writer.queue(Write::start_run(run))
     }
 
     pub async fn finish_run(&self, run: &str, state: RunState, output: Option<&Value>, error: Option<&str>, failed_step: Option<&str>) -> Result<(), StoreDown> {
-        self.write(&format!("the end of run {run}"), |s| s.finish_run(run, state.as_str(), output, error, failed_step)).await
+        self.commit(Write::finish_run(run, state.as_str(), output, error, failed_step)).await
     }
 
+    /// Awaited: a step's side effects start only once its start is durable.
     pub async fn step_started(&self, at: &StepAt<'_>, input: Option<&Value>, attempt: u32) -> Result<(), StoreDown> {
-        self.write(&format!("step {} of run {}", at.step, at.run), |s| s.step_started(at.run, at.step, at.item, at.kind, input, attempt)).await
+        self.commit(Write::step_started(at.run, at.step, at.item, at.kind, input, attempt)).await
     }
 
-    pub async fn step_finished(&self, at: &StepAt<'_>, state: StepState, output: Option<&Value>, error: Option<&StepError>, attempts: u32) -> Result<(), StoreDown> {
+    /// Queued: committed with the run's next awaited write at the latest.
+    pub fn step_finished(&self, at: &StepAt<'_>, state: StepState, output: Option<&Value>, error: Option<&StepError>, attempts: u32) {
+        self.writer.queue(self.step_finished_write(at, state, output, error, attempts))
+    }
+
+    /// [`Recorder::step_finished`], awaited (when nothing else follows soon).
+    pub async fn step_finished_now(&self, at: &StepAt<'_>, state: StepState, output: Option<&Value>, error: Option<&StepError>, attempts: u32) -> Result<(), StoreDown> {
+        self.commit(self.step_finished_write(at, state, output, error, attempts)).await
+    }
+
+    fn step_finished_write(&self, at: &StepAt<'_>, state: StepState, output: Option<&Value>, error: Option<&StepError>, attempts: u32) -> Write {
         let error = error.map(|e| serde_json::to_value(e).unwrap_or(Value::Null));
-        self.write(&format!("step {} of run {}", at.step, at.run), |s| s.step_finished(at.run, at.step, at.item, at.kind, state.as_str(), output, error.as_ref(), attempts))
-            .await
+        Write::step_finished(at.run, at.step, at.item, at.kind, state.as_str(), output, error.as_ref(), attempts)
     }
 
-    pub async fn logs_and_audit(&self, run: &str, step: &str, logs: &[LogLine], audit: &[AuditRecord]) -> Result<(), StoreDown> {
-        self.write(&format!("the log of step {step} of run {run}"), |s| s.add_logs(run, step, logs)).await?;
-        self.write(&format!("the audit of step {step} of run {run}"), |s| s.add_audit(run, step, audit)).await
+    /// Queued, like the step record they belong to. Nothing is queued for an empty list.
+    pub fn logs_and_audit(&self, run: &str, step: &str, logs: &[LogLine], audit: &[AuditRecord]) {
+        if !logs.is_empty() {
+            self.writer.queue(Write::logs(run, step, logs));
+        }
+        if !audit.is_empty() {
+            match Write::audit(run, step, audit) {
+                Ok(w) => self.writer.queue(w),
+                // Serializing an audit record cannot fail (plain data); if it
+                // ever did, losing it silently would be worse than a log line.
+                Err(e) => tracing::error!(run, step, "cannot serialize an audit record: {e:#}"),
+            }
+        }
     }
 }
 

@@ -362,7 +362,9 @@ async fn a_store_that_refuses_writes_fails_the_run_loudly_and_reports_unhealthy(
     assert_eq!(r.state, RunState::Failed, "a run whose record is incomplete never claims success");
     let err = r.error.unwrap();
     assert_eq!(err.kind, ErrorKind::Store);
-    assert!(err.message.starts_with("run store unavailable: cannot record step first of run"), "{}", err.message);
+    // The first write of the run that is missing: the step's record (its
+    // audit and log commit with it, in one transaction).
+    assert!(err.message.starts_with("run store unavailable: cannot record ") && err.message.contains("step first of run"), "{}", err.message);
     assert!(err.message.contains("database or disk is full"), "{}", err.message);
     assert!(store.refused.load(Ordering::SeqCst) >= 4, "the write was retried before giving up");
     let why = e.store_health().status().unwrap_err();

@@ -101,6 +101,21 @@ impl<'a> StepRun<'a> {
 /// before any step) and why.
 type Outcome = Result<Value, (Option<String>, StepError)>;
 
+/// What [`Engine::accept`] did with a submission.
+pub enum Accepted {
+    /// A new run, durable in the store, not yet started.
+    New(NewlyAccepted),
+    /// The run this `Idempotency-Key` created before.
+    Existing(String),
+}
+
+/// A run just recorded, with what executing it needs.
+pub struct NewlyAccepted {
+    pub id: String,
+    pub story: Arc<Story>,
+    pub input: Value,
+}
+
 pub fn new_run_id() -> String {
     format!("r{}", uuid::Uuid::new_v4().simple())
 }
@@ -135,23 +150,49 @@ impl Engine {
 
     /// [`Engine::submit`], at most once per story and `idempotency_key`: a key
     /// seen before answers with its run, `(id, false)`, and records nothing.
-    pub async fn submit_once(&self, story: &str, mut input: Value, trigger: &str, idempotency_key: Option<&str>) -> Result<(String, bool), SubmitError> {
+    pub async fn submit_once(&self, story: &str, input: Value, trigger: &str, idempotency_key: Option<&str>) -> Result<(String, bool), SubmitError> {
+        self.accept(story, input, trigger, idempotency_key, false).await.map(|a| match a {
+            Accepted::New(run) => (run.id, true),
+            Accepted::Existing(id) => (id, false),
+        })
+    }
+
+    /// [`Engine::submit_once`], keeping what executing the new run needs.
+    ///
+    /// `waits`: the caller executes the run now and answers only with its
+    /// result (`?wait=true`). Then nobody is told the run exists before it
+    /// ends, so its creation need not be durable on its own: it commits with
+    /// the run's first awaited write (a side effect's start, or the end).
+    /// With an `Idempotency-Key` the creation is always awaited, since its
+    /// answer decides which run the caller gets.
+    pub async fn accept(&self, story: &str, mut input: Value, trigger: &str, idempotency_key: Option<&str>, waits: bool) -> Result<Accepted, SubmitError> {
         let s = self.library.get(story).ok_or_else(|| SubmitError::UnknownStory(story.to_string()))?;
         let existing = |key: &str| self.store.run_by_idempotency_key(&s.name, key).map_err(|e| SubmitError::Store(format!("run store unavailable: {e:#}")));
         if let Some(key) = idempotency_key {
             if let Some(id) = existing(key)? {
-                return Ok((id, false));
+                return Ok(Accepted::Existing(id));
             }
         }
         schema::validate(&s.input_schema, &mut input, "").map_err(SubmitError::InvalidInput)?;
         let id = new_run_id();
-        let created = self.recorder.create_run(&NewRun { id: &id, story: &s.name, team: &s.team, trigger, input: &input, parent: None, idempotency_key }).await;
+        let run = NewRun { id: &id, story: &s.name, team: &s.team, trigger, input: &input, parent: None, idempotency_key };
+        if waits && idempotency_key.is_none() {
+            self.recorder.create_run_queued(&run);
+            return Ok(Accepted::New(NewlyAccepted { id, story: s, input }));
+        }
+        let created = self.recorder.create_run(&run).await;
         match (created, idempotency_key) {
-            (Ok(()), _) => Ok((id, true)),
+            (Ok(()), _) => Ok(Accepted::New(NewlyAccepted { id, story: s, input })),
             // Two callers raced with one key: the store kept the first.
-            (Err(e), Some(key)) => existing(key)?.map(|id| (id, false)).ok_or_else(|| SubmitError::Store(e.to_string())),
+            (Err(e), Some(key)) => existing(key)?.map(Accepted::Existing).ok_or_else(|| SubmitError::Store(e.to_string())),
             (Err(e), None) => Err(SubmitError::Store(e.to_string())),
         }
+    }
+
+    /// Executes a run just accepted, from its first step, with the story and
+    /// input it was accepted with (nothing is read back from the store).
+    pub async fn execute_accepted(&self, run: NewlyAccepted, observer: &dyn Observer) -> RunResult {
+        self.run_story(run.story, run.id, run.input, 0, observer, Resume::default()).await
     }
 
     /// Submits and executes, waiting for the end.
@@ -190,7 +231,8 @@ impl Engine {
             let result = match outcome {
                 Ok(output) => match self.recorder.finish_run(&run_id, RunState::Succeeded, Some(&output), None, None).await {
                     Ok(()) => RunResult::succeeded(&run_id, output),
-                    Err(down) => self.fail_run(&run_id, None, down.into()).await,
+                    // A step record lost on the way fails the run at that step.
+                    Err(down) => self.fail_run(&run_id, down.step.clone(), down.into()).await,
                 },
                 Err((step, e)) => self.fail_run(&run_id, step, e).await,
             };
@@ -214,7 +256,7 @@ impl Engine {
     }
 
     async fn run_steps(&self, story: &Story, run_id: &str, input: Value, depth: usize, observer: &dyn Observer, resume: Resume) -> Outcome {
-        self.recorder.start_run(run_id).await.map_err(|e| (None, e.into()))?;
+        self.recorder.start_run(run_id);
         let mut ctx = Context::new(run_id, story, input);
         let mut last_output = Value::Null;
         for (id, status, output, error) in &resume.done {
@@ -245,7 +287,7 @@ impl Engine {
         if let Some(cond) = &step.condition {
             match render_str(cond, &ctx.value) {
                 Ok(v) if !truthy(&v) => {
-                    self.recorder.step_finished(&sr.at(None), StepState::Skipped, None, None, 0).await?;
+                    self.recorder.step_finished(&sr.at(None), StepState::Skipped, None, None, 0);
                     sr.finished(None, StepState::Skipped, Duration::ZERO, None);
                     ctx.set_step(&step.id, StepState::Skipped, Value::Null, None);
                     return Ok(None);
@@ -253,7 +295,7 @@ impl Engine {
                 Ok(_) => {}
                 Err(e) => {
                     let e = StepError::new(ErrorKind::Template, format!("if `{cond}`: {e}"));
-                    self.recorder.step_finished(&sr.at(None), StepState::Failed, None, Some(&e), 0).await?;
+                    self.recorder.step_finished(&sr.at(None), StepState::Failed, None, Some(&e), 0);
                     return Err(e);
                 }
             }
@@ -268,7 +310,7 @@ impl Engine {
                     Ok(out) => (StepState::Succeeded, Some(out), None),
                     Err(e) => (StepState::Failed, None, Some(e)),
                 };
-                self.recorder.step_finished(&sr.at(None), state, out, err, 1).await?;
+                self.recorder.step_finished(&sr.at(None), state, out, err, 1);
                 result
             }
         };
@@ -346,14 +388,14 @@ impl Engine {
             let elapsed = started.elapsed();
             match result {
                 Ok(out) => {
-                    self.recorder.step_finished(&at, StepState::Succeeded, Some(&out), None, attempt).await?;
+                    self.recorder.step_finished(&at, StepState::Succeeded, Some(&out), None, attempt);
                     sr.finished(item, StepState::Succeeded, elapsed, None);
                     return Ok(out);
                 }
                 Err(e) => {
                     let retry = step.retry.again(attempt, e.kind);
                     let state = if retry { StepState::Retrying } else { StepState::Failed };
-                    self.recorder.step_finished(&at, state, None, Some(&e), attempt).await?;
+                    self.recorder.step_finished(&at, state, None, Some(&e), attempt);
                     sr.finished(item, state, elapsed, Some(&e));
                     if !retry {
                         return Err(e);
@@ -392,7 +434,7 @@ impl Engine {
                 while let Ok(line) = rx.try_recv() {
                     sr.observer.event(&Event::Log { run, step: &step.id, line: &line, depth: sr.depth });
                 }
-                self.recorder.logs_and_audit(run, &step.id, &report.logs, &report.audit).await?;
+                self.recorder.logs_and_audit(run, &step.id, &report.logs, &report.audit);
                 for record in &report.audit {
                     sr.observer.event(&Event::Audit { run, step: &step.id, record });
                 }

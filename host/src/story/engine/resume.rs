@@ -59,7 +59,7 @@ impl Engine {
                         );
                         let e = StepError::new(ErrorKind::Interrupted, msg);
                         let at = StepAt { run: run_id, step: &step.id, item: None, kind: step.kind.name() };
-                        if let Err(down) = self.recorder.step_finished(&at, StepState::Failed, None, Some(&e), r.attempts).await {
+                        if let Err(down) = self.recorder.step_finished_now(&at, StepState::Failed, None, Some(&e), r.attempts).await {
                             return RunResult::failed(run_id, Some(step.id.clone()), down.into());
                         }
                         let msg = e.message.clone();

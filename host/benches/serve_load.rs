@@ -1,0 +1,333 @@
+//! `warden serve` under load, as a user runs it: the release binary in its own
+//! process, driven over loopback by an HTTP/1.1 load generator in this one
+//! (keep-alive connections, each sending its next request when the last was
+//! answered). In the same run it measures the *ceiling* for this shape of work
+//! on this machine — a bare axum handler doing one SQLite WAL insert per
+//! request, also in its own process (this binary, re-executed) — so every
+//! figure is also given as a fraction of a ceiling measured a minute apart.
+//!
+//!     cargo bench -p warden --bench serve_load
+//!
+//! Cases: one transform step and one Wasm action step with `?wait=true`
+//! (answered after the run completed), the Wasm step without waiting (202,
+//! completions per second), the 3-step story, and many concurrent runs
+//! sleeping in a polling loop at the default worker count.
+//!
+//! `WARDEN_BENCH_BIN=/path/to/warden` measures another build (an A/B pair).
+
+mod common;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "bench-secret";
+const CEILING_ENV: &str = "WARDEN_BENCH_CEILING_DB";
+
+/// One load generator connection: sends a request, waits for the answer, repeats.
+struct Conn {
+    send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Conn {
+    async fn open(port: u16) -> Conn {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        Conn { send }
+    }
+
+    async fn post(&mut self, path: &str, story: &str, body: String) -> (u16, Bytes) {
+        let sig = warden::server::sign(SECRET.as_bytes(), story, body.as_bytes());
+        let req = hyper::Request::post(path)
+            .header("host", "127.0.0.1")
+            .header("content-type", "application/json")
+            .header("x-warden-signature", sig)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        self.send.ready().await.unwrap();
+        let resp = self.send.send_request(req).await.unwrap();
+        let code = resp.status().as_u16();
+        (code, resp.into_body().collect().await.unwrap().to_bytes())
+    }
+}
+
+/// Requests answered per second and their latencies.
+struct Load {
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Closed loop: `conns` connections post to `path` for `secs`; every answer
+/// must carry `want`. Bodies are unique (a signed replay would be refused).
+async fn closed_loop(port: u16, path: &str, story: &str, want: u16, conns: usize, secs: f64) -> Load {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (stop, path, story) = (stop.clone(), path.to_string(), story.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::open(port).await;
+            let mut lat = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let body = format!(r#"{{"k": {}}}"#, SEQ.fetch_add(1, Ordering::Relaxed));
+                let t = Instant::now();
+                let (code, reply) = c.post(&path, &story, body).await;
+                assert_eq!(code, want, "{path}: {}", String::from_utf8_lossy(&reply));
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            lat
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut lat: Vec<f64> = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let at = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    Load { per_sec: lat.len() as f64 / elapsed, p50_ms: at(0.5), p99_ms: at(0.99) }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn wait_listening(port: u16, child: &mut Child) {
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the server exited before listening: {status}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the server did not listen on {port}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+    db: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Peak resident memory of the server process so far (VmHWM), in MiB.
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kib: f64 = status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0.0);
+        kib / 1024.0
+    }
+
+    /// Runs in the store that reached an end state.
+    fn finished_runs(&self) -> u64 {
+        let c = rusqlite::Connection::open_with_flags(&self.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        c.query_row("SELECT COUNT(*) FROM runs WHERE state IN ('succeeded', 'failed') AND parent_run IS NULL", [], |r| r.get(0)).unwrap()
+    }
+
+    fn failed_runs(&self) -> u64 {
+        let c = rusqlite::Connection::open_with_flags(&self.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        c.query_row("SELECT COUNT(*) FROM runs WHERE state = 'failed'", [], |r| r.get(0)).unwrap()
+    }
+}
+
+/// The ceiling: this binary re-executed as a bare axum + SQLite server.
+async fn start_ceiling(dir: &Path) -> Server {
+    let port = free_port();
+    let db = dir.join("ceiling.db");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(CEILING_ENV, &db)
+        .env("WARDEN_BENCH_PORT", port.to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(port, &mut child).await;
+    Server { child, port, db }
+}
+
+fn ceiling_server(db: &str, port: u16) {
+    use axum::routing::post;
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, input TEXT NOT NULL, created_ms INTEGER NOT NULL)").unwrap();
+    let conn = Arc::new(std::sync::Mutex::new(conn));
+    let app = axum::Router::new().route(
+        "/webhooks/{story}",
+        post(move |body: Bytes| {
+            let conn = conn.clone();
+            async move {
+                let id = format!("r{}", uuid::Uuid::new_v4().simple());
+                let input: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+                let c = conn.lock().unwrap();
+                c.prepare_cached("INSERT INTO runs (id, input, created_ms) VALUES (?1, ?2, ?3)").unwrap().execute(rusqlite::params![id, input.to_string(), now]).unwrap();
+                axum::Json(serde_json::json!({"run_id": id}))
+            }
+        }),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        axum::serve(listener, app).await.unwrap();
+    });
+}
+
+fn write_setup(dir: &Path, origin_port: u16, sleep_ms: u64) -> PathBuf {
+    let stories = dir.join("stories");
+    std::fs::create_dir_all(&stories).unwrap();
+    std::fs::write(stories.join("t1.yaml"), "name: t1\ninput: {type: object, required: [k]}\nsteps:\n  - id: seen\n    transform: {set: {k: \"{{ input.k }}\"}}\n").unwrap();
+    std::fs::write(stories.join("a1.yaml"), "name: a1\ninput: {type: object, required: [k]}\nsteps:\n  - id: echo\n    action: probe\n    with: {op: echo, k: \"{{ input.k }}\"}\n").unwrap();
+    std::fs::write(
+        stories.join("bench3.yaml"),
+        format!(
+            "name: bench3\ninput: {{type: object, required: [k]}}\nsteps:\n  - id: prep\n    transform: {{set: {{url: \"http://127.0.0.1:{origin_port}/json?k={{{{ input.k }}}}\"}}}}\n  - id: call\n    action: probe\n    with: {{op: call, url: \"{{{{ steps.prep.output.url }}}}\"}}\n  - id: done\n    transform: {{set: {{ok: \"{{{{ steps.call.output.ok }}}}\"}}}}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(stories.join("poll.yaml"), format!("name: poll\ninput: {{type: object}}\nsteps:\n  - id: wait\n    action: probe\n    with: {{op: sleep, ms: {sleep_ms}}}\n")).unwrap();
+    let mut policy = format!(
+        "[plugins.probe]\npath = \"{}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:{origin_port}/json\"]\n",
+        common::guest("probe").display()
+    );
+    for story in ["t1", "a1", "bench3", "poll"] {
+        policy.push_str(&format!("[triggers.{story}]\nsecret_env = \"BENCH_WEBHOOK_SECRET\"\nallow_sync = true\nconcurrency = 100000\n"));
+    }
+    let path = dir.join("warden.toml");
+    std::fs::write(&path, policy).unwrap();
+    path
+}
+
+async fn start_warden(dir: &Path, policy: &Path, name: &str) -> Server {
+    let port = free_port();
+    let db = dir.join(format!("{name}.db"));
+    // Another build for an A/B comparison: WARDEN_BENCH_BIN=path/to/warden.
+    let bin = std::env::var_os("WARDEN_BENCH_BIN").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_BIN_EXE_warden").into());
+    let mut child = Command::new(bin)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--policy")
+        .arg(policy)
+        .arg("--stories")
+        .arg(dir.join("stories"))
+        .arg("--db")
+        .arg(&db)
+        .env("WARDEN_CACHE_DIR", dir.join("cache"))
+        .env("BENCH_WEBHOOK_SECRET", SECRET)
+        .env("WARDEN_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(port, &mut child).await;
+    Server { child, port, db }
+}
+
+/// Posts `runs` webhooks without waiting for the runs, then waits until all
+/// finished: completions per second, first webhook to last completion.
+async fn completions(server: &Server, story: &str, runs: usize, conns: usize) -> f64 {
+    static SEQ: AtomicU64 = AtomicU64::new(1 << 40);
+    // Counted from the store, beyond the runs finished before.
+    let before = server.finished_runs();
+    let started = Instant::now();
+    let left = Arc::new(AtomicU64::new(runs as u64));
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (left, port, story) = (left.clone(), server.port, story.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::open(port).await;
+            let path = format!("/webhooks/{story}");
+            while left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+                let body = format!(r#"{{"k": {}}}"#, SEQ.fetch_add(1, Ordering::Relaxed));
+                let (code, reply) = c.post(&path, &story, body).await;
+                assert_eq!(code, 202, "{}", String::from_utf8_lossy(&reply));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    loop {
+        let done = server.finished_runs() - before;
+        if done >= runs as u64 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(600), "runs did not finish: {done} of {runs}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    runs as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    if let Ok(db) = std::env::var(CEILING_ENV) {
+        let port = std::env::var("WARDEN_BENCH_PORT").unwrap().parse().unwrap();
+        return ceiling_server(&db, port);
+    }
+    let full = common::full();
+    let secs = if full { 5.0 } else { 0.3 };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (origin, _rec) = warden_sim::origin::spawn().await.unwrap();
+        let dir = std::env::temp_dir().join(format!("warden-bench-load-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (sleepers, sleep_ms) = if full { (1500, 3000) } else { (20, 100) };
+        let policy = write_setup(&dir, origin.port(), sleep_ms);
+        println!("warden serve under load ({} s per case; load generator on the same cores)", secs);
+
+        let ceiling = start_ceiling(&dir).await;
+        let c16 = closed_loop(ceiling.port, "/webhooks/x", "x", 200, 16, secs).await;
+        let c2 = closed_loop(ceiling.port, "/webhooks/x", "x", 200, 2, secs).await;
+        drop(ceiling);
+        println!("  ceiling (axum + one SQLite insert)    c=16 {:>7.0}/s   c=2 {:>7.0}/s  p50 {:.3} ms", c16.per_sec, c2.per_sec, c2.p50_ms);
+
+        let show = |what: &str, l: &Load| {
+            println!(
+                "  {what:<38} {:>7.0}/s  {:>5.1} % of ceiling  p50 {:.3} ms  p99 {:.3} ms",
+                l.per_sec,
+                100.0 * l.per_sec / c16.per_sec,
+                l.p50_ms,
+                l.p99_ms
+            )
+        };
+        let w = start_warden(&dir, &policy, "runs").await;
+        // Warm up: plugin instantiation, the page cache, the connection pool.
+        closed_loop(w.port, "/webhooks/a1?wait=true", "a1", 200, 4, secs / 5.0).await;
+        show("1 transform, wait, c=16", &closed_loop(w.port, "/webhooks/t1?wait=true", "t1", 200, 16, secs).await);
+        show("1 transform, wait, c=2", &closed_loop(w.port, "/webhooks/t1?wait=true", "t1", 200, 2, secs).await);
+        show("1 Wasm action, wait, c=16", &closed_loop(w.port, "/webhooks/a1?wait=true", "a1", 200, 16, secs).await);
+        show("1 Wasm action, wait, c=2", &closed_loop(w.port, "/webhooks/a1?wait=true", "a1", 200, 2, secs).await);
+        show("3 steps (transform, HTTP action, transform), c=16", &closed_loop(w.port, "/webhooks/bench3?wait=true", "bench3", 200, 16, secs).await);
+        let runs = if full { 30_000 } else { 200 };
+        let rate = completions(&w, "a1", runs, 16).await;
+        println!("  {:<38} {:>7.0}/s  {:>5.1} % of ceiling  ({runs} runs)", "1 Wasm action, 202, completions", rate, 100.0 * rate / c16.per_sec);
+        assert_eq!(w.failed_runs(), 0, "bench runs failed");
+        drop(w);
+
+        // Many runs parked in a polling sleep, at the default worker count.
+        let w = start_warden(&dir, &policy, "sleepers").await;
+        let rate = completions(&w, "poll", sleepers, 16).await;
+        let took = sleepers as f64 / rate;
+        println!(
+            "  {sleepers} runs sleeping {sleep_ms} ms each, default workers: all done in {took:.1} s, server peak RSS {:.0} MiB",
+            w.peak_rss_mib()
+        );
+        assert_eq!(w.failed_runs(), 0, "sleeping runs failed");
+        drop(w);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
