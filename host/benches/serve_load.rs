@@ -173,7 +173,8 @@ fn ceiling_server(db: &str, port: u16) {
         post(move |body: Bytes| {
             let conn = conn.clone();
             async move {
-                let id = format!("r{}", uuid::Uuid::new_v4().simple());
+                // Time-ordered ids, as warden's own: the fairest ceiling.
+                let id = format!("r{}", uuid::Uuid::now_v7().simple());
                 let input: serde_json::Value = serde_json::from_slice(&body).unwrap();
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
                 let c = conn.lock().unwrap();

@@ -85,6 +85,8 @@ impl RunStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // The writer's page cache: 32 MiB, so a busy store's hot pages stay in memory.
+        conn.pragma_update(None, "cache_size", -32768)?;
         let mut store = RunStore::with(conn)?;
         let read = Connection::open(path).with_context(|| format!("cannot open the run store {}", path.display()))?;
         read.busy_timeout(std::time::Duration::from_secs(5))?;
