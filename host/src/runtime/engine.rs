@@ -28,7 +28,13 @@ pub(super) fn build_engine(max_instances: u32) -> anyhow::Result<Engine> {
         // touched pages are not at the start, so keeping them resident only
         // added memset time. Bounded: warm slots × 128 KiB stay resident.
         .table_keep_resident(64 << 10)
-        .async_stack_keep_resident(64 << 10);
+        .async_stack_keep_resident(64 << 10)
+        // Return finished instances' memory to the kernel 16 at a time: each
+        // madvise shoots down TLBs on every core, which under load took 13 %
+        // of the workers' time one by one (BENCHMARKS.md). Slots are only
+        // reused after their batch is decommitted, so nothing leaks between
+        // invocations; at most 16 dead instances' touched pages wait.
+        .decommit_batch_size(16);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     match Engine::new(&config) {
         Ok(engine) => Ok(engine),
