@@ -1,6 +1,7 @@
 //! Group commit: one writer thread owns the store's writes and commits
 //! whatever arrived while the previous commit ran, in one transaction. Under
-//! load many runs share a commit; alone, a write waits for no timer.
+//! load many runs share a commit; alone, an awaited write waits for no timer,
+//! and queued writes wait at most [`QUEUED_FLUSH`] (1 ms).
 //!
 //! A write is either *awaited* (its caller continues only once it is
 //! committed: a run's creation before its `202`, a step's start before its
@@ -19,7 +20,6 @@
 use super::{Conflict, Store, Write};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -90,38 +90,104 @@ struct Pending {
     answer: Option<Answer>,
 }
 
+/// How long a queued write may wait for an awaited one to share its commit.
+const QUEUED_FLUSH: Duration = Duration::from_millis(1);
+
+/// Writes waiting for the writer. The writer is woken for an awaited write
+/// (or the first queued write into an empty inbox, to start the
+/// [`QUEUED_FLUSH`] clock), not for every write: under load a run's queued
+/// writes ride along with the next commit without a wake-up of their own.
+#[derive(Default)]
+struct Inbox {
+    state: Mutex<InboxState>,
+    ready: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct InboxState {
+    writes: Vec<Pending>,
+    /// Commit without waiting longer: an awaited write is waiting, or the
+    /// queued ones have waited [`QUEUED_FLUSH`].
+    commit_now: bool,
+    /// The writer is waiting on `ready`.
+    idle: bool,
+    /// Every handle is gone: commit what is left, then stop.
+    closed: bool,
+    /// The writer thread ended (it only does after `closed`, or by a bug).
+    stopped: bool,
+}
+
+impl Inbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InboxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The last handle's drop closes the inbox.
+struct Handle(Arc<Inbox>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.ready.notify_one();
+    }
+}
+
 /// The handle writes are sent through; the writer thread stops when the last
 /// handle is dropped, after committing what was sent.
 #[derive(Clone)]
 pub struct GroupCommit {
-    tx: mpsc::Sender<Pending>,
+    handle: Arc<Handle>,
 }
 
 impl GroupCommit {
     pub fn start(store: Arc<dyn Store>, health: Arc<StoreHealth>) -> GroupCommit {
-        let (tx, rx) = mpsc::channel();
+        let inbox = Arc::new(Inbox::default());
+        let writer = Writer { store, health, lost: HashMap::new(), inbox: inbox.clone() };
         std::thread::Builder::new()
             .name("warden-store-writer".into())
-            .spawn(move || Writer { store, health, lost: HashMap::new() }.run(rx))
+            .spawn(move || writer.run())
             .expect("cannot start the run store's writer thread");
-        GroupCommit { tx }
+        GroupCommit { handle: Arc::new(Handle(inbox)) }
     }
 
     /// Commits `write` (with whatever else is waiting) and answers once it is durable.
     pub async fn commit(&self, write: Write) -> Result<(), Refused> {
         let (answer, rx) = oneshot::channel();
-        let what = describe(&write);
-        if self.tx.send(Pending { write, answer: Some(answer) }).is_err() {
-            return Err(Refused::Down { why: format!("cannot record {what}: the run store's writer has stopped"), step: None });
+        let inbox = &self.handle.0;
+        {
+            let mut st = inbox.lock();
+            if st.stopped {
+                return Err(writer_stopped(&write));
+            }
+            st.writes.push(Pending { write, answer: Some(answer) });
+            st.commit_now = true;
+            if st.idle {
+                inbox.ready.notify_one();
+            }
         }
-        rx.await.unwrap_or_else(|_| Err(Refused::Down { why: format!("cannot record {what}: the run store's writer has stopped"), step: None }))
+        // Dropped unanswered only if the writer thread died.
+        rx.await.unwrap_or_else(|_| Err(Refused::Down { why: "cannot record a write: the run store's writer has stopped".into(), step: None }))
     }
 
-    /// Queues `write` for the next commit without waiting for it.
+    /// Queues `write` for the next commit without waiting for it: at the
+    /// latest [`QUEUED_FLUSH`] later, sooner with an awaited write.
     pub fn queue(&self, write: Write) {
+        let inbox = &self.handle.0;
+        let mut st = inbox.lock();
         // If the writer has stopped, the run's next awaited write says so.
-        let _ = self.tx.send(Pending { write, answer: None });
+        if st.stopped {
+            return;
+        }
+        st.writes.push(Pending { write, answer: None });
+        if st.idle && (st.writes.len() == 1 || st.writes.len() >= MAX_BATCH) {
+            inbox.ready.notify_one();
+        }
     }
+}
+
+fn writer_stopped(w: &Write) -> Refused {
+    Refused::Down { why: format!("cannot record {}: the run store's writer has stopped", describe(w)), step: w.step().map(String::from) }
 }
 
 /// Whether `w` records a run's failure: always allowed, even for a run with a lost write.
@@ -142,6 +208,7 @@ fn describe(w: &Write) -> String {
 }
 
 struct Writer {
+    inbox: Arc<Inbox>,
     store: Arc<dyn Store>,
     health: Arc<StoreHealth>,
     /// Runs with a queued write that was lost: why, and the step it recorded.
@@ -149,16 +216,52 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Pending>) {
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
+    fn run(mut self) {
+        /// Marks the writer stopped however it ends, and drops what waits
+        /// unanswered (each awaited caller then hears the writer stopped).
+        struct Stopped(Arc<Inbox>);
+        impl Drop for Stopped {
+            fn drop(&mut self) {
+                let mut st = self.0.lock();
+                st.stopped = true;
+                st.writes.clear();
+            }
+        }
+        let _stopped = Stopped(self.inbox.clone());
+        while let Some(batch) = self.next_batch() {
+            self.commit(batch);
+        }
+    }
+
+    /// Waits for an awaited write, [`MAX_BATCH`] writes, or queued writes
+    /// [`QUEUED_FLUSH`] old; takes everything waiting. `None` once closed and empty.
+    fn next_batch(&self) -> Option<Vec<Pending>> {
+        let mut st = self.inbox.lock();
+        loop {
+            if st.commit_now || st.writes.len() >= MAX_BATCH || (st.closed && !st.writes.is_empty()) {
+                st.commit_now = false;
+                let take = st.writes.len().min(MAX_BATCH);
+                let rest = st.writes.split_off(take);
+                let batch = std::mem::replace(&mut st.writes, rest);
+                // What is left over (past MAX_BATCH) may hold an awaited write.
+                st.commit_now = st.writes.iter().any(|p| p.answer.is_some());
+                return Some(batch);
+            }
+            if st.closed {
+                return None;
+            }
+            st.idle = true;
+            if st.writes.is_empty() {
+                st = self.inbox.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+                st.idle = false;
+            } else {
+                let (next, waited) = self.inbox.ready.wait_timeout(st, QUEUED_FLUSH).unwrap_or_else(|p| p.into_inner());
+                st = next;
+                st.idle = false;
+                if waited.timed_out() && !st.writes.is_empty() {
+                    st.commit_now = true;
                 }
             }
-            self.commit(batch);
         }
     }
 
@@ -312,6 +415,37 @@ mod tests {
         writer.commit(Write::finish_run("r1", "succeeded", Some(&json!({"x": 1})), None, None)).await.unwrap();
         let d = store.get_run("r1").unwrap().expect("the queued creation is committed");
         assert_eq!((d.run.state.as_str(), d.steps.len()), ("succeeded", 1));
+    }
+
+    #[tokio::test]
+    async fn queued_writes_commit_soon_without_an_awaited_one() {
+        let store = Arc::new(RunStore::in_memory().unwrap());
+        let writer = GroupCommit::start(store.clone(), Arc::default());
+        writer.queue(create("r1", None));
+        for _ in 0..200 {
+            if store.run_summary("r1").unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(store.run_summary("r1").unwrap().is_some(), "a queued write waited for an awaited one that never came");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_last_handle_commits_what_was_queued() {
+        let store = Arc::new(RunStore::in_memory().unwrap());
+        let writer = GroupCommit::start(store.clone(), Arc::default());
+        for i in 0..100 {
+            writer.queue(create(&format!("r{i}"), None));
+        }
+        drop(writer);
+        for _ in 0..200 {
+            if store.count_by_state().unwrap() == vec![("queued".to_string(), 100)] {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("queued writes were lost at shutdown: {:?}", store.count_by_state().unwrap());
     }
 
     #[tokio::test]
