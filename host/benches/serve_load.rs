@@ -13,7 +13,8 @@
 //! completions per second), the 3-step story, and many concurrent runs
 //! sleeping in a polling loop at the default worker count.
 //!
-//! `WARDEN_BENCH_BIN=/path/to/warden` measures another build (an A/B pair).
+//! `WARDEN_BENCH_BIN=/path/to/warden` measures another build (an A/B pair);
+//! `WARDEN_BENCH_ONLY=text` runs only the cases whose label contains `text`.
 
 mod common;
 
@@ -308,27 +309,41 @@ fn main() {
         let w = start_warden(&dir, &policy, "runs").await;
         // Warm up: plugin instantiation, the page cache, the connection pool.
         closed_loop(w.port, "/webhooks/a1?wait=true", "a1", 200, 4, secs / 5.0).await;
-        show("1 transform, wait, c=16", &closed_loop(w.port, "/webhooks/t1?wait=true", "t1", 200, 16, secs).await);
-        show("1 transform, wait, c=2", &closed_loop(w.port, "/webhooks/t1?wait=true", "t1", 200, 2, secs).await);
-        show("1 Wasm action, wait, c=16", &closed_loop(w.port, "/webhooks/a1?wait=true", "a1", 200, 16, secs).await);
-        show("1 Wasm action, wait, c=2", &closed_loop(w.port, "/webhooks/a1?wait=true", "a1", 200, 2, secs).await);
-        show("3 steps (transform, HTTP action, transform), c=16", &closed_loop(w.port, "/webhooks/bench3?wait=true", "bench3", 200, 16, secs).await);
-        let runs = if full { 30_000 } else { 200 };
-        let rate = completions(&w, "a1", runs, 16).await;
-        println!("  {:<38} {:>7.0}/s  {:>5.1} % of ceiling  ({runs} runs)", "1 Wasm action, 202, completions", rate, 100.0 * rate / c16.per_sec);
+        // WARDEN_BENCH_ONLY=text: only the cases whose label contains it (the ceiling always runs).
+        let only = std::env::var("WARDEN_BENCH_ONLY").ok();
+        let want = |label: &str| only.as_deref().is_none_or(|o| label.contains(o));
+        let closed = [
+            ("1 transform, wait, c=16", "t1", 16),
+            ("1 transform, wait, c=2", "t1", 2),
+            ("1 Wasm action, wait, c=16", "a1", 16),
+            ("1 Wasm action, wait, c=2", "a1", 2),
+            ("3 steps (transform, HTTP action, transform), c=16", "bench3", 16),
+        ];
+        for (label, story, conns) in closed {
+            if want(label) {
+                show(label, &closed_loop(w.port, &format!("/webhooks/{story}?wait=true"), story, 200, conns, secs).await);
+            }
+        }
+        let label = "1 Wasm action, 202, completions";
+        if want(label) {
+            let runs = if full { 30_000 } else { 200 };
+            let rate = completions(&w, "a1", runs, 16).await;
+            println!("  {label:<38} {rate:>7.0}/s  {:>5.1} % of ceiling  ({runs} runs)", 100.0 * rate / c16.per_sec);
+        }
         assert_eq!(w.failed_runs(), 0, "bench runs failed");
         drop(w);
 
-        // Many runs parked in a polling sleep, at the default worker count.
-        let w = start_warden(&dir, &policy, "sleepers").await;
-        let rate = completions(&w, "poll", sleepers, 16).await;
-        let took = sleepers as f64 / rate;
-        println!(
-            "  {sleepers} runs sleeping {sleep_ms} ms each, default workers: all done in {took:.1} s, server peak RSS {:.0} MiB",
-            w.peak_rss_mib()
-        );
-        assert_eq!(w.failed_runs(), 0, "sleeping runs failed");
-        drop(w);
+        if want("sleeping") {
+            // Many runs parked in a polling sleep, at the default worker count.
+            let w = start_warden(&dir, &policy, "sleepers").await;
+            let rate = completions(&w, "poll", sleepers, 16).await;
+            let took = sleepers as f64 / rate;
+            println!(
+                "  {sleepers} runs sleeping {sleep_ms} ms each, default workers: all done in {took:.1} s, server peak RSS {:.0} MiB",
+                w.peak_rss_mib()
+            );
+            assert_eq!(w.failed_runs(), 0, "sleeping runs failed");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
