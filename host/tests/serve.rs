@@ -22,11 +22,15 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, workers: usize) -> Server {
+        Server::start_on(dir, workers, dir.join("runs.db").as_os_str())
+    }
+
+    fn start_on(dir: &Path, workers: usize, db: &std::ffi::OsStr) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(env!("CARGO_BIN_EXE_warden"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--workers", &workers.to_string()])
             .arg("--db")
-            .arg(dir.join("runs.db"))
+            .arg(db)
             .arg("--policy")
             .arg(dir.join("warden.toml"))
             .arg("--stories")
@@ -351,5 +355,95 @@ async fn sigkill_under_load_breaks_no_answered_promise_and_repeats_no_side_effec
             assert!(why.contains("interrupted by a restart during step call"), "a run failed without the reason: {r}");
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A schema of its own in the test PostgreSQL database (`WARDEN_TEST_POSTGRES`).
+struct PgSchema {
+    base: String,
+    name: String,
+}
+
+impl PgSchema {
+    async fn new(tag: &str) -> PgSchema {
+        let base = std::env::var("WARDEN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let name = format!("warden_{tag}_{}", std::process::id());
+        pg_admin(&base, &format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}")).await;
+        PgSchema { base, name }
+    }
+    fn url(&self) -> String {
+        format!("{}?options=-c%20search_path%3D{}", self.base, self.name)
+    }
+}
+
+async fn pg_admin(url: &str, sql: &str) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} is needed for this test (set WARDEN_TEST_POSTGRES): {e}"));
+    tokio::spawn(conn);
+    client.batch_execute(sql).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_keeps_its_runs_in_postgres_and_a_second_node_is_refused() {
+    let pg = PgSchema::new("serve").await;
+    let dir = setup("postgres", &[("quick.yaml", QUICK)], "[triggers.quick]\nsecret_env = \"WEBHOOK_SECRET\"\nallow_sync = true\n");
+    let url = pg.url();
+    let srv = Server::start_on(&dir, 2, std::ffi::OsStr::new(&url));
+    let body = r#"{"num": 7}"#;
+    let (code, v) = post(&srv.base, "quick?wait=true", body, Some(sign("quick", body)), "application/json").await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let id = v["run_id"].as_str().unwrap().to_string();
+    assert_eq!(get(&srv.base, &format!("/api/runs/{id}")).await["steps"][0]["output"]["num"], 7);
+
+    // A second node on the same store would resume the first one's runs: refused, saying why.
+    let second = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--db", &url, "--policy"])
+        .arg(dir.join("warden.toml"))
+        .arg("--stories")
+        .arg(dir.join("stories"))
+        .env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache"))
+        .env("WEBHOOK_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another `warden serve` is using this PostgreSQL database"), "{err}");
+
+    // The CLI reads the same store.
+    let listed = Command::new(env!("CARGO_BIN_EXE_warden")).args(["runs", "list", "--db", &url]).output().unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&id), "{}", String::from_utf8_lossy(&listed.stderr));
+    drop(srv);
+    pg_admin(&pg.base, &format!("DROP SCHEMA {} CASCADE", pg.name)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_check_and_migrate_say_where_a_store_stands() {
+    let warden = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_warden")).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let pg = PgSchema::new("db").await;
+    let dir = std::env::temp_dir().join(format!("warden-db-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sqlite = dir.join("runs.db").to_string_lossy().into_owned();
+    for db in [pg.url(), sqlite] {
+        let (code, text) = warden(&["db", "check", "--db", &db]);
+        assert_eq!(code, Some(1), "{text}");
+        assert!(text.contains("schema 0, this warden's is") && text.contains("warden db migrate"), "{text}");
+        let (code, text) = warden(&["db", "migrate", "--db", &db]);
+        assert_eq!(code, Some(0), "{text}");
+        let (code, text) = warden(&["db", "check", "--db", &db]);
+        assert_eq!(code, Some(0), "{text}");
+        assert!(text.contains("(this warden's)"), "{text}");
+    }
+    pg_admin(&pg.base, &format!("UPDATE {}.warden_schema SET version = 999", pg.name)).await;
+    let (code, text) = warden(&["db", "check", "--db", &pg.url()]);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("written by a newer warden"), "{text}");
+    pg_admin(&pg.base, &format!("DROP SCHEMA {} CASCADE", pg.name)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,6 +2,7 @@
 
 mod action;
 mod common;
+mod db;
 mod explain;
 mod plugin;
 mod policy;
@@ -40,6 +41,9 @@ pub enum Command {
     /// Inspect recorded runs.
     #[command(subcommand)]
     Runs(runs::RunsCmd),
+    /// The run store's schema: migrate or check.
+    #[command(subcommand)]
+    Db(db::DbCmd),
     /// Serve webhooks, the run API and metrics; run schedules; execute runs durably.
     Serve {
         /// Address to listen on (default: [server] listen, else 127.0.0.1:8080).
@@ -74,7 +78,7 @@ pub struct PolicyArg {
 
 #[derive(Args)]
 pub struct DbArg {
-    /// The run store (SQLite; created and migrated as needed).
+    /// The run store: a SQLite file (created and migrated as needed) or postgres://USER@HOST/DB.
     #[arg(long, env = "WARDEN_DB", default_value = warden::server::config::DEFAULT_DB)]
     pub db: PathBuf,
 }
@@ -93,6 +97,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin(cmd) => plugin::run(cmd).await,
         Command::Story(cmd) => story::run(cmd).await,
         Command::Runs(cmd) => runs::run(cmd),
+        Command::Db(cmd) => db::run(cmd),
         Command::Serve { listen, db, policy, stories, workers, drain_secs, log_json: _ } => {
             let policy = common::load_policy(&policy)?;
             let flags = warden::server::config::ServeFlags { listen, db, stories, workers, drain_secs };

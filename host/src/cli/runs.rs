@@ -4,7 +4,6 @@ use super::{progress, DbArg};
 use anyhow::anyhow;
 use clap::Subcommand;
 use std::process::ExitCode;
-use warden::store::{RunStore, Store};
 
 #[derive(Subcommand)]
 pub enum RunsCmd {
@@ -34,7 +33,7 @@ pub enum RunsCmd {
 pub fn run(cmd: RunsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         RunsCmd::List { db, story, state, limit, json } => {
-            let store = RunStore::open(&db.db)?;
+            let store = warden::store::open(&db.db)?;
             let runs = store.list_runs(story.as_deref(), state.as_deref(), false, limit, 0)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&runs)?);
@@ -50,7 +49,7 @@ pub fn run(cmd: RunsCmd) -> anyhow::Result<ExitCode> {
             }
         }
         RunsCmd::Show { id, db, json } => {
-            let store = RunStore::open(&db.db)?;
+            let store = warden::store::open(&db.db)?;
             let Some(run) = store.get_run(&id)? else {
                 return Err(anyhow!("no run `{id}` in {} (see `warden runs list`)", db.db.display()));
             };

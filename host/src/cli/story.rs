@@ -69,7 +69,7 @@ pub async fn run(cmd: StoryCmd) -> anyhow::Result<ExitCode> {
             let input: serde_json::Value = serde_json::from_str(&read_input(&input)?)?;
             let (library, name) = load_library(&story, stories.stories.as_deref())?;
             library.check(&policy)?;
-            let store = Arc::new(warden::store::RunStore::open(&db.db)?);
+            let store = warden::store::open(&db.db)?;
             let rt = Arc::new(Runtime::new(RuntimeConfig::default())?);
             let engine = Engine::new(rt, policy, Arc::new(library), store);
             let observer: Box<dyn Observer> = if quiet { Box::new(Quiet) } else { Box::new(progress::Progress::new()) };

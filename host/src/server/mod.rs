@@ -15,7 +15,7 @@ pub mod signature;
 
 use crate::policy::Policy;
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::store::{RunFilter, RunStore};
+use crate::store::RunFilter;
 use crate::story::engine::{Accepted, Engine, SubmitError};
 use crate::story::Library;
 use axum::body::Bytes;
@@ -149,7 +149,7 @@ pub async fn run(policy: Policy, flags: config::ServeFlags) -> anyhow::Result<()
             anyhow::bail!("{}: [triggers.{name}] names a story that is not in {}", policy.file, settings.stories.display());
         }
     }
-    let store = Arc::new(RunStore::open(&settings.db)?);
+    let store = crate::store::open_for_serving(&settings.db)?;
     let max_instances = config::instance_pool(settings.workers);
     let largest_grant = policy.grants.values().map(|g| g.limits.memory_bytes).max().unwrap_or(crate::limits::Limits::default().memory_bytes);
     tracing::info!(

@@ -1,6 +1,7 @@
 //! The server in-process: webhooks, the run API, health and panics.
 use super::*;
 use crate::store::testing::Flaky;
+use crate::store::RunStore;
 use crate::story::invoke::PolicyInvoker;
 
 /// A served policy and its stories, in a folder of their own.

@@ -11,11 +11,55 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub mod group;
+pub mod postgres;
 mod sqlite;
 #[cfg(test)]
 pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
 
+pub use postgres::PgStore;
 pub use sqlite::RunStore;
+
+/// Opens the run store `db` names: a PostgreSQL URL (`postgres://…`,
+/// `postgresql://…`), or a SQLite file (`sqlite://PATH` or a plain path).
+pub fn open(db: &std::path::Path) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    let text = db.to_string_lossy();
+    if postgres::is_postgres_url(&text) {
+        return Ok(std::sync::Arc::new(PgStore::connect(&text)?));
+    }
+    let path = text.strip_prefix("sqlite://").map(std::path::PathBuf::from).unwrap_or_else(|| db.to_path_buf());
+    Ok(std::sync::Arc::new(RunStore::open(&path)?))
+}
+
+/// A store's schema version, and the one this warden writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SchemaStatus {
+    pub found: usize,
+    pub known: usize,
+}
+
+/// The schema version of the store `db` names, changing nothing (0: no store there yet).
+pub fn schema_status(db: &std::path::Path) -> anyhow::Result<SchemaStatus> {
+    let text = db.to_string_lossy();
+    if postgres::is_postgres_url(&text) {
+        return postgres::schema_status(&text);
+    }
+    let path = text.strip_prefix("sqlite://").map(std::path::PathBuf::from).unwrap_or_else(|| db.to_path_buf());
+    sqlite::schema_status(&path)
+}
+
+/// [`open`], for `warden serve`: a PostgreSQL database is claimed for this
+/// one node (see [`PgStore::claim_single_node`]).
+pub fn open_for_serving(db: &std::path::Path) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    let text = db.to_string_lossy();
+    if postgres::is_postgres_url(&text) {
+        let store = PgStore::connect(&text)?;
+        store.claim_single_node()?;
+        return Ok(std::sync::Arc::new(store));
+    }
+    open(db)
+}
 
 /// A write refused because it would break a uniqueness the caller relies on
 /// (one run per story and `Idempotency-Key`): an answer, not a store failure.

@@ -62,6 +62,17 @@ ALTER TABLE runs ADD COLUMN idempotency_key TEXT;
 CREATE UNIQUE INDEX runs_by_idempotency_key ON runs(story, idempotency_key) WHERE idempotency_key IS NOT NULL;
 "#];
 
+/// The schema version of the SQLite file at `path`, read only.
+pub(super) fn schema_status(path: &Path) -> anyhow::Result<SchemaStatus> {
+    let known = MIGRATIONS.len();
+    if !path.exists() {
+        return Ok(SchemaStatus { found: 0, known });
+    }
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).with_context(|| format!("cannot open the run store {}", path.display()))?;
+    let found: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    Ok(SchemaStatus { found, known })
+}
+
 pub struct RunStore {
     /// Every write goes through this one connection.
     conn: Mutex<Connection>,

@@ -1,0 +1,452 @@
+//! The run store in PostgreSQL (`--db postgres://…`): the same record as the
+//! SQLite store, in a database operations teams already run, back up and
+//! monitor. tokio-postgres with a deadpool pool, on a small runtime of its
+//! own so the [`Store`] trait stays synchronous for its callers (the group
+//! commit's writer thread, the CLI, and async code through `block_in_place`).
+//!
+//! Migrations are versioned in `warden_schema`; a node refuses a schema newer
+//! than it knows. JSON is kept as text, as in SQLite (key order is the
+//! guest's). Text cannot hold NUL in Postgres: it is replaced, never allowed
+//! to fail a batch that carries other runs' writes.
+
+use super::*;
+use anyhow::{anyhow, Context as _};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::borrow::Cow;
+use std::future::Future;
+use tokio_postgres::NoTls;
+
+/// Schema versions, applied in order; `warden_schema.version` records progress.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    story TEXT NOT NULL,
+    team TEXT NOT NULL,
+    state TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    input TEXT NOT NULL,
+    output TEXT,
+    error TEXT,
+    failed_step TEXT,
+    parent_run TEXT,
+    parent_step TEXT,
+    created_ms BIGINT NOT NULL,
+    started_ms BIGINT,
+    finished_ms BIGINT,
+    idempotency_key TEXT
+);
+CREATE INDEX runs_by_story ON runs(story, created_ms);
+CREATE INDEX runs_by_state ON runs(state);
+CREATE INDEX runs_by_parent ON runs(parent_run) WHERE parent_run IS NOT NULL;
+CREATE UNIQUE INDEX runs_by_idempotency_key ON runs(story, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE steps (
+    seq BIGSERIAL,
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    item INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    input TEXT,
+    output TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    started_ms BIGINT,
+    finished_ms BIGINT,
+    PRIMARY KEY (run_id, step_id, item)
+);
+CREATE TABLE logs (
+    seq BIGSERIAL PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    level TEXT NOT NULL,
+    source TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX logs_by_run ON logs(run_id);
+CREATE TABLE audit (
+    seq BIGSERIAL PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX audit_by_run ON audit(run_id);
+"#];
+
+/// Serializes migrations across processes.
+const LOCK_MIGRATE: i64 = 0x7761_7264_656e_0001;
+/// With the schema's hash: held by the one `warden serve` node a store may
+/// have today (a store is the schema its tables are in).
+const LOCK_NODE: i32 = 0x7761_7264;
+
+/// Whether `db` names a PostgreSQL database rather than a SQLite file.
+pub fn is_postgres_url(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
+/// The schema version of the database at `url`, read only.
+pub(super) fn schema_status(url: &str) -> anyhow::Result<SchemaStatus> {
+    let config: tokio_postgres::Config = url.parse().map_err(|e| anyhow!("--db {}: not a PostgreSQL URL: {e}", redact(url)))?;
+    let read = async move {
+        let (client, connection) = config.connect(NoTls).await.map_err(|e| anyhow!("cannot connect to {}: {e}", redact(url)))?;
+        tokio::spawn(connection);
+        let exists: bool = client.query_one("SELECT to_regclass('warden_schema') IS NOT NULL", &[]).await?.get(0);
+        let found = match exists {
+            true => client.query_opt("SELECT version FROM warden_schema", &[]).await?.map_or(0, |r| r.get::<_, i32>(0)) as usize,
+            false => 0,
+        };
+        anyhow::Ok(SchemaStatus { found, known: MIGRATIONS.len() })
+    };
+    // Its own thread: the caller may be inside a runtime.
+    std::thread::scope(|s| s.spawn(|| tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(read)).join())
+        .map_err(|_| anyhow!("the schema check panicked"))?
+}
+
+pub struct PgStore {
+    pool: Pool,
+    rt: Option<tokio::runtime::Runtime>,
+    /// The connection that holds [`LOCK_NODE`] while this node serves.
+    node_lock: std::sync::Mutex<Option<tokio_postgres::Client>>,
+    url: tokio_postgres::Config,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another one's task would panic.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Text as Postgres can hold it: NUL becomes U+FFFD.
+fn t(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+fn ot(s: &Option<String>) -> Option<Cow<'_, str>> {
+    s.as_deref().map(t)
+}
+
+fn i(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
+fn summary(r: &tokio_postgres::Row) -> RunSummary {
+    RunSummary {
+        id: r.get("id"),
+        story: r.get("story"),
+        team: r.get("team"),
+        state: r.get("state"),
+        trigger: r.get("trigger"),
+        error: r.get("error"),
+        failed_step: r.get("failed_step"),
+        parent_run: r.get("parent_run"),
+        created_ms: r.get::<_, i64>("created_ms") as u64,
+        started_ms: r.get::<_, Option<i64>>("started_ms").map(|v| v as u64),
+        finished_ms: r.get::<_, Option<i64>>("finished_ms").map(|v| v as u64),
+    }
+}
+
+const SUMMARY: &str = "id, story, team, state, trigger, error, failed_step, parent_run, created_ms, started_ms, finished_ms";
+
+impl PgStore {
+    /// Connects, creating and migrating the schema as needed.
+    pub fn connect(url: &str) -> anyhow::Result<PgStore> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| anyhow!("--db {}: not a PostgreSQL URL: {e}", redact(url)))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("warden-postgres")
+            .enable_all()
+            .build()
+            .context("cannot start the PostgreSQL client's runtime")?;
+        let manager = Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = {
+            let _enter = rt.enter();
+            Pool::builder(manager).max_size(16).runtime(deadpool_postgres::Runtime::Tokio1).build().context("cannot build the PostgreSQL pool")?
+        };
+        let store = PgStore { pool, rt: Some(rt), node_lock: Default::default(), url: config };
+        store.migrate().with_context(|| format!("run store {}", redact(url)))?;
+        Ok(store)
+    }
+
+    /// Runs `fut` on the store's runtime and waits for it, from any thread:
+    /// a plain thread, a current-thread runtime (blocked meanwhile), or a
+    /// multi-thread runtime (its other tasks move elsewhere).
+    fn block<T: Send + 'static>(&self, fut: impl Future<Output = anyhow::Result<T>> + Send + 'static) -> anyhow::Result<T> {
+        let rt = self.rt.as_ref().expect("runtime present until drop");
+        let task = rt.spawn(fut);
+        let wait = || futures::executor::block_on(task).map_err(|e| anyhow!("the PostgreSQL task failed: {e}"))?;
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+            _ => wait(),
+        }
+    }
+
+    fn migrate(&self) -> anyhow::Result<()> {
+        let pool = self.pool.clone();
+        self.block(async move {
+            let mut client = pool.get().await.map_err(|e| anyhow!("cannot connect: {e}"))?;
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_MIGRATE]).await?;
+            tx.batch_execute("CREATE TABLE IF NOT EXISTS warden_schema (version INTEGER NOT NULL)").await?;
+            let version = tx.query_opt("SELECT version FROM warden_schema", &[]).await?.map_or(0, |r| r.get::<_, i32>(0)) as usize;
+            if version > MIGRATIONS.len() {
+                anyhow::bail!("the run store was written by a newer warden (schema {version}, this one knows {}); upgrade warden or use another --db", MIGRATIONS.len());
+            }
+            for (n, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+                tx.batch_execute(sql).await.with_context(|| format!("run store migration {} failed", n + 1))?;
+                tx.execute("DELETE FROM warden_schema", &[]).await?;
+                tx.execute("INSERT INTO warden_schema (version) VALUES ($1)", &[&((n + 1) as i32)]).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Claims this database for one serving node. Several nodes on one
+    /// database need the cluster queue, which warden does not have yet: a
+    /// second node would resume the first one's runs and execute them twice.
+    pub fn claim_single_node(&self) -> anyhow::Result<()> {
+        let config = self.url.clone();
+        let client = self.block(async move {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::error!("the PostgreSQL connection holding this node's claim closed: {e}");
+                }
+            });
+            let got: bool = client.query_one("SELECT pg_try_advisory_lock($1, hashtext(current_schema()))", &[&LOCK_NODE]).await?.get(0);
+            Ok(got.then_some(client))
+        })?;
+        match client {
+            Some(c) => {
+                *self.node_lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
+                Ok(())
+            }
+            None => anyhow::bail!(
+                "another `warden serve` is using this PostgreSQL database; one node per database for now (several nodes need the cluster queue, not built yet), so stop the other node or give this one another --db"
+            ),
+        }
+    }
+}
+
+/// A URL with its password hidden, for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Store for PgStore {
+    fn apply(&self, batch: &[Write]) -> anyhow::Result<Vec<Result<(), Conflict>>> {
+        let pool = self.pool.clone();
+        let batch = batch.to_vec();
+        self.block(async move {
+            let mut client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            let tx = client.transaction().await?;
+            let mut answers = Vec::with_capacity(batch.len());
+            for w in &batch {
+                let done = match w {
+                    Write::CreateRun { id, story, team, trigger, input, parent, idempotency_key, at_ms } => {
+                        let stmt = tx
+                            .prepare_cached(
+                                "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms, idempotency_key) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9)
+                                 ON CONFLICT (story, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+                            )
+                            .await?;
+                        let parent_run = parent.as_ref().map(|p| t(&p.0));
+                        let parent_step = parent.as_ref().map(|p| t(&p.1));
+                        let n = tx
+                            .execute(&stmt, &[&t(id), &t(story), &t(team), &t(trigger), &t(input), &parent_run, &parent_step, &i(*at_ms), &ot(idempotency_key)])
+                            .await;
+                        match n {
+                            Ok(0) => Err(Conflict(format!("story {story} already has a run for this Idempotency-Key"))),
+                            Ok(_) => Ok(()),
+                            Err(e) => return Err(anyhow::Error::from(e).context(format!("{} of run {}", w.name(), w.run()))),
+                        }
+                    }
+                    Write::StartRun { id, at_ms } => {
+                        let stmt = tx.prepare_cached("UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, $2) WHERE id = $1").await?;
+                        tx.execute(&stmt, &[&t(id), &i(*at_ms)]).await?;
+                        Ok(())
+                    }
+                    Write::FinishRun { id, state, output, error, failed_step, at_ms } => {
+                        let stmt = tx.prepare_cached("UPDATE runs SET state = $2, output = $3, error = $4, failed_step = $5, finished_ms = $6 WHERE id = $1").await?;
+                        tx.execute(&stmt, &[&t(id), &t(state), &ot(output), &ot(error), &ot(failed_step), &i(*at_ms)]).await?;
+                        Ok(())
+                    }
+                    Write::StepStarted { run, step, item, kind, input, attempt, at_ms } => {
+                        let stmt = tx
+                            .prepare_cached(
+                                "INSERT INTO steps (run_id, step_id, item, kind, state, input, attempts, started_ms) VALUES ($1, $2, $3, $4, 'running', $5, $6, $7)
+                                 ON CONFLICT (run_id, step_id, item) DO UPDATE SET state = 'running', input = COALESCE(EXCLUDED.input, steps.input), attempts = EXCLUDED.attempts",
+                            )
+                            .await?;
+                        let item = item.map_or(-1, |i| i.min(i32::MAX as usize) as i32);
+                        tx.execute(&stmt, &[&t(run), &t(step), &item, &t(kind), &ot(input), &(*attempt as i32), &i(*at_ms)]).await?;
+                        Ok(())
+                    }
+                    Write::StepFinished { run, step, item, kind, state, output, error, attempts, at_ms } => {
+                        let stmt = tx
+                            .prepare_cached(
+                                "INSERT INTO steps (run_id, step_id, item, kind, state, output, error, attempts, started_ms, finished_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+                                 ON CONFLICT (run_id, step_id, item) DO UPDATE SET state = EXCLUDED.state, output = EXCLUDED.output, error = EXCLUDED.error, attempts = GREATEST(steps.attempts, EXCLUDED.attempts), finished_ms = EXCLUDED.finished_ms",
+                            )
+                            .await?;
+                        let item = item.map_or(-1, |i| i.min(i32::MAX as usize) as i32);
+                        tx.execute(&stmt, &[&t(run), &t(step), &item, &t(kind), &t(state), &ot(output), &ot(error), &(*attempts as i32), &i(*at_ms)]).await?;
+                        Ok(())
+                    }
+                    Write::Logs { run, step, lines } => {
+                        let stmt = tx.prepare_cached("INSERT INTO logs (run_id, step_id, at_ms, level, source, message) VALUES ($1, $2, $3, $4, $5, $6)").await?;
+                        for l in lines {
+                            tx.execute(&stmt, &[&t(run), &t(step), &i(l.at_ms), &t(l.level), &t(&l.source), &t(&l.message)]).await?;
+                        }
+                        Ok(())
+                    }
+                    Write::Audit { run, step, records } => {
+                        let stmt = tx.prepare_cached("INSERT INTO audit (run_id, step_id, at_ms, record) VALUES ($1, $2, $3, $4)").await?;
+                        for (at_ms, record) in records {
+                            tx.execute(&stmt, &[&t(run), &t(step), &i(*at_ms), &t(record)]).await?;
+                        }
+                        Ok(())
+                    }
+                };
+                answers.push(done);
+            }
+            tx.commit().await?;
+            Ok(answers)
+        })
+    }
+
+    fn find_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<RunSummary>> {
+        let pool = self.pool.clone();
+        let (team, story, state) = (f.team.map(String::from), f.story.map(String::from), f.state.map(String::from));
+        let (children, limit, offset) = (f.include_children, f.limit.min(i64::MAX as usize) as i64, f.offset.min(i64::MAX as usize) as i64);
+        self.block(async move {
+            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            let sql = format!(
+                "SELECT {SUMMARY} FROM runs WHERE ($1::text IS NULL OR story = $1) AND ($2::text IS NULL OR state = $2) AND ($3 OR parent_run IS NULL) AND ($6::text IS NULL OR team = $6)
+                 ORDER BY created_ms DESC, id DESC LIMIT $4 OFFSET $5"
+            );
+            let stmt = client.prepare_cached(&sql).await?;
+            let rows = client.query(&stmt, &[&story, &state, &children, &limit, &offset, &team]).await?;
+            Ok(rows.iter().map(summary).collect())
+        })
+    }
+
+    fn run_by_idempotency_key(&self, story: &str, key: &str) -> anyhow::Result<Option<String>> {
+        let (pool, story, key) = (self.pool.clone(), story.to_string(), key.to_string());
+        self.block(async move {
+            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            let row = client.query_opt("SELECT id FROM runs WHERE story = $1 AND idempotency_key = $2", &[&t(&story), &t(&key)]).await?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn run_summary(&self, id: &str) -> anyhow::Result<Option<RunSummary>> {
+        let (pool, id) = (self.pool.clone(), id.to_string());
+        self.block(async move {
+            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            Ok(client.query_opt(&format!("SELECT {SUMMARY} FROM runs WHERE id = $1"), &[&t(&id)]).await?.as_ref().map(summary))
+        })
+    }
+
+    fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>> {
+        let (pool, id) = (self.pool.clone(), id.to_string());
+        self.block(async move {
+            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            let row = client.query_opt("SELECT story, input FROM runs WHERE id = $1", &[&t(&id)]).await?;
+            Ok(row.map(|r| (r.get::<_, String>(0), serde_json::from_str(r.get::<_, &str>(1)).unwrap_or(Value::Null))))
+        })
+    }
+
+    fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>> {
+        let (pool, state) = (self.pool.clone(), state.to_string());
+        self.block(async move {
+            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            let rows = client.query("SELECT id FROM runs WHERE state = $1 AND parent_run IS NULL ORDER BY created_ms, id", &[&t(&state)]).await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
+        let pool = self.pool.clone();
+        self.block(async move {
+            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            let rows = client.query("SELECT state, COUNT(*) FROM runs WHERE parent_run IS NULL GROUP BY state ORDER BY state", &[]).await?;
+            Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect())
+        })
+    }
+
+    fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>> {
+        let (pool, id) = (self.pool.clone(), id.to_string());
+        self.block(async move {
+            let mut client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            // One snapshot for the run and its parts.
+            let tx = client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).read_only(true).start().await?;
+            let Some(row) = tx.query_opt(&format!("SELECT {SUMMARY}, input, output FROM runs WHERE id = $1"), &[&t(&id)]).await? else {
+                return Ok(None);
+            };
+            let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+            let steps = tx
+                .query("SELECT * FROM steps WHERE run_id = $1 ORDER BY seq", &[&t(&id)])
+                .await?
+                .iter()
+                .map(|r| {
+                    let item: i32 = r.get("item");
+                    StepRecord {
+                        step_id: r.get("step_id"),
+                        item: (item >= 0).then_some(item as u32),
+                        kind: r.get("kind"),
+                        state: r.get("state"),
+                        input: json(r.get("input")),
+                        output: json(r.get("output")),
+                        error: json(r.get("error")),
+                        attempts: r.get::<_, i32>("attempts") as u32,
+                        started_ms: r.get::<_, Option<i64>>("started_ms").map(|v| v as u64),
+                        finished_ms: r.get::<_, Option<i64>>("finished_ms").map(|v| v as u64),
+                    }
+                })
+                .collect();
+            let logs = tx
+                .query("SELECT step_id, at_ms, level, source, message FROM logs WHERE run_id = $1 ORDER BY seq", &[&t(&id)])
+                .await?
+                .iter()
+                .map(|r| LogRecord { step_id: r.get(0), at_ms: r.get::<_, i64>(1) as u64, level: r.get(2), source: r.get(3), message: r.get(4) })
+                .collect();
+            let audit = tx
+                .query("SELECT record FROM audit WHERE run_id = $1 ORDER BY seq", &[&t(&id)])
+                .await?
+                .iter()
+                .filter_map(|r| serde_json::from_str(r.get::<_, &str>(0)).ok())
+                .collect();
+            let children = tx
+                .query(&format!("SELECT {SUMMARY} FROM runs WHERE parent_run = $1 ORDER BY created_ms, id"), &[&t(&id)])
+                .await?
+                .iter()
+                .map(summary)
+                .collect();
+            tx.commit().await?;
+            Ok(Some(RunDetail {
+                run: summary(&row),
+                input: serde_json::from_str(row.get::<_, &str>("input")).unwrap_or(Value::Null),
+                output: json(row.get("output")),
+                steps,
+                logs,
+                audit,
+                children,
+            }))
+        })
+    }
+}
