@@ -9,8 +9,8 @@
 
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
-use std::collections::BTreeSet;
-use std::sync::OnceLock;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Upper bound on template work, so a story cannot spin the host.
 const FUEL: u64 = 200_000;
@@ -39,15 +39,54 @@ fn single_expression(s: &str) -> Option<&str> {
     Some(inner.trim())
 }
 
+/// Distinct expressions kept compiled. Stories are finite, so this only
+/// bounds a bug: past it, expressions are compiled each time, uncached.
+const CACHE_MAX: usize = 10_000;
+
+/// A single `{{ expression }}`, compiled once per distinct source (a story's
+/// templates are the same for every run) instead of once per render.
+fn compiled(expr: &str) -> Result<Arc<minijinja::Expression<'static, 'static>>, minijinja::Error> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<minijinja::Expression<'static, 'static>>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(e) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(expr) {
+        return Ok(e.clone());
+    }
+    let e = Arc::new(env().compile_expression_owned(expr.to_string())?);
+    let mut map = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() < CACHE_MAX {
+        map.insert(expr.to_string(), e.clone());
+    }
+    Ok(e)
+}
+
+/// A render context, converted to minijinja's values once however many
+/// strings are rendered against it (a step's `with` has several).
+struct Scope<'a> {
+    json: &'a Value,
+    converted: std::cell::OnceCell<minijinja::Value>,
+}
+
+impl<'a> Scope<'a> {
+    fn new(json: &'a Value) -> Scope<'a> {
+        Scope { json, converted: std::cell::OnceCell::new() }
+    }
+    fn value(&self) -> &minijinja::Value {
+        self.converted.get_or_init(|| minijinja::Value::from_serialize(self.json))
+    }
+}
+
 /// Renders one string against `ctx`.
 pub fn render_str(s: &str, ctx: &Value) -> Result<Value, String> {
+    render_in(s, &Scope::new(ctx))
+}
+
+fn render_in(s: &str, scope: &Scope) -> Result<Value, String> {
     if !is_template(s) {
         return Ok(Value::String(s.to_string()));
     }
-    let env = env();
     if let Some(expr) = single_expression(s) {
-        let compiled = env.compile_expression(expr).map_err(|e| describe(&e))?;
-        let v = compiled.eval(ctx).map_err(|e| describe(&e))?;
+        let compiled = compiled(expr).map_err(|e| describe(&e))?;
+        let v = compiled.eval(scope.value()).map_err(|e| describe(&e))?;
         if v.is_undefined() {
             // Strict mode only trips when undefined is printed; a bare
             // expression must not quietly become null either.
@@ -55,7 +94,27 @@ pub fn render_str(s: &str, ctx: &Value) -> Result<Value, String> {
         }
         return serde_json::to_value(&v).map_err(|e| e.to_string());
     }
-    env.render_str(s, ctx).map(Value::String).map_err(|e| describe(&e))
+    env().render_str(s, scope.value()).map(Value::String).map_err(|e| describe(&e))
+}
+
+/// Renders one template per item of a list (`deduplicate.by`,
+/// `aggregate.group_by`) with `item` and `index` over the story context: the
+/// context is converted once and shared, not copied per item.
+pub struct PerItem {
+    base: minijinja::Value,
+}
+
+impl PerItem {
+    pub fn new(ctx: &Value) -> PerItem {
+        PerItem { base: minijinja::Value::from_serialize(ctx) }
+    }
+
+    pub fn render(&self, s: &str, item: &Value, index: usize) -> Result<Value, String> {
+        let ctx = minijinja::context! { item => minijinja::Value::from_serialize(item), index => index, ..self.base.clone() };
+        let json = Value::Null;
+        let scope = Scope { json: &json, converted: std::cell::OnceCell::from(ctx) };
+        render_in(s, &scope)
+    }
 }
 
 /// A template shown in an error: one line, at most 80 characters.
@@ -70,13 +129,17 @@ pub fn excerpt(s: &str) -> String {
 
 /// Renders every string inside a JSON value.
 pub fn render_value(v: &Value, ctx: &Value) -> Result<Value, String> {
+    render_value_in(v, &Scope::new(ctx))
+}
+
+fn render_value_in(v: &Value, scope: &Scope) -> Result<Value, String> {
     Ok(match v {
-        Value::String(s) => render_str(s, ctx).map_err(|e| format!("`{}`: {}", excerpt(s), e.replace('\n', " ")))?,
-        Value::Array(items) => Value::Array(items.iter().map(|i| render_value(i, ctx)).collect::<Result<_, _>>()?),
+        Value::String(s) => render_in(s, scope).map_err(|e| format!("`{}`: {}", excerpt(s), e.replace('\n', " ")))?,
+        Value::Array(items) => Value::Array(items.iter().map(|i| render_value_in(i, scope)).collect::<Result<_, _>>()?),
         Value::Object(map) => {
             let mut out = serde_json::Map::new();
             for (k, v) in map {
-                out.insert(k.clone(), render_value(v, ctx)?);
+                out.insert(k.clone(), render_value_in(v, scope)?);
             }
             Value::Object(out)
         }

@@ -144,8 +144,9 @@ impl Transform {
                 let items = list(render_value(&d.items, ctx).map_err(Template)?, "deduplicate.items")?;
                 let mut seen = std::collections::HashSet::new();
                 let mut kept = Vec::new();
+                let per_item = template::PerItem::new(ctx);
                 for (i, item) in items.into_iter().enumerate() {
-                    let key = render_str(&d.by, &with_item(ctx, &item, i)).map_err(|e| Template(format!("deduplicate.by: {e}")))?;
+                    let key = per_item.render(&d.by, &item, i).map_err(|e| Template(format!("deduplicate.by: {e}")))?;
                     if seen.insert(key.to_string()) {
                         kept.push(item);
                     }
@@ -155,17 +156,16 @@ impl Transform {
             Transform::Aggregate(a) => {
                 let items = list(render_value(&a.items, ctx).map_err(Template)?, "aggregate.items")?;
                 let total = items.len();
-                let mut groups: Vec<(String, usize)> = Vec::new();
+                let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+                let per_item = template::PerItem::new(ctx);
                 for (i, item) in items.into_iter().enumerate() {
-                    let key = match render_str(&a.group_by, &with_item(ctx, &item, i)).map_err(|e| Template(format!("aggregate.group_by: {e}")))? {
+                    let key = match per_item.render(&a.group_by, &item, i).map_err(|e| Template(format!("aggregate.group_by: {e}")))? {
                         Value::String(s) => s,
                         other => other.to_string(),
                     };
-                    match groups.iter_mut().find(|(k, _)| *k == key) {
-                        Some((_, n)) => *n += 1,
-                        None => groups.push((key, 1)),
-                    }
+                    *counts.entry(key).or_default() += 1;
                 }
+                let mut groups: Vec<(String, usize)> = counts.into_iter().collect();
                 groups.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
                 let groups: Vec<Value> = groups.into_iter().map(|(k, n)| json!({"key": k, "count": n})).collect();
                 Ok(json!({"total": total, "groups": groups}))
@@ -188,13 +188,6 @@ fn list(v: Value, what: &str) -> Result<Vec<Value>, TransformError> {
 fn short(v: &Value) -> String {
     let s = v.to_string();
     if s.len() > 80 { format!("{}…", &s[..s.floor_char_boundary(80)]) } else { s }
-}
-
-fn with_item(ctx: &Value, item: &Value, index: usize) -> Value {
-    let mut c = ctx.clone();
-    c["item"] = item.clone();
-    c["index"] = json!(index);
-    c
 }
 
 /// `a.b.0.c` into objects and arrays.
@@ -239,6 +232,27 @@ mod tests {
         assert_eq!(no.apply(&ctx).unwrap_err(), Failed("too few hosts".into()));
         let undefined = t(json!({"set": {"x": "{{ steps.nope.output }}"}}));
         assert!(matches!(undefined.apply(&ctx), Err(Template(m)) if m.contains("undefined")));
+    }
+
+    #[test]
+    fn per_item_templates_see_the_item_its_index_and_the_story() {
+        let ctx = json!({"input": {"field": "os"}, "steps": {"hunt": {"output": {"hosts": [
+            {"name": "a", "os": "linux"}, {"name": "b", "os": "windows"}, {"name": "c", "os": "linux"}, {"name": "d", "os": "mac"}
+        ]}}}});
+        let d = t(json!({"deduplicate": {"items": "{{ steps.hunt.output.hosts }}", "by": "{{ item[input.field] }}"}}));
+        assert_eq!(d.apply(&ctx).unwrap(), json!([{"name": "a", "os": "linux"}, {"name": "b", "os": "windows"}, {"name": "d", "os": "mac"}]), "the first of each key, in order");
+        let pairs = t(json!({"deduplicate": {"items": "{{ steps.hunt.output.hosts }}", "by": "{{ index // 2 }}"}}));
+        assert_eq!(pairs.apply(&ctx).unwrap().as_array().unwrap().len(), 2);
+        let a = t(json!({"aggregate": {"items": "{{ steps.hunt.output.hosts }}", "group_by": "{{ item.os }}"}}));
+        assert_eq!(
+            a.apply(&ctx).unwrap(),
+            json!({"total": 4, "groups": [{"key": "linux", "count": 2}, {"key": "mac", "count": 1}, {"key": "windows", "count": 1}]}),
+            "by count, then by key"
+        );
+        let missing = t(json!({"deduplicate": {"items": "{{ steps.hunt.output.hosts }}", "by": "{{ item.owner }}"}}));
+        assert!(matches!(missing.apply(&ctx), Err(Template(m)) if m.starts_with("deduplicate.by: ") && m.contains("undefined")));
+        // The per-item context leaves the story's own untouched.
+        assert!(ctx.get("item").is_none());
     }
 
     #[test]
