@@ -181,6 +181,15 @@ async fn five_hundred_concurrent_webhooks_are_all_recorded_and_completed() {
     }
     ns.sort();
     assert_eq!(ns, (0..500).collect::<Vec<_>>(), "every webhook's input produced its own run");
+    // Group commit: under this load, commits carry several writes each.
+    let metrics = get(&srv.base, "/metrics").await;
+    let counter = |name: &str| -> u64 {
+        let m = metrics.as_str().unwrap();
+        m.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or_else(|| panic!("{name} missing: {m}"))
+    };
+    let (commits, writes) = (counter("warden_store_commits_total "), counter("warden_store_writes_total "));
+    assert!(writes >= 500 * 4, "every run's creation, start, step and end were committed: {writes} writes");
+    assert!(commits < writes, "{commits} commits for {writes} writes: nothing was shared");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

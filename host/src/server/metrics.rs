@@ -51,7 +51,9 @@ impl Metrics {
         *self.webhooks.lock().unwrap().entry((story.to_string(), code)).or_default() += 1;
     }
 
-    pub fn render(&self, instances: (usize, u32), stored: &[(String, u64)], store_write_failures: u64) -> String {
+    pub fn render(&self, instances: (usize, u32), stored: &[(String, u64)], store: &crate::store::group::StoreHealth) -> String {
+        let store_write_failures = store.failures();
+        let (commits, writes) = store.commits();
         let mut out = String::new();
         out.push_str("# HELP warden_runs_finished_total Story runs finished by this process, by story and final state.\n# TYPE warden_runs_finished_total counter\n");
         for ((story, state), n) in self.runs_finished.lock().unwrap().iter() {
@@ -62,6 +64,8 @@ impl Metrics {
             let _ = writeln!(out, "warden_runs{{state=\"{}\"}} {n}", esc(state));
         }
         let _ = writeln!(out, "# HELP warden_store_write_failures_total Run store writes refused after every retry (each failed its run).\n# TYPE warden_store_write_failures_total counter\nwarden_store_write_failures_total {store_write_failures}");
+        let _ = writeln!(out, "# HELP warden_store_commits_total Run store transactions committed (group commit: many writes share one).\n# TYPE warden_store_commits_total counter\nwarden_store_commits_total {commits}");
+        let _ = writeln!(out, "# HELP warden_store_writes_total Run store writes committed.\n# TYPE warden_store_writes_total counter\nwarden_store_writes_total {writes}");
         let _ = writeln!(out, "# HELP warden_runs_in_flight Runs executing now.\n# TYPE warden_runs_in_flight gauge\nwarden_runs_in_flight {}", self.runs_in_flight.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP warden_runs_waiting Runs accepted and waiting for a worker.\n# TYPE warden_runs_waiting gauge\nwarden_runs_waiting {}", self.runs_queued.load(Ordering::Relaxed));
         out.push_str("# HELP warden_step_duration_seconds Step attempt durations by step kind.\n# TYPE warden_step_duration_seconds histogram\n");

@@ -48,6 +48,10 @@ pub enum Refused {
 pub struct StoreHealth {
     last_failure: Mutex<Option<(Instant, String)>>,
     failures: AtomicU64,
+    /// Transactions committed, and the writes they carried: their ratio is
+    /// how much group commit is sharing (for metrics).
+    commits: AtomicU64,
+    writes: AtomicU64,
     window: Duration,
 }
 
@@ -60,7 +64,7 @@ impl Default for StoreHealth {
 impl StoreHealth {
     /// Reports unhealthy for `window` after each refused write.
     pub fn with_window(window: Duration) -> StoreHealth {
-        StoreHealth { last_failure: Mutex::new(None), failures: AtomicU64::new(0), window }
+        StoreHealth { last_failure: Mutex::new(None), failures: AtomicU64::new(0), commits: AtomicU64::new(0), writes: AtomicU64::new(0), window }
     }
 
     /// `Err(why)` while a write was refused within the window.
@@ -74,6 +78,11 @@ impl StoreHealth {
     /// Batches that failed after every retry, since start.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Transactions committed and the writes in them, since start.
+    pub fn commits(&self) -> (u64, u64) {
+        (self.commits.load(Ordering::Relaxed), self.writes.load(Ordering::Relaxed))
     }
 
     fn refused(&self, why: String) {
@@ -290,6 +299,8 @@ impl Writer {
         }
         match self.apply_with_retries(&writes) {
             Ok(results) => {
+                self.health.commits.fetch_add(1, Ordering::Relaxed);
+                self.health.writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
                 for (answer, result) in answers.into_iter().zip(results) {
                     if let Some(answer) = answer {
                         let _ = answer.send(result.map_err(|Conflict(m)| Refused::Conflict(m)));

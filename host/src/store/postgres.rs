@@ -310,7 +310,7 @@ impl Store for PgStore {
                     Write::Logs { run, step, lines } => {
                         let stmt = tx.prepare_cached("INSERT INTO logs (run_id, step_id, at_ms, level, source, message) VALUES ($1, $2, $3, $4, $5, $6)").await?;
                         for l in lines {
-                            tx.execute(&stmt, &[&t(run), &t(step), &i(l.at_ms), &t(l.level), &t(&l.source), &t(&l.message)]).await?;
+                            tx.execute(&stmt, &[&t(run), &t(step), &i(l.at_ms), &t(l.level), &t(l.source), &t(&l.message)]).await?;
                         }
                         Ok(())
                     }

@@ -65,7 +65,7 @@ fn suite(s: &dyn Store) {
     s.start_run("r1").unwrap();
     s.step_started("r1", "a", None, "action", Some(&json!({"in": 1})), 1).unwrap();
     s.apply(&[
-        Write::logs("r1", "a", &[crate::invocation::LogLine { at_ms: 1, level: "info", source: "guest".into(), message: "hello".into() }]),
+        Write::logs("r1", "a", &[crate::invocation::LogLine { at_ms: 1, level: "info", source: "guest", message: "hello".into() }]),
         Write::step_finished("r1", "a", None, "action", "succeeded", Some(&json!({"out": 2})), None, 1),
         Write::step_finished("r1", "each", Some(0), "transform", "succeeded", Some(&json!(0)), None, 1),
     ])
@@ -103,7 +103,7 @@ fn suite(s: &dyn Store) {
 
     // Whatever text a guest wrote is kept or safely replaced, never a failed batch.
     s.apply(&[
-        Write::logs("r4", "a", &[crate::invocation::LogLine { at_ms: 2, level: "info", source: "guest".into(), message: "nul \0 byte".into() }]),
+        Write::logs("r4", "a", &[crate::invocation::LogLine { at_ms: 2, level: "info", source: "guest", message: "nul \0 byte".into() }]),
         Write::step_finished("r4", "a\0b", None, "action", "failed", None, Some(&json!({"m": "\u{0}"})), 1),
     ])
     .unwrap();
