@@ -456,3 +456,26 @@ async fn db_check_and_migrate_say_where_a_store_stands() {
     pg_admin(&pg.base, &format!("DROP SCHEMA {} CASCADE", pg.name)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_client_that_hangs_up_does_not_cut_its_run_off() {
+    let slow = "name: slow\ninput: {type: object}\nsteps:\n  - id: wait\n    action: probe\n    with: {op: sleep, ms: 600}\n  - id: after\n    transform: {set: {done: true}}\n";
+    let dir = setup("hangup", &[("slow.yaml", slow)], "[triggers.slow]\nsecret_env = \"WEBHOOK_SECRET\"\nallow_sync = true\n");
+    let srv = Server::start(&dir, 4);
+    let body = r#"{"n": 1}"#;
+    let gone = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(150))
+        .build()
+        .unwrap()
+        .post(format!("{}/webhooks/slow?wait=true", srv.base))
+        .header("content-type", "application/json")
+        .header("x-warden-signature", sign("slow", body))
+        .body(body)
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up before the run ended");
+    let runs = wait_for(&srv.base, |r| r.len() == 1 && r[0]["state"] != "running" && r[0]["state"] != "queued").await;
+    assert_eq!(runs[0]["state"], "succeeded", "the run went on without its caller: {runs:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

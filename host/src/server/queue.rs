@@ -72,15 +72,20 @@ impl Queue {
         });
     }
 
-    /// Executes a recorded run on the caller's task when a worker and the
-    /// story's gate have room at once (no hand-over to another task);
+    /// Starts a recorded run at once when a worker and the story's gate have
+    /// room (no wait in the queue, no hand-over through a channel);
     /// otherwise queues it like [`Queue::push`]. Answers with its result.
+    /// The run is a task of its own either way: a caller that goes away (a
+    /// webhook client hanging up) never cuts a run off half-way.
     pub async fn run_now(&self, run_id: String, story: &str, start: Start) -> Option<RunResult> {
         let gate = self.story_gate(story);
         let permits = gate.try_acquire_owned().ok().and_then(|s| Some((s, self.workers.clone().try_acquire_owned().ok()?)));
         match permits {
             // Tracked, so a shutdown drains it like any other run.
-            Some((story_permit, worker)) => Some(self.tracker.track_future(self.execute(run_id, start, (Ok(story_permit), Ok(worker)))).await),
+            Some((story_permit, worker)) => {
+                let q = self.clone();
+                self.tracker.spawn(async move { q.execute(run_id, start, (Ok(story_permit), Ok(worker))).await }).await.ok()
+            }
             None => {
                 let (tx, rx) = oneshot::channel();
                 self.push(run_id, story, start, Some(tx));
