@@ -23,12 +23,12 @@ pub fn run(cmd: DbCmd) -> anyhow::Result<ExitCode> {
         DbCmd::Migrate { db } => {
             warden::store::open(&db.db)?;
             let s = warden::store::schema_status(&db.db)?;
-            println!("{}: schema {} (this warden's)", db.db.display(), s.found);
+            println!("{}: schema {} (this warden's)", warden::store::describe(&db.db), s.found);
             Ok(ExitCode::SUCCESS)
         }
         DbCmd::Check { db } => {
             let s = warden::store::schema_status(&db.db)?;
-            let name = db.db.display();
+            let name = warden::store::describe(&db.db);
             match s.found.cmp(&s.known) {
                 std::cmp::Ordering::Equal => {
                     println!("{name}: schema {} (this warden's)", s.found);

@@ -51,7 +51,7 @@ pub fn run(cmd: RunsCmd) -> anyhow::Result<ExitCode> {
         RunsCmd::Show { id, db, json } => {
             let store = warden::store::open(&db.db)?;
             let Some(run) = store.get_run(&id)? else {
-                return Err(anyhow!("no run `{id}` in {} (see `warden runs list`)", db.db.display()));
+                return Err(anyhow!("no run `{id}` in {} (see `warden runs list`)", warden::store::describe(&db.db)));
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&run)?);

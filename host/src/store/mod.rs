@@ -32,6 +32,16 @@ pub fn open(db: &std::path::Path) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     Ok(std::sync::Arc::new(RunStore::open(&path)?))
 }
 
+/// How to name the store `db` in a message: a PostgreSQL URL without its password.
+pub fn describe(db: &std::path::Path) -> String {
+    let text = db.to_string_lossy();
+    if postgres::is_postgres_url(&text) {
+        postgres::redact(&text)
+    } else {
+        db.display().to_string()
+    }
+}
+
 /// A store's schema version, and the one this warden writes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SchemaStatus {

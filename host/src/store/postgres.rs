@@ -236,14 +236,20 @@ impl PgStore {
     }
 }
 
-/// A URL with its password hidden, for messages.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
+/// A URL with its password hidden, for messages; also when the URL does not
+/// parse (a bad port must not print the password beside it).
+pub(super) fn redact(url: &str) -> String {
+    if let Ok(mut u) = url::Url::parse(url) {
+        if u.password().is_some() {
             let _ = u.set_password(Some("***"));
-            u.to_string()
         }
-        _ => url.to_string(),
+        return u.to_string();
+    }
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
     }
 }
 

@@ -168,3 +168,17 @@ async fn postgres_takes_group_commits_from_async_callers() {
     }
     assert_eq!(pg.store.count_by_state().unwrap(), vec![("queued".to_string(), 40)]);
 }
+
+#[test]
+fn a_postgres_password_never_reaches_a_message() {
+    // Nothing listens on port 1; the last URL does not parse as a URL at all.
+    for url in ["postgres://warden:s3cret@127.0.0.1:1/runs", "postgresql://warden:s3cret@127.0.0.1:1/runs?sslmode=disable", "postgres://warden:s3cret@127.0.0.1:notaport/runs"] {
+        let shown = describe(std::path::Path::new(url));
+        assert!(!shown.contains("s3cret") && shown.contains("***"), "{url} shown as {shown}");
+        let e = match PgStore::connect(url) {
+            Ok(_) => panic!("{url} connected"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(!e.contains("s3cret"), "{url}: {e}");
+    }
+}
