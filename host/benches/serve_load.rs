@@ -10,8 +10,9 @@
 //!
 //! Cases: one transform step and one Wasm action step with `?wait=true`
 //! (answered after the run completed), the Wasm step without waiting (202,
-//! completions per second), the 3-step story, and many concurrent runs
-//! sleeping in a polling loop at the default worker count.
+//! completions per second), the 3-step story, the first two on PostgreSQL,
+//! and many concurrent runs sleeping in a polling loop at the default
+//! worker count.
 //!
 //! `WARDEN_BENCH_BIN=/path/to/warden` measures another build (an A/B pair);
 //! `WARDEN_BENCH_ONLY=text` runs only the cases whose label contains `text`.
@@ -217,8 +218,13 @@ fn write_setup(dir: &Path, origin_port: u16, sleep_ms: u64) -> PathBuf {
 }
 
 async fn start_warden(dir: &Path, policy: &Path, name: &str) -> Server {
-    let port = free_port();
     let db = dir.join(format!("{name}.db"));
+    start_warden_on(dir, policy, db).await
+}
+
+/// `db`: a SQLite file, or a PostgreSQL URL (then `finished_runs` cannot be read).
+async fn start_warden_on(dir: &Path, policy: &Path, db: PathBuf) -> Server {
+    let port = free_port();
     // Another build for an A/B comparison: WARDEN_BENCH_BIN=path/to/warden.
     let bin = std::env::var_os("WARDEN_BENCH_BIN").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_BIN_EXE_warden").into());
     let mut child = Command::new(bin)
@@ -333,6 +339,21 @@ fn main() {
         assert_eq!(w.failed_runs(), 0, "bench runs failed");
         drop(w);
 
+        // The same closed-loop cases on PostgreSQL (`WARDEN_BENCH_POSTGRES`, default
+        // the local `test` database), one node, in a schema of its own.
+        if want("PostgreSQL") {
+            let base = std::env::var("WARDEN_BENCH_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let schema = format!("warden_bench_{}", std::process::id());
+            pg_admin(&base, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")).await;
+            let url = format!("{base}?options=-c%20search_path%3D{schema}");
+            let w = start_warden_on(&dir, &policy, PathBuf::from(&url)).await;
+            for (label, story, conns) in [("1 transform, wait, c=16, PostgreSQL", "t1", 16), ("1 Wasm action, wait, c=16, PostgreSQL", "a1", 16)] {
+                show(label, &closed_loop(w.port, &format!("/webhooks/{story}?wait=true"), story, 200, conns, secs).await);
+            }
+            drop(w);
+            pg_admin(&base, &format!("DROP SCHEMA {schema} CASCADE")).await;
+        }
+
         if want("sleeping") {
             // Many runs parked in a polling sleep, at the default worker count.
             let w = start_warden(&dir, &policy, "sleepers").await;
@@ -346,4 +367,12 @@ fn main() {
         }
         let _ = std::fs::remove_dir_all(&dir);
     });
+}
+
+async fn pg_admin(url: &str, sql: &str) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} is needed for the PostgreSQL cases (WARDEN_BENCH_POSTGRES, or WARDEN_BENCH_ONLY to skip them): {e}"));
+    tokio::spawn(conn);
+    client.batch_execute(sql).await.unwrap();
 }

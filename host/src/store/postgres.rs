@@ -13,6 +13,7 @@ use super::*;
 use anyhow::{anyhow, Context as _};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::future::Future;
 use tokio_postgres::NoTls;
 
@@ -127,10 +128,6 @@ fn t(s: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(s)
     }
-}
-
-fn ot(s: &Option<String>) -> Option<Cow<'_, str>> {
-    s.as_deref().map(t)
 }
 
 fn i(v: u64) -> i64 {
@@ -253,6 +250,79 @@ pub(super) fn redact(url: &str) -> String {
     }
 }
 
+type Param = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
+
+fn text(s: &str) -> Param {
+    Box::new(t(s).into_owned())
+}
+
+fn opt_text(s: &Option<String>) -> Param {
+    Box::new(s.as_deref().map(|s| t(s).into_owned()))
+}
+
+/// The statement a write runs (once per row for logs and audit).
+fn sql_of(w: &Write) -> &'static str {
+    match w {
+        Write::CreateRun { .. } => {
+            "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms, idempotency_key) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (story, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+        }
+        Write::StartRun { .. } => "UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, $2) WHERE id = $1",
+        Write::FinishRun { .. } => "UPDATE runs SET state = $2, output = $3, error = $4, failed_step = $5, finished_ms = $6 WHERE id = $1",
+        Write::StepStarted { .. } => {
+            "INSERT INTO steps (run_id, step_id, item, kind, state, input, attempts, started_ms) VALUES ($1, $2, $3, $4, 'running', $5, $6, $7)
+             ON CONFLICT (run_id, step_id, item) DO UPDATE SET state = 'running', input = COALESCE(EXCLUDED.input, steps.input), attempts = EXCLUDED.attempts"
+        }
+        Write::StepFinished { .. } => {
+            "INSERT INTO steps (run_id, step_id, item, kind, state, output, error, attempts, started_ms, finished_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+             ON CONFLICT (run_id, step_id, item) DO UPDATE SET state = EXCLUDED.state, output = EXCLUDED.output, error = EXCLUDED.error, attempts = GREATEST(steps.attempts, EXCLUDED.attempts), finished_ms = EXCLUDED.finished_ms"
+        }
+        Write::Logs { .. } => "INSERT INTO logs (run_id, step_id, at_ms, level, source, message) VALUES ($1, $2, $3, $4, $5, $6)",
+        Write::Audit { .. } => "INSERT INTO audit (run_id, step_id, at_ms, record) VALUES ($1, $2, $3, $4)",
+    }
+}
+
+/// The parameters of each row a write inserts or updates.
+fn params_of(w: &Write) -> Vec<Vec<Param>> {
+    let item = |item: &Option<usize>| -> Param { Box::new(item.map_or(-1, |i| i.min(i32::MAX as usize) as i32)) };
+    let count = |n: u32| -> Param { Box::new(n.min(i32::MAX as u32) as i32) };
+    match w {
+        Write::CreateRun { id, story, team, trigger, input, parent, idempotency_key, at_ms } => vec![vec![
+            text(id),
+            text(story),
+            text(team),
+            text(trigger),
+            text(input),
+            opt_text(&parent.as_ref().map(|p| p.0.clone())),
+            opt_text(&parent.as_ref().map(|p| p.1.clone())),
+            Box::new(i(*at_ms)),
+            opt_text(idempotency_key),
+        ]],
+        Write::StartRun { id, at_ms } => vec![vec![text(id), Box::new(i(*at_ms))]],
+        Write::FinishRun { id, state, output, error, failed_step, at_ms } => {
+            vec![vec![text(id), text(state), opt_text(output), opt_text(error), opt_text(failed_step), Box::new(i(*at_ms))]]
+        }
+        Write::StepStarted { run, step, item: it, kind, input, attempt, at_ms } => {
+            vec![vec![text(run), text(step), item(it), text(kind), opt_text(input), count(*attempt), Box::new(i(*at_ms))]]
+        }
+        Write::StepFinished { run, step, item: it, kind, state, output, error, attempts, at_ms } => vec![vec![
+            text(run),
+            text(step),
+            item(it),
+            text(kind),
+            text(state),
+            opt_text(output),
+            opt_text(error),
+            count(*attempts),
+            Box::new(i(*at_ms)),
+        ]],
+        Write::Logs { run, step, lines } => {
+            lines.iter().map(|l| vec![text(run), text(step), Box::new(i(l.at_ms)) as Param, text(l.level), text(&l.source), text(&l.message)]).collect()
+        }
+        Write::Audit { run, step, records } => records.iter().map(|(at, r)| vec![text(run), text(step), Box::new(i(*at)) as Param, text(r)]).collect(),
+    }
+}
+
 impl Store for PgStore {
     fn apply(&self, batch: &[Write]) -> anyhow::Result<Vec<Result<(), Conflict>>> {
         let pool = self.pool.clone();
@@ -260,75 +330,38 @@ impl Store for PgStore {
         self.block(async move {
             let mut client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
             let tx = client.transaction().await?;
-            let mut answers = Vec::with_capacity(batch.len());
+            let mut stmts = HashMap::new();
             for w in &batch {
-                let done = match w {
-                    Write::CreateRun { id, story, team, trigger, input, parent, idempotency_key, at_ms } => {
-                        let stmt = tx
-                            .prepare_cached(
-                                "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms, idempotency_key) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9)
-                                 ON CONFLICT (story, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-                            )
-                            .await?;
-                        let parent_run = parent.as_ref().map(|p| t(&p.0));
-                        let parent_step = parent.as_ref().map(|p| t(&p.1));
-                        let n = tx
-                            .execute(&stmt, &[&t(id), &t(story), &t(team), &t(trigger), &t(input), &parent_run, &parent_step, &i(*at_ms), &ot(idempotency_key)])
-                            .await;
-                        match n {
-                            Ok(0) => Err(Conflict(format!("story {story} already has a run for this Idempotency-Key"))),
-                            Ok(_) => Ok(()),
-                            Err(e) => return Err(anyhow::Error::from(e).context(format!("{} of run {}", w.name(), w.run()))),
-                        }
-                    }
-                    Write::StartRun { id, at_ms } => {
-                        let stmt = tx.prepare_cached("UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, $2) WHERE id = $1").await?;
-                        tx.execute(&stmt, &[&t(id), &i(*at_ms)]).await?;
-                        Ok(())
-                    }
-                    Write::FinishRun { id, state, output, error, failed_step, at_ms } => {
-                        let stmt = tx.prepare_cached("UPDATE runs SET state = $2, output = $3, error = $4, failed_step = $5, finished_ms = $6 WHERE id = $1").await?;
-                        tx.execute(&stmt, &[&t(id), &t(state), &ot(output), &ot(error), &ot(failed_step), &i(*at_ms)]).await?;
-                        Ok(())
-                    }
-                    Write::StepStarted { run, step, item, kind, input, attempt, at_ms } => {
-                        let stmt = tx
-                            .prepare_cached(
-                                "INSERT INTO steps (run_id, step_id, item, kind, state, input, attempts, started_ms) VALUES ($1, $2, $3, $4, 'running', $5, $6, $7)
-                                 ON CONFLICT (run_id, step_id, item) DO UPDATE SET state = 'running', input = COALESCE(EXCLUDED.input, steps.input), attempts = EXCLUDED.attempts",
-                            )
-                            .await?;
-                        let item = item.map_or(-1, |i| i.min(i32::MAX as usize) as i32);
-                        tx.execute(&stmt, &[&t(run), &t(step), &item, &t(kind), &ot(input), &(*attempt as i32), &i(*at_ms)]).await?;
-                        Ok(())
-                    }
-                    Write::StepFinished { run, step, item, kind, state, output, error, attempts, at_ms } => {
-                        let stmt = tx
-                            .prepare_cached(
-                                "INSERT INTO steps (run_id, step_id, item, kind, state, output, error, attempts, started_ms, finished_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
-                                 ON CONFLICT (run_id, step_id, item) DO UPDATE SET state = EXCLUDED.state, output = EXCLUDED.output, error = EXCLUDED.error, attempts = GREATEST(steps.attempts, EXCLUDED.attempts), finished_ms = EXCLUDED.finished_ms",
-                            )
-                            .await?;
-                        let item = item.map_or(-1, |i| i.min(i32::MAX as usize) as i32);
-                        tx.execute(&stmt, &[&t(run), &t(step), &item, &t(kind), &t(state), &ot(output), &ot(error), &(*attempts as i32), &i(*at_ms)]).await?;
-                        Ok(())
-                    }
-                    Write::Logs { run, step, lines } => {
-                        let stmt = tx.prepare_cached("INSERT INTO logs (run_id, step_id, at_ms, level, source, message) VALUES ($1, $2, $3, $4, $5, $6)").await?;
-                        for l in lines {
-                            tx.execute(&stmt, &[&t(run), &t(step), &i(l.at_ms), &t(l.level), &t(l.source), &t(&l.message)]).await?;
-                        }
-                        Ok(())
-                    }
-                    Write::Audit { run, step, records } => {
-                        let stmt = tx.prepare_cached("INSERT INTO audit (run_id, step_id, at_ms, record) VALUES ($1, $2, $3, $4)").await?;
-                        for (at_ms, record) in records {
-                            tx.execute(&stmt, &[&t(run), &t(step), &i(*at_ms), &t(record)]).await?;
-                        }
-                        Ok(())
-                    }
-                };
-                answers.push(done);
+                let sql = sql_of(w);
+                if !stmts.contains_key(sql) {
+                    stmts.insert(sql, tx.prepare_cached(sql).await?);
+                }
+            }
+            // Every row's statement with its parameters, in the batch's order.
+            let mut rows: Vec<(usize, &'static str, Vec<Param>)> = Vec::new();
+            for (n, w) in batch.iter().enumerate() {
+                for params in params_of(w) {
+                    rows.push((n, sql_of(w), params));
+                }
+            }
+            // Pipelined: every statement is sent before the first answer is
+            // awaited (one round trip for the batch, not one per row), and
+            // they run in the order sent.
+            let sent = rows.iter().map(|(n, sql, params)| {
+                let stmt = &stmts[sql];
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+                let tx = &tx;
+                async move { (*n, tx.execute(stmt, &refs).await) }
+            });
+            let done = futures::future::join_all(sent).await;
+            let mut answers: Vec<Result<(), Conflict>> = vec![Ok(()); batch.len()];
+            for (n, result) in done {
+                match (result, &batch[n]) {
+                    // ON CONFLICT DO NOTHING: no row means the key had its run.
+                    (Ok(0), Write::CreateRun { story, .. }) => answers[n] = Err(Conflict(format!("story {story} already has a run for this Idempotency-Key"))),
+                    (Ok(_), _) => {}
+                    (Err(e), w) => return Err(anyhow::Error::from(e).context(format!("{} of run {}", w.name(), w.run()))),
+                }
             }
             tx.commit().await?;
             Ok(answers)
