@@ -211,26 +211,60 @@ impl PgStore {
     /// second node would resume the first one's runs and execute them twice.
     pub fn claim_single_node(&self) -> anyhow::Result<()> {
         let config = self.url.clone();
-        let client = self.block(async move {
-            let (client, connection) = config.connect(NoTls).await?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::error!("the PostgreSQL connection holding this node's claim closed: {e}");
-                }
-            });
-            let got: bool = client.query_one("SELECT pg_try_advisory_lock($1, hashtext(current_schema()))", &[&LOCK_NODE]).await?.get(0);
-            Ok(got.then_some(client))
-        })?;
-        match client {
-            Some(c) => {
-                *self.node_lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
-                Ok(())
-            }
-            None => anyhow::bail!(
+        let (client, closed) = self.block(async move { take_claim(&config).await })?.ok_or_else(|| {
+            anyhow!(
                 "another `warden serve` is using this PostgreSQL database; one node per database for now (several nodes need the cluster queue, not built yet), so stop the other node or give this one another --db"
-            ),
-        }
+            )
+        })?;
+        *self.node_lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
+        // The claim lives as long as its connection. If that drops (a
+        // Postgres restart, a network cut), take it again; if another node
+        // took it meanwhile, it has resumed this node's runs, and this node
+        // must stop before it executes them a second time.
+        let config = self.url.clone();
+        self.rt.as_ref().expect("runtime present until drop").spawn(async move {
+            let mut closed = closed;
+            // The client holding the claim after a reconnection.
+            let mut _holder = None;
+            loop {
+                let _ = (&mut closed).await;
+                tracing::warn!("the PostgreSQL connection holding this node's claim on the store closed; taking the claim again");
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    match take_claim(&config).await {
+                        Ok(Some((client, next))) => {
+                            tracing::info!("this node's claim on the store is held again");
+                            closed = next;
+                            _holder = Some(client);
+                            break;
+                        }
+                        Ok(None) => {
+                            tracing::error!("another `warden serve` took this PostgreSQL store while this node's claim had lapsed; stopping so that no run executes twice");
+                            std::process::exit(70);
+                        }
+                        Err(e) => tracing::warn!("cannot take the claim on the store yet: {e:#}"),
+                    }
+                }
+            }
+        });
+        Ok(())
     }
+}
+
+/// Connects and tries the one-node claim: the client holding it and a
+/// receiver that fires when its connection closes, or `None` if another
+/// node holds it.
+async fn take_claim(config: &tokio_postgres::Config) -> anyhow::Result<Option<(tokio_postgres::Client, tokio::sync::oneshot::Receiver<()>)>> {
+    let (client, connection) = config.connect(NoTls).await?;
+    let (tx, closed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!("the PostgreSQL connection holding this node's claim closed: {e}");
+        }
+        let _ = tx.send(());
+    });
+    let got: bool = client.query_one("SELECT pg_try_advisory_lock($1, hashtext(current_schema()))", &[&LOCK_NODE]).await?.get(0);
+    Ok(got.then_some((client, closed)))
 }
 
 /// A URL with its password hidden, for messages; also when the URL does not
