@@ -237,7 +237,8 @@ async fn start_warden_on(dir: &Path, policy: &Path, db: PathBuf) -> Server {
         .arg(&db)
         .env("WARDEN_CACHE_DIR", dir.join("cache"))
         .env("BENCH_WEBHOOK_SECRET", SECRET)
-        .env("WARDEN_LOG", "error")
+        // The two per-run info lines off unless asked for: WARDEN_BENCH_LOG=info.
+        .env("WARDEN_LOG", std::env::var("WARDEN_BENCH_LOG").unwrap_or_else(|_| "error".into()))
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

@@ -12,7 +12,17 @@ fn main() -> ExitCode {
         _ => ("warn", false),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| default_level.into());
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // `serve` logs a line or two per run: written by a thread of their own so
+    // no run waits on stderr, never dropped (a full buffer makes loggers
+    // wait), and flushed when `_flush` goes at exit.
+    let (writer, _flush) = match &args.command {
+        cli::Command::Serve { .. } => {
+            let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
+            (tracing_subscriber::fmt::writer::BoxMakeWriter::new(writer), Some(guard))
+        }
+        _ => (tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr), None),
+    };
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     if json {
         fmt.json().init();
     } else {

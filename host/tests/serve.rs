@@ -479,3 +479,48 @@ async fn a_waiting_client_that_hangs_up_does_not_cut_its_run_off() {
     assert_eq!(runs[0]["state"], "succeeded", "the run went on without its caller: {runs:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_run_is_logged_as_json_lines_and_nothing_is_lost_at_shutdown() {
+    let dir = setup("logs", &[("quick.yaml", QUICK)], "[triggers.quick]\nsecret_env = \"WEBHOOK_SECRET\"\nallow_sync = true\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = dir.join("serve.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["serve", "--log-json", "--listen", &format!("127.0.0.1:{port}"), "--db"])
+        .arg(dir.join("runs.db"))
+        .arg("--policy")
+        .arg(dir.join("warden.toml"))
+        .arg("--stories")
+        .arg(dir.join("stories"))
+        .env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache"))
+        .env("WEBHOOK_SECRET", SECRET)
+        .env_remove("WARDEN_LOG")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut ids = Vec::new();
+    for n in 0..50 {
+        let body = format!(r#"{{"num": {n}}}"#);
+        let (code, v) = post(&base, "quick?wait=true", &body, Some(sign("quick", &body)), "application/json").await;
+        assert_eq!(code, 200, "{v}");
+        ids.push(v["run_id"].as_str().unwrap().to_string());
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))).collect();
+    for id in &ids {
+        assert!(
+            lines.iter().any(|l| l["fields"]["message"] == "run finished" && l["fields"]["run"] == id.as_str()),
+            "no `run finished` line for {id} in:\n{text}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

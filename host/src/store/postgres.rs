@@ -239,7 +239,10 @@ impl PgStore {
                             break;
                         }
                         Ok(None) => {
-                            tracing::error!("another `warden serve` took this PostgreSQL store while this node's claim had lapsed; stopping so that no run executes twice");
+                            let why = "another `warden serve` took this PostgreSQL store while this node's claim had lapsed; stopping so that no run executes twice";
+                            tracing::error!("{why}");
+                            // Straight to stderr too: exiting skips the log writer's flush.
+                            eprintln!("warden: error: {why}");
                             std::process::exit(70);
                         }
                         Err(e) => tracing::warn!("cannot take the claim on the store yet: {e:#}"),
