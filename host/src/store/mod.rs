@@ -1,7 +1,8 @@
 //! The run store: every story run, its steps (input, output, error, attempts,
 //! timings), their logs and the audit records of every capability call. The
 //! [`Store`] trait is what the engine (through its recorder), the server and
-//! the CLI use; [`RunStore`] keeps it in embedded SQLite. Nothing
+//! the CLI use; [`RunStore`] keeps it in embedded SQLite, [`PgStore`] in
+//! PostgreSQL, and [`group`] commits the engine's writes in groups. Nothing
 //! secret is written: inputs and outputs only ever hold credential *names*,
 //! and responses were scrubbed by the host before a guest saw them.
 
@@ -21,25 +22,56 @@ mod tests;
 pub use postgres::PgStore;
 pub use sqlite::RunStore;
 
-/// Opens the run store `db` names: a PostgreSQL URL (`postgres://…`,
-/// `postgresql://…`), or a SQLite file (`sqlite://PATH` or a plain path).
-pub fn open(db: &std::path::Path) -> anyhow::Result<std::sync::Arc<dyn Store>> {
-    let text = db.to_string_lossy();
-    if postgres::is_postgres_url(&text) {
-        return Ok(std::sync::Arc::new(PgStore::connect(&text)?));
+/// Where a run store is, read once from `--db` / `$WARDEN_DB` / `[server] db`:
+/// a PostgreSQL URL (`postgres://…`, `postgresql://…`), or a SQLite file
+/// (`sqlite://PATH` or a plain path).
+pub enum Location {
+    Postgres(String),
+    Sqlite(std::path::PathBuf),
+}
+
+impl Location {
+    pub fn of(db: &std::path::Path) -> Location {
+        let text = db.to_string_lossy();
+        if postgres::is_postgres_url(&text) {
+            return Location::Postgres(text.into_owned());
+        }
+        Location::Sqlite(text.strip_prefix("sqlite://").map(std::path::PathBuf::from).unwrap_or_else(|| db.to_path_buf()))
     }
-    let path = text.strip_prefix("sqlite://").map(std::path::PathBuf::from).unwrap_or_else(|| db.to_path_buf());
-    Ok(std::sync::Arc::new(RunStore::open(&path)?))
+
+    /// How to name it in a message: a PostgreSQL URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Postgres(url) => postgres::redact(url),
+            Location::Sqlite(path) => path.display().to_string(),
+        }
+    }
+}
+
+/// Opens (creating and migrating as needed) the run store `db` names.
+pub fn open(db: &std::path::Path) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    Ok(match Location::of(db) {
+        Location::Postgres(url) => std::sync::Arc::new(PgStore::connect(&url)?),
+        Location::Sqlite(path) => std::sync::Arc::new(RunStore::open(&path)?),
+    })
+}
+
+/// [`open`], for `warden serve`: a PostgreSQL database is claimed for this
+/// one node (see [`PgStore::claim_single_node`]).
+pub fn open_for_serving(db: &std::path::Path) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    match Location::of(db) {
+        Location::Postgres(url) => {
+            let store = PgStore::connect(&url)?;
+            store.claim_single_node()?;
+            Ok(std::sync::Arc::new(store))
+        }
+        Location::Sqlite(_) => open(db),
+    }
 }
 
 /// How to name the store `db` in a message: a PostgreSQL URL without its password.
 pub fn describe(db: &std::path::Path) -> String {
-    let text = db.to_string_lossy();
-    if postgres::is_postgres_url(&text) {
-        postgres::redact(&text)
-    } else {
-        db.display().to_string()
-    }
+    Location::of(db).describe()
 }
 
 /// A store's schema version, and the one this warden writes.
@@ -51,24 +83,10 @@ pub struct SchemaStatus {
 
 /// The schema version of the store `db` names, changing nothing (0: no store there yet).
 pub fn schema_status(db: &std::path::Path) -> anyhow::Result<SchemaStatus> {
-    let text = db.to_string_lossy();
-    if postgres::is_postgres_url(&text) {
-        return postgres::schema_status(&text);
+    match Location::of(db) {
+        Location::Postgres(url) => postgres::schema_status(&url),
+        Location::Sqlite(path) => sqlite::schema_status(&path),
     }
-    let path = text.strip_prefix("sqlite://").map(std::path::PathBuf::from).unwrap_or_else(|| db.to_path_buf());
-    sqlite::schema_status(&path)
-}
-
-/// [`open`], for `warden serve`: a PostgreSQL database is claimed for this
-/// one node (see [`PgStore::claim_single_node`]).
-pub fn open_for_serving(db: &std::path::Path) -> anyhow::Result<std::sync::Arc<dyn Store>> {
-    let text = db.to_string_lossy();
-    if postgres::is_postgres_url(&text) {
-        let store = PgStore::connect(&text)?;
-        store.claim_single_node()?;
-        return Ok(std::sync::Arc::new(store));
-    }
-    open(db)
 }
 
 /// A write refused because it would break a uniqueness the caller relies on
