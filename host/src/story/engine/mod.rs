@@ -103,7 +103,8 @@ type Outcome = Result<Value, (Option<String>, StepError)>;
 
 /// What [`Engine::accept`] did with a submission.
 pub enum Accepted {
-    /// A new run, durable in the store, not yet started.
+    /// A new run, not yet started: durable in the store, or — when its caller
+    /// waits for its end — queued to commit with its first awaited write.
     New(NewlyAccepted),
     /// The run this `Idempotency-Key` created before.
     Existing(String),
