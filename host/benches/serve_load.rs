@@ -69,10 +69,16 @@ struct Load {
 /// Closed loop: `conns` connections post to `path` for `secs`; every answer
 /// must carry `want`. Bodies are unique (a signed replay would be refused).
 async fn closed_loop(port: u16, path: &str, story: &str, want: u16, conns: usize, secs: f64) -> Load {
+    closed_loop_spread(&[port], path, story, want, conns, secs).await
+}
+
+/// [`closed_loop`] with the connections spread over several servers.
+async fn closed_loop_spread(ports: &[u16], path: &str, story: &str, want: u16, conns: usize, secs: f64) -> Load {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for _ in 0..conns {
+    for i in 0..conns {
+        let port = ports[i % ports.len()];
         let (stop, path, story) = (stop.clone(), path.to_string(), story.to_string());
         tasks.push(tokio::spawn(async move {
             let mut c = Conn::open(port).await;
@@ -351,7 +357,18 @@ fn main() {
             for (label, story, conns) in [("1 transform, wait, c=16, PostgreSQL", "t1", 16), ("1 Wasm action, wait, c=16, PostgreSQL", "a1", 16)] {
                 show(label, &closed_loop(w.port, &format!("/webhooks/{story}?wait=true"), story, 200, conns, secs).await);
             }
-            drop(w);
+            // Scale-out: 1, 2 and 3 nodes on the one database, the same 16
+            // connections spread over them (every node takes webhooks and executes).
+            let mut nodes = vec![w];
+            for n in 1..=3 {
+                while nodes.len() < n {
+                    nodes.push(start_warden_on(&dir, &policy, PathBuf::from(&url)).await);
+                }
+                let ports: Vec<u16> = nodes.iter().map(|s| s.port).collect();
+                closed_loop_spread(&ports, "/webhooks/t1?wait=true", "t1", 200, 16, secs / 5.0).await;
+                show(&format!("1 transform, wait, c=16, PostgreSQL, {n} node(s)"), &closed_loop_spread(&ports, "/webhooks/t1?wait=true", "t1", 200, 16, secs).await);
+            }
+            drop(nodes);
             pg_admin(&base, &format!("DROP SCHEMA {schema} CASCADE")).await;
         }
 

@@ -5,61 +5,13 @@ mod common;
 
 use common::root;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
-const SECRET: &str = "webhook-secret-for-tests";
+use common::node::{pg_admin, PgSchema, Server, SECRET};
 
 fn probe_wasm() -> PathBuf {
     common::guest("probe")
-}
-
-struct Server {
-    child: Child,
-    base: String,
-    dir: PathBuf,
-}
-
-impl Server {
-    fn start(dir: &Path, workers: usize) -> Server {
-        Server::start_on(dir, workers, dir.join("runs.db").as_os_str())
-    }
-
-    fn start_on(dir: &Path, workers: usize, db: &std::ffi::OsStr) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--workers", &workers.to_string()])
-            .arg("--db")
-            .arg(db)
-            .arg("--policy")
-            .arg(dir.join("warden.toml"))
-            .arg("--stories")
-            .arg(dir.join("stories"))
-            .env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache"))
-            .env("WEBHOOK_SECRET", SECRET)
-            .env("WARDEN_LOG", "warn")
-            .spawn()
-            .unwrap();
-        let s = Server { child, base: format!("http://127.0.0.1:{port}"), dir: dir.to_path_buf() };
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("warden serve did not start");
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 fn setup(name: &str, stories: &[(&str, &str)], triggers: &str) -> PathBuf {
@@ -367,34 +319,8 @@ async fn sigkill_under_load_breaks_no_answered_promise_and_repeats_no_side_effec
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A schema of its own in the test PostgreSQL database (`WARDEN_TEST_POSTGRES`).
-struct PgSchema {
-    base: String,
-    name: String,
-}
-
-impl PgSchema {
-    async fn new(tag: &str) -> PgSchema {
-        let base = std::env::var("WARDEN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let name = format!("warden_{tag}_{}", std::process::id());
-        pg_admin(&base, &format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}")).await;
-        PgSchema { base, name }
-    }
-    fn url(&self) -> String {
-        format!("{}?options=-c%20search_path%3D{}", self.base, self.name)
-    }
-}
-
-async fn pg_admin(url: &str, sql: &str) {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {url} is needed for this test (set WARDEN_TEST_POSTGRES): {e}"));
-    tokio::spawn(conn);
-    client.batch_execute(sql).await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_keeps_its_runs_in_postgres_and_a_second_node_is_refused() {
+async fn serve_keeps_its_runs_in_postgres() {
     let pg = PgSchema::new("serve").await;
     let dir = setup("postgres", &[("quick.yaml", QUICK)], "[triggers.quick]\nsecret_env = \"WEBHOOK_SECRET\"\nallow_sync = true\n");
     let url = pg.url();
@@ -405,20 +331,6 @@ async fn serve_keeps_its_runs_in_postgres_and_a_second_node_is_refused() {
     assert_eq!(v["state"], "succeeded", "{v}");
     let id = v["run_id"].as_str().unwrap().to_string();
     assert_eq!(get(&srv.base, &format!("/api/runs/{id}")).await["steps"][0]["output"]["num"], 7);
-
-    // A second node on the same store would resume the first one's runs: refused, saying why.
-    let second = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--db", &url, "--policy"])
-        .arg(dir.join("warden.toml"))
-        .arg("--stories")
-        .arg(dir.join("stories"))
-        .env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache"))
-        .env("WEBHOOK_SECRET", SECRET)
-        .output()
-        .unwrap();
-    assert!(!second.status.success());
-    let err = String::from_utf8_lossy(&second.stderr);
-    assert!(err.contains("another `warden serve` is using this PostgreSQL database"), "{err}");
 
     // The CLI reads the same store.
     let listed = Command::new(env!("CARGO_BIN_EXE_warden")).args(["runs", "list", "--db", &url]).output().unwrap();
@@ -522,5 +434,52 @@ async fn every_run_is_logged_as_json_lines_and_nothing_is_lost_at_shutdown() {
             "no `run finished` line for {id} in:\n{text}"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The ticks (ms) of the scheduled runs in a SQLite store, oldest first.
+fn ticks(db: &Path) -> Vec<u64> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn.prepare("SELECT idempotency_key FROM runs WHERE trigger = 'schedule' ORDER BY created_ms").unwrap();
+    let keys: Vec<String> = stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    keys.iter().map(|k| warden::store::tick_of(k).unwrap_or_else(|| panic!("not a tick: {k}"))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticks_missed_while_down_are_skipped_unless_the_trigger_catches_up_once() {
+    let tick = "name: tick\nsteps:\n  - id: now\n    transform: {set: {ok: true}}\n";
+    let dir = setup("catch-up", &[("tick.yaml", tick)], "[triggers.tick]\nschedule = \"* * * * * *\"\n");
+    let db = dir.join("runs.db");
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let missed_after_restart = |before: &[u64], restarted: u64| {
+        let last = before.iter().max().copied().unwrap_or(0);
+        ticks(&db).into_iter().filter(|&t| t > last && t < restarted).count()
+    };
+    // Down for 3 s with the default (skip): nothing fires for the gap.
+    let mut srv = Server::start(&dir, 2);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    srv.kill();
+    let before = ticks(&db);
+    assert!(!before.is_empty(), "the schedule fired before the stop");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let restarted = now_ms();
+    let mut srv = Server::start(&dir, 2);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    srv.kill();
+    assert_eq!(missed_after_restart(&before, restarted), 0, "catch_up = skip fired a missed tick");
+    // The same with catch_up = "once": one run, for the latest missed tick.
+    let policy = std::fs::read_to_string(dir.join("warden.toml")).unwrap().replace("schedule = ", "catch_up = \"once\"\nschedule = ");
+    std::fs::write(dir.join("warden.toml"), policy).unwrap();
+    let before = ticks(&db);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let restarted = now_ms();
+    let mut srv = Server::start(&dir, 2);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    srv.kill();
+    assert_eq!(missed_after_restart(&before, restarted), 1, "catch_up = once fires the latest missed tick, once");
+    let all = ticks(&db);
+    let mut unique = all.clone();
+    unique.dedup();
+    assert_eq!(all.len(), unique.len(), "one run per tick");
     let _ = std::fs::remove_dir_all(&dir);
 }

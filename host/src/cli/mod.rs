@@ -66,6 +66,12 @@ pub enum Command {
         /// Log JSON lines instead of human-readable text.
         #[arg(long)]
         log_json: bool,
+        /// With a PostgreSQL store: all (take webhooks and execute runs), intake (webhooks only) or worker (runs only). Default: [server] role, else all.
+        #[arg(long, value_parser = parse_role)]
+        role: Option<warden::policy::Role>,
+        /// With a PostgreSQL store: seconds a node's claim on a run lasts unless renewed, so how soon another node resumes a dead node's runs (default: [server] lease_secs, else 15).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        lease_secs: Option<u64>,
     },
 }
 
@@ -98,11 +104,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Story(cmd) => story::run(cmd).await,
         Command::Runs(cmd) => runs::run(cmd),
         Command::Db(cmd) => db::run(cmd),
-        Command::Serve { listen, db, policy, stories, workers, drain_secs, log_json: _ } => {
+        Command::Serve { listen, db, policy, stories, workers, drain_secs, log_json: _, role, lease_secs } => {
             let policy = common::load_policy(&policy)?;
-            let flags = warden::server::config::ServeFlags { listen, db, stories, workers, drain_secs };
+            let flags = warden::server::config::ServeFlags { listen, db, stories, workers, drain_secs, role, lease_secs };
             warden::server::run(policy, flags).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn parse_role(text: &str) -> Result<warden::policy::Role, String> {
+    warden::policy::Role::parse(text)
 }

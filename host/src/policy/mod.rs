@@ -22,7 +22,7 @@ pub mod triggers;
 
 pub use grants::Grant;
 pub use keys::{Team, TrustedKey};
-pub use triggers::{ServerConfig, Trigger};
+pub use triggers::{CatchUp, Role, ServerConfig, Trigger};
 
 use credentials::{CredentialSpec, SecretSource};
 use grants::{parse_grant, RawGrant};
@@ -213,14 +213,26 @@ impl Policy {
             triggers.insert(story, trigger);
         }
         let server = match raw.server {
-            Some(s) => ServerConfig {
+            Some(s) => {
+                let span = s.span();
+                let s = s.into_inner();
+                let role = match &s.role {
+                    Some(r) => Some(Role::parse(r).map_err(|m| err(span.clone(), format!("[server] {m}")))?),
+                    None => None,
+                };
+                if s.lease_secs.is_some_and(|l| !(1..=3600).contains(&l)) {
+                    return Err(err(span, "[server] lease_secs must be 1..3600 (seconds a node's claim on a run lasts unless renewed)".into()));
+                }
+                ServerConfig {
                 listen: s.listen,
                 db: s.db.map(|d| base.join(d)),
                 stories: s.stories.map(|d| base.join(d)),
                 workers: s.workers,
                 drain_secs: s.drain_secs,
+                role,
+                lease_secs: s.lease_secs,
                 api_token: s.api_token_env.map(SecretSource::Env),
-            },
+            }}
             None => ServerConfig::default(),
         };
         Ok(Policy { file: file.to_string(), plugins, grants, credentials, relays, triggers, server, keys, teams })
@@ -291,7 +303,7 @@ struct RawPolicy {
     relays: BTreeMap<String, RawRelay>,
     #[serde(default)]
     triggers: BTreeMap<String, Spanned<RawTrigger>>,
-    server: Option<RawServer>,
+    server: Option<Spanned<RawServer>>,
     #[serde(default)]
     keys: BTreeMap<String, RawKey>,
     #[serde(default)]
@@ -434,4 +446,21 @@ hosts = ["http://127.0.0.1:8080"]
         let e = parse(&text).unwrap_err();
         assert!(e.message.contains("64 hex digits"), "{e}");
     }
+
+    #[test]
+    fn cluster_settings_and_catch_up_are_checked_with_their_line() {
+        let p = parse(&format!("{GOOD}\n[server]\nrole = \"worker\"\nlease_secs = 5\n")).unwrap();
+        assert_eq!((p.server.role, p.server.lease_secs), (Some(Role::Worker), Some(5)));
+        let e = parse(&format!("{GOOD}\n[server]\nrole = \"boss\"\n")).unwrap_err().to_string();
+        assert!(e.contains("role `boss` is unknown; use all") && e.contains("warden.toml:"), "{e}");
+        let e = parse(&format!("{GOOD}\n[server]\nlease_secs = 0\n")).unwrap_err().to_string();
+        assert!(e.contains("lease_secs must be 1..3600"), "{e}");
+        let e = parse(&format!("{GOOD}\n[triggers.hunt]\nschedule = \"0 * * * * *\"\ncatch_up = \"all\"\n")).unwrap_err().to_string();
+        assert!(e.contains("catch_up `all` is unknown; use skip (the default) or once"), "{e}");
+        let e = parse(&format!("{GOOD}\n[triggers.hunt]\nsecret_env = \"S\"\ncatch_up = \"once\"\n")).unwrap_err().to_string();
+        assert!(e.contains("catch_up needs a schedule"), "{e}");
+        let p = parse(&format!("{GOOD}\n[triggers.hunt]\nschedule = \"0 * * * * *\"\ncatch_up = \"once\"\n")).unwrap();
+        assert_eq!(p.triggers["hunt"].catch_up, CatchUp::Once);
+    }
+
 }

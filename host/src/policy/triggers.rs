@@ -45,6 +45,55 @@ impl SignatureScheme {
     }
 }
 
+/// What a schedule does about ticks missed while no node was running
+/// (`catch_up = "skip" | "once"` on a trigger).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CatchUp {
+    /// Missed ticks are gone; the next tick fires as usual. The default.
+    #[default]
+    Skip,
+    /// At start, one run for the latest missed tick, however many were missed.
+    Once,
+}
+
+/// What one `warden serve` node does in a cluster (`--role`, `[server] role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Takes webhooks and executes runs. The default; a SQLite store allows only this.
+    #[default]
+    All,
+    /// Takes webhooks and answers the API; leaves every run to worker nodes.
+    Intake,
+    /// Executes runs from the shared queue and answers the API; takes no webhooks.
+    Worker,
+}
+
+impl Role {
+    pub fn parse(text: &str) -> Result<Role, String> {
+        match text {
+            "all" => Ok(Role::All),
+            "intake" => Ok(Role::Intake),
+            "worker" => Ok(Role::Worker),
+            _ => Err(format!("role `{text}` is unknown; use all (the default), intake or worker")),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Intake => "intake",
+            Role::Worker => "worker",
+        }
+    }
+    /// Whether this node executes runs.
+    pub fn executes(self) -> bool {
+        self != Role::Intake
+    }
+    /// Whether this node takes webhooks.
+    pub fn takes_webhooks(self) -> bool {
+        self != Role::Worker
+    }
+}
+
 /// `[triggers.STORY]`: a webhook (with its HMAC secret) and/or a schedule.
 #[derive(Debug, Clone)]
 pub struct Trigger {
@@ -62,6 +111,7 @@ pub struct Trigger {
     /// Cron expression (with seconds: `sec min hour day month weekday`).
     pub schedule: Option<String>,
     pub schedule_input: serde_json::Value,
+    pub catch_up: CatchUp,
     pub line: u64,
 }
 
@@ -73,6 +123,8 @@ pub struct ServerConfig {
     pub stories: Option<PathBuf>,
     pub workers: Option<usize>,
     pub drain_secs: Option<u64>,
+    pub role: Option<Role>,
+    pub lease_secs: Option<u64>,
     /// When set, `/api/*` requires `Authorization: Bearer <this secret>`.
     pub api_token: Option<SecretSource>,
 }
@@ -112,6 +164,14 @@ pub(super) fn parse_trigger(story: &str, t: RawTrigger, base: &Path, line: u64) 
         Some(v) => v.to_bytes().map_err(|e| format!("triggers.{story}.max_body: {e}"))?,
         None => DEFAULT_MAX_BODY,
     };
+    let catch_up = match t.catch_up.as_deref() {
+        None | Some("skip") => CatchUp::Skip,
+        Some("once") => CatchUp::Once,
+        Some(other) => return Err(format!("triggers.{story}.catch_up `{other}` is unknown; use skip (the default) or once")),
+    };
+    if t.catch_up.is_some() && t.schedule.is_none() {
+        return Err(format!("triggers.{story}: catch_up needs a schedule"));
+    }
     let concurrency = t.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
     if concurrency == 0 {
         return Err(format!("triggers.{story}.concurrency must be at least 1"));
@@ -126,6 +186,7 @@ pub(super) fn parse_trigger(story: &str, t: RawTrigger, base: &Path, line: u64) 
         concurrency,
         schedule: t.schedule,
         schedule_input: t.schedule_input.map(|v| serde_json::to_value(v).unwrap_or_default()).unwrap_or(serde_json::json!({})),
+        catch_up,
         line,
     })
 }
@@ -141,6 +202,7 @@ pub(super) struct RawTrigger {
     pub(super) concurrency: Option<usize>,
     pub(super) schedule: Option<String>,
     pub(super) schedule_input: Option<toml::Value>,
+    pub(super) catch_up: Option<String>,
     pub(super) signature: Option<String>,
     pub(super) tolerance_secs: Option<u64>,
 }
@@ -153,6 +215,8 @@ pub(super) struct RawServer {
     pub(super) stories: Option<String>,
     pub(super) workers: Option<usize>,
     pub(super) drain_secs: Option<u64>,
+    pub(super) role: Option<String>,
+    pub(super) lease_secs: Option<u64>,
     pub(super) api_token_env: Option<String>,
 }
 

@@ -1,7 +1,7 @@
 //! Serve settings: each one from the command line (or its environment
 //! variable), else the policy's `[server]`, else the default named here.
 
-use crate::policy::ServerConfig;
+use crate::policy::{Role, ServerConfig};
 use anyhow::anyhow;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,6 +17,9 @@ pub const MAX_WORKERS: usize = 1024;
 /// large response a few MiB. Each instance stays capped by its grant.
 pub const MEMORY_PER_WORKER: u64 = 4 << 20;
 pub const DEFAULT_DRAIN_SECS: u64 = 30;
+/// How long a node's claim on a run lasts unless renewed (PostgreSQL): after
+/// a node dies, its runs resume elsewhere within this time.
+pub const DEFAULT_LEASE_SECS: u64 = 15;
 
 /// What the command line asked for; `None` defers to `[server]`.
 #[derive(Debug, Clone, Default)]
@@ -26,6 +29,8 @@ pub struct ServeFlags {
     pub stories: Option<PathBuf>,
     pub workers: Option<usize>,
     pub drain_secs: Option<u64>,
+    pub role: Option<Role>,
+    pub lease_secs: Option<u64>,
 }
 
 /// The settings `warden serve` runs with.
@@ -36,6 +41,8 @@ pub struct ServeSettings {
     pub stories: PathBuf,
     pub workers: usize,
     pub drain: Duration,
+    pub role: Role,
+    pub lease: Duration,
 }
 
 impl ServeSettings {
@@ -51,6 +58,8 @@ impl ServeSettings {
             stories,
             workers: flags.workers.or(cfg.workers).unwrap_or_else(|| default_workers(available_memory())),
             drain: Duration::from_secs(flags.drain_secs.or(cfg.drain_secs).unwrap_or(DEFAULT_DRAIN_SECS)),
+            role: flags.role.or(cfg.role).unwrap_or_default(),
+            lease: Duration::from_secs(flags.lease_secs.or(cfg.lease_secs).unwrap_or(DEFAULT_LEASE_SECS)),
         })
     }
 }

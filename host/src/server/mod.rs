@@ -9,11 +9,12 @@
 
 pub mod config;
 pub mod metrics;
+mod node;
 mod queue;
 mod schedule;
 pub mod signature;
 
-use crate::policy::Policy;
+use crate::policy::{Policy, Role};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::RunFilter;
 use crate::story::engine::{Accepted, Engine, SubmitError};
@@ -42,6 +43,8 @@ const MAX_IDEMPOTENCY_KEY: usize = 256;
 pub struct ServeOptions {
     pub workers: usize,
     pub drain: Duration,
+    /// What this node does in a cluster (a SQLite store: always [`Role::All`]).
+    pub role: Role,
 }
 
 #[derive(Clone)]
@@ -111,15 +114,20 @@ fn error(code: StatusCode, message: impl Into<String>) -> Response {
 pub fn start(engine: Arc<Engine>, opts: &ServeOptions) -> anyhow::Result<(Router, Queue)> {
     let policy = engine.policy.clone();
     let metrics = Arc::new(Metrics::default());
-    let queue = Queue::start(engine.clone(), metrics.clone(), opts.workers, &policy);
-    for id in engine.store.runs_in_state("running")? {
-        tracing::warn!(run = %id, "resuming a run interrupted by the last shutdown");
-        let story = engine.store.run_input(&id)?.map(|(s, _)| s).unwrap_or_default();
-        queue.push(id, &story, Start::Resume, None);
-    }
-    for id in engine.store.runs_in_state("queued")? {
-        let story = engine.store.run_input(&id)?.map(|(s, _)| s).unwrap_or_default();
-        queue.push(id, &story, Start::FromStore, None);
+    let queue = Queue::start(engine.clone(), metrics.clone(), opts.workers, &policy, opts.role);
+    if engine.store.cluster().is_some() {
+        // Queued runs, and runs of nodes that stopped, are claimed from the shared queue.
+        node::start(&queue);
+    } else {
+        for id in engine.store.runs_in_state("running")? {
+            tracing::warn!(run = %id, "resuming a run interrupted by the last shutdown");
+            let story = engine.store.run_input(&id)?.map(|(s, _)| s).unwrap_or_default();
+            queue.push(id, &story, Start::Resume, None);
+        }
+        for id in engine.store.runs_in_state("queued")? {
+            let story = engine.store.run_input(&id)?.map(|(s, _)| s).unwrap_or_default();
+            queue.push(id, &story, Start::FromStore, None);
+        }
     }
     schedule::start(engine.clone(), queue.clone(), &policy);
     let tokens = Arc::new(ApiTokens::load(&policy)?);
@@ -149,7 +157,13 @@ pub async fn run(policy: Policy, flags: config::ServeFlags) -> anyhow::Result<()
             anyhow::bail!("{}: [triggers.{name}] names a story that is not in {}", policy.file, settings.stories.display());
         }
     }
-    let store = crate::store::open_for_serving(&settings.db)?;
+    if settings.role != Role::All && !matches!(crate::store::Location::of(&settings.db), crate::store::Location::Postgres(_)) {
+        anyhow::bail!(
+            "--role {} needs a store shared with other nodes: give --db postgres://… (a SQLite store serves one node, which takes webhooks and executes runs)",
+            settings.role.name()
+        );
+    }
+    let store = crate::store::open_for_serving(&settings.db, settings.lease)?;
     let max_instances = config::instance_pool(settings.workers);
     let largest_grant = policy.grants.values().map(|g| g.limits.memory_bytes).max().unwrap_or(crate::limits::Limits::default().memory_bytes);
     tracing::info!(
@@ -164,7 +178,7 @@ pub async fn run(policy: Policy, flags: config::ServeFlags) -> anyhow::Result<()
     );
     let rt = Arc::new(Runtime::new(RuntimeConfig { max_instances, ..Default::default() })?);
     let engine = Arc::new(Engine::new(rt, Arc::new(policy), Arc::new(library), store));
-    serve(engine, &settings.listen, ServeOptions { workers: settings.workers, drain: settings.drain }).await
+    serve(engine, &settings.listen, ServeOptions { workers: settings.workers, drain: settings.drain, role: settings.role }).await
 }
 
 /// Serves until SIGTERM/SIGINT, then drains.
@@ -228,6 +242,9 @@ async fn webhook(State(s): State<AppState>, Path(story): Path<String>, Query(q):
 }
 
 async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMap, body: &[u8]) -> Response {
+    if !s.queue.role.takes_webhooks() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "this node takes no webhooks (--role worker); send them to a node with --role intake or all");
+    }
     let Some(trigger) = s.policy.triggers.get(story).filter(|t| t.secret.is_some()) else {
         return error(StatusCode::NOT_FOUND, format!("no webhook for story `{}`", crate::invocation::guest_text(story, 64)));
     };
@@ -280,7 +297,9 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
     if s.replays.first_time(story, &verified, now).is_err() {
         return error(StatusCode::CONFLICT, "this signed request was already received; a replay starts no run (send an Idempotency-Key to get the first run back)");
     }
-    let run = match s.engine.accept(story, input, "webhook", idempotency_key, wait).await {
+    // In a cluster the run's creation is durable before anyone claims it.
+    let waits_here = wait && s.engine.store.cluster().is_none();
+    let run = match s.engine.accept(story, input, "webhook", idempotency_key, waits_here).await {
         Ok(Accepted::Existing(id)) => return (StatusCode::OK, Json(json!({"run_id": id, "status_url": format!("/api/runs/{id}"), "existing": true}))).into_response(),
         Ok(Accepted::New(run)) => run,
         Err(e) => {
@@ -293,14 +312,10 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
         }
     };
     let run_id = run.id.clone();
-    if wait {
-        return match s.queue.run_now(run_id.clone(), story, Start::Accepted(run)).await {
-            Some(result) => (StatusCode::OK, Json(result)).into_response(),
-            None => (StatusCode::ACCEPTED, Json(json!({"run_id": run_id}))).into_response(),
-        };
+    match s.queue.dispatch(run, wait).await {
+        Some(result) => (StatusCode::OK, Json(result)).into_response(),
+        None => (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status_url": format!("/api/runs/{run_id}")}))).into_response(),
     }
-    s.queue.push(run_id.clone(), story, Start::Accepted(run), None);
-    (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status_url": format!("/api/runs/{run_id}")}))).into_response()
 }
 
 async fn list_runs(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {

@@ -1,16 +1,19 @@
 //! The worker pool: at most `workers` runs execute at once, and at most the
 //! trigger's `concurrency` runs of one story. Runs wait in memory only after
-//! they are durable in the store, so a crash loses nothing.
+//! they are durable in the store, so a crash loses nothing. On a store shared
+//! by several nodes, a run executes here only under this node's lease (see
+//! [`crate::store::Cluster`] and [`super::node`]).
 
 use super::metrics::{Metrics, MetricsObserver};
-use crate::policy::Policy;
+use crate::policy::{Policy, Role};
+use crate::store::Cluster;
 use crate::story::engine::{Engine, NewlyAccepted, RunResult};
 use futures::FutureExt as _;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 type PermitResult = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>;
@@ -27,16 +30,20 @@ pub enum Start {
 
 #[derive(Clone)]
 pub struct Queue {
-    engine: Arc<Engine>,
+    pub(super) engine: Arc<Engine>,
     metrics: Arc<Metrics>,
-    workers: Arc<Semaphore>,
+    pub(super) workers: Arc<Semaphore>,
     per_story: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
-    limits: Arc<HashMap<String, usize>>,
-    tracker: TaskTracker,
+    /// Each story's `concurrency` (others: the default).
+    pub(super) limits: Arc<HashMap<String, usize>>,
+    pub(super) tracker: TaskTracker,
+    /// Notified whenever a run ends here: a worker is free.
+    pub(super) freed: Arc<Notify>,
+    pub(super) role: Role,
 }
 
 impl Queue {
-    pub fn start(engine: Arc<Engine>, metrics: Arc<Metrics>, workers: usize, policy: &Policy) -> Queue {
+    pub fn start(engine: Arc<Engine>, metrics: Arc<Metrics>, workers: usize, policy: &Policy, role: Role) -> Queue {
         let limits = policy.triggers.iter().map(|(s, t)| (s.clone(), t.concurrency)).collect();
         Queue {
             engine,
@@ -45,14 +52,79 @@ impl Queue {
             per_story: Arc::default(),
             limits: Arc::new(limits),
             tracker: TaskTracker::new(),
+            freed: Arc::new(Notify::new()),
+            role,
         }
+    }
+
+    /// The queue shared with other nodes, when the store has one.
+    pub(super) fn cluster(&self) -> Option<&dyn Cluster> {
+        self.engine.store.cluster()
+    }
+
+    /// Runs of `story` allowed at once (here, and across the cluster).
+    pub(super) fn limit(&self, story: &str) -> usize {
+        *self.limits.get(story).unwrap_or(&crate::policy::triggers::DEFAULT_CONCURRENCY)
     }
 
     fn story_gate(&self, story: &str) -> Arc<Semaphore> {
         let mut map = self.per_story.lock().unwrap();
-        map.entry(story.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(*self.limits.get(story).unwrap_or(&crate::policy::triggers::DEFAULT_CONCURRENCY))))
-            .clone()
+        map.entry(story.to_string()).or_insert_with(|| Arc::new(Semaphore::new(self.limit(story)))).clone()
+    }
+
+    /// A worker and a place in the story's gate, if both are free now.
+    fn try_permits(&self, story: &str) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let gate = self.story_gate(story);
+        gate.try_acquire_owned().ok().and_then(|s| Some((s, self.workers.clone().try_acquire_owned().ok()?)))
+    }
+
+    /// Where a run just accepted executes, and — when the caller `wait`s —
+    /// its result. Alone (SQLite): here, at once or queued. In a cluster: here
+    /// if this node executes runs, has a free worker and the story has room
+    /// across the cluster (this node then holds the run's lease); otherwise
+    /// it waits in the shared queue for whichever node has room, and a
+    /// waiting caller is answered when the store records its end.
+    pub async fn dispatch(&self, run: NewlyAccepted, wait: bool) -> Option<RunResult> {
+        let (id, story) = (run.id.clone(), run.story.name.clone());
+        let Some(cluster) = self.cluster() else {
+            if wait {
+                return self.run_now(id, &story, Start::Accepted(run)).await;
+            }
+            self.push(id, &story, Start::Accepted(run), None);
+            return None;
+        };
+        if self.role.executes() {
+            if let Some((story_permit, worker)) = self.try_permits(&story) {
+                match cluster.claim_run(&id, &story, self.limit(&story)) {
+                    Ok(true) => {
+                        let q = self.clone();
+                        let task = self.tracker.spawn(async move { q.execute(id, Start::Accepted(run), (Ok(story_permit), Ok(worker))).await });
+                        return if wait { task.await.ok() } else { None };
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(run = %id, "cannot claim a run just accepted: {e:#}; it waits in the shared queue"),
+                }
+            }
+        }
+        if let Err(e) = cluster.offer(&id) {
+            tracing::warn!(run = %id, "cannot offer a run to the other nodes: {e:#}; they find it at their next poll");
+        }
+        if wait {
+            return Some(self.await_end(&id).await);
+        }
+        None
+    }
+
+    /// A worker-held start for a run claimed from the shared queue.
+    pub(super) fn push_claimed(&self, run_id: String, story: &str, start: Start, worker: OwnedSemaphorePermit) {
+        let gate = self.story_gate(story);
+        let q = self.clone();
+        self.metrics.runs_queued.fetch_add(1, Ordering::Relaxed);
+        self.tracker.spawn(async move {
+            let story_permit = gate.acquire_owned().await;
+            q.metrics.runs_queued.fetch_sub(1, Ordering::Relaxed);
+            q.execute(run_id, start, (story_permit, Ok(worker))).await
+        });
     }
 
     /// Schedules a recorded run of `story`: it starts when a worker and the
@@ -96,7 +168,7 @@ impl Queue {
 
     /// Executes one run holding its permits; a panic in warden's own code
     /// fails that run, recorded, and nothing else.
-    async fn execute(&self, run_id: String, start: Start, _permits: (PermitResult, PermitResult)) -> RunResult {
+    async fn execute(&self, run_id: String, start: Start, permits: (PermitResult, PermitResult)) -> RunResult {
         self.metrics.runs_in_flight.fetch_add(1, Ordering::Relaxed);
         let observer = MetricsObserver(&self.metrics);
         let engine = &self.engine;
@@ -112,6 +184,11 @@ impl Queue {
             Err(panic) => engine.failed_by_host_bug(&run_id, &crate::runtime::panic_text(&panic)).await,
         };
         self.metrics.runs_in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(cluster) = self.cluster() {
+            cluster.release(&run_id);
+        }
+        drop(permits);
+        self.freed.notify_one();
         result
     }
 

@@ -1,9 +1,13 @@
-//! Cron schedules: each trigger with a `schedule` submits a run of its story
-//! (input `schedule_input`) at every upcoming time.
+//! Cron schedules: each trigger with a `schedule` starts a run of its story
+//! (input `schedule_input`) at every tick. A tick's run carries the tick as
+//! its idempotency key ([`crate::store::schedule_key`]), so however many
+//! nodes fire it, the store keeps one run per tick. A tick missed while no
+//! node ran is skipped, or fired once at start (`catch_up = "once"`).
 
-use super::queue::{Queue, Start};
-use crate::policy::Policy;
+use super::queue::Queue;
+use crate::policy::{CatchUp, Policy, Trigger};
 use crate::story::engine::{Accepted, Engine};
+use chrono::{DateTime, Utc};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -11,20 +15,50 @@ pub fn start(engine: Arc<Engine>, queue: Queue, policy: &Policy) {
     for t in policy.triggers.values() {
         let Some(expr) = &t.schedule else { continue };
         let schedule = cron::Schedule::from_str(expr).expect("validated at policy load");
-        let (engine, queue, story, input) = (engine.clone(), queue.clone(), t.story.clone(), t.schedule_input.clone());
+        let (engine, queue, trigger) = (engine.clone(), queue.clone(), t.clone());
         tokio::spawn(async move {
-            for next in schedule.upcoming(chrono::Utc) {
-                let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+            if trigger.catch_up == CatchUp::Once {
+                catch_up(&engine, &queue, &trigger, &schedule).await;
+            }
+            for next in schedule.upcoming(Utc) {
+                let wait = (next - Utc::now()).to_std().unwrap_or_default();
                 tokio::time::sleep(wait).await;
-                match engine.accept(&story, input.clone(), "schedule", None, false).await {
-                    Ok(Accepted::New(run)) => {
-                        tracing::info!(story = %story, run = %run.id, "schedule fired");
-                        queue.push(run.id.clone(), &story, Start::Accepted(run), None);
-                    }
-                    Ok(Accepted::Existing(_)) => unreachable!("no idempotency key"),
-                    Err(e) => tracing::error!(story = %story, "scheduled run refused: {e}"),
-                }
+                fire(&engine, &queue, &trigger, next).await;
             }
         });
+    }
+}
+
+/// Fires the latest tick missed since the story's last scheduled run, if any.
+async fn catch_up(engine: &Engine, queue: &Queue, trigger: &Trigger, schedule: &cron::Schedule) {
+    let last = match engine.store.last_schedule_tick(&trigger.story) {
+        Ok(Some(ms)) => DateTime::<Utc>::from_timestamp_millis(ms as i64),
+        // Never fired: nothing was missed.
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(story = %trigger.story, "cannot read the schedule's last tick, so no missed tick is caught up: {e:#}");
+            return;
+        }
+    };
+    let Some(last) = last else { return };
+    // The latest tick before now (cron's ticks run backwards from a time too).
+    let Some(missed) = schedule.after(&Utc::now()).next_back() else { return };
+    if missed > last {
+        tracing::info!(story = %trigger.story, tick = %missed, "catching up a tick missed while no node ran (catch_up = \"once\")");
+        fire(engine, queue, trigger, missed).await;
+    }
+}
+
+/// Starts the run of one tick, unless another node already did.
+async fn fire(engine: &Engine, queue: &Queue, trigger: &Trigger, tick: DateTime<Utc>) {
+    let key = crate::store::schedule_key(tick.timestamp_millis().max(0) as u64);
+    match engine.accept(&trigger.story, trigger.schedule_input.clone(), "schedule", Some(&key), false).await {
+        Ok(Accepted::New(run)) => {
+            tracing::info!(story = %trigger.story, run = %run.id, "schedule fired");
+            queue.dispatch(run, false).await;
+        }
+        // Another node fired this tick.
+        Ok(Accepted::Existing(_)) => {}
+        Err(e) => tracing::error!(story = %trigger.story, "scheduled run refused: {e}"),
     }
 }

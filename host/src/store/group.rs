@@ -395,6 +395,9 @@ mod tests {
         fn get_run(&self, id: &str) -> anyhow::Result<Option<crate::store::RunDetail>> {
             self.inner.get_run(id)
         }
+        fn last_schedule_tick(&self, story: &str) -> anyhow::Result<Option<u64>> {
+            self.inner.last_schedule_tick(story)
+        }
     }
 
     fn create(id: &str, key: Option<&str>) -> Write {
@@ -524,6 +527,9 @@ mod tests {
             }
             fn get_run(&self, id: &str) -> anyhow::Result<Option<crate::store::RunDetail>> {
                 self.0.get_run(id)
+            }
+            fn last_schedule_tick(&self, story: &str) -> anyhow::Result<Option<u64>> {
+                self.0.last_schedule_tick(story)
             }
         }
         let store = Arc::new(Panics(RunStore::in_memory().unwrap(), true.into()));

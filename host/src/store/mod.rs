@@ -56,17 +56,72 @@ pub fn open(db: &std::path::Path) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     })
 }
 
-/// [`open`], for `warden serve`: a PostgreSQL database is claimed for this
-/// one node (see [`PgStore::claim_single_node`]).
-pub fn open_for_serving(db: &std::path::Path) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+/// [`open`], for `warden serve`: on PostgreSQL this node joins the cluster
+/// of nodes sharing the database (see [`Cluster`]), holding each run it
+/// executes under a lease of `lease`.
+pub fn open_for_serving(db: &std::path::Path, lease: std::time::Duration) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     match Location::of(db) {
         Location::Postgres(url) => {
             let store = PgStore::connect(&url)?;
-            store.claim_single_node()?;
+            store.join_cluster(lease)?;
             Ok(std::sync::Arc::new(store))
         }
         Location::Sqlite(_) => open(db),
     }
+}
+
+/// A run this node claimed from the shared queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub id: String,
+    pub story: String,
+    /// It was `running` on a node whose lease lapsed: resume it.
+    pub interrupted: bool,
+}
+
+/// What one claim took, and whether runs were left waiting (for a story's
+/// limit, or beyond what was asked).
+#[derive(Debug, Clone, Default)]
+pub struct Claims {
+    pub runs: Vec<Claimed>,
+    pub more_waiting: bool,
+}
+
+/// The queue that several `warden serve` nodes share (PostgreSQL): which node
+/// executes which run. A node executes a run only while it holds its
+/// *lease*, renewed while it works; a lease that lapses (its node died or lost
+/// the database) is taken by another node, and every write the old node
+/// still sends for that run is refused (fenced by the lease's generation), so
+/// a run is never executed by two nodes at once. A SQLite store serves one
+/// node and has no cluster.
+pub trait Cluster: Send + Sync {
+    /// This node's name in leases: unique per process.
+    fn node(&self) -> &str;
+    /// How long a lease lasts unless renewed.
+    fn lease(&self) -> std::time::Duration;
+    /// Claims up to `n` runs that no live node holds, oldest first, keeping
+    /// each story within its limit (`limits`, else `default_limit`) of runs
+    /// held at once across the cluster.
+    fn claim(&self, n: usize, limits: &std::collections::HashMap<String, usize>, default_limit: usize) -> anyhow::Result<Claims>;
+    /// Claims the run `id` of `story` (just accepted here, so reserved for
+    /// this node for a moment) if no node holds it and the story has room
+    /// under `limit` across the cluster.
+    fn claim_run(&self, id: &str, story: &str, limit: usize) -> anyhow::Result<bool>;
+    /// This node stops executing `id` (its run ended here, however): its
+    /// lease is no longer renewed, so an unfinished run lapses to another node.
+    fn release(&self, id: &str);
+    /// Renews every lease this node holds; answers the runs it lost to
+    /// another node (their writes are refused from now on).
+    fn renew(&self) -> anyhow::Result<Vec<String>>;
+    /// Offers the run `id` (just accepted here, not claimed) to every node at
+    /// once, and wakes the idle ones.
+    fn offer(&self, id: &str) -> anyhow::Result<()>;
+    /// Changes when a node announced a run for any node (and when the
+    /// listening connection was re-made): may change without cause.
+    fn work_announced(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// Changes when a node recorded a run's end: a story's slot is free, a
+    /// waiting caller's answer may be ready. May change without cause.
+    fn runs_ended(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
 /// How to name the store `db` in a message: a PostgreSQL URL without its password.
@@ -323,5 +378,24 @@ pub trait Store: Send + Sync {
     fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>>;
     fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>>;
     fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>>;
+    /// The latest schedule tick (ms since the epoch) that started a run of
+    /// `story`: see [`schedule_key`].
+    fn last_schedule_tick(&self, story: &str) -> anyhow::Result<Option<u64>>;
+    /// The queue shared with other nodes, when this store has one.
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        None
+    }
+}
+
+/// The idempotency key of the run a schedule starts at `tick_ms`: one run per
+/// story and tick, however many nodes fire it. The `·` keeps it apart from
+/// every `Idempotency-Key` a webhook can send (header values are ASCII).
+pub fn schedule_key(tick_ms: u64) -> String {
+    format!("schedule\u{b7}{tick_ms}")
+}
+
+/// The tick a [`schedule_key`] names.
+pub fn tick_of(key: &str) -> Option<u64> {
+    key.strip_prefix("schedule\u{b7}")?.parse().ok()
 }
 

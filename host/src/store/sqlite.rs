@@ -238,6 +238,15 @@ impl Store for RunStore {
         Ok(self.reader().query_row("SELECT id FROM runs WHERE story = ?1 AND idempotency_key = ?2", params![story, key], |r| r.get(0)).optional()?)
     }
 
+    fn last_schedule_tick(&self, story: &str) -> anyhow::Result<Option<u64>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT idempotency_key FROM runs WHERE story = ?1 AND trigger = 'schedule' AND idempotency_key IS NOT NULL ORDER BY created_ms DESC, rowid DESC LIMIT 1",
+        )?;
+        let key: Option<String> = stmt.query_row(params![story], |r| r.get(0)).optional()?;
+        Ok(key.as_deref().and_then(tick_of))
+    }
+
     fn run_summary(&self, id: &str) -> anyhow::Result<Option<RunSummary>> {
         Ok(self.reader().query_row("SELECT * FROM runs WHERE id = ?1", params![id], RunStore::summary).optional()?)
     }

@@ -70,4 +70,7 @@ impl Store for Flaky {
     fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>> {
         self.inner.get_run(id)
     }
+    fn last_schedule_tick(&self, story: &str) -> anyhow::Result<Option<u64>> {
+        self.inner.last_schedule_tick(story)
+    }
 }

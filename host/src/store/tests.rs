@@ -110,6 +110,17 @@ fn suite(s: &dyn Store) {
     let d = s.get_run("r4").unwrap().unwrap();
     assert!(d.logs[0].message.starts_with("nul ") && d.logs[0].message.ends_with(" byte"), "{:?}", d.logs[0].message);
     assert_eq!(d.steps[0].error, Some(json!({"m": "\u{0}"})));
+
+    // A schedule's ticks: the latest one that started a run of the story.
+    assert_eq!(s.last_schedule_tick("tick").unwrap(), None);
+    for (id, tick) in [("t1", 60_000u64), ("t2", 120_000)] {
+        let key = schedule_key(tick);
+        s.create_run(&NewRun { id, story: "tick", team: "soc", trigger: "schedule", input: &input, parent: None, idempotency_key: Some(&key) }).unwrap();
+    }
+    assert_eq!(s.last_schedule_tick("tick").unwrap(), Some(120_000));
+    let again = schedule_key(120_000);
+    let e = s.create_run(&NewRun { id: "t3", story: "tick", team: "soc", trigger: "schedule", input: &input, parent: None, idempotency_key: Some(&again) });
+    assert!(e.is_err(), "a tick starts one run");
 }
 
 #[test]
@@ -146,60 +157,129 @@ fn postgres_refuses_a_schema_newer_than_it_knows() {
     assert!(msg.contains("newer warden (schema 999") && msg.contains("upgrade warden"), "{msg}");
 }
 
-#[test]
-fn postgres_serves_one_node_per_database_until_the_cluster_queue_exists() {
-    let pg = PgSchema::new();
-    // The claim is per database, so this test takes its own.
-    pg.store.claim_single_node().unwrap();
-    let second = PgStore::connect(&pg.url()).unwrap();
-    let e = second.claim_single_node().unwrap_err().to_string();
-    assert!(e.contains("another `warden serve` is using this PostgreSQL database"), "{e}");
-    drop(pg);
+/// A node of a cluster on the test schema, with leases of `lease_ms`.
+fn node(pg: &PgSchema, lease_ms: u64) -> PgStore {
+    let s = PgStore::connect(&pg.url()).unwrap();
+    s.join_cluster(std::time::Duration::from_millis(lease_ms)).unwrap();
+    s
 }
 
-#[test]
-fn a_node_whose_claim_connection_drops_takes_the_claim_again() {
-    let pg = PgSchema::new();
-    pg.store.claim_single_node().unwrap();
-    // Cut the claim's connection, as a Postgres restart or a network cut would.
-    let cut = format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND classid = {} AND objid = hashtext('{}')::oid AND objsubid = 2",
-        0x7761_7264u32, pg.schema
-    );
-    admin(&pg.base, &cut);
-    // Within a few seconds the node holds it again (asked of Postgres, not
-    // raced: a second node winning the gap would stop the first by design)...
-    let held = format!(
-        "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = {} AND objid = hashtext('{}')::oid AND objsubid = 2 AND granted",
-        0x7761_7264u32, pg.schema
-    );
-    let mut again = false;
-    for _ in 0..40 {
-        std::thread::sleep(std::time::Duration::from_millis(250));
-        if admin_count(&pg.base, &held) == 1 {
-            again = true;
-            break;
-        }
+/// Runs accepted by node `s` and offered to every node.
+fn queued(s: &PgStore, ids: &[&str], story: &str) {
+    let input = json!({});
+    let batch: Vec<Write> = ids.iter().map(|id| Write::create_run(&run(id, story, "t", &input, None))).collect();
+    assert!(s.apply(&batch).unwrap().iter().all(Result::is_ok));
+    for id in ids {
+        s.offer(id).unwrap();
     }
-    assert!(again, "the claim was not taken again");
-    // ...so a second node is still refused.
-    let second = PgStore::connect(&pg.url()).unwrap();
-    assert!(second.claim_single_node().is_err());
 }
 
-/// One number from the test database, outside any store.
-fn admin_count(url: &str, sql: &str) -> i64 {
-    let (url, sql) = (url.to_string(), sql.to_string());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(conn);
-            client.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0)
-        })
-    })
-    .join()
-    .unwrap()
+fn ids(claimed: &[Claimed]) -> Vec<String> {
+    let mut v: Vec<String> = claimed.iter().map(|c| c.id.clone()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn two_nodes_claiming_at_once_never_get_the_same_run() {
+    let pg = PgSchema::new();
+    let (a, b) = (Arc::new(node(&pg, 10_000)), Arc::new(node(&pg, 10_000)));
+    let names: Vec<String> = (0..40).map(|i| format!("q{i:02}")).collect();
+    queued(&a, &names.iter().map(String::as_str).collect::<Vec<_>>(), "st");
+    let limits = std::collections::HashMap::new();
+    let claim = |s: Arc<PgStore>| {
+        let limits = limits.clone();
+        std::thread::spawn(move || (0..8).flat_map(|_| s.claim(5, &limits, 100).unwrap().runs).collect::<Vec<_>>())
+    };
+    let (ga, gb) = (claim(a.clone()), claim(b.clone()));
+    let (ga, gb) = (ga.join().unwrap(), gb.join().unwrap());
+    let mut all = ids(&ga);
+    all.extend(ids(&gb));
+    all.sort();
+    assert_eq!(all, names, "every run claimed exactly once");
+    assert!(ga.iter().all(|c| !c.interrupted));
+}
+
+#[test]
+fn a_run_just_accepted_is_its_nodes_for_a_moment_unless_offered() {
+    let pg = PgSchema::new();
+    let (a, b) = (node(&pg, 10_000), node(&pg, 10_000));
+    a.apply_one(Write::create_run(&run("mine", "st", "t", &json!({}), None))).unwrap();
+    assert!(b.claim(5, &Default::default(), 16).unwrap().runs.is_empty(), "reserved for the node that accepted it");
+    assert!(a.claim_run("mine", "st", 16).unwrap());
+    a.apply_one(Write::create_run(&run("left", "st", "t", &json!({}), None))).unwrap();
+    a.offer("left").unwrap();
+    assert_eq!(ids(&b.claim(5, &Default::default(), 16).unwrap().runs), vec!["left"], "offered: any node claims it");
+    // Should the accepting node die before either, the reservation lapses.
+    a.apply_one(Write::create_run(&run("orphan", "st", "t", &json!({}), None))).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(ids(&b.claim(5, &Default::default(), 16).unwrap().runs), vec!["orphan"]);
+    // A run made outside the cluster (`warden story run` on this database) is never claimed.
+    let cli = PgStore::connect(&pg.url()).unwrap();
+    cli.apply_one(Write::create_run(&run("cli", "st", "t", &json!({}), None))).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(b.claim(5, &Default::default(), 16).unwrap().runs.is_empty());
+}
+
+#[test]
+fn a_story_keeps_its_concurrency_across_nodes() {
+    let pg = PgSchema::new();
+    let (a, b) = (node(&pg, 10_000), node(&pg, 10_000));
+    queued(&a, &["s1", "s2", "s3", "s4"], "slow");
+    queued(&a, &["o1"], "other");
+    let limits: std::collections::HashMap<String, usize> = [("slow".to_string(), 2)].into();
+    let first = a.claim(10, &limits, 16).unwrap().runs;
+    assert_eq!(ids(&first), vec!["o1", "s1", "s2"], "two of `slow`, oldest first, and the other story");
+    let none = b.claim(10, &limits, 16).unwrap();
+    assert!(none.runs.is_empty() && none.more_waiting, "`slow` is at its limit across the cluster, its runs wait");
+    assert!(!b.claim_run("s3", "slow", 2).unwrap(), "nor can a node claim one by name");
+    // One ends on node a: its slot is free for any node.
+    a.apply_one(Write::finish_run("s1", "succeeded", None, None, None)).unwrap();
+    assert_eq!(ids(&b.claim(10, &limits, 16).unwrap().runs), vec!["s3"]);
+}
+
+#[test]
+fn a_lapsed_lease_is_taken_over_and_the_old_node_is_fenced() {
+    let pg = PgSchema::new();
+    let (a, b) = (node(&pg, 400), node(&pg, 400));
+    queued(&a, &["r1"], "st");
+    assert!(a.claim_run("r1", "st", 16).unwrap());
+    a.apply_one(Write::start_run("r1")).unwrap();
+    a.apply_one(Write::step_started("r1", "call", None, "action", None, 1)).unwrap();
+    assert!(b.claim(5, &Default::default(), 16).unwrap().runs.is_empty(), "a live lease is not taken");
+    // Renewed, the lease outlives its first term.
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    assert!(a.renew().unwrap().is_empty());
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    assert!(b.claim(5, &Default::default(), 16).unwrap().runs.is_empty(), "a renewed lease is not taken");
+    // Node a stops renewing (it hangs, or lost the network): node b resumes the run.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let taken = b.claim(5, &Default::default(), 16).unwrap().runs;
+    assert_eq!(taken, vec![Claimed { id: "r1".into(), story: "st".into(), interrupted: true }]);
+    // Whatever node a still sends for the run is refused; node b's writes land.
+    let late = a.apply(&[Write::step_finished("r1", "call", None, "action", "succeeded", Some(&json!({"late": true})), None, 1), Write::finish_run("r1", "succeeded", None, None, None)]).unwrap();
+    assert!(late.iter().all(|r| r.as_ref().is_err_and(|c| c.0.contains("not held by this node"))), "{late:?}");
+    assert_eq!(a.renew().unwrap(), Vec::<String>::new(), "node a already forgot the run");
+    b.apply_one(Write::finish_run("r1", "failed", None, Some("interrupted"), Some("call"))).unwrap();
+    let d = b.get_run("r1").unwrap().unwrap();
+    assert_eq!(d.run.state, "failed");
+    assert_eq!(d.steps[0].output, None, "node a's late step record was not written");
+}
+
+#[test]
+fn a_node_learns_at_renewal_that_its_lease_was_taken() {
+    let pg = PgSchema::new();
+    let (a, b) = (node(&pg, 300), node(&pg, 300));
+    queued(&a, &["r1"], "st");
+    assert_eq!(a.claim(1, &Default::default(), 16).unwrap().runs.len(), 1);
+    std::thread::sleep(std::time::Duration::from_millis(450));
+    assert_eq!(b.claim(1, &Default::default(), 16).unwrap().runs.len(), 1);
+    assert_eq!(a.renew().unwrap(), vec!["r1".to_string()]);
+    // Sub-story runs of a held run are covered by its lease; of a lost one, refused.
+    b.apply_one(Write::create_run(&NewRun { id: "c1", story: "sub", team: "t", trigger: "story:st", input: &json!({}), parent: Some(("r1", "call")), idempotency_key: None })).unwrap();
+    b.apply_one(Write::finish_run("c1", "succeeded", None, None, None)).unwrap();
+    let e = a.apply_one(Write::create_run(&NewRun { id: "c2", story: "sub", team: "t", trigger: "story:st", input: &json!({}), parent: Some(("r1", "call")), idempotency_key: None }));
+    assert!(e.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

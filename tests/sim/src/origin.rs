@@ -172,7 +172,16 @@ async fn flaky(axum::extract::Extension(c): axum::extract::Extension<Arc<Counter
 }
 
 /// `GET /hold?key=K&ms=M&tag=T`: holds the request M ms, counting how many with K overlap.
+/// A request whose caller went away (a killed node) stops counting then.
 async fn hold(axum::extract::Extension(c): axum::extract::Extension<Arc<Counters>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    struct InFlight(Arc<Counters>, String);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            if let Some(e) = self.0.in_flight.lock().unwrap().get_mut(&self.1) {
+                e.0 -= 1;
+            }
+        }
+    }
     let key = q.get("key").cloned().unwrap_or_default();
     let ms: u64 = q.get("ms").and_then(|f| f.parse().ok()).unwrap_or(100);
     {
@@ -181,8 +190,8 @@ async fn hold(axum::extract::Extension(c): axum::extract::Extension<Arc<Counters
         e.0 += 1;
         e.1 = e.1.max(e.0);
     }
+    let _counted = InFlight(c.clone(), key);
     tokio::time::sleep(Duration::from_millis(ms)).await;
-    c.in_flight.lock().unwrap().get_mut(&key).unwrap().0 -= 1;
     Json(json!({"tag": q.get("tag")})).into_response()
 }
 

@@ -17,6 +17,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use tokio_postgres::NoTls;
 
+mod cluster;
+
 /// Schema versions, applied in order; `warden_schema.version` records progress.
 const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE runs (
@@ -73,13 +75,38 @@ CREATE TABLE audit (
     record TEXT NOT NULL
 );
 CREATE INDEX audit_by_run ON audit(run_id);
+"#, r#"
+ALTER TABLE runs ADD COLUMN lease_owner TEXT;
+ALTER TABLE runs ADD COLUMN lease_gen BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN lease_until_ms BIGINT;
+CREATE INDEX runs_open ON runs(created_ms) WHERE state IN ('queued', 'running') AND parent_run IS NULL;
+CREATE INDEX runs_open_by_story ON runs(story) WHERE state IN ('queued', 'running') AND parent_run IS NULL;
+-- Claims the run a node just accepted, if no node holds it and its story
+-- has room across the cluster. One statement for the client, so the story's
+-- lock is held inside the server only, never across a round trip.
+CREATE FUNCTION warden_claim_run(p_run TEXT, p_story TEXT, p_node TEXT, p_lease_ms BIGINT, p_limit BIGINT) RETURNS BIGINT
+LANGUAGE plpgsql AS $$
+DECLARE
+    generation BIGINT;
+BEGIN
+    -- A lost claim is one no side effect relied on (see store/postgres/cluster.rs).
+    PERFORM set_config('synchronous_commit', 'off', true);
+    PERFORM pg_advisory_xact_lock(2002874995, hashtext(p_story));
+    -- A new statement, a new snapshot: the count sees every claim committed before the lock.
+    UPDATE runs SET lease_owner = p_node, lease_gen = lease_gen + 1,
+                    lease_until_ms = (extract(epoch from clock_timestamp()) * 1000)::bigint + p_lease_ms
+     WHERE id = (SELECT r.id FROM runs r WHERE r.id = p_run AND r.state IN ('queued', 'running') AND r.parent_run IS NULL
+                 AND r.lease_owner IS NULL FOR UPDATE SKIP LOCKED)
+       AND (SELECT COUNT(*) FROM runs r WHERE r.story = p_story AND r.state IN ('queued', 'running') AND r.parent_run IS NULL
+            AND r.lease_owner IS NOT NULL AND r.lease_until_ms >= (extract(epoch from clock_timestamp()) * 1000)::bigint) < p_limit
+    RETURNING lease_gen INTO generation;
+    RETURN generation;
+END
+$$;
 "#];
 
 /// Serializes migrations across processes.
 const LOCK_MIGRATE: i64 = 0x7761_7264_656e_0001;
-/// With the schema's hash: held by the one `warden serve` node a store may
-/// have today (a store is the schema its tables are in).
-const LOCK_NODE: i32 = 0x7761_7264;
 
 /// Whether `db` names a PostgreSQL database rather than a SQLite file.
 pub fn is_postgres_url(db: &str) -> bool {
@@ -107,8 +134,8 @@ pub(super) fn schema_status(url: &str) -> anyhow::Result<SchemaStatus> {
 pub struct PgStore {
     pool: Pool,
     rt: Option<tokio::runtime::Runtime>,
-    /// The connection that holds [`LOCK_NODE`] while this node serves.
-    node_lock: std::sync::Mutex<Option<tokio_postgres::Client>>,
+    /// Set once this node serves: its leases (see [`cluster`]).
+    cluster: std::sync::OnceLock<cluster::Membership>,
     url: tokio_postgres::Config,
 }
 
@@ -167,7 +194,7 @@ impl PgStore {
             let _enter = rt.enter();
             Pool::builder(manager).max_size(16).runtime(deadpool_postgres::Runtime::Tokio1).build().context("cannot build the PostgreSQL pool")?
         };
-        let store = PgStore { pool, rt: Some(rt), node_lock: Default::default(), url: config };
+        let store = PgStore { pool, rt: Some(rt), cluster: Default::default(), url: config };
         store.migrate().with_context(|| format!("run store {}", redact(url)))?;
         Ok(store)
     }
@@ -175,8 +202,12 @@ impl PgStore {
     /// Runs `fut` on the store's runtime and waits for it, from any thread:
     /// a plain thread, a current-thread runtime (blocked meanwhile), or a
     /// multi-thread runtime (its other tasks move elsewhere).
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.rt.as_ref().expect("runtime present until drop")
+    }
+
     fn block<T: Send + 'static>(&self, fut: impl Future<Output = anyhow::Result<T>> + Send + 'static) -> anyhow::Result<T> {
-        let rt = self.rt.as_ref().expect("runtime present until drop");
+        let rt = self.runtime();
         let task = rt.spawn(fut);
         let wait = || futures::executor::block_on(task).map_err(|e| anyhow!("the PostgreSQL task failed: {e}"))?;
         match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
@@ -205,69 +236,6 @@ impl PgStore {
             Ok(())
         })
     }
-
-    /// Claims this database for one serving node. Several nodes on one
-    /// database need the cluster queue, which warden does not have yet: a
-    /// second node would resume the first one's runs and execute them twice.
-    pub fn claim_single_node(&self) -> anyhow::Result<()> {
-        let config = self.url.clone();
-        let (client, closed) = self.block(async move { take_claim(&config).await })?.ok_or_else(|| {
-            anyhow!(
-                "another `warden serve` is using this PostgreSQL database; one node per database for now (several nodes need the cluster queue, not built yet), so stop the other node or give this one another --db"
-            )
-        })?;
-        *self.node_lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
-        // The claim lives as long as its connection. If that drops (a
-        // Postgres restart, a network cut), take it again; if another node
-        // took it meanwhile, it has resumed this node's runs, and this node
-        // must stop before it executes them a second time.
-        let config = self.url.clone();
-        self.rt.as_ref().expect("runtime present until drop").spawn(async move {
-            let mut closed = closed;
-            // The client holding the claim after a reconnection.
-            let mut _holder = None;
-            loop {
-                let _ = (&mut closed).await;
-                tracing::warn!("the PostgreSQL connection holding this node's claim on the store closed; taking the claim again");
-                loop {
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                    match take_claim(&config).await {
-                        Ok(Some((client, next))) => {
-                            tracing::info!("this node's claim on the store is held again");
-                            closed = next;
-                            _holder = Some(client);
-                            break;
-                        }
-                        Ok(None) => {
-                            let why = "another `warden serve` took this PostgreSQL store while this node's claim had lapsed; stopping so that no run executes twice";
-                            tracing::error!("{why}");
-                            // Straight to stderr too: exiting skips the log writer's flush.
-                            eprintln!("warden: error: {why}");
-                            std::process::exit(70);
-                        }
-                        Err(e) => tracing::warn!("cannot take the claim on the store yet: {e:#}"),
-                    }
-                }
-            }
-        });
-        Ok(())
-    }
-}
-
-/// Connects and tries the one-node claim: the client holding it and a
-/// receiver that fires when its connection closes, or `None` if another
-/// node holds it.
-async fn take_claim(config: &tokio_postgres::Config) -> anyhow::Result<Option<(tokio_postgres::Client, tokio::sync::oneshot::Receiver<()>)>> {
-    let (client, connection) = config.connect(NoTls).await?;
-    let (tx, closed) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!("the PostgreSQL connection holding this node's claim closed: {e}");
-        }
-        let _ = tx.send(());
-    });
-    let got: bool = client.query_one("SELECT pg_try_advisory_lock($1, hashtext(current_schema()))", &[&LOCK_NODE]).await?.get(0);
-    Ok(got.then_some((client, closed)))
 }
 
 /// A URL with its password hidden, for messages; also when the URL does not
@@ -297,11 +265,23 @@ fn opt_text(s: &Option<String>) -> Param {
     Box::new(s.as_deref().map(|s| t(s).into_owned()))
 }
 
-/// The statement a write runs (once per row for logs and audit).
-fn sql_of(w: &Write) -> &'static str {
+/// The statement a write runs (once per row for logs and audit); `clustered`:
+/// this store serves as a node of a cluster.
+fn sql_of(w: &Write, clustered: bool) -> &'static str {
     match w {
+        // In a cluster, a new run is reserved for the node that accepted it for
+        // a moment (it claims it, or offers it to the others at once); should
+        // that node die first, the reservation lapses and any node claims it.
+        Write::CreateRun { .. } if clustered => {
+            "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms, idempotency_key, lease_until_ms)
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, (extract(epoch from clock_timestamp()) * 1000)::bigint + 1000)
+             ON CONFLICT (story, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+        }
+        // Outside a cluster (`warden story run` on a shared database) the run
+        // is this process's alone: no serving node ever claims it.
         Write::CreateRun { .. } => {
-            "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms, idempotency_key) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9)
+            "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms, idempotency_key, lease_owner, lease_until_ms)
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, 'local', 9223372036854775807)
              ON CONFLICT (story, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
         }
         Write::StartRun { .. } => "UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, $2) WHERE id = $1",
@@ -363,22 +343,35 @@ fn params_of(w: &Write) -> Vec<Vec<Param>> {
 impl Store for PgStore {
     fn apply(&self, batch: &[Write]) -> anyhow::Result<Vec<Result<(), Conflict>>> {
         let pool = self.pool.clone();
-        let batch = batch.to_vec();
-        self.block(async move {
+        let fence = self.fence_of(batch);
+        let node = self.cluster.get().map(|m| m.node.clone());
+        let batch_owned = batch.to_vec();
+        let (answers, lost) = self.block(async move {
+            let batch = batch_owned;
             let mut client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
             let tx = client.transaction().await?;
+            // In a cluster, first the leases: a run another node took over gets none of these writes.
+            let lost = match (&fence, &node) {
+                (Some(fence), Some(node)) => cluster::check_fence(&tx, node, fence).await?,
+                _ => Default::default(),
+            };
+            let mut answers: Vec<Result<(), Conflict>> = match &fence {
+                Some(fence) => (0..batch.len()).map(|n| fence.verdict(n, &lost)).collect(),
+                None => vec![Ok(()); batch.len()],
+            };
             let mut stmts = HashMap::new();
-            for w in &batch {
-                let sql = sql_of(w);
+            let clustered = fence.is_some();
+            for (w, _) in batch.iter().zip(&answers).filter(|(_, a)| a.is_ok()) {
+                let sql = sql_of(w, clustered);
                 if !stmts.contains_key(sql) {
                     stmts.insert(sql, tx.prepare_cached(sql).await?);
                 }
             }
             // Every row's statement with its parameters, in the batch's order.
             let mut rows: Vec<(usize, &'static str, Vec<Param>)> = Vec::new();
-            for (n, w) in batch.iter().enumerate() {
+            for (n, w) in batch.iter().enumerate().filter(|(n, _)| answers[*n].is_ok()) {
                 for params in params_of(w) {
-                    rows.push((n, sql_of(w), params));
+                    rows.push((n, sql_of(w, clustered), params));
                 }
             }
             // Pipelined: every statement is sent before the first answer is
@@ -391,7 +384,6 @@ impl Store for PgStore {
                 async move { (*n, tx.execute(stmt, &refs).await) }
             });
             let done = futures::future::join_all(sent).await;
-            let mut answers: Vec<Result<(), Conflict>> = vec![Ok(()); batch.len()];
             for (n, result) in done {
                 match (result, &batch[n]) {
                     // ON CONFLICT DO NOTHING: no row means the key had its run.
@@ -400,9 +392,35 @@ impl Store for PgStore {
                     (Err(e), w) => return Err(anyhow::Error::from(e).context(format!("{} of run {}", w.name(), w.run()))),
                 }
             }
+            // Other nodes may wait for a run's end: a slot of its story, or a caller's answer.
+            if fence.is_some() && batch.iter().zip(&answers).any(|(w, a)| a.is_ok() && matches!(w, Write::FinishRun { .. })) {
+                cluster::notify_ended(&tx).await?;
+            }
             tx.commit().await?;
-            Ok(answers)
+            Ok((answers, lost))
+        })?;
+        if self.cluster.get().is_some() {
+            self.after_fenced(batch, &answers, &lost);
+        }
+        Ok(answers)
+    }
+
+    fn last_schedule_tick(&self, story: &str) -> anyhow::Result<Option<u64>> {
+        let (pool, story) = (self.pool.clone(), story.to_string());
+        self.block(async move {
+            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            let row = client
+                .query_opt(
+                    "SELECT idempotency_key FROM runs WHERE story = $1 AND trigger = 'schedule' AND idempotency_key IS NOT NULL ORDER BY created_ms DESC, id DESC LIMIT 1",
+                    &[&t(&story)],
+                )
+                .await?;
+            Ok(row.and_then(|r| tick_of(r.get::<_, &str>(0))))
         })
+    }
+
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        self.cluster.get().map(|_| self as &dyn Cluster)
     }
 
     fn find_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<RunSummary>> {

@@ -1,0 +1,132 @@
+//! This node's part in a cluster of `warden serve` nodes sharing one
+//! PostgreSQL store (see [`crate::store::Cluster`]): claim runs from the
+//! shared queue while workers are free, renew the leases of the runs held
+//! here, and answer a `?wait=true` caller whose run executes elsewhere.
+
+use super::queue::{Queue, Start};
+use crate::store::RunDetail;
+use crate::story::engine::{ErrorKind, RunResult, RunState, StepError};
+use std::time::Duration;
+
+/// Most runs claimed in one transaction.
+const CLAIM_AT_ONCE: usize = 64;
+/// The slowest a node looks for work without being told: a lapsed lease
+/// announces nothing, so a dead node's runs are found by this poll.
+const POLL: Duration = Duration::from_secs(2);
+/// Wake-ups closer together than this share one claim.
+const SETTLE: Duration = Duration::from_millis(2);
+
+/// Starts claiming and renewing, when the store is shared.
+pub fn start(queue: &Queue) {
+    let Some(cluster) = queue.cluster() else { return };
+    let lease = cluster.lease();
+    tracing::info!(node = cluster.node(), role = queue.role.name(), "joined the cluster on the shared store (leases of {} s)", lease.as_secs());
+    if !queue.role.executes() {
+        return;
+    }
+    tokio::spawn(claim_loop(queue.clone()));
+    tokio::spawn(renew_loop(queue.clone(), lease / 3));
+}
+
+/// Claims as many runs as there are free workers, whenever work may be
+/// waiting: another node announced some, a worker here became free, or the
+/// slow poll came round. Stops when the queue closes (shutdown).
+async fn claim_loop(q: Queue) {
+    let cluster = q.cluster().expect("started only in a cluster");
+    let (mut work, mut ended) = (cluster.work_announced(), cluster.runs_ended());
+    let poll = POLL.min(cluster.lease() / 2);
+    while !q.tracker.is_closed() {
+        let mut workers = Vec::new();
+        while workers.len() < CLAIM_AT_ONCE {
+            match q.workers.clone().try_acquire_owned() {
+                Ok(p) => workers.push(p),
+                Err(_) => break,
+            }
+        }
+        // Runs left waiting (a story at its limit, no worker free here):
+        // a run's end anywhere, or a worker freed here, may let one start.
+        let mut waiting = true;
+        if !workers.is_empty() {
+            match cluster.claim(workers.len(), &q.limits, crate::policy::triggers::DEFAULT_CONCURRENCY) {
+                Ok(claims) => {
+                    waiting = claims.more_waiting;
+                    let filled = claims.runs.len() == workers.len();
+                    for c in claims.runs {
+                        let start = if c.interrupted { Start::Resume } else { Start::FromStore };
+                        if c.interrupted {
+                            tracing::warn!(run = %c.id, "resuming a run whose node stopped renewing its lease");
+                        }
+                        q.push_claimed(c.id, &c.story, start, workers.pop().expect("one worker per claim"));
+                    }
+                    drop(workers);
+                    if filled {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    drop(workers);
+                    tracing::warn!("cannot claim runs from the shared queue: {e:#}; trying again");
+                }
+            }
+        }
+        tokio::select! {
+            _ = work.changed() => {}
+            _ = ended.changed(), if waiting => {}
+            _ = q.freed.notified(), if waiting => {}
+            _ = tokio::time::sleep(poll) => {}
+        }
+        tokio::time::sleep(SETTLE).await;
+    }
+}
+
+/// Renews this node's leases every `every` (a third of the lease).
+async fn renew_loop(q: Queue, every: Duration) {
+    let cluster = q.cluster().expect("started only in a cluster");
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = cluster.renew() {
+            tracing::warn!("cannot renew this node's leases: {e:#}; if this lasts {} s, other nodes take its runs over", cluster.lease().as_secs());
+        }
+    }
+}
+
+impl Queue {
+    /// The result of run `id`, executed by whichever node: waits for the
+    /// store to record its end (woken by the node that ends it).
+    pub(super) async fn await_end(&self, id: &str) -> RunResult {
+        let cluster = self.cluster().expect("called only in a cluster");
+        let mut ended = cluster.runs_ended();
+        loop {
+            match self.engine.store.run_summary(id) {
+                Ok(Some(s)) if s.state == RunState::Succeeded.as_str() || s.state == RunState::Failed.as_str() => {
+                    if let Ok(Some(detail)) = self.engine.store.get_run(id) {
+                        return result_of(&detail);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(run = %id, "cannot read a run a caller waits for: {e:#}; trying again"),
+            }
+            tokio::select! {
+                _ = ended.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+}
+
+/// A run's result as its record tells it (for a run that ended on another node).
+fn result_of(detail: &RunDetail) -> RunResult {
+    let run = &detail.run;
+    if run.state == RunState::Succeeded.as_str() {
+        return RunResult::succeeded(&run.id, detail.output.clone().unwrap_or_default());
+    }
+    // The failed step's own record keeps the error's kind; the run's keeps its message.
+    let step_error = run.failed_step.as_ref().and_then(|step| {
+        let row = detail.steps.iter().rev().find(|s| &s.step_id == step && s.item.is_none())?;
+        serde_json::from_value::<StepError>(row.error.clone()?).ok()
+    });
+    let error = step_error.unwrap_or_else(|| StepError::new(ErrorKind::Failed, run.error.clone().unwrap_or_default()));
+    RunResult::failed(&run.id, run.failed_step.clone(), error)
+}
