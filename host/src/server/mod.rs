@@ -17,7 +17,7 @@ pub mod signature;
 use crate::policy::{Policy, Role};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::RunFilter;
-use crate::story::engine::{Accepted, Engine, SubmitError};
+use crate::story::engine::{Accepted, Creation, Engine, SubmitError};
 use crate::story::Library;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -297,9 +297,15 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
     if s.replays.first_time(story, &verified, now).is_err() {
         return error(StatusCode::CONFLICT, "this signed request was already received; a replay starts no run (send an Idempotency-Key to get the first run back)");
     }
-    // In a cluster the run's creation is durable before anyone claims it.
-    let waits_here = wait && s.engine.store.cluster().is_none();
-    let run = match s.engine.accept(story, input, "webhook", idempotency_key, waits_here).await {
+    // A waiting caller is told of the run only at its end, so its creation
+    // need not be durable on its own: alone, it commits with the run's first
+    // awaited write; in a cluster, this node creates and claims it in one go.
+    let creation = match (wait, s.engine.store.cluster().is_some()) {
+        (false, _) => Creation::Durable,
+        (true, false) => Creation::WithFirstWrite,
+        (true, true) => Creation::ByCaller,
+    };
+    let run = match s.engine.accept(story, input, "webhook", idempotency_key, creation).await {
         Ok(Accepted::Existing(id)) => return (StatusCode::OK, Json(json!({"run_id": id, "status_url": format!("/api/runs/{id}"), "existing": true}))).into_response(),
         Ok(Accepted::New(run)) => run,
         Err(e) => {
@@ -313,8 +319,13 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
     };
     let run_id = run.id.clone();
     match s.queue.dispatch(run, wait).await {
-        Some(result) => (StatusCode::OK, Json(result)).into_response(),
-        None => (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status_url": format!("/api/runs/{run_id}")}))).into_response(),
+        Ok(Some(result)) => (StatusCode::OK, Json(result)).into_response(),
+        Ok(None) => (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status_url": format!("/api/runs/{run_id}")}))).into_response(),
+        Err(e) => {
+            // Not recorded: the sender may send the same request again.
+            s.replays.forget(story, &verified);
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
     }
 }
 

@@ -36,37 +36,30 @@ async fn claim_loop(q: Queue) {
     let (mut work, mut ended) = (cluster.work_announced(), cluster.runs_ended());
     let poll = POLL.min(cluster.lease() / 2);
     while !q.tracker.is_closed() {
-        let mut workers = Vec::new();
-        while workers.len() < CLAIM_AT_ONCE {
-            match q.workers.clone().try_acquire_owned() {
-                Ok(p) => workers.push(p),
-                Err(_) => break,
-            }
-        }
+        // As many as there are free workers now. No worker is held while
+        // claiming: a webhook arriving meanwhile must find one free.
+        let free = q.workers.available_permits().min(CLAIM_AT_ONCE);
         // Runs left waiting (a story at its limit, no worker free here):
         // a run's end anywhere, or a worker freed here, may let one start.
         let mut waiting = true;
-        if !workers.is_empty() {
-            match cluster.claim(workers.len(), &q.limits, crate::policy::triggers::DEFAULT_CONCURRENCY) {
+        if free > 0 {
+            match cluster.claim(free, &q.limits, crate::policy::triggers::DEFAULT_CONCURRENCY) {
                 Ok(claims) => {
                     waiting = claims.more_waiting;
-                    let filled = claims.runs.len() == workers.len();
+                    let filled = claims.runs.len() == free;
                     for c in claims.runs {
                         let start = if c.interrupted { Start::Resume } else { Start::FromStore };
                         if c.interrupted {
                             tracing::warn!(run = %c.id, "resuming a run whose node stopped renewing its lease");
                         }
-                        q.push_claimed(c.id, &c.story, start, workers.pop().expect("one worker per claim"));
+                        // Held under this node's lease while it waits for a worker here.
+                        q.push(c.id, &c.story, start, None);
                     }
-                    drop(workers);
                     if filled {
                         continue;
                     }
                 }
-                Err(e) => {
-                    drop(workers);
-                    tracing::warn!("cannot claim runs from the shared queue: {e:#}; trying again");
-                }
+                Err(e) => tracing::warn!("cannot claim runs from the shared queue: {e:#}; trying again"),
             }
         }
         tokio::select! {

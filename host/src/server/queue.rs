@@ -7,7 +7,8 @@
 use super::metrics::{Metrics, MetricsObserver};
 use crate::policy::{Policy, Role};
 use crate::store::Cluster;
-use crate::story::engine::{Engine, NewlyAccepted, RunResult};
+use crate::story::engine::{Engine, NewlyAccepted, RunResult, SubmitError};
+use crate::store::NewRun;
 use futures::FutureExt as _;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -84,47 +85,40 @@ impl Queue {
     /// across the cluster (this node then holds the run's lease); otherwise
     /// it waits in the shared queue for whichever node has room, and a
     /// waiting caller is answered when the store records its end.
-    pub async fn dispatch(&self, run: NewlyAccepted, wait: bool) -> Option<RunResult> {
+    ///
+    /// `Err` only for a run the caller was to record ([`crate::story::engine::Creation::ByCaller`])
+    /// that could not be: it does not exist.
+    pub async fn dispatch(&self, run: NewlyAccepted, wait: bool) -> Result<Option<RunResult>, SubmitError> {
         let (id, story) = (run.id.clone(), run.story.name.clone());
         let Some(cluster) = self.cluster() else {
             if wait {
-                return self.run_now(id, &story, Start::Accepted(run)).await;
+                return Ok(self.run_now(id, &story, Start::Accepted(run)).await);
             }
             self.push(id, &story, Start::Accepted(run), None);
-            return None;
+            return Ok(None);
         };
-        if self.role.executes() {
-            if let Some((story_permit, worker)) = self.try_permits(&story) {
-                match cluster.claim_run(&id, &story, self.limit(&story)) {
-                    Ok(true) => {
-                        let q = self.clone();
-                        let task = self.tracker.spawn(async move { q.execute(id, Start::Accepted(run), (Ok(story_permit), Ok(worker))).await });
-                        return if wait { task.await.ok() } else { None };
-                    }
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(run = %id, "cannot claim a run just accepted: {e:#}; it waits in the shared queue"),
-                }
+        let permits = if self.role.executes() { self.try_permits(&story) } else { None };
+        let claimed = match (run.recorded, &permits) {
+            (true, Some(_)) => cluster.claim_run(&id, &story, self.limit(&story)).unwrap_or_else(|e| {
+                tracing::warn!(run = %id, "cannot claim a run just accepted: {e:#}; it waits in the shared queue");
+                false
+            }),
+            (true, None) => false,
+            (false, _) => {
+                let limit = if permits.is_some() { self.limit(&story) } else { 0 };
+                let new = NewRun { id: &id, story: &story, team: &run.story.team, trigger: &run.trigger, input: &run.input, parent: None, idempotency_key: None };
+                cluster.create_and_claim(&new, limit).map_err(|e| SubmitError::Store(format!("run store unavailable: {e:#}")))?
             }
+        };
+        if let (true, Some((story_permit, worker))) = (claimed, permits) {
+            let q = self.clone();
+            let task = self.tracker.spawn(async move { q.execute(id, Start::Accepted(run), (Ok(story_permit), Ok(worker))).await });
+            return Ok(if wait { task.await.ok() } else { None });
         }
         if let Err(e) = cluster.offer(&id) {
             tracing::warn!(run = %id, "cannot offer a run to the other nodes: {e:#}; they find it at their next poll");
         }
-        if wait {
-            return Some(self.await_end(&id).await);
-        }
-        None
-    }
-
-    /// A worker-held start for a run claimed from the shared queue.
-    pub(super) fn push_claimed(&self, run_id: String, story: &str, start: Start, worker: OwnedSemaphorePermit) {
-        let gate = self.story_gate(story);
-        let q = self.clone();
-        self.metrics.runs_queued.fetch_add(1, Ordering::Relaxed);
-        self.tracker.spawn(async move {
-            let story_permit = gate.acquire_owned().await;
-            q.metrics.runs_queued.fetch_sub(1, Ordering::Relaxed);
-            q.execute(run_id, start, (story_permit, Ok(worker))).await
-        });
+        Ok(if wait { Some(self.await_end(&id).await) } else { None })
     }
 
     /// Schedules a recorded run of `story`: it starts when a worker and the

@@ -6,7 +6,7 @@
 
 use super::queue::Queue;
 use crate::policy::{CatchUp, Policy, Trigger};
-use crate::story::engine::{Accepted, Engine};
+use crate::story::engine::{Accepted, Creation, Engine};
 use chrono::{DateTime, Utc};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -52,10 +52,12 @@ async fn catch_up(engine: &Engine, queue: &Queue, trigger: &Trigger, schedule: &
 /// Starts the run of one tick, unless another node already did.
 async fn fire(engine: &Engine, queue: &Queue, trigger: &Trigger, tick: DateTime<Utc>) {
     let key = crate::store::schedule_key(tick.timestamp_millis().max(0) as u64);
-    match engine.accept(&trigger.story, trigger.schedule_input.clone(), "schedule", Some(&key), false).await {
+    match engine.accept(&trigger.story, trigger.schedule_input.clone(), "schedule", Some(&key), Creation::Durable).await {
         Ok(Accepted::New(run)) => {
             tracing::info!(story = %trigger.story, run = %run.id, "schedule fired");
-            queue.dispatch(run, false).await;
+            if let Err(e) = queue.dispatch(run, false).await {
+                tracing::error!(story = %trigger.story, "scheduled run not started: {e}");
+            }
         }
         // Another node fired this tick.
         Ok(Accepted::Existing(_)) => {}

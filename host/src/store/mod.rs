@@ -103,6 +103,11 @@ pub trait Cluster: Send + Sync {
     /// each story within its limit (`limits`, else `default_limit`) of runs
     /// held at once across the cluster.
     fn claim(&self, n: usize, limits: &std::collections::HashMap<String, usize>, default_limit: usize) -> anyhow::Result<Claims>;
+    /// Records the new run `run` (committed without waiting for the disk: its
+    /// caller waits for its end, and the run's first awaited write makes it
+    /// durable) and claims it like [`Cluster::claim_run`] with `limit`
+    /// (0: only records it, reserved for this node for a moment).
+    fn create_and_claim(&self, run: &NewRun, limit: usize) -> anyhow::Result<bool>;
     /// Claims the run `id` of `story` (just accepted here, so reserved for
     /// this node for a moment) if no node holds it and the story has room
     /// under `limit` across the cluster.

@@ -7,7 +7,9 @@
 //!    LOCKED`, so nodes never wait on each other's candidates. A story's
 //!    `concurrency` holds across the cluster: its live leases are counted
 //!    under a transaction-scoped advisory lock on the story before more are
-//!    taken. Time is the database's clock, never a node's.
+//!    taken — shared while the story is far from its limit, exclusive near
+//!    it (`warden_story_room` in the migrations). Time is the database's
+//!    clock, never a node's.
 //! 2. **Leases.** A node renews its leases every third of the lease; a node
 //!    that dies (SIGKILL, lost network) stops renewing, and once the lease
 //!    lapses another node claims the run and resumes it (restart semantics:
@@ -28,7 +30,7 @@
 //! order); a claim lost in a database crash is one no side effect relied on.
 
 use super::{i, t, PgStore};
-use crate::store::{Claimed, Claims, Cluster, Conflict, Write};
+use crate::store::{Claimed, Claims, Cluster, Conflict, NewRun, Write};
 use anyhow::anyhow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
@@ -171,20 +173,22 @@ fn not_held(run: &str) -> Conflict {
 
 /// Locks the lease rows `fence` names and answers which roots this node no
 /// longer holds. Runs inside the batch's transaction, before its writes.
-pub(super) async fn check_fence(tx: &tokio_postgres::Transaction<'_>, node: &str, fence: &Fence) -> anyhow::Result<HashSet<String>> {
+pub(super) async fn check_fence(tx: &deadpool_postgres::Transaction<'_>, node: &str, fence: &Fence) -> anyhow::Result<HashSet<String>> {
     if fence.leases.is_empty() {
         return Ok(HashSet::new());
     }
     let ids: Vec<&str> = fence.leases.iter().map(|(r, _)| r.as_str()).collect();
     let gens: Vec<i64> = fence.leases.iter().map(|(_, g)| *g).collect();
-    let rows = tx
-        .query(
-            "SELECT r.id FROM runs r JOIN unnest($1::text[], $2::bigint[]) AS f(id, gen) ON r.id = f.id AND r.lease_gen = f.gen
-             WHERE r.lease_owner = $3 ORDER BY r.id FOR SHARE OF r",
-            &[&ids, &gens, &node],
-        )
-        .await?;
-    let kept: HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+    // By primary key; `FOR KEY SHARE` is enough: every claim locks its rows
+    // `FOR UPDATE` first, which waits for (or skips) this lock.
+    let stmt = tx.prepare_cached("SELECT id, lease_gen, lease_owner FROM runs WHERE id = ANY($1) ORDER BY id FOR KEY SHARE").await?;
+    let rows = tx.query(&stmt, &[&ids]).await?;
+    let wanted: HashMap<&str, i64> = ids.iter().copied().zip(gens.iter().copied()).collect();
+    let kept: HashSet<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, Option<&str>>(2) == Some(node) && wanted.get(r.get::<_, &str>(0)) == Some(&r.get::<_, i64>(1)))
+        .map(|r| r.get(0))
+        .collect();
     Ok(ids.into_iter().filter(|r| !kept.contains(*r)).map(String::from).collect())
 }
 
@@ -295,6 +299,7 @@ impl Cluster for PgStore {
                     break;
                 }
                 let limit = limits.get(&story).copied().unwrap_or(otherwise);
+                // Exclusive: several runs at once are counted exactly (see warden_story_room).
                 tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&LOCK_STORY, &story]).await?;
                 let live = format!("SELECT COUNT(*) FROM runs WHERE story = $1 AND {OPEN} AND lease_owner IS NOT NULL AND lease_until_ms >= {NOW_MS}");
                 let held: i64 = tx.query_one(&live, &[&story]).await?.get(0);
@@ -331,6 +336,22 @@ impl Cluster for PgStore {
         Ok(claimed)
     }
 
+    fn create_and_claim(&self, run: &NewRun, limit: usize) -> anyhow::Result<bool> {
+        let member = self.member();
+        let (pool, node, lease_ms) = (self.pool.clone(), member.node.clone(), i(member.lease.as_millis() as u64));
+        let (id, story, team, trigger) = (t(run.id).into_owned(), t(run.story).into_owned(), t(run.team).into_owned(), t(run.trigger).into_owned());
+        let (input, created, limit) = (t(&run.input.to_string()).into_owned(), i(crate::audit::now_ms()), limit.min(i64::MAX as usize) as i64);
+        let generation: Option<i64> = self.block(async move {
+            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            let stmt = client.prepare_cached("SELECT warden_create_run($1, $2, $3, $4, $5, $6, $7, $8, $9)").await?;
+            Ok(client.query_one(&stmt, &[&id, &story, &team, &trigger, &input, &created, &node, &lease_ms, &limit]).await?.get(0))
+        })?;
+        if let Some(g) = generation {
+            member.held().insert(run.id.to_string(), (run.id.to_string(), g));
+        }
+        Ok(generation.is_some())
+    }
+
     fn claim_run(&self, id: &str, story: &str, limit: usize) -> anyhow::Result<bool> {
         let member = self.member();
         let (pool, node, lease_ms) = (self.pool.clone(), member.node.clone(), i(member.lease.as_millis() as u64));
@@ -358,16 +379,15 @@ impl Cluster for PgStore {
         }
         let (pool, node, lease_ms) = (self.pool.clone(), member.node.clone(), i(member.lease.as_millis() as u64));
         let ids: Vec<String> = leases.iter().map(|(r, _)| r.clone()).collect();
-        let gens: Vec<i64> = leases.iter().map(|(_, g)| *g).collect();
         let kept: HashSet<String> = self.block(async move {
             let mut client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
             let tx = client.transaction().await?;
             tx.batch_execute("SET LOCAL synchronous_commit = off").await?;
-            let sql = format!(
-                "UPDATE runs r SET lease_until_ms = {NOW_MS} + $2 FROM unnest($3::text[], $4::bigint[]) AS f(id, gen)
-                 WHERE r.id = f.id AND r.lease_gen = f.gen AND r.lease_owner = $1 RETURNING r.id"
-            );
-            let rows = tx.query(&sql, &[&node, &lease_ms, &ids, &gens]).await?;
+            // By primary key. A lease this node holds again after losing it
+            // was claimed again, with a new generation in `held`, so the owner
+            // alone tells whether it is still this node's.
+            let sql = format!("UPDATE runs SET lease_until_ms = {NOW_MS} + $2 WHERE id = ANY($3) AND lease_owner = $1 RETURNING id");
+            let rows = tx.query(&sql, &[&node, &lease_ms, &ids]).await?;
             tx.commit().await?;
             Ok(rows.iter().map(|r| r.get(0)).collect())
         })?;
@@ -407,6 +427,7 @@ impl Cluster for PgStore {
 /// Tells listening nodes that a run ended (a story's slot freed, a waiting
 /// caller's answer ready); sent in the batch's transaction, so it is
 /// delivered only if the batch commits.
-pub(super) async fn notify_ended(tx: &tokio_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error> {
-    tx.execute("SELECT pg_notify($1, current_schema()::text || ' ended')", &[&CHANNEL]).await.map(|_| ())
+pub(super) async fn notify_ended(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    let stmt = tx.prepare_cached("SELECT pg_notify($1, current_schema()::text || ' ended')").await?;
+    tx.execute(&stmt, &[&CHANNEL]).await.map(|_| ())
 }

@@ -81,6 +81,32 @@ ALTER TABLE runs ADD COLUMN lease_gen BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN lease_until_ms BIGINT;
 CREATE INDEX runs_open ON runs(created_ms) WHERE state IN ('queued', 'running') AND parent_run IS NULL;
 CREATE INDEX runs_open_by_story ON runs(story) WHERE state IN ('queued', 'running') AND parent_run IS NULL;
+-- Whether one more run of p_story may be leased under p_limit across the
+-- cluster; takes the story's lock for the rest of the transaction. A story
+-- far from its limit (more room than there can be concurrent claims: one
+-- per server connection) shares the lock, so its claims run in parallel;
+-- near its limit the lock is exclusive and the count exact. Never upgraded,
+-- so two claims never deadlock on it.
+CREATE FUNCTION warden_story_room(p_story TEXT, p_limit BIGINT) RETURNS BOOLEAN
+LANGUAGE plpgsql AS $$
+DECLARE
+    margin BIGINT := current_setting('max_connections')::bigint;
+    live BIGINT;
+BEGIN
+    SELECT COUNT(*) INTO live FROM runs r WHERE r.story = p_story AND r.state IN ('queued', 'running') AND r.parent_run IS NULL
+        AND r.lease_owner IS NOT NULL AND r.lease_until_ms >= (extract(epoch from clock_timestamp()) * 1000)::bigint;
+    IF live + margin < p_limit THEN
+        PERFORM pg_advisory_xact_lock_shared(2002874995, hashtext(p_story));
+    ELSE
+        PERFORM pg_advisory_xact_lock(2002874995, hashtext(p_story));
+        margin := 0;
+    END IF;
+    -- A new statement, a new snapshot: every claim committed before the lock counts.
+    SELECT COUNT(*) INTO live FROM runs r WHERE r.story = p_story AND r.state IN ('queued', 'running') AND r.parent_run IS NULL
+        AND r.lease_owner IS NOT NULL AND r.lease_until_ms >= (extract(epoch from clock_timestamp()) * 1000)::bigint;
+    RETURN live + margin < p_limit;
+END
+$$;
 -- Claims the run a node just accepted, if no node holds it and its story
 -- has room across the cluster. One statement for the client, so the story's
 -- lock is held inside the server only, never across a round trip.
@@ -91,16 +117,37 @@ DECLARE
 BEGIN
     -- A lost claim is one no side effect relied on (see store/postgres/cluster.rs).
     PERFORM set_config('synchronous_commit', 'off', true);
-    PERFORM pg_advisory_xact_lock(2002874995, hashtext(p_story));
-    -- A new statement, a new snapshot: the count sees every claim committed before the lock.
+    IF NOT warden_story_room(p_story, p_limit) THEN
+        RETURN NULL;
+    END IF;
     UPDATE runs SET lease_owner = p_node, lease_gen = lease_gen + 1,
                     lease_until_ms = (extract(epoch from clock_timestamp()) * 1000)::bigint + p_lease_ms
      WHERE id = (SELECT r.id FROM runs r WHERE r.id = p_run AND r.state IN ('queued', 'running') AND r.parent_run IS NULL
                  AND r.lease_owner IS NULL FOR UPDATE SKIP LOCKED)
-       AND (SELECT COUNT(*) FROM runs r WHERE r.story = p_story AND r.state IN ('queued', 'running') AND r.parent_run IS NULL
-            AND r.lease_owner IS NOT NULL AND r.lease_until_ms >= (extract(epoch from clock_timestamp()) * 1000)::bigint) < p_limit
     RETURNING lease_gen INTO generation;
     RETURN generation;
+END
+$$;
+-- Records a run whose caller waits for its end, and claims it: one
+-- statement, committed without waiting for the disk (the run's first awaited
+-- write makes it durable; until then nobody was told it exists).
+CREATE FUNCTION warden_create_run(p_id TEXT, p_story TEXT, p_team TEXT, p_trigger TEXT, p_input TEXT, p_created_ms BIGINT,
+                                  p_node TEXT, p_lease_ms BIGINT, p_limit BIGINT) RETURNS BIGINT
+LANGUAGE plpgsql AS $$
+DECLARE
+    room BOOLEAN := false;
+    now_ms BIGINT;
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    IF p_limit > 0 THEN
+        room := warden_story_room(p_story, p_limit);
+    END IF;
+    now_ms := (extract(epoch from clock_timestamp()) * 1000)::bigint;
+    -- Leased to this node when its story has room; otherwise reserved for it for a moment.
+    INSERT INTO runs (id, story, team, state, trigger, input, created_ms, lease_owner, lease_gen, lease_until_ms)
+    VALUES (p_id, p_story, p_team, 'queued', p_trigger, p_input, p_created_ms,
+            CASE WHEN room THEN p_node END, CASE WHEN room THEN 1 ELSE 0 END, now_ms + CASE WHEN room THEN p_lease_ms ELSE 1000 END);
+    RETURN CASE WHEN room THEN 1 END;
 END
 $$;
 "#];
@@ -349,55 +396,73 @@ impl Store for PgStore {
         let (answers, lost) = self.block(async move {
             let batch = batch_owned;
             let mut client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let tx = client.transaction().await?;
-            // In a cluster, first the leases: a run another node took over gets none of these writes.
-            let lost = match (&fence, &node) {
-                (Some(fence), Some(node)) => cluster::check_fence(&tx, node, fence).await?,
-                _ => Default::default(),
-            };
-            let mut answers: Vec<Result<(), Conflict>> = match &fence {
-                Some(fence) => (0..batch.len()).map(|n| fence.verdict(n, &lost)).collect(),
-                None => vec![Ok(()); batch.len()],
-            };
-            let mut stmts = HashMap::new();
             let clustered = fence.is_some();
-            for (w, _) in batch.iter().zip(&answers).filter(|(_, a)| a.is_ok()) {
-                let sql = sql_of(w, clustered);
-                if !stmts.contains_key(sql) {
-                    stmts.insert(sql, tx.prepare_cached(sql).await?);
+            // Runs another node took over: none of their writes are made.
+            let mut lost = std::collections::HashSet::new();
+            loop {
+                let tx = client.transaction().await?;
+                let mut answers: Vec<Result<(), Conflict>> = match &fence {
+                    Some(fence) => (0..batch.len()).map(|n| fence.verdict(n, &lost)).collect(),
+                    None => vec![Ok(()); batch.len()],
+                };
+                let mut stmts = HashMap::new();
+                for (w, _) in batch.iter().zip(&answers).filter(|(_, a)| a.is_ok()) {
+                    let sql = sql_of(w, clustered);
+                    if !stmts.contains_key(sql) {
+                        stmts.insert(sql, tx.prepare_cached(sql).await?);
+                    }
                 }
-            }
-            // Every row's statement with its parameters, in the batch's order.
-            let mut rows: Vec<(usize, &'static str, Vec<Param>)> = Vec::new();
-            for (n, w) in batch.iter().enumerate().filter(|(n, _)| answers[*n].is_ok()) {
-                for params in params_of(w) {
-                    rows.push((n, sql_of(w, clustered), params));
+                // Every row's statement with its parameters, in the batch's order.
+                let mut rows: Vec<(usize, &'static str, Vec<Param>)> = Vec::new();
+                for (n, w) in batch.iter().enumerate().filter(|(n, _)| answers[*n].is_ok()) {
+                    for params in params_of(w) {
+                        rows.push((n, sql_of(w, clustered), params));
+                    }
                 }
-            }
-            // Pipelined: every statement is sent before the first answer is
-            // awaited (one round trip for the batch, not one per row), and
-            // they run in the order sent.
-            let sent = rows.iter().map(|(n, sql, params)| {
-                let stmt = &stmts[sql];
-                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
-                let tx = &tx;
-                async move { (*n, tx.execute(stmt, &refs).await) }
-            });
-            let done = futures::future::join_all(sent).await;
-            for (n, result) in done {
-                match (result, &batch[n]) {
-                    // ON CONFLICT DO NOTHING: no row means the key had its run.
-                    (Ok(0), Write::CreateRun { story, .. }) => answers[n] = Err(Conflict(format!("story {story} already has a run for this Idempotency-Key"))),
-                    (Ok(_), _) => {}
-                    (Err(e), w) => return Err(anyhow::Error::from(e).context(format!("{} of run {}", w.name(), w.run()))),
+                // Pipelined: every statement is sent before the first answer is
+                // awaited (one round trip for the batch, not one per row), and
+                // they run in the order sent. In a cluster the lease check goes
+                // first in the same pipeline: should a lease turn out lost (rare),
+                // the transaction is rolled back and made again without its writes.
+                let leases = async {
+                    match (&fence, &node) {
+                        (Some(fence), Some(node)) => cluster::check_fence(&tx, node, fence).await,
+                        _ => Ok(Default::default()),
+                    }
+                };
+                let sent = rows.iter().map(|(n, sql, params)| {
+                    let stmt = &stmts[sql];
+                    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+                    let tx = &tx;
+                    async move { (*n, tx.execute(stmt, &refs).await) }
+                });
+                // Other nodes may wait for a run's end: a slot of its story, or a caller's answer.
+                let ends = clustered && batch.iter().zip(&answers).any(|(w, a)| a.is_ok() && matches!(w, Write::FinishRun { .. }));
+                let notify = async {
+                    match ends {
+                        true => cluster::notify_ended(&tx).await,
+                        false => Ok(()),
+                    }
+                };
+                let (checked, done, notified) = futures::join!(leases, futures::future::join_all(sent), notify);
+                let newly_lost: Vec<String> = checked?.into_iter().filter(|r| !lost.contains(r)).collect();
+                if !newly_lost.is_empty() {
+                    tx.rollback().await?;
+                    lost.extend(newly_lost);
+                    continue;
                 }
+                for (n, result) in done {
+                    match (result, &batch[n]) {
+                        // ON CONFLICT DO NOTHING: no row means the key had its run.
+                        (Ok(0), Write::CreateRun { story, .. }) => answers[n] = Err(Conflict(format!("story {story} already has a run for this Idempotency-Key"))),
+                        (Ok(_), _) => {}
+                        (Err(e), w) => return Err(anyhow::Error::from(e).context(format!("{} of run {}", w.name(), w.run()))),
+                    }
+                }
+                notified?;
+                tx.commit().await?;
+                return Ok((answers, lost));
             }
-            // Other nodes may wait for a run's end: a slot of its story, or a caller's answer.
-            if fence.is_some() && batch.iter().zip(&answers).any(|(w, a)| a.is_ok() && matches!(w, Write::FinishRun { .. })) {
-                cluster::notify_ended(&tx).await?;
-            }
-            tx.commit().await?;
-            Ok((answers, lost))
         })?;
         if self.cluster.get().is_some() {
             self.after_fenced(batch, &answers, &lost);

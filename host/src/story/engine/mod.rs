@@ -110,11 +110,30 @@ pub enum Accepted {
     Existing(String),
 }
 
-/// A run just recorded, with what executing it needs.
+/// A run just accepted, with what executing it needs.
 pub struct NewlyAccepted {
     pub id: String,
     pub story: Arc<Story>,
     pub input: Value,
+    pub trigger: String,
+    /// Whether [`Engine::accept`] recorded (or queued) its creation; with
+    /// [`Creation::ByCaller`] the caller records it.
+    pub recorded: bool,
+}
+
+/// How [`Engine::accept`] records a new run's creation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Creation {
+    /// Durable before `accept` answers (a `202`, a schedule's tick).
+    Durable,
+    /// Committed with the run's first awaited write: its caller executes
+    /// it now and answers only with its end (`?wait=true`), so nobody is
+    /// told it exists before then.
+    WithFirstWrite,
+    /// Not at all: the caller records it (a cluster node creates and claims
+    /// a waited-for run in one statement). Like `WithFirstWrite`, only for a
+    /// caller that answers with the run's end.
+    ByCaller,
 }
 
 /// A new run id: time-ordered (UUIDv7: milliseconds, then 74 random bits), so
@@ -154,7 +173,7 @@ impl Engine {
     /// [`Engine::submit`], at most once per story and `idempotency_key`: a key
     /// seen before answers with its run, `(id, false)`, and records nothing.
     pub async fn submit_once(&self, story: &str, input: Value, trigger: &str, idempotency_key: Option<&str>) -> Result<(String, bool), SubmitError> {
-        self.accept(story, input, trigger, idempotency_key, false).await.map(|a| match a {
+        self.accept(story, input, trigger, idempotency_key, Creation::Durable).await.map(|a| match a {
             Accepted::New(run) => (run.id, true),
             Accepted::Existing(id) => (id, false),
         })
@@ -162,13 +181,10 @@ impl Engine {
 
     /// [`Engine::submit_once`], keeping what executing the new run needs.
     ///
-    /// `waits`: the caller executes the run now and answers only with its
-    /// result (`?wait=true`). Then nobody is told the run exists before it
-    /// ends, so its creation need not be durable on its own: it commits with
-    /// the run's first awaited write (a side effect's start, or the end).
-    /// With an `Idempotency-Key` the creation is always awaited, since its
-    /// answer decides which run the caller gets.
-    pub async fn accept(&self, story: &str, mut input: Value, trigger: &str, idempotency_key: Option<&str>, waits: bool) -> Result<Accepted, SubmitError> {
+    /// `creation`: see [`Creation`]. With an `Idempotency-Key` the creation
+    /// is always durable first, since its answer decides which run the
+    /// caller gets.
+    pub async fn accept(&self, story: &str, mut input: Value, trigger: &str, idempotency_key: Option<&str>, creation: Creation) -> Result<Accepted, SubmitError> {
         let s = self.library.get(story).ok_or_else(|| SubmitError::UnknownStory(story.to_string()))?;
         let existing = |key: &str| self.store.run_by_idempotency_key(&s.name, key).map_err(|e| SubmitError::Store(format!("run store unavailable: {e:#}")));
         if let Some(key) = idempotency_key {
@@ -179,13 +195,19 @@ impl Engine {
         schema::validate(&s.input_schema, &mut input, "").map_err(SubmitError::InvalidInput)?;
         let id = new_run_id();
         let run = NewRun { id: &id, story: &s.name, team: &s.team, trigger, input: &input, parent: None, idempotency_key };
-        if waits && idempotency_key.is_none() {
-            self.recorder.create_run_queued(&run);
-            return Ok(Accepted::New(NewlyAccepted { id, story: s, input }));
+        let creation = if idempotency_key.is_some() { Creation::Durable } else { creation };
+        let accepted = |id: String, s: Arc<Story>, input: Value, recorded: bool| Accepted::New(NewlyAccepted { id, story: s, input, trigger: trigger.to_string(), recorded });
+        match creation {
+            Creation::ByCaller => return Ok(accepted(id, s, input, false)),
+            Creation::WithFirstWrite => {
+                self.recorder.create_run_queued(&run);
+                return Ok(accepted(id, s, input, true));
+            }
+            Creation::Durable => {}
         }
         let created = self.recorder.create_run(&run).await;
         match (created, idempotency_key) {
-            (Ok(()), _) => Ok(Accepted::New(NewlyAccepted { id, story: s, input })),
+            (Ok(()), _) => Ok(accepted(id, s, input, true)),
             // Two callers raced with one key: the store kept the first.
             (Err(e), Some(key)) => existing(key)?.map(Accepted::Existing).ok_or_else(|| SubmitError::Store(e.to_string())),
             (Err(e), None) => Err(SubmitError::Store(e.to_string())),
