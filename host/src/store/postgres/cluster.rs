@@ -15,7 +15,7 @@
 //!    lapses another node claims the run and resumes it (restart semantics:
 //!    the interrupted step runs again only if its retry policy allows).
 //! 3. **Fencing.** Every batch of writes first locks the lease rows of the
-//!    runs it writes (`FOR SHARE`) and checks owner and generation: a node
+//!    runs it writes (`FOR NO KEY UPDATE`) and checks owner and generation: a node
 //!    whose lease was taken has its writes refused, so the run's record has
 //!    one author and no step's start is recorded twice.
 //!
@@ -179,9 +179,11 @@ pub(super) async fn check_fence(tx: &deadpool_postgres::Transaction<'_>, node: &
     }
     let ids: Vec<&str> = fence.leases.iter().map(|(r, _)| r.as_str()).collect();
     let gens: Vec<i64> = fence.leases.iter().map(|(_, g)| *g).collect();
-    // By primary key; `FOR KEY SHARE` is enough: every claim locks its rows
-    // `FOR UPDATE` first, which waits for (or skips) this lock.
-    let stmt = tx.prepare_cached("SELECT id, lease_gen, lease_owner FROM runs WHERE id = ANY($1) ORDER BY id FOR KEY SHARE").await?;
+    // By primary key, locked the way the batch's own updates of these rows
+    // lock them (a weaker lock, then an update, would cost a MultiXact per
+    // row); every claim locks its rows `FOR UPDATE` first, so it waits for
+    // (or skips) this lock.
+    let stmt = tx.prepare_cached("SELECT id, lease_gen, lease_owner FROM runs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE").await?;
     let rows = tx.query(&stmt, &[&ids]).await?;
     let wanted: HashMap<&str, i64> = ids.iter().copied().zip(gens.iter().copied()).collect();
     let kept: HashSet<String> = rows
