@@ -9,6 +9,10 @@ use common::node::{PgSchema, Server, SECRET};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// The restart test stops the database server for everyone: it runs alone,
+/// the other tests of this file beside each other.
+static DATABASE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
@@ -65,6 +69,7 @@ fn call_story(name: &str, path: &str, retry: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_a_thousand_webhooks_and_execute_each_exactly_once() {
+    let _shared = DATABASE.read().await;
     let (origin, seen) = warden_sim::origin::spawn().await.unwrap();
     let story = call_story("spread", &format!("http://127.0.0.1:{}/json?k={{{{ input.k }}}}", origin.port()), "");
     let dir = setup("spread", "spread", &story, origin.port(), "concurrency = 1000");
@@ -102,6 +107,7 @@ async fn three_nodes_share_a_thousand_webhooks_and_execute_each_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_runs_are_finished_by_the_others_once_its_lease_lapses() {
+    let _shared = DATABASE.read().await;
     let (origin, seen, counters) = warden_sim::origin::spawn_with_counters().await.unwrap();
     // Each run holds the origin 1 s under its own key; a second attempt is allowed.
     // (A lease of 3 s: a resumed call cannot overlap the dead node's own.)
@@ -118,6 +124,9 @@ async fn a_killed_nodes_runs_are_finished_by_the_others_once_its_lease_lapses() 
         assert_eq!(code, 202, "{v}");
         ids.push(v["run_id"].as_str().unwrap().to_string());
     }
+    let (code, v) = send(&survivor.base, "held", r#"{"k": "x"}"#, false).await.unwrap();
+    assert_eq!(code, 503, "a worker takes no webhooks: {v}");
+    assert!(v["error"].as_str().unwrap().contains("--role worker"), "{v}");
     let t0 = Instant::now();
     while seen.count() < 8 {
         assert!(t0.elapsed() < Duration::from_secs(30), "the runs did not start");
@@ -141,6 +150,7 @@ async fn a_killed_nodes_runs_are_finished_by_the_others_once_its_lease_lapses() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schedule_fires_once_per_tick_across_three_nodes() {
+    let _shared = DATABASE.read().await;
     let (origin, _seen) = warden_sim::origin::spawn().await.unwrap();
     let story = "name: tick\nsteps:\n  - id: now\n    transform: {set: {ok: true}}\n";
     let dir = setup("tick", "tick", story, origin.port(), "schedule = \"* * * * * *\"");
@@ -159,12 +169,14 @@ async fn a_schedule_fires_once_per_tick_across_three_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storys_concurrency_holds_across_the_cluster() {
+    let _shared = DATABASE.read().await;
     let (origin, _seen, counters) = warden_sim::origin::spawn_with_counters().await.unwrap();
     let story = call_story("two", &format!("http://127.0.0.1:{}/hold?key=together&ms=300", origin.port()), "");
     let dir = setup("two", "two", &story, origin.port(), "concurrency = 2");
     let pg = PgSchema::new("two").await;
     let url = pg.url();
-    let nodes: Vec<Server> = (0..3).map(|_| Server::start_with(&dir, url.as_ref(), &["--workers", "8"])).collect();
+    // The first node only takes webhooks: its callers are answered once another node ran their run.
+    let nodes: Vec<Server> = (0..3).map(|n| Server::start_with(&dir, url.as_ref(), &["--workers", "8", "--role", if n == 0 { "intake" } else { "all" }])).collect();
     let mut sent = Vec::new();
     for k in 0..12 {
         let base = nodes[k % 3].base.clone();
@@ -177,16 +189,19 @@ async fn a_storys_concurrency_holds_across_the_cluster() {
     all_ended(&pg, Duration::from_secs(60)).await;
     assert_eq!(pg.count("SELECT COUNT(*) FROM runs WHERE state = 'succeeded'").await, 12);
     assert_eq!(counters.max_in_flight("together"), 2, "at most two at once across three nodes (and two did overlap)");
+    assert_eq!(pg.count("SELECT COUNT(DISTINCT lease_owner) FROM runs").await, 2, "the intake node executed nothing");
     drop(nodes);
     pg.drop_now().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// What a database restart does to the nodes: every connection dropped, and
-/// new ones dropped too for a while. Simulated on this schema's connections
-/// only (by their `application_name`), so other tests sharing the server go on.
+/// A database restart in the middle of the load: every connection dropped,
+/// new ones refused until the server is back. A real restart of the local
+/// cluster (`pg_ctlcluster`) when the tests use it; otherwise (another
+/// `WARDEN_TEST_POSTGRES`) the nodes' own connections are cut for 1.5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_ride_out_a_database_that_drops_every_connection() {
+async fn nodes_ride_out_a_database_restart() {
+    let _alone = DATABASE.write().await;
     let (origin, _seen) = warden_sim::origin::spawn().await.unwrap();
     let story = call_story("calm", &format!("http://127.0.0.1:{}/json?k={{{{ input.k }}}}", origin.port()), "    retry: {attempts: 3, backoff_ms: 100}\n");
     let dir = setup("restart", "calm", &story, origin.port(), "concurrency = 100");
@@ -204,12 +219,28 @@ async fn nodes_ride_out_a_database_that_drops_every_connection() {
         answers
     });
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    // The "restart": for 1.5 s, every connection of the nodes is cut as soon as it is made.
-    let cut = format!("SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{}'", pg.name);
-    let outage = Instant::now();
-    while outage.elapsed() < Duration::from_millis(1500) {
-        pg.count(&cut).await;
-        tokio::time::sleep(Duration::from_millis(30)).await;
+    let local = std::env::var("WARDEN_TEST_POSTGRES").is_err();
+    let version = std::fs::read_dir("/etc/postgresql").ok().and_then(|mut d| d.next()).and_then(|e| e.ok()).map(|e| e.file_name());
+    match (local, version) {
+        (true, Some(v)) => {
+            let restarted = std::process::Command::new("pg_ctlcluster")
+                .arg("--skip-systemctl-redirect")
+                .arg(&v)
+                .args(["main", "restart"])
+                .output()
+                .expect("pg_ctlcluster");
+            assert!(restarted.status.success(), "restarting PostgreSQL failed: {}", String::from_utf8_lossy(&restarted.stderr));
+            eprintln!("PostgreSQL {} restarted", v.to_string_lossy());
+        }
+        _ => {
+            let cut = format!("SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{}'", pg.name);
+            let outage = Instant::now();
+            while outage.elapsed() < Duration::from_millis(1500) {
+                pg.count(&cut).await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            eprintln!("the nodes' connections were cut for 1.5 s");
+        }
     }
     let answers = load.await.unwrap();
     all_ended(&pg, Duration::from_secs(90)).await;
