@@ -21,6 +21,7 @@ pub fn start(queue: &Queue) {
     let Some(cluster) = queue.cluster() else { return };
     let lease = cluster.lease();
     tracing::info!(node = cluster.node(), role = queue.role.name(), "joined the cluster on the shared store (leases of {} s)", lease.as_secs());
+    tokio::spawn(watch_ends(queue.clone()));
     if !queue.role.executes() {
         return;
     }
@@ -85,26 +86,72 @@ async fn renew_loop(q: Queue, every: Duration) {
     }
 }
 
+/// The callers on this node waiting for runs that execute elsewhere. One
+/// task asks the store which of them ended — once per run-end notification,
+/// for all of them at once — so a thousand waiting callers cost one query,
+/// not a thousand.
+#[derive(Default)]
+pub(super) struct Waiters(std::sync::Mutex<std::collections::HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>>);
+
+impl Waiters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Wakes the waiting callers whose runs ended; the slow poll covers a lost notification.
+async fn watch_ends(q: Queue) {
+    let cluster = q.cluster().expect("started only in a cluster");
+    let mut ended = cluster.runs_ended();
+    loop {
+        tokio::select! {
+            _ = ended.changed() => {}
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        let waiting: Vec<String> = q.waiters.lock().keys().cloned().collect();
+        if waiting.is_empty() {
+            continue;
+        }
+        match cluster.ended_among(&waiting) {
+            Ok(done) => {
+                let mut waiters = q.waiters.lock();
+                for id in done {
+                    for tx in waiters.remove(&id).unwrap_or_default() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cannot read which awaited runs ended: {e:#}; trying again"),
+        }
+        tokio::time::sleep(SETTLE).await;
+    }
+}
+
 impl Queue {
-    /// The result of run `id`, executed by whichever node: waits for the
-    /// store to record its end (woken by the node that ends it).
+    /// The result of run `id`, executed by whichever node: waits until the
+    /// store records its end.
     pub(super) async fn await_end(&self, id: &str) -> RunResult {
-        let cluster = self.cluster().expect("called only in a cluster");
-        let mut ended = cluster.runs_ended();
         loop {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            {
+                let mut waiters = self.waiters.lock();
+                let list = waiters.entry(id.to_string()).or_default();
+                // Callers that went away (a client hung up) are dropped here.
+                list.retain(|tx| !tx.is_closed());
+                list.push(tx);
+            }
+            // It may have ended before this caller was listed.
             match self.engine.store.run_summary(id) {
                 Ok(Some(s)) if s.state == RunState::Succeeded.as_str() || s.state == RunState::Failed.as_str() => {
                     if let Ok(Some(detail)) = self.engine.store.get_run(id) {
+                        self.waiters.lock().remove(id);
                         return result_of(&detail);
                     }
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(run = %id, "cannot read a run a caller waits for: {e:#}; trying again"),
             }
-            tokio::select! {
-                _ = ended.changed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
+            let _ = tokio::time::timeout(POLL * 5, rx).await;
         }
     }
 }

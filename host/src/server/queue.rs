@@ -41,6 +41,8 @@ pub struct Queue {
     /// Notified whenever a run ends here: a worker is free.
     pub(super) freed: Arc<Notify>,
     pub(super) role: Role,
+    /// Callers waiting for runs that execute on other nodes.
+    pub(super) waiters: Arc<super::node::Waiters>,
 }
 
 impl Queue {
@@ -55,6 +57,7 @@ impl Queue {
             tracker: TaskTracker::new(),
             freed: Arc::new(Notify::new()),
             role,
+            waiters: Arc::default(),
         }
     }
 

@@ -121,6 +121,8 @@ pub trait Cluster: Send + Sync {
     /// Offers the run `id` (just accepted here, not claimed) to every node at
     /// once, and wakes the idle ones.
     fn offer(&self, id: &str) -> anyhow::Result<()>;
+    /// Which of the runs `ids` have ended (succeeded or failed).
+    fn ended_among(&self, ids: &[String]) -> anyhow::Result<Vec<String>>;
     /// Changes when a node announced a run for any node (and when the
     /// listening connection was re-made): may change without cause.
     fn work_announced(&self) -> tokio::sync::watch::Receiver<u64>;
