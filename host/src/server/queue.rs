@@ -147,9 +147,7 @@ impl Queue {
     /// The run is a task of its own either way: a caller that goes away (a
     /// webhook client hanging up) never cuts a run off half-way.
     pub async fn run_now(&self, run_id: String, story: &str, start: Start) -> Option<RunResult> {
-        let gate = self.story_gate(story);
-        let permits = gate.try_acquire_owned().ok().and_then(|s| Some((s, self.workers.clone().try_acquire_owned().ok()?)));
-        match permits {
+        match self.try_permits(story) {
             // Tracked, so a shutdown drains it like any other run.
             Some((story_permit, worker)) => {
                 let q = self.clone();
