@@ -24,8 +24,8 @@ else
 fi
 command -v componentize-py >/dev/null || { command -v pyenv >/dev/null && pyenv rehash; } || true
 if command -v componentize-py >/dev/null; then
-  if ! newer "$out/py_fetch.wasm" plugins/py-fetch/app.py wit; then
-    (cd plugins/py-fetch && componentize-py -d ../../wit -w action componentize app -o "../../$out/py_fetch.wasm" >/dev/null)
+  if ! newer "$out/py_fetch.wasm" plugins/py-fetch/app.py plugins/py-fetch/warden_http.py wit; then
+    (cd plugins/py-fetch && componentize-py -d ../../wit -w action-http componentize app -o "../../$out/py_fetch.wasm" >/dev/null)
   fi
 else
   echo "build-guests: componentize-py not found (pip install componentize-py); skipping the Python example" >&2

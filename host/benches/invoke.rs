@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use ::http as http_types;
 use warden::{InvocationInfo, Policy, Runtime, RuntimeConfig};
 
 mod bare {
@@ -25,15 +26,51 @@ use bare::warden::action::{clock, http, log, smtp, types};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-/// The least a plain wasmtime embedding needs to run the same component.
+/// The least a plain wasmtime embedding needs to run the same component
+/// (which imports wasi:http too, for the hostile suite's second front door).
 struct BareState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    hooks: NoHttp,
+}
+
+impl BareState {
+    fn new() -> BareState {
+        BareState { wasi: WasiCtx::builder().build(), table: ResourceTable::new(), http: Default::default(), hooks: NoHttp }
+    }
 }
 
 impl WasiView for BareState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// wasi:http that sends nothing: the trivial invocation makes no request.
+struct NoHttp;
+
+impl wasmtime_wasi_http::WasiHttpHooks for NoHttp {
+    fn send_request(
+        &mut self,
+        _: http_types::Request<wasmtime_wasi_http::WasiBody>,
+        _: Option<wasmtime_wasi_http::RequestOptions>,
+        _: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn std::future::Future<
+                Output = Result<
+                    (http_types::Response<wasmtime_wasi_http::WasiBody>, Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for BareState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView { hooks: &mut self.hooks, table: &mut self.table, ctx: &mut self.http }
     }
 }
 
@@ -109,12 +146,13 @@ fn benches(c: &mut Criterion) {
     let component = wasmtime::component::Component::from_file(&engine, probe()).unwrap();
     let mut linker = Linker::<BareState>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).unwrap();
     bare::Action::add_to_linker::<BareState, HasSelf<BareState>>(&mut linker, |s| s).unwrap();
     let pre = bare::ActionPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
     let wit_info = types::Invocation { run_id: "bench".into(), story: String::new(), step: String::new(), team: "bench".into(), attempt: 1 };
     g.bench_function("bare_wasmtime", |b| {
         b.to_async(&rt).iter(|| async {
-            let mut store = wasmtime::Store::new(&engine, BareState { wasi: WasiCtx::builder().build(), table: ResourceTable::new() });
+            let mut store = wasmtime::Store::new(&engine, BareState::new());
             let action = pre.instantiate_async(&mut store).await.unwrap();
             let out = action.call_run(&mut store, &wit_info, input).await.unwrap();
             assert!(out.is_ok());
@@ -128,11 +166,12 @@ fn benches(c: &mut Criterion) {
     let pooled_component = wasmtime::component::Component::from_file(&pooled_engine, probe()).unwrap();
     let mut pooled_linker = Linker::<BareState>::new(&pooled_engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut pooled_linker).unwrap();
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut pooled_linker).unwrap();
     bare::Action::add_to_linker::<BareState, HasSelf<BareState>>(&mut pooled_linker, |s| s).unwrap();
     let pooled_pre = bare::ActionPre::new(pooled_linker.instantiate_pre(&pooled_component).unwrap()).unwrap();
     g.bench_function("bare_wasmtime_pooling", |b| {
         b.to_async(&rt).iter(|| async {
-            let mut store = wasmtime::Store::new(&pooled_engine, BareState { wasi: WasiCtx::builder().build(), table: ResourceTable::new() });
+            let mut store = wasmtime::Store::new(&pooled_engine, BareState::new());
             let action = pooled_pre.instantiate_async(&mut store).await.unwrap();
             let out = action.call_run(&mut store, &wit_info, input).await.unwrap();
             assert!(out.is_ok());
@@ -145,26 +184,31 @@ fn benches(c: &mut Criterion) {
     // against 50 requests from the host with reqwest (connection reuse in both).
     const N: u64 = 50;
     let url = srv.url("/json");
-    let many = json!({"op": "fetch_many", "count": N, "url": url}).to_string();
+    // The same guest and origin through each front door: warden:action/http,
+    // and standard wasi:http (judged by the same layers).
     let mut g = c.benchmark_group("http_round_trip");
-    g.bench_function("warden_per_request", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let (warden_rt, plugin, grant, info, many) = (&warden_rt, &plugin, &grant, &info, &many);
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let t = Instant::now();
-                    let r = warden_rt.invoke(plugin, grant.clone(), info.clone(), many, None).await;
-                    let with_calls = t.elapsed();
-                    assert!(r.outcome.is_ok());
-                    let t = Instant::now();
-                    let _ = warden_rt.invoke(plugin, grant.clone(), info.clone(), r#"{"op":"echo"}"#, None).await;
-                    total += with_calls.saturating_sub(t.elapsed()) / N as u32;
+    for (name, door) in [("warden_per_request", "warden"), ("wasi_http_per_request", "wasi-http")] {
+        let many = json!({"op": "fetch_many", "count": N, "url": url, "door": door}).to_string();
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let (warden_rt, plugin, grant, info, many) = (&warden_rt, &plugin, &grant, &info, &many);
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t = Instant::now();
+                        let r = warden_rt.invoke(plugin, grant.clone(), info.clone(), many, None).await;
+                        let with_calls = t.elapsed();
+                        let out: serde_json::Value = serde_json::from_str(r.outcome.as_ref().expect("fetch_many")).unwrap();
+                        assert_eq!(out["results"][N as usize - 1]["status"], 200, "{out}");
+                        let t = Instant::now();
+                        let _ = warden_rt.invoke(plugin, grant.clone(), info.clone(), r#"{"op":"echo"}"#, None).await;
+                        total += with_calls.saturating_sub(t.elapsed()) / N as u32;
+                    }
+                    total
                 }
-                total
-            }
-        })
-    });
+            })
+        });
+    }
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     g.bench_function("native_reqwest_per_request", |b| {
         b.to_async(&rt).iter(|| async {

@@ -5,8 +5,8 @@
 //! engine all speak it; it imports nothing of warden.
 
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
 /// Who is asking (carried into the guest and into every audit record).
@@ -87,39 +87,87 @@ impl std::fmt::Display for InvokeError {
 
 impl std::error::Error for InvokeError {}
 
-/// Guest CPU time = wall time since start minus time spent off the CPU
-/// (in host calls such as `sleep` and `http.send`, or yielded to other tasks).
+/// Guest CPU time = wall time since start minus time spent off the CPU: in
+/// host calls (every one, WASI's `poll` waiting on a wasi:http response
+/// included, counted by the store's call hook) or yielded to other tasks.
+/// Off-CPU spans may nest (a guard inside a host call); only the outermost counts.
 #[derive(Clone)]
 pub struct CpuMeter {
     started: Instant,
-    off_cpu_ns: Arc<AtomicU64>,
+    off: Arc<Mutex<OffCpuSpans>>,
+}
+
+#[derive(Default)]
+struct OffCpuSpans {
+    depth: u32,
+    since: Option<Instant>,
+    total: Duration,
 }
 
 impl CpuMeter {
     pub fn start() -> CpuMeter {
-        CpuMeter { started: Instant::now(), off_cpu_ns: Arc::default() }
+        CpuMeter { started: Instant::now(), off: Arc::default() }
     }
+
     pub fn guest_cpu(&self) -> Duration {
-        let off = Duration::from_nanos(self.off_cpu_ns.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(off)
+        let spans = self.off.lock().unwrap_or_else(|p| p.into_inner());
+        let open = spans.since.map_or(Duration::ZERO, |t| t.elapsed());
+        self.started.elapsed().saturating_sub(spans.total + open)
     }
+
+    /// The guest's CPU time stops until the matching [`CpuMeter::resume`].
+    pub fn pause(&self) {
+        let mut spans = self.off.lock().unwrap_or_else(|p| p.into_inner());
+        if spans.depth == 0 {
+            spans.since = Some(Instant::now());
+        }
+        spans.depth += 1;
+    }
+
+    pub fn resume(&self) {
+        let mut spans = self.off.lock().unwrap_or_else(|p| p.into_inner());
+        spans.depth = spans.depth.saturating_sub(1);
+        if spans.depth == 0 {
+            if let Some(t) = spans.since.take() {
+                spans.total += t.elapsed();
+            }
+        }
+    }
+
     /// Time from now until the guard drops is not the guest's CPU time.
     pub fn off_cpu(&self) -> OffCpu {
-        OffCpu { since: Instant::now(), off: self.off_cpu_ns.clone() }
+        self.pause();
+        OffCpu { meter: self.clone() }
     }
 }
 
 pub struct OffCpu {
-    since: Instant,
-    off: Arc<AtomicU64>,
+    meter: CpuMeter,
 }
 
 impl Drop for OffCpu {
     fn drop(&mut self) {
-        self.off.fetch_add(self.since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.meter.resume();
     }
 }
 
+#[cfg(test)]
+mod meter_tests {
+    use super::*;
+
+    #[test]
+    fn nested_off_cpu_spans_count_once() {
+        let m = CpuMeter::start();
+        m.pause();
+        {
+            let _inner = m.off_cpu();
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        m.resume();
+        assert!(m.guest_cpu() < Duration::from_millis(20), "{:?}", m.guest_cpu());
+    }
+}
 
 /// Guest text made safe to keep and to show: at most `max` bytes (cut on a
 /// character boundary and marked with `…`), and every control character but

@@ -24,7 +24,7 @@ fn a_scaffolded_plugin_builds_passes_its_tests_and_checks_out() {
     let dir = tempdir("new");
     let out = warden(&["plugin", "new", "ticket-lookup", "--dir", dir.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let plugin = dir.join("ticket-lookup");
+    let plugin = moved(&dir, "ticket-lookup");
 
     let test = cargo(&plugin, &["test", "--quiet"]);
     assert!(test.status.success(), "{}{}", text(&test.stdout), text(&test.stderr));
@@ -38,10 +38,11 @@ fn a_scaffolded_plugin_builds_passes_its_tests_and_checks_out() {
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("exports: describe, run"), "{stdout}");
     assert!(stdout.contains("manifest: ticket-lookup 0.1.0"), "{stdout}");
+    assert!(stdout.contains("http: warden:action/http (warden's own import"), "{stdout}");
     // The scaffold's policy points at its own target dir, not this one.
     assert!(stdout.contains("no [plugins.*] entry points at this file"), "{stdout}");
 
-    let again = warden(&["plugin", "new", "ticket-lookup", "--dir", dir.to_str().unwrap()]);
+    let again = warden(&["plugin", "new", "ticket-lookup", "--dir", plugin.parent().unwrap().to_str().unwrap()]);
     assert!(text(&again.stderr).contains("already exists"), "{}", text(&again.stderr));
     let bad = warden(&["plugin", "new", "Bad_Name", "--dir", dir.to_str().unwrap()]);
     assert!(text(&bad.stderr).contains("must be lower-case"), "{}", text(&bad.stderr));
@@ -71,6 +72,21 @@ fn check_refuses_what_is_not_a_warden_action() {
     assert!(stderr.contains("does not export `describe`: it targets another world (exports: wasi:cli/run@"), "{stderr}");
 }
 
+/// Moves a freshly written scaffold to another folder: it must carry all it
+/// needs (WIT, SDK, helpers) and point at nothing outside itself.
+fn moved(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let to = dir.join("elsewhere");
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::rename(dir.join(name), to.join(name)).unwrap();
+    let plugin = to.join(name);
+    for file in ["Cargo.toml", "build.mjs", "build.sh", "warden.toml", "package.json"] {
+        if let Ok(text) = std::fs::read_to_string(plugin.join(file)) {
+            assert!(!text.contains(root().to_str().unwrap()), "{file} points into warden's checkout: {text}");
+        }
+    }
+    plugin
+}
+
 fn sh(dir: &std::path::Path, program: &str, args: &[&str]) -> std::process::Output {
     Command::new(program).args(args).current_dir(dir).output().unwrap_or_else(|e| panic!("{program}: {e}"))
 }
@@ -80,7 +96,7 @@ fn a_scaffolded_javascript_plugin_tests_builds_and_checks_out() {
     let dir = tempdir("js");
     let out = warden(&["plugin", "new", "lookup-js", "--lang", "js", "--dir", dir.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let plugin = dir.join("lookup-js");
+    let plugin = moved(&dir, "lookup-js");
     // Reuse the example's componentize-js install instead of a fresh npm install.
     let deps = root().join("plugins/js-fetch/node_modules");
     assert!(deps.exists(), "run scripts/build-guests.sh (it installs plugins/js-fetch's node_modules)");
@@ -93,6 +109,8 @@ fn a_scaffolded_javascript_plugin_tests_builds_and_checks_out() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("manifest: lookup-js 0.1.0") && stdout.contains("grant: [grants.lookup-js]"), "{stdout}");
+    // componentize-js imports every interface of the world, so warden's own http shows too.
+    assert!(stdout.lines().any(|l| l.starts_with("  http: ") && l.contains("wasi:http")), "fetch() is the JavaScript scaffold's HTTP: {stdout}");
 }
 
 #[test]
@@ -100,7 +118,7 @@ fn a_scaffolded_python_plugin_tests_builds_and_checks_out() {
     let dir = tempdir("py");
     let out = warden(&["plugin", "new", "lookup-py", "--lang", "python", "--dir", dir.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let plugin = dir.join("lookup-py");
+    let plugin = moved(&dir, "lookup-py");
     let test = sh(&plugin, "python3", &["-m", "unittest"]);
     assert!(test.status.success(), "{}", text(&test.stderr));
     assert!(text(&test.stderr).contains("Ran 2 tests"), "{}", text(&test.stderr));
@@ -110,4 +128,5 @@ fn a_scaffolded_python_plugin_tests_builds_and_checks_out() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("manifest: lookup-py 0.1.0") && stdout.contains("grant: [grants.lookup-py]"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("  http: ") && l.contains("wasi:http")), "the Python scaffold's HTTP is wasi:http: {stdout}");
 }

@@ -451,6 +451,13 @@ async fn ticks_missed_while_down_are_skipped_unless_the_trigger_catches_up_once(
     let dir = setup("catch-up", &[("tick.yaml", tick)], "[triggers.tick]\nschedule = \"* * * * * *\"\n");
     let db = dir.join("runs.db");
     let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    // Starts just after a second's tick, so the server is up before the next
+    // one: a tick before `restarted` was missed, one after it is the server's own.
+    let just_after_a_tick = || async {
+        let into = now_ms() % 1000;
+        tokio::time::sleep(Duration::from_millis(1000 - into + 20)).await;
+        now_ms()
+    };
     let missed_after_restart = |before: &[u64], restarted: u64| {
         let last = before.iter().max().copied().unwrap_or(0);
         ticks(&db).into_iter().filter(|&t| t > last && t < restarted).count()
@@ -462,7 +469,7 @@ async fn ticks_missed_while_down_are_skipped_unless_the_trigger_catches_up_once(
     let before = ticks(&db);
     assert!(!before.is_empty(), "the schedule fired before the stop");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let restarted = now_ms();
+    let restarted = just_after_a_tick().await;
     let mut srv = Server::start(&dir, 2);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     srv.kill();
@@ -472,7 +479,7 @@ async fn ticks_missed_while_down_are_skipped_unless_the_trigger_catches_up_once(
     std::fs::write(dir.join("warden.toml"), policy).unwrap();
     let before = ticks(&db);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let restarted = now_ms();
+    let restarted = just_after_a_tick().await;
     let mut srv = Server::start(&dir, 2);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     srv.kill();

@@ -1,6 +1,7 @@
 // Builds fetch.js into a component with componentize-js (StarlingMonkey).
-// The WIT is the repository's wit/; only the warden imports and the WASI that
-// the engine itself needs are linked (no wasi:http, no fetch-event).
+// The WIT is the repository's wit/ (world `action`); `fetch()` makes the
+// component import wasi:http, which warden judges like its own http import.
+// No `fetch-event`: a plugin is called through `run`, not as an HTTP server.
 import { componentize } from '@bytecodealliance/componentize-js';
 import { writeFile, mkdir } from 'node:fs/promises';
 import { resolve, dirname } from 'node:path';
@@ -12,7 +13,7 @@ const { component } = await componentize({
   sourcePath: resolve(here, 'fetch.js'),
   witPath: resolve(here, '../../wit'),
   worldName: 'action',
-  disableFeatures: ['http', 'fetch-event'],
+  disableFeatures: ['fetch-event'],
 });
 await mkdir(dirname(out), { recursive: true });
 await writeFile(out, component);

@@ -20,7 +20,7 @@ use crate::audit::{AuditRecord, Decision};
 use crate::bindings::warden::action;
 use crate::invocation::{CpuMeter, InvocationInfo, LogLine};
 use crate::policy::Grant;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use wasmtime::component::{HasSelf, Linker};
@@ -52,6 +52,8 @@ pub struct Call {
     pub denials: u32,
     /// Set when a capability stopped the invocation at a limit: (limit, message).
     pub stopped: Option<(&'static str, String)>,
+    /// Records of calls answered after the host call that made them returned.
+    pub late: LateAudit,
 }
 
 impl Call {
@@ -70,18 +72,90 @@ impl Call {
     /// against `limits.denials`, and past it the returned trap stops the
     /// invocation (the host call must return it).
     pub fn answered(&mut self, record: AuditRecord, started: Instant) -> wasmtime::Result<()> {
-        let denied = record.decision == Decision::Denied;
-        self.keep(record, started);
-        let max = self.grant.limits.denials;
-        if denied {
+        if record.decision == Decision::Denied {
             self.denials += 1;
-            if self.denials > max {
-                let message = format!("{} had {max} capability calls refused; the host stopped it (limits.denials)", self.plugin);
-                self.stopped = Some(("denials", message.clone()));
-                return Err(wasmtime::Error::msg(message));
-            }
+        }
+        self.keep(record, started);
+        self.check_denials()
+    }
+
+    /// Past `limits.denials` refusals (counting late ones) the invocation is
+    /// stopped: the returned trap ends it. Also checked on every epoch tick,
+    /// since a late refusal has no host call to return a trap from.
+    pub fn check_denials(&mut self) -> wasmtime::Result<()> {
+        let max = self.grant.limits.denials;
+        if self.denials + self.late.denied() > max {
+            let message = format!("{} had {max} capability calls refused; the host stopped it (limits.denials)", self.plugin);
+            self.stopped = Some(("denials", message.clone()));
+            return Err(wasmtime::Error::msg(message));
         }
         Ok(())
+    }
+
+    /// Every audit record of the invocation, in the order the calls were made.
+    pub fn take_audit(&mut self) -> Vec<AuditRecord> {
+        let made = std::mem::take(&mut self.audit);
+        let mut late = self.late.take().into_iter().peekable();
+        let mut all = Vec::with_capacity(made.len() + late.len());
+        for (i, record) in made.into_iter().enumerate() {
+            while let Some((_, l)) = late.next_if(|(at, _)| *at <= i) {
+                all.push(l);
+            }
+            all.push(record);
+        }
+        all.extend(late.map(|(_, l)| l));
+        all
+    }
+
+    /// Opens a late record for `record` (see [`LateAudit`]), placed after the
+    /// records kept so far.
+    pub fn open_late(&self, record: &AuditRecord) -> usize {
+        self.late.open(record, self.audit.len())
+    }
+}
+
+/// Audit records of requests whose exchange runs beside the guest (a
+/// `wasi:http` future): opened when admitted, completed when answered. One
+/// never completed — the invocation ended first — says so.
+#[derive(Clone, Default)]
+pub struct LateAudit(Arc<Mutex<LateRecords>>);
+
+#[derive(Default)]
+struct LateRecords {
+    /// Each with the number of ordinary records kept before it was opened.
+    records: Vec<(usize, AuditRecord)>,
+    denied: u32,
+}
+
+impl LateAudit {
+    /// Keeps a provisional copy of `record`, to be placed after the first
+    /// `position` ordinary records; returns its slot.
+    fn open(&self, record: &AuditRecord, position: usize) -> usize {
+        let mut provisional = record.clone();
+        provisional.decision = Decision::Allowed;
+        provisional.reason = Some("the invocation ended before this request was answered".into());
+        let mut late = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        late.records.push((position, provisional));
+        late.records.len() - 1
+    }
+
+    /// The final form of the record in `slot`.
+    pub fn close(&self, slot: usize, record: AuditRecord) {
+        let mut late = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if record.decision == Decision::Denied {
+            late.denied += 1;
+        }
+        if let Some((_, r)) = late.records.get_mut(slot) {
+            *r = record;
+        }
+    }
+
+    pub fn denied(&self) -> u32 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).denied
+    }
+
+    fn take(&self) -> Vec<(usize, AuditRecord)> {
+        std::mem::take(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()).records)
     }
 }
 
@@ -109,6 +183,7 @@ impl Capabilities {
                 meter: CpuMeter::start(),
                 denials: 0,
                 stopped: None,
+                late: LateAudit::default(),
             },
         }
     }
@@ -117,7 +192,8 @@ impl Capabilities {
 impl action::types::Host for Capabilities {}
 
 /// Links every capability import of the `warden:action` world; `get` finds the
-/// capabilities in the store's data.
+/// capabilities in the store's data. (`wasi:http`, the other door to
+/// [`http`], is linked by the runtime with WASI: see [`http::wasi`].)
 pub fn add_to_linker<T: Send + 'static>(linker: &mut Linker<T>, get: fn(&mut T) -> &mut Capabilities) -> anyhow::Result<()> {
     action::types::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
     action::http::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;

@@ -18,7 +18,8 @@ pub fn summary(grant: &Grant) {
             Ok(_) => "value present".to_string(),
             Err(why) => format!("NO VALUE: {why}"),
         };
-        println!("  credential {c} -> {} ({}; {state})", spec.bindings_text(), spec.source.describe());
+        let injected = if spec.auto { "; injected automatically" } else { "" };
+        println!("  credential {c} -> {} ({}; {state}{injected})", spec.bindings_text(), spec.source.describe());
     }
     let l = &grant.limits;
     println!(
@@ -61,7 +62,8 @@ pub async fn plugin(rt: &Runtime, policy: &Policy, name: &str, team: &str) -> bo
     }
     for (c, spec) in &grant.credentials {
         let owner = spec.team.as_deref().map(|o| format!("team {o}")).unwrap_or_else(|| "shared".into());
-        println!("  credential {c} ({owner}) → only to {}", spec.bindings_text());
+        let injected = if spec.auto { ", added to every request to them (inject = \"auto\")" } else { "" };
+        println!("  credential {c} ({owner}) → only to {}{injected}", spec.bindings_text());
     }
     let listed = t.and_then(|t| t.grants.get(name)).or(policy.grants.get(name));
     if let Some(g) = listed {

@@ -4,6 +4,7 @@ mod action;
 mod common;
 mod db;
 mod explain;
+mod kit;
 mod plugin;
 mod policy;
 mod progress;

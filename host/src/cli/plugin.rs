@@ -138,6 +138,12 @@ pub async fn run(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
             println!("component {} (sha256 {})", wasm.display(), inspection.sha256);
             println!("  exports: {}", inspection.exports.join(", "));
             println!("  imports: {}", inspection.imports.join(", "));
+            println!("  http: {}", match inspection.http_doors()[..] {
+                [] => "none (it makes no HTTP requests)".to_string(),
+                ["warden:action/http"] => "warden:action/http (warden's own import; the plugin names credentials in each request)".to_string(),
+                ["wasi:http"] => "wasi:http (standard outgoing-handler; a credential is named by the `warden-credential` request header or attached by `inject = \"auto\"`)".to_string(),
+                _ => "warden:action/http and wasi:http (both judged by the same policy)".to_string(),
+            });
             if !inspection.problems.is_empty() {
                 return Err(anyhow!("{} does not fit warden:action@{}: {}", wasm.display(), warden::runtime::WIT_VERSION, inspection.problems.join("; ")));
             }

@@ -1,20 +1,9 @@
 //! `warden plugin new`: a plugin that builds and passes its own tests out of the box.
 
-use anyhow::{anyhow, Context as _};
+use anyhow::anyhow;
 use std::path::{Path, PathBuf};
 
-/// Where this warden's guest SDK lives (the scaffold depends on it by path).
-fn sdk_path() -> PathBuf {
-    let compiled_in = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk");
-    std::env::var_os("WARDEN_SDK").map(PathBuf::from).unwrap_or(compiled_in)
-}
-
-/// Where this warden's WIT lives (JavaScript and Python builds read it).
-fn wit_path() -> anyhow::Result<PathBuf> {
-    let compiled_in = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
-    let p = std::env::var_os("WARDEN_WIT").map(PathBuf::from).unwrap_or(compiled_in);
-    p.canonicalize().with_context(|| format!("cannot find warden's wit/ at {} (set WARDEN_WIT)", p.display()))
-}
+use super::kit;
 
 /// Checks the name and creates the plugin's folder.
 fn start(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
@@ -50,8 +39,8 @@ hosts = ["https://api.example.com"]
 
 /// A JavaScript plugin built with componentize-js: `npm test`, `npm run build`.
 pub fn js(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
-    let wit = wit_path()?;
     let root = start(name, dir)?;
+    kit::write_wit(&root)?;
     let file = name.replace('-', "_");
     std::fs::write(
         root.join("package.json"),
@@ -76,21 +65,22 @@ pub fn js(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::write(
         root.join("build.mjs"),
         format!(
-            r#"// Builds app.js into {file}.wasm, a component of warden's `action` world.
+            r#"// Builds app.js into {file}.wasm, a component of warden's `action` world
+// (wit/ here, written by `warden plugin new`). `fetch()` makes it import
+// standard wasi:http, which warden judges like its own http import.
 import {{ componentize }} from '@bytecodealliance/componentize-js';
 import {{ writeFile }} from 'node:fs/promises';
 
 const {{ component }} = await componentize({{
   sourcePath: new URL('./app.js', import.meta.url).pathname,
-  witPath: process.env.WARDEN_WIT ?? {wit:?},
+  witPath: new URL('./wit', import.meta.url).pathname,
   worldName: 'action',
-  // Only what warden provides: no wasi:http, no fetch-event.
-  disableFeatures: ['http', 'fetch-event'],
+  // A plugin is called through `run`, never as an HTTP server.
+  disableFeatures: ['fetch-event'],
 }});
 await writeFile(new URL('./{file}.wasm', import.meta.url), component);
 console.log('built {file}.wasm');
-"#,
-            wit = wit.display().to_string()
+"#
         ),
     )?;
     std::fs::write(root.join("logic.js"), JS_LOGIC)?;
@@ -105,8 +95,9 @@ console.log('built {file}.wasm');
 
 /// A Python plugin built with componentize-py: `python3 -m unittest`, then componentize.
 pub fn python(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
-    let wit = wit_path()?;
     let root = start(name, dir)?;
+    kit::write_wit(&root)?;
+    std::fs::write(root.join("warden_http.py"), kit::PY_HTTP)?;
     let file = name.replace('-', "_");
     std::fs::write(root.join("logic.py"), PY_LOGIC)?;
     std::fs::write(root.join("test_logic.py"), PY_TEST)?;
@@ -115,12 +106,13 @@ pub fn python(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
         root.join("build.sh"),
         format!(
             r#"#!/bin/sh
-# Builds app.py into {file}.wasm, a component of warden's `action` world.
+# Builds app.py into {file}.wasm, a component of warden's `action-http` world
+# (wit/ here, written by `warden plugin new`): the `action` world with standard
+# wasi:http, which warden_http.py uses and warden judges like its own http import.
 set -e
 cd "$(dirname "$0")"
-componentize-py -d "${{WARDEN_WIT:-{wit}}}" -w action componentize app -o {file}.wasm
-"#,
-            wit = wit.display()
+componentize-py -d wit -w action-http componentize app -o {file}.wasm
+"#
         ),
     )?;
     #[cfg(unix)]
@@ -136,10 +128,9 @@ __pycache__/
 }
 
 pub fn rust(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
-    let sdk = sdk_path()
-        .canonicalize()
-        .with_context(|| format!("cannot find the warden guest SDK at {} (set WARDEN_SDK to plugins/sdk of a warden checkout)", sdk_path().display()))?;
     let root = start(name, dir)?;
+    kit::write_wit(&root)?;
+    kit::write_sdk(&root)?;
     std::fs::create_dir_all(root.join("src"))?;
     let crate_name = name.replace('-', "_");
     std::fs::write(
@@ -155,7 +146,8 @@ publish = false
 crate-type = ["cdylib"]
 
 [dependencies]
-warden-sdk = {{ path = "{sdk}" }}
+# The SDK and wit/ are in this folder, written by `warden plugin new`.
+warden-sdk = {{ path = "warden-sdk" }}
 serde = {{ version = "1", features = ["derive"] }}
 serde_json = "1"
 
@@ -166,8 +158,7 @@ strip = true
 
 # A plugin is its own workspace, wherever it lives.
 [workspace]
-"#,
-            sdk = sdk.display()
+"#
         ),
     )?;
     std::fs::write(root.join("src/lib.rs"), LIB_RS.replace("{{name}}", name))?;
@@ -313,10 +304,10 @@ test('bad input is refused with the field named', () => {
 
 const JS_APP: &str = r##"// {{name}}: a warden plugin in JavaScript.
 //
-// GETs a JSON document through the host's policed `http` import, with the
-// credential the operator named (the host injects its value; the plugin never
-// sees it). `npm test` tests logic.js; `npm run build` makes the component.
-import { send } from 'warden:action/http@0.1.0';
+// GETs a JSON document with the standard `fetch()`, with the credential the
+// operator named in the `warden-credential` header (the host removes it and
+// injects the value after the policy check; the plugin never sees it).
+// `npm test` tests logic.js; `npm run build` makes the component.
 import { log } from 'warden:action/log@0.1.0';
 import { parseInput } from './logic.js';
 
@@ -336,21 +327,31 @@ export function describe() {
   };
 }
 
-export function run(invocation, input) {
+// A refused or failed fetch carries warden's reason (and rule) in its message.
+function reason(e) {
+  for (let x = e; x; x = x.cause) {
+    if (x.message) return String(x.message);
+  }
+  return String(e);
+}
+
+export async function run(invocation, input) {
   const { url, credential } = parseInput(input);
+  const headers = { accept: 'application/json' };
+  if (credential) headers['warden-credential'] = credential;
   let resp;
   try {
-    resp = send({ method: 'GET', url, headers: [['accept', 'application/json']], body: undefined, timeoutMs: undefined, credential });
+    resp = await fetch(url, { headers });
   } catch (e) {
-    const err = e.payload ?? e;
-    if (err.tag === 'denied') throw { tag: 'denied', val: err.val };
-    throw { tag: 'upstream', val: { status: undefined, message: `${err.tag}${err.val ? ': ' + err.val : ''}`, retryAfterMs: undefined } };
+    const why = reason(e);
+    if (why.includes('warden refused')) throw { tag: 'denied', val: why };
+    throw { tag: 'upstream', val: { status: undefined, message: why, retryAfterMs: undefined } };
   }
   if (resp.status >= 400) {
     throw { tag: 'upstream', val: { status: resp.status, message: `upstream answered ${resp.status}`, retryAfterMs: undefined } };
   }
   log('info', `fetched ${url}`);
-  return JSON.stringify({ data: JSON.parse(new TextDecoder().decode(resp.body)) });
+  return JSON.stringify({ data: await resp.json() });
 }
 "##;
 
@@ -397,7 +398,7 @@ if __name__ == "__main__":
 
 const PY_APP: &str = r##""""{{name}}: a warden plugin in Python.
 
-GETs a JSON document through the host's policed `http` import, with the
+GETs a JSON document over standard wasi:http (warden_http.py), with the
 credential the operator named (the host injects its value; the plugin never
 sees it). `python3 -m unittest` tests logic.py; `./build.sh` makes the component.
 """
@@ -406,9 +407,11 @@ import json
 
 import wit_world
 from componentize_py_types import Err
-from wit_world.imports import http, log, types
+from wit_world.imports import log
+from wit_world.imports import warden_action_types as types
 
 from logic import parse_input
+from warden_http import HttpError, request
 
 
 class WitWorld(wit_world.WitWorld):
@@ -429,13 +432,13 @@ class WitWorld(wit_world.WitWorld):
         except ValueError as e:
             raise Err(types.ActionError_InvalidInput(str(e)))
         try:
-            resp = http.send(http.Request(method="GET", url=args["url"], headers=[("accept", "application/json")], body=None, timeout_ms=None, credential=args["credential"]))
-        except Err as e:
-            if isinstance(e.value, http.HttpError_Denied):
-                raise Err(types.ActionError_Denied(e.value.value))
-            raise Err(types.ActionError_Failed(type(e.value).__name__))
+            resp = request("GET", args["url"], headers={"accept": "application/json"}, credential=args["credential"])
+        except HttpError as e:
+            if e.kind == "denied":
+                raise Err(types.ActionError_Denied(e.message))
+            raise Err(types.ActionError_Upstream(types.UpstreamError(status=None, message=e.message, retry_after_ms=None)))
         if resp.status >= 400:
             raise Err(types.ActionError_Upstream(types.UpstreamError(status=resp.status, message=f"upstream answered {resp.status}", retry_after_ms=None)))
         log.log(log.Level.INFO, f"fetched {args['url']}")
-        return json.dumps({"data": json.loads(resp.body)})
+        return json.dumps({"data": resp.json()})
 "##;

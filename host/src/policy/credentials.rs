@@ -118,6 +118,10 @@ pub struct CredentialSpec {
     pub hosts: Vec<Binding>,
     /// Owning team, if any: only that team's runs may use it.
     pub team: Option<String>,
+    /// `inject = "auto"`: added to every request of a plugin granted it to one
+    /// of its hosts, without the plugin naming it (for code that cannot, such
+    /// as an unmodified `fetch()`). The default, `"named"`, needs the name.
+    pub auto: bool,
 }
 
 impl CredentialSpec {
@@ -169,7 +173,16 @@ pub(super) fn parse(name: &str, c: RawCredential, base: &Path) -> Result<Credent
     }
     let hosts = c.hosts.iter().map(|h| Binding::parse(h)).collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("credentials.{name}: {e}"))?;
-    Ok(CredentialSpec { name: name.to_string(), kind, source, hosts, team: c.team })
+    let auto = match c.inject.as_deref() {
+        None | Some("named") => false,
+        Some("auto") => true,
+        Some(other) => {
+            return Err(format!(
+                "credentials.{name}: inject = \"{other}\" is unknown; use \"named\" (the plugin names it: the default) or \"auto\" (added to every request to its hosts)"
+            ))
+        }
+    };
+    Ok(CredentialSpec { name: name.to_string(), kind, source, hosts, team: c.team, auto })
 }
 
 #[derive(Deserialize)]
@@ -186,6 +199,8 @@ pub(super) struct RawCredential {
     hosts: Vec<String>,
     /// The team that owns it; other teams' runs can never use it.
     team: Option<String>,
+    /// `named` (default) or `auto`.
+    inject: Option<String>,
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use wasmtime::component::Linker;
-use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
 
 
 /// Most hosts or credentials a manifest lists, and the largest schema it may give.
@@ -79,6 +79,23 @@ pub struct Inspection {
     pub exports: Vec<String>,
     /// Why it cannot run here; empty when it fits.
     pub problems: Vec<String>,
+}
+
+impl Inspection {
+    /// Which HTTP front doors the component uses: warden's own
+    /// `warden:action/http`, standard `wasi:http`, both or neither. Both go
+    /// through the same policy; the answer tells an operator how the plugin
+    /// names credentials.
+    pub fn http_doors(&self) -> Vec<&'static str> {
+        let mut doors = Vec::new();
+        if self.imports.iter().any(|i| i.starts_with("warden:action/http@")) {
+            doors.push("warden:action/http");
+        }
+        if self.imports.iter().any(|i| i.starts_with("wasi:http/outgoing-handler@")) {
+            doors.push("wasi:http");
+        }
+        doors
+    }
 }
 
 /// A compiled component, ready to instantiate.
@@ -146,6 +163,8 @@ impl Runtime {
         start_epoch_ticker(&engine);
         let mut linker = Linker::<InvocationState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+        // Standard wasi:http, answered by the same egress layers as warden:action/http.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
         crate::capability::add_to_linker(&mut linker, |s: &mut InvocationState| &mut s.caps)?;
         Ok(Runtime {
             engine,
@@ -241,7 +260,11 @@ impl Runtime {
                 if !version.starts_with("0.1.") {
                     problems.push(format!("it imports {i}, but this host provides warden:action@{WIT_VERSION}; rebuild it against this host's wit/"));
                 }
-            } else if !i.starts_with("wasi:") {
+            } else if let Some(version) = i.strip_prefix("wasi:").and_then(|rest| rest.split('@').nth(1)) {
+                if !version.starts_with("0.2.") {
+                    problems.push(format!("it imports {i}; warden provides WASI 0.2 (wasip2) only; build it for wasm32-wasip2"));
+                }
+            } else {
                 problems.push(format!("it imports {i}, which warden does not provide"));
             }
         }
@@ -349,11 +372,12 @@ impl Runtime {
             // Pushed past the budget on purpose: the operator must see what was lost.
             state.caps.logs.lines.push(LogLine { at_ms: now_ms(), level: "warn", source: "host", message });
         }
+        let audit = state.caps.call.take_audit();
         InvocationReport {
             plugin: plugin.name.clone(),
-            outcome,
+            outcome: name_the_refusal(outcome, &audit),
             logs: std::mem::take(&mut state.caps.logs.lines),
-            audit: std::mem::take(&mut state.caps.call.audit),
+            audit,
             http_requests: state.caps.http.sent,
             duration_ms: started.elapsed().as_millis() as u64,
             cpu_ms: state.caps.call.meter.guest_cpu().as_millis() as u64,
@@ -369,11 +393,29 @@ impl Runtime {
     ) -> Store<InvocationState> {
         let cpu_limit = Duration::from_millis(grant.limits.cpu_ms);
         let state = InvocationState::new(&plugin.name, grant, info, self.transport.clone(), tap);
+        let meter = state.caps.call.meter.clone();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory);
+        // Every host call is off the guest's CPU: warden's imports and WASI's
+        // alike, such as `poll` waiting on a wasi:http response.
+        // And a capability that stopped the invocation at a limit (a refusal
+        // past limits.denials, possibly of a wasi:http request answered late)
+        // stops the guest as the host call returns.
+        store.call_hook(move |mut ctx, hook| {
+            match hook {
+                CallHook::CallingHost => meter.pause(),
+                CallHook::ReturningFromHost => {
+                    meter.resume();
+                    ctx.data_mut().caps.call.check_denials()?;
+                }
+                CallHook::CallingWasm | CallHook::ReturningFromWasm => {}
+            }
+            Ok(())
+        });
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
+            state.caps.call.check_denials()?;
             if state.caps.call.meter.guest_cpu() > cpu_limit {
                 state.stop = Some(Stop::Cpu);
                 return Err(wasmtime::format_err!("cpu limit"));
@@ -402,6 +444,25 @@ enum Failure {
 /// The message of a caught panic.
 pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// A guest that lost warden's reason for a refused request — a JavaScript
+/// `fetch()` rejects with a bare "NetworkError" — still fails with the reason
+/// named: a failing step's error gets the last refusal of the invocation,
+/// unless it already says it.
+fn name_the_refusal(outcome: Result<String, InvokeError>, audit: &[AuditRecord]) -> Result<String, InvokeError> {
+    let Err(mut error) = outcome else { return outcome };
+    let refusal = audit.iter().rev().find(|r| r.capability == "http" && r.decision == crate::audit::Decision::Denied);
+    let (Some(record), Some(message)) = (refusal, match &mut error {
+        InvokeError::Denied { message } | InvokeError::Failed { message } | InvokeError::Trap { message } | InvokeError::Upstream { message, .. } => Some(message),
+        _ => None,
+    }) else {
+        return Err(error);
+    };
+    if let Some(reason) = record.reason.as_deref().filter(|r| !message.contains(*r)) {
+        message.push_str(&format!("; warden refused {} {} (rule `{}`): {reason}", record.method, record.url, record.rule));
+    }
+    Err(error)
 }
 
 fn check_output(output: String, cap: u64) -> Result<String, InvokeError> {
@@ -453,8 +514,14 @@ fn trap_error(state: &mut InvocationState, limits: &crate::limits::Limits, e: wa
         Some(t) => t.to_string(),
         None => root_message(&e),
     };
-    if let Some(p) = panic {
+    // A language runtime written in Rust (componentize-py's) panics after the
+    // traceback it printed: the traceback says more.
+    let traceback = stderr.contains("Traceback (most recent call last)");
+    if let Some(p) = panic.filter(|_| !traceback) {
         message = format!("the plugin panicked: {} ({message})", guest_text(&p, MAX_ERROR_MESSAGE_BYTES));
+    } else if let Some(words) = last_words(&stderr) {
+        // A JavaScript exception or a Python traceback, printed before the trap.
+        message = format!("the plugin failed: {} ({message})", guest_text(&words, MAX_ERROR_MESSAGE_BYTES));
     }
     // Keep the rest of stderr in the log.
     if !stderr.is_empty() {
@@ -470,6 +537,40 @@ fn panic_message(stderr: &str) -> Option<String> {
     let location = lines[at].split("panicked at").nth(1).unwrap_or("").trim().trim_end_matches(':');
     let text = lines.get(at + 1).map_or("", |l| l.trim());
     Some(format!("{text} (at {location})"))
+}
+
+/// What a guest runtime printed last before it trapped, in one line: the
+/// exception of a Python traceback with the frame it was raised in, or the
+/// last lines a JavaScript engine wrote (the error and where).
+fn last_words(stderr: &str) -> Option<String> {
+    let lines: Vec<&str> = stderr.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return None;
+    }
+    if let Some(tb) = lines.iter().rposition(|l| l.starts_with("Traceback (most recent call last)")) {
+        // Frames are indented; the first line that is not is the exception.
+        let frames = &lines[tb + 1..];
+        let end = frames.iter().position(|l| !l.starts_with(' ') && !l.starts_with('\t')).unwrap_or(frames.len());
+        let exception = frames.get(end);
+        let frame = frames[..end].iter().rev().find(|l| l.trim_start().starts_with("File \""));
+        return match (exception, frame) {
+            (Some(e), Some(f)) => Some(format!("{} (at {})", e.trim(), f.trim().trim_start_matches("File ").replace('"', ""))),
+            (Some(e), None) => Some(e.trim().to_string()),
+            _ => None,
+        };
+    }
+    // Lines an engine prints on its way down, which say nothing of why.
+    let lines: Vec<&str> = lines.into_iter().filter(|l| !l.starts_with("Redirecting call to abort()")).collect();
+    // A JavaScript engine's report: the error line, then its stack (`fn@file:line:col`).
+    if let Some(at) = lines.iter().rposition(|l| !l.starts_with([' ', '\t']) && l.contains("Error")) {
+        let frame = lines[at + 1..].iter().map(|l| l.trim()).find(|l| l.contains('@'));
+        return Some(match frame {
+            Some(f) => format!("{} (at {f})", lines[at].trim()),
+            None => lines[at].trim().to_string(),
+        });
+    }
+    let tail = &lines[lines.len().saturating_sub(3)..];
+    (!tail.is_empty()).then(|| tail.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" | "))
 }
 
 /// What went wrong, in one line: the innermost cause (a host call's own
@@ -499,4 +600,23 @@ fn collect_stdio(state: &mut InvocationState) {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_words;
+
+    #[test]
+    fn a_python_traceback_is_told_by_its_exception_and_frame() {
+        let tb = "Traceback (most recent call last):\n  File \"app.py\", line 40, in run\n    raise ValueError(\"no ticket key\")\nValueError: no ticket key\n\nthread '<unnamed>' panicked at runtime/src/lib.rs:1:2:\nPython function threw an unexpected exception\nnote: run with `RUST_BACKTRACE=1`\n";
+        assert_eq!(last_words(tb).unwrap(), "ValueError: no ticket key (at app.py, line 40, in run)");
+    }
+
+    #[test]
+    fn a_javascript_error_is_told_by_the_last_lines_it_printed() {
+        let js = "Error while running run: Error: ticket key missing\nStack:\n  run@app.js:12:11\nRedirecting call to abort() to mozalloc_abort\n";
+        assert_eq!(last_words(js).unwrap(), "Error while running run: Error: ticket key missing (at run@app.js:12:11)");
+        assert_eq!(last_words("something odd\n").unwrap(), "something odd");
+        assert_eq!(last_words("\n  \n"), None);
+    }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// Most bytes one `wasi:random` call may ask the host for.
 const MAX_RANDOM_BYTES: u64 = 1024 * 1024;
@@ -63,6 +64,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 /// memory limiter, the captured stdio, and the capabilities' state.
 pub struct InvocationState {
     wasi: WasiCtx,
+    wasi_http: WasiHttpCtx,
     table: ResourceTable,
     pub memory: MemoryLimiter,
     pub caps: Capabilities,
@@ -98,6 +100,7 @@ impl InvocationState {
         table.set_max_capacity(MAX_WASI_RESOURCES);
         InvocationState {
             wasi,
+            wasi_http: WasiHttpCtx::new(),
             table,
             memory: MemoryLimiter { limit: limits.memory_bytes, used: 0, refused: None },
             stop: None,
@@ -115,5 +118,13 @@ impl InvocationState {
 impl WasiView for InvocationState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// `wasi:http`: its resources live in the same capped table as WASI's, and
+/// every request goes to the capabilities' hooks (`capability::http::wasi`).
+impl WasiHttpView for InvocationState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { hooks: &mut self.caps, table: &mut self.table, ctx: &mut self.wasi_http }
     }
 }

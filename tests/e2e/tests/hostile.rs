@@ -131,7 +131,9 @@ fn cases(port: u16) -> Vec<Case> {
         Case { name: "flood: an endless response body", plugin: "probe", input: fetch(o("/endless")), expect: refused("too-large", format!("GET http://127.0.0.1:{port}/endless"), "64 KiB") },
         Case { name: "flood: a slow upstream (one byte a second)", plugin: "probe", input: json!({"op": "fetch", "url": o("/slow"), "timeout_ms": 1000}), expect: refused("timeout", format!("GET http://127.0.0.1:{port}/slow"), "") },
         Case { name: "flood: more requests than the quota", plugin: "probe", input: json!({"op": "fetch_many", "count": 7, "url": o("/json")}), expect: refused("denied", "limits.http_requests", "used its 5 HTTP requests") },
-        Case { name: "flood: a huge request body", plugin: "probe", input: json!({"op": "fetch", "method": "POST", "url": o("/echo"), "body": "x".repeat(10_000)}), expect: refused("too-large", "limits.request_bytes", "grant allows 4 KiB") },
+        Case { name: "flood: a huge request body", plugin: "probe", input: json!({"op": "fetch", "method": "POST", "url": o("/echo"), "body": "x".repeat(10_000), "content_length": true}), expect: refused("too-large", "limits.request_bytes", "grant allows 4 KiB") },
+        // Over wasi:http without a content-length, the cap holds as the body streams.
+        Case { name: "flood: a huge request body, streamed without a length", plugin: "probe", input: json!({"op": "fetch", "method": "POST", "url": o("/echo"), "body": "x".repeat(100_000)}), expect: refused("too-large", "limits.request_bytes", "grant allows 4 KiB") },
         Case { name: "flood: log spam", plugin: "probe", input: json!({"op": "log", "count": 5000, "then": "http://169.254.169.254/"}), expect: Expect::Completes { rule: "default-deny", check: |out| {
             if out["logged"] == json!(5000) && out["then"]["error"]["kind"] == json!("denied") { Ok(()) } else { Err(format!("{out}")) }
         } } },
@@ -218,6 +220,26 @@ fn encoded_spellings() -> Vec<String> {
     out
 }
 
+/// Which requests a case makes: those that make any go through both front
+/// doors, `warden:action/http` and standard `wasi:http`.
+fn makes_requests(case: &Case) -> bool {
+    matches!(case.input["op"].as_str(), Some("fetch" | "follow" | "fetch_many")) || case.input.get("then").is_some()
+}
+
+/// wasi:http's own `fields` resource refuses these headers before a request
+/// exists, so on that door the guest hears a header error and nothing reaches
+/// the host's egress layers.
+fn refused_by_wasi_fields(case: &Case) -> bool {
+    case.name.starts_with("headers: CR/LF") || case.name == "headers: a Host that differs from the URL"
+}
+
+/// What one run of a case showed: the error the guest reported, the step
+/// error, and the rules of its audit records.
+struct Seen {
+    error: Option<Value>,
+    audit_rules: Vec<String>,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandbox_holds_against_every_hostile_case() {
     let (srv, rec, _counters) = origin::spawn_with_counters().await.unwrap();
@@ -225,69 +247,109 @@ async fn the_sandbox_holds_against_every_hostile_case() {
     let all = cases(srv.port());
     assert!(all.len() >= 30, "the suite must keep at least 30 cases");
     let mut failures = Vec::new();
+    let mut runs = 0;
     for case in &all {
-        let story = if case.plugin == "probe" { "strict" } else { "any" };
-        let (hostile, good) = tokio::join!(
-            e.run(story, case.input.clone(), "hostile", &Quiet),
-            e.run("good", json!({}), "hostile", &Quiet)
-        );
-        let (hostile, good) = (hostile.unwrap(), good.unwrap());
-        let mut problems = Vec::new();
-        if good.state != "succeeded" || good.output.as_ref().map(|o| o["status"].clone()) != Some(json!(200)) {
-            problems.push(format!("the well-behaved run beside it did not complete: {:?}", good.error));
-        }
-        let detail = e.store.get_run(&hostile.run_id).unwrap().unwrap();
-        let audit_rules: Vec<String> = detail.audit.iter().map(|a| a["rule"].as_str().unwrap_or("").to_string()).collect();
-        match &case.expect {
-            Expect::Refused { kind, rule, says } => {
-                let out = hostile.output.clone().unwrap_or(Value::Null);
-                match reported_error(&out) {
-                    Some(err) if err["kind"] == *kind && err["message"].as_str().unwrap_or("").contains(says) => {}
-                    other => problems.push(format!("expected {kind} mentioning `{says}`, got {other:?} (run {}: {:?})", hostile.state, hostile.error)),
-                }
-                if !audit_rules.iter().any(|r| r == rule) {
-                    problems.push(format!("no audit record with rule {rule}: {audit_rules:?}"));
-                }
+        let doors: &[&str] = if makes_requests(case) { &["warden:action/http", "wasi:http"] } else { &["warden:action/http"] };
+        let mut seen: Vec<Seen> = Vec::new();
+        for &door in doors {
+            runs += 1;
+            let mut input = case.input.clone();
+            if door == "wasi:http" {
+                input["door"] = json!("wasi-http");
             }
-            Expect::Stopped { kind, says, rule } => match &hostile.error {
-                Some(err) if err.kind == *kind && err.message.contains(says) => {
-                    if !audit_rules.iter().any(|r| r == rule) {
-                        problems.push(format!("no sandbox audit record {rule}: {audit_rules:?}"));
+            let story = if case.plugin == "probe" { "strict" } else { "any" };
+            let (hostile, good) = tokio::join!(e.run(story, input, "hostile", &Quiet), e.run("good", json!({}), "hostile", &Quiet));
+            let (hostile, good) = (hostile.unwrap(), good.unwrap());
+            let mut problems = Vec::new();
+            if good.state != "succeeded" || good.output.as_ref().map(|o| o["status"].clone()) != Some(json!(200)) {
+                problems.push(format!("the well-behaved run beside it did not complete: {:?}", good.error));
+            }
+            let detail = e.store.get_run(&hostile.run_id).unwrap().unwrap();
+            let audit_rules: Vec<String> = detail.audit.iter().map(|a| a["rule"].as_str().unwrap_or("").to_string()).collect();
+            let out = hostile.output.clone().unwrap_or(Value::Null);
+            let error = reported_error(&out).cloned();
+            match &case.expect {
+                Expect::Refused { .. } if door == "wasi:http" && refused_by_wasi_fields(case) => {
+                    if error.as_ref().map(|e| e["kind"].clone()) != Some(json!("header-error")) {
+                        problems.push(format!("expected wasi:http's fields to refuse the header, got {error:?}"));
+                    }
+                    if detail.audit.iter().any(|a| a["capability"] == "http") {
+                        problems.push(format!("a header wasi:http refused still reached the egress layers: {audit_rules:?}"));
                     }
                 }
-                other => problems.push(format!("expected a {kind} stop mentioning `{says}`, got {other:?}")),
-            },
-            Expect::Completes { rule, check } => {
-                match &hostile.output {
-                    Some(out) => {
-                        if let Err(why) = check(out) {
-                            problems.push(why);
+                Expect::Refused { kind, rule, says } => {
+                    match &error {
+                        Some(err) if err["kind"] == *kind && err["message"].as_str().unwrap_or("").contains(says) => {}
+                        other => problems.push(format!("expected {kind} mentioning `{says}`, got {other:?} (run {}: {:?})", hostile.state, hostile.error)),
+                    }
+                    if !audit_rules.iter().any(|r| r == rule) {
+                        problems.push(format!("no audit record with rule {rule}: {audit_rules:?}"));
+                    }
+                }
+                Expect::Stopped { kind, says, rule } => match &hostile.error {
+                    Some(err) if err.kind == *kind && err.message.contains(says) => {
+                        if !audit_rules.iter().any(|r| r == rule) {
+                            problems.push(format!("no sandbox audit record {rule}: {audit_rules:?}"));
                         }
                     }
-                    None => problems.push(format!("the run failed: {:?}", hostile.error)),
-                }
-                if !audit_rules.iter().any(|r| r.contains(rule)) {
-                    problems.push(format!("no audit record matching {rule}: {audit_rules:?}"));
+                    other => problems.push(format!("expected a {kind} stop mentioning `{says}`, got {other:?}")),
+                },
+                Expect::Completes { rule, check } => {
+                    match &hostile.output {
+                        Some(out) => {
+                            if let Err(why) = check(out) {
+                                problems.push(why);
+                            }
+                        }
+                        None => problems.push(format!("the run failed: {:?}", hostile.error)),
+                    }
+                    if !audit_rules.iter().any(|r| r.contains(rule)) {
+                        problems.push(format!("no audit record matching {rule}: {audit_rules:?}"));
+                    }
                 }
             }
+            let everywhere = format!(
+                "{} {} {}",
+                serde_json::to_string(&hostile).unwrap(),
+                serde_json::to_string(&detail).unwrap(),
+                serde_json::to_string(&e.store.get_run(&good.run_id).unwrap()).unwrap()
+            );
+            if everywhere.contains(SECRET) {
+                problems.push("the secret appears in the output, logs, audit or run store".into());
+            }
+            if let Some(form) = encoded_spellings().into_iter().find(|f| everywhere.contains(f.as_str())) {
+                problems.push(format!("the secret appears encoded ({form}) in the output, logs, audit or run store"));
+            }
+            if !problems.is_empty() {
+                failures.push(format!("{} (through {door}):\n    {}", case.name, problems.join("\n    ")));
+            }
+            seen.push(Seen { error, audit_rules });
         }
-        let everywhere = format!(
-            "{} {} {}",
-            serde_json::to_string(&hostile).unwrap(),
-            serde_json::to_string(&detail).unwrap(),
-            serde_json::to_string(&e.store.get_run(&good.run_id).unwrap()).unwrap()
-        );
-        if everywhere.contains(SECRET) {
-            problems.push("the secret appears in the output, logs, audit or run store".into());
-        }
-        if let Some(form) = encoded_spellings().into_iter().find(|f| everywhere.contains(f.as_str())) {
-            problems.push(format!("the secret appears encoded ({form}) in the output, logs, audit or run store"));
-        }
-        if !problems.is_empty() {
-            failures.push(format!("{}:\n    {}", case.name, problems.join("\n    ")));
+        // Both doors, the same answer: the same audit rules, the same kind of
+        // error, and warden's reason word for word.
+        if let [action, wasi] = &seen[..] {
+            if refused_by_wasi_fields(case) {
+                continue;
+            }
+            let mut problems = Vec::new();
+            if action.audit_rules != wasi.audit_rules {
+                problems.push(format!("audit rules differ: {:?} vs {:?}", action.audit_rules, wasi.audit_rules));
+            }
+            let kind = |s: &Seen| s.error.as_ref().map(|e| e["kind"].clone());
+            if kind(action) != kind(wasi) {
+                problems.push(format!("error kinds differ: {:?} vs {:?}", action.error, wasi.error));
+            }
+            // wasi:http lowercases header names; a streamed body's size is not known up front.
+            let message = |s: &Seen| s.error.as_ref().and_then(|e| e["message"].as_str().map(str::to_ascii_lowercase)).unwrap_or_default();
+            if !case.name.contains("streamed") && !message(wasi).contains(&message(action)) {
+                problems.push(format!("wasi:http does not carry warden's reason `{}`: `{}`", message(action), message(wasi)));
+            }
+            if !problems.is_empty() {
+                failures.push(format!("{} (both doors):\n    {}", case.name, problems.join("\n    ")));
+            }
         }
     }
-    assert!(failures.is_empty(), "{} of {} hostile cases broke out:\n  {}", failures.len(), all.len(), failures.join("\n  "));
+    assert!(failures.is_empty(), "{} of {runs} hostile runs broke out:\n  {}", failures.len(), failures.join("\n  "));
     // Nothing refused ever reached the origin's internal route.
     assert!(!rec.paths().contains(&"/internal".to_string()));
 }

@@ -14,7 +14,8 @@
 //!    [`super::resolve::ScreeningResolver`] for names, at connect time): only
 //!    public addresses, unless a rule names the address itself.
 //! 7. **Credentials** ([`check_credential`]): granted to this plugin and bound to
-//!    this origin.
+//!    this origin; with none named, an `inject = "auto"` credential bound to the
+//!    origin applies ([`auto_credential`]).
 //! 8. **Injection** ([`super::inject`]): the value is read and added only now.
 //! 9. **Transport** ([`super::transport`]): no proxy, no redirects followed,
 //!    timeouts, capped body read.
@@ -120,6 +121,12 @@ pub fn headers(given: &[(String, String)]) -> Result<HeaderMap, Refusal> {
             )
             .into());
         }
+        if lname == super::wasi::CREDENTIAL_HEADER {
+            return Err(invalid(format!(
+                "header `{}` names a credential on wasi:http requests; with http.send, name it in the request's `credential` field",
+                guest_text(name, 64)
+            )));
+        }
         if OVERRIDE_HEADERS.contains(&lname.as_str()) {
             return Err(Denial::new(
                 "override-header",
@@ -139,8 +146,8 @@ pub fn headers(given: &[(String, String)]) -> Result<HeaderMap, Refusal> {
 }
 
 /// Layer 4: the request body within `limits.request_bytes`.
-pub fn request_size(grant: &Grant, body: Option<&[u8]>) -> Result<(), Refusal> {
-    let (len, max) = (body.map_or(0, |b| b.len() as u64), grant.limits.request_bytes);
+pub fn request_size(grant: &Grant, len: u64) -> Result<(), Refusal> {
+    let max = grant.limits.request_bytes;
     if len > max {
         return Err(Refusal::TooLarge {
             rule: "limits.request_bytes",
@@ -232,6 +239,27 @@ pub fn check_credential(grant: &Grant, name: &str, t: &Target) -> Result<Arc<Cre
     Ok(spec.clone())
 }
 
+/// Layer 7 when the guest named no credential: the grant's `inject = "auto"`
+/// credential bound to this origin, if there is one. Two would make the host
+/// guess which secret to send, so that is refused.
+pub fn auto_credential(grant: &Grant, t: &Target) -> Result<Option<Arc<CredentialSpec>>, Denial> {
+    let mut bound = grant.credentials.values().filter(|c| c.auto && c.bound_to(t));
+    let Some(first) = bound.next() else { return Ok(None) };
+    if let Some(second) = bound.next() {
+        return Err(Denial::new(
+            "credential-ambiguous",
+            format!(
+                "credentials `{}` and `{}` of {} are both `inject = \"auto\"` for {}; name one on the request (header `warden-credential`), or bind them to different hosts",
+                first.name,
+                second.name,
+                grant.plugin,
+                t.origin()
+            ),
+        ));
+    }
+    Ok(Some(first.clone()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +318,27 @@ mod tests {
         g.limits.http_requests = 2;
         assert!(quota(&g, 2).is_ok());
         assert!(matches!(quota(&g, 3), Err(Refusal::Denied(d)) if d.rule == "limits.http_requests"));
+    }
+
+    #[test]
+    fn an_auto_credential_applies_only_to_its_own_hosts_and_never_ambiguously() {
+        let text = |second_host: &str| {
+            format!(
+                "[plugins.p]\npath = \"p.wasm\"\n[grants.p]\nallow = [\"GET https://*.example.com/*\"]\ncredentials = [\"a\", \"b\", \"named\"]\n\
+                 [credentials.a]\nkind = \"bearer\"\nenv = \"A\"\nhosts = [\"https://api.example.com\"]\ninject = \"auto\"\n\
+                 [credentials.b]\nkind = \"bearer\"\nenv = \"B\"\nhosts = [\"{second_host}\"]\ninject = \"auto\"\n\
+                 [credentials.named]\nkind = \"bearer\"\nenv = \"N\"\nhosts = [\"https://api.example.com\"]\n"
+            )
+        };
+        let g = Policy::parse(&text("https://other.example.com"), "t.toml", Path::new(".")).unwrap().grant_for("p");
+        assert_eq!(auto_credential(&g, &t("GET", "https://api.example.com/x")).unwrap().unwrap().name, "a");
+        assert_eq!(auto_credential(&g, &t("GET", "https://other.example.com/x")).unwrap().unwrap().name, "b");
+        assert!(auto_credential(&g, &t("GET", "https://third.example.com/x")).unwrap().is_none(), "no credential goes where none is bound");
+        let g = Policy::parse(&text("https://api.example.com"), "t.toml", Path::new(".")).unwrap().grant_for("p");
+        assert_eq!(auto_credential(&g, &t("GET", "https://api.example.com/x")).unwrap_err().rule, "credential-ambiguous");
+        let wrong = text("https://x.example.com").replace("https://x.example.com\"]\ninject = \"auto\"", "https://x.example.com\"]\ninject = \"always\"");
+        let e = Policy::parse(&wrong, "t.toml", Path::new(".")).unwrap_err().to_string();
+        assert!(e.contains("t.toml:") && e.contains("inject = \"always\" is unknown"), "{e}");
     }
 
     fn t(m: &str, u: &str) -> Target {

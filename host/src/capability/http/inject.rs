@@ -215,6 +215,7 @@ mod tests {
             source: SecretSource::Env("X".into()),
             hosts: vec![],
             team: None,
+            auto: false,
         };
         let inj = injection(&spec, &Secret::new("tok-long-enough".into()));
         let (_, v) = inj.header.unwrap();

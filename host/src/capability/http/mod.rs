@@ -1,22 +1,33 @@
-//! The `http` capability: a guest's `http.send`, judged by the layers in
-//! [`check`] (numbered there), then injected ([`inject`]), sent ([`transport`],
-//! names resolved through [`resolve`], addresses classed by [`address`]) and
-//! scrubbed. One audit record per attempt, allowed or not.
+//! The `http` capability: one set of egress layers with two front doors.
+//!
+//! * `warden:action/http.send` ([`http::Host`] below), warden's own import;
+//! * standard `wasi:http/outgoing-handler` ([`wasi`]), so `fetch()` in
+//!   JavaScript and ordinary HTTP clients in Python and Rust work unchanged.
+//!
+//! Both doors turn the guest's request into an [`Outgoing`] and call the same
+//! two functions: [`admit`] (layers 1–7 of [`check`], pure, in the guest's
+//! store) and [`deliver`] (layers 8–10: [`inject`], [`transport`] with names
+//! resolved through [`resolve`] and addresses classed by [`address`], then
+//! redaction), which owns everything it needs so it can also run as a
+//! detached future. One audit record per attempt, allowed or not.
 
 pub mod address;
 pub mod check;
 pub mod inject;
 pub mod resolve;
 pub mod transport;
+pub mod wasi;
 
 use super::{Call, Capabilities, Denial};
 use crate::audit::{AuditRecord, Decision};
 use crate::bindings::warden::action::http;
 use crate::invocation::guest_text;
 use crate::limits::Bytes;
+use crate::policy::credentials::CredentialSpec;
+use crate::policy::target::Target;
 use check::Refusal;
 use inject::Redactor;
-use reqwest::header::{HeaderName, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use transport::{Transport, WireError, WireRequest};
@@ -30,28 +41,78 @@ const AUDIT_URL_BYTES: usize = 2048;
 /// Per-invocation HTTP state.
 pub struct HttpState {
     pub transport: Arc<Transport>,
-    /// Attempts so far, allowed or not.
+    /// Attempts so far, allowed or not, through either door.
     pub sent: u32,
+    /// Turns on the wire for wasi:http exchanges (see [`wasi::MAX_IN_FLIGHT`]).
+    pub wasi_turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl HttpState {
     pub fn new(transport: Arc<Transport>) -> HttpState {
-        HttpState { transport, sent: 0 }
+        HttpState { transport, sent: 0, wasi_turns: Arc::new(tokio::sync::Semaphore::new(wasi::MAX_IN_FLIGHT)) }
     }
+}
+
+/// A guest's request as the layers see it, whichever door it came through.
+pub struct Outgoing<'a> {
+    pub method: &'a str,
+    pub url: &'a str,
+    pub headers: &'a [(String, String)],
+    /// The body's size when it is known before the body is read (layer 4
+    /// checks it then; a streamed body is capped again as it is read).
+    pub body_len: Option<u64>,
+    /// The credential the guest named; `None` lets an `inject = "auto"`
+    /// credential bound to the origin apply.
+    pub credential: Option<&'a str>,
+    pub timeout: Option<Duration>,
+}
+
+/// A request the policy admitted (layers 1–7), owning all that the later
+/// layers need.
+pub struct Admitted {
+    plugin: String,
+    target: Target,
+    headers: HeaderMap,
+    credential: Option<Arc<CredentialSpec>>,
+    timeout: Duration,
+    max_request_bytes: u64,
+    max_response_bytes: u64,
+    transport: Arc<Transport>,
+}
+
+impl Admitted {
+    /// Most body bytes the grant lets this request carry.
+    pub fn max_request_bytes(&self) -> u64 {
+        self.max_request_bytes
+    }
+}
+
+/// A response as the guest may see it: complete, capped, scrubbed.
+pub struct Delivered {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl http::Host for Capabilities {
     async fn send(&mut self, req: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
         let _off = self.call.meter.off_cpu();
         let started = Instant::now();
-        let method = guest_text(&req.method, check::MAX_METHOD_BYTES).to_ascii_uppercase();
-        let mut record = self.call.record("http", method, guest_text(&req.url, AUDIT_URL_BYTES));
-        record.credential = req.credential.as_deref().map(|c| guest_text(c, check::MAX_CREDENTIAL_NAME_BYTES));
-        record.request_bytes = req.body.as_ref().map_or(0, |b| b.len() as u64);
-        self.http.sent += 1;
-        let result = send(&self.call, &self.http, req, &mut record).await;
+        let mut record = self.call.record("http", String::new(), String::new());
+        let outgoing = Outgoing {
+            method: &req.method,
+            url: &req.url,
+            headers: &req.headers,
+            body_len: Some(req.body.as_ref().map_or(0, |b| b.len() as u64)),
+            credential: req.credential.as_deref(),
+            timeout: req.timeout_ms.map(|ms| Duration::from_millis(ms as u64)),
+        };
+        let result = match admit(&self.call, &mut self.http, &outgoing, &mut record) {
+            Ok(admitted) => deliver(admitted, req.body, &mut record).await,
+            Err(e) => Err(e),
+        };
         self.call.answered(record, started)?;
-        Ok(result)
+        Ok(result.map(|d| http::Response { status: d.status, headers: d.headers, body: d.body }))
     }
 }
 
@@ -78,24 +139,57 @@ fn refused(record: &mut AuditRecord, r: Refusal) -> http::HttpError {
     }
 }
 
-/// One attempt through every layer; `record` says what happened.
-async fn send(call: &Call, state: &HttpState, req: http::Request, record: &mut AuditRecord) -> Result<http::Response, http::HttpError> {
+/// Layers 1–7: counts the attempt and judges it. Pure apart from the count;
+/// `record` (fresh from [`Call::record`]) says what was asked and decided.
+pub fn admit(call: &Call, state: &mut HttpState, req: &Outgoing, record: &mut AuditRecord) -> Result<Admitted, http::HttpError> {
     let grant = &call.grant;
-    let limits = &grant.limits;
-    let plugin = &call.plugin;
+    record.method = guest_text(req.method, check::MAX_METHOD_BYTES).to_ascii_uppercase();
+    record.url = guest_text(req.url, AUDIT_URL_BYTES);
+    record.credential = req.credential.map(|c| guest_text(c, check::MAX_CREDENTIAL_NAME_BYTES));
+    record.request_bytes = req.body_len.unwrap_or(0);
+    state.sent += 1;
 
-    // Layers 1–7: pure checks.
     check::quota(grant, state.sent).map_err(|r| refused(record, r))?;
-    let target = check::target(&req.method, &req.url).map_err(|r| refused(record, r))?;
-    let mut headers = check::headers(&req.headers).map_err(|r| refused(record, r))?;
-    check::request_size(grant, req.body.as_deref()).map_err(|r| refused(record, r))?;
+    let target = check::target(req.method, req.url).map_err(|r| refused(record, r))?;
+    let headers = check::headers(req.headers).map_err(|r| refused(record, r))?;
+    if let Some(len) = req.body_len {
+        check::request_size(grant, len).map_err(|r| refused(record, r))?;
+    }
     let rule = check::decide(grant, &target).map_err(|d| denied(record, d))?;
     check::screen_literal(rule, &target).map_err(|d| denied(record, d))?;
     record.rule = rule.text.clone();
-    let spec = match &req.credential {
+    let credential = match req.credential {
         Some(name) => Some(check::check_credential(grant, name, &target).map_err(|d| denied(record, d))?),
-        None => None,
+        None => check::auto_credential(grant, &target).map_err(|d| denied(record, d))?,
     };
+    if let Some(spec) = &credential {
+        record.credential = Some(spec.name.clone());
+    }
+    let remaining = call.deadline.saturating_duration_since(Instant::now());
+    Ok(Admitted {
+        plugin: call.plugin.clone(),
+        target,
+        headers,
+        credential,
+        timeout: req.timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT).min(remaining),
+        max_request_bytes: grant.limits.request_bytes,
+        max_response_bytes: grant.limits.response_bytes,
+        transport: state.transport.clone(),
+    })
+}
+
+/// Layers 8–10 for an admitted request: the credential injected, the wire,
+/// and nothing coming back that carries the secret. Owns what it uses, so a
+/// `wasi:http` request can run it as a future beside the guest.
+pub async fn deliver(a: Admitted, body: Option<Vec<u8>>, record: &mut AuditRecord) -> Result<Delivered, http::HttpError> {
+    let Admitted { plugin, target, mut headers, credential, timeout, max_request_bytes, max_response_bytes, transport } = a;
+    let len = body.as_ref().map_or(0, |b| b.len() as u64);
+    record.request_bytes = len;
+    // Layer 4 again, for a body whose size was not known at admission.
+    if len > max_request_bytes {
+        let message = format!("request body is {}; {plugin}'s grant allows {} (limits.request_bytes)", Bytes(len), Bytes(max_request_bytes));
+        return Err(failed(record, "limits.request_bytes", message.clone(), http::HttpError::TooLarge(message)));
+    }
 
     // Layer 8: the credential's value, injected only now. With a credential on
     // the request the host owns content negotiation and refuses partial
@@ -103,8 +197,8 @@ async fn send(call: &Call, state: &HttpState, req: http::Request, record: &mut A
     // secret from redaction.
     let mut url = target.url.clone();
     let mut redactor = Redactor::none();
-    let injected = spec.is_some();
-    if let Some(spec) = spec {
+    let injected = credential.is_some();
+    if let Some(spec) = credential {
         let name = &spec.name;
         if let Some(h) = ["range", "if-range"].into_iter().find(|h| headers.contains_key(*h)) {
             return Err(denied(record, Denial::new("credential-range", format!("header `{h}` asks for part of a response; refused on a request that carries credential `{name}`, so redaction sees every byte"))));
@@ -134,11 +228,9 @@ async fn send(call: &Call, state: &HttpState, req: http::Request, record: &mut A
     }
 
     // Layer 9: the wire (names are screened by its resolver at connect time).
-    let remaining = call.deadline.saturating_duration_since(Instant::now());
-    let asked = req.timeout_ms.map(|ms| Duration::from_millis(ms as u64)).unwrap_or(DEFAULT_REQUEST_TIMEOUT);
     let method = reqwest::Method::from_bytes(target.method.as_bytes()).expect("validated by Target::parse");
-    let wire = WireRequest { method, url, headers, body: req.body, timeout: asked.min(remaining), max_response_bytes: limits.response_bytes };
-    let response = match state.transport.send(wire).await {
+    let wire = WireRequest { method, url, headers, body, timeout, max_response_bytes };
+    let response = match transport.send(wire).await {
         Ok(r) => r,
         Err(WireError::AddressRefused(refused)) => {
             return Err(denied(record, Denial::new(resolve::AddressRefused::RULE, refused.to_string())))
@@ -173,5 +265,5 @@ async fn send(call: &Call, state: &HttpState, req: http::Request, record: &mut A
         return Err(denied(record, Denial::new("redaction", "the response carries the credential in a form warden cannot redact; refused whole".into())));
     }
     record.decision = Decision::Allowed;
-    Ok(http::Response { status: response.status, headers, body })
+    Ok(Delivered { status: response.status, headers, body })
 }

@@ -22,7 +22,16 @@ fn http_error(e: &HttpError) -> Value {
     }
 }
 
+mod wasi_http;
+
+/// Which door `fetch` uses for this run: `warden:action/http` (default) or,
+/// with `"door": "wasi-http"` in the input, standard wasi:http.
+static WASI_DOOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn fetch(v: &Value) -> Value {
+    if WASI_DOOR.load(std::sync::atomic::Ordering::Relaxed) {
+        return wasi_http::fetch(v);
+    }
     let headers = v["headers"]
         .as_object()
         .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect())
@@ -131,6 +140,7 @@ impl Guest for Probe {
 
     fn run(inv: Invocation, input: String) -> Result<String, ActionError> {
         let v: Value = serde_json::from_str(&input).map_err(|e| ActionError::InvalidInput(e.to_string()))?;
+        WASI_DOOR.store(v["door"] == "wasi-http", std::sync::atomic::Ordering::Relaxed);
         let mut out = match v["op"].as_str().unwrap_or("") {
             "counter" => {
                 // A fresh store per invocation means this always starts at 0.
