@@ -86,19 +86,6 @@ async fn renew_loop(q: Queue, every: Duration) {
     }
 }
 
-/// The callers on this node waiting for runs that execute elsewhere. One
-/// task asks the store which of them ended — once per run-end notification,
-/// for all of them at once — so a thousand waiting callers cost one query,
-/// not a thousand.
-#[derive(Default)]
-pub(super) struct Waiters(std::sync::Mutex<std::collections::HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>>);
-
-impl Waiters {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 /// Wakes the waiting callers whose runs ended; the slow poll covers a lost notification.
 async fn watch_ends(q: Queue) {
     let cluster = q.cluster().expect("started only in a cluster");

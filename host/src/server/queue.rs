@@ -42,7 +42,7 @@ pub struct Queue {
     pub(super) freed: Arc<Notify>,
     pub(super) role: Role,
     /// Callers waiting for runs that execute on other nodes.
-    pub(super) waiters: Arc<super::node::Waiters>,
+    pub(super) waiters: Arc<Waiters>,
 }
 
 impl Queue {
@@ -191,5 +191,18 @@ impl Queue {
     pub async fn drain(&self, deadline: Duration) -> bool {
         self.tracker.close();
         tokio::time::timeout(deadline, self.tracker.wait()).await.is_ok()
+    }
+}
+
+/// The callers on this node waiting for runs that execute elsewhere. One
+/// task asks the store which of them ended — once per run-end notification,
+/// for all of them at once — so a thousand waiting callers cost one query,
+/// not a thousand.
+#[derive(Default)]
+pub(super) struct Waiters(std::sync::Mutex<std::collections::HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>>);
+
+impl Waiters {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

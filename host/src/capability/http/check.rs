@@ -64,6 +64,10 @@ pub const MAX_CREDENTIAL_NAME_BYTES: usize = 128;
 pub const MAX_HEADERS: usize = 100;
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
+/// The request header a `wasi:http` guest names a policy credential with; the
+/// wasi:http door takes it out before layer 3, which refuses it on the other door.
+pub const CREDENTIAL_HEADER: &str = "warden-credential";
+
 /// Headers the host owns. A guest setting them could smuggle a second request
 /// or point a virtual host somewhere its URL does not say.
 const HOST_OWNED_HEADERS: &[&str] = &[
@@ -121,7 +125,7 @@ pub fn headers(given: &[(String, String)]) -> Result<HeaderMap, Refusal> {
             )
             .into());
         }
-        if lname == super::wasi::CREDENTIAL_HEADER {
+        if lname == CREDENTIAL_HEADER {
             return Err(invalid(format!(
                 "header `{}` names a credential on wasi:http requests; with http.send, name it in the request's `credential` field",
                 guest_text(name, 64)

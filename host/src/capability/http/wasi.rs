@@ -34,8 +34,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 use wasmtime_wasi_http::{Error as WasiError, RequestOptions, WasiBody, WasiHttpHooks};
 
-/// The request header a `wasi:http` guest names a policy credential with.
-pub const CREDENTIAL_HEADER: &str = "warden-credential";
+pub use super::check::CREDENTIAL_HEADER;
 
 /// wasi:http exchanges of one invocation alive at once (on the wire, or
 /// answered and not yet read or dropped by the guest); more wait their turn.
