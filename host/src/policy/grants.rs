@@ -76,6 +76,22 @@ pub(super) fn parse_grant(
         let spec = credentials.get(c.get_ref()).ok_or_else(|| {
             err(c.span(), format!("grant {plugin} names credential `{}` but there is no [credentials.{}]", c.get_ref(), c.get_ref()))
         })?;
+        // Two auto credentials for one origin would leave the host to guess
+        // which secret to send: refused here when their bindings are the same
+        // spelling (overlaps such as a wildcard are refused per request).
+        if spec.auto {
+            let clash = granted.values().find(|o: &&Arc<CredentialSpec>| o.auto && o.hosts.iter().any(|b| spec.hosts.iter().any(|h| h.origin == b.origin)));
+            if let Some(other) = clash {
+                return Err(err(
+                    c.span(),
+                    format!(
+                        "grant {plugin} has credentials `{}` and `{}` both inject = \"auto\" for the same host; make one of them \"named\" (the default), or bind them to different hosts",
+                        other.name,
+                        spec.name
+                    ),
+                ));
+            }
+        }
         granted.insert(c.get_ref().clone(), spec.clone());
     }
     let limits = match g.limits {

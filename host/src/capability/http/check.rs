@@ -338,7 +338,10 @@ mod tests {
         assert_eq!(auto_credential(&g, &t("GET", "https://api.example.com/x")).unwrap().unwrap().name, "a");
         assert_eq!(auto_credential(&g, &t("GET", "https://other.example.com/x")).unwrap().unwrap().name, "b");
         assert!(auto_credential(&g, &t("GET", "https://third.example.com/x")).unwrap().is_none(), "no credential goes where none is bound");
-        let g = Policy::parse(&text("https://api.example.com"), "t.toml", Path::new(".")).unwrap().grant_for("p");
+        // The same host spelled twice is refused when the policy loads; overlaps, per request.
+        let e = Policy::parse(&text("https://api.example.com"), "t.toml", Path::new(".")).unwrap_err().to_string();
+        assert!(e.contains("t.toml:") && e.contains("both inject = \"auto\" for the same host"), "{e}");
+        let g = Policy::parse(&text("https://*.example.com"), "t.toml", Path::new(".")).unwrap().grant_for("p");
         assert_eq!(auto_credential(&g, &t("GET", "https://api.example.com/x")).unwrap_err().rule, "credential-ambiguous");
         let wrong = text("https://x.example.com").replace("https://x.example.com\"]\ninject = \"auto\"", "https://x.example.com\"]\ninject = \"always\"");
         let e = Policy::parse(&wrong, "t.toml", Path::new(".")).unwrap_err().to_string();
