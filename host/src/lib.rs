@@ -16,6 +16,7 @@ pub mod invocation;
 pub mod limits;
 pub mod located;
 pub mod policy;
+pub mod recording;
 pub mod runtime;
 pub mod server;
 pub mod store;

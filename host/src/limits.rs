@@ -27,6 +27,10 @@ pub struct Limits {
     /// Refused capability calls before the host stops the invocation: a guest
     /// probing the policy gets a few answers, not an unbounded supply.
     pub denials: u32,
+    /// Bytes of capability calls and WASI reads a recording of one invocation
+    /// keeps (`warden action run --record`); past it the recording is marked
+    /// truncated.
+    pub recording_bytes: u64,
 }
 
 impl Default for Limits {
@@ -41,6 +45,7 @@ impl Default for Limits {
             log_bytes: 64 * KIB,
             output_bytes: 4 * MIB,
             denials: 32,
+            recording_bytes: 8 * MIB,
         }
     }
 }

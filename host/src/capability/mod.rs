@@ -15,11 +15,13 @@ pub mod clock;
 pub mod http;
 pub mod log;
 pub mod smtp;
+pub mod taped;
 
 use crate::audit::{AuditRecord, Decision};
 use crate::bindings::warden::action;
 use crate::invocation::{CpuMeter, InvocationInfo, LogLine};
 use crate::policy::Grant;
+use crate::recording::Tape;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
@@ -50,7 +52,8 @@ pub struct Call {
     pub deadline: Instant,
     /// Calls refused so far (counted against `limits.denials`).
     pub denials: u32,
-    /// Set when a capability stopped the invocation at a limit: (limit, message).
+    /// Set when a capability stopped the invocation: (limit, message), the
+    /// limit being e.g. `denials`, or `replay` for a replay that diverged.
     pub stopped: Option<(&'static str, String)>,
     /// Records of calls answered after the host call that made them returned.
     pub late: LateAudit,
@@ -79,10 +82,14 @@ impl Call {
         self.check_denials()
     }
 
-    /// Past `limits.denials` refusals (counting late ones) the invocation is
-    /// stopped: the returned trap ends it. Also checked on every epoch tick,
-    /// since a late refusal has no host call to return a trap from.
+    /// Past `limits.denials` refusals (counting late ones), or once a
+    /// capability stopped it (a replay that diverged), the invocation is
+    /// stopped: the returned trap ends it. Checked as every host call returns
+    /// and on every epoch tick, since a late refusal has no host call of its own.
     pub fn check_denials(&mut self) -> wasmtime::Result<()> {
+        if let Some((_, message)) = &self.stopped {
+            return Err(wasmtime::Error::msg(message.clone()));
+        }
         let max = self.grant.limits.denials;
         if self.denials + self.late.denied() > max {
             let message = format!("{} had {max} capability calls refused; the host stopped it (limits.denials)", self.plugin);
@@ -162,15 +169,18 @@ impl LateAudit {
 /// The per-invocation state of every capability.
 pub struct Capabilities {
     pub call: Call,
+    /// Live, recorded or replayed (see [`crate::recording`]).
+    pub tape: Tape,
     pub http: http::HttpState,
     pub smtp: smtp::SmtpState,
     pub logs: log::LogBuffer,
 }
 
 impl Capabilities {
-    pub fn new(plugin: &str, grant: Arc<Grant>, info: InvocationInfo, transport: Arc<http::transport::Transport>, tap: Option<UnboundedSender<LogLine>>) -> Capabilities {
+    pub fn new(plugin: &str, grant: Arc<Grant>, info: InvocationInfo, transport: Arc<http::transport::Transport>, tap: Option<UnboundedSender<LogLine>>, tape: Tape) -> Capabilities {
         let limits = &grant.limits;
         Capabilities {
+            tape,
             logs: log::LogBuffer::new(limits.log_bytes, tap),
             http: http::HttpState::new(transport),
             smtp: smtp::SmtpState::default(),
@@ -189,6 +199,20 @@ impl Capabilities {
     }
 }
 
+impl Capabilities {
+    /// Whether the invocation must stop now: past `limits.denials`, or a
+    /// replay that diverged (possibly in a wasi:http body checked late).
+    pub fn check_stopped(&mut self) -> wasmtime::Result<()> {
+        if let Tape::Replay(r) = &self.tape {
+            let diverged = crate::recording::locked(r).divergence.clone();
+            if let (Some(d), None) = (diverged, &self.call.stopped) {
+                return Err(self.call.diverged(&d));
+            }
+        }
+        self.call.check_denials()
+    }
+}
+
 impl action::types::Host for Capabilities {}
 
 /// Links every capability import of the `warden:action` world; `get` finds the
@@ -201,4 +225,14 @@ pub fn add_to_linker<T: Send + 'static>(linker: &mut Linker<T>, get: fn(&mut T) 
     action::log::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
     action::clock::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
     Ok(())
+}
+
+impl Call {
+    /// Stops the invocation because a replay diverged: the guest is trapped
+    /// as the host call returns, and the step error says where it diverged.
+    pub fn diverged(&mut self, d: &crate::recording::Divergence) -> wasmtime::Error {
+        let message = format!("replay diverged at {d}");
+        self.stopped = Some(("replay", message.clone()));
+        wasmtime::Error::msg(message)
+    }
 }

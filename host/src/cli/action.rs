@@ -6,7 +6,9 @@ use anyhow::anyhow;
 use clap::Subcommand;
 use std::process::ExitCode;
 use std::sync::Arc;
-use warden::story::invoke::{Invoke, PolicyInvoker};
+use super::cassette;
+use warden::recording::Tape;
+use warden::story::invoke::PolicyInvoker;
 use warden::{InvocationInfo, Runtime, RuntimeConfig};
 
 
@@ -31,6 +33,10 @@ pub enum ActionCmd {
         /// Do not print the action's log lines on stderr.
         #[arg(long, short)]
         quiet: bool,
+        /// Record every capability call and WASI read into FILE (a cassette for
+        /// `warden plugin test`); no credential value is ever in it.
+        #[arg(long, value_name = "FILE")]
+        record: Option<std::path::PathBuf>,
     },
     /// Print an action's manifest (name, version, schemas, expected hosts and credentials).
     Describe {
@@ -42,7 +48,7 @@ pub enum ActionCmd {
 
 pub async fn run(cmd: ActionCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        ActionCmd::Run { plugin, input, policy, team, audit, quiet } => {
+        ActionCmd::Run { plugin, input, policy, team, audit, quiet, record } => {
             let policy = Arc::new(load_policy(&policy)?);
             let input = read_input(&input)?;
             let rt = Arc::new(Runtime::new(RuntimeConfig::default())?);
@@ -52,18 +58,23 @@ pub async fn run(cmd: ActionCmd) -> anyhow::Result<ExitCode> {
                 (None, false) => return Err(anyhow!("{} has teams: give --team TEAM, so the plugin runs with that team's trust and grant", policy.file)),
             };
             let info = InvocationInfo { run_id: format!("cli-{}", warden::audit::now_ms()), team: team.clone(), attempt: 1, ..Default::default() };
-            let report = match policy_name(&policy, &plugin) {
-                // The same path as a story step: loaded, vetted for the team, run under its grant.
-                Some(name) => PolicyInvoker::new(rt.clone(), policy.clone())
-                    .invoke(&name, &team, info, &input, None)
-                    .await
-                    .map_err(|e| anyhow!("{name} for team {team}: {}", e.message))?,
-                None if policy.teams.is_empty() => {
-                    let (plugin, grant) = resolve_plugin(&rt, &policy, &plugin)?;
-                    rt.invoke(&plugin, grant, info, &input, None).await
+            // The same path as a story step: loaded, vetted for the team, run under its grant.
+            let (loaded, grant) = match policy_name(&policy, &plugin) {
+                Some(name) => {
+                    let p = PolicyInvoker::new(rt.clone(), policy.clone()).plugin(&name, &team).await.map_err(|e| anyhow!("{name} for team {team}: {}", e.message))?;
+                    (p, policy.grant_for_team(&name, &team))
                 }
+                None if policy.teams.is_empty() => resolve_plugin(&rt, &policy, &plugin)?,
                 None => return Err(anyhow!("`{plugin}` is not a plugin of {}; with teams, only the policy's vetted plugins run", policy.file)),
             };
+            let tape = match &record {
+                Some(_) => Tape::record(grant.limits.recording_bytes),
+                None => Tape::Live,
+            };
+            let report = rt.invoke_taped(&loaded, grant, info.clone(), &input, None, tape.clone()).await;
+            if let Some(path) = &record {
+                cassette::save(&tape, path, &loaded, &info, &input, &report)?;
+            }
             if !quiet {
                 for line in &report.logs {
                     eprintln!("[{} {}] {}", line.level, line.source, line.message.trim_end());

@@ -1,6 +1,7 @@
 //! The `warden` command line: argument types here, one file per command group.
 
 mod action;
+mod cassette;
 mod common;
 mod db;
 mod explain;

@@ -57,6 +57,18 @@ pub enum PluginCmd {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// Replay recorded cassettes against a plugin, offline: every capability call is
+    /// answered from the recording and compared with what the plugin asks now; exit 1
+    /// with the first divergence or output difference.
+    Test {
+        /// A .wasm component, or a plugin name from the policy.
+        plugin: String,
+        /// A recording made with `warden action run --record` (repeatable).
+        #[arg(long = "cassette", value_name = "FILE", required = true)]
+        cassettes: Vec<PathBuf>,
+        #[command(flatten)]
+        policy: PolicyArg,
+    },
     /// Verify a component's signature against the policy's keys (and a team's trust).
     Verify {
         wasm: PathBuf,
@@ -159,6 +171,28 @@ pub async fn run(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
                     }
                 }
                 None => println!("  policy {}: no [plugins.*] entry points at this file, so it is granted nothing", policy.file),
+            }
+        }
+        PluginCmd::Test { plugin, cassettes, policy } => {
+            let policy = load_policy(&policy)?;
+            let rt = Runtime::new(RuntimeConfig::default())?;
+            // Nothing is sent under replay; the grant gives the limits.
+            let (loaded, grant) = super::common::resolve_plugin(&rt, &policy, &plugin)?;
+            let mut failed = 0;
+            for path in &cassettes {
+                let rec = super::cassette::load(path)?;
+                let calls = rec.calls.len();
+                match super::cassette::replay(&rt, &loaded, grant.clone(), rec).await? {
+                    None => println!("ok    {} ({calls} call(s) replayed, same output)", path.display()),
+                    Some(why) => {
+                        failed += 1;
+                        println!("FAIL  {}: {why}", path.display());
+                    }
+                }
+            }
+            if failed > 0 {
+                println!("{failed} of {} cassette(s) failed", cassettes.len());
+                return Ok(ExitCode::from(1));
             }
         }
         PluginCmd::New { name, lang, dir } => {

@@ -124,6 +124,7 @@ pub(super) fn parse_limits(raw: RawLimits) -> Result<Limits, String> {
     size(&raw.response_bytes, "response_bytes", &mut l.response_bytes)?;
     size(&raw.log_bytes, "log_bytes", &mut l.log_bytes)?;
     size(&raw.output_bytes, "output_bytes", &mut l.output_bytes)?;
+    size(&raw.recording_bytes, "recording_bytes", &mut l.recording_bytes)?;
     if let Some(v) = raw.cpu_ms { l.cpu_ms = v; }
     if let Some(v) = raw.wall_ms { l.wall_ms = v; }
     if let Some(v) = raw.http_requests { l.http_requests = v; }
@@ -165,5 +166,6 @@ pub(super) struct RawLimits {
     response_bytes: Option<SizeValue>,
     log_bytes: Option<SizeValue>,
     output_bytes: Option<SizeValue>,
+    recording_bytes: Option<SizeValue>,
 }
 

@@ -18,6 +18,7 @@ use crate::limits::Bytes;
 use engine::{build_engine, start_epoch_ticker};
 pub use engine::EPOCH_TICK;
 use crate::policy::{Grant, PluginEntry};
+use crate::recording::Tape;
 use anyhow::{anyhow, Context as _};
 use futures::FutureExt as _;
 use serde::Serialize;
@@ -274,7 +275,7 @@ impl Runtime {
     /// Calls `describe` in a fresh, deny-all store.
     pub async fn describe(&self, plugin: &Plugin) -> anyhow::Result<Manifest> {
         let grant = Arc::new(Grant::deny_all(&plugin.name));
-        let mut store = self.store(plugin, grant, InvocationInfo::default(), None);
+        let mut store = self.store(plugin, grant, InvocationInfo::default(), None, Tape::Live);
         let wall = Duration::from_millis(store.data().limits().wall_ms);
         let call = async {
             let action = plugin.pre.instantiate_async(&mut store).await?;
@@ -313,11 +314,25 @@ impl Runtime {
         input: &str,
         log_tap: Option<UnboundedSender<LogLine>>,
     ) -> InvocationReport {
+        self.invoke_taped(plugin, grant, info, input, log_tap, Tape::Live).await
+    }
+
+    /// [`Runtime::invoke`] with its capability calls and WASI reads recorded
+    /// on, or answered from, `tape` (see [`crate::recording`]).
+    pub async fn invoke_taped(
+        &self,
+        plugin: &Plugin,
+        grant: Arc<Grant>,
+        info: InvocationInfo,
+        input: &str,
+        log_tap: Option<UnboundedSender<LogLine>>,
+        tape: Tape,
+    ) -> InvocationReport {
         let started = Instant::now();
         self.live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _live = Live(self.live.clone());
         let limits = grant.limits.clone();
-        let mut store = self.store(plugin, grant, info.clone(), log_tap);
+        let mut store = self.store(plugin, grant, info.clone(), log_tap, tape);
         let wit_info = types::Invocation {
             run_id: info.run_id,
             story: info.story,
@@ -390,9 +405,10 @@ impl Runtime {
         grant: Arc<Grant>,
         info: InvocationInfo,
         tap: Option<UnboundedSender<LogLine>>,
+        tape: Tape,
     ) -> Store<InvocationState> {
         let cpu_limit = Duration::from_millis(grant.limits.cpu_ms);
-        let state = InvocationState::new(&plugin.name, grant, info, self.transport.clone(), tap);
+        let state = InvocationState::new(&plugin.name, grant, info, self.transport.clone(), tap, tape);
         let meter = state.caps.call.meter.clone();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory);
@@ -406,7 +422,7 @@ impl Runtime {
                 CallHook::CallingHost => meter.pause(),
                 CallHook::ReturningFromHost => {
                     meter.resume();
-                    ctx.data_mut().caps.call.check_denials()?;
+                    ctx.data_mut().caps.check_stopped()?;
                 }
                 CallHook::CallingWasm | CallHook::ReturningFromWasm => {}
             }
@@ -415,7 +431,7 @@ impl Runtime {
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
-            state.caps.call.check_denials()?;
+            state.caps.check_stopped()?;
             if state.caps.call.meter.guest_cpu() > cpu_limit {
                 state.stop = Some(Stop::Cpu);
                 return Err(wasmtime::format_err!("cpu limit"));
@@ -452,7 +468,9 @@ pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 /// unless it already says it.
 fn name_the_refusal(outcome: Result<String, InvokeError>, audit: &[AuditRecord]) -> Result<String, InvokeError> {
     let Err(mut error) = outcome else { return outcome };
-    let refusal = audit.iter().rev().find(|r| r.capability == "http" && r.decision == crate::audit::Decision::Denied);
+    // (A missing credential value is explained in the operator's audit record
+    // only: where it should have come from stays out of step errors.)
+    let refusal = audit.iter().rev().find(|r| r.capability == "http" && r.decision == crate::audit::Decision::Denied && r.rule != "credential-value");
     let (Some(record), Some(message)) = (refusal, match &mut error {
         InvokeError::Denied { message } | InvokeError::Failed { message } | InvokeError::Trap { message } | InvokeError::Upstream { message, .. } => Some(message),
         _ => None,

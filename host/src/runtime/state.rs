@@ -7,6 +7,7 @@ use crate::capability::Capabilities;
 use crate::invocation::{InvocationInfo, LogLine};
 use crate::limits::{Bytes, Limits};
 use crate::policy::Grant;
+use crate::recording::{Tape, TapedMonotonicClock, TapedRandom, TapedWallClock};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 use wasmtime::component::ResourceTable;
@@ -80,6 +81,7 @@ impl InvocationState {
         info: InvocationInfo,
         transport: Arc<Transport>,
         tap: Option<UnboundedSender<LogLine>>,
+        tape: Tape,
     ) -> InvocationState {
         let limits: &Limits = &grant.limits;
         let stdout = CappedPipe::new(limits.log_bytes as usize);
@@ -88,14 +90,23 @@ impl InvocationState {
         // no preopens, env, args or sockets; stdio is captured.
         // Random bytes and resource handles are host memory a guest asks for:
         // bounded here, not by the guest's own memory limit.
-        let wasi = WasiCtx::builder()
-            .stdout(stdout.clone())
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .max_random_size(MAX_RANDOM_BYTES.min(limits.memory_bytes))
-            .build();
+            .max_random_size(MAX_RANDOM_BYTES.min(limits.memory_bytes));
+        // Recorded or replayed: what makes a guest take another path on
+        // another run (randomness, the time) is read from the tape.
+        if !matches!(tape, Tape::Live) {
+            wasi.secure_random(TapedRandom(tape.clone()))
+                .insecure_random(TapedRandom(tape.clone()))
+                .insecure_random_seed(0x5eed_0f_7a9e_u128)
+                .wall_clock(TapedWallClock(tape.clone()))
+                .monotonic_clock(TapedMonotonicClock { tape: tape.clone(), started: std::time::Instant::now() });
+        }
+        let wasi = wasi.build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_WASI_RESOURCES);
         InvocationState {
@@ -106,7 +117,7 @@ impl InvocationState {
             stop: None,
             stdout,
             stderr,
-            caps: Capabilities::new(plugin, grant, info, transport, tap),
+            caps: Capabilities::new(plugin, grant, info, transport, tap, tape),
         }
     }
 

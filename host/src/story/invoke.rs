@@ -41,7 +41,7 @@ impl PolicyInvoker {
 
     /// The plugin, vetted for `team` when the policy has teams: pinned, or
     /// signed by a key the team trusts (see [`crate::vetting`]).
-    async fn plugin(&self, name: &str, team: &str) -> Result<Arc<Plugin>, StepError> {
+    pub async fn plugin(&self, name: &str, team: &str) -> Result<Arc<Plugin>, StepError> {
         let key = (team.to_string(), name.to_string());
         if let Some(p) = self.vetted.lock().unwrap().get(&key) {
             return Ok(p.clone());

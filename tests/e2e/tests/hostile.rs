@@ -143,7 +143,7 @@ fn cases(port: u16) -> Vec<Case> {
     c
 }
 
-fn engine(port: u16) -> (Engine, StoryDir) {
+fn engine(port: u16) -> (Engine, StoryDir, Arc<warden::Runtime>, Arc<warden::Policy>) {
     let wasm = guest("probe");
     let policy = format!(
         r#"
@@ -190,9 +190,10 @@ hosts = ["http://127.0.0.1:{port}"]
     let library = Library::load_dir(&dir.0).unwrap();
     library.check(&policy).unwrap();
     let resolver = StaticResolver::default().with("rebind.example.test", &["127.0.0.1"]);
-    let rt = runtime(Some(Arc::new(resolver)));
-    let e = Engine::new(Arc::new(rt), Arc::new(policy), Arc::new(library), Arc::new(warden::store::RunStore::in_memory().unwrap()));
-    (e, dir)
+    let rt = Arc::new(runtime(Some(Arc::new(resolver))));
+    let policy = Arc::new(policy);
+    let e = Engine::new(rt.clone(), policy.clone(), Arc::new(library), Arc::new(warden::store::RunStore::in_memory().unwrap()));
+    (e, dir, rt, policy)
 }
 
 /// The first `error` object the probe reported, wherever its op put it.
@@ -233,6 +234,30 @@ fn refused_by_wasi_fields(case: &Case) -> bool {
     case.name.starts_with("headers: CR/LF") || case.name == "headers: a Host that differs from the URL"
 }
 
+fn input_for(case: &Case, door: &str) -> Value {
+    let mut input = case.input.clone();
+    if door == "wasi:http" {
+        input["door"] = json!("wasi-http");
+    }
+    input
+}
+
+/// The case run once more, recorded: the recording as JSON text.
+async fn recorded(rt: &warden::Runtime, policy: &warden::Policy, plugin: &str, input: &Value) -> String {
+    use warden::recording::{locked, Outcome, Tape};
+    let loaded = rt.load_entry(&policy.plugins[plugin]).unwrap();
+    let grant = policy.grant_for(plugin);
+    let tape = Tape::record(grant.limits.recording_bytes);
+    let report = rt.invoke_taped(&loaded, grant, warden_e2e::info("hostile-recording"), &input.to_string(), None, tape.clone()).await;
+    let Tape::Record(r) = &tape else { unreachable!() };
+    let outcome = match report.outcome {
+        Ok(t) => Outcome::Output(serde_json::from_str(&t).unwrap_or_default()),
+        Err(e) => Outcome::Error { kind: "error".into(), message: e.to_string() },
+    };
+    let recording = locked(r).finish(plugin, &loaded.sha256, Default::default(), input.clone(), outcome);
+    serde_json::to_string(&recording).unwrap()
+}
+
 /// What one run of a case showed: the error the guest reported, the step
 /// error, and the rules of its audit records.
 struct Seen {
@@ -243,7 +268,7 @@ struct Seen {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandbox_holds_against_every_hostile_case() {
     let (srv, rec, _counters) = origin::spawn_with_counters().await.unwrap();
-    let (e, _dir) = engine(srv.port());
+    let (e, _dir, rt, policy) = engine(srv.port());
     let all = cases(srv.port());
     assert!(all.len() >= 30, "the suite must keep at least 30 cases");
     let mut failures = Vec::new();
@@ -253,10 +278,7 @@ async fn the_sandbox_holds_against_every_hostile_case() {
         let mut seen: Vec<Seen> = Vec::new();
         for &door in doors {
             runs += 1;
-            let mut input = case.input.clone();
-            if door == "wasi:http" {
-                input["door"] = json!("wasi-http");
-            }
+            let input = input_for(case, door);
             let story = if case.plugin == "probe" { "strict" } else { "any" };
             let (hostile, good) = tokio::join!(e.run(story, input, "hostile", &Quiet), e.run("good", json!({}), "hostile", &Quiet));
             let (hostile, good) = (hostile.unwrap(), good.unwrap());
@@ -319,6 +341,16 @@ async fn the_sandbox_holds_against_every_hostile_case() {
             }
             if let Some(form) = encoded_spellings().into_iter().find(|f| everywhere.contains(f.as_str())) {
                 problems.push(format!("the secret appears encoded ({form}) in the output, logs, audit or run store"));
+            }
+            // A recording of a call that carries a credential never holds it.
+            if case.input.get("credential").is_some() {
+                let recording = recorded(&rt, &policy, case.plugin, &input_for(case, door)).await;
+                if recording.contains(SECRET) {
+                    problems.push("the secret appears in the recording".into());
+                }
+                if let Some(form) = encoded_spellings().into_iter().find(|f| recording.contains(f.as_str())) {
+                    problems.push(format!("the secret appears encoded ({form}) in the recording"));
+                }
             }
             if !problems.is_empty() {
                 failures.push(format!("{} (through {door}):\n    {}", case.name, problems.join("\n    ")));

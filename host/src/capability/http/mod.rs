@@ -18,7 +18,8 @@ pub mod resolve;
 pub mod transport;
 pub mod wasi;
 
-use super::{Call, Capabilities, Denial};
+use super::{taped, Call as CallState, Capabilities, Denial};
+use crate::recording::{self, locked, Call, Tape};
 use crate::audit::{AuditRecord, Decision};
 use crate::bindings::warden::action::http;
 use crate::invocation::guest_text;
@@ -99,6 +100,24 @@ impl http::Host for Capabilities {
         let _off = self.call.meter.off_cpu();
         let started = Instant::now();
         let mut record = self.call.record("http", String::new(), String::new());
+        let asked = || taped::request(&req.method, &req.url, &req.headers, req.body.as_deref(), req.credential.as_deref());
+        if let Tape::Replay(replayer) = &self.tape {
+            // Answered from the recording: nothing is judged or sent again.
+            self.http.sent += 1;
+            record.method = guest_text(&req.method, check::MAX_METHOD_BYTES).to_ascii_uppercase();
+            record.url = guest_text(&req.url, AUDIT_URL_BYTES);
+            let answer = locked(replayer).answer(&Call::Http { request: asked(), answer: recording::HttpAnswer::Error { kind: String::new(), message: String::new() } });
+            return match answer {
+                Ok(call @ Call::Http { .. }) => {
+                    taped::audit_replayed(&mut record, &call);
+                    self.call.keep(record, started);
+                    let Call::Http { answer, .. } = call else { unreachable!() };
+                    Ok(taped::replayed(&answer).map(|d| http::Response { status: d.status, headers: d.headers, body: d.body }))
+                }
+                Ok(_) => unreachable!("answer() returns a call of the kind asked"),
+                Err(d) => Err(self.call.diverged(&d)),
+            };
+        }
         let outgoing = Outgoing {
             method: &req.method,
             url: &req.url,
@@ -107,10 +126,14 @@ impl http::Host for Capabilities {
             credential: req.credential.as_deref(),
             timeout: req.timeout_ms.map(|ms| Duration::from_millis(ms as u64)),
         };
+        let request = matches!(self.tape, Tape::Record(_)).then(asked);
         let result = match admit(&self.call, &mut self.http, &outgoing, &mut record) {
             Ok(admitted) => deliver(admitted, req.body, &mut record).await,
             Err(e) => Err(e),
         };
+        if let (Tape::Record(recorder), Some(request)) = (&self.tape, request) {
+            locked(recorder).put(None, Call::Http { request, answer: taped::answer(&result) });
+        }
         self.call.answered(record, started)?;
         Ok(result.map(|d| http::Response { status: d.status, headers: d.headers, body: d.body }))
     }
@@ -141,7 +164,7 @@ fn refused(record: &mut AuditRecord, r: Refusal) -> http::HttpError {
 
 /// Layers 1–7: counts the attempt and judges it. Pure apart from the count;
 /// `record` (fresh from [`Call::record`]) says what was asked and decided.
-pub fn admit(call: &Call, state: &mut HttpState, req: &Outgoing, record: &mut AuditRecord) -> Result<Admitted, http::HttpError> {
+pub fn admit(call: &CallState, state: &mut HttpState, req: &Outgoing, record: &mut AuditRecord) -> Result<Admitted, http::HttpError> {
     let grant = &call.grant;
     record.method = guest_text(req.method, check::MAX_METHOD_BYTES).to_ascii_uppercase();
     record.url = guest_text(req.url, AUDIT_URL_BYTES);

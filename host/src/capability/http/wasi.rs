@@ -26,7 +26,8 @@
 use super::{admit, deliver, Delivered, Outgoing};
 use crate::audit::Decision;
 use crate::bindings::warden::action::http::HttpError;
-use crate::capability::Capabilities;
+use crate::capability::{taped, Capabilities};
+use crate::recording::{locked, Body, Call, HttpAnswer, HttpRequest, Tape};
 use crate::limits::Bytes;
 use bytes::Bytes as Buf;
 use http_body_util::{BodyExt, Full, Limited};
@@ -92,9 +93,20 @@ impl WasiHttpHooks for Capabilities {
             timeout: options.and_then(|o| o.first_byte_timeout),
         };
         let mut record = self.call.record("http", String::new(), String::new());
+        let asked = |body: Option<Body>| HttpRequest { body, ..taped::request(&method, &url, &head.headers, None, head.credential.as_deref()) };
+        if let Tape::Replay(replayer) = &self.tape {
+            return self.replay(replayer.clone(), asked, body, record, started);
+        }
+        let recording = match &self.tape {
+            Tape::Record(r) => Some((r.clone(), locked(r).reserve(), asked(None))),
+            _ => None,
+        };
         let admitted = match admit(&self.call, &mut self.http, &outgoing, &mut record) {
             Ok(a) => a,
             Err(e) => {
+                if let Some((recorder, slot, request)) = recording {
+                    locked(&recorder).put(slot, Call::Http { request, answer: taped::answer(&Err(e.clone())) });
+                }
                 let error = to_wasi_error(e, &record.rule);
                 // Past `limits.denials` this marks the invocation stopped; the
                 // guest is stopped at its next instruction (see Call::check_denials).
@@ -112,9 +124,11 @@ impl WasiHttpHooks for Capabilities {
             let turn = turns.acquire_owned().await.expect("never closed");
             let cap = admitted.max_request_bytes();
             let read = read_body(body, cap, deadline).await;
+            let mut sent_body = None;
             let result = match read {
                 Ok(bytes) => {
                     let body = (!bytes.is_empty() || head.content_length.is_some()).then(|| bytes.to_vec());
+                    sent_body = body.as_deref().map(Body::of);
                     deliver(admitted, body, &mut record).await
                 }
                 Err(BodyError::TooLarge) => {
@@ -128,9 +142,66 @@ impl WasiHttpHooks for Capabilities {
             record.duration_ms = started.elapsed().as_millis() as u64;
             let rule = record.rule.clone();
             late.close(slot, record);
+            if let Some((recorder, at, request)) = recording {
+                locked(&recorder).put(at, Call::Http { request: HttpRequest { body: sent_body, ..request }, answer: taped::answer(&result) });
+            }
             match result {
                 Ok(d) => Ok((response(d, turn), Box::new(async { Ok(()) }) as Box<dyn Future<Output = Result<(), WasiError>> + Send>)),
                 Err(e) => Err(to_wasi_error(e, &rule)),
+            }
+        })
+    }
+}
+
+impl Capabilities {
+    /// A wasi:http request answered from the recording: compared with the
+    /// recorded one (its body once the guest has written it), never sent.
+    fn replay(
+        &mut self,
+        replayer: std::sync::Arc<std::sync::Mutex<crate::recording::Replayer>>,
+        asked: impl Fn(Option<Body>) -> HttpRequest,
+        body: WasiBody,
+        mut record: crate::audit::AuditRecord,
+        started: Instant,
+    ) -> Box<dyn Future<Output = Answer> + Send> {
+        self.http.sent += 1;
+        let mut replayer_now = locked(&replayer);
+        // The body is still streaming: the head is compared now, the body below.
+        let recorded_body = match replayer_now.peek() {
+            Some(Call::Http { request, .. }) => request.body.clone(),
+            _ => None,
+        };
+        let request = asked(recorded_body.clone());
+        record.method = request.method.clone();
+        record.url = crate::invocation::guest_text(&request.url, 2048);
+        let answered = replayer_now.answer(&Call::Http { request, answer: HttpAnswer::Error { kind: String::new(), message: String::new() } });
+        let n = replayer_now.answered();
+        drop(replayer_now);
+        let call = match answered {
+            Ok(call) => call,
+            Err(d) => {
+                let message = self.call.diverged(&d).to_string();
+                return Box::new(async move { Err(WasiError::InternalError(Some(message))) });
+            }
+        };
+        taped::audit_replayed(&mut record, &call);
+        self.call.keep(record, started);
+        let deadline = self.call.deadline;
+        let turns = self.http.wasi_turns.clone();
+        Box::new(async move {
+            let turn = turns.acquire_owned().await.expect("never closed");
+            let now = match read_body(body, u64::MAX, deadline).await {
+                Ok(b) if b.is_empty() && recorded_body.is_none() => None,
+                Ok(b) => Some(Body::of(&b)),
+                Err(_) => Some(Body::Text("(unreadable)".into())),
+            };
+            if let Err(d) = locked(&replayer).check_body(n, &recorded_body, &now) {
+                return Err(WasiError::InternalError(Some(format!("replay diverged at {d}"))));
+            }
+            let Call::Http { answer, .. } = call else { unreachable!("answer() returns a call of the kind asked") };
+            match taped::replayed(&answer) {
+                Ok(d) => Ok((response(d, turn), Box::new(async { Ok(()) }) as Box<dyn Future<Output = Result<(), WasiError>> + Send>)),
+                Err(e) => Err(to_wasi_error(e, "replay")),
             }
         })
     }

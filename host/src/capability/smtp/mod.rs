@@ -9,7 +9,9 @@ pub mod relay;
 use super::Capabilities;
 use crate::audit::Decision;
 use crate::bindings::warden::action::smtp;
+use crate::recording::{locked, Call, Tape};
 use check::{Draft, MailError};
+use serde_json::{json, Value};
 use std::time::Instant;
 
 /// Per-invocation mail state.
@@ -26,6 +28,22 @@ impl smtp::Host for Capabilities {
         let grant = self.call.grant.mail.clone();
         let url = grant.as_ref().map_or("smtp://(none)".to_string(), |g| format!("smtp://{}:{}", g.relay.host, g.relay.port));
         let mut record = self.call.record("smtp", "SEND".into(), url);
+        let message = json!({"from": m.from, "to": m.to, "cc": m.cc, "bcc": m.bcc, "reply_to": m.reply_to, "subject": m.subject, "text": m.text, "html": m.html});
+        if let Tape::Replay(r) = &self.tape {
+            // A replayed message is compared, never sent.
+            let answered = locked(r).answer(&Call::Smtp { message, answer: Value::Null });
+            return match answered {
+                Ok(call @ Call::Smtp { .. }) => {
+                    super::taped::audit_replayed(&mut record, &call);
+                    self.call.keep(record, started);
+                    let Call::Smtp { answer, .. } = call else { unreachable!() };
+                    Ok(replayed(&answer))
+                }
+                Ok(_) => unreachable!("answer() returns a call of the kind asked"),
+                Err(d) => Err(self.call.diverged(&d)),
+            };
+        }
+        let recording = matches!(self.tape, Tape::Record(_)).then(|| message.clone());
         let draft = Draft { from: m.from, to: m.to, cc: m.cc, bcc: m.bcc, reply_to: m.reply_to, subject: m.subject, text: m.text, html: m.html };
         let result = match check::check(&self.call.plugin, grant.as_ref(), self.smtp.sent, &draft) {
             Err(e) => Err(e),
@@ -69,7 +87,43 @@ impl smtp::Host for Capabilities {
                 Err(smtp::SmtpError::Rejected(m))
             }
         };
+        if let (Tape::Record(r), Some(message)) = (&self.tape, recording) {
+            locked(r).put(None, Call::Smtp { message, answer: answer(&result) });
+        }
         self.call.answered(record, started)?;
         Ok(result)
+    }
+}
+
+/// A receipt or an error, as a recording keeps it.
+fn answer(result: &Result<smtp::Receipt, smtp::SmtpError>) -> Value {
+    match result {
+        Ok(r) => json!({"message_id": r.message_id, "accepted": r.accepted}),
+        Err(e) => {
+            let (kind, message) = match e {
+                smtp::SmtpError::Denied(m) => ("denied", m.clone()),
+                smtp::SmtpError::InvalidMessage(m) => ("invalid-message", m.clone()),
+                smtp::SmtpError::Timeout => ("timeout", String::new()),
+                smtp::SmtpError::Connection(m) => ("connection", m.clone()),
+                smtp::SmtpError::Rejected(m) => ("rejected", m.clone()),
+            };
+            json!({"error": kind, "message": message})
+        }
+    }
+}
+
+/// The recorded receipt or error, as the guest receives it again.
+fn replayed(answer: &Value) -> Result<smtp::Receipt, smtp::SmtpError> {
+    let text = |k: &str| answer[k].as_str().unwrap_or("").to_string();
+    match answer["error"].as_str() {
+        None => Ok(smtp::Receipt {
+            message_id: text("message_id"),
+            accepted: answer["accepted"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default(),
+        }),
+        Some("denied") => Err(smtp::SmtpError::Denied(text("message"))),
+        Some("invalid-message") => Err(smtp::SmtpError::InvalidMessage(text("message"))),
+        Some("timeout") => Err(smtp::SmtpError::Timeout),
+        Some("rejected") => Err(smtp::SmtpError::Rejected(text("message"))),
+        Some(_) => Err(smtp::SmtpError::Connection(text("message"))),
     }
 }

@@ -270,6 +270,21 @@ impl Guest for Probe {
                 let len = v["len"].as_u64().unwrap_or(16);
                 json!({"got": wasi::random::random::get_random_bytes(len).len()})
             }
+            "entropy" => {
+                // Everything that makes a run differ from the last: replay must serve it all back.
+                use std::collections::hash_map::RandomState;
+                use std::hash::BuildHasher;
+                let bytes = wasi::random::random::get_random_bytes(16);
+                let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+                let mono = wasi::clocks::monotonic_clock::now();
+                json!({
+                    "random": bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                    "hash": RandomState::new().hash_one("warden"),
+                    "wall_ns": wall,
+                    "monotonic_ns": mono,
+                    "now_ms": clock::now(),
+                })
+            }
             "handles" => {
                 // Holds WASI resources without end: the host's table must stop it.
                 let mut held = Vec::new();

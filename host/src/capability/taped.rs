@@ -1,0 +1,64 @@
+//! What the capabilities record and replay (see [`crate::recording`]): the
+//! guest's side of each call — the request before any credential is
+//! injected, the answer after redaction — so a recording never holds a
+//! secret and a replay needs no network.
+
+use super::http::Delivered;
+use crate::audit::{AuditRecord, Decision};
+use crate::bindings::warden::action::http::HttpError;
+use crate::recording::{Body, Call, HttpAnswer, HttpRequest};
+
+/// A request as the guest spelled it.
+pub fn request(method: &str, url: &str, headers: &[(String, String)], body: Option<&[u8]>, credential: Option<&str>) -> HttpRequest {
+    HttpRequest {
+        method: method.to_string(),
+        url: url.to_string(),
+        headers: headers.to_vec(),
+        body: body.map(Body::of),
+        credential: credential.map(String::from),
+    }
+}
+
+/// What the guest received.
+pub fn answer(result: &Result<Delivered, HttpError>) -> HttpAnswer {
+    match result {
+        Ok(d) => HttpAnswer::Response { status: d.status, headers: d.headers.clone(), body: Body::of(&d.body) },
+        Err(e) => {
+            let (kind, message) = match e {
+                HttpError::Denied(m) => ("denied", m.clone()),
+                HttpError::InvalidRequest(m) => ("invalid-request", m.clone()),
+                HttpError::Timeout => ("timeout", String::new()),
+                HttpError::Connection(m) => ("connection", m.clone()),
+                HttpError::TooLarge(m) => ("too-large", m.clone()),
+            };
+            HttpAnswer::Error { kind: kind.into(), message }
+        }
+    }
+}
+
+/// The recorded answer, as the guest receives it again.
+pub fn replayed(answer: &HttpAnswer) -> Result<Delivered, HttpError> {
+    match answer {
+        HttpAnswer::Response { status, headers, body } => Ok(Delivered { status: *status, headers: headers.clone(), body: body.bytes() }),
+        HttpAnswer::Error { kind, message } => Err(match kind.as_str() {
+            "denied" => HttpError::Denied(message.clone()),
+            "invalid-request" => HttpError::InvalidRequest(message.clone()),
+            "timeout" => HttpError::Timeout,
+            "too-large" => HttpError::TooLarge(message.clone()),
+            _ => HttpError::Connection(message.clone()),
+        }),
+    }
+}
+
+/// The audit record of a replayed call: nothing left the host.
+pub fn audit_replayed(record: &mut AuditRecord, call: &Call) {
+    record.rule = "replay".into();
+    record.reason = Some("answered from the recording; nothing left the host".into());
+    record.decision = match call {
+        Call::Http { answer: HttpAnswer::Error { kind, .. }, .. } if kind == "denied" => Decision::Denied,
+        _ => Decision::Allowed,
+    };
+    if let Call::Http { answer: HttpAnswer::Response { status, .. }, .. } = call {
+        record.status = Some(*status);
+    }
+}

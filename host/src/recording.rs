@@ -1,0 +1,624 @@
+//! Recordings: every byte an invocation exchanged with the world, on the
+//! guest's side of the host, so it can be re-executed offline.
+//!
+//! A [`Recording`] (JSON, one per invocation; a *cassette* when kept as a test
+//! case) holds the invocation's input and identity, the ordered capability
+//! calls with what the guest asked and what it was answered (HTTP through
+//! either door *before* credential injection and *after* redaction, so no
+//! secret can be in it), the WASI reads that make a guest nondeterministic
+//! (random bytes, wall and monotonic clocks) and the outcome.
+//!
+//! A [`Tape`] is attached to an invocation: [`Tape::record`] fills a
+//! recording as calls happen, within a byte budget (past it the recording is
+//! marked truncated, never silently cut); [`Tape::replay`] answers each call
+//! from a recording instead of the world, checking that the guest asks the
+//! same thing, and stops it at the first divergence, which it names precisely.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+
+pub const FORMAT: &str = "warden-recording/1";
+
+/// One invocation, recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Recording {
+    pub format: String,
+    pub plugin: String,
+    #[serde(default)]
+    pub plugin_sha256: String,
+    pub invocation: Invocation,
+    /// The input JSON.
+    pub input: Value,
+    pub calls: Vec<Call>,
+    #[serde(default)]
+    pub wasi: WasiReads,
+    /// The output JSON, or why there was none.
+    pub outcome: Outcome,
+    /// Set when the budget ran out: nothing after the call it names was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Invocation {
+    pub run_id: String,
+    #[serde(default)]
+    pub story: String,
+    #[serde(default)]
+    pub step: String,
+    #[serde(default)]
+    pub team: String,
+    #[serde(default = "one")]
+    pub attempt: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A capability call: what the guest asked, what it was answered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum Call {
+    /// An HTTP request through `warden:action/http` or `wasi:http`.
+    Http { request: HttpRequest, answer: HttpAnswer },
+    /// `clock.now`.
+    Now { ms: u64 },
+    /// `clock.sleep`.
+    Sleep { ms: u64 },
+    /// `smtp.send`: the message as the guest gave it, and the receipt or error.
+    Smtp { message: Value, answer: Value },
+}
+
+impl Call {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Call::Http { .. } => "http",
+            Call::Now { .. } => "clock.now",
+            Call::Sleep { .. } => "clock.sleep",
+            Call::Smtp { .. } => "smtp",
+        }
+    }
+}
+
+/// A request as the guest sent it (before the host injected any credential).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HttpRequest {
+    pub method: String,
+    pub url: String,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Body>,
+    /// The credential's *name*, when the guest named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// What came back, as the guest received it (after redaction).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpAnswer {
+    Response { status: u16, headers: Vec<(String, String)>, body: Body },
+    /// `denied`, `invalid-request`, `timeout`, `connection` or `too-large`.
+    Error { kind: String, message: String },
+}
+
+/// Bytes, kept as text when they are UTF-8 (readable, diffable cassettes).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Body {
+    Text(String),
+    Bytes { base64: String },
+}
+
+impl Body {
+    pub fn of(bytes: &[u8]) -> Body {
+        match std::str::from_utf8(bytes) {
+            Ok(t) => Body::Text(t.to_string()),
+            Err(_) => Body::Bytes { base64: base64::engine::general_purpose::STANDARD.encode(bytes) },
+        }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        match self {
+            Body::Text(t) => t.as_bytes().to_vec(),
+            Body::Bytes { base64 } => base64::engine::general_purpose::STANDARD.decode(base64).unwrap_or_default(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Body::Text(t) => t.len(),
+            Body::Bytes { base64 } => base64.len(),
+        }
+    }
+}
+
+/// The WASI reads a guest's path may depend on, in the order they were served.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WasiReads {
+    /// Bytes from `wasi:random` (secure and insecure), concatenated.
+    #[serde(default)]
+    pub random: String,
+    /// `wasi:clocks/wall-clock.now`, nanoseconds since the epoch.
+    #[serde(default)]
+    pub wall_clock_ns: Vec<u64>,
+    /// `wasi:clocks/monotonic-clock.now`, nanoseconds.
+    #[serde(default)]
+    pub monotonic_ns: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Output(Value),
+    Error { kind: String, message: String },
+}
+
+/// Where a replayed guest first asked something else than the recording holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Divergence {
+    /// 1-based position of the capability call.
+    pub call: usize,
+    pub field: String,
+    pub recorded: String,
+    pub now: String,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "call #{}: {} differs: recorded {}, now {}", self.call, self.field, self.recorded, self.now)
+    }
+}
+
+/// How an invocation meets the world: live, live and recorded, or replayed.
+#[derive(Clone, Default)]
+pub enum Tape {
+    #[default]
+    Live,
+    Record(Arc<Mutex<Recorder>>),
+    Replay(Arc<Mutex<Replayer>>),
+}
+
+impl Tape {
+    /// Records, keeping at most `budget` bytes of calls and WASI reads.
+    pub fn record(budget: u64) -> Tape {
+        Tape::Record(Arc::new(Mutex::new(Recorder { calls: Vec::new(), wasi: WasiReads::default(), random: Vec::new(), used: 0, budget, truncated: None })))
+    }
+
+    pub fn replay(recording: Recording) -> Result<Tape, String> {
+        if recording.format != FORMAT {
+            return Err(format!("this recording is `{}`; this warden replays `{FORMAT}`", recording.format));
+        }
+        let random = base64::engine::general_purpose::STANDARD.decode(&recording.wasi.random).map_err(|e| format!("wasi.random is not base64: {e}"))?;
+        Ok(Tape::Replay(Arc::new(Mutex::new(Replayer { recording, next: 0, random, random_at: 0, wall_at: 0, mono_at: 0, divergence: None }))))
+    }
+
+    pub fn is_replay(&self) -> bool {
+        matches!(self, Tape::Replay(_))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A recording being made.
+pub struct Recorder {
+    calls: Vec<Option<Call>>,
+    wasi: WasiReads,
+    random: Vec<u8>,
+    used: u64,
+    budget: u64,
+    truncated: Option<String>,
+}
+
+impl Recorder {
+    fn charge(&mut self, bytes: usize, what: impl FnOnce() -> String) -> bool {
+        if self.truncated.is_some() {
+            return false;
+        }
+        self.used += bytes as u64;
+        if self.used > self.budget {
+            self.truncated = Some(format!("the recording passed its budget of {} bytes (limits.recording_bytes) at {}", self.budget, what()));
+            return false;
+        }
+        true
+    }
+
+    /// Reserves the place of a call made now and answered later.
+    pub fn reserve(&mut self) -> Option<usize> {
+        if self.truncated.is_some() {
+            return None;
+        }
+        self.calls.push(None);
+        Some(self.calls.len() - 1)
+    }
+
+    /// Fills a reserved place (or adds the call at the end).
+    pub fn put(&mut self, slot: Option<usize>, call: Call) {
+        let size = approximate_size(&call);
+        let n = slot.map_or(self.calls.len() + 1, |s| s + 1);
+        if !self.charge(size, || format!("call #{n} ({})", call.name())) {
+            return;
+        }
+        match slot {
+            Some(s) => self.calls[s] = Some(call),
+            None => self.calls.push(Some(call)),
+        }
+    }
+
+    pub fn random(&mut self, bytes: &[u8]) {
+        if self.charge(bytes.len() * 4 / 3 + 4, || "a wasi:random read".into()) {
+            self.random.extend_from_slice(bytes);
+        }
+    }
+
+    pub fn wall(&mut self, ns: u64) {
+        if self.charge(20, || "a wall-clock read".into()) {
+            self.wasi.wall_clock_ns.push(ns);
+        }
+    }
+
+    pub fn monotonic(&mut self, ns: u64) {
+        if self.charge(20, || "a monotonic-clock read".into()) {
+            self.wasi.monotonic_ns.push(ns);
+        }
+    }
+
+    /// The recording, given what the invocation was and how it ended.
+    pub fn finish(&mut self, plugin: &str, sha256: &str, invocation: Invocation, input: Value, outcome: Outcome) -> Recording {
+        let mut wasi = std::mem::take(&mut self.wasi);
+        wasi.random = base64::engine::general_purpose::STANDARD.encode(&self.random);
+        let mut truncated = self.truncated.clone();
+        // A place reserved and never filled: the invocation ended before the answer.
+        let slots = self.calls.len();
+        let calls: Vec<Call> = self.calls.drain(..).map_while(|c| c).collect();
+        if truncated.is_none() && calls.len() < slots {
+            truncated = Some(format!("call #{} was never answered before the invocation ended", calls.len() + 1));
+        }
+        Recording { format: FORMAT.into(), plugin: plugin.into(), plugin_sha256: sha256.into(), invocation, input, calls, wasi, outcome, truncated }
+    }
+
+}
+
+fn approximate_size(call: &Call) -> usize {
+    match call {
+        Call::Http { request, answer } => {
+            let headers = |h: &[(String, String)]| h.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>();
+            let answer = match answer {
+                HttpAnswer::Response { headers: h, body, .. } => headers(h) + body.len(),
+                HttpAnswer::Error { message, .. } => message.len(),
+            };
+            64 + request.url.len() + headers(&request.headers) + request.body.as_ref().map_or(0, Body::len) + answer
+        }
+        Call::Now { .. } | Call::Sleep { .. } => 32,
+        Call::Smtp { message, answer } => 32 + message.to_string().len() + answer.to_string().len(),
+    }
+}
+
+/// A recording being replayed.
+pub struct Replayer {
+    pub recording: Recording,
+    next: usize,
+    random: Vec<u8>,
+    random_at: usize,
+    wall_at: usize,
+    mono_at: usize,
+    pub divergence: Option<Divergence>,
+}
+
+impl Replayer {
+    /// The recorded answer to the guest's next call, which must be `asked`
+    /// (compared field by field); otherwise the divergence, which is kept.
+    pub fn answer(&mut self, asked: &Call) -> Result<Call, Divergence> {
+        if let Some(d) = &self.divergence {
+            return Err(d.clone());
+        }
+        let n = self.next + 1;
+        let d = match self.recording.calls.get(self.next) {
+            None => {
+                let why = match &self.recording.truncated {
+                    Some(t) => format!("nothing (the recording was truncated: {t})"),
+                    None => "no more calls".into(),
+                };
+                Some(Divergence { call: n, field: "call".into(), recorded: why, now: describe(asked) })
+            }
+            Some(recorded) => compare(n, recorded, asked),
+        };
+        if let Some(d) = d {
+            self.divergence = Some(d.clone());
+            return Err(d);
+        }
+        self.next += 1;
+        Ok(self.recording.calls[n - 1].clone())
+    }
+
+    /// The recorded call the guest's next call will be compared with.
+    pub fn peek(&self) -> Option<&Call> {
+        self.recording.calls.get(self.next)
+    }
+
+    /// Checks a part of a call that arrives after the call was answered (a
+    /// streamed request body): a difference is a divergence like any other.
+    pub fn check_body(&mut self, call: usize, recorded: &Option<Body>, now: &Option<Body>) -> Result<(), Divergence> {
+        if recorded == now || self.divergence.is_some() {
+            return self.divergence.clone().map_or(Ok(()), Err);
+        }
+        let d = Divergence { call, field: "body".into(), recorded: short(recorded), now: short(now) };
+        self.divergence = Some(d.clone());
+        Err(d)
+    }
+
+    /// How many calls were answered so far.
+    pub fn answered(&self) -> usize {
+        self.next
+    }
+
+    /// Calls the recording holds that the guest never made.
+    pub fn unmade(&self) -> usize {
+        self.recording.calls.len().saturating_sub(self.next)
+    }
+
+    /// The next recorded random bytes; past the recording, a stream seeded
+    /// from it (deterministic too).
+    pub fn random(&mut self, dst: &mut [u8]) {
+        for b in dst.iter_mut() {
+            *b = match self.random.get(self.random_at) {
+                Some(v) => *v,
+                None => {
+                    let x = (self.random_at as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29) ^ 0xA5A5_5A5A_C3C3_3C3C;
+                    (x >> 24) as u8
+                }
+            };
+            self.random_at += 1;
+        }
+    }
+
+    pub fn wall(&mut self) -> u64 {
+        let v = &self.recording.wasi.wall_clock_ns;
+        let at = self.wall_at;
+        self.wall_at += 1;
+        v.get(at).copied().unwrap_or_else(|| v.last().copied().unwrap_or(0) + (at + 1 - v.len()) as u64 * 1_000)
+    }
+
+    pub fn monotonic(&mut self) -> u64 {
+        let v = &self.recording.wasi.monotonic_ns;
+        let at = self.mono_at;
+        self.mono_at += 1;
+        v.get(at).copied().unwrap_or_else(|| v.last().copied().unwrap_or(0) + (at + 1 - v.len()) as u64 * 1_000)
+    }
+}
+
+fn describe(call: &Call) -> String {
+    match call {
+        Call::Http { request, .. } => format!("http {} {}", request.method, request.url),
+        other => other.name().to_string(),
+    }
+}
+
+/// The first field in which the guest's call differs from the recorded one.
+fn compare(n: usize, recorded: &Call, asked: &Call) -> Option<Divergence> {
+    let d = |field: &str, r: String, a: String| Some(Divergence { call: n, field: field.into(), recorded: r, now: a });
+    match (recorded, asked) {
+        (Call::Http { request: r, .. }, Call::Http { request: a, .. }) => {
+            if r.method != a.method {
+                return d("method", r.method.clone(), a.method.clone());
+            }
+            if r.url != a.url {
+                return d("url", r.url.clone(), a.url.clone());
+            }
+            if r.credential != a.credential {
+                return d("credential", format!("{:?}", r.credential), format!("{:?}", a.credential));
+            }
+            if r.headers != a.headers {
+                let first = r.headers.iter().zip(&a.headers).position(|(x, y)| x != y).unwrap_or(r.headers.len().min(a.headers.len()));
+                return d(&format!("headers[{first}]"), format!("{:?}", r.headers.get(first)), format!("{:?}", a.headers.get(first)));
+            }
+            if r.body != a.body {
+                return d("body", short(&r.body), short(&a.body));
+            }
+            None
+        }
+        (Call::Sleep { ms: r }, Call::Sleep { ms: a }) if r != a => d("ms", r.to_string(), a.to_string()),
+        (Call::Smtp { message: r, .. }, Call::Smtp { message: a, .. }) if r != a => d("message", short_json(r), short_json(a)),
+        (r, a) if r.name() != a.name() => d("call", describe(r), describe(a)),
+        _ => None,
+    }
+}
+
+fn short(b: &Option<Body>) -> String {
+    match b {
+        None => "no body".into(),
+        Some(Body::Text(t)) => crate::invocation::guest_text(&format!("{t:?}"), 200),
+        Some(Body::Bytes { base64 }) => format!("{} base64 bytes", base64.len()),
+    }
+}
+
+fn short_json(v: &Value) -> String {
+    crate::invocation::guest_text(&v.to_string(), 200)
+}
+
+/// The first place two JSON values differ, as a path (`$.hosts[2]`), or None.
+pub fn json_diff(recorded: &Value, now: &Value) -> Option<String> {
+    fn walk(path: &str, a: &Value, b: &Value) -> Option<String> {
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                for (k, v) in x {
+                    match y.get(k) {
+                        None => return Some(format!("{path}.{k}: recorded {}, now absent", short_json(v))),
+                        Some(w) => {
+                            if let Some(d) = walk(&format!("{path}.{k}"), v, w) {
+                                return Some(d);
+                            }
+                        }
+                    }
+                }
+                y.keys().find(|k| !x.contains_key(*k)).map(|k| format!("{path}.{k}: recorded absent, now {}", short_json(&y[k])))
+            }
+            (Value::Array(x), Value::Array(y)) => {
+                for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                    if let Some(d) = walk(&format!("{path}[{i}]"), v, w) {
+                        return Some(d);
+                    }
+                }
+                (x.len() != y.len()).then(|| format!("{path}: recorded {} items, now {}", x.len(), y.len()))
+            }
+            (x, y) if x != y => Some(format!("{path}: recorded {}, now {}", short_json(x), short_json(y))),
+            _ => None,
+        }
+    }
+    walk("$", recorded, now)
+}
+
+/// `wasi:random`, recorded or replayed (live bytes from the OS).
+pub struct TapedRandom(pub Tape);
+
+impl rand_core::TryRng for TapedRandom {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        let mut b = [0u8; 4];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        let mut b = [0u8; 8];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        match &self.0 {
+            Tape::Replay(r) => lock(r).random(dst),
+            tape => {
+                getrandom::fill(dst).expect("the OS random source");
+                if let Tape::Record(r) = tape {
+                    lock(r).random(dst);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `wasi:clocks/wall-clock`, recorded or replayed.
+pub struct TapedWallClock(pub Tape);
+
+impl wasmtime_wasi::HostWallClock for TapedWallClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(1)
+    }
+
+    fn now(&self) -> std::time::Duration {
+        let ns = match &self.0 {
+            Tape::Replay(r) => lock(r).wall(),
+            tape => {
+                let ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+                if let Tape::Record(r) = tape {
+                    lock(r).wall(ns);
+                }
+                ns
+            }
+        };
+        std::time::Duration::from_nanos(ns)
+    }
+}
+
+/// `wasi:clocks/monotonic-clock`, recorded or replayed.
+pub struct TapedMonotonicClock {
+    pub tape: Tape,
+    pub started: std::time::Instant,
+}
+
+impl wasmtime_wasi::HostMonotonicClock for TapedMonotonicClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        match &self.tape {
+            Tape::Replay(r) => lock(r).monotonic(),
+            tape => {
+                let ns = self.started.elapsed().as_nanos() as u64;
+                if let Tape::Record(r) = tape {
+                    lock(r).monotonic(ns);
+                }
+                ns
+            }
+        }
+    }
+}
+
+/// Locks a recorder or replayer (poisoning is survived: a tape is data).
+pub fn locked<T>(m: &Arc<Mutex<T>>) -> std::sync::MutexGuard<'_, T> {
+    lock(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(url: &str) -> Call {
+        Call::Http {
+            request: HttpRequest { method: "GET".into(), url: url.into(), headers: vec![], body: None, credential: None },
+            answer: HttpAnswer::Response { status: 200, headers: vec![], body: Body::Text("{}".into()) },
+        }
+    }
+
+    fn recording(calls: Vec<Call>, truncated: Option<String>) -> Recording {
+        Recording {
+            format: FORMAT.into(),
+            plugin: "p".into(),
+            plugin_sha256: String::new(),
+            invocation: Invocation::default(),
+            input: Value::Null,
+            calls,
+            wasi: WasiReads::default(),
+            outcome: Outcome::Output(Value::Null),
+            truncated,
+        }
+    }
+
+    #[test]
+    fn the_first_divergent_call_is_named_by_its_number_and_field() {
+        let Tape::Replay(r) = Tape::replay(recording(vec![get("https://a/1"), get("https://a/2")], None)).unwrap() else { unreachable!() };
+        let mut r = locked(&r);
+        assert!(r.answer(&get("https://a/1")).is_ok());
+        let d = r.answer(&get("https://a/3")).unwrap_err();
+        assert_eq!((d.call, d.field.as_str()), (2, "url"));
+        assert_eq!(d.to_string(), "call #2: url differs: recorded https://a/2, now https://a/3");
+    }
+
+    #[test]
+    fn a_truncated_recording_refuses_to_answer_past_its_end() {
+        let Tape::Replay(r) = Tape::replay(recording(vec![get("https://a/1")], Some("at call #2 (http)".into()))).unwrap() else { unreachable!() };
+        let mut r = locked(&r);
+        assert!(r.answer(&get("https://a/1")).is_ok());
+        let d = r.answer(&get("https://a/2")).unwrap_err();
+        assert!(d.recorded.contains("truncated"), "{d}");
+    }
+
+    #[test]
+    fn the_budget_truncates_visibly() {
+        let Tape::Record(r) = Tape::record(200) else { unreachable!() };
+        let mut r = locked(&r);
+        r.put(None, get("https://a/1"));
+        r.put(None, get(&format!("https://a/{}", "x".repeat(500))));
+        let rec = r.finish("p", "", Invocation::default(), Value::Null, Outcome::Output(Value::Null));
+        assert_eq!(rec.calls.len(), 1);
+        assert!(rec.truncated.unwrap().contains("call #2"));
+    }
+
+    #[test]
+    fn json_diff_names_the_path() {
+        let a = serde_json::json!({"hosts": ["a", "b"], "n": 1});
+        let b = serde_json::json!({"hosts": ["a", "c"], "n": 1});
+        assert_eq!(json_diff(&a, &b).unwrap(), "$.hosts[1]: recorded \"b\", now \"c\"");
+        assert!(json_diff(&a, &a).is_none());
+    }
+}
