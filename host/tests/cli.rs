@@ -253,3 +253,75 @@ fn with_teams_the_cli_vets_plugins_as_a_story_would() {
     assert!(warden(&["plugin", "check", w, "--team", "soc", "--policy", p], &[]).status.success());
     assert!(warden(&["story", "check", story.to_str().unwrap(), "--policy", p], &[]).status.success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recorded_call_becomes_a_cassette_that_plugin_test_replays_offline() {
+    let (srv, rec) = warden_sim::origin::spawn().await.unwrap();
+    let dir = tempdir("cassette");
+    let policy = write_policy(&dir, srv.port());
+    let cassette = dir.join("echo.json");
+    let input = format!(r#"{{"url": "{}", "credential": "demo"}}"#, srv.url("/echo"));
+    let (p, c) = (policy.clone(), cassette.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        warden(
+            &["action", "run", "http-fetch", "--policy", p.to_str().unwrap(), "--input", &input, "--record", c.to_str().unwrap()],
+            &[("CLI_TEST_TOKEN", "cli-cassette-secret-77")],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("recorded 1 call(s)"), "{}", text(&out.stderr));
+    let recorded = std::fs::read_to_string(&cassette).unwrap();
+    assert!(!recorded.contains("cli-cassette-secret-77"), "a credential value in the cassette: {recorded}");
+    assert!(recorded.contains("[REDACTED]"), "the answer as the guest saw it, redacted");
+    assert_eq!(rec.count(), 1);
+
+    // Offline: no origin, no token; the same output, exit 0.
+    drop(srv);
+    let test = |cassettes: &[&std::path::Path]| {
+        let mut args = vec!["plugin", "test", "http-fetch", "--policy", policy.to_str().unwrap()];
+        for c in cassettes {
+            args.extend(["--cassette", c.to_str().unwrap()]);
+        }
+        warden(&args, &[])
+    };
+    let ok = test(&[&cassette]);
+    assert!(ok.status.success(), "{}{}", text(&ok.stdout), text(&ok.stderr));
+    assert!(text(&ok.stdout).contains("ok    ") && text(&ok.stdout).contains("1 call(s) replayed"), "{}", text(&ok.stdout));
+
+    // A cassette whose plugin would now ask for another URL: exit 1, the call and field named.
+    let other = dir.join("other.json");
+    let mut changed: serde_json::Value = serde_json::from_str(&recorded).unwrap();
+    changed["input"]["url"] = serde_json::json!(format!("{}/elsewhere", changed["input"]["url"].as_str().unwrap()));
+    std::fs::write(&other, changed.to_string()).unwrap();
+    let out = test(&[&cassette, &other]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("FAIL  ") && stdout.contains("call #1: url differs"), "{stdout}");
+    assert!(stdout.contains("1 of 2 cassette(s) failed"), "{stdout}");
+
+    // Not a recording: one line naming the file.
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"format\": 1}").unwrap();
+    let out = test(&[&bad]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("bad.json:1: not a warden recording"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn the_bundled_connectors_replay_their_cassettes() {
+    let cassettes: Vec<PathBuf> = std::fs::read_dir(root().join("plugins"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path().join("tests/cassettes")).into_iter().flatten())
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert!(cassettes.len() >= 3, "{cassettes:?}");
+    let policy = root().join("examples/warden.toml");
+    for c in &cassettes {
+        let plugin = c.parent().unwrap().parent().unwrap().parent().unwrap().file_name().unwrap().to_str().unwrap().to_string();
+        let out = warden(&["plugin", "test", &plugin, "--policy", policy.to_str().unwrap(), "--cassette", c.to_str().unwrap()], &[]);
+        assert!(out.status.success(), "{}: {}{}\n(if the connector changed on purpose, run scripts/record-cassettes.sh)", c.display(), text(&out.stdout), text(&out.stderr));
+    }
+}
