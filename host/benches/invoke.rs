@@ -140,6 +140,18 @@ fn benches(c: &mut Criterion) {
             assert!(r.outcome.is_ok());
         })
     });
+    // The same with every capability call and WASI read recorded (--record).
+    g.bench_function("warden_recording", |b| {
+        b.to_async(&rt).iter(|| async {
+            let tape = warden::recording::Tape::record(grant.limits.recording_bytes);
+            let r = warden_rt.invoke_taped(&plugin, grant.clone(), info.clone(), input, None, tape.clone()).await;
+            assert!(r.outcome.is_ok());
+            // Made into the JSON a cassette (or the run store) keeps.
+            let warden::recording::Tape::Record(rec) = &tape else { unreachable!() };
+            let done = warden::recording::locked(rec).finish(&plugin.name, &plugin.sha256, Default::default(), Value::Null, warden::recording::Outcome::Output(Value::Null));
+            std::hint::black_box(serde_json::to_vec(&done).unwrap());
+        })
+    });
 
     // bare wasmtime: same component, same bindings, a fresh store per call.
     let engine = wasmtime::Engine::new(wasmtime::Config::new().wasm_component_model(true)).unwrap();
@@ -187,7 +199,7 @@ fn benches(c: &mut Criterion) {
     // The same guest and origin through each front door: warden:action/http,
     // and standard wasi:http (judged by the same layers).
     let mut g = c.benchmark_group("http_round_trip");
-    for (name, door) in [("warden_per_request", "warden"), ("wasi_http_per_request", "wasi-http")] {
+    for (name, door, record) in [("warden_per_request", "warden", false), ("warden_per_request_recording", "warden", true), ("wasi_http_per_request", "wasi-http", false)] {
         let many = json!({"op": "fetch_many", "count": N, "url": url, "door": door}).to_string();
         g.bench_function(name, |b| {
             b.to_async(&rt).iter_custom(|iters| {
@@ -196,12 +208,14 @@ fn benches(c: &mut Criterion) {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
                         let t = Instant::now();
-                        let r = warden_rt.invoke(plugin, grant.clone(), info.clone(), many, None).await;
+                        let tape = if record { warden::recording::Tape::record(grant.limits.recording_bytes) } else { warden::recording::Tape::Live };
+                        let r = warden_rt.invoke_taped(plugin, grant.clone(), info.clone(), many, None, tape).await;
                         let with_calls = t.elapsed();
                         let out: serde_json::Value = serde_json::from_str(r.outcome.as_ref().expect("fetch_many")).unwrap();
                         assert_eq!(out["results"][N as usize - 1]["status"], 200, "{out}");
                         let t = Instant::now();
-                        let _ = warden_rt.invoke(plugin, grant.clone(), info.clone(), r#"{"op":"echo"}"#, None).await;
+                        let tape = if record { warden::recording::Tape::record(grant.limits.recording_bytes) } else { warden::recording::Tape::Live };
+                        let _ = warden_rt.invoke_taped(plugin, grant.clone(), info.clone(), r#"{"op":"echo"}"#, None, tape).await;
                         total += with_calls.saturating_sub(t.elapsed()) / N as u32;
                     }
                     total

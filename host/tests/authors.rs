@@ -39,6 +39,7 @@ fn a_scaffolded_plugin_builds_passes_its_tests_and_checks_out() {
     assert!(stdout.contains("exports: describe, run"), "{stdout}");
     assert!(stdout.contains("manifest: ticket-lookup 0.1.0"), "{stdout}");
     assert!(stdout.contains("http: warden:action/http (warden's own import"), "{stdout}");
+    passes_its_cassette(&plugin, &wasm);
     // The scaffold's policy points at its own target dir, not this one.
     assert!(stdout.contains("no [plugins.*] entry points at this file"), "{stdout}");
 
@@ -87,6 +88,14 @@ fn moved(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     plugin
 }
 
+/// The scaffold's cassette replays against the component it built: offline, same output.
+fn passes_its_cassette(plugin: &std::path::Path, wasm: &std::path::Path) {
+    let cassette = plugin.join("tests/cassettes/get-ticket.json");
+    let out = warden(&["plugin", "test", wasm.to_str().unwrap(), "--cassette", cassette.to_str().unwrap()]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("1 call(s) replayed, same output"), "{}", text(&out.stdout));
+}
+
 fn sh(dir: &std::path::Path, program: &str, args: &[&str]) -> std::process::Output {
     Command::new(program).args(args).current_dir(dir).output().unwrap_or_else(|e| panic!("{program}: {e}"))
 }
@@ -111,6 +120,7 @@ fn a_scaffolded_javascript_plugin_tests_builds_and_checks_out() {
     assert!(stdout.contains("manifest: lookup-js 0.1.0") && stdout.contains("grant: [grants.lookup-js]"), "{stdout}");
     // componentize-js imports every interface of the world, so warden's own http shows too.
     assert!(stdout.lines().any(|l| l.starts_with("  http: ") && l.contains("wasi:http")), "fetch() is the JavaScript scaffold's HTTP: {stdout}");
+    passes_its_cassette(&plugin, &plugin.join("lookup_js.wasm"));
 }
 
 #[test]
@@ -129,4 +139,5 @@ fn a_scaffolded_python_plugin_tests_builds_and_checks_out() {
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("manifest: lookup-py 0.1.0") && stdout.contains("grant: [grants.lookup-py]"), "{stdout}");
     assert!(stdout.lines().any(|l| l.starts_with("  http: ") && l.contains("wasi:http")), "the Python scaffold's HTTP is wasi:http: {stdout}");
+    passes_its_cassette(&plugin, &plugin.join("lookup_py.wasm"));
 }

@@ -205,6 +205,7 @@ pub async fn run(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
             println!("created {}", path.display());
             println!("  cd {} && {steps}", path.display());
             println!("  warden plugin check {wasm} --policy warden.toml");
+            println!("  warden plugin test {wasm} --cassette tests/cassettes/get-ticket.json   # replayed offline");
         }
     }
     Ok(ExitCode::SUCCESS)

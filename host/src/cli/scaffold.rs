@@ -37,6 +37,29 @@ hosts = ["https://api.example.com"]
     )
 }
 
+/// A cassette the scaffold passes out of the box: one GET answered as a
+/// ticket API would, the plugin's output for it. It shows the format, and
+/// `warden plugin test` replays it with no network; record real ones with
+/// `warden action run … --record`.
+fn write_cassette(root: &Path, name: &str, request_headers: serde_json::Value) -> anyhow::Result<()> {
+    let ticket = serde_json::json!({"id": 42, "summary": "Phishing report from the finance team", "status": "open"});
+    let cassette = serde_json::json!({
+        "format": warden::recording::FORMAT,
+        "plugin": name,
+        "invocation": {"run_id": "example", "team": "example", "attempt": 1},
+        "input": {"base_url": "https://api.example.com", "path": "/v1/tickets/42", "credential": "example"},
+        "calls": [{
+            "call": "http",
+            "request": {"method": "GET", "url": "https://api.example.com/v1/tickets/42", "headers": request_headers, "credential": "example"},
+            "answer": {"response": {"status": 200, "headers": [["content-type", "application/json"]], "body": ticket.to_string()}}
+        }],
+        "outcome": {"output": {"data": ticket}}
+    });
+    std::fs::create_dir_all(root.join("tests/cassettes"))?;
+    std::fs::write(root.join("tests/cassettes/get-ticket.json"), serde_json::to_string_pretty(&cassette)? + "\n")?;
+    Ok(())
+}
+
 /// A JavaScript plugin built with componentize-js: `npm test`, `npm run build`.
 pub fn js(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
     let root = start(name, dir)?;
@@ -83,6 +106,7 @@ console.log('built {file}.wasm');
 "#
         ),
     )?;
+    write_cassette(&root, name, serde_json::json!([["accept", "application/json"]]))?;
     std::fs::write(root.join("logic.js"), JS_LOGIC)?;
     std::fs::write(root.join("logic.test.js"), JS_TEST)?;
     std::fs::write(root.join("app.js"), JS_APP.replace("{{name}}", name))?;
@@ -99,6 +123,7 @@ pub fn python(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
     kit::write_wit(&root)?;
     std::fs::write(root.join("warden_http.py"), kit::PY_HTTP)?;
     let file = name.replace('-', "_");
+    write_cassette(&root, name, serde_json::json!([["accept", "application/json"]]))?;
     std::fs::write(root.join("logic.py"), PY_LOGIC)?;
     std::fs::write(root.join("test_logic.py"), PY_TEST)?;
     std::fs::write(root.join("app.py"), PY_APP.replace("{{name}}", name))?;
@@ -131,6 +156,7 @@ pub fn rust(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
     let root = start(name, dir)?;
     kit::write_wit(&root)?;
     kit::write_sdk(&root)?;
+    write_cassette(&root, name, serde_json::json!([["accept", "application/json"]]))?;
     std::fs::create_dir_all(root.join("src"))?;
     let crate_name = name.replace('-', "_");
     std::fs::write(
