@@ -188,12 +188,14 @@ impl Capabilities {
         self.call.keep(record, started);
         let deadline = self.call.deadline;
         let turns = self.http.wasi_turns.clone();
+        let cap = self.call.grant.limits.request_bytes;
         Box::new(async move {
             let turn = turns.acquire_owned().await.expect("never closed");
-            let now = match read_body(body, u64::MAX, deadline).await {
+            let now = match read_body(body, cap, deadline).await {
                 Ok(b) if b.is_empty() && recorded_body.is_none() => None,
                 Ok(b) => Some(Body::of(&b)),
-                Err(_) => Some(Body::Text("(unreadable)".into())),
+                Err(BodyError::TooLarge) => Some(Body::Text(format!("(more than the {} limits.request_bytes allows)", Bytes(cap)))),
+                Err(_) => Some(Body::Text("(unfinished or unreadable)".into())),
             };
             if let Err(d) = locked(&replayer).check_body(n, &recorded_body, &now) {
                 return Err(WasiError::InternalError(Some(format!("replay diverged at {d}"))));
