@@ -111,7 +111,11 @@ impl InvocationState {
         table.set_max_capacity(MAX_WASI_RESOURCES);
         InvocationState {
             wasi,
-            wasi_http: WasiHttpCtx::new(),
+            wasi_http: {
+                let mut ctx = WasiHttpCtx::new();
+                ctx.set_field_size_limit(crate::capability::http::wasi::MAX_FIELDS_BYTES);
+                ctx
+            },
             table,
             memory: MemoryLimiter { limit: limits.memory_bytes, used: 0, refused: None },
             stop: None,

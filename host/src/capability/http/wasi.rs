@@ -17,8 +17,10 @@
 //!   it from memory. A refusal arrives as `internal-error` carrying warden's
 //!   reason and the deciding rule (wasi:http's error codes have no other field
 //!   for text); a timeout as `connection-read-timeout`.
-//! * **Memory**: at most [`MAX_IN_FLIGHT`] exchanges of one invocation run at
-//!   once, so the host holds at most that many capped responses for it.
+//! * **Memory**: at most [`MAX_IN_FLIGHT`] exchanges of one invocation are
+//!   alive at once, so the host holds at most that many capped responses for
+//!   it; a header section is capped at [`MAX_FIELDS_BYTES`] and a body slice
+//!   written at once at [`BODY_CHUNK_BYTES`].
 //! * **Timing**: the exchange runs as a future beside the guest, so its audit
 //!   record is completed in [`super::super::LateAudit`]; the invocation's
 //!   wall-clock limit ends it with the guest.
@@ -43,6 +45,15 @@ pub use super::check::CREDENTIAL_HEADER;
 /// what a guest can make the host buffer.
 pub const MAX_IN_FLIGHT: usize = 4;
 
+/// The most host memory one wasi:http `fields` resource (a header section
+/// being built) may use; with the store's cap on resources this bounds what
+/// a guest can make the host hold in headers (real header sections are a few KiB).
+pub const MAX_FIELDS_BYTES: usize = 16 * 1024;
+
+/// The largest slice of a request body a guest may write at once; a body
+/// waiting for its turn on the wire holds one such slice in host memory.
+pub const BODY_CHUNK_BYTES: usize = 64 * 1024;
+
 type Answer = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), WasiError>> + Send>), WasiError>;
 
 impl WasiHttpHooks for Capabilities {
@@ -55,6 +66,10 @@ impl WasiHttpHooks for Capabilities {
     /// A request must say `http` or `https`: rules are written per scheme.
     fn default_scheme(&mut self) -> Option<http::uri::Scheme> {
         None
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK_BYTES
     }
 
     /// Every scheme reaches layer 2, which refuses what is not `http`/`https`
