@@ -158,6 +158,38 @@ pub enum Outcome {
     Error { kind: String, message: String },
 }
 
+impl Outcome {
+    /// How an invocation ended, as a recording keeps it.
+    pub fn of(outcome: &Result<String, crate::invocation::InvokeError>) -> Outcome {
+        use crate::invocation::InvokeError as E;
+        match outcome {
+            Ok(text) => Outcome::Output(serde_json::from_str(text).unwrap_or(Value::String(text.clone()))),
+            Err(e) => {
+                let kind = match e {
+                    E::InvalidInput { .. } => "invalid-input",
+                    E::Denied { .. } => "denied",
+                    E::Upstream { .. } => "upstream",
+                    E::Failed { .. } => "failed",
+                    E::Limit { .. } => "limit",
+                    E::Trap { .. } => "trap",
+                    E::Instantiate { .. } => "instantiate",
+                };
+                Outcome::Error { kind: kind.into(), message: e.to_string() }
+            }
+        }
+    }
+}
+
+impl Invocation {
+    pub fn of(info: &crate::invocation::InvocationInfo) -> Invocation {
+        Invocation { run_id: info.run_id.clone(), story: info.story.clone(), step: info.step.clone(), team: info.team.clone(), attempt: info.attempt }
+    }
+
+    pub fn info(&self) -> crate::invocation::InvocationInfo {
+        crate::invocation::InvocationInfo { run_id: self.run_id.clone(), story: self.story.clone(), step: self.step.clone(), team: self.team.clone(), attempt: self.attempt }
+    }
+}
+
 /// Where a replayed guest first asked something else than the recording holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Divergence {

@@ -325,3 +325,45 @@ fn the_bundled_connectors_replay_their_cassettes() {
         assert!(out.status.success(), "{}: {}{}\n(if the connector changed on purpose, run scripts/record-cassettes.sh)", c.display(), text(&out.stdout), text(&out.stderr));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_story_run_is_recorded_and_runs_replay_re_executes_it_offline() {
+    let (srv, rec) = warden_sim::origin::spawn().await.unwrap();
+    let dir = tempdir("runs-replay");
+    let policy = write_policy(&dir, srv.port());
+    let story = dir.join("fetch.yaml");
+    std::fs::write(
+        &story,
+        format!("name: fetch\nsteps:\n  - id: get\n    action: http-fetch\n    with: {{url: \"{}\", credential: demo}}\noutput: \"{{{{ steps.get.output.status }}}}\"\n", srv.url("/echo")),
+    )
+    .unwrap();
+    let db = dir.join("runs.db");
+    let (p, s, d) = (policy.clone(), story.clone(), db.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        warden(&["story", "run", s.to_str().unwrap(), "--policy", p.to_str().unwrap(), "--db", d.to_str().unwrap(), "--json", "-q"], &[("CLI_TEST_TOKEN", "cli-replay-secret-31")])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = run["run_id"].as_str().unwrap().to_string();
+    assert_eq!(rec.count(), 1);
+    drop(srv);
+
+    let show = warden(&["runs", "show", &id, "--db", db.to_str().unwrap(), "--json"], &[]);
+    let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(shown["recording"], "complete", "{shown}");
+    assert_eq!(shown["recordings"][0]["step"], "get");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let stored: String = conn.query_row("SELECT recording FROM recordings", [], |r| r.get(0)).unwrap();
+    assert!(stored.contains("\"credential\":\"demo\"") && !stored.contains("cli-replay-secret-31"), "the name, never the value: {stored}");
+
+    let replay = warden(&["runs", "replay", &id, "--db", db.to_str().unwrap(), "--policy", policy.to_str().unwrap()], &[]);
+    assert!(replay.status.success(), "{}{}", text(&replay.stdout), text(&replay.stderr));
+    assert!(text(&replay.stdout).contains("1 of 1 recorded step attempt(s) replayed identically"), "{}", text(&replay.stdout));
+
+    // With another component in the step's place: exit 1, the divergence named.
+    let other = warden(&["runs", "replay", &id, "--db", db.to_str().unwrap(), "--policy", policy.to_str().unwrap(), "--step", "get", "--plugin", guest("probe").to_str().unwrap()], &[]);
+    assert_eq!(other.status.code(), Some(1), "{}", text(&other.stdout));
+    assert!(text(&other.stdout).contains("DIFFERS"), "{}", text(&other.stdout));
+}

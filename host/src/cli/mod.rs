@@ -104,7 +104,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(cmd) => policy::run(cmd).await,
         Command::Plugin(cmd) => plugin::run(cmd).await,
         Command::Story(cmd) => story::run(cmd).await,
-        Command::Runs(cmd) => runs::run(cmd),
+        Command::Runs(cmd) => runs::run(cmd).await,
         Command::Db(cmd) => db::run(cmd),
         Command::Serve { listen, db, policy, stories, workers, drain_secs, log_json: _, role, lease_secs } => {
             let policy = common::load_policy(&policy)?;

@@ -354,7 +354,14 @@ async fn get_run(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<S
     };
     match s.engine.store.get_run(&id) {
         // Another team's run is answered as if it did not exist.
-        Ok(Some(run)) if scope == Scope::All || scope == Scope::Team(run.run.team.clone()) => Json(run).into_response(),
+        Ok(Some(run)) if scope == Scope::All || scope == Scope::Team(run.run.team.clone()) => {
+            // Whether `warden runs replay` can re-execute it, and its steps' recordings.
+            let recordings = crate::store::recordings_of_tree(s.engine.store.as_ref(), &id).unwrap_or_default();
+            let mut body = serde_json::to_value(&run).unwrap_or_default();
+            body["recording"] = json!(crate::store::recording_state(&recordings));
+            body["recordings"] = json!(recordings);
+            Json(body).into_response()
+        }
         Ok(_) => error(StatusCode::NOT_FOUND, format!("no run `{}`", crate::invocation::guest_text(&id, 64))),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

@@ -213,6 +213,7 @@ fn describe(w: &Write) -> String {
         Write::StepStarted { run, step, .. } | Write::StepFinished { run, step, .. } => format!("step {step} of run {run}"),
         Write::Logs { run, step, .. } => format!("the log of step {step} of run {run}"),
         Write::Audit { run, step, .. } => format!("the audit of step {step} of run {run}"),
+        Write::Recording { run, step, .. } => format!("the recording of step {step} of run {run}"),
     }
 }
 
@@ -395,6 +396,9 @@ mod tests {
         fn get_run(&self, id: &str) -> anyhow::Result<Option<crate::store::RunDetail>> {
             self.inner.get_run(id)
         }
+        fn recordings(&self, run: &str) -> anyhow::Result<Vec<crate::store::StoredRecording>> {
+            self.inner.recordings(run)
+        }
         fn last_schedule_tick(&self, story: &str) -> anyhow::Result<Option<u64>> {
             self.inner.last_schedule_tick(story)
         }
@@ -527,6 +531,9 @@ mod tests {
             }
             fn get_run(&self, id: &str) -> anyhow::Result<Option<crate::store::RunDetail>> {
                 self.0.get_run(id)
+            }
+            fn recordings(&self, run: &str) -> anyhow::Result<Vec<crate::store::StoredRecording>> {
+                self.0.recordings(run)
             }
             fn last_schedule_tick(&self, story: &str) -> anyhow::Result<Option<u64>> {
                 self.0.last_schedule_tick(story)

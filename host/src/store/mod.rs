@@ -253,6 +253,41 @@ pub enum Write {
     Logs { run: String, step: String, lines: Vec<LogLine> },
     /// Audit records, each already serialized.
     Audit { run: String, step: String, records: Vec<(u64, String)> },
+    /// The recording of one attempt of an action step (see [`crate::recording`]).
+    Recording { run: String, step: String, item: Option<usize>, attempt: u32, truncated: bool, recording: String },
+}
+
+/// A step attempt's recording as the store keeps it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredRecording {
+    pub step: String,
+    pub item: Option<usize>,
+    pub attempt: u32,
+    pub truncated: bool,
+    /// The recording's JSON.
+    #[serde(skip)]
+    pub recording: String,
+}
+
+/// The recordings of a run and of its sub-story runs, depth first.
+pub fn recordings_of_tree(store: &dyn Store, run: &str) -> anyhow::Result<Vec<StoredRecording>> {
+    let mut all = store.recordings(run)?;
+    if let Some(detail) = store.get_run(run)? {
+        for child in &detail.children {
+            all.extend(recordings_of_tree(store, &child.id)?);
+        }
+    }
+    Ok(all)
+}
+
+/// What a run's recordings allow: `complete` (every recorded step attempt
+/// whole), `truncated` (some stopped at their budget), or `none`.
+pub fn recording_state(recordings: &[StoredRecording]) -> &'static str {
+    match (recordings.is_empty(), recordings.iter().any(|r| r.truncated)) {
+        (true, _) => "none",
+        (false, true) => "truncated",
+        (false, false) => "complete",
+    }
 }
 
 impl Write {
@@ -309,7 +344,7 @@ impl Write {
     pub fn run(&self) -> &str {
         match self {
             Write::CreateRun { id, .. } | Write::StartRun { id, .. } | Write::FinishRun { id, .. } => id,
-            Write::StepStarted { run, .. } | Write::StepFinished { run, .. } | Write::Logs { run, .. } | Write::Audit { run, .. } => run,
+            Write::StepStarted { run, .. } | Write::StepFinished { run, .. } | Write::Logs { run, .. } | Write::Audit { run, .. } | Write::Recording { run, .. } => run,
         }
     }
 
@@ -317,7 +352,7 @@ impl Write {
     pub fn step(&self) -> Option<&str> {
         match self {
             Write::CreateRun { .. } | Write::StartRun { .. } | Write::FinishRun { .. } => None,
-            Write::StepStarted { step, .. } | Write::StepFinished { step, .. } | Write::Logs { step, .. } | Write::Audit { step, .. } => Some(step),
+            Write::StepStarted { step, .. } | Write::StepFinished { step, .. } | Write::Logs { step, .. } | Write::Audit { step, .. } | Write::Recording { step, .. } => Some(step),
         }
     }
 
@@ -331,6 +366,7 @@ impl Write {
             Write::StepFinished { .. } => "step_finished",
             Write::Logs { .. } => "add_logs",
             Write::Audit { .. } => "add_audit",
+            Write::Recording { .. } => "add_recording",
         }
     }
 }
@@ -385,6 +421,8 @@ pub trait Store: Send + Sync {
     fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>>;
     fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>>;
     fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>>;
+    /// The recordings of a run's step attempts, in the order they were made.
+    fn recordings(&self, run: &str) -> anyhow::Result<Vec<StoredRecording>>;
     /// The latest schedule tick (ms since the epoch) that started a run of
     /// `story`: see [`schedule_key`].
     fn last_schedule_tick(&self, story: &str) -> anyhow::Result<Option<u64>>;

@@ -60,6 +60,16 @@ CREATE INDEX audit_by_run ON audit(run_id);
 "#, r#"
 ALTER TABLE runs ADD COLUMN idempotency_key TEXT;
 CREATE UNIQUE INDEX runs_by_idempotency_key ON runs(story, idempotency_key) WHERE idempotency_key IS NOT NULL;
+"#, r#"
+CREATE TABLE recordings (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    item INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    truncated INTEGER NOT NULL,
+    recording TEXT NOT NULL
+);
+CREATE INDEX recordings_by_run ON recordings(run_id);
 "#];
 
 /// The schema version of the SQLite file at `path`, read only.
@@ -194,6 +204,10 @@ impl RunStore {
                     stmt.execute(params![run, step, at_ms, record])?;
                 }
             }
+            Write::Recording { run, step, item, attempt, truncated, recording } => {
+                tx.prepare_cached("INSERT INTO recordings (run_id, step_id, item, attempt, truncated, recording) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+                    .execute(params![run, step, item.map_or(-1, |i| i as i64), attempt, truncated, recording])?;
+            }
         }
         Ok(())
     }
@@ -245,6 +259,16 @@ impl Store for RunStore {
         )?;
         let key: Option<String> = stmt.query_row(params![story], |r| r.get(0)).optional()?;
         Ok(key.as_deref().and_then(tick_of))
+    }
+
+    fn recordings(&self, run: &str) -> anyhow::Result<Vec<StoredRecording>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached("SELECT step_id, item, attempt, truncated, recording FROM recordings WHERE run_id = ?1 ORDER BY rowid")?;
+        let rows = stmt.query_map(params![run], |r| {
+            let item: i64 = r.get(1)?;
+            Ok(StoredRecording { step: r.get(0)?, item: (item >= 0).then_some(item as usize), attempt: r.get(2)?, truncated: r.get(3)?, recording: r.get(4)? })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     fn run_summary(&self, id: &str) -> anyhow::Result<Option<RunSummary>> {

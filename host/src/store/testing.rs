@@ -70,6 +70,9 @@ impl Store for Flaky {
     fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>> {
         self.inner.get_run(id)
     }
+    fn recordings(&self, run: &str) -> anyhow::Result<Vec<super::StoredRecording>> {
+        self.inner.recordings(run)
+    }
     fn last_schedule_tick(&self, story: &str) -> anyhow::Result<Option<u64>> {
         self.inner.last_schedule_tick(story)
     }

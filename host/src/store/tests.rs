@@ -121,6 +121,17 @@ fn suite(s: &dyn Store) {
     let again = schedule_key(120_000);
     let e = s.create_run(&NewRun { id: "t3", story: "tick", team: "soc", trigger: "schedule", input: &input, parent: None, idempotency_key: Some(&again) });
     assert!(e.is_err(), "a tick starts one run");
+
+    // Recordings of step attempts, in the order they were made, and what they allow.
+    assert_eq!(crate::store::recording_state(&s.recordings("r4").unwrap()), "none");
+    s.apply(&[
+        Write::Recording { run: "r4".into(), step: "a".into(), item: None, attempt: 1, truncated: false, recording: "{\"n\":1}".into() },
+        Write::Recording { run: "r4".into(), step: "a".into(), item: Some(2), attempt: 2, truncated: true, recording: "{\"n\":2}".into() },
+    ])
+    .unwrap();
+    let r = s.recordings("r4").unwrap();
+    assert_eq!(r.iter().map(|r| (r.step.as_str(), r.item, r.attempt, r.truncated, r.recording.as_str())).collect::<Vec<_>>(), vec![("a", None, 1, false, "{\"n\":1}"), ("a", Some(2), 2, true, "{\"n\":2}")]);
+    assert_eq!(crate::store::recording_state(&r), "truncated");
 }
 
 #[test]

@@ -6,6 +6,7 @@
 use super::state::{ErrorKind, StepError};
 use crate::invocation::{InvocationInfo, LogLine};
 use crate::policy::Policy;
+use crate::recording::{locked, Outcome, Recording, Tape};
 use crate::runtime::{InvocationReport, Plugin, Runtime};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,13 @@ pub trait Invoke: Send + Sync {
     /// Runs `plugin` once for `team`, under that team's grant. `tap` receives
     /// log lines as they are written.
     async fn invoke(&self, plugin: &str, team: &str, info: InvocationInfo, input: &str, tap: Option<UnboundedSender<LogLine>>) -> Result<InvocationReport, StepError>;
+
+    /// [`Invoke::invoke`], recording every capability call and WASI read
+    /// within the grant's `limits.recording_bytes` (see [`crate::recording`]).
+    /// An invoker that cannot record returns no recording.
+    async fn invoke_recorded(&self, plugin: &str, team: &str, info: InvocationInfo, input: &str, tap: Option<UnboundedSender<LogLine>>) -> Result<(InvocationReport, Option<Recording>), StepError> {
+        self.invoke(plugin, team, info, input, tap).await.map(|r| (r, None))
+    }
 
     /// Invocations alive now, and how many can be (for metrics).
     fn instances(&self) -> (usize, u32) {
@@ -73,6 +81,17 @@ impl Invoke for PolicyInvoker {
         let p = self.plugin(plugin, team).await?;
         // The grant of the story's own team: a sub-story runs under its team, never the caller's.
         Ok(self.runtime.invoke(&p, self.policy.grant_for_team(plugin, team), info, input, tap).await)
+    }
+
+    async fn invoke_recorded(&self, plugin: &str, team: &str, info: InvocationInfo, input: &str, tap: Option<UnboundedSender<LogLine>>) -> Result<(InvocationReport, Option<Recording>), StepError> {
+        let p = self.plugin(plugin, team).await?;
+        let grant = self.policy.grant_for_team(plugin, team);
+        let tape = Tape::record(grant.limits.recording_bytes);
+        let report = self.runtime.invoke_taped(&p, grant, info.clone(), input, tap, tape.clone()).await;
+        let Tape::Record(recorder) = &tape else { unreachable!("recording") };
+        let input = serde_json::from_str(input).unwrap_or(serde_json::Value::Null);
+        let recording = locked(recorder).finish(&p.name, &p.sha256, crate::recording::Invocation::of(&info), input, Outcome::of(&report.outcome));
+        Ok((report, Some(recording)))
     }
 
     fn instances(&self) -> (usize, u32) {

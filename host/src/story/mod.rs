@@ -14,6 +14,7 @@ pub mod invoke;
 mod library;
 pub mod observe;
 pub mod recorder;
+pub mod replay;
 pub mod schema;
 pub mod state;
 pub mod template;

@@ -97,6 +97,21 @@ impl Recorder {
         Write::step_finished(at.run, at.step, at.item, at.kind, state.as_str(), output, error.as_ref(), attempts)
     }
 
+    /// A step attempt's recording, queued like the step record it belongs to.
+    pub fn recording(&self, at: &StepAt<'_>, attempt: u32, recording: &crate::recording::Recording) {
+        match serde_json::to_string(recording) {
+            Ok(text) => self.writer.queue(Write::Recording {
+                run: at.run.into(),
+                step: at.step.into(),
+                item: at.item,
+                attempt,
+                truncated: recording.truncated.is_some(),
+                recording: text,
+            }),
+            Err(e) => tracing::error!(run = at.run, step = at.step, "cannot serialize a recording: {e:#}"),
+        }
+    }
+
     /// Queued, like the step record they belong to. Nothing is queued for an empty list.
     pub fn logs_and_audit(&self, run: &str, step: &str, logs: &[LogLine], audit: &[AuditRecord]) {
         if !logs.is_empty() {

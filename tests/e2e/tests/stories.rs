@@ -379,4 +379,20 @@ async fn the_threat_hunt_story_opens_a_ticket_and_emails_the_leads_only_when_hos
     let d = e.store.get_run(&miss.run_id).unwrap().unwrap();
     let states: Vec<(&str, &str)> = d.steps.iter().map(|s| (s.step_id.as_str(), s.state.as_str())).collect();
     assert_eq!(states, vec![("hunt", "succeeded"), ("verify", "succeeded"), ("findings", "succeeded"), ("ticket", "skipped"), ("notify", "skipped")]);
+    // Recorded by default: with the simulators gone (and the SMTP server checked for new mail), every
+    // action step of the run and of its sub-stories replays to the same output.
+    let (issues, mails) = (jira_sim.issue_count(), smtp.messages().len());
+    let recordings = e.store.recordings(&hit.run_id).unwrap();
+    assert_eq!(recordings.iter().map(|r| r.step.as_str()).collect::<Vec<_>>(), vec!["notify"], "the email step of the top run");
+    let rt = warden_e2e::runtime(None);
+    drop((s1, j));
+    let replayed = warden::story::replay::replay_run(&rt, &e.policy, e.store.as_ref(), &hit.run_id, None, None).await.unwrap();
+    let steps: Vec<(&str, &str, Option<&String>)> = replayed.iter().map(|r| (r.step.as_str(), r.plugin.as_str(), r.differs.as_ref())).collect();
+    assert_eq!(steps, vec![("notify", "email", None), ("hunt", "sentinelone-hunt", None), ("ticket", "jira-ticket", None)], "{replayed:?}");
+    assert_eq!((jira_sim.issue_count(), smtp.messages().len()), (issues, mails), "a replay opens no ticket and sends no mail");
+    // Another component in place of the hunt's: the first divergent call, named.
+    let other = rt.load_file(&warden_e2e::guest("http-fetch")).unwrap();
+    let replayed = warden::story::replay::replay_run(&rt, &e.policy, e.store.as_ref(), &hit.run_id, Some("hunt"), Some(&other)).await.unwrap();
+    let why = replayed.iter().find_map(|r| r.differs.clone()).expect("a divergence");
+    assert!(why.contains("#1"), "{why}");
 }

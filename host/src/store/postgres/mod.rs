@@ -150,6 +150,17 @@ BEGIN
     RETURN CASE WHEN room THEN 1 END;
 END
 $$;
+"#, r#"
+CREATE TABLE recordings (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    item INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    truncated BOOLEAN NOT NULL,
+    recording TEXT NOT NULL,
+    seq BIGSERIAL
+);
+CREATE INDEX recordings_by_run ON recordings(run_id);
 "#];
 
 /// Serializes migrations across processes.
@@ -343,6 +354,7 @@ fn sql_of(w: &Write, clustered: bool) -> &'static str {
         }
         Write::Logs { .. } => "INSERT INTO logs (run_id, step_id, at_ms, level, source, message) VALUES ($1, $2, $3, $4, $5, $6)",
         Write::Audit { .. } => "INSERT INTO audit (run_id, step_id, at_ms, record) VALUES ($1, $2, $3, $4)",
+        Write::Recording { .. } => "INSERT INTO recordings (run_id, step_id, item, attempt, truncated, recording) VALUES ($1, $2, $3, $4, $5, $6)",
     }
 }
 
@@ -384,6 +396,9 @@ fn params_of(w: &Write) -> Vec<Vec<Param>> {
             lines.iter().map(|l| vec![text(run), text(step), Box::new(i(l.at_ms)) as Param, text(l.level), text(&l.source), text(&l.message)]).collect()
         }
         Write::Audit { run, step, records } => records.iter().map(|(at, r)| vec![text(run), text(step), Box::new(i(*at)) as Param, text(r)]).collect(),
+        Write::Recording { run, step, item: it, attempt, truncated, recording } => {
+            vec![vec![text(run), text(step), item(it), count(*attempt), Box::new(*truncated) as Param, text(recording)]]
+        }
     }
 }
 
@@ -481,6 +496,24 @@ impl Store for PgStore {
                 )
                 .await?;
             Ok(row.and_then(|r| tick_of(r.get::<_, &str>(0))))
+        })
+    }
+
+    fn recordings(&self, run: &str) -> anyhow::Result<Vec<StoredRecording>> {
+        let (pool, run) = (self.pool.clone(), run.to_string());
+        self.block(async move {
+            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            let rows = client
+                .query("SELECT step_id, item, attempt, truncated, recording FROM recordings WHERE run_id = $1 ORDER BY seq", &[&t(&run)])
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let item: i32 = r.get(1);
+                    let attempt: i32 = r.get(2);
+                    StoredRecording { step: r.get(0), item: (item >= 0).then_some(item as usize), attempt: attempt.max(0) as u32, truncated: r.get(3), recording: r.get(4) }
+                })
+                .collect())
         })
     }
 

@@ -53,6 +53,8 @@ pub struct Engine {
     /// For reading runs; every write goes through the recorder.
     pub store: Arc<dyn Store>,
     recorder: Recorder,
+    /// Record every action step attempt (on by default; see [`crate::recording`]).
+    record: bool,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -151,7 +153,13 @@ impl Engine {
 
     /// An engine that runs actions through `invoker` (tests script one).
     pub fn with_invoker(invoker: Arc<dyn Invoke>, policy: Arc<Policy>, library: Arc<Library>, store: Arc<dyn Store>) -> Engine {
-        Engine { invoker, policy, library, recorder: Recorder::new(store.clone(), Arc::default()), store }
+        Engine { invoker, policy, library, recorder: Recorder::new(store.clone(), Arc::default()), store, record: true }
+    }
+
+    /// Whether action steps are recorded for replay (on by default).
+    pub fn with_recording(mut self, on: bool) -> Engine {
+        self.record = on;
+        self
     }
 
     /// Whether the run store takes writes (for `/healthz`).
@@ -447,7 +455,13 @@ impl Engine {
                 let info = InvocationInfo { run_id: run.into(), story: story.name.clone(), step: step.id.clone(), team: story.team.clone(), attempt };
                 let (tap, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
                 let input_text = input.to_string();
-                let invoke = self.invoker.invoke(plugin, &story.team, info, &input_text, Some(tap));
+                let invoke = async {
+                    if self.record {
+                        self.invoker.invoke_recorded(plugin, &story.team, info, &input_text, Some(tap)).await
+                    } else {
+                        self.invoker.invoke(plugin, &story.team, info, &input_text, Some(tap)).await.map(|r| (r, None))
+                    }
+                };
                 tokio::pin!(invoke);
                 // Forward log lines live (a long poll shows its progress) while the step runs.
                 let report = loop {
@@ -459,7 +473,11 @@ impl Engine {
                 while let Ok(line) = rx.try_recv() {
                     sr.observer.event(&Event::Log { run, step: &step.id, line: &line, depth: sr.depth });
                 }
+                let (report, recording) = report;
                 self.recorder.logs_and_audit(run, &step.id, &report.logs, &report.audit);
+                if let Some(recording) = recording {
+                    self.recorder.recording(&sr.at(item), attempt, &recording);
+                }
                 for record in &report.audit {
                     sr.observer.event(&Event::Audit { run, step: &step.id, record });
                 }
