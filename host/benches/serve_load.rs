@@ -15,7 +15,8 @@
 //! worker count.
 //!
 //! `WARDEN_BENCH_BIN=/path/to/warden` measures another build (an A/B pair);
-//! `WARDEN_BENCH_ONLY=text` runs only the cases whose label contains `text`.
+//! `WARDEN_BENCH_ONLY=text` runs only the cases whose label contains `text`;
+//! `WARDEN_BENCH_RECORD=0` turns off the recording of action steps (`[server] record`).
 
 mod common;
 
@@ -215,6 +216,10 @@ fn write_setup(dir: &Path, origin_port: u16, sleep_ms: u64) -> PathBuf {
         "[plugins.probe]\npath = \"{}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:{origin_port}/json\"]\n",
         common::guest("probe").display()
     );
+    // Recording is on by default; WARDEN_BENCH_RECORD=0 measures without it.
+    if std::env::var("WARDEN_BENCH_RECORD").is_ok_and(|v| v == "0") {
+        policy.push_str("[server]\nrecord = false\n");
+    }
     for story in ["t1", "a1", "bench3", "poll"] {
         policy.push_str(&format!("[triggers.{story}]\nsecret_env = \"BENCH_WEBHOOK_SECRET\"\nallow_sync = true\nconcurrency = 100000\n"));
     }

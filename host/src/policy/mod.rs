@@ -231,6 +231,7 @@ impl Policy {
                 drain_secs: s.drain_secs,
                 role,
                 lease_secs: s.lease_secs,
+                record: s.record,
                 api_token: s.api_token_env.map(SecretSource::Env),
             }}
             None => ServerConfig::default(),

@@ -125,6 +125,8 @@ pub struct ServerConfig {
     pub drain_secs: Option<u64>,
     pub role: Option<Role>,
     pub lease_secs: Option<u64>,
+    /// Whether action steps are recorded for `warden runs replay` (default true).
+    pub record: Option<bool>,
     /// When set, `/api/*` requires `Authorization: Bearer <this secret>`.
     pub api_token: Option<SecretSource>,
 }
@@ -217,6 +219,7 @@ pub(super) struct RawServer {
     pub(super) drain_secs: Option<u64>,
     pub(super) role: Option<String>,
     pub(super) lease_secs: Option<u64>,
+    pub(super) record: Option<bool>,
     pub(super) api_token_env: Option<String>,
 }
 

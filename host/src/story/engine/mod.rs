@@ -153,7 +153,8 @@ impl Engine {
 
     /// An engine that runs actions through `invoker` (tests script one).
     pub fn with_invoker(invoker: Arc<dyn Invoke>, policy: Arc<Policy>, library: Arc<Library>, store: Arc<dyn Store>) -> Engine {
-        Engine { invoker, policy, library, recorder: Recorder::new(store.clone(), Arc::default()), store, record: true }
+        let record = policy.server.record.unwrap_or(true);
+        Engine { invoker, policy, library, recorder: Recorder::new(store.clone(), Arc::default()), store, record }
     }
 
     /// Whether action steps are recorded for replay (on by default).
