@@ -3,7 +3,7 @@
 //! injected, the answer after redaction — so a recording never holds a
 //! secret and a replay needs no network.
 
-use super::http::Delivered;
+use super::http::delivered::Delivered;
 use crate::audit::{AuditRecord, Decision};
 use crate::bindings::warden::action::http::HttpError;
 use crate::recording::{Body, Call, HttpAnswer, HttpRequest};

@@ -13,6 +13,7 @@
 
 pub mod address;
 pub mod check;
+pub mod delivered;
 pub mod inject;
 pub mod resolve;
 pub mod transport;
@@ -33,6 +34,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use transport::{Transport, WireError, WireRequest};
 
+pub use delivered::Delivered;
+
+/// wasi:http exchanges of one invocation alive at once (on the wire, or
+/// answered and not yet read or dropped by the guest); more wait their turn.
+/// Each may hold up to `limits.response_bytes` of host memory, so this bounds
+/// what a guest can make the host buffer.
+pub const WASI_IN_FLIGHT: usize = 4;
+
 /// Default per-request timeout when the guest gives none.
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -44,13 +53,13 @@ pub struct HttpState {
     pub transport: Arc<Transport>,
     /// Attempts so far, allowed or not, through either door.
     pub sent: u32,
-    /// Turns on the wire for wasi:http exchanges (see [`wasi::MAX_IN_FLIGHT`]).
+    /// Turns on the wire for wasi:http exchanges (see [`WASI_IN_FLIGHT`]).
     pub wasi_turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl HttpState {
     pub fn new(transport: Arc<Transport>) -> HttpState {
-        HttpState { transport, sent: 0, wasi_turns: Arc::new(tokio::sync::Semaphore::new(wasi::MAX_IN_FLIGHT)) }
+        HttpState { transport, sent: 0, wasi_turns: Arc::new(tokio::sync::Semaphore::new(WASI_IN_FLIGHT)) }
     }
 }
 
@@ -88,12 +97,6 @@ impl Admitted {
     }
 }
 
-/// A response as the guest may see it: complete, capped, scrubbed.
-pub struct Delivered {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
 
 impl http::Host for Capabilities {
     async fn send(&mut self, req: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {

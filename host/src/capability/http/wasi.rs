@@ -39,11 +39,7 @@ use wasmtime_wasi_http::{Error as WasiError, RequestOptions, WasiBody, WasiHttpH
 
 pub use super::check::CREDENTIAL_HEADER;
 
-/// wasi:http exchanges of one invocation alive at once (on the wire, or
-/// answered and not yet read or dropped by the guest); more wait their turn.
-/// Each may hold up to `limits.response_bytes` of host memory, so this bounds
-/// what a guest can make the host buffer.
-pub const MAX_IN_FLIGHT: usize = 4;
+pub use super::WASI_IN_FLIGHT as MAX_IN_FLIGHT;
 
 /// The most host memory one wasi:http `fields` resource (a header section
 /// being built) may use; with the store's cap on resources this bounds what
