@@ -506,7 +506,8 @@ pub fn json_diff(recorded: &Value, now: &Value) -> Option<String> {
     walk("$", recorded, now)
 }
 
-/// `wasi:random`, recorded or replayed (live bytes from the OS).
+/// `wasi:random`, recorded or replayed (live bytes from the thread's CSPRNG,
+/// seeded by the OS, as wasmtime-wasi's own default).
 pub struct TapedRandom(pub Tape);
 
 impl rand_core::TryRng for TapedRandom {
@@ -528,7 +529,7 @@ impl rand_core::TryRng for TapedRandom {
         match &self.0 {
             Tape::Replay(r) => lock(r).random(dst),
             tape => {
-                getrandom::fill(dst).expect("the OS random source");
+                rand::Rng::fill_bytes(&mut rand::rng(), dst);
                 if let Tape::Record(r) = tape {
                     lock(r).random(dst);
                 }
