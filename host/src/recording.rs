@@ -232,6 +232,13 @@ impl Tape {
     pub fn is_replay(&self) -> bool {
         matches!(self, Tape::Replay(_))
     }
+
+    /// The recording this tape made of one invocation (None unless recording).
+    pub fn finish(&self, plugin: &str, sha256: &str, info: &crate::invocation::InvocationInfo, input: &str, outcome: &Result<String, crate::invocation::InvokeError>) -> Option<Recording> {
+        let Tape::Record(recorder) = self else { return None };
+        let input = serde_json::from_str(input).unwrap_or_else(|_| Value::String(input.to_string()));
+        Some(lock(recorder).finish(plugin, sha256, Invocation::of(info), input, Outcome::of(outcome)))
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -4,20 +4,13 @@
 
 use anyhow::{anyhow, Context as _};
 use std::path::Path;
-use warden::recording::{self, locked, Outcome, Recording, Tape};
+use warden::recording::{Recording, Tape};
 use warden::runtime::{InvocationReport, Plugin};
 use warden::InvocationInfo;
 
-pub fn outcome(report: &InvocationReport) -> Outcome {
-    Outcome::of(&report.outcome)
-}
-
 /// Writes the recording `tape` made of one invocation.
 pub fn save(tape: &Tape, path: &Path, plugin: &Plugin, info: &InvocationInfo, input: &str, report: &InvocationReport) -> anyhow::Result<()> {
-    let Tape::Record(recorder) = tape else { return Err(anyhow!("not recording")) };
-    let invocation = recording::Invocation::of(info);
-    let input = serde_json::from_str(input).unwrap_or(serde_json::Value::String(input.to_string()));
-    let rec = locked(recorder).finish(&plugin.name, &plugin.sha256, invocation, input, outcome(report));
+    let rec = tape.finish(&plugin.name, &plugin.sha256, info, input, &report.outcome).ok_or_else(|| anyhow!("not recording"))?;
     if let Some(why) = &rec.truncated {
         eprintln!("warden: the recording is truncated: {why}");
     }

@@ -6,7 +6,7 @@
 use super::state::{ErrorKind, StepError};
 use crate::invocation::{InvocationInfo, LogLine};
 use crate::policy::Policy;
-use crate::recording::{locked, Outcome, Recording, Tape};
+use crate::recording::{Recording, Tape};
 use crate::runtime::{InvocationReport, Plugin, Runtime};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -88,10 +88,8 @@ impl Invoke for PolicyInvoker {
         let grant = self.policy.grant_for_team(plugin, team);
         let tape = Tape::record(grant.limits.recording_bytes);
         let report = self.runtime.invoke_taped(&p, grant, info.clone(), input, tap, tape.clone()).await;
-        let Tape::Record(recorder) = &tape else { unreachable!("recording") };
-        let input = serde_json::from_str(input).unwrap_or(serde_json::Value::Null);
-        let recording = locked(recorder).finish(&p.name, &p.sha256, crate::recording::Invocation::of(&info), input, Outcome::of(&report.outcome));
-        Ok((report, Some(recording)))
+        let recording = tape.finish(&p.name, &p.sha256, &info, input, &report.outcome);
+        Ok((report, recording))
     }
 
     fn instances(&self) -> (usize, u32) {

@@ -244,17 +244,14 @@ fn input_for(case: &Case, door: &str) -> Value {
 
 /// The case run once more, recorded: the recording as JSON text.
 async fn recorded(rt: &warden::Runtime, policy: &warden::Policy, plugin: &str, input: &Value) -> String {
-    use warden::recording::{locked, Outcome, Tape};
+    use warden::recording::Tape;
     let loaded = rt.load_entry(&policy.plugins[plugin]).unwrap();
     let grant = policy.grant_for(plugin);
     let tape = Tape::record(grant.limits.recording_bytes);
-    let report = rt.invoke_taped(&loaded, grant, warden_e2e::info("hostile-recording"), &input.to_string(), None, tape.clone()).await;
-    let Tape::Record(r) = &tape else { unreachable!() };
-    let outcome = match report.outcome {
-        Ok(t) => Outcome::Output(serde_json::from_str(&t).unwrap_or_default()),
-        Err(e) => Outcome::Error { kind: "error".into(), message: e.to_string() },
-    };
-    let recording = locked(r).finish(plugin, &loaded.sha256, Default::default(), input.clone(), outcome);
+    let info = warden_e2e::info("hostile-recording");
+    let input = input.to_string();
+    let report = rt.invoke_taped(&loaded, grant, info.clone(), &input, None, tape.clone()).await;
+    let recording = tape.finish(plugin, &loaded.sha256, &info, &input, &report.outcome).unwrap();
     serde_json::to_string(&recording).unwrap()
 }
 

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 use std::sync::Arc;
-use warden::recording::{locked, Invocation, Outcome, Recording, Tape};
+use warden::recording::{locked, Recording, Tape};
 use warden::runtime::InvocationReport;
 use warden::{InvocationInfo, Policy, Runtime};
 use warden_e2e::{info, policy, runtime};
@@ -44,13 +44,9 @@ async fn record(rt: &Runtime, p: &Policy, plugin: &str, input: &Value) -> (Invoc
     let loaded = rt.load_entry(entry).unwrap();
     let grant = p.grant_for(plugin);
     let tape = Tape::record(grant.limits.recording_bytes);
-    let report = rt.invoke_taped(&loaded, grant, info("replay-test"), &input.to_string(), None, tape.clone()).await;
-    let Tape::Record(r) = &tape else { unreachable!() };
-    let outcome = match &report.outcome {
-        Ok(t) => Outcome::Output(serde_json::from_str(t).unwrap()),
-        Err(e) => Outcome::Error { kind: "error".into(), message: e.to_string() },
-    };
-    let rec = locked(r).finish(plugin, &loaded.sha256, Invocation { run_id: "replay-test".into(), team: "test".into(), attempt: 1, ..Default::default() }, input.clone(), outcome);
+    let (info, input) = (info("replay-test"), input.to_string());
+    let report = rt.invoke_taped(&loaded, grant, info.clone(), &input, None, tape.clone()).await;
+    let rec = tape.finish(plugin, &loaded.sha256, &info, &input, &report.outcome).unwrap();
     (report, rec)
 }
 
