@@ -229,10 +229,6 @@ impl Tape {
         Ok(Tape::Replay(Arc::new(Mutex::new(Replayer { recording, next: 0, random, random_at: 0, wall_at: 0, mono_at: 0, divergence: None }))))
     }
 
-    pub fn is_replay(&self) -> bool {
-        matches!(self, Tape::Replay(_))
-    }
-
     /// The recording this tape made of one invocation (None unless recording).
     pub fn finish(&self, plugin: &str, sha256: &str, info: &crate::invocation::InvocationInfo, input: &str, outcome: &Result<String, crate::invocation::InvokeError>) -> Option<Recording> {
         let Tape::Record(recorder) = self else { return None };
