@@ -63,6 +63,39 @@ for _ in $(seq 1 300); do
 done
 echo "run $run: $state"
 curl -s "http://127.0.0.1:8080/api/runs/$run" | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["output"], indent=2))'
+
+echo
+echo "== an approval: the same hunt, asking the lead whether to isolate the hosts"
+body='{"indicator": {"kind": "domain", "value": "evil.example"}, "leads": ["soc-lead@corp.example"], "ask_to_isolate": true}'
+ts=$(date +%s)
+sig="t=$ts,v1=$(printf '%s.threat-hunt.%s' "$ts" "$body" | python3 -c 'import hmac,hashlib,os,sys; print(hmac.new(os.environ["WARDEN_WEBHOOK_SECRET"].encode(), sys.stdin.buffer.read(), hashlib.sha256).hexdigest())')"
+run=$(curl -s -X POST http://127.0.0.1:8080/webhooks/threat-hunt -H 'Content-Type: application/json' -H "X-Warden-Signature: $sig" -d "$body" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_id"])')
+for _ in $(seq 1 300); do
+  state=$(curl -s "http://127.0.0.1:8080/api/runs/$run" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
+  [ "$state" = waiting ] || [ "$state" = failed ] && break
+  sleep 0.2
+done
+echo "run $run: $state (parked: no worker, no instance)"
+curl -s http://127.0.0.1:8080/api/approvals | python3 -c 'import json,sys; [print(f"pending: {a[\"title\"]} choices {a[\"choices\"]} approvers {a[\"approvers\"]}") for a in json.load(sys.stdin)["approvals"]]'
+# The lead's email carries a link per choice; confirming "isolate" is a POST (a GET only shows the question).
+link=$(python3 - "$mail_dir" <<'PY'
+import json, pathlib, re, sys
+for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
+    m = re.search(r"Isolate them from the network: (\S+)", json.loads(f.read_text())["text"])
+    if m: print(m.group(1))
+PY
+)
+link=$(printf '%s\n' "$link" | tail -1)
+echo "the lead confirms: curl -X POST $link"
+curl -s -o /dev/null -w "POST → %{http_code}\n" -X POST "$link" -d comment=contain
+for _ in $(seq 1 100); do
+  state=$(curl -s "http://127.0.0.1:8080/api/runs/$run" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
+  [ "$state" = succeeded ] || [ "$state" = failed ] && break
+  sleep 0.2
+done
+echo "run $run: $state"
+curl -s "http://127.0.0.1:8080/api/runs/$run" | python3 -c 'import json,sys; o=json.load(sys.stdin)["output"]; print(json.dumps({k: o.get(k) for k in ["ticket", "containment", "isolated"]}))'
 kill $serve 2>/dev/null || true; wait $serve 2>/dev/null || true
 
 echo

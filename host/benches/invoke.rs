@@ -3,9 +3,15 @@
 //!
 //!     cargo bench -p warden --bench invoke
 //!
+//! For instruction counts (repeatable whatever else the machine does), the
+//! binary also runs exactly `WARDEN_BENCH_COUNT` trivial invocations and
+//! exits, recording them when `WARDEN_BENCH_RECORDING=1`; under
+//! `valgrind --tool=callgrind`, two counts give the cost of one invocation
+//! (see BENCHMARKS.md).
+//!
 //! Needs the guests built (scripts/build-guests.sh).
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -237,4 +243,35 @@ fn benches(c: &mut Criterion) {
 }
 
 criterion_group!(invoke, benches);
-criterion_main!(invoke);
+
+fn main() {
+    if let Some(n) = std::env::var("WARDEN_BENCH_COUNT").ok().and_then(|n| n.parse().ok()) {
+        return count(n, std::env::var("WARDEN_BENCH_RECORDING").is_ok_and(|v| v == "1"));
+    }
+    invoke();
+    Criterion::default().configure_from_args().final_summary();
+}
+
+/// Exactly `n` trivial invocations, as the story engine makes them (recorded
+/// and the recording made into the JSON the store keeps, when `record`).
+fn count(n: usize, record: bool) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // The compiled probe comes from the disk cache (warm it outside valgrind first).
+    let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/warden-bench-cache");
+    let warden_rt = Runtime::new(RuntimeConfig { cache_dir: Some(cache), max_instances: 4, ..Default::default() }).unwrap();
+    let policy = Policy::parse(&format!("[plugins.probe]\npath = \"{}\"\n", probe().display()), "bench.toml", std::path::Path::new(".")).unwrap();
+    let plugin = warden_rt.load_entry(&policy.plugins["probe"]).unwrap();
+    let grant = policy.grant_for("probe");
+    let info = InvocationInfo { run_id: "bench".into(), team: "bench".into(), attempt: 1, ..Default::default() };
+    let input = r#"{"op":"echo"}"#;
+    rt.block_on(async {
+        for _ in 0..n {
+            let tape = if record { warden::recording::Tape::record(grant.limits.recording_bytes) } else { warden::recording::Tape::Live };
+            let r = warden_rt.invoke_taped(&plugin, grant.clone(), info.clone(), input, None, tape.clone()).await;
+            assert!(r.outcome.is_ok());
+            if let Some(done) = tape.finish(&plugin.name, &plugin.sha256, &info, input, &r.outcome) {
+                std::hint::black_box(serde_json::to_string(&done).unwrap());
+            }
+        }
+    });
+}

@@ -1,5 +1,8 @@
 //! Memory per sleeping run: N invocations concurrently parked in the host's
 //! `clock.sleep` (a polling loop between polls); resident memory growth / N.
+//! Then memory per run waiting for an approval: N story runs parked at an
+//! approval step (SQLite store on disk); resident memory growth / N, with no
+//! instance alive.
 //!
 //!     cargo bench -p warden --bench memory
 
@@ -51,5 +54,57 @@ fn main() {
             let r = rt.block_on(h).unwrap();
             assert!(r.outcome.is_ok(), "{:?}", r.outcome);
         }
+    }
+    waiting_runs(&rt, if common::full() { &[10_000] } else { &[50] });
+}
+
+/// Runs parked at an approval step: what they cost while they wait.
+fn waiting_runs(rt: &tokio::runtime::Runtime, sizes: &[usize]) {
+    use warden::story::engine::{Engine, Quiet};
+    println!("memory per run waiting for an approval (an echo step, then the approval; SQLite store on disk)");
+    let story = "name: ask\nsteps:\n  - id: before\n    action: probe\n    with: {op: echo}\n  - id: confirm\n    approval: {title: 'Go on?', timeout: 4h}\n";
+    for &n in sizes {
+        let dir = std::env::temp_dir().join(format!("warden-bench-waiting-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let runtime = Arc::new(Runtime::new(RuntimeConfig { cache_dir: None, max_instances: 64, ..Default::default() }).unwrap());
+        let policy = Policy::parse(&format!("[plugins.probe]\npath = \"{}\"\n", common::guest("probe").display()), "bench.toml", std::path::Path::new(".")).unwrap();
+        let mut library = warden::story::Library::default();
+        let parsed = warden::story::parse(story, std::path::Path::new("ask.yaml")).unwrap();
+        library.stories.insert(parsed.name.clone(), Arc::new(parsed));
+        let store = warden::store::open(&dir.join("runs.db")).unwrap();
+        let engine = Arc::new(Engine::new(runtime.clone(), Arc::new(policy), Arc::new(library), store.clone()));
+        // Warm: one parked run first, so code, caches and the store's pages are resident.
+        let first = rt.block_on(engine.run("ask", serde_json::json!({}), "bench", &Quiet)).unwrap();
+        assert_eq!(first.state, warden::story::RunState::Waiting);
+        let before = common::rss_kib();
+        let started = std::time::Instant::now();
+        rt.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for chunk in 0..16 {
+                let engine = engine.clone();
+                tasks.spawn(async move {
+                    for _ in (chunk..n).step_by(16) {
+                        let r = engine.run("ask", serde_json::json!({}), "bench", &Quiet).await.unwrap();
+                        assert_eq!(r.state, warden::story::RunState::Waiting, "{:?}", r.error);
+                    }
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.unwrap();
+            }
+        });
+        let took = started.elapsed();
+        let during = common::rss_kib();
+        let waiting = store.count_by_state().unwrap().into_iter().find(|(s, _)| s == "waiting").map_or(0, |(_, c)| c);
+        let pending = store.approvals().unwrap().list_approvals(&warden::store::ApprovalFilter { limit: n + 10, ..Default::default() }).unwrap().len();
+        assert_eq!((waiting as usize, pending), (n + 1, n + 1));
+        let alive = runtime.instances().0;
+        let per_run = (during.saturating_sub(before)) as f64 / n as f64;
+        let db_kib = std::fs::metadata(dir.join("runs.db")).map_or(0, |m| m.len() / 1024) + std::fs::metadata(dir.join("runs.db-wal")).map_or(0, |m| m.len() / 1024);
+        println!(
+            "  {n:>6} waiting runs ({alive} instances alive, parked in {:.1} s): RSS {before} KiB → {during} KiB, {per_run:.2} KiB per run; store {db_kib} KiB on disk",
+            took.as_secs_f64()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

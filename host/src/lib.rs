@@ -9,6 +9,7 @@
 //! Floors, bottom up: `limits`, `located` → `policy` → `invocation`, `audit`,
 //! `bindings` → `capability`, `vetting` → `runtime` → `store` → `story` → `server`.
 
+pub mod approval;
 pub mod audit;
 pub mod bindings;
 pub mod capability;

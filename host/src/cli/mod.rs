@@ -1,6 +1,7 @@
 //! The `warden` command line: argument types here, one file per command group.
 
 mod action;
+mod approvals;
 mod cassette;
 mod common;
 mod db;
@@ -43,6 +44,9 @@ pub enum Command {
     /// Inspect recorded runs.
     #[command(subcommand)]
     Runs(runs::RunsCmd),
+    /// Pending human approvals: list them, decide one.
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCmd),
     /// The run store's schema: migrate or check.
     #[command(subcommand)]
     Db(db::DbCmd),
@@ -105,6 +109,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin(cmd) => plugin::run(cmd).await,
         Command::Story(cmd) => story::run(cmd).await,
         Command::Runs(cmd) => runs::run(cmd).await,
+        Command::Approvals(cmd) => approvals::run(cmd),
         Command::Db(cmd) => db::run(cmd),
         Command::Serve { listen, db, policy, stories, workers, drain_secs, log_json: _, role, lease_secs } => {
             let policy = common::load_policy(&policy)?;

@@ -39,6 +39,7 @@ impl Observer for Progress {
                     StepState::Skipped => "–",
                     StepState::Retrying => "↻",
                     StepState::Continued => "!",
+                    StepState::Waiting => "⏸",
                     _ => "✗",
                 };
                 let why = error.map(|e| format!(": {}", e.message)).unwrap_or_default();
@@ -91,6 +92,12 @@ pub fn print_run(run: &RunDetail) {
     if !run.audit.is_empty() {
         println!("audit:");
         for a in &run.audit {
+            if a["kind"] == "approval" {
+                let choice = a["choice"].as_str().map(|c| format!("`{c}`")).unwrap_or_else(|| "nothing (expired)".into());
+                let from = a["from"].as_str().map(|f| format!(" from {f}")).unwrap_or_default();
+                println!("  {:<8} {:<7} {choice} by {} via {}{from}", a["step"].as_str().unwrap_or(""), a["decision"].as_str().unwrap_or(""), a["decided_by"].as_str().unwrap_or(""), a["via"].as_str().unwrap_or(""));
+                continue;
+            }
             let status = a["status"].as_u64().map(|s| s.to_string()).unwrap_or_else(|| "-".into());
             println!(
                 "  {:<8} {:<7} {} {} → {}  rule {}",

@@ -79,6 +79,14 @@ pub async fn run(cmd: StoryCmd) -> anyhow::Result<ExitCode> {
             } else if let Some(out) = &result.output {
                 println!("{}", serde_json::to_string_pretty(out)?);
             }
+            if result.state == warden::story::RunState::Waiting {
+                eprintln!(
+                    "warden: run {} waits at step {} for a decision (see `warden approvals list`); once decided, `warden serve` on this store resumes it",
+                    result.run_id,
+                    result.failed_step.as_deref().unwrap_or("?")
+                );
+                return Ok(ExitCode::from(3));
+            }
             match &result.error {
                 None => Ok(ExitCode::SUCCESS),
                 Some(e) => {

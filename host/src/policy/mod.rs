@@ -220,6 +220,12 @@ impl Policy {
                     Some(r) => Some(Role::parse(r).map_err(|m| err(span.clone(), format!("[server] {m}")))?),
                     None => None,
                 };
+                if let Some(u) = &s.public_url {
+                    let ok = url::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host().is_some() && p.query().is_none() && p.fragment().is_none());
+                    if !ok {
+                        return Err(err(span, format!("[server] public_url `{u}` must be an http(s) URL like https://warden.corp.example (approval links start with it)")));
+                    }
+                }
                 if s.lease_secs.is_some_and(|l| !(1..=3600).contains(&l)) {
                     return Err(err(span, "[server] lease_secs must be 1..3600 (seconds a node's claim on a run lasts unless renewed)".into()));
                 }
@@ -233,6 +239,7 @@ impl Policy {
                 lease_secs: s.lease_secs,
                 record: s.record,
                 api_token: s.api_token_env.map(SecretSource::Env),
+                public_url: s.public_url.map(|u| u.trim_end_matches('/').to_string()),
             }}
             None => ServerConfig::default(),
         };

@@ -129,6 +129,9 @@ pub struct ServerConfig {
     pub record: Option<bool>,
     /// When set, `/api/*` requires `Authorization: Bearer <this secret>`.
     pub api_token: Option<SecretSource>,
+    /// Where people reach this server: the base of approval links
+    /// (default `http://` + `listen`).
+    pub public_url: Option<String>,
 }
 
 pub(super) fn parse_trigger(story: &str, t: RawTrigger, base: &Path, line: u64) -> Result<Trigger, String> {
@@ -221,5 +224,6 @@ pub(super) struct RawServer {
     pub(super) lease_secs: Option<u64>,
     pub(super) record: Option<bool>,
     pub(super) api_token_env: Option<String>,
+    pub(super) public_url: Option<String>,
 }
 

@@ -7,6 +7,7 @@
 //! SIGTERM stops intake and drains in-flight runs up to a deadline; whatever
 //! is still running then resumes at the next start.
 
+mod approvals;
 pub mod config;
 pub mod metrics;
 mod node;
@@ -55,6 +56,8 @@ struct AppState {
     metrics: Arc<Metrics>,
     tokens: Arc<ApiTokens>,
     replays: Arc<signature::ReplayCache>,
+    /// Wakes the approval sweep at once (after a decision here).
+    approvals_poke: Arc<tokio::sync::Notify>,
 }
 
 /// What an API token may read.
@@ -130,13 +133,17 @@ pub fn start(engine: Arc<Engine>, opts: &ServeOptions) -> anyhow::Result<(Router
         }
     }
     schedule::start(engine.clone(), queue.clone(), &policy);
+    let approvals_poke = approvals::start_sweep(queue.clone());
     let tokens = Arc::new(ApiTokens::load(&policy)?);
     let max_body = policy.triggers.values().map(|t| t.max_body).max().unwrap_or(crate::policy::triggers::DEFAULT_MAX_BODY) as usize;
-    let state = AppState { engine, policy, queue: queue.clone(), metrics, tokens, replays: Arc::default() };
+    let state = AppState { engine, policy, queue: queue.clone(), metrics, tokens, replays: Arc::default(), approvals_poke };
     let router = Router::new()
         .route("/webhooks/{story}", post(webhook))
         .route("/api/runs", get(list_runs))
         .route("/api/runs/{id}", get(get_run))
+        .route("/api/approvals", get(approvals::list))
+        .route("/api/approvals/{run}/{step}", post(approvals::decide_by_api))
+        .route("/approvals/{token}", get(approvals::show).post(approvals::decide_by_link))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(max_body))
@@ -177,7 +184,7 @@ pub async fn run(policy: Policy, flags: config::ServeFlags) -> anyhow::Result<()
         largest_grant >> 20
     );
     let rt = Arc::new(Runtime::new(RuntimeConfig { max_instances, ..Default::default() })?);
-    let engine = Arc::new(Engine::new(rt, Arc::new(policy), Arc::new(library), store));
+    let engine = Arc::new(Engine::new(rt, Arc::new(policy), Arc::new(library), store).with_links_base(&settings.listen));
     serve(engine, &settings.listen, ServeOptions { workers: settings.workers, drain: settings.drain, role: settings.role }).await
 }
 
@@ -197,7 +204,8 @@ pub async fn serve(engine: Arc<Engine>, listen: &str, opts: ServeOptions) -> any
         );
     }
     tracing::info!("warden serving on http://{}", listener.local_addr()?);
-    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
+    // With each peer's address: an approval decision records where it came from.
+    axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>()).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("stopped accepting; draining in-flight runs for up to {} s", opts.drain.as_secs());
     if !queue.drain(opts.drain).await {
         tracing::warn!("drain deadline reached; unfinished runs resume at the next start");

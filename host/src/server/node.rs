@@ -129,7 +129,8 @@ impl Queue {
             }
             // It may have ended before this caller was listed.
             match self.engine.store.run_summary(id) {
-                Ok(Some(s)) if s.state == RunState::Succeeded.as_str() || s.state == RunState::Failed.as_str() => {
+                // A run parked for an approval answers its caller now, as waiting.
+                Ok(Some(s)) if [RunState::Succeeded, RunState::Failed, RunState::Waiting].iter().any(|st| s.state == st.as_str()) => {
                     if let Ok(Some(detail)) = self.engine.store.get_run(id) {
                         self.waiters.lock().remove(id);
                         return result_of(&detail);
@@ -148,6 +149,10 @@ fn result_of(detail: &RunDetail) -> RunResult {
     let run = &detail.run;
     if run.state == RunState::Succeeded.as_str() {
         return RunResult::succeeded(&run.id, detail.output.clone().unwrap_or_default());
+    }
+    if run.state == RunState::Waiting.as_str() {
+        let at = detail.steps.iter().find(|s| s.state == RunState::Waiting.as_str() && s.item.is_none()).map(|s| s.step_id.clone());
+        return RunResult::waiting(&run.id, at);
     }
     // The failed step's own record keeps the error's kind; the run's keeps its message.
     let step_error = run.failed_step.as_ref().and_then(|step| {

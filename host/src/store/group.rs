@@ -214,6 +214,7 @@ fn describe(w: &Write) -> String {
         Write::Logs { run, step, .. } => format!("the log of step {step} of run {run}"),
         Write::Audit { run, step, .. } => format!("the audit of step {step} of run {run}"),
         Write::Recording { run, step, .. } => format!("the recording of step {step} of run {run}"),
+        Write::Park { run, step, .. } => format!("run {run} waiting at step {step}"),
     }
 }
 

@@ -121,7 +121,7 @@ pub trait Cluster: Send + Sync {
     /// Offers the run `id` (just accepted here, not claimed) to every node at
     /// once, and wakes the idle ones.
     fn offer(&self, id: &str) -> anyhow::Result<()>;
-    /// Which of the runs `ids` have ended (succeeded or failed).
+    /// Which of the runs `ids` have ended (succeeded or failed) or parked (waiting for an approval).
     fn ended_among(&self, ids: &[String]) -> anyhow::Result<Vec<String>>;
     /// Changes when a node announced a run for any node (and when the
     /// listening connection was re-made): may change without cause.
@@ -175,6 +175,8 @@ pub struct RunSummary {
     pub error: Option<String>,
     pub failed_step: Option<String>,
     pub parent_run: Option<String>,
+    /// The step of `parent_run` that called this sub-story.
+    pub parent_step: Option<String>,
     pub created_ms: u64,
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
@@ -255,6 +257,11 @@ pub enum Write {
     Audit { run: String, step: String, records: Vec<(u64, String)> },
     /// The recording of one attempt of an action step (see [`crate::recording`]).
     Recording { run: String, step: String, item: Option<usize>, attempt: u32, truncated: bool, recording: String },
+    /// Parks a run at `step` (an approval, or a sub-story waiting for one):
+    /// the step and the run become `waiting`; an approval step's pending
+    /// approval and link hashes are recorded with them (once: a run parked
+    /// again at the same approval keeps the first).
+    Park { run: String, step: String, kind: String, approval: Option<Box<(crate::approval::Approval, Vec<crate::approval::Link>)>>, at_ms: u64 },
 }
 
 /// A step attempt's recording as the store keeps it.
@@ -344,7 +351,7 @@ impl Write {
     pub fn run(&self) -> &str {
         match self {
             Write::CreateRun { id, .. } | Write::StartRun { id, .. } | Write::FinishRun { id, .. } => id,
-            Write::StepStarted { run, .. } | Write::StepFinished { run, .. } | Write::Logs { run, .. } | Write::Audit { run, .. } | Write::Recording { run, .. } => run,
+            Write::StepStarted { run, .. } | Write::StepFinished { run, .. } | Write::Logs { run, .. } | Write::Audit { run, .. } | Write::Recording { run, .. } | Write::Park { run, .. } => run,
         }
     }
 
@@ -352,7 +359,7 @@ impl Write {
     pub fn step(&self) -> Option<&str> {
         match self {
             Write::CreateRun { .. } | Write::StartRun { .. } | Write::FinishRun { .. } => None,
-            Write::StepStarted { step, .. } | Write::StepFinished { step, .. } | Write::Logs { step, .. } | Write::Audit { step, .. } | Write::Recording { step, .. } => Some(step),
+            Write::StepStarted { step, .. } | Write::StepFinished { step, .. } | Write::Logs { step, .. } | Write::Audit { step, .. } | Write::Recording { step, .. } | Write::Park { step, .. } => Some(step),
         }
     }
 
@@ -367,6 +374,7 @@ impl Write {
             Write::Logs { .. } => "add_logs",
             Write::Audit { .. } => "add_audit",
             Write::Recording { .. } => "add_recording",
+            Write::Park { .. } => "park",
         }
     }
 }
@@ -430,6 +438,62 @@ pub trait Store: Send + Sync {
     fn cluster(&self) -> Option<&dyn Cluster> {
         None
     }
+    /// Where approvals are kept (both real stores keep them).
+    fn approvals(&self) -> Option<&dyn ApprovalStore> {
+        None
+    }
+}
+
+/// Which approvals to list, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct ApprovalFilter<'a> {
+    pub team: Option<&'a str>,
+    pub story: Option<&'a str>,
+    /// Decided and expired ones too (by default only pending ones).
+    pub all: bool,
+    pub limit: usize,
+}
+
+/// Approvals in the run store (see [`crate::approval`]). Every decision is
+/// taken by one atomic update, whichever node or process asks, so an approval
+/// is decided exactly once.
+pub trait ApprovalStore: Send + Sync {
+    /// The key links are derived with: made at first use, then the same for
+    /// every node and restart. (Whoever can read it can write decisions into
+    /// the store directly anyway.)
+    fn link_key(&self) -> anyhow::Result<crate::approval::LinkKey>;
+    fn approval(&self, run: &str, step: &str) -> anyhow::Result<Option<crate::approval::Approval>>;
+    /// The approval a link opens (by the token's hash), and the link.
+    fn approval_by_link(&self, hash: &str) -> anyhow::Result<Option<(crate::approval::Approval, crate::approval::Link)>>;
+    fn list_approvals(&self, filter: &ApprovalFilter) -> anyhow::Result<Vec<crate::approval::Approval>>;
+    /// Decides a pending approval (its choice already checked) and audits
+    /// it, in one transaction; an approval that is not pending is answered
+    /// with what happened to it.
+    fn decide(&self, run: &str, step: &str, decision: &crate::approval::Decision) -> anyhow::Result<crate::approval::Decided>;
+    /// Pending approvals whose deadline passed by `now_ms`, oldest first.
+    fn due_approvals(&self, now_ms: u64, limit: usize) -> anyhow::Result<Vec<crate::approval::Approval>>;
+    /// Top-level runs still `waiting` though an approval of theirs is over.
+    fn runs_to_wake(&self, limit: usize) -> anyhow::Result<Vec<String>>;
+    /// Moves the waiting run `root` back to `running` (to be resumed) and
+    /// marks its finished approvals as handled. True for the one caller that
+    /// moved it.
+    fn wake(&self, root: &str) -> anyhow::Result<bool>;
+}
+
+/// The audit record of a decision (who, when, from which address, which choice).
+pub fn decision_audit(step: &str, d: &crate::approval::Decision) -> String {
+    serde_json::json!({
+        "kind": "approval",
+        "step": step,
+        "at_ms": d.decided_ms,
+        "decision": if d.choice.is_some() { "decided" } else { "expired" },
+        "choice": d.choice,
+        "decided_by": d.decided_by,
+        "via": d.via,
+        "from": d.from,
+        "comment": d.comment,
+    })
+    .to_string()
 }
 
 /// The idempotency key of the run a schedule starts at `tick_ms`: one run per

@@ -70,6 +70,43 @@ CREATE TABLE recordings (
     recording TEXT NOT NULL
 );
 CREATE INDEX recordings_by_run ON recordings(run_id);
+"#, r#"
+CREATE TABLE approvals (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    root_run TEXT NOT NULL,
+    story TEXT NOT NULL,
+    team TEXT NOT NULL,
+    title TEXT NOT NULL,
+    details TEXT NOT NULL,
+    choices TEXT NOT NULL,
+    approvers TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    on_timeout TEXT,
+    state TEXT NOT NULL,
+    choice TEXT,
+    decided_by TEXT,
+    via TEXT,
+    decided_from TEXT,
+    comment TEXT,
+    decided_ms INTEGER,
+    resumed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, step_id)
+);
+CREATE INDEX approvals_due ON approvals(deadline_ms) WHERE state = 'pending';
+CREATE INDEX approvals_to_wake ON approvals(root_run) WHERE resumed = 0 AND state <> 'pending';
+CREATE TABLE approval_links (
+    hash TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    choice TEXT NOT NULL,
+    recipient TEXT NOT NULL
+);
+CREATE TABLE warden_keys (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
 "#];
 
 /// The schema version of the SQLite file at `path`, read only.
@@ -153,6 +190,7 @@ impl RunStore {
             error: row.get("error")?,
             failed_step: row.get("failed_step")?,
             parent_run: row.get("parent_run")?,
+            parent_step: row.get("parent_step")?,
             created_ms: row.get("created_ms")?,
             started_ms: row.get("started_ms")?,
             finished_ms: row.get("finished_ms")?,
@@ -208,12 +246,49 @@ impl RunStore {
                 tx.prepare_cached("INSERT INTO recordings (run_id, step_id, item, attempt, truncated, recording) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
                     .execute(params![run, step, item.map_or(-1, |i| i as i64), attempt, truncated, recording])?;
             }
+            Write::Park { run, step, kind, approval, at_ms } => {
+                tx.prepare_cached(
+                    "INSERT INTO steps (run_id, step_id, item, kind, state, attempts, started_ms) VALUES (?1, ?2, -1, ?3, 'waiting', 1, ?4)
+                     ON CONFLICT(run_id, step_id, item) DO UPDATE SET state = 'waiting', finished_ms = NULL",
+                )?
+                .execute(params![run, step, kind, at_ms])?;
+                tx.prepare_cached("UPDATE runs SET state = 'waiting', started_ms = COALESCE(started_ms, ?2) WHERE id = ?1")?.execute(params![run, at_ms])?;
+                if let Some(pair) = approval {
+                    let (a, links) = pair.as_ref();
+                    tx.prepare_cached(
+                        "INSERT INTO approvals (run_id, step_id, root_run, story, team, title, details, choices, approvers, created_ms, deadline_ms, on_timeout, state)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending') ON CONFLICT(run_id, step_id) DO NOTHING",
+                    )?
+                    .execute(params![
+                        a.run,
+                        a.step,
+                        a.root_run,
+                        a.story,
+                        a.team,
+                        a.title,
+                        a.details.to_string(),
+                        serde_json::to_string(&a.choices).unwrap_or_default(),
+                        serde_json::to_string(&a.approvers).unwrap_or_default(),
+                        a.created_ms,
+                        a.deadline_ms,
+                        a.on_timeout
+                    ])?;
+                    let mut stmt = tx.prepare_cached("INSERT INTO approval_links (hash, run_id, step_id, choice, recipient) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(hash) DO NOTHING")?;
+                    for l in links {
+                        stmt.execute(params![l.hash, a.run, a.step, l.choice, l.recipient])?;
+                    }
+                }
+            }
         }
         Ok(())
     }
 }
 
 impl Store for RunStore {
+    fn approvals(&self) -> Option<&dyn ApprovalStore> {
+        Some(self)
+    }
+
     fn apply(&self, batch: &[Write]) -> anyhow::Result<Vec<Result<(), Conflict>>> {
         let mut conn = self.conn();
         // IMMEDIATE: take the write lock up front (waiting up to the busy
@@ -340,6 +415,128 @@ impl Store for RunStore {
         let mut stmt = conn.prepare_cached("SELECT * FROM runs WHERE parent_run = ?1 ORDER BY created_ms")?;
         let children = stmt.query_map(params![id], RunStore::summary)?.collect::<Result<Vec<_>, _>>()?;
         Ok(Some(RunDetail { run, input: serde_json::from_str(&input).unwrap_or(Value::Null), output: json_col(output), steps, logs, audit, children }))
+    }
+}
+
+const APPROVAL: &str = "run_id, step_id, root_run, story, team, title, details, choices, approvers, created_ms, deadline_ms, on_timeout, state, choice, decided_by, via, decided_from, comment, decided_ms";
+
+fn approval_row(r: &rusqlite::Row) -> rusqlite::Result<crate::approval::Approval> {
+    let json = |i: usize| -> rusqlite::Result<Value> { Ok(serde_json::from_str(&r.get::<_, String>(i)?).unwrap_or(Value::Null)) };
+    let list = |i: usize| -> rusqlite::Result<Vec<String>> { Ok(serde_json::from_str(&r.get::<_, String>(i)?).unwrap_or_default()) };
+    let decided_by: Option<String> = r.get(14)?;
+    let decision = match decided_by {
+        None => None,
+        Some(decided_by) => Some(crate::approval::Decision {
+            choice: r.get(13)?,
+            decided_by,
+            via: r.get::<_, Option<String>>(15)?.unwrap_or_default(),
+            from: r.get(16)?,
+            comment: r.get(17)?,
+            decided_ms: r.get::<_, Option<u64>>(18)?.unwrap_or(0),
+        }),
+    };
+    Ok(crate::approval::Approval {
+        run: r.get(0)?,
+        step: r.get(1)?,
+        root_run: r.get(2)?,
+        story: r.get(3)?,
+        team: r.get(4)?,
+        title: r.get(5)?,
+        details: json(6)?,
+        choices: list(7)?,
+        approvers: list(8)?,
+        created_ms: r.get(9)?,
+        deadline_ms: r.get(10)?,
+        on_timeout: r.get(11)?,
+        state: r.get(12)?,
+        decision,
+    })
+}
+
+impl ApprovalStore for RunStore {
+    fn link_key(&self) -> anyhow::Result<crate::approval::LinkKey> {
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh).map_err(|e| anyhow::anyhow!("no randomness for the approval link key: {e}"))?;
+        let conn = self.conn();
+        conn.execute("INSERT INTO warden_keys (name, value) VALUES ('approval-links', ?1) ON CONFLICT(name) DO NOTHING", params![fresh.as_slice()])?;
+        let key: Vec<u8> = conn.query_row("SELECT value FROM warden_keys WHERE name = 'approval-links'", [], |r| r.get(0))?;
+        key.try_into().map_err(|_| anyhow::anyhow!("the run store's approval link key is damaged (not 32 bytes)"))
+    }
+
+    fn approval(&self, run: &str, step: &str) -> anyhow::Result<Option<crate::approval::Approval>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!("SELECT {APPROVAL} FROM approvals WHERE run_id = ?1 AND step_id = ?2"))?;
+        Ok(stmt.query_row(params![run, step], approval_row).optional()?)
+    }
+
+    fn approval_by_link(&self, hash: &str) -> anyhow::Result<Option<(crate::approval::Approval, crate::approval::Link)>> {
+        let link = self
+            .reader()
+            .query_row("SELECT run_id, step_id, choice, recipient FROM approval_links WHERE hash = ?1", params![hash], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, crate::approval::Link { hash: hash.to_string(), choice: r.get(2)?, recipient: r.get(3)? }))
+            })
+            .optional()?;
+        let Some((run, step, link)) = link else { return Ok(None) };
+        Ok(self.approval(&run, &step)?.map(|a| (a, link)))
+    }
+
+    fn list_approvals(&self, f: &ApprovalFilter) -> anyhow::Result<Vec<crate::approval::Approval>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {APPROVAL} FROM approvals WHERE (?1 OR state = 'pending') AND (?2 IS NULL OR team = ?2) AND (?3 IS NULL OR story = ?3) ORDER BY created_ms, run_id LIMIT ?4"
+        ))?;
+        let rows = stmt.query_map(params![f.all, f.team, f.story, f.limit as i64], approval_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn decide(&self, run: &str, step: &str, d: &crate::approval::Decision) -> anyhow::Result<crate::approval::Decided> {
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let state = if d.choice.is_some() { "decided" } else { "expired" };
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE approvals SET state = ?3, choice = ?4, decided_by = ?5, via = ?6, decided_from = ?7, comment = ?8, decided_ms = ?9
+                     WHERE run_id = ?1 AND step_id = ?2 AND state = 'pending'",
+                )?
+                .execute(params![run, step, state, d.choice, d.decided_by, d.via, d.from, d.comment, d.decided_ms])?;
+            if changed == 1 {
+                tx.prepare_cached("INSERT INTO audit (run_id, step_id, at_ms, record) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(params![run, step, d.decided_ms, decision_audit(step, d)])?;
+            }
+            tx.commit()?;
+            if changed == 0 {
+                drop(conn);
+                return Ok(match self.approval(run, step)? {
+                    Some(a) => Err(crate::approval::Refused::Over(a)),
+                    None => Err(crate::approval::Refused::Unknown(format!("run {run} has no approval step `{step}` waiting"))),
+                });
+            }
+        }
+        self.approval(run, step)?.ok_or_else(|| anyhow::anyhow!("approval {step} of run {run} vanished")).map(Ok)
+    }
+
+    fn due_approvals(&self, now_ms: u64, limit: usize) -> anyhow::Result<Vec<crate::approval::Approval>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!("SELECT {APPROVAL} FROM approvals WHERE state = 'pending' AND deadline_ms <= ?1 ORDER BY deadline_ms LIMIT ?2"))?;
+        let rows = stmt.query_map(params![now_ms.min(i64::MAX as u64), limit as i64], approval_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn runs_to_wake(&self, limit: usize) -> anyhow::Result<Vec<String>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached("SELECT DISTINCT root_run FROM approvals WHERE resumed = 0 AND state <> 'pending' LIMIT ?1")?;
+        let rows = stmt.query_map(params![limit as i64], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn wake(&self, root: &str) -> anyhow::Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let woke = tx.prepare_cached("UPDATE runs SET state = 'running' WHERE id = ?1 AND state = 'waiting'")?.execute(params![root])? == 1;
+        tx.prepare_cached("UPDATE approvals SET resumed = 1 WHERE root_run = ?1 AND state <> 'pending'")?.execute(params![root])?;
+        tx.commit()?;
+        Ok(woke)
     }
 }
 

@@ -43,6 +43,9 @@ impl Flaky {
 }
 
 impl Store for Flaky {
+    fn approvals(&self) -> Option<&dyn ApprovalStore> {
+        self.inner.approvals()
+    }
     fn apply(&self, batch: &[Write]) -> anyhow::Result<Vec<Result<(), Conflict>>> {
         for w in batch {
             self.gate(w.name())?;

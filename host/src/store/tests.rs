@@ -132,6 +132,78 @@ fn suite(s: &dyn Store) {
     let r = s.recordings("r4").unwrap();
     assert_eq!(r.iter().map(|r| (r.step.as_str(), r.item, r.attempt, r.truncated, r.recording.as_str())).collect::<Vec<_>>(), vec![("a", None, 1, false, "{\"n\":1}"), ("a", Some(2), 2, true, "{\"n\":2}")]);
     assert_eq!(crate::store::recording_state(&r), "truncated");
+
+    approvals(s);
+}
+
+/// Approvals: parked with their links, decided exactly once, woken once.
+fn approvals(s: &dyn Store) {
+    use crate::approval::{Approval, Decision, Refused};
+    let a = s.approvals().expect("every real store keeps approvals");
+    let key = a.link_key().unwrap();
+    assert_eq!(a.link_key().unwrap(), key, "one key per store");
+    let input = json!({});
+    s.create_run(&run("w1", "ask", "soc", &input, None)).unwrap();
+    s.create_run(&NewRun { id: "w1c", story: "sub", team: "soc", trigger: "story:ask", input: &input, parent: Some(("w1", "call")), idempotency_key: None }).unwrap();
+    let pending = Approval {
+        run: "w1c".into(),
+        root_run: "w1".into(),
+        step: "confirm".into(),
+        story: "sub".into(),
+        team: "soc".into(),
+        title: "Go?".into(),
+        details: json!({"hosts": 3}),
+        choices: vec!["go".into(), "stop".into()],
+        approvers: vec!["lead@corp.example".into()],
+        created_ms: 10,
+        deadline_ms: 1_000,
+        on_timeout: Some("stop".into()),
+        state: "pending".into(),
+        decision: None,
+    };
+    let links = crate::approval::links(&key, "w1c", "confirm", &pending.choices, &pending.approvers);
+    assert_eq!(links.len(), 4, "two choices, for the link holder and the one approver");
+    let park = |run: &str, step: &str, kind: &str, approval: Option<(Approval, Vec<crate::approval::Link>)>| Write::Park { run: run.into(), step: step.into(), kind: kind.into(), approval: approval.map(Box::new), at_ms: 5 };
+    s.apply(&[park("w1c", "confirm", "approval", Some((pending.clone(), links.clone()))), park("w1", "call", "story", None)]).unwrap();
+    // Parked again (woken without a decision): the first approval is kept.
+    s.apply(&[park("w1c", "confirm", "approval", Some((Approval { title: "changed".into(), ..pending.clone() }, links.clone())))]).unwrap();
+    assert_eq!(s.run_summary("w1").unwrap().unwrap().state, "waiting");
+    let child = s.get_run("w1c").unwrap().unwrap();
+    assert_eq!((child.run.state.as_str(), child.steps[0].state.as_str(), child.run.parent_step.as_deref()), ("waiting", "waiting", Some("call")));
+    assert_eq!(a.approval("w1c", "confirm").unwrap().unwrap(), pending);
+    let by_link = a.approval_by_link(&links[3].hash).unwrap().unwrap();
+    assert_eq!((by_link.0.run.as_str(), by_link.1.choice.as_str(), by_link.1.recipient.as_str()), ("w1c", "stop", "lead@corp.example"));
+    assert!(a.approval_by_link(&"0".repeat(64)).unwrap().is_none());
+    let listed = a.list_approvals(&ApprovalFilter { limit: 10, ..Default::default() }).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(a.list_approvals(&ApprovalFilter { team: Some("red"), limit: 10, ..Default::default() }).unwrap().is_empty());
+    assert!(a.list_approvals(&ApprovalFilter { story: Some("other"), limit: 10, ..Default::default() }).unwrap().is_empty());
+    assert!(a.due_approvals(999, 10).unwrap().is_empty());
+    assert_eq!(a.due_approvals(1_000, 10).unwrap().len(), 1);
+    assert!(a.runs_to_wake(10).unwrap().is_empty(), "nothing to wake while pending");
+    // Not waiting for anything decided yet: waking it would be wrong, and harmless.
+    assert!(a.runs_to_wake(10).unwrap().is_empty());
+
+    let d = Decision { choice: Some("go".into()), decided_by: "lead@corp.example".into(), via: "link".into(), from: Some("10.0.0.9".into()), comment: Some("ok".into()), decided_ms: 20 };
+    let decided = a.decide("w1c", "confirm", &d).unwrap().unwrap();
+    assert_eq!((decided.state.as_str(), decided.decision.as_ref()), ("decided", Some(&d)));
+    assert_eq!(decided.output().unwrap()["choice"], "go");
+    let again = a.decide("w1c", "confirm", &Decision { choice: Some("stop".into()), ..d.clone() }).unwrap();
+    assert!(matches!(&again, Err(Refused::Over(x)) if x.decision.as_ref().unwrap().choice.as_deref() == Some("go")), "{again:?}");
+    assert!(matches!(a.decide("w1c", "nope", &d).unwrap(), Err(Refused::Unknown(_))));
+    assert!(a.due_approvals(u64::MAX, 10).unwrap().is_empty(), "a decided approval never times out");
+    let audit = s.get_run("w1c").unwrap().unwrap().audit;
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!((audit[0]["kind"].as_str(), audit[0]["choice"].as_str(), audit[0]["from"].as_str()), (Some("approval"), Some("go"), Some("10.0.0.9")));
+    assert_eq!(a.list_approvals(&ApprovalFilter { limit: 10, ..Default::default() }).unwrap().len(), 0, "pending only by default");
+    assert_eq!(a.list_approvals(&ApprovalFilter { all: true, limit: 10, ..Default::default() }).unwrap().len(), 1);
+
+    // The top-level run wakes, once.
+    assert_eq!(a.runs_to_wake(10).unwrap(), vec!["w1".to_string()]);
+    assert!(a.wake("w1").unwrap());
+    assert!(!a.wake("w1").unwrap());
+    assert!(a.runs_to_wake(10).unwrap().is_empty());
+    assert_eq!(s.run_summary("w1").unwrap().unwrap().state, "running");
 }
 
 #[test]

@@ -117,6 +117,17 @@ impl Library {
                                 s.id, callee.team, story.team, story.team
                             ),
                         }),
+                        // A parked item would hold its siblings' results in memory, not in rows.
+                        Some(_) if s.for_each.is_some() && self.waits(name, 0) => errors.push(StoryError {
+                            file: file.clone(),
+                            line: s.line,
+                            message: format!("step `{}`: story `{name}` can wait for an approval, which a for_each step cannot do; call it once per step, without for_each", s.id),
+                        }),
+                        Some(_) if story.fallbacks.iter().any(|f| f.id == s.id) && self.waits(name, 0) => errors.push(StoryError {
+                            file: file.clone(),
+                            line: s.line,
+                            message: format!("fallback `{}`: story `{name}` can wait for an approval, which a fallback cannot do; make it a step of its own", s.id),
+                        }),
                         Some(_) => {}
                     },
                     _ => {}
@@ -136,6 +147,18 @@ impl Library {
             }
         }
         if errors.is_empty() { Ok(()) } else { Err(StoryErrors(errors)) }
+    }
+
+    /// Whether story `name` (or a story it calls) has an approval step.
+    pub fn waits(&self, name: &str, depth: usize) -> bool {
+        let Some(story) = self.stories.get(name) else { return false };
+        // Deeper than any real chain: a cycle, refused on its own.
+        depth < 32
+            && story.steps.iter().any(|s| match &s.kind {
+                StepKind::Approval(_) => true,
+                StepKind::Story(callee) => self.waits(callee, depth + 1),
+                _ => false,
+            })
     }
 
     fn find_cycle(&self, name: &str, path: &mut Vec<String>) -> Option<Vec<String>> {

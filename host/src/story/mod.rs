@@ -52,6 +52,8 @@ pub enum StepKind {
     Action(String),
     Story(String),
     Transform(Transform),
+    /// Waits for a person's decision (see [`crate::approval`]).
+    Approval(Box<crate::approval::ApprovalSpec>),
 }
 
 impl StepKind {
@@ -61,6 +63,7 @@ impl StepKind {
             StepKind::Action(_) => "action",
             StepKind::Story(_) => "story",
             StepKind::Transform(_) => "transform",
+            StepKind::Approval(_) => "approval",
         }
     }
 }
@@ -163,6 +166,7 @@ struct RawStep {
     action: Option<String>,
     story: Option<String>,
     transform: Option<serde_json::Map<String, Value>>,
+    approval: Option<RawApproval>,
     #[serde(default)]
     with: Option<Value>,
     #[serde(rename = "if")]
@@ -172,6 +176,52 @@ struct RawStep {
     retry: Option<RawRetry>,
     timeout_ms: Option<u64>,
     on_error: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApproval {
+    title: String,
+    #[serde(default)]
+    details: Option<Value>,
+    #[serde(default)]
+    choices: Option<Vec<String>>,
+    /// A list of addresses / `team:NAME`, or one `{{ expression }}` over the input.
+    #[serde(default)]
+    approvers: Option<Value>,
+    timeout: String,
+    #[serde(default)]
+    on_timeout: Option<String>,
+}
+
+impl RawApproval {
+    fn spec(&self) -> Result<crate::approval::ApprovalSpec, String> {
+        use crate::approval::{ApprovalSpec, Approvers, OnTimeout, DEFAULT_CHOICES};
+        let choices = self.choices.clone().unwrap_or_else(|| DEFAULT_CHOICES.iter().map(|c| c.to_string()).collect());
+        let approvers = match &self.approvers {
+            None | Some(Value::Null) => Approvers::List(Vec::new()),
+            Some(Value::String(t)) if template::is_template(t) => Approvers::Template(t.clone()),
+            Some(Value::String(one)) => Approvers::List(vec![one.clone()]),
+            Some(Value::Array(a)) => Approvers::List(
+                a.iter().map(|v| v.as_str().map(String::from).ok_or_else(|| format!("approvers: `{v}` is not an address"))).collect::<Result<_, _>>()?,
+            ),
+            Some(other) => return Err(format!("approvers must be a list of addresses (or team:NAME), not {other}")),
+        };
+        let on_timeout = match self.on_timeout.as_deref() {
+            None | Some("fail") => OnTimeout::Fail,
+            Some(choice) => OnTimeout::Choice(choice.to_string()),
+        };
+        let spec = ApprovalSpec {
+            title: self.title.clone(),
+            details: self.details.clone().unwrap_or(Value::Null),
+            choices,
+            approvers,
+            timeout: crate::approval::parse_duration(&self.timeout).map_err(|e| format!("timeout: {e}"))?,
+            on_timeout,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
 }
 
 #[derive(Deserialize)]
@@ -210,12 +260,20 @@ pub fn parse(text: &str, file: &Path) -> Result<Story, StoryErrors> {
         if !valid_id(&r.id) {
             errors.push(err(line, format!("step id `{}` must be an identifier (letters, digits, _) so templates can name it as steps.{}", r.id, r.id.replace('-', "_"))));
         }
-        let kinds = [r.action.is_some(), r.story.is_some(), r.transform.is_some()].iter().filter(|b| **b).count();
+        let kinds = [r.action.is_some(), r.story.is_some(), r.transform.is_some(), r.approval.is_some()].iter().filter(|b| **b).count();
         if kinds != 1 {
-            errors.push(err(line, format!("step `{}` needs exactly one of action, story or transform", r.id)));
+            errors.push(err(line, format!("step `{}` needs exactly one of action, story, transform or approval", r.id)));
             return None;
         }
-        let kind = if let Some(a) = &r.action {
+        let kind = if let Some(a) = &r.approval {
+            match a.spec() {
+                Ok(spec) => StepKind::Approval(Box::new(spec)),
+                Err(m) => {
+                    errors.push(err(line, format!("step `{}`: approval: {m}", r.id)));
+                    return None;
+                }
+            }
+        } else if let Some(a) = &r.action {
             StepKind::Action(a.clone())
         } else if let Some(s) = &r.story {
             StepKind::Story(s.clone())
@@ -276,6 +334,14 @@ pub fn parse(text: &str, file: &Path) -> Result<Story, StoryErrors> {
         if r.concurrency.is_some() && r.for_each.is_none() {
             errors.push(err(line, format!("step `{}`: concurrency only applies with for_each", r.id)));
         }
+        if let StepKind::Approval(_) = kind {
+            // One decision per step: a run waits for one approval at a time.
+            let not_here = [("for_each", r.for_each.is_some()), ("retry", r.retry.is_some()), ("timeout_ms", r.timeout_ms.is_some()), ("with", r.with.is_some())];
+            for (what, _) in not_here.iter().filter(|(_, given)| *given) {
+                let fix = if *what == "timeout_ms" { "give the approval its own timeout (e.g. timeout: 4h)" } else { "an approval asks once; put it in its own step" };
+                errors.push(err(line, format!("step `{}`: an approval step takes no {what}; {fix}", r.id)));
+            }
+        }
         Some(Step {
             id: r.id.clone(),
             line,
@@ -291,6 +357,9 @@ pub fn parse(text: &str, file: &Path) -> Result<Story, StoryErrors> {
     };
     let steps: Vec<Step> = raw.steps.iter().filter_map(|s| convert(s, &mut errors)).collect();
     let fallbacks: Vec<Step> = raw.fallbacks.iter().filter_map(|s| convert(s, &mut errors)).collect();
+    for f in fallbacks.iter().filter(|f| matches!(f.kind, StepKind::Approval(_))) {
+        errors.push(err(f.line, format!("fallback `{}` is an approval; a fallback stands in for a failed step at once, so it cannot wait (make it a step of its own)", f.id)));
+    }
     if steps.is_empty() && errors.is_empty() {
         errors.push(err(raw.name.referenced.line(), format!("story `{name}` has no steps")));
     }
@@ -326,6 +395,8 @@ fn check_references(story: &Story, errors: &mut Vec<StoryError>) {
         }
     }
     let fallback_ids: Vec<&str> = story.fallbacks.iter().map(|s| s.id.as_str()).collect();
+    // `approval.<id>.links…` may be read anywhere, before the approval runs too.
+    let approval_ids: Vec<&str> = story.steps.iter().filter(|s| matches!(s.kind, StepKind::Approval(_))).map(|s| s.id.as_str()).collect();
     let check = |line: u64, owner: &str, earlier: &[&str], full: &str, roots: &[&str], errors: &mut Vec<StoryError>| {
         let text = template::excerpt(full);
         let text = text.as_str();
@@ -354,6 +425,19 @@ fn check_references(story: &Story, errors: &mut Vec<StoryError>) {
                     }),
                     None => {}
                 }
+            } else if root == "approval" {
+                match parts.next() {
+                    Some(id) if approval_ids.contains(&id) => {}
+                    other => errors.push(StoryError {
+                        file: file.clone(),
+                        line,
+                        message: format!(
+                            "{owner}: `{text}` reads approval.{}, but this story has no approval step by that name (approval steps: {})",
+                            other.unwrap_or(""),
+                            if approval_ids.is_empty() { "none".to_string() } else { approval_ids.join(", ") }
+                        ),
+                    }),
+                }
             } else if !roots.contains(&root) {
                 errors.push(StoryError {
                     file: file.clone(),
@@ -367,6 +451,12 @@ fn check_references(story: &Story, errors: &mut Vec<StoryError>) {
         let earlier = &ids[..i];
         let owner = format!("step `{}`", s.id);
         let mut roots = vec!["input", "steps", "run"];
+        if let StepKind::Approval(a) = &s.kind {
+            if let crate::approval::Approvers::Template(t) = &a.approvers {
+                // Rendered when the run starts, so that links exist before the approval does.
+                check(s.line, &format!("{owner} approvers"), &[], t, &["input", "run"], errors);
+            }
+        }
         if let Some(f) = &s.for_each {
             check(s.line, &owner, earlier, f, &roots, errors);
             roots.extend(["item", "index"]);
@@ -409,6 +499,10 @@ fn step_templates(s: &Step) -> Vec<String> {
     template::strings(&s.with, &mut out);
     if let StepKind::Transform(t) = &s.kind {
         t.templates(&mut out);
+    }
+    if let StepKind::Approval(a) = &s.kind {
+        out.push(a.title.clone());
+        template::strings(&a.details, &mut out);
     }
     out
 }

@@ -97,6 +97,13 @@ impl Recorder {
         Write::step_finished(at.run, at.step, at.item, at.kind, state.as_str(), output, error.as_ref(), attempts)
     }
 
+    /// Awaited: the run is parked at `at` (waiting, with its approval when
+    /// the step is one) before its task lets go of it.
+    pub async fn park(&self, at: &StepAt<'_>, approval: Option<(crate::approval::Approval, Vec<crate::approval::Link>)>) -> Result<(), StoreDown> {
+        let write = Write::Park { run: at.run.into(), step: at.step.into(), kind: at.kind.into(), approval: approval.map(Box::new), at_ms: crate::audit::now_ms() };
+        self.commit(write).await
+    }
+
     /// A step attempt's recording, queued like the step record it belongs to.
     pub fn recording(&self, at: &StepAt<'_>, attempt: u32, recording: &crate::recording::Recording) {
         match serde_json::to_string(recording) {

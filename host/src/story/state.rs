@@ -62,7 +62,15 @@ macro_rules! named {
 
 named!(
     /// Where a run is.
-    RunState { Queued = "queued", Running = "running", Succeeded = "succeeded", Failed = "failed" }
+    RunState {
+        Queued = "queued",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        /// Parked for a person's decision (an `approval` step): only rows, no
+        /// worker, no instance; woken when the approval is decided or times out.
+        Waiting = "waiting",
+    }
 );
 
 named!(
@@ -77,6 +85,8 @@ named!(
         Retrying = "retrying",
         Recovered = "recovered",
         Continued = "continued",
+        /// An approval step (or a sub-story holding one) waiting for a decision.
+        Waiting = "waiting",
     }
 );
 
@@ -96,6 +106,8 @@ named!(
         Interrupted = "interrupted",
         /// The run store could not record the run; the run fails rather than go on unrecorded.
         Store = "store",
+        /// Not a failure: the run parked at an approval step (it resumes once decided).
+        Waiting = "waiting",
     }
 );
 
@@ -171,6 +183,11 @@ impl RunResult {
 
     pub fn failed(run_id: &str, failed_step: Option<String>, error: StepError) -> RunResult {
         RunResult { run_id: run_id.to_string(), state: RunState::Failed, output: None, failed_step, error: Some(error) }
+    }
+
+    /// Parked at `step` (an approval, or a sub-story waiting for one).
+    pub fn waiting(run_id: &str, step: Option<String>) -> RunResult {
+        RunResult { run_id: run_id.to_string(), state: RunState::Waiting, output: None, failed_step: step, error: None }
     }
 }
 

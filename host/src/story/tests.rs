@@ -466,3 +466,109 @@ async fn a_conflicting_create_is_answered_at_once_and_is_not_a_store_failure() {
     assert!(refused.to_string().contains("already has a run for this Idempotency-Key"), "{refused}");
     assert!(rec.health.status().is_ok() && rec.health.failures() == 0, "a conflict is an answer, not a store failure");
 }
+
+const ASK: &str = "
+name: ask
+steps:
+  - id: before
+    action: echo
+    with: {link: '{{ approval.confirm.links.approve }}'}
+  - id: confirm
+    approval:
+      title: 'Go on with {{ input.n }}?'
+      timeout: 1h
+  - id: after
+    action: echo
+    with: {said: '{{ steps.confirm.output.choice }}'}
+";
+
+fn decision(choice: &str) -> crate::approval::Decision {
+    crate::approval::Decision { choice: Some(choice.into()), decided_by: "tester".into(), via: "cli".into(), from: None, comment: None, decided_ms: 1 }
+}
+
+#[tokio::test]
+async fn an_approval_parks_the_run_and_a_decision_resumes_it_after_the_step() {
+    let (e, inv) = engine(Scripted::default().with("echo", echo), &[ASK]);
+    let r = run(&e, "ask", json!({"n": 7})).await;
+    assert_eq!((r.state, r.failed_step.as_deref()), (RunState::Waiting, Some("confirm")), "{:?}", r.error);
+    let d = detail(&e, &r);
+    assert_eq!(d.run.state, "waiting");
+    assert_eq!(step_state(&d, "confirm").0, "waiting");
+    let store = e.store.approvals().unwrap();
+    let a = store.approval(&r.run_id, "confirm").unwrap().unwrap();
+    assert_eq!((a.title.as_str(), a.choices.clone(), a.state.as_str()), ("Go on with 7?", vec!["approve".to_string(), "reject".to_string()], "pending"));
+    // The link the earlier step carried is one the store knows.
+    let link = inv.calls("echo")[0].input["link"].as_str().unwrap().to_string();
+    let token = link.rsplit('/').next().unwrap();
+    let (found, l) = store.approval_by_link(&crate::approval::token_hash(token)).unwrap().unwrap();
+    assert_eq!((found.run.as_str(), l.choice.as_str(), l.recipient.as_str()), (r.run_id.as_str(), "approve", ""));
+    // Woken before a decision: nothing to wake.
+    assert!(store.runs_to_wake(10).unwrap().is_empty());
+
+    let decided = crate::approval::decide(store, &a, "reject", None, decision("x")).unwrap().unwrap();
+    assert_eq!(decided.state, "decided");
+    let again = crate::approval::decide(store, &a, "approve", None, decision("x")).unwrap();
+    assert!(matches!(again, Err(crate::approval::Refused::Over(_))), "decided twice: {again:?}");
+    let stale = store.decide(&r.run_id, "confirm", &decision("approve")).unwrap();
+    assert!(matches!(stale, Err(crate::approval::Refused::Over(_))), "the store decided twice: {stale:?}");
+    assert_eq!(store.runs_to_wake(10).unwrap(), vec![r.run_id.clone()]);
+    assert!(store.wake(&r.run_id).unwrap());
+    assert!(!store.wake(&r.run_id).unwrap(), "woken twice");
+    assert!(store.runs_to_wake(10).unwrap().is_empty());
+
+    let r2 = e.resume(&r.run_id, &Quiet).await;
+    assert_eq!(r2.state, RunState::Succeeded, "{:?}", r2.error);
+    assert_eq!(r2.output, Some(json!({"echo": {"said": "reject"}})));
+    assert_eq!(inv.calls("echo").len(), 2, "the step before the approval ran once");
+    let d = detail(&e, &r2);
+    assert_eq!(d.steps.iter().find(|s| s.step_id == "confirm").unwrap().output.as_ref().unwrap()["decided_by"], "tester");
+    assert!(d.audit.iter().any(|a| a["kind"] == "approval" && a["choice"] == "reject"), "{:?}", d.audit);
+}
+
+#[tokio::test]
+async fn an_expired_approval_fails_its_step_and_its_on_error_applies() {
+    let story = "
+name: s
+steps:
+  - id: confirm
+    approval: {title: t, timeout: 1s}
+    on_error: continue
+  - id: after
+    action: echo
+    with: {status: '{{ steps.confirm.status }}'}
+";
+    let (e, _) = engine(Scripted::default().with("echo", echo), &[story]);
+    let r = run(&e, "s", json!({})).await;
+    assert_eq!(r.state, RunState::Waiting);
+    let store = e.store.approvals().unwrap();
+    let due = store.due_approvals(u64::MAX, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    let expired = crate::approval::Decision { choice: None, decided_by: "timeout".into(), via: "timeout".into(), from: None, comment: None, decided_ms: 2 };
+    assert_eq!(store.decide(&r.run_id, "confirm", &expired).unwrap().unwrap().state, "expired");
+    assert!(store.wake(&r.run_id).unwrap());
+    let r = e.resume(&r.run_id, &Quiet).await;
+    assert_eq!(r.output, Some(json!({"echo": {"status": "failed"}})), "{:?}", r.error);
+}
+
+#[test]
+fn approval_steps_are_checked_at_load() {
+    let bad = |story: &str| parse(story, Path::new("s.yaml")).unwrap_err().to_string();
+    let e = bad("name: s\nsteps:\n  - id: a\n    approval: {title: t, timeout: 1h, choices: [go, stop], on_timeout: later}\n");
+    assert!(e.contains("s.yaml:3: step `a`: approval: on_timeout `later` is neither one of the choices (go, stop) nor fail"), "{e}");
+    let e = bad("name: s\nsteps:\n  - id: a\n    approval: {title: t, timeout: soon}\n");
+    assert!(e.contains("timeout: `soon` is not a duration"), "{e}");
+    let e = bad("name: s\nsteps:\n  - id: a\n    for_each: '{{ input.x }}'\n    retry: {attempts: 2}\n    approval: {title: t, timeout: 1h}\n");
+    assert!(e.contains("an approval step takes no for_each") && e.contains("an approval step takes no retry"), "{e}");
+    let e = bad("name: s\nsteps:\n  - id: a\n    transform: {set: {x: '{{ approval.nope.links.approve }}'}}\n");
+    assert!(e.contains("reads approval.nope, but this story has no approval step by that name"), "{e}");
+    let e = bad("name: s\nsteps:\n  - id: a\n    approval: {title: t, timeout: 1h, approvers: '{{ steps.x.output }}'}\n");
+    assert!(e.contains("approvers"), "{e}");
+    let e = bad("name: s\nsteps:\n  - id: a\n    transform: {set: {}}\n    on_error: f\nfallbacks:\n  - id: f\n    approval: {title: t, timeout: 1h}\n");
+    assert!(e.contains("fallback `f` is an approval"), "{e}");
+    // A sub-story that can wait may not run per item.
+    let waits = "name: w\nsteps:\n  - id: a\n    approval: {title: t, timeout: 1h}\n";
+    let caller = "name: c\nsteps:\n  - id: each\n    for_each: '{{ input.xs }}'\n    story: w\n";
+    let lib = library(&[waits, caller]);
+    let e = lib.check(&Policy::empty()).unwrap_err().to_string();
+    assert!(e.contains("story `w` can wait for an approval, which a for_each step cannot do"), "{e}");
+}

@@ -378,7 +378,20 @@ async fn the_threat_hunt_story_opens_a_ticket_and_emails_the_leads_only_when_hos
     assert_eq!(smtp.messages().len(), 1, "no hits must not send email");
     let d = e.store.get_run(&miss.run_id).unwrap().unwrap();
     let states: Vec<(&str, &str)> = d.steps.iter().map(|s| (s.step_id.as_str(), s.state.as_str())).collect();
-    assert_eq!(states, vec![("hunt", "succeeded"), ("verify", "succeeded"), ("findings", "succeeded"), ("ticket", "skipped"), ("notify", "skipped")]);
+    assert_eq!(
+        states,
+        vec![
+            ("hunt", "succeeded"),
+            ("verify", "succeeded"),
+            ("findings", "succeeded"),
+            ("ticket", "skipped"),
+            ("notify", "skipped"),
+            ("ask", "skipped"),
+            ("contain", "skipped"),
+            ("isolate", "skipped"),
+            ("record_decision", "skipped")
+        ]
+    );
     // Recorded by default: with the simulators gone (and the SMTP server checked for new mail), every
     // action step of the run and of its sub-stories replays to the same output.
     let (issues, mails) = (jira_sim.issue_count(), smtp.messages().len());
@@ -395,4 +408,77 @@ async fn the_threat_hunt_story_opens_a_ticket_and_emails_the_leads_only_when_hos
     let replayed = warden::story::replay::replay_run(&rt, &e.policy, e.store.as_ref(), &hit.run_id, Some("hunt"), Some(&other)).await.unwrap();
     let why = replayed.iter().find_map(|r| r.differs.clone()).expect("a divergence");
     assert!(why.contains("#1"), "{why}");
+}
+
+/// The example's containment branch: each lead's email carries links of their
+/// own; the run parks until one is confirmed, then isolates exactly the hosts
+/// that saw the indicator and says so on the ticket. Without a decision, the
+/// timeout chooses `ignore`: nothing is isolated, and the ticket says that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_threat_hunt_asks_the_leads_before_isolating_and_does_nothing_on_timeout() {
+    // SAFETY: the example policy reads these; every test sets the same values.
+    unsafe {
+        std::env::set_var("S1_API_TOKEN", "s1-demo-token");
+        std::env::set_var("JIRA_API_TOKEN", "jira-demo-token");
+    }
+    let (s1, s1_sim) = sentinelone::spawn(sentinelone::Config { polls_before_finish: 1, ..Default::default() }).await.unwrap();
+    let (j, jira_sim) = jira::spawn(jira::Config::default()).await.unwrap();
+    let smtp = SmtpServer::start();
+    let (dir, p) = example_fixture(s1.port(), j.port(), smtp.port);
+    let e = engine(p, &dir.0);
+    let input = json!({
+        "indicator": {"kind": "domain", "value": "evil.example"},
+        "leads": ["soc-lead@corp.example", "ir-lead@corp.example"],
+        "ask_to_isolate": true
+    });
+    let approvals = e.store.approvals().unwrap();
+    let link_of = |to: &str, choice: &str| -> String {
+        let mail = smtp.messages().into_iter().rev().find(|m| m["rcpt_tos"] == json!([to]) && m["subject"].as_str().unwrap().starts_with("[warden] Isolate")).expect("the lead's email");
+        let label = if choice == "isolate" { "Isolate them from the network: " } else { "Do nothing:" };
+        let text = mail["text"].as_str().unwrap();
+        let line = text.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("{text}"));
+        line.rsplit('/').next().unwrap().trim().to_string()
+    };
+
+    // Asked, parked, decided by the IR lead's own isolate link.
+    let asked = run(&e, "threat-hunt", input.clone()).await;
+    assert_eq!((asked.state, asked.failed_step.as_deref()), (warden::story::RunState::Waiting, Some("contain")), "{:?}", asked.error);
+    assert!(s1_sim.agents.lock().unwrap().actions.is_empty(), "nothing is isolated before the decision");
+    let token = link_of("ir-lead@corp.example", "isolate");
+    let (approval, link) = approvals.approval_by_link(&warden::approval::token_hash(&token)).unwrap().expect("the emailed link is known");
+    assert_eq!((link.choice.as_str(), link.recipient.as_str()), ("isolate", "ir-lead@corp.example"));
+    assert_eq!(approval.title, "Isolate 3 host(s) that saw evil.example?");
+    assert_eq!(approval.approvers, vec!["soc-lead@corp.example".to_string(), "ir-lead@corp.example".to_string()]);
+    let by_link = warden::approval::Decision { choice: None, decided_by: link.recipient.clone(), via: "link".into(), from: Some("127.0.0.1".into()), comment: None, decided_ms: 1 };
+    warden::approval::decide(approvals, &approval, &link.choice, Some(&link.recipient), by_link).unwrap().unwrap();
+    assert!(approvals.wake(&asked.run_id).unwrap());
+    let done = e.resume(&asked.run_id, &Quiet).await;
+    assert_eq!(done.state, "succeeded", "{:?}", done.error);
+    let out = done.output.unwrap();
+    assert_eq!((out["containment"].as_str(), out["isolated"].as_u64()), (Some("isolate"), Some(3)));
+    let isolated: Vec<String> = s1_sim.agents.lock().unwrap().isolated.iter().cloned().collect();
+    assert_eq!(isolated.len(), 3, "exactly the hosts that saw it: {isolated:?}");
+    let comments = jira_sim.issue(out["ticket"].as_str().unwrap()).unwrap().comments;
+    let last = comments.last().unwrap()["body"].as_str().unwrap().to_string();
+    assert!(last.contains("Isolation: isolate, decided by ir-lead@corp.example (3 agent(s) disconnected)"), "{last}");
+
+    // Asked again; nobody answers; the timeout chooses ignore.
+    let asked = run(&e, "threat-hunt", input).await;
+    assert_eq!(asked.state, warden::story::RunState::Waiting);
+    let due = approvals.due_approvals(u64::MAX, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    let timeout = warden::approval::Decision { choice: due[0].on_timeout.clone(), decided_by: "timeout".into(), via: "timeout".into(), from: None, comment: None, decided_ms: 2 };
+    approvals.decide(&due[0].run, &due[0].step, &timeout).unwrap().unwrap();
+    assert!(approvals.wake(&asked.run_id).unwrap());
+    let done = e.resume(&asked.run_id, &Quiet).await;
+    assert_eq!(done.state, "succeeded", "{:?}", done.error);
+    let out = done.output.unwrap();
+    assert_eq!((out["containment"].as_str(), out["isolated"].as_u64()), (Some("ignore"), Some(0)));
+    assert_eq!(s1_sim.agents.lock().unwrap().actions.len(), 1, "no second isolation");
+    let comments = jira_sim.issue(out["ticket"].as_str().unwrap()).unwrap().comments;
+    assert!(comments.last().unwrap()["body"].as_str().unwrap().contains("No decision on isolating the hosts within 4 hours; nothing was done."));
+    // The lead's link of that run now answers that it is over.
+    let late = link_of("soc-lead@corp.example", "isolate");
+    let (over, _) = approvals.approval_by_link(&warden::approval::token_hash(&late)).unwrap().unwrap();
+    assert!(over.what_happened().contains("the timeout chose `ignore`"), "{}", over.what_happened());
 }

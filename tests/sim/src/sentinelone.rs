@@ -7,6 +7,9 @@
 //!   once a second per token; 404 for an unknown id
 //! * `GET  /web/api/v2.1/dv/events?queryId=Q&limit=N[&cursor=C]` — cursor pages
 //! * `POST /web/api/v2.1/dv/cancel-query`
+//! * `POST /web/api/v2.1/agents/actions/{disconnect|connect}` — `{filter: {uuids: […]}}`
+//!   → `{data: {affected: N}}` (agents of the fleet named in the filter; an
+//!   empty filter is refused here, where the real API would act on every agent)
 //!
 //! Every call needs `Authorization: ApiToken <token>`, else 401 with code 4010010.
 
@@ -79,11 +82,21 @@ pub struct Counters {
     pub auth_failures: u32,
 }
 
+/// The agents' network state as the sim keeps it.
+#[derive(Default)]
+pub struct Agents {
+    /// UUIDs disconnected (isolated) now.
+    pub isolated: std::collections::BTreeSet<String>,
+    /// Every action, in order: (action, uuids).
+    pub actions: Vec<(String, Vec<String>)>,
+}
+
 pub struct Sim {
     pub config: Mutex<Config>,
     queries: Mutex<HashMap<String, QueryState>>,
     last_status: Mutex<Option<Instant>>,
     pub counters: Mutex<Counters>,
+    pub agents: Mutex<Agents>,
     pub recorder: Recorder,
 }
 
@@ -94,6 +107,7 @@ impl Sim {
             queries: Mutex::default(),
             last_status: Mutex::default(),
             counters: Mutex::default(),
+            agents: Mutex::default(),
             recorder: Recorder::default(),
         })
     }
@@ -120,6 +134,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/web/api/v2.1/dv/query-status", get(query_status))
         .route("/web/api/v2.1/dv/events", get(events))
         .route("/web/api/v2.1/dv/cancel-query", post(cancel_query))
+        .route("/web/api/v2.1/agents/actions/{action}", post(agent_action))
         .with_state(sim)
         .layer(axum::middleware::from_fn_with_state(rec, crate::record))
 }
@@ -179,6 +194,34 @@ async fn init_query(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Optio
     );
     Json(json!({"data": {"queryId": id, "queryModeInfo": {"mode": "scalyr", "lastActivatedAt": "2024-05-01T00:00:00Z"}}}))
         .into_response()
+}
+
+async fn agent_action(State(sim): State<Arc<Sim>>, axum::extract::Path(action): axum::extract::Path<String>, headers: HeaderMap, body: Option<Json<Value>>) -> Response {
+    if let Err(r) = authorized(&sim, &headers) {
+        return r;
+    }
+    if action != "disconnect" && action != "connect" {
+        return error(StatusCode::NOT_FOUND, 4040010, "Not Found", None);
+    }
+    let uuids: Vec<String> = body
+        .and_then(|Json(b)| b["filter"]["uuids"].as_array().map(|a| a.iter().filter_map(|u| u.as_str().map(String::from)).collect()))
+        .unwrap_or_default();
+    if uuids.is_empty() {
+        return error(StatusCode::BAD_REQUEST, 4000010, "Validation Error", Some("filter.uuids is required"));
+    }
+    let fleet: std::collections::BTreeSet<String> = sim.config.lock().unwrap().events.iter().filter_map(|e| e["agentUuid"].as_str().map(String::from)).collect();
+    let mut agents = sim.agents.lock().unwrap();
+    let mut affected = 0;
+    for u in uuids.iter().filter(|u| fleet.contains(*u)) {
+        affected += 1;
+        if action == "disconnect" {
+            agents.isolated.insert(u.clone());
+        } else {
+            agents.isolated.remove(u);
+        }
+    }
+    agents.actions.push((action, uuids));
+    Json(json!({"data": {"affected": affected}})).into_response()
 }
 
 fn query_id(q: &HashMap<String, String>) -> Option<String> {

@@ -421,7 +421,7 @@ impl Cluster for PgStore {
         let (pool, ids) = (self.pool.clone(), ids.iter().map(|i| t(i).into_owned()).collect::<Vec<String>>());
         self.block(async move {
             let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let stmt = client.prepare_cached("SELECT id FROM runs WHERE id = ANY($1) AND state IN ('succeeded', 'failed')").await?;
+            let stmt = client.prepare_cached("SELECT id FROM runs WHERE id = ANY($1) AND state IN ('succeeded', 'failed', 'waiting')").await?;
             Ok(client.query(&stmt, &[&ids]).await?.iter().map(|r| r.get(0)).collect())
         })
     }

@@ -161,6 +161,43 @@ CREATE TABLE recordings (
     seq BIGSERIAL
 );
 CREATE INDEX recordings_by_run ON recordings(run_id);
+"#, r#"
+CREATE TABLE approvals (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    root_run TEXT NOT NULL,
+    story TEXT NOT NULL,
+    team TEXT NOT NULL,
+    title TEXT NOT NULL,
+    details TEXT NOT NULL,
+    choices TEXT NOT NULL,
+    approvers TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    deadline_ms BIGINT NOT NULL,
+    on_timeout TEXT,
+    state TEXT NOT NULL,
+    choice TEXT,
+    decided_by TEXT,
+    via TEXT,
+    decided_from TEXT,
+    comment TEXT,
+    decided_ms BIGINT,
+    resumed BOOLEAN NOT NULL DEFAULT FALSE,
+    PRIMARY KEY (run_id, step_id)
+);
+CREATE INDEX approvals_due ON approvals(deadline_ms) WHERE state = 'pending';
+CREATE INDEX approvals_to_wake ON approvals(root_run) WHERE NOT resumed AND state <> 'pending';
+CREATE TABLE approval_links (
+    hash TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    choice TEXT NOT NULL,
+    recipient TEXT NOT NULL
+);
+CREATE TABLE warden_keys (
+    name TEXT PRIMARY KEY,
+    value BYTEA NOT NULL
+);
 "#];
 
 /// Serializes migrations across processes.
@@ -229,13 +266,14 @@ fn summary(r: &tokio_postgres::Row) -> RunSummary {
         error: r.get("error"),
         failed_step: r.get("failed_step"),
         parent_run: r.get("parent_run"),
+        parent_step: r.get("parent_step"),
         created_ms: r.get::<_, i64>("created_ms") as u64,
         started_ms: r.get::<_, Option<i64>>("started_ms").map(|v| v as u64),
         finished_ms: r.get::<_, Option<i64>>("finished_ms").map(|v| v as u64),
     }
 }
 
-const SUMMARY: &str = "id, story, team, state, trigger, error, failed_step, parent_run, created_ms, started_ms, finished_ms";
+const SUMMARY: &str = "id, story, team, state, trigger, error, failed_step, parent_run, parent_step, created_ms, started_ms, finished_ms";
 
 impl PgStore {
     /// Connects, creating and migrating the schema as needed.
@@ -355,7 +393,52 @@ fn sql_of(w: &Write, clustered: bool) -> &'static str {
         Write::Logs { .. } => "INSERT INTO logs (run_id, step_id, at_ms, level, source, message) VALUES ($1, $2, $3, $4, $5, $6)",
         Write::Audit { .. } => "INSERT INTO audit (run_id, step_id, at_ms, record) VALUES ($1, $2, $3, $4)",
         Write::Recording { .. } => "INSERT INTO recordings (run_id, step_id, item, attempt, truncated, recording) VALUES ($1, $2, $3, $4, $5, $6)",
+        Write::Park { .. } => unreachable!("rows_of spells a park"),
     }
+}
+
+/// Each statement a write runs, with its parameters.
+fn rows_of(w: &Write, clustered: bool) -> Vec<(&'static str, Vec<Param>)> {
+    let Write::Park { run, step, kind, approval, at_ms } = w else {
+        let sql = sql_of(w, clustered);
+        return params_of(w).into_iter().map(|p| (sql, p)).collect();
+    };
+    let mut rows: Vec<(&'static str, Vec<Param>)> = vec![
+        (
+            "INSERT INTO steps (run_id, step_id, item, kind, state, attempts, started_ms) VALUES ($1, $2, -1, $3, 'waiting', 1, $4)
+             ON CONFLICT (run_id, step_id, item) DO UPDATE SET state = 'waiting', finished_ms = NULL",
+            vec![text(run), text(step), text(kind), Box::new(i(*at_ms))],
+        ),
+        ("UPDATE runs SET state = 'waiting', started_ms = COALESCE(started_ms, $2) WHERE id = $1", vec![text(run), Box::new(i(*at_ms))]),
+    ];
+    if let Some(pair) = approval {
+        let (a, links) = pair.as_ref();
+        rows.push((
+            "INSERT INTO approvals (run_id, step_id, root_run, story, team, title, details, choices, approvers, created_ms, deadline_ms, on_timeout, state)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending') ON CONFLICT (run_id, step_id) DO NOTHING",
+            vec![
+                text(&a.run),
+                text(&a.step),
+                text(&a.root_run),
+                text(&a.story),
+                text(&a.team),
+                text(&a.title),
+                text(&a.details.to_string()),
+                text(&serde_json::to_string(&a.choices).unwrap_or_default()),
+                text(&serde_json::to_string(&a.approvers).unwrap_or_default()),
+                Box::new(i(a.created_ms)),
+                Box::new(i(a.deadline_ms)),
+                opt_text(&a.on_timeout),
+            ],
+        ));
+        for l in links {
+            rows.push((
+                "INSERT INTO approval_links (hash, run_id, step_id, choice, recipient) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING",
+                vec![text(&l.hash), text(&a.run), text(&a.step), text(&l.choice), text(&l.recipient)],
+            ));
+        }
+    }
+    rows
 }
 
 /// The parameters of each row a write inserts or updates.
@@ -399,10 +482,15 @@ fn params_of(w: &Write) -> Vec<Vec<Param>> {
         Write::Recording { run, step, item: it, attempt, truncated, recording } => {
             vec![vec![text(run), text(step), item(it), count(*attempt), Box::new(*truncated) as Param, text(recording)]]
         }
+        Write::Park { .. } => unreachable!("rows_of spells a park"),
     }
 }
 
 impl Store for PgStore {
+    fn approvals(&self) -> Option<&dyn ApprovalStore> {
+        Some(self)
+    }
+
     fn apply(&self, batch: &[Write]) -> anyhow::Result<Vec<Result<(), Conflict>>> {
         let pool = self.pool.clone();
         let fence = self.fence_of(batch);
@@ -420,18 +508,17 @@ impl Store for PgStore {
                     Some(fence) => (0..batch.len()).map(|n| fence.verdict(n, &lost)).collect(),
                     None => vec![Ok(()); batch.len()],
                 };
-                let mut stmts = HashMap::new();
-                for (w, _) in batch.iter().zip(&answers).filter(|(_, a)| a.is_ok()) {
-                    let sql = sql_of(w, clustered);
-                    if !stmts.contains_key(sql) {
-                        stmts.insert(sql, tx.prepare_cached(sql).await?);
-                    }
-                }
                 // Every row's statement with its parameters, in the batch's order.
                 let mut rows: Vec<(usize, &'static str, Vec<Param>)> = Vec::new();
                 for (n, w) in batch.iter().enumerate().filter(|(n, _)| answers[*n].is_ok()) {
-                    for params in params_of(w) {
-                        rows.push((n, sql_of(w, clustered), params));
+                    for (sql, params) in rows_of(w, clustered) {
+                        rows.push((n, sql, params));
+                    }
+                }
+                let mut stmts = HashMap::new();
+                for (_, sql, _) in &rows {
+                    if !stmts.contains_key(sql) {
+                        stmts.insert(*sql, tx.prepare_cached(sql).await?);
                     }
                 }
                 // Pipelined: every statement is sent before the first answer is
@@ -639,6 +726,150 @@ impl Store for PgStore {
                 audit,
                 children,
             }))
+        })
+    }
+}
+
+const APPROVAL: &str = "run_id, step_id, root_run, story, team, title, details, choices, approvers, created_ms, deadline_ms, on_timeout, state, choice, decided_by, via, decided_from, comment, decided_ms";
+
+fn approval_row(r: &tokio_postgres::Row) -> crate::approval::Approval {
+    let list = |i: usize| -> Vec<String> { serde_json::from_str(r.get::<_, &str>(i)).unwrap_or_default() };
+    let decision = r.get::<_, Option<String>>(14).map(|decided_by| crate::approval::Decision {
+        choice: r.get(13),
+        decided_by,
+        via: r.get::<_, Option<String>>(15).unwrap_or_default(),
+        from: r.get(16),
+        comment: r.get(17),
+        decided_ms: r.get::<_, Option<i64>>(18).unwrap_or(0).max(0) as u64,
+    });
+    crate::approval::Approval {
+        run: r.get(0),
+        step: r.get(1),
+        root_run: r.get(2),
+        story: r.get(3),
+        team: r.get(4),
+        title: r.get(5),
+        details: serde_json::from_str(r.get::<_, &str>(6)).unwrap_or(Value::Null),
+        choices: list(7),
+        approvers: list(8),
+        created_ms: r.get::<_, i64>(9).max(0) as u64,
+        deadline_ms: r.get::<_, i64>(10).max(0) as u64,
+        on_timeout: r.get(11),
+        state: r.get(12),
+        decision,
+    }
+}
+
+impl PgStore {
+    async fn approval_on(client: &impl deadpool_postgres::GenericClient, run: &str, step: &str) -> anyhow::Result<Option<crate::approval::Approval>> {
+        let row = client.query_opt(&format!("SELECT {APPROVAL} FROM approvals WHERE run_id = $1 AND step_id = $2"), &[&t(run), &t(step)]).await?;
+        Ok(row.as_ref().map(approval_row))
+    }
+}
+
+impl ApprovalStore for PgStore {
+    fn link_key(&self) -> anyhow::Result<crate::approval::LinkKey> {
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh).map_err(|e| anyhow!("no randomness for the approval link key: {e}"))?;
+        let pool = self.pool.clone();
+        self.block(async move {
+            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            client.execute("INSERT INTO warden_keys (name, value) VALUES ('approval-links', $1) ON CONFLICT (name) DO NOTHING", &[&fresh.as_slice()]).await?;
+            let key: Vec<u8> = client.query_one("SELECT value FROM warden_keys WHERE name = 'approval-links'", &[]).await?.get(0);
+            key.try_into().map_err(|_| anyhow!("the run store's approval link key is damaged (not 32 bytes)"))
+        })
+    }
+
+    fn approval(&self, run: &str, step: &str) -> anyhow::Result<Option<crate::approval::Approval>> {
+        let (pool, run, step) = (self.pool.clone(), run.to_string(), step.to_string());
+        self.block(async move {
+            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            PgStore::approval_on(&client, &run, &step).await
+        })
+    }
+
+    fn approval_by_link(&self, hash: &str) -> anyhow::Result<Option<(crate::approval::Approval, crate::approval::Link)>> {
+        let (pool, hash) = (self.pool.clone(), hash.to_string());
+        self.block(async move {
+            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            let Some(row) = client.query_opt("SELECT run_id, step_id, choice, recipient FROM approval_links WHERE hash = $1", &[&t(&hash)]).await? else {
+                return Ok(None);
+            };
+            let link = crate::approval::Link { hash: hash.clone(), choice: row.get(2), recipient: row.get(3) };
+            Ok(PgStore::approval_on(&client, row.get(0), row.get(1)).await?.map(|a| (a, link)))
+        })
+    }
+
+    fn list_approvals(&self, f: &ApprovalFilter) -> anyhow::Result<Vec<crate::approval::Approval>> {
+        let pool = self.pool.clone();
+        let (all, team, story, limit) = (f.all, f.team.map(String::from), f.story.map(String::from), f.limit.min(i64::MAX as usize) as i64);
+        self.block(async move {
+            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            let sql = format!(
+                "SELECT {APPROVAL} FROM approvals WHERE ($1 OR state = 'pending') AND ($2::text IS NULL OR team = $2) AND ($3::text IS NULL OR story = $3) ORDER BY created_ms, run_id LIMIT $4"
+            );
+            Ok(client.query(&sql, &[&all, &team, &story, &limit]).await?.iter().map(approval_row).collect())
+        })
+    }
+
+    fn decide(&self, run: &str, step: &str, d: &crate::approval::Decision) -> anyhow::Result<crate::approval::Decided> {
+        let (pool, run, step, d) = (self.pool.clone(), run.to_string(), step.to_string(), d.clone());
+        self.block(async move {
+            let mut client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            let tx = client.transaction().await?;
+            let state = if d.choice.is_some() { "decided" } else { "expired" };
+            let changed = tx
+                .execute(
+                    "UPDATE approvals SET state = $3, choice = $4, decided_by = $5, via = $6, decided_from = $7, comment = $8, decided_ms = $9
+                     WHERE run_id = $1 AND step_id = $2 AND state = 'pending'",
+                    &[&t(&run), &t(&step), &state, &d.choice.as_deref().map(t), &t(&d.decided_by), &t(&d.via), &d.from.as_deref().map(t), &d.comment.as_deref().map(t), &i(d.decided_ms)],
+                )
+                .await?;
+            if changed == 1 {
+                tx.execute("INSERT INTO audit (run_id, step_id, at_ms, record) VALUES ($1, $2, $3, $4)", &[&t(&run), &t(&step), &i(d.decided_ms), &t(&decision_audit(&step, &d))])
+                    .await?;
+            }
+            let now = PgStore::approval_on(&tx, &run, &step).await?;
+            tx.commit().await?;
+            Ok(match (changed, now) {
+                (1, Some(a)) => Ok(a),
+                (_, Some(a)) => Err(crate::approval::Refused::Over(a)),
+                (_, None) => Err(crate::approval::Refused::Unknown(format!("run {run} has no approval step `{step}` waiting"))),
+            })
+        })
+    }
+
+    fn due_approvals(&self, now_ms: u64, limit: usize) -> anyhow::Result<Vec<crate::approval::Approval>> {
+        let (pool, now, limit) = (self.pool.clone(), i(now_ms), limit.min(i64::MAX as usize) as i64);
+        self.block(async move {
+            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            let sql = format!("SELECT {APPROVAL} FROM approvals WHERE state = 'pending' AND deadline_ms <= $1 ORDER BY deadline_ms LIMIT $2");
+            Ok(client.query(&sql, &[&now, &limit]).await?.iter().map(approval_row).collect())
+        })
+    }
+
+    fn runs_to_wake(&self, limit: usize) -> anyhow::Result<Vec<String>> {
+        let (pool, limit) = (self.pool.clone(), limit.min(i64::MAX as usize) as i64);
+        self.block(async move {
+            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            let rows = client.query("SELECT DISTINCT root_run FROM approvals WHERE NOT resumed AND state <> 'pending' LIMIT $1", &[&limit]).await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn wake(&self, root: &str) -> anyhow::Result<bool> {
+        let (pool, root) = (self.pool.clone(), root.to_string());
+        self.block(async move {
+            let mut client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            let tx = client.transaction().await?;
+            // Lease cleared: whichever node has room claims it as an interrupted run and resumes it.
+            let woke = tx
+                .execute("UPDATE runs SET state = 'running', lease_owner = NULL, lease_until_ms = NULL WHERE id = $1 AND state = 'waiting'", &[&t(&root)])
+                .await?
+                == 1;
+            tx.execute("UPDATE approvals SET resumed = TRUE WHERE root_run = $1 AND state <> 'pending'", &[&t(&root)]).await?;
+            tx.commit().await?;
+            Ok(woke)
         })
     }
 }

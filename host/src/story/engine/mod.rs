@@ -10,6 +10,7 @@ use crate::story::invoke::{Invoke, PolicyInvoker};
 pub use crate::story::observe::{Event, Observer, Quiet};
 use resume::Resume;
 
+mod approve;
 mod resume;
 use crate::story::recorder::{Recorder, StepAt, StoreHealth};
 pub use crate::story::state::{ErrorKind, RunResult, RunState, StepError, StepState};
@@ -55,6 +56,10 @@ pub struct Engine {
     recorder: Recorder,
     /// Record every action step attempt (on by default; see [`crate::recording`]).
     record: bool,
+    /// The approval link key, read from the store at first need.
+    link_key: std::sync::OnceLock<crate::approval::LinkKey>,
+    /// Where approval links point (`[server] public_url`).
+    links_base: String,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -84,8 +89,12 @@ struct StepRun<'a> {
     story: &'a Story,
     step: &'a Step,
     run: &'a str,
+    /// The top-level run (woken when an approval below it is decided).
+    root: &'a str,
     depth: usize,
     observer: &'a dyn Observer,
+    /// A resumed run's sub-story run that this step left waiting.
+    waiting_child: Option<&'a str>,
 }
 
 impl<'a> StepRun<'a> {
@@ -154,7 +163,19 @@ impl Engine {
     /// An engine that runs actions through `invoker` (tests script one).
     pub fn with_invoker(invoker: Arc<dyn Invoke>, policy: Arc<Policy>, library: Arc<Library>, store: Arc<dyn Store>) -> Engine {
         let record = policy.server.record.unwrap_or(true);
-        Engine { invoker, policy, library, recorder: Recorder::new(store.clone(), Arc::default()), store, record }
+        let links_base = policy.server.public_url.clone().unwrap_or_else(|| {
+            format!("http://{}", policy.server.listen.as_deref().unwrap_or(crate::server::config::DEFAULT_LISTEN))
+        });
+        Engine { invoker, policy, library, recorder: Recorder::new(store.clone(), Arc::default()), store, record, link_key: Default::default(), links_base }
+    }
+
+    /// Where approval links point, unless `[server] public_url` says (the
+    /// server's own address).
+    pub fn with_links_base(mut self, listen: &str) -> Engine {
+        if self.policy.server.public_url.is_none() {
+            self.links_base = format!("http://{listen}");
+        }
+        self
     }
 
     /// Whether action steps are recorded for replay (on by default).
@@ -226,7 +247,7 @@ impl Engine {
     /// Executes a run just accepted, from its first step, with the story and
     /// input it was accepted with (nothing is read back from the store).
     pub async fn execute_accepted(&self, run: NewlyAccepted, observer: &dyn Observer) -> RunResult {
-        self.run_story(run.story, run.id, run.input, 0, observer, Resume::default()).await
+        self.run_story(run.story, run.id, run.input, 0, observer, Resume::default(), None).await
     }
 
     /// Submits and executes, waiting for the end.
@@ -246,7 +267,7 @@ impl Engine {
             let msg = format!("story `{story_name}` is no longer loaded");
             return self.fail_run(run_id, None, StepError::new(ErrorKind::Failed, msg)).await;
         };
-        self.run_story(story, run_id.to_string(), input, 0, observer, Resume::default()).await
+        self.run_story(story, run_id.to_string(), input, 0, observer, Resume::default(), None).await
     }
 
     /// Records a run that warden itself broke off (a panic in its own code),
@@ -257,12 +278,18 @@ impl Engine {
         self.fail_run(run_id, None, e).await
     }
 
-    fn run_story<'a>(&'a self, story: Arc<Story>, run_id: String, input: Value, depth: usize, observer: &'a dyn Observer, resume: Resume) -> BoxFuture<'a, RunResult> {
+    /// Runs (or resumes) a story's steps as run `run_id`; `root`: the
+    /// top-level run when this is a sub-story's.
+    #[allow(clippy::too_many_arguments)]
+    fn run_story<'a>(&'a self, story: Arc<Story>, run_id: String, input: Value, depth: usize, observer: &'a dyn Observer, resume: Resume, root: Option<String>) -> BoxFuture<'a, RunResult> {
         Box::pin(async move {
             let started = Instant::now();
             observer.event(&Event::RunStarted { run: &run_id, story: &story.name, depth });
-            let outcome = self.run_steps(&story, &run_id, input, depth, observer, resume).await;
+            let root = root.unwrap_or_else(|| run_id.clone());
+            let outcome = self.run_steps(&story, &run_id, &root, input, depth, observer, resume).await;
             let result = match outcome {
+                // Parked (recorded as `waiting` already): it resumes once decided.
+                Err((step, e)) if e.kind == ErrorKind::Waiting => RunResult::waiting(&run_id, step),
                 Ok(output) => match self.recorder.finish_run(&run_id, RunState::Succeeded, Some(&output), None, None).await {
                     Ok(()) => RunResult::succeeded(&run_id, output),
                     // A step record lost on the way fails the run at that step.
@@ -289,9 +316,11 @@ impl Engine {
         }
     }
 
-    async fn run_steps(&self, story: &Story, run_id: &str, input: Value, depth: usize, observer: &dyn Observer, resume: Resume) -> Outcome {
+    #[allow(clippy::too_many_arguments)]
+    async fn run_steps(&self, story: &Story, run_id: &str, root: &str, input: Value, depth: usize, observer: &dyn Observer, resume: Resume) -> Outcome {
         self.recorder.start_run(run_id);
         let mut ctx = Context::new(run_id, story, input);
+        self.add_approval_links(story, run_id, &mut ctx).map_err(|e| (None, e))?;
         let mut last_output = Value::Null;
         for (id, status, output, error) in &resume.done {
             ctx.set_step(id, *status, output.clone(), error.as_ref());
@@ -300,7 +329,8 @@ impl Engine {
         for (i, step) in story.steps.iter().enumerate().skip(resume.from) {
             // A resumed step continues its attempt count, so the retry policy holds across restarts.
             let first_attempt = if i == resume.from { resume.attempts_used + 1 } else { 1 };
-            let sr = StepRun { story, step, run: run_id, depth, observer };
+            let waiting_child = if i == resume.from { resume.waiting_child.as_deref() } else { None };
+            let sr = StepRun { story, step, run: run_id, root, depth, observer, waiting_child };
             match self.run_step(&sr, &mut ctx, first_attempt).await {
                 Ok(Some(out)) => last_output = out,
                 Ok(None) => {}
@@ -353,8 +383,9 @@ impl Engine {
                 ctx.set_step(&step.id, StepState::Succeeded, out.clone(), None);
                 return Ok(Some(out));
             }
-            // No error policy may hide a run the store could not record.
-            Err(e) if e.kind == ErrorKind::Store => return Err(e),
+            // No error policy may hide a run the store could not record, and
+            // a parked run is not a failure.
+            Err(e) if e.kind == ErrorKind::Store || e.kind == ErrorKind::Waiting => return Err(e),
             Err(e) => e,
         };
         match &step.on_error {
@@ -421,6 +452,11 @@ impl Engine {
             };
             let elapsed = started.elapsed();
             match result {
+                // Parked: the step's row already says `waiting`.
+                Err(e) if e.kind == ErrorKind::Waiting => {
+                    sr.finished(item, StepState::Waiting, elapsed, None);
+                    return Err(e);
+                }
                 Ok(out) => {
                     self.recorder.step_finished(&at, StepState::Succeeded, Some(&out), None, attempt);
                     sr.finished(item, StepState::Succeeded, elapsed, None);
@@ -447,11 +483,18 @@ impl Engine {
             // No "running" row: a transform has no side effects, so after a
             // crash it simply runs again.
             StepKind::Transform(t) => return t.apply(ctx).map_err(|e| StepError::new(e.kind(), e.into_message())),
+            // Nor for an approval: asking again after a crash asks the same question.
+            StepKind::Approval(spec) => return self.approval(sr, spec, ctx).await,
             _ => render_value(&step.with, ctx).map_err(|e| StepError::new(ErrorKind::Template, format!("with: {e}")))?,
         };
+        // A sub-story this step left waiting resumes where it parked.
+        if let (StepKind::Story(_), Some(child)) = (&step.kind, sr.waiting_child) {
+            let result = self.resume_child(child, sr.root, sr.depth + 1, sr.observer).await;
+            return self.sub_story_result(sr, child, result).await;
+        }
         self.recorder.step_started(&sr.at(item), Some(&input), attempt).await?;
         match &step.kind {
-            StepKind::Transform(_) => unreachable!("returned above"),
+            StepKind::Transform(_) | StepKind::Approval(_) => unreachable!("returned above"),
             StepKind::Action(plugin) => {
                 let info = InvocationInfo { run_id: run.into(), story: story.name.clone(), step: step.id.clone(), team: story.team.clone(), attempt };
                 let (tap, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
@@ -497,18 +540,29 @@ impl Engine {
                 self.recorder
                     .create_run(&NewRun { id: &child, story: &callee.name, team: &callee.team, trigger: &trigger, input: &input, parent: Some((run, &step.id)), idempotency_key: None })
                     .await?;
-                let result = self.run_story(callee, child.clone(), input, sr.depth + 1, sr.observer, Resume::default()).await;
-                match (result.state, result.output, result.error) {
-                    (RunState::Succeeded, Some(out), _) => Ok(out),
-                    (_, _, Some(e)) if e.kind == ErrorKind::Store => Err(e),
-                    (_, _, Some(e)) => Err(StepError {
-                        kind: ErrorKind::Story,
-                        message: format!("sub-story {name} (run {child}) failed at {}: {}", result.failed_step.unwrap_or_default(), e.message),
-                        retry_after_ms: e.retry_after_ms,
-                    }),
-                    _ => Err(StepError::new(ErrorKind::Story, format!("sub-story {name} (run {child}) failed"))),
-                }
+                let result = self.run_story(callee, child.clone(), input, sr.depth + 1, sr.observer, Resume::default(), Some(sr.root.to_string())).await;
+                self.sub_story_result(sr, &child, result).await
             }
+        }
+    }
+
+    /// A sub-story run's end as its calling step's result; a sub-story that
+    /// parked parks its caller too (the approval wakes the top-level run).
+    async fn sub_story_result(&self, sr: &StepRun<'_>, child: &str, result: RunResult) -> Result<Value, StepError> {
+        let StepKind::Story(name) = &sr.step.kind else { unreachable!("only story steps call sub-stories") };
+        match (result.state, result.output, result.error) {
+            (RunState::Succeeded, Some(out), _) => Ok(out),
+            (RunState::Waiting, _, _) => {
+                self.recorder.park(&sr.at(None), None).await?;
+                Err(StepError::new(ErrorKind::Waiting, format!("sub-story {name} (run {child}) waits for an approval")))
+            }
+            (_, _, Some(e)) if e.kind == ErrorKind::Store => Err(e),
+            (_, _, Some(e)) => Err(StepError {
+                kind: ErrorKind::Story,
+                message: format!("sub-story {name} (run {child}) failed at {}: {}", result.failed_step.unwrap_or_default(), e.message),
+                retry_after_ms: e.retry_after_ms,
+            }),
+            _ => Err(StepError::new(ErrorKind::Story, format!("sub-story {name} (run {child}) failed"))),
         }
     }
 

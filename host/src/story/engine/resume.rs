@@ -15,15 +15,31 @@ pub(super) struct Resume {
     pub(super) from: usize,
     /// Attempts the interrupted step already used (recorded for the audit trail).
     pub(super) attempts_used: u32,
+    /// The sub-story run the step at `from` left waiting for an approval.
+    pub(super) waiting_child: Option<String>,
 }
 
 impl Engine {
     /// Continues a run that a restart interrupted. Finished steps keep their
     /// results; the interrupted step runs again if its retry policy allows
     /// another attempt, otherwise the run fails saying so. Never silent.
+    ///
+    /// A run parked at an approval resumes the same way, once woken: its
+    /// approval step (or the sub-story step holding one) runs again and finds
+    /// the decision.
     pub async fn resume(&self, run_id: &str, observer: &dyn Observer) -> RunResult {
+        self.resume_at(run_id, 0, None, observer).await
+    }
+
+    /// Resumes the sub-story run `run_id` of the top-level run `root`, at `depth`.
+    pub(super) async fn resume_child(&self, run_id: &str, root: &str, depth: usize, observer: &dyn Observer) -> RunResult {
+        self.resume_at(run_id, depth, Some(root.to_string()), observer).await
+    }
+
+    async fn resume_at(&self, run_id: &str, depth: usize, root: Option<String>, observer: &dyn Observer) -> RunResult {
         let detail = match self.store.get_run(run_id) {
             Ok(Some(d)) => d,
+            _ if depth > 0 => return RunResult::failed(run_id, None, StepError::new(ErrorKind::Store, format!("cannot read sub-story run {run_id} to resume it"))),
             _ => return self.execute(run_id, observer).await,
         };
         let Some(story) = self.library.get(&detail.run.story) else {
@@ -45,6 +61,16 @@ impl Engine {
                 Some(state @ (StepState::Succeeded | StepState::Skipped | StepState::Recovered)) => {
                     resume.done.push((step.id.clone(), state, r.output.clone().unwrap_or(Value::Null), None));
                     resume.from += 1;
+                }
+                // Parked here: the step runs again and finds its decision
+                // (or, for a sub-story, resumes the run that waits).
+                Some(StepState::Waiting) => {
+                    resume.waiting_child = detail
+                        .children
+                        .iter()
+                        .find(|c| c.parent_step.as_deref() == Some(step.id.as_str()) && c.state == RunState::Waiting.as_str())
+                        .map(|c| c.id.clone());
+                    break;
                 }
                 Some(StepState::Failed) if step.on_error == OnError::Continue => {
                     let e: Option<StepError> = r.error.clone().and_then(|e| serde_json::from_value(e).ok());
@@ -73,7 +99,7 @@ impl Engine {
                 }
             }
         }
-        self.run_story(story, run_id.to_string(), detail.input, 0, observer, resume).await
+        self.run_story(story, run_id.to_string(), detail.input, depth, observer, resume, root).await
     }
 
 }

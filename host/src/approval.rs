@@ -1,0 +1,398 @@
+//! Human approvals: a run waits, parked in the store, for a person's decision.
+//!
+//! story step `approval` → [`crate::story::engine`] renders the question,
+//! records a pending [`Approval`] with the hashes of its links, and parks the
+//! run (`waiting`: rows only — no worker, no instance, no memory) → a
+//! decision arrives (a link's POST, `POST /api/approvals/{run}/{step}`,
+//! `warden approvals decide`, or the scheduler's timeout) and is taken once,
+//! atomically, by [`crate::store::Store::decide`], which audits it → the
+//! server's sweep wakes the run ([`crate::store::Store::wake`]) and it
+//! resumes after the approval step with `{choice, decided_by, decided_at,
+//! comment}`.
+//!
+//! Links: a token is HMAC-SHA256 under warden's link key (kept in the run
+//! store, so every node and every restart derives the same links) of the
+//! run, step, choice and recipient. A step that runs *before* the approval
+//! (an email carrying the links) therefore renders the very links the
+//! approval will accept; only SHA-256 of each token is stored, and a token is
+//! good for one decision (the approval is decided once).
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// Choices when a story names none.
+pub const DEFAULT_CHOICES: [&str; 2] = ["approve", "reject"];
+/// Longest comment kept with a decision (characters).
+pub const MAX_COMMENT: usize = 2000;
+/// Most choices and approvers a step may name (each is a link).
+pub const MAX_CHOICES: usize = 16;
+pub const MAX_APPROVERS: usize = 64;
+/// Longest timeout a story may give: 90 days.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Longest rendered title and details kept with an approval (bytes).
+pub const MAX_TITLE: usize = 500;
+pub const MAX_DETAILS: usize = 64 * 1024;
+
+/// An `approval` step as a story wrote it (templates not yet rendered).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalSpec {
+    /// Template.
+    pub title: String,
+    /// Template(s), shown to the approver.
+    pub details: Value,
+    pub choices: Vec<String>,
+    /// Who may decide: addresses (each gets links of their own) and
+    /// `team:NAME` (that team's API token). Empty: anyone holding a link or
+    /// the story team's token.
+    pub approvers: Approvers,
+    pub timeout: Duration,
+    pub on_timeout: OnTimeout,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Approvers {
+    List(Vec<String>),
+    /// One `{{ expression }}` over `input` and `run`, giving a list or one address.
+    Template(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OnTimeout {
+    /// The run goes on as if this choice was made (decided_by `timeout`).
+    Choice(String),
+    /// The step fails (kind `timeout`); its `on_error` applies.
+    Fail,
+}
+
+/// A duration as stories write it: `90s`, `30m`, `4h`, `2d` (or a sum, `1h30m`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("`{text}` is not a duration; write it like 90s, 30m, 4h or 2d");
+    let (mut total, mut digits) = (0u64, String::new());
+    if text.trim().is_empty() {
+        return Err(bad());
+    }
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        total = total.saturating_add(n.saturating_mul(unit));
+        digits.clear();
+    }
+    if !digits.is_empty() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+impl ApprovalSpec {
+    /// Checks what can be checked before any run: choices, approvers, timeout.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.choices.is_empty() || self.choices.len() > MAX_CHOICES {
+            return Err(format!("choices must name 1..{MAX_CHOICES} choices"));
+        }
+        for (i, c) in self.choices.iter().enumerate() {
+            if c.is_empty() || c.len() > 40 || !c.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(format!("choice `{c}` must be 1..40 letters, digits, - or _ (it is a link's name)"));
+            }
+            if self.choices[..i].contains(c) {
+                return Err(format!("choice `{c}` is listed twice"));
+            }
+        }
+        if let OnTimeout::Choice(c) = &self.on_timeout {
+            if !self.choices.contains(c) {
+                return Err(format!("on_timeout `{c}` is neither one of the choices ({}) nor fail", self.choices.join(", ")));
+            }
+        }
+        if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
+            return Err("timeout must be between 1s and 90d".into());
+        }
+        if let Approvers::List(list) = &self.approvers {
+            check_approvers(list)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_approvers(list: &[String]) -> Result<(), String> {
+    if list.len() > MAX_APPROVERS {
+        return Err(format!("at most {MAX_APPROVERS} approvers"));
+    }
+    for a in list {
+        let ok = match a.strip_prefix("team:") {
+            Some(team) => !team.is_empty() && team.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            None => a.len() <= 254 && a.contains('@') && !a.chars().any(|c| c.is_whitespace() || c.is_control()),
+        };
+        if !ok {
+            return Err(format!("approver `{}` is neither an address (name@domain) nor team:NAME", crate::invocation::guest_text(a, 80)));
+        }
+    }
+    Ok(())
+}
+
+/// The approvers a run's approval step names, rendered (against the run's
+/// input only, so the links exist from the run's first step).
+pub fn render_approvers(approvers: &Approvers, ctx: &Value) -> Result<Vec<String>, String> {
+    let list = match approvers {
+        Approvers::List(l) => return Ok(l.clone()),
+        Approvers::Template(t) => crate::story::template::render_str(t, ctx)?,
+    };
+    let list: Vec<String> = match list {
+        Value::String(s) => vec![s],
+        Value::Array(a) => a.into_iter().map(|v| v.as_str().map(String::from).ok_or_else(|| format!("approvers must be addresses, got {v}"))).collect::<Result<_, _>>()?,
+        Value::Null => Vec::new(),
+        other => return Err(format!("approvers must give a list of addresses, not {other}")),
+    };
+    check_approvers(&list)?;
+    Ok(list)
+}
+
+/// Whom a link speaks for: one approver, or whoever holds it (`""`).
+pub fn recipients(approvers: &[String]) -> impl Iterator<Item = &str> {
+    std::iter::once("").chain(approvers.iter().map(String::as_str).filter(|a| !a.starts_with("team:")))
+}
+
+/// The link key: 32 random bytes, made once per store.
+pub type LinkKey = [u8; 32];
+
+/// A link's token: unguessable without the key, the same every time it is derived.
+pub fn token(key: &LinkKey, run: &str, step: &str, choice: &str, recipient: &str) -> String {
+    use base64::Engine as _;
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    for part in ["warden-approval-link/1", run, step, choice, recipient] {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part.as_bytes());
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+}
+
+/// What the store keeps of a token.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Whether `text` has the shape of a token (checked before any lookup).
+pub fn looks_like_token(text: &str) -> bool {
+    text.len() == 43 && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A link of an approval, as a template sees it.
+pub fn link_url(base: &str, token: &str) -> String {
+    format!("{}/approvals/{token}", base.trim_end_matches('/'))
+}
+
+/// `{links: {choice: url}, links_for: {address: {choice: url}}}` for one approval step of a run.
+pub fn links_value(key: &LinkKey, base: &str, run: &str, step: &str, choices: &[String], approvers: &[String]) -> Value {
+    let per = |recipient: &str| -> Value {
+        choices.iter().map(|c| (c.clone(), Value::String(link_url(base, &token(key, run, step, c, recipient))))).collect::<serde_json::Map<_, _>>().into()
+    };
+    let links_for: serde_json::Map<String, Value> = recipients(approvers).filter(|r| !r.is_empty()).map(|r| (r.to_string(), per(r))).collect();
+    json!({"links": per(""), "links_for": links_for})
+}
+
+/// One link's row: its hash, and what it decides for whom.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Link {
+    pub hash: String,
+    pub choice: String,
+    /// `""`: whoever holds it.
+    pub recipient: String,
+}
+
+/// Every link of an approval (a choice × each recipient), hashed.
+pub fn links(key: &LinkKey, run: &str, step: &str, choices: &[String], approvers: &[String]) -> Vec<Link> {
+    let mut out = Vec::new();
+    for r in recipients(approvers) {
+        for c in choices {
+            out.push(Link { hash: token_hash(&token(key, run, step, c, r)), choice: c.clone(), recipient: r.to_string() });
+        }
+    }
+    out
+}
+
+/// An approval as the store keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Approval {
+    pub run: String,
+    /// The top-level run (the one that is woken): `run` itself unless the
+    /// approval is in a sub-story.
+    pub root_run: String,
+    pub step: String,
+    pub story: String,
+    pub team: String,
+    pub title: String,
+    pub details: Value,
+    pub choices: Vec<String>,
+    pub approvers: Vec<String>,
+    pub created_ms: u64,
+    pub deadline_ms: u64,
+    /// The choice a timeout makes; `None`: a timeout fails the step.
+    pub on_timeout: Option<String>,
+    /// `pending`, `decided` or `expired`.
+    pub state: String,
+    #[serde(flatten)]
+    pub decision: Option<Decision>,
+}
+
+/// A decision, as audited: who, when, from where, which choice.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Decision {
+    /// `None`: the approval expired with `on_timeout: fail`.
+    pub choice: Option<String>,
+    pub decided_by: String,
+    /// `link`, `api`, `cli` or `timeout`.
+    pub via: String,
+    /// The address the decision came from (links and the API).
+    pub from: Option<String>,
+    pub comment: Option<String>,
+    pub decided_ms: u64,
+}
+
+impl Approval {
+    /// The approval step's output once decided (`None` while pending or expired).
+    pub fn output(&self) -> Option<Value> {
+        let d = self.decision.as_ref()?;
+        let choice = d.choice.as_ref()?;
+        Some(json!({
+            "choice": choice,
+            "decided_by": d.decided_by,
+            "decided_at": rfc3339(d.decided_ms),
+            "comment": d.comment,
+        }))
+    }
+
+    /// What happened to it, in one line (for a 410 and the CLI).
+    pub fn what_happened(&self) -> String {
+        match (&self.state[..], &self.decision) {
+            ("pending", _) => format!("waiting for a decision until {}", rfc3339(self.deadline_ms)),
+            (_, Some(d)) if d.via == "timeout" => match &d.choice {
+                Some(c) => format!("no decision came before {}; the timeout chose `{c}`", rfc3339(d.decided_ms)),
+                None => format!("no decision came before {}; the step failed", rfc3339(d.decided_ms)),
+            },
+            (_, Some(d)) => format!("decided `{}` by {} at {}", d.choice.as_deref().unwrap_or("?"), d.decided_by, rfc3339(d.decided_ms)),
+            (state, None) => state.to_string(),
+        }
+    }
+
+    /// Whether `approver` (an address, or `team:NAME`) may decide.
+    pub fn allows(&self, approver: &str) -> bool {
+        self.approvers.is_empty() || self.approvers.iter().any(|a| a.eq_ignore_ascii_case(approver))
+    }
+}
+
+pub fn rfc3339(ms: u64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms as i64).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or_default()
+}
+
+/// Why a decision was not taken.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refused {
+    /// No such approval (or link).
+    Unknown(String),
+    /// Already decided or expired: what happened.
+    Over(Approval),
+    /// Not one of the approvers.
+    NotAnApprover(String),
+    /// Not one of the choices.
+    BadChoice(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Unknown(m) | Refused::NotAnApprover(m) | Refused::BadChoice(m) => f.write_str(m),
+            Refused::Over(a) => write!(f, "approval {} of run {} is over: {}", a.step, a.run, a.what_happened()),
+        }
+    }
+}
+
+/// A decision taken by the store's atomic update, or why none was.
+pub type Decided = Result<Approval, Refused>;
+
+/// Validates and takes a decision on `approval` (choice and approver checked
+/// here, the once-only in the store). `approver`: an address or `team:NAME`,
+/// or `None` for the operator (admin token, CLI), who may always decide.
+pub fn decide(store: &dyn crate::store::ApprovalStore, approval: &Approval, choice: &str, approver: Option<&str>, mut decision: Decision) -> anyhow::Result<Decided> {
+    if approval.state != "pending" {
+        return Ok(Err(Refused::Over(approval.clone())));
+    }
+    if !approval.choices.iter().any(|c| c == choice) {
+        return Ok(Err(Refused::BadChoice(format!("`{}` is not a choice of this approval; choose one of {}", crate::invocation::guest_text(choice, 40), approval.choices.join(", ")))));
+    }
+    if let Some(who) = approver {
+        if !approval.allows(who) {
+            return Ok(Err(Refused::NotAnApprover(format!(
+                "{who} may not decide this approval: it is restricted to {}",
+                approval.approvers.join(", ")
+            ))));
+        }
+    }
+    decision.choice = Some(choice.to_string());
+    decision.comment = decision.comment.map(|c| c.chars().take(MAX_COMMENT).collect());
+    store.decide(&approval.run, &approval.step, &decision)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(parse_duration("4h").unwrap(), Duration::from_secs(4 * 3600));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        for bad in ["", "4", "h", "4x", "-1h", "4 h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tokens_differ_per_run_step_choice_and_recipient_and_key() {
+        let key = [7u8; 32];
+        let t = token(&key, "r1", "confirm", "isolate", "");
+        assert!(looks_like_token(&t), "{t}");
+        assert_eq!(t, token(&key, "r1", "confirm", "isolate", ""));
+        for other in [
+            token(&key, "r2", "confirm", "isolate", ""),
+            token(&key, "r1", "confirm2", "isolate", ""),
+            token(&key, "r1", "confirm", "ignore", ""),
+            token(&key, "r1", "confirm", "isolate", "a@corp.example"),
+            token(&[8u8; 32], "r1", "confirm", "isolate", ""),
+            // Boundaries between parts are part of what is signed.
+            token(&key, "r1c", "onfirm", "isolate", ""),
+        ] {
+            assert_ne!(t, other);
+        }
+        assert_eq!(token_hash(&t).len(), 64);
+        assert_ne!(token_hash(&t), t);
+    }
+
+    #[test]
+    fn specs_are_checked_before_any_run() {
+        let spec = |choices: &[&str], on: OnTimeout| ApprovalSpec {
+            title: "t".into(),
+            details: Value::Null,
+            choices: choices.iter().map(|c| c.to_string()).collect(),
+            approvers: Approvers::List(vec![]),
+            timeout: Duration::from_secs(60),
+            on_timeout: on,
+        };
+        assert!(spec(&["isolate", "ignore"], OnTimeout::Choice("ignore".into())).validate().is_ok());
+        assert!(spec(&["isolate"], OnTimeout::Choice("later".into())).validate().unwrap_err().contains("on_timeout `later`"));
+        assert!(spec(&["a b"], OnTimeout::Fail).validate().is_err());
+        assert!(spec(&["a", "a"], OnTimeout::Fail).validate().unwrap_err().contains("twice"));
+        assert!(check_approvers(&["lead@corp.example".into(), "team:soc".into()]).is_ok());
+        assert!(check_approvers(&["not an address".into()]).is_err());
+    }
+}
