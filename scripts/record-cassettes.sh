@@ -31,6 +31,8 @@ record jira-ticket open-with-comment \
   '{"operation":"open","site_url":"http://127.0.0.1:8702","credential":"jira","project":"SEC","issue_type":"Task","priority":"High","labels":["ioc","warden"],"summary":"evil.example seen on 2 hosts","description":"WS-ALICE-01, WS-BOB-02","comment":"opened by warden","internal":true}'
 record email notify-two-leads \
   '{"to":["soc-lead@corp.example","ir-lead@corp.example"],"subject":"[warden] evil.example seen on 2 host(s): SEC-1","text":"Domain evil.example was seen on 2 host(s): WS-ALICE-01, WS-BOB-02.\n\nTicket SEC-1 (To Do): http://127.0.0.1:8702/browse/SEC-1\n"}'
+record sentinelone-isolate disconnect-two-agents \
+  '{"console_url":"http://127.0.0.1:8701","credential":"sentinelone","action":"disconnect","uuids":["a1f0c9e2-0000-4000-8000-000000000001","b2e1d8f3-0000-4000-8000-000000000002"]}'
 record http-fetch get-with-credential \
   '{"url":"http://127.0.0.1:8700/echo","credential":"demo"}'
 echo "recorded: $(ls plugins/*/tests/cassettes/*.json | tr '\n' ' ')"

@@ -105,6 +105,69 @@ async fn three_nodes_share_a_thousand_webhooks_and_execute_each_exactly_once() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Approvals across nodes: runs parked by one node, decided through another
+/// (two nodes racing for the same decision: one wins), each resumed exactly
+/// once by whichever node claims it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_are_decided_once_and_resumed_once_across_nodes() {
+    let _shared = DATABASE.read().await;
+    let (origin, seen) = warden_sim::origin::spawn().await.unwrap();
+    let story = format!(
+        "name: gate\ninput: {{type: object, required: [k]}}\nsteps:\n  - id: ask\n    approval: {{title: 'Go on with {{{{ input.k }}}}?', timeout: 1h}}\n  - id: call\n    action: probe\n    with: {{op: call, url: \"http://127.0.0.1:{}/json?k={{{{ input.k }}}}\"}}\n",
+        origin.port()
+    );
+    let dir = setup("approvals", "gate", &story, origin.port(), "concurrency = 100");
+    let pg = PgSchema::new("approvals").await;
+    let url = pg.url();
+    let nodes: Vec<Server> = (0..2).map(|_| Server::start_with(&dir, url.as_ref(), &["--workers", "8"])).collect();
+    let mut ids = Vec::new();
+    for k in 0..20 {
+        let (code, v) = send(&nodes[0].base, "gate", &format!(r#"{{"k": {k}}}"#), false).await.unwrap();
+        assert_eq!(code, 202, "{v}");
+        ids.push(v["run_id"].as_str().unwrap().to_string());
+    }
+    let t0 = Instant::now();
+    while pg.count("SELECT COUNT(*) FROM approvals WHERE state = 'pending'").await < 20 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the runs did not park");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pg.count("SELECT COUNT(*) FROM runs WHERE state = 'waiting'").await, 20);
+    assert_eq!(seen.count(), 0, "nothing ran past an approval");
+    // Both nodes are asked to decide every approval at once, with different choices.
+    let mut races = Vec::new();
+    for id in &ids {
+        for (n, choice) in [(0, "approve"), (1, "reject")] {
+            let url = format!("{}/api/approvals/{id}/ask", nodes[n].base);
+            races.push(tokio::spawn(async move {
+                let resp = client().post(url).header("content-type", "application/json").body(format!(r#"{{"choice": "{choice}"}}"#)).send().await.unwrap();
+                resp.status().as_u16()
+            }));
+        }
+    }
+    let mut codes = Vec::new();
+    for r in races {
+        codes.push(r.await.unwrap());
+    }
+    assert_eq!((codes.iter().filter(|c| **c == 200).count(), codes.iter().filter(|c| **c == 410).count()), (20, 20), "{codes:?}");
+    all_ended(&pg, Duration::from_secs(60)).await;
+    let t0 = Instant::now();
+    while pg.count("SELECT COUNT(*) FROM runs WHERE state = 'succeeded'").await < 20 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", pg.texts("SELECT id, state, error FROM runs").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pg.count("SELECT COUNT(*) FROM audit WHERE record LIKE '%\"kind\":\"approval\"%'").await, 20, "one audited decision per approval");
+    assert_eq!(pg.count("SELECT COUNT(*) FROM steps WHERE step_id = 'call' AND attempts = 1 AND state = 'succeeded'").await, 20, "each run resumed once");
+    let mut calls = std::collections::HashMap::<String, usize>::new();
+    for s in seen.all() {
+        *calls.entry(s.query).or_default() += 1;
+    }
+    assert_eq!(calls.len(), 20);
+    assert!(calls.values().all(|&n| n == 1), "a run continued twice: {calls:?}");
+    drop(nodes);
+    pg.drop_now().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_runs_are_finished_by_the_others_once_its_lease_lapses() {
     let _shared = DATABASE.read().await;

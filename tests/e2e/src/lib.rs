@@ -33,7 +33,7 @@ pub fn runtime(resolver: Option<Arc<dyn HostResolver>>) -> Runtime {
 /// Parses a policy written inline; `{probe}` and friends become guest paths.
 pub fn policy(text: &str) -> Policy {
     let mut text = text.to_string();
-    for name in ["probe", "http-fetch", "sentinelone-hunt", "jira-ticket", "email", "js-fetch", "py-fetch"] {
+    for name in ["probe", "http-fetch", "sentinelone-hunt", "sentinelone-isolate", "jira-ticket", "email", "js-fetch", "py-fetch"] {
         let key = format!("{{{name}}}");
         if text.contains(&key) {
             text = text.replace(&key, &guest(name).display().to_string());

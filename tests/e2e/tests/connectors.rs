@@ -43,6 +43,17 @@ prefix = "ApiToken "
 env = "{s1_env}"
 hosts = ["http://127.0.0.1:{s1_port}"]
 
+[plugins.sentinelone-isolate]
+path = "{{sentinelone-isolate}}"
+
+[grants.sentinelone-isolate]
+allow = [
+  "POST http://127.0.0.1:{s1_port}/web/api/v2.1/agents/actions/disconnect",
+  "POST http://127.0.0.1:{s1_port}/web/api/v2.1/agents/actions/connect",
+]
+credentials = ["s1"]
+limits = {{ wall_ms = 10000, http_requests = 2 }}
+
 [plugins.jira-ticket]
 path = "{{jira-ticket}}"
 
@@ -388,4 +399,38 @@ hosts = ["http://127.0.0.1:{port}"]
 "#
     );
     policy(&text)
+}
+
+/// Containment acts on the agents named, never on an empty filter (which the
+/// real API reads as every agent), and says how many SentinelOne affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_disconnects_exactly_the_named_agents_and_refuses_an_empty_list() {
+    set_tokens();
+    let (s1, sim) = sentinelone::spawn(s1_config()).await.unwrap();
+    let p = connectors_policy(s1.port(), 1, "WARDEN_TEST_S1_TOKEN");
+    let rt = runtime(None);
+    let input = |action: &str, uuids: Value| json!({"console_url": format!("http://{}", s1.addr), "credential": "s1", "action": action, "uuids": uuids});
+    let alice = "a1f0c9e2-0000-4000-8000-000000000001";
+    let bob = "b2e1d8f3-0000-4000-8000-000000000002";
+
+    let report = run(&rt, &p, "sentinelone-isolate", input("disconnect", json!([]))).await;
+    match &report.outcome {
+        Err(InvokeError::InvalidInput { message }) => assert!(message.contains("an empty filter would act on every agent"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    let report = run(&rt, &p, "sentinelone-isolate", input("disconnect", json!([alice, "../agents"]))).await;
+    assert!(matches!(&report.outcome, Err(InvokeError::InvalidInput { message }) if message.contains("is not an agent UUID")), "{:?}", report.outcome);
+    assert!(sim.agents.lock().unwrap().actions.is_empty(), "nothing was sent for refused input");
+
+    let report = run(&rt, &p, "sentinelone-isolate", input("disconnect", json!([alice, bob, "ffffffff-0000-4000-8000-00000000dead"]))).await;
+    assert_eq!(output(&report), json!({"action": "disconnect", "affected": 2, "uuids": [alice, bob, "ffffffff-0000-4000-8000-00000000dead"]}));
+    no_secret(&report);
+    assert_eq!(sim.agents.lock().unwrap().isolated.iter().cloned().collect::<Vec<_>>(), vec![alice.to_string(), bob.to_string()]);
+    let report = run(&rt, &p, "sentinelone-isolate", input("connect", json!([bob]))).await;
+    assert_eq!(output(&report)["affected"], 1);
+    assert_eq!(sim.agents.lock().unwrap().isolated.iter().cloned().collect::<Vec<_>>(), vec![alice.to_string()]);
+
+    let p = connectors_policy(s1.port(), 1, "WARDEN_TEST_WRONG_TOKEN");
+    let report = run(&rt, &p, "sentinelone-isolate", input("disconnect", json!([bob]))).await;
+    assert!(matches!(&report.outcome, Err(InvokeError::Upstream { status: Some(401), message, .. }) if message.contains("credential `s1`")), "{:?}", report.outcome);
 }
