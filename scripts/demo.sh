@@ -77,7 +77,7 @@ for _ in $(seq 1 300); do
   sleep 0.2
 done
 echo "run $run: $state (parked: no worker, no instance)"
-curl -s http://127.0.0.1:8080/api/approvals | python3 -c 'import json,sys; [print(f"pending: {a[\"title\"]} choices {a[\"choices\"]} approvers {a[\"approvers\"]}") for a in json.load(sys.stdin)["approvals"]]'
+curl -s http://127.0.0.1:8080/api/approvals | python3 -c 'import json,sys; [print("pending:", a["title"], "choices", a["choices"], "approvers", a["approvers"]) for a in json.load(sys.stdin)["approvals"] if a["run"] == sys.argv[1]]' "$run"
 # The lead's email carries a link per choice; confirming "isolate" is a POST (a GET only shows the question).
 link=$(python3 - "$mail_dir" <<'PY'
 import json, pathlib, re, sys
