@@ -152,10 +152,8 @@ fn benches(c: &mut Criterion) {
             let tape = warden::recording::Tape::record(grant.limits.recording_bytes);
             let r = warden_rt.invoke_taped(&plugin, grant.clone(), info.clone(), input, None, tape.clone()).await;
             assert!(r.outcome.is_ok());
-            // Made into the JSON a cassette (or the run store) keeps.
-            let warden::recording::Tape::Record(rec) = &tape else { unreachable!() };
-            let done = warden::recording::locked(rec).finish(&plugin.name, &plugin.sha256, Default::default(), Value::Null, warden::recording::Outcome::Output(Value::Null));
-            std::hint::black_box(serde_json::to_vec(&done).unwrap());
+            // Made into the JSON the run store keeps, as a story step does.
+            std::hint::black_box(tape.finish_stored(&plugin.name, &plugin.sha256, &info, input, &r.outcome));
         })
     });
 
@@ -252,26 +250,34 @@ fn main() {
     Criterion::default().configure_from_args().final_summary();
 }
 
-/// Exactly `n` trivial invocations, as the story engine makes them (recorded
-/// and the recording made into the JSON the store keeps, when `record`).
+/// Exactly `n` trivial invocations (or, with `WARDEN_BENCH_HTTP=N`, of N
+/// requests each), as the story engine makes them (recorded and the
+/// recording made into the JSON the store keeps, when `record`).
 fn count(n: usize, record: bool) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     // The compiled probe comes from the disk cache (warm it outside valgrind first).
     let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/warden-bench-cache");
     let warden_rt = Runtime::new(RuntimeConfig { cache_dir: Some(cache), max_instances: 4, ..Default::default() }).unwrap();
-    let policy = Policy::parse(&format!("[plugins.probe]\npath = \"{}\"\n", probe().display()), "bench.toml", std::path::Path::new(".")).unwrap();
+    // WARDEN_BENCH_HTTP=N: each invocation makes N requests to a local origin.
+    let (srv, _seen) = rt.block_on(warden_sim::origin::spawn()).unwrap();
+    let calls: u64 = std::env::var("WARDEN_BENCH_HTTP").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let policy = Policy::parse(
+        &format!("[plugins.probe]\npath = \"{}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:{}/*\"]\nlimits = {{ http_requests = 1000 }}\n", probe().display(), srv.port()),
+        "bench.toml",
+        std::path::Path::new("."),
+    )
+    .unwrap();
     let plugin = warden_rt.load_entry(&policy.plugins["probe"]).unwrap();
     let grant = policy.grant_for("probe");
     let info = InvocationInfo { run_id: "bench".into(), team: "bench".into(), attempt: 1, ..Default::default() };
-    let input = r#"{"op":"echo"}"#;
+    let many = json!({"op": "fetch_many", "count": calls, "url": srv.url("/json"), "door": "warden"}).to_string();
+    let input = if calls > 0 { many.as_str() } else { r#"{"op":"echo"}"# };
     rt.block_on(async {
         for _ in 0..n {
             let tape = if record { warden::recording::Tape::record(grant.limits.recording_bytes) } else { warden::recording::Tape::Live };
             let r = warden_rt.invoke_taped(&plugin, grant.clone(), info.clone(), input, None, tape.clone()).await;
             assert!(r.outcome.is_ok());
-            if let Some(done) = tape.finish(&plugin.name, &plugin.sha256, &info, input, &r.outcome) {
-                std::hint::black_box(serde_json::to_string(&done).unwrap());
-            }
+            std::hint::black_box(tape.finish_stored(&plugin.name, &plugin.sha256, &info, input, &r.outcome));
         }
     });
 }

@@ -2,7 +2,7 @@
 //! `clock.sleep` (a polling loop between polls); resident memory growth / N.
 //! Then memory per run waiting for an approval: N story runs parked at an
 //! approval step (SQLite store on disk); resident memory growth / N, with no
-//! instance alive.
+//! instance alive (`WARDEN_BENCH_ONLY=waiting` for this part alone).
 //!
 //!     cargo bench -p warden --bench memory
 
@@ -14,7 +14,9 @@ use warden::{InvocationInfo, Policy, Runtime, RuntimeConfig};
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let sizes: &[usize] = if common::full() { &[1_000, 10_000] } else { &[50] };
+    // WARDEN_BENCH_ONLY=waiting: only the approval part, in a fresh process.
+    let only_waiting = std::env::var("WARDEN_BENCH_ONLY").is_ok_and(|o| o == "waiting");
+    let sizes: &[usize] = if only_waiting { &[] } else if common::full() { &[1_000, 10_000] } else { &[50] };
     println!("memory per sleeping run (probe guest parked in clock.sleep)");
     for &n in sizes {
         let runtime = Arc::new(Runtime::new(RuntimeConfig { cache_dir: None, max_instances: n as u32 + 16, ..Default::default() }).unwrap());
@@ -55,7 +57,7 @@ fn main() {
             assert!(r.outcome.is_ok(), "{:?}", r.outcome);
         }
     }
-    waiting_runs(&rt, if common::full() { &[10_000] } else { &[50] });
+    waiting_runs(&rt, if common::full() { &[10_000, 20_000] } else { &[50] });
 }
 
 /// Runs parked at an approval step: what they cost while they wait.

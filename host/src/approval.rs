@@ -320,27 +320,24 @@ impl std::fmt::Display for Refused {
 /// A decision taken by the store's atomic update, or why none was.
 pub type Decided = Result<Approval, Refused>;
 
-/// Validates and takes a decision on `approval` (choice and approver checked
-/// here, the once-only in the store). `approver`: an address or `team:NAME`,
-/// or `None` for the operator (admin token, CLI), who may always decide.
-pub fn decide(store: &dyn crate::store::ApprovalStore, approval: &Approval, choice: &str, approver: Option<&str>, mut decision: Decision) -> anyhow::Result<Decided> {
-    if approval.state != "pending" {
-        return Ok(Err(Refused::Over(approval.clone())));
-    }
-    if !approval.choices.iter().any(|c| c == choice) {
-        return Ok(Err(Refused::BadChoice(format!("`{}` is not a choice of this approval; choose one of {}", crate::invocation::guest_text(choice, 40), approval.choices.join(", ")))));
-    }
-    if let Some(who) = approver {
-        if !approval.allows(who) {
-            return Ok(Err(Refused::NotAnApprover(format!(
-                "{who} may not decide this approval: it is restricted to {}",
-                approval.approvers.join(", ")
-            ))));
+impl Approval {
+    /// Whether a decision for `choice` by `approver` may be taken now: the
+    /// approval is pending, the choice one of its own, the approver allowed.
+    /// `approver`: an address or `team:NAME`, or `None` for the operator
+    /// (admin token, CLI), who may always decide. (The once-only is the
+    /// store's: see [`crate::store::decide`].)
+    pub fn check_decision(&self, choice: &str, approver: Option<&str>) -> Result<(), Refused> {
+        if self.state != "pending" {
+            return Err(Refused::Over(self.clone()));
+        }
+        if !self.choices.iter().any(|c| c == choice) {
+            return Err(Refused::BadChoice(format!("`{}` is not a choice of this approval; choose one of {}", crate::invocation::guest_text(choice, 40), self.choices.join(", "))));
+        }
+        match approver {
+            Some(who) if !self.allows(who) => Err(Refused::NotAnApprover(format!("{who} may not decide this approval: it is restricted to {}", self.approvers.join(", ")))),
+            _ => Ok(()),
         }
     }
-    decision.choice = Some(choice.to_string());
-    decision.comment = decision.comment.map(|c| c.chars().take(MAX_COMMENT).collect());
-    store.decide(&approval.run, &approval.step, &decision)
 }
 
 #[cfg(test)]

@@ -161,22 +161,62 @@ pub enum Outcome {
 impl Outcome {
     /// How an invocation ended, as a recording keeps it.
     pub fn of(outcome: &Result<String, crate::invocation::InvokeError>) -> Outcome {
-        use crate::invocation::InvokeError as E;
         match outcome {
             Ok(text) => Outcome::Output(serde_json::from_str(text).unwrap_or(Value::String(text.clone()))),
-            Err(e) => {
-                let kind = match e {
-                    E::InvalidInput { .. } => "invalid-input",
-                    E::Denied { .. } => "denied",
-                    E::Upstream { .. } => "upstream",
-                    E::Failed { .. } => "failed",
-                    E::Limit { .. } => "limit",
-                    E::Trap { .. } => "trap",
-                    E::Instantiate { .. } => "instantiate",
-                };
-                Outcome::Error { kind: kind.into(), message: e.to_string() }
-            }
+            Err(e) => Outcome::Error { kind: error_kind(e).into(), message: e.to_string() },
         }
+    }
+}
+
+fn error_kind(e: &crate::invocation::InvokeError) -> &'static str {
+    use crate::invocation::InvokeError as E;
+    match e {
+        E::InvalidInput { .. } => "invalid-input",
+        E::Denied { .. } => "denied",
+        E::Upstream { .. } => "upstream",
+        E::Failed { .. } => "failed",
+        E::Limit { .. } => "limit",
+        E::Trap { .. } => "trap",
+        E::Instantiate { .. } => "instantiate",
+    }
+}
+
+/// A recording as the run store keeps it: its JSON, made straight from the
+/// tape (the input and output copied as they came, not parsed and written
+/// again), and whether it was truncated.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub json: String,
+    pub truncated: bool,
+}
+
+/// [`Recording`], borrowed: the same JSON, written without building values.
+#[derive(Serialize)]
+struct RecordingOut<'a> {
+    format: &'static str,
+    plugin: &'a str,
+    plugin_sha256: &'a str,
+    invocation: Invocation,
+    input: Box<serde_json::value::RawValue>,
+    calls: Vec<Call>,
+    wasi: WasiReads,
+    outcome: OutcomeOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    truncated: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum OutcomeOut {
+    Output(Box<serde_json::value::RawValue>),
+    Error { kind: &'static str, message: String },
+}
+
+/// `text` as JSON: itself when it is JSON, else the string holding it (as [`Outcome::of`] keeps it).
+fn raw(text: &str) -> Box<serde_json::value::RawValue> {
+    match serde_json::from_str::<&serde_json::value::RawValue>(text) {
+        Ok(r) => r.to_owned(),
+        Err(_) => serde_json::value::to_raw_value(text).expect("a string is JSON"),
     }
 }
 
@@ -227,6 +267,27 @@ impl Tape {
         }
         let random = base64::engine::general_purpose::STANDARD.decode(&recording.wasi.random).map_err(|e| format!("wasi.random is not base64: {e}"))?;
         Ok(Tape::Replay(Arc::new(Mutex::new(Replayer { recording, next: 0, random, random_at: 0, wall_at: 0, mono_at: 0, divergence: None }))))
+    }
+
+    /// The recording this tape made of one invocation as the store keeps it
+    /// (None unless recording): what [`Tape::finish`] gives, as JSON, for
+    /// less work on the invocation's path.
+    pub fn finish_stored(&self, plugin: &str, sha256: &str, info: &crate::invocation::InvocationInfo, input: &str, outcome: &Result<String, crate::invocation::InvokeError>) -> Option<Stored> {
+        let Tape::Record(recorder) = self else { return None };
+        let (calls, wasi, truncated) = lock(recorder).take();
+        let outcome = match outcome {
+            Ok(text) => OutcomeOut::Output(raw(text)),
+            Err(e) => OutcomeOut::Error { kind: error_kind(e), message: e.to_string() },
+        };
+        let stored = truncated.is_some();
+        let out = RecordingOut { format: FORMAT, plugin, plugin_sha256: sha256, invocation: Invocation::of(info), input: raw(input), calls, wasi, outcome, truncated };
+        match serde_json::to_string(&out) {
+            Ok(json) => Some(Stored { json, truncated: stored }),
+            Err(e) => {
+                tracing::error!(plugin, "cannot serialize a recording: {e}");
+                None
+            }
+        }
     }
 
     /// The recording this tape made of one invocation (None unless recording).
@@ -306,8 +367,16 @@ impl Recorder {
 
     /// The recording, given what the invocation was and how it ended.
     pub fn finish(&mut self, plugin: &str, sha256: &str, invocation: Invocation, input: Value, outcome: Outcome) -> Recording {
+        let (calls, wasi, truncated) = self.take();
+        Recording { format: FORMAT.into(), plugin: plugin.into(), plugin_sha256: sha256.into(), invocation, input, calls, wasi, outcome, truncated }
+    }
+
+    /// The calls, the WASI reads and why the recording is truncated, if it is.
+    fn take(&mut self) -> (Vec<Call>, WasiReads, Option<String>) {
         let mut wasi = std::mem::take(&mut self.wasi);
-        wasi.random = base64::engine::general_purpose::STANDARD.encode(&self.random);
+        if !self.random.is_empty() {
+            wasi.random = base64::engine::general_purpose::STANDARD.encode(&self.random);
+        }
         let mut truncated = self.truncated.clone();
         // A place reserved and never filled: the invocation ended before the answer.
         let slots = self.calls.len();
@@ -315,7 +384,7 @@ impl Recorder {
         if truncated.is_none() && calls.len() < slots {
             truncated = Some(format!("call #{} was never answered before the invocation ended", calls.len() + 1));
         }
-        Recording { format: FORMAT.into(), plugin: plugin.into(), plugin_sha256: sha256.into(), invocation, input, calls, wasi, outcome, truncated }
+        (calls, wasi, truncated)
     }
 
 }
@@ -648,6 +717,30 @@ mod tests {
         let rec = r.finish("p", "", Invocation::default(), Value::Null, Outcome::Output(Value::Null));
         assert_eq!(rec.calls.len(), 1);
         assert!(rec.truncated.unwrap().contains("call #2"));
+    }
+
+    #[test]
+    fn the_stored_json_is_the_recording() {
+        let info = crate::invocation::InvocationInfo { run_id: "r1".into(), story: "s".into(), step: "a".into(), team: "t".into(), attempt: 2 };
+        let outcomes = [
+            Ok(r#"{"hosts": ["a", "b"], "n": 1.5}"#.to_string()),
+            Ok("not json".to_string()),
+            Err(crate::invocation::InvokeError::Upstream { status: Some(503), message: "down".into(), retry_after_ms: None }),
+        ];
+        for (input, outcome) in [r#"{"op": "echo"}"#, "plain text", r#"[1,2]"#].into_iter().zip(outcomes) {
+            let (a, b) = (Tape::record(10_000), Tape::record(10_000));
+            for t in [&a, &b] {
+                let Tape::Record(r) = t else { unreachable!() };
+                let mut r = locked(r);
+                r.put(None, get("https://a/1"));
+                r.random(&[1, 2, 3]);
+                r.wall(7);
+            }
+            let stored = a.finish_stored("p", "abc", &info, input, &outcome).unwrap();
+            let parsed: Recording = serde_json::from_str(&stored.json).unwrap();
+            assert_eq!(parsed, b.finish("p", "abc", &info, input, &outcome).unwrap(), "{}", stored.json);
+            assert!(!stored.truncated);
+        }
     }
 
     #[test]

@@ -183,7 +183,7 @@ pub(super) async fn decide_by_link(State(s): State<AppState>, Path(token): Path<
     let decided_by = if link.recipient.is_empty() { "link holder".to_string() } else { link.recipient.clone() };
     let d = Decision { choice: None, decided_by, via: "link".into(), from: from(&ext, &headers), comment, decided_ms: crate::audit::now_ms() };
     let Some(store) = s.engine.store.approvals() else { return said(StatusCode::NOT_FOUND, "Unknown link", "") };
-    match approval::decide(store, &a, &link.choice, approver, d) {
+    match crate::store::decide(store, &a, &link.choice, approver, d) {
         Ok(Ok(done)) => {
             s.approvals_poke.notify_one();
             said(StatusCode::OK, "Decision recorded", &format!("{} — {}. The run continues.", done.title, done.what_happened()))
@@ -247,7 +247,7 @@ pub(super) async fn decide_by_api(State(s): State<AppState>, Path((run, step)): 
         Scope::Team(t) => (Some(format!("team:{t}")), format!("team:{t}")),
     };
     let d = Decision { choice: None, decided_by, via: "api".into(), from: from(&ext, &headers), comment: body.comment.filter(|c| !c.trim().is_empty()), decided_ms: crate::audit::now_ms() };
-    match approval::decide(store, &a, &body.choice, approver.as_deref(), d) {
+    match crate::store::decide(store, &a, &body.choice, approver.as_deref(), d) {
         Ok(Ok(done)) => {
             s.approvals_poke.notify_one();
             Json(json!({"approval": done})).into_response()

@@ -480,6 +480,17 @@ pub trait ApprovalStore: Send + Sync {
     fn wake(&self, root: &str) -> anyhow::Result<bool>;
 }
 
+/// Takes a decision on `approval` for `choice` (checked by
+/// [`crate::approval::Approval::check_decision`], then made once by the store).
+pub fn decide(store: &dyn ApprovalStore, approval: &crate::approval::Approval, choice: &str, approver: Option<&str>, mut decision: crate::approval::Decision) -> anyhow::Result<crate::approval::Decided> {
+    if let Err(refused) = approval.check_decision(choice, approver) {
+        return Ok(Err(refused));
+    }
+    decision.choice = Some(choice.to_string());
+    decision.comment = decision.comment.map(|c| c.chars().take(crate::approval::MAX_COMMENT).collect());
+    store.decide(&approval.run, &approval.step, &decision)
+}
+
 /// The audit record of a decision (who, when, from which address, which choice).
 pub fn decision_audit(step: &str, d: &crate::approval::Decision) -> String {
     serde_json::json!({

@@ -6,7 +6,7 @@
 use super::state::{ErrorKind, StepError};
 use crate::invocation::{InvocationInfo, LogLine};
 use crate::policy::Policy;
-use crate::recording::{Recording, Tape};
+use crate::recording::{Stored, Tape};
 use crate::runtime::{InvocationReport, Plugin, Runtime};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,7 +25,7 @@ pub trait Invoke: Send + Sync {
     /// [`Invoke::invoke`], recording every capability call and WASI read
     /// within the grant's `limits.recording_bytes` (see [`crate::recording`]).
     /// An invoker that cannot record returns no recording.
-    async fn invoke_recorded(&self, plugin: &str, team: &str, info: InvocationInfo, input: &str, tap: Option<UnboundedSender<LogLine>>) -> Result<(InvocationReport, Option<Recording>), StepError> {
+    async fn invoke_recorded(&self, plugin: &str, team: &str, info: InvocationInfo, input: &str, tap: Option<UnboundedSender<LogLine>>) -> Result<(InvocationReport, Option<Stored>), StepError> {
         self.invoke(plugin, team, info, input, tap).await.map(|r| (r, None))
     }
 
@@ -83,12 +83,12 @@ impl Invoke for PolicyInvoker {
         Ok(self.runtime.invoke(&p, self.policy.grant_for_team(plugin, team), info, input, tap).await)
     }
 
-    async fn invoke_recorded(&self, plugin: &str, team: &str, info: InvocationInfo, input: &str, tap: Option<UnboundedSender<LogLine>>) -> Result<(InvocationReport, Option<Recording>), StepError> {
+    async fn invoke_recorded(&self, plugin: &str, team: &str, info: InvocationInfo, input: &str, tap: Option<UnboundedSender<LogLine>>) -> Result<(InvocationReport, Option<Stored>), StepError> {
         let p = self.plugin(plugin, team).await?;
         let grant = self.policy.grant_for_team(plugin, team);
         let tape = Tape::record(grant.limits.recording_bytes);
         let report = self.runtime.invoke_taped(&p, grant, info.clone(), input, tap, tape.clone()).await;
-        let recording = tape.finish(&p.name, &p.sha256, &info, input, &report.outcome);
+        let recording = tape.finish_stored(&p.name, &p.sha256, &info, input, &report.outcome);
         Ok((report, recording))
     }
 

@@ -105,18 +105,8 @@ impl Recorder {
     }
 
     /// A step attempt's recording, queued like the step record it belongs to.
-    pub fn recording(&self, at: &StepAt<'_>, attempt: u32, recording: &crate::recording::Recording) {
-        match serde_json::to_string(recording) {
-            Ok(text) => self.writer.queue(Write::Recording {
-                run: at.run.into(),
-                step: at.step.into(),
-                item: at.item,
-                attempt,
-                truncated: recording.truncated.is_some(),
-                recording: text,
-            }),
-            Err(e) => tracing::error!(run = at.run, step = at.step, "cannot serialize a recording: {e:#}"),
-        }
+    pub fn recording(&self, at: &StepAt<'_>, attempt: u32, recording: crate::recording::Stored) {
+        self.writer.queue(Write::Recording { run: at.run.into(), step: at.step.into(), item: at.item, attempt, truncated: recording.truncated, recording: recording.json })
     }
 
     /// Queued, like the step record they belong to. Nothing is queued for an empty list.

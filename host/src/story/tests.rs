@@ -505,9 +505,9 @@ async fn an_approval_parks_the_run_and_a_decision_resumes_it_after_the_step() {
     // Woken before a decision: nothing to wake.
     assert!(store.runs_to_wake(10).unwrap().is_empty());
 
-    let decided = crate::approval::decide(store, &a, "reject", None, decision("x")).unwrap().unwrap();
+    let decided = crate::store::decide(store, &a, "reject", None, decision("x")).unwrap().unwrap();
     assert_eq!(decided.state, "decided");
-    let again = crate::approval::decide(store, &a, "approve", None, decision("x")).unwrap();
+    let again = crate::store::decide(store, &a, "approve", None, decision("x")).unwrap();
     assert!(matches!(again, Err(crate::approval::Refused::Over(_))), "decided twice: {again:?}");
     let stale = store.decide(&r.run_id, "confirm", &decision("approve")).unwrap();
     assert!(matches!(stale, Err(crate::approval::Refused::Over(_))), "the store decided twice: {stale:?}");

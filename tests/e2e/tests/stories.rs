@@ -328,8 +328,18 @@ fn example_fixture(s1: u16, jira: u16, smtp: u16) -> (StoryDir, warden::Policy) 
     (dir, p)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_threat_hunt_story_opens_a_ticket_and_emails_the_leads_only_when_hosts_were_seen() {
+/// The example stories against the simulators and a real SMTP server.
+struct Example {
+    s1: warden_sim::Running,
+    s1_sim: std::sync::Arc<sentinelone::Sim>,
+    j: warden_sim::Running,
+    jira_sim: std::sync::Arc<jira::Sim>,
+    smtp: SmtpServer,
+    _dir: StoryDir,
+    e: warden::story::engine::Engine,
+}
+
+async fn example() -> Example {
     // SAFETY: the example policy reads these; every test sets the same values.
     unsafe {
         std::env::set_var("S1_API_TOKEN", "s1-demo-token");
@@ -340,6 +350,12 @@ async fn the_threat_hunt_story_opens_a_ticket_and_emails_the_leads_only_when_hos
     let smtp = SmtpServer::start();
     let (dir, p) = example_fixture(s1.port(), j.port(), smtp.port);
     let e = engine(p, &dir.0);
+    Example { s1, s1_sim, j, jira_sim, smtp, _dir: dir, e }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_threat_hunt_story_opens_a_ticket_and_emails_the_leads_only_when_hosts_were_seen() {
+    let Example { s1, s1_sim, j, jira_sim, smtp, _dir, e } = example().await;
 
     let hit = run(&e, "threat-hunt", json!({
         "indicator": {"kind": "domain", "value": "evil.example"},
@@ -416,16 +432,7 @@ async fn the_threat_hunt_story_opens_a_ticket_and_emails_the_leads_only_when_hos
 /// timeout chooses `ignore`: nothing is isolated, and the ticket says that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_threat_hunt_asks_the_leads_before_isolating_and_does_nothing_on_timeout() {
-    // SAFETY: the example policy reads these; every test sets the same values.
-    unsafe {
-        std::env::set_var("S1_API_TOKEN", "s1-demo-token");
-        std::env::set_var("JIRA_API_TOKEN", "jira-demo-token");
-    }
-    let (s1, s1_sim) = sentinelone::spawn(sentinelone::Config { polls_before_finish: 1, ..Default::default() }).await.unwrap();
-    let (j, jira_sim) = jira::spawn(jira::Config::default()).await.unwrap();
-    let smtp = SmtpServer::start();
-    let (dir, p) = example_fixture(s1.port(), j.port(), smtp.port);
-    let e = engine(p, &dir.0);
+    let Example { s1: _s1, s1_sim, j: _j, jira_sim, smtp, _dir, e } = example().await;
     let input = json!({
         "indicator": {"kind": "domain", "value": "evil.example"},
         "leads": ["soc-lead@corp.example", "ir-lead@corp.example"],
@@ -450,7 +457,7 @@ async fn the_threat_hunt_asks_the_leads_before_isolating_and_does_nothing_on_tim
     assert_eq!(approval.title, "Isolate 3 host(s) that saw evil.example?");
     assert_eq!(approval.approvers, vec!["soc-lead@corp.example".to_string(), "ir-lead@corp.example".to_string()]);
     let by_link = warden::approval::Decision { choice: None, decided_by: link.recipient.clone(), via: "link".into(), from: Some("127.0.0.1".into()), comment: None, decided_ms: 1 };
-    warden::approval::decide(approvals, &approval, &link.choice, Some(&link.recipient), by_link).unwrap().unwrap();
+    warden::store::decide(approvals, &approval, &link.choice, Some(&link.recipient), by_link).unwrap().unwrap();
     assert!(approvals.wake(&asked.run_id).unwrap());
     let done = e.resume(&asked.run_id, &Quiet).await;
     assert_eq!(done.state, "succeeded", "{:?}", done.error);

@@ -520,7 +520,7 @@ impl Engine {
                 let (report, recording) = report;
                 self.recorder.logs_and_audit(run, &step.id, &report.logs, &report.audit);
                 if let Some(recording) = recording {
-                    self.recorder.recording(&sr.at(item), attempt, &recording);
+                    self.recorder.recording(&sr.at(item), attempt, recording);
                 }
                 for record in &report.audit {
                     sr.observer.event(&Event::Audit { run, step: &step.id, record });
