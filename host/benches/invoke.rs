@@ -270,7 +270,7 @@ fn count(n: usize, record: bool) {
     let plugin = warden_rt.load_entry(&policy.plugins["probe"]).unwrap();
     let grant = policy.grant_for("probe");
     let info = InvocationInfo { run_id: "bench".into(), team: "bench".into(), attempt: 1, ..Default::default() };
-    let many = json!({"op": "fetch_many", "count": calls, "url": srv.url("/json"), "door": "warden"}).to_string();
+    let many = json!({"op": "fetch_many", "count": calls, "url": srv.url("/json"), "door": "warden", "quiet": true}).to_string();
     let input = if calls > 0 { many.as_str() } else { r#"{"op":"echo"}"# };
     rt.block_on(async {
         for _ in 0..n {

@@ -190,15 +190,19 @@ pub struct Stored {
     pub truncated: bool,
 }
 
-/// [`Recording`], borrowed: the same JSON, written without building values.
+/// [`Recording`] up to its calls, borrowed: the same JSON, written without building values.
 #[derive(Serialize)]
-struct RecordingOut<'a> {
+struct HeadOut<'a> {
     format: &'static str,
     plugin: &'a str,
     plugin_sha256: &'a str,
     invocation: Invocation,
     input: Box<serde_json::value::RawValue>,
-    calls: Vec<Call>,
+}
+
+/// [`Recording`] after its calls.
+#[derive(Serialize)]
+struct TailOut {
     wasi: WasiReads,
     outcome: OutcomeOut,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -274,14 +278,33 @@ impl Tape {
     /// less work on the invocation's path.
     pub fn finish_stored(&self, plugin: &str, sha256: &str, info: &crate::invocation::InvocationInfo, input: &str, outcome: &Result<String, crate::invocation::InvokeError>) -> Option<Stored> {
         let Tape::Record(recorder) = self else { return None };
-        let (calls, wasi, truncated) = lock(recorder).take();
+        let (calls, wasi, truncated) = lock(recorder).take_kept();
         let outcome = match outcome {
             Ok(text) => OutcomeOut::Output(raw(text)),
             Err(e) => OutcomeOut::Error { kind: error_kind(e), message: e.to_string() },
         };
         let stored = truncated.is_some();
-        let out = RecordingOut { format: FORMAT, plugin, plugin_sha256: sha256, invocation: Invocation::of(info), input: raw(input), calls, wasi, outcome, truncated };
-        match serde_json::to_string(&out) {
+        let head = HeadOut { format: FORMAT, plugin, plugin_sha256: sha256, invocation: Invocation::of(info), input: raw(input) };
+        let tail = TailOut { wasi, outcome, truncated };
+        // {head…, "calls": [each call's JSON], tail…}: the fields in Recording's order.
+        let json = (|| -> serde_json::Result<String> {
+            let mut json = serde_json::to_string(&head)?;
+            json.pop();
+            json.push_str(",\"calls\":[");
+            for (i, call) in calls.iter().enumerate() {
+                if i > 0 {
+                    json.push(',');
+                }
+                match call {
+                    Kept::Json(j) => json.push_str(j),
+                    Kept::Call(c) => json.push_str(&serde_json::to_string(c)?),
+                }
+            }
+            json.push_str("],");
+            json.push_str(&serde_json::to_string(&tail)?[1..]);
+            Ok(json)
+        })();
+        match json {
             Ok(json) => Some(Stored { json, truncated: stored }),
             Err(e) => {
                 tracing::error!(plugin, "cannot serialize a recording: {e}");
@@ -304,7 +327,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A recording being made.
 pub struct Recorder {
-    calls: Vec<Option<Call>>,
+    calls: Vec<Option<Kept>>,
     wasi: WasiReads,
     random: Vec<u8>,
     used: u64,
@@ -312,7 +335,85 @@ pub struct Recorder {
     truncated: Option<String>,
 }
 
+/// A call as the recorder keeps it: the value, or — for `http.send`, the
+/// call made most — its JSON, written from the exchange itself (no copy of
+/// the request and answer is made to be written later).
+enum Kept {
+    Call(Call),
+    Json(String),
+}
+
+impl Kept {
+    fn to_call(self) -> Option<Call> {
+        match self {
+            Kept::Call(c) => Some(c),
+            Kept::Json(j) => serde_json::from_str(&j).ok(),
+        }
+    }
+}
+
+/// An HTTP call's parts as [`Call::Http`] writes them, borrowed.
+#[derive(Serialize)]
+pub struct HttpRequestOut<'a> {
+    pub method: &'a str,
+    pub url: &'a str,
+    pub headers: &'a [(String, String)],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<BodyOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpAnswerOut<'a> {
+    Response { status: u16, headers: &'a [(String, String)], body: BodyOut<'a> },
+    Error { kind: &'a str, message: &'a str },
+}
+
+/// [`Body`], borrowed.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum BodyOut<'a> {
+    Text(&'a str),
+    Bytes { base64: String },
+}
+
+impl<'a> BodyOut<'a> {
+    pub fn of(bytes: &'a [u8]) -> BodyOut<'a> {
+        match std::str::from_utf8(bytes) {
+            Ok(t) => BodyOut::Text(t),
+            Err(_) => BodyOut::Bytes { base64: base64::engine::general_purpose::STANDARD.encode(bytes) },
+        }
+    }
+}
+
+
 impl Recorder {
+    /// An `http.send` call: `request` is the JSON of [`HttpRequestOut`] (written
+    /// before the body went on the wire), `answer` what the guest received.
+    pub fn put_http(&mut self, request: &str, answer: HttpAnswerOut<'_>) {
+        // {"call": "http", "request": …, "answer": …}, as Call::Http writes it
+        // (`request` is serde_json's own output: it is not read again).
+        if request.is_empty() {
+            self.truncated = self.truncated.take().or(Some("an http request could not be written".into()));
+            return;
+        }
+        // One buffer, sized once: this runs for every request a recorded guest makes.
+        let mut json = Vec::with_capacity(request.len() + 256);
+        json.extend_from_slice(b"{\"call\":\"http\",\"request\":");
+        json.extend_from_slice(request.as_bytes());
+        json.extend_from_slice(b",\"answer\":");
+        match serde_json::to_writer(&mut json, &answer) {
+            Ok(()) => {
+                json.push(b'}');
+                let json = String::from_utf8(json).expect("serde_json writes UTF-8");
+                self.keep(None, "http", json.len(), Kept::Json(json))
+            }
+            Err(e) => tracing::error!("cannot record an http call: {e}"),
+        }
+    }
+
     fn charge(&mut self, bytes: usize, what: impl FnOnce() -> String) -> bool {
         if self.truncated.is_some() {
             return false;
@@ -336,9 +437,13 @@ impl Recorder {
 
     /// Fills a reserved place (or adds the call at the end).
     pub fn put(&mut self, slot: Option<usize>, call: Call) {
-        let size = approximate_size(&call);
+        let (size, name) = (approximate_size(&call), call.name());
+        self.keep(slot, name, size, Kept::Call(call));
+    }
+
+    fn keep(&mut self, slot: Option<usize>, name: &str, size: usize, call: Kept) {
         let n = slot.map_or(self.calls.len() + 1, |s| s + 1);
-        if !self.charge(size, || format!("call #{n} ({})", call.name())) {
+        if !self.charge(size, || format!("call #{n} ({name})")) {
             return;
         }
         match slot {
@@ -373,6 +478,11 @@ impl Recorder {
 
     /// The calls, the WASI reads and why the recording is truncated, if it is.
     fn take(&mut self) -> (Vec<Call>, WasiReads, Option<String>) {
+        let (kept, wasi, truncated) = self.take_kept();
+        (kept.into_iter().filter_map(Kept::to_call).collect(), wasi, truncated)
+    }
+
+    fn take_kept(&mut self) -> (Vec<Kept>, WasiReads, Option<String>) {
         let mut wasi = std::mem::take(&mut self.wasi);
         if !self.random.is_empty() {
             wasi.random = base64::engine::general_purpose::STANDARD.encode(&self.random);
@@ -380,7 +490,7 @@ impl Recorder {
         let mut truncated = self.truncated.clone();
         // A place reserved and never filled: the invocation ended before the answer.
         let slots = self.calls.len();
-        let calls: Vec<Call> = self.calls.drain(..).map_while(|c| c).collect();
+        let calls: Vec<Kept> = self.calls.drain(..).map_while(|c| c).collect();
         if truncated.is_none() && calls.len() < slots {
             truncated = Some(format!("call #{} was never answered before the invocation ended", calls.len() + 1));
         }
@@ -733,6 +843,15 @@ mod tests {
                 let Tape::Record(r) = t else { unreachable!() };
                 let mut r = locked(r);
                 r.put(None, get("https://a/1"));
+                let req = serde_json::to_string(&HttpRequestOut { method: "POST", url: "https://a/2", headers: &[("x".into(), "y".into())], body: Some(BodyOut::of(&[0xff, 0])), credential: Some("c") }).unwrap();
+                if std::ptr::eq(t, &a) {
+                    r.put_http(&req, HttpAnswerOut::Response { status: 201, headers: &[], body: BodyOut::of(b"{\"ok\":true}") });
+                } else {
+                    r.put(None, Call::Http {
+                        request: HttpRequest { method: "POST".into(), url: "https://a/2".into(), headers: vec![("x".into(), "y".into())], body: Some(Body::of(&[0xff, 0])), credential: Some("c".into()) },
+                        answer: HttpAnswer::Response { status: 201, headers: vec![], body: Body::of(b"{\"ok\":true}") },
+                    });
+                }
                 r.random(&[1, 2, 3]);
                 r.wall(7);
             }

@@ -6,7 +6,7 @@
 use super::http::delivered::Delivered;
 use crate::audit::{AuditRecord, Decision};
 use crate::bindings::warden::action::http::HttpError;
-use crate::recording::{Body, Call, HttpAnswer, HttpRequest};
+use crate::recording::{Body, BodyOut, Call, HttpAnswer, HttpAnswerOut, HttpRequest, HttpRequestOut};
 
 /// A request as the guest spelled it.
 pub fn request(method: &str, url: &str, headers: &[(String, String)], body: Option<&[u8]>, credential: Option<&str>) -> HttpRequest {
@@ -16,6 +16,35 @@ pub fn request(method: &str, url: &str, headers: &[(String, String)], body: Opti
         headers: headers.to_vec(),
         body: body.map(Body::of),
         credential: credential.map(String::from),
+    }
+}
+
+/// A request as the guest spelled it, written as a recording keeps it (the
+/// JSON of [`request`], without copying it first).
+pub fn request_json(method: &str, url: &str, headers: &[(String, String)], body: Option<&[u8]>, credential: Option<&str>) -> String {
+    let out = HttpRequestOut { method, url, headers, body: body.map(BodyOut::of), credential };
+    let size = 96 + url.len() + headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>() + body.map_or(0, |b| b.len() + 8);
+    let mut json = Vec::with_capacity(size);
+    match serde_json::to_writer(&mut json, &out) {
+        Ok(()) => String::from_utf8(json).unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// What the guest received, borrowed (see [`answer`]).
+pub fn answer_out(result: &Result<Delivered, HttpError>) -> HttpAnswerOut<'_> {
+    match result {
+        Ok(d) => HttpAnswerOut::Response { status: d.status, headers: &d.headers, body: BodyOut::of(&d.body) },
+        Err(e) => {
+            let (kind, message) = match e {
+                HttpError::Denied(m) => ("denied", m.as_str()),
+                HttpError::InvalidRequest(m) => ("invalid-request", m.as_str()),
+                HttpError::Timeout => ("timeout", ""),
+                HttpError::Connection(m) => ("connection", m.as_str()),
+                HttpError::TooLarge(m) => ("too-large", m.as_str()),
+            };
+            HttpAnswerOut::Error { kind, message }
+        }
     }
 }
 

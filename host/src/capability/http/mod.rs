@@ -129,13 +129,14 @@ impl http::Host for Capabilities {
             credential: req.credential.as_deref(),
             timeout: req.timeout_ms.map(|ms| Duration::from_millis(ms as u64)),
         };
-        let request = matches!(self.tape, Tape::Record(_)).then(asked);
+        // Written now: the body goes on the wire below.
+        let request = matches!(self.tape, Tape::Record(_)).then(|| taped::request_json(&req.method, &req.url, &req.headers, req.body.as_deref(), req.credential.as_deref()));
         let result = match admit(&self.call, &mut self.http, &outgoing, &mut record) {
             Ok(admitted) => deliver(admitted, req.body, &mut record).await,
             Err(e) => Err(e),
         };
         if let (Tape::Record(recorder), Some(request)) = (&self.tape, request) {
-            locked(recorder).put(None, Call::Http { request, answer: taped::answer(&result) });
+            locked(recorder).put_http(&request, taped::answer_out(&result));
         }
         self.call.answered(record, started)?;
         Ok(result.map(|d| http::Response { status: d.status, headers: d.headers, body: d.body }))
