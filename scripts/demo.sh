@@ -48,35 +48,37 @@ target/debug/warden serve --policy examples/warden.toml --db .warden/demo.db --l
 serve=$!
 trap 'kill $sim $smtp $serve 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null && break; sleep 0.1; done
+# warden's webhook signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<story>.<body>">
+sign() {
+  local ts; ts=$(date +%s)
+  printf 't=%s,v1=%s' "$ts" "$(printf '%s.threat-hunt.%s' "$ts" "$1" | python3 -c 'import hmac,hashlib,os,sys; print(hmac.new(os.environ["WARDEN_WEBHOOK_SECRET"].encode(), sys.stdin.buffer.read(), hashlib.sha256).hexdigest())')"
+}
+# Polls run $1 until its state is one of the others; prints that state.
+wait_for() {
+  local run=$1 state; shift
+  for _ in $(seq 1 300); do
+    state=$(curl -s "http://127.0.0.1:8080/api/runs/$run" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
+    for want in "$@" failed; do [ "$state" = "$want" ] && { echo "$state"; return; }; done
+    sleep 0.2
+  done
+  echo "$state"
+}
 body='{"indicator": {"kind": "domain", "value": "evil.example"}, "leads": ["soc-lead@corp.example"]}'
-ts=$(date +%s)
-sig="t=$ts,v1=$(printf '%s.threat-hunt.%s' "$ts" "$body" | python3 -c 'import hmac,hashlib,os,sys; print(hmac.new(os.environ["WARDEN_WEBHOOK_SECRET"].encode(), sys.stdin.buffer.read(), hashlib.sha256).hexdigest())')"
+sig=$(sign "$body")
 echo "curl -X POST http://127.0.0.1:8080/webhooks/threat-hunt -H 'X-Warden-Signature: $sig' -d '$body'"
 accepted=$(curl -s -X POST http://127.0.0.1:8080/webhooks/threat-hunt \
   -H 'Content-Type: application/json' -H "X-Warden-Signature: $sig" -d "$body")
 echo "$accepted"
 run=$(printf '%s' "$accepted" | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_id"])')
-for _ in $(seq 1 300); do
-  state=$(curl -s "http://127.0.0.1:8080/api/runs/$run" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
-  [ "$state" = succeeded ] || [ "$state" = failed ] && break
-  sleep 0.2
-done
-echo "run $run: $state"
+echo "run $run: $(wait_for "$run" succeeded)"
 curl -s "http://127.0.0.1:8080/api/runs/$run" | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["output"], indent=2))'
 
 echo
 echo "== an approval: the same hunt, asking the lead whether to isolate the hosts"
 body='{"indicator": {"kind": "domain", "value": "evil.example"}, "leads": ["soc-lead@corp.example"], "ask_to_isolate": true}'
-ts=$(date +%s)
-sig="t=$ts,v1=$(printf '%s.threat-hunt.%s' "$ts" "$body" | python3 -c 'import hmac,hashlib,os,sys; print(hmac.new(os.environ["WARDEN_WEBHOOK_SECRET"].encode(), sys.stdin.buffer.read(), hashlib.sha256).hexdigest())')"
-run=$(curl -s -X POST http://127.0.0.1:8080/webhooks/threat-hunt -H 'Content-Type: application/json' -H "X-Warden-Signature: $sig" -d "$body" \
+run=$(curl -s -X POST http://127.0.0.1:8080/webhooks/threat-hunt -H 'Content-Type: application/json' -H "X-Warden-Signature: $(sign "$body")" -d "$body" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_id"])')
-for _ in $(seq 1 300); do
-  state=$(curl -s "http://127.0.0.1:8080/api/runs/$run" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
-  [ "$state" = waiting ] || [ "$state" = failed ] && break
-  sleep 0.2
-done
-echo "run $run: $state (parked: no worker, no instance)"
+echo "run $run: $(wait_for "$run" waiting) (parked: no worker, no instance)"
 curl -s http://127.0.0.1:8080/api/approvals | python3 -c 'import json,sys; [print("pending:", a["title"], "choices", a["choices"], "approvers", a["approvers"]) for a in json.load(sys.stdin)["approvals"] if a["run"] == sys.argv[1]]' "$run"
 # The lead's email carries a link per choice; confirming "isolate" is a POST (a GET only shows the question).
 link=$(python3 - "$mail_dir" <<'PY'
@@ -89,12 +91,7 @@ PY
 link=$(printf '%s\n' "$link" | tail -1)
 echo "the lead confirms: curl -X POST $link"
 curl -s -o /dev/null -w "POST → %{http_code}\n" -X POST "$link" -d comment=contain
-for _ in $(seq 1 100); do
-  state=$(curl -s "http://127.0.0.1:8080/api/runs/$run" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
-  [ "$state" = succeeded ] || [ "$state" = failed ] && break
-  sleep 0.2
-done
-echo "run $run: $state"
+echo "run $run: $(wait_for "$run" succeeded)"
 curl -s "http://127.0.0.1:8080/api/runs/$run" | python3 -c 'import json,sys; o=json.load(sys.stdin)["output"]; print(json.dumps({k: o.get(k) for k in ["ticket", "containment", "isolated"]}))'
 kill $serve 2>/dev/null || true; wait $serve 2>/dev/null || true
 
