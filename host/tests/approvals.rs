@@ -227,7 +227,10 @@ async fn approvers_restrict_who_decides_by_link_and_by_api_token() {
     let run = submit(&srv, "contain", json!({"host": "h1", "approvers": ["lead@corp.example", "team:ir"]})).await;
     let links = links_of(&until(&srv, &run, "waiting").await);
 
-    // A link addressed to nobody decides nothing when approvers are named.
+    // A link addressed to nobody decides nothing when approvers are named (and says so on GET).
+    let (code, page) = open(&srv, links["isolate"].as_str().unwrap(), None).await;
+    assert_eq!(code, 403, "{page}");
+    assert!(page.contains("each of them has links of their own"), "{page}");
     let (code, page) = open(&srv, links["isolate"].as_str().unwrap(), Some("x")).await;
     assert_eq!(code, 403, "{page}");
     assert!(page.contains("restricted to lead@corp.example, team:ir"), "{page}");

@@ -456,6 +456,16 @@ hosts = ["http://127.0.0.1:8080"]
     }
 
     #[test]
+    fn the_public_url_of_approval_links_is_an_http_origin() {
+        let p = parse(&format!("{GOOD}\n[server]\npublic_url = \"https://warden.corp.example/\"\n")).unwrap();
+        assert_eq!(p.server.public_url.as_deref(), Some("https://warden.corp.example"));
+        for bad in ["warden.corp.example", "ftp://warden.corp.example", "https://warden.corp.example/?a=1", "https://"] {
+            let e = parse(&format!("{GOOD}\n[server]\npublic_url = \"{bad}\"\n")).unwrap_err().to_string();
+            assert!(e.contains("warden.toml:") && e.contains("public_url") && e.contains("approval links"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn cluster_settings_and_catch_up_are_checked_with_their_line() {
         let p = parse(&format!("{GOOD}\n[server]\nrole = \"worker\"\nlease_secs = 5\n")).unwrap();
         assert_eq!((p.server.role, p.server.lease_secs), (Some(Role::Worker), Some(5)));
