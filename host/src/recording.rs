@@ -116,10 +116,7 @@ pub enum Body {
 
 impl Body {
     pub fn of(bytes: &[u8]) -> Body {
-        match std::str::from_utf8(bytes) {
-            Ok(t) => Body::Text(t.to_string()),
-            Err(_) => Body::Bytes { base64: base64::engine::general_purpose::STANDARD.encode(bytes) },
-        }
+        BodyOut::of(bytes).into()
     }
 
     pub fn bytes(&self) -> Vec<u8> {
@@ -377,6 +374,15 @@ pub enum HttpAnswerOut<'a> {
 pub enum BodyOut<'a> {
     Text(&'a str),
     Bytes { base64: String },
+}
+
+impl From<BodyOut<'_>> for Body {
+    fn from(b: BodyOut<'_>) -> Body {
+        match b {
+            BodyOut::Text(t) => Body::Text(t.to_string()),
+            BodyOut::Bytes { base64 } => Body::Bytes { base64 },
+        }
+    }
 }
 
 impl<'a> BodyOut<'a> {

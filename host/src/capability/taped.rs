@@ -48,20 +48,11 @@ pub fn answer_out(result: &Result<Delivered, HttpError>) -> HttpAnswerOut<'_> {
     }
 }
 
-/// What the guest received.
+/// What the guest received (the owned form of [`answer_out`]).
 pub fn answer(result: &Result<Delivered, HttpError>) -> HttpAnswer {
-    match result {
-        Ok(d) => HttpAnswer::Response { status: d.status, headers: d.headers.clone(), body: Body::of(&d.body) },
-        Err(e) => {
-            let (kind, message) = match e {
-                HttpError::Denied(m) => ("denied", m.clone()),
-                HttpError::InvalidRequest(m) => ("invalid-request", m.clone()),
-                HttpError::Timeout => ("timeout", String::new()),
-                HttpError::Connection(m) => ("connection", m.clone()),
-                HttpError::TooLarge(m) => ("too-large", m.clone()),
-            };
-            HttpAnswer::Error { kind: kind.into(), message }
-        }
+    match answer_out(result) {
+        HttpAnswerOut::Response { status, headers, body } => HttpAnswer::Response { status, headers: headers.to_vec(), body: body.into() },
+        HttpAnswerOut::Error { kind, message } => HttpAnswer::Error { kind: kind.into(), message: message.into() },
     }
 }
 
