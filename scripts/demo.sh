@@ -93,6 +93,9 @@ echo "the lead confirms: curl -X POST $link"
 curl -s -o /dev/null -w "POST → %{http_code}\n" -X POST "$link" -d comment=contain
 echo "run $run: $(wait_for "$run" succeeded)"
 curl -s "http://127.0.0.1:8080/api/runs/$run" | python3 -c 'import json,sys; o=json.load(sys.stdin)["output"]; print(json.dumps({k: o.get(k) for k in ["ticket", "containment", "isolated"]}))'
+echo
+echo "== the web console lists these runs: $(curl -s http://127.0.0.1:8080/console/runs | grep -c 'data-run=') at http://127.0.0.1:8080/console"
+echo "   (browse them: target/debug/warden serve --policy examples/warden.toml --db .warden/demo.db)"
 kill $serve 2>/dev/null || true; wait $serve 2>/dev/null || true
 
 echo

@@ -9,6 +9,7 @@
 
 mod approvals;
 pub mod config;
+pub mod console;
 pub mod metrics;
 mod node;
 mod queue;
@@ -58,20 +59,31 @@ struct AppState {
     replays: Arc<signature::ReplayCache>,
     /// Wakes the approval sweep at once (after a decision here).
     approvals_poke: Arc<tokio::sync::Notify>,
+    console: Arc<console::Console>,
 }
 
 /// What an API token may read.
 #[derive(Debug, Clone, PartialEq)]
-enum Scope {
+pub enum Scope {
     All,
     Team(String),
 }
 
 /// The `/api/*` tokens: `[server] api_token_env` sees every run; a team's
 /// `api_token_env` sees that team's. Kept as digests, compared in constant time.
-struct ApiTokens(Vec<([u8; 32], Scope)>);
+pub struct ApiTokens(Vec<([u8; 32], Scope)>);
 
 impl ApiTokens {
+    /// The scope of a token given in full (the console's sign-in), with its digest.
+    fn find(&self, given: &str) -> Option<(Scope, [u8; 32])> {
+        use sha2::Digest;
+        if given.is_empty() {
+            return None;
+        }
+        let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        self.0.iter().find(|(d, _)| *d == digest).map(|(d, scope)| (scope.clone(), *d))
+    }
+
     fn load(policy: &Policy) -> anyhow::Result<ApiTokens> {
         use sha2::Digest;
         let mut tokens = Vec::new();
@@ -136,7 +148,7 @@ pub fn start(engine: Arc<Engine>, opts: &ServeOptions) -> anyhow::Result<(Router
     let approvals_poke = approvals::start_sweep(queue.clone());
     let tokens = Arc::new(ApiTokens::load(&policy)?);
     let max_body = policy.triggers.values().map(|t| t.max_body).max().unwrap_or(crate::policy::triggers::DEFAULT_MAX_BODY) as usize;
-    let state = AppState { engine, policy, queue: queue.clone(), metrics, tokens, replays: Arc::default(), approvals_poke };
+    let state = AppState { engine, policy, queue: queue.clone(), metrics, tokens, replays: Arc::default(), approvals_poke, console: Arc::default() };
     let router = Router::new()
         .route("/webhooks/{story}", post(webhook))
         .route("/api/runs", get(list_runs))
@@ -146,6 +158,7 @@ pub fn start(engine: Arc<Engine>, opts: &ServeOptions) -> anyhow::Result<(Router
         .route("/approvals/{token}", get(approvals::show).post(approvals::decide_by_link))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
+        .merge(console::routes())
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state);
     Ok((router, queue))
@@ -203,7 +216,7 @@ pub async fn serve(engine: Arc<Engine>, listen: &str, opts: ServeOptions) -> any
             "refusing to serve on {addr}: it is reachable beyond this machine and no API token is set, so anyone could read every run; set [server] api_token_env (and [teams.T] api_token_env for per-team tokens), or listen on 127.0.0.1"
         );
     }
-    tracing::info!("warden serving on http://{}", listener.local_addr()?);
+    tracing::info!("warden serving on http://{addr} (web console: http://{addr}/console)");
     // With each peer's address: an approval decision records where it came from.
     axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>()).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("stopped accepting; draining in-flight runs for up to {} s", opts.drain.as_secs());
@@ -348,7 +361,21 @@ async fn list_runs(State(s): State<AppState>, headers: HeaderMap, Query(q): Quer
         Scope::All => q.get("team").map(String::as_str),
         Scope::Team(t) => Some(t.as_str()),
     };
-    let filter = RunFilter { team, story: q.get("story").map(String::as_str), state: q.get("state").map(String::as_str), include_children: false, limit, offset };
+    let since_ms = match q.get("since").map(|t| t.parse::<u64>()) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "since is a time in Unix milliseconds"),
+    };
+    let filter = RunFilter {
+        team,
+        story: q.get("story").map(String::as_str),
+        state: q.get("state").map(String::as_str),
+        trigger: q.get("trigger").map(String::as_str),
+        since_ms,
+        include_children: false,
+        limit,
+        offset,
+    };
     match s.engine.store.find_runs(&filter) {
         Ok(runs) => Json(json!({"runs": runs, "limit": limit, "offset": offset})).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

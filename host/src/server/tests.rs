@@ -5,9 +5,9 @@ use crate::store::RunStore;
 use crate::story::invoke::PolicyInvoker;
 
 /// A served policy and its stories, in a folder of their own.
-struct Served {
-    base: String,
-    engine: Arc<Engine>,
+pub(super) struct Served {
+    pub(super) base: String,
+    pub(super) engine: Arc<Engine>,
     dir: std::path::PathBuf,
 }
 
@@ -17,9 +17,9 @@ impl Drop for Served {
     }
 }
 
-const SECRET: &str = "webhook-secret-for-server-tests";
+pub(super) const SECRET: &str = "webhook-secret-for-server-tests";
 
-async fn served(policy: &str, stories: &[(&str, &str)]) -> Served {
+pub(super) async fn served(policy: &str, stories: &[(&str, &str)]) -> Served {
     let dir = std::env::temp_dir().join(format!("warden-server-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(dir.join("stories")).unwrap();
     for (name, text) in stories {

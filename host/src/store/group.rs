@@ -394,6 +394,9 @@ mod tests {
         fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
             self.inner.count_by_state()
         }
+        fn count_runs(&self, f: &crate::store::RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
+            self.inner.count_runs(f)
+        }
         fn get_run(&self, id: &str) -> anyhow::Result<Option<crate::store::RunDetail>> {
             self.inner.get_run(id)
         }
@@ -529,6 +532,9 @@ mod tests {
             }
             fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
                 self.0.count_by_state()
+            }
+            fn count_runs(&self, f: &crate::store::RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
+                self.0.count_runs(f)
             }
             fn get_run(&self, id: &str) -> anyhow::Result<Option<crate::store::RunDetail>> {
                 self.0.get_run(id)

@@ -236,6 +236,10 @@ pub struct RunFilter<'a> {
     pub team: Option<&'a str>,
     pub story: Option<&'a str>,
     pub state: Option<&'a str>,
+    /// Only runs started by this trigger (`webhook`, `schedule`, `cli`, …).
+    pub trigger: Option<&'a str>,
+    /// Only runs created at or after this time (Unix ms).
+    pub since_ms: Option<u64>,
     /// Sub-story runs too (by default only top-level runs).
     pub include_children: bool,
     pub limit: usize,
@@ -419,7 +423,7 @@ pub trait Store: Send + Sync {
     fn find_runs(&self, filter: &RunFilter) -> anyhow::Result<Vec<RunSummary>>;
     /// Newest first. `story` and `state` filter; top-level runs only unless `include_children`.
     fn list_runs(&self, story: Option<&str>, state: Option<&str>, include_children: bool, limit: usize, offset: usize) -> anyhow::Result<Vec<RunSummary>> {
-        self.find_runs(&RunFilter { team: None, story, state, include_children, limit, offset })
+        self.find_runs(&RunFilter { story, state, include_children, limit, offset, ..Default::default() })
     }
     /// The run of `story` created with this `Idempotency-Key`, if any.
     fn run_by_idempotency_key(&self, story: &str, key: &str) -> anyhow::Result<Option<String>>;
@@ -428,6 +432,9 @@ pub trait Store: Send + Sync {
     fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>>;
     fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>>;
     fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>>;
+    /// How many runs `filter` matches in each state (its `state`, `limit` and
+    /// `offset` aside).
+    fn count_runs(&self, filter: &RunFilter) -> anyhow::Result<Vec<(String, u64)>>;
     fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>>;
     /// The recordings of a run's step attempts, in the order they were made.
     fn recordings(&self, run: &str) -> anyhow::Result<Vec<StoredRecording>>;

@@ -317,9 +317,23 @@ impl Store for RunStore {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(
             "SELECT * FROM runs WHERE (?1 IS NULL OR story = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 OR parent_run IS NULL) AND (?6 IS NULL OR team = ?6)
+               AND (?7 IS NULL OR trigger = ?7) AND (?8 IS NULL OR created_ms >= ?8)
              ORDER BY created_ms DESC, rowid DESC LIMIT ?4 OFFSET ?5",
         )?;
-        let rows = stmt.query_map(params![f.story, f.state, f.include_children, f.limit as i64, f.offset as i64, f.team], RunStore::summary)?;
+        let since = f.since_ms.map(|t| t.min(i64::MAX as u64) as i64);
+        let rows = stmt.query_map(params![f.story, f.state, f.include_children, f.limit.min(i64::MAX as usize) as i64, f.offset.min(i64::MAX as usize) as i64, f.team, f.trigger, since], RunStore::summary)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn count_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT state, COUNT(*) FROM runs WHERE (?1 IS NULL OR story = ?1) AND (?2 OR parent_run IS NULL) AND (?3 IS NULL OR team = ?3)
+               AND (?4 IS NULL OR trigger = ?4) AND (?5 IS NULL OR created_ms >= ?5)
+             GROUP BY state ORDER BY state",
+        )?;
+        let since = f.since_ms.map(|t| t.min(i64::MAX as u64) as i64);
+        let rows = stmt.query_map(params![f.story, f.include_children, f.team, f.trigger, since], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -70,6 +70,9 @@ impl Store for Flaky {
     fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
         self.inner.count_by_state()
     }
+    fn count_runs(&self, f: &crate::store::RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
+        self.inner.count_runs(f)
+    }
     fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>> {
         self.inner.get_run(id)
     }

@@ -17,6 +17,10 @@ pub trait Invoke: Send + Sync {
     /// Makes `plugin` ready to run for `team` (loaded, vetted); the error is
     /// the one a step using it would fail with.
     async fn prepare(&self, plugin: &str, team: &str) -> Result<(), StepError>;
+    /// The runtime plugins run on, when there is one (the console explains trust with it).
+    fn runtime(&self) -> Option<&Arc<Runtime>> {
+        None
+    }
 
     /// Runs `plugin` once for `team`, under that team's grant. `tap` receives
     /// log lines as they are written.
@@ -73,6 +77,9 @@ impl PolicyInvoker {
 
 #[async_trait::async_trait]
 impl Invoke for PolicyInvoker {
+    fn runtime(&self) -> Option<&Arc<Runtime>> {
+        Some(&self.runtime)
+    }
     async fn prepare(&self, plugin: &str, team: &str) -> Result<(), StepError> {
         self.plugin(plugin, team).await.map(|_| ())
     }

@@ -247,7 +247,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Story, StoryErrors> {
         let line = e.location().map(|l| l.line()).unwrap_or(0);
         let msg = e.to_string();
         let first = msg.lines().next().unwrap_or("").to_string();
-        StoryErrors(vec![err(line, format!("{first} (a story needs name, steps; each step an id and one of action, story, transform)"))])
+        StoryErrors(vec![err(line, format!("{first} (a story needs name, steps; each step an id and one of action, story, transform, approval)"))])
     })?;
     let mut errors = Vec::new();
     let name = raw.name.value.clone();

@@ -78,6 +78,18 @@ impl TransformError {
 use TransformError::{Failed, Template};
 
 impl Transform {
+    /// `set`, `merge`, … as written in a story.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Transform::Set(_) => "set",
+            Transform::Merge(_) => "merge",
+            Transform::Extract(_) => "extract",
+            Transform::Deduplicate(_) => "deduplicate",
+            Transform::Aggregate(_) => "aggregate",
+            Transform::Assert(_) => "assert",
+        }
+    }
+
     /// Reads the one-key map a story writes, with an error that names the choices.
     pub fn from_map(map: Map<String, Value>) -> Result<Transform, String> {
         const KINDS: &str = "set, merge, extract, deduplicate, aggregate, assert";

@@ -612,15 +612,35 @@ impl Store for PgStore {
         let pool = self.pool.clone();
         let (team, story, state) = (f.team.map(String::from), f.story.map(String::from), f.state.map(String::from));
         let (children, limit, offset) = (f.include_children, f.limit.min(i64::MAX as usize) as i64, f.offset.min(i64::MAX as usize) as i64);
+        let (trigger, since) = (f.trigger.map(String::from), f.since_ms.map(|t| t.min(i64::MAX as u64) as i64));
         self.block(async move {
             let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
             let sql = format!(
                 "SELECT {SUMMARY} FROM runs WHERE ($1::text IS NULL OR story = $1) AND ($2::text IS NULL OR state = $2) AND ($3 OR parent_run IS NULL) AND ($6::text IS NULL OR team = $6)
+                   AND ($7::text IS NULL OR trigger = $7) AND ($8::bigint IS NULL OR created_ms >= $8)
                  ORDER BY created_ms DESC, id DESC LIMIT $4 OFFSET $5"
             );
             let stmt = client.prepare_cached(&sql).await?;
-            let rows = client.query(&stmt, &[&story, &state, &children, &limit, &offset, &team]).await?;
+            let rows = client.query(&stmt, &[&story, &state, &children, &limit, &offset, &team, &trigger, &since]).await?;
             Ok(rows.iter().map(summary).collect())
+        })
+    }
+
+    fn count_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
+        let pool = self.pool.clone();
+        let (team, story, trigger) = (f.team.map(String::from), f.story.map(String::from), f.trigger.map(String::from));
+        let (children, since) = (f.include_children, f.since_ms.map(|t| t.min(i64::MAX as u64) as i64));
+        self.block(async move {
+            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            let stmt = client
+                .prepare_cached(
+                    "SELECT state, COUNT(*) FROM runs WHERE ($1::text IS NULL OR story = $1) AND ($2 OR parent_run IS NULL) AND ($3::text IS NULL OR team = $3)
+                       AND ($4::text IS NULL OR trigger = $4) AND ($5::bigint IS NULL OR created_ms >= $5)
+                     GROUP BY state ORDER BY state",
+                )
+                .await?;
+            let rows = client.query(&stmt, &[&story, &children, &team, &trigger, &since]).await?;
+            Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect())
         })
     }
 

@@ -178,6 +178,11 @@ impl Engine {
         self
     }
 
+    /// Where approval links (and the console's webhook URLs) point.
+    pub fn links_base(&self) -> &str {
+        &self.links_base
+    }
+
     /// Whether action steps are recorded for replay (on by default).
     pub fn with_recording(mut self, on: bool) -> Engine {
         self.record = on;

@@ -261,7 +261,11 @@ impl Guest for Probe {
             "log" => {
                 let n = v["count"].as_u64().unwrap_or(1);
                 for i in 0..n {
-                    log::log(log::Level::Info, &format!("line {i} {}", "x".repeat(100)));
+                    // A hostile plugin says whatever it likes in its log.
+                    match v["message"].as_str() {
+                        Some(m) => log::log(log::Level::Warn, m),
+                        None => log::log(log::Level::Info, &format!("line {i} {}", "x".repeat(100))),
+                    }
                     println!("stdout line {i}");
                 }
                 json!({"logged": n})
