@@ -187,6 +187,56 @@ pub fn looks_like_token(text: &str) -> bool {
     text.len() == 43 && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// What the run record shows in place of an approval link's token.
+pub const WITHHELD: &str = "(token-withheld)";
+
+/// `text` with the token of every approval link in it withheld. A link decides
+/// as the person it was made for, so it is for that person's inbox only: the
+/// run record (its step inputs and outputs, logs, audit, recordings), which the
+/// API and the console show to the whole team, keeps the link's shape and
+/// drops its token. Links are found by their path, `/approvals/<token>`, also
+/// URL-encoded (`%2Fapprovals%2F<token>`); text without one is returned as is.
+pub fn withhold_tokens(text: String) -> String {
+    if !text.contains("approvals/") && !text.contains("approvals%2") {
+        return text;
+    }
+    let is_token_byte = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut at = 0;
+    while let Some(found) = text[at..].find("approvals") {
+        let start = at + found;
+        let after = start + "approvals".len();
+        at = after;
+        // The separators around `approvals`: `/…/`, or `%2F…%2F` in either case.
+        let sep = |i: usize| -> Option<usize> {
+            if bytes.get(i) == Some(&b'/') {
+                Some(1)
+            } else if i + 3 <= bytes.len() && bytes[i] == b'%' && bytes[i + 1] == b'2' && bytes[i + 2].eq_ignore_ascii_case(&b'f') {
+                Some(3)
+            } else {
+                None
+            }
+        };
+        let before_ok = (start >= 1 && bytes[start - 1] == b'/') || (start >= 3 && bytes[start - 3] == b'%' && bytes[start - 2] == b'2' && bytes[start - 1].eq_ignore_ascii_case(&b'f'));
+        let Some(n) = sep(after).filter(|_| before_ok) else { continue };
+        let token_start = after + n;
+        let token_end = token_start + 43;
+        if token_end <= bytes.len() && bytes[token_start..token_end].iter().all(|b| is_token_byte(*b)) && !bytes.get(token_end).is_some_and(|b| is_token_byte(*b)) {
+            out.push_str(&text[copied..token_start]);
+            out.push_str(WITHHELD);
+            copied = token_end;
+            at = token_end;
+        }
+    }
+    if copied == 0 {
+        return text;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
 /// A link of an approval, as a template sees it.
 pub fn link_url(base: &str, token: &str) -> String {
     format!("{}/approvals/{token}", base.trim_end_matches('/'))
@@ -343,6 +393,25 @@ impl Approval {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_run_record_keeps_an_approval_links_shape_but_not_its_token() {
+        let key = [7u8; 32];
+        let t = token(&key, "r1", "confirm", "isolate", "lead@corp.example");
+        let link = link_url("https://warden.corp.example/", &t);
+        let said = withhold_tokens(format!("{{\"text\":\"Isolate: {link}\\nIgnore: {link}\"}}"));
+        assert!(!said.contains(&t), "{said}");
+        assert_eq!(said.matches("https://warden.corp.example/approvals/(token-withheld)").count(), 2, "{said}");
+        // URL-encoded (a chat API's form body), in either case.
+        for enc in ["%2Fapprovals%2F", "%2fapprovals%2f"] {
+            let said = withhold_tokens(format!("text=go+https%3A%2F%2Fw{enc}{t}&x=1"));
+            assert_eq!(said, format!("text=go+https%3A%2F%2Fw{enc}(token-withheld)&x=1"));
+        }
+        // Not a token: other lengths, other paths, and text without links, untouched.
+        for text in [format!("/approvals/{}", &t[..42]), format!("/approvals/{t}x"), format!("/approval/{t}"), "approvals everywhere/approvals/".into(), "plain".into()] {
+            assert_eq!(withhold_tokens(text.clone()), text);
+        }
+    }
 
     #[test]
     fn durations_read_like_people_write_them() {

@@ -13,6 +13,7 @@ pub mod approval;
 pub mod audit;
 pub mod bindings;
 pub mod capability;
+pub mod explain;
 pub mod invocation;
 pub mod limits;
 pub mod located;

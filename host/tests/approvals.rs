@@ -164,8 +164,17 @@ async fn decide_api(srv: &Server, token: &str, run: &str, step: &str, body: Valu
     (code, serde_json::from_str(&resp.text().await.unwrap()).unwrap_or(Value::Null))
 }
 
-fn links_of(detail: &Value) -> Value {
-    detail["steps"].as_array().unwrap().iter().find(|s| s["step_id"] == "links").unwrap()["output"].clone()
+/// The links the `links` step carried: derived as warden derives them, since
+/// the run record (which the whole team reads) keeps their shape, not their tokens.
+fn links_of(srv: &Server, detail: &Value) -> Value {
+    let stored = detail["steps"].as_array().unwrap().iter().find(|s| s["step_id"] == "links").unwrap()["output"].clone();
+    assert_eq!(stored["isolate"], format!("{}/approvals/(token-withheld)", srv.base), "the record withholds the token: {stored}");
+    let run = detail["id"].as_str().unwrap();
+    let store = warden::store::open(&srv.dir.join("runs.db")).unwrap();
+    let key = store.approvals().unwrap().link_key().unwrap();
+    let link = |choice: &str, to: &str| format!("{}/approvals/{}", srv.base, warden::approval::token(&key, run, "confirm", choice, to));
+    let lead = if stored["lead_isolate"].is_null() { Value::Null } else { json!(link("isolate", "lead@corp.example")) };
+    json!({"isolate": link("isolate", ""), "ignore": link("ignore", ""), "lead_isolate": lead})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +183,7 @@ async fn a_run_waits_for_a_link_and_continues_with_the_decision() {
     let srv = start(&dir);
     let run = submit(&srv, "contain", json!({"host": "WS-ALICE-01"})).await;
     let waiting = until(&srv, &run, "waiting").await;
-    let links = links_of(&waiting);
+    let links = links_of(&srv, &waiting);
     assert!(links["isolate"].as_str().unwrap().starts_with(&format!("{}/approvals/", srv.base)), "{links}");
     let pending = api(&srv.base, ADMIN, "/api/approvals").await;
     assert_eq!(pending["approvals"].as_array().unwrap().len(), 1, "{pending}");
@@ -225,7 +234,7 @@ async fn approvers_restrict_who_decides_by_link_and_by_api_token() {
     let dir = setup("who", "1h", "fail");
     let srv = start(&dir);
     let run = submit(&srv, "contain", json!({"host": "h1", "approvers": ["lead@corp.example", "team:ir"]})).await;
-    let links = links_of(&until(&srv, &run, "waiting").await);
+    let links = links_of(&srv, &until(&srv, &run, "waiting").await);
 
     // A link addressed to nobody decides nothing when approvers are named (and says so on GET).
     let (code, page) = open(&srv, links["isolate"].as_str().unwrap(), None).await;
@@ -256,7 +265,7 @@ async fn approvers_restrict_who_decides_by_link_and_by_api_token() {
 
     // The approver's own link decides as that approver.
     let run = submit(&srv, "contain", json!({"host": "h2", "approvers": ["lead@corp.example"]})).await;
-    let links = links_of(&until(&srv, &run, "waiting").await);
+    let links = links_of(&srv, &until(&srv, &run, "waiting").await);
     let (code, page) = open(&srv, links["lead_isolate"].as_str().unwrap(), Some("")).await;
     assert_eq!(code, 200, "{page}");
     let done = until(&srv, &run, "succeeded").await;
@@ -283,7 +292,7 @@ async fn a_timeout_chooses_on_timeout_or_fails_the_step() {
     let dir = setup("timeout", "1s", "ignore");
     let srv = start(&dir);
     let run = submit(&srv, "contain", json!({"host": "h"})).await;
-    let links = links_of(&until(&srv, &run, "waiting").await);
+    let links = links_of(&srv, &until(&srv, &run, "waiting").await);
     let done = until(&srv, &run, "succeeded").await;
     assert_eq!(done["output"]["decision"]["choice"], "ignore");
     assert_eq!(done["output"]["decision"]["decided_by"], "timeout");
@@ -295,7 +304,7 @@ async fn a_timeout_chooses_on_timeout_or_fails_the_step() {
     let dir = setup("timeout-fail", "1s", "fail");
     let srv = start(&dir);
     let run = submit(&srv, "contain", json!({"host": "h"})).await;
-    let links = links_of(&until(&srv, &run, "waiting").await);
+    let links = links_of(&srv, &until(&srv, &run, "waiting").await);
     let failed = until(&srv, &run, "failed").await;
     assert_eq!(failed["failed_step"], "confirm");
     assert!(failed["error"].as_str().unwrap().contains("no decision within 1s"), "{failed}");
@@ -311,7 +320,7 @@ async fn a_waiting_run_survives_a_restart_and_a_decision_made_while_the_server_w
     let mut srv = start(&dir);
     let first = submit(&srv, "contain", json!({"host": "a"})).await;
     let second = submit(&srv, "parent", json!({"host": "b"})).await;
-    let links = links_of(&until(&srv, &first, "waiting").await);
+    let links = links_of(&srv, &until(&srv, &first, "waiting").await);
     let parent = until(&srv, &second, "waiting").await;
     let child = parent["children"][0]["id"].as_str().unwrap().to_string();
     assert_eq!(parent["children"][0]["state"], "waiting");

@@ -35,7 +35,7 @@ pub fn summary(grant: &Grant) {
 /// `policy explain` for one plugin: trust, rules, credentials, mail, limits.
 /// False when the plugin is REFUSED.
 pub async fn plugin(rt: &Runtime, policy: &Policy, name: &str, team: &str) -> bool {
-    let e = warden::policy::explain::plugin(rt, policy, name, team).await;
+    let e = warden::explain::plugin(rt, policy, name, team).await;
     println!("plugin {name}{}", if team.is_empty() { String::new() } else { format!(" for team {team}") });
     println!("  {}", e.trust);
     for line in &e.lines {

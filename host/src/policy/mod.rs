@@ -12,7 +12,6 @@
 //! of warden but `limits` and `located`: everything else builds on it.
 
 pub mod credentials;
-pub mod explain;
 pub mod grants;
 pub mod keys;
 pub mod mail;

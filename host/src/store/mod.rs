@@ -301,6 +301,9 @@ pub fn recording_state(recordings: &[StoredRecording]) -> &'static str {
     }
 }
 
+// Every text a run's record keeps goes through this (see `crate::approval::withhold_tokens`).
+use crate::approval::withhold_tokens;
+
 impl Write {
     pub fn create_run(r: &NewRun) -> Write {
         Write::CreateRun {
@@ -308,7 +311,7 @@ impl Write {
             story: r.story.into(),
             team: r.team.into(),
             trigger: r.trigger.into(),
-            input: r.input.to_string(),
+            input: withhold_tokens(r.input.to_string()),
             parent: r.parent.map(|(run, step)| (run.into(), step.into())),
             idempotency_key: r.idempotency_key.map(Into::into),
             at_ms: now_ms(),
@@ -320,11 +323,11 @@ impl Write {
     }
 
     pub fn finish_run(id: &str, state: &str, output: Option<&Value>, error: Option<&str>, failed_step: Option<&str>) -> Write {
-        Write::FinishRun { id: id.into(), state: state.into(), output: output.map(Value::to_string), error: error.map(Into::into), failed_step: failed_step.map(Into::into), at_ms: now_ms() }
+        Write::FinishRun { id: id.into(), state: state.into(), output: output.map(|o| withhold_tokens(o.to_string())), error: error.map(Into::into), failed_step: failed_step.map(Into::into), at_ms: now_ms() }
     }
 
     pub fn step_started(run: &str, step: &str, item: Option<usize>, kind: &str, input: Option<&Value>, attempt: u32) -> Write {
-        Write::StepStarted { run: run.into(), step: step.into(), item, kind: kind.into(), input: input.map(Value::to_string), attempt, at_ms: now_ms() }
+        Write::StepStarted { run: run.into(), step: step.into(), item, kind: kind.into(), input: input.map(|i| withhold_tokens(i.to_string())), attempt, at_ms: now_ms() }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -335,19 +338,20 @@ impl Write {
             item,
             kind: kind.into(),
             state: state.into(),
-            output: output.map(Value::to_string),
-            error: error.map(Value::to_string),
+            output: output.map(|o| withhold_tokens(o.to_string())),
+            error: error.map(|e| withhold_tokens(e.to_string())),
             attempts,
             at_ms: now_ms(),
         }
     }
 
     pub fn logs(run: &str, step: &str, lines: &[LogLine]) -> Write {
-        Write::Logs { run: run.into(), step: step.into(), lines: lines.to_vec() }
+        let lines = lines.iter().map(|l| LogLine { message: withhold_tokens(l.message.clone()), ..l.clone() }).collect();
+        Write::Logs { run: run.into(), step: step.into(), lines }
     }
 
     pub fn audit(run: &str, step: &str, records: &[AuditRecord]) -> anyhow::Result<Write> {
-        let records = records.iter().map(|r| Ok((r.at_ms, serde_json::to_string(r)?))).collect::<anyhow::Result<_>>()?;
+        let records = records.iter().map(|r| Ok((r.at_ms, withhold_tokens(serde_json::to_string(r)?)))).collect::<anyhow::Result<_>>()?;
         Ok(Write::Audit { run: run.into(), step: step.into(), records })
     }
 

@@ -133,6 +133,22 @@ fn suite(s: &dyn Store) {
     assert_eq!(r.iter().map(|r| (r.step.as_str(), r.item, r.attempt, r.truncated, r.recording.as_str())).collect::<Vec<_>>(), vec![("a", None, 1, false, "{\"n\":1}"), ("a", Some(2), 2, true, "{\"n\":2}")]);
     assert_eq!(crate::store::recording_state(&r), "truncated");
 
+    // What the console asks: by trigger, since a time, and counts by state under a filter.
+    let by = |trigger: Option<&'static str>, since_ms: Option<u64>| {
+        let f = RunFilter { trigger, since_ms, limit: 50, ..Default::default() };
+        let mut ids: Vec<String> = s.find_runs(&f).unwrap().into_iter().map(|r| r.id).collect();
+        ids.sort();
+        (ids, s.count_runs(&f).unwrap())
+    };
+    let (ids, counts) = by(Some("schedule"), None);
+    assert_eq!((ids, counts), (vec!["t1".to_string(), "t2".to_string()], vec![("queued".to_string(), 2)]));
+    assert_eq!(by(None, Some(u64::MAX >> 1)), (vec![], vec![]), "nothing was created in the far future");
+    let (all, counts) = by(None, Some(0));
+    assert_eq!(all.len(), 5, "top-level runs only: {all:?}");
+    assert_eq!(counts, vec![("queued".to_string(), 4), ("succeeded".to_string(), 1)]);
+    let red = RunFilter { team: Some("red"), trigger: Some("test"), limit: 5, ..Default::default() };
+    assert_eq!(s.count_runs(&red).unwrap(), vec![("queued".to_string(), 1)]);
+
     approvals(s);
 }
 

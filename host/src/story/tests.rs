@@ -502,6 +502,9 @@ async fn an_approval_parks_the_run_and_a_decision_resumes_it_after_the_step() {
     let token = link.rsplit('/').next().unwrap();
     let (found, l) = store.approval_by_link(&crate::approval::token_hash(token)).unwrap().unwrap();
     assert_eq!((found.run.as_str(), l.choice.as_str(), l.recipient.as_str()), (r.run_id.as_str(), "approve", ""));
+    // The plugin got the link; the run record (read by the whole team) keeps it without its token.
+    let stored = d.steps.iter().find(|s| s.step_id == "before").unwrap().input.clone().unwrap();
+    assert_eq!(stored["link"].as_str().unwrap(), link.replace(token, crate::approval::WITHHELD));
     // Woken before a decision: nothing to wake.
     assert!(store.runs_to_wake(10).unwrap().is_empty());
 

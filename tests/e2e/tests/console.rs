@@ -212,13 +212,19 @@ async fn example() -> Example {
     Example { _s1: s1, _jira: j, _smtp: smtp, _dir: dir, base, engine }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_webhook_run_appears_live_and_its_hunt_shows_every_call() {
-    let Some(driver_path) = chromedriver() else { return };
-    let driver = start_driver(&driver_path);
+/// chromedriver, the example served, and a browser signed in with the admin token
+/// (`None`: the browser tests are skipped).
+async fn example_signed_in() -> Option<(Driver, Example, Client)> {
+    let driver = start_driver(&chromedriver()?);
     let ex = example().await;
     let c = browser(&driver, 1280, 800).await;
     sign_in(&c, &ex.base, ADMIN).await;
+    Some((driver, ex, c))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_run_appears_live_and_its_hunt_shows_every_call() {
+    let Some((_driver, ex, c)) = example_signed_in().await else { return };
     // Marks this page: a reload or navigation would lose the mark.
     c.execute("window.wardenMark = 'still here'; return 1;", vec![]).await.unwrap();
 
@@ -240,6 +246,13 @@ async fn a_webhook_run_appears_live_and_its_hunt_shows_every_call() {
     c.find(Locator::Css(&format!("tr[data-run='{run}'] a"))).await.unwrap().click().await.unwrap();
     until("the run page", || async { text_of(&c, "#run-state").await.filter(|s| s == "succeeded") }).await;
     screenshot(&c, "run").await;
+    // Sub-story runs are nested under the steps that called them, each step linked to its own run.
+    let mut nested = Vec::new();
+    for a in c.find_all(Locator::Css("li.tl-row.d1 a.tl-label")).await.unwrap() {
+        nested.push(a.attr("href").await.unwrap().unwrap_or_default());
+    }
+    assert!(nested.iter().any(|h| h.starts_with("/console/runs/r") && h.ends_with("#step-hunt")), "{nested:?}");
+    assert!(nested.len() >= 2, "the hunt's and the ticket's sub-story steps: {nested:?}");
     let child = c.find(Locator::LinkText("sentinelone-hunt")).await;
     let child = match child {
         Ok(link) => link,
@@ -280,11 +293,7 @@ async fn a_webhook_run_appears_live_and_its_hunt_shows_every_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_text_stays_text_denials_show_their_rule_and_a_decision_resumes_the_run() {
-    let Some(driver_path) = chromedriver() else { return };
-    let driver = start_driver(&driver_path);
-    let ex = example().await;
-    let c = browser(&driver, 1280, 800).await;
-    sign_in(&c, &ex.base, ADMIN).await;
+    let Some((_driver, ex, c)) = example_signed_in().await else { return };
 
     let run = webhook(&ex.base, "hostile", &json!({})).await;
     c.goto(&format!("{}/console/runs/{run}", ex.base)).await.unwrap();
@@ -310,6 +319,10 @@ async fn hostile_text_stays_text_denials_show_their_rule_and_a_decision_resumes_
     c.goto(&format!("{}/console/runs/{asked}", ex.base)).await.unwrap();
     until("the run to wait for a decision", || async { text_of(&c, "#run-state").await.filter(|s| s == "waiting") }).await;
     assert!(text_of(&c, "section.waiting").await.unwrap().contains("Isolate 3 host(s) that saw evil.example?"));
+    // The lead's emailed links decide as the lead: the team sees their shape, never their tokens.
+    c.find(Locator::Css("#step-ask-0 > summary")).await.unwrap().click().await.unwrap();
+    let asked_input = text_of(&c, "#step-ask-0 pre.json").await.unwrap();
+    assert!(asked_input.contains("/approvals/(token-withheld)"), "{asked_input}");
     c.goto(&format!("{}/console/approvals", ex.base)).await.unwrap();
     assert!(text_of(&c, "main").await.unwrap().contains("Isolate 3 host(s) that saw evil.example?"));
     screenshot(&c, "approvals").await;

@@ -40,11 +40,14 @@ const LIVE_EVERY: Duration = Duration::from_millis(700);
 const STREAM_LIFETIME: Duration = Duration::from_secs(600);
 /// Runs listed per page.
 const PAGE: usize = 50;
+/// Sub-story runs whose steps a run's timeline draws (a `for_each` over a
+/// sub-story can call thousands; those are listed, not drawn).
+const MAX_NESTED: usize = 20;
 
 /// The console's state beside the server's.
 pub struct Console {
     key: std::sync::OnceLock<[u8; 32]>,
-    explained: tokio::sync::OnceCell<Vec<crate::policy::explain::Explained>>,
+    explained: tokio::sync::OnceCell<Vec<crate::explain::Explained>>,
     streams: Arc<tokio::sync::Semaphore>,
 }
 
@@ -481,7 +484,14 @@ fn run_body(s: &AppState, v: &Viewer, id: &str) -> anyhow::Result<Option<(String
     if !sees_team(&v.scope, &run.run.team) {
         return Ok(None);
     }
-    let (bars, span) = view::timeline(&run);
+    // The sub-story runs' own steps, drawn under the steps that called them (one level).
+    let mut called = Vec::new();
+    for c in run.steps.iter().filter_map(|st| view::called_by(&run, st)).take(MAX_NESTED) {
+        if let Some(d) = s.engine.store.get_run(&c.id)? {
+            called.push(d);
+        }
+    }
+    let (bars, span) = view::timeline(&run, &called);
     let steps: Vec<StepView> = run
         .steps
         .iter()
@@ -754,13 +764,13 @@ async fn policy_page(State(s): State<AppState>, headers: HeaderMap) -> Response 
             for team in &teams {
                 for name in policy.plugins.keys() {
                     out.push(match invoker.runtime() {
-                        Some(rt) => crate::policy::explain::plugin(rt, &policy, name, team).await,
-                        None => crate::policy::explain::Explained {
+                        Some(rt) => crate::explain::plugin(rt, &policy, name, team).await,
+                        None => crate::explain::Explained {
                             plugin: name.clone(),
                             team: team.clone(),
                             trust: "not judged (no plugin runtime in this server)".into(),
                             refused: false,
-                            lines: crate::policy::explain::grant_lines(&policy, name, team),
+                            lines: crate::explain::grant_lines(&policy, name, team),
                         },
                     });
                 }
@@ -768,7 +778,7 @@ async fn policy_page(State(s): State<AppState>, headers: HeaderMap) -> Response 
             out
         })
         .await;
-    let shown: Vec<&crate::policy::explain::Explained> = all.iter().filter(|e| e.team.is_empty() || sees_team(&v.scope, &e.team)).collect();
+    let shown: Vec<&crate::explain::Explained> = all.iter().filter(|e| e.team.is_empty() || sees_team(&v.scope, &e.team)).collect();
     let ctx = context! { ..frame(&v, &s, "policy"), ..context! { explained => shown, file => s.policy.file.clone() } };
     page(StatusCode::OK, "policy.html", ctx)
 }

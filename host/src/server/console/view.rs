@@ -116,15 +116,17 @@ pub fn time(ms: u64) -> String {
 #[derive(Debug, Serialize)]
 pub struct Bar {
     pub label: String,
-    /// The `<details>` it opens.
-    pub anchor: String,
+    /// Where a click goes: the step's `<details>`, or a sub-story run's page.
+    pub href: String,
     pub state: String,
     pub x: f64,
     pub width: f64,
     pub took: String,
     pub attempts: u32,
-    /// A sub-story run's id, to link to.
-    pub child: Option<String>,
+    /// A sub-story step (its run's steps follow, one level in).
+    pub calls: bool,
+    /// 0: the run's own step; 1: a step of a sub-story run it called.
+    pub depth: u8,
 }
 
 pub fn anchor(step: &StepRecord) -> String {
@@ -134,26 +136,56 @@ pub fn anchor(step: &StepRecord) -> String {
     }
 }
 
-/// The timeline of a run's steps (and its sub-story runs on their steps' rows).
+fn label(s: &StepRecord) -> String {
+    match s.item {
+        Some(i) => format!("{} [{i}]", s.step_id),
+        None => s.step_id.clone(),
+    }
+}
+
+/// The sub-story run a step called, when it called exactly one (a `for_each`
+/// over a sub-story calls one per item: those are listed, not nested).
+pub fn called_by<'a>(run: &'a RunDetail, step: &StepRecord) -> Option<&'a crate::store::RunSummary> {
+    let per_item = run.steps.iter().any(|o| o.step_id == step.step_id && o.item.is_some());
+    if step.item.is_some() || per_item {
+        return None;
+    }
+    run.children.iter().find(|c| c.parent_step.as_deref() == Some(step.step_id.as_str()))
+}
+
+/// The timeline of a run's steps; under each sub-story step, the steps of the
+/// run it called (`children`: those runs, read by the caller), on the same scale.
 ///
 /// An unfinished run's span ends at its last recorded moment, not at "now":
 /// the drawing changes only when the run does (a live view redraws on change).
-pub fn timeline(run: &RunDetail) -> (Vec<Bar>, String) {
+pub fn timeline(run: &RunDetail, children: &[RunDetail]) -> (Vec<Bar>, String) {
     let start = run.run.started_ms.unwrap_or(run.run.created_ms);
     let last_seen = run.steps.iter().filter_map(|s| s.finished_ms.or(s.started_ms)).max().unwrap_or(start);
     let end = run.run.finished_ms.unwrap_or(last_seen).max(start + 1);
     let span = (end - start) as f64;
+    let place = |from: u64, to: u64| {
+        let x = (from.saturating_sub(start)) as f64 / span * 100.0;
+        let x = x.min(99.6);
+        let width = ((to.min(end).saturating_sub(from)) as f64 / span * 100.0).max(0.4).min(100.0 - x);
+        (x, width)
+    };
     let mut bars = Vec::new();
     for s in &run.steps {
         let (Some(from), to) = (s.started_ms, s.finished_ms.unwrap_or(end)) else { continue };
-        let x = (from.saturating_sub(start)) as f64 / span * 100.0;
-        let width = ((to.saturating_sub(from)) as f64 / span * 100.0).max(0.4).min(100.0 - x.min(99.6));
-        let child = run.children.iter().find(|c| c.parent_step.as_deref() == Some(s.step_id.as_str())).map(|c| c.id.clone());
-        let label = match s.item {
-            Some(i) => format!("{} [{i}]", s.step_id),
-            None => s.step_id.clone(),
+        let (x, width) = place(from, to);
+        let child = called_by(run, s).map(|c| c.id.as_str());
+        let href = match child {
+            Some(c) => format!("/console/runs/{c}"),
+            None => format!("#{}", anchor(s)),
         };
-        bars.push(Bar { label, anchor: anchor(s), state: s.state.clone(), x, width, took: duration(to.saturating_sub(from)), attempts: s.attempts, child });
+        bars.push(Bar { label: label(s), href, state: s.state.clone(), x, width, took: duration(to.saturating_sub(from)), attempts: s.attempts, calls: child.is_some(), depth: 0 });
+        let Some(c) = child.and_then(|c| children.iter().find(|d| d.run.id == c)) else { continue };
+        for cs in &c.steps {
+            let (Some(from), to) = (cs.started_ms, cs.finished_ms.unwrap_or(end)) else { continue };
+            let (x, width) = place(from, to);
+            let href = format!("/console/runs/{}#{}", c.run.id, anchor(cs));
+            bars.push(Bar { label: label(cs), href, state: cs.state.clone(), x, width, took: duration(to.saturating_sub(from)), attempts: cs.attempts, calls: false, depth: 1 });
+        }
     }
     (bars, duration(end - start))
 }

@@ -3,7 +3,7 @@
 //! `warden policy explain` / `plugin check` and the console's Policy page, so
 //! both say the same thing.
 
-use super::Policy;
+use crate::policy::Policy;
 use crate::limits::Bytes;
 use crate::Runtime;
 
