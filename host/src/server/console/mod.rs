@@ -34,6 +34,13 @@ use std::time::{Duration, Instant};
 
 /// Live streams open at once; more are refused (each polls the store).
 const MAX_STREAMS: usize = 64;
+/// Live streams one viewer (one session or token) may hold open.
+const MAX_STREAMS_PER_VIEWER: usize = 8;
+/// Failed sign-ins from one address within [`SIGN_IN_WINDOW_SECS`] before it must wait.
+const MAX_FAILED_SIGN_INS: u32 = 10;
+const SIGN_IN_WINDOW_SECS: u64 = 300;
+/// Addresses remembered for failed sign-ins (beyond it, the oldest windows are forgotten).
+const MAX_REMEMBERED_ADDRESSES: usize = 10_000;
 /// How often a live stream looks for changes.
 const LIVE_EVERY: Duration = Duration::from_millis(700);
 /// A live stream ends after this; the browser reconnects.
@@ -49,15 +56,75 @@ pub struct Console {
     key: std::sync::OnceLock<[u8; 32]>,
     explained: tokio::sync::OnceCell<Vec<crate::explain::Explained>>,
     streams: Arc<tokio::sync::Semaphore>,
+    /// Live streams open per viewer.
+    viewers: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    /// Failed sign-ins per address: (window start, count).
+    failures: std::sync::Mutex<HashMap<std::net::IpAddr, (u64, u32)>>,
 }
 
 impl Default for Console {
     fn default() -> Console {
-        Console { key: Default::default(), explained: Default::default(), streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)) }
+        Console {
+            key: Default::default(),
+            explained: Default::default(),
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
+            viewers: Default::default(),
+            failures: Default::default(),
+        }
+    }
+}
+
+/// One viewer's live stream, counted while it is open.
+struct ViewerStream {
+    viewers: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    viewer: String,
+}
+
+impl Drop for ViewerStream {
+    fn drop(&mut self) {
+        let mut v = self.viewers.lock().unwrap();
+        if let Some(n) = v.get_mut(&self.viewer) {
+            *n -= 1;
+            if *n == 0 {
+                v.remove(&self.viewer);
+            }
+        }
     }
 }
 
 impl Console {
+    /// A stream for `viewer`, unless they hold [`MAX_STREAMS_PER_VIEWER`] already.
+    fn open_stream(&self, viewer: String) -> Option<ViewerStream> {
+        let mut v = self.viewers.lock().unwrap();
+        let n = v.entry(viewer.clone()).or_default();
+        if *n >= MAX_STREAMS_PER_VIEWER {
+            return None;
+        }
+        *n += 1;
+        Some(ViewerStream { viewers: self.viewers.clone(), viewer })
+    }
+
+    /// Whether `from` may try to sign in now (not after too many failures in the window).
+    fn may_sign_in(&self, from: std::net::IpAddr, now: u64) -> bool {
+        let f = self.failures.lock().unwrap();
+        f.get(&from).is_none_or(|(since, n)| now.saturating_sub(*since) >= SIGN_IN_WINDOW_SECS || *n < MAX_FAILED_SIGN_INS)
+    }
+
+    fn failed_sign_in(&self, from: std::net::IpAddr, now: u64) {
+        let mut f = self.failures.lock().unwrap();
+        if f.len() >= MAX_REMEMBERED_ADDRESSES {
+            f.retain(|_, (since, _)| now.saturating_sub(*since) < SIGN_IN_WINDOW_SECS);
+            if f.len() >= MAX_REMEMBERED_ADDRESSES {
+                f.clear();
+            }
+        }
+        let entry = f.entry(from).or_insert((now, 0));
+        if now.saturating_sub(entry.0) >= SIGN_IN_WINDOW_SECS {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+    }
+
     /// The session key: derived from the run store's key (shared by every node
     /// and kept across restarts); a store without one gets a key for this process.
     fn key(&self, s: &AppState) -> Result<[u8; 32], Response> {
@@ -194,9 +261,15 @@ async fn login_page(State(s): State<AppState>) -> Response {
     page(StatusCode::OK, "login.html", context! { nav => false, failed => false })
 }
 
-async fn login(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn login(State(s): State<AppState>, ext: axum::http::Extensions, headers: HeaderMap, body: Bytes) -> Response {
     if !session::same_origin(&headers) {
         return said(StatusCode::FORBIDDEN, "Refused", "This form was not sent from this console.");
+    }
+    // Guessing tokens is slowed down per address (behind a proxy, the proxy's).
+    let from = ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip()).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let now = now_ms() / 1000;
+    if !s.console.may_sign_in(from, now) {
+        return said(StatusCode::TOO_MANY_REQUESTS, "Too many failed sign-ins", &format!("{MAX_FAILED_SIGN_INS} tokens from this address were wrong; try again in {} minutes.", SIGN_IN_WINDOW_SECS / 60));
     }
     let key = match s.console.key(&s) {
         Ok(k) => k,
@@ -204,6 +277,7 @@ async fn login(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Re
     };
     let token = url::form_urlencoded::parse(&body).find(|(k, _)| k == "token").map(|(_, v)| v.trim().to_string()).unwrap_or_default();
     let Some((scope, digest)) = s.tokens.find(&token) else {
+        s.console.failed_sign_in(from, now);
         return page(StatusCode::UNAUTHORIZED, "login.html", context! { nav => false, failed => true });
     };
     let value = session::issue(&key, &scope, &digest, now_ms() / 1000 + session::SESSION_SECS);
@@ -260,6 +334,17 @@ const STATES: [&str; 6] = ["queued", "running", "waiting", "succeeded", "failed"
 const TRIGGERS: [&str; 4] = ["webhook", "schedule", "cli", "replay"];
 
 impl RunsQuery {
+    /// A filter value no form offers: said, not silently ignored.
+    fn invalid(&self) -> Option<String> {
+        if !self.since.is_empty() && !SINCE.iter().any(|(k, _)| *k == self.since) {
+            return Some(format!("since `{}` is not one of 1h, 24h, 7d, 30d (or empty for all time)", crate::invocation::guest_text(&self.since, 40)));
+        }
+        if !self.state.is_empty() && !STATES.contains(&self.state.as_str()) {
+            return Some(format!("state `{}` is not one of {}", crate::invocation::guest_text(&self.state, 40), STATES.join(", ")));
+        }
+        None
+    }
+
     fn filter<'a>(&'a self, scope: &'a Scope) -> RunFilter<'a> {
         let some = |t: &'a String| (!t.is_empty()).then_some(t.as_str());
         RunFilter {
@@ -339,6 +424,9 @@ async fn runs_page(State(s): State<AppState>, headers: HeaderMap, Query(q): Quer
         Ok(v) => v,
         Err(r) => return r,
     };
+    if let Some(why) = q.invalid() {
+        return said(StatusCode::BAD_REQUEST, "Not a filter", &why);
+    }
     let body = match runs_body(&s, &v, &q) {
         Ok(b) => b,
         Err(e) => return store_down(e),
@@ -596,9 +684,16 @@ async fn live(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<Liv
         Ok(v) => v,
         Err(r) => return r,
     };
+    if let Some(why) = q.run.is_none().then(|| q.runs.invalid()).flatten() {
+        return said(StatusCode::BAD_REQUEST, "Not a filter", &why);
+    }
+    let Some(mine) = s.console.open_stream(session::session_of(&s.tokens, &headers)) else {
+        return said(StatusCode::TOO_MANY_REQUESTS, "Too many live views", &format!("You have {MAX_STREAMS_PER_VIEWER} live views open already; close some tabs."));
+    };
     let Ok(permit) = s.console.streams.clone().try_acquire_owned() else {
         return said(StatusCode::SERVICE_UNAVAILABLE, "Busy", "Too many live views are open; reload later.");
     };
+    let permit = (permit, mine);
     let started = Instant::now();
     let seen = q.seen.as_deref().and_then(|h| h.parse::<u64>().ok());
     let stream = futures::stream::unfold((s, v, q, seen, permit, false), move |(s, v, q, last, permit, done)| async move {

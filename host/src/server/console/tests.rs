@@ -134,3 +134,33 @@ async fn a_console_decision_needs_the_sessions_csrf_token_and_a_same_origin_requ
     let d = a.decision.unwrap();
     assert_eq!((d.choice.as_deref(), d.decided_by.as_str(), d.via.as_str()), (Some("contain"), "team:red (console)", "console"));
 }
+
+#[tokio::test]
+async fn guessing_tokens_is_slowed_down_and_odd_filters_are_said_not_ignored() {
+    let (srv, _, _) = setup().await;
+    for _ in 0..10 {
+        let r = client().post(format!("{}/console/login", srv.base)).form(&[("token", "guess")]).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let r = client().post(format!("{}/console/login", srv.base)).form(&[("token", "red-token")]).send().await.unwrap();
+    assert_eq!(r.status(), 429, "after ten wrong tokens, even the right one waits");
+    assert!(r.text().await.unwrap().contains("try again in 5 minutes"));
+
+    let bearer = |path: String| client().get(format!("{}{path}", srv.base)).bearer_auth("red-token").send();
+    let r = bearer("/console/runs?since=yesterday".into()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("since `yesterday` is not one of 1h, 24h, 7d, 30d"));
+    assert_eq!(bearer("/console/runs?state=done".into()).await.unwrap().status(), 400);
+    assert_eq!(bearer("/console/runs?since=24h&state=succeeded".into()).await.unwrap().status(), 200);
+
+    // Live views: a few per viewer, however many tabs they open.
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        let r = bearer("/console/live".into()).await.unwrap();
+        assert_eq!(r.status(), 200);
+        open.push(r);
+    }
+    assert_eq!(bearer("/console/live".into()).await.unwrap().status(), 429);
+    let other = client().get(format!("{}/console/live", srv.base)).bearer_auth("admin-token").send().await.unwrap();
+    assert_eq!(other.status(), 200, "another viewer is not held back");
+}
