@@ -17,6 +17,10 @@ pub struct InvocationInfo {
     pub step: String,
     pub team: String,
     pub attempt: u32,
+    /// The W3C `traceparent` of the step's span, sent on outgoing HTTP when
+    /// the grant opts in (telemetry on). Not part of the audit record.
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 /// One log line of an invocation.
@@ -59,6 +63,25 @@ pub enum InvokeError {
     Trap { message: String },
     /// The component could not be instantiated (missing imports, pool exhausted).
     Instantiate { message: String },
+}
+
+impl InvokeError {
+    /// A short name of what went wrong (`limit:cpu` for a limit), for traces and metrics.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            InvokeError::InvalidInput { .. } => "invalid-input",
+            InvokeError::Denied { .. } => "denied",
+            InvokeError::Upstream { .. } => "upstream",
+            InvokeError::Failed { .. } => "failed",
+            InvokeError::Limit { limit: "cpu", .. } => "limit:cpu",
+            InvokeError::Limit { limit: "memory", .. } => "limit:memory",
+            InvokeError::Limit { limit: "wall", .. } => "limit:wall",
+            InvokeError::Limit { limit: "output", .. } => "limit:output",
+            InvokeError::Limit { .. } => "limit",
+            InvokeError::Trap { .. } => "trap",
+            InvokeError::Instantiate { .. } => "instantiate",
+        }
+    }
 }
 
 impl std::fmt::Display for InvokeError {

@@ -22,6 +22,7 @@ pub mod recording;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod story;
 pub mod vetting;
 

@@ -437,6 +437,83 @@ async fn every_run_is_logged_as_json_lines_and_nothing_is_lost_at_shutdown() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Traced (`[telemetry]`): each run's JSON log lines carry its trace and span
+/// ids, the caller's `traceparent` is continued, `runs show` names the trace,
+/// and the spans reach the collector by the time `serve` has stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traced_runs_log_their_trace_ids_and_runs_show_names_the_trace() {
+    // A collector that counts what it is sent (the e2e tests decode it).
+    let exports = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = exports.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let counted = counted.clone();
+            async move {
+                if !body.is_empty() {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let triggers = format!("[triggers.quick]\nsecret_env = \"WEBHOOK_SECRET\"\nallow_sync = true\n[telemetry]\nendpoint = \"{otlp}\"\n");
+    let dir = setup("traced", &[("quick.yaml", QUICK)], &triggers);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = dir.join("serve.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["serve", "--log-json", "--listen", &format!("127.0.0.1:{port}"), "--db"])
+        .arg(dir.join("runs.db"))
+        .arg("--policy")
+        .arg(dir.join("warden.toml"))
+        .arg("--stories")
+        .arg(dir.join("stories"))
+        .env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache"))
+        .env("WEBHOOK_SECRET", SECRET)
+        .env_remove("WARDEN_LOG")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let caller = "0af7651916cd43dd8448eb211c80319c";
+    let body = r#"{"num": 1}"#;
+    let r = client()
+        .post(format!("{base}/webhooks/quick?wait=true"))
+        .header("content-type", "application/json")
+        .header(warden::server::SIGNATURE_HEADER, sign("quick", body))
+        .header("traceparent", format!("00-{caller}-b7ad6b7169203331-01"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let run: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let id = run["run_id"].as_str().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    for message in ["run started", "run finished"] {
+        let line = lines.iter().find(|l| l["fields"]["message"] == message && l["fields"]["run"] == id.as_str()).unwrap_or_else(|| panic!("no `{message}` line in:\n{text}"));
+        assert_eq!(line["fields"]["trace_id"], caller, "{line}");
+        assert_eq!(line["fields"]["span_id"].as_str().map(str::len), Some(16), "{line}");
+    }
+    assert!(exports.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the spans were exported before serve stopped");
+    let shown = Command::new(env!("CARGO_BIN_EXE_warden")).args(["runs", "show", &id, "--db"]).arg(dir.join("runs.db")).output().unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains(&format!("trace: {caller}")), "{shown}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The ticks (ms) of the scheduled runs in a SQLite store, oldest first.
 fn ticks(db: &Path) -> Vec<u64> {
     let conn = rusqlite::Connection::open(db).unwrap();

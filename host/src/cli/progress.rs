@@ -28,7 +28,7 @@ impl Observer for Progress {
     fn event(&self, e: &Event) {
         let mut out = self.out.lock().unwrap();
         let _ = match e {
-            Event::RunStarted { run, story, depth } => writeln!(out, "{}▶ story {story} (run {run})", "  ".repeat(*depth)),
+            Event::RunStarted { run, story, depth, .. } => writeln!(out, "{}▶ story {story} (run {run})", "  ".repeat(*depth)),
             Event::StepStarted { step, item: i, attempt, depth, .. } => {
                 let again = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
                 writeln!(out, "{}  … {step}{}{again}", "  ".repeat(*depth), item(*i))
@@ -55,7 +55,7 @@ impl Observer for Progress {
             Event::Audit { step, record, .. } if record.decision == warden::audit::Decision::Denied => {
                 writeln!(out, "      {step}: denied {} {} ({})", record.method, record.url, record.rule)
             }
-            Event::Audit { .. } => Ok(()),
+            Event::Audit { .. } | Event::Invoked { .. } => Ok(()),
         };
     }
 }

@@ -81,6 +81,9 @@ pub async fn run(cmd: RunsCmd) -> anyhow::Result<ExitCode> {
                 progress::print_run(&run);
                 let state = warden::store::recording_state(&recordings);
                 println!("  recording: {state} ({} step attempt(s) recorded here and in sub-stories; `warden runs replay {id}` re-executes them offline)", recordings.len());
+                if let Some(trace) = &run.run.trace_id {
+                    println!("  trace: {trace} (its spans in your tracing backend)");
+                }
             }
         }
         RunsCmd::Replay { id, db, policy, step, plugin, json } => {

@@ -22,6 +22,9 @@ pub struct Grant {
     pub allow_any_host: bool,
     /// Email through a relay, when granted.
     pub mail: Option<MailGrant>,
+    /// Whether outgoing HTTP carries the run's W3C `traceparent` (telemetry
+    /// on): opt-in, since it tells the other side the call came from warden.
+    pub traceparent: bool,
 }
 
 impl Grant {
@@ -34,6 +37,7 @@ impl Grant {
             limits: Limits::default(),
             allow_any_host: false,
             mail: None,
+            traceparent: false,
         }
     }
 }
@@ -108,7 +112,7 @@ pub(super) fn parse_grant(
         }
         None => None,
     };
-    Ok(Grant { plugin: plugin.to_string(), rules, credentials: granted, limits, allow_any_host: g.allow_any_host, mail })
+    Ok(Grant { plugin: plugin.to_string(), rules, credentials: granted, limits, allow_any_host: g.allow_any_host, mail, traceparent: g.traceparent })
 }
 
 pub(super) fn parse_limits(raw: RawLimits) -> Result<Limits, String> {
@@ -152,6 +156,8 @@ pub(super) struct RawGrant {
     #[serde(default)]
     allow_any_host: bool,
     smtp: Option<Spanned<RawMailGrant>>,
+    #[serde(default)]
+    traceparent: bool,
 }
 
 #[derive(Deserialize)]

@@ -18,9 +18,11 @@ pub mod mail;
 pub mod origin;
 pub mod rule;
 pub mod target;
+pub mod telemetry;
 pub mod triggers;
 
 pub use grants::Grant;
+pub use telemetry::TelemetryConfig;
 pub use keys::{Team, TrustedKey};
 pub use triggers::{CatchUp, Role, ServerConfig, Trigger};
 
@@ -80,6 +82,8 @@ pub struct Policy {
     /// How stories are started from outside: webhooks and schedules, by story name.
     pub triggers: BTreeMap<String, Trigger>,
     pub server: ServerConfig,
+    /// `[telemetry]`: traces (off unless configured here or by OTEL_* variables).
+    pub telemetry: TelemetryConfig,
     /// Signing keys plugins may be signed with.
     pub keys: BTreeMap<String, TrustedKey>,
     /// Teams: their own grants, the keys they trust. With any team defined,
@@ -98,6 +102,7 @@ impl Policy {
             relays: BTreeMap::new(),
             triggers: BTreeMap::new(),
             server: ServerConfig::default(),
+            telemetry: TelemetryConfig::default(),
             keys: BTreeMap::new(),
             teams: BTreeMap::new(),
         }
@@ -243,7 +248,14 @@ impl Policy {
             }}
             None => ServerConfig::default(),
         };
-        Ok(Policy { file: file.to_string(), plugins, grants, credentials, relays, triggers, server, keys, teams })
+        let telemetry = match raw.telemetry {
+            Some(t) => {
+                let span = t.span();
+                telemetry::parse(t.into_inner()).map_err(|m| err(span, m))?
+            }
+            None => TelemetryConfig::default(),
+        };
+        Ok(Policy { file: file.to_string(), plugins, grants, credentials, relays, triggers, server, telemetry, keys, teams })
     }
 
     /// The `[plugins.*]` entry whose file is `path` (compared after resolving links).
@@ -312,6 +324,7 @@ struct RawPolicy {
     #[serde(default)]
     triggers: BTreeMap<String, Spanned<RawTrigger>>,
     server: Option<Spanned<RawServer>>,
+    telemetry: Option<Spanned<telemetry::RawTelemetry>>,
     #[serde(default)]
     keys: BTreeMap<String, RawKey>,
     #[serde(default)]
@@ -462,6 +475,24 @@ hosts = ["http://127.0.0.1:8080"]
         for bad in ["warden.corp.example", "ftp://warden.corp.example", "https://warden.corp.example/?a=1", "https://"] {
             let e = parse(&format!("{GOOD}\n[server]\npublic_url = \"{bad}\"\n")).unwrap_err().to_string();
             assert!(e.contains("warden.toml:") && e.contains("public_url") && e.contains("approval links"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn telemetry_is_off_unless_configured_and_checked_with_its_line() {
+        let p = parse(GOOD).unwrap();
+        assert!(p.telemetry.endpoint.is_none());
+        let p = parse(&format!("{GOOD}\n[telemetry]\nendpoint = \"http://127.0.0.1:4318/\"\nsample_ratio = 0.25\nheaders_env = {{ \"x-api-key\" = \"OTLP_KEY\" }}\n")).map(|p| p.telemetry);
+        let t = p.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((t.endpoint.as_deref(), t.sample_ratio), (Some("http://127.0.0.1:4318"), Some(0.25)));
+        for (bad, says) in [
+            ("endpoint = \"127.0.0.1:4318\"", "OTLP/HTTP base URL"),
+            ("sample_ratio = 1.5", "between 0 and 1"),
+            ("headers_env = { \"bad header\" = \"X\" }", "environment variable"),
+            ("endpoint_url = \"http://x\"", "unknown field"),
+        ] {
+            let e = parse(&format!("{GOOD}\n[telemetry]\n{bad}\n")).unwrap_err().to_string();
+            assert!(e.contains("warden.toml:") && e.contains(says), "{bad}: {e}");
         }
     }
 

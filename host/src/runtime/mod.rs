@@ -60,6 +60,8 @@ impl From<types::ActionError> for InvokeError {
 #[derive(Debug, Clone, Serialize)]
 pub struct InvocationReport {
     pub plugin: String,
+    /// The component's sha256 (hex).
+    pub sha256: String,
     /// The output JSON text, or why there is none.
     pub outcome: Result<String, InvokeError>,
     pub logs: Vec<LogLine>,
@@ -390,6 +392,7 @@ impl Runtime {
         let audit = state.caps.call.take_audit();
         InvocationReport {
             plugin: plugin.name.clone(),
+            sha256: plugin.sha256.clone(),
             outcome: name_the_refusal(outcome, &audit),
             logs: std::mem::take(&mut state.caps.logs.lines),
             audit,

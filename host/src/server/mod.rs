@@ -197,8 +197,18 @@ pub async fn run(policy: Policy, flags: config::ServeFlags) -> anyhow::Result<()
         largest_grant >> 20
     );
     let rt = Arc::new(Runtime::new(RuntimeConfig { max_instances, ..Default::default() })?);
-    let engine = Arc::new(Engine::new(rt, Arc::new(policy), Arc::new(library), store).with_links_base(&settings.listen));
-    serve(engine, &settings.listen, ServeOptions { workers: settings.workers, drain: settings.drain, role: settings.role }).await
+    let telemetry = crate::telemetry::Telemetry::start(&policy.telemetry).map_err(|e| anyhow::anyhow!("{}: {e}", policy.file))?.map(Arc::new);
+    if telemetry.is_some() {
+        let to = policy.telemetry.endpoint.clone().or_else(|| std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").ok()).or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok()).unwrap_or_default();
+        tracing::info!("traces exported over OTLP/HTTP to {to}");
+    }
+    let engine = Arc::new(Engine::new(rt, Arc::new(policy), Arc::new(library), store).with_links_base(&settings.listen).with_telemetry(telemetry.clone()));
+    let served = serve(engine, &settings.listen, ServeOptions { workers: settings.workers, drain: settings.drain, role: settings.role }).await;
+    if let Some(t) = telemetry {
+        // Sends what is still buffered (the exporter blocks: off the runtime's threads).
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    }
+    served
 }
 
 /// Serves until SIGTERM/SIGINT, then drains.
@@ -254,15 +264,24 @@ pub fn sign(secret: &[u8], story: &str, body: &[u8]) -> String {
 }
 
 async fn webhook(State(s): State<AppState>, Path(story): Path<String>, Query(q): Query<WebhookQuery>, headers: HeaderMap, body: Bytes) -> Response {
-    let resp = webhook_inner(&s, &story, q.wait, &headers, &body).await;
     // Only stories with a webhook get their own label: a caller cannot grow
-    // the metrics by inventing names.
+    // the metrics (or the span names) by inventing names.
     let label = if s.policy.triggers.get(&story).is_some_and(|t| t.secret.is_some()) { story.as_str() } else { "(unknown)" };
+    // Traced: the span continues the caller's trace (W3C traceparent) and parents the run.
+    let span = s.engine.telemetry.as_ref().map(|t| t.webhook(label, &crate::telemetry::Telemetry::caller(&headers)));
+    let parent = span.as_ref().map(|sp| {
+        use opentelemetry::trace::Span as _;
+        sp.span_context().clone()
+    });
+    let resp = webhook_inner(&s, &story, q.wait, &headers, &body, parent).await;
     s.metrics.webhook(label, resp.status().as_u16());
+    if let Some(span) = span {
+        crate::telemetry::Telemetry::webhook_answered(span, resp.status().as_u16());
+    }
     resp
 }
 
-async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMap, body: &[u8]) -> Response {
+async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMap, body: &[u8], trace: Option<opentelemetry::trace::SpanContext>) -> Response {
     if !s.queue.role.takes_webhooks() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "this node takes no webhooks (--role worker); send them to a node with --role intake or all");
     }
@@ -339,12 +358,18 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
         }
     };
     let run_id = run.id.clone();
+    if let (Some(t), Some(parent)) = (&s.engine.telemetry, trace) {
+        t.adopt(&run_id, parent, "webhook");
+    }
     match s.queue.dispatch(run, wait).await {
         Ok(Some(result)) => (StatusCode::OK, Json(result)).into_response(),
         Ok(None) => (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status_url": format!("/api/runs/{run_id}")}))).into_response(),
         Err(e) => {
             // Not recorded: the sender may send the same request again.
             s.replays.forget(story, &verified);
+            if let Some(t) = &s.engine.telemetry {
+                t.forget(&run_id);
+            }
             error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
     }

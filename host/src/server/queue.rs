@@ -165,7 +165,7 @@ impl Queue {
     /// fails that run, recorded, and nothing else.
     async fn execute(&self, run_id: String, start: Start, permits: (PermitResult, PermitResult)) -> RunResult {
         self.metrics.runs_in_flight.fetch_add(1, Ordering::Relaxed);
-        let observer = MetricsObserver(&self.metrics);
+        let observer = MetricsObserver(&self.metrics, self.engine.telemetry.as_deref());
         let engine = &self.engine;
         let run = async {
             match start {

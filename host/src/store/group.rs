@@ -209,6 +209,7 @@ fn describe(w: &Write) -> String {
     match w {
         Write::CreateRun { id, .. } => format!("run {id}"),
         Write::StartRun { id, .. } => format!("the start of run {id}"),
+        Write::Traced { run, .. } => format!("the trace id of run {run}"),
         Write::FinishRun { id, .. } => format!("the end of run {id}"),
         Write::StepStarted { run, step, .. } | Write::StepFinished { run, step, .. } => format!("step {step} of run {run}"),
         Write::Logs { run, step, .. } => format!("the log of step {step} of run {run}"),

@@ -180,6 +180,9 @@ pub struct RunSummary {
     pub created_ms: u64,
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
+    /// The OpenTelemetry trace its spans are in (when telemetry is on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -253,6 +256,8 @@ pub struct RunFilter<'a> {
 pub enum Write {
     CreateRun { id: String, story: String, team: String, trigger: String, input: String, parent: Option<(String, String)>, idempotency_key: Option<String>, at_ms: u64 },
     StartRun { id: String, at_ms: u64 },
+    /// The trace a run's spans are in (telemetry on).
+    Traced { run: String, trace_id: String },
     FinishRun { id: String, state: String, output: Option<String>, error: Option<String>, failed_step: Option<String>, at_ms: u64 },
     StepStarted { run: String, step: String, item: Option<usize>, kind: String, input: Option<String>, attempt: u32, at_ms: u64 },
     StepFinished { run: String, step: String, item: Option<usize>, kind: String, state: String, output: Option<String>, error: Option<String>, attempts: u32, at_ms: u64 },
@@ -359,6 +364,7 @@ impl Write {
     pub fn run(&self) -> &str {
         match self {
             Write::CreateRun { id, .. } | Write::StartRun { id, .. } | Write::FinishRun { id, .. } => id,
+            Write::Traced { run, .. } => run,
             Write::StepStarted { run, .. } | Write::StepFinished { run, .. } | Write::Logs { run, .. } | Write::Audit { run, .. } | Write::Recording { run, .. } | Write::Park { run, .. } => run,
         }
     }
@@ -366,7 +372,7 @@ impl Write {
     /// The step whose record this is, if any.
     pub fn step(&self) -> Option<&str> {
         match self {
-            Write::CreateRun { .. } | Write::StartRun { .. } | Write::FinishRun { .. } => None,
+            Write::CreateRun { .. } | Write::StartRun { .. } | Write::FinishRun { .. } | Write::Traced { .. } => None,
             Write::StepStarted { step, .. } | Write::StepFinished { step, .. } | Write::Logs { step, .. } | Write::Audit { step, .. } | Write::Recording { step, .. } | Write::Park { step, .. } => Some(step),
         }
     }
@@ -376,6 +382,7 @@ impl Write {
         match self {
             Write::CreateRun { .. } => "create_run",
             Write::StartRun { .. } => "start_run",
+            Write::Traced { .. } => "traced",
             Write::FinishRun { .. } => "finish_run",
             Write::StepStarted { .. } => "step_started",
             Write::StepFinished { .. } => "step_finished",

@@ -107,6 +107,8 @@ CREATE TABLE warden_keys (
     name TEXT PRIMARY KEY,
     value BLOB NOT NULL
 );
+"#, r#"
+ALTER TABLE runs ADD COLUMN trace_id TEXT;
 "#];
 
 /// The schema version of the SQLite file at `path`, read only.
@@ -194,6 +196,7 @@ impl RunStore {
             created_ms: row.get("created_ms")?,
             started_ms: row.get("started_ms")?,
             finished_ms: row.get("finished_ms")?,
+            trace_id: row.get("trace_id")?,
         })
     }
 }
@@ -208,6 +211,9 @@ impl RunStore {
                     "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms, idempotency_key) VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9)",
                 )?
                 .execute(params![id, story, team, trigger, input, parent.as_ref().map(|p| &p.0), parent.as_ref().map(|p| &p.1), at_ms, idempotency_key])?;
+            }
+            Write::Traced { run, trace_id } => {
+                tx.prepare_cached("UPDATE runs SET trace_id = ?2 WHERE id = ?1")?.execute(params![run, trace_id])?;
             }
             Write::StartRun { id, at_ms } => {
                 tx.prepare_cached("UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, ?2) WHERE id = ?1")?.execute(params![id, at_ms])?;

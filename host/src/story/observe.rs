@@ -8,12 +8,16 @@ use std::time::Duration;
 /// What an observer (the CLI's progress display, metrics) is told.
 #[derive(Debug)]
 pub enum Event<'a> {
-    RunStarted { run: &'a str, story: &'a str, depth: usize },
+    /// `caller`: the run and step that called this sub-story.
+    RunStarted { run: &'a str, story: &'a str, team: &'a str, depth: usize, caller: Option<(&'a str, &'a str)> },
     StepStarted { run: &'a str, step: &'a str, item: Option<usize>, attempt: u32, depth: usize },
     StepFinished { run: &'a str, step: &'a str, kind: &'static str, item: Option<usize>, state: StepState, elapsed: Duration, error: Option<&'a StepError>, depth: usize },
     Log { run: &'a str, step: &'a str, line: &'a LogLine, depth: usize },
+    /// A plugin invocation of a step attempt, over (its calls follow as `Audit`).
+    /// `error`: the kind of error it ended with, if any.
+    Invoked { run: &'a str, step: &'a str, item: Option<usize>, plugin: &'a str, digest: &'a str, started_ms: u64, elapsed: Duration, error: Option<&'a str> },
     /// One capability call's audit record (already stored).
-    Audit { run: &'a str, step: &'a str, record: &'a crate::audit::AuditRecord },
+    Audit { run: &'a str, step: &'a str, item: Option<usize>, record: &'a crate::audit::AuditRecord },
     RunFinished { run: &'a str, story: &'a str, state: RunState, elapsed: Duration, depth: usize },
 }
 

@@ -104,6 +104,11 @@ impl Recorder {
         self.commit(write).await
     }
 
+    /// The trace of a run's spans, queued.
+    pub fn traced(&self, run: &str, trace_id: String) {
+        self.writer.queue(Write::Traced { run: run.into(), trace_id })
+    }
+
     /// A step attempt's recording, queued like the step record it belongs to.
     pub fn recording(&self, at: &StepAt<'_>, attempt: u32, recording: crate::recording::Stored) {
         self.writer.queue(Write::Recording { run: at.run.into(), step: at.step.into(), item: at.item, attempt, truncated: recording.truncated, recording: crate::approval::withhold_tokens(recording.json) })

@@ -72,7 +72,7 @@ impl Invoke for Scripted {
         }
         let outcome = (self.scripts[plugin])(&call, before).map(|v| v.to_string());
         let audit = vec![AuditRecord::new("http", plugin, &info, "GET".into(), "https://api.example/".into())];
-        Ok(InvocationReport { plugin: plugin.into(), outcome, logs: vec![line], audit, http_requests: 1, duration_ms: 0, cpu_ms: 0 })
+        Ok(InvocationReport { plugin: plugin.into(), sha256: String::new(), outcome, logs: vec![line], audit, http_requests: 1, duration_ms: 0, cpu_ms: 0 })
     }
 }
 
@@ -145,7 +145,7 @@ async fn an_action_runs_for_its_story_team_with_the_run_step_and_attempt() {
     let r = run(&e, "s", json!({})).await;
     let call = &inv.calls("echo")[0];
     assert_eq!(call.team, "soc");
-    assert_eq!(call.info, InvocationInfo { run_id: r.run_id.clone(), story: "s".into(), step: "only".into(), team: "soc".into(), attempt: 1 });
+    assert_eq!(call.info, InvocationInfo { run_id: r.run_id.clone(), story: "s".into(), step: "only".into(), team: "soc".into(), attempt: 1, traceparent: None });
     let d = detail(&e, &r);
     assert_eq!(d.logs.len(), 1, "the plugin's log line is recorded");
     assert_eq!(d.audit.len(), 1, "its audit record is recorded");

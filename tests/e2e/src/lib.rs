@@ -145,3 +145,67 @@ pub fn engine(policy: Policy, dir: &Path) -> warden::story::engine::Engine {
         Arc::new(warden::store::RunStore::in_memory().unwrap()),
     )
 }
+
+/// An OTLP/HTTP collector for the telemetry tests: every span of every export,
+/// decoded from its protobuf, and each export's headers.
+pub mod otlp {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use prost::Message;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    pub type Spans = Arc<Mutex<Vec<Span>>>;
+    pub type Headers = Arc<Mutex<Vec<HashMap<String, String>>>>;
+
+    /// Listens on 127.0.0.1; answers `POST /v1/traces`. Returns its base URL.
+    pub async fn receiver() -> (String, Spans, Headers) {
+        let spans: Spans = Arc::default();
+        let headers: Headers = Arc::default();
+        let (kept, seen) = (spans.clone(), headers.clone());
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |h: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let (kept, seen) = (kept.clone(), seen.clone());
+                async move {
+                    assert_eq!(h["content-type"], "application/x-protobuf");
+                    seen.lock().unwrap().push(h.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect());
+                    let req = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export");
+                    for rs in req.resource_spans {
+                        for ss in rs.scope_spans {
+                            kept.lock().unwrap().extend(ss.spans);
+                        }
+                    }
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (base, spans, headers)
+    }
+
+    /// A span's attribute as text.
+    pub fn attr(s: &Span, key: &str) -> Option<String> {
+        s.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.as_ref()?.value.as_ref()).map(|v| match v {
+            AnyValue::StringValue(t) => t.clone(),
+            AnyValue::IntValue(i) => i.to_string(),
+            AnyValue::BoolValue(b) => b.to_string(),
+            AnyValue::DoubleValue(d) => d.to_string(),
+            other => format!("{other:?}"),
+        })
+    }
+
+    /// Every attribute of every span, as `name key=value` lines (for scanning).
+    pub fn all_attributes(spans: &[Span]) -> String {
+        let mut out = String::new();
+        for s in spans {
+            for a in &s.attributes {
+                out.push_str(&format!("{} {}={:?}\n", s.name, a.key, a.value));
+            }
+        }
+        out
+    }
+}

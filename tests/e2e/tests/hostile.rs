@@ -268,6 +268,10 @@ async fn the_sandbox_holds_against_every_hostile_case() {
     let (e, _dir, rt, policy) = engine(srv.port());
     let all = cases(srv.port());
     assert!(all.len() >= 30, "the suite must keep at least 30 cases");
+    // Every hostile run is also traced: what an operator's collector would receive is checked too.
+    let (otlp, spans, _) = warden_e2e::otlp::receiver().await;
+    let config = warden::policy::TelemetryConfig { endpoint: Some(otlp), sample_ratio: Some(1.0), ..Default::default() };
+    let telemetry = warden::telemetry::Telemetry::start(&config).unwrap().expect("tracing on");
     let mut failures = Vec::new();
     let mut runs = 0;
     for case in &all {
@@ -277,7 +281,7 @@ async fn the_sandbox_holds_against_every_hostile_case() {
             runs += 1;
             let input = input_for(case, door);
             let story = if case.plugin == "probe" { "strict" } else { "any" };
-            let (hostile, good) = tokio::join!(e.run(story, input, "hostile", &Quiet), e.run("good", json!({}), "hostile", &Quiet));
+            let (hostile, good) = tokio::join!(e.run(story, input, "hostile", &telemetry), e.run("good", json!({}), "hostile", &Quiet));
             let (hostile, good) = (hostile.unwrap(), good.unwrap());
             let mut problems = Vec::new();
             if good.state != "succeeded" || good.output.as_ref().map(|o| o["status"].clone()) != Some(json!(200)) {
@@ -378,6 +382,18 @@ async fn the_sandbox_holds_against_every_hostile_case() {
             }
         }
     }
+    // The spans of every hostile run: never the secret, in any spelling, in any attribute.
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await.unwrap();
+    let spans = spans.lock().unwrap().clone();
+    assert!(spans.iter().filter(|s| s.name.starts_with("run ")).count() >= runs, "every hostile run was exported");
+    let exported = warden_e2e::otlp::all_attributes(&spans);
+    if exported.contains(SECRET) {
+        failures.push("the secret appears in an exported span".into());
+    }
+    if let Some(form) = encoded_spellings().into_iter().find(|f| exported.contains(f.as_str())) {
+        failures.push(format!("the secret appears encoded ({form}) in an exported span"));
+    }
+    assert!(exported.contains("warden.decision=Some(AnyValue { value: Some(StringValue(\"denied\")) })"), "denials are exported");
     assert!(failures.is_empty(), "{} of {runs} hostile runs broke out:\n  {}", failures.len(), failures.join("\n  "));
     // Nothing refused ever reached the origin's internal route.
     assert!(!rec.paths().contains(&"/internal".to_string()));

@@ -178,7 +178,13 @@ pub fn admit(call: &CallState, state: &mut HttpState, req: &Outgoing, record: &m
 
     check::quota(grant, state.sent).map_err(|r| refused(record, r))?;
     let target = check::target(req.method, req.url).map_err(|r| refused(record, r))?;
-    let headers = check::headers(req.headers).map_err(|r| refused(record, r))?;
+    let mut headers = check::headers(req.headers).map_err(|r| refused(record, r))?;
+    // The run's trace, to a grant that opted in (it tells the other side who called).
+    if let (true, Some(tp)) = (grant.traceparent, &call.info.traceparent) {
+        if let Ok(v) = HeaderValue::from_str(tp) {
+            headers.insert(HeaderName::from_static("traceparent"), v);
+        }
+    }
     if let Some(len) = req.body_len {
         check::request_size(grant, len).map_err(|r| refused(record, r))?;
     }

@@ -629,6 +629,7 @@ fn run_body(s: &AppState, v: &Viewer, id: &str) -> anyhow::Result<Option<(String
     let ctx = context! {
         run => summary,
         parent_run => run.run.parent_run,
+        trace_id => run.run.trace_id,
         parent_step => run.run.parent_step,
         failed_step => run.run.failed_step,
         error => run.run.error,

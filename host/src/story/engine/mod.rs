@@ -60,6 +60,8 @@ pub struct Engine {
     link_key: std::sync::OnceLock<crate::approval::LinkKey>,
     /// Where approval links point (`[server] public_url`).
     links_base: String,
+    /// Traces of runs (`warden serve` with `[telemetry]`); `None`: off.
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -166,7 +168,7 @@ impl Engine {
         let links_base = policy.server.public_url.clone().unwrap_or_else(|| {
             format!("http://{}", policy.server.listen.as_deref().unwrap_or(crate::server::config::DEFAULT_LISTEN))
         });
-        Engine { invoker, policy, library, recorder: Recorder::new(store.clone(), Arc::default()), store, record, link_key: Default::default(), links_base }
+        Engine { invoker, policy, library, recorder: Recorder::new(store.clone(), Arc::default()), store, record, link_key: Default::default(), links_base, telemetry: None }
     }
 
     /// Where approval links point, unless `[server] public_url` says (the
@@ -175,6 +177,13 @@ impl Engine {
         if self.policy.server.public_url.is_none() {
             self.links_base = format!("http://{listen}");
         }
+        self
+    }
+
+    /// Traces runs through `telemetry` (its events come from the observer
+    /// `warden serve` gives each run).
+    pub fn with_telemetry(mut self, telemetry: Option<Arc<crate::telemetry::Telemetry>>) -> Engine {
+        self.telemetry = telemetry;
         self
     }
 
@@ -252,7 +261,7 @@ impl Engine {
     /// Executes a run just accepted, from its first step, with the story and
     /// input it was accepted with (nothing is read back from the store).
     pub async fn execute_accepted(&self, run: NewlyAccepted, observer: &dyn Observer) -> RunResult {
-        self.run_story(run.story, run.id, run.input, 0, observer, Resume::default(), None).await
+        self.run_story(run.story, run.id, run.input, 0, observer, Resume::default(), None, None).await
     }
 
     /// Submits and executes, waiting for the end.
@@ -272,7 +281,7 @@ impl Engine {
             let msg = format!("story `{story_name}` is no longer loaded");
             return self.fail_run(run_id, None, StepError::new(ErrorKind::Failed, msg)).await;
         };
-        self.run_story(story, run_id.to_string(), input, 0, observer, Resume::default(), None).await
+        self.run_story(story, run_id.to_string(), input, 0, observer, Resume::default(), None, None).await
     }
 
     /// Records a run that warden itself broke off (a panic in its own code),
@@ -284,12 +293,18 @@ impl Engine {
     }
 
     /// Runs (or resumes) a story's steps as run `run_id`; `root`: the
-    /// top-level run when this is a sub-story's.
+    /// top-level run when this is a sub-story's, `caller` the run and step
+    /// that called it.
     #[allow(clippy::too_many_arguments)]
-    fn run_story<'a>(&'a self, story: Arc<Story>, run_id: String, input: Value, depth: usize, observer: &'a dyn Observer, resume: Resume, root: Option<String>) -> BoxFuture<'a, RunResult> {
+    fn run_story<'a>(&'a self, story: Arc<Story>, run_id: String, input: Value, depth: usize, observer: &'a dyn Observer, resume: Resume, root: Option<String>, caller: Option<(String, String)>) -> BoxFuture<'a, RunResult> {
         Box::pin(async move {
             let started = Instant::now();
-            observer.event(&Event::RunStarted { run: &run_id, story: &story.name, depth });
+            let caller = caller.as_ref().map(|(r, s)| (r.as_str(), s.as_str()));
+            observer.event(&Event::RunStarted { run: &run_id, story: &story.name, team: &story.team, depth, caller });
+            // The run's trace id, for `runs show` and the API (queued with the run's next write).
+            if let Some((trace_id, _)) = self.telemetry.as_ref().and_then(|t| t.trace_of(&run_id)) {
+                self.recorder.traced(&run_id, trace_id);
+            }
             let root = root.unwrap_or_else(|| run_id.clone());
             let outcome = self.run_steps(&story, &run_id, &root, input, depth, observer, resume).await;
             let result = match outcome {
@@ -501,7 +516,8 @@ impl Engine {
         match &step.kind {
             StepKind::Transform(_) | StepKind::Approval(_) => unreachable!("returned above"),
             StepKind::Action(plugin) => {
-                let info = InvocationInfo { run_id: run.into(), story: story.name.clone(), step: step.id.clone(), team: story.team.clone(), attempt };
+                let traceparent = self.telemetry.as_ref().and_then(|t| t.traceparent_of_step(run, &step.id, item));
+                let info = InvocationInfo { run_id: run.into(), story: story.name.clone(), step: step.id.clone(), team: story.team.clone(), attempt, traceparent };
                 let (tap, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
                 let input_text = input.to_string();
                 let invoke = async {
@@ -527,8 +543,12 @@ impl Engine {
                 if let Some(recording) = recording {
                     self.recorder.recording(&sr.at(item), attempt, recording);
                 }
+                let error = report.outcome.as_ref().err().map(|e| e.kind_name());
+                let elapsed = std::time::Duration::from_millis(report.duration_ms);
+                let started_ms = crate::audit::now_ms().saturating_sub(report.duration_ms);
+                sr.observer.event(&Event::Invoked { run, step: &step.id, item, plugin, digest: &report.sha256, started_ms, elapsed, error });
                 for record in &report.audit {
-                    sr.observer.event(&Event::Audit { run, step: &step.id, record });
+                    sr.observer.event(&Event::Audit { run, step: &step.id, item, record });
                 }
                 match report.outcome {
                     Ok(text) => serde_json::from_str(&text).map_err(|e| StepError::new(ErrorKind::Failed, format!("output is not JSON: {e}"))),
@@ -545,7 +565,7 @@ impl Engine {
                 self.recorder
                     .create_run(&NewRun { id: &child, story: &callee.name, team: &callee.team, trigger: &trigger, input: &input, parent: Some((run, &step.id)), idempotency_key: None })
                     .await?;
-                let result = self.run_story(callee, child.clone(), input, sr.depth + 1, sr.observer, Resume::default(), Some(sr.root.to_string())).await;
+                let result = self.run_story(callee, child.clone(), input, sr.depth + 1, sr.observer, Resume::default(), Some(sr.root.to_string()), Some((run.to_string(), step.id.clone()))).await;
                 self.sub_story_result(sr, &child, result).await
             }
         }

@@ -99,7 +99,8 @@ impl Engine {
                 }
             }
         }
-        self.run_story(story, run_id.to_string(), detail.input, depth, observer, resume, root).await
+        let caller = detail.run.parent_run.clone().zip(detail.run.parent_step.clone());
+        self.run_story(story, run_id.to_string(), detail.input, depth, observer, resume, root, caller).await
     }
 
 }
