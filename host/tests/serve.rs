@@ -392,12 +392,11 @@ async fn a_waiting_client_that_hangs_up_does_not_cut_its_run_off() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_run_is_logged_as_json_lines_and_nothing_is_lost_at_shutdown() {
-    let dir = setup("logs", &[("quick.yaml", QUICK)], "[triggers.quick]\nsecret_env = \"WEBHOOK_SECRET\"\nallow_sync = true\n");
+/// `warden serve --log-json` on `dir` at its default level, stderr into `log`;
+/// returns once it listens, with its base URL.
+fn serve_logging_json(dir: &Path, log: &Path) -> (std::process::Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let log = dir.join("serve.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+    let child = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(["serve", "--log-json", "--listen", &format!("127.0.0.1:{port}"), "--db"])
         .arg(dir.join("runs.db"))
         .arg("--policy")
@@ -407,16 +406,23 @@ async fn every_run_is_logged_as_json_lines_and_nothing_is_lost_at_shutdown() {
         .env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache"))
         .env("WEBHOOK_SECRET", SECRET)
         .env_remove("WARDEN_LOG")
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_run_is_logged_as_json_lines_and_nothing_is_lost_at_shutdown() {
+    let dir = setup("logs", &[("quick.yaml", QUICK)], "[triggers.quick]\nsecret_env = \"WEBHOOK_SECRET\"\nallow_sync = true\n");
+    let log = dir.join("serve.log");
+    let (mut child, base) = serve_logging_json(&dir, &log);
     let mut ids = Vec::new();
     for n in 0..50 {
         let body = format!(r#"{{"num": {n}}}"#);
@@ -462,28 +468,8 @@ async fn traced_runs_log_their_trace_ids_and_runs_show_names_the_trace() {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let triggers = format!("[triggers.quick]\nsecret_env = \"WEBHOOK_SECRET\"\nallow_sync = true\n[telemetry]\nendpoint = \"{otlp}\"\n");
     let dir = setup("traced", &[("quick.yaml", QUICK)], &triggers);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let log = dir.join("serve.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["serve", "--log-json", "--listen", &format!("127.0.0.1:{port}"), "--db"])
-        .arg(dir.join("runs.db"))
-        .arg("--policy")
-        .arg(dir.join("warden.toml"))
-        .arg("--stories")
-        .arg(dir.join("stories"))
-        .env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache"))
-        .env("WEBHOOK_SECRET", SECRET)
-        .env_remove("WARDEN_LOG")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut child, base) = serve_logging_json(&dir, &log);
     let caller = "0af7651916cd43dd8448eb211c80319c";
     let body = r#"{"num": 1}"#;
     let r = client()
