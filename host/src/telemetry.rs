@@ -136,6 +136,14 @@ impl Telemetry {
         }
     }
 
+    /// The run `run` resumes: its new span continues the trace of its earlier
+    /// part (`trace`, `span`: hex ids the store kept), as that span's child.
+    pub fn adopt_earlier(&self, run: &str, trace: &str, span: &str) {
+        use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+        let (Ok(trace), Ok(span)) = (TraceId::from_hex(trace), SpanId::from_hex(span)) else { return };
+        self.adopt(run, SpanContext::new(trace, span, TraceFlags::SAMPLED, true, TraceState::default()), "resume");
+    }
+
     /// A run adopted by [`Telemetry::adopt`] that will not start after all.
     pub fn forget(&self, run: &str) {
         self.adopted.lock().unwrap().remove(run);

@@ -183,6 +183,9 @@ pub struct RunSummary {
     /// The OpenTelemetry trace its spans are in (when telemetry is on).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// Its latest run span, the parent of the run's next part (resumed after an approval).
+    #[serde(skip)]
+    pub trace_span: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -257,7 +260,7 @@ pub enum Write {
     CreateRun { id: String, story: String, team: String, trigger: String, input: String, parent: Option<(String, String)>, idempotency_key: Option<String>, at_ms: u64 },
     StartRun { id: String, at_ms: u64 },
     /// The trace a run's spans are in (telemetry on).
-    Traced { run: String, trace_id: String },
+    Traced { run: String, trace_id: String, span_id: String },
     FinishRun { id: String, state: String, output: Option<String>, error: Option<String>, failed_step: Option<String>, at_ms: u64 },
     StepStarted { run: String, step: String, item: Option<usize>, kind: String, input: Option<String>, attempt: u32, at_ms: u64 },
     StepFinished { run: String, step: String, item: Option<usize>, kind: String, state: String, output: Option<String>, error: Option<String>, attempts: u32, at_ms: u64 },

@@ -109,6 +109,7 @@ CREATE TABLE warden_keys (
 );
 "#, r#"
 ALTER TABLE runs ADD COLUMN trace_id TEXT;
+ALTER TABLE runs ADD COLUMN trace_span TEXT;
 "#];
 
 /// The schema version of the SQLite file at `path`, read only.
@@ -197,6 +198,7 @@ impl RunStore {
             started_ms: row.get("started_ms")?,
             finished_ms: row.get("finished_ms")?,
             trace_id: row.get("trace_id")?,
+            trace_span: row.get("trace_span")?,
         })
     }
 }
@@ -212,8 +214,8 @@ impl RunStore {
                 )?
                 .execute(params![id, story, team, trigger, input, parent.as_ref().map(|p| &p.0), parent.as_ref().map(|p| &p.1), at_ms, idempotency_key])?;
             }
-            Write::Traced { run, trace_id } => {
-                tx.prepare_cached("UPDATE runs SET trace_id = ?2 WHERE id = ?1")?.execute(params![run, trace_id])?;
+            Write::Traced { run, trace_id, span_id } => {
+                tx.prepare_cached("UPDATE runs SET trace_id = ?2, trace_span = ?3 WHERE id = ?1")?.execute(params![run, trace_id, span_id])?;
             }
             Write::StartRun { id, at_ms } => {
                 tx.prepare_cached("UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, ?2) WHERE id = ?1")?.execute(params![id, at_ms])?;

@@ -105,8 +105,8 @@ impl Recorder {
     }
 
     /// The trace of a run's spans, queued.
-    pub fn traced(&self, run: &str, trace_id: String) {
-        self.writer.queue(Write::Traced { run: run.into(), trace_id })
+    pub fn traced(&self, run: &str, (trace_id, span_id): (String, String)) {
+        self.writer.queue(Write::Traced { run: run.into(), trace_id, span_id })
     }
 
     /// A step attempt's recording, queued like the step record it belongs to.

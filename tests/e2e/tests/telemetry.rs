@@ -89,6 +89,21 @@ async fn a_webhook_gives_one_trace_from_the_caller_down_to_each_call_with_no_sec
     assert_eq!(hunt["state"], "succeeded", "{hunt}");
     let probing = send("probing", json!({"origin": format!("http://127.0.0.1:{}", o.port())}), None).await;
     assert_eq!(probing["state"], "succeeded", "{probing}");
+    // A run that parks for an approval and resumes once decided stays in its trace.
+    let asked = send("threat-hunt", json!({"indicator": {"kind": "domain", "value": "evil.example"}, "leads": ["soc-lead@corp.example"], "ask_to_isolate": true}), None).await;
+    assert_eq!(asked["state"], "waiting", "{asked}");
+    let asked_id = asked["run_id"].as_str().unwrap().to_string();
+    let approvals = engine.store.approvals().unwrap();
+    let pending = approvals.approval(&asked_id, "contain").unwrap().unwrap();
+    let by = warden::approval::Decision { choice: None, decided_by: "admin".into(), via: "api".into(), from: None, comment: None, decided_ms: 1 };
+    warden::store::decide(approvals, &pending, "ignore", None, by).unwrap().unwrap();
+    for _ in 0..100 {
+        if engine.store.run_summary(&asked_id).unwrap().unwrap().state == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(engine.store.run_summary(&asked_id).unwrap().unwrap().state, "succeeded", "the sweep resumed the decided run");
     // Everything buffered is sent at shutdown.
     let t = telemetry.unwrap();
     tokio::task::spawn_blocking(move || t.shutdown()).await.unwrap();
@@ -101,27 +116,26 @@ async fn a_webhook_gives_one_trace_from_the_caller_down_to_each_call_with_no_sec
     let named = |name: &str| spans.iter().filter(|s| s.name == name).collect::<Vec<_>>();
 
     // The caller's trace continues: webhook → run → steps.
-    let hook = named("POST /webhooks/threat-hunt")[0];
+    let hook = *named("POST /webhooks/threat-hunt").iter().find(|h| hex(&h.trace_id) == CALLER_TRACE).expect("the webhook span in the caller's trace");
     assert_eq!((hex(&hook.trace_id), hex(&hook.parent_span_id)), (CALLER_TRACE.to_string(), CALLER_SPAN.to_string()));
     assert_eq!(attr(hook, "http.response.status_code").as_deref(), Some("200"));
-    let run = named("run threat-hunt")[0];
-    assert_eq!(parent_of(run).map(|p| p.name.as_str()), Some("POST /webhooks/threat-hunt"));
     let run_id = hunt["run_id"].as_str().unwrap();
+    let run = *named("run threat-hunt").iter().find(|r| attr(r, "warden.run.id").as_deref() == Some(run_id)).unwrap();
+    assert_eq!(hex(&run.parent_span_id), hex(&hook.span_id), "the run is a child of its webhook");
     assert_eq!(attr(run, "warden.run.id").as_deref(), Some(run_id));
     assert_eq!((attr(run, "warden.team").as_deref(), attr(run, "warden.trigger").as_deref(), attr(run, "warden.run.state").as_deref()), (Some("soc"), Some("webhook"), Some("succeeded")));
     assert!(spans.iter().filter(|s| hex(&s.trace_id) == CALLER_TRACE).count() > 10, "the whole run is in the caller's trace");
     // The hunt step calls its sub-story, whose hunt step invokes the plugin, whose calls are spans.
-    let hunt_step = spans.iter().find(|s| s.name == "step hunt" && parent_of(s).is_some_and(|p| p.name == "run threat-hunt")).unwrap();
-    let sub = named("run sentinelone-hunt")[0];
-    assert_eq!(hex(&sub.parent_span_id), hex(&hunt_step.span_id), "a sub-story run is a child of the step that called it");
-    let invoke = named("invoke sentinelone-hunt")[0];
+    let hunt_step = spans.iter().find(|s| s.name == "step hunt" && hex(&s.parent_span_id) == hex(&run.span_id)).unwrap();
+    let sub = *named("run sentinelone-hunt").iter().find(|s| hex(&s.parent_span_id) == hex(&hunt_step.span_id)).expect("a sub-story run is a child of the step that called it");
+    let invoke = *named("invoke sentinelone-hunt").iter().find(|i| parent_of(i).is_some_and(|st| hex(&st.parent_span_id) == hex(&sub.span_id))).unwrap();
     assert_eq!(parent_of(parent_of(invoke).unwrap()).map(|r| r.name.as_str()), Some("run sentinelone-hunt"));
     assert_eq!(attr(invoke, "warden.plugin.sha256").map(|d| d.len()), Some(64));
     let calls: Vec<&Span> = spans.iter().filter(|s| hex(&s.parent_span_id) == hex(&invoke.span_id)).collect();
     let init = calls.iter().find(|c| attr(c, "url.path").as_deref() == Some("/web/api/v2.1/dv/init-query")).expect("the init-query call");
     assert_eq!((init.name.as_str(), attr(init, "http.response.status_code").as_deref(), attr(init, "warden.credential").as_deref()), ("http POST", Some("200"), Some("sentinelone")));
     assert!(attr(init, "warden.rule").unwrap().contains("/web/api/v2.1/dv/init-query"), "the allowing rule");
-    let step_ids: Vec<String> = named("step notify").iter().map(|s| attr(s, "warden.step.outcome").unwrap_or_default()).collect();
+    let step_ids: Vec<String> = named("step notify").iter().filter(|s| hex(&s.parent_span_id) == hex(&run.span_id)).map(|s| attr(s, "warden.step.outcome").unwrap_or_default()).collect();
     assert_eq!(step_ids, vec!["succeeded".to_string()]);
     assert!(spans.iter().any(|s| s.name == "smtp" || s.name.starts_with("smtp ")), "the email's SMTP call");
 
@@ -148,6 +162,14 @@ async fn a_webhook_gives_one_trace_from_the_caller_down_to_each_call_with_no_sec
             assert!(!a.key.contains("body") || a.key.ends_with(".size"), "span {} has a body attribute {}", s.name, a.key);
         }
     }
+    // The resumed part: a run span in the same trace, child of the parked part's run span.
+    let parts: Vec<&Span> = spans.iter().filter(|s| s.name == "run threat-hunt" && attr(s, "warden.run.id").as_deref() == Some(asked_id.as_str())).collect();
+    assert_eq!(parts.len(), 2, "parked, then resumed");
+    let (first, second) = if attr(parts[0], "warden.run.state").as_deref() == Some("waiting") { (parts[0], parts[1]) } else { (parts[1], parts[0]) };
+    assert_eq!((attr(first, "warden.run.state").as_deref(), attr(second, "warden.run.state").as_deref()), (Some("waiting"), Some("succeeded")));
+    assert_eq!(hex(&second.trace_id), hex(&first.trace_id));
+    assert_eq!(hex(&second.parent_span_id), hex(&first.span_id));
+    assert_eq!(attr(second, "warden.trigger").as_deref(), Some("resume"));
     // `runs show` and the API name the trace.
     let detail = engine.store.get_run(run_id).unwrap().unwrap();
     assert_eq!(detail.run.trace_id.as_deref(), Some(CALLER_TRACE));

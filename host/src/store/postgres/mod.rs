@@ -200,6 +200,7 @@ CREATE TABLE warden_keys (
 );
 "#, r#"
 ALTER TABLE runs ADD COLUMN trace_id TEXT;
+ALTER TABLE runs ADD COLUMN trace_span TEXT;
 "#];
 
 /// Serializes migrations across processes.
@@ -273,10 +274,11 @@ fn summary(r: &tokio_postgres::Row) -> RunSummary {
         started_ms: r.get::<_, Option<i64>>("started_ms").map(|v| v as u64),
         finished_ms: r.get::<_, Option<i64>>("finished_ms").map(|v| v as u64),
         trace_id: r.get("trace_id"),
+        trace_span: r.get("trace_span"),
     }
 }
 
-const SUMMARY: &str = "id, story, team, state, trigger, error, failed_step, parent_run, parent_step, created_ms, started_ms, finished_ms, trace_id";
+const SUMMARY: &str = "id, story, team, state, trigger, error, failed_step, parent_run, parent_step, created_ms, started_ms, finished_ms, trace_id, trace_span";
 
 impl PgStore {
     /// Connects, creating and migrating the schema as needed.
@@ -384,7 +386,7 @@ fn sql_of(w: &Write, clustered: bool) -> &'static str {
              ON CONFLICT (story, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
         }
         Write::StartRun { .. } => "UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, $2) WHERE id = $1",
-        Write::Traced { .. } => "UPDATE runs SET trace_id = $2 WHERE id = $1",
+        Write::Traced { .. } => "UPDATE runs SET trace_id = $2, trace_span = $3 WHERE id = $1",
         Write::FinishRun { .. } => "UPDATE runs SET state = $2, output = $3, error = $4, failed_step = $5, finished_ms = $6 WHERE id = $1",
         Write::StepStarted { .. } => {
             "INSERT INTO steps (run_id, step_id, item, kind, state, input, attempts, started_ms) VALUES ($1, $2, $3, $4, 'running', $5, $6, $7)
@@ -462,7 +464,7 @@ fn params_of(w: &Write) -> Vec<Vec<Param>> {
             opt_text(idempotency_key),
         ]],
         Write::StartRun { id, at_ms } => vec![vec![text(id), Box::new(i(*at_ms))]],
-        Write::Traced { run, trace_id } => vec![vec![text(run), text(trace_id)]],
+        Write::Traced { run, trace_id, span_id } => vec![vec![text(run), text(trace_id), text(span_id)]],
         Write::FinishRun { id, state, output, error, failed_step, at_ms } => {
             vec![vec![text(id), text(state), opt_text(output), opt_text(error), opt_text(failed_step), Box::new(i(*at_ms))]]
         }

@@ -302,8 +302,8 @@ impl Engine {
             let caller = caller.as_ref().map(|(r, s)| (r.as_str(), s.as_str()));
             observer.event(&Event::RunStarted { run: &run_id, story: &story.name, team: &story.team, depth, caller });
             // The run's trace id, for `runs show` and the API (queued with the run's next write).
-            if let Some((trace_id, _)) = self.telemetry.as_ref().and_then(|t| t.trace_of(&run_id)) {
-                self.recorder.traced(&run_id, trace_id);
+            if let Some(trace) = self.telemetry.as_ref().and_then(|t| t.trace_of(&run_id)) {
+                self.recorder.traced(&run_id, trace);
             }
             let root = root.unwrap_or_else(|| run_id.clone());
             let outcome = self.run_steps(&story, &run_id, &root, input, depth, observer, resume).await;
