@@ -392,9 +392,6 @@ mod tests {
         fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>> {
             self.inner.runs_in_state(state)
         }
-        fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
-            self.inner.count_by_state()
-        }
         fn count_runs(&self, f: &crate::store::RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
             self.inner.count_runs(f)
         }
@@ -530,9 +527,6 @@ mod tests {
             }
             fn runs_in_state(&self, s: &str) -> anyhow::Result<Vec<String>> {
                 self.0.runs_in_state(s)
-            }
-            fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
-                self.0.count_by_state()
             }
             fn count_runs(&self, f: &crate::store::RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
                 self.0.count_runs(f)

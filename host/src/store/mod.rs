@@ -354,8 +354,20 @@ impl Write {
     }
 
     pub fn logs(run: &str, step: &str, lines: &[LogLine]) -> Write {
-        let lines = lines.iter().map(|l| LogLine { message: withhold_tokens(l.message.clone()), ..l.clone() }).collect();
+        let lines = lines
+            .iter()
+            .map(|l| {
+                let mut l = l.clone();
+                l.message = withhold_tokens(std::mem::take(&mut l.message));
+                l
+            })
+            .collect();
         Write::Logs { run: run.into(), step: step.into(), lines }
+    }
+
+    /// A step attempt's recording (see [`crate::recording`]).
+    pub fn recording(run: &str, step: &str, item: Option<usize>, attempt: u32, stored: crate::recording::Stored) -> Write {
+        Write::Recording { run: run.into(), step: step.into(), item, attempt, truncated: stored.truncated, recording: withhold_tokens(stored.json) }
     }
 
     pub fn audit(run: &str, step: &str, records: &[AuditRecord]) -> anyhow::Result<Write> {
@@ -445,7 +457,10 @@ pub trait Store: Send + Sync {
     /// The story and input of a run, to execute it (e.g. after a restart).
     fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>>;
     fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>>;
-    fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>>;
+    /// How many top-level runs are in each state (the metrics' figures).
+    fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
+        self.count_runs(&RunFilter::default())
+    }
     /// How many runs `filter` matches in each state (its `state`, `limit` and
     /// `offset` aside).
     fn count_runs(&self, filter: &RunFilter) -> anyhow::Result<Vec<(String, u64)>>;

@@ -388,13 +388,6 @@ impl Store for RunStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM runs WHERE parent_run IS NULL GROUP BY state ORDER BY state")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
     fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>> {
         let conn = self.reader();
         let Some((run, input, output)) = conn

@@ -67,9 +67,6 @@ impl Store for Flaky {
     fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>> {
         self.inner.runs_in_state(state)
     }
-    fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
-        self.inner.count_by_state()
-    }
     fn count_runs(&self, f: &crate::store::RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
         self.inner.count_runs(f)
     }

@@ -111,7 +111,7 @@ impl Recorder {
 
     /// A step attempt's recording, queued like the step record it belongs to.
     pub fn recording(&self, at: &StepAt<'_>, attempt: u32, recording: crate::recording::Stored) {
-        self.writer.queue(Write::Recording { run: at.run.into(), step: at.step.into(), item: at.item, attempt, truncated: recording.truncated, recording: crate::approval::withhold_tokens(recording.json) })
+        self.writer.queue(Write::recording(at.run, at.step, at.item, attempt, recording))
     }
 
     /// Queued, like the step record they belong to. Nothing is queued for an empty list.

@@ -686,15 +686,6 @@ impl Store for PgStore {
         })
     }
 
-    fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
-        let pool = self.pool.clone();
-        self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let rows = client.query("SELECT state, COUNT(*) FROM runs WHERE parent_run IS NULL GROUP BY state ORDER BY state", &[]).await?;
-            Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect())
-        })
-    }
-
     fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>> {
         let (pool, id) = (self.pool.clone(), id.to_string());
         self.block(async move {
