@@ -81,8 +81,19 @@ fn sweep(queue: &super::Queue) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Who a token's scope decides `a` as: the approver its `approvers` must
+/// list (none for the admin token), and the name audited. `None`: the scope
+/// may not see it — another team's approval that does not list this team.
+pub(super) fn decider(scope: &Scope, a: &Approval) -> Option<(Option<String>, String)> {
+    match scope {
+        Scope::All => Some((None, "admin".to_string())),
+        Scope::Team(t) if *t != a.team && !a.approvers.iter().any(|x| x == &format!("team:{t}")) => None,
+        Scope::Team(t) => Some((Some(format!("team:{t}")), format!("team:{t}"))),
+    }
+}
+
 /// The address a decision came from: the peer, and what a proxy in front says.
-fn from(ext: &Extensions, headers: &HeaderMap) -> Option<String> {
+pub(super) fn from(ext: &Extensions, headers: &HeaderMap) -> Option<String> {
     let peer = ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
     let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).map(|v| crate::invocation::guest_text(v, 200));
     match (peer, forwarded) {
@@ -240,12 +251,8 @@ pub(super) async fn decide_by_api(State(s): State<AppState>, Path((run, step)): 
         Ok(None) => return no_such(),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("run store unavailable: {e:#}")),
     };
-    let (approver, decided_by) = match &scope {
-        Scope::All => (None, "admin".to_string()),
-        // Another team's approval is answered as if it did not exist.
-        Scope::Team(t) if *t != a.team && !a.approvers.iter().any(|x| x == &format!("team:{t}")) => return no_such(),
-        Scope::Team(t) => (Some(format!("team:{t}")), format!("team:{t}")),
-    };
+    // Another team's approval is answered as if it did not exist.
+    let Some((approver, decided_by)) = decider(&scope, &a) else { return no_such() };
     let d = Decision { choice: None, decided_by, via: "api".into(), from: from(&ext, &headers), comment: body.comment.filter(|c| !c.trim().is_empty()), decided_ms: crate::audit::now_ms() };
     match crate::store::decide(store, &a, &body.choice, approver.as_deref(), d) {
         Ok(Ok(done)) => {

@@ -280,7 +280,7 @@ async fn login(State(s): State<AppState>, ext: axum::http::Extensions, headers: 
         s.console.failed_sign_in(from, now);
         return page(StatusCode::UNAUTHORIZED, "login.html", context! { nav => false, failed => true });
     };
-    let value = session::issue(&key, &scope, &digest, now_ms() / 1000 + session::SESSION_SECS);
+    let value = session::issue(&key, &scope, &digest, now + session::SESSION_SECS);
     let secure = if s.policy.server.public_url.as_deref().is_some_and(|u| u.starts_with("https://")) { "; Secure" } else { "" };
     let cookie = format!("{}={value}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}{secure}", session::COOKIE, session::SESSION_SECS);
     let mut r = Redirect::to("/console/runs").into_response();
@@ -363,11 +363,12 @@ impl RunsQuery {
     }
 
     fn query_string(&self) -> String {
-        serde_urlencoded_like(&[("story", &self.story), ("state", &self.state), ("trigger", &self.trigger), ("since", &self.since)])
+        query_of(&[("story", &self.story), ("state", &self.state), ("trigger", &self.trigger), ("since", &self.since)])
     }
 }
 
-fn serde_urlencoded_like(pairs: &[(&str, &String)]) -> String {
+/// A query string of the non-empty pairs.
+fn query_of(pairs: &[(&str, &String)]) -> String {
     let mut q = url::form_urlencoded::Serializer::new(String::new());
     for (k, v) in pairs {
         if !v.is_empty() {
@@ -548,10 +549,8 @@ fn pending_view(a: &crate::approval::Approval, scope: &Scope) -> Pending {
         serde_json::Value::Null => None,
         d => Some(view::json_html(d)),
     };
-    let can_decide = match scope {
-        Scope::All => true,
-        Scope::Team(t) => a.approvers.is_empty() || a.approvers.iter().any(|x| *x == format!("team:{t}")),
-    };
+    // What deciding would check: the scope's approver among `approvers`, if any are named.
+    let can_decide = super::approvals::decider(scope, a).is_some_and(|(approver, _)| approver.is_none_or(|ap| a.allows(&ap)));
     Pending {
         step: a.step.clone(),
         run: a.run.clone(),
@@ -754,24 +753,22 @@ async fn approvals_page(State(s): State<AppState>, headers: HeaderMap) -> Respon
 }
 
 /// `POST /console/approvals/{run}/{step}`: `choice`, `comment`, `csrf`, `back`.
-async fn decide(State(s): State<AppState>, headers: HeaderMap, Path((run, step)): Path<(String, String)>, body: Bytes) -> Response {
+async fn decide(State(s): State<AppState>, ext: axum::http::Extensions, headers: HeaderMap, Path((run, step)): Path<(String, String)>, body: Bytes) -> Response {
     let (v, form) = match checked_post(&s, &headers, &body) {
         Ok(x) => x,
         Err(r) => return r,
     };
     let Some(store) = s.engine.store.approvals() else { return not_found("approval") };
     let a = match store.approval(&run, &step) {
-        Ok(Some(a)) if sees_team(&v.scope, &a.team) || matches!(&v.scope, Scope::Team(t) if a.approvers.contains(&format!("team:{t}"))) => a,
-        Ok(_) => return not_found("such approval"),
+        Ok(Some(a)) => a,
+        Ok(None) => return not_found("such approval"),
         Err(e) => return store_down(e),
     };
-    let (approver, decided_by) = match &v.scope {
-        Scope::All => (None, "admin (console)".to_string()),
-        Scope::Team(t) => (Some(format!("team:{t}")), format!("team:{t} (console)")),
-    };
+    // The API's rules: another team's approval (not listing this team) does not exist.
+    let Some((approver, who)) = super::approvals::decider(&v.scope, &a) else { return not_found("such approval") };
     let comment = form.get("comment").map(|c| c.trim().to_string()).filter(|c| !c.is_empty());
-    let from = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).map(|v| crate::invocation::guest_text(v, 200));
-    let d = crate::approval::Decision { choice: None, decided_by, via: "console".into(), from, comment, decided_ms: now_ms() };
+    let from = super::approvals::from(&ext, &headers);
+    let d = crate::approval::Decision { choice: None, decided_by: format!("{who} (console)"), via: "console".into(), from, comment, decided_ms: now_ms() };
     let choice = form.get("choice").cloned().unwrap_or_default();
     match crate::store::decide(store, &a, &choice, approver.as_deref(), d) {
         Ok(Ok(_)) => {
@@ -830,7 +827,7 @@ async fn stories_page(State(s): State<AppState>, headers: HeaderMap) -> Response
             schedule: trigger.and_then(|t| t.schedule.clone()),
             graph: view::graph(st),
             recent: recent.iter().map(row).collect(),
-            runs_link: format!("/console/runs?{}", serde_urlencoded_like(&[("story", name)])),
+            runs_link: format!("/console/runs?{}", query_of(&[("story", name)])),
             succeeded,
             ended,
             rate: (ended > 0).then(|| format!("{:.0} %", succeeded as f64 * 100.0 / ended as f64)),
