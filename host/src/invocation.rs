@@ -66,17 +66,13 @@ pub enum InvokeError {
 }
 
 impl InvokeError {
-    /// A short name of what went wrong (`limit:cpu` for a limit), for traces and metrics.
+    /// Its kind, as the serialized `kind` field spells it.
     pub fn kind_name(&self) -> &'static str {
         match self {
             InvokeError::InvalidInput { .. } => "invalid-input",
             InvokeError::Denied { .. } => "denied",
             InvokeError::Upstream { .. } => "upstream",
             InvokeError::Failed { .. } => "failed",
-            InvokeError::Limit { limit: "cpu", .. } => "limit:cpu",
-            InvokeError::Limit { limit: "memory", .. } => "limit:memory",
-            InvokeError::Limit { limit: "wall", .. } => "limit:wall",
-            InvokeError::Limit { limit: "output", .. } => "limit:output",
             InvokeError::Limit { .. } => "limit",
             InvokeError::Trap { .. } => "trap",
             InvokeError::Instantiate { .. } => "instantiate",

@@ -227,7 +227,7 @@ impl Invocation {
     }
 
     pub fn info(&self) -> crate::invocation::InvocationInfo {
-        crate::invocation::InvocationInfo { run_id: self.run_id.clone(), story: self.story.clone(), step: self.step.clone(), team: self.team.clone(), attempt: self.attempt , traceparent: None }
+        crate::invocation::InvocationInfo { run_id: self.run_id.clone(), story: self.story.clone(), step: self.step.clone(), team: self.team.clone(), attempt: self.attempt, traceparent: None }
     }
 }
 

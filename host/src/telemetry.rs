@@ -31,6 +31,8 @@ fn env(name: &str) -> Option<String> {
 
 /// The trace export, and the spans of runs in flight.
 pub struct Telemetry {
+    /// Where spans go, for the operator's log.
+    destination: String,
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     runs: Mutex<HashMap<String, RunSpans>>,
@@ -54,10 +56,10 @@ impl Telemetry {
         if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) || env("OTEL_TRACES_EXPORTER").is_some_and(|v| v == "none") {
             return Ok(None);
         }
-        let from_env = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some() || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
-        if config.endpoint.is_none() && !from_env {
-            return Ok(None);
-        }
+        let destination = match config.endpoint.clone().or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")).or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT")) {
+            Some(d) => d,
+            None => return Ok(None),
+        };
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
         let mut headers = HashMap::new();
         for (name, var) in &config.headers_env {
@@ -87,7 +89,12 @@ impl Telemetry {
         }
         let provider = provider.build();
         let tracer = provider.tracer("warden");
-        Ok(Some(Telemetry { provider, tracer, runs: Mutex::default(), adopted: Mutex::default() }))
+        Ok(Some(Telemetry { destination, provider, tracer, runs: Mutex::default(), adopted: Mutex::default() }))
+    }
+
+    /// The collector's URL, as configured.
+    pub fn destination(&self) -> &str {
+        &self.destination
     }
 
     /// Sends what is buffered and stops the exporter (at shutdown).
@@ -155,7 +162,8 @@ impl Telemetry {
         runs.get(run).map(|r| (r.span.span_context().trace_id().to_string(), r.span.span_context().span_id().to_string()))
     }
 
-    /// W3C `traceparent` naming the invocation span of `run`'s step, for egress.
+    /// W3C `traceparent` naming the span of `run`'s step (its invocation's
+    /// span is made when the invocation ends), for egress.
     pub fn traceparent_of_step(&self, run: &str, step: &str, item: Option<usize>) -> Option<String> {
         let runs = self.runs.lock().unwrap();
         let sc = runs.get(run)?.steps.get(&(step.to_string(), item))?.span_context().clone();
@@ -238,21 +246,26 @@ impl Observer for Telemetry {
                     old.end();
                 }
             }
-            Event::Invoked { run, step, item, plugin, digest, started_ms, elapsed, error } => {
+            Event::Invoked { run, step, item, plugin, digest, elapsed, error } => {
+                // Told as it ends: it started `elapsed` ago.
+                let ended = SystemTime::now();
                 let mut runs = self.runs.lock().unwrap();
                 let Some(r) = runs.get_mut(*run) else { return };
                 let Some(step_span) = r.steps.get(&(step.to_string(), *item)) else { return };
                 let parent = Context::new().with_remote_span_context(step_span.span_context().clone());
                 let mut attrs = vec![KeyValue::new("warden.plugin", plugin.to_string()), KeyValue::new("warden.plugin.sha256", digest.to_string())];
-                if let Some(kind) = error {
-                    attrs.push(KeyValue::new("warden.error.kind", kind.to_string()));
+                if let Some(e) = error {
+                    attrs.push(KeyValue::new("warden.error.kind", e.kind_name()));
+                    if let crate::invocation::InvokeError::Limit { limit, .. } = e {
+                        attrs.push(KeyValue::new("warden.limit", *limit));
+                    }
                 }
-                let mut span = self.tracer.span_builder(format!("invoke {plugin}")).with_start_time(at(*started_ms)).with_attributes(attrs).start_with_context(&self.tracer, &parent);
-                if let Some(kind) = error {
-                    span.set_status(Status::error(kind.to_string()));
+                let mut span = self.tracer.span_builder(format!("invoke {plugin}")).with_start_time(ended - *elapsed).with_attributes(attrs).start_with_context(&self.tracer, &parent);
+                if let Some(e) = error {
+                    span.set_status(Status::error(e.kind_name()));
                 }
                 r.invocations.insert((step.to_string(), *item), span.span_context().clone());
-                span.end_with_timestamp(at(*started_ms) + *elapsed);
+                span.end_with_timestamp(ended);
             }
             Event::Audit { run, step, item, record } => {
                 let runs = self.runs.lock().unwrap();
@@ -330,10 +343,10 @@ impl opentelemetry_http::HttpClient for Blocking {
         for (k, v) in resp.headers() {
             out = out.header(k, v);
         }
-        // A collector's answer is small; more than 1 MiB is not read.
-        let body = resp.bytes()?;
-        let body = if body.len() > 1 << 20 { body.slice(..1 << 20) } else { body };
-        Ok(out.body(body)?)
+        // A collector's answer is small; more than 1 MiB of it is not read.
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(resp, 1 << 20), &mut body)?;
+        Ok(out.body(bytes::Bytes::from(body))?)
     }
 }
 

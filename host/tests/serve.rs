@@ -439,6 +439,7 @@ async fn every_run_is_logged_as_json_lines_and_nothing_is_lost_at_shutdown() {
             lines.iter().any(|l| l["fields"]["message"] == "run finished" && l["fields"]["run"] == id.as_str()),
             "no `run finished` line for {id} in:\n{text}"
         );
+        assert!(lines.iter().all(|l| l["fields"].get("trace_id").is_none()), "no trace fields when nothing is traced");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -98,28 +98,21 @@ pub struct MetricsObserver<'a>(pub &'a Metrics, pub Option<&'a crate::telemetry:
 
 impl Observer for MetricsObserver<'_> {
     fn event(&self, e: &Event) {
-        // The run's span exists once told of its start, and is gone once told of its end.
-        let trace = match e {
-            Event::RunStarted { run, depth: 0, .. } => {
-                if let Some(t) = self.1 {
-                    t.event(e);
-                }
-                self.1.and_then(|t| t.trace_of(run))
-            }
-            Event::RunFinished { run, depth: 0, .. } => {
-                let trace = self.1.and_then(|t| t.trace_of(run));
-                if let Some(t) = self.1 {
-                    t.event(e);
-                }
-                trace
-            }
-            _ => {
-                if let Some(t) = self.1 {
-                    t.event(e);
-                }
-                None
-            }
+        // A run's span exists once the traces are told of its start, and is
+        // gone once told of its end: its ids are read after one, before the other.
+        let traced = |run: &str| self.1.and_then(|t| t.trace_of(run));
+        let ending = match e {
+            Event::RunFinished { run, depth: 0, .. } => traced(run),
+            _ => None,
         };
+        if let Some(t) = self.1 {
+            t.event(e);
+        }
+        let trace = match e {
+            Event::RunStarted { run, depth: 0, .. } => traced(run),
+            _ => ending,
+        };
+        let (trace_id, span_id) = (trace.as_ref().map(|t| t.0.as_str()), trace.as_ref().map(|t| t.1.as_str()));
         match e {
             Event::StepFinished { step, kind, state, elapsed, run, error, .. } => {
                 if *state != "skipped" {
@@ -132,18 +125,11 @@ impl Observer for MetricsObserver<'_> {
             Event::Audit { record, .. } if record.decision == Decision::Denied => {
                 *self.0.denials.lock().unwrap().entry(record.rule.clone()).or_default() += 1;
             }
-            Event::RunStarted { run, story, depth: 0, .. } => match &trace {
-                Some((trace_id, span_id)) => tracing::info!(run = %run, story = %story, trace_id = %trace_id, span_id = %span_id, "run started"),
-                None => tracing::info!(run = %run, story = %story, "run started"),
-            },
+            // The trace fields are absent when the run is not traced.
+            Event::RunStarted { run, story, depth: 0, .. } => tracing::info!(run = %run, story = %story, trace_id, span_id, "run started"),
             Event::RunFinished { run, story, state, elapsed, depth: 0 } => {
                 *self.0.runs_finished.lock().unwrap().entry((story.to_string(), state.to_string())).or_default() += 1;
-                match &trace {
-                    Some((trace_id, span_id)) => {
-                        tracing::info!(run = %run, story = %story, state = %state, ms = elapsed.as_millis() as u64, trace_id = %trace_id, span_id = %span_id, "run finished")
-                    }
-                    None => tracing::info!(run = %run, story = %story, state = %state, ms = elapsed.as_millis() as u64, "run finished"),
-                }
+                tracing::info!(run = %run, story = %story, state = %state, ms = elapsed.as_millis() as u64, trace_id, span_id, "run finished");
             }
             _ => {}
         }

@@ -189,9 +189,8 @@ pub async fn run(policy: Policy, flags: config::ServeFlags) -> anyhow::Result<()
     );
     let rt = Arc::new(Runtime::new(RuntimeConfig { max_instances, ..Default::default() })?);
     let telemetry = crate::telemetry::Telemetry::start(&policy.telemetry).map_err(|e| anyhow::anyhow!("{}: {e}", policy.file))?.map(Arc::new);
-    if telemetry.is_some() {
-        let to = policy.telemetry.endpoint.clone().or_else(|| std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").ok()).or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok()).unwrap_or_default();
-        tracing::info!("traces exported over OTLP/HTTP to {to}");
+    if let Some(t) = &telemetry {
+        tracing::info!("traces exported over OTLP/HTTP to {}", t.destination());
     }
     let engine = Arc::new(Engine::new(rt, Arc::new(policy), Arc::new(library), store).with_links_base(&settings.listen).with_telemetry(telemetry.clone()));
     let served = serve(engine, &settings.listen, ServeOptions { workers: settings.workers, drain: settings.drain, role: settings.role }).await;

@@ -13,9 +13,9 @@ pub enum Event<'a> {
     StepStarted { run: &'a str, step: &'a str, item: Option<usize>, attempt: u32, depth: usize },
     StepFinished { run: &'a str, step: &'a str, kind: &'static str, item: Option<usize>, state: StepState, elapsed: Duration, error: Option<&'a StepError>, depth: usize },
     Log { run: &'a str, step: &'a str, line: &'a LogLine, depth: usize },
-    /// A plugin invocation of a step attempt, over (its calls follow as `Audit`).
-    /// `error`: the kind of error it ended with, if any.
-    Invoked { run: &'a str, step: &'a str, item: Option<usize>, plugin: &'a str, digest: &'a str, started_ms: u64, elapsed: Duration, error: Option<&'a str> },
+    /// A plugin invocation of a step attempt, just over (its calls follow as
+    /// `Audit`); `error`: what it ended with, if not output.
+    Invoked { run: &'a str, step: &'a str, item: Option<usize>, plugin: &'a str, digest: &'a str, elapsed: Duration, error: Option<&'a crate::invocation::InvokeError> },
     /// One capability call's audit record (already stored).
     Audit { run: &'a str, step: &'a str, item: Option<usize>, record: &'a crate::audit::AuditRecord },
     RunFinished { run: &'a str, story: &'a str, state: RunState, elapsed: Duration, depth: usize },

@@ -27,6 +27,10 @@ steps:
   - id: echo
     action: probe
     with: {op: fetch, url: "{{ input.origin }}/echo?secret_q=abc123"}
+  - id: spin
+    action: probe
+    with: {op: loop}
+    on_error: continue
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,7 +58,7 @@ async fn a_webhook_gives_one_trace_from_the_caller_down_to_each_call_with_no_sec
     let mut text = swap(std::fs::read_to_string(root.join("examples/warden.toml")).unwrap());
     text.push_str(&format!(
         "\n[telemetry]\nendpoint = \"{otlp}\"\nsample_ratio = 1.0\nservice_name = \"warden-test\"\nheaders_env = {{ \"x-collector-key\" = \"TELEMETRY_TEST_COLLECTOR_KEY\" }}\n\
-         [plugins.probe]\npath = \"{}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:{}/*\"]\ntraceparent = true\n\
+         [plugins.probe]\npath = \"{}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:{}/*\"]\ntraceparent = true\nlimits = {{ cpu_ms = 200 }}\n\
          [triggers.probing]\nsecret_env = \"WARDEN_WEBHOOK_SECRET\"\nallow_sync = true\n",
         warden_e2e::guest("probe").display(),
         o.port()
@@ -151,6 +155,10 @@ async fn a_webhook_gives_one_trace_from_the_caller_down_to_each_call_with_no_sec
     assert!(sent.starts_with(&format!("00-{}-", hex(&probing_run.trace_id))), "{sent}");
     let echo_call = spans.iter().find(|s| attr(s, "url.path").as_deref() == Some("/echo")).unwrap();
     assert_eq!(attr(echo_call, "warden.origin"), Some(format!("http://127.0.0.1:{}", o.port())));
+
+    // An invocation stopped at a limit says which.
+    let spun = spans.iter().find(|s| s.name == "invoke probe" && attr(s, "warden.error.kind").as_deref() == Some("limit")).expect("the spinning step's invocation");
+    assert_eq!(attr(spun, "warden.limit").as_deref(), Some("cpu"));
 
     // Never a credential, a query string value, or a body in any attribute.
     for s in &spans {

@@ -543,10 +543,8 @@ impl Engine {
                 if let Some(recording) = recording {
                     self.recorder.recording(&sr.at(item), attempt, recording);
                 }
-                let error = report.outcome.as_ref().err().map(|e| e.kind_name());
                 let elapsed = std::time::Duration::from_millis(report.duration_ms);
-                let started_ms = crate::audit::now_ms().saturating_sub(report.duration_ms);
-                sr.observer.event(&Event::Invoked { run, step: &step.id, item, plugin, digest: &report.sha256, started_ms, elapsed, error });
+                sr.observer.event(&Event::Invoked { run, step: &step.id, item, plugin, digest: &report.sha256, elapsed, error: report.outcome.as_ref().err() });
                 for record in &report.audit {
                     sr.observer.event(&Event::Audit { run, step: &step.id, item, record });
                 }
