@@ -146,6 +146,38 @@ pub fn engine(policy: Policy, dir: &Path) -> warden::story::engine::Engine {
     )
 }
 
+/// The example stories (and `extra` ones) in a folder of their own, and the
+/// text of the example policy, with the simulators' ports swapped in (the
+/// caller may add to the text before parsing it with [`parse_example_policy`]).
+pub fn example_files(s1: u16, jira: u16, smtp: u16, extra: &[(&str, &str)]) -> (StoryDir, String) {
+    let root = workspace_root();
+    let swap = |text: String| text.replace(":8701", &format!(":{s1}")).replace(":8702", &format!(":{jira}")).replace("port = 8725", &format!("port = {smtp}"));
+    let mut files: Vec<(&str, String)> = extra.iter().map(|(n, t)| (*n, t.to_string())).collect();
+    for name in ["threat-hunt.yaml", "sentinelone-hunt.yaml", "jira-open.yaml"] {
+        files.push((name, swap(std::fs::read_to_string(root.join("examples/stories").join(name)).unwrap())));
+    }
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    (StoryDir::new(&refs), swap(std::fs::read_to_string(root.join("examples/warden.toml")).unwrap()))
+}
+
+/// Policy text read as `examples/warden.toml` (its paths relative to `examples/`).
+pub fn parse_example_policy(text: &str) -> Policy {
+    let root = workspace_root();
+    Policy::parse(text, "examples/warden.toml", &root.join("examples")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `warden serve`'s app in this process on a port of its own (with each
+/// peer's address, as `serve` has it); its base URL and the engine.
+pub async fn serve(engine: warden::story::engine::Engine) -> (String, Arc<warden::story::engine::Engine>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let engine = Arc::new(engine.with_links_base(&addr.to_string()));
+    let opts = warden::server::ServeOptions { workers: 8, drain: std::time::Duration::from_secs(1), role: Default::default() };
+    let (router, _queue) = warden::server::start(engine.clone(), &opts).unwrap();
+    tokio::spawn(async move { axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>()).await.unwrap() });
+    (format!("http://{addr}"), engine)
+}
+
 /// An OTLP/HTTP collector for the telemetry tests: every span of every export,
 /// decoded from its protobuf, and each export's headers.
 pub mod otlp {

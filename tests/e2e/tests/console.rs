@@ -125,17 +125,6 @@ async fn text_of(c: &Client, css: &str) -> Option<String> {
     found.ok()
 }
 
-/// `warden serve`'s app in this process, on a port of its own.
-async fn serve(engine: warden::story::engine::Engine) -> (String, Arc<warden::story::engine::Engine>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let engine = Arc::new(engine.with_links_base(&addr.to_string()));
-    let opts = warden::server::ServeOptions { workers: 8, drain: Duration::from_secs(1), role: Default::default() };
-    let (router, _queue) = warden::server::start(engine.clone(), &opts).unwrap();
-    tokio::spawn(async move { axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>()).await.unwrap() });
-    (format!("http://{addr}"), engine)
-}
-
 async fn sign_in(c: &Client, base: &str, token: &str) {
     c.goto(&format!("{base}/console/runs")).await.unwrap();
     assert!(c.current_url().await.unwrap().path().ends_with("/console/login"), "an unsigned visit is sent to sign in");
@@ -191,24 +180,14 @@ async fn example() -> Example {
     let (s1, _) = sentinelone::spawn(sentinelone::Config { polls_before_finish: 1, ..Default::default() }).await.unwrap();
     let (j, _) = jira::spawn(jira::Config::default()).await.unwrap();
     let smtp = SmtpServer::start();
-    let root = warden_e2e::workspace_root();
-    let swap = |text: String| {
-        text.replace(":8701", &format!(":{}", s1.port())).replace(":8702", &format!(":{}", j.port())).replace("port = 8725", &format!("port = {}", smtp.port))
-    };
-    let mut files = vec![("hostile.yaml", HOSTILE.to_string())];
-    for name in ["threat-hunt.yaml", "sentinelone-hunt.yaml", "jira-open.yaml"] {
-        files.push((name, swap(std::fs::read_to_string(root.join("examples/stories").join(name)).unwrap())));
-    }
-    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let dir = StoryDir::new(&refs);
-    let mut text = swap(std::fs::read_to_string(root.join("examples/warden.toml")).unwrap());
-    text = text.replace("[server]\n", "[server]\napi_token_env = \"WARDEN_CONSOLE_TEST_ADMIN\"\n");
+    let (dir, text) = warden_e2e::example_files(s1.port(), j.port(), smtp.port, &[("hostile.yaml", HOSTILE)]);
+    let mut text = text.replace("[server]\n", "[server]\napi_token_env = \"WARDEN_CONSOLE_TEST_ADMIN\"\n");
     text.push_str(&format!(
         "\n[plugins.probe]\npath = \"{}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:1/*\"]\n[triggers.hostile]\nsecret_env = \"WARDEN_WEBHOOK_SECRET\"\n",
         warden_e2e::guest("probe").display()
     ));
-    let policy = warden::Policy::parse(&text, "examples/warden.toml", &root.join("examples")).unwrap();
-    let (base, engine) = serve(warden_e2e::engine(policy, &dir.0)).await;
+    let policy = warden_e2e::parse_example_policy(&text);
+    let (base, engine) = warden_e2e::serve(warden_e2e::engine(policy, &dir.0)).await;
     Example { _s1: s1, _jira: j, _smtp: smtp, _dir: dir, base, engine }
 }
 
@@ -362,7 +341,7 @@ async fn a_team_sees_its_own_runs_and_the_console_fits_a_phone() {
     let quiet = &warden::story::engine::Quiet;
     let red = engine.run("red-triage", json!({}), "cli", quiet).await.unwrap().run_id;
     let blue = engine.run("blue-triage", json!({}), "cli", quiet).await.unwrap().run_id;
-    let (base, _engine) = serve(engine).await;
+    let (base, _engine) = warden_e2e::serve(engine).await;
 
     let c = browser(&driver, 390, 844).await;
     sign_in(&c, &base, RED).await;

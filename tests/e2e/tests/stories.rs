@@ -315,17 +315,8 @@ fn stories_are_validated_at_load_with_file_and_line() {
 
 /// The example stories and policy, with the simulators' ports swapped in.
 fn example_fixture(s1: u16, jira: u16, smtp: u16) -> (StoryDir, warden::Policy) {
-    let root = warden_e2e::workspace_root();
-    let swap = |text: String| text.replace(":8701", &format!(":{s1}")).replace(":8702", &format!(":{jira}")).replace("port = 8725", &format!("port = {smtp}"));
-    let mut files = Vec::new();
-    for name in ["threat-hunt.yaml", "sentinelone-hunt.yaml", "jira-open.yaml"] {
-        files.push((name, swap(std::fs::read_to_string(root.join("examples/stories").join(name)).unwrap())));
-    }
-    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let dir = StoryDir::new(&refs);
-    let text = swap(std::fs::read_to_string(root.join("examples/warden.toml")).unwrap());
-    let p = warden::Policy::parse(&text, "examples/warden.toml", &root.join("examples")).unwrap();
-    (dir, p)
+    let (dir, text) = warden_e2e::example_files(s1, jira, smtp, &[]);
+    (dir, warden_e2e::parse_example_policy(&text))
 }
 
 /// The example stories against the simulators and a real SMTP server.

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use warden_e2e::{SmtpServer, StoryDir};
+use warden_e2e::SmtpServer;
 use warden_sim::{jira, origin, sentinelone};
 
 const WEBHOOK_SECRET: &str = "telemetry-webhook-secret";
@@ -47,15 +47,7 @@ async fn a_webhook_gives_one_trace_from_the_caller_down_to_each_call_with_no_sec
     let (j, _) = jira::spawn(jira::Config::default()).await.unwrap();
     let (o, _rec) = origin::spawn().await.unwrap();
     let smtp = SmtpServer::start();
-    let root = warden_e2e::workspace_root();
-    let swap = |text: String| text.replace(":8701", &format!(":{}", s1.port())).replace(":8702", &format!(":{}", j.port())).replace("port = 8725", &format!("port = {}", smtp.port));
-    let mut files = vec![("probing.yaml", PROBE.to_string())];
-    for name in ["threat-hunt.yaml", "sentinelone-hunt.yaml", "jira-open.yaml"] {
-        files.push((name, swap(std::fs::read_to_string(root.join("examples/stories").join(name)).unwrap())));
-    }
-    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let dir = StoryDir::new(&refs);
-    let mut text = swap(std::fs::read_to_string(root.join("examples/warden.toml")).unwrap());
+    let (dir, mut text) = warden_e2e::example_files(s1.port(), j.port(), smtp.port, &[("probing.yaml", PROBE)]);
     text.push_str(&format!(
         "\n[telemetry]\nendpoint = \"{otlp}\"\nsample_ratio = 1.0\nservice_name = \"warden-test\"\nheaders_env = {{ \"x-collector-key\" = \"TELEMETRY_TEST_COLLECTOR_KEY\" }}\n\
          [plugins.probe]\npath = \"{}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:{}/*\"]\ntraceparent = true\nlimits = {{ cpu_ms = 200 }}\n\
@@ -63,15 +55,10 @@ async fn a_webhook_gives_one_trace_from_the_caller_down_to_each_call_with_no_sec
         warden_e2e::guest("probe").display(),
         o.port()
     ));
-    let policy = warden::Policy::parse(&text, "examples/warden.toml", &root.join("examples")).unwrap();
+    let policy = warden_e2e::parse_example_policy(&text);
     let telemetry = warden::telemetry::Telemetry::start(&policy.telemetry).unwrap().map(Arc::new);
     assert!(telemetry.is_some(), "[telemetry] endpoint turns tracing on");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let engine = Arc::new(warden_e2e::engine(policy, &dir.0).with_telemetry(telemetry.clone()));
-    let opts = warden::server::ServeOptions { workers: 8, drain: Duration::from_secs(1), role: Default::default() };
-    let (router, _queue) = warden::server::start(engine.clone(), &opts).unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let (base, engine) = warden_e2e::serve(warden_e2e::engine(policy, &dir.0).with_telemetry(telemetry.clone())).await;
 
     let send = |story: &'static str, body: Value, traceparent: Option<String>| {
         let base = base.clone();
