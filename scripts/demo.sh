@@ -11,6 +11,9 @@ python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install --quiet aiosm
 cargo build --quiet -p warden -p warden-sim
 
 export S1_API_TOKEN=s1-demo-token JIRA_API_TOKEN=jira-demo-token DEMO_TOKEN=demo-token
+# The connector pack's simulators (Slack, VirusTotal, ServiceNow, CrowdStrike on :8703–:8706).
+export SLACK_BOT_TOKEN=xoxb-demo-token SLACK_SIGNING_SECRET=slack-demo-signing-secret VT_API_KEY=vt-demo-key \
+  SERVICENOW_PASSWORD=snow-demo-password CS_CLIENT_ID=cs-demo-client CS_CLIENT_SECRET=cs-demo-secret
 mail_dir=.warden/demo-mail
 rm -rf "$mail_dir"
 target/debug/warden-sim --origin 127.0.0.1:8700 --s1 127.0.0.1:8701 --jira 127.0.0.1:8702 >/dev/null &

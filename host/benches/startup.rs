@@ -45,6 +45,8 @@ fn one(cache: &std::path::Path, db: &std::path::Path) -> (Duration, Duration) {
         .arg(db)
         .env("WARDEN_CACHE_DIR", cache)
         .env("WARDEN_WEBHOOK_SECRET", secret)
+        // The example policy verifies Slack's callbacks with it (read at start).
+        .env("SLACK_SIGNING_SECRET", "startup-bench")
         .env("WARDEN_LOG", "error")
         .stdout(Stdio::null())
         .spawn()

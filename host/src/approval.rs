@@ -130,12 +130,16 @@ fn check_approvers(list: &[String]) -> Result<(), String> {
         return Err(format!("at most {MAX_APPROVERS} approvers"));
     }
     for a in list {
-        let ok = match a.strip_prefix("team:") {
-            Some(team) => !team.is_empty() && team.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
-            None => a.len() <= 254 && a.contains('@') && !a.chars().any(|c| c.is_whitespace() || c.is_control()),
+        let ok = if let Some(team) = a.strip_prefix("team:") {
+            !team.is_empty() && team.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        } else if let Some(user) = a.strip_prefix("slack:") {
+            // A Slack user id (U…/W…), as a signed interaction names the presser.
+            (1..=32).contains(&user.len()) && user.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        } else {
+            a.len() <= 254 && a.contains('@') && !a.chars().any(|c| c.is_whitespace() || c.is_control())
         };
         if !ok {
-            return Err(format!("approver `{}` is neither an address (name@domain) nor team:NAME", crate::invocation::guest_text(a, 80)));
+            return Err(format!("approver `{}` is neither an address (name@domain), team:NAME nor slack:USERID", crate::invocation::guest_text(a, 80)));
         }
     }
     Ok(())

@@ -43,6 +43,26 @@ pub struct AuditRecord {
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub duration_ms: u64,
+    /// The OAuth2 token exchanges the host made for this request (an
+    /// `oauth2` credential's first use, expiry, or a 401): never the token.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub oauth: Vec<TokenExchange>,
+}
+
+/// One OAuth2 client-credentials exchange made by the host.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenExchange {
+    /// The token endpoint.
+    pub url: String,
+    /// Why a token was requested: first use, expiry, a 401.
+    pub why: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration_ms: u64,
 }
 
 impl AuditRecord {
@@ -64,6 +84,7 @@ impl AuditRecord {
             request_bytes: 0,
             response_bytes: 0,
             duration_ms: 0,
+            oauth: Vec::new(),
         }
     }
 }

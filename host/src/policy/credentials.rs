@@ -8,6 +8,7 @@ use super::origin::{HostPattern, OriginPattern};
 use super::target::Target;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use toml::Spanned;
 
 /// A secret value. Debug and Display never show it.
@@ -41,6 +42,49 @@ pub enum CredentialKind {
     Basic { user: String },
     /// `?<param>=<value>` appended to the URL.
     Query { param: String },
+    /// OAuth2 client credentials: the host requests an access token with the
+    /// client id and the secret value, caches it, and injects
+    /// `Authorization: Bearer <token>`. The plugin never sees either.
+    OAuth2(OAuth2),
+}
+
+/// How the host obtains an OAuth2 access token (RFC 6749 §4.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuth2 {
+    /// Where the token is requested. https, or http to a loopback address.
+    pub token_url: url::Url,
+    pub client_id: ClientId,
+    /// Sent as `scope`, space-separated, when not empty.
+    pub scopes: Vec<String>,
+    /// How the client authenticates at the token endpoint.
+    pub client_auth: ClientAuth,
+}
+
+/// The client id: not a secret, but often kept beside one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientId {
+    Literal(String),
+    Env(String),
+}
+
+impl ClientId {
+    pub fn read(&self) -> Result<String, String> {
+        match self {
+            ClientId::Literal(v) => Ok(v.clone()),
+            ClientId::Env(var) => match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Ok(v),
+                _ => Err(format!("environment variable {var} (the client id) is not set on the host")),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` as form fields (CrowdStrike, Microsoft).
+    Post,
+    /// HTTP Basic `client_id:client_secret` (RFC 6749's preferred form).
+    Basic,
 }
 
 /// Where the value lives on the host.
@@ -122,6 +166,9 @@ pub struct CredentialSpec {
     /// of its hosts, without the plugin naming it (for code that cannot, such
     /// as an unmodified `fetch()`). The default, `"named"`, needs the name.
     pub auto: bool,
+    /// The access token of an `oauth2` credential, shared by every request
+    /// that uses it (one per policy load).
+    pub tokens: Arc<crate::capability::http::oauth::TokenCache>,
 }
 
 impl CredentialSpec {
@@ -146,12 +193,19 @@ pub(super) fn parse(name: &str, c: RawCredential, base: &Path) -> Result<Credent
         },
         "basic" => CredentialKind::Basic { user: need(c.user.clone(), "user = \"name\"")? },
         "query" => CredentialKind::Query { param: need(c.param.clone(), "param = \"api_key\"")? },
+        "oauth2" => CredentialKind::OAuth2(oauth2(name, &c)?),
         other => {
             return Err(format!(
-                "credentials.{name}: kind `{other}` is unknown; use header, bearer, basic or query"
+                "credentials.{name}: kind `{other}` is unknown; use header, bearer, basic, query or oauth2"
             ))
         }
     };
+    if !matches!(kind, CredentialKind::OAuth2(_)) {
+        let stray = [("token_url", c.token_url.is_some()), ("client_id", c.client_id.is_some()), ("client_id_env", c.client_id_env.is_some()), ("scopes", c.scopes.is_some()), ("client_auth", c.client_auth.is_some())];
+        if let Some((field, _)) = stray.iter().find(|(_, given)| *given) {
+            return Err(format!("credentials.{name}: `{field}` belongs to kind \"oauth2\", not `{}`; remove it or change the kind", c.kind.get_ref()));
+        }
+    }
     if let CredentialKind::Header { name: h, .. } = &kind {
         if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
             return Err(format!("credentials.{name}: `{h}` is not a valid header name"));
@@ -182,7 +236,50 @@ pub(super) fn parse(name: &str, c: RawCredential, base: &Path) -> Result<Credent
             ))
         }
     };
-    Ok(CredentialSpec { name: name.to_string(), kind, source, hosts, team: c.team, auto })
+    Ok(CredentialSpec { name: name.to_string(), kind, source, hosts, team: c.team, auto, tokens: Default::default() })
+}
+
+/// The `oauth2` fields of a credential table, checked.
+fn oauth2(name: &str, c: &RawCredential) -> Result<OAuth2, String> {
+    let text = c.token_url.as_deref().ok_or_else(|| format!("credentials.{name}: kind `oauth2` needs `token_url = \"https://…/oauth2/token\"`"))?;
+    let token_url = url::Url::parse(text).map_err(|e| format!("credentials.{name}: token_url `{text}` is not a URL: {e}"))?;
+    if !token_url.username().is_empty() || token_url.password().is_some() {
+        return Err(format!("credentials.{name}: token_url must not carry a user or password; the client secret comes from env or file"));
+    }
+    let loopback = match token_url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    match token_url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => {
+            return Err(format!(
+                "credentials.{name}: token_url `{text}` would send the client secret in clear; use https (plain http only to a loopback address)"
+            ))
+        }
+    }
+    let client_id = match (&c.client_id, &c.client_id_env) {
+        (Some(id), None) if !id.is_empty() => ClientId::Literal(id.clone()),
+        (None, Some(var)) if !var.is_empty() => ClientId::Env(var.clone()),
+        _ => return Err(format!("credentials.{name}: kind `oauth2` needs exactly one of client_id = \"…\" or client_id_env = \"VAR\"")),
+    };
+    let scopes = c.scopes.clone().unwrap_or_default();
+    if let Some(bad) = scopes.iter().find(|s| s.is_empty() || s.chars().any(|ch| ch.is_whitespace() || ch.is_control())) {
+        return Err(format!("credentials.{name}: scope `{}` is empty or holds a space; list each scope on its own", bad.escape_debug()));
+    }
+    let client_auth = match c.client_auth.as_deref() {
+        None | Some("post") => ClientAuth::Post,
+        Some("basic") => ClientAuth::Basic,
+        Some(other) => {
+            return Err(format!(
+                "credentials.{name}: client_auth = \"{other}\" is unknown; use \"post\" (client id and secret as form fields: the default) or \"basic\""
+            ))
+        }
+    };
+    Ok(OAuth2 { token_url, client_id, scopes, client_auth })
 }
 
 #[derive(Deserialize)]
@@ -201,6 +298,12 @@ pub(super) struct RawCredential {
     team: Option<String>,
     /// `named` (default) or `auto`.
     inject: Option<String>,
+    // kind = "oauth2"
+    token_url: Option<String>,
+    client_id: Option<String>,
+    client_id_env: Option<String>,
+    scopes: Option<Vec<String>>,
+    client_auth: Option<String>,
 }
 
 #[cfg(test)]

@@ -245,6 +245,7 @@ impl Policy {
                 record: s.record,
                 api_token: s.api_token_env.map(SecretSource::Env),
                 public_url: s.public_url.map(|u| u.trim_end_matches('/').to_string()),
+                slack_signing_secret: s.slack_signing_secret_env.map(SecretSource::Env),
             }}
             None => ServerConfig::default(),
         };

@@ -132,6 +132,9 @@ pub struct ServerConfig {
     /// Where people reach this server: the base of approval links
     /// (default `http://` + `listen`).
     pub public_url: Option<String>,
+    /// The Slack app's signing secret: with it, `POST /slack/interactions`
+    /// lets a button pressed in Slack decide an approval.
+    pub slack_signing_secret: Option<SecretSource>,
 }
 
 pub(super) fn parse_trigger(story: &str, t: RawTrigger, base: &Path, line: u64) -> Result<Trigger, String> {
@@ -225,5 +228,6 @@ pub(super) struct RawServer {
     pub(super) record: Option<bool>,
     pub(super) api_token_env: Option<String>,
     pub(super) public_url: Option<String>,
+    pub(super) slack_signing_secret_env: Option<String>,
 }
 

@@ -14,6 +14,7 @@ pub mod metrics;
 mod node;
 mod queue;
 mod schedule;
+mod slack;
 pub mod signature;
 
 use crate::policy::{Policy, Role};
@@ -60,6 +61,8 @@ struct AppState {
     /// Wakes the approval sweep at once (after a decision here).
     approvals_poke: Arc<tokio::sync::Notify>,
     console: Arc<console::Console>,
+    /// Verifies Slack's interaction callbacks (`[server] slack_signing_secret_env`).
+    slack: Option<Arc<slack::SigningSecret>>,
 }
 
 /// What an API token may read.
@@ -139,7 +142,11 @@ pub fn start(engine: Arc<Engine>, opts: &ServeOptions) -> anyhow::Result<(Router
     let approvals_poke = approvals::start_sweep(queue.clone());
     let tokens = Arc::new(ApiTokens::load(&policy)?);
     let max_body = policy.triggers.values().map(|t| t.max_body).max().unwrap_or(crate::policy::triggers::DEFAULT_MAX_BODY) as usize;
-    let state = AppState { engine, policy, queue: queue.clone(), metrics, tokens, replays: Arc::default(), approvals_poke, console: Arc::default() };
+    let slack = match &policy.server.slack_signing_secret {
+        Some(src) => Some(Arc::new(slack::SigningSecret::new(src.read().map_err(|e| anyhow::anyhow!("[server] slack_signing_secret_env: {e}"))?))),
+        None => None,
+    };
+    let state = AppState { engine, policy, queue: queue.clone(), metrics, tokens, replays: Arc::default(), approvals_poke, console: Arc::default(), slack };
     let router = Router::new()
         .route("/webhooks/{story}", post(webhook))
         .route("/api/runs", get(list_runs))
@@ -147,6 +154,7 @@ pub fn start(engine: Arc<Engine>, opts: &ServeOptions) -> anyhow::Result<(Router
         .route("/api/approvals", get(approvals::list))
         .route("/api/approvals/{run}/{step}", post(approvals::decide_by_api))
         .route("/approvals/{token}", get(approvals::show).post(approvals::decide_by_link))
+        .route("/slack/interactions", post(slack::interactions))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .merge(console::routes())

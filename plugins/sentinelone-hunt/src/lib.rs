@@ -44,6 +44,9 @@ struct Input {
     account_ids: Vec<String>,
     #[serde(default = "default_sample")]
     sample_size: usize,
+    /// Only these operating systems' endpoints (`windows`, `macos`, `linux`).
+    #[serde(default)]
+    os_types: Vec<String>,
 }
 
 fn default_from() -> String { "-24h".into() }
@@ -74,6 +77,7 @@ impl Input {
         if self.poll_interval_ms < 1000 {
             return Err(invalid("poll_interval_ms must be at least 1000: SentinelOne allows one query-status call per second per token"));
         }
+        query::os_filter(&self.os_types)?;
         if self.max_wait_ms < self.poll_interval_ms {
             return Err(invalid("max_wait_ms must be at least poll_interval_ms"));
         }
@@ -134,6 +138,7 @@ impl Guest for Hunt {
                         "kind": {"enum": ["domain", "ip", "url", "sha256", "sha1", "md5"]},
                         "value": {"type": "string"}}},
                     "query": {"type": "string", "description": "raw S1QL instead of ioc"},
+                    "os_types": {"type": "array", "items": {"enum": ["windows", "macos", "linux"]}, "description": "only endpoints running these (e.g. [\"windows\"] for the Windows fleet)"},
                     "from": {"type": "string", "default": "-24h", "description": "ISO-8601 or relative (-30m, -24h, -7d)"},
                     "to": {"type": "string", "default": "now"},
                     "limit": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 10000},
@@ -180,6 +185,11 @@ impl Guest for Hunt {
             (Some(ioc), _) => query::build(ioc)?,
             (None, Some(q)) if !q.trim().is_empty() => q.clone(),
             _ => return Err(invalid("query must not be empty")),
+        };
+        // "Our Windows fleet": the OS filter is part of the S1QL, around the indicator's query.
+        let s1ql = match query::os_filter(&input.os_types)? {
+            Some(os) => format!("({s1ql}) AND {os}"),
+            None => s1ql,
         };
         let cred = input.credential.as_str();
         let mut client = Client::new("SentinelOne", &input.console_url, Some(cred.to_string()));

@@ -106,3 +106,25 @@ pub fn resolve_time(field: &str, text: &str, now_ms: u64) -> Result<String, Acti
     let dt = chrono::DateTime::from_timestamp_millis(ms).ok_or_else(|| invalid(format!("{field}: `{t}` is out of range")))?;
     Ok(dt.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
 }
+
+/// The S1QL clause keeping only endpoints of `os_types` (`windows`, `macos`,
+/// `linux`; SentinelOne calls macOS `osx`), or `None` for every endpoint.
+pub fn os_filter(os_types: &[String]) -> Result<Option<String>, ActionError> {
+    if os_types.is_empty() {
+        return Ok(None);
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for os in os_types {
+        let name = match os.to_ascii_lowercase().as_str() {
+            "windows" => "windows",
+            "macos" | "osx" | "mac" => "osx",
+            "linux" => "linux",
+            _ => return Err(invalid(format!("os_types: `{}` is not one of windows, macos, linux", os.escape_debug()))),
+        };
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    Ok(Some(format!("endpointOs IN ({})", quoted.join(", "))))
+}

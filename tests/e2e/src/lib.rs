@@ -33,7 +33,7 @@ pub fn runtime(resolver: Option<Arc<dyn HostResolver>>) -> Runtime {
 /// Parses a policy written inline; `{probe}` and friends become guest paths.
 pub fn policy(text: &str) -> Policy {
     let mut text = text.to_string();
-    for name in ["probe", "http-fetch", "sentinelone-hunt", "sentinelone-isolate", "jira-ticket", "email", "js-fetch", "py-fetch"] {
+    for name in ["probe", "http-fetch", "sentinelone-hunt", "sentinelone-isolate", "jira-ticket", "email", "slack-notify", "virustotal-lookup", "servicenow-incident", "crowdstrike-contain", "js-fetch", "py-fetch"] {
         let key = format!("{{{name}}}");
         if text.contains(&key) {
             text = text.replace(&key, &guest(name).display().to_string());
@@ -146,17 +146,56 @@ pub fn engine(policy: Policy, dir: &Path) -> warden::story::engine::Engine {
     )
 }
 
+/// The ports of the simulators a test started, swapped into the example files
+/// for the demo's (0: leave the demo's port).
+#[derive(Default, Clone, Copy)]
+pub struct SimPorts {
+    pub s1: u16,
+    pub jira: u16,
+    pub smtp: u16,
+    pub slack: u16,
+    pub virustotal: u16,
+    pub servicenow: u16,
+    pub crowdstrike: u16,
+}
+
+/// The signing secret the example policy's `[server] slack_signing_secret_env`
+/// names, as the Slack simulator signs with it.
+pub const SLACK_SIGNING_SECRET: &str = "slack-demo-signing-secret";
+
 /// The example stories (and `extra` ones) in a folder of their own, and the
 /// text of the example policy, with the simulators' ports swapped in (the
 /// caller may add to the text before parsing it with [`parse_example_policy`]).
 pub fn example_files(s1: u16, jira: u16, smtp: u16, extra: &[(&str, &str)]) -> (StoryDir, String) {
+    example_files_at(SimPorts { s1, jira, smtp, ..Default::default() }, extra)
+}
+
+/// [`example_files`] for any of the simulators.
+pub fn example_files_at(p: SimPorts, extra: &[(&str, &str)]) -> (StoryDir, String) {
+    // SAFETY: every test sets the same value; the example policy's server reads it at start.
+    unsafe { std::env::set_var("SLACK_SIGNING_SECRET", SLACK_SIGNING_SECRET) };
     let root = workspace_root();
-    let swap = |text: String| text.replace(":8701", &format!(":{s1}")).replace(":8702", &format!(":{jira}")).replace("port = 8725", &format!("port = {smtp}"));
-    let mut files: Vec<(&str, String)> = extra.iter().map(|(n, t)| (*n, t.to_string())).collect();
-    for name in ["threat-hunt.yaml", "sentinelone-hunt.yaml", "jira-open.yaml"] {
-        files.push((name, swap(std::fs::read_to_string(root.join("examples/stories").join(name)).unwrap())));
+    let swap = |mut text: String| {
+        for (demo, port) in [(":8701", p.s1), (":8702", p.jira), (":8703", p.slack), (":8704", p.virustotal), (":8705", p.servicenow), (":8706", p.crowdstrike)] {
+            if port != 0 {
+                text = text.replace(demo, &format!(":{port}"));
+            }
+        }
+        if p.smtp != 0 {
+            text = text.replace("port = 8725", &format!("port = {}", p.smtp));
+        }
+        text
+    };
+    let mut files: Vec<(String, String)> = extra.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
+    let mut names: Vec<String> = std::fs::read_dir(root.join("examples/stories")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".yaml")).collect();
+    names.sort();
+    for name in names {
+        if !files.iter().any(|(n, _)| *n == name) {
+            let text = swap(std::fs::read_to_string(root.join("examples/stories").join(&name)).unwrap());
+            files.push((name, text));
+        }
     }
-    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
     (StoryDir::new(&refs), swap(std::fs::read_to_string(root.join("examples/warden.toml")).unwrap()))
 }
 

@@ -6,6 +6,10 @@
 //! * [`sentinelone`]: SentinelOne Management API v2.1 Deep Visibility.
 //! * [`jira`]: Jira Cloud REST v2/v3 and Jira Service Management requests.
 //! * [`mail`]: SendGrid v3 and Mailgun.
+//! * [`slack`]: Slack `chat.postMessage`, and signed interaction callbacks.
+//! * [`virustotal`]: VirusTotal v3 domain, IP, file and URL lookups.
+//! * [`servicenow`]: ServiceNow's Table API for incidents.
+//! * [`crowdstrike`]: CrowdStrike OAuth2 client credentials and host containment.
 //!
 //! Real SMTP is tested against a real server (`tests/smtp_server.py`, aiosmtpd).
 //!
@@ -13,10 +17,14 @@
 //! is how the tests prove the host injected the credential. The shapes follow
 //! `shared/reference/vendor-apis.md`.
 
+pub mod crowdstrike;
 pub mod jira;
 pub mod mail;
 pub mod origin;
 pub mod sentinelone;
+pub mod servicenow;
+pub mod slack;
+pub mod virustotal;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};

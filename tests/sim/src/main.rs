@@ -25,6 +25,30 @@ struct Args {
     jira_token: String,
     #[arg(long, default_value = "warden-bot@corp.example")]
     jira_email: String,
+    /// Slack Web API (chat.postMessage).
+    #[arg(long, default_value = "127.0.0.1:8703")]
+    slack: String,
+    #[arg(long, env = "SLACK_BOT_TOKEN", default_value = "xoxb-demo-token")]
+    slack_token: String,
+    /// VirusTotal API v3.
+    #[arg(long, default_value = "127.0.0.1:8704")]
+    virustotal: String,
+    #[arg(long, env = "VT_API_KEY", default_value = "vt-demo-key")]
+    vt_key: String,
+    /// ServiceNow instance (Table API).
+    #[arg(long, default_value = "127.0.0.1:8705")]
+    servicenow: String,
+    #[arg(long, default_value = "warden.integration")]
+    servicenow_user: String,
+    #[arg(long, env = "SERVICENOW_PASSWORD", default_value = "snow-demo-password")]
+    servicenow_password: String,
+    /// CrowdStrike Falcon API (OAuth2 token and device actions).
+    #[arg(long, default_value = "127.0.0.1:8706")]
+    crowdstrike: String,
+    #[arg(long, env = "CS_CLIENT_ID", default_value = "cs-demo-client")]
+    cs_client_id: String,
+    #[arg(long, env = "CS_CLIENT_SECRET", default_value = "cs-demo-secret")]
+    cs_client_secret: String,
 }
 
 #[tokio::main]
@@ -48,6 +72,18 @@ async fn main() -> anyhow::Result<()> {
     });
     let jira_srv = warden_sim::serve_on(&args.jira, warden_sim::jira::router(Arc::clone(&jira))).await?;
     println!("jira        http://{}", jira_srv.addr);
+
+    use warden_sim::{crowdstrike, servicenow, slack, virustotal};
+    let slack_srv = warden_sim::serve_on(&args.slack, slack::router(slack::Sim::new(slack::Config { token: args.slack_token, ..Default::default() }))).await?;
+    println!("slack       http://{}", slack_srv.addr);
+    let vt_srv = warden_sim::serve_on(&args.virustotal, virustotal::router(virustotal::Sim::new(virustotal::Config { api_key: args.vt_key, ..Default::default() }))).await?;
+    println!("virustotal  http://{}", vt_srv.addr);
+    let snow = servicenow::Config { user: args.servicenow_user, password: args.servicenow_password, ..Default::default() };
+    let snow_srv = warden_sim::serve_on(&args.servicenow, servicenow::router(servicenow::Sim::new(snow))).await?;
+    println!("servicenow  http://{}", snow_srv.addr);
+    let cs = crowdstrike::Config { client_id: args.cs_client_id, client_secret: args.cs_client_secret, ..Default::default() };
+    let cs_srv = warden_sim::serve_on(&args.crowdstrike, crowdstrike::router(crowdstrike::Sim::new(cs))).await?;
+    println!("crowdstrike http://{}", cs_srv.addr);
 
     tokio::signal::ctrl_c().await?;
     Ok(())

@@ -7,6 +7,8 @@
 //!   once a second per token; 404 for an unknown id
 //! * `GET  /web/api/v2.1/dv/events?queryId=Q&limit=N[&cursor=C]` — cursor pages
 //! * `POST /web/api/v2.1/dv/cancel-query`
+//!   (a query `(<q>) AND endpointOs IN ("windows", "osx", "linux")` matches only
+//!   those operating systems' events)
 //! * `POST /web/api/v2.1/agents/actions/{disconnect|connect}` — `{filter: {uuids: […]}}`
 //!   → `{data: {affected: N}}` (agents of the fleet named in the filter; an
 //!   empty filter is refused here, where the real API would act on every agent)
@@ -280,8 +282,14 @@ async fn query_status(
     Json(body).into_response()
 }
 
-/// Events whose string fields contain one of the query's quoted values.
+/// Events whose string fields contain one of the query's quoted values; a
+/// query of the form `(<q>) AND endpointOs IN ("windows", …)` (what the hunt
+/// sends for `os_types`) also keeps only events of those operating systems.
 fn matching(events: &[Value], query: &str) -> Vec<Value> {
+    if let Some((inner, os)) = query.strip_prefix('(').and_then(|q| q.rsplit_once(") AND endpointOs IN (")) {
+        let os: Vec<String> = os.split('"').skip(1).step_by(2).map(str::to_string).collect();
+        return matching(events, inner).into_iter().filter(|e| e["endpointOs"].as_str().is_some_and(|o| os.iter().any(|x| x == o))).collect();
+    }
     let values: Vec<String> = query.split('"').skip(1).step_by(2).map(str::to_ascii_lowercase).collect();
     events
         .iter()
@@ -369,7 +377,7 @@ async fn cancel_query(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Opt
 fn event(id: u32, host: usize, process: &str, user: &str, domain: &str, time: &str) -> Value {
     let hosts = [
         ("WS-ALICE-01", "a1f0c9e2-0000-4000-8000-000000000001", "windows", "10.20.1.15", "HQ"),
-        ("WS-BOB-07", "b2e1d8f3-0000-4000-8000-000000000002", "macos", "10.20.4.77", "HQ"),
+        ("WS-BOB-07", "b2e1d8f3-0000-4000-8000-000000000002", "osx", "10.20.4.77", "HQ"),
         ("SRV-DB-01", "c3d2e7a4-0000-4000-8000-000000000003", "linux", "10.30.0.5", "Datacenter"),
     ];
     let (name, uuid, os, ip, site) = hosts[host];

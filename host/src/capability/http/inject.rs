@@ -35,8 +35,19 @@ pub fn injection(spec: &CredentialSpec, secret: &Secret) -> Injection {
             (Some(("authorization".to_string(), format!("Basic {encoded}"))), None)
         }
         CredentialKind::Query { param } => (None, Some((param.clone(), value.to_string()))),
+        // `secret` is the access token here; see [`oauth_injection`].
+        CredentialKind::OAuth2(_) => (Some(("authorization".to_string(), format!("Bearer {value}"))), None),
     };
     Injection { header, query, redactor: Redactor::new(&bases) }
+}
+
+/// The injection of an `oauth2` credential: the access token as a bearer,
+/// with every secret of the exchange (this token, any token it replaced, the
+/// client secret) scrubbed from the answer.
+pub fn oauth_injection(token: &Secret, also: &[&Secret]) -> Injection {
+    let mut bases = vec![token.expose().as_bytes().to_vec()];
+    bases.extend(also.iter().map(|s| s.expose().as_bytes().to_vec()));
+    Injection { header: Some(("authorization".to_string(), format!("Bearer {}", token.expose()))), query: None, redactor: Redactor::new(&bases) }
 }
 
 pub const REDACTED: &[u8] = b"[REDACTED]";
@@ -216,6 +227,7 @@ mod tests {
             hosts: vec![],
             team: None,
             auto: false,
+            tokens: Default::default(),
         };
         let inj = injection(&spec, &Secret::new("tok-long-enough".into()));
         let (_, v) = inj.header.unwrap();

@@ -15,6 +15,7 @@ pub mod address;
 pub mod check;
 pub mod delivered;
 pub mod inject;
+pub mod oauth;
 pub mod resolve;
 pub mod transport;
 pub mod wasi;
@@ -25,7 +26,7 @@ use crate::audit::{AuditRecord, Decision};
 use crate::bindings::warden::action::http;
 use crate::invocation::guest_text;
 use crate::limits::Bytes;
-use crate::policy::credentials::CredentialSpec;
+use crate::policy::credentials::{CredentialKind, CredentialSpec, OAuth2, Secret};
 use crate::policy::target::Target;
 use check::Refusal;
 use inject::Redactor;
@@ -211,6 +212,43 @@ pub fn admit(call: &CallState, state: &mut HttpState, req: &Outgoing, record: &m
     })
 }
 
+/// An `oauth2` credential in use on one request.
+struct OAuthUse {
+    spec: Arc<CredentialSpec>,
+    client_secret: Secret,
+    token: oauth::Token,
+}
+
+/// The credential's access token for this request; the exchange, if one was
+/// made, is audited on `record`. The guest hears only that there is none.
+async fn oauth_token(spec: &CredentialSpec, cfg: &OAuth2, client_secret: &Secret, transport: &Transport, stale: Option<u64>, record: &mut AuditRecord) -> Result<oauth::Token, http::HttpError> {
+    let name = &spec.name;
+    spec.tokens.get(name, cfg, client_secret, transport, stale, &mut record.oauth).await.map_err(|oauth::TokenFailure(why)| {
+        let e = denied(record, Denial::new("credential-token", format!("credential `{name}` could not obtain an access token; the operator's audit record says why")));
+        record.reason = Some(format!("credential `{name}` could not obtain an access token from {}: {why}", cfg.token_url));
+        e
+    })
+}
+
+/// The request's headers and URL with `injection` applied.
+fn injected_into(headers: &HeaderMap, url: &url::Url, injection: &inject::Injection, name: &str, record: &mut AuditRecord) -> Result<(HeaderMap, url::Url), http::HttpError> {
+    let mut headers = headers.clone();
+    let mut url = url.clone();
+    if let Some((h, v)) = &injection.header {
+        let n = HeaderName::from_bytes(h.as_bytes()).expect("validated at policy load");
+        let mut v = HeaderValue::from_str(v).map_err(|_| {
+            denied(record, Denial::new("credential-value", format!("credential `{name}` has a value that cannot be sent in a header")))
+        })?;
+        v.set_sensitive(true);
+        headers.remove(&n);
+        headers.insert(n, v);
+    }
+    if let Some((param, value)) = &injection.query {
+        url.query_pairs_mut().append_pair(param, value);
+    }
+    Ok((headers, url))
+}
+
 /// Layers 8–10 for an admitted request: the credential injected, the wire,
 /// and nothing coming back that carries the secret. Owns what it uses, so a
 /// `wasi:http` request can run it as a future beside the guest.
@@ -228,10 +266,13 @@ pub async fn deliver(a: Admitted, body: Option<Vec<u8>>, record: &mut AuditRecor
     // the request the host owns content negotiation and refuses partial
     // content: a compressed body or one slice per request would hide the
     // secret from redaction.
-    let mut url = target.url.clone();
+    let url = target.url.clone();
     let mut redactor = Redactor::none();
     let injected = credential.is_some();
-    if let Some(spec) = credential {
+    let mut oauth: Option<OAuthUse> = None;
+    let mut wire_headers = headers.clone();
+    let mut wire_url = url.clone();
+    if let Some(spec) = &credential {
         let name = &spec.name;
         if let Some(h) = ["range", "if-range"].into_iter().find(|h| headers.contains_key(*h)) {
             return Err(denied(record, Denial::new("credential-range", format!("header `{h}` asks for part of a response; refused on a request that carries credential `{name}`, so redaction sees every byte"))));
@@ -244,26 +285,40 @@ pub async fn deliver(a: Admitted, body: Option<Vec<u8>>, record: &mut AuditRecor
             record.reason = Some(format!("credential `{name}` has no value on this host: {why}"));
             e
         })?;
-        let injection = inject::injection(&spec, &secret);
-        if let Some((h, v)) = injection.header {
-            let n = HeaderName::from_bytes(h.as_bytes()).expect("validated at policy load");
-            let mut v = HeaderValue::from_str(&v).map_err(|_| {
-                denied(record, Denial::new("credential-value", format!("credential `{name}` has a value that cannot be sent in a header")))
-            })?;
-            v.set_sensitive(true);
-            headers.remove(&n);
-            headers.insert(n, v);
-        }
-        if let Some((param, value)) = injection.query {
-            url.query_pairs_mut().append_pair(&param, &value);
-        }
+        let injection = match &spec.kind {
+            CredentialKind::OAuth2(cfg) => {
+                let token = oauth_token(spec, cfg, &secret, &transport, None, record).await?;
+                let injection = inject::oauth_injection(&token.secret, &[&secret]);
+                oauth = Some(OAuthUse { spec: spec.clone(), client_secret: secret, token });
+                injection
+            }
+            _ => inject::injection(spec, &secret),
+        };
+        (wire_headers, wire_url) = injected_into(&headers, &url, &injection, name, record)?;
         redactor = injection.redactor;
     }
 
     // Layer 9: the wire (names are screened by its resolver at connect time).
     let method = reqwest::Method::from_bytes(target.method.as_bytes()).expect("validated by Target::parse");
-    let wire = WireRequest { method, url, headers, body, timeout, max_response_bytes };
-    let response = match transport.send(wire).await {
+    // An OAuth2 token the API refuses is replaced once, so the request is sent again as it was.
+    let again = oauth.as_ref().filter(|o| !o.token.fresh).map(|_| (method.clone(), body.clone()));
+    let wire = WireRequest { method, url: wire_url, headers: wire_headers, body, timeout, max_response_bytes };
+    let mut sent = transport.send(wire).await;
+    if let (Ok(first), Some((method, body)), Some(used)) = (&sent, again, &oauth) {
+        if first.status == 401 {
+            let name = &used.spec.name;
+            let CredentialKind::OAuth2(cfg) = &used.spec.kind else { unreachable!("an OAuthUse holds an oauth2 credential") };
+            let token = oauth_token(&used.spec, cfg, &used.client_secret, &transport, Some(used.token.generation), record).await?;
+            // The same token back: the host just replaced one after a 401; this 401 stands.
+            if token.generation != used.token.generation {
+                let injection = inject::oauth_injection(&token.secret, &[&used.token.secret, &used.client_secret]);
+                let (h, u) = injected_into(&headers, &url, &injection, name, record)?;
+                redactor = injection.redactor;
+                sent = transport.send(WireRequest { method, url: u, headers: h, body, timeout, max_response_bytes }).await;
+            }
+        }
+    }
+    let response = match sent {
         Ok(r) => r,
         Err(WireError::AddressRefused(refused)) => {
             return Err(denied(record, Denial::new(resolve::AddressRefused::RULE, refused.to_string())))

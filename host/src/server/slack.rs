@@ -1,0 +1,173 @@
+//! Slack interactivity: a button pressed in Slack decides a warden approval.
+//!
+//! `slack-notify` posts buttons whose `value` is an approval link
+//! (`{{ approval.<step>.links.<choice> }}`). When someone presses one, Slack
+//! posts the interaction to `POST /slack/interactions` (the app's *Request
+//! URL*). The request is Slack's only if its signature verifies:
+//! `X-Slack-Signature: v0=hex(HMAC-SHA256(signing secret, "v0:" + timestamp
+//! + ":" + body))`, compared in constant time, with `X-Slack-Request-Timestamp`
+//! within five minutes of now (an old request replayed is refused; a decision
+//! is made once anyway). The signing secret is `[server]
+//! slack_signing_secret_env`; without it the route answers 404 and decides
+//! nothing.
+//!
+//! Who decides: the Slack user, as `slack:<user id>`. A link addressed to a
+//! person (`links_for[…]`) decides only when that person is `slack:<id>`; a
+//! link to no one decides when the approval names no approvers, or names
+//! `slack:<id>` among them.
+
+use super::approvals::from;
+use super::AppState;
+use crate::approval::{self, Decision, Refused};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{Extensions, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+
+/// How far a request's timestamp may be from now (Slack's recommendation).
+pub const MAX_SKEW_SECS: u64 = 300;
+
+/// The app's signing secret, read once at start.
+pub struct SigningSecret(crate::policy::credentials::Secret);
+
+impl SigningSecret {
+    pub fn new(secret: crate::policy::credentials::Secret) -> SigningSecret {
+        SigningSecret(secret)
+    }
+
+    /// Whether `signature` is Slack's for `timestamp` and `body`, and fresh at `now`.
+    pub fn verify(&self, timestamp: &str, signature: &str, body: &[u8], now: u64) -> Result<(), &'static str> {
+        let ts: u64 = timestamp.trim().parse().map_err(|_| "X-Slack-Request-Timestamp is not a number")?;
+        if now.abs_diff(ts) > MAX_SKEW_SECS {
+            return Err("the request's timestamp is more than five minutes from now (a replay, or a clock to fix)");
+        }
+        let hex_sig = signature.strip_prefix("v0=").ok_or("X-Slack-Signature is not a v0 signature")?;
+        let sig = hex::decode(hex_sig).map_err(|_| "X-Slack-Signature is not hex")?;
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(self.0.expose().as_bytes()).expect("HMAC takes any key length");
+        mac.update(format!("v0:{ts}:").as_bytes());
+        mac.update(body);
+        mac.verify_slice(&sig).map_err(|_| "the signature does not match (another app's secret, or a changed body)")
+    }
+}
+
+fn answer(text: String) -> Response {
+    // Slack shows nothing of a block_actions answer; it is for logs and tests.
+    Json(json!({"response_type": "ephemeral", "replace_original": false, "text": text})).into_response()
+}
+
+fn refused(status: StatusCode, why: &str) -> Response {
+    (status, Json(json!({"error": why}))).into_response()
+}
+
+/// The token of an approval link (`…/approvals/<token>`), or the value itself.
+fn token_of(value: &str) -> &str {
+    value.rsplit_once("/approvals/").map(|(_, t)| t).unwrap_or(value).trim_end_matches('/')
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// `POST /slack/interactions`.
+pub(super) async fn interactions(State(s): State<AppState>, ext: Extensions, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(secret) = &s.slack else {
+        return refused(StatusCode::NOT_FOUND, "Slack interactivity is not configured here; set [server] slack_signing_secret_env in the policy");
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if let Err(why) = secret.verify(header("x-slack-request-timestamp"), header("x-slack-signature"), &body, now_secs()) {
+        tracing::warn!(from = from(&ext, &headers).unwrap_or_default(), "refused a Slack interaction: {why}");
+        return refused(StatusCode::UNAUTHORIZED, why);
+    }
+    let payload = url::form_urlencoded::parse(&body).find(|(k, _)| k == "payload").map(|(_, v)| v.into_owned());
+    let Some(payload) = payload.and_then(|p| serde_json::from_str::<Value>(&p).ok()) else {
+        return refused(StatusCode::BAD_REQUEST, "the body has no `payload` JSON field");
+    };
+    if payload["type"] != "block_actions" {
+        // Other interactions (shortcuts, modals) are not warden's; acknowledge them.
+        return answer(String::new());
+    }
+    let user_id = payload["user"]["id"].as_str().unwrap_or("");
+    if user_id.is_empty() || user_id.len() > 32 || !user_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return refused(StatusCode::BAD_REQUEST, "the payload names no Slack user id");
+    }
+    let user_name = crate::invocation::guest_text(payload["user"]["username"].as_str().unwrap_or(""), 80);
+    let who = format!("slack:{user_id}");
+    let Some(value) = payload["actions"][0]["value"].as_str() else {
+        return answer("This button carries no warden approval.".into());
+    };
+    let token = token_of(value);
+    if !approval::looks_like_token(token) {
+        return answer("This button carries no warden approval.".into());
+    }
+    let Some(store) = s.engine.store.approvals() else { return answer("No approvals here.".into()) };
+    let (a, link) = match store.approval_by_link(&approval::token_hash(token)) {
+        Ok(Some(found)) => found,
+        Ok(None) => return answer("This approval is not known here.".into()),
+        Err(e) => return refused(StatusCode::SERVICE_UNAVAILABLE, &format!("the run store is unavailable: {e}")),
+    };
+    if !link.recipient.is_empty() && link.recipient != who {
+        return answer(format!("This button is {}'s to press, not {who}'s.", link.recipient));
+    }
+    let approver = if !link.recipient.is_empty() || !a.approvers.is_empty() { Some(who.as_str()) } else { None };
+    let team = crate::invocation::guest_text(payload["team"]["id"].as_str().unwrap_or(""), 32);
+    let channel = crate::invocation::guest_text(payload["channel"]["id"].as_str().unwrap_or(""), 32);
+    let place = format!("Slack team {team}, channel {channel}");
+    let from = Some(match from(&ext, &headers) {
+        Some(addr) => format!("{place} via {addr}"),
+        None => place,
+    });
+    let decided_by = if user_name.is_empty() { who.clone() } else { format!("{who} ({user_name})") };
+    let d = Decision { choice: None, decided_by, via: "slack".into(), from, comment: None, decided_ms: crate::audit::now_ms() };
+    match crate::store::decide(store, &a, &link.choice, approver, d) {
+        Ok(Ok(done)) => {
+            s.approvals_poke.notify_one();
+            tracing::info!(run = %done.run, step = %done.step, "approval decided from Slack by {who}");
+            answer(format!("{} — {}. The run continues.", done.title, done.what_happened()))
+        }
+        Ok(Err(Refused::Over(a))) => answer(format!("{} — already over: {}", a.title, a.what_happened())),
+        Ok(Err(Refused::NotAnApprover(m))) => answer(m),
+        Ok(Err(r)) => answer(r.to_string()),
+        Err(e) => refused(StatusCode::SERVICE_UNAVAILABLE, &format!("the run store is unavailable: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::credentials::Secret;
+
+    fn sign(secret: &str, ts: u64, body: &[u8]) -> String {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("v0:{ts}:").as_bytes());
+        mac.update(body);
+        format!("v0={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn only_a_fresh_request_signed_with_the_apps_secret_is_slacks() {
+        let s = SigningSecret::new(Secret::new("8f742231b10e8888abcd99yyyzzz85a5".into()));
+        let body = b"payload=%7B%7D";
+        let now = 1_714_557_600;
+        assert!(s.verify(&now.to_string(), &sign("8f742231b10e8888abcd99yyyzzz85a5", now, body), body, now).is_ok());
+        assert!(s.verify(&now.to_string(), &sign("another-apps-secret", now, body), body, now).unwrap_err().contains("does not match"));
+        assert!(s.verify(&now.to_string(), &sign("8f742231b10e8888abcd99yyyzzz85a5", now, body), b"payload=%7B%22x%22%7D", now).is_err(), "a changed body");
+        let old = now - MAX_SKEW_SECS - 1;
+        assert!(s.verify(&old.to_string(), &sign("8f742231b10e8888abcd99yyyzzz85a5", old, body), body, now).unwrap_err().contains("five minutes"));
+        // The timestamp is part of what is signed: moving it breaks the signature.
+        assert!(s.verify(&now.to_string(), &sign("8f742231b10e8888abcd99yyyzzz85a5", now - 10, body), body, now).is_err());
+        for bad in ["", "v1=00", "v0=zz", "v0="] {
+            assert!(s.verify(&now.to_string(), bad, body, now).is_err(), "{bad}");
+        }
+        assert!(s.verify("soon", &sign("8f742231b10e8888abcd99yyyzzz85a5", now, body), body, now).is_err());
+    }
+
+    #[test]
+    fn a_button_value_may_be_the_link_or_its_token() {
+        assert_eq!(token_of("https://warden.example/approvals/abc_DEF-123"), "abc_DEF-123");
+        assert_eq!(token_of("abc"), "abc");
+        assert_eq!(token_of("http://x/approvals/tok/"), "tok");
+    }
+}
