@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README demo: the threat-hunt story against the local simulators.
 #
-# Starts warden-sim (SentinelOne on :8701, Jira on :8702) and a real SMTP
+# Starts warden-sim (SentinelOne on :8701, Jira on :8702, Slack, VirusTotal,
+# ServiceNow and CrowdStrike on :8703–:8706) and a real SMTP
 # server (tests/smtp_server.py on :8725), then runs examples/stories/threat-hunt.yaml
 # under examples/warden.toml: hunt → ticket → email. Runs are recorded in .warden/demo.db.
 set -euo pipefail
@@ -21,7 +22,7 @@ sim=$!
 python3 tests/smtp_server.py --port 8725 --dir "$mail_dir" >/dev/null &
 smtp=$!
 trap 'kill $sim $smtp 2>/dev/null || true' EXIT
-for port in 8701 8702 8725; do
+for port in 8701 8702 8703 8704 8705 8706 8725; do
   for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -53,8 +54,8 @@ trap 'kill $sim $smtp $serve 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null && break; sleep 0.1; done
 # warden's webhook signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<story>.<body>">
 sign() {
-  local ts; ts=$(date +%s)
-  printf 't=%s,v1=%s' "$ts" "$(printf '%s.threat-hunt.%s' "$ts" "$1" | python3 -c 'import hmac,hashlib,os,sys; print(hmac.new(os.environ["WARDEN_WEBHOOK_SECRET"].encode(), sys.stdin.buffer.read(), hashlib.sha256).hexdigest())')"
+  local ts story=${2:-threat-hunt}; ts=$(date +%s)
+  printf 't=%s,v1=%s' "$ts" "$(printf '%s.%s.%s' "$ts" "$story" "$1" | python3 -c 'import hmac,hashlib,os,sys; print(hmac.new(os.environ["WARDEN_WEBHOOK_SECRET"].encode(), sys.stdin.buffer.read(), hashlib.sha256).hexdigest())')"
 }
 # Polls run $1 until its state is one of the others; prints that state.
 wait_for() {
@@ -96,6 +97,22 @@ echo "the lead confirms: curl -X POST $link"
 curl -s -o /dev/null -w "POST → %{http_code}\n" -X POST "$link" -d comment=contain
 echo "run $run: $(wait_for "$run" succeeded)"
 curl -s "http://127.0.0.1:8080/api/runs/$run" | python3 -c 'import json,sys; o=json.load(sys.stdin)["output"]; print(json.dumps({k: o.get(k) for k in ["ticket", "containment", "isolated"]}))'
+echo
+echo "== the connector pack: contain-host (VirusTotal → SentinelOne → ServiceNow → a question in Slack → CrowdStrike)"
+body='{"indicator": {"kind": "domain", "value": "evil.example"}, "os_types": ["windows", "macos"], "approvers": ["slack:U0LEAD"], "crowdstrike_ids": ["4f9a6c1de2b34b0f9a1c2d3e4f5a6b01", "4f9a6c1de2b34b0f9a1c2d3e4f5a6b02"]}'
+run=$(curl -s -X POST http://127.0.0.1:8080/webhooks/contain-host -H 'Content-Type: application/json' -H "X-Warden-Signature: $(sign "$body" contain-host)" -d "$body" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_id"])')
+echo "run $run: $(wait_for "$run" waiting); asked in Slack:"
+asked=$(curl -s http://127.0.0.1:8703/_sim/messages | python3 -c 'import json,sys; m=json.load(sys.stdin)["messages"][-1]; b=[x for x in m["buttons"] if x["text"]["text"]=="Contain"][0]; print(m["ts"], b["action_id"]); print("  " + m["text"], "[" + "] [".join(x["text"]["text"] for x in m["buttons"]) + "]", file=sys.stderr)')
+read -r ts action <<<"$asked"
+echo "the lead (slack:U0LEAD) presses Contain; Slack posts the signed interaction to warden:"
+curl -s -X POST http://127.0.0.1:8703/_sim/click -H 'Content-Type: application/json' \
+  -d "{\"ts\": \"$ts\", \"action_id\": \"$action\", \"user_id\": \"U0LEAD\", \"user_name\": \"lead\", \"request_url\": \"http://127.0.0.1:8080/slack/interactions\"}" \
+  | python3 -c 'import json,sys; a=json.load(sys.stdin); print("  " + str(a["status"]) + ":", a["answer"]["text"])'
+echo "run $run: $(wait_for "$run" succeeded)"
+curl -s "http://127.0.0.1:8080/api/runs/$run" | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["output"], indent=2))'
+curl -s http://127.0.0.1:8703/_sim/messages | python3 -c 'import json,sys; m=json.load(sys.stdin)["messages"][-1]; print("in the Slack thread:", m["text"])'
+
 echo
 echo "== the web console lists these runs: $(curl -s http://127.0.0.1:8080/console/runs | grep -c 'data-run=') at http://127.0.0.1:8080/console"
 echo "   (browse them: target/debug/warden serve --policy examples/warden.toml --db .warden/demo.db)"

@@ -257,6 +257,7 @@ async fn hunt_input_is_validated() {
         (json!({"from": "yesterday"}), "from"),
         (json!({"from": "-1h", "to": "-2h"}), "must be before"),
         (json!({"colour": "red"}), "unknown field `colour`"),
+        (json!({"os_types": ["beos"]}), "os_types: `beos` is not one of windows, macos, linux"),
     ] {
         let mut input = base.clone();
         for (k, v) in patch.as_object().unwrap() {

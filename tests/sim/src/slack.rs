@@ -12,6 +12,10 @@
 //!   (`application/x-www-form-urlencoded` `payload=<json>`, signed with the
 //!   app's signing secret: `X-Slack-Signature: v0=hex(HMAC-SHA256(secret,
 //!   "v0:<timestamp>:<body>"))`, `X-Slack-Request-Timestamp`).
+//!
+//! For the demo, two routes of the sim's own (not Slack's): `GET /_sim/messages`
+//! lists what was posted, and `POST /_sim/click` `{ts, action_id, user_id,
+//! user_name, request_url}` presses a button as [`Sim::click`] does.
 
 use crate::{Recorder, Running};
 use axum::extract::State;
@@ -51,6 +55,7 @@ impl Default for Config {
 /// One message as the sim stored it.
 #[derive(Debug, Clone)]
 pub struct Message {
+    /// The channel's id (`#soc` is `C0SOC`).
     pub channel: String,
     pub ts: String,
     pub thread_ts: Option<String>,
@@ -88,7 +93,7 @@ impl Sim {
             "team": {"id": "T0CORP", "domain": "corp"},
             "container": {"type": "message", "message_ts": msg.ts, "channel_id": msg.channel, "is_ephemeral": false},
             "trigger_id": "13345224609.738474920.8088930838d88f008e0",
-            "channel": {"id": msg.channel, "name": msg.channel.trim_start_matches('#')},
+            "channel": {"id": msg.channel, "name": "soc"},
             "message": {"ts": msg.ts, "text": msg.text, "blocks": msg.blocks},
             "response_url": "https://hooks.slack.com/actions/T0CORP/1/xyz",
             "actions": [{
@@ -155,6 +160,8 @@ pub fn router(sim: Arc<Sim>) -> Router {
     let rec = sim.recorder.clone();
     Router::new()
         .route("/api/chat.postMessage", post(post_message))
+        .route("/_sim/messages", axum::routing::get(list_messages))
+        .route("/_sim/click", post(click))
         .with_state(sim)
         .layer(axum::middleware::from_fn_with_state(rec, crate::record))
 }
@@ -163,6 +170,23 @@ pub async fn spawn(config: Config) -> std::io::Result<(Running, Arc<Sim>)> {
     let sim = Sim::new(config);
     let running = crate::serve(router(sim.clone())).await?;
     Ok((running, sim))
+}
+
+async fn list_messages(State(sim): State<Arc<Sim>>) -> Response {
+    let list: Vec<Value> = sim
+        .messages()
+        .iter()
+        .map(|m| json!({"channel": m.channel, "ts": m.ts, "thread_ts": m.thread_ts, "text": m.text, "buttons": buttons(&m.blocks)}))
+        .collect();
+    Json(json!({"messages": list})).into_response()
+}
+
+async fn click(State(sim): State<Arc<Sim>>, Json(b): Json<Value>) -> Response {
+    let field = |k: &str| b[k].as_str().unwrap_or("").to_string();
+    match sim.click(&field("request_url"), &field("ts"), &field("action_id"), (&field("user_id"), &field("user_name"))).await {
+        Ok((status, text)) => Json(json!({"status": status, "answer": serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text))})).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({"error": e.to_string()}))).into_response(),
+    }
 }
 
 fn not_ok(error: &str) -> Response {
@@ -208,15 +232,16 @@ async fn post_message(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: axu
         }
     }
     let thread_ts = body["thread_ts"].as_str().map(str::to_string);
+    // Slack answers (and later names in interactions) the channel's id, whichever way it was named.
+    let channel_id = if channel.starts_with('#') { "C0SOC".to_string() } else { channel.to_string() };
     let mut messages = sim.messages.lock().unwrap();
     if let Some(t) = &thread_ts {
-        if !messages.iter().any(|m| &m.ts == t && m.channel == channel) {
+        if !messages.iter().any(|m| &m.ts == t && m.channel == channel_id) {
             return not_ok("thread_not_found");
         }
     }
     let ts = format!("1714557600.{:06}", 100 + messages.len());
-    let channel_id = if channel.starts_with('#') { "C0SOC".to_string() } else { channel.to_string() };
-    messages.push(Message { channel: channel.to_string(), ts: ts.clone(), thread_ts: thread_ts.clone(), text: text.clone(), blocks: blocks.clone() });
+    messages.push(Message { channel: channel_id.clone(), ts: ts.clone(), thread_ts: thread_ts.clone(), text: text.clone(), blocks: blocks.clone() });
     let mut message = json!({"type": "message", "user": "U0WARDEN", "bot_id": "B0WARDEN", "text": text, "ts": ts});
     if !blocks.is_null() {
         message["blocks"] = blocks;
