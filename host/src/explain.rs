@@ -53,7 +53,11 @@ pub fn grant_lines(policy: &Policy, name: &str, team: &str) -> Vec<String> {
     for (c, spec) in &grant.credentials {
         let owner = spec.team.as_deref().map(|o| format!("team {o}")).unwrap_or_else(|| "shared".into());
         let injected = if spec.auto { ", added to every request to them (inject = \"auto\")" } else { "" };
-        lines.push(format!("credential {c} ({owner}) → only to {}{injected}", spec.bindings_text()));
+        let minted = match &spec.kind {
+            crate::policy::credentials::CredentialKind::OAuth2(o) => format!(", as an OAuth2 token warden obtains from {} (the plugin never sees it)", o.token_url),
+            _ => String::new(),
+        };
+        lines.push(format!("credential {c} ({owner}) → only to {}{injected}{minted}", spec.bindings_text()));
     }
     let listed = t.and_then(|t| t.grants.get(name)).or(policy.grants.get(name));
     if let Some(g) = listed {

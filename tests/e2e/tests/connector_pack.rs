@@ -398,6 +398,10 @@ async fn oauth2_credentials_are_checked_at_load() {
     }
     let e = warden::Policy::parse("[credentials.c]\nkind = \"bearer\"\nenv = \"S\"\ntoken_url = \"https://a.example/t\"\nhosts = [\"https://api.example.com\"]\n", "p.toml", std::path::Path::new(".")).unwrap_err().to_string();
     assert!(e.contains("`token_url` belongs to kind \"oauth2\""), "{e}");
+    // `policy explain` says where the token comes from, and that the plugin never sees it.
+    let p = pack_policy(1, 1, 1, 4242, "WARDEN_PACK_CS_SECRET", "post");
+    let lines = warden::explain::grant_lines(&p, "crowdstrike-contain", "");
+    assert!(lines.iter().any(|l| l.contains("credential falcon") && l.contains("as an OAuth2 token warden obtains from http://127.0.0.1:4242/oauth2/token (the plugin never sees it)")), "{lines:?}");
     let e = warden::Policy::parse("[credentials.c]\nkind = \"oauth2\"\nenv = \"S\"\ntoken_url = \"https://a.example/t\"\nhosts = [\"https://api.example.com\"]\n", "p.toml", std::path::Path::new(".")).unwrap_err().to_string();
     assert!(e.contains("client_id"), "{e}");
 }
@@ -561,4 +565,35 @@ async fn the_threat_hunt_opens_a_servicenow_incident_when_only_its_ticket_story_
     let mail = smtp.messages().into_iter().next().expect("the leads' email");
     assert!(mail["subject"].as_str().unwrap().ends_with(": INC0010001"), "{mail}");
     assert!(mail["text"].as_str().unwrap().contains(&format!("Ticket INC0010001 (New): {url}")), "{mail}");
+}
+
+/// An API that echoes the request (or a guest that finds one on the
+/// credential's origin) hands the guest the minted token only as `[REDACTED]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_echoes_the_minted_token_shows_the_guest_only_redacted() {
+    set_env();
+    let (cs, sim) = crowdstrike::spawn(crowdstrike::Config { client_id: CS_ID.into(), client_secret: CS_SECRET.into(), ..Default::default() }).await.unwrap();
+    let (origin, _) = warden_sim::origin::spawn().await.unwrap();
+    let p = policy(&format!(
+        r#"
+[plugins.http-fetch]
+path = "{{http-fetch}}"
+[grants.http-fetch]
+allow = ["GET http://127.0.0.1:{o}/echo"]
+credentials = ["falcon"]
+[credentials.falcon]
+kind = "oauth2"
+token_url = "http://127.0.0.1:{c}/oauth2/token"
+client_id_env = "WARDEN_PACK_CS_ID"
+env = "WARDEN_PACK_CS_SECRET"
+hosts = ["http://127.0.0.1:{o}"]
+"#,
+        o = origin.port(),
+        c = cs.port()
+    ));
+    let r = run(&runtime(None), &p, "http-fetch", json!({"url": origin.url("/echo"), "credential": "falcon"})).await;
+    let out = output(&r);
+    let token = sim.valid_tokens().pop().expect("a token was minted");
+    assert!(out.to_string().contains("Bearer [REDACTED]"), "{out}");
+    no_secret(&r, &[token]);
 }
