@@ -231,6 +231,12 @@ impl Policy {
                         return Err(err(span, format!("[server] public_url `{u}` must be an http(s) URL like https://warden.corp.example (approval links start with it)")));
                     }
                 }
+                if let Some(u) = &s.slack_hooks_url {
+                    let ok = url::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host().is_some() && p.path() == "/" && p.query().is_none());
+                    if !ok {
+                        return Err(err(span, format!("[server] slack_hooks_url `{u}` must be an origin like https://hooks.slack.com (Slack's response_urls must start with it)")));
+                    }
+                }
                 if s.lease_secs.is_some_and(|l| !(1..=3600).contains(&l)) {
                     return Err(err(span, "[server] lease_secs must be 1..3600 (seconds a node's claim on a run lasts unless renewed)".into()));
                 }
@@ -246,6 +252,7 @@ impl Policy {
                 api_token: s.api_token_env.map(SecretSource::Env),
                 public_url: s.public_url.map(|u| u.trim_end_matches('/').to_string()),
                 slack_signing_secret: s.slack_signing_secret_env.map(SecretSource::Env),
+                slack_hooks_url: s.slack_hooks_url.map(|u| u.trim_end_matches('/').to_string()),
             }}
             None => ServerConfig::default(),
         };

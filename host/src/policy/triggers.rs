@@ -135,6 +135,9 @@ pub struct ServerConfig {
     /// The Slack app's signing secret: with it, `POST /slack/interactions`
     /// lets a button pressed in Slack decide an approval.
     pub slack_signing_secret: Option<SecretSource>,
+    /// Where Slack's `response_url`s may point (default `https://hooks.slack.com`):
+    /// warden answers a button press there (the decision, or why not).
+    pub slack_hooks_url: Option<String>,
 }
 
 pub(super) fn parse_trigger(story: &str, t: RawTrigger, base: &Path, line: u64) -> Result<Trigger, String> {
@@ -229,5 +232,6 @@ pub(super) struct RawServer {
     pub(super) api_token_env: Option<String>,
     pub(super) public_url: Option<String>,
     pub(super) slack_signing_secret_env: Option<String>,
+    pub(super) slack_hooks_url: Option<String>,
 }
 

@@ -62,7 +62,7 @@ struct AppState {
     approvals_poke: Arc<tokio::sync::Notify>,
     console: Arc<console::Console>,
     /// Verifies Slack's interaction callbacks (`[server] slack_signing_secret_env`).
-    slack: Option<Arc<slack::SigningSecret>>,
+    slack: Option<Arc<slack::Slack>>,
 }
 
 /// What an API token may read.
@@ -143,7 +143,10 @@ pub fn start(engine: Arc<Engine>, opts: &ServeOptions) -> anyhow::Result<(Router
     let tokens = Arc::new(ApiTokens::load(&policy)?);
     let max_body = policy.triggers.values().map(|t| t.max_body).max().unwrap_or(crate::policy::triggers::DEFAULT_MAX_BODY) as usize;
     let slack = match &policy.server.slack_signing_secret {
-        Some(src) => Some(Arc::new(slack::SigningSecret::new(src.read().map_err(|e| anyhow::anyhow!("[server] slack_signing_secret_env: {e}"))?))),
+        Some(src) => {
+            let secret = src.read().map_err(|e| anyhow::anyhow!("[server] slack_signing_secret_env: {e}"))?;
+            Some(Arc::new(slack::Slack::new(secret, policy.server.slack_hooks_url.as_deref())?))
+        }
         None => None,
     };
     let state = AppState { engine, policy, queue: queue.clone(), metrics, tokens, replays: Arc::default(), approvals_poke, console: Arc::default(), slack };

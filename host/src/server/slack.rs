@@ -15,6 +15,12 @@
 //! person (`links_for[…]`) decides only when that person is `slack:<id>`; a
 //! link to no one decides when the approval names no approvers, or names
 //! `slack:<id>` among them.
+//!
+//! Slack shows nothing of the HTTP answer to a button press, so warden also
+//! answers on the press's `response_url` — only one under `[server]
+//! slack_hooks_url` (default `https://hooks.slack.com`): a decision replaces
+//! the message with its text and what was decided (the buttons go, so nobody
+//! presses again); a refusal is shown to the presser alone (ephemeral).
 
 use super::approvals::from;
 use super::AppState;
@@ -30,7 +36,44 @@ use serde_json::{json, Value};
 /// How far a request's timestamp may be from now (Slack's recommendation).
 pub const MAX_SKEW_SECS: u64 = 300;
 
-/// The app's signing secret, read once at start.
+/// Slack's default origin of `response_url`s.
+pub const HOOKS_URL: &str = "https://hooks.slack.com";
+/// Longest wait for Slack to take an answer on a `response_url`.
+const RESPOND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The Slack app as the server knows it: its signing secret (read once at
+/// start) and where its `response_url`s may point.
+pub struct Slack {
+    secret: SigningSecret,
+    hooks: String,
+    client: reqwest::Client,
+}
+
+impl Slack {
+    pub fn new(secret: crate::policy::credentials::Secret, hooks_url: Option<&str>) -> anyhow::Result<Slack> {
+        // No redirects, no proxy from the environment: the answer goes to Slack's origin or nowhere.
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().timeout(RESPOND_TIMEOUT).build()?;
+        Ok(Slack { secret: SigningSecret::new(secret), hooks: hooks_url.unwrap_or(HOOKS_URL).trim_end_matches('/').to_string(), client })
+    }
+
+    /// Posts `body` to the press's `response_url` in the background, if it is Slack's.
+    fn respond(&self, response_url: &str, body: Value) {
+        if !response_url.starts_with(&format!("{}/", self.hooks)) || response_url.len() > 2048 {
+            tracing::warn!("not answering on a response_url outside [server] slack_hooks_url ({})", self.hooks);
+            return;
+        }
+        let request = self.client.post(response_url).header("content-type", "application/json").body(body.to_string());
+        tokio::spawn(async move {
+            match request.send().await {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => tracing::warn!("Slack answered {} to warden's answer on a response_url", r.status()),
+                Err(e) => tracing::warn!("cannot answer on Slack's response_url: {e}"),
+            }
+        });
+    }
+}
+
+/// The app's signing secret.
 pub struct SigningSecret(crate::policy::credentials::Secret);
 
 impl SigningSecret {
@@ -73,11 +116,11 @@ fn now_secs() -> u64 {
 
 /// `POST /slack/interactions`.
 pub(super) async fn interactions(State(s): State<AppState>, ext: Extensions, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(secret) = &s.slack else {
+    let Some(slack) = &s.slack else {
         return refused(StatusCode::NOT_FOUND, "Slack interactivity is not configured here; set [server] slack_signing_secret_env in the policy");
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if let Err(why) = secret.verify(header("x-slack-request-timestamp"), header("x-slack-signature"), &body, now_secs()) {
+    if let Err(why) = slack.secret.verify(header("x-slack-request-timestamp"), header("x-slack-signature"), &body, now_secs()) {
         tracing::warn!(from = from(&ext, &headers).unwrap_or_default(), "refused a Slack interaction: {why}");
         return refused(StatusCode::UNAUTHORIZED, why);
     }
@@ -89,6 +132,14 @@ pub(super) async fn interactions(State(s): State<AppState>, ext: Extensions, hea
         // Other interactions (shortcuts, modals) are not warden's; acknowledge them.
         return answer(String::new());
     }
+    let response_url = payload["response_url"].as_str().unwrap_or("").to_string();
+    // Only the presser sees why nothing happened.
+    let tell = |text: String| {
+        if !response_url.is_empty() {
+            slack.respond(&response_url, json!({"response_type": "ephemeral", "replace_original": false, "text": text}));
+        }
+        answer(text)
+    };
     let user_id = payload["user"]["id"].as_str().unwrap_or("");
     if user_id.is_empty() || user_id.len() > 32 || !user_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return refused(StatusCode::BAD_REQUEST, "the payload names no Slack user id");
@@ -96,20 +147,20 @@ pub(super) async fn interactions(State(s): State<AppState>, ext: Extensions, hea
     let user_name = crate::invocation::guest_text(payload["user"]["username"].as_str().unwrap_or(""), 80);
     let who = format!("slack:{user_id}");
     let Some(value) = payload["actions"][0]["value"].as_str() else {
-        return answer("This button carries no warden approval.".into());
+        return tell("This button carries no warden approval.".into());
     };
     let token = token_of(value);
     if !approval::looks_like_token(token) {
-        return answer("This button carries no warden approval.".into());
+        return tell("This button carries no warden approval.".into());
     }
     let Some(store) = s.engine.store.approvals() else { return answer("No approvals here.".into()) };
     let (a, link) = match store.approval_by_link(&approval::token_hash(token)) {
         Ok(Some(found)) => found,
-        Ok(None) => return answer("This approval is not known here.".into()),
+        Ok(None) => return tell("This approval is not known here.".into()),
         Err(e) => return refused(StatusCode::SERVICE_UNAVAILABLE, &format!("the run store is unavailable: {e}")),
     };
     if !link.recipient.is_empty() && link.recipient != who {
-        return answer(format!("This button is {}'s to press, not {who}'s.", link.recipient));
+        return tell(format!("This button is {}'s to press, not {who}'s.", link.recipient));
     }
     let approver = if !link.recipient.is_empty() || !a.approvers.is_empty() { Some(who.as_str()) } else { None };
     let team = crate::invocation::guest_text(payload["team"]["id"].as_str().unwrap_or(""), 32);
@@ -125,13 +176,26 @@ pub(super) async fn interactions(State(s): State<AppState>, ext: Extensions, hea
         Ok(Ok(done)) => {
             s.approvals_poke.notify_one();
             tracing::info!(run = %done.run, step = %done.step, "approval decided from Slack by {who}");
-            answer(format!("{} — {}. The run continues.", done.title, done.what_happened()))
+            let text = format!("{} — {}. The run continues.", done.title, done.what_happened());
+            if !response_url.is_empty() {
+                slack.respond(&response_url, decided_message(&payload["message"], &text));
+            }
+            answer(text)
         }
-        Ok(Err(Refused::Over(a))) => answer(format!("{} — already over: {}", a.title, a.what_happened())),
-        Ok(Err(Refused::NotAnApprover(m))) => answer(m),
-        Ok(Err(r)) => answer(r.to_string()),
+        Ok(Err(Refused::Over(a))) => tell(format!("{} — already over: {}", a.title, a.what_happened())),
+        Ok(Err(Refused::NotAnApprover(m))) => tell(m),
+        Ok(Err(r)) => tell(r.to_string()),
         Err(e) => refused(StatusCode::SERVICE_UNAVAILABLE, &format!("the run store is unavailable: {e}")),
     }
+}
+
+/// The pressed message as it should now read: its blocks without the
+/// buttons, and a line saying what was decided.
+fn decided_message(message: &Value, said: &str) -> Value {
+    let mut blocks: Vec<Value> = message["blocks"].as_array().cloned().unwrap_or_default().into_iter().filter(|b| b["type"] != "actions").collect();
+    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": said}]}));
+    let text = message["text"].as_str().unwrap_or("");
+    json!({"replace_original": true, "text": format!("{text}\n{said}"), "blocks": blocks})
 }
 
 #[cfg(test)]
@@ -162,6 +226,26 @@ mod tests {
             assert!(s.verify(&now.to_string(), bad, body, now).is_err(), "{bad}");
         }
         assert!(s.verify("soon", &sign("8f742231b10e8888abcd99yyyzzz85a5", now, body), body, now).is_err());
+    }
+
+    #[test]
+    fn a_decided_question_loses_its_buttons_and_says_what_was_decided() {
+        let message = json!({"text": "Contain?", "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": "Contain?"}},
+            {"type": "actions", "elements": [{"type": "button", "value": "x"}]}
+        ]});
+        let m = decided_message(&message, "decided `contain` by slack:U1");
+        assert_eq!(m["replace_original"], true);
+        assert_eq!(m["blocks"].as_array().unwrap().iter().map(|b| b["type"].as_str().unwrap()).collect::<Vec<_>>(), vec!["section", "context"]);
+        assert_eq!(m["text"], "Contain?\ndecided `contain` by slack:U1");
+    }
+
+    #[test]
+    fn response_urls_must_be_under_the_configured_origin() {
+        let p = |extra: &str| crate::Policy::parse(&format!("[server]\n{extra}\n"), "p.toml", std::path::Path::new("."));
+        assert!(p("slack_hooks_url = \"https://hooks.slack.com\"").is_ok());
+        let e = p("slack_hooks_url = \"https://hooks.slack.com/actions\"").unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:1:") && e.contains("must be an origin"), "{e}");
     }
 
     #[test]

@@ -495,11 +495,22 @@ async fn contain_host_asks_in_slack_and_a_signed_button_press_contains_through_c
     assert_eq!(status, 200);
     assert!(said.contains("slack:U0INTERN may not decide"), "{said}");
     assert_eq!(e.store.get_run(&asked.run_id).unwrap().unwrap().run.state, "waiting");
+    // Slack shows nothing of that HTTP answer: the intern is told on the press's response_url, alone.
+    let told = wait_for_responses(&pack.slack_sim, 1).await;
+    assert_eq!((told[0]["response_type"].as_str(), told[0]["replace_original"].as_bool()), (Some("ephemeral"), Some(false)));
+    assert!(told[0]["text"].as_str().unwrap().contains("slack:U0INTERN may not decide"), "{told:?}");
 
     // The lead presses Contain: decided, the run resumes and contains exactly the hosts named.
-    let (status, said) = pack.slack_sim.click(&url, &ask.ts, contain["action_id"].as_str().unwrap(), ("U0LEAD", "lead")).await.unwrap();
+    let pressed = pack.slack_sim.interaction(&ask.ts, contain["action_id"].as_str().unwrap(), ("U0LEAD", "lead"), now()).unwrap();
+    let (status, said) = post(&url, &pressed.0, &pressed.1).await;
     assert_eq!(status, 200, "{said}");
     assert!(said.contains("decided `contain` by slack:U0LEAD (lead)"), "{said}");
+    // The question is replaced by what was decided: its buttons are gone.
+    let told = wait_for_responses(&pack.slack_sim, 2).await;
+    assert_eq!(told[1]["replace_original"], true);
+    let asked_now = pack.slack_sim.messages()[0].clone();
+    assert!(slack::buttons(&asked_now.blocks).is_empty(), "{:?}", asked_now.blocks);
+    assert!(asked_now.text.contains("decided `contain` by slack:U0LEAD (lead)"), "{}", asked_now.text);
     let done = settled(&e, &asked.run_id).await;
     assert_eq!(done.run.state, "succeeded", "{:?}", done.run.error);
     let out = done.output.clone().unwrap();
@@ -521,10 +532,22 @@ async fn contain_host_asks_in_slack_and_a_signed_button_press_contains_through_c
     for secret in pack.cs_sim.valid_tokens().into_iter().chain(["cs-demo-secret".to_string(), "xoxb-demo-token".into(), "vt-demo-key".into()]) {
         assert!(!record.contains(&secret), "`{secret}` reached the run store");
     }
-    // Pressed again: over, nothing happens twice.
-    let (_, said) = pack.slack_sim.click(&url, &ask.ts, contain["action_id"].as_str().unwrap(), ("U0LEAD", "lead")).await.unwrap();
+    // The old request replayed (a second press from a stale client): over, nothing happens twice.
+    let (status, said) = post(&url, &pressed.0, &pressed.1).await;
+    assert_eq!(status, 200);
     assert!(said.contains("already over"), "{said}");
     assert_eq!(pack.cs_sim.state.lock().unwrap().actions.len(), 1);
+}
+
+async fn wait_for_responses(sim: &slack::Sim, n: usize) -> Vec<Value> {
+    for _ in 0..100 {
+        let got = sim.responses();
+        if got.len() >= n {
+            return got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("warden did not answer on the response_url: {:?}", sim.responses());
 }
 
 fn now() -> u64 {

@@ -74,7 +74,9 @@ async fn main() -> anyhow::Result<()> {
     println!("jira        http://{}", jira_srv.addr);
 
     use warden_sim::{crowdstrike, servicenow, slack, virustotal};
-    let slack_srv = warden_sim::serve_on(&args.slack, slack::router(slack::Sim::new(slack::Config { token: args.slack_token, ..Default::default() }))).await?;
+    let slack_sim = slack::Sim::new(slack::Config { token: args.slack_token, ..Default::default() });
+    let slack_srv = warden_sim::serve_on(&args.slack, slack::router(slack_sim.clone())).await?;
+    *slack_sim.base_url.lock().unwrap() = format!("http://{}", slack_srv.addr);
     println!("slack       http://{}", slack_srv.addr);
     let vt_srv = warden_sim::serve_on(&args.virustotal, virustotal::router(virustotal::Sim::new(virustotal::Config { api_key: args.vt_key, ..Default::default() }))).await?;
     println!("virustotal  http://{}", vt_srv.addr);

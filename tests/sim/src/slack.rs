@@ -13,6 +13,9 @@
 //!   app's signing secret: `X-Slack-Signature: v0=hex(HMAC-SHA256(secret,
 //!   "v0:<timestamp>:<body>"))`, `X-Slack-Request-Timestamp`).
 //!
+//! `POST /actions/…` takes the app's answer on a press's `response_url`
+//! (which points here): a `replace_original` rewrites the message.
+//!
 //! For the demo, two routes of the sim's own (not Slack's): `GET /_sim/messages`
 //! lists what was posted, and `POST /_sim/click` `{ts, action_id, user_id,
 //! user_name, request_url}` presses a button as [`Sim::click`] does.
@@ -66,12 +69,19 @@ pub struct Message {
 pub struct Sim {
     pub config: Mutex<Config>,
     pub messages: Mutex<Vec<Message>>,
+    /// What apps answered on a press's `response_url` (served here, `/actions/…`).
+    pub responses: Mutex<Vec<Value>>,
+    /// This sim's own base URL, for the `response_url`s it hands out.
+    pub base_url: Mutex<String>,
     pub recorder: Recorder,
 }
 
 impl Sim {
     pub fn new(config: Config) -> Arc<Sim> {
-        Arc::new(Sim { config: Mutex::new(config), messages: Mutex::default(), recorder: Recorder::default() })
+        Arc::new(Sim { config: Mutex::new(config), messages: Mutex::default(), responses: Mutex::default(), base_url: Mutex::default(), recorder: Recorder::default() })
+    }
+    pub fn responses(&self) -> Vec<Value> {
+        self.responses.lock().unwrap().clone()
     }
     pub fn messages(&self) -> Vec<Message> {
         self.messages.lock().unwrap().clone()
@@ -95,7 +105,7 @@ impl Sim {
             "trigger_id": "13345224609.738474920.8088930838d88f008e0",
             "channel": {"id": msg.channel, "name": "soc"},
             "message": {"ts": msg.ts, "text": msg.text, "blocks": msg.blocks},
-            "response_url": "https://hooks.slack.com/actions/T0CORP/1/xyz",
+            "response_url": format!("{}/actions/T0CORP/1/xyz", { let b = self.base_url.lock().unwrap().clone(); if b.is_empty() { "https://hooks.slack.com".to_string() } else { b } }),
             "actions": [{
                 "type": "button",
                 "action_id": button["action_id"],
@@ -161,6 +171,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/api/chat.postMessage", post(post_message))
         .route("/_sim/messages", axum::routing::get(list_messages))
+        .route("/actions/{*rest}", post(respond))
         .route("/_sim/click", post(click))
         .with_state(sim)
         .layer(axum::middleware::from_fn_with_state(rec, crate::record))
@@ -169,7 +180,23 @@ pub fn router(sim: Arc<Sim>) -> Router {
 pub async fn spawn(config: Config) -> std::io::Result<(Running, Arc<Sim>)> {
     let sim = Sim::new(config);
     let running = crate::serve(router(sim.clone())).await?;
+    *sim.base_url.lock().unwrap() = format!("http://{}", running.addr);
     Ok((running, sim))
+}
+
+/// An app's answer on a `response_url`: a replacement of the message
+/// (`replace_original`), or an ephemeral note to the presser.
+async fn respond(State(sim): State<Arc<Sim>>, Json(body): Json<Value>) -> Response {
+    if body["replace_original"] == true {
+        let mut messages = sim.messages.lock().unwrap();
+        // The sim hands out one response_url shape; the last message with buttons is the pressed one.
+        if let Some(m) = messages.iter_mut().rev().find(|m| !buttons(&m.blocks).is_empty()) {
+            m.text = body["text"].as_str().unwrap_or("").to_string();
+            m.blocks = body["blocks"].clone();
+        }
+    }
+    sim.responses.lock().unwrap().push(body);
+    "ok".into_response()
 }
 
 async fn list_messages(State(sim): State<Arc<Sim>>) -> Response {
