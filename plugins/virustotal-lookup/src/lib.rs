@@ -4,7 +4,8 @@
 //! `domain`, `ip`, `url`, `sha256`, `sha1` or `md5`, and is looked up with
 //! `GET /api/v3/{domains|ip_addresses|urls|files}/{id}` (a URL's id is its
 //! unpadded base64url). The answer is summarised: the engines' verdict counts
-//! (`last_analysis_stats`), reputation, categories, and one `verdict`.
+//! (`last_analysis_stats`), reputation, categories, and one `verdict`
+//! (`unknown` when no engine has analysed it yet, never `clean` by default).
 //!
 //! A 404 is an answer, not an error: VirusTotal has never seen it
 //! (`found: false`, verdict `unknown`). A 429 (the public API's 4 lookups a
@@ -96,7 +97,11 @@ pub fn summarise(ind: &Indicator, data: &Value, malicious_at: u64) -> Value {
     let a = &data["attributes"];
     let stat = |k: &str| a["last_analysis_stats"][k].as_u64().unwrap_or(0);
     let (malicious, suspicious) = (stat("malicious"), stat("suspicious"));
-    let verdict = if malicious >= malicious_at {
+    // Known but never analysed (a fresh submission, or stats VirusTotal left out): no verdict, not "clean".
+    let analysed = a["last_analysis_stats"].as_object().is_some_and(|m| m.values().any(|v| v.as_u64().unwrap_or(0) > 0));
+    let verdict = if !analysed {
+        "unknown"
+    } else if malicious >= malicious_at {
         "malicious"
     } else if malicious > 0 || suspicious > 0 {
         "suspicious"
@@ -241,6 +246,9 @@ mod tests {
         assert_eq!(summarise(&ind("domain", "x.example"), &data(5, 0), 3)["verdict"], "malicious");
         assert_eq!(summarise(&ind("domain", "x.example"), &data(1, 0), 3)["verdict"], "suspicious");
         assert_eq!(summarise(&ind("domain", "x.example"), &data(0, 0), 3)["verdict"], "clean");
+        let unanalysed = json!({"id": "x.example", "type": "domain", "attributes": {"last_analysis_stats": {"malicious": 0, "suspicious": 0, "harmless": 0, "undetected": 0}}});
+        assert_eq!(summarise(&ind("domain", "x.example"), &unanalysed, 3)["verdict"], "unknown", "no engine looked: no verdict");
+        assert_eq!(summarise(&ind("domain", "x.example"), &json!({"id": "x.example", "attributes": {}}), 3)["verdict"], "unknown");
         let s = summarise(&ind("domain", "x.example"), &data(0, 0), 3);
         assert_eq!(s["categories"], json!(["malware", "phishing"]));
         assert_eq!(s["link"], "https://www.virustotal.com/gui/domain/x.example");
