@@ -21,12 +21,17 @@ pub struct Injection {
     pub redactor: Redactor,
 }
 
-/// Builds the injection of `spec` with its value `secret`.
-pub fn injection(spec: &CredentialSpec, secret: &Secret) -> Injection {
+/// Builds the injection of `spec` with `secret`, the value that goes on the
+/// wire: the credential's own, or for `oauth2` the access token the host
+/// obtained. `also_redact` are the exchange's other secrets (for `oauth2`:
+/// the client secret, and any token this one replaced), scrubbed from the
+/// answer too.
+pub fn injection(spec: &CredentialSpec, secret: &Secret, also_redact: &[&Secret]) -> Injection {
     let value = secret.expose();
     let mut bases = vec![value.as_bytes().to_vec()];
+    bases.extend(also_redact.iter().map(|s| s.expose().as_bytes().to_vec()));
     let (header, query) = match &spec.kind {
-        CredentialKind::Bearer => (Some(("authorization".to_string(), format!("Bearer {value}"))), None),
+        CredentialKind::Bearer | CredentialKind::OAuth2(_) => (Some(("authorization".to_string(), format!("Bearer {value}"))), None),
         CredentialKind::Header { name, prefix } => (Some((name.clone(), format!("{prefix}{value}"))), None),
         CredentialKind::Basic { user } => {
             let pair = format!("{user}:{value}");
@@ -35,19 +40,8 @@ pub fn injection(spec: &CredentialSpec, secret: &Secret) -> Injection {
             (Some(("authorization".to_string(), format!("Basic {encoded}"))), None)
         }
         CredentialKind::Query { param } => (None, Some((param.clone(), value.to_string()))),
-        // `secret` is the access token here; see [`oauth_injection`].
-        CredentialKind::OAuth2(_) => (Some(("authorization".to_string(), format!("Bearer {value}"))), None),
     };
     Injection { header, query, redactor: Redactor::new(&bases) }
-}
-
-/// The injection of an `oauth2` credential: the access token as a bearer,
-/// with every secret of the exchange (this token, any token it replaced, the
-/// client secret) scrubbed from the answer.
-pub fn oauth_injection(token: &Secret, also: &[&Secret]) -> Injection {
-    let mut bases = vec![token.expose().as_bytes().to_vec()];
-    bases.extend(also.iter().map(|s| s.expose().as_bytes().to_vec()));
-    Injection { header: Some(("authorization".to_string(), format!("Bearer {}", token.expose()))), query: None, redactor: Redactor::new(&bases) }
 }
 
 pub const REDACTED: &[u8] = b"[REDACTED]";
@@ -229,7 +223,7 @@ mod tests {
             auto: false,
             tokens: Default::default(),
         };
-        let inj = injection(&spec, &Secret::new("tok-long-enough".into()));
+        let inj = injection(&spec, &Secret::new("tok-long-enough".into()), &[]);
         let (_, v) = inj.header.unwrap();
         let encoded = v.strip_prefix("Basic ").unwrap();
         assert_eq!(inj.redactor.redact(format!("x {encoded} y").as_bytes()), b"x [REDACTED] y");

@@ -212,11 +212,14 @@ pub fn admit(call: &CallState, state: &mut HttpState, req: &Outgoing, record: &m
     })
 }
 
-/// An `oauth2` credential in use on one request.
+/// An `oauth2` credential whose cached token went on the wire: if the API
+/// refuses it, the request is sent again, once, with a new token.
 struct OAuthUse {
     spec: Arc<CredentialSpec>,
     client_secret: Secret,
     token: oauth::Token,
+    /// The request as it was before the token was injected.
+    unsent: (HeaderMap, url::Url, Option<Vec<u8>>),
 }
 
 /// The credential's access token for this request; the exchange, if one was
@@ -230,10 +233,8 @@ async fn oauth_token(spec: &CredentialSpec, cfg: &OAuth2, client_secret: &Secret
     })
 }
 
-/// The request's headers and URL with `injection` applied.
-fn injected_into(headers: &HeaderMap, url: &url::Url, injection: &inject::Injection, name: &str, record: &mut AuditRecord) -> Result<(HeaderMap, url::Url), http::HttpError> {
-    let mut headers = headers.clone();
-    let mut url = url.clone();
+/// Applies `injection` to the request's headers and URL.
+fn inject_into(headers: &mut HeaderMap, url: &mut url::Url, injection: &inject::Injection, name: &str, record: &mut AuditRecord) -> Result<(), http::HttpError> {
     if let Some((h, v)) = &injection.header {
         let n = HeaderName::from_bytes(h.as_bytes()).expect("validated at policy load");
         let mut v = HeaderValue::from_str(v).map_err(|_| {
@@ -246,7 +247,7 @@ fn injected_into(headers: &HeaderMap, url: &url::Url, injection: &inject::Inject
     if let Some((param, value)) = &injection.query {
         url.query_pairs_mut().append_pair(param, value);
     }
-    Ok((headers, url))
+    Ok(())
 }
 
 /// Layers 8–10 for an admitted request: the credential injected, the wire,
@@ -266,12 +267,10 @@ pub async fn deliver(a: Admitted, body: Option<Vec<u8>>, record: &mut AuditRecor
     // the request the host owns content negotiation and refuses partial
     // content: a compressed body or one slice per request would hide the
     // secret from redaction.
-    let url = target.url.clone();
+    let mut url = target.url.clone();
     let mut redactor = Redactor::none();
     let injected = credential.is_some();
     let mut oauth: Option<OAuthUse> = None;
-    let mut wire_headers = headers.clone();
-    let mut wire_url = url.clone();
     if let Some(spec) = &credential {
         let name = &spec.name;
         if let Some(h) = ["range", "if-range"].into_iter().find(|h| headers.contains_key(*h)) {
@@ -286,36 +285,38 @@ pub async fn deliver(a: Admitted, body: Option<Vec<u8>>, record: &mut AuditRecor
             e
         })?;
         let injection = match &spec.kind {
+            // The secret value is the client secret; what goes on the wire is the token.
             CredentialKind::OAuth2(cfg) => {
                 let token = oauth_token(spec, cfg, &secret, &transport, None, record).await?;
-                let injection = inject::oauth_injection(&token.secret, &[&secret]);
-                oauth = Some(OAuthUse { spec: spec.clone(), client_secret: secret, token });
+                let injection = inject::injection(spec, &token.secret, &[&secret]);
+                // A token minted for this request is not worth another exchange on a 401.
+                if !token.fresh {
+                    oauth = Some(OAuthUse { spec: spec.clone(), client_secret: secret, token, unsent: (headers.clone(), url.clone(), body.clone()) });
+                }
                 injection
             }
-            _ => inject::injection(spec, &secret),
+            _ => inject::injection(spec, &secret, &[]),
         };
-        (wire_headers, wire_url) = injected_into(&headers, &url, &injection, name, record)?;
+        inject_into(&mut headers, &mut url, &injection, name, record)?;
         redactor = injection.redactor;
     }
 
     // Layer 9: the wire (names are screened by its resolver at connect time).
     let method = reqwest::Method::from_bytes(target.method.as_bytes()).expect("validated by Target::parse");
-    // An OAuth2 token the API refuses is replaced once, so the request is sent again as it was.
-    let again = oauth.as_ref().filter(|o| !o.token.fresh).map(|_| (method.clone(), body.clone()));
-    let wire = WireRequest { method, url: wire_url, headers: wire_headers, body, timeout, max_response_bytes };
+    let resend_method = oauth.as_ref().map(|_| method.clone());
+    let wire = WireRequest { method, url, headers, body, timeout, max_response_bytes };
     let mut sent = transport.send(wire).await;
-    if let (Ok(first), Some((method, body)), Some(used)) = (&sent, again, &oauth) {
-        if first.status == 401 {
-            let name = &used.spec.name;
-            let CredentialKind::OAuth2(cfg) = &used.spec.kind else { unreachable!("an OAuthUse holds an oauth2 credential") };
-            let token = oauth_token(&used.spec, cfg, &used.client_secret, &transport, Some(used.token.generation), record).await?;
-            // The same token back: the host just replaced one after a 401; this 401 stands.
-            if token.generation != used.token.generation {
-                let injection = inject::oauth_injection(&token.secret, &[&used.token.secret, &used.client_secret]);
-                let (h, u) = injected_into(&headers, &url, &injection, name, record)?;
-                redactor = injection.redactor;
-                sent = transport.send(WireRequest { method, url: u, headers: h, body, timeout, max_response_bytes }).await;
-            }
+    let refused = matches!(&sent, Ok(r) if r.status == 401);
+    if let (true, Some(used), Some(method)) = (refused, oauth, resend_method) {
+        let OAuthUse { spec, client_secret, token: old, unsent: (mut headers, mut url, body) } = used;
+        let CredentialKind::OAuth2(cfg) = &spec.kind else { unreachable!("an OAuthUse holds an oauth2 credential") };
+        let token = oauth_token(&spec, cfg, &client_secret, &transport, Some(old.generation), record).await?;
+        // The same token back: the host just replaced one after a 401; this 401 stands.
+        if token.generation != old.generation {
+            let injection = inject::injection(&spec, &token.secret, &[&old.secret, &client_secret]);
+            inject_into(&mut headers, &mut url, &injection, &spec.name, record)?;
+            redactor = injection.redactor;
+            sent = transport.send(WireRequest { method, url, headers, body, timeout, max_response_bytes }).await;
         }
     }
     let response = match sent {

@@ -87,7 +87,7 @@ impl TokenCache {
         let why = match &*slot {
             Some(c) if stale == Some(c.generation) && c.forced_at.is_some_and(|t| t.elapsed() < MIN_FORCED_GAP) => {
                 // Refused again so soon: the 401 is the API's answer, not an expiry.
-                return Ok(Token { secret: c.token.clone(), generation: c.generation, fresh: true });
+                return Ok(Token { secret: c.token.clone(), generation: c.generation, fresh: false });
             }
             Some(c) if stale == Some(c.generation) => "the API answered 401 to the cached token",
             Some(c) if Instant::now() >= c.refresh_at => "the cached token is about to expire",
