@@ -3,7 +3,8 @@
 //! `slack-notify` posts buttons whose `value` is an approval link
 //! (`{{ approval.<step>.links.<choice> }}`). When someone presses one, Slack
 //! posts the interaction to `POST /slack/interactions` (the app's *Request
-//! URL*). The request is Slack's only if its signature verifies:
+//! URL*). The request is Slack's only if its signature verifies — the same
+//! check as a webhook trigger's `signature = "slack"` ([`super::signature`]):
 //! `X-Slack-Signature: v0=hex(HMAC-SHA256(signing secret, "v0:" + timestamp
 //! + ":" + body))`, compared in constant time, with `X-Slack-Request-Timestamp`
 //! within five minutes of now (an old request replayed is refused; a decision
@@ -30,7 +31,8 @@ use axum::extract::State;
 use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hmac::{Hmac, Mac};
+use super::signature::Rejected;
+use crate::policy::triggers::SignatureScheme;
 use serde_json::{json, Value};
 
 /// How far a request's timestamp may be from now (Slack's recommendation).
@@ -44,7 +46,7 @@ const RESPOND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The Slack app as the server knows it: its signing secret (read once at
 /// start) and where its `response_url`s may point.
 pub struct Slack {
-    secret: SigningSecret,
+    secret: crate::policy::credentials::Secret,
     hooks: String,
     client: reqwest::Client,
 }
@@ -53,7 +55,17 @@ impl Slack {
     pub fn new(secret: crate::policy::credentials::Secret, hooks_url: Option<&str>) -> anyhow::Result<Slack> {
         // No redirects, no proxy from the environment: the answer goes to Slack's origin or nowhere.
         let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().timeout(RESPOND_TIMEOUT).build()?;
-        Ok(Slack { secret: SigningSecret::new(secret), hooks: hooks_url.unwrap_or(HOOKS_URL).trim_end_matches('/').to_string(), client })
+        Ok(Slack { secret, hooks: hooks_url.unwrap_or(HOOKS_URL).trim_end_matches('/').to_string(), client })
+    }
+
+    /// Whether the request is Slack's and fresh at `now` (Unix seconds): the
+    /// webhooks' own `slack` scheme, with Slack's five-minute window.
+    fn verify(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<(), String> {
+        match super::signature::verify(SignatureScheme::Slack, self.secret.expose().as_bytes(), "slack", headers, body, now, MAX_SKEW_SECS) {
+            Ok(_) => Ok(()),
+            Err(Rejected::Unsigned(why) | Rejected::Invalid(why)) => Err(why),
+            Err(Rejected::Replayed) => Err("a replay".into()),
+        }
     }
 
     /// Posts `body` to the press's `response_url` in the background, if it is Slack's.
@@ -73,29 +85,6 @@ impl Slack {
     }
 }
 
-/// The app's signing secret.
-pub struct SigningSecret(crate::policy::credentials::Secret);
-
-impl SigningSecret {
-    pub fn new(secret: crate::policy::credentials::Secret) -> SigningSecret {
-        SigningSecret(secret)
-    }
-
-    /// Whether `signature` is Slack's for `timestamp` and `body`, and fresh at `now`.
-    pub fn verify(&self, timestamp: &str, signature: &str, body: &[u8], now: u64) -> Result<(), &'static str> {
-        let ts: u64 = timestamp.trim().parse().map_err(|_| "X-Slack-Request-Timestamp is not a number")?;
-        if now.abs_diff(ts) > MAX_SKEW_SECS {
-            return Err("the request's timestamp is more than five minutes from now (a replay, or a clock to fix)");
-        }
-        let hex_sig = signature.strip_prefix("v0=").ok_or("X-Slack-Signature is not a v0 signature")?;
-        let sig = hex::decode(hex_sig).map_err(|_| "X-Slack-Signature is not hex")?;
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(self.0.expose().as_bytes()).expect("HMAC takes any key length");
-        mac.update(format!("v0:{ts}:").as_bytes());
-        mac.update(body);
-        mac.verify_slice(&sig).map_err(|_| "the signature does not match (another app's secret, or a changed body)")
-    }
-}
-
 fn answer(text: String) -> Response {
     // Slack shows nothing of a block_actions answer; it is for logs and tests.
     Json(json!({"response_type": "ephemeral", "replace_original": false, "text": text})).into_response()
@@ -110,8 +99,8 @@ fn token_of(value: &str) -> &str {
     value.rsplit_once("/approvals/").map(|(_, t)| t).unwrap_or(value).trim_end_matches('/')
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// `POST /slack/interactions`.
@@ -119,10 +108,9 @@ pub(super) async fn interactions(State(s): State<AppState>, ext: Extensions, hea
     let Some(slack) = &s.slack else {
         return refused(StatusCode::NOT_FOUND, "Slack interactivity is not configured here; set [server] slack_signing_secret_env in the policy");
     };
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if let Err(why) = slack.secret.verify(header("x-slack-request-timestamp"), header("x-slack-signature"), &body, now_secs()) {
+    if let Err(why) = slack.verify(&headers, &body, now_secs()) {
         tracing::warn!(from = from(&ext, &headers).unwrap_or_default(), "refused a Slack interaction: {why}");
-        return refused(StatusCode::UNAUTHORIZED, why);
+        return refused(StatusCode::UNAUTHORIZED, &why);
     }
     let payload = url::form_urlencoded::parse(&body).find(|(k, _)| k == "payload").map(|(_, v)| v.into_owned());
     let Some(payload) = payload.and_then(|p| serde_json::from_str::<Value>(&p).ok()) else {
@@ -203,29 +191,39 @@ mod tests {
     use super::*;
     use crate::policy::credentials::Secret;
 
-    fn sign(secret: &str, ts: u64, body: &[u8]) -> String {
+    fn sign(secret: &str, ts: i64, body: &[u8]) -> String {
+        use hmac::{Hmac, Mac};
         let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
         mac.update(format!("v0:{ts}:").as_bytes());
         mac.update(body);
         format!("v0={}", hex::encode(mac.finalize().into_bytes()))
     }
 
+    fn signed(timestamp: &str, signature: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-slack-request-timestamp", timestamp.parse().unwrap());
+        h.insert("x-slack-signature", signature.parse().unwrap());
+        h
+    }
+
     #[test]
     fn only_a_fresh_request_signed_with_the_apps_secret_is_slacks() {
-        let s = SigningSecret::new(Secret::new("8f742231b10e8888abcd99yyyzzz85a5".into()));
+        let s = Slack::new(Secret::new("8f742231b10e8888abcd99yyyzzz85a5".into()), None).unwrap();
         let body = b"payload=%7B%7D";
         let now = 1_714_557_600;
-        assert!(s.verify(&now.to_string(), &sign("8f742231b10e8888abcd99yyyzzz85a5", now, body), body, now).is_ok());
-        assert!(s.verify(&now.to_string(), &sign("another-apps-secret", now, body), body, now).unwrap_err().contains("does not match"));
-        assert!(s.verify(&now.to_string(), &sign("8f742231b10e8888abcd99yyyzzz85a5", now, body), b"payload=%7B%22x%22%7D", now).is_err(), "a changed body");
-        let old = now - MAX_SKEW_SECS - 1;
-        assert!(s.verify(&old.to_string(), &sign("8f742231b10e8888abcd99yyyzzz85a5", old, body), body, now).unwrap_err().contains("five minutes"));
+        let t = now.to_string();
+        assert!(s.verify(&signed(&t, &sign("8f742231b10e8888abcd99yyyzzz85a5", now, body)), body, now).is_ok());
+        assert!(s.verify(&signed(&t, &sign("another-apps-secret", now, body)), body, now).unwrap_err().contains("does not match"));
+        assert!(s.verify(&signed(&t, &sign("8f742231b10e8888abcd99yyyzzz85a5", now, body)), b"payload=%7B%22x%22%7D", now).is_err(), "a changed body");
+        let old = now - MAX_SKEW_SECS as i64 - 1;
+        assert!(s.verify(&signed(&old.to_string(), &sign("8f742231b10e8888abcd99yyyzzz85a5", old, body)), body, now).unwrap_err().contains("at most 300s is accepted"));
         // The timestamp is part of what is signed: moving it breaks the signature.
-        assert!(s.verify(&now.to_string(), &sign("8f742231b10e8888abcd99yyyzzz85a5", now - 10, body), body, now).is_err());
+        assert!(s.verify(&signed(&t, &sign("8f742231b10e8888abcd99yyyzzz85a5", now - 10, body)), body, now).is_err());
         for bad in ["", "v1=00", "v0=zz", "v0="] {
-            assert!(s.verify(&now.to_string(), bad, body, now).is_err(), "{bad}");
+            assert!(s.verify(&signed(&t, bad), body, now).is_err(), "{bad}");
         }
-        assert!(s.verify("soon", &sign("8f742231b10e8888abcd99yyyzzz85a5", now, body), body, now).is_err());
+        assert!(s.verify(&signed("soon", &sign("8f742231b10e8888abcd99yyyzzz85a5", now, body)), body, now).is_err());
+        assert!(s.verify(&HeaderMap::new(), body, now).is_err(), "unsigned");
     }
 
     #[test]
