@@ -51,9 +51,7 @@ impl Action {
 }
 
 pub fn validate(i: &Input) -> Result<(), ActionError> {
-    if !(i.api_url.starts_with("https://") || i.api_url.starts_with("http://")) {
-        return Err(invalid("api_url must be an http(s) URL such as https://api.crowdstrike.com (or api.us-2 / api.eu-1)"));
-    }
+    warden_sdk::base_url("api_url", &i.api_url, "https://api.crowdstrike.com (or api.us-2 / api.eu-1)")?;
     if i.credential.trim().is_empty() {
         return Err(invalid("credential must name the policy's oauth2 credential for the Falcon API"));
     }

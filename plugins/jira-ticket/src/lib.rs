@@ -258,9 +258,7 @@ impl Guest for JiraTicket {
 
     fn run(_inv: Invocation, input: String) -> Result<String, ActionError> {
         let input: Input = parse_input(&input)?;
-        if !(input.site_url.starts_with("https://") || input.site_url.starts_with("http://")) {
-            return Err(invalid("site_url must be an http(s) URL such as https://corp.atlassian.net"));
-        }
+        warden_sdk::base_url("site_url", &input.site_url, "https://corp.atlassian.net")?;
         if input.api_version != 2 && input.api_version != 3 {
             return Err(invalid("api_version must be 2 or 3"));
         }

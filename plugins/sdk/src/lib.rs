@@ -73,6 +73,26 @@ pub fn invalid(msg: impl Into<String>) -> ActionError {
     ActionError::InvalidInput(msg.into())
 }
 
+/// Checks that `value`, the service's base URL in input field `field`, is an
+/// http(s) URL; the error names the field and an `example`.
+pub fn base_url(field: &str, value: &str, example: &str) -> Result<(), ActionError> {
+    if value.starts_with("https://") || value.starts_with("http://") {
+        Ok(())
+    } else {
+        Err(invalid(format!("{field} must be an http(s) URL such as {example}")))
+    }
+}
+
+/// `text` in at most `max` characters: cut with `…` when longer.
+pub fn cut_chars(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
 /// Shorthand for an `upstream` error.
 pub fn upstream(status: Option<u16>, message: impl Into<String>, retry_after_ms: Option<u64>) -> ActionError {
     ActionError::Upstream(UpstreamError { status, message: message.into(), retry_after_ms })

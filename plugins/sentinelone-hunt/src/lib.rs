@@ -59,9 +59,7 @@ fn default_sample() -> usize { 20 }
 
 impl Input {
     fn validate(&self) -> Result<(), ActionError> {
-        if !(self.console_url.starts_with("https://") || self.console_url.starts_with("http://")) {
-            return Err(invalid("console_url must be an http(s) URL such as https://usea1.sentinelone.net"));
-        }
+        warden_sdk::base_url("console_url", &self.console_url, "https://usea1.sentinelone.net")?;
         if self.credential.trim().is_empty() {
             return Err(invalid("credential must name the policy credential that holds the API token"));
         }

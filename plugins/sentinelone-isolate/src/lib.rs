@@ -40,9 +40,7 @@ impl Action {
 }
 
 fn validate(input: &Input) -> Result<(), ActionError> {
-    if !(input.console_url.starts_with("https://") || input.console_url.starts_with("http://")) {
-        return Err(invalid("console_url must be an http(s) URL such as https://usea1.sentinelone.net"));
-    }
+    warden_sdk::base_url("console_url", &input.console_url, "https://usea1.sentinelone.net")?;
     if input.credential.trim().is_empty() {
         return Err(invalid("credential must name the policy credential that holds the API token"));
     }

@@ -102,9 +102,7 @@ fn text_field(name: &str, v: &Option<String>, required: bool) -> Result<(), Acti
 }
 
 pub fn validate(i: &Input) -> Result<(), ActionError> {
-    if !(i.instance_url.starts_with("https://") || i.instance_url.starts_with("http://")) {
-        return Err(invalid("instance_url must be an http(s) URL such as https://corp.service-now.com"));
-    }
+    warden_sdk::base_url("instance_url", &i.instance_url, "https://corp.service-now.com")?;
     if i.credential.trim().is_empty() {
         return Err(invalid("credential must name the policy credential for the instance"));
     }
@@ -150,13 +148,7 @@ pub fn new_incident(i: &Input) -> Value {
     let mut b = Map::new();
     // The field holds 160 characters; a longer summary (Jira takes 255) is cut, whole in the description.
     let short = i.short_description.clone().unwrap_or_default();
-    let cut = if short.chars().count() > SHORT_DESCRIPTION {
-        let mut c: String = short.chars().take(SHORT_DESCRIPTION - 1).collect();
-        c.push('…');
-        c
-    } else {
-        short.clone()
-    };
+    let cut = warden_sdk::cut_chars(&short, SHORT_DESCRIPTION);
     b.insert("short_description".into(), json!(cut));
     let description = match (&i.description, cut != short) {
         (Some(d), true) => Some(format!("{short}\n\n{d}")),

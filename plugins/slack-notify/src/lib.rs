@@ -17,7 +17,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 use warden_sdk::client::{body_snippet, retry_after_ms};
-use warden_sdk::{invalid, log, output, parse_input, upstream, ActionError, Client, Guest, Invocation, Manifest};
+use warden_sdk::{cut_chars, invalid, log, output, parse_input, upstream, ActionError, Client, Guest, Invocation, Manifest};
 
 /// Slack's limits (https://api.slack.com/reference/block-kit/blocks).
 pub const MAX_TEXT: usize = 40_000;
@@ -83,9 +83,7 @@ fn chars(s: &str) -> usize {
 
 /// Refuses what Slack would refuse, naming the field and the limit.
 pub fn validate(input: &Input) -> Result<(), ActionError> {
-    if !(input.api_url.starts_with("https://") || input.api_url.starts_with("http://")) {
-        return Err(invalid("api_url must be an http(s) URL such as https://slack.com"));
-    }
+    warden_sdk::base_url("api_url", &input.api_url, "https://slack.com")?;
     if input.credential.trim().is_empty() {
         return Err(invalid("credential must name the policy credential that holds the bot token"));
     }
@@ -137,15 +135,6 @@ pub fn validate(input: &Input) -> Result<(), ActionError> {
     Ok(())
 }
 
-fn cut(s: &str, max: usize) -> String {
-    if chars(s) <= max {
-        return s.to_string();
-    }
-    let mut out: String = s.chars().take(max - 1).collect();
-    out.push('…');
-    out
-}
-
 fn field_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -160,12 +149,12 @@ pub fn message(input: &Input) -> Value {
     if let Some(t) = &input.title {
         blocks.push(json!({"type": "header", "text": {"type": "plain_text", "text": t, "emoji": true}}));
     }
-    blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": cut(&input.text, MAX_SECTION_TEXT)}}));
+    blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": cut_chars(&input.text, MAX_SECTION_TEXT)}}));
     if !input.fields.is_empty() {
         let fields: Vec<Value> = input
             .fields
             .iter()
-            .map(|f| json!({"type": "mrkdwn", "text": cut(&format!("*{}*\n{}", f.title, field_text(&f.value)), MAX_FIELD_TEXT)}))
+            .map(|f| json!({"type": "mrkdwn", "text": cut_chars(&format!("*{}*\n{}", f.title, field_text(&f.value)), MAX_FIELD_TEXT)}))
             .collect();
         blocks.push(json!({"type": "section", "fields": fields}));
     }

@@ -183,9 +183,7 @@ impl Guest for Lookup {
 
     fn run(_inv: Invocation, input: String) -> Result<String, ActionError> {
         let input: Input = parse_input(&input)?;
-        if !(input.api_url.starts_with("https://") || input.api_url.starts_with("http://")) {
-            return Err(invalid("api_url must be an http(s) URL such as https://www.virustotal.com"));
-        }
+        warden_sdk::base_url("api_url", &input.api_url, "https://www.virustotal.com")?;
         if input.credential.trim().is_empty() {
             return Err(invalid("credential must name the policy credential that holds the API key"));
         }
