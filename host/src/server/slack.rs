@@ -99,16 +99,12 @@ fn token_of(value: &str) -> &str {
     value.rsplit_once("/approvals/").map(|(_, t)| t).unwrap_or(value).trim_end_matches('/')
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
 /// `POST /slack/interactions`.
 pub(super) async fn interactions(State(s): State<AppState>, ext: Extensions, headers: HeaderMap, body: Bytes) -> Response {
     let Some(slack) = &s.slack else {
         return refused(StatusCode::NOT_FOUND, "Slack interactivity is not configured here; set [server] slack_signing_secret_env in the policy");
     };
-    if let Err(why) = slack.verify(&headers, &body, now_secs()) {
+    if let Err(why) = slack.verify(&headers, &body, chrono::Utc::now().timestamp()) {
         tracing::warn!(from = from(&ext, &headers).unwrap_or_default(), "refused a Slack interaction: {why}");
         return refused(StatusCode::UNAUTHORIZED, &why);
     }
