@@ -18,7 +18,7 @@ trap 'rm -f "$log"' EXIT
 cargo test --quiet --all-targets "$@" 2>&1 | tee "$log"
 # The connectors' own unit tests (input checks, request shapes, error mapping)
 # run natively: the plugins are also rlibs, and their host imports are never called.
-plugins=(-p slack-notify -p virustotal-lookup -p servicenow-incident -p crowdstrike-contain)
+plugins=(-p slack-notify -p virustotal-lookup -p servicenow-incident -p crowdstrike-contain -p http-request)
 cargo test --quiet --lib "${plugins[@]}" "$@" 2>&1 | tee -a "$log"
 # One closing line for the whole run (cargo's last summary is often an empty target's).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

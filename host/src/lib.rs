@@ -23,6 +23,7 @@ pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tines;
 pub mod story;
 pub mod vetting;
 

@@ -13,6 +13,7 @@ mod progress;
 mod runs;
 mod scaffold;
 mod story;
+mod tines;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -47,6 +48,9 @@ pub enum Command {
     /// Pending human approvals: list them, decide one.
     #[command(subcommand)]
     Approvals(approvals::ApprovalsCmd),
+    /// Tines story exports: import them as warden stories, or run one.
+    #[command(subcommand)]
+    Tines(tines::TinesCmd),
     /// The run store's schema: migrate or check.
     #[command(subcommand)]
     Db(db::DbCmd),
@@ -111,6 +115,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs(cmd) => runs::run(cmd).await,
         Command::Approvals(cmd) => approvals::run(cmd),
         Command::Db(cmd) => db::run(cmd),
+        Command::Tines(cmd) => tines::run(cmd).await,
         Command::Serve { listen, db, policy, stories, workers, drain_secs, log_json: _, role, lease_secs } => {
             let policy = common::load_policy(&policy)?;
             let flags = warden::server::config::ServeFlags { listen, db, stories, workers, drain_secs, role, lease_secs };

@@ -51,7 +51,7 @@ async fn refused_plugins(policy: warden::Policy, library: &Library) -> anyhow::R
     let invoker = PolicyInvoker::new(Arc::new(Runtime::new(RuntimeConfig::default())?), Arc::new(policy));
     let mut refused = Vec::new();
     for story in library.stories.values() {
-        for step in story.steps.iter().chain(&story.fallbacks) {
+        for step in story.all_steps() {
             if let StepKind::Action(plugin) = &step.kind {
                 if let Err(e) = invoker.prepare(plugin, &story.team).await {
                     refused.push(format!("{}:{}: step `{}`: {}", story.file.display(), step.line, step.id, e.message));
@@ -101,7 +101,10 @@ pub async fn run(cmd: StoryCmd) -> anyhow::Result<ExitCode> {
             library.check(&policy)?;
             let refused = refused_plugins(policy, &library).await?;
             for s in library.stories.values() {
-                println!("ok {} ({}, team {}, {} steps)", s.name, s.file.display(), s.team, s.steps.len());
+                match &s.graph {
+                    Some(g) => println!("ok {} ({}, team {}, a graph of {} agents)", s.name, s.file.display(), s.team, g.agents.len()),
+                    None => println!("ok {} ({}, team {}, {} steps)", s.name, s.file.display(), s.team, s.steps.len()),
+                }
             }
             if refused.is_empty() {
                 return Ok(ExitCode::SUCCESS);

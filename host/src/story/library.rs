@@ -91,7 +91,7 @@ impl Library {
                     errors.push(StoryError { file: file.clone(), line: story.line, message });
                 }
             }
-            for s in story.steps.iter().chain(&story.fallbacks) {
+            for s in story.all_steps() {
                 match &s.kind {
                     StepKind::Action(p) if !policy.plugins.contains_key(p) => errors.push(StoryError {
                         file: file.clone(),
@@ -116,6 +116,11 @@ impl Library {
                                 "step `{}`: story `{name}` belongs to team {} and does not allow team {} to call it; add `{}` to its allow_callers",
                                 s.id, callee.team, story.team, story.team
                             ),
+                        }),
+                        Some(_) if story.graph.is_some() && self.waits(name, 0) => errors.push(StoryError {
+                            file: file.clone(),
+                            line: s.line,
+                            message: format!("agent `{}`: story `{name}` can wait for an approval, which a graph story cannot do; send to a story without approval steps", s.id),
                         }),
                         // A parked item would hold its siblings' results in memory, not in rows.
                         Some(_) if s.for_each.is_some() && self.waits(name, 0) => errors.push(StoryError {
@@ -163,7 +168,7 @@ impl Library {
 
     fn find_cycle(&self, name: &str, path: &mut Vec<String>) -> Option<Vec<String>> {
         let story = self.stories.get(name)?;
-        for s in story.steps.iter().chain(&story.fallbacks) {
+        for s in story.all_steps() {
             if let StepKind::Story(callee) = &s.kind {
                 if let Some(pos) = path.iter().position(|p| p == callee) {
                     let mut cycle = path[pos..].to_vec();

@@ -10,6 +10,7 @@
 //! cycles between stories.
 
 pub mod engine;
+pub mod graph;
 pub mod invoke;
 mod library;
 pub mod observe;
@@ -117,6 +118,9 @@ pub struct Step {
     pub retry: Retry,
     pub timeout: Option<Duration>,
     pub on_error: OnError,
+    /// `with` is the input as it is (a graph agent's, rendered already with
+    /// Liquid), never a template to render.
+    pub literal: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +134,8 @@ pub struct Story {
     pub output: Option<Value>,
     /// Teams (other than its own) that may call this story as a sub-story.
     pub allow_callers: Vec<String>,
+    /// A graph story (Tines' events) instead of steps: see [`graph`].
+    pub graph: Option<graph::Graph>,
     pub file: PathBuf,
     pub line: u64,
 }
@@ -137,6 +143,14 @@ pub struct Story {
 impl Story {
     pub fn fallback(&self, id: &str) -> Option<&Step> {
         self.fallbacks.iter().find(|s| s.id == id)
+    }
+
+    /// Every step that may run: the steps, the fallbacks, and a graph's
+    /// agents that run a plugin or a story (for the checks and preloading
+    /// that look at what a story uses).
+    pub fn all_steps(&self) -> impl Iterator<Item = &Step> {
+        let agents = self.graph.iter().flat_map(|g| g.agents.iter().filter_map(|a| a.step.as_ref()));
+        self.steps.iter().chain(&self.fallbacks).chain(agents)
     }
 }
 
@@ -150,7 +164,10 @@ struct RawStory {
     team: Option<String>,
     #[serde(default)]
     input: Option<Value>,
+    #[serde(default)]
     steps: Vec<Spanned<RawStep>>,
+    #[serde(default)]
+    graph: Option<graph::RawGraph>,
     #[serde(default)]
     fallbacks: Vec<Spanned<RawStep>>,
     #[serde(default)]
@@ -353,6 +370,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Story, StoryErrors> {
             retry,
             timeout: r.timeout_ms.map(Duration::from_millis),
             on_error,
+            literal: false,
         })
     };
     let steps: Vec<Step> = raw.steps.iter().filter_map(|s| convert(s, &mut errors)).collect();
@@ -360,8 +378,23 @@ pub fn parse(text: &str, file: &Path) -> Result<Story, StoryErrors> {
     for f in fallbacks.iter().filter(|f| matches!(f.kind, StepKind::Approval(_))) {
         errors.push(err(f.line, format!("fallback `{}` is an approval; a fallback stands in for a failed step at once, so it cannot wait (make it a step of its own)", f.id)));
     }
-    if steps.is_empty() && errors.is_empty() {
-        errors.push(err(raw.name.referenced.line(), format!("story `{name}` has no steps")));
+    let story_line = raw.name.referenced.line();
+    let graph = match &raw.graph {
+        None => None,
+        Some(_) if !steps.is_empty() || !fallbacks.is_empty() => {
+            errors.push(err(story_line, format!("story `{name}` has both steps and a graph; a story is one or the other")));
+            None
+        }
+        Some(g) => match graph::convert(g, story_line) {
+            Ok(g) => Some(g),
+            Err(es) => {
+                errors.extend(es.into_iter().map(|(line, m)| err(line, m)));
+                None
+            }
+        },
+    };
+    if steps.is_empty() && raw.graph.is_none() && errors.is_empty() {
+        errors.push(err(story_line, format!("story `{name}` has no steps")));
     }
     if let Some(schema) = &raw.input {
         if let Err(m) = schema::check_schema(schema) {
@@ -377,6 +410,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Story, StoryErrors> {
         fallbacks,
         output: raw.output,
         allow_callers: raw.allow_callers,
+        graph,
         file: file.to_path_buf(),
         line: raw.name.referenced.line(),
     };

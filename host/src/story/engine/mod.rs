@@ -11,6 +11,7 @@ pub use crate::story::observe::{Event, Observer, Quiet};
 use resume::Resume;
 
 mod approve;
+mod graph;
 mod resume;
 use crate::story::recorder::{Recorder, StepAt, StoreHealth};
 pub use crate::story::state::{ErrorKind, RunResult, RunState, StepError, StepState};
@@ -339,6 +340,9 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     async fn run_steps(&self, story: &Story, run_id: &str, root: &str, input: Value, depth: usize, observer: &dyn Observer, resume: Resume) -> Outcome {
         self.recorder.start_run(run_id);
+        if let Some(graph) = &story.graph {
+            return self.run_graph(story, graph, run_id, root, input, depth, observer, resume).await;
+        }
         let mut ctx = Context::new(run_id, story, input);
         self.add_approval_links(story, run_id, &mut ctx).map_err(|e| (None, e))?;
         let mut last_output = Value::Null;
@@ -505,6 +509,8 @@ impl Engine {
             StepKind::Transform(t) => return t.apply(ctx).map_err(|e| StepError::new(e.kind(), e.into_message())),
             // Nor for an approval: asking again after a crash asks the same question.
             StepKind::Approval(spec) => return self.approval(sr, spec, ctx).await,
+            // A graph agent's input, rendered already (never rendered twice: event data is not a template).
+            _ if step.literal => step.with.clone(),
             _ => render_value(&step.with, ctx).map_err(|e| StepError::new(ErrorKind::Template, format!("with: {e}")))?,
         };
         // A sub-story this step left waiting resumes where it parked.
@@ -595,7 +601,7 @@ impl Engine {
     pub async fn preload(&self) -> Result<usize, String> {
         let mut pairs = std::collections::BTreeSet::new();
         for story in self.library.stories.values() {
-            for s in story.steps.iter().chain(&story.fallbacks) {
+            for s in story.all_steps() {
                 if let StepKind::Action(p) = &s.kind {
                     pairs.insert((story.team.clone(), p.clone()));
                 }

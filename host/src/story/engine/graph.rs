@@ -1,0 +1,349 @@
+//! Executing a graph story ([`crate::story::graph`]): one event at a time, in
+//! the order emitted, so the n-th execution of an agent is the same one on
+//! every run of the same events — which is what lets a restart resume: an
+//! agent execution already recorded as succeeded gives its recorded output
+//! instead of running again (no request is sent twice), and one cut off
+//! mid-way runs again only if its retry policy allows.
+
+use super::{Engine, Event, Observer, Outcome, Resume, StepRun};
+use crate::story::graph::{liquid, number_of, Agent, AgentKind, Graph};
+use crate::story::recorder::StepAt;
+use crate::story::state::{ErrorKind, StepError, StepState};
+use crate::story::Story;
+use crate::tines::liquid::{dotted, globals};
+use serde_json::{json, Map, Value};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What reaches an agent: the payloads of every agent upstream of it, by id,
+/// and which agent sent it (`None` for the entry).
+#[derive(Clone)]
+struct Delivery {
+    agent: usize,
+    from: Option<usize>,
+    ctx: Arc<Map<String, Value>>,
+}
+
+/// An agent execution recorded before a restart.
+struct Earlier {
+    state: StepState,
+    output: Value,
+    attempts: u32,
+}
+
+/// The state of one graph run.
+struct Flow<'g> {
+    graph: &'g Graph,
+    queue: VecDeque<Delivery>,
+    emitted: usize,
+    output: Option<Value>,
+    last: Value,
+    runs: Vec<usize>,
+    /// Implode: collected payloads by (agent, guid).
+    collected: HashMap<(usize, String), Vec<Value>>,
+    /// Deduplicate: values seen in this run, by agent.
+    seen: HashMap<usize, HashSet<String>>,
+}
+
+impl<'g> Flow<'g> {
+    /// `agent` emits `payload` to its receivers (or, for a trigger that did
+    /// not match, to its no-match receivers).
+    fn emit(&mut self, agent: usize, parent: &Map<String, Value>, payload: Value, matched: bool) -> Result<(), StepError> {
+        self.emitted += 1;
+        if self.emitted > self.graph.max_events {
+            let a = &self.graph.agents[agent];
+            return Err(StepError::new(
+                ErrorKind::Limit,
+                format!("the run emitted more than {} events (graph.max_events) at agent `{}`; a loop that never ends? raise graph.max_events if the work is that large", self.graph.max_events, a.id),
+            ));
+        }
+        let a = &self.graph.agents[agent];
+        let mut ctx = parent.clone();
+        ctx.insert(a.id.clone(), payload.clone());
+        let ctx = Arc::new(ctx);
+        if self.graph.exits.contains(&agent) {
+            self.output = Some(payload.clone());
+        }
+        self.last = payload;
+        let to = if matched { &a.receivers } else { &a.no_match };
+        for &r in to {
+            self.queue.push_back(Delivery { agent: r, from: Some(agent), ctx: ctx.clone() });
+        }
+        Ok(())
+    }
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn run_graph(&self, story: &Story, graph: &Graph, run_id: &str, root: &str, input: Value, depth: usize, observer: &dyn Observer, _resume: Resume) -> Outcome {
+        let earlier = self.earlier_executions(run_id);
+        let mut flow = Flow {
+            graph,
+            queue: VecDeque::new(),
+            emitted: 0,
+            output: None,
+            last: Value::Null,
+            runs: vec![0; graph.agents.len()],
+            collected: HashMap::new(),
+            seen: HashMap::new(),
+        };
+        let meta = json!({"story_run_guid": run_id, "story": story.name, "team": story.team});
+        // The entry agent (a webhook) emits the run's input.
+        let mut base = Map::new();
+        base.insert("META".into(), meta);
+        let entry = graph.entry;
+        flow.runs[entry] += 1;
+        self.recorder.step_finished(&StepAt { run: run_id, step: &graph.agents[entry].id, item: Some(0), kind: "transform" }, StepState::Succeeded, Some(&input), None, 1);
+        flow.emit(entry, &base, input, true).map_err(|e| (Some(graph.agents[entry].id.clone()), e))?;
+        while let Some(d) = flow.queue.pop_front() {
+            let agent = &graph.agents[d.agent];
+            let n = flow.runs[d.agent];
+            flow.runs[d.agent] += 1;
+            let fail = |e: StepError| (Some(agent.id.clone()), e);
+            let started = Instant::now();
+            let at = StepAt { run: run_id, step: &agent.id, item: Some(n), kind: agent.kind.step_kind() };
+            let g = globals(&d.ctx);
+            let incoming = d.from.and_then(|f| d.ctx.get(&graph.agents[f].id)).cloned().unwrap_or(Value::Null);
+            let render = |v: &Value| liquid().render_value(v, &g).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}` ({}): {e}", agent.id, agent.name)));
+            let option = |k: &str| agent.options.get(k).cloned().unwrap_or(Value::Null);
+            // Host-side agents: computed here, recorded as transforms.
+            let computed: Result<Vec<(Value, bool)>, StepError> = match &agent.kind {
+                AgentKind::Webhook => Ok(vec![(incoming.clone(), true)]),
+                AgentKind::Message => render(&option("payload")).map(|p| vec![(p, true)]),
+                AgentKind::Trigger { rules, must_match } => {
+                    let mut held = 0;
+                    for r in rules {
+                        let field = render(&Value::String(r.path.clone())).map(|v| text_of(&v));
+                        let value = render(&Value::String(r.value.clone())).map(|v| text_of(&v));
+                        match (field, value) {
+                            (Ok(f), Ok(v)) if r.holds(&f, &v) => held += 1,
+                            (Err(e), _) | (_, Err(e)) => return Err(fail(e)),
+                            _ => {}
+                        }
+                    }
+                    let matched = held >= *must_match;
+                    let mut out = match &incoming {
+                        Value::Object(o) => o.clone(),
+                        other => Map::from_iter([("event".to_string(), other.clone())]),
+                    };
+                    out.insert("rule_matched".into(), Value::Bool(matched));
+                    Ok(vec![(Value::Object(out), matched)])
+                }
+                AgentKind::Extract(matchers) => {
+                    let mut out = Map::new();
+                    for m in matchers {
+                        let text = render(&Value::String(m.path.clone())).map(|v| text_of(&v)).map_err(fail)?;
+                        let found: Vec<Value> = m
+                            .regex
+                            .captures_iter(&text)
+                            .take(10_000)
+                            .map(|c| Value::String(c.get(1).or_else(|| c.get(0)).map(|x| x.as_str()).unwrap_or("").to_string()))
+                            .collect();
+                        out.insert(m.to.clone(), Value::Array(found));
+                    }
+                    Ok(vec![(Value::Object(out), true)])
+                }
+                AgentKind::Explode { path, to, limit } => {
+                    let list = resolve(path, &d.ctx, &g).map_err(|e| fail(StepError::new(ErrorKind::Template, format!("agent `{}`: path: {e}", agent.id))))?;
+                    let items = match list {
+                        Value::Array(a) => a,
+                        Value::Null => Vec::new(),
+                        other => vec![other],
+                    };
+                    let guid = format!("{run_id}:{}:{n}", agent.id);
+                    let size = items.len().min(*limit);
+                    Ok(items.into_iter().take(*limit).enumerate().map(|(i, item)| (json!({to.as_str(): item, "index": i, "guid": guid, "size": size}), true)).collect())
+                }
+                AgentKind::Implode { guid_path, size_path } => {
+                    let guid = render(&Value::String(guid_path.clone())).map(|v| text_of(&v)).map_err(fail)?;
+                    let size = render(&Value::String(size_path.clone())).ok().as_ref().and_then(number_of).unwrap_or(0.0) as usize;
+                    let got = flow.collected.entry((d.agent, guid.clone())).or_default();
+                    got.push(incoming.clone());
+                    if got.len() >= size {
+                        let all = flow.collected.remove(&(d.agent, guid)).unwrap_or_default();
+                        Ok(vec![(Value::Array(all), true)])
+                    } else {
+                        Ok(Vec::new())
+                    }
+                }
+                AgentKind::Deduplicate { path } => {
+                    let key = render(&Value::String(path.clone())).map(|v| text_of(&v)).map_err(fail)?;
+                    if flow.seen.entry(d.agent).or_default().insert(key) { Ok(vec![(incoming.clone(), true)]) } else { Ok(Vec::new()) }
+                }
+                AgentKind::Delay(wait) => {
+                    // Slept once: a resumed run does not wait again for a delay it already waited out.
+                    if !earlier.get(&(agent.id.clone(), n)).is_some_and(|e| e.state == StepState::Succeeded) {
+                        tokio::time::sleep(*wait).await;
+                    }
+                    Ok(vec![(incoming.clone(), true)])
+                }
+                AgentKind::Http(_) | AgentKind::Email(_) | AgentKind::Story(_) => {
+                    let step = agent.step.as_ref().expect("action and story agents have their step");
+                    let prior = earlier.get(&(agent.id.clone(), n));
+                    if let Some(e) = prior.filter(|e| e.state == StepState::Succeeded) {
+                        // Ran before a restart: its answer stands, nothing is sent again.
+                        let out = e.output.clone();
+                        flow.emit(d.agent, &d.ctx, out, true).map_err(fail)?;
+                        continue;
+                    }
+                    let first_attempt = match prior {
+                        Some(e) if e.attempts >= step.retry.attempts => {
+                            let msg = format!("interrupted by a restart during agent `{}` (attempt {}); its retry policy allows no further attempt", agent.id, e.attempts);
+                            let err = StepError::new(ErrorKind::Interrupted, msg);
+                            self.recorder.step_finished(&at, StepState::Failed, None, Some(&err), e.attempts);
+                            return Err(fail(err));
+                        }
+                        Some(e) => e.attempts + 1,
+                        None => 1,
+                    };
+                    let input = match &agent.kind {
+                        AgentKind::Http(_) => http_input(agent, &render),
+                        AgentKind::Email(_) => email_input(agent, &render),
+                        _ => render(&option("payload")),
+                    };
+                    let input = match input {
+                        Ok(i) => i,
+                        Err(e) => {
+                            self.recorder.step_finished(&at, StepState::Failed, None, Some(&e), first_attempt);
+                            return Err(fail(e));
+                        }
+                    };
+                    let mut step = step.clone();
+                    step.with = input;
+                    let sr = StepRun { story, step: &step, run: run_id, root, depth, observer, waiting_child: None };
+                    let ctx = Value::Null;
+                    let out = self.attempts(&sr, &ctx, Some(n), first_attempt).await.map_err(fail)?;
+                    flow.emit(d.agent, &d.ctx, out, true).map_err(fail)?;
+                    continue;
+                }
+            };
+            let events = match computed {
+                Ok(e) => e,
+                Err(e) => {
+                    self.recorder.step_finished(&at, StepState::Failed, None, Some(&e), 1);
+                    observer.event(&Event::StepFinished { run: run_id, step: &agent.id, kind: "transform", item: Some(n), state: StepState::Failed, elapsed: started.elapsed(), error: Some(&e), depth });
+                    return Err(fail(e));
+                }
+            };
+            let record = match (&agent.kind, events.as_slice()) {
+                (_, [(one, _)]) => one.clone(),
+                (AgentKind::Deduplicate { .. }, []) => json!({"duplicate": true}),
+                (AgentKind::Implode { .. }, []) => json!({"collecting": true}),
+                (_, many) => json!({"emitted": many.len()}),
+            };
+            self.recorder.step_finished(&at, StepState::Succeeded, Some(&record), None, 1);
+            observer.event(&Event::StepFinished { run: run_id, step: &agent.id, kind: "transform", item: Some(n), state: StepState::Succeeded, elapsed: started.elapsed(), error: None, depth });
+            for (payload, matched) in events {
+                flow.emit(d.agent, &d.ctx, payload, matched).map_err(fail)?;
+            }
+        }
+        // Implodes still short of their size when the events ran out emit nothing: said in the log.
+        for ((a, guid), got) in &flow.collected {
+            tracing::info!(run = run_id, agent = %graph.agents[*a].id, guid, collected = got.len(), "implode never reached its size; nothing emitted");
+        }
+        Ok(if graph.exits.is_empty() { flow.last } else { flow.output.unwrap_or(Value::Null) })
+    }
+
+    /// Agent executions recorded before a restart, by (agent, n). A new run has none.
+    fn earlier_executions(&self, run_id: &str) -> HashMap<(String, usize), Earlier> {
+        let Ok(Some(detail)) = self.store.get_run(run_id) else { return HashMap::new() };
+        detail
+            .steps
+            .into_iter()
+            .filter_map(|r| {
+                let n = r.item? as usize;
+                let state = StepState::parse(&r.state)?;
+                Some(((r.step_id, n), Earlier { state, output: r.output.unwrap_or(Value::Null), attempts: r.attempts }))
+            })
+            .collect()
+    }
+}
+
+/// A rendered value as the text a rule compares.
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// An explode's `path`: a template (`{{ .a.body.list | as_object }}`) or a
+/// bare path (`.a.body.list`, `a.body.list`).
+fn resolve(path: &str, ctx: &Map<String, Value>, g: &liquid_core::Object) -> Result<Value, String> {
+    let p = path.trim();
+    if p.contains("{{") {
+        let v = liquid().render_str(p, g)?;
+        return Ok(match v {
+            // `{{ .a.list }}` without as_object renders the list as text: read it back.
+            Value::String(s) => serde_json::from_str(&s).unwrap_or(Value::String(s)),
+            other => other,
+        });
+    }
+    let obj = Value::Object(ctx.clone());
+    Ok(dotted(&obj, p).cloned().unwrap_or(Value::Null))
+}
+
+/// The http-request plugin's input from an HTTP Request agent's options.
+fn http_input(agent: &Agent, render: &dyn Fn(&Value) -> Result<Value, StepError>) -> Result<Value, StepError> {
+    let mut input = Map::new();
+    for k in ["url", "method", "content_type", "payload", "headers", "user_agent", "basic_auth"] {
+        if let Some(v) = agent.options.get(k).filter(|v| !v.is_null()) {
+            input.insert(k.to_string(), render(v)?);
+        }
+    }
+    for k in ["retry_on_status", "log_error_on_status"] {
+        if let Some(v) = agent.options.get(k).filter(|v| !v.is_null()) {
+            input.insert(k.to_string(), statuses(&render(v)?));
+        }
+    }
+    if let Some(c) = &agent.credential {
+        input.insert("credential".into(), Value::String(c.clone()));
+    }
+    Ok(Value::Object(input))
+}
+
+/// `["429", 503, "5.."]` or `"429,503"` as a list of strings.
+fn statuses(v: &Value) -> Value {
+    let list: Vec<Value> = match v {
+        Value::Array(a) => a.iter().map(|x| Value::String(text_of(x).trim().to_string())).collect(),
+        Value::String(s) => s.split(',').map(|x| x.trim()).filter(|x| !x.is_empty()).map(|x| Value::String(x.to_string())).collect(),
+        Value::Number(n) => vec![Value::String(n.to_string())],
+        _ => Vec::new(),
+    };
+    Value::Array(list)
+}
+
+/// The email plugin's input from a Send Email agent's options.
+fn email_input(agent: &Agent, render: &dyn Fn(&Value) -> Result<Value, StepError>) -> Result<Value, StepError> {
+    let get = |k: &str| -> Result<Value, StepError> { agent.options.get(k).filter(|v| !v.is_null()).map(render).transpose().map(|v| v.unwrap_or(Value::Null)) };
+    let addresses = |v: Value| -> Vec<Value> {
+        match v {
+            Value::Array(a) => a.into_iter().filter(|x| !text_of(x).trim().is_empty()).map(|x| Value::String(text_of(&x).trim().to_string())).collect(),
+            Value::String(s) => s.split([',', ';']).map(str::trim).filter(|x| !x.is_empty()).map(|x| Value::String(x.to_string())).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let to = addresses(get("recipients")?);
+    if to.is_empty() {
+        return Err(StepError::new(ErrorKind::InvalidInput, format!("agent `{}`: recipients rendered to no address", agent.id)));
+    }
+    let body = text_of(&get("body")?);
+    let mut input = json!({"to": to, "subject": text_of(&get("subject")?), "text": body});
+    // Tines sends the body as HTML; a body with markup goes as both.
+    if body.contains('<') && body.contains('>') {
+        input["html"] = Value::String(body.replace('\n', "<br>\n"));
+    }
+    for (k, to) in [("cc", "cc"), ("bcc", "bcc")] {
+        let list = addresses(get(k)?);
+        if !list.is_empty() {
+            input[to] = Value::Array(list);
+        }
+    }
+    let reply_to = text_of(&get("reply_to")?);
+    if !reply_to.trim().is_empty() {
+        input["reply_to"] = Value::String(reply_to.trim().to_string());
+    }
+    Ok(input)
+}

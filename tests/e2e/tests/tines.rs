@@ -1,0 +1,261 @@
+//! Tines story exports, imported and run: each fixture (written here in the
+//! export format) against a local API and a real SMTP server, its effects
+//! asserted — the requests received (with the credentials the host injected),
+//! the emails delivered, the run's output — and its report.
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use warden::story::engine::{Engine, Quiet};
+use warden::tines::export::Export;
+use warden::tines::import::{import, story_files, ImportOptions, Imported, Level};
+use warden_e2e::{runtime, workspace_root, SmtpServer};
+
+/// What the local API received: method, path and query, the credential
+/// headers, and the body.
+#[derive(Clone, Debug)]
+struct Seen {
+    uri: String,
+    auth: Option<String>,
+    api_key: Option<String>,
+    body: Value,
+}
+
+#[derive(Clone, Default)]
+struct Api {
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Api {
+    fn note(&self, method: &str, uri: String, h: &HeaderMap, body: Value) {
+        let header = |n: &str| h.get(n).map(|v| v.to_str().unwrap().to_string());
+        self.seen.lock().unwrap().push(Seen { uri: format!("{method} {uri}"), auth: header("authorization"), api_key: header("x-api-key"), body });
+    }
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn users(State(api): State<Api>, Path(name): Path<String>, h: HeaderMap) -> (axum::http::StatusCode, Json<Value>) {
+    api.note("GET", format!("/users/{name}"), &h, Value::Null);
+    if h.get("authorization").map(|v| v.to_str().unwrap()) != Some("Bearer directory-s3cret") {
+        return (axum::http::StatusCode::UNAUTHORIZED, Json(json!({"error": "bad token"})));
+    }
+    let admin = name == "ana";
+    (
+        axum::http::StatusCode::OK,
+        Json(json!({"name": name, "role": if admin { "admin" } else { "user" }, "manager": "lead@corp.example", "groups": if admin { json!(["domain-admins", "it"]) } else { json!(["staff"]) }})),
+    )
+}
+
+async fn alerts(State(api): State<Api>, h: HeaderMap) -> Json<Value> {
+    api.note("GET", "/alerts".into(), &h, Value::Null);
+    Json(json!({"alerts": [
+        {"id": "al-1", "host": "web-1", "tags": ["a"]},
+        {"id": "al-2", "host": "db-1", "tags": []},
+        {"id": "al-3", "host": "web-1", "tags": ["b", "c"]}
+    ]}))
+}
+
+async fn enrich(State(api): State<Api>, h: HeaderMap, Json(body): Json<Value>) -> Json<Value> {
+    api.note("POST", "/enrich".into(), &h, body.clone());
+    let id = body["id"].as_str().unwrap_or("");
+    let score = id.trim_start_matches("al-").parse::<i64>().unwrap_or(0) * 10;
+    Json(json!({"id": id, "score": score}))
+}
+
+async fn items(State(api): State<Api>, Query(q): Query<HashMap<String, String>>, h: HeaderMap) -> Json<Value> {
+    let page: u32 = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(0);
+    api.note("GET", format!("/items?page={page}&per={}", q.get("per").cloned().unwrap_or_default()), &h, Value::Null);
+    Json(json!({"page": page, "items": [format!("item-{page}")], "next": if page < 3 { json!(page + 1) } else { Value::Null }}))
+}
+
+async fn reputation(State(api): State<Api>, Path(ip): Path<String>, Query(q): Query<HashMap<String, String>>, h: HeaderMap) -> (axum::http::StatusCode, Json<Value>) {
+    let mut keys: Vec<_> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    keys.sort();
+    api.note("GET", format!("/reputation/{ip}?{}", keys.join("&")), &h, Value::Null);
+    if q.get("key").map(String::as_str) != Some("rep-s3cret") {
+        return (axum::http::StatusCode::FORBIDDEN, Json(json!({"error": "key"})));
+    }
+    (axum::http::StatusCode::OK, Json(json!({"verdict": if ip.starts_with("10.") { "internal" } else { "malicious" }, "score": 87})))
+}
+
+async fn start_api() -> (Api, u16) {
+    let api = Api::default();
+    let app = Router::new()
+        .route("/users/{name}", get(users))
+        .route("/alerts", get(alerts))
+        .route("/enrich", post(enrich))
+        .route("/items", get(items))
+        .route("/reputation/{ip}", get(reputation))
+        .with_state(api.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (api, port)
+}
+
+fn fixture(name: &str, port: u16) -> Export {
+    let text = std::fs::read_to_string(workspace_root().join("tests/e2e/fixtures/tines").join(name)).unwrap();
+    Export::parse(&text.replace("{{PORT}}", &port.to_string())).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn import_here(e: &Export) -> Imported {
+    let plugins_dir = workspace_root().join("target/wasm32-wasip2/guest").display().to_string();
+    import(e, &ImportOptions { team: "default".into(), plugins_dir })
+}
+
+/// The skeleton policy as the import wrote it, with the test's SMTP relay
+/// (the one thing an operator must fill in).
+fn skeleton_policy(imported: &Imported, smtp: Option<u16>) -> warden::Policy {
+    let mut text = imported.policy.clone();
+    if let Some(port) = smtp {
+        text = text.replace("port = 25", &format!("port = {port}")).replace("tls = \"starttls\"", "tls = \"none\"").replace("\"warden@example.com\"", "\"warden@corp.example\"");
+    }
+    warden::Policy::parse(&text, "imported-warden.toml", &workspace_root()).unwrap_or_else(|e| panic!("the skeleton does not load: {e}\n{text}"))
+}
+
+fn engine(imported: &Imported, policy: warden::Policy) -> Engine {
+    let library = warden::tines::library(imported, std::path::Path::new("imported")).unwrap_or_else(|e| panic!("{e}"));
+    library.check(&policy).unwrap_or_else(|e| panic!("{e}"));
+    Engine::new(Arc::new(runtime(None)), Arc::new(policy), Arc::new(library), Arc::new(warden::store::RunStore::in_memory().unwrap()))
+}
+
+#[tokio::test]
+async fn webhook_http_trigger_email_runs_with_the_credential_injected_by_the_host() {
+    let (api, port) = start_api().await;
+    let smtp = SmtpServer::start();
+    let imported = import_here(&fixture("alert-triage.json", port));
+    let report = imported.report.to_string();
+    assert_eq!(imported.report.count(Level::Refused) + imported.report.count(Level::Unsupported), 0, "{report}");
+    assert!(report.contains("credential `directory_api` moved out of the request"), "{report}");
+    assert!(report.contains("sender_name"), "a Tines option warden does not carry is said: {report}");
+    // The header is gone from the story: the step never sees the credential.
+    let story = &imported.stories[0].1;
+    assert_eq!(story["name"], "alert-triage");
+    let get_user = story["graph"]["agents"].as_array().unwrap().iter().find(|a| a["id"] == "get_user").unwrap();
+    assert_eq!(get_user["credential"], "directory_api");
+    assert!(get_user["options"]["headers"].get("Authorization").is_none(), "{get_user}");
+    assert!(imported.policy.contains(&format!("\"GET http://127.0.0.1:{port}/users/*\"")), "{}", imported.policy);
+    assert!(imported.policy.contains("[credentials.directory_api]\n") && imported.policy.contains("kind = \"bearer\""), "{}", imported.policy);
+    // SAFETY: only this test reads this variable.
+    unsafe { std::env::set_var("WARDEN_CREDENTIAL_DIRECTORY_API", "directory-s3cret") };
+    let engine = engine(&imported, skeleton_policy(&imported, Some(smtp.port)));
+
+    // An admin, severity 4, a login alert: 3 of 3 rules hold → the email.
+    let r = engine.run("alert-triage", json!({"id": "A-17", "user": "ana", "severity": 4, "kind": "login"}), "test", &Quiet).await.unwrap();
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.output.clone().unwrap(), json!({"alert": "A-17", "notified": "2", "status": "200"}));
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    let m = &mails[0];
+    let rcpt = m["rcpt_tos"].to_string();
+    assert!(rcpt.contains("soc-leads@corp.example") && rcpt.contains("lead@corp.example"), "{m}");
+    assert_eq!(m["subject"], "[sev 4] admin ana: LOGIN");
+    let data = m["text"].as_str().unwrap();
+    assert!(data.contains("Domain admin! ana (domain-admins, it) triggered alert A-17."), "{data}");
+    assert!(data.contains("1. domain-admins; 2. it"), "{data}");
+    let seen = api.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].uri, "GET /users/ana");
+    assert_eq!(seen[0].auth.as_deref(), Some("Bearer directory-s3cret"), "the host injected the credential");
+
+    // A plain user at severity 1: 1 of 3 → the no-match path, no email.
+    let r = engine.run("alert-triage", json!({"id": "A-18", "user": "bo", "severity": 1, "kind": "login"}), "test", &Quiet).await.unwrap();
+    assert!(r.error.is_none(), "{:?}", r.error);
+    let out = r.output.unwrap();
+    assert_eq!(out["ignored"], "A-18");
+    assert_eq!(out["user_record"]["groups"], json!(["staff"]), "as_object passes the object itself: {out}");
+    assert_eq!(smtp.messages().len(), 1);
+    // Nothing the run recorded holds the credential.
+    let detail = engine.store.get_run(&r.run_id).unwrap().unwrap();
+    assert!(!serde_json::to_string(&detail).unwrap().contains("directory-s3cret"));
+}
+
+#[tokio::test]
+async fn explode_implode_and_deduplicate_fan_out_and_collect() {
+    let (api, port) = start_api().await;
+    let imported = import_here(&fixture("fan-out.json", port));
+    let report = imported.report.to_string();
+    assert_eq!(imported.report.count(Level::Refused) + imported.report.count(Level::Unsupported), 0, "{report}");
+    assert!(report.contains("top-level field `a_field_from_the_future` is not used"), "unknown top-level keys are reported: {report}");
+    assert!(imported.policy.contains("kind = \"header\"\nheader = \"x-api-key\""), "{}", imported.policy);
+    unsafe { std::env::set_var("WARDEN_CREDENTIAL_ALERTS_KEY", "alerts-s3cret") };
+    let engine = engine(&imported, skeleton_policy(&imported, None));
+    let r = engine.run("enrich-every-alert", json!({}), "test", &Quiet).await.unwrap();
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.output.unwrap(), json!({"count": "3", "scores": [10, 20, 30], "max": "30"}));
+    let seen = api.seen();
+    let enriched: Vec<&Seen> = seen.iter().filter(|s| s.uri == "POST /enrich").collect();
+    assert_eq!(enriched.len(), 3, "one request per exploded alert");
+    assert_eq!(enriched[2].body, json!({"id": "al-3", "host": "web-1", "tags": ["b", "c"]}));
+    assert!(seen.iter().all(|s| s.api_key.as_deref() == Some("alerts-s3cret")));
+    // Deduplicate: web-1 twice, db-1 once → two hosts noted.
+    let detail = engine.store.get_run(&r.run_id).unwrap().unwrap();
+    let hosts: Vec<&Value> = detail.steps.iter().filter(|s| s.step_id == "host_seen").filter_map(|s| s.output.as_ref()).collect();
+    assert_eq!(hosts, vec![&json!({"host": "web-1"}), &json!({"host": "db-1"})]);
+}
+
+#[tokio::test]
+async fn a_paging_loop_with_a_delay_follows_next_until_the_last_page() {
+    let (api, port) = start_api().await;
+    let imported = import_here(&fixture("paging.json", port));
+    assert_eq!(imported.report.count(Level::Refused) + imported.report.count(Level::Unsupported), 0, "{}", imported.report);
+    let engine = engine(&imported, skeleton_policy(&imported, None));
+    let started = std::time::Instant::now();
+    let r = engine.run("page-through-items", json!({"per": 50}), "test", &Quiet).await.unwrap();
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.output.unwrap(), json!({"last_page": "3", "pages_waited": "3"}));
+    let uris: Vec<String> = api.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(uris, ["GET /items?page=1&per=50", "GET /items?page=2&per=50", "GET /items?page=3&per=50"]);
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2), "two delays of a second each");
+}
+
+#[tokio::test]
+async fn send_to_story_runs_the_nested_export_with_a_query_credential() {
+    let (api, port) = start_api().await;
+    let imported = import_here(&fixture("send-to-story.json", port));
+    assert_eq!(imported.report.count(Level::Refused) + imported.report.count(Level::Unsupported), 0, "{}", imported.report);
+    let names: Vec<&str> = imported.stories.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["check-an-ip", "ip-reputation"]);
+    assert!(imported.policy.contains("kind = \"query\"\nparam = \"key\""), "{}", imported.policy);
+    unsafe { std::env::set_var("WARDEN_CREDENTIAL_REP_KEY", "rep-s3cret") };
+    let engine = engine(&imported, skeleton_policy(&imported, None));
+    let r = engine.run("check-an-ip", json!({"ip": "203.0.113.9"}), "test", &Quiet).await.unwrap();
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.output.unwrap(), json!({"ip": "203.0.113.9", "verdict": "malicious", "score": "87"}));
+    let seen = api.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].uri, "GET /reputation/203.0.113.9?fmt=json&key=rep-s3cret", "the key was injected as the query parameter it was");
+    let detail = engine.store.get_run(&r.run_id).unwrap().unwrap();
+    assert_eq!(detail.children.len(), 1, "the nested story ran as a sub-story run");
+}
+
+#[tokio::test]
+async fn credentials_where_a_step_would_see_them_are_refused_and_unsupported_agents_reported() {
+    let imported = import_here(&fixture("leaky.json", 1));
+    let report = imported.report.to_string();
+    // The agent's line of that level (an agent may have several lines).
+    let said = |level: &str, agent: &str, words: &str| report.lines().any(|l| l.starts_with(level) && l.contains(&format!("/ {agent}:")) && l.contains(words));
+    assert!(said("refused", "Post the token", "payload"), "{report}");
+    assert!(said("refused", "Mail the password", "credential"), "{report}");
+    assert!(said("refused", "Token in the path", "URL path"), "{report}");
+    assert!(said("refused", "Encoded key", "larger expression"), "{report}");
+    assert!(said("unsupported", "Encoded key", "schedule"), "{report}");
+    assert!(said("unsupported", "Read the phishing inbox", "Agents::IMAPAgent"), "{report}");
+    // basic_auth moved out, bound to the origin it was used with.
+    assert!(report.lines().any(|l| l.starts_with("converted") && l.contains("Jira search") && l.contains("jira_password")), "{report}");
+    assert!(imported.policy.contains("kind = \"basic\"\nuser = \"svc-tines\""), "{}", imported.policy);
+    assert!(imported.policy.contains("hosts = [\"https://jira.example.com\"]"), "{}", imported.policy);
+    assert!(imported.policy.contains("\"POST https://jira.example.com/rest/api/2/search\""), "{}", imported.policy);
+    // Nothing refused reaches a story file; the refused agents' links are cut and said.
+    let files = story_files(&imported);
+    let text: String = files.iter().map(|(_, t)| t.as_str()).collect();
+    assert!(!text.contains("slack_token") && !text.contains("smtp_password") && !text.contains("hook_id"), "{text}");
+    assert!(!text.contains("jira_password }") && text.contains("credential: jira_password"), "{text}");
+    assert!(report.contains("is cut"), "{report}");
+}
