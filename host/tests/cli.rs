@@ -367,3 +367,34 @@ async fn a_story_run_is_recorded_and_runs_replay_re_executes_it_offline() {
     assert_eq!(other.status.code(), Some(1), "{}", text(&other.stdout));
     assert!(text(&other.stdout).contains("DIFFERS"), "{}", text(&other.stdout));
 }
+
+#[test]
+fn tines_import_writes_stories_a_policy_and_a_report_and_says_what_it_did_not_convert() {
+    let dir = tempdir("tines-import");
+    let out_dir = dir.join("out");
+    let export = root().join("tests/e2e/fixtures/tines/leaky.json");
+    let plugins = root().join("target/wasm32-wasip2/guest");
+    let args = ["tines", "import", export.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--plugins", plugins.to_str().unwrap()];
+    let out = warden(&args, &[]);
+    // Something was refused or unsupported: exit 2, files written all the same.
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("refused     leaky-credentials / Post the token"), "{stdout}");
+    assert!(stdout.contains("credential jira_password: set $WARDEN_CREDENTIAL_JIRA_PASSWORD"), "{stdout}");
+    let report = std::fs::read_to_string(out_dir.join("import-report.txt")).unwrap();
+    assert!(report.contains("unsupported leaky-credentials / Read the phishing inbox"), "{report}");
+    // What it wrote checks as a story and a policy do.
+    let check = warden(&["story", "check", out_dir.join("stories").to_str().unwrap(), "--policy", out_dir.join("warden.toml").to_str().unwrap()], &[]);
+    assert!(check.status.success(), "{}{}", text(&check.stdout), text(&check.stderr));
+    assert!(text(&check.stdout).contains("ok leaky-credentials"), "{}", text(&check.stdout));
+    // A second import into the same folder does not overwrite without --force.
+    let again = warden(&args, &[]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("--force"), "{}", text(&again.stderr));
+    // Not an export at all: one line naming the file.
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "[1, 2]").unwrap();
+    let out = warden(&["tines", "import", bad.to_str().unwrap(), "--out", dir.join("o2").to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("bad.json: line 1: not a Tines story export"), "{}", text(&out.stderr));
+}

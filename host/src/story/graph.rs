@@ -17,6 +17,7 @@
 //! with host-injected credentials.
 
 use super::{ErrorKind, OnError, Retry, Step, StepKind};
+use crate::tines::formula;
 use crate::tines::liquid::Liquid;
 use regex::Regex;
 use serde::Deserialize;
@@ -48,6 +49,8 @@ pub struct Graph {
     /// Agents whose events are the run's output (the last one emitted).
     pub exits: Vec<usize>,
     pub max_events: usize,
+    /// Options may hold Tines formulas (`=expr`, `<<expr>>`) beside Liquid.
+    pub formulas: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -212,6 +215,24 @@ pub fn bool_of(v: &Value) -> Option<bool> {
     }
 }
 
+/// Renders an agent's option against an event's context: formulas (when
+/// the story has them) or Liquid, string by string; keys stay as they are.
+pub fn render(v: &Value, ctx: &Map<String, Value>, globals: &liquid_core::Object, formulas: bool) -> Result<Value, String> {
+    Ok(match v {
+        Value::String(s) if formulas && formula::is_formula(s) => formula::render(s, ctx)?,
+        Value::String(s) => liquid().render_str(s, globals)?,
+        Value::Array(a) => Value::Array(a.iter().map(|x| render(x, ctx, globals, formulas)).collect::<Result<_, _>>()?),
+        Value::Object(o) => {
+            let mut out = Map::new();
+            for (k, x) in o {
+                out.insert(k.clone(), render(x, ctx, globals, formulas)?);
+            }
+            Value::Object(out)
+        }
+        other => other.clone(),
+    })
+}
+
 /// The Liquid renderer every graph story shares (parsed templates cached).
 pub fn liquid() -> &'static Liquid {
     static L: OnceLock<Liquid> = OnceLock::new();
@@ -227,6 +248,9 @@ pub(super) struct RawGraph {
     exit: Vec<String>,
     #[serde(default)]
     max_events: Option<usize>,
+    /// `liquid` (default) or `formulas` (Liquid too, and `=expr` / `<<expr>>`).
+    #[serde(default)]
+    templates: Option<String>,
     agents: Vec<Spanned<RawAgent>>,
 }
 
@@ -258,6 +282,14 @@ pub const KINDS: &[&str] = &["webhook", "http", "email", "story", "message", "ex
 /// Converts and checks a parsed `graph`: `(line, message)` per error.
 pub(super) fn convert(raw: &RawGraph, story_line: u64) -> Result<Graph, Vec<(u64, String)>> {
     let mut errors = Vec::new();
+    let formulas = match raw.templates.as_deref() {
+        None | Some("liquid") => false,
+        Some("formulas") => true,
+        Some(other) => {
+            errors.push((story_line, format!("graph.templates `{other}` is unknown; use liquid or formulas")));
+            false
+        }
+    };
     let ids: Vec<&str> = raw.agents.iter().map(|a| a.value.id.as_str()).collect();
     let index = |id: &str| ids.iter().position(|x| *x == id);
     let mut agents = Vec::new();
@@ -401,9 +433,24 @@ pub(super) fn convert(raw: &RawGraph, story_line: u64) -> Result<Graph, Vec<(u64
         // Every template must parse now, not at the run that reaches it.
         let mut texts = Vec::new();
         crate::story::template::strings(&options, &mut texts);
-        for t in texts.iter().filter(|t| t.contains("{{") || t.contains("{%")) {
-            if let Err(e) = liquid().check(t) {
-                err(format!("bad template `{}`: {e}", crate::story::template::excerpt(t)));
+        for t in &texts {
+            if formulas && formula::is_formula(t) {
+                for src in formula::sources(t) {
+                    match formula::parse(&src) {
+                        Ok(e) => {
+                            let mut unknown = Vec::new();
+                            formula::unknown_functions(&e, &mut unknown);
+                            if !unknown.is_empty() {
+                                err(format!("formula `{}` calls {}, which warden does not have", crate::story::template::excerpt(&src), unknown.join(", ")));
+                            }
+                        }
+                        Err(e) => err(format!("bad formula `{}`: {e}", crate::story::template::excerpt(&src))),
+                    }
+                }
+            } else if t.contains("{{") || t.contains("{%") {
+                if let Err(e) = liquid().check(t) {
+                    err(format!("bad template `{}`: {e}", crate::story::template::excerpt(t)));
+                }
             }
         }
         let step_kind = match &kind {
@@ -452,7 +499,7 @@ pub(super) fn convert(raw: &RawGraph, story_line: u64) -> Result<Graph, Vec<(u64
     if agents.is_empty() && errors.is_empty() {
         errors.push((story_line, "graph.agents is empty; a graph story needs at least its entry agent".into()));
     }
-    if errors.is_empty() { Ok(Graph { agents, entry, exits, max_events }) } else { Err(errors) }
+    if errors.is_empty() { Ok(Graph { agents, entry, exits, max_events, formulas }) } else { Err(errors) }
 }
 
 #[cfg(test)]

@@ -242,9 +242,9 @@ fn any_string(v: &Value, f: &mut dyn FnMut(&str) -> bool) -> bool {
     }
 }
 
-/// Formulas (newer exports): `<<path>>` in text, or a whole field `=expr`.
+/// Formulas (newer exports): `<<expr>>` in text, or a whole field `=expr`.
 fn uses_formulas(v: &Value) -> bool {
-    any_string(v, &mut |s| s.contains("<<") && s.contains(">>") || (s.starts_with('=') && s.len() > 1 && !s.starts_with("==")))
+    any_string(v, &mut |s| super::formula::is_formula(s))
 }
 
 /// The origin and path of a URL option (`None` origin when a template makes it).
@@ -414,6 +414,9 @@ impl Cx<'_> {
             self.webhooks.push((story.clone(), e.agents[i].options.clone()));
         }
         let mut graph = json!({"entry": entry_id, "agents": agents});
+        if e.agents.iter().any(|a| uses_formulas(&a.options)) {
+            graph["templates"] = json!("formulas");
+        }
         if !exits.is_empty() {
             graph["exit"] = json!(exits);
         }
@@ -455,8 +458,27 @@ impl Cx<'_> {
                 return None;
             }
         };
-        if uses_formulas(&a.options) {
-            self.report.add(Level::Unsupported, story, Some(name), "its options use formulas (`<<…>>` or `=…`), which this importer does not convert yet; not converted");
+        // Formulas must parse and call only functions warden has.
+        let mut formula_problems = Vec::new();
+        any_string(&a.options, &mut |s| {
+            if super::formula::is_formula(s) {
+                for src in super::formula::sources(s) {
+                    match super::formula::parse(&src) {
+                        Ok(e) => {
+                            let mut unknown = Vec::new();
+                            super::formula::unknown_functions(&e, &mut unknown);
+                            if !unknown.is_empty() {
+                                formula_problems.push(format!("formula `{src}` calls {}, which warden does not have yet", unknown.join(", ")));
+                            }
+                        }
+                        Err(e) => formula_problems.push(format!("formula `{src}` does not parse: {e}")),
+                    }
+                }
+            }
+            false
+        });
+        if !formula_problems.is_empty() {
+            self.report.add(Level::Unsupported, story, Some(name), format!("{}; not converted", formula_problems.join("; ")));
             return None;
         }
         let mut out = Map::new();
@@ -795,6 +817,8 @@ struct StoryDoc<'a> {
 
 #[derive(serde::Serialize)]
 struct GraphDoc<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    templates: Option<&'a Value>,
     entry: &'a Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     exit: Option<&'a Value>,
@@ -839,7 +863,7 @@ impl<'a> StoryDoc<'a> {
                     .collect()
             })
             .unwrap_or_default();
-        StoryDoc { name: &doc["name"], description: &doc["description"], team: &doc["team"], input: &doc["input"], graph: GraphDoc { entry: &g["entry"], exit: g.get("exit"), agents } }
+        StoryDoc { name: &doc["name"], description: &doc["description"], team: &doc["team"], input: &doc["input"], graph: GraphDoc { templates: g.get("templates"), entry: &g["entry"], exit: g.get("exit"), agents } }
     }
 }
 

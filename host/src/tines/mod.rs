@@ -9,6 +9,7 @@
 
 pub mod liquid;
 pub mod export;
+pub mod formula;
 pub mod import;
 
 use crate::story::{Library, StoryErrors};

@@ -177,6 +177,38 @@ async fn webhook_http_trigger_email_runs_with_the_credential_injected_by_the_hos
 }
 
 #[tokio::test]
+async fn a_recent_export_with_formulas_runs_them() {
+    let (api, port) = start_api().await;
+    let imported = import_here(&fixture("formulas.json", port));
+    assert_eq!(imported.report.count(Level::Refused) + imported.report.count(Level::Unsupported), 0, "{}", imported.report);
+    let story = &imported.stories[0].1;
+    assert_eq!(story["graph"]["templates"], "formulas");
+    assert!(imported.report.to_string().contains("credential `directory_api` moved out"), "{}", imported.report);
+    unsafe { std::env::set_var("WARDEN_CREDENTIAL_DIRECTORY_API", "directory-s3cret") };
+    let engine = engine(&imported, skeleton_policy(&imported, None));
+    let r = engine.run("admin-check-formulas", json!({"user": "ana", "severity": 4}), "test", &Quiet).await.unwrap();
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(
+        r.output.unwrap(),
+        json!({"name": "ANA", "groups": "domain-admins+it", "admin_groups": ["domain-admins"], "severity": "high", "line": "user ana (2 groups), status 200", "run": true})
+    );
+    let r = engine.run("admin-check-formulas", json!({"user": "bo", "severity": 1}), "test", &Quiet).await.unwrap();
+    assert_eq!(r.output.unwrap(), json!({"user": "bo", "role": "user"}), "the no-match path");
+    let seen = api.seen();
+    assert_eq!(seen.iter().map(|s| s.uri.as_str()).collect::<Vec<_>>(), ["GET /users/ana", "GET /users/bo"]);
+    assert!(seen.iter().all(|s| s.auth.as_deref() == Some("Bearer directory-s3cret")));
+}
+
+#[tokio::test]
+async fn a_formula_calling_a_function_warden_lacks_is_reported_not_run() {
+    let mut e = fixture("formulas.json", 1);
+    e.agents[3].options["payload"]["extra"] = json!("=SHA512_HMAC(get_user.body.name)");
+    let imported = import_here(&e);
+    let report = imported.report.to_string();
+    assert!(report.lines().any(|l| l.starts_with("unsupported") && l.contains("/ Summary:") && l.contains("SHA512_HMAC")), "{report}");
+}
+
+#[tokio::test]
 async fn explode_implode_and_deduplicate_fan_out_and_collect() {
     let (api, port) = start_api().await;
     let imported = import_here(&fixture("fan-out.json", port));

@@ -105,7 +105,7 @@ impl Engine {
             let at = StepAt { run: run_id, step: &agent.id, item: Some(n), kind: agent.kind.step_kind() };
             let g = globals(&d.ctx);
             let incoming = d.from.and_then(|f| d.ctx.get(&graph.agents[f].id)).cloned().unwrap_or(Value::Null);
-            let render = |v: &Value| liquid().render_value(v, &g).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}` ({}): {e}", agent.id, agent.name)));
+            let render = |v: &Value| crate::story::graph::render(v, &d.ctx, &g, graph.formulas).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}` ({}): {e}", agent.id, agent.name)));
             let option = |k: &str| agent.options.get(k).cloned().unwrap_or(Value::Null);
             // Host-side agents: computed here, recorded as transforms.
             let computed: Result<Vec<(Value, bool)>, StepError> = match &agent.kind {
@@ -145,7 +145,7 @@ impl Engine {
                     Ok(vec![(Value::Object(out), true)])
                 }
                 AgentKind::Explode { path, to, limit } => {
-                    let list = resolve(path, &d.ctx, &g).map_err(|e| fail(StepError::new(ErrorKind::Template, format!("agent `{}`: path: {e}", agent.id))))?;
+                    let list = resolve(path, &d.ctx, &g, graph.formulas).map_err(|e| fail(StepError::new(ErrorKind::Template, format!("agent `{}`: path: {e}", agent.id))))?;
                     let items = match list {
                         Value::Array(a) => a,
                         Value::Null => Vec::new(),
@@ -271,8 +271,11 @@ fn text_of(v: &Value) -> String {
 
 /// An explode's `path`: a template (`{{ .a.body.list | as_object }}`) or a
 /// bare path (`.a.body.list`, `a.body.list`).
-fn resolve(path: &str, ctx: &Map<String, Value>, g: &liquid_core::Object) -> Result<Value, String> {
+fn resolve(path: &str, ctx: &Map<String, Value>, g: &liquid_core::Object, formulas: bool) -> Result<Value, String> {
     let p = path.trim();
+    if formulas && crate::tines::formula::is_formula(p) {
+        return crate::tines::formula::render(p, ctx);
+    }
     if p.contains("{{") {
         let v = liquid().render_str(p, g)?;
         return Ok(match v {
