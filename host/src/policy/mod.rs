@@ -89,6 +89,8 @@ pub struct Policy {
     /// Teams: their own grants, the keys they trust. With any team defined,
     /// every story must belong to one and plugins must be pinned or signed.
     pub teams: BTreeMap<String, Team>,
+    /// `[resources]`: values imported Tines stories read as `RESOURCE.name`.
+    pub resources: Arc<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Policy {
@@ -105,6 +107,7 @@ impl Policy {
             telemetry: TelemetryConfig::default(),
             keys: BTreeMap::new(),
             teams: BTreeMap::new(),
+            resources: Arc::default(),
         }
     }
 
@@ -263,7 +266,13 @@ impl Policy {
             }
             None => TelemetryConfig::default(),
         };
-        Ok(Policy { file: file.to_string(), plugins, grants, credentials, relays, triggers, server, telemetry, keys, teams })
+        let mut resources = serde_json::Map::new();
+        for (name, v) in raw.resources {
+            let span = v.span();
+            let value = resource(&name, v.into_inner(), base).map_err(|m| err(span, m))?;
+            resources.insert(name, value);
+        }
+        Ok(Policy { file: file.to_string(), plugins, grants, credentials, relays, triggers, server, telemetry, keys, teams, resources: Arc::new(resources) })
     }
 
     /// The `[plugins.*]` entry whose file is `path` (compared after resolving links).
@@ -337,6 +346,28 @@ struct RawPolicy {
     keys: BTreeMap<String, RawKey>,
     #[serde(default)]
     teams: BTreeMap<String, Spanned<RawTeam>>,
+    #[serde(default)]
+    resources: BTreeMap<String, Spanned<toml::Value>>,
+}
+
+/// Largest resource read from a file.
+const MAX_RESOURCE_FILE: u64 = 1024 * 1024;
+
+/// One `[resources]` entry: its value, or `{ file = "path" }` — a JSON file's
+/// value, or a text file's text.
+fn resource(name: &str, v: toml::Value, base: &Path) -> Result<serde_json::Value, String> {
+    if let toml::Value::Table(t) = &v {
+        if let (Some(toml::Value::String(f)), 1) = (t.get("file"), t.len()) {
+            let path = base.join(f);
+            let size = std::fs::metadata(&path).map_err(|e| format!("resources.{name}: cannot read {}: {e}", path.display()))?.len();
+            if size > MAX_RESOURCE_FILE {
+                return Err(format!("resources.{name}: {} is {size} bytes; a resource file is at most {MAX_RESOURCE_FILE}", path.display()));
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("resources.{name}: cannot read {}: {e}", path.display()))?;
+            return Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text.trim_end_matches('\n').to_string())));
+        }
+    }
+    serde_json::to_value(v).map_err(|e| format!("resources.{name}: {e}"))
 }
 
 #[derive(Deserialize)]
@@ -520,4 +551,31 @@ hosts = ["http://127.0.0.1:8080"]
         assert_eq!(p.triggers["hunt"].catch_up, CatchUp::Once);
     }
 
+
+    #[test]
+    fn resources_are_values_or_files_and_a_missing_file_is_named() {
+        let dir = std::env::temp_dir().join(format!("warden-resources-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("teams.json"), r#"{"soc": ["a@corp.example"]}"#).unwrap();
+        std::fs::write(dir.join("banner.txt"), "Handle with care\n").unwrap();
+        let text = "[resources]\nbase = \"https://api.example.com\"\nlimits = { n = 3 }\nteams = { file = \"teams.json\" }\nbanner = { file = \"banner.txt\" }\n";
+        let p = Policy::parse(text, "warden.toml", &dir).unwrap();
+        assert_eq!(p.resources["base"], "https://api.example.com");
+        assert_eq!(p.resources["limits"], serde_json::json!({"n": 3}));
+        assert_eq!(p.resources["teams"], serde_json::json!({"soc": ["a@corp.example"]}));
+        assert_eq!(p.resources["banner"], "Handle with care");
+        let e = Policy::parse("[resources]\nx = { file = \"nope.json\" }\n", "warden.toml", &dir).unwrap_err().to_string();
+        assert!(e.starts_with("warden.toml:2: resources.x: cannot read") && e.contains("nope.json"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_schedule_time_zone_must_be_a_real_one() {
+        let ok = parse("[triggers.s]\nschedule = \"0 0 9 * * *\"\nschedule_timezone = \"Europe/Dublin\"\n").unwrap();
+        assert_eq!(ok.triggers["s"].timezone, chrono_tz::Europe::Dublin);
+        let e = parse("[triggers.s]\nschedule = \"0 0 9 * * *\"\nschedule_timezone = \"Mars/Olympus\"\n").unwrap_err().to_string();
+        assert!(e.contains("schedule_timezone `Mars/Olympus` is not an IANA time zone"), "{e}");
+        let e = parse("[triggers.s]\nschedule_timezone = \"UTC\"\nsecret_env = \"X\"\n").unwrap_err().to_string();
+        assert!(e.contains("schedule_timezone needs a schedule"), "{e}");
+    }
 }

@@ -110,6 +110,8 @@ pub struct Trigger {
     pub concurrency: usize,
     /// Cron expression (with seconds: `sec min hour day month weekday`).
     pub schedule: Option<String>,
+    /// The zone the schedule's hours are in (`schedule_timezone`, default UTC).
+    pub timezone: chrono_tz::Tz,
     pub schedule_input: serde_json::Value,
     pub catch_up: CatchUp,
     pub line: u64,
@@ -171,6 +173,11 @@ pub(super) fn parse_trigger(story: &str, t: RawTrigger, base: &Path, line: u64) 
             format!("triggers.{story}.schedule `{cron}` is not a cron expression ({e}); use `sec min hour day month weekday`, e.g. \"0 */15 * * * *\"")
         })?;
     }
+    let timezone = match &t.schedule_timezone {
+        None => chrono_tz::Tz::UTC,
+        Some(_) if t.schedule.is_none() => return Err(format!("triggers.{story}: schedule_timezone needs a schedule")),
+        Some(z) => z.parse::<chrono_tz::Tz>().map_err(|_| format!("triggers.{story}.schedule_timezone `{z}` is not an IANA time zone; write one like \"Europe/Dublin\" or \"America/New_York\""))?,
+    };
     let max_body = match &t.max_body {
         Some(v) => v.to_bytes().map_err(|e| format!("triggers.{story}.max_body: {e}"))?,
         None => DEFAULT_MAX_BODY,
@@ -196,6 +203,7 @@ pub(super) fn parse_trigger(story: &str, t: RawTrigger, base: &Path, line: u64) 
         max_body,
         concurrency,
         schedule: t.schedule,
+        timezone,
         schedule_input: t.schedule_input.map(|v| serde_json::to_value(v).unwrap_or_default()).unwrap_or(serde_json::json!({})),
         catch_up,
         line,
@@ -212,6 +220,7 @@ pub(super) struct RawTrigger {
     pub(super) max_body: Option<SizeValue>,
     pub(super) concurrency: Option<usize>,
     pub(super) schedule: Option<String>,
+    pub(super) schedule_timezone: Option<String>,
     pub(super) schedule_input: Option<toml::Value>,
     pub(super) catch_up: Option<String>,
     pub(super) signature: Option<String>,

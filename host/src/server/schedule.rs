@@ -20,13 +20,19 @@ pub fn start(engine: Arc<Engine>, queue: Queue, policy: &Policy) {
             if trigger.catch_up == CatchUp::Once {
                 catch_up(&engine, &queue, &trigger, &schedule).await;
             }
-            for next in schedule.upcoming(Utc) {
+            for next in ticks(&schedule, trigger.timezone) {
                 let wait = (next - Utc::now()).to_std().unwrap_or_default();
                 tokio::time::sleep(wait).await;
                 fire(&engine, &queue, &trigger, next).await;
             }
         });
     }
+}
+
+/// A schedule's ticks from now on, its hours read in `zone` (so `0 0 9 * * *`
+/// in Europe/Dublin is 09:00 there, summer time or not).
+pub fn ticks(schedule: &cron::Schedule, zone: chrono_tz::Tz) -> impl Iterator<Item = DateTime<Utc>> + '_ {
+    schedule.upcoming(zone).map(|t| t.with_timezone(&Utc))
 }
 
 /// Fires the latest tick missed since the story's last scheduled run, if any.
@@ -42,7 +48,7 @@ async fn catch_up(engine: &Engine, queue: &Queue, trigger: &Trigger, schedule: &
     };
     let Some(last) = last else { return };
     // The latest tick before now (cron's ticks run backwards from a time too).
-    let Some(missed) = schedule.after(&Utc::now()).next_back() else { return };
+    let Some(missed) = schedule.after(&Utc::now().with_timezone(&trigger.timezone)).next_back().map(|t| t.with_timezone(&Utc)) else { return };
     if missed > last {
         tracing::info!(story = %trigger.story, tick = %missed, "catching up a tick missed while no node ran (catch_up = \"once\")");
         fire(engine, queue, trigger, missed).await;
@@ -50,6 +56,20 @@ async fn catch_up(engine: &Engine, queue: &Queue, trigger: &Trigger, schedule: &
 }
 
 /// Starts the run of one tick, unless another node already did.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_reads_its_hours_in_its_time_zone() {
+        let s = cron::Schedule::from_str("0 0 9 * * *").unwrap();
+        let utc = ticks(&s, chrono_tz::Tz::UTC).next().unwrap();
+        assert_eq!(utc.format("%H:%M").to_string(), "09:00");
+        let tokyo = ticks(&s, chrono_tz::Asia::Tokyo).next().unwrap();
+        assert_eq!(tokyo.format("%H:%M").to_string(), "00:00", "09:00 in Tokyo is midnight UTC");
+    }
+}
+
 async fn fire(engine: &Engine, queue: &Queue, trigger: &Trigger, tick: DateTime<Utc>) {
     let key = crate::store::schedule_key(tick.timestamp_millis().max(0) as u64);
     match engine.accept(&trigger.story, trigger.schedule_input.clone(), "schedule", Some(&key), Creation::Durable).await {

@@ -143,7 +143,7 @@ pub struct Credential {
 
 /// Imports `export` (and the stories it sends to).
 pub fn import(export: &Export, opts: &ImportOptions) -> Imported {
-    let mut cx = Cx { opts, report: Report::default(), credentials: BTreeMap::new(), rules: BTreeSet::new(), stories: Vec::new(), names: HashMap::new(), emails: false, recipient_domains: BTreeSet::new(), webhooks: Vec::new() };
+    let mut cx = Cx { opts, report: Report::default(), credentials: BTreeMap::new(), rules: BTreeSet::new(), stories: Vec::new(), names: HashMap::new(), emails: false, recipient_domains: BTreeSet::new(), webhooks: Vec::new(), schedules: Vec::new(), resources: BTreeSet::new() };
     cx.name_stories(export);
     cx.story(export);
     let policy = cx.policy();
@@ -163,6 +163,10 @@ struct Cx<'o> {
     recipient_domains: BTreeSet<String>,
     /// Stories whose entry is a webhook: (story, webhook options).
     webhooks: Vec<(String, Value)>,
+    /// Stories started on a schedule: (story, six-field cron, time zone).
+    schedules: Vec<(String, String, Option<String>)>,
+    /// Resources the stories read (`RESOURCE.x`, `{% global_resource x %}`).
+    resources: BTreeSet<String>,
 }
 
 /// `Alert Triage (v2)` → `alert-triage-v2`.
@@ -388,9 +392,41 @@ impl Cx<'_> {
             }
         }
         let guid_index = |g: &str| e.agents.iter().position(|a| a.guid.as_deref() == Some(g));
-        let entry = e.entry_agent_guid.as_deref().and_then(guid_index).filter(|&i| kept[i].is_some()).or_else(|| {
-            e.agents.iter().enumerate().position(|(i, a)| kept[i].is_some() && a.kind == "Agents::WebhookAgent")
-        });
+        let scheduled = |a: &export::Agent| a.schedule.as_ref().and_then(|s| s.as_array()).is_some_and(|l| !l.is_empty());
+        let entry = e
+            .entry_agent_guid
+            .as_deref()
+            .and_then(guid_index)
+            .filter(|&i| kept[i].is_some())
+            .or_else(|| e.agents.iter().enumerate().position(|(i, a)| kept[i].is_some() && a.kind == "Agents::WebhookAgent"))
+            // No webhook: a scheduled agent starts the story.
+            .or_else(|| e.agents.iter().enumerate().position(|(i, a)| kept[i].is_some() && scheduled(a)));
+        for (i, a) in e.agents.iter().enumerate().filter(|(_, a)| scheduled(a) && !a.is_disabled()) {
+            let list = a.schedule.as_ref().and_then(|s| s.as_array()).cloned().unwrap_or_default();
+            if Some(i) != entry || kept[i].is_none() {
+                self.report.add(Level::Unsupported, &story, Some(&a.name), "its schedule is not converted: in warden a schedule starts the story at its entry, and this agent is not the entry");
+                continue;
+            }
+            for (k, sch) in list.iter().enumerate() {
+                let cron = sch.get("cron").and_then(|c| c.as_str()).unwrap_or("").trim().to_string();
+                let tz = sch.get("timezone").and_then(|c| c.as_str()).map(str::to_string).filter(|t| !t.is_empty());
+                let fields = cron.split_whitespace().count();
+                let cron6 = match fields {
+                    5 => format!("0 {cron}"),
+                    6 => cron.clone(),
+                    _ => {
+                        self.report.add(Level::Unsupported, &story, Some(&a.name), format!("schedule `{cron}` is not a cron expression; not converted"));
+                        continue;
+                    }
+                };
+                if k > 0 {
+                    self.report.add(Level::Unsupported, &story, Some(&a.name), format!("second schedule `{cron}`: a warden trigger has one schedule; not converted"));
+                    continue;
+                }
+                self.report.add(Level::Converted, &story, Some(&a.name), format!("schedule `{cron}`{} → [triggers.{story}] schedule", tz.as_ref().map(|t| format!(" ({t})")).unwrap_or_default()));
+                self.schedules.push((story.clone(), cron6, tz));
+            }
+        }
         let exits: Vec<String> = e.exits().iter().filter_map(|g| guid_index(g)).filter(|&i| kept[i].is_some()).map(|i| ids[i].clone()).collect();
         let mut agents: Vec<Value> = kept.into_iter().flatten().map(Value::Object).collect();
         // The run's input reaches the entry agent; without a webhook one stands in.
@@ -410,8 +446,22 @@ impl Cx<'_> {
                 "input".to_string()
             }
         };
-        if let Some(i) = entry {
+        if let Some(i) = entry.filter(|&i| e.agents[i].kind == "Agents::WebhookAgent") {
             self.webhooks.push((story.clone(), e.agents[i].options.clone()));
+        }
+        // Resources the story reads, for the skeleton's [resources].
+        static RES: OnceLock<Regex> = OnceLock::new();
+        let res = RES.get_or_init(|| Regex::new(r"\{%-?\s*global_resource\s+([A-Za-z0-9_]+)|RESOURCE\.([A-Za-z0-9_]+)").unwrap());
+        for a in &e.agents {
+            any_string(&a.options, &mut |t| {
+                for c in res.captures_iter(t) {
+                    let name = c.get(1).or(c.get(2)).map(|m| m.as_str().to_string()).unwrap_or_default();
+                    if self.resources.insert(name.clone()) {
+                        self.report.add(Level::Note, &story, Some(&a.name), format!("reads resource `{name}`: give it a value under [resources] in the policy"));
+                    }
+                }
+                false
+            });
         }
         let mut graph = json!({"entry": entry_id, "agents": agents});
         if e.agents.iter().any(|a| uses_formulas(&a.options)) {
@@ -485,9 +535,6 @@ impl Cx<'_> {
         out.insert("id".into(), json!(id));
         if name != id {
             out.insert("name".into(), json!(name));
-        }
-        if let Some(s) = a.schedule.as_ref().filter(|s| matches!(s, Value::Array(l) if !l.is_empty())) {
-            self.report.add(Level::Unsupported, story, Some(name), format!("schedule {s} is not converted yet; add a schedule trigger to the policy by hand"));
         }
         // Options outside what the type uses are said, not dropped silently.
         let known = known_options(kind, mode);
@@ -786,8 +833,27 @@ impl Cx<'_> {
             let hosts: Vec<String> = c.hosts.iter().map(|h| q(h)).collect();
             t.push_str(&format!("env = {}\nhosts = [{}]\n\n", q(&c.env), hosts.join(", ")));
         }
-        for (story, _) in &self.webhooks {
-            t.push_str(&format!("[triggers.{story}]\n# Webhooks are signed with this secret (X-Warden-Signature); Tines' path secret is not used.\nsecret_env = \"WARDEN_WEBHOOK_SECRET\"\nallow_sync = true\n\n"));
+        let mut started: BTreeSet<&String> = self.webhooks.iter().map(|(s, _)| s).collect();
+        started.extend(self.schedules.iter().map(|(s, _, _)| s));
+        for story in started {
+            t.push_str(&format!("[triggers.{story}]\n"));
+            if self.webhooks.iter().any(|(s, _)| s == story) {
+                t.push_str("# Webhooks are signed with this secret (X-Warden-Signature); Tines' path secret is not used.\nsecret_env = \"WARDEN_WEBHOOK_SECRET\"\nallow_sync = true\n");
+            }
+            if let Some((_, cron, tz)) = self.schedules.iter().find(|(s, _, _)| s == story) {
+                t.push_str(&format!("schedule = {}\n", q(cron)));
+                if let Some(tz) = tz {
+                    t.push_str(&format!("schedule_timezone = {}\n", q(tz)));
+                }
+            }
+            t.push('\n');
+        }
+        if !self.resources.is_empty() {
+            t.push_str("[resources]\n# Values the stories read as RESOURCE.name; fill them in (or name = { file = \"path\" }).\n");
+            for r in &self.resources {
+                t.push_str(&format!("{r} = \"\"\n"));
+            }
+            t.push('\n');
         }
         t
     }

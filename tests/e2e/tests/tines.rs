@@ -142,9 +142,12 @@ async fn webhook_http_trigger_email_runs_with_the_credential_injected_by_the_hos
     assert!(get_user["options"]["headers"].get("Authorization").is_none(), "{get_user}");
     assert!(imported.policy.contains(&format!("\"GET http://127.0.0.1:{port}/users/*\"")), "{}", imported.policy);
     assert!(imported.policy.contains("[credentials.directory_api]\n") && imported.policy.contains("kind = \"bearer\""), "{}", imported.policy);
+    assert!(imported.policy.contains("[resources]\n") && imported.policy.contains("subject_prefix = \"\""), "{}", imported.policy);
     // SAFETY: only this test reads this variable.
     unsafe { std::env::set_var("WARDEN_CREDENTIAL_DIRECTORY_API", "directory-s3cret") };
-    let engine = engine(&imported, skeleton_policy(&imported, Some(smtp.port)));
+    let mut policy = imported.policy.replace("subject_prefix = \"\"", "subject_prefix = \"[SOC]\"");
+    policy = policy.replace("port = 25", &format!("port = {}", smtp.port)).replace("tls = \"starttls\"", "tls = \"none\"").replace("\"warden@example.com\"", "\"warden@corp.example\"");
+    let engine = engine(&imported, warden::Policy::parse(&policy, "imported.toml", &workspace_root()).unwrap());
 
     // An admin, severity 4, a login alert: 3 of 3 rules hold → the email.
     let r = engine.run("alert-triage", json!({"id": "A-17", "user": "ana", "severity": 4, "kind": "login"}), "test", &Quiet).await.unwrap();
@@ -155,7 +158,7 @@ async fn webhook_http_trigger_email_runs_with_the_credential_injected_by_the_hos
     let m = &mails[0];
     let rcpt = m["rcpt_tos"].to_string();
     assert!(rcpt.contains("soc-leads@corp.example") && rcpt.contains("lead@corp.example"), "{m}");
-    assert_eq!(m["subject"], "[sev 4] admin ana: LOGIN");
+    assert_eq!(m["subject"], "[SOC] [sev 4] admin ana: LOGIN", "the subject reads a resource");
     let data = m["text"].as_str().unwrap();
     assert!(data.contains("Domain admin! ana (domain-admins, it) triggered alert A-17."), "{data}");
     assert!(data.contains("1. domain-admins; 2. it"), "{data}");
@@ -185,12 +188,14 @@ async fn a_recent_export_with_formulas_runs_them() {
     assert_eq!(story["graph"]["templates"], "formulas");
     assert!(imported.report.to_string().contains("credential `directory_api` moved out"), "{}", imported.report);
     unsafe { std::env::set_var("WARDEN_CREDENTIAL_DIRECTORY_API", "directory-s3cret") };
-    let engine = engine(&imported, skeleton_policy(&imported, None));
+    // A resource given as a table in the policy.
+    let policy = imported.policy.replace("team = \"\"", "team = { name = \"blue\", lead = \"kim\" }");
+    let engine = engine(&imported, warden::Policy::parse(&policy, "imported.toml", &workspace_root()).unwrap());
     let r = engine.run("admin-check-formulas", json!({"user": "ana", "severity": 4}), "test", &Quiet).await.unwrap();
     assert!(r.error.is_none(), "{:?}", r.error);
     assert_eq!(
         r.output.unwrap(),
-        json!({"name": "ANA", "groups": "domain-admins+it", "admin_groups": ["domain-admins"], "severity": "high", "line": "user ana (2 groups), status 200", "run": true})
+        json!({"name": "ANA", "groups": "domain-admins+it", "admin_groups": ["domain-admins"], "severity": "high", "line": "user ana (2 groups), status 200", "run": true, "team": "blue (kim)"})
     );
     let r = engine.run("admin-check-formulas", json!({"user": "bo", "severity": 1}), "test", &Quiet).await.unwrap();
     assert_eq!(r.output.unwrap(), json!({"user": "bo", "role": "user"}), "the no-match path");
@@ -206,6 +211,27 @@ async fn a_formula_calling_a_function_warden_lacks_is_reported_not_run() {
     let imported = import_here(&e);
     let report = imported.report.to_string();
     assert!(report.lines().any(|l| l.starts_with("unsupported") && l.contains("/ Summary:") && l.contains("SHA512_HMAC")), "{report}");
+}
+
+#[tokio::test]
+async fn a_scheduled_agent_starts_the_story_on_its_schedule_in_its_time_zone() {
+    let (api, port) = start_api().await;
+    let text = r#"{"schema_version": 3, "name": "Poll alerts", "agents": [
+        {"type": "Agents::HTTPRequestAgent", "name": "Fetch", "guid": "h1", "options": {"url": "http://127.0.0.1:PORT/alerts", "method": "get"},
+         "schedule": [{"cron": "*/15 9-17 * * 1-5", "timezone": "Europe/Dublin"}]},
+        {"type": "Agents::EventTransformationAgent", "name": "Count", "guid": "h2", "options": {"mode": "message_only", "payload": {"n": "{{ .fetch.body.alerts | size }}"}}, "schedule": null}
+    ], "links": [{"source": 0, "receiver": 1}]}"#;
+    let imported = import_here(&Export::parse(&text.replace("PORT", &port.to_string())).unwrap());
+    assert_eq!(imported.report.count(Level::Refused) + imported.report.count(Level::Unsupported), 0, "{}", imported.report);
+    assert!(imported.policy.contains("[triggers.poll-alerts]\nschedule = \"0 */15 9-17 * * 1-5\"\nschedule_timezone = \"Europe/Dublin\""), "{}", imported.policy);
+    let policy = skeleton_policy(&imported, None);
+    assert_eq!(policy.triggers["poll-alerts"].timezone, "Europe/Dublin".parse().unwrap());
+    // A tick's run starts at the scheduled agent (there is no webhook).
+    let engine = engine(&imported, policy);
+    let r = engine.run("poll-alerts", json!({}), "schedule", &Quiet).await.unwrap();
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.output.unwrap(), json!({"n": "3"}));
+    assert_eq!(api.seen().len(), 1);
 }
 
 #[tokio::test]

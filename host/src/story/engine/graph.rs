@@ -89,13 +89,11 @@ impl Engine {
             seen: HashMap::new(),
         };
         let meta = json!({"story_run_guid": run_id, "story": story.name, "team": story.team});
-        // The entry agent (a webhook) emits the run's input.
         let mut base = Map::new();
         base.insert("META".into(), meta);
-        let entry = graph.entry;
-        flow.runs[entry] += 1;
-        self.recorder.step_finished(&StepAt { run: run_id, step: &graph.agents[entry].id, item: Some(0), kind: "transform" }, StepState::Succeeded, Some(&input), None, 1);
-        flow.emit(entry, &base, input, true).map_err(|e| (Some(graph.agents[entry].id.clone()), e))?;
+        base.insert("RESOURCE".into(), Value::Object((*self.policy.resources).clone()));
+        // The run's input reaches the entry agent (a webhook emits it as it is).
+        flow.queue.push_back(Delivery { agent: graph.entry, from: None, ctx: Arc::new(base) });
         while let Some(d) = flow.queue.pop_front() {
             let agent = &graph.agents[d.agent];
             let n = flow.runs[d.agent];
@@ -104,7 +102,10 @@ impl Engine {
             let started = Instant::now();
             let at = StepAt { run: run_id, step: &agent.id, item: Some(n), kind: agent.kind.step_kind() };
             let g = globals(&d.ctx);
-            let incoming = d.from.and_then(|f| d.ctx.get(&graph.agents[f].id)).cloned().unwrap_or(Value::Null);
+            let incoming = match d.from {
+                Some(f) => d.ctx.get(&graph.agents[f].id).cloned().unwrap_or(Value::Null),
+                None => input.clone(),
+            };
             let render = |v: &Value| crate::story::graph::render(v, &d.ctx, &g, graph.formulas).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}` ({}): {e}", agent.id, agent.name)));
             let option = |k: &str| agent.options.get(k).cloned().unwrap_or(Value::Null);
             // Host-side agents: computed here, recorded as transforms.
