@@ -216,6 +216,7 @@ fn describe(w: &Write) -> String {
         Write::Audit { run, step, .. } => format!("the audit of step {step} of run {run}"),
         Write::Recording { run, step, .. } => format!("the recording of step {step} of run {run}"),
         Write::Park { run, step, .. } => format!("run {run} waiting at step {step}"),
+        Write::Remember { run, scope, .. } => format!("a value {scope} saw in run {run}"),
     }
 }
 

@@ -274,6 +274,10 @@ pub enum Write {
     /// approval and link hashes are recorded with them (once: a run parked
     /// again at the same approval keeps the first).
     Park { run: String, step: String, kind: String, approval: Option<Box<(crate::approval::Approval, Vec<crate::approval::Link>)>>, at_ms: u64 },
+    /// A value a Tines-style deduplicate agent has seen (its SHA-256, never the
+    /// value), kept among the last `lookback` of its `scope`. A value already
+    /// kept is a [`Conflict`]: the caller drops the event as a duplicate.
+    Remember { run: String, scope: String, value: String, lookback: u64 },
 }
 
 /// A step attempt's recording as the store keeps it.
@@ -380,14 +384,14 @@ impl Write {
         match self {
             Write::CreateRun { id, .. } | Write::StartRun { id, .. } | Write::FinishRun { id, .. } => id,
             Write::Traced { run, .. } => run,
-            Write::StepStarted { run, .. } | Write::StepFinished { run, .. } | Write::Logs { run, .. } | Write::Audit { run, .. } | Write::Recording { run, .. } | Write::Park { run, .. } => run,
+            Write::StepStarted { run, .. } | Write::StepFinished { run, .. } | Write::Logs { run, .. } | Write::Audit { run, .. } | Write::Recording { run, .. } | Write::Park { run, .. } | Write::Remember { run, .. } => run,
         }
     }
 
     /// The step whose record this is, if any.
     pub fn step(&self) -> Option<&str> {
         match self {
-            Write::CreateRun { .. } | Write::StartRun { .. } | Write::FinishRun { .. } | Write::Traced { .. } => None,
+            Write::CreateRun { .. } | Write::StartRun { .. } | Write::FinishRun { .. } | Write::Traced { .. } | Write::Remember { .. } => None,
             Write::StepStarted { step, .. } | Write::StepFinished { step, .. } | Write::Logs { step, .. } | Write::Audit { step, .. } | Write::Recording { step, .. } | Write::Park { step, .. } => Some(step),
         }
     }
@@ -405,6 +409,7 @@ impl Write {
             Write::Audit { .. } => "add_audit",
             Write::Recording { .. } => "add_recording",
             Write::Park { .. } => "park",
+            Write::Remember { .. } => "remember",
         }
     }
 }

@@ -110,6 +110,14 @@ CREATE TABLE warden_keys (
 "#, r#"
 ALTER TABLE runs ADD COLUMN trace_id TEXT;
 ALTER TABLE runs ADD COLUMN trace_span TEXT;
+"#, r#"
+CREATE TABLE dedupe (
+    scope TEXT NOT NULL,
+    value TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (scope, value)
+);
+CREATE INDEX dedupe_seq ON dedupe (scope, seq);
 "#];
 
 /// The schema version of the SQLite file at `path`, read only.
@@ -204,6 +212,15 @@ impl RunStore {
 }
 
 impl RunStore {
+    /// Keeps `value` among the last `lookback` of `scope`; `false` when it was kept already.
+    fn remember(tx: &rusqlite::Transaction, scope: &str, value: &str, lookback: u64) -> rusqlite::Result<bool> {
+        let added = tx
+            .prepare_cached("INSERT INTO dedupe (scope, value, seq) SELECT ?1, ?2, COALESCE(MAX(seq), 0) + 1 FROM dedupe WHERE scope = ?1 ON CONFLICT (scope, value) DO NOTHING")?
+            .execute(params![scope, value])?;
+        tx.prepare_cached("DELETE FROM dedupe WHERE scope = ?1 AND seq <= (SELECT MAX(seq) FROM dedupe WHERE scope = ?1) - ?2")?.execute(params![scope, lookback as i64])?;
+        Ok(added == 1)
+    }
+
     /// One write inside the batch's transaction. A failed statement undoes
     /// only itself (SQLite's default `ABORT`); the caller decides the rest.
     fn write_one(tx: &rusqlite::Transaction, w: &Write) -> rusqlite::Result<()> {
@@ -254,6 +271,7 @@ impl RunStore {
                 tx.prepare_cached("INSERT INTO recordings (run_id, step_id, item, attempt, truncated, recording) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
                     .execute(params![run, step, item.map_or(-1, |i| i as i64), attempt, truncated, recording])?;
             }
+            Write::Remember { .. } => unreachable!("apply remembers values itself"),
             Write::Park { run, step, kind, approval, at_ms } => {
                 tx.prepare_cached(
                     "INSERT INTO steps (run_id, step_id, item, kind, state, attempts, started_ms) VALUES (?1, ?2, -1, ?3, 'waiting', 1, ?4)
@@ -304,6 +322,11 @@ impl Store for RunStore {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut answers = Vec::with_capacity(batch.len());
         for w in batch {
+            if let Write::Remember { scope, value, lookback, .. } = w {
+                let fresh = RunStore::remember(&tx, scope, value, *lookback).map_err(|e| anyhow::Error::from(e).context(format!("{} of run {}", w.name(), w.run())))?;
+                answers.push(if fresh { Ok(()) } else { Err(Conflict(format!("{scope} saw this value before"))) });
+                continue;
+            }
             match RunStore::write_one(&tx, w) {
                 Ok(()) => answers.push(Ok(())),
                 Err(rusqlite::Error::SqliteFailure(e, _))

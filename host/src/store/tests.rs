@@ -59,7 +59,23 @@ fn run<'a>(id: &'a str, story: &'a str, team: &'a str, input: &'a Value, key: Op
 }
 
 /// What every store must do.
+/// A deduplicate agent's memory: the last `lookback` values of a scope.
+fn remembers(s: &dyn Store) {
+    let fresh = |scope: &str, v: &str| {
+        let w = Write::Remember { run: "r-dedupe".into(), scope: scope.into(), value: v.into(), lookback: 2 };
+        s.apply(&[w]).unwrap().pop().unwrap().is_ok()
+    };
+    assert!(fresh("s/a", "x"), "a value never seen is new");
+    assert!(!fresh("s/a", "x"), "the same value again is a duplicate");
+    assert!(fresh("s/b", "x"), "another agent's memory is its own");
+    assert!(fresh("s/a", "y"));
+    assert!(fresh("s/a", "z"));
+    assert!(fresh("s/a", "x"), "x fell out of the last two values (y, z)");
+    assert!(!fresh("s/a", "z"), "z is still among them");
+}
+
 fn suite(s: &dyn Store) {
+    remembers(s);
     let input = json!({"x": 1});
     s.create_run(&run("r1", "st", "soc", &input, None)).unwrap();
     s.start_run("r1").unwrap();

@@ -84,7 +84,9 @@ pub enum AgentKind {
     Extract(Vec<Matcher>),
     Explode { path: String, to: String, limit: usize },
     Implode { guid_path: String, size_path: String },
-    Deduplicate { path: String },
+    /// `lookback` > 0: across runs, among the last that many values (in the
+    /// run store); 0: within the run.
+    Deduplicate { path: String, lookback: u64 },
     Delay(Duration),
     Trigger { rules: Vec<Rule>, must_match: usize },
 }
@@ -382,7 +384,13 @@ pub(super) fn convert(raw: &RawGraph, story_line: u64) -> Result<Graph, Vec<(u64
                 }
             },
             "deduplicate" => match text("path") {
-                Some(path) => AgentKind::Deduplicate { path },
+                Some(path) => {
+                    let lookback = opts.get("lookback").and_then(number_of).unwrap_or(0.0);
+                    if !(0.0..=1_000_000.0).contains(&lookback) {
+                        err("deduplicate lookback must be 0..1000000 (values remembered across runs; 0: within the run)".into());
+                    }
+                    AgentKind::Deduplicate { path, lookback: lookback.clamp(0.0, 1_000_000.0) as u64 }
+                }
                 None => {
                     err("deduplicate needs options.path".into());
                     continue;

@@ -104,6 +104,18 @@ impl Recorder {
         self.commit(write).await
     }
 
+    /// Remembers `value` (a digest) for a deduplicate agent across runs:
+    /// `Ok(true)` when it is new, `Ok(false)` when one of the last `lookback`
+    /// values of `scope` was the same. Committed before the answer.
+    pub async fn remember(&self, run: &str, scope: &str, value: &str, lookback: u64) -> Result<bool, StoreDown> {
+        let write = Write::Remember { run: run.into(), scope: scope.into(), value: value.into(), lookback };
+        match self.writer.commit(write).await {
+            Ok(()) => Ok(true),
+            Err(Refused::Conflict(_)) => Ok(false),
+            Err(Refused::Down { why, step }) => Err(StoreDown { why, step }),
+        }
+    }
+
     /// The trace of a run's spans, queued.
     pub fn traced(&self, run: &str, (trace_id, span_id): (String, String)) {
         self.writer.queue(Write::Traced { run: run.into(), trace_id, span_id })

@@ -622,8 +622,14 @@ impl Cx<'_> {
                     }
                 };
                 out.insert("kind".into(), json!(k));
-                if m == "deduplicate" && opts.get("lookback").and_then(crate::story::graph::number_of).is_some_and(|n| n > 0.0) {
-                    self.report.add(Level::Note, story, Some(name), "lookback: duplicates are dropped within a run; across runs is not converted yet");
+                if m == "deduplicate" {
+                    let lookback = opts.get("lookback").and_then(crate::story::graph::number_of).unwrap_or(0.0);
+                    let how = if lookback > 0.0 { format!("across runs, among the last {lookback} values (their digests kept in the run store)") } else { "within each run (lookback 0)".to_string() };
+                    self.report.add(Level::Converted, story, Some(name), format!("event transformation (deduplicate) {how}"));
+                    let mut o = opts.clone();
+                    o.remove("mode");
+                    out.insert("options".into(), Value::Object(o));
+                    return Some(out);
                 }
                 if m == "message_only" && opts.get("loop").is_some_and(|l| !l.is_null() && l != false && l != "false" && l != "") {
                     self.report.add(Level::Unsupported, story, Some(name), "message_only with `loop` is not converted yet");

@@ -235,6 +235,36 @@ async fn a_scheduled_agent_starts_the_story_on_its_schedule_in_its_time_zone() {
 }
 
 #[tokio::test]
+async fn deduplicate_with_a_lookback_drops_what_earlier_runs_saw() {
+    let imported = import_here(&fixture("dedupe-across-runs.json", 1));
+    assert!(imported.report.to_string().contains("across runs, among the last 2 values"), "{}", imported.report);
+    // One store on disk for all the runs, as `warden serve` has.
+    let db = std::env::temp_dir().join(format!("warden-dedupe-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let library = warden::tines::library(&imported, std::path::Path::new("imported")).unwrap();
+    let policy = Arc::new(skeleton_policy(&imported, None));
+    let new_engine = || Engine::new(Arc::new(runtime(None)), policy.clone(), Arc::new(library.clone()), warden::store::open(&db).unwrap());
+    let engine = new_engine();
+    let mut outputs = Vec::new();
+    for id in ["A-1", "A-1", "A-2", "A-3"] {
+        let r = engine.run("new-alerts-only", json!({"id": id}), "test", &Quiet).await.unwrap();
+        assert!(r.error.is_none(), "{:?}", r.error);
+        outputs.push(r.output.unwrap());
+    }
+    assert_eq!(outputs, [json!({"new": "A-1"}), Value::Null, json!({"new": "A-2"}), json!({"new": "A-3"})]);
+    // A restarted server remembers too; A-1 has fallen out of the last two.
+    drop(engine);
+    let engine = new_engine();
+    let r = engine.run("new-alerts-only", json!({"id": "A-3"}), "test", &Quiet).await.unwrap();
+    assert_eq!(r.output.unwrap(), Value::Null, "A-3 was seen by a run before the restart");
+    let r = engine.run("new-alerts-only", json!({"id": "A-1"}), "test", &Quiet).await.unwrap();
+    assert_eq!(r.output.unwrap(), json!({"new": "A-1"}));
+    let detail = engine.store.get_run(&r.run_id).unwrap().unwrap();
+    assert!(!serde_json::to_string(&detail).unwrap().contains("duplicate"));
+    let _ = std::fs::remove_file(&db);
+}
+
+#[tokio::test]
 async fn explode_implode_and_deduplicate_fan_out_and_collect() {
     let (api, port) = start_api().await;
     let imported = import_here(&fixture("fan-out.json", port));

@@ -201,6 +201,14 @@ CREATE TABLE warden_keys (
 "#, r#"
 ALTER TABLE runs ADD COLUMN trace_id TEXT;
 ALTER TABLE runs ADD COLUMN trace_span TEXT;
+"#, r#"
+CREATE TABLE dedupe (
+    scope TEXT NOT NULL,
+    value TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    PRIMARY KEY (scope, value)
+);
+CREATE INDEX dedupe_seq ON dedupe (scope, seq);
 "#];
 
 /// Serializes migrations across processes.
@@ -399,12 +407,21 @@ fn sql_of(w: &Write, clustered: bool) -> &'static str {
         Write::Logs { .. } => "INSERT INTO logs (run_id, step_id, at_ms, level, source, message) VALUES ($1, $2, $3, $4, $5, $6)",
         Write::Audit { .. } => "INSERT INTO audit (run_id, step_id, at_ms, record) VALUES ($1, $2, $3, $4)",
         Write::Recording { .. } => "INSERT INTO recordings (run_id, step_id, item, attempt, truncated, recording) VALUES ($1, $2, $3, $4, $5, $6)",
-        Write::Park { .. } => unreachable!("rows_of spells a park"),
+        Write::Park { .. } | Write::Remember { .. } => unreachable!("rows_of spells a park and a remember"),
     }
 }
 
 /// Each statement a write runs, with its parameters.
+/// A remember's insert: no row inserted means the value was kept already.
+const REMEMBER_SQL: &str = "INSERT INTO dedupe (scope, value, seq) SELECT $1, $2, COALESCE(MAX(seq), 0) + 1 FROM dedupe WHERE scope = $1 ON CONFLICT (scope, value) DO NOTHING";
+
 fn rows_of(w: &Write, clustered: bool) -> Vec<(&'static str, Vec<Param>)> {
+    if let Write::Remember { scope, value, lookback, .. } = w {
+        return vec![
+            (REMEMBER_SQL, vec![text(scope), text(value)]),
+            ("DELETE FROM dedupe WHERE scope = $1 AND seq <= (SELECT MAX(seq) FROM dedupe WHERE scope = $1) - $2", vec![text(scope), Box::new(*lookback as i64) as Param]),
+        ];
+    }
     let Write::Park { run, step, kind, approval, at_ms } = w else {
         let sql = sql_of(w, clustered);
         return params_of(w).into_iter().map(|p| (sql, p)).collect();
@@ -489,7 +506,7 @@ fn params_of(w: &Write) -> Vec<Vec<Param>> {
         Write::Recording { run, step, item: it, attempt, truncated, recording } => {
             vec![vec![text(run), text(step), item(it), count(*attempt), Box::new(*truncated) as Param, text(recording)]]
         }
-        Write::Park { .. } => unreachable!("rows_of spells a park"),
+        Write::Park { .. } | Write::Remember { .. } => unreachable!("rows_of spells a park and a remember"),
     }
 }
 
@@ -543,7 +560,7 @@ impl Store for PgStore {
                     let stmt = &stmts[sql];
                     let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
                     let tx = &tx;
-                    async move { (*n, tx.execute(stmt, &refs).await) }
+                    async move { (*n, *sql, tx.execute(stmt, &refs).await) }
                 });
                 // Other nodes may wait for a run's end: a slot of its story, or a caller's answer.
                 let ends = clustered && batch.iter().zip(&answers).any(|(w, a)| a.is_ok() && matches!(w, Write::FinishRun { .. }));
@@ -560,10 +577,11 @@ impl Store for PgStore {
                     lost.extend(newly_lost);
                     continue;
                 }
-                for (n, result) in done {
+                for (n, sql, result) in done {
                     match (result, &batch[n]) {
                         // ON CONFLICT DO NOTHING: no row means the key had its run.
                         (Ok(0), Write::CreateRun { story, .. }) => answers[n] = Err(Conflict(format!("story {story} already has a run for this Idempotency-Key"))),
+                        (Ok(0), Write::Remember { scope, .. }) if sql == REMEMBER_SQL => answers[n] = Err(Conflict(format!("{scope} saw this value before"))),
                         (Ok(_), _) => {}
                         (Err(e), w) => return Err(anyhow::Error::from(e).context(format!("{} of run {}", w.name(), w.run()))),
                     }

@@ -12,6 +12,7 @@ use crate::story::state::{ErrorKind, StepError, StepState};
 use crate::story::Story;
 use crate::tines::liquid::{dotted, globals};
 use serde_json::{json, Map, Value};
+use sha2::Digest;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
@@ -168,9 +169,21 @@ impl Engine {
                         Ok(Vec::new())
                     }
                 }
-                AgentKind::Deduplicate { path } => {
+                AgentKind::Deduplicate { path, lookback } => {
                     let key = render(&Value::String(path.clone())).map(|v| text_of(&v)).map_err(fail)?;
-                    if flow.seen.entry(d.agent).or_default().insert(key) { Ok(vec![(incoming.clone(), true)]) } else { Ok(Vec::new()) }
+                    let prior = earlier.get(&(agent.id.clone(), n)).filter(|e| e.state == StepState::Succeeded);
+                    let fresh = if *lookback == 0 {
+                        flow.seen.entry(d.agent).or_default().insert(key)
+                    } else if let Some(e) = prior {
+                        // Decided before a restart: the verdict stands (its value is remembered already).
+                        e.output != json!({"duplicate": true})
+                    } else {
+                        // Across runs: the store keeps the last `lookback` values' digests, never the values.
+                        let digest = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+                        let scope = format!("{}/{}", story.name, agent.id);
+                        self.recorder.remember(run_id, &scope, &digest, *lookback).await.map_err(|down| fail(down.into()))?
+                    };
+                    if fresh { Ok(vec![(incoming.clone(), true)]) } else { Ok(Vec::new()) }
                 }
                 AgentKind::Delay(wait) => {
                     // Slept once: a resumed run does not wait again for a delay it already waited out.
