@@ -510,7 +510,7 @@ fn short(v: &Value) -> String {
 /// The functions formulas may call.
 pub const FUNCTIONS: &[&str] = &[
     "IF", "AND", "OR", "NOT", "IS_EMPTY", "IS_PRESENT", "IS_BLANK", "TEXT", "TYPE", "SWITCH", "FILTER", "MAP", "REJECT", "FIND", "SIZE", "LENGTH", "DEFAULT", "COALESCE",
-    "CONCAT", "JOIN", "SPLIT", "UPPER", "UPCASE", "LOWER", "DOWNCASE", "TRIM", "STRIP", "REPLACE", "CONTAINS", "INCLUDES", "MATCH", "REGEX_EXTRACT", "FIRST", "LAST",
+    "CONCAT", "JOIN", "SPLIT", "UPPER", "UPCASE", "LOWER", "DOWNCASE", "CAPITALIZE", "TRIM", "STRIP", "REPLACE", "CONTAINS", "INCLUDES", "MATCH", "REGEX_EXTRACT", "FIRST", "LAST",
     "UNIQ", "UNIQUE", "SORT", "REVERSE", "FLATTEN", "KEYS", "VALUES", "GET", "MERGE", "JSON_PARSE", "JSON_ENCODE", "TO_JSON", "NUMBER", "INT", "ROUND", "SUM", "MIN",
     "MAX", "ABS", "BASE64_ENCODE", "BASE64_DECODE", "URL_ENCODE", "NOW", "DATE", "UNIX_TIMESTAMP", "APPEND", "SLICE", "COUNT",
 ];
@@ -639,6 +639,11 @@ fn call(f: &str, args: &[Expr], sc: &mut Scope) -> Result<Value, String> {
         "SPLIT" => Value::Array(text(&arg(0)).split(&text(&arg(1))).map(|s| Value::String(s.into())).collect()),
         "UPPER" | "UPCASE" => Value::String(text(&arg(0)).to_uppercase()),
         "LOWER" | "DOWNCASE" => Value::String(text(&arg(0)).to_lowercase()),
+        "CAPITALIZE" => {
+            let t = text(&arg(0));
+            let mut c = t.chars();
+            Value::String(c.next().map(|f| f.to_uppercase().chain(c.flat_map(char::to_lowercase)).collect()).unwrap_or_default())
+        }
         "TRIM" | "STRIP" => Value::String(text(&arg(0)).trim().into()),
         "REPLACE" => Value::String(text(&arg(0)).replace(&text(&arg(1)), &text(&arg(2)))),
         "CONTAINS" | "INCLUDES" => Value::Bool(match arg(0) {

@@ -14,6 +14,7 @@ use warden::story::engine::{Engine, Quiet};
 use warden::tines::export::Export;
 use warden::tines::import::{import, story_files, ImportOptions, Imported, Level};
 use warden_e2e::{runtime, workspace_root, SmtpServer};
+use warden_sim::{jira, sentinelone};
 
 /// What the local API received: method, path and query, the credential
 /// headers, and the body.
@@ -346,4 +347,82 @@ async fn credentials_where_a_step_would_see_them_are_refused_and_unsupported_age
     assert!(!text.contains("slack_token") && !text.contains("smtp_password") && !text.contains("hook_id"), "{text}");
     assert!(!text.contains("jira_password }") && text.contains("credential: jira_password"), "{text}");
     assert!(report.contains("is cut"), "{report}");
+}
+
+/// The seed's main job written as a Tines export (formulas era: a polling
+/// loop with a delay, a paging loop that accumulates, a summary, Jira over
+/// three HTTP requests, an email) and run against the same simulators as the
+/// native story: the same ticket, comment and email.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_threat_hunt_as_a_tines_export_opens_the_same_ticket_and_sends_the_same_email_as_the_native_story() {
+    // SAFETY: every test that reads these sets the same values.
+    unsafe {
+        std::env::set_var("S1_API_TOKEN", "s1-demo-token");
+        std::env::set_var("JIRA_API_TOKEN", "jira-demo-token");
+        std::env::set_var("WARDEN_CREDENTIAL_SENTINELONE", "s1-demo-token");
+        std::env::set_var("WARDEN_CREDENTIAL_JIRA", "jira-demo-token");
+    }
+    let input = json!({"indicator": {"kind": "domain", "value": "evil.example"}, "leads": ["soc-lead@corp.example", "ir-lead@corp.example"]});
+    let sims = || async {
+        let (s1, s1_sim) = sentinelone::spawn(sentinelone::Config { polls_before_finish: 1, ..Default::default() }).await.unwrap();
+        let (j, jira_sim) = jira::spawn(jira::Config::default()).await.unwrap();
+        (s1, s1_sim, j, jira_sim, SmtpServer::start())
+    };
+
+    // The native story.
+    let (s1, _s1_sim, j, jira_sim, smtp) = sims().await;
+    let (dir, text) = warden_e2e::example_files(s1.port(), j.port(), smtp.port, &[]);
+    let native_engine = warden_e2e::engine(warden_e2e::parse_example_policy(&text), &dir.0);
+    let native = native_engine.run("threat-hunt", input.clone(), "test", &Quiet).await.unwrap();
+    assert!(native.error.is_none(), "{:?}", native.error);
+
+    // The export, imported, against simulators of its own.
+    let (s1b, s1b_sim, jb, jira_b, smtp_b) = sims().await;
+    let text = std::fs::read_to_string(workspace_root().join("tests/e2e/fixtures/tines/threat-hunt.json")).unwrap();
+    let text = text.replace("{{S1PORT}}", &s1b.port().to_string()).replace("{{JIRAPORT}}", &jb.port().to_string());
+    let imported = import_here(&Export::parse(&text).unwrap());
+    let report = imported.report.to_string();
+    assert_eq!(imported.report.count(Level::Refused) + imported.report.count(Level::Unsupported), 0, "{report}");
+    assert!(imported.policy.contains("[credentials.sentinelone]\n") && imported.policy.contains("header = \"Authorization\"\nprefix = \"ApiToken \""), "{}", imported.policy);
+    assert!(imported.policy.contains("kind = \"basic\"\nuser = \"warden-bot@corp.example\""), "{}", imported.policy);
+    for rule in ["POST http://127.0.0.1:PORT/web/api/v2.1/dv/init-query", "GET http://127.0.0.1:PORT/web/api/v2.1/dv/events"] {
+        assert!(imported.policy.contains(&rule.replace("PORT", &s1b.port().to_string())), "{rule}: {}", imported.policy);
+    }
+    assert!(imported.policy.contains(&format!("\"POST http://127.0.0.1:{}/rest/api/2/issue/*/comment\"", jb.port())), "{}", imported.policy);
+    // The operator fills in the recipients' domain (the leads come from the webhook).
+    let policy_text = imported.policy.replace("recipient_domains = []", "recipient_domains = [\"corp.example\"]");
+    let mut fixed = imported.clone();
+    fixed.policy = policy_text;
+    let engine = engine(&imported, skeleton_policy(&fixed, Some(smtp_b.port)));
+    let tines = engine.run("threat-hunt", input, "test", &Quiet).await.unwrap();
+    assert!(tines.error.is_none(), "{:?}", tines.error);
+
+    let (n, t) = (native.output.unwrap(), tines.output.unwrap());
+    for k in ["indicator", "hosts_seen", "hosts", "ticket", "ticket_status", "emailed"] {
+        assert_eq!(n[k], t[k], "{k}: native {n} tines {t}");
+    }
+    assert_eq!(t["ticket"], "SEC-1");
+    assert_eq!(t["ticket_url"], format!("http://{}/browse/SEC-1", jb.addr).as_str());
+    // The same ticket: fields, description lines, the internal comment (run ids aside).
+    let (a, b) = (jira_sim.issue("SEC-1").unwrap(), jira_b.issue("SEC-1").unwrap());
+    for f in ["summary", "issuetype", "priority", "labels", "project"] {
+        assert_eq!(a.fields[f], b.fields[f], "{f}");
+    }
+    let desc = b.fields["description"].as_str().unwrap();
+    for line in ["- WS-ALICE-01 (windows, 10.20.1.15, site HQ): 5 event(s)", "- WS-BOB-07 (osx, 10.20.4.77, site HQ): 3 event(s)", "- SRV-DB-01 (linux, 10.30.0.5, site Datacenter): 1 event(s)"] {
+        assert!(a.fields["description"].as_str().unwrap().contains(line) && desc.contains(line), "{line}\nnative: {}\ntines: {desc}", a.fields["description"]);
+    }
+    let comment = |c: &Value, run: &str| c["body"].as_str().unwrap().replace(run, "RUN");
+    assert_eq!(comment(&a.comments[0], &native.run_id), comment(&b.comments[0], &tines.run_id));
+    assert_eq!(a.comments[0]["properties"], b.comments[0]["properties"], "internal, as the native comment");
+    // The same email, to the same leads.
+    let (ma, mb) = (smtp.messages(), smtp_b.messages());
+    assert_eq!((ma.len(), mb.len()), (1, 1));
+    for k in ["subject", "rcpt_tos", "to"] {
+        assert_eq!(ma[0][k], mb[0][k], "{k}");
+    }
+    let body = |m: &Value, run: &str, port: u16| m["text"].as_str().unwrap().replace(run, "RUN").replace(&port.to_string(), "PORT");
+    assert_eq!(body(&ma[0], &native.run_id, j.port()), body(&mb[0], &tines.run_id, jb.port()));
+    assert!(mb[0]["html"].as_str().unwrap().contains(&format!("<a href=\"http://{}/browse/SEC-1\">", jb.addr)));
+    assert_eq!(s1b_sim.poll_rate_violations(), 0, "the export's delay keeps to one status poll a second");
 }
