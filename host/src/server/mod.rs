@@ -359,12 +359,34 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
         }
     };
     let run_id = run.id.clone();
+    let graph_response = run.story.graph.clone().map(|g| (g, run.input.clone()));
     if let (Some(t), Some(parent)) = (&s.engine.telemetry, trace) {
         t.adopt(&run_id, parent, "webhook");
     }
     match s.queue.dispatch(run, wait).await {
         Ok(Some(result)) => (StatusCode::OK, Json(result)).into_response(),
-        Ok(None) => (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status_url": format!("/api/runs/{run_id}")}))).into_response(),
+        Ok(None) => match graph_response.as_ref().and_then(|(g, input)| crate::story::graph::webhook_response(g, input, &run_id, &s.engine.policy.resources)) {
+            // An imported Tines webhook's own answer (the run goes on; its id in a header).
+            Some(Ok((code, body))) => {
+                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::CREATED);
+                let mut response = match body {
+                    serde_json::Value::String(text) => match serde_json::from_str::<serde_json::Value>(&text) {
+                        Ok(v) if v.is_object() || v.is_array() => (status, Json(v)).into_response(),
+                        _ => (status, text).into_response(),
+                    },
+                    other => (status, Json(other)).into_response(),
+                };
+                if let Ok(v) = axum::http::HeaderValue::from_str(&run_id) {
+                    response.headers_mut().insert("x-warden-run", v);
+                }
+                response
+            }
+            Some(Err(why)) => {
+                tracing::warn!(story, run = %run_id, "the webhook's response did not render: {why}");
+                (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status_url": format!("/api/runs/{run_id}"), "response_error": why}))).into_response()
+            }
+            None => (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status_url": format!("/api/runs/{run_id}")}))).into_response(),
+        },
         Err(e) => {
             // Not recorded: the sender may send the same request again.
             s.replays.forget(story, &verified);

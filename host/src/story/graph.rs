@@ -235,6 +235,24 @@ pub fn render(v: &Value, ctx: &Map<String, Value>, globals: &liquid_core::Object
     })
 }
 
+/// What a graph story's webhook answers at once, Tines-style: its entry
+/// webhook's `response` rendered against the request (`{entry: body}`), with
+/// `response_code` (default 201). `None`: the usual `202 {run_id}`.
+pub fn webhook_response(graph: &Graph, input: &Value, run_id: &str, resources: &Map<String, Value>) -> Option<Result<(u16, Value), String>> {
+    let entry = &graph.agents[graph.entry];
+    if !matches!(entry.kind, AgentKind::Webhook) {
+        return None;
+    }
+    let response = entry.options.get("response").filter(|r| !r.is_null() && *r != "")?;
+    let code = entry.options.get("response_code").and_then(number_of).map(|c| c as u16).unwrap_or(201);
+    let mut ctx = Map::new();
+    ctx.insert(entry.id.clone(), input.clone());
+    ctx.insert("META".into(), serde_json::json!({"story_run_guid": run_id}));
+    ctx.insert("RESOURCE".into(), Value::Object(resources.clone()));
+    let globals = crate::tines::liquid::globals(&ctx);
+    Some(render(response, &ctx, &globals, graph.formulas).map(|v| (code, v)))
+}
+
 /// The Liquid renderer every graph story shares (parsed templates cached).
 pub fn liquid() -> &'static Liquid {
     static L: OnceLock<Liquid> = OnceLock::new();
@@ -326,7 +344,14 @@ pub(super) fn convert(raw: &RawGraph, story_line: u64) -> Result<Graph, Vec<(u64
         let no_match = links(&a.no_match, "no_match receiver", &mut err);
         let mut attempts = 1;
         let kind = match a.kind.as_str() {
-            "webhook" => AgentKind::Webhook,
+            "webhook" => {
+                if let Some(c) = opts.get("response_code").filter(|c| !c.is_null() && **c != "") {
+                    if !number_of(c).is_some_and(|n| (200.0..300.0).contains(&n) && n.fract() == 0.0) {
+                        err(format!("webhook response_code {c} must be a 2xx status: the run was created, whatever the story answers"));
+                    }
+                }
+                AgentKind::Webhook
+            }
             "http" => {
                 if text("url").is_none_or(|u| u.trim().is_empty()) {
                     err("an http agent needs options.url".into());

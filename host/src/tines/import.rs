@@ -549,11 +549,22 @@ impl Cx<'_> {
         let options = match (kind, mode) {
             ("webhook", _) => {
                 out.insert("kind".into(), json!("webhook"));
-                if opts.get("response").is_some_and(|r| !r.is_null() && r != "") {
-                    self.report.add(Level::Unsupported, story, Some(name), "its custom response is not converted yet: warden answers a webhook with the run (202, or its result with ?wait=true)");
+                let verbs = opts.get("verbs").and_then(|v| v.as_str()).unwrap_or("post").to_ascii_lowercase();
+                if verbs.split(',').any(|v| !v.trim().is_empty() && v.trim() != "post") {
+                    self.report.add(Level::Note, story, Some(name), format!("verbs `{verbs}`: a warden webhook takes POST (signed JSON) only"));
                 }
-                self.report.add(Level::Converted, story, Some(name), "webhook → the story's trigger (its HMAC secret in the policy, not Tines' path secret)");
-                None
+                if opts.get("include_headers").and_then(bool_of).unwrap_or(false) {
+                    self.report.add(Level::Note, story, Some(name), "include_headers: the request's headers are not part of the event in warden");
+                }
+                let mut o = Map::new();
+                for k in ["response", "response_code"] {
+                    if let Some(v) = opts.get(k).filter(|v| !v.is_null() && *v != "") {
+                        o.insert(k.to_string(), v.clone());
+                    }
+                }
+                let answers = if o.contains_key("response") { "; it answers with its own response at once (the run goes on, its id in X-Warden-Run)" } else { "" };
+                self.report.add(Level::Converted, story, Some(name), format!("webhook → the story's trigger (its HMAC secret in the policy, not Tines' path secret){answers}"));
+                (!o.is_empty()).then_some(Value::Object(o))
             }
             ("http", _) => return self.http(story, name, out, opts),
             ("trigger", _) => {

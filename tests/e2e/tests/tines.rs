@@ -426,3 +426,48 @@ async fn the_threat_hunt_as_a_tines_export_opens_the_same_ticket_and_sends_the_s
     assert!(mb[0]["html"].as_str().unwrap().contains(&format!("<a href=\"http://{}/browse/SEC-1\">", jb.addr)));
     assert_eq!(s1b_sim.poll_rate_violations(), 0, "the export's delay keeps to one status poll a second");
 }
+
+/// Served: the story's webhook answers as the Tines webhook did (its
+/// `response` rendered against the request, its `response_code`), at once,
+/// and the run goes on; an extract agent pulls matches out of the text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_a_webhook_answers_with_its_tines_response_and_the_run_goes_on() {
+    let text = r#"{"schema_version": 3, "name": "Phish report", "agents": [
+        {"type": "Agents::WebhookAgent", "name": "Report", "guid": "w1", "options": {"path": "p", "secret": "s", "verbs": "get,post",
+          "response": "{\"received\": \"{{ .report.subject }}\", \"ticket\": \"PH-{{ .report.id }}\"}", "response_code": "201"}},
+        {"type": "Agents::EventTransformationAgent", "name": "Indicators", "guid": "w2", "options": {"mode": "extract", "matchers": [
+          {"path": "{{ .report.body }}", "regexp": "https?://[^\\s\"]+", "to": "urls"},
+          {"path": "{{ .report.body }}", "regexp": "\\b(\\d{1,3}(?:\\.\\d{1,3}){3})\\b", "to": "ips"}]}}
+    ], "links": [{"source": 0, "receiver": 1}], "exit_agent_guids": ["w2"]}"#;
+    let imported = import_here(&Export::parse(text).unwrap());
+    let report = imported.report.to_string();
+    assert!(report.contains("verbs `get,post`: a warden webhook takes POST"), "{report}");
+    assert!(report.contains("answers with its own response"), "{report}");
+    const SECRET: &str = "tines-webhook-secret";
+    unsafe { std::env::set_var("WARDEN_WEBHOOK_SECRET", SECRET) };
+    let (base, engine) = warden_e2e::serve(engine(&imported, skeleton_policy(&imported, None))).await;
+    let body = json!({"id": 42, "subject": "Invoice overdue", "body": "click https://evil.example/pay?x=1 or mail 203.0.113.7, not 10.0.0.300x"}).to_string();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/webhooks/phish-report"))
+        .header("content-type", "application/json")
+        .header(warden::server::SIGNATURE_HEADER, warden::server::sign(SECRET.as_bytes(), "phish-report", body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let run = r.headers()["x-warden-run"].to_str().unwrap().to_string();
+    assert_eq!(serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap(), json!({"received": "Invoice overdue", "ticket": "PH-42"}));
+    // The run goes on and ends with the extract's matches.
+    let mut output = Value::Null;
+    for _ in 0..100 {
+        if let Some(d) = engine.store.get_run(&run).unwrap() {
+            if d.run.state == "succeeded" {
+                output = d.output.unwrap();
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(output, json!({"urls": ["https://evil.example/pay?x=1"], "ips": ["203.0.113.7"]}));
+}
