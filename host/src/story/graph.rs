@@ -33,6 +33,8 @@ pub const DEFAULT_MAX_EVENTS: usize = 10_000;
 pub const MAX_EVENTS: usize = 1_000_000;
 /// Longest delay an agent may hold a run for.
 pub const MAX_DELAY: Duration = Duration::from_secs(3600);
+/// Items a message_only `loop` renders its payload for.
+pub const MAX_LOOP: usize = 10_000;
 /// Items one explode may emit (Tines' default `limit`).
 pub const DEFAULT_EXPLODE_LIMIT: usize = 500;
 
@@ -67,6 +69,8 @@ pub struct Agent {
     pub receivers: Vec<usize>,
     /// A trigger's receivers when its rules do not hold.
     pub no_match: Vec<usize>,
+    /// Receivers of `{error}` when this agent fails (else the run fails).
+    pub failure: Vec<usize>,
     /// The step an action or story agent runs as (its input set per event).
     pub step: Option<Step>,
 }
@@ -294,6 +298,8 @@ struct RawAgent {
     receivers: Vec<String>,
     #[serde(default)]
     no_match: Vec<String>,
+    #[serde(default)]
+    failure: Vec<String>,
 }
 
 /// The kinds an agent may be.
@@ -342,6 +348,7 @@ pub(super) fn convert(raw: &RawGraph, story_line: u64) -> Result<Graph, Vec<(u64
         };
         let receivers = links(&a.receivers, "receiver", &mut err);
         let no_match = links(&a.no_match, "no_match receiver", &mut err);
+        let failure = links(&a.failure, "failure receiver", &mut err);
         let mut attempts = 1;
         let kind = match a.kind.as_str() {
             "webhook" => {
@@ -505,7 +512,7 @@ pub(super) fn convert(raw: &RawGraph, story_line: u64) -> Result<Graph, Vec<(u64
             on_error: OnError::Fail,
             literal: true,
         });
-        agents.push(Agent { id: a.id.clone(), name: a.name.clone().unwrap_or_else(|| a.id.clone()), line, kind, options, credential: a.credential.clone(), receivers, no_match, step });
+        agents.push(Agent { id: a.id.clone(), name: a.name.clone().unwrap_or_else(|| a.id.clone()), line, kind, options, credential: a.credential.clone(), receivers, no_match, failure, step });
     }
     let entry = match &raw.entry {
         Some(e) => index(e).unwrap_or_else(|| {

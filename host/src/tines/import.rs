@@ -377,12 +377,14 @@ impl Cx<'_> {
             }
             let no_match = l.link_type.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("no_match"));
             let failure = l.link_type.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("failure"));
-            if failure {
-                self.report.add(Level::Unsupported, &story, Some(sn), format!("its failure link to `{rn}` is not converted (a failed agent fails the run in warden)"));
-                continue;
-            }
             let Some(src) = kept[s].as_mut() else { continue };
-            let key = if no_match && src.get("kind") == Some(&json!("trigger")) { "no_match" } else { "receivers" };
+            let key = if failure {
+                "failure"
+            } else if no_match && src.get("kind") == Some(&json!("trigger")) {
+                "no_match"
+            } else {
+                "receivers"
+            };
             let list = src.entry(key).or_insert_with(|| json!([]));
             if let Value::Array(a) = list {
                 let id = Value::String(ids[r].clone());
@@ -596,10 +598,8 @@ impl Cx<'_> {
                         _ => {}
                     }
                 }
-                for k in ["sender_name", "sender_address"] {
-                    if opts.get(k).is_some_and(|v| v != "" && !v.is_null()) {
-                        self.report.add(Level::Note, story, Some(name), format!("{k}: the relay's default sender is used (warden's grant names the senders)"));
-                    }
+                if opts.get("sender_address").is_some_and(|v| v != "" && !v.is_null()) {
+                    self.report.add(Level::Note, story, Some(name), "sender_address: add it to grants.email senders, or the relay refuses the message");
                 }
                 self.report.add(Level::Converted, story, Some(name), "email → the email plugin under the SMTP grant");
                 Some(Value::Object(opts))
@@ -641,10 +641,6 @@ impl Cx<'_> {
                     o.remove("mode");
                     out.insert("options".into(), Value::Object(o));
                     return Some(out);
-                }
-                if m == "message_only" && opts.get("loop").is_some_and(|l| !l.is_null() && l != false && l != "false" && l != "") {
-                    self.report.add(Level::Unsupported, story, Some(name), "message_only with `loop` is not converted yet");
-                    return None;
                 }
                 self.report.add(Level::Converted, story, Some(name), format!("event transformation ({m})"));
                 let mut o = opts.clone();
@@ -924,6 +920,8 @@ struct AgentDoc<'a> {
     receivers: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     no_match: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure: Option<&'a Value>,
 }
 
 impl<'a> StoryDoc<'a> {
@@ -942,6 +940,7 @@ impl<'a> StoryDoc<'a> {
                         options: x.get("options"),
                         receivers: x.get("receivers"),
                         no_match: x.get("no_match"),
+                        failure: x.get("failure"),
                     })
                     .collect()
             })

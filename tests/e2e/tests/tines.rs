@@ -134,7 +134,6 @@ async fn webhook_http_trigger_email_runs_with_the_credential_injected_by_the_hos
     let report = imported.report.to_string();
     assert_eq!(imported.report.count(Level::Refused) + imported.report.count(Level::Unsupported), 0, "{report}");
     assert!(report.contains("credential `directory_api` moved out of the request"), "{report}");
-    assert!(report.contains("sender_name"), "a Tines option warden does not carry is said: {report}");
     // The header is gone from the story: the step never sees the credential.
     let story = &imported.stories[0].1;
     assert_eq!(story["name"], "alert-triage");
@@ -160,6 +159,8 @@ async fn webhook_http_trigger_email_runs_with_the_credential_injected_by_the_hos
     let rcpt = m["rcpt_tos"].to_string();
     assert!(rcpt.contains("soc-leads@corp.example") && rcpt.contains("lead@corp.example"), "{m}");
     assert_eq!(m["subject"], "[SOC] [sev 4] admin ana: LOGIN", "the subject reads a resource");
+    let from = m["from"].as_str().unwrap();
+    assert!(from.contains("Tines SOC") && from.contains("<warden@corp.example>"), "sender_name on the relay's sender: {from}");
     let data = m["text"].as_str().unwrap();
     assert!(data.contains("Domain admin! ana (domain-admins, it) triggered alert A-17."), "{data}");
     assert!(data.contains("1. domain-admins; 2. it"), "{data}");
@@ -470,4 +471,33 @@ async fn served_a_webhook_answers_with_its_tines_response_and_the_run_goes_on() 
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(output, json!({"urls": ["https://evil.example/pay?x=1"], "ips": ["203.0.113.7"]}));
+}
+
+/// A failure link takes a failed agent's error instead of failing the run;
+/// message_only with `loop` renders its payload once per item.
+#[tokio::test]
+async fn failure_links_and_loops() {
+    let (api, port) = start_api().await;
+    let text = r#"{"schema_version": 3, "name": "Careful", "agents": [
+        {"type": "Agents::WebhookAgent", "name": "Start", "guid": "x1", "options": {}},
+        {"type": "Agents::HTTPRequestAgent", "name": "Forbidden", "guid": "x2", "options": {"url": "http://127.0.0.1:PORT/alerts", "method": "delete"}},
+        {"type": "Agents::EventTransformationAgent", "name": "Handle failure", "guid": "x3", "options": {"mode": "message_only", "payload": {"kind": "{{ .forbidden.error.kind }}", "items": "{{ .start.items | size }}"}}},
+        {"type": "Agents::EventTransformationAgent", "name": "Names", "guid": "x4", "options": {"mode": "message_only", "loop": "{{ .start.items | as_object }}", "payload": {"name": "{{ .LOOP.value.name | upcase }}", "at": "{{ .LOOP.index }}"}}}
+    ], "links": [{"source": 0, "receiver": 1}, {"source": 1, "receiver": 2, "link_type": "FAILURE"}, {"source": 2, "receiver": 3}]}"#;
+    let imported = import_here(&Export::parse(&text.replace("PORT", &port.to_string())).unwrap());
+    assert_eq!(imported.report.count(Level::Refused) + imported.report.count(Level::Unsupported), 0, "{}", imported.report);
+    // The operator took the DELETE out of the grant: the request is denied, and that is the failure.
+    let text = imported.policy.replace(&format!("  \"DELETE http://127.0.0.1:{port}/alerts\",\n"), "");
+    assert_ne!(text, imported.policy);
+    let policy = warden::Policy::parse(&text, "imported.toml", &workspace_root()).unwrap();
+    let engine = engine(&imported, policy);
+    let r = engine.run("careful", json!({"items": [{"name": "a"}, {"name": "b"}]}), "test", &Quiet).await.unwrap();
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.output.unwrap(), json!([{"name": "A", "at": "0"}, {"name": "B", "at": "1"}]));
+    assert!(api.seen().is_empty(), "the denied request never left");
+    let detail = engine.store.get_run(&r.run_id).unwrap().unwrap();
+    let handled = detail.steps.iter().find(|s| s.step_id == "handle_failure").unwrap();
+    assert_eq!(handled.output.clone().unwrap(), json!({"kind": "denied", "items": "2"}));
+    let forbidden = detail.steps.iter().find(|s| s.step_id == "forbidden").unwrap();
+    assert_eq!(forbidden.state, "failed");
 }

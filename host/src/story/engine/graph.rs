@@ -30,6 +30,7 @@ struct Delivery {
 struct Earlier {
     state: StepState,
     output: Value,
+    error: Option<StepError>,
     attempts: u32,
 }
 
@@ -51,6 +52,22 @@ impl<'g> Flow<'g> {
     /// `agent` emits `payload` to its receivers (or, for a trigger that did
     /// not match, to its no-match receivers).
     fn emit(&mut self, agent: usize, parent: &Map<String, Value>, payload: Value, matched: bool) -> Result<(), StepError> {
+        let a = &self.graph.agents[agent];
+        let to = if matched { a.receivers.clone() } else { a.no_match.clone() };
+        self.emit_to(agent, parent, payload, &to)
+    }
+
+    /// `agent` failed with `e`: its failure receivers get `{error}`; without
+    /// any, the run fails.
+    fn failed(&mut self, agent: usize, parent: &Map<String, Value>, e: StepError) -> Result<(), StepError> {
+        let to = self.graph.agents[agent].failure.clone();
+        if to.is_empty() || e.kind == ErrorKind::Store || e.kind == ErrorKind::Limit {
+            return Err(e);
+        }
+        self.emit_to(agent, parent, json!({"error": {"kind": e.kind, "message": e.message}}), &to)
+    }
+
+    fn emit_to(&mut self, agent: usize, parent: &Map<String, Value>, payload: Value, to: &[usize]) -> Result<(), StepError> {
         self.emitted += 1;
         if self.emitted > self.graph.max_events {
             let a = &self.graph.agents[agent];
@@ -67,7 +84,6 @@ impl<'g> Flow<'g> {
             self.output = Some(payload.clone());
         }
         self.last = payload;
-        let to = if matched { &a.receivers } else { &a.no_match };
         for &r in to {
             self.queue.push_back(Delivery { agent: r, from: Some(agent), ctx: ctx.clone() });
         }
@@ -112,7 +128,29 @@ impl Engine {
             // Host-side agents: computed here, recorded as transforms.
             let computed: Result<Vec<(Value, bool)>, StepError> = match &agent.kind {
                 AgentKind::Webhook => Ok(vec![(incoming.clone(), true)]),
-                AgentKind::Message => render(&option("payload")).map(|p| vec![(p, true)]),
+                AgentKind::Message => match agent.options.get("loop").filter(|l| !l.is_null() && **l != "" && **l != false) {
+                    None => render(&option("payload")).map(|p| vec![(p, true)]),
+                    // `loop`: the payload once per item (as LOOP.value, LOOP.index), emitted as one list.
+                    Some(l) => (|| {
+                        let list = match l {
+                            Value::String(p) => resolve(p, &d.ctx, &g, graph.formulas).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}`: loop: {e}", agent.id)))?,
+                            other => other.clone(),
+                        };
+                        let items = match list {
+                            Value::Array(a) => a,
+                            Value::Null => Vec::new(),
+                            other => vec![other],
+                        };
+                        let mut out = Vec::with_capacity(items.len());
+                        for (i, item) in items.into_iter().take(crate::story::graph::MAX_LOOP).enumerate() {
+                            let mut ctx = (*d.ctx).clone();
+                            ctx.insert("LOOP".into(), json!({"value": item, "index": i}));
+                            let lg = globals(&ctx);
+                            out.push(crate::story::graph::render(&option("payload"), &ctx, &lg, graph.formulas).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}` ({}) item {i}: {e}", agent.id, agent.name)))?);
+                        }
+                        Ok(vec![(Value::Array(out), true)])
+                    })(),
+                },
                 AgentKind::Trigger { rules, must_match } => {
                     let mut held = 0;
                     for r in rules {
@@ -201,6 +239,12 @@ impl Engine {
                         flow.emit(d.agent, &d.ctx, out, true).map_err(fail)?;
                         continue;
                     }
+                    if let Some(e) = prior.filter(|e| e.state == StepState::Failed && !agent.failure.is_empty()) {
+                        // Failed before a restart and went down its failure links: the same again, nothing resent.
+                        let err = e.error.clone().unwrap_or_else(|| StepError::new(ErrorKind::Failed, "failed before a restart"));
+                        flow.failed(d.agent, &d.ctx, err).map_err(fail)?;
+                        continue;
+                    }
                     let first_attempt = match prior {
                         Some(e) if e.attempts >= step.retry.attempts => {
                             let msg = format!("interrupted by a restart during agent `{}` (attempt {}); its retry policy allows no further attempt", agent.id, e.attempts);
@@ -213,7 +257,12 @@ impl Engine {
                     };
                     let input = match &agent.kind {
                         AgentKind::Http(_) => http_input(agent, &render),
-                        AgentKind::Email(_) => email_input(agent, &render),
+                        AgentKind::Email(plugin) => {
+                            // Tines' sender_name goes on the address the grant sends from (the relay's default).
+                            let grant = self.policy.grant_for_team(plugin, &story.team);
+                            let default_from = grant.mail.as_ref().and_then(|m| m.relay.default_from.clone());
+                            email_input(agent, &render, default_from.as_deref())
+                        }
                         _ => render(&option("payload")),
                     };
                     let input = match input {
@@ -227,8 +276,10 @@ impl Engine {
                     step.with = input;
                     let sr = StepRun { story, step: &step, run: run_id, root, depth, observer, waiting_child: None };
                     let ctx = Value::Null;
-                    let out = self.attempts(&sr, &ctx, Some(n), first_attempt).await.map_err(fail)?;
-                    flow.emit(d.agent, &d.ctx, out, true).map_err(fail)?;
+                    match self.attempts(&sr, &ctx, Some(n), first_attempt).await {
+                        Ok(out) => flow.emit(d.agent, &d.ctx, out, true).map_err(fail)?,
+                        Err(e) => flow.failed(d.agent, &d.ctx, e).map_err(fail)?,
+                    }
                     continue;
                 }
             };
@@ -237,7 +288,8 @@ impl Engine {
                 Err(e) => {
                     self.recorder.step_finished(&at, StepState::Failed, None, Some(&e), 1);
                     observer.event(&Event::StepFinished { run: run_id, step: &agent.id, kind: "transform", item: Some(n), state: StepState::Failed, elapsed: started.elapsed(), error: Some(&e), depth });
-                    return Err(fail(e));
+                    flow.failed(d.agent, &d.ctx, e).map_err(fail)?;
+                    continue;
                 }
             };
             let record = match (&agent.kind, events.as_slice()) {
@@ -268,7 +320,8 @@ impl Engine {
             .filter_map(|r| {
                 let n = r.item? as usize;
                 let state = StepState::parse(&r.state)?;
-                Some(((r.step_id, n), Earlier { state, output: r.output.unwrap_or(Value::Null), attempts: r.attempts }))
+                let error = r.error.and_then(|e| serde_json::from_value(e).ok());
+                Some(((r.step_id, n), Earlier { state, output: r.output.unwrap_or(Value::Null), error, attempts: r.attempts }))
             })
             .collect()
     }
@@ -321,6 +374,14 @@ fn http_input(agent: &Agent, render: &dyn Fn(&Value) -> Result<Value, StepError>
     Ok(Value::Object(input))
 }
 
+/// `Name <user@domain>` → `user@domain`.
+fn bare_address(a: &str) -> &str {
+    match (a.rfind('<'), a.rfind('>')) {
+        (Some(s), Some(e)) if s < e => &a[s + 1..e],
+        _ => a.trim(),
+    }
+}
+
 /// `["429", 503, "5.."]` or `"429,503"` as a list of strings.
 fn statuses(v: &Value) -> Value {
     let list: Vec<Value> = match v {
@@ -333,7 +394,7 @@ fn statuses(v: &Value) -> Value {
 }
 
 /// The email plugin's input from a Send Email agent's options.
-fn email_input(agent: &Agent, render: &dyn Fn(&Value) -> Result<Value, StepError>) -> Result<Value, StepError> {
+fn email_input(agent: &Agent, render: &dyn Fn(&Value) -> Result<Value, StepError>, default_from: Option<&str>) -> Result<Value, StepError> {
     let get = |k: &str| -> Result<Value, StepError> { agent.options.get(k).filter(|v| !v.is_null()).map(render).transpose().map(|v| v.unwrap_or(Value::Null)) };
     let addresses = |v: Value| -> Vec<Value> {
         match v {
@@ -357,6 +418,16 @@ fn email_input(agent: &Agent, render: &dyn Fn(&Value) -> Result<Value, StepError
         if !list.is_empty() {
             input[to] = Value::Array(list);
         }
+    }
+    // From: `sender_address` (the grant decides whether it may be used) or the
+    // relay's default sender, under `sender_name` when given.
+    let address = text_of(&get("sender_address")?).trim().to_string();
+    let address = if address.is_empty() { default_from.map(|d| bare_address(d).to_string()) } else { Some(address) };
+    let name: String = text_of(&get("sender_name")?).chars().filter(|c| !matches!(c, '<' | '>' | '"' | '\r' | '\n' | '\\')).collect();
+    match (address, name.trim()) {
+        (Some(a), "") => input["from"] = Value::String(a),
+        (Some(a), n) => input["from"] = Value::String(format!("\"{n}\" <{a}>")),
+        (None, _) => {}
     }
     let reply_to = text_of(&get("reply_to")?);
     if !reply_to.trim().is_empty() {
