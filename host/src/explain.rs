@@ -55,6 +55,7 @@ pub fn grant_lines(policy: &Policy, name: &str, team: &str) -> Vec<String> {
         let injected = if spec.auto { ", added to every request to them (inject = \"auto\")" } else { "" };
         let minted = match &spec.kind {
             crate::policy::credentials::CredentialKind::OAuth2(o) => format!(", as an OAuth2 token warden obtains from {} (the plugin never sees it)", o.token_url),
+            crate::policy::credentials::CredentialKind::Placeholder { marker } => format!(", put where the request holds `{marker}` (URL or body), at egress"),
             _ => String::new(),
         };
         lines.push(format!("credential {c} ({owner}) → only to {}{injected}{minted}", spec.bindings_text()));

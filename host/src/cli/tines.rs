@@ -32,6 +32,10 @@ pub enum TinesCmd {
         /// Overwrite files already in --out.
         #[arg(long)]
         force: bool,
+        /// A credential in an HTTP request's payload or URL path is filled in by
+        /// the host at egress (never visible to the step) instead of refused.
+        #[arg(long)]
+        allow_credential_in_payload: bool,
     },
     /// Import an export in memory and run it once with --input.
     Run {
@@ -50,10 +54,13 @@ pub enum TinesCmd {
         /// No live progress on stderr.
         #[arg(long, short)]
         quiet: bool,
+        /// As for `tines import`.
+        #[arg(long)]
+        allow_credential_in_payload: bool,
     },
 }
 
-fn options(team: &str, plugins: Option<&Path>) -> anyhow::Result<ImportOptions> {
+fn options(team: &str, plugins: Option<&Path>, allow_credential_in_payload: bool) -> anyhow::Result<ImportOptions> {
     let dir = match plugins {
         Some(p) => p.canonicalize().with_context(|| format!("--plugins {}: no such folder", p.display()))?,
         None => {
@@ -61,7 +68,7 @@ fn options(team: &str, plugins: Option<&Path>) -> anyhow::Result<ImportOptions> 
             here.canonicalize().unwrap_or_else(|_| PathBuf::from("plugins"))
         }
     };
-    Ok(ImportOptions { team: team.to_string(), plugins_dir: dir.display().to_string() })
+    Ok(ImportOptions { team: team.to_string(), plugins_dir: dir.display().to_string(), allow_credential_in_payload })
 }
 
 fn read(export: &Path, opts: &ImportOptions) -> anyhow::Result<Imported> {
@@ -71,8 +78,8 @@ fn read(export: &Path, opts: &ImportOptions) -> anyhow::Result<Imported> {
 
 pub async fn run(cmd: TinesCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        TinesCmd::Import { export, out, team, plugins, force } => {
-            let imported = read(&export, &options(&team, plugins.as_deref())?)?;
+        TinesCmd::Import { export, out, team, plugins, force, allow_credential_in_payload } => {
+            let imported = read(&export, &options(&team, plugins.as_deref(), allow_credential_in_payload)?)?;
             let stories = out.join("stories");
             let files = story_files(&imported);
             let mut targets: Vec<(PathBuf, String)> = files.into_iter().map(|(f, t)| (stories.join(f), t)).collect();
@@ -97,8 +104,8 @@ pub async fn run(cmd: TinesCmd) -> anyhow::Result<ExitCode> {
             let not_converted = imported.report.count(warden::tines::import::Level::Unsupported) + imported.report.refused();
             Ok(if not_converted == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
-        TinesCmd::Run { export, input, policy, plugins, db, quiet } => {
-            let imported = read(&export, &options("default", plugins.as_deref())?)?;
+        TinesCmd::Run { export, input, policy, plugins, db, quiet, allow_credential_in_payload } => {
+            let imported = read(&export, &options("default", plugins.as_deref(), allow_credential_in_payload)?)?;
             if imported.report.refused() + imported.report.count(warden::tines::import::Level::Unsupported) > 0 {
                 eprintln!("{}", imported.report);
                 anyhow::bail!("{}: not every agent was converted (above); `warden tines import` writes the stories so they can be finished by hand", export.display());

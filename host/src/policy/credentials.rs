@@ -42,6 +42,12 @@ pub enum CredentialKind {
     Basic { user: String },
     /// `?<param>=<value>` appended to the URL.
     Query { param: String },
+    /// The value put in place of `marker` wherever the request carries it —
+    /// URL (percent-encoded, so it cannot add a path segment), body (JSON- or
+    /// form-escaped by its content type) — at egress, after every check: for
+    /// stories imported with `--allow-credential-in-payload`, where Tines put
+    /// a credential in a payload. The step only ever holds the marker.
+    Placeholder { marker: String },
     /// OAuth2 client credentials: the host requests an access token with the
     /// client id and the secret value, caches it, and injects
     /// `Authorization: Bearer <token>`. The plugin never sees either.
@@ -181,6 +187,11 @@ impl CredentialSpec {
     }
 }
 
+/// The marker a `placeholder` credential replaces unless it names one.
+pub fn default_marker(name: &str) -> String {
+    format!("__warden_credential_{name}__")
+}
+
 pub(super) fn parse(name: &str, c: RawCredential, base: &Path) -> Result<CredentialSpec, String> {
     let need = |field: Option<String>, what: &str| {
         field.ok_or_else(|| format!("credentials.{name}: kind `{}` needs `{what}`", c.kind.get_ref()))
@@ -194,9 +205,16 @@ pub(super) fn parse(name: &str, c: RawCredential, base: &Path) -> Result<Credent
         "basic" => CredentialKind::Basic { user: need(c.user.clone(), "user = \"name\"")? },
         "query" => CredentialKind::Query { param: need(c.param.clone(), "param = \"api_key\"")? },
         "oauth2" => CredentialKind::OAuth2(oauth2(name, &c)?),
+        "placeholder" => {
+            let marker = c.placeholder.clone().unwrap_or_else(|| default_marker(name));
+            if marker.len() < 12 || !marker.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                return Err(format!("credentials.{name}: placeholder `{marker}` must be at least 12 letters, digits, _ or - (it is found in URLs and bodies as it is)"));
+            }
+            CredentialKind::Placeholder { marker }
+        }
         other => {
             return Err(format!(
-                "credentials.{name}: kind `{other}` is unknown; use header, bearer, basic, query or oauth2"
+                "credentials.{name}: kind `{other}` is unknown; use header, bearer, basic, query, oauth2 or placeholder"
             ))
         }
     };
@@ -205,6 +223,9 @@ pub(super) fn parse(name: &str, c: RawCredential, base: &Path) -> Result<Credent
         if let Some((field, _)) = stray.iter().find(|(_, given)| *given) {
             return Err(format!("credentials.{name}: `{field}` belongs to kind \"oauth2\", not `{}`; remove it or change the kind", c.kind.get_ref()));
         }
+    }
+    if c.placeholder.is_some() && !matches!(kind, CredentialKind::Placeholder { .. }) {
+        return Err(format!("credentials.{name}: `placeholder` belongs to kind \"placeholder\", not `{}`; remove it or change the kind", c.kind.get_ref()));
     }
     if let CredentialKind::Header { name: h, .. } = &kind {
         if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
@@ -288,6 +309,8 @@ pub(super) struct RawCredential {
     pub(super) kind: Spanned<String>,
     header: Option<String>,
     prefix: Option<String>,
+    /// kind = "placeholder": the text the host replaces (default `__warden_credential_<name>__`).
+    placeholder: Option<String>,
     user: Option<String>,
     param: Option<String>,
     env: Option<String>,

@@ -578,4 +578,15 @@ hosts = ["http://127.0.0.1:8080"]
         let e = parse("[triggers.s]\nschedule_timezone = \"UTC\"\nsecret_env = \"X\"\n").unwrap_err().to_string();
         assert!(e.contains("schedule_timezone needs a schedule"), "{e}");
     }
+
+    #[test]
+    fn a_placeholder_credential_has_a_marker_that_cannot_be_mistaken() {
+        let base = "[credentials.c]\nkind = \"placeholder\"\nenv = \"C\"\nhosts = [\"https://api.example.com\"]\n";
+        let p = parse(base).unwrap();
+        assert_eq!(p.credentials["c"].kind, credentials::CredentialKind::Placeholder { marker: "__warden_credential_c__".into() });
+        let e = parse(&format!("{base}placeholder = \"{{{{x}}}}\"\n")).unwrap_err().to_string();
+        assert!(e.contains("placeholder `{{x}}` must be at least 12 letters, digits, _ or -"), "{e}");
+        let e = parse("[credentials.c]\nkind = \"bearer\"\nplaceholder = \"__long_enough_marker__\"\nenv = \"C\"\nhosts = [\"https://a.example\"]\n").unwrap_err().to_string();
+        assert!(e.contains("`placeholder` belongs to kind \"placeholder\""), "{e}");
+    }
 }

@@ -22,11 +22,14 @@ pub struct ImportOptions {
     pub team: String,
     /// Where the skeleton points `[plugins.*] path`.
     pub plugins_dir: String,
+    /// A credential in an HTTP request's payload or URL path is put there by
+    /// the host at egress (a `placeholder` credential) instead of refused.
+    pub allow_credential_in_payload: bool,
 }
 
 impl Default for ImportOptions {
     fn default() -> Self {
-        ImportOptions { team: "default".into(), plugins_dir: "target/wasm32-wasip2/guest".into() }
+        ImportOptions { team: "default".into(), plugins_dir: "target/wasm32-wasip2/guest".into(), allow_credential_in_payload: false }
     }
 }
 
@@ -117,6 +120,8 @@ pub enum Injection {
     Header { name: String, prefix: String },
     Basic { user: String },
     Query { param: String },
+    /// Put where the request holds `marker` (`--allow-credential-in-payload`).
+    Placeholder { marker: String },
 }
 
 impl Injection {
@@ -126,6 +131,7 @@ impl Injection {
             Injection::Header { .. } => "header",
             Injection::Basic { .. } => "basic",
             Injection::Query { .. } => "query",
+            Injection::Placeholder { .. } => "placeholder",
         }
     }
 }
@@ -243,6 +249,27 @@ fn any_string(v: &Value, f: &mut dyn FnMut(&str) -> bool) -> bool {
         Value::Array(a) => a.iter().any(|x| any_string(x, f)),
         Value::Object(o) => o.iter().any(|(k, x)| f(k) || any_string(x, f)),
         _ => false,
+    }
+}
+
+/// Every plain credential reference in `v`'s strings replaced by the
+/// placeholder the host fills in at egress; the names found.
+fn replace_references(v: &mut Value, names: &mut BTreeSet<String>) {
+    match v {
+        Value::String(s) => {
+            if mentions_credential(s) {
+                let replaced = cred_regex().replace_all(s, |c: &regex::Captures| {
+                    let name = c.get(1).or(c.get(2)).or(c.get(3)).map(|m| m.as_str()).unwrap_or("").to_string();
+                    let marker = crate::policy::credentials::default_marker(&snake(&name));
+                    names.insert(name);
+                    marker
+                });
+                *s = replaced.into_owned();
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| replace_references(x, names)),
+        Value::Object(o) => o.values_mut().for_each(|x| replace_references(x, names)),
+        _ => {}
     }
 }
 
@@ -545,7 +572,8 @@ impl Cx<'_> {
         }
         // A credential anywhere but an HTTP request's header, basic_auth or query would reach the step.
         if kind != "http" && any_string(&a.options, &mut |s| mentions_credential(s)) {
-            self.report.add(Level::Refused, story, Some(name), "uses a credential outside an HTTP request's header, basic_auth or query string, where the step would see its value; not converted (move the credential into a header)");
+            let only_http = if self.opts.allow_credential_in_payload { " (--allow-credential-in-payload covers HTTP requests only: the host fills credentials in at HTTP egress)" } else { "" };
+            self.report.add(Level::Refused, story, Some(name), format!("uses a credential outside an HTTP request's header, basic_auth or query string, where the step would see its value; not converted (move the credential into a header){only_http}"));
             return None;
         }
         let options = match (kind, mode) {
@@ -736,10 +764,30 @@ impl Cx<'_> {
             url_out = if kept_params.is_empty() { base.to_string() } else { format!("{base}?{}", kept_params.join("&")) };
             opts.insert("url".into(), json!(url_out));
         }
-        // Anywhere else (URL path or host, payload, other options) it would reach the step.
+        // Anywhere else (URL path or host, payload, other options) it would reach
+        // the step — unless the operator asked the host to put it there at egress.
+        if self.opts.allow_credential_in_payload {
+            let mut names = BTreeSet::new();
+            let mut mark = |v: &mut Value| replace_references(v, &mut names);
+            for (k, v) in opts.iter_mut() {
+                if k != "basic_auth" {
+                    mark(v);
+                }
+            }
+            url_out = opts.get("url").and_then(|u| u.as_str()).unwrap_or("").to_string();
+            for cred in names {
+                let marker = crate::policy::credentials::default_marker(&snake(&cred));
+                found.push((cred, Injection::Placeholder { marker }));
+            }
+        }
         let rest_mentions = mentions_credential(&url_out) || opts.iter().any(|(k, v)| k != "headers" && any_string(v, &mut |s| mentions_credential(s))) || opts.get("headers").is_some_and(|h| any_string(h, &mut |s| mentions_credential(s)));
         if rest_mentions {
-            return refuse(self, "uses a credential in its payload or URL path, where the step would see its value (only a header, basic_auth or a query parameter can be injected by the host)".into());
+            let how = if self.opts.allow_credential_in_payload {
+                "uses a credential inside a larger expression in its payload or URL, which the host cannot fill in at egress"
+            } else {
+                "uses a credential in its payload or URL path, where the step would see its value (only a header, basic_auth or a query parameter can be injected by the host; --allow-credential-in-payload lets the host fill it in at egress)"
+            };
+            return refuse(self, how.into());
         }
         if found.len() > 1 {
             return refuse(self, format!("uses {} credentials in one request; warden injects one per request", found.len()));
@@ -842,6 +890,7 @@ impl Cx<'_> {
                 }
                 Injection::Basic { user } => t.push_str(&format!("kind = \"basic\"\nuser = {}\n", q(user))),
                 Injection::Query { param } => t.push_str(&format!("kind = \"query\"\nparam = {}\n", q(param))),
+                Injection::Placeholder { marker } => t.push_str(&format!("# Put by the host where the request holds the placeholder (the story has it in place of the credential).\nkind = \"placeholder\"\nplaceholder = {}\n", q(marker))),
             }
             let hosts: Vec<String> = c.hosts.iter().map(|h| q(h)).collect();
             t.push_str(&format!("env = {}\nhosts = [{}]\n\n", q(&c.env), hosts.join(", ")));

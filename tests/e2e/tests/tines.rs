@@ -85,6 +85,12 @@ async fn reputation(State(api): State<Api>, Path(ip): Path<String>, Query(q): Qu
     (axum::http::StatusCode::OK, Json(json!({"verdict": if ip.starts_with("10.") { "internal" } else { "malicious" }, "score": 87})))
 }
 
+/// Echoes what it was sent (the path's id and the body), as a careless API might.
+async fn hook(State(api): State<Api>, Path(id): Path<String>, h: HeaderMap, body: String) -> Json<Value> {
+    api.note("POST", format!("/hook/{id}"), &h, Value::String(body.clone()));
+    Json(json!({"id": id, "echo": body}))
+}
+
 async fn start_api() -> (Api, u16) {
     let api = Api::default();
     let app = Router::new()
@@ -93,6 +99,7 @@ async fn start_api() -> (Api, u16) {
         .route("/enrich", post(enrich))
         .route("/items", get(items))
         .route("/reputation/{ip}", get(reputation))
+        .route("/hook/{id}", post(hook))
         .with_state(api.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -106,8 +113,12 @@ fn fixture(name: &str, port: u16) -> Export {
 }
 
 fn import_here(e: &Export) -> Imported {
+    import_with(e, false)
+}
+
+fn import_with(e: &Export, allow_credential_in_payload: bool) -> Imported {
     let plugins_dir = workspace_root().join("target/wasm32-wasip2/guest").display().to_string();
-    import(e, &ImportOptions { team: "default".into(), plugins_dir })
+    import(e, &ImportOptions { team: "default".into(), plugins_dir, allow_credential_in_payload })
 }
 
 /// The skeleton policy as the import wrote it, with the test's SMTP relay
@@ -500,4 +511,52 @@ async fn failure_links_and_loops() {
     assert_eq!(handled.output.clone().unwrap(), json!({"kind": "denied", "items": "2"}));
     let forbidden = detail.steps.iter().find(|s| s.step_id == "forbidden").unwrap();
     assert_eq!(forbidden.state, "failed");
+}
+
+/// `--allow-credential-in-payload`: a credential Tines put in a payload or a
+/// URL path is filled in by the host at egress — the API gets it, the step
+/// holds only a placeholder, and an echo of it comes back redacted. Where the
+/// host cannot fill it in (an email, an expression) it is still refused.
+#[tokio::test]
+async fn with_allow_credential_in_payload_the_host_fills_the_credential_in_at_egress() {
+    let (api, port) = start_api().await;
+    let text = r#"{"schema_version": 3, "name": "Payload secrets", "agents": [
+        {"type": "Agents::WebhookAgent", "name": "Start", "guid": "y1", "options": {}},
+        {"type": "Agents::HTTPRequestAgent", "name": "Post the token", "guid": "y2", "options": {
+            "url": "http://127.0.0.1:PORT/hook/{% credential hook_id %}", "method": "post", "content_type": "json",
+            "payload": {"token": "{% credential hook_id %}", "text": "{{ .start.text }}"}}}
+    ], "links": [{"source": 0, "receiver": 1}], "exit_agent_guids": ["y2"]}"#;
+    let export = Export::parse(&text.replace("PORT", &port.to_string())).unwrap();
+    // Without the flag: refused.
+    assert_eq!(import_here(&export).report.count(Level::Refused), 1);
+    let imported = import_with(&export, true);
+    assert_eq!(imported.report.count(Level::Refused) + imported.report.count(Level::Unsupported), 0, "{}", imported.report);
+    assert!(imported.policy.contains("kind = \"placeholder\"\nplaceholder = \"__warden_credential_hook_id__\""), "{}", imported.policy);
+    assert!(imported.policy.contains(&format!("\"POST http://127.0.0.1:{port}/hook/*\"")), "{}", imported.policy);
+    let files: String = story_files(&imported).into_iter().map(|(_, t)| t).collect();
+    assert!(files.contains("__warden_credential_hook_id__") && !files.contains("credential hook_id"), "{files}");
+    // A value with characters that would change the path or break the JSON if pasted raw.
+    let secret = "s3cret/../\"x\"?y=1";
+    unsafe { std::env::set_var("WARDEN_CREDENTIAL_HOOK_ID", secret) };
+    let engine = engine(&imported, skeleton_policy(&imported, None));
+    let r = engine.run("payload-secrets", json!({"text": "hello"}), "test", &Quiet).await.unwrap();
+    assert!(r.error.is_none(), "{:?}", r.error);
+    let seen = api.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].uri, format!("POST /hook/{secret}"), "percent-encoded in the path: one segment, decoded by the API");
+    let sent: Value = serde_json::from_str(seen[0].body.as_str().unwrap()).unwrap();
+    assert_eq!(sent, json!({"token": secret, "text": "hello"}), "JSON-escaped in the body");
+    // The step's output (the echo) and the whole run record hold no secret.
+    let out = r.output.unwrap();
+    assert_eq!(out["body"]["id"], "[REDACTED]", "{out}");
+    let detail = engine.store.get_run(&r.run_id).unwrap().unwrap();
+    let record = serde_json::to_string(&detail).unwrap();
+    assert!(!record.contains("s3cret"), "{record}");
+    assert!(record.contains("__warden_credential_hook_id__"), "the step's input holds the placeholder");
+    // An email or an expression still cannot carry one.
+    let leaky = import_with(&fixture("leaky.json", 1), true);
+    let report = leaky.report.to_string();
+    assert!(report.lines().any(|l| l.starts_with("refused") && l.contains("Mail the password") && l.contains("HTTP requests only")), "{report}");
+    assert!(report.lines().any(|l| l.starts_with("refused") && l.contains("Encoded key")), "{report}");
+    assert!(report.lines().any(|l| l.starts_with("converted") && l.contains("Post the token") && l.contains("placeholder")), "{report}");
 }

@@ -18,6 +18,8 @@ use base64::Engine as _;
 pub struct Injection {
     pub header: Option<(String, String)>,
     pub query: Option<(String, String)>,
+    /// `(marker, value)`: the value put where the request holds the marker.
+    pub substitute: Option<(String, String)>,
     pub redactor: Redactor,
 }
 
@@ -30,6 +32,7 @@ pub fn injection(spec: &CredentialSpec, secret: &Secret, also_redact: &[&Secret]
     let value = secret.expose();
     let mut bases = vec![value.as_bytes().to_vec()];
     bases.extend(also_redact.iter().map(|s| s.expose().as_bytes().to_vec()));
+    let mut substitute = None;
     let (header, query) = match &spec.kind {
         CredentialKind::Bearer | CredentialKind::OAuth2(_) => (Some(("authorization".to_string(), format!("Bearer {value}"))), None),
         CredentialKind::Header { name, prefix } => (Some((name.clone(), format!("{prefix}{value}"))), None),
@@ -40,11 +43,59 @@ pub fn injection(spec: &CredentialSpec, secret: &Secret, also_redact: &[&Secret]
             (Some(("authorization".to_string(), format!("Basic {encoded}"))), None)
         }
         CredentialKind::Query { param } => (None, Some((param.clone(), value.to_string()))),
+        CredentialKind::Placeholder { marker } => {
+            substitute = Some((marker.clone(), value.to_string()));
+            (None, None)
+        }
     };
-    Injection { header, query, redactor: Redactor::new(&bases) }
+    Injection { header, query, substitute, redactor: Redactor::new(&bases) }
+}
+
+/// Puts `value` where `url` and `body` hold `marker`: percent-encoded in the
+/// URL (every byte but letters and digits, so the path keeps its segments
+/// and the query its parameters), escaped for the body's content type (JSON
+/// string, form field) or as it is. Returns how many were replaced.
+pub fn substitute(marker: &str, value: &str, url: &mut url::Url, body: &mut Option<Vec<u8>>, content_type: &str) -> usize {
+    let mut count = 0;
+    let text = url.as_str();
+    if text.contains(marker) {
+        count += text.matches(marker).count();
+        let encoded = percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string();
+        if let Ok(u) = url::Url::parse(&text.replace(marker, &encoded)) {
+            *url = u;
+        }
+    }
+    if let Some(b) = body.as_mut() {
+        let n = memchr::memmem::find_iter(b, marker.as_bytes()).count();
+        if n > 0 {
+            count += n;
+            let ct = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let escaped = if ct == "application/json" || ct.ends_with("+json") {
+                serde_json::to_string(value).unwrap_or_default().trim_matches('"').to_string()
+            } else if ct == "application/x-www-form-urlencoded" {
+                url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+            } else {
+                value.to_string()
+            };
+            let finder = memchr::memmem::Finder::new(marker.as_bytes());
+            let mut out = Vec::with_capacity(b.len() + n * escaped.len());
+            let mut last = 0;
+            for at in finder.find_iter(b) {
+                out.extend_from_slice(&b[last..at]);
+                out.extend_from_slice(escaped.as_bytes());
+                last = at + marker.len();
+            }
+            out.extend_from_slice(&b[last..]);
+            *b = out;
+        }
+    }
+    count
 }
 
 pub const REDACTED: &[u8] = b"[REDACTED]";
+
+/// How many layers of escaping [`Redactor::leaks`] takes off.
+pub const DECODE_ROUNDS: usize = 4;
 
 /// Shorter spellings than this are not matched on their own (a base64 core
 /// of a few characters would strike innocent text); the whole value always is.
@@ -90,13 +141,26 @@ impl Redactor {
     }
 
     /// True when `redacted` still holds a secret once decoded (percent-encoding,
-    /// JSON escapes, in either order): a spelling the needles did not know.
+    /// JSON escapes, in either order, nested up to [`DECODE_ROUNDS`] deep: a
+    /// JSON document quoted inside another escapes a secret's `"` and `\`
+    /// twice): a spelling the needles did not know.
     pub fn leaks(&self, redacted: &[u8]) -> bool {
         if self.plain.is_empty() {
             return false;
         }
-        let decoded = [percent_decode(&json_unescape(redacted)), json_unescape(&percent_decode(redacted))];
-        decoded.iter().any(|d| self.plain.iter().any(|s| memchr::memmem::find(d, s).is_some()))
+        let found = |d: &[u8]| self.plain.iter().any(|s| memchr::memmem::find(d, s).is_some());
+        let (mut a, mut b) = (redacted.to_vec(), redacted.to_vec());
+        for _ in 0..DECODE_ROUNDS {
+            let (next_a, next_b) = (percent_decode(&json_unescape(&a)), json_unescape(&percent_decode(&b)));
+            if found(&next_a) || found(&next_b) {
+                return true;
+            }
+            if next_a == a && next_b == b {
+                return false;
+            }
+            (a, b) = (next_a, next_b);
+        }
+        false
     }
 }
 
@@ -113,10 +177,13 @@ fn spellings(s: &[u8]) -> Vec<Vec<u8>> {
     // Hex.
     out.push(hex::encode(s).into_bytes());
     out.push(hex::encode_upper(s).into_bytes());
-    // JSON: as serde writes it, with `\/`, and every character as `\u00XX`.
+    // JSON: as serde writes it, with `\/`, and every character as `\u00XX`;
+    // and escaped twice, as a JSON document quoted inside another has it.
     if let Ok(text) = std::str::from_utf8(s) {
         let json = serde_json::to_string(text).unwrap_or_default();
         let inner = json.trim_matches('"').to_string();
+        let twice = serde_json::to_string(&inner).unwrap_or_default();
+        out.push(twice[1..twice.len().saturating_sub(1).max(1)].to_string().into_bytes());
         out.push(inner.replace('/', "\\/").into_bytes());
         out.push(inner.into_bytes());
         let u: String = text.encode_utf16().map(|c| format!("\\u{c:04x}")).collect();
@@ -264,6 +331,22 @@ mod tests {
             assert!(text.contains("[REDACTED]"), "not redacted: {form} -> {text}");
             assert!(!r.leaks(&out), "{form} -> {text}");
         }
+    }
+
+    #[test]
+    fn a_secret_quoted_in_json_inside_json_is_redacted_and_deeper_nesting_refused() {
+        let secret = "s3cret/../\"x\"?y=1";
+        let r = Redactor::new(&[secret.as_bytes().to_vec()]);
+        // An echo of a JSON body, as a string field of the JSON answer.
+        let inner = serde_json::json!({"token": secret}).to_string();
+        let answer = serde_json::json!({"echo": inner}).to_string();
+        let out = r.redact(answer.as_bytes());
+        assert!(!String::from_utf8_lossy(&out).contains("s3cret"), "{}", String::from_utf8_lossy(&out));
+        assert!(!r.leaks(&out));
+        // Once more quoted: no needle for it, but decoding finds it, so the answer is refused.
+        let deeper = serde_json::json!({"outer": answer}).to_string();
+        let out = r.redact(deeper.as_bytes());
+        assert!(String::from_utf8_lossy(&out).contains("s3cret") && r.leaks(&out));
     }
 
     #[test]

@@ -253,7 +253,7 @@ fn inject_into(headers: &mut HeaderMap, url: &mut url::Url, injection: &inject::
 /// Layers 8–10 for an admitted request: the credential injected, the wire,
 /// and nothing coming back that carries the secret. Owns what it uses, so a
 /// `wasi:http` request can run it as a future beside the guest.
-pub async fn deliver(a: Admitted, body: Option<Vec<u8>>, record: &mut AuditRecord) -> Result<Delivered, http::HttpError> {
+pub async fn deliver(a: Admitted, mut body: Option<Vec<u8>>, record: &mut AuditRecord) -> Result<Delivered, http::HttpError> {
     let Admitted { plugin, target, mut headers, credential, timeout, max_request_bytes, max_response_bytes, transport } = a;
     let len = body.as_ref().map_or(0, |b| b.len() as u64);
     record.request_bytes = len;
@@ -298,6 +298,12 @@ pub async fn deliver(a: Admitted, body: Option<Vec<u8>>, record: &mut AuditRecor
             _ => inject::injection(spec, &secret, &[]),
         };
         inject_into(&mut headers, &mut url, &injection, name, record)?;
+        if let Some((marker, value)) = &injection.substitute {
+            let ct = headers.get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            inject::substitute(marker, value, &mut url, &mut body, &ct);
+            // The body grew or shrank by the value: the wire sets its length.
+            headers.remove(reqwest::header::CONTENT_LENGTH);
+        }
         redactor = injection.redactor;
     }
 
