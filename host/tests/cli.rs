@@ -398,3 +398,29 @@ fn tines_import_writes_stories_a_policy_and_a_report_and_says_what_it_did_not_co
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("bad.json: line 1: not a Tines story export"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn tines_run_imports_in_memory_and_runs_and_refuses_what_it_could_not_convert() {
+    let dir = tempdir("tines-run");
+    let export = root().join("tests/e2e/fixtures/tines/dedupe-across-runs.json");
+    let db = dir.join("runs.db");
+    let args = |id: &str| vec!["tines".to_string(), "run".into(), export.display().to_string(), "--input".into(), format!(r#"{{"id": "{id}"}}"#), "--db".into(), db.display().to_string(), "-q".into()];
+    let run = |id: &str| {
+        let a = args(id);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        warden(&refs, &[])
+    };
+    let out = run("A-9");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(), serde_json::json!({"new": "A-9"}));
+    // The same store: the second run of the same id is a duplicate (no output).
+    let out = run("A-9");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "null");
+    // An export with refused agents does not run; the report says why.
+    let leaky = root().join("tests/e2e/fixtures/tines/leaky.json");
+    let out = warden(&["tines", "run", leaky.to_str().unwrap(), "--db", db.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("refused     leaky-credentials / Post the token") && stderr.contains("not every agent was converted"), "{stderr}");
+}

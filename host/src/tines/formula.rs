@@ -361,12 +361,37 @@ impl<'a> Scope<'a> {
     }
 }
 
+/// Longest text or list one formula value may be.
+const MAX_VALUE: usize = 4 * 1024 * 1024;
+
 /// Evaluates `e`. A missing key is null, as in Tines; a wrong type is an error.
+/// Each value made costs steps by its size, and none may pass [`MAX_VALUE`]:
+/// a formula cannot make the host loop or fill its memory.
 pub fn eval(e: &Expr, sc: &mut Scope) -> Result<Value, String> {
     sc.steps += 1;
     if sc.steps > MAX_STEPS {
         return Err(format!("the formula took more than {MAX_STEPS} steps"));
     }
+    let v = eval_once(e, sc)?;
+    // Shallow, plus the texts one level down (what MAP and friends build).
+    let text_len = |x: &Value| if let Value::String(s) = x { s.len() } else { 0 };
+    let size = match &v {
+        Value::String(s) => s.len(),
+        Value::Array(a) => a.len() + a.iter().map(text_len).sum::<usize>(),
+        Value::Object(o) => o.len() + o.values().map(text_len).sum::<usize>(),
+        _ => 0,
+    };
+    if size > MAX_VALUE {
+        return Err(format!("the formula made a value of {size} characters or items; at most {MAX_VALUE}"));
+    }
+    sc.steps += size / 64;
+    if sc.steps > MAX_STEPS {
+        return Err(format!("the formula took more than {MAX_STEPS} steps"));
+    }
+    Ok(v)
+}
+
+fn eval_once(e: &Expr, sc: &mut Scope) -> Result<Value, String> {
     Ok(match e {
         Expr::Literal(v) => v.clone(),
         Expr::Path(name, keys) => {
@@ -883,6 +908,17 @@ mod tests {
         assert_eq!(f("hello <<get_user.body.name>>, status <<get_user.status>>"), json!("hello ana, status 200"));
         assert_eq!(f("<<get_user.body.groups>>"), json!(["it", "domain-admins"]), "alone it passes the value");
         assert_eq!(f("no formula here"), json!("no formula here"));
+    }
+
+    #[test]
+    fn a_formula_cannot_make_the_host_spin_or_fill_memory() {
+        let mut c = ctx();
+        c.insert("big".into(), json!((0..5000).collect::<Vec<_>>()));
+        let e = render("=MAP(big, LAMBDA(a, MAP(big, LAMBDA(b, MAP(big, LAMBDA(c, 1))))))", &c).unwrap_err();
+        assert!(e.contains("steps"), "{e}");
+        // 5,000 texts of ~25 KB each: refused by size before it is 125 MB.
+        let e = render("=MAP(big, LAMBDA(a, JOIN(big, \",\")))", &c).unwrap_err();
+        assert!(e.contains("at most") || e.contains("steps"), "{e}");
     }
 
     #[test]

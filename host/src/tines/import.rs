@@ -365,6 +365,13 @@ impl Cx<'_> {
         for k in e.other.keys().filter(|k| !known_top.contains(k.as_str())) {
             self.report.add(Level::Note, &story, None, format!("top-level field `{k}` is not used by warden"));
         }
+        // Template actions keep their inputs at the top level: say which agents lose them.
+        for i in e.other.get("integrations").and_then(|v| v.as_array()).into_iter().flatten() {
+            let guid = i.get("action_guid").and_then(|g| g.as_str()).unwrap_or("");
+            let agent = e.agents.iter().find(|a| a.guid.as_deref() == Some(guid)).map(|a| a.name.clone()).unwrap_or_else(|| format!("guid {guid}"));
+            let product = i.get("product").and_then(|p| p.as_str()).unwrap_or("a template");
+            self.report.add(Level::Unsupported, &story, Some(&agent), format!("its {product} template inputs (integrations) are not converted"));
+        }
         // Agent ids: snake-cased names, as templates reference them; a repeated name is ambiguous.
         let mut ids: Vec<String> = Vec::new();
         let mut first_of: HashMap<String, usize> = HashMap::new();
@@ -1018,6 +1025,20 @@ mod tests {
         assert_eq!(one_reference("{{ .CREDENTIAL.x | base64_encode }}"), None, "inside an expression: not a plain reference");
         assert!(mentions_credential("{{ .CREDENTIAL.x | base64_encode }}"));
         assert!(mentions_credential("{%credential x%}"));
+    }
+
+    #[test]
+    fn repeated_names_and_template_inputs_are_said() {
+        let e = Export::parse(r#"{"name": "Dupes", "agents": [
+            {"type": "Agents::EventTransformationAgent", "name": "Send a message", "guid": "a", "options": {"mode": "message_only", "payload": {}}},
+            {"type": "Agents::EventTransformationAgent", "name": "Send a message", "guid": "b", "options": {"mode": "message_only", "payload": {}}}
+        ], "links": [{"source": 0, "receiver": 1}], "integrations": [{"action_guid": "b", "product": "Slack", "action_inputs": []}]}"#).unwrap();
+        let i = import(&e, &ImportOptions::default());
+        let r = i.report.to_string();
+        assert!(r.contains("two agents are named `Send a message` (agents 0 and 1): references `.send_a_message` resolve to the first; this one is `send_a_message_2`"), "{r}");
+        assert!(r.contains("unsupported dupes / Send a message: its Slack template inputs (integrations) are not converted"), "{r}");
+        let ids: Vec<&Value> = i.stories[0].1["graph"]["agents"].as_array().unwrap().iter().map(|a| &a["id"]).collect();
+        assert_eq!(ids, [&json!("input"), &json!("send_a_message"), &json!("send_a_message_2")]);
     }
 
     #[test]

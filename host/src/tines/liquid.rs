@@ -66,36 +66,86 @@ fn language() -> Language {
 /// Tines renders a reference to something absent as nothing; the `liquid`
 /// crate refuses it. This runtime answers nil where the one it wraps has no
 /// such variable (so `{{ .a.missing | default: 1 }}` gives 1).
-struct Lenient<R>(R);
+///
+/// It also meters the work: every element rendered and every loop pass asks
+/// for the registers, so past [`MAX_STEPS`] it raises a `break` there, which
+/// ends every loop and block at once, and the render fails saying why — a
+/// template from an export cannot make the host spin.
+struct Lenient<R> {
+    inner: R,
+    steps: std::cell::Cell<usize>,
+}
+
+/// Rendering steps (elements, loop passes) one render may take.
+pub const MAX_STEPS: usize = 1_000_000;
+/// The widest `(a..b)` a `for` may count over (the crate builds the whole list first).
+pub const MAX_RANGE: i64 = 10_000;
 
 impl<R: Runtime> Runtime for Lenient<R> {
     fn partials(&self) -> &dyn liquid_core::runtime::PartialStore {
-        self.0.partials()
+        self.inner.partials()
     }
     fn name(&self) -> Option<liquid_core::model::KStringRef<'_>> {
-        self.0.name()
+        self.inner.name()
     }
     fn roots(&self) -> std::collections::BTreeSet<liquid_core::model::KStringCow<'_>> {
-        self.0.roots()
+        self.inner.roots()
     }
     fn try_get(&self, path: &[liquid_core::model::ScalarCow<'_>]) -> Option<liquid_core::model::ValueCow<'_>> {
-        self.0.try_get(path)
+        self.inner.try_get(path)
     }
     fn get(&self, path: &[liquid_core::model::ScalarCow<'_>]) -> LResult<liquid_core::model::ValueCow<'_>> {
-        Ok(self.0.try_get(path).unwrap_or(liquid_core::model::ValueCow::Owned(LValue::Nil)))
+        Ok(self.inner.try_get(path).unwrap_or(liquid_core::model::ValueCow::Owned(LValue::Nil)))
     }
     fn set_global(&self, name: liquid_core::model::KString, val: LValue) -> Option<LValue> {
-        self.0.set_global(name, val)
+        self.inner.set_global(name, val)
     }
     fn set_index(&self, name: liquid_core::model::KString, val: LValue) -> Option<LValue> {
-        self.0.set_index(name, val)
+        self.inner.set_index(name, val)
     }
     fn get_index<'a>(&'a self, name: &str) -> Option<liquid_core::model::ValueCow<'a>> {
-        self.0.get_index(name)
+        self.inner.get_index(name)
     }
     fn registers(&self) -> &liquid_core::runtime::Registers {
-        self.0.registers()
+        let steps = self.steps.get() + 1;
+        self.steps.set(steps);
+        let registers = self.inner.registers();
+        if steps > MAX_STEPS {
+            registers.get_mut::<liquid_core::runtime::InterruptRegister>().set(liquid_core::runtime::Interrupt::Break);
+        }
+        registers
     }
+}
+
+/// Output that refuses to grow past [`MAX_RENDERED_BYTES`].
+struct Capped(Vec<u8>, bool);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.1 = true;
+            return Err(std::io::Error::other(format!("rendered text passed {MAX_RENDERED_BYTES} bytes")));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every `for … in (a..b)` counts over two numbers at most [`MAX_RANGE`] apart.
+fn check_ranges(text: &str) -> Result<(), String> {
+    static R: OnceLock<Regex> = OnceLock::new();
+    let r = R.get_or_init(|| Regex::new(r"\{%-?\s*(?:for|tablerow)\s+\w+\s+in\s+\(([^)]*)\)").unwrap());
+    for c in r.captures_iter(text) {
+        let bounds: Vec<Option<i64>> = c[1].split("..").map(|b| b.trim().parse::<i64>().ok()).collect();
+        match bounds.as_slice() {
+            [Some(a), Some(b)] if (b - a).abs() <= MAX_RANGE => {}
+            _ => return Err(format!("`for … in ({})` must count between two numbers at most {MAX_RANGE} apart", c[1].trim())),
+        }
+    }
+    Ok(())
 }
 
 impl Liquid {
@@ -115,7 +165,9 @@ impl Liquid {
         if let Some(t) = self.cache.lock().unwrap().get(text) {
             return Ok(t.clone());
         }
-        let elements = liquid_core::parser::parse(&normalize(text), &self.language).map_err(|e| one_line(&e.to_string()))?;
+        let normalized = normalize(text);
+        check_ranges(&normalized)?;
+        let elements = liquid_core::parser::parse(&normalized, &self.language).map_err(|e| one_line(&e.to_string()))?;
         let t = Arc::new(Template::new(elements));
         let mut cache = self.cache.lock().unwrap();
         if cache.len() >= CACHE {
@@ -132,13 +184,17 @@ impl Liquid {
             return Ok(Value::String(text.to_string()));
         }
         let template = self.template(text)?;
-        let runtime = Lenient(liquid_core::runtime::RuntimeBuilder::new().set_globals(globals).build());
-        let mut out = Vec::new();
-        template.render_to(&mut out, &runtime).map_err(|e| one_line(&e.to_string()))?;
-        if out.len() > MAX_RENDERED_BYTES {
-            return Err(format!("rendered text is {} bytes; at most {MAX_RENDERED_BYTES}", out.len()));
+        let runtime = Lenient { inner: liquid_core::runtime::RuntimeBuilder::new().set_globals(globals).build(), steps: Default::default() };
+        let mut out = Capped(Vec::new(), false);
+        let rendered = template.render_to(&mut out, &runtime);
+        if out.1 {
+            return Err(format!("the rendered text passed {MAX_RENDERED_BYTES} bytes; stopped"));
         }
-        Ok(unmark(&String::from_utf8_lossy(&out)))
+        rendered.map_err(|e| one_line(&e.to_string()))?;
+        if runtime.steps.get() > MAX_STEPS {
+            return Err(format!("the template took more than {MAX_STEPS} rendering steps (loops within loops?); stopped"));
+        }
+        Ok(unmark(&String::from_utf8_lossy(&out.0)))
     }
 
     /// Renders every string inside `v` (object keys stay as they are).
@@ -573,6 +629,32 @@ mod tests {
         assert_eq!(normalize("{% global_resource api_base %}/x"), "{{ RESOURCE.api_base }}/x");
         assert_eq!(normalize("run {% story_run_guid %}"), "run {{ META.story_run_guid }}");
         assert_eq!(render("a{% line_break %}b", json!({})), json!("a\nb"));
+    }
+
+    #[test]
+    fn assign_capture_and_case_work_as_in_liquid() {
+        let ctx = json!({"a": {"n": 3, "name": "x"}});
+        assert_eq!(render("{% assign t = .a.n | plus: 2 %}{% capture c %}[{{ t }}]{% endcapture %}{{ c }}{{ c }}", ctx.clone()), json!("[5][5]"));
+        assert_eq!(render("{% case .a.name %}{% when 'x' %}ex{% else %}other{% endcase %}", ctx), json!("ex"));
+    }
+
+    #[test]
+    fn a_template_cannot_make_the_host_spin_or_fill_memory() {
+        let l = Liquid::new();
+        let g = globals(json!({"big": (0..2000).collect::<Vec<_>>()}).as_object().unwrap());
+        // Loops within loops over event data: stopped by the step meter, promptly.
+        let started = std::time::Instant::now();
+        let e = l.render_str("{% for a in big %}{% for b in big %}{% for c in big %}.{% endfor %}{% endfor %}{% endfor %}", &g).unwrap_err();
+        assert!(e.contains("rendering steps"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        // A counted range the crate would build in memory first: refused before rendering.
+        let e = l.render_str("{% for i in (1..100000000000) %}x{% endfor %}", &g).unwrap_err();
+        assert!(e.contains("at most 10000 apart"), "{e}");
+        let e = l.render_str("{% for i in (1..big.size) %}x{% endfor %}", &g).unwrap_err();
+        assert!(e.contains("two numbers"), "{e}");
+        // Output past the cap: refused as it grows, not after.
+        let e = l.render_str("{% for a in big %}{% for b in big %}0123456789{% endfor %}{% endfor %}", &g).unwrap_err();
+        assert!(e.contains("bytes"), "{e}");
     }
 
     #[test]
