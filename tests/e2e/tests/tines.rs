@@ -560,3 +560,23 @@ async fn with_allow_credential_in_payload_the_host_fills_the_credential_in_at_eg
     assert!(report.lines().any(|l| l.starts_with("refused") && l.contains("Encoded key")), "{report}");
     assert!(report.lines().any(|l| l.starts_with("converted") && l.contains("Post the token") && l.contains("placeholder")), "{report}");
 }
+
+/// A run cut off mid-way (here: dropped while it waits out a delay) resumes
+/// from its record: the requests it already made are not made again.
+#[tokio::test]
+async fn a_graph_run_resumed_after_an_interruption_sends_nothing_twice() {
+    let (api, port) = start_api().await;
+    let imported = import_here(&fixture("paging.json", port));
+    let engine = engine(&imported, skeleton_policy(&imported, None));
+    let run_id = engine.submit("page-through-items", json!({"per": 7}), "test").await.unwrap();
+    // The first page is fetched, then the run waits a second: cut it off there.
+    let cut = tokio::time::timeout(std::time::Duration::from_millis(600), engine.execute(&run_id, &Quiet)).await;
+    assert!(cut.is_err(), "the run was still waiting at its delay");
+    assert_eq!(api.seen().len(), 1);
+    // What a restart does with a run left `running`.
+    let r = engine.resume(&run_id, &Quiet).await;
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.output.unwrap(), json!({"last_page": "3", "pages_waited": "3"}));
+    let uris: Vec<String> = api.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(uris, ["GET /items?page=1&per=7", "GET /items?page=2&per=7", "GET /items?page=3&per=7"], "page 1 was not fetched again");
+}
