@@ -166,6 +166,9 @@ pub struct CredentialSpec {
     pub kind: CredentialKind,
     pub source: SecretSource,
     pub hosts: Vec<Binding>,
+    /// A `placeholder` credential's relays (`hosts = ["relay:NAME"]`): mail
+    /// through them may carry it, filled in by the host at SMTP egress.
+    pub relays: Vec<String>,
     /// Owning team, if any: only that team's runs may use it.
     pub team: Option<String>,
     /// `inject = "auto"`: added to every request of a plugin granted it to one
@@ -246,7 +249,12 @@ pub(super) fn parse(name: &str, c: RawCredential, base: &Path) -> Result<Credent
             "credentials.{name}: `hosts` is empty, so it could never be sent; list the origins it belongs to, e.g. hosts = [\"https://api.example.com\"]"
         ));
     }
-    let hosts = c.hosts.iter().map(|h| Binding::parse(h)).collect::<Result<Vec<_>, _>>()
+    let (relays, origins): (Vec<&String>, Vec<&String>) = c.hosts.iter().partition(|h| h.starts_with("relay:"));
+    if !relays.is_empty() && !matches!(kind, CredentialKind::Placeholder { .. }) {
+        return Err(format!("credentials.{name}: `{}` binds it to a mail relay, which only a kind = \"placeholder\" credential can be (filled into a message at SMTP egress)", relays[0]));
+    }
+    let relays: Vec<String> = relays.iter().map(|r| r.trim_start_matches("relay:").to_string()).collect();
+    let hosts = origins.into_iter().map(|h| Binding::parse(h)).collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("credentials.{name}: {e}"))?;
     let auto = match c.inject.as_deref() {
         None | Some("named") => false,
@@ -257,7 +265,7 @@ pub(super) fn parse(name: &str, c: RawCredential, base: &Path) -> Result<Credent
             ))
         }
     };
-    Ok(CredentialSpec { name: name.to_string(), kind, source, hosts, team: c.team, auto, tokens: Default::default() })
+    Ok(CredentialSpec { name: name.to_string(), kind, source, hosts, relays, team: c.team, auto, tokens: Default::default() })
 }
 
 /// The `oauth2` fields of a credential table, checked.

@@ -147,6 +147,12 @@ impl Policy {
             relays.insert(name, Arc::new(relay));
         }
 
+        for c in credentials.values() {
+            if let Some(r) = c.relays.iter().find(|r| !relays.contains_key(*r)) {
+                return Err(err(0..0, format!("credentials.{} is bound to relay:{r}, but there is no [relays.{r}]", c.name)));
+            }
+        }
+
         let mut plugins = BTreeMap::new();
         for (name, p) in raw.plugins {
             let span = p.path.span();

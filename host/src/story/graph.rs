@@ -305,6 +305,16 @@ struct RawAgent {
 /// The kinds an agent may be.
 pub const KINDS: &[&str] = &["webhook", "http", "email", "story", "message", "extract", "explode", "implode", "deduplicate", "delay", "trigger"];
 
+/// Every string in `v` (templates, formulas and plain text alike).
+fn every_string(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|x| every_string(x, out)),
+        Value::Object(o) => o.values().for_each(|x| every_string(x, out)),
+        _ => {}
+    }
+}
+
 /// Converts and checks a parsed `graph`: `(line, message)` per error.
 pub(super) fn convert(raw: &RawGraph, story_line: u64) -> Result<Graph, Vec<(u64, String)>> {
     let mut errors = Vec::new();
@@ -472,7 +482,7 @@ pub(super) fn convert(raw: &RawGraph, story_line: u64) -> Result<Graph, Vec<(u64
         }
         // Every template must parse now, not at the run that reaches it.
         let mut texts = Vec::new();
-        crate::story::template::strings(&options, &mut texts);
+        every_string(&options, &mut texts);
         for t in &texts {
             if formulas && formula::is_formula(t) {
                 for src in formula::sources(t) {
@@ -565,6 +575,19 @@ mod tests {
         assert!(rule(Test::Contains).holds("evil.example.com", "evil"));
         assert!(rule(Test::NotContains).holds("good.example.com", "evil"));
         assert!(!rule(Test::Regex).holds("x", "(unclosed"), "a regex that does not compile holds for nothing");
+    }
+
+    #[test]
+    fn a_graph_story_is_checked_at_load_formulas_and_templates_alike() {
+        let story = |opts: &str| format!("name: g\ngraph:\n  templates: formulas\n  agents:\n    - id: start\n      kind: webhook\n      receivers: [m]\n    - id: m\n      kind: message\n      options: {opts}\n");
+        let err = |opts: &str| crate::story::parse(&story(opts), std::path::Path::new("g.yaml")).unwrap_err().to_string();
+        let e = err("{payload: {x: \"=NOPE(1)\"}}");
+        assert!(e.contains("agent `m`: formula `NOPE(1)` calls NOPE, which warden does not have"), "{e}");
+        assert!(err("{payload: {x: \"=IF(1, \"}}").contains("bad formula"));
+        assert!(err("{payload: {x: \"{{ .a | }}\"}}").contains("bad template"));
+        assert!(crate::story::parse(&story("{payload: {x: \"=UPPER(start.name)\", y: \"{{ .start.n }}\"}}"), std::path::Path::new("g.yaml")).is_ok());
+        let e = crate::story::parse("name: g\ngraph:\n  agents:\n    - id: a\n      kind: webhook\n      receivers: [nope]\n", std::path::Path::new("g.yaml")).unwrap_err().to_string();
+        assert!(e.contains("receiver `nope` is not an agent of this story (agents: a)"), "{e}");
     }
 
     #[test]

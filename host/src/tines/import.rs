@@ -149,7 +149,7 @@ pub struct Credential {
 
 /// Imports `export` (and the stories it sends to).
 pub fn import(export: &Export, opts: &ImportOptions) -> Imported {
-    let mut cx = Cx { opts, report: Report::default(), credentials: BTreeMap::new(), rules: BTreeSet::new(), stories: Vec::new(), names: HashMap::new(), emails: false, recipient_domains: BTreeSet::new(), webhooks: Vec::new(), schedules: Vec::new(), resources: BTreeSet::new() };
+    let mut cx = Cx { opts, report: Report::default(), credentials: BTreeMap::new(), rules: BTreeSet::new(), stories: Vec::new(), names: HashMap::new(), emails: false, recipient_domains: BTreeSet::new(), webhooks: Vec::new(), schedules: Vec::new(), resources: BTreeSet::new(), email_credentials: BTreeSet::new() };
     cx.name_stories(export);
     cx.story(export);
     let policy = cx.policy();
@@ -173,6 +173,8 @@ struct Cx<'o> {
     schedules: Vec<(String, String, Option<String>)>,
     /// Resources the stories read (`RESOURCE.x`, `{% global_resource x %}`).
     resources: BTreeSet<String>,
+    /// Placeholder credentials email agents carry (granted to the email plugin).
+    email_credentials: BTreeSet<String>,
 }
 
 /// `Alert Triage (v2)` → `alert-triage-v2`.
@@ -533,12 +535,12 @@ impl Cx<'_> {
             }
         };
         let (kind, mode) = match a.kind.as_str() {
-            "Agents::WebhookAgent" => ("webhook", None),
+            "Agents::WebhookAgent" => ("webhook", None::<String>),
             "Agents::HTTPRequestAgent" => ("http", None),
             "Agents::TriggerAgent" => ("trigger", None),
             "Agents::EmailAgent" => ("email", None),
             "Agents::SendToStoryAgent" => ("story", None),
-            "Agents::EventTransformationAgent" => ("transform", opts.get("mode").and_then(|m| m.as_str())),
+            "Agents::EventTransformationAgent" => ("transform", opts.get("mode").and_then(|m| m.as_str()).map(str::to_string)),
             other => {
                 self.report.add(Level::Unsupported, story, Some(name), format!("agent type `{other}` is not supported by warden; not converted"));
                 return None;
@@ -573,17 +575,44 @@ impl Cx<'_> {
             out.insert("name".into(), json!(name));
         }
         // Options outside what the type uses are said, not dropped silently.
-        let known = known_options(kind, mode);
+        let known = known_options(kind, mode.as_deref());
         for k in opts.keys().filter(|k| !known.contains(&k.as_str())) {
             self.report.add(Level::Note, story, Some(name), format!("option `{k}` is not used by warden"));
         }
         // A credential anywhere but an HTTP request's header, basic_auth or query would reach the step.
-        if kind != "http" && any_string(&a.options, &mut |s| mentions_credential(s)) {
-            let only_http = if self.opts.allow_credential_in_payload { " (--allow-credential-in-payload covers HTTP requests only: the host fills credentials in at HTTP egress)" } else { "" };
-            self.report.add(Level::Refused, story, Some(name), format!("uses a credential outside an HTTP request's header, basic_auth or query string, where the step would see its value; not converted (move the credential into a header){only_http}"));
+        let mut opts = opts;
+        let mut email_credential = None;
+        if kind == "email" && self.opts.allow_credential_in_payload && any_string(&a.options, &mut |s| mentions_credential(s)) {
+            // In the subject or body: the host fills it in at SMTP egress, through the relay it is bound to.
+            let addresses = ["recipients", "cc", "bcc", "reply_to", "sender_address", "sender_name"];
+            if !addresses.iter().any(|k| opts.get(*k).is_some_and(|v| any_string(v, &mut |s| mentions_credential(s)))) {
+                let mut names = BTreeSet::new();
+                for k in ["subject", "body"] {
+                    if let Some(v) = opts.get_mut(k) {
+                        replace_references(v, &mut names);
+                    }
+                }
+                if names.len() == 1 && !any_string(&Value::Object(opts.clone()), &mut |s| mentions_credential(s)) {
+                    let cred = names.into_iter().next().unwrap_or_default();
+                    let marker = crate::policy::credentials::default_marker(&snake(&cred));
+                    email_credential = Some(self.credential(&cred, Injection::Placeholder { marker }, "relay:default"));
+                }
+            }
+        }
+        if kind != "http" && email_credential.is_none() && any_string(&Value::Object(opts.clone()), &mut |s| mentions_credential(s)) {
+            let why = match (self.opts.allow_credential_in_payload, kind) {
+                (true, "email") => " (--allow-credential-in-payload fills in one credential in an email's subject or body, never in an address)",
+                (true, _) => " (--allow-credential-in-payload covers HTTP requests and email bodies only: the host fills credentials in at egress)",
+                _ => "",
+            };
+            self.report.add(Level::Refused, story, Some(name), format!("uses a credential outside an HTTP request's header, basic_auth or query string, where the step would see its value; not converted (move the credential into a header){why}"));
             return None;
         }
-        let options = match (kind, mode) {
+        if let Some(c) = &email_credential {
+            self.email_credentials.insert(c.clone());
+            self.report.add(Level::Note, story, Some(name), format!("credential moved out of the message: the host fills in {c} (placeholder) at SMTP egress"));
+        }
+        let options = match (kind, mode.as_deref()) {
             ("webhook", _) => {
                 out.insert("kind".into(), json!("webhook"));
                 let verbs = opts.get("verbs").and_then(|v| v.as_str()).unwrap_or("post").to_ascii_lowercase();
@@ -623,7 +652,10 @@ impl Cx<'_> {
                 out.insert("kind".into(), json!("email"));
                 self.emails = true;
                 let mut recipients = Vec::new();
-                crate::story::template::strings(opts.get("recipients").unwrap_or(&Value::Null), &mut recipients);
+                any_string(opts.get("recipients").unwrap_or(&Value::Null), &mut |s| {
+                    recipients.push(s.to_string());
+                    false
+                });
                 for r in recipients.iter().flat_map(|r| r.split([',', ';'])) {
                     match r.trim().rsplit_once('@') {
                         Some((_, d)) if !is_templated(d) => {
@@ -882,7 +914,12 @@ impl Cx<'_> {
         if self.emails {
             t.push_str(&format!("[plugins.{EMAIL_PLUGIN}]\npath = {}\n\n", q(&format!("{dir}/email.wasm"))));
             let domains: Vec<String> = self.recipient_domains.iter().map(|d| q(d)).collect();
-            t.push_str(&format!("[grants.{EMAIL_PLUGIN}]\n# Recipients' domains seen in the export; add those templated recipients use.\nsmtp = {{ relay = \"default\", senders = [\"warden@example.com\"], recipient_domains = [{}], max_recipients = 20, max_messages = 1 }}\nlimits = {{ memory = \"32MiB\", cpu_ms = 1000, wall_ms = 30000 }}\n\n", domains.join(", ")));
+            t.push_str(&format!("[grants.{EMAIL_PLUGIN}]\n# Recipients' domains seen in the export; add those templated recipients use.\nsmtp = {{ relay = \"default\", senders = [\"warden@example.com\"], recipient_domains = [{}], max_recipients = 20, max_messages = 1 }}\n", domains.join(", ")));
+            if !self.email_credentials.is_empty() {
+                let names: Vec<String> = self.email_credentials.iter().map(|k| q(k)).collect();
+                t.push_str(&format!("credentials = [{}]\n", names.join(", ")));
+            }
+            t.push_str("limits = { memory = \"32MiB\", cpu_ms = 1000, wall_ms = 30000 }\n\n");
             t.push_str("[relays.default]\n# Your SMTP relay.\nhost = \"127.0.0.1\"\nport = 25\ntls = \"starttls\"\ndefault_from = \"warden@example.com\"\n\n");
         }
         for (name, c) in &self.credentials {

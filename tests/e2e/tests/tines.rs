@@ -553,11 +553,11 @@ async fn with_allow_credential_in_payload_the_host_fills_the_credential_in_at_eg
     let record = serde_json::to_string(&detail).unwrap();
     assert!(!record.contains("s3cret"), "{record}");
     assert!(record.contains("__warden_credential_hook_id__"), "the step's input holds the placeholder");
-    // An email or an expression still cannot carry one.
+    // An expression still cannot carry one; an email body can (next test).
     let leaky = import_with(&fixture("leaky.json", 1), true);
     let report = leaky.report.to_string();
-    assert!(report.lines().any(|l| l.starts_with("refused") && l.contains("Mail the password") && l.contains("HTTP requests only")), "{report}");
     assert!(report.lines().any(|l| l.starts_with("refused") && l.contains("Encoded key")), "{report}");
+    assert!(report.lines().any(|l| l.starts_with("note") && l.contains("Mail the password") && l.contains("SMTP egress")), "{report}");
     assert!(report.lines().any(|l| l.starts_with("converted") && l.contains("Post the token") && l.contains("placeholder")), "{report}");
 }
 
@@ -579,4 +579,34 @@ async fn a_graph_run_resumed_after_an_interruption_sends_nothing_twice() {
     assert_eq!(r.output.unwrap(), json!({"last_page": "3", "pages_waited": "3"}));
     let uris: Vec<String> = api.seen().into_iter().map(|s| s.uri).collect();
     assert_eq!(uris, ["GET /items?page=1&per=7", "GET /items?page=2&per=7", "GET /items?page=3&per=7"], "page 1 was not fetched again");
+}
+
+/// `--allow-credential-in-payload` and an email: the host fills the credential
+/// in at SMTP egress, through the relay it is bound to; the step and the run
+/// record hold the placeholder; never in an address.
+#[tokio::test]
+async fn with_allow_credential_in_payload_an_email_body_gets_the_credential_at_smtp_egress() {
+    let smtp = SmtpServer::start();
+    let text = r#"{"schema_version": 3, "name": "Door code", "agents": [
+        {"type": "Agents::WebhookAgent", "name": "Start", "guid": "z1", "options": {}},
+        {"type": "Agents::EmailAgent", "name": "Mail the code", "guid": "z2", "options": {"recipients": "guard@corp.example", "subject": "Door code for {{ .start.door }}",
+            "body": "Today's code: {% credential door_code %}"}}
+    ], "links": [{"source": 0, "receiver": 1}]}"#;
+    let imported = import_with(&Export::parse(text).unwrap(), true);
+    assert_eq!(imported.report.count(Level::Refused) + imported.report.count(Level::Unsupported), 0, "{}", imported.report);
+    assert!(imported.policy.contains("hosts = [\"relay:default\"]") && imported.policy.contains("credentials = [\"door_code\"]"), "{}", imported.policy);
+    unsafe { std::env::set_var("WARDEN_CREDENTIAL_DOOR_CODE", "4711-<b>") };
+    let engine = engine(&imported, skeleton_policy(&imported, Some(smtp.port)));
+    let r = engine.run("door-code", json!({"door": "B2"}), "test", &Quiet).await.unwrap();
+    assert!(r.error.is_none(), "{:?}", r.error);
+    let mail = smtp.messages();
+    assert_eq!(mail.len(), 1);
+    assert_eq!(mail[0]["text"].as_str().unwrap().trim(), "Today's code: 4711-<b>");
+    let record = serde_json::to_string(&engine.store.get_run(&r.run_id).unwrap().unwrap()).unwrap();
+    assert!(!record.contains("4711"), "{record}");
+    assert!(record.contains("__warden_credential_door_code__"));
+    // In an address it would decide where mail goes: refused.
+    let text = text.replace("guard@corp.example", "{% credential door_code %}@corp.example");
+    let imported = import_with(&Export::parse(&text).unwrap(), true);
+    assert!(imported.report.to_string().contains("never in an address"), "{}", imported.report);
 }

@@ -286,6 +286,7 @@ mod tests {
             kind: CredentialKind::Basic { user: "bot@corp.example".into() },
             source: SecretSource::Env("X".into()),
             hosts: vec![],
+            relays: vec![],
             team: None,
             auto: false,
             tokens: Default::default(),

@@ -44,8 +44,19 @@ impl smtp::Host for Capabilities {
             };
         }
         let recording = matches!(self.tape, Tape::Record(_)).then(|| message.clone());
-        let draft = Draft { from: m.from, to: m.to, cc: m.cc, bcc: m.bcc, reply_to: m.reply_to, subject: m.subject, text: m.text, html: m.html };
-        let result = match check::check(&self.call.plugin, grant.as_ref(), self.smtp.sent, &draft) {
+        let mut draft = Draft { from: m.from, to: m.to, cc: m.cc, bcc: m.bcc, reply_to: m.reply_to, subject: m.subject, text: m.text, html: m.html };
+        // Placeholder credentials granted for this relay, filled in only now (the
+        // audit, the recording and the guest keep the placeholder).
+        let filled = match grant.as_ref() {
+            Some(g) => fill_placeholders(&self.call.grant.credentials, &g.relay.name, &mut draft),
+            None => Ok(Vec::new()),
+        };
+        let result = match filled.and_then(|names| {
+            if !names.is_empty() {
+                record.credential = Some(names.join(","));
+            }
+            check::check(&self.call.plugin, grant.as_ref(), self.smtp.sent, &draft)
+        }) {
             Err(e) => Err(e),
             Ok(checked) => {
                 self.smtp.sent += 1;
@@ -93,6 +104,41 @@ impl smtp::Host for Capabilities {
         self.call.answered(record, started)?;
         Ok(result)
     }
+}
+
+/// Puts the value of each `placeholder` credential bound to `relay` where
+/// the message holds its marker: as it is in the text, HTML-escaped in the
+/// HTML, and in the subject only when it holds no line break (a header).
+/// Returns the names of the credentials filled in.
+fn fill_placeholders(granted: &std::collections::BTreeMap<String, std::sync::Arc<crate::policy::credentials::CredentialSpec>>, relay: &str, d: &mut Draft) -> Result<Vec<String>, MailError> {
+    use crate::policy::credentials::CredentialKind;
+    let mut names = Vec::new();
+    for spec in granted.values() {
+        let CredentialKind::Placeholder { marker } = &spec.kind else { continue };
+        let held = d.subject.contains(marker.as_str()) || d.text.contains(marker.as_str()) || d.html.as_deref().is_some_and(|h| h.contains(marker.as_str()));
+        if !held {
+            continue;
+        }
+        let denied = |reason: String| MailError::Denied(crate::capability::Denial { rule: "credential".into(), reason });
+        if !spec.relays.iter().any(|r| r == relay) {
+            return Err(denied(format!("credential `{}` is not bound to relay {relay} (hosts = [\"relay:{relay}\"])", spec.name)));
+        }
+        let secret = spec.source.read().map_err(|_| denied(format!("credential `{}` has no value on this host", spec.name)))?;
+        let value = secret.expose();
+        if d.subject.contains(marker.as_str()) {
+            if value.contains(['\r', '\n']) {
+                return Err(denied(format!("credential `{}` holds a line break, which a subject cannot carry", spec.name)));
+            }
+            d.subject = d.subject.replace(marker.as_str(), value);
+        }
+        d.text = d.text.replace(marker.as_str(), value);
+        if let Some(h) = d.html.as_mut() {
+            let escaped = value.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+            *h = h.replace(marker.as_str(), &escaped);
+        }
+        names.push(spec.name.clone());
+    }
+    Ok(names)
 }
 
 /// A receipt or an error, as a recording keeps it.
