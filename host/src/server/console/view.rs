@@ -234,6 +234,9 @@ const GAP: u32 = 40;
 /// Steps run in order, each behind its condition; fallbacks to the right,
 /// reached from the steps whose `on_error` names them.
 pub fn graph(story: &Story) -> Graph {
+    if let Some(g) = &story.graph {
+        return agents_graph(g);
+    }
     let cut = |t: &str, n: usize| {
         let t = t.trim();
         if t.chars().count() > n { format!("{}…", t.chars().take(n - 1).collect::<String>()) } else { t.to_string() }
@@ -300,10 +303,97 @@ pub fn graph(story: &Story) -> Graph {
     Graph { nodes, edges, width, height: row(rows) }
 }
 
+/// A graph story (imported from Tines): agents in layers by their distance
+/// from the entry, an edge per link (labelled when it is a trigger's no-match
+/// or a failure link; a link back up, a loop, drawn on the right).
+fn agents_graph(g: &crate::story::graph::Graph) -> Graph {
+    use crate::story::graph::AgentKind;
+    let n = g.agents.len();
+    let mut depth = vec![usize::MAX; n];
+    let mut queue = std::collections::VecDeque::from([g.entry]);
+    depth[g.entry] = 0;
+    while let Some(a) = queue.pop_front() {
+        let ag = &g.agents[a];
+        for &r in ag.receivers.iter().chain(&ag.no_match).chain(&ag.failure) {
+            if depth[r] == usize::MAX {
+                depth[r] = depth[a] + 1;
+                queue.push_back(r);
+            }
+        }
+    }
+    let deepest = depth.iter().filter(|d| **d != usize::MAX).max().copied().unwrap_or(0);
+    for d in depth.iter_mut().filter(|d| **d == usize::MAX) {
+        *d = deepest + 1;
+    }
+    let mut col = vec![0u32; n];
+    let mut per_row: std::collections::BTreeMap<usize, u32> = Default::default();
+    for (i, d) in depth.iter().enumerate() {
+        let c = per_row.entry(*d).or_default();
+        col[i] = *c;
+        *c += 1;
+    }
+    let pos = |i: usize| (20 + col[i] * (NODE_W + 60), 20 + depth[i] as u32 * (NODE_H + GAP));
+    let nodes = g
+        .agents
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let (x, y) = pos(i);
+            let what = match &a.kind {
+                AgentKind::Http(p) | AgentKind::Email(p) => format!("{} ({p})", a.kind.name()),
+                AgentKind::Story(s) => format!("story {s}"),
+                other => other.name().to_string(),
+            };
+            let full = if a.name != a.id { format!("{} — {what}", a.name) } else { what.clone() };
+            Node {
+                id: a.id.clone(),
+                what: if what.chars().count() > 34 { format!("{}…", what.chars().take(33).collect::<String>()) } else { what },
+                full,
+                kind: a.kind.step_kind(),
+                calls: if let AgentKind::Story(s) = &a.kind { Some(s.clone()) } else { None },
+                condition: None,
+                for_each: None,
+                on_error: (!a.failure.is_empty()).then(|| "on failure: its failure links".to_string()),
+                x,
+                y,
+            }
+        })
+        .collect();
+    let mut edges = Vec::new();
+    for (i, a) in g.agents.iter().enumerate() {
+        let links = a.receivers.iter().map(|r| (*r, None)).chain(a.no_match.iter().map(|r| (*r, Some("no match")))).chain(a.failure.iter().map(|r| (*r, Some("failure"))));
+        for (r, label) in links {
+            let ((sx, sy), (dx, dy)) = (pos(i), pos(r));
+            let path = if depth[r] > depth[i] {
+                format!("M{},{} C{},{} {},{} {},{}", sx + NODE_W / 2, sy + NODE_H, sx + NODE_W / 2, sy + NODE_H + GAP / 2, dx + NODE_W / 2, dy - GAP / 2, dx + NODE_W / 2, dy - 4)
+            } else {
+                // Back up the graph: a loop.
+                format!("M{},{} C{},{} {},{} {},{}", sx + NODE_W, sy + NODE_H / 2, sx + NODE_W + 50, sy + NODE_H / 2, dx + NODE_W + 50, dy + NODE_H / 2, dx + NODE_W + 4, dy + NODE_H / 2)
+            };
+            edges.push(Edge { path, label: label.map(str::to_string), label_x: sx + NODE_W / 2 + 8, label_y: sy + NODE_H + GAP / 2, fallback: label == Some("failure") });
+        }
+    }
+    let cols = per_row.values().copied().max().unwrap_or(1);
+    let rows = depth.iter().max().copied().unwrap_or(0) as u32 + 1;
+    Graph { nodes, edges, width: 20 + cols * (NODE_W + 60) + 60, height: 20 + rows * (NODE_H + GAP) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_graph_story_is_drawn_as_its_agents_and_links() {
+        let text = "name: g\ngraph:\n  agents:\n    - {id: start, kind: webhook, receivers: [get]}\n    - {id: get, kind: http, options: {url: \"https://x.example/\"}, receivers: [more]}\n    - {id: more, kind: trigger, options: {rules: [{type: regex, path: \"x\", value: \"y\"}]}, receivers: [get], no_match: [done]}\n    - {id: done, kind: message}\n";
+        let story = crate::story::parse(text, std::path::Path::new("g.yaml")).unwrap();
+        let g = graph(&story);
+        assert_eq!(g.nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), ["start", "get", "more", "done"]);
+        assert_eq!(g.nodes[1].what, "http (http-request)");
+        assert_eq!(g.edges.len(), 4);
+        assert!(g.edges.iter().any(|e| e.label.as_deref() == Some("no match")));
+        assert!(g.nodes[3].y > g.nodes[2].y, "layers follow the links");
+    }
 
     #[test]
     fn json_text_is_escaped_inside_its_highlighting() {
