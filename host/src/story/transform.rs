@@ -204,6 +204,11 @@ fn short(v: &Value) -> String {
 
 /// `a.b.0.c` into objects and arrays.
 pub fn lookup(v: &Value, path: &str) -> Option<Value> {
+    lookup_ref(v, path).cloned()
+}
+
+/// [`lookup`], borrowed.
+pub fn lookup_ref<'v>(v: &'v Value, path: &str) -> Option<&'v Value> {
     let mut cur = v;
     for part in path.split('.').filter(|p| !p.is_empty()) {
         cur = match cur {
@@ -212,7 +217,7 @@ pub fn lookup(v: &Value, path: &str) -> Option<Value> {
             _ => return None,
         };
     }
-    Some(cur.clone())
+    Some(cur)
 }
 
 #[cfg(test)]

@@ -482,18 +482,8 @@ impl Filter for HmacSha1Filter {
     }
 }
 
-/// `a.b.0.c` in a JSON value.
-pub fn dotted<'v>(v: &'v Value, path: &str) -> Option<&'v Value> {
-    let mut cur = v;
-    for part in path.trim_start_matches('.').split('.').filter(|p| !p.is_empty()) {
-        cur = match cur {
-            Value::Object(o) => o.get(part)?,
-            Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(cur)
-}
+/// `a.b.0.c` (or `.a.b`) in a JSON value.
+pub use crate::story::transform::lookup_ref as dotted;
 
 /// The JSONPath subset exports use: `$`, `.key`, `['key']`, `[n]`, `[*]`,
 /// `..key` (recursive). A path with a wildcard gives a list.
