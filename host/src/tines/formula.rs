@@ -156,8 +156,7 @@ impl Parser {
             return Err(format!("nested deeper than {MAX_DEPTH}"));
         }
         let mut left = self.prefix()?;
-        loop {
-            let Some(Tok::Sym(s)) = self.peek().cloned() else { break };
+        while let Some(Tok::Sym(s)) = self.peek().cloned() {
             let (op, prec) = match s {
                 "||" => (Op::Or, 1),
                 "&&" => (Op::And, 2),

@@ -258,21 +258,36 @@ fn any_string(v: &Value, f: &mut dyn FnMut(&str) -> bool) -> bool {
 /// placeholder the host fills in at egress; the names found.
 fn replace_references(v: &mut Value, names: &mut BTreeSet<String>) {
     match v {
-        Value::String(s) => {
-            if mentions_credential(s) {
-                let replaced = cred_regex().replace_all(s, |c: &regex::Captures| {
-                    let name = c.get(1).or(c.get(2)).or(c.get(3)).map(|m| m.as_str()).unwrap_or("").to_string();
-                    let marker = crate::policy::credentials::default_marker(&snake(&name));
-                    names.insert(name);
-                    marker
-                });
-                *s = replaced.into_owned();
-            }
+        Value::String(s) if mentions_credential(s) => {
+            let replaced = cred_regex().replace_all(s, |c: &regex::Captures| {
+                let name = c.get(1).or(c.get(2)).or(c.get(3)).map(|m| m.as_str()).unwrap_or("").to_string();
+                let marker = crate::policy::credentials::default_marker(&snake(&name));
+                names.insert(name);
+                marker
+            });
+            *s = replaced.into_owned();
         }
         Value::Array(a) => a.iter_mut().for_each(|x| replace_references(x, names)),
         Value::Object(o) => o.values_mut().for_each(|x| replace_references(x, names)),
         _ => {}
     }
+}
+
+/// Whether a converted agent loads as warden loads a story (alone, links
+/// aside): the one place that decides what a graph agent may be.
+fn loads(agent: &Map<String, Value>, formulas: bool) -> Result<(), String> {
+    let mut a = agent.clone();
+    for k in ["receivers", "no_match", "failure"] {
+        a.remove(k);
+    }
+    let mut graph = json!({"agents": [Value::Object(a)]});
+    if formulas {
+        graph["templates"] = json!("formulas");
+    }
+    let text = serde_saphyr::to_string(&json!({"name": "check", "graph": graph})).map_err(|e| e.to_string())?;
+    crate::story::parse(&text, std::path::Path::new("agent")).map(|_| ()).map_err(|e| {
+        e.0.iter().map(|l| l.message.split_once("`: ").map(|(_, m)| m.to_string()).unwrap_or_else(|| l.message.clone())).collect::<Vec<_>>().join("; ")
+    })
 }
 
 /// Formulas (newer exports): `<<expr>>` in text, or a whole field `=expr`.
@@ -398,8 +413,23 @@ impl Cx<'_> {
             ids.push(id);
         }
         let mut kept: Vec<Option<Map<String, Value>>> = Vec::new();
+        let formulas = e.agents.iter().any(|a| uses_formulas(&a.options));
         for (i, a) in e.agents.iter().enumerate() {
-            kept.push(self.agent(&story, &ids[i], a));
+            // What an agent adds to the skeleton stays only if the agent is written.
+            let before = (self.rules.clone(), self.credentials.clone(), self.email_credentials.clone(), self.recipient_domains.clone(), self.emails, self.report.entries.len());
+            let converted = self.agent(&story, &ids[i], a);
+            // Written only if it loads as warden will load it (templates, formulas, options).
+            let converted = match converted.map(|m| loads(&m, formulas).map(|()| m)) {
+                Some(Err(why)) => {
+                    (self.rules, self.credentials, self.email_credentials, self.recipient_domains, self.emails) = (before.0, before.1, before.2, before.3, before.4);
+                    self.report.entries.truncate(before.5);
+                    self.report.add(Level::Unsupported, &story, Some(&a.name), format!("{why}; not converted"));
+                    None
+                }
+                Some(Ok(m)) => Some(m),
+                None => None,
+            };
+            kept.push(converted);
         }
         // Links: receivers (or a trigger's no-match path) among the agents kept.
         for l in &e.links {
@@ -837,10 +867,25 @@ impl Cx<'_> {
         let method = opts.get("method").and_then(|m| m.as_str()).unwrap_or("get").trim().to_ascii_uppercase();
         let method = if is_templated(&method) || method.is_empty() { "*".to_string() } else { method };
         let mut line = format!("{method} {url_out}");
+        // Only what the policy can say: a rule it parses, an origin a credential can be bound to.
+        if let Some(o) = &origin {
+            let rule = format!("{method} {o}{}", path_glob(&path));
+            if let Err(why) = crate::policy::rule::EgressRule::parse(&rule).and(crate::policy::credentials::Binding::parse(o).map(|_| ())) {
+                self.report.add(Level::Unsupported, story, Some(name), format!("its URL `{url}` cannot be granted ({why}); not converted"));
+                return None;
+            }
+        }
+        for (_, inj) in &found {
+            if let Injection::Header { name: h, .. } = inj {
+                if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    return refuse(self, format!("header `{h}` carries a credential but is not a valid header name"));
+                }
+            }
+        }
         match &origin {
             Some(o) => {
                 let rule = format!("{method} {o}{}", path_glob(&path));
-                line = format!("{rule}");
+                line = rule.clone();
                 self.rules.insert(rule);
             }
             None => self.report.add(Level::Note, story, Some(name), format!("its URL `{url}` takes its origin from a template: add the rule for it to grants.{HTTP_PLUGIN} by hand")),
@@ -892,7 +937,8 @@ impl Cx<'_> {
     /// The policy skeleton: plugins, the grants the stories need, credentials
     /// bound to the origins they were used with, a relay to fill in, triggers.
     fn policy(&self) -> String {
-        let q = |s: &str| Value::String(s.to_string()).to_string();
+        // TOML's own quoting (JSON's leaves DEL and such raw, which TOML refuses).
+        let q = |s: &str| toml::Value::String(s.to_string()).to_string();
         let mut t = String::new();
         t.push_str("# Policy skeleton written by `warden tines import`. Read it before use:\n");
         t.push_str("# every rule below is one the imported stories' HTTP requests need, and no more.\n\n");
@@ -913,7 +959,11 @@ impl Cx<'_> {
         }
         if self.emails {
             t.push_str(&format!("[plugins.{EMAIL_PLUGIN}]\npath = {}\n\n", q(&format!("{dir}/email.wasm"))));
-            let domains: Vec<String> = self.recipient_domains.iter().map(|d| q(d)).collect();
+            let mut domains: Vec<String> = self.recipient_domains.iter().map(|d| q(d)).collect();
+            if domains.is_empty() {
+                // None were literal: a domain that delivers nowhere, until the operator names the real ones.
+                domains.push(q("example.invalid"));
+            }
             t.push_str(&format!("[grants.{EMAIL_PLUGIN}]\n# Recipients' domains seen in the export; add those templated recipients use.\nsmtp = {{ relay = \"default\", senders = [\"warden@example.com\"], recipient_domains = [{}], max_recipients = 20, max_messages = 1 }}\n", domains.join(", ")));
             if !self.email_credentials.is_empty() {
                 let names: Vec<String> = self.email_credentials.iter().map(|k| q(k)).collect();

@@ -134,6 +134,19 @@ impl std::io::Write for Capped {
     }
 }
 
+/// Integer literals in tags and outputs fit in 64 bits (the crate's parser
+/// asserts that they do).
+fn check_numbers(text: &str) -> Result<(), String> {
+    static DELIM: OnceLock<Regex> = OnceLock::new();
+    static LONG: OnceLock<Regex> = OnceLock::new();
+    let delim = DELIM.get_or_init(|| Regex::new(r"(?s)\{\{.*?\}\}|\{%.*?%\}").unwrap());
+    let long = LONG.get_or_init(|| Regex::new(r"\d{19,}").unwrap());
+    match delim.find_iter(text).find_map(|m| long.find(m.as_str())) {
+        Some(n) => Err(format!("number `{}…` in a template is longer than 18 digits", &n.as_str()[..18])),
+        None => Ok(()),
+    }
+}
+
 /// Every `for … in (a..b)` counts over two numbers at most [`MAX_RANGE`] apart.
 fn check_ranges(text: &str) -> Result<(), String> {
     static R: OnceLock<Regex> = OnceLock::new();
@@ -167,7 +180,12 @@ impl Liquid {
         }
         let normalized = normalize(text);
         check_ranges(&normalized)?;
-        let elements = liquid_core::parser::parse(&normalized, &self.language).map_err(|e| one_line(&e.to_string()))?;
+        check_numbers(&normalized)?;
+        // The crate's parser has asserted on inputs it should have refused; a
+        // template from an export must never take the host down with it.
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| liquid_core::parser::parse(&normalized, &self.language)))
+            .map_err(|_| "the template could not be parsed (the Liquid parser failed on it)".to_string())?;
+        let elements = parsed.map_err(|e| one_line(&e.to_string()))?;
         let t = Arc::new(Template::new(elements));
         let mut cache = self.cache.lock().unwrap();
         if cache.len() >= CACHE {
@@ -186,7 +204,8 @@ impl Liquid {
         let template = self.template(text)?;
         let runtime = Lenient { inner: liquid_core::runtime::RuntimeBuilder::new().set_globals(globals).build(), steps: Default::default() };
         let mut out = Capped(Vec::new(), false);
-        let rendered = template.render_to(&mut out, &runtime);
+        let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| template.render_to(&mut out, &runtime)))
+            .map_err(|_| "the template could not be rendered (the Liquid renderer failed on it)".to_string())?;
         if out.1 {
             return Err(format!("the rendered text passed {MAX_RENDERED_BYTES} bytes; stopped"));
         }
@@ -642,6 +661,9 @@ mod tests {
         assert!(e.contains("at most 10000 apart"), "{e}");
         let e = l.render_str("{% for i in (1..big.size) %}x{% endfor %}", &g).unwrap_err();
         assert!(e.contains("two numbers"), "{e}");
+        // A number the crate's parser would assert on: refused with a reason.
+        let e = l.render_str("{{ 99999999999999999999 | plus: 1 }}", &g).unwrap_err();
+        assert!(e.contains("longer than 18 digits"), "{e}");
         // Output past the cap: refused as it grows, not after.
         let e = l.render_str("{% for a in big %}{% for b in big %}0123456789{% endfor %}{% endfor %}", &g).unwrap_err();
         assert!(e.contains("bytes"), "{e}");

@@ -402,7 +402,8 @@ async fn the_threat_hunt_as_a_tines_export_opens_the_same_ticket_and_sends_the_s
     }
     assert!(imported.policy.contains(&format!("\"POST http://127.0.0.1:{}/rest/api/2/issue/*/comment\"", jb.port())), "{}", imported.policy);
     // The operator fills in the recipients' domain (the leads come from the webhook).
-    let policy_text = imported.policy.replace("recipient_domains = []", "recipient_domains = [\"corp.example\"]");
+    let policy_text = imported.policy.replace("recipient_domains = [\"example.invalid\"]", "recipient_domains = [\"corp.example\"]");
+    assert_ne!(policy_text, imported.policy, "the skeleton names a domain that delivers nowhere until the operator sets one");
     let mut fixed = imported.clone();
     fixed.policy = policy_text;
     let engine = engine(&imported, skeleton_policy(&fixed, Some(smtp_b.port)));

@@ -225,7 +225,7 @@ impl Engine {
                 }
                 AgentKind::Delay(wait) => {
                     // Slept once: a resumed run does not wait again for a delay it already waited out.
-                    if !earlier.get(&(agent.id.clone(), n)).is_some_and(|e| e.state == StepState::Succeeded) {
+                    if earlier.get(&(agent.id.clone(), n)).is_none_or(|e| e.state != StepState::Succeeded) {
                         tokio::time::sleep(*wait).await;
                     }
                     Ok(vec![(incoming.clone(), true)])
