@@ -117,11 +117,38 @@ fn the_policy_parser_never_panics_and_always_locates_its_errors() {
     }
 }
 
+const GRAPH_STORY: &str = r#"name: graph-seed
+graph:
+  templates: formulas
+  entry: start
+  exit: [done]
+  max_events: 500
+  agents:
+  - {id: start, kind: webhook, options: {response: "{{ .start.x }}", response_code: 201}, receivers: [get]}
+  - id: get
+    kind: http
+    credential: api
+    options: {url: "https://api.example.com/x/<<start.id>>", method: post, payload: {a: "=SIZE(start.items)"}, retry_on_status: ["429"]}
+    receivers: [check]
+    failure: [done]
+  - {id: check, kind: trigger, options: {rules: [{type: regex, path: "{{ .get.status }}", value: "^2"}], must_match: 1}, receivers: [each], no_match: [done]}
+  - {id: each, kind: explode, options: {path: "=get.body.items", to: item, limit: 10}, receivers: [seen]}
+  - {id: seen, kind: deduplicate, options: {path: "{{ .each.item.id }}", lookback: 5}, receivers: [wait]}
+  - {id: wait, kind: delay, options: {seconds: "1"}, receivers: [pick]}
+  - {id: pick, kind: extract, options: {matchers: [{path: "{{ .each.item.text }}", regexp: "\d+", to: nums}]}, receivers: [all]}
+  - {id: all, kind: implode, options: {guid_path: "{{ .each.guid }}", size_path: "{{ .each.size }}"}, receivers: [mail]}
+  - {id: mail, kind: email, options: {recipients: "a@corp.example", subject: "x", body: "<<SIZE(all)>>"}, receivers: [sub]}
+  - {id: sub, kind: story, story: other, options: {payload: {n: 1}}, receivers: [done]}
+  - {id: done, kind: message, options: {loop: "=start.items", payload: {v: "{{ .LOOP.value }}"}}}
+"#;
+
 #[test]
 fn the_story_parser_never_panics_and_always_locates_its_errors() {
     let dir = root().join("examples/stories");
     let mut seeds: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
     seeds.sort();
+    // A graph story (what `warden tines import` writes), every agent kind.
+    seeds.push(GRAPH_STORY.to_string());
     let mut rng = Rng(seed() ^ 0x9e37_79b9);
     for i in 0..iterations() {
         let text = mutate(&mut rng, &seeds[i % seeds.len()]);
