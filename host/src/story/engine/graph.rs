@@ -5,7 +5,7 @@
 //! instead of running again (no request is sent twice), and one cut off
 //! mid-way runs again only if its retry policy allows.
 
-use super::{Engine, Event, Observer, Outcome, Resume, StepRun};
+use super::{Engine, Event, Observer, Outcome, StepRun};
 use crate::story::graph::{liquid, number_of, Agent, AgentKind, Graph};
 use crate::story::recorder::StepAt;
 use crate::story::state::{ErrorKind, StepError, StepState};
@@ -13,17 +13,28 @@ use crate::story::Story;
 use crate::tines::liquid::{dotted, globals};
 use serde_json::{json, Map, Value};
 use sha2::Digest;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// What reaches an agent: the payloads of every agent upstream of it, by id,
-/// and which agent sent it (`None` for the entry).
+/// The latest payload of every agent upstream of an event, by id. Payloads
+/// are shared, not copied: fanning out (an explode of 500 after an 8 MiB
+/// answer) costs a pointer per agent per event, not a copy of the answer.
+type Upstream = Arc<BTreeMap<String, Arc<Value>>>;
+
+/// What reaches an agent: what is upstream of it, and which agent sent it
+/// (`None` for the entry).
 #[derive(Clone)]
 struct Delivery {
     agent: usize,
     from: Option<usize>,
-    ctx: Arc<Map<String, Value>>,
+    ctx: Upstream,
+}
+
+/// The upstream payloads as the JSON object templates and formulas read
+/// (copied for one execution at a time).
+fn as_map(ctx: &Upstream) -> Map<String, Value> {
+    ctx.iter().map(|(k, v)| (k.clone(), (**v).clone())).collect()
 }
 
 /// An agent execution recorded before a restart.
@@ -51,7 +62,7 @@ struct Flow<'g> {
 impl<'g> Flow<'g> {
     /// `agent` emits `payload` to its receivers (or, for a trigger that did
     /// not match, to its no-match receivers).
-    fn emit(&mut self, agent: usize, parent: &Map<String, Value>, payload: Value, matched: bool) -> Result<(), StepError> {
+    fn emit(&mut self, agent: usize, parent: &Upstream, payload: Value, matched: bool) -> Result<(), StepError> {
         let a = &self.graph.agents[agent];
         let to = if matched { a.receivers.clone() } else { a.no_match.clone() };
         self.emit_to(agent, parent, payload, &to)
@@ -59,7 +70,7 @@ impl<'g> Flow<'g> {
 
     /// `agent` failed with `e`: its failure receivers get `{error}`; without
     /// any, the run fails.
-    fn failed(&mut self, agent: usize, parent: &Map<String, Value>, e: StepError) -> Result<(), StepError> {
+    fn failed(&mut self, agent: usize, parent: &Upstream, e: StepError) -> Result<(), StepError> {
         let to = self.graph.agents[agent].failure.clone();
         if to.is_empty() || e.kind == ErrorKind::Store || e.kind == ErrorKind::Limit {
             return Err(e);
@@ -67,7 +78,7 @@ impl<'g> Flow<'g> {
         self.emit_to(agent, parent, json!({"error": {"kind": e.kind, "message": e.message}}), &to)
     }
 
-    fn emit_to(&mut self, agent: usize, parent: &Map<String, Value>, payload: Value, to: &[usize]) -> Result<(), StepError> {
+    fn emit_to(&mut self, agent: usize, parent: &Upstream, payload: Value, to: &[usize]) -> Result<(), StepError> {
         self.emitted += 1;
         if self.emitted > self.graph.max_events {
             let a = &self.graph.agents[agent];
@@ -77,8 +88,8 @@ impl<'g> Flow<'g> {
             ));
         }
         let a = &self.graph.agents[agent];
-        let mut ctx = parent.clone();
-        ctx.insert(a.id.clone(), payload.clone());
+        let mut ctx = (**parent).clone();
+        ctx.insert(a.id.clone(), Arc::new(payload.clone()));
         let ctx = Arc::new(ctx);
         if self.graph.exits.contains(&agent) {
             self.output = Some(payload.clone());
@@ -93,7 +104,7 @@ impl<'g> Flow<'g> {
 
 impl Engine {
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn run_graph(&self, story: &Story, graph: &Graph, run_id: &str, root: &str, input: Value, depth: usize, observer: &dyn Observer, _resume: Resume) -> Outcome {
+    pub(super) async fn run_graph(&self, story: &Story, graph: &Graph, run_id: &str, root: &str, input: Value, depth: usize, observer: &dyn Observer) -> Outcome {
         let earlier = self.earlier_executions(run_id);
         let mut flow = Flow {
             graph,
@@ -106,9 +117,9 @@ impl Engine {
             seen: HashMap::new(),
         };
         let meta = json!({"story_run_guid": run_id, "story": story.name, "team": story.team});
-        let mut base = Map::new();
-        base.insert("META".into(), meta);
-        base.insert("RESOURCE".into(), Value::Object((*self.policy.resources).clone()));
+        let mut base = BTreeMap::new();
+        base.insert("META".to_string(), Arc::new(meta));
+        base.insert("RESOURCE".to_string(), Arc::new(Value::Object((*self.policy.resources).clone())));
         // The run's input reaches the entry agent (a webhook emits it as it is).
         flow.queue.push_back(Delivery { agent: graph.entry, from: None, ctx: Arc::new(base) });
         while let Some(d) = flow.queue.pop_front() {
@@ -118,12 +129,13 @@ impl Engine {
             let fail = |e: StepError| (Some(agent.id.clone()), e);
             let started = Instant::now();
             let at = StepAt { run: run_id, step: &agent.id, item: Some(n), kind: agent.kind.step_kind() };
-            let g = globals(&d.ctx);
+            let ctx = as_map(&d.ctx);
+            let g = globals(&ctx);
             let incoming = match d.from {
-                Some(f) => d.ctx.get(&graph.agents[f].id).cloned().unwrap_or(Value::Null),
+                Some(f) => d.ctx.get(&graph.agents[f].id).map(|v| (**v).clone()).unwrap_or(Value::Null),
                 None => input.clone(),
             };
-            let render = |v: &Value| crate::story::graph::render(v, &d.ctx, &g, graph.formulas).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}` ({}): {e}", agent.id, agent.name)));
+            let render = |v: &Value| crate::story::graph::render(v, &ctx, &g, graph.formulas).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}` ({}): {e}", agent.id, agent.name)));
             let option = |k: &str| agent.options.get(k).cloned().unwrap_or(Value::Null);
             // Host-side agents: computed here, recorded as transforms.
             let computed: Result<Vec<(Value, bool)>, StepError> = match &agent.kind {
@@ -133,7 +145,7 @@ impl Engine {
                     // `loop`: the payload once per item (as LOOP.value, LOOP.index), emitted as one list.
                     Some(l) => (|| {
                         let list = match l {
-                            Value::String(p) => resolve(p, &d.ctx, &g, graph.formulas).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}`: loop: {e}", agent.id)))?,
+                            Value::String(p) => resolve(p, &ctx, &g, graph.formulas).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}`: loop: {e}", agent.id)))?,
                             other => other.clone(),
                         };
                         let items = match list {
@@ -143,10 +155,10 @@ impl Engine {
                         };
                         let mut out = Vec::with_capacity(items.len());
                         for (i, item) in items.into_iter().take(crate::story::graph::MAX_LOOP).enumerate() {
-                            let mut ctx = (*d.ctx).clone();
-                            ctx.insert("LOOP".into(), json!({"value": item, "index": i}));
-                            let lg = globals(&ctx);
-                            out.push(crate::story::graph::render(&option("payload"), &ctx, &lg, graph.formulas).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}` ({}) item {i}: {e}", agent.id, agent.name)))?);
+                            let mut lctx = ctx.clone();
+                            lctx.insert("LOOP".into(), json!({"value": item, "index": i}));
+                            let lg = globals(&lctx);
+                            out.push(crate::story::graph::render(&option("payload"), &lctx, &lg, graph.formulas).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}` ({}) item {i}: {e}", agent.id, agent.name)))?);
                         }
                         Ok(vec![(Value::Array(out), true)])
                     })(),
@@ -185,7 +197,7 @@ impl Engine {
                     Ok(vec![(Value::Object(out), true)])
                 }
                 AgentKind::Explode { path, to, limit } => {
-                    let list = resolve(path, &d.ctx, &g, graph.formulas).map_err(|e| fail(StepError::new(ErrorKind::Template, format!("agent `{}`: path: {e}", agent.id))))?;
+                    let list = resolve(path, &ctx, &g, graph.formulas).map_err(|e| fail(StepError::new(ErrorKind::Template, format!("agent `{}`: path: {e}", agent.id))))?;
                     let items = match list {
                         Value::Array(a) => a,
                         Value::Null => Vec::new(),

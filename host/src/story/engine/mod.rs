@@ -341,7 +341,8 @@ impl Engine {
     async fn run_steps(&self, story: &Story, run_id: &str, root: &str, input: Value, depth: usize, observer: &dyn Observer, resume: Resume) -> Outcome {
         self.recorder.start_run(run_id);
         if let Some(graph) = &story.graph {
-            return self.run_graph(story, graph, run_id, root, input, depth, observer, resume).await;
+            // A graph run resumes from its own record (see engine/graph.rs), not from a step index.
+            return self.run_graph(story, graph, run_id, root, input, depth, observer).await;
         }
         let mut ctx = Context::new(run_id, story, input);
         self.add_approval_links(story, run_id, &mut ctx).map_err(|e| (None, e))?;
