@@ -73,6 +73,10 @@ pub struct Agent {
     pub failure: Vec<usize>,
     /// The step an action or story agent runs as (its input set per event).
     pub step: Option<Step>,
+    /// Every name its options could read (identifiers in its strings): only
+    /// those upstream payloads are put in its template context, so an agent
+    /// that does not read a large answer does not pay for copying it.
+    pub reads: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -305,6 +309,24 @@ struct RawAgent {
 /// The kinds an agent may be.
 pub const KINDS: &[&str] = &["webhook", "http", "email", "story", "message", "extract", "explode", "implode", "deduplicate", "delay", "trigger"];
 
+/// Every identifier-like word in `texts`: a superset of the roots their
+/// templates and formulas can name (both name a root only by its name).
+fn identifiers(texts: &[String]) -> std::collections::BTreeSet<String> {
+    // Tines' tags name these without spelling them (`{% global_resource x %}`, `{% story_run_guid %}`).
+    let mut out: std::collections::BTreeSet<String> = ["META", "RESOURCE"].into_iter().map(String::from).collect();
+    for t in texts {
+        let mut word = String::new();
+        for c in t.chars().chain(std::iter::once(' ')) {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                word.push(c);
+            } else if !word.is_empty() {
+                out.insert(std::mem::take(&mut word));
+            }
+        }
+    }
+    out
+}
+
 /// Every string in `v` (templates, formulas and plain text alike).
 fn every_string(v: &Value, out: &mut Vec<String>) {
     match v {
@@ -522,7 +544,8 @@ pub(super) fn convert(raw: &RawGraph, story_line: u64) -> Result<Graph, Vec<(u64
             on_error: OnError::Fail,
             literal: true,
         });
-        agents.push(Agent { id: a.id.clone(), name: a.name.clone().unwrap_or_else(|| a.id.clone()), line, kind, options, credential: a.credential.clone(), receivers, no_match, failure, step });
+        let reads = identifiers(&texts);
+        agents.push(Agent { id: a.id.clone(), name: a.name.clone().unwrap_or_else(|| a.id.clone()), line, kind, options, credential: a.credential.clone(), receivers, no_match, failure, step, reads });
     }
     let entry = match &raw.entry {
         Some(e) => index(e).unwrap_or_else(|| {

@@ -31,10 +31,11 @@ struct Delivery {
     ctx: Upstream,
 }
 
-/// The upstream payloads as the JSON object templates and formulas read
-/// (copied for one execution at a time).
-fn as_map(ctx: &Upstream) -> Map<String, Value> {
-    ctx.iter().map(|(k, v)| (k.clone(), (**v).clone())).collect()
+/// The upstream payloads an agent's templates and formulas can read, as the
+/// JSON object they read (copied for one execution at a time; what it does
+/// not name is left out).
+fn as_map(ctx: &Upstream, reads: &std::collections::BTreeSet<String>) -> Map<String, Value> {
+    ctx.iter().filter(|(k, _)| reads.contains(*k)).map(|(k, v)| (k.clone(), (**v).clone())).collect()
 }
 
 /// An agent execution recorded before a restart.
@@ -129,7 +130,7 @@ impl Engine {
             let fail = |e: StepError| (Some(agent.id.clone()), e);
             let started = Instant::now();
             let at = StepAt { run: run_id, step: &agent.id, item: Some(n), kind: agent.kind.step_kind() };
-            let ctx = as_map(&d.ctx);
+            let ctx = as_map(&d.ctx, &agent.reads);
             let g = globals(&ctx);
             let incoming = match d.from {
                 Some(f) => d.ctx.get(&graph.agents[f].id).map(|v| (**v).clone()).unwrap_or(Value::Null),
