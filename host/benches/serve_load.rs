@@ -107,6 +107,38 @@ async fn closed_loop_spread(ports: &[u16], path: &str, story: &str, want: u16, c
     Load { per_sec: lat.len() as f64 / elapsed, p50_ms: at(0.5), p99_ms: at(0.99) }
 }
 
+/// A plain GET's body.
+async fn http_get(port: u16, path: &str) -> String {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path).header("host", "127.0.0.1").body(Full::new(Bytes::new())).unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
+}
+
+/// User and system CPU seconds of a process (`self` or a pid), from /proc.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The server's cost per run over a case: CPU µs (and the load generator's),
+/// KiB written, writes per commit.
+fn per_run(before: Usage, after: Usage, runs: f64) -> String {
+    let commits = (after.commits - before.commits).max(1.0);
+    format!(
+        "server {:.0} µs CPU/run (load generator {:.0}), {:.1} KiB written/run, {:.1} writes/commit",
+        1e6 * (after.cpu_s - before.cpu_s) / runs,
+        1e6 * (after.client_cpu_s - before.client_cpu_s) / runs,
+        (after.write_bytes - before.write_bytes) / 1024.0 / runs,
+        (after.writes - before.writes) / commits
+    )
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -135,7 +167,30 @@ impl Drop for Server {
     }
 }
 
+/// What the server process had used at one moment: CPU, bytes written to
+/// storage, and the store's commits and the writes they carried.
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    cpu_s: f64,
+    /// This process's (the load generator's) CPU.
+    client_cpu_s: f64,
+    write_bytes: f64,
+    commits: f64,
+    writes: f64,
+}
+
 impl Server {
+    async fn usage(&self) -> Usage {
+        let pid = self.child.id();
+        let cpu_s = cpu_seconds(&pid.to_string());
+        let client_cpu_s = cpu_seconds("self");
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+        let write_bytes = io.lines().find_map(|l| l.strip_prefix("write_bytes: ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0);
+        let metrics = http_get(self.port, "/metrics").await;
+        let metric = |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0);
+        Usage { cpu_s, client_cpu_s, write_bytes, commits: metric("warden_store_commits_total "), writes: metric("warden_store_writes_total ") }
+    }
+
     /// Peak resident memory of the server process so far (VmHWM), in MiB.
     fn peak_rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
@@ -339,14 +394,21 @@ fn main() {
         ];
         for (label, story, conns) in closed {
             if want(label) {
-                show(label, &closed_loop(w.port, &format!("/webhooks/{story}?wait=true"), story, 200, conns, secs).await);
+                let before = w.usage().await;
+                let l = closed_loop(w.port, &format!("/webhooks/{story}?wait=true"), story, 200, conns, secs).await;
+                let after = w.usage().await;
+                show(label, &l);
+                println!("  {:<38} {}", "", per_run(before, after, l.per_sec * secs));
             }
         }
         let label = "1 Wasm action, 202, completions";
         if want(label) {
             let runs = if full { 30_000 } else { 200 };
+            let before = w.usage().await;
             let rate = completions(&w, "a1", runs, 16).await;
+            let after = w.usage().await;
             println!("  {label:<38} {rate:>7.0}/s  {:>5.1} % of ceiling  ({runs} runs)", 100.0 * rate / c16.per_sec);
+            println!("  {:<38} {}", "", per_run(before, after, runs as f64));
         }
         assert_eq!(w.failed_runs(), 0, "bench runs failed");
         drop(w);

@@ -359,13 +359,13 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
         }
     };
     let run_id = run.id.clone();
-    let graph_response = run.story.graph.clone().map(|g| (g, run.input.clone()));
+    let graph_response = run.story.graph.is_some().then(|| (run.story.clone(), run.input.clone()));
     if let (Some(t), Some(parent)) = (&s.engine.telemetry, trace) {
         t.adopt(&run_id, parent, "webhook");
     }
     match s.queue.dispatch(run, wait).await {
         Ok(Some(result)) => (StatusCode::OK, Json(result)).into_response(),
-        Ok(None) => match graph_response.as_ref().and_then(|(g, input)| crate::story::graph::webhook_response(g, input, &run_id, &s.engine.policy.resources)) {
+        Ok(None) => match graph_response.as_ref().and_then(|(story, input)| crate::story::graph::webhook_response(story, input, &run_id, &s.engine.policy.resources)) {
             // An imported Tines webhook's own answer (the run goes on; its id in a header).
             Some(Ok((code, body))) => {
                 let status = StatusCode::from_u16(code).unwrap_or(StatusCode::CREATED);

@@ -5,7 +5,7 @@ use super::*;
 use anyhow::Context as _;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Schema versions, applied in order; `PRAGMA user_version` records progress.
 const MIGRATIONS: &[&str] = &[r#"
@@ -138,6 +138,66 @@ pub struct RunStore {
     /// (WAL lets a reader see the last commit while the writer works).
     /// `None` in memory, where a second connection would be another database.
     read: Option<Mutex<Connection>>,
+    /// Copies the WAL into the database off the writer's path (file stores only).
+    _checkpointer: Option<Checkpointer>,
+}
+
+/// How often the checkpointer copies committed WAL pages into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The writer's own (blocking) checkpoint, only when the WAL reaches this many
+/// pages: the checkpointer fell behind, or a reader kept it from finishing.
+const WRITER_CHECKPOINT_PAGES: i64 = 16_384;
+
+/// A thread with its own connection that checkpoints the WAL every
+/// [`CHECKPOINT_EVERY`] (`PASSIVE`: it never blocks the writer or readers).
+///
+/// Why: with SQLite's default, the commit that takes the WAL past 1,000 pages
+/// copies them into the database and fsyncs both files on the writer thread,
+/// and every run waiting for a commit waits for those fsyncs too. Durability
+/// is the same either way (`synchronous = NORMAL`: commits reach the WAL,
+/// checkpoints are synced); only the thread that pays for it changes.
+struct Checkpointer {
+    stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> anyhow::Result<Checkpointer> {
+        let conn = Connection::open(path).with_context(|| format!("cannot open the run store {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let stop: Arc<(Mutex<bool>, std::sync::Condvar)> = Arc::default();
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new().name("warden-checkpoint".into()).spawn(move || {
+            let (lock, wake) = &*flag;
+            let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut failing = false;
+            while !*stopped {
+                stopped = wake.wait_timeout(stopped, CHECKPOINT_EVERY).unwrap_or_else(|p| p.into_inner()).0;
+                // PASSIVE: copies what no reader still needs, waits for nobody.
+                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    Ok(()) => failing = false,
+                    // Said once per spell of failures, not every 50 ms.
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!("run store checkpoint failed; the writer checkpoints itself past {WRITER_CHECKPOINT_PAGES} WAL pages: {e}");
+                    }
+                    Err(_) => {}
+                }
+            }
+        })?;
+        Ok(Checkpointer { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        *self.stop.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.stop.1.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn json_col(v: Option<String>) -> Option<Value> {
@@ -156,7 +216,13 @@ impl RunStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // The writer's page cache: 32 MiB, so a busy store's hot pages stay in memory.
         conn.pragma_update(None, "cache_size", -32768)?;
+        // Checkpoints happen on their own thread (see Checkpointer); the
+        // writer only steps in when the WAL has grown this large.
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+        // And the WAL file shrinks back after such a burst.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         let mut store = RunStore::with(conn)?;
+        store._checkpointer = Some(Checkpointer::start(path)?);
         let read = Connection::open(path).with_context(|| format!("cannot open the run store {}", path.display()))?;
         read.busy_timeout(std::time::Duration::from_secs(5))?;
         read.pragma_update(None, "query_only", true)?;
@@ -177,7 +243,7 @@ impl RunStore {
             conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))
                 .with_context(|| format!("run store migration {} failed", i + 1))?;
         }
-        Ok(RunStore { conn: Mutex::new(conn), read: None })
+        Ok(RunStore { conn: Mutex::new(conn), read: None, _checkpointer: None })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {

@@ -255,6 +255,31 @@ fn sqlite_on_disk_keeps_the_record() {
 }
 
 #[test]
+fn sqlite_checkpoints_the_wal_off_the_writers_path() {
+    // The writer checkpoints only past 16,384 WAL pages; far fewer reach the
+    // database file here only if the checkpointer thread copies them.
+    let dir = std::env::temp_dir().join(format!("warden-ckpt-{}", uuid::Uuid::new_v4().simple()));
+    let path = dir.join("runs.db");
+    let s = open(&path).unwrap();
+    let before = std::fs::metadata(&path).unwrap().len();
+    let input = json!({"payload": "x".repeat(2000)});
+    for i in 0..200 {
+        s.create_run(&run(&format!("r{i}"), "hunt", "soc", &input, None)).unwrap();
+    }
+    let wal = dir.join("runs.db-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 400_000, "the writes went to the WAL");
+    let started = std::time::Instant::now();
+    while std::fs::metadata(&path).unwrap().len() < before + 400_000 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the WAL was never checkpointed into the database file");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(s);
+    let again = open(&path).unwrap();
+    assert_eq!(again.run_summary("r199").unwrap().unwrap().state, "queued");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn postgres_keeps_the_record() {
     let pg = PgSchema::new();
     suite(pg.store.as_ref());

@@ -16,7 +16,7 @@
 //! requests, emails) run as plugins under the policy, like any action step,
 //! with host-injected credentials.
 
-use super::{ErrorKind, OnError, Retry, Step, StepKind};
+use super::{ErrorKind, OnError, Retry, Step, StepKind, Story};
 use crate::tines::formula;
 use crate::tines::liquid::Liquid;
 use regex::Regex;
@@ -246,19 +246,27 @@ pub fn render(v: &Value, ctx: &Map<String, Value>, globals: &liquid_core::Object
 /// What a graph story's webhook answers at once, Tines-style: its entry
 /// webhook's `response` rendered against the request (`{entry: body}`), with
 /// `response_code` (default 201). `None`: the usual `202 {run_id}`.
-pub fn webhook_response(graph: &Graph, input: &Value, run_id: &str, resources: &Map<String, Value>) -> Option<Result<(u16, Value), String>> {
+pub fn webhook_response(story: &Story, input: &Value, run_id: &str, resources: &Map<String, Value>) -> Option<Result<(u16, Value), String>> {
+    let graph = story.graph.as_ref()?;
     let entry = &graph.agents[graph.entry];
     if !matches!(entry.kind, AgentKind::Webhook) {
         return None;
     }
     let response = entry.options.get("response").filter(|r| !r.is_null() && *r != "")?;
     let code = entry.options.get("response_code").and_then(number_of).map(|c| c as u16).unwrap_or(201);
-    let mut ctx = Map::new();
+    let mut ctx: Map<String, Value> = run_globals(story, run_id, resources).into_iter().collect();
     ctx.insert(entry.id.clone(), input.clone());
-    ctx.insert("META".into(), serde_json::json!({"story_run_guid": run_id}));
-    ctx.insert("RESOURCE".into(), Value::Object(resources.clone()));
     let globals = crate::tines::liquid::globals(&ctx);
     Some(render(response, &ctx, &globals, graph.formulas).map(|v| (code, v)))
+}
+
+/// What every agent of a run can read beside its upstream payloads: `META`
+/// (the run) and `RESOURCE` (the policy's `[resources]`).
+pub fn run_globals(story: &Story, run_id: &str, resources: &Map<String, Value>) -> [(String, Value); 2] {
+    [
+        ("META".to_string(), serde_json::json!({"story_run_guid": run_id, "story": story.name, "team": story.team})),
+        ("RESOURCE".to_string(), Value::Object(resources.clone())),
+    ]
 }
 
 /// The Liquid renderer every graph story shares (parsed templates cached).

@@ -105,8 +105,9 @@ impl<'g> Flow<'g> {
 
 impl Engine {
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn run_graph(&self, story: &Story, graph: &Graph, run_id: &str, root: &str, input: Value, depth: usize, observer: &dyn Observer) -> Outcome {
-        let earlier = self.earlier_executions(run_id);
+    pub(super) async fn run_graph(&self, story: &Story, graph: &Graph, run_id: &str, root: &str, input: Value, depth: usize, observer: &dyn Observer, resumed: bool) -> Outcome {
+        // Only a resumed run has executions recorded before it: a new one reads nothing back.
+        let earlier = if resumed { self.earlier_executions(run_id) } else { HashMap::new() };
         let mut flow = Flow {
             graph,
             queue: VecDeque::new(),
@@ -117,10 +118,7 @@ impl Engine {
             collected: HashMap::new(),
             seen: HashMap::new(),
         };
-        let meta = json!({"story_run_guid": run_id, "story": story.name, "team": story.team});
-        let mut base = BTreeMap::new();
-        base.insert("META".to_string(), Arc::new(meta));
-        base.insert("RESOURCE".to_string(), Arc::new(Value::Object((*self.policy.resources).clone())));
+        let base: BTreeMap<String, Arc<Value>> = crate::story::graph::run_globals(story, run_id, &self.policy.resources).into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
         // The run's input reaches the entry agent (a webhook emits it as it is).
         flow.queue.push_back(Delivery { agent: graph.entry, from: None, ctx: Arc::new(base) });
         while let Some(d) = flow.queue.pop_front() {
@@ -132,15 +130,18 @@ impl Engine {
             let at = StepAt { run: run_id, step: &agent.id, item: Some(n), kind: agent.kind.step_kind() };
             let ctx = as_map(&d.ctx, &agent.reads);
             let g = globals(&ctx);
-            let incoming = match d.from {
+            // The sender's payload, copied only by the kinds that pass it on.
+            let incoming = || match d.from {
                 Some(f) => d.ctx.get(&graph.agents[f].id).map(|v| (**v).clone()).unwrap_or(Value::Null),
                 None => input.clone(),
             };
             let render = |v: &Value| crate::story::graph::render(v, &ctx, &g, graph.formulas).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}` ({}): {e}", agent.id, agent.name)));
+            // A rule's, matcher's or key's template, rendered as the text it compares.
+            let render_text = |t: &str| render(&Value::String(t.to_string())).map(|v| text_of(&v));
             let option = |k: &str| agent.options.get(k).cloned().unwrap_or(Value::Null);
             // Host-side agents: computed here, recorded as transforms.
             let computed: Result<Vec<(Value, bool)>, StepError> = match &agent.kind {
-                AgentKind::Webhook => Ok(vec![(incoming.clone(), true)]),
+                AgentKind::Webhook => Ok(vec![(incoming(), true)]),
                 AgentKind::Message => match agent.options.get("loop").filter(|l| !l.is_null() && **l != "" && **l != false) {
                     None => render(&option("payload")).map(|p| vec![(p, true)]),
                     // `loop`: the payload once per item (as LOOP.value, LOOP.index), emitted as one list.
@@ -167,8 +168,7 @@ impl Engine {
                 AgentKind::Trigger { rules, must_match } => {
                     let mut held = 0;
                     for r in rules {
-                        let field = render(&Value::String(r.path.clone())).map(|v| text_of(&v));
-                        let value = render(&Value::String(r.value.clone())).map(|v| text_of(&v));
+                        let (field, value) = (render_text(&r.path), render_text(&r.value));
                         match (field, value) {
                             (Ok(f), Ok(v)) if r.holds(&f, &v) => held += 1,
                             (Err(e), _) | (_, Err(e)) => return Err(fail(e)),
@@ -176,9 +176,9 @@ impl Engine {
                         }
                     }
                     let matched = held >= *must_match;
-                    let mut out = match &incoming {
-                        Value::Object(o) => o.clone(),
-                        other => Map::from_iter([("event".to_string(), other.clone())]),
+                    let mut out = match incoming() {
+                        Value::Object(o) => o,
+                        other => Map::from_iter([("event".to_string(), other)]),
                     };
                     out.insert("rule_matched".into(), Value::Bool(matched));
                     Ok(vec![(Value::Object(out), matched)])
@@ -186,7 +186,7 @@ impl Engine {
                 AgentKind::Extract(matchers) => {
                     let mut out = Map::new();
                     for m in matchers {
-                        let text = render(&Value::String(m.path.clone())).map(|v| text_of(&v)).map_err(fail)?;
+                        let text = render_text(&m.path).map_err(fail)?;
                         let found: Vec<Value> = m
                             .regex
                             .captures_iter(&text)
@@ -209,10 +209,10 @@ impl Engine {
                     Ok(items.into_iter().take(*limit).enumerate().map(|(i, item)| (json!({to.as_str(): item, "index": i, "guid": guid, "size": size}), true)).collect())
                 }
                 AgentKind::Implode { guid_path, size_path } => {
-                    let guid = render(&Value::String(guid_path.clone())).map(|v| text_of(&v)).map_err(fail)?;
+                    let guid = render_text(guid_path).map_err(fail)?;
                     let size = render(&Value::String(size_path.clone())).ok().as_ref().and_then(number_of).unwrap_or(0.0) as usize;
                     let got = flow.collected.entry((d.agent, guid.clone())).or_default();
-                    got.push(incoming.clone());
+                    got.push(incoming());
                     if got.len() >= size {
                         let all = flow.collected.remove(&(d.agent, guid)).unwrap_or_default();
                         Ok(vec![(Value::Array(all), true)])
@@ -221,7 +221,7 @@ impl Engine {
                     }
                 }
                 AgentKind::Deduplicate { path, lookback } => {
-                    let key = render(&Value::String(path.clone())).map(|v| text_of(&v)).map_err(fail)?;
+                    let key = render_text(path).map_err(fail)?;
                     let prior = earlier.get(&(agent.id.clone(), n)).filter(|e| e.state == StepState::Succeeded);
                     let fresh = if *lookback == 0 {
                         flow.seen.entry(d.agent).or_default().insert(key)
@@ -234,14 +234,14 @@ impl Engine {
                         let scope = format!("{}/{}", story.name, agent.id);
                         self.recorder.remember(run_id, &scope, &digest, *lookback).await.map_err(|down| fail(down.into()))?
                     };
-                    if fresh { Ok(vec![(incoming.clone(), true)]) } else { Ok(Vec::new()) }
+                    if fresh { Ok(vec![(incoming(), true)]) } else { Ok(Vec::new()) }
                 }
                 AgentKind::Delay(wait) => {
                     // Slept once: a resumed run does not wait again for a delay it already waited out.
                     if earlier.get(&(agent.id.clone(), n)).is_none_or(|e| e.state != StepState::Succeeded) {
                         tokio::time::sleep(*wait).await;
                     }
-                    Ok(vec![(incoming.clone(), true)])
+                    Ok(vec![(incoming(), true)])
                 }
                 AgentKind::Http(_) | AgentKind::Email(_) | AgentKind::Story(_) => {
                     let step = agent.step.as_ref().expect("action and story agents have their step");

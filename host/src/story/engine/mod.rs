@@ -342,7 +342,7 @@ impl Engine {
         self.recorder.start_run(run_id);
         if let Some(graph) = &story.graph {
             // A graph run resumes from its own record (see engine/graph.rs), not from a step index.
-            return self.run_graph(story, graph, run_id, root, input, depth, observer).await;
+            return self.run_graph(story, graph, run_id, root, input, depth, observer, resume.resumed).await;
         }
         let mut ctx = Context::new(run_id, story, input);
         self.add_approval_links(story, run_id, &mut ctx).map_err(|e| (None, e))?;

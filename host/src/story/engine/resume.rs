@@ -11,6 +11,8 @@ use serde_json::Value;
 /// the first step still to run.
 #[derive(Default)]
 pub(super) struct Resume {
+    /// Whether the run was interrupted or parked before (a new run: `false`).
+    pub(super) resumed: bool,
     pub(super) done: Vec<(String, StepState, Value, Option<StepError>)>,
     pub(super) from: usize,
     /// Attempts the interrupted step already used (recorded for the audit trail).
@@ -53,7 +55,7 @@ impl Engine {
                 return RunResult::failed(run_id, None, down.into());
             }
         }
-        let mut resume = Resume::default();
+        let mut resume = Resume { resumed: true, ..Resume::default() };
         for step in &story.steps {
             let row = detail.steps.iter().find(|r| r.step_id == step.id && r.item.is_none());
             let Some(r) = row else { break };
