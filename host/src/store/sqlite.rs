@@ -177,6 +177,8 @@ impl Checkpointer {
                 // PASSIVE: copies what no reader still needs, waits for nobody.
                 match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     Ok(()) => failing = false,
+                    // Another connection (another warden process on this file) is checkpointing.
+                    Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => {}
                     // Said once per spell of failures, not every 50 ms.
                     Err(e) if !failing => {
                         failing = true;
