@@ -51,20 +51,44 @@ impl Drop for Driver {
 }
 
 fn start_driver(path: &Path) -> Driver {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = std::process::Command::new(path)
-        .arg(format!("--port={port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("chromedriver starts");
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Driver { child, port };
+    // A port picked free can be taken by a neighbouring test before chromedriver
+    // binds it; then chromedriver exits and a bare connect would reach the other
+    // listener. So: ready means *this* child answers WebDriver's /status, and a
+    // child that exited is started again on another port.
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new(path)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let mut driver = Driver { child, port };
+        for _ in 0..200 {
+            if driver.child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            if webdriver_ready(port) {
+                return driver;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        let _ = driver.child.kill();
     }
-    panic!("chromedriver did not listen on port {port}");
+    panic!("chromedriver did not start answering WebDriver on a port of its own (5 tries)");
+}
+
+/// Whether a WebDriver server answers `GET /status` on `port` saying it is ready.
+fn webdriver_ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(format!("GET /status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.") && answer.contains("\"ready\"")
 }
 
 async fn browser(driver: &Driver, width: u32, height: u32) -> Client {
