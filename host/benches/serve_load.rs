@@ -45,6 +45,14 @@ impl Conn {
         Conn { send }
     }
 
+    /// A plain GET's body.
+    async fn get(&mut self, path: &str) -> String {
+        let req = hyper::Request::get(path).header("host", "127.0.0.1").body(Full::new(Bytes::new())).unwrap();
+        self.send.ready().await.unwrap();
+        let resp = self.send.send_request(req).await.unwrap();
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
+    }
+
     async fn post(&mut self, path: &str, story: &str, body: String) -> (u16, Bytes) {
         let sig = warden::server::sign(SECRET.as_bytes(), story, body.as_bytes());
         let req = hyper::Request::post(path)
@@ -105,16 +113,6 @@ async fn closed_loop_spread(ports: &[u16], path: &str, story: &str, want: u16, c
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let at = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
     Load { per_sec: lat.len() as f64 / elapsed, p50_ms: at(0.5), p99_ms: at(0.99) }
-}
-
-/// A plain GET's body.
-async fn http_get(port: u16, path: &str) -> String {
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
-    let req = hyper::Request::get(path).header("host", "127.0.0.1").body(Full::new(Bytes::new())).unwrap();
-    let resp = send.send_request(req).await.unwrap();
-    String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
 }
 
 /// User and system CPU seconds of a process (`self` or a pid), from /proc.
@@ -186,7 +184,7 @@ impl Server {
         let client_cpu_s = cpu_seconds("self");
         let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
         let write_bytes = io.lines().find_map(|l| l.strip_prefix("write_bytes: ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0);
-        let metrics = http_get(self.port, "/metrics").await;
+        let metrics = Conn::open(self.port).await.get("/metrics").await;
         let metric = |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0);
         Usage { cpu_s, client_cpu_s, write_bytes, commits: metric("warden_store_commits_total "), writes: metric("warden_store_writes_total ") }
     }

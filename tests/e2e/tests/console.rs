@@ -73,7 +73,7 @@ fn start_driver(path: &Path) -> Driver {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = driver.child.kill();
+        // (Dropping `driver` kills and reaps this try's chromedriver.)
     }
     panic!("chromedriver did not start answering WebDriver on a port of its own (5 tries)");
 }
