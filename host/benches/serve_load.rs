@@ -15,10 +15,16 @@
 //! worker count.
 //!
 //! `WARDEN_BENCH_BIN=/path/to/warden` measures another build (an A/B pair);
-//! `WARDEN_BENCH_ONLY=text` runs only the cases whose label contains `text`;
+//! `WARDEN_BENCH_ONLY=text` runs only the cases whose label contains `text`
+//! (several: `a|b`);
 //! `WARDEN_BENCH_RECORD=0` turns off the recording of action steps (`[server] record`).
 
 mod common;
+
+// The ceiling server (this binary re-executed) and the load generator use the
+// allocator warden itself uses, so the comparison is of the work, not of mallocs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -380,9 +386,9 @@ fn main() {
         let w = start_warden(&dir, &policy, "runs").await;
         // Warm up: plugin instantiation, the page cache, the connection pool.
         closed_loop(w.port, "/webhooks/a1?wait=true", "a1", 200, 4, secs / 5.0).await;
-        // WARDEN_BENCH_ONLY=text: only the cases whose label contains it (the ceiling always runs).
+        // WARDEN_BENCH_ONLY=text[|text…]: only the cases whose label contains one of them (the ceiling always runs).
         let only = std::env::var("WARDEN_BENCH_ONLY").ok();
-        let want = |label: &str| only.as_deref().is_none_or(|o| label.contains(o));
+        let want = |label: &str| only.as_deref().is_none_or(|o| o.split('|').any(|part| label.contains(part)));
         let closed = [
             ("1 transform, wait, c=16", "t1", 16),
             ("1 transform, wait, c=2", "t1", 2),

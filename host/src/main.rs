@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 mod cli;
 
+// The server allocates and frees per request on every worker thread; glibc's
+// malloc took ~14 % of the workers' time under load (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     let (default_level, json) = match &args.command {

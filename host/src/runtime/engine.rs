@@ -1,5 +1,11 @@
-//! The one wasmtime `Engine`: pooling allocator sized for the worker count,
-//! epoch interruption for the CPU limit, and the thread that ticks the epoch.
+//! The wasmtime engines: pooling allocators sized for the worker count, epoch
+//! interruption for the CPU limit, and the thread that ticks the epochs.
+//!
+//! Two engines that differ only in how a fresh instance's linear memory gets
+//! its initial data ([`MemoryInit`]): a component whose data segments are
+//! small has them *copied* in; a large one (an interpreter with its heap
+//! snapshot) has them *mapped* copy-on-write. Each component is compiled for
+//! the one its data calls for ([`memory_init_for`]).
 
 use crate::limits::MAX_MEMORY_BYTES;
 use std::time::Duration;
@@ -8,11 +14,57 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// How often the epoch advances; the CPU limit is checked at this granularity.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-pub(super) fn build_engine(max_instances: u32) -> anyhow::Result<Engine> {
+/// How a fresh instance's linear memory receives the component's data segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryInit {
+    /// Copied at instantiation into zeroed memory. For small data: a guest's
+    /// first write to a mapped image page is a copy-on-write fault whose TLB
+    /// flush interrupts every core the process runs on; under load that was
+    /// 17 % of the workers' time for a trivial Rust plugin (BENCHMARKS.md).
+    Copy,
+    /// Mapped copy-on-write from the compiled image: only the pages a guest
+    /// touches are copied. For large data (componentize-py's 18 MiB heap
+    /// snapshot would otherwise be copied at every invocation).
+    CopyOnWrite,
+}
+
+/// Components with at most this many bytes of active data segments are
+/// copied in ([`MemoryInit::Copy`]); larger ones are mapped.
+pub const COPY_DATA_MAX_BYTES: u64 = 256 << 10;
+
+/// Which engine a component belongs on, from the active data segments of all
+/// its core modules. Bytes that do not parse go to the copying engine, whose
+/// compiler then says what is wrong with them.
+pub fn memory_init_for(component: &[u8]) -> MemoryInit {
+    let mut data: u64 = 0;
+    for payload in wasmparser::Parser::new(0).parse_all(component) {
+        let Ok(payload) = payload else { return MemoryInit::Copy };
+        if let wasmparser::Payload::DataSection(reader) = payload {
+            for segment in reader {
+                let Ok(segment) = segment else { return MemoryInit::Copy };
+                if matches!(segment.kind, wasmparser::DataKind::Active { .. }) {
+                    data = data.saturating_add(segment.data.len() as u64);
+                }
+            }
+        }
+    }
+    if data <= COPY_DATA_MAX_BYTES { MemoryInit::Copy } else { MemoryInit::CopyOnWrite }
+}
+
+/// Instances the copy-on-write engine's pool holds for `max_instances` in the
+/// copying one: a quarter (at least 16, or all of a smaller pool). Large
+/// components are interpreters at tens of MiB each, and every pool slot
+/// reserves ~4 GiB of address space, so two full pools would double it.
+pub fn mapped_pool(max_instances: u32) -> u32 {
+    (max_instances / 4).max(max_instances.min(16))
+}
+
+pub(super) fn build_engine(max_instances: u32, init: MemoryInit) -> anyhow::Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.max_wasm_stack(512 * 1024);
+    config.memory_init_cow(init == MemoryInit::CopyOnWrite);
     let n = max_instances.max(1);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(n)
@@ -47,15 +99,20 @@ pub(super) fn build_engine(max_instances: u32) -> anyhow::Result<Engine> {
     }
 }
 
-pub(super) fn start_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
+/// Ticks the epoch of every engine in `engines` until they are all dropped.
+pub(super) fn start_epoch_ticker(engines: &[&Engine]) {
+    let weak: Vec<_> = engines.iter().map(|e| e.weak()).collect();
     std::thread::Builder::new()
         .name("warden-epoch".into())
         .spawn(move || loop {
             std::thread::sleep(EPOCH_TICK);
-            match weak.upgrade() {
-                Some(engine) => engine.increment_epoch(),
-                None => break,
+            let mut alive = false;
+            for engine in weak.iter().filter_map(|w| w.upgrade()) {
+                engine.increment_epoch();
+                alive = true;
+            }
+            if !alive {
+                break;
             }
         })
         .expect("spawn epoch thread");

@@ -1,4 +1,6 @@
-//! The runtime: one wasmtime `Engine`, components compiled once (cached on
+//! The runtime: two wasmtime engines (one copies a component's initial data
+//! into a fresh instance, one maps it copy-on-write: see [`engine`]),
+//! components compiled once for the engine their data calls for (cached on
 //! disk by content hash and engine), one `InstancePre` per component, and a
 //! fresh `Store` per invocation with the grant's limits.
 
@@ -15,8 +17,8 @@ use crate::capability::http::transport::Transport;
 pub use crate::invocation::{InvocationInfo, InvokeError, LogLine, Manifest};
 use crate::invocation::guest_text;
 use crate::limits::Bytes;
-use engine::{build_engine, start_epoch_ticker};
-pub use engine::EPOCH_TICK;
+use engine::{build_engine, memory_init_for, start_epoch_ticker};
+pub use engine::{mapped_pool, MemoryInit, COPY_DATA_MAX_BYTES, EPOCH_TICK};
 use crate::policy::{Grant, PluginEntry};
 use crate::recording::Tape;
 use anyhow::{anyhow, Context as _};
@@ -105,6 +107,8 @@ impl Inspection {
 pub struct Plugin {
     pub name: String,
     pub sha256: String,
+    /// Which engine it was compiled for.
+    pub memory_init: MemoryInit,
     pre: bindings::ActionPre<InvocationState>,
 }
 
@@ -115,7 +119,8 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
     /// Resolves host names for egress (injectable for tests).
     pub resolver: Arc<dyn HostResolver>,
-    /// How many invocations may be instantiated at once (pooling allocator slots).
+    /// How many invocations of small components may be instantiated at once
+    /// (pooling allocator slots); large ones get [`mapped_pool`] of it.
     pub max_instances: u32,
 }
 
@@ -140,9 +145,27 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/warden"))
 }
 
-pub struct Runtime {
+/// One engine and the host's imports linked for it.
+struct Lane {
     engine: Engine,
     linker: Linker<InvocationState>,
+}
+
+impl Lane {
+    fn new(max_instances: u32, init: MemoryInit) -> anyhow::Result<Lane> {
+        let engine = build_engine(max_instances, init)?;
+        let mut linker = Linker::<InvocationState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+        // Standard wasi:http, answered by the same egress layers as warden:action/http.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+        crate::capability::add_to_linker(&mut linker, |s: &mut InvocationState| &mut s.caps)?;
+        Ok(Lane { engine, linker })
+    }
+}
+
+pub struct Runtime {
+    copied: Lane,
+    mapped: Lane,
     transport: Arc<Transport>,
     cache_dir: Option<PathBuf>,
     loaded: Mutex<std::collections::HashMap<String, Arc<Plugin>>>,
@@ -162,22 +185,25 @@ impl Drop for Live {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
-        let engine = build_engine(config.max_instances)?;
-        start_epoch_ticker(&engine);
-        let mut linker = Linker::<InvocationState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
-        // Standard wasi:http, answered by the same egress layers as warden:action/http.
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
-        crate::capability::add_to_linker(&mut linker, |s: &mut InvocationState| &mut s.caps)?;
+        let copied = Lane::new(config.max_instances, MemoryInit::Copy)?;
+        let mapped = Lane::new(mapped_pool(config.max_instances), MemoryInit::CopyOnWrite)?;
+        start_epoch_ticker(&[&copied.engine, &mapped.engine]);
         Ok(Runtime {
-            engine,
-            linker,
+            copied,
+            mapped,
             transport: Arc::new(Transport::new(config.resolver)?),
             cache_dir: config.cache_dir,
             loaded: Mutex::default(),
             live: Arc::default(),
-            capacity: config.max_instances,
+            capacity: config.max_instances.saturating_add(mapped_pool(config.max_instances)),
         })
+    }
+
+    fn lane(&self, init: MemoryInit) -> &Lane {
+        match init {
+            MemoryInit::Copy => &self.copied,
+            MemoryInit::CopyOnWrite => &self.mapped,
+        }
     }
 
     /// Invocations running now, and how many the instance pool holds.
@@ -223,9 +249,11 @@ impl Runtime {
         if let Some(p) = self.loaded.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
-        let component = cache::compile(&self.engine, self.cache_dir.as_deref(), &digest, bytes)
+        let memory_init = memory_init_for(bytes);
+        let lane = self.lane(memory_init);
+        let component = cache::compile(&lane.engine, self.cache_dir.as_deref(), &digest, bytes)
             .with_context(|| format!("plugin {name}: not a valid WebAssembly component"))?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+        let pre = lane.linker.instantiate_pre(&component).map_err(|e| {
             anyhow!(
                 "plugin {name} does not fit the warden:action world: {e}; build it against wit/ with wit-bindgen (see README, Writing a plugin)"
             )
@@ -233,7 +261,7 @@ impl Runtime {
         let pre = bindings::ActionPre::new(pre).map_err(|e| {
             anyhow!("plugin {name} does not export the warden:action world (describe, run): {e}")
         })?;
-        let plugin = Arc::new(Plugin { name: name.to_string(), sha256: digest, pre });
+        let plugin = Arc::new(Plugin { name: name.to_string(), sha256: digest, memory_init, pre });
         self.loaded.lock().unwrap().insert(key, plugin.clone());
         Ok(plugin)
     }
@@ -242,12 +270,13 @@ impl Runtime {
     /// `warden:action` world this host provides — with a reason when not.
     pub fn inspect(&self, bytes: &[u8]) -> anyhow::Result<Inspection> {
         let digest = sha256_hex(bytes);
-        let component = cache::compile(&self.engine, self.cache_dir.as_deref(), &digest, bytes).map_err(|e| {
+        let engine = &self.lane(memory_init_for(bytes)).engine;
+        let component = cache::compile(engine, self.cache_dir.as_deref(), &digest, bytes).map_err(|e| {
             anyhow!("not a WebAssembly component ({e}); build it for wasm32-wasip2 (a cdylib for that target is a component)")
         })?;
         let ty = component.component_type();
-        let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+        let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
         let mut problems = Vec::new();
         for want in ["describe", "run"] {
             if !exports.iter().any(|e| e == want) {
@@ -413,7 +442,7 @@ impl Runtime {
         let cpu_limit = Duration::from_millis(grant.limits.cpu_ms);
         let state = InvocationState::new(&plugin.name, grant, info, self.transport.clone(), tap, tape);
         let meter = state.caps.call.meter.clone();
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(&self.lane(plugin.memory_init).engine, state);
         store.limiter(|s| &mut s.memory);
         // Every host call is off the guest's CPU: warden's imports and WASI's
         // alike, such as `poll` waiting on a wasi:http response.

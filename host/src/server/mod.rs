@@ -189,8 +189,9 @@ pub async fn run(policy: Policy, flags: config::ServeFlags) -> anyhow::Result<()
     let max_instances = config::instance_pool(settings.workers);
     let largest_grant = policy.grants.values().map(|g| g.limits.memory_bytes).max().unwrap_or(crate::limits::Limits::default().memory_bytes);
     tracing::info!(
-        "{} workers, {max_instances} plugin instances at most ({}; each instance capped by its grant's memory, largest {} MiB)",
+        "{} workers, {max_instances} plugin instances at most, {} of large components ({}; each instance capped by its grant's memory, largest {} MiB)",
         settings.workers,
+        crate::runtime::mapped_pool(max_instances),
         match (flags_workers, available) {
             (true, _) => "as configured".to_string(),
             (false, Some(m)) => format!("sized from {:.1} GiB available memory; --workers to change", m as f64 / (1u64 << 30) as f64),

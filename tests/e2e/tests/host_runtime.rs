@@ -321,6 +321,27 @@ async fn every_invocation_starts_from_a_fresh_instance() {
     }
 }
 
+/// A small plugin's instances have their data copied in (no copy-on-write
+/// image) and their slots reused: nothing one invocation left in its memory,
+/// freed heap or grown pages alike, is readable by the next.
+#[tokio::test]
+async fn no_invocation_reads_what_an_earlier_one_left_in_memory() {
+    let p = policy(&probe_policy(1, "\"GET http://127.0.0.1:1/never\"", "wall_ms = 10000"));
+    let rt = runtime(None);
+    assert_eq!(rt.load_entry(&p.plugins["probe"]).unwrap().memory_init, warden::runtime::MemoryInit::Copy);
+    // The probe can see freed data within one instance, so a zero below is a finding.
+    let same = run(&rt, &p, "probe", json!({"op": "residue", "leave": "7f3a", "find": "7f3a"})).await;
+    assert!(output(&same)["found"].as_u64().unwrap() >= 1, "{}", output(&same));
+    // More invocations than a decommit batch (16), so later ones reuse earlier slots.
+    for i in 0..40 {
+        run(&rt, &p, "probe", json!({"op": "residue", "leave": format!("c0de{i}")})).await;
+    }
+    for i in 0..40 {
+        let r = run(&rt, &p, "probe", json!({"op": "residue", "find": format!("c0de{i}")})).await;
+        assert_eq!(output(&r)["found"], 0, "invocation {i} found an earlier one's data");
+    }
+}
+
 #[tokio::test]
 async fn the_sandbox_has_no_ambient_authority() {
     std::env::set_var("WARDEN_AMBIENT_CANARY", "visible?");

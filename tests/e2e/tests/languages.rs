@@ -165,6 +165,19 @@ async fn wasi_http_guests_in_every_language_are_held_to_the_same_policy() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A small component's data is copied into each fresh instance; an
+/// interpreter's multi-MiB heap snapshot is mapped copy-on-write instead of
+/// being copied at every invocation (and both kinds run: the test above).
+#[test]
+fn interpreters_get_copy_on_write_memory_and_small_plugins_copied_data() {
+    let p = the_policy(1);
+    let rt = runtime(None);
+    let init = |g: &str| rt.load_entry(&p.plugins[g]).unwrap().memory_init;
+    assert_eq!(init("probe"), warden::runtime::MemoryInit::Copy);
+    assert_eq!(init("js-fetch"), warden::runtime::MemoryInit::CopyOnWrite);
+    assert_eq!(init("py-fetch"), warden::runtime::MemoryInit::CopyOnWrite);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_uncaught_exception_reaches_the_step_error_with_the_guests_own_words() {
     let (srv, _rec) = origin::spawn().await.unwrap();

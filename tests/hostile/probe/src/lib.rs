@@ -147,6 +147,27 @@ impl Guest for Probe {
                 static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 json!({"count": COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1})
             }
+            "residue" => {
+                // `leave`: fills `mib` MiB of heap with a marker and frees it.
+                // `find`: grows the heap by `mib` MiB without writing it, then
+                // counts the marker anywhere in linear memory (its own copy aside).
+                let mib = v["mib"].as_u64().unwrap_or(2).min(64) as usize;
+                if let Some(m) = v["leave"].as_str() {
+                    let marker = format!("WARDEN-RESIDUE-{m}");
+                    let mut block = Vec::with_capacity(mib << 20);
+                    while block.len() + marker.len() <= mib << 20 {
+                        block.extend_from_slice(marker.as_bytes());
+                    }
+                    std::hint::black_box(&block);
+                }
+                let found = v["find"].as_str().map(|m| {
+                    let hold: Vec<u8> = Vec::with_capacity(mib << 20);
+                    std::hint::black_box(&hold);
+                    let marker = format!("WARDEN-RESIDUE-{m}");
+                    occurrences_in_memory(marker.as_bytes())
+                });
+                json!({"found": found})
+            }
             "echo" => json!({"input": v, "run_id": inv.run_id, "attempt": inv.attempt}),
             "fetch" => fetch(&v),
             "call" => {
@@ -326,3 +347,16 @@ impl Guest for Probe {
 }
 
 export!(Probe);
+
+/// How often `needle` occurs in the whole of linear memory, not counting
+/// `needle` itself: what a guest could read of an earlier one's data.
+fn occurrences_in_memory(needle: &[u8]) -> usize {
+    let end = core::arch::wasm32::memory_size(0) * 65536;
+    let own = needle.as_ptr() as usize;
+    // SAFETY: every address below memory.size is readable in wasm; the reads
+    // are volatile because the bytes belong to no live Rust value.
+    let byte = |addr: usize| unsafe { core::ptr::read_volatile(addr as *const u8) };
+    (8..end.saturating_sub(needle.len()))
+        .filter(|&addr| addr != own && byte(addr) == needle[0] && (1..needle.len()).all(|i| byte(addr + i) == needle[i]))
+        .count()
+}
