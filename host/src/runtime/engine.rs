@@ -81,12 +81,14 @@ pub(super) fn build_engine(max_instances: u32, init: MemoryInit) -> anyhow::Resu
         // added memset time. Bounded: warm slots × 128 KiB stay resident.
         .table_keep_resident(64 << 10)
         .async_stack_keep_resident(64 << 10)
-        // Return finished instances' memory to the kernel 16 at a time: each
+        // Return finished instances' memory to the kernel 64 at a time: each
         // madvise shoots down TLBs on every core, which under load took 13 %
-        // of the workers' time one by one (BENCHMARKS.md). Slots are only
-        // reused after their batch is decommitted, so nothing leaks between
-        // invocations; at most 16 dead instances' touched pages wait.
-        .decommit_batch_size(16);
+        // of the workers' time one by one, and 3 % still at 16 a time
+        // (BENCHMARKS.md). Slots are only reused after their batch is
+        // decommitted, so nothing leaks between invocations (the residue
+        // test runs more invocations than a batch); at most 64 dead
+        // instances' touched pages wait (a few MiB for Rust plugins).
+        .decommit_batch_size(64);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     match Engine::new(&config) {
         Ok(engine) => Ok(engine),

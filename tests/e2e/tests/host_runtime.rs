@@ -332,11 +332,11 @@ async fn no_invocation_reads_what_an_earlier_one_left_in_memory() {
     // The probe can see freed data within one instance, so a zero below is a finding.
     let same = run(&rt, &p, "probe", json!({"op": "residue", "leave": "7f3a", "find": "7f3a"})).await;
     assert!(output(&same)["found"].as_u64().unwrap() >= 1, "{}", output(&same));
-    // More invocations than a decommit batch (16), so later ones reuse earlier slots.
-    for i in 0..40 {
+    // More invocations than a decommit batch (64), so later ones reuse earlier slots.
+    for i in 0..150 {
         run(&rt, &p, "probe", json!({"op": "residue", "leave": format!("c0de{i}")})).await;
     }
-    for i in 0..40 {
+    for i in 0..150 {
         let r = run(&rt, &p, "probe", json!({"op": "residue", "find": format!("c0de{i}")})).await;
         assert_eq!(output(&r)["found"], 0, "invocation {i} found an earlier one's data");
     }
