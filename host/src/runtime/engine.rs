@@ -23,8 +23,8 @@ pub enum MemoryInit {
     /// 17 % of the workers' time for a trivial Rust plugin (BENCHMARKS.md).
     Copy,
     /// Mapped copy-on-write from the compiled image: only the pages a guest
-    /// touches are copied. For large data (componentize-py's 18 MiB heap
-    /// snapshot would otherwise be copied at every invocation).
+    /// touches are copied. For large data (the Python example's 11 MiB of
+    /// interpreter snapshot would otherwise be copied at every invocation).
     CopyOnWrite,
 }
 
@@ -53,8 +53,8 @@ pub fn memory_init_for(component: &[u8]) -> MemoryInit {
 
 /// Instances the copy-on-write engine's pool holds for `max_instances` in the
 /// copying one: a quarter (at least 16, or all of a smaller pool). Large
-/// components are interpreters at tens of MiB each, and every pool slot
-/// reserves ~4 GiB of address space, so two full pools would double it.
+/// components are interpreters at tens of MiB each, and every memory slot of
+/// a pool reserves ~4 GiB of address space, so two full pools would double it.
 pub fn mapped_pool(max_instances: u32) -> u32 {
     (max_instances / 4).max(max_instances.min(16))
 }
