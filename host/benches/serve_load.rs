@@ -318,9 +318,7 @@ async fn start_warden_on(dir: &Path, policy: &Path, db: PathBuf) -> Server {
 
 /// Runs of `story` this server has finished (their end committed), from /metrics.
 async fn finished_per_metrics(metrics: &mut Conn, story: &str) -> u64 {
-    let prefix = format!("warden_runs_finished_total{{story=\"{story}\",");
-    let text = metrics.get("/metrics").await;
-    text.lines().filter(|l| l.starts_with(&prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+    warden::server::metrics::finished_runs(&metrics.get("/metrics").await, story)
 }
 
 /// Posts `runs` webhooks without waiting for the runs, then waits until all

@@ -48,12 +48,10 @@ async fn send(base: &str, story: &str, body: &str, wait: bool) -> Option<(u16, s
     Some((code, v))
 }
 
-/// The runs of `story` this node finished, read off its `/metrics`
-/// (`warden_runs_finished_total` counts per process).
+/// The runs of `story` this node finished, read off its `/metrics`.
 async fn finished_here(base: &str, story: &str) -> u64 {
     let text = client().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-    let prefix = format!("warden_runs_finished_total{{story=\"{story}\",");
-    text.lines().filter(|l| l.starts_with(&prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+    warden::server::metrics::finished_runs(&text, story)
 }
 
 /// Waits (bounded) until no run in the schema is queued or running.

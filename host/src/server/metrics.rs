@@ -46,6 +46,14 @@ fn esc(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// The runs of `story` a process finished, in any state, read back from the
+/// text [`Metrics::render`] wrote (`warden_runs_finished_total`): how tests
+/// and benches learn what one node did, with the line format kept here.
+pub fn finished_runs(metrics_text: &str, story: &str) -> u64 {
+    let prefix = format!("warden_runs_finished_total{{story=\"{}\",", esc(story));
+    metrics_text.lines().filter(|l| l.starts_with(&prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+}
+
 impl Metrics {
     pub fn webhook(&self, story: &str, code: u16) {
         *self.webhooks.lock().unwrap().entry((story.to_string(), code)).or_default() += 1;
@@ -133,5 +141,23 @@ impl Observer for MetricsObserver<'_> {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_runs_reads_back_what_render_wrote_for_that_story_only() {
+        let m = Metrics::default();
+        for (story, state, n) in [("two", "succeeded", 7), ("two", "failed", 2), ("two-b", "succeeded", 5), ("say \"hi\"", "succeeded", 3)] {
+            m.runs_finished.lock().unwrap().insert((story.to_string(), state.to_string()), n);
+        }
+        let text = m.render((0, 1), &[], &crate::store::group::StoreHealth::default());
+        assert_eq!(finished_runs(&text, "two"), 9, "every state of that story, not a story it prefixes");
+        assert_eq!(finished_runs(&text, "two-b"), 5);
+        assert_eq!(finished_runs(&text, "say \"hi\""), 3, "a name is escaped as render escapes it");
+        assert_eq!(finished_runs(&text, "none"), 0);
     }
 }
