@@ -333,6 +333,14 @@ async fn hostile_text_stays_text_denials_show_their_rule_and_a_decision_resumes_
     c.goto(&format!("{}/console/runs/{asked}", ex.base)).await.unwrap();
     c.find(Locator::Css("form.decide input[name=comment]")).await.unwrap().send_keys("false positive: <b>test</b> hosts").await.unwrap();
     c.find(Locator::Css("form.decide button[value=ignore]")).await.unwrap().click().await.unwrap();
+    // The click returns once the form is submitted, not once its POST has been answered: a
+    // navigation started now could abort that POST (it did once in CI). The decision's own
+    // record is what says the POST arrived; the redirect then lands on this same page.
+    let approvals = ex.engine.store.approvals().unwrap();
+    until("the decision to be recorded", || async {
+        approvals.approval(&asked, "contain").unwrap().unwrap().decision.map(|_| String::new())
+    })
+    .await;
     c.goto(&format!("{}/console/runs/{asked}", ex.base)).await.unwrap();
     until("the decided run to finish", || async { text_of(&c, "#run-state").await.filter(|s| s == "succeeded") }).await;
     let a = ex.engine.store.approvals().unwrap().approval(&asked, "contain").unwrap().unwrap();
