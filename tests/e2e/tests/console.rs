@@ -343,7 +343,7 @@ async fn hostile_text_stays_text_denials_show_their_rule_and_a_decision_resumes_
     .await;
     c.goto(&format!("{}/console/runs/{asked}", ex.base)).await.unwrap();
     until("the decided run to finish", || async { text_of(&c, "#run-state").await.filter(|s| s == "succeeded") }).await;
-    let a = ex.engine.store.approvals().unwrap().approval(&asked, "contain").unwrap().unwrap();
+    let a = approvals.approval(&asked, "contain").unwrap().unwrap();
     let d = a.decision.unwrap();
     assert_eq!((d.choice.as_deref(), d.via.as_str(), d.comment.as_deref()), (Some("ignore"), "console", Some("false positive: <b>test</b> hosts")));
     // The decision is in the run's audit, as text.
