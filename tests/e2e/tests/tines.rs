@@ -570,10 +570,23 @@ async fn a_graph_run_resumed_after_an_interruption_sends_nothing_twice() {
     let imported = import_here(&fixture("paging.json", port));
     let engine = engine(&imported, skeleton_policy(&imported, None));
     let run_id = engine.submit("page-through-items", json!({"per": 7}), "test").await.unwrap();
-    // The first page is fetched, then the run waits a second: cut it off there.
-    let cut = tokio::time::timeout(std::time::Duration::from_millis(600), engine.execute(&run_id, &Quiet)).await;
-    assert!(cut.is_err(), "the run was still waiting at its delay");
-    assert_eq!(api.seen().len(), 1);
+    // The first page is fetched, then the run waits a second: cut it off there,
+    // once its record holds the fetch (however slow the machine is to get there).
+    let fetched = || {
+        let run = engine.store.get_run(&run_id).unwrap().unwrap();
+        run.steps.iter().any(|s| s.step_id.contains("get_page") && s.state == "succeeded")
+    };
+    let mut execution = Box::pin(engine.execute(&run_id, &Quiet));
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !fetched() {
+        assert!(std::time::Instant::now() < give_up, "the first page was not fetched in 60 s");
+        tokio::select! {
+            _ = &mut execution => panic!("the run ended; it should be waiting at its delay"),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(5)) => {}
+        }
+    }
+    drop(execution); // what a crash does to it
+    assert_eq!(api.seen().len(), 1, "cut off during the delay, before the second page");
     // What a restart does with a run left `running`.
     let r = engine.resume(&run_id, &Quiet).await;
     assert!(r.error.is_none(), "{:?}", r.error);
