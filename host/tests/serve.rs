@@ -105,7 +105,10 @@ async fn webhooks_answer_with_the_right_status_and_create_runs_only_when_valid()
     let m = metrics.as_str().unwrap();
     assert!(m.contains("warden_webhooks_total{story=\"quick\",code=\"401\"} 3"), "{m}");
     assert!(m.contains("warden_webhooks_total{story=\"quick\",code=\"202\"} 1"), "{m}");
-    assert!(m.contains("warden_runs{state=\"succeeded\"} 2"), "{m}");
+    assert!(m.contains("warden_runs_finished_total{story=\"quick\",state=\"succeeded\"} 2"), "{m}");
+    // The gauge holds unfinished runs only, each state present (0 when none).
+    assert!(m.contains("warden_runs{state=\"queued\"} 0") && m.contains("warden_runs{state=\"running\"} 0"), "{m}");
+    assert!(!m.contains("warden_runs{state=\"succeeded\""), "{m}");
     assert!(m.contains("warden_step_duration_seconds_count{kind=\"transform\"} 2"), "{m}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -59,7 +59,9 @@ impl Metrics {
         *self.webhooks.lock().unwrap().entry((story.to_string(), code)).or_default() += 1;
     }
 
-    pub fn render(&self, instances: (usize, u32), stored: &[(String, u64)], store: &crate::store::group::StoreHealth) -> String {
+    /// `unfinished`: the store's top-level runs per unfinished state
+    /// ([`crate::store::Store::count_unfinished`]); a state it lacks is 0.
+    pub fn render(&self, instances: (usize, u32), unfinished: &[(String, u64)], store: &crate::store::group::StoreHealth) -> String {
         let store_write_failures = store.failures();
         let (commits, writes) = store.commits();
         let mut out = String::new();
@@ -67,9 +69,10 @@ impl Metrics {
         for ((story, state), n) in self.runs_finished.lock().unwrap().iter() {
             let _ = writeln!(out, "warden_runs_finished_total{{story=\"{}\",state=\"{}\"}} {n}", esc(story), esc(state));
         }
-        out.push_str("# HELP warden_runs Runs in the run store by state (top-level runs).\n# TYPE warden_runs gauge\n");
-        for (state, n) in stored {
-            let _ = writeln!(out, "warden_runs{{state=\"{}\"}} {n}", esc(state));
+        out.push_str("# HELP warden_runs Top-level runs in the run store not finished yet, by state (finished runs: warden_runs_finished_total).\n# TYPE warden_runs gauge\n");
+        for state in crate::store::UNFINISHED_STATES {
+            let n = unfinished.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+            let _ = writeln!(out, "warden_runs{{state=\"{state}\"}} {n}");
         }
         let _ = writeln!(out, "# HELP warden_store_write_failures_total Run store writes refused after every retry (each failed its run).\n# TYPE warden_store_write_failures_total counter\nwarden_store_write_failures_total {store_write_failures}");
         let _ = writeln!(out, "# HELP warden_store_commits_total Run store transactions committed (group commit: many writes share one).\n# TYPE warden_store_commits_total counter\nwarden_store_commits_total {commits}");

@@ -461,8 +461,8 @@ async fn healthz(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics_text(State(s): State<AppState>) -> Response {
-    let stored = s.engine.store.count_by_state().unwrap_or_default();
-    let body = s.metrics.render(s.engine.invoker.instances(), &stored, s.engine.store_health());
+    let unfinished = s.engine.store.count_unfinished().unwrap_or_default();
+    let body = s.metrics.render(s.engine.invoker.instances(), &unfinished, s.engine.store_health());
     ([("content-type", "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -396,6 +396,9 @@ mod tests {
         fn count_runs(&self, f: &crate::store::RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
             self.inner.count_runs(f)
         }
+        fn count_unfinished(&self) -> anyhow::Result<Vec<(String, u64)>> {
+            self.inner.count_unfinished()
+        }
         fn get_run(&self, id: &str) -> anyhow::Result<Option<crate::store::RunDetail>> {
             self.inner.get_run(id)
         }
@@ -531,6 +534,9 @@ mod tests {
             }
             fn count_runs(&self, f: &crate::store::RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
                 self.0.count_runs(f)
+            }
+            fn count_unfinished(&self) -> anyhow::Result<Vec<(String, u64)>> {
+                self.0.count_unfinished()
             }
             fn get_run(&self, id: &str) -> anyhow::Result<Option<crate::store::RunDetail>> {
                 self.0.get_run(id)

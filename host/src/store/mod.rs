@@ -252,6 +252,53 @@ pub struct RunFilter<'a> {
     pub offset: usize,
 }
 
+/// Most runs [`Store::count_runs`] reads: it counts the latest this many that
+/// match. A live console view counts every 0.7 s; counting a store's whole
+/// history each time would grow without bound.
+pub const COUNT_CAP: u64 = 10_000;
+
+/// A value a [`RunFilter`] binds, in the order of its placeholders.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum FilterArg<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+impl<'a> RunFilter<'a> {
+    /// The `WHERE` clause of the filters that are set (and only those, so each
+    /// store can use its index by story or by creation time), numbering
+    /// placeholders with `placeholder(1..)`. `state` is how the state column is
+    /// written: SQLite's `+state` keeps its planner off the state index, which
+    /// would read every run in that state to sort them.
+    pub(crate) fn where_clause(&self, state: &str, placeholder: impl Fn(usize) -> String) -> (String, Vec<FilterArg<'a>>) {
+        let mut clause = String::from("WHERE 1 = 1");
+        let mut args = Vec::new();
+        let mut add = |column: &str, op: &str, arg| {
+            args.push(arg);
+            clause.push_str(&format!(" AND {column} {op} {}", placeholder(args.len())));
+        };
+        if let Some(team) = self.team {
+            add("team", "=", FilterArg::Text(team));
+        }
+        if let Some(story) = self.story {
+            add("story", "=", FilterArg::Text(story));
+        }
+        if let Some(s) = self.state {
+            add(state, "=", FilterArg::Text(s));
+        }
+        if let Some(trigger) = self.trigger {
+            add("trigger", "=", FilterArg::Text(trigger));
+        }
+        if let Some(since) = self.since_ms {
+            add("created_ms", ">=", FilterArg::Int(since.min(i64::MAX as u64) as i64));
+        }
+        if !self.include_children {
+            clause.push_str(" AND parent_run IS NULL");
+        }
+        (clause, args)
+    }
+}
+
 /// One write to a run's record, owned so that it can wait in a group commit
 /// (see [`group`]). Timestamps are taken when the write is made, not when it
 /// is committed.
@@ -418,6 +465,15 @@ fn now_ms() -> u64 {
     crate::audit::now_ms()
 }
 
+/// The states of a run that has not finished, which `/metrics` reports as a
+/// gauge (finished runs are `warden_runs_finished_total`, a counter).
+pub const UNFINISHED_STATES: [&str; 3] = ["queued", "running", "waiting"];
+
+/// [`Store::count_unfinished`] for both stores: the `IN` list lets each use
+/// its index on `state` and never read a finished run.
+const COUNT_UNFINISHED: &str =
+    "SELECT state, COUNT(*) FROM runs WHERE state IN ('queued', 'running', 'waiting') AND parent_run IS NULL GROUP BY state ORDER BY state";
+
 /// The run store's interface: what the story engine writes (through its
 /// recorder and [`group::GroupCommit`]) and what the server and the CLI read.
 /// [`RunStore`] keeps it in SQLite; tests use stores that fail on demand.
@@ -462,12 +518,19 @@ pub trait Store: Send + Sync {
     /// The story and input of a run, to execute it (e.g. after a restart).
     fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>>;
     fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>>;
-    /// How many top-level runs are in each state (the metrics' figures).
+    /// How many top-level runs are in each state. Reads every run: for tests
+    /// and tools, not for anything polled (see [`Store::count_unfinished`]).
     fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
         self.count_runs(&RunFilter::default())
     }
-    /// How many runs `filter` matches in each state (its `state`, `limit` and
-    /// `offset` aside).
+    /// How many top-level runs are queued, running or waiting (`/metrics`).
+    /// Read through the state index, so its cost follows the unfinished runs,
+    /// not the store's history: `/metrics` is scraped every few seconds and
+    /// answers anyone who can reach the port.
+    fn count_unfinished(&self) -> anyhow::Result<Vec<(String, u64)>>;
+    /// How many of the latest [`COUNT_CAP`] runs `filter` matches are in each
+    /// state (its `state`, `limit` and `offset` aside): at most `COUNT_CAP`
+    /// in all, whatever the store holds.
     fn count_runs(&self, filter: &RunFilter) -> anyhow::Result<Vec<(String, u64)>>;
     fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>>;
     /// The recordings of a run's step attempts, in the order they were made.

@@ -118,6 +118,8 @@ CREATE TABLE dedupe (
     PRIMARY KEY (scope, value)
 );
 CREATE INDEX dedupe_seq ON dedupe (scope, seq);
+"#, r#"
+CREATE INDEX runs_by_created ON runs(created_ms);
 "#];
 
 /// The schema version of the SQLite file at `path`, read only.
@@ -279,6 +281,30 @@ impl RunStore {
     }
 }
 
+/// Newest first, by creation time, through `runs_by_story` or `runs_by_created`:
+/// a page costs its own rows (and its offset), not the store's history.
+fn listing_sql<'a>(f: &RunFilter<'a>) -> (String, Vec<FilterArg<'a>>) {
+    let (clause, mut args) = f.where_clause("+state", |n| format!("?{n}"));
+    args.push(FilterArg::Int(f.limit.min(i64::MAX as usize) as i64));
+    args.push(FilterArg::Int(f.offset.min(i64::MAX as usize) as i64));
+    let n = args.len();
+    (format!("SELECT * FROM runs {clause} ORDER BY created_ms DESC, rowid DESC LIMIT ?{} OFFSET ?{n}", n - 1), args)
+}
+
+/// The latest [`super::COUNT_CAP`] runs of the listing (whatever its state
+/// filter), counted by state.
+fn counting_sql<'a>(f: &RunFilter<'a>) -> (String, Vec<FilterArg<'a>>) {
+    let (clause, args) = RunFilter { state: None, ..f.clone() }.where_clause("+state", |n| format!("?{n}"));
+    (format!("SELECT state, COUNT(*) FROM (SELECT state FROM runs {clause} ORDER BY created_ms DESC, rowid DESC LIMIT {}) GROUP BY state ORDER BY state", super::COUNT_CAP), args)
+}
+
+fn arg<'a>(a: &'a FilterArg<'a>) -> &'a dyn rusqlite::ToSql {
+    match a {
+        FilterArg::Text(t) => t,
+        FilterArg::Int(i) => i,
+    }
+}
+
 impl RunStore {
     /// Keeps `value` among the last `lookback` of `scope`; `false` when it was kept already.
     fn remember(tx: &rusqlite::Transaction, scope: &str, value: &str, lookback: u64) -> rusqlite::Result<bool> {
@@ -413,26 +439,25 @@ impl Store for RunStore {
 
     /// Newest first. `story` and `state` filter; top-level runs only unless `include_children`.
     fn find_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<RunSummary>> {
+        let (sql, args) = listing_sql(f);
         let conn = self.reader();
-        let mut stmt = conn.prepare_cached(
-            "SELECT * FROM runs WHERE (?1 IS NULL OR story = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 OR parent_run IS NULL) AND (?6 IS NULL OR team = ?6)
-               AND (?7 IS NULL OR trigger = ?7) AND (?8 IS NULL OR created_ms >= ?8)
-             ORDER BY created_ms DESC, rowid DESC LIMIT ?4 OFFSET ?5",
-        )?;
-        let since = f.since_ms.map(|t| t.min(i64::MAX as u64) as i64);
-        let rows = stmt.query_map(params![f.story, f.state, f.include_children, f.limit.min(i64::MAX as usize) as i64, f.offset.min(i64::MAX as usize) as i64, f.team, f.trigger, since], RunStore::summary)?;
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args.iter().map(arg)), RunStore::summary)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn count_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
+        let (sql, args) = counting_sql(f);
         let conn = self.reader();
-        let mut stmt = conn.prepare_cached(
-            "SELECT state, COUNT(*) FROM runs WHERE (?1 IS NULL OR story = ?1) AND (?2 OR parent_run IS NULL) AND (?3 IS NULL OR team = ?3)
-               AND (?4 IS NULL OR trigger = ?4) AND (?5 IS NULL OR created_ms >= ?5)
-             GROUP BY state ORDER BY state",
-        )?;
-        let since = f.since_ms.map(|t| t.min(i64::MAX as u64) as i64);
-        let rows = stmt.query_map(params![f.story, f.include_children, f.team, f.trigger, since], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args.iter().map(arg)), |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn count_unfinished(&self) -> anyhow::Result<Vec<(String, u64)>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(super::COUNT_UNFINISHED)?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -667,6 +692,105 @@ mod tests {
         assert_eq!(d.output, Some(json!({"done": true})));
         assert_eq!(s.list_runs(Some("st"), None, false, 10, 0).unwrap().len(), 1);
         assert_eq!(s.count_by_state().unwrap(), vec![("succeeded".to_string(), 1)]);
+    }
+
+    #[test]
+    fn counting_unfinished_runs_reads_the_state_index_not_the_stores_history() {
+        let s = RunStore::in_memory().unwrap();
+        {
+            let mut conn = s.conn();
+            let tx = conn.transaction().unwrap();
+            let mut add = tx.prepare("INSERT INTO runs (id, story, team, state, trigger, input, parent_run, created_ms) VALUES (?1, 'st', 'soc', ?2, 'cli', '{}', ?3, 0)").unwrap();
+            for i in 0..2000 {
+                add.execute(params![format!("done{i}"), if i % 3 == 0 { "failed" } else { "succeeded" }, None::<String>]).unwrap();
+            }
+            for (id, state, parent) in [("q1", "queued", None), ("q2", "queued", None), ("q3", "queued", Some("q1")), ("r1", "running", None), ("w1", "waiting", None)] {
+                add.execute(params![id, state, parent]).unwrap();
+            }
+            drop(add);
+            tx.commit().unwrap();
+        }
+        let counts = s.count_unfinished().unwrap();
+        assert_eq!(counts, vec![("queued".to_string(), 2), ("running".to_string(), 1), ("waiting".to_string(), 1)], "top-level runs only");
+
+        // What the statement does: steps of SQLite's VM, which grow with every
+        // row it reads. 2,000 finished runs must not show in them.
+        let conn = s.reader();
+        let vm_steps = |sql: &str| {
+            let mut stmt = conn.prepare(sql).unwrap();
+            let n = stmt.query_map([], |_| Ok(())).unwrap().count();
+            assert!(n > 0);
+            stmt.get_status(rusqlite::StatementStatus::VmStep)
+        };
+        let unfinished = vm_steps(super::super::COUNT_UNFINISHED);
+        assert!(unfinished < 200, "counting 5 unfinished runs took {unfinished} VM steps: it reads finished runs");
+        let every = vm_steps("SELECT state, COUNT(*) FROM runs WHERE parent_run IS NULL GROUP BY state");
+        assert!(every > 2000, "the measure tells a scan apart ({every} steps for every run)");
+    }
+
+    /// `n` runs of three stories, 1 ms apart; the oldest 2,000 failed.
+    fn long_history(n: i64) -> RunStore {
+        let s = RunStore::in_memory().unwrap();
+        let mut conn = s.conn();
+        let tx = conn.transaction().unwrap();
+        let mut add = tx.prepare("INSERT INTO runs (id, story, team, state, trigger, input, created_ms) VALUES (?1, ?2, 'soc', ?3, 'webhook', '{}', ?4)").unwrap();
+        for i in 0..n {
+            add.execute(params![format!("r{i:05}"), format!("st{}", i % 3), if i < 2_000 { "failed" } else { "succeeded" }, 1_000_000 + i]).unwrap();
+        }
+        drop(add);
+        tx.commit().unwrap();
+        drop(conn);
+        s
+    }
+
+    /// Steps of SQLite's VM for one statement: they grow with every row it reads.
+    fn vm_steps(s: &RunStore, (sql, args): (String, Vec<FilterArg>)) -> i32 {
+        let conn = s.reader();
+        let mut stmt = conn.prepare(&sql).unwrap();
+        let n = stmt.query_map(rusqlite::params_from_iter(args.iter().map(arg)), |_| Ok(())).unwrap().count();
+        assert!(n > 0, "{sql}");
+        stmt.get_status(rusqlite::StatementStatus::VmStep)
+    }
+
+    /// What a statement costs on a store 4× longer, against a shorter one.
+    fn growth(small: &RunStore, big: &RunStore, statement: impl Fn(&RunStore) -> (String, Vec<FilterArg<'static>>)) -> f64 {
+        vm_steps(big, statement(big)) as f64 / vm_steps(small, statement(small)) as f64
+    }
+
+    #[test]
+    fn a_page_of_runs_costs_the_page_not_the_stores_history() {
+        let (small, big) = (long_history(6_000), long_history(24_000));
+        // The measure tells: sorting every run costs 4× on a 4× longer store.
+        let everything = growth(&small, &big, |_| ("SELECT * FROM runs NOT INDEXED ORDER BY +created_ms DESC LIMIT 20".to_string(), vec![]));
+        assert!(everything > 3.5, "{everything}");
+        let filters = [
+            RunFilter { limit: 20, ..Default::default() },
+            RunFilter { story: Some("st1"), limit: 20, ..Default::default() },
+            RunFilter { since_ms: Some(1_000_000 + 5_000), limit: 20, ..Default::default() },
+            RunFilter { state: Some("succeeded"), team: Some("soc"), trigger: Some("webhook"), limit: 20, offset: 20, ..Default::default() },
+        ];
+        for f in &filters {
+            let g = growth(&small, &big, |_| listing_sql(f));
+            assert!(g < 1.1, "{f:?}: a page costs {g:.2}× on a 4× longer store");
+        }
+        let ids = |f: RunFilter| big.find_runs(&f).unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(RunFilter { limit: 3, ..Default::default() }), ["r23999", "r23998", "r23997"], "newest first");
+        assert_eq!(ids(RunFilter { story: Some("st1"), limit: 2, ..Default::default() }), ["r23998", "r23995"]);
+        assert_eq!(ids(RunFilter { since_ms: Some(1_023_998), limit: 20, ..Default::default() }), ["r23999", "r23998"]);
+        assert_eq!(ids(RunFilter { state: Some("succeeded"), team: Some("soc"), trigger: Some("webhook"), limit: 2, offset: 1, ..Default::default() }), ["r23998", "r23997"]);
+        assert_eq!(ids(RunFilter { story: Some("st2"), state: Some("failed"), limit: 1, ..Default::default() }), ["r01997"]);
+    }
+
+    #[test]
+    fn run_counts_read_the_latest_runs_only() {
+        let (small, big) = (long_history(12_000), long_history(24_000));
+        // The 2,000 failed runs are the oldest: past the cap, not counted.
+        assert_eq!(big.count_runs(&RunFilter::default()).unwrap(), vec![("succeeded".to_string(), COUNT_CAP)]);
+        let g = growth(&small, &big, |_| counting_sql(&RunFilter::default()));
+        assert!(g < 1.1, "counting costs {g:.2}× on a 2× longer store");
+        // A filter narrower than the cap counts all it matches.
+        let st0 = small.count_runs(&RunFilter { story: Some("st0"), since_ms: Some(1_000_000), ..Default::default() }).unwrap();
+        assert_eq!(st0, vec![("failed".to_string(), 667), ("succeeded".to_string(), 3_333)]);
     }
 
     #[test]

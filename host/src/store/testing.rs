@@ -70,6 +70,9 @@ impl Store for Flaky {
     fn count_runs(&self, f: &crate::store::RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
         self.inner.count_runs(f)
     }
+    fn count_unfinished(&self) -> anyhow::Result<Vec<(String, u64)>> {
+        self.inner.count_unfinished()
+    }
     fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>> {
         self.inner.get_run(id)
     }

@@ -114,6 +114,7 @@ fn suite(s: &dyn Store) {
     assert_eq!(s.list_runs(Some("st"), Some("queued"), false, 10, 0).unwrap()[0].id, "r2");
     assert_eq!(s.runs_in_state("queued").unwrap(), vec!["r2".to_string(), "r4".to_string()]);
     assert_eq!(s.count_by_state().unwrap(), vec![("queued".to_string(), 2), ("succeeded".to_string(), 1)]);
+    assert_eq!(s.count_unfinished().unwrap(), vec![("queued".to_string(), 2)], "unfinished top-level runs only");
     assert_eq!(s.run_input("r4").unwrap(), Some(("other".to_string(), input.clone())));
     assert!(s.get_run("nope").unwrap().is_none());
 

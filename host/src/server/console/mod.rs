@@ -417,7 +417,8 @@ fn runs_body(s: &AppState, v: &Viewer, q: &RunsQuery) -> anyhow::Result<String> 
     let total: u64 = counts.iter().map(|(_, n)| n).sum();
     let more = runs.len() == PAGE;
     let rows: Vec<RunRow> = runs.iter().map(row).collect();
-    Ok(render_text("runs_body.html", context! { runs => rows, counts, total, page => q.page, more, query => q.query_string() }))
+    let capped = total >= crate::store::COUNT_CAP;
+    Ok(render_text("runs_body.html", context! { runs => rows, counts, total, capped, page => q.page, more, query => q.query_string() }))
 }
 
 async fn runs_page(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<RunsQuery>) -> Response {
@@ -799,6 +800,8 @@ struct StoryView {
     succeeded: u64,
     ended: u64,
     rate: Option<String>,
+    /// The counts cover the latest [`crate::store::COUNT_CAP`] runs only.
+    capped: bool,
 }
 
 async fn stories_page(State(s): State<AppState>, headers: HeaderMap) -> Response {
@@ -831,9 +834,10 @@ async fn stories_page(State(s): State<AppState>, headers: HeaderMap) -> Response
             succeeded,
             ended,
             rate: (ended > 0).then(|| format!("{:.0} %", succeeded as f64 * 100.0 / ended as f64)),
+            capped: counts.iter().map(|(_, n)| n).sum::<u64>() >= crate::store::COUNT_CAP,
         });
     }
-    let ctx = context! { ..frame(&v, &s, "stories"), ..context! { stories, node_w => view::NODE_W, node_h => view::NODE_H } };
+    let ctx = context! { ..frame(&v, &s, "stories"), ..context! { stories, count_cap => crate::store::COUNT_CAP, node_w => view::NODE_W, node_h => view::NODE_H } };
     page(StatusCode::OK, "stories.html", ctx)
 }
 

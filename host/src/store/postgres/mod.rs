@@ -209,6 +209,8 @@ CREATE TABLE dedupe (
     PRIMARY KEY (scope, value)
 );
 CREATE INDEX dedupe_seq ON dedupe (scope, seq);
+"#, r#"
+CREATE INDEX runs_by_created ON runs(created_ms);
 "#];
 
 /// Serializes migrations across processes.
@@ -255,6 +257,30 @@ impl Drop for PgStore {
 }
 
 /// Text as Postgres can hold it: NUL becomes U+FFFD.
+/// A filter's values, owned to cross into the store's runtime.
+enum OwnedArg {
+    Text(String),
+    Int(i64),
+}
+
+fn owned_args(args: &[FilterArg]) -> Vec<OwnedArg> {
+    args.iter()
+        .map(|a| match a {
+            FilterArg::Text(s) => OwnedArg::Text(t(s).into_owned()),
+            FilterArg::Int(i) => OwnedArg::Int(*i),
+        })
+        .collect()
+}
+
+fn pg_args(args: &[OwnedArg]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    args.iter()
+        .map(|a| match a {
+            OwnedArg::Text(s) => s as &(dyn tokio_postgres::types::ToSql + Sync),
+            OwnedArg::Int(i) => i,
+        })
+        .collect()
+}
+
 fn t(s: &str) -> Cow<'_, str> {
     if s.contains('\0') {
         Cow::Owned(s.replace('\0', "\u{FFFD}"))
@@ -634,37 +660,42 @@ impl Store for PgStore {
     }
 
     fn find_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<RunSummary>> {
+        let (clause, mut args) = f.where_clause("state", |n| format!("${n}"));
+        args.push(FilterArg::Int(f.limit.min(i64::MAX as usize) as i64));
+        args.push(FilterArg::Int(f.offset.min(i64::MAX as usize) as i64));
+        let n = args.len();
+        // Newest first through `runs_by_created` (or the story's index).
+        let sql = format!("SELECT {SUMMARY} FROM runs {clause} ORDER BY created_ms DESC, id DESC LIMIT ${} OFFSET ${n}", n - 1);
+        let args = owned_args(&args);
         let pool = self.pool.clone();
-        let (team, story, state) = (f.team.map(String::from), f.story.map(String::from), f.state.map(String::from));
-        let (children, limit, offset) = (f.include_children, f.limit.min(i64::MAX as usize) as i64, f.offset.min(i64::MAX as usize) as i64);
-        let (trigger, since) = (f.trigger.map(String::from), f.since_ms.map(|t| t.min(i64::MAX as u64) as i64));
         self.block(async move {
             let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let sql = format!(
-                "SELECT {SUMMARY} FROM runs WHERE ($1::text IS NULL OR story = $1) AND ($2::text IS NULL OR state = $2) AND ($3 OR parent_run IS NULL) AND ($6::text IS NULL OR team = $6)
-                   AND ($7::text IS NULL OR trigger = $7) AND ($8::bigint IS NULL OR created_ms >= $8)
-                 ORDER BY created_ms DESC, id DESC LIMIT $4 OFFSET $5"
-            );
             let stmt = client.prepare_cached(&sql).await?;
-            let rows = client.query(&stmt, &[&story, &state, &children, &limit, &offset, &team, &trigger, &since]).await?;
+            let rows = client.query(&stmt, &pg_args(&args)).await?;
             Ok(rows.iter().map(summary).collect())
         })
     }
 
     fn count_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
+        let (clause, args) = RunFilter { state: None, ..f.clone() }.where_clause("state", |n| format!("${n}"));
+        let sql = format!(
+            "SELECT state, COUNT(*) FROM (SELECT state FROM runs {clause} ORDER BY created_ms DESC, id DESC LIMIT {COUNT_CAP}) latest GROUP BY state ORDER BY state"
+        );
+        let args = owned_args(&args);
         let pool = self.pool.clone();
-        let (team, story, trigger) = (f.team.map(String::from), f.story.map(String::from), f.trigger.map(String::from));
-        let (children, since) = (f.include_children, f.since_ms.map(|t| t.min(i64::MAX as u64) as i64));
         self.block(async move {
             let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let stmt = client
-                .prepare_cached(
-                    "SELECT state, COUNT(*) FROM runs WHERE ($1::text IS NULL OR story = $1) AND ($2 OR parent_run IS NULL) AND ($3::text IS NULL OR team = $3)
-                       AND ($4::text IS NULL OR trigger = $4) AND ($5::bigint IS NULL OR created_ms >= $5)
-                     GROUP BY state ORDER BY state",
-                )
-                .await?;
-            let rows = client.query(&stmt, &[&story, &children, &team, &trigger, &since]).await?;
+            let stmt = client.prepare_cached(&sql).await?;
+            let rows = client.query(&stmt, &pg_args(&args)).await?;
+            Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect())
+        })
+    }
+
+    fn count_unfinished(&self) -> anyhow::Result<Vec<(String, u64)>> {
+        let pool = self.pool.clone();
+        self.block(async move {
+            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            let rows = client.query(COUNT_UNFINISHED, &[]).await?;
             Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect())
         })
     }
