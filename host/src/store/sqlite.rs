@@ -713,18 +713,10 @@ mod tests {
         let counts = s.count_unfinished().unwrap();
         assert_eq!(counts, vec![("queued".to_string(), 2), ("running".to_string(), 1), ("waiting".to_string(), 1)], "top-level runs only");
 
-        // What the statement does: steps of SQLite's VM, which grow with every
-        // row it reads. 2,000 finished runs must not show in them.
-        let conn = s.reader();
-        let vm_steps = |sql: &str| {
-            let mut stmt = conn.prepare(sql).unwrap();
-            let n = stmt.query_map([], |_| Ok(())).unwrap().count();
-            assert!(n > 0);
-            stmt.get_status(rusqlite::StatementStatus::VmStep)
-        };
-        let unfinished = vm_steps(super::super::COUNT_UNFINISHED);
+        // 2,000 finished runs must not show in what the statement reads.
+        let unfinished = vm_steps(&s, (super::super::COUNT_UNFINISHED.to_string(), vec![]));
         assert!(unfinished < 200, "counting 5 unfinished runs took {unfinished} VM steps: it reads finished runs");
-        let every = vm_steps("SELECT state, COUNT(*) FROM runs WHERE parent_run IS NULL GROUP BY state");
+        let every = vm_steps(&s, ("SELECT state, COUNT(*) FROM runs WHERE parent_run IS NULL GROUP BY state".to_string(), vec![]));
         assert!(every > 2000, "the measure tells a scan apart ({every} steps for every run)");
     }
 
@@ -752,16 +744,16 @@ mod tests {
         stmt.get_status(rusqlite::StatementStatus::VmStep)
     }
 
-    /// What a statement costs on a store 4× longer, against a shorter one.
-    fn growth(small: &RunStore, big: &RunStore, statement: impl Fn(&RunStore) -> (String, Vec<FilterArg<'static>>)) -> f64 {
-        vm_steps(big, statement(big)) as f64 / vm_steps(small, statement(small)) as f64
+    /// What a statement costs on the longer store, against the shorter one.
+    fn growth(small: &RunStore, big: &RunStore, statement: impl Fn() -> (String, Vec<FilterArg<'static>>)) -> f64 {
+        vm_steps(big, statement()) as f64 / vm_steps(small, statement()) as f64
     }
 
     #[test]
     fn a_page_of_runs_costs_the_page_not_the_stores_history() {
         let (small, big) = (long_history(6_000), long_history(24_000));
         // The measure tells: sorting every run costs 4× on a 4× longer store.
-        let everything = growth(&small, &big, |_| ("SELECT * FROM runs NOT INDEXED ORDER BY +created_ms DESC LIMIT 20".to_string(), vec![]));
+        let everything = growth(&small, &big, || ("SELECT * FROM runs NOT INDEXED ORDER BY +created_ms DESC LIMIT 20".to_string(), vec![]));
         assert!(everything > 3.5, "{everything}");
         let filters = [
             RunFilter { limit: 20, ..Default::default() },
@@ -770,7 +762,7 @@ mod tests {
             RunFilter { state: Some("succeeded"), team: Some("soc"), trigger: Some("webhook"), limit: 20, offset: 20, ..Default::default() },
         ];
         for f in &filters {
-            let g = growth(&small, &big, |_| listing_sql(f));
+            let g = growth(&small, &big, || listing_sql(f));
             assert!(g < 1.1, "{f:?}: a page costs {g:.2}× on a 4× longer store");
         }
         let ids = |f: RunFilter| big.find_runs(&f).unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>();
@@ -786,7 +778,7 @@ mod tests {
         let (small, big) = (long_history(12_000), long_history(24_000));
         // The 2,000 failed runs are the oldest: past the cap, not counted.
         assert_eq!(big.count_runs(&RunFilter::default()).unwrap(), vec![("succeeded".to_string(), COUNT_CAP)]);
-        let g = growth(&small, &big, |_| counting_sql(&RunFilter::default()));
+        let g = growth(&small, &big, || counting_sql(&RunFilter::default()));
         assert!(g < 1.1, "counting costs {g:.2}× on a 2× longer store");
         // A filter narrower than the cap counts all it matches.
         let st0 = small.count_runs(&RunFilter { story: Some("st0"), since_ms: Some(1_000_000), ..Default::default() }).unwrap();
