@@ -112,6 +112,14 @@ fn probe() -> PathBuf {
     p
 }
 
+/// The same echo written with warden's SDK: an SDK plugin's imports (14
+/// interfaces) instead of the probe's (33: every WASI interface).
+fn sdk_echo() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/guest/sdk_echo.wasm");
+    assert!(p.exists(), "build the guests first: scripts/build-guests.sh");
+    p
+}
+
 /// What the probe's `echo` op does, natively.
 fn native_echo(input: &str) -> String {
     let v: Value = serde_json::from_str(input).unwrap();
@@ -127,9 +135,10 @@ fn benches(c: &mut Criterion) {
     let (srv, _rec) = rt.block_on(warden_sim::origin::spawn()).unwrap();
     let policy = Policy::parse(
         &format!(
-            "[plugins.probe]\npath = \"{}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:{}/*\"]\nlimits = {{ http_requests = 1000 }}\n",
+            "[plugins.probe]\npath = \"{}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:{}/*\"]\nlimits = {{ http_requests = 1000 }}\n[plugins.sdk-echo]\npath = \"{}\"\n[grants.sdk-echo]\n",
             probe().display(),
-            srv.port()
+            srv.port(),
+            sdk_echo().display()
         ),
         "bench.toml",
         std::path::Path::new("."),
@@ -144,6 +153,15 @@ fn benches(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let r = warden_rt.invoke(&plugin, grant.clone(), info.clone(), input, None).await;
             assert!(r.outcome.is_ok());
+        })
+    });
+    // The same work in a plugin built from the SDK (fewer imports to bind).
+    let sdk_plugin = warden_rt.load_entry(&policy.plugins["sdk-echo"]).unwrap();
+    let sdk_grant = policy.grant_for("sdk-echo");
+    g.bench_function("warden_sdk_plugin", |b| {
+        b.to_async(&rt).iter(|| async {
+            let r = warden_rt.invoke(&sdk_plugin, sdk_grant.clone(), info.clone(), input, None).await;
+            assert!(r.outcome.is_ok(), "{:?}", r.outcome);
         })
     });
     // The same with every capability call and WASI read recorded (--record).
@@ -189,6 +207,16 @@ fn benches(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let mut store = wasmtime::Store::new(&pooled_engine, BareState::new());
             let action = pooled_pre.instantiate_async(&mut store).await.unwrap();
+            let out = action.call_run(&mut store, &wit_info, input).await.unwrap();
+            assert!(out.is_ok());
+        })
+    });
+    let sdk_component = wasmtime::component::Component::from_file(&pooled_engine, sdk_echo()).unwrap();
+    let sdk_pre = bare::ActionPre::new(pooled_linker.instantiate_pre(&sdk_component).unwrap()).unwrap();
+    g.bench_function("bare_wasmtime_pooling_sdk_plugin", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut store = wasmtime::Store::new(&pooled_engine, BareState::new());
+            let action = sdk_pre.instantiate_async(&mut store).await.unwrap();
             let out = action.call_run(&mut store, &wit_info, input).await.unwrap();
             assert!(out.is_ok());
         })
