@@ -256,7 +256,6 @@ impl Drop for PgStore {
     }
 }
 
-/// Text as Postgres can hold it: NUL becomes U+FFFD.
 /// A filter's values, owned to cross into the store's runtime.
 enum OwnedArg {
     Text(String),
@@ -281,6 +280,7 @@ fn pg_args(args: &[OwnedArg]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)>
         .collect()
 }
 
+/// Text as Postgres can hold it: NUL becomes U+FFFD.
 fn t(s: &str) -> Cow<'_, str> {
     if s.contains('\0') {
         Cow::Owned(s.replace('\0', "\u{FFFD}"))
