@@ -120,7 +120,16 @@ CREATE TABLE dedupe (
 CREATE INDEX dedupe_seq ON dedupe (scope, seq);
 "#, r#"
 CREATE INDEX runs_by_created ON runs(created_ms);
+CREATE INDEX runs_by_parent ON runs(parent_run) WHERE parent_run IS NOT NULL;
+CREATE INDEX runs_schedule_ticks ON runs(story, created_ms) WHERE trigger = 'schedule' AND idempotency_key IS NOT NULL;
 "#];
+
+/// A run's sub-story runs (`runs_by_parent`: only sub-story runs are in it).
+const CHILDREN: &str = "SELECT * FROM runs WHERE parent_run = ?1 ORDER BY created_ms";
+
+/// A scheduled story's latest tick (`runs_schedule_ticks`: only scheduled runs are in it).
+const LAST_TICK: &str =
+    "SELECT idempotency_key FROM runs WHERE story = ?1 AND trigger = 'schedule' AND idempotency_key IS NOT NULL ORDER BY created_ms DESC, rowid DESC LIMIT 1";
 
 /// The schema version of the SQLite file at `path`, read only.
 pub(super) fn schema_status(path: &Path) -> anyhow::Result<SchemaStatus> {
@@ -467,9 +476,7 @@ impl Store for RunStore {
 
     fn last_schedule_tick(&self, story: &str) -> anyhow::Result<Option<u64>> {
         let conn = self.reader();
-        let mut stmt = conn.prepare_cached(
-            "SELECT idempotency_key FROM runs WHERE story = ?1 AND trigger = 'schedule' AND idempotency_key IS NOT NULL ORDER BY created_ms DESC, rowid DESC LIMIT 1",
-        )?;
+        let mut stmt = conn.prepare_cached(LAST_TICK)?;
         let key: Option<String> = stmt.query_row(params![story], |r| r.get(0)).optional()?;
         Ok(key.as_deref().and_then(tick_of))
     }
@@ -543,7 +550,7 @@ impl Store for RunStore {
             .query_map(params![id], |r| r.get::<_, String>(0))?
             .filter_map(|r| r.ok().and_then(|s| serde_json::from_str(&s).ok()))
             .collect();
-        let mut stmt = conn.prepare_cached("SELECT * FROM runs WHERE parent_run = ?1 ORDER BY created_ms")?;
+        let mut stmt = conn.prepare_cached(CHILDREN)?;
         let children = stmt.query_map(params![id], RunStore::summary)?.collect::<Result<Vec<_>, _>>()?;
         Ok(Some(RunDetail { run, input: serde_json::from_str(&input).unwrap_or(Value::Null), output: json_col(output), steps, logs, audit, children }))
     }
@@ -720,12 +727,13 @@ mod tests {
         assert!(every > 2000, "the measure tells a scan apart ({every} steps for every run)");
     }
 
-    /// `n` runs of three stories, 1 ms apart; the oldest 2,000 failed.
+    /// `n` webhook runs of three stories, each with an idempotency key, 1 ms
+    /// apart; the oldest 2,000 failed.
     fn long_history(n: i64) -> RunStore {
         let s = RunStore::in_memory().unwrap();
         let mut conn = s.conn();
         let tx = conn.transaction().unwrap();
-        let mut add = tx.prepare("INSERT INTO runs (id, story, team, state, trigger, input, created_ms) VALUES (?1, ?2, 'soc', ?3, 'webhook', '{}', ?4)").unwrap();
+        let mut add = tx.prepare("INSERT INTO runs (id, story, team, state, trigger, input, created_ms, idempotency_key) VALUES (?1, ?2, 'soc', ?3, 'webhook', '{}', ?4, 'k' || ?1)").unwrap();
         for i in 0..n {
             add.execute(params![format!("r{i:05}"), format!("st{}", i % 3), if i < 2_000 { "failed" } else { "succeeded" }, 1_000_000 + i]).unwrap();
         }
@@ -771,6 +779,30 @@ mod tests {
         assert_eq!(ids(RunFilter { since_ms: Some(1_023_998), limit: 20, ..Default::default() }), ["r23999", "r23998"]);
         assert_eq!(ids(RunFilter { state: Some("succeeded"), team: Some("soc"), trigger: Some("webhook"), limit: 2, offset: 1, ..Default::default() }), ["r23998", "r23997"]);
         assert_eq!(ids(RunFilter { story: Some("st2"), state: Some("failed"), limit: 1, ..Default::default() }), ["r01997"]);
+    }
+
+    #[test]
+    fn a_runs_children_and_a_storys_last_tick_cost_their_own_rows() {
+        let (small, big) = (long_history(6_000), long_history(24_000));
+        for s in [&small, &big] {
+            let mut conn = s.conn();
+            let tx = conn.transaction().unwrap();
+            for (id, parent, trigger, key, at) in [("c1", Some("r05999"), "story:st2", None::<String>, 2_000_000), ("c2", Some("r05999"), "story:st2", None, 2_000_001), ("t1", None, "schedule", Some(super::super::schedule_key(60_000)), 500_000)] {
+                tx.execute(
+                    "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, idempotency_key, created_ms) VALUES (?1, 'st0', 'soc', 'succeeded', ?2, '{}', ?3, ?4, ?5)",
+                    params![id, trigger, parent, key, at],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let children = growth(&small, &big, || (CHILDREN.to_string(), vec![FilterArg::Text("r05999")]));
+        assert!(children < 1.1, "a run's children cost {children:.2}× on a 4× longer store");
+        let tick = growth(&small, &big, || (LAST_TICK.to_string(), vec![FilterArg::Text("st0")]));
+        assert!(tick < 1.1, "the last tick costs {tick:.2}× on a 4× longer store");
+        let run = big.get_run("r05999").unwrap().unwrap();
+        assert_eq!(run.children.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["c1", "c2"]);
+        assert_eq!(big.last_schedule_tick("st0").unwrap(), Some(60_000));
     }
 
     #[test]

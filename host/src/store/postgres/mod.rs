@@ -211,6 +211,7 @@ CREATE TABLE dedupe (
 CREATE INDEX dedupe_seq ON dedupe (scope, seq);
 "#, r#"
 CREATE INDEX runs_by_created ON runs(created_ms);
+CREATE INDEX runs_schedule_ticks ON runs(story, created_ms) WHERE trigger = 'schedule' AND idempotency_key IS NOT NULL;
 "#];
 
 /// Serializes migrations across processes.
