@@ -307,6 +307,17 @@ fn counting_sql<'a>(f: &RunFilter<'a>) -> (String, Vec<FilterArg<'a>>) {
     (format!("SELECT state, COUNT(*) FROM (SELECT state FROM runs {clause} ORDER BY created_ms DESC, rowid DESC LIMIT {}) GROUP BY state ORDER BY state", super::COUNT_CAP), args)
 }
 
+/// A woken run's decided approvals, marked resumed (`approvals_to_wake`:
+/// only those not resumed yet are in it).
+const MARK_RESUMED: &str = "UPDATE approvals SET resumed = 1 WHERE root_run = ?1 AND resumed = 0 AND state <> 'pending'";
+
+/// Approvals, oldest first; pending only (the usual view) unless `all`,
+/// through the partial index of pending ones: decided ones pile up with age.
+fn approvals_sql(all: bool) -> String {
+    let which = if all { "1 = 1" } else { "state = 'pending'" };
+    format!("SELECT {APPROVAL} FROM approvals WHERE {which} AND (?1 IS NULL OR team = ?1) AND (?2 IS NULL OR story = ?2) ORDER BY created_ms, run_id LIMIT ?3")
+}
+
 fn arg<'a>(a: &'a FilterArg<'a>) -> &'a dyn rusqlite::ToSql {
     match a {
         FilterArg::Text(t) => t,
@@ -620,10 +631,8 @@ impl ApprovalStore for RunStore {
 
     fn list_approvals(&self, f: &ApprovalFilter) -> anyhow::Result<Vec<crate::approval::Approval>> {
         let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {APPROVAL} FROM approvals WHERE (?1 OR state = 'pending') AND (?2 IS NULL OR team = ?2) AND (?3 IS NULL OR story = ?3) ORDER BY created_ms, run_id LIMIT ?4"
-        ))?;
-        let rows = stmt.query_map(params![f.all, f.team, f.story, f.limit as i64], approval_row)?;
+        let mut stmt = conn.prepare_cached(&approvals_sql(f.all))?;
+        let rows = stmt.query_map(params![f.team, f.story, f.limit as i64], approval_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -672,7 +681,7 @@ impl ApprovalStore for RunStore {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let woke = tx.prepare_cached("UPDATE runs SET state = 'running' WHERE id = ?1 AND state = 'waiting'")?.execute(params![root])? == 1;
-        tx.prepare_cached("UPDATE approvals SET resumed = 1 WHERE root_run = ?1 AND state <> 'pending'")?.execute(params![root])?;
+        tx.prepare_cached(MARK_RESUMED)?.execute(params![root])?;
         tx.commit()?;
         Ok(woke)
     }
@@ -803,6 +812,51 @@ mod tests {
         let run = big.get_run("r05999").unwrap().unwrap();
         assert_eq!(run.children.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["c1", "c2"]);
         assert_eq!(big.last_schedule_tick("st0").unwrap(), Some(60_000));
+    }
+
+    #[test]
+    fn pending_approvals_cost_the_pending_ones_not_every_decision() {
+        let with = |decided: i64| {
+            let s = RunStore::in_memory().unwrap();
+            let mut conn = s.conn();
+            let tx = conn.transaction().unwrap();
+            let mut add = tx
+                .prepare(
+                    "INSERT INTO approvals (run_id, step_id, root_run, story, team, title, details, choices, approvers, created_ms, deadline_ms, state, resumed)
+                     VALUES (?1, 'ask', ?1, 'st', 'soc', 't', '{}', '[]', '[]', ?2, ?2, ?3, ?4)",
+                )
+                .unwrap();
+            for i in 0..decided {
+                add.execute(params![format!("d{i:06}"), i, "decided", 1]).unwrap();
+            }
+            for i in 0..3 {
+                add.execute(params![format!("p{i}"), 1_000_000 + i, "pending", 0]).unwrap();
+            }
+            drop(add);
+            tx.commit().unwrap();
+            drop(conn);
+            s
+        };
+        let (small, big) = (with(2_000), with(8_000));
+        let pending = |s: &RunStore| {
+            let conn = s.reader();
+            let mut stmt = conn.prepare(&approvals_sql(false)).unwrap();
+            let n = stmt.query_map(params![None::<String>, None::<String>, 50], |_| Ok(())).unwrap().count();
+            assert_eq!(n, 3);
+            stmt.get_status(rusqlite::StatementStatus::VmStep)
+        };
+        let g = pending(&big) as f64 / pending(&small) as f64;
+        assert!(g < 1.1, "listing 3 pending approvals costs {g:.2}× beside 4× more decided ones");
+        // Waking a run whose approval was decided: its own rows, not every decision.
+        let mark = |s: &RunStore| {
+            let conn = s.conn();
+            conn.execute("UPDATE approvals SET state = 'decided' WHERE run_id = 'p1'", []).unwrap();
+            let mut stmt = conn.prepare(MARK_RESUMED).unwrap();
+            assert_eq!(stmt.execute(params!["p1"]).unwrap(), 1);
+            stmt.get_status(rusqlite::StatementStatus::VmStep)
+        };
+        let g = mark(&big) as f64 / mark(&small) as f64;
+        assert!(g < 1.1, "marking one run's approvals resumed costs {g:.2}× beside 4× more decided ones");
     }
 
     #[test]

@@ -870,13 +870,15 @@ impl ApprovalStore for PgStore {
 
     fn list_approvals(&self, f: &ApprovalFilter) -> anyhow::Result<Vec<crate::approval::Approval>> {
         let pool = self.pool.clone();
-        let (all, team, story, limit) = (f.all, f.team.map(String::from), f.story.map(String::from), f.limit.min(i64::MAX as usize) as i64);
+        let (team, story, limit) = (f.team.map(String::from), f.story.map(String::from), f.limit.min(i64::MAX as usize) as i64);
+        // Pending only through the partial index of pending approvals (see the SQLite store).
+        let which = if f.all { "TRUE" } else { "state = 'pending'" };
         self.block(async move {
             let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
             let sql = format!(
-                "SELECT {APPROVAL} FROM approvals WHERE ($1 OR state = 'pending') AND ($2::text IS NULL OR team = $2) AND ($3::text IS NULL OR story = $3) ORDER BY created_ms, run_id LIMIT $4"
+                "SELECT {APPROVAL} FROM approvals WHERE {which} AND ($1::text IS NULL OR team = $1) AND ($2::text IS NULL OR story = $2) ORDER BY created_ms, run_id LIMIT $3"
             );
-            Ok(client.query(&sql, &[&all, &team, &story, &limit]).await?.iter().map(approval_row).collect())
+            Ok(client.query(&sql, &[&team, &story, &limit]).await?.iter().map(approval_row).collect())
         })
     }
 
@@ -935,7 +937,7 @@ impl ApprovalStore for PgStore {
                 .execute("UPDATE runs SET state = 'running', lease_owner = NULL, lease_until_ms = NULL WHERE id = $1 AND state = 'waiting'", &[&t(&root)])
                 .await?
                 == 1;
-            tx.execute("UPDATE approvals SET resumed = TRUE WHERE root_run = $1 AND state <> 'pending'", &[&t(&root)]).await?;
+            tx.execute("UPDATE approvals SET resumed = TRUE WHERE root_run = $1 AND NOT resumed AND state <> 'pending'", &[&t(&root)]).await?;
             tx.commit().await?;
             Ok(woke)
         })
