@@ -106,18 +106,20 @@ impl smtp::Host for BareState {
     }
 }
 
-fn probe() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/guest/probe.wasm");
+fn guest(file: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/guest").join(file);
     assert!(p.exists(), "build the guests first: scripts/build-guests.sh");
     p
+}
+
+fn probe() -> PathBuf {
+    guest("probe.wasm")
 }
 
 /// The same echo written with warden's SDK: an SDK plugin's imports (14
 /// interfaces) instead of the probe's (33: every WASI interface).
 fn sdk_echo() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/guest/sdk_echo.wasm");
-    assert!(p.exists(), "build the guests first: scripts/build-guests.sh");
-    p
+    guest("sdk_echo.wasm")
 }
 
 /// What the probe's `echo` op does, natively.
@@ -203,24 +205,18 @@ fn benches(c: &mut Criterion) {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut pooled_linker).unwrap();
     bare::Action::add_to_linker::<BareState, HasSelf<BareState>>(&mut pooled_linker, |s| s).unwrap();
     let pooled_pre = bare::ActionPre::new(pooled_linker.instantiate_pre(&pooled_component).unwrap()).unwrap();
-    g.bench_function("bare_wasmtime_pooling", |b| {
-        b.to_async(&rt).iter(|| async {
-            let mut store = wasmtime::Store::new(&pooled_engine, BareState::new());
-            let action = pooled_pre.instantiate_async(&mut store).await.unwrap();
-            let out = action.call_run(&mut store, &wit_info, input).await.unwrap();
-            assert!(out.is_ok());
-        })
-    });
     let sdk_component = wasmtime::component::Component::from_file(&pooled_engine, sdk_echo()).unwrap();
     let sdk_pre = bare::ActionPre::new(pooled_linker.instantiate_pre(&sdk_component).unwrap()).unwrap();
-    g.bench_function("bare_wasmtime_pooling_sdk_plugin", |b| {
-        b.to_async(&rt).iter(|| async {
-            let mut store = wasmtime::Store::new(&pooled_engine, BareState::new());
-            let action = sdk_pre.instantiate_async(&mut store).await.unwrap();
-            let out = action.call_run(&mut store, &wit_info, input).await.unwrap();
-            assert!(out.is_ok());
-        })
-    });
+    for (name, pre) in [("bare_wasmtime_pooling", &pooled_pre), ("bare_wasmtime_pooling_sdk_plugin", &sdk_pre)] {
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let mut store = wasmtime::Store::new(&pooled_engine, BareState::new());
+                let action = pre.instantiate_async(&mut store).await.unwrap();
+                let out = action.call_run(&mut store, &wit_info, input).await.unwrap();
+                assert!(out.is_ok());
+            })
+        });
+    }
     g.bench_function("native", |b| b.iter(|| native_echo(std::hint::black_box(input))));
     g.finish();
 

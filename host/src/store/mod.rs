@@ -264,18 +264,26 @@ pub(crate) enum FilterArg<'a> {
     Int(i64),
 }
 
+/// How one store writes the listing statements: its placeholders, how the
+/// state column is compared, and the column that breaks ties in creation time.
+pub(crate) struct Dialect {
+    /// `?` (SQLite) or `$` (PostgreSQL), followed by the argument's number.
+    pub placeholder: char,
+    /// SQLite's `+state` keeps its planner off the state index, which would
+    /// read every run in that state to sort them.
+    pub state: &'static str,
+    pub tiebreak: &'static str,
+}
+
 impl<'a> RunFilter<'a> {
     /// The `WHERE` clause of the filters that are set (and only those, so each
-    /// store can use its index by story or by creation time), numbering
-    /// placeholders with `placeholder(1..)`. `state` is how the state column is
-    /// written: SQLite's `+state` keeps its planner off the state index, which
-    /// would read every run in that state to sort them.
-    pub(crate) fn where_clause(&self, state: &str, placeholder: impl Fn(usize) -> String) -> (String, Vec<FilterArg<'a>>) {
+    /// store can use its index by story or by creation time).
+    fn where_clause(&self, d: &Dialect) -> (String, Vec<FilterArg<'a>>) {
         let mut clause = String::from("WHERE 1 = 1");
         let mut args = Vec::new();
         let mut add = |column: &str, op: &str, arg| {
             args.push(arg);
-            clause.push_str(&format!(" AND {column} {op} {}", placeholder(args.len())));
+            clause.push_str(&format!(" AND {column} {op} {}{}", d.placeholder, args.len()));
         };
         if let Some(team) = self.team {
             add("team", "=", FilterArg::Text(team));
@@ -284,7 +292,7 @@ impl<'a> RunFilter<'a> {
             add("story", "=", FilterArg::Text(story));
         }
         if let Some(s) = self.state {
-            add(state, "=", FilterArg::Text(s));
+            add(d.state, "=", FilterArg::Text(s));
         }
         if let Some(trigger) = self.trigger {
             add("trigger", "=", FilterArg::Text(trigger));
@@ -296,6 +304,28 @@ impl<'a> RunFilter<'a> {
             clause.push_str(" AND parent_run IS NULL");
         }
         (clause, args)
+    }
+
+    /// A page of `columns`, newest first, through the index by story or by
+    /// creation time: it costs its own rows (and its offset), not the store's history.
+    pub(crate) fn listing_sql(&self, d: &Dialect, columns: &str) -> (String, Vec<FilterArg<'a>>) {
+        let (clause, mut args) = self.where_clause(d);
+        args.push(FilterArg::Int(self.limit.min(i64::MAX as usize) as i64));
+        args.push(FilterArg::Int(self.offset.min(i64::MAX as usize) as i64));
+        let (p, n) = (d.placeholder, args.len());
+        let sql = format!("SELECT {columns} FROM runs {clause} ORDER BY created_ms DESC, {} DESC LIMIT {p}{} OFFSET {p}{n}", d.tiebreak, n - 1);
+        (sql, args)
+    }
+
+    /// The latest [`COUNT_CAP`] runs of the listing (whatever its state
+    /// filter), counted by state.
+    pub(crate) fn counting_sql(&self, d: &Dialect) -> (String, Vec<FilterArg<'a>>) {
+        let (clause, args) = RunFilter { state: None, ..self.clone() }.where_clause(d);
+        let sql = format!(
+            "SELECT state, COUNT(*) FROM (SELECT state FROM runs {clause} ORDER BY created_ms DESC, {} DESC LIMIT {COUNT_CAP}) latest GROUP BY state ORDER BY state",
+            d.tiebreak
+        );
+        (sql, args)
     }
 }
 
@@ -469,10 +499,13 @@ fn now_ms() -> u64 {
 /// gauge (finished runs are `warden_runs_finished_total`, a counter).
 pub const UNFINISHED_STATES: [&str; 3] = ["queued", "running", "waiting"];
 
-/// [`Store::count_unfinished`] for both stores: the `IN` list lets each use
-/// its index on `state` and never read a finished run.
-const COUNT_UNFINISHED: &str =
-    "SELECT state, COUNT(*) FROM runs WHERE state IN ('queued', 'running', 'waiting') AND parent_run IS NULL GROUP BY state ORDER BY state";
+/// [`Store::count_unfinished`] for both stores: the `IN` list of
+/// [`UNFINISHED_STATES`] lets each use its index on `state` and never read a
+/// finished run.
+static COUNT_UNFINISHED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let states: Vec<String> = UNFINISHED_STATES.iter().map(|s| format!("'{s}'")).collect();
+    format!("SELECT state, COUNT(*) FROM runs WHERE state IN ({}) AND parent_run IS NULL GROUP BY state ORDER BY state", states.join(", "))
+});
 
 /// The run store's interface: what the story engine writes (through its
 /// recorder and [`group::GroupCommit`]) and what the server and the CLI read.

@@ -290,22 +290,8 @@ impl RunStore {
     }
 }
 
-/// Newest first, by creation time, through `runs_by_story` or `runs_by_created`:
-/// a page costs its own rows (and its offset), not the store's history.
-fn listing_sql<'a>(f: &RunFilter<'a>) -> (String, Vec<FilterArg<'a>>) {
-    let (clause, mut args) = f.where_clause("+state", |n| format!("?{n}"));
-    args.push(FilterArg::Int(f.limit.min(i64::MAX as usize) as i64));
-    args.push(FilterArg::Int(f.offset.min(i64::MAX as usize) as i64));
-    let n = args.len();
-    (format!("SELECT * FROM runs {clause} ORDER BY created_ms DESC, rowid DESC LIMIT ?{} OFFSET ?{n}", n - 1), args)
-}
-
-/// The latest [`super::COUNT_CAP`] runs of the listing (whatever its state
-/// filter), counted by state.
-fn counting_sql<'a>(f: &RunFilter<'a>) -> (String, Vec<FilterArg<'a>>) {
-    let (clause, args) = RunFilter { state: None, ..f.clone() }.where_clause("+state", |n| format!("?{n}"));
-    (format!("SELECT state, COUNT(*) FROM (SELECT state FROM runs {clause} ORDER BY created_ms DESC, rowid DESC LIMIT {}) GROUP BY state ORDER BY state", super::COUNT_CAP), args)
-}
+/// How the listing statements are written for SQLite (see [`Dialect`]).
+const SQLITE: Dialect = Dialect { placeholder: '?', state: "+state", tiebreak: "rowid" };
 
 /// A woken run's decided approvals, marked resumed (`approvals_to_wake`:
 /// only those not resumed yet are in it).
@@ -459,7 +445,7 @@ impl Store for RunStore {
 
     /// Newest first. `story` and `state` filter; top-level runs only unless `include_children`.
     fn find_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<RunSummary>> {
-        let (sql, args) = listing_sql(f);
+        let (sql, args) = f.listing_sql(&SQLITE, "*");
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args.iter().map(arg)), RunStore::summary)?;
@@ -467,7 +453,7 @@ impl Store for RunStore {
     }
 
     fn count_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
-        let (sql, args) = counting_sql(f);
+        let (sql, args) = f.counting_sql(&SQLITE);
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args.iter().map(arg)), |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -476,7 +462,7 @@ impl Store for RunStore {
 
     fn count_unfinished(&self) -> anyhow::Result<Vec<(String, u64)>> {
         let conn = self.reader();
-        let mut stmt = conn.prepare_cached(super::COUNT_UNFINISHED)?;
+        let mut stmt = conn.prepare_cached(&super::COUNT_UNFINISHED)?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -730,7 +716,7 @@ mod tests {
         assert_eq!(counts, vec![("queued".to_string(), 2), ("running".to_string(), 1), ("waiting".to_string(), 1)], "top-level runs only");
 
         // 2,000 finished runs must not show in what the statement reads.
-        let unfinished = vm_steps(&s, (super::super::COUNT_UNFINISHED.to_string(), vec![]));
+        let unfinished = vm_steps(&s, (super::super::COUNT_UNFINISHED.clone(), vec![]));
         assert!(unfinished < 200, "counting 5 unfinished runs took {unfinished} VM steps: it reads finished runs");
         let every = vm_steps(&s, ("SELECT state, COUNT(*) FROM runs WHERE parent_run IS NULL GROUP BY state".to_string(), vec![]));
         assert!(every > 2000, "the measure tells a scan apart ({every} steps for every run)");
@@ -779,7 +765,7 @@ mod tests {
             RunFilter { state: Some("succeeded"), team: Some("soc"), trigger: Some("webhook"), limit: 20, offset: 20, ..Default::default() },
         ];
         for f in &filters {
-            let g = growth(&small, &big, || listing_sql(f));
+            let g = growth(&small, &big, || f.listing_sql(&SQLITE, "*"));
             assert!(g < 1.1, "{f:?}: a page costs {g:.2}× on a 4× longer store");
         }
         let ids = |f: RunFilter| big.find_runs(&f).unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>();
@@ -864,7 +850,7 @@ mod tests {
         let (small, big) = (long_history(12_000), long_history(24_000));
         // The 2,000 failed runs are the oldest: past the cap, not counted.
         assert_eq!(big.count_runs(&RunFilter::default()).unwrap(), vec![("succeeded".to_string(), COUNT_CAP)]);
-        let g = growth(&small, &big, || counting_sql(&RunFilter::default()));
+        let g = growth(&small, &big, || RunFilter::default().counting_sql(&SQLITE));
         assert!(g < 1.1, "counting costs {g:.2}× on a 2× longer store");
         // A filter narrower than the cap counts all it matches.
         let st0 = small.count_runs(&RunFilter { story: Some("st0"), since_ms: Some(1_000_000), ..Default::default() }).unwrap();

@@ -257,6 +257,9 @@ impl Drop for PgStore {
     }
 }
 
+/// How the listing statements are written for PostgreSQL (see [`Dialect`]).
+const POSTGRES: Dialect = Dialect { placeholder: '$', state: "state", tiebreak: "id" };
+
 /// A filter's values, owned to cross into the store's runtime.
 enum OwnedArg {
     Text(String),
@@ -661,12 +664,7 @@ impl Store for PgStore {
     }
 
     fn find_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<RunSummary>> {
-        let (clause, mut args) = f.where_clause("state", |n| format!("${n}"));
-        args.push(FilterArg::Int(f.limit.min(i64::MAX as usize) as i64));
-        args.push(FilterArg::Int(f.offset.min(i64::MAX as usize) as i64));
-        let n = args.len();
-        // Newest first through `runs_by_created` (or the story's index).
-        let sql = format!("SELECT {SUMMARY} FROM runs {clause} ORDER BY created_ms DESC, id DESC LIMIT ${} OFFSET ${n}", n - 1);
+        let (sql, args) = f.listing_sql(&POSTGRES, SUMMARY);
         let args = owned_args(&args);
         let pool = self.pool.clone();
         self.block(async move {
@@ -678,10 +676,7 @@ impl Store for PgStore {
     }
 
     fn count_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
-        let (clause, args) = RunFilter { state: None, ..f.clone() }.where_clause("state", |n| format!("${n}"));
-        let sql = format!(
-            "SELECT state, COUNT(*) FROM (SELECT state FROM runs {clause} ORDER BY created_ms DESC, id DESC LIMIT {COUNT_CAP}) latest GROUP BY state ORDER BY state"
-        );
+        let (sql, args) = f.counting_sql(&POSTGRES);
         let args = owned_args(&args);
         let pool = self.pool.clone();
         self.block(async move {
@@ -696,7 +691,7 @@ impl Store for PgStore {
         let pool = self.pool.clone();
         self.block(async move {
             let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let rows = client.query(COUNT_UNFINISHED, &[]).await?;
+            let rows = client.query(COUNT_UNFINISHED.as_str(), &[]).await?;
             Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect())
         })
     }
