@@ -42,7 +42,7 @@ fn main() {
         // Wait until every invocation is alive and parked.
         let mut alive = 0;
         for _ in 0..2000 {
-            alive = runtime.instances().0;
+            alive = runtime.instances().in_use;
             if alive >= n {
                 break;
             }
@@ -100,7 +100,7 @@ fn waiting_runs(rt: &tokio::runtime::Runtime, sizes: &[usize]) {
         let waiting = store.count_by_state().unwrap().into_iter().find(|(s, _)| s == "waiting").map_or(0, |(_, c)| c);
         let pending = store.approvals().unwrap().list_approvals(&warden::store::ApprovalFilter { limit: n + 10, ..Default::default() }).unwrap().len();
         assert_eq!((waiting as usize, pending), (n + 1, n + 1));
-        let alive = runtime.instances().0;
+        let alive = runtime.instances().in_use;
         let per_run = (during.saturating_sub(before)) as f64 / n as f64;
         let db_kib = std::fs::metadata(dir.join("runs.db")).map_or(0, |m| m.len() / 1024) + std::fs::metadata(dir.join("runs.db-wal")).map_or(0, |m| m.len() / 1024);
         println!(

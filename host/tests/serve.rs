@@ -201,6 +201,11 @@ async fn a_schedule_fires_and_metrics_count_denials() {
     let m = metrics.as_str().unwrap();
     assert!(m.contains("warden_egress_denials_total{rule=\"default-deny\"}"), "{m}");
     assert!(m.contains("warden_instances_capacity"), "{m}");
+    // What idle slots keep resident, by kind (its behaviour: host_runtime.rs, no_invocation_reads_…).
+    for kind in ["memory", "tables", "stacks"] {
+        let line = format!("warden_instances_idle_resident_bytes{{kind=\"{kind}\"}} ");
+        assert!(m.lines().any(|l| l.strip_prefix(&line).is_some_and(|v| v.parse::<u64>().is_ok())), "{m}");
+    }
     // No webhook without a secret.
     assert_eq!(post(&srv.base, "denied", "{}", Some(sign("denied", "{}")), "application/json").await.0, 404);
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,6 +1,9 @@
 //! The wasmtime engines: pooling allocators sized for the worker count, epoch
 //! interruption for the CPU limit, and the thread that ticks the epochs.
 //!
+//! A finished instance's slot is reset for the next one in place where the
+//! kernel can say which pages it dirtied ([`resets_memory_in_place`]).
+//!
 //! Two engines that differ only in how a fresh instance's linear memory gets
 //! its initial data ([`MemoryInit`]): a component whose data segments are
 //! small has them *copied* in; a large one (an interpreter with its heap
@@ -9,7 +12,7 @@
 
 use crate::limits::MAX_MEMORY_BYTES;
 use std::time::Duration;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch advances; the CPU limit is checked at this granularity.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -59,6 +62,26 @@ pub fn mapped_pool(max_instances: u32) -> u32 {
     (max_instances / 4).max(max_instances.min(16))
 }
 
+/// Bytes of a finished instance's dirtied linear memory that its slot keeps
+/// resident, zeroed (or restored from the image) in place, for the next
+/// instance. A trivial SDK plugin dirties well under it; a guest that dirties
+/// more has the rest returned to the kernel as before. Bounded: at most 100
+/// warm slots per engine hold it (with their 64 KiB of table and of stack).
+pub const MEMORY_KEEP_RESIDENT: usize = 256 << 10;
+
+/// Whether finished instances' memory is reset in place: the kernel's
+/// `PAGEMAP_SCAN` (Linux 6.7 and later) tells wasmtime which pages a guest
+/// dirtied, so only those are zeroed and the slot's pages stay mapped. The
+/// next instance then takes no page faults on them, and no `madvise` shoots
+/// down every core's TLB: half the invocation's time and ~97 % of a loaded
+/// server's page faults (BENCHMARKS.md). Without the scan, keeping memory
+/// resident would zero its *first* bytes, but a Rust guest's touched pages
+/// sit at the top of its 1 MiB stack, so warden returns memory to the kernel.
+pub fn resets_memory_in_place() -> bool {
+    static AVAILABLE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(PoolingAllocationConfig::is_pagemap_scan_available);
+    *AVAILABLE
+}
+
 pub(super) fn build_engine(max_instances: u32, init: MemoryInit) -> anyhow::Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model(true);
@@ -76,9 +99,8 @@ pub(super) fn build_engine(max_instances: u32, init: MemoryInit) -> anyhow::Resu
         .max_unused_warm_slots(n.min(100))
         // Reuse a slot's tables and fiber stack by zeroing them instead of
         // madvise + page faults: kernel time was half of a trivial invocation
-        // (BENCHMARKS.md). Linear memory is left to madvise: a Rust guest's
-        // touched pages are not at the start, so keeping them resident only
-        // added memset time. Bounded: warm slots × 128 KiB stay resident.
+        // (BENCHMARKS.md). Linear memory too where the kernel can say which
+        // pages were dirtied (below). Bounded: warm slots × 128 KiB (+ 256 KiB).
         .table_keep_resident(64 << 10)
         .async_stack_keep_resident(64 << 10)
         // Return finished instances' memory to the kernel 64 at a time: each
@@ -89,6 +111,11 @@ pub(super) fn build_engine(max_instances: u32, init: MemoryInit) -> anyhow::Resu
         // test runs more invocations than a batch); at most 64 dead
         // instances' touched pages wait (a few MiB for Rust plugins).
         .decommit_batch_size(64);
+    if resets_memory_in_place() {
+        // Every dirtied page is still zeroed (or restored from the image)
+        // before the slot is reused: only the page-table churn goes.
+        pool.pagemap_scan(Enabled::Yes).linear_memory_keep_resident(MEMORY_KEEP_RESIDENT);
+    }
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     match Engine::new(&config) {
         Ok(engine) => Ok(engine),

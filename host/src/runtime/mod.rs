@@ -18,7 +18,7 @@ pub use crate::invocation::{InvocationInfo, InvokeError, LogLine, Manifest};
 use crate::invocation::guest_text;
 use crate::limits::Bytes;
 use engine::{build_engine, memory_init_for, start_epoch_ticker};
-pub use engine::{mapped_pool, MemoryInit, COPY_DATA_MAX_BYTES, EPOCH_TICK};
+pub use engine::{mapped_pool, resets_memory_in_place, MemoryInit, COPY_DATA_MAX_BYTES, EPOCH_TICK, MEMORY_KEEP_RESIDENT};
 use crate::policy::{Grant, PluginEntry};
 use crate::recording::Tape;
 use anyhow::{anyhow, Context as _};
@@ -174,6 +174,26 @@ pub struct Runtime {
     capacity: u32,
 }
 
+/// What the instance pools hold now (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolGauges {
+    /// Invocations alive.
+    pub in_use: usize,
+    /// Invocations the pools can hold at once.
+    pub capacity: u32,
+    /// What finished instances' slots keep resident (zeroed) for the next
+    /// ones: linear memory, tables and fiber stacks, in bytes.
+    pub idle_resident: IdleResident,
+}
+
+/// Bytes idle pool slots keep resident, by what they hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IdleResident {
+    pub memory: usize,
+    pub tables: usize,
+    pub stacks: usize,
+}
+
 /// Counts an invocation as live until dropped.
 struct Live(Arc<std::sync::atomic::AtomicUsize>);
 
@@ -206,9 +226,16 @@ impl Runtime {
         }
     }
 
-    /// Invocations running now, and how many the instance pool holds.
-    pub fn instances(&self) -> (usize, u32) {
-        (self.live.load(std::sync::atomic::Ordering::Relaxed), self.capacity)
+    /// Invocations running now, how many the pools hold, and what their
+    /// idle slots keep resident.
+    pub fn instances(&self) -> PoolGauges {
+        let mut idle_resident = IdleResident::default();
+        for m in [&self.copied, &self.mapped].iter().filter_map(|lane| lane.engine.pooling_allocator_metrics()) {
+            idle_resident.memory += m.unused_memory_bytes_resident();
+            idle_resident.tables += m.unused_table_bytes_resident();
+            idle_resident.stacks += m.unused_stack_bytes_resident().unwrap_or(0);
+        }
+        PoolGauges { in_use: self.live.load(std::sync::atomic::Ordering::Relaxed), capacity: self.capacity, idle_resident }
     }
 
     /// Loads the plugin a policy entry names, checking its sha256 pin.

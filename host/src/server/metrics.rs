@@ -61,7 +61,7 @@ impl Metrics {
 
     /// `unfinished`: the store's top-level runs per unfinished state
     /// ([`crate::store::Store::count_unfinished`]); a state it lacks is 0.
-    pub fn render(&self, instances: (usize, u32), unfinished: &[(String, u64)], store: &crate::store::group::StoreHealth) -> String {
+    pub fn render(&self, instances: crate::runtime::PoolGauges, unfinished: &[(String, u64)], store: &crate::store::group::StoreHealth) -> String {
         let store_write_failures = store.failures();
         let (commits, writes) = store.commits();
         let mut out = String::new();
@@ -96,8 +96,13 @@ impl Metrics {
         for ((story, code), n) in self.webhooks.lock().unwrap().iter() {
             let _ = writeln!(out, "warden_webhooks_total{{story=\"{}\",code=\"{code}\"}} {n}", esc(story));
         }
-        let _ = writeln!(out, "# HELP warden_instances_in_use Plugin instances alive now.\n# TYPE warden_instances_in_use gauge\nwarden_instances_in_use {}", instances.0);
-        let _ = writeln!(out, "# HELP warden_instances_capacity Instance pool capacity.\n# TYPE warden_instances_capacity gauge\nwarden_instances_capacity {}", instances.1);
+        let _ = writeln!(out, "# HELP warden_instances_in_use Plugin instances alive now.\n# TYPE warden_instances_in_use gauge\nwarden_instances_in_use {}", instances.in_use);
+        let _ = writeln!(out, "# HELP warden_instances_capacity Instance pool capacity.\n# TYPE warden_instances_capacity gauge\nwarden_instances_capacity {}", instances.capacity);
+        let idle = instances.idle_resident;
+        out.push_str("# HELP warden_instances_idle_resident_bytes Memory that finished instances' pool slots keep resident, zeroed, for the next ones.\n# TYPE warden_instances_idle_resident_bytes gauge\n");
+        for (kind, bytes) in [("memory", idle.memory), ("tables", idle.tables), ("stacks", idle.stacks)] {
+            let _ = writeln!(out, "warden_instances_idle_resident_bytes{{kind=\"{kind}\"}} {bytes}");
+        }
         out
     }
 }
@@ -157,7 +162,7 @@ mod tests {
         for (story, state, n) in [("two", "succeeded", 7), ("two", "failed", 2), ("two-b", "succeeded", 5), ("say \"hi\"", "succeeded", 3)] {
             m.runs_finished.lock().unwrap().insert((story.to_string(), state.to_string()), n);
         }
-        let text = m.render((0, 1), &[], &crate::store::group::StoreHealth::default());
+        let text = m.render(crate::runtime::PoolGauges { capacity: 1, ..Default::default() }, &[], &crate::store::group::StoreHealth::default());
         assert_eq!(finished_runs(&text, "two"), 9, "every state of that story, not a story it prefixes");
         assert_eq!(finished_runs(&text, "two-b"), 5);
         assert_eq!(finished_runs(&text, "say \"hi\""), 3, "a name is escaped as render escapes it");

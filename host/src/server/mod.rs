@@ -199,6 +199,14 @@ pub async fn run(policy: Policy, flags: config::ServeFlags) -> anyhow::Result<()
         },
         largest_grant >> 20
     );
+    if crate::runtime::resets_memory_in_place() {
+        tracing::info!(
+            "finished instances' memory is reset in place (PAGEMAP_SCAN): up to {} KiB of each idle slot stays resident, zeroed",
+            crate::runtime::MEMORY_KEEP_RESIDENT >> 10
+        );
+    } else {
+        tracing::info!("finished instances' memory is returned to the kernel (no PAGEMAP_SCAN: Linux older than 6.7, or /proc/self/pagemap unreadable); invocations take page faults on fresh pages");
+    }
     let rt = Arc::new(Runtime::new(RuntimeConfig { max_instances, ..Default::default() })?);
     let telemetry = crate::telemetry::Telemetry::start(&policy.telemetry).map_err(|e| anyhow::anyhow!("{}: {e}", policy.file))?.map(Arc::new);
     if let Some(t) = &telemetry {

@@ -33,9 +33,9 @@ pub trait Invoke: Send + Sync {
         self.invoke(plugin, team, info, input, tap).await.map(|r| (r, None))
     }
 
-    /// Invocations alive now, and how many can be (for metrics).
-    fn instances(&self) -> (usize, u32) {
-        (0, 0)
+    /// Invocations alive now, how many can be, and what idle slots keep (for metrics).
+    fn instances(&self) -> crate::runtime::PoolGauges {
+        crate::runtime::PoolGauges::default()
     }
 }
 
@@ -99,7 +99,7 @@ impl Invoke for PolicyInvoker {
         Ok((report, recording))
     }
 
-    fn instances(&self) -> (usize, u32) {
+    fn instances(&self) -> crate::runtime::PoolGauges {
         self.runtime.instances()
     }
 }

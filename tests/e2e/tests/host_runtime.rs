@@ -323,23 +323,34 @@ async fn every_invocation_starts_from_a_fresh_instance() {
 
 /// A small plugin's instances have their data copied in (no copy-on-write
 /// image) and their slots reused: nothing one invocation left in its memory,
-/// freed heap or grown pages alike, is readable by the next.
+/// freed heap or grown pages alike, is readable by the next. Both ways a slot
+/// is reset: a guest that dirtied less than `MEMORY_KEEP_RESIDENT` has its
+/// pages zeroed in place (they stay mapped), one that dirtied more has the
+/// rest returned to the kernel.
 #[tokio::test]
 async fn no_invocation_reads_what_an_earlier_one_left_in_memory() {
     let p = policy(&probe_policy(1, "\"GET http://127.0.0.1:1/never\"", "wall_ms = 10000"));
     let rt = runtime(None);
     assert_eq!(rt.load_entry(&p.plugins["probe"]).unwrap().memory_init, warden::runtime::MemoryInit::Copy);
-    // The probe can see freed data within one instance, so a zero below is a finding.
-    let same = run(&rt, &p, "probe", json!({"op": "residue", "leave": "7f3a", "find": "7f3a"})).await;
-    assert!(output(&same)["found"].as_u64().unwrap() >= 1, "{}", output(&same));
-    // More invocations than a decommit batch (64), so later ones reuse earlier slots.
-    for i in 0..150 {
-        run(&rt, &p, "probe", json!({"op": "residue", "leave": format!("c0de{i}")})).await;
+    assert!(64 << 10 < warden::runtime::MEMORY_KEEP_RESIDENT && 2 << 20 > warden::runtime::MEMORY_KEEP_RESIDENT);
+    for kib in [64, 2048] {
+        // The probe can see freed data within one instance, so a zero below is a finding.
+        let same = run(&rt, &p, "probe", json!({"op": "residue", "kib": kib, "leave": "7f3a", "find": "7f3a"})).await;
+        assert!(output(&same)["found"].as_u64().unwrap() >= 1, "{}", output(&same));
+        // More invocations than a decommit batch (64), so later ones reuse earlier slots.
+        for i in 0..150 {
+            run(&rt, &p, "probe", json!({"op": "residue", "kib": kib, "leave": format!("c0de{kib}-{i}")})).await;
+        }
+        for i in 0..150 {
+            let r = run(&rt, &p, "probe", json!({"op": "residue", "kib": kib, "find": format!("c0de{kib}-{i}")})).await;
+            assert_eq!(output(&r)["found"], 0, "invocation {i} found an earlier one's {kib} KiB");
+        }
     }
-    for i in 0..150 {
-        let r = run(&rt, &p, "probe", json!({"op": "residue", "find": format!("c0de{i}")})).await;
-        assert_eq!(output(&r)["found"], 0, "invocation {i} found an earlier one's data");
-    }
+    // Idle slots keep memory only where the kernel resets it in place, and
+    // only so much: at most 100 warm slots per engine, each its kept bytes.
+    let idle = rt.instances().idle_resident.memory;
+    assert_eq!(idle > 0, warden::runtime::resets_memory_in_place(), "{idle} bytes of memory resident in idle slots");
+    assert!(idle <= 2 * 100 * warden::runtime::MEMORY_KEEP_RESIDENT, "{idle} bytes of memory resident in idle slots");
 }
 
 #[tokio::test]

@@ -148,20 +148,20 @@ impl Guest for Probe {
                 json!({"count": COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1})
             }
             "residue" => {
-                // `leave`: fills `mib` MiB of heap with a marker and frees it.
-                // `find`: grows the heap by `mib` MiB without writing it, then
+                // `leave`: fills `kib` KiB (default 2 MiB) of heap with a marker and frees it.
+                // `find`: grows the heap by as much without writing it, then
                 // counts the marker anywhere in linear memory (its own copy aside).
-                let mib = v["mib"].as_u64().unwrap_or(2).min(64) as usize;
+                let bytes = (v["kib"].as_u64().unwrap_or(2048).clamp(1, 64 << 10) as usize) << 10;
                 if let Some(m) = v["leave"].as_str() {
                     let marker = format!("WARDEN-RESIDUE-{m}");
-                    let mut block = Vec::with_capacity(mib << 20);
-                    while block.len() + marker.len() <= mib << 20 {
+                    let mut block = Vec::with_capacity(bytes);
+                    while block.len() + marker.len() <= bytes {
                         block.extend_from_slice(marker.as_bytes());
                     }
                     std::hint::black_box(&block);
                 }
                 let found = v["find"].as_str().map(|m| {
-                    let hold: Vec<u8> = Vec::with_capacity(mib << 20);
+                    let hold: Vec<u8> = Vec::with_capacity(bytes);
                     std::hint::black_box(&hold);
                     let marker = format!("WARDEN-RESIDUE-{m}");
                     occurrences_in_memory(marker.as_bytes())
