@@ -202,7 +202,7 @@ async fn a_schedule_fires_and_metrics_count_denials() {
     assert!(m.contains("warden_egress_denials_total{rule=\"default-deny\"}"), "{m}");
     assert!(m.contains("warden_instances_capacity"), "{m}");
     // What idle slots keep resident, by kind (its behaviour: host_runtime.rs, no_invocation_reads_…).
-    for kind in ["memory", "tables", "stacks"] {
+    for kind in ["memory", "tables"] {
         let line = format!("warden_instances_idle_resident_bytes{{kind=\"{kind}\"}} ");
         assert!(m.lines().any(|l| l.strip_prefix(&line).is_some_and(|v| v.parse::<u64>().is_ok())), "{m}");
     }

@@ -66,7 +66,7 @@ pub fn mapped_pool(max_instances: u32) -> u32 {
 /// resident, zeroed (or restored from the image) in place, for the next
 /// instance. A trivial SDK plugin dirties well under it; a guest that dirties
 /// more has the rest returned to the kernel as before. Bounded: at most 100
-/// warm slots per engine hold it (with their 64 KiB of table and of stack).
+/// warm slots per engine hold it (with up to 64 KiB of tables).
 pub const MEMORY_KEEP_RESIDENT: usize = 256 << 10;
 
 /// Whether finished instances' memory is reset in place: the kernel's
@@ -97,12 +97,14 @@ pub(super) fn build_engine(max_instances: u32, init: MemoryInit) -> anyhow::Resu
         .total_stacks(n)
         .max_memory_size(MAX_MEMORY_BYTES as usize)
         .max_unused_warm_slots(n.min(100))
-        // Reuse a slot's tables and fiber stack by zeroing them instead of
-        // madvise + page faults: kernel time was half of a trivial invocation
-        // (BENCHMARKS.md). Linear memory too where the kernel can say which
-        // pages were dirtied (below). Bounded: warm slots × 128 KiB (+ 256 KiB).
+        // Reuse a slot's tables by zeroing them instead of madvise + page
+        // faults: kernel time was half of a trivial invocation (BENCHMARKS.md).
+        // Linear memory too where the kernel can say which pages were dirtied
+        // (below). Fiber stacks are reused as they are (wasmtime's default,
+        // no `async_stack_zeroing`): they hold the host's and the compiled
+        // code's frames, which a guest cannot address; its data lives in
+        // linear memory, which is always reset.
         .table_keep_resident(64 << 10)
-        .async_stack_keep_resident(64 << 10)
         // Return finished instances' memory to the kernel 64 at a time: each
         // madvise shoots down TLBs on every core, which under load took 13 %
         // of the workers' time one by one, and 3 % still at 16 a time

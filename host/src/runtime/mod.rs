@@ -182,7 +182,8 @@ pub struct PoolGauges {
     /// Invocations the pools can hold at once.
     pub capacity: u32,
     /// What finished instances' slots keep resident (zeroed) for the next
-    /// ones: linear memory, tables and fiber stacks, in bytes.
+    /// ones: linear memory and tables, in bytes (fiber stacks are reused
+    /// as they are, see `engine.rs`).
     pub idle_resident: IdleResident,
 }
 
@@ -191,7 +192,6 @@ pub struct PoolGauges {
 pub struct IdleResident {
     pub memory: usize,
     pub tables: usize,
-    pub stacks: usize,
 }
 
 /// Counts an invocation as live until dropped.
@@ -233,7 +233,6 @@ impl Runtime {
         for m in [&self.copied, &self.mapped].iter().filter_map(|lane| lane.engine.pooling_allocator_metrics()) {
             idle_resident.memory += m.unused_memory_bytes_resident();
             idle_resident.tables += m.unused_table_bytes_resident();
-            idle_resident.stacks += m.unused_stack_bytes_resident().unwrap_or(0);
         }
         PoolGauges { in_use: self.live.load(std::sync::atomic::Ordering::Relaxed), capacity: self.capacity, idle_resident }
     }
