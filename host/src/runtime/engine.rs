@@ -65,8 +65,11 @@ pub fn mapped_pool(max_instances: u32) -> u32 {
 /// Bytes of a finished instance's dirtied linear memory that its slot keeps
 /// resident, zeroed (or restored from the image) in place, for the next
 /// instance. A trivial SDK plugin dirties well under it; a guest that dirties
-/// more has the rest returned to the kernel as before. Bounded: at most 100
-/// warm slots per engine hold it (with up to 64 KiB of tables).
+/// more has the rest returned to the kernel as before. What idle slots hold
+/// is bounded by the pool: slots ever used at once × 256 KiB (at most the
+/// pool's capacity × 256 KiB, 250 MiB for 1,000 instances), the high-water
+/// mark of memory those instances had dirtied anyway; it is not returned
+/// after a burst. `/metrics` shows it (`warden_instances_idle_resident_bytes`).
 pub const MEMORY_KEEP_RESIDENT: usize = 256 << 10;
 
 /// Whether finished instances' memory is reset in place: the kernel's
