@@ -147,7 +147,7 @@ fn check_approvers(list: &[String]) -> Result<(), String> {
 
 /// The approvers a run's approval step names, rendered (against the run's
 /// input only, so the links exist from the run's first step).
-pub fn render_approvers(approvers: &Approvers, ctx: &Value) -> Result<Vec<String>, String> {
+pub fn render_approvers(approvers: &Approvers, ctx: &crate::story::template::Bindings) -> Result<Vec<String>, String> {
     let list = match approvers {
         Approvers::List(l) => return Ok(l.clone()),
         Approvers::Template(t) => crate::story::template::render_str(t, ctx)?,

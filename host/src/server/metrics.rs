@@ -99,7 +99,7 @@ impl Metrics {
         let _ = writeln!(out, "# HELP warden_instances_in_use Plugin instances alive now.\n# TYPE warden_instances_in_use gauge\nwarden_instances_in_use {}", instances.in_use);
         let _ = writeln!(out, "# HELP warden_instances_capacity Instance pool capacity.\n# TYPE warden_instances_capacity gauge\nwarden_instances_capacity {}", instances.capacity);
         let idle = instances.idle_resident;
-        out.push_str("# HELP warden_instances_idle_resident_bytes Memory that finished instances' pool slots keep resident, zeroed, for the next ones.\n# TYPE warden_instances_idle_resident_bytes gauge\n");
+        out.push_str("# HELP warden_instances_idle_resident_bytes Memory that finished instances' pool slots keep resident, wiped (zeroed or restored from the module image), for the next ones.\n# TYPE warden_instances_idle_resident_bytes gauge\n");
         for (kind, bytes) in [("memory", idle.memory), ("tables", idle.tables)] {
             let _ = writeln!(out, "warden_instances_idle_resident_bytes{{kind=\"{kind}\"}} {bytes}");
         }

@@ -201,7 +201,7 @@ pub async fn run(policy: Policy, flags: config::ServeFlags) -> anyhow::Result<()
     );
     if crate::runtime::resets_memory_in_place() {
         tracing::info!(
-            "finished instances' memory is reset in place (PAGEMAP_SCAN): up to {} KiB of each idle slot stays resident, zeroed",
+            "finished instances' memory is reset in place (PAGEMAP_SCAN): up to {} KiB of each idle slot stays resident, wiped (zeroed, or restored from the module image)",
             crate::runtime::MEMORY_KEEP_RESIDENT >> 10
         );
     } else {

@@ -10,7 +10,7 @@
 //! ```
 
 use super::state::ErrorKind;
-use super::template::{self, render_str, render_value, truthy};
+use super::template::{self, render_str, render_value, truthy, Bindings};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -129,7 +129,7 @@ impl Transform {
         }
     }
 
-    pub fn apply(&self, ctx: &Value) -> Result<Value, TransformError> {
+    pub fn apply(&self, ctx: &Bindings) -> Result<Value, TransformError> {
         match self {
             Transform::Set(v) => render_value(v, ctx).map_err(Template),
             Transform::Merge(list) => {
@@ -230,9 +230,9 @@ mod tests {
 
     #[test]
     fn each_transform_shapes_data() {
-        let ctx = json!({"steps": {"hunt": {"output": {"hosts": [
+        let ctx = Bindings::from_json(&json!({"steps": {"hunt": {"output": {"hosts": [
             {"name": "a", "os": "windows"}, {"name": "b", "os": "linux"}, {"name": "a", "os": "windows"}
-        ]}}}});
+        ]}}}}));
         let d = t(json!({"deduplicate": {"items": "{{ steps.hunt.output.hosts }}", "by": "{{ item.name }}"}}));
         assert_eq!(d.apply(&ctx).unwrap().as_array().unwrap().len(), 2);
         let a = t(json!({"aggregate": {"items": "{{ steps.hunt.output.hosts }}", "group_by": "{{ item.os }}"}}));
@@ -253,9 +253,9 @@ mod tests {
 
     #[test]
     fn per_item_templates_see_the_item_its_index_and_the_story() {
-        let ctx = json!({"input": {"field": "os"}, "steps": {"hunt": {"output": {"hosts": [
+        let ctx = Bindings::from_json(&json!({"input": {"field": "os"}, "steps": {"hunt": {"output": {"hosts": [
             {"name": "a", "os": "linux"}, {"name": "b", "os": "windows"}, {"name": "c", "os": "linux"}, {"name": "d", "os": "mac"}
-        ]}}}});
+        ]}}}}));
         let d = t(json!({"deduplicate": {"items": "{{ steps.hunt.output.hosts }}", "by": "{{ item[input.field] }}"}}));
         assert_eq!(d.apply(&ctx).unwrap(), json!([{"name": "a", "os": "linux"}, {"name": "b", "os": "windows"}, {"name": "d", "os": "mac"}]), "the first of each key, in order");
         let pairs = t(json!({"deduplicate": {"items": "{{ steps.hunt.output.hosts }}", "by": "{{ index // 2 }}"}}));
@@ -269,12 +269,12 @@ mod tests {
         let missing = t(json!({"deduplicate": {"items": "{{ steps.hunt.output.hosts }}", "by": "{{ item.owner }}"}}));
         assert!(matches!(missing.apply(&ctx), Err(Template(m)) if m.starts_with("deduplicate.by: ") && m.contains("undefined")));
         // The per-item context leaves the story's own untouched.
-        assert!(ctx.get("item").is_none());
+        assert!(render_str("{{ item }}", &ctx).is_err());
     }
 
     #[test]
     fn a_missing_path_is_an_error() {
         let e = t(json!({"extract": {"from": {"a": 1}, "paths": {"x": "b.c"}}}));
-        assert!(matches!(e.apply(&json!({})), Err(Failed(m)) if m.contains("`b.c` is not in the value")));
+        assert!(matches!(e.apply(&Bindings::default()), Err(Failed(m)) if m.contains("`b.c` is not in the value")));
     }
 }

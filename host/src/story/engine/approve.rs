@@ -3,7 +3,7 @@
 
 use super::{Context, Engine, ErrorKind, StepError, StepRun};
 use crate::approval::{self, Approval, ApprovalSpec, LinkKey, OnTimeout};
-use crate::story::template::{render_str, render_value};
+use crate::story::template::{render_str, render_value, Bindings};
 use crate::story::{StepKind, Story};
 use serde_json::{json, Value};
 
@@ -30,17 +30,17 @@ impl Engine {
         let key = self.link_key()?;
         let mut all = serde_json::Map::new();
         for (step, spec) in std::iter::once(first).chain(specs) {
-            let approvers = approval::render_approvers(&spec.approvers, &ctx.value)
+            let approvers = approval::render_approvers(&spec.approvers, &ctx.bindings)
                 .map_err(|e| StepError::new(ErrorKind::Template, format!("step {step}: approvers: {e}")))?;
             all.insert(step.to_string(), approval::links_value(&key, &self.links_base, run, step, &spec.choices, &approvers));
         }
-        ctx.value["approval"] = Value::Object(all);
+        ctx.bindings.set("approval", &Value::Object(all));
         Ok(())
     }
 
     /// Runs an approval step: the decision's output once there is one;
     /// otherwise records the pending approval (first time) and parks the run.
-    pub(super) async fn approval(&self, sr: &StepRun<'_>, spec: &ApprovalSpec, ctx: &Value) -> Result<Value, StepError> {
+    pub(super) async fn approval(&self, sr: &StepRun<'_>, spec: &ApprovalSpec, ctx: &Bindings) -> Result<Value, StepError> {
         let (run, step) = (sr.run, sr.step.id.as_str());
         let store = self.store.approvals().ok_or_else(|| StepError::new(ErrorKind::Failed, "this run store keeps no approvals"))?;
         let known = store.approval(run, step).map_err(|e| StepError::new(ErrorKind::Store, format!("run store unavailable: {e:#}")))?;

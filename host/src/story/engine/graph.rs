@@ -288,7 +288,8 @@ impl Engine {
                     let mut step = step.clone();
                     step.with = input;
                     let sr = StepRun { story, step: &step, run: run_id, root, depth, observer, waiting_child: None };
-                    let ctx = Value::Null;
+                    // The agent's input is rendered already (`step.literal`): nothing to bind.
+                    let ctx = crate::story::template::Bindings::default();
                     match self.attempts(&sr, &ctx, Some(n), first_attempt).await {
                         Ok(out) => flow.emit(d.agent, &d.ctx, out, true).map_err(fail)?,
                         Err(e) => flow.failed(d.agent, &d.ctx, e).map_err(fail)?,

@@ -15,7 +15,7 @@ mod graph;
 mod resume;
 use crate::story::recorder::{Recorder, StepAt, StoreHealth};
 pub use crate::story::state::{ErrorKind, RunResult, RunState, StepError, StepState};
-use crate::story::template::{render_str, render_value, truthy};
+use crate::story::template::{render_str, render_value, truthy, Bindings};
 use crate::story::{schema, Library, OnError, Step, StepKind, Story};
 use crate::invocation::{InvocationInfo, LogLine};
 use crate::policy::Policy;
@@ -67,23 +67,22 @@ pub struct Engine {
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The template context of a run.
+/// The template context of a run: what its templates can read so far.
 struct Context {
-    value: Value,
+    bindings: Bindings,
 }
 
 impl Context {
     fn new(run: &str, story: &Story, input: Value) -> Context {
-        Context { value: json!({"input": input, "steps": {}, "run": {"id": run, "story": story.name, "team": story.team}}) }
+        Context { bindings: Bindings::from_json(&json!({"input": input, "steps": {}, "run": {"id": run, "story": story.name, "team": story.team}})) }
     }
     fn set_step(&mut self, id: &str, status: StepState, output: Value, error: Option<&StepError>) {
-        self.value["steps"][id] = json!({"status": status, "output": output, "error": error});
+        self.bindings.set_step(id, &json!({"status": status, "output": output, "error": error}));
     }
-    fn with_item(&self, item: &Value, index: usize) -> Value {
-        let mut v = self.value.clone();
-        v["item"] = item.clone();
-        v["index"] = json!(index);
-        v
+    fn with_item(&self, item: &Value, index: usize) -> Bindings {
+        let mut b = self.bindings.with("item", item);
+        b.set("index", &json!(index));
+        b
     }
 }
 
@@ -363,7 +362,7 @@ impl Engine {
             }
         }
         match &story.output {
-            Some(template) => render_value(template, &ctx.value)
+            Some(template) => render_value(template, &ctx.bindings)
                 .map_err(|e| (Some("output".to_string()), StepError::new(ErrorKind::Template, format!("output: {e}")))),
             None => Ok(last_output),
         }
@@ -374,7 +373,7 @@ impl Engine {
     async fn run_step(&self, sr: &StepRun<'_>, ctx: &mut Context, first_attempt: u32) -> Result<Option<Value>, StepError> {
         let step = sr.step;
         if let Some(cond) = &step.condition {
-            match render_str(cond, &ctx.value) {
+            match render_str(cond, &ctx.bindings) {
                 Ok(v) if !truthy(&v) => {
                     self.recorder.step_finished(&sr.at(None), StepState::Skipped, None, None, 0);
                     sr.finished(None, StepState::Skipped, Duration::ZERO, None);
@@ -391,7 +390,7 @@ impl Engine {
         }
         let started = Instant::now();
         let result = match &step.for_each {
-            None => self.attempts(sr, &ctx.value, None, first_attempt).await,
+            None => self.attempts(sr, &ctx.bindings, None, first_attempt).await,
             Some(list) => {
                 let result = self.for_each(sr, ctx, list, first_attempt).await;
                 // The step as a whole, beside its items' rows.
@@ -422,8 +421,7 @@ impl Engine {
             }
             OnError::Fallback(name) => {
                 let fb = sr.story.fallback(name).expect("checked at load");
-                let mut fctx = ctx.value.clone();
-                fctx["error"] = json!({"step": step.id, "kind": e.kind, "message": e.message});
+                let fctx = ctx.bindings.with("error", &json!({"step": step.id, "kind": e.kind, "message": e.message}));
                 let fsr = StepRun { step: fb, ..*sr };
                 let out = self.attempts(&fsr, &fctx, None, 1).await.map_err(|fe| match fe.kind {
                     ErrorKind::Store => fe,
@@ -436,7 +434,7 @@ impl Engine {
     }
 
     async fn for_each(&self, sr: &StepRun<'_>, ctx: &Context, list: &str, first_attempt: u32) -> Result<Value, StepError> {
-        let items = match render_str(list, &ctx.value).map_err(|e| StepError::new(ErrorKind::Template, format!("for_each `{list}`: {e}")))? {
+        let items = match render_str(list, &ctx.bindings).map_err(|e| StepError::new(ErrorKind::Template, format!("for_each `{list}`: {e}")))? {
             Value::Array(a) => a,
             other => return Err(StepError::new(ErrorKind::Template, format!("for_each `{list}` must give a list, not {other}"))),
         };
@@ -461,7 +459,7 @@ impl Engine {
     }
 
     /// Runs a step (or one item of it) with its retry policy and timeout.
-    async fn attempts(&self, sr: &StepRun<'_>, ctx: &Value, item: Option<usize>, first_attempt: u32) -> Result<Value, StepError> {
+    async fn attempts(&self, sr: &StepRun<'_>, ctx: &Bindings, item: Option<usize>, first_attempt: u32) -> Result<Value, StepError> {
         let step = sr.step;
         let at = sr.at(item);
         let mut attempt = first_attempt;
@@ -502,7 +500,7 @@ impl Engine {
         }
     }
 
-    async fn once(&self, sr: &StepRun<'_>, ctx: &Value, item: Option<usize>, attempt: u32) -> Result<Value, StepError> {
+    async fn once(&self, sr: &StepRun<'_>, ctx: &Bindings, item: Option<usize>, attempt: u32) -> Result<Value, StepError> {
         let (story, step, run) = (sr.story, sr.step, sr.run);
         let input = match &step.kind {
             // No "running" row: a transform has no side effects, so after a
