@@ -181,9 +181,9 @@ pub struct PoolGauges {
     pub in_use: usize,
     /// Invocations the pools can hold at once.
     pub capacity: u32,
-    /// What finished instances' slots keep resident (wiped: zeroed, or restored from the module image) for the next
-    /// ones: linear memory and tables, in bytes (fiber stacks are reused
-    /// as they are, see `engine.rs`).
+    /// What finished instances' slots keep resident for the next ones,
+    /// wiped (zeroed, or restored from the module image): linear memory and
+    /// tables, in bytes (fiber stacks are reused as they are, see `engine.rs`).
     pub idle_resident: IdleResident,
 }
 
