@@ -65,7 +65,7 @@ async fn wait_for(base: &str, done: impl Fn(&[serde_json::Value]) -> bool) -> Ve
     panic!("runs did not reach the expected state");
 }
 
-const QUICK: &str = "name: quick\ninput: {type: object, required: [num]}\nsteps:\n  - id: echo\n    transform: {set: {num: \"{{ input.num }}\"}}\n";
+const QUICK: &str = "name: quick\ninput: {type: object, required: [num], properties: {num: {minimum: 0}}}\nsteps:\n  - id: echo\n    transform: {set: {num: \"{{ input.num }}\"}}\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_answer_with_the_right_status_and_create_runs_only_when_valid() {
@@ -84,6 +84,9 @@ async fn webhooks_answer_with_the_right_status_and_create_runs_only_when_valid()
     assert_eq!(post(b, "nope", body, Some(sign("nope", body)), "application/json").await.0, 404, "unknown story");
     let (code, err) = post(b, "quick", "{}", Some(sign("quick", "{}")), "application/json").await;
     assert_eq!((code, err["error"].as_str().unwrap()), (422, "input is missing required field `num`"));
+    let below = r#"{"num": -1}"#;
+    let (code, err) = post(b, "quick", below, Some(sign("quick", below)), "application/json").await;
+    assert_eq!((code, err["error"].as_str().unwrap()), (422, "num must be at least 0 (got -1)"));
     assert_eq!(get(b, "/api/runs").await["runs"].as_array().unwrap().len(), 0, "a refused webhook created a run");
 
     let (code, accepted) = post(b, "quick", body, Some(sign("quick", body)), "application/json").await;

@@ -575,3 +575,13 @@ fn approval_steps_are_checked_at_load() {
     let e = lib.check(&Policy::empty()).unwrap_err().to_string();
     assert!(e.contains("story `w` can wait for an approval, which a for_each step cannot do"), "{e}");
 }
+
+#[test]
+fn an_input_schema_keyword_that_would_go_unchecked_is_refused_at_load() {
+    let bad = |story: &str| parse(story, Path::new("s.yaml")).unwrap_err().to_string();
+    let e = bad("name: s\ninput: {type: object, properties: {who: {type: string, format: phone}}}\nsteps:\n  - id: a\n    transform: {set: {}}\n");
+    assert!(e.contains("s.yaml:1: input schema: who: format \"phone\" is not one warden checks"), "{e}");
+    let e = bad("name: s\ninput: {type: object, properties: {n: {maximum: ten}}}\nsteps:\n  - id: a\n    transform: {set: {}}\n");
+    assert!(e.contains("n: maximum must be a number"), "{e}");
+    parse("name: s\ninput: {type: object, additionalProperties: false, properties: {n: {type: integer, minimum: 1}}}\nsteps:\n  - id: a\n    transform: {set: {}}\n", Path::new("s.yaml")).unwrap();
+}
