@@ -97,7 +97,8 @@ fn waiting_runs(rt: &tokio::runtime::Runtime, sizes: &[usize]) {
         });
         let took = started.elapsed();
         let during = common::rss_kib();
-        let waiting = store.count_by_state().unwrap().into_iter().find(|(s, _)| s == "waiting").map_or(0, |(_, c)| c);
+        // count_unfinished: every waiting run (count_by_state reads only the latest COUNT_CAP).
+        let waiting = store.count_unfinished().unwrap().into_iter().find(|(s, _)| s == "waiting").map_or(0, |(_, c)| c);
         let pending = store.approvals().unwrap().list_approvals(&warden::store::ApprovalFilter { limit: n + 10, ..Default::default() }).unwrap().len();
         assert_eq!((waiting as usize, pending), (n + 1, n + 1));
         let alive = runtime.instances().in_use;

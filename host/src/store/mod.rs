@@ -551,8 +551,9 @@ pub trait Store: Send + Sync {
     /// The story and input of a run, to execute it (e.g. after a restart).
     fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>>;
     fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>>;
-    /// How many top-level runs are in each state. Reads every run: for tests
-    /// and tools, not for anything polled (see [`Store::count_unfinished`]).
+    /// How many of the latest [`COUNT_CAP`] top-level runs are in each state
+    /// ([`Store::count_runs`] unfiltered). Every unfinished run, however many:
+    /// [`Store::count_unfinished`].
     fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
         self.count_runs(&RunFilter::default())
     }
