@@ -70,6 +70,10 @@ pub fn check_schema(schema: &Value) -> Result<(), String> {
     if let Some(items) = obj.get("items") {
         check_schema(items).map_err(|e| format!("items: {e}"))?;
     }
+    // A default that its own schema refuses would fail every run that relies on it.
+    if let Some(default) = obj.get("default") {
+        validate(schema, &mut default.clone(), "").map_err(|e| format!("default {default} does not fit its own schema: {e}"))?;
+    }
     Ok(())
 }
 
@@ -294,6 +298,9 @@ mod tests {
         assert!(check_schema(&json!({"additionalProperties": "no"})).unwrap_err().contains("true, false or a schema"));
         assert!(check_schema(&json!({"additionalProperties": {"minLength": 1}})).unwrap_err().starts_with("additionalProperties: `minLength`"));
         assert!(check_schema(&json!({"pattern": "^a"})).unwrap_err().contains("`pattern` is not supported"));
+        let err = check_schema(&json!({"properties": {"hours": {"type": "integer", "minimum": 1, "default": 0}}})).unwrap_err();
+        assert_eq!(err, "hours: default 0 does not fit its own schema: input must be at least 1 (got 0)");
+        assert!(check_schema(&json!({"type": "string", "format": "email", "default": "nobody"})).is_err());
     }
 
     #[test]
