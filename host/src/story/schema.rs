@@ -166,12 +166,10 @@ pub fn validate(schema: &Value, v: &mut Value, path: &str) -> Result<(), String>
     Ok(())
 }
 
-/// A field name from the payload, as an error shows it: at most 64 characters.
+/// A field name from the payload, as a one-line error shows it: at most 64
+/// bytes, control characters escaped (the error reaches terminals and logs).
 fn shown(name: &str) -> String {
-    match name.char_indices().nth(64) {
-        Some((cut, _)) => format!("{}…", &name[..cut]),
-        None => name.to_string(),
-    }
+    crate::invocation::guest_text(name, 64).replace('\n', "\\n").replace('\t', "\\t")
 }
 
 /// Whether `text` is a valid `format` (one of [`FORMATS`]).
@@ -260,6 +258,8 @@ mod tests {
         assert!(validate(&nested, &mut json!({"meta": {"x": 1}}), "").unwrap_err().starts_with("meta has field `x`"));
         let long = "k".repeat(5000);
         assert!(validate(&closed, &mut json!({ long.as_str(): 1 }), "").unwrap_err().len() < 200);
+        let err = validate(&closed, &mut json!({"a\nb\u{1b}[31m": 1}), "").unwrap_err();
+        assert!(err.starts_with("input has field `a\\nb\\u{1b}[31m`"), "{err}");
         // A schema for the rest: each unlisted field must match it.
         let typed = json!({"type": "object", "properties": {"ioc": {"type": "string"}}, "additionalProperties": {"type": "integer", "maximum": 9}});
         validate(&typed, &mut json!({"ioc": "x", "a": 1, "b": 9}), "").unwrap();
