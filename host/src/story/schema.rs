@@ -136,7 +136,7 @@ pub fn validate(schema: &Value, v: &mut Value, path: &str) -> Result<(), String>
             }
             for (name, p) in props {
                 if let Some(child) = obj.get_mut(name) {
-                    validate(p, child, &format!("{}{name}", if path.is_empty() { String::new() } else { format!("{path}.") }))?;
+                    validate(p, child, &field_path(path, name))?;
                 }
             }
         }
@@ -150,11 +150,11 @@ pub fn validate(schema: &Value, v: &mut Value, path: &str) -> Result<(), String>
         if let Some(extra) = schema.get("additionalProperties").filter(|e| **e != Value::Bool(true)) {
             let props = schema.get("properties").and_then(Value::as_object);
             for (name, child) in obj.iter_mut().filter(|(name, _)| !props.is_some_and(|p| p.contains_key(*name))) {
-                let field = format!("{}{}", if path.is_empty() { String::new() } else { format!("{path}.") }, shown(name));
+                let name = shown(name);
                 if *extra == Value::Bool(false) {
-                    return Err(format!("{here} has field `{}`, which the story's schema does not allow (additionalProperties: false)", shown(name)));
+                    return Err(format!("{here} has field `{name}`, which the story's schema does not allow (additionalProperties: false)"));
                 }
-                validate(extra, child, &field)?;
+                validate(extra, child, &field_path(path, &name))?;
             }
         }
     }
@@ -164,6 +164,11 @@ pub fn validate(schema: &Value, v: &mut Value, path: &str) -> Result<(), String>
         }
     }
     Ok(())
+}
+
+/// The path of field `name` inside the value at `path` (`""` at the top).
+fn field_path(path: &str, name: &str) -> String {
+    if path.is_empty() { name.to_string() } else { format!("{path}.{name}") }
 }
 
 /// A field name from the payload, as a one-line error shows it: at most 64

@@ -553,9 +553,13 @@ steps:
     assert_eq!(r.output, Some(json!({"echo": {"status": "failed"}})), "{:?}", r.error);
 }
 
+/// The load error of a story file `s.yaml` holding `story`.
+fn bad(story: &str) -> String {
+    parse(story, Path::new("s.yaml")).unwrap_err().to_string()
+}
+
 #[test]
 fn approval_steps_are_checked_at_load() {
-    let bad = |story: &str| parse(story, Path::new("s.yaml")).unwrap_err().to_string();
     let e = bad("name: s\nsteps:\n  - id: a\n    approval: {title: t, timeout: 1h, choices: [go, stop], on_timeout: later}\n");
     assert!(e.contains("s.yaml:3: step `a`: approval: on_timeout `later` is neither one of the choices (go, stop) nor fail"), "{e}");
     let e = bad("name: s\nsteps:\n  - id: a\n    approval: {title: t, timeout: soon}\n");
@@ -578,7 +582,6 @@ fn approval_steps_are_checked_at_load() {
 
 #[test]
 fn an_input_schema_keyword_that_would_go_unchecked_is_refused_at_load() {
-    let bad = |story: &str| parse(story, Path::new("s.yaml")).unwrap_err().to_string();
     let e = bad("name: s\ninput: {type: object, properties: {who: {type: string, format: phone}}}\nsteps:\n  - id: a\n    transform: {set: {}}\n");
     assert!(e.contains("s.yaml:1: input schema: who: format \"phone\" is not one warden checks"), "{e}");
     let e = bad("name: s\ninput: {type: object, properties: {n: {maximum: ten}}}\nsteps:\n  - id: a\n    transform: {set: {}}\n");

@@ -73,8 +73,11 @@ struct Context {
 }
 
 impl Context {
-    fn new(run: &str, story: &Story, input: Value) -> Context {
-        Context { bindings: Bindings::from_json(&json!({"input": input, "steps": {}, "run": {"id": run, "story": story.name, "team": story.team}})) }
+    fn new(run: &str, story: &Story, input: &Value) -> Context {
+        let mut bindings = Bindings::default();
+        bindings.set("input", input);
+        bindings.set("run", &json!({"id": run, "story": story.name, "team": story.team}));
+        Context { bindings }
     }
     fn set_step(&mut self, id: &str, status: StepState, output: Value, error: Option<&StepError>) {
         self.bindings.set_step(id, &json!({"status": status, "output": output, "error": error}));
@@ -343,7 +346,7 @@ impl Engine {
             // A graph run resumes from its own record (see engine/graph.rs), not from a step index.
             return self.run_graph(story, graph, run_id, root, input, depth, observer, resume.resumed).await;
         }
-        let mut ctx = Context::new(run_id, story, input);
+        let mut ctx = Context::new(run_id, story, &input);
         self.add_approval_links(story, run_id, &mut ctx).map_err(|e| (None, e))?;
         let mut last_output = Value::Null;
         for (id, status, output, error) in &resume.done {
