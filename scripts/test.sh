@@ -16,6 +16,9 @@ fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --quiet --all-targets "$@" 2>&1 | tee "$log"
+# The template languages' renderers are compiled only into the evaluator guest;
+# their own tests run natively with the feature that turns them on.
+cargo test --quiet -p warden-eval --features evaluate "$@" 2>&1 | tee -a "$log"
 # The connectors' own unit tests (input checks, request shapes, error mapping)
 # run natively: the plugins are also rlibs, and their host imports are never called.
 plugins=(-p slack-notify -p virustotal-lookup -p servicenow-incident -p crowdstrike-contain -p http-request)

@@ -10,9 +10,11 @@
 //! resumes after the approval step with `{choice, decided_by, decided_at,
 //! comment}`.
 //!
-//! Links: a token is HMAC-SHA256 under warden's link key (kept in the run
-//! store, so every node and every restart derives the same links) of the
-//! run, step, choice and recipient. A step that runs *before* the approval
+//! Links: a token is HMAC-SHA256 under warden's link key of the run, step,
+//! choice and recipient. The key is derived from an operator secret (given
+//! by env or file, the same on every node) and a salt the run store keeps
+//! ([`link_key`]): the store alone cannot mint a link, and every node and
+//! every restart derives the same links. A step that runs *before* the approval
 //! (an email carrying the links) therefore renders the very links the
 //! approval will accept; only SHA-256 of each token is stored, and a token is
 //! good for one decision (the approval is decided once).
@@ -167,10 +169,95 @@ pub fn recipients(approvers: &[String]) -> impl Iterator<Item = &str> {
     std::iter::once("").chain(approvers.iter().map(String::as_str).filter(|a| !a.starts_with("team:")))
 }
 
-/// The link key: 32 random bytes, made once per store.
+/// The link key (see [`link_key`]).
 pub type LinkKey = [u8; 32];
 
+/// Shortest operator secret accepted (bytes).
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// The link key: HMAC-SHA256 under the operator's secret of the store's salt.
+/// Console sessions are keyed from it too. Rotating the secret changes the
+/// key: links already sent for pending approvals keep working (the store
+/// keeps their hashes, not the key), links a run renders afterwards are new,
+/// and everyone signed in to the console signs in again.
+pub fn link_key(secret: &crate::policy::credentials::Secret, salt: &[u8; 32]) -> LinkKey {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).expect("HMAC takes any key length");
+    mac.update(b"warden-link-key/1");
+    mac.update(salt);
+    mac.finalize().into_bytes().into()
+}
+
+/// The environment variable read for the operator secret when the policy
+/// names no `[server] link_secret_env` / `link_secret_file`.
+pub const SECRET_ENV: &str = "WARDEN_LINK_SECRET";
+
+/// The operator secret: the policy's source, else `WARDEN_LINK_SECRET`, else
+/// the store's own (a file beside a SQLite store). A shared store without
+/// one is refused, with the fix.
+pub fn operator_secret(config: &crate::policy::triggers::ServerConfig, store: &dyn crate::store::ApprovalStore) -> Result<crate::policy::credentials::Secret, String> {
+    let secret = match &config.link_secret {
+        Some(source) => source.read().map_err(|e| format!("[server] link secret: {e}"))?,
+        None => match std::env::var(SECRET_ENV) {
+            Ok(v) if !v.is_empty() => crate::policy::credentials::Secret::new(v),
+            _ => store.local_secret().map_err(|e| format!("the link secret: {e:#}"))?.ok_or_else(|| {
+                format!("approval links and console sessions need an operator secret on a shared run store: set {SECRET_ENV} (the same value on every node) or [server] link_secret_env / link_secret_file")
+            })?,
+        },
+    };
+    if secret.expose().len() < MIN_SECRET_BYTES {
+        return Err(format!("the link secret is {} bytes; give at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)", secret.expose().len()));
+    }
+    Ok(secret)
+}
+
+/// The secret kept beside a SQLite store at `<db>.link-secret` (created
+/// `0600` with 32 random bytes on first use): not inside the store, so a copy
+/// of the database alone cannot mint links.
+pub fn secret_beside(db: &std::path::Path) -> anyhow::Result<crate::policy::credentials::Secret> {
+    use anyhow::Context as _;
+    let mut name = db.as_os_str().to_owned();
+    name.push(".link-secret");
+    let path = std::path::PathBuf::from(name);
+    let mut fresh = [0u8; 32];
+    getrandom::fill(&mut fresh).map_err(|e| anyhow::anyhow!("no randomness for the link secret: {e}"))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(&path) {
+        Ok(mut f) => {
+            use std::io::Write as _;
+            f.write_all(hex::encode(fresh).as_bytes()).with_context(|| format!("cannot write the link secret {}", path.display()))?;
+            tracing::info!(path = %path.display(), "made the approval link secret (keep it with the store; set {SECRET_ENV} to use another)");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create the link secret {}", path.display())),
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::symlink_metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        if meta.file_type().is_symlink() || meta.mode() & 0o077 != 0 {
+            anyhow::bail!("the link secret {} must be a plain file only its owner can read (chmod 600 it)", path.display());
+        }
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read the link secret {}", path.display()))?;
+    Ok(crate::policy::credentials::Secret::new(text.trim().to_string()))
+}
+
+/// A secret for this process alone (an in-memory store's).
+pub fn process_secret() -> crate::policy::credentials::Secret {
+    static S: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let s = S.get_or_init(|| {
+        let mut b = [0u8; 32];
+        getrandom::fill(&mut b).expect("the OS gives random bytes");
+        hex::encode(b)
+    });
+    crate::policy::credentials::Secret::new(s.clone())
+}
+
 /// A link's token: unguessable without the key, the same every time it is derived.
+/// Every token minted is remembered for [`withhold_tokens`].
 pub fn token(key: &LinkKey, run: &str, step: &str, choice: &str, recipient: &str) -> String {
     use base64::Engine as _;
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
@@ -178,7 +265,9 @@ pub fn token(key: &LinkKey, run: &str, step: &str, choice: &str, recipient: &str
         mac.update(&(part.len() as u64).to_be_bytes());
         mac.update(part.as_bytes());
     }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    let t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    remember_live([t.as_str()]);
+    t
 }
 
 /// What the store keeps of a token.
@@ -196,49 +285,110 @@ pub const WITHHELD: &str = "(token-withheld)";
 
 /// `text` with the token of every approval link in it withheld. A link decides
 /// as the person it was made for, so it is for that person's inbox only: the
-/// run record (its step inputs and outputs, logs, audit, recordings), which the
-/// API and the console show to the whole team, keeps the link's shape and
-/// drops its token. Links are found by their path, `/approvals/<token>`, also
-/// URL-encoded (`%2Fapprovals%2F<token>`); text without one is returned as is.
+/// run record (its step inputs, outputs and errors, the run's error, logs,
+/// audit, recordings, an approval's title and details), which the API and
+/// the console show to the whole team, keeps the link's shape and drops its
+/// token.
+///
+/// Two nets, so that no spelling of a link lets its token through:
+///
+/// 1. **Every token this process minted** ([`remember_live`]) is withheld
+///    wherever it appears, whatever surrounds it. A token is 43 characters of
+///    base64url, which no escaping changes: JSON (`\/approvals\/…`), URL
+///    encoding once or twice, HTML entities and `\u002F` all leave it as it
+///    is. The text is scanned for token-shaped words, each looked up.
+/// 2. **Any token-shaped word after `approvals` and a path separator** in any
+///    of those spellings, for tokens minted before this process started.
 pub fn withhold_tokens(text: String) -> String {
-    if !text.contains("approvals/") && !text.contains("approvals%2") {
-        return text;
-    }
-    let is_token_byte = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
     let bytes = text.as_bytes();
-    let mut out = String::with_capacity(text.len());
+    let is_token_byte = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    let live = LIVE.read().unwrap_or_else(|p| p.into_inner());
+    let mut out: Option<String> = None;
     let mut copied = 0;
-    let mut at = 0;
-    while let Some(found) = text[at..].find("approvals") {
-        let start = at + found;
-        let after = start + "approvals".len();
-        at = after;
-        // The separators around `approvals`: `/…/`, or `%2F…%2F` in either case.
-        let sep = |i: usize| -> Option<usize> {
-            if bytes.get(i) == Some(&b'/') {
-                Some(1)
-            } else if i + 3 <= bytes.len() && bytes[i] == b'%' && bytes[i + 1] == b'2' && bytes[i + 2].eq_ignore_ascii_case(&b'f') {
-                Some(3)
-            } else {
-                None
+    let mut i = 0;
+    while i < bytes.len() {
+        if !is_token_byte(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && is_token_byte(bytes[i]) {
+            i += 1;
+        }
+        // A word of token bytes; a token may sit at its end when the word
+        // is `2F<token>` (a URL-encoded slash runs into it).
+        for token_start in [start, i.saturating_sub(43)] {
+            if i - token_start != 43 || token_start < start {
+                continue;
             }
-        };
-        let before_ok = (start >= 1 && bytes[start - 1] == b'/') || (start >= 3 && bytes[start - 3] == b'%' && bytes[start - 2] == b'2' && bytes[start - 1].eq_ignore_ascii_case(&b'f'));
-        let Some(n) = sep(after).filter(|_| before_ok) else { continue };
-        let token_start = after + n;
-        let token_end = token_start + 43;
-        if token_end <= bytes.len() && bytes[token_start..token_end].iter().all(|b| is_token_byte(*b)) && !bytes.get(token_end).is_some_and(|b| is_token_byte(*b)) {
-            out.push_str(&text[copied..token_start]);
-            out.push_str(WITHHELD);
-            copied = token_end;
-            at = token_end;
+            let word = &text[token_start..i];
+            if live.set.contains(word) || after_approvals(bytes, token_start) {
+                let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
+                o.push_str(&text[copied..token_start]);
+                o.push_str(WITHHELD);
+                copied = i;
+                break;
+            }
         }
     }
-    if copied == 0 {
-        return text;
+    drop(live);
+    match out {
+        None => text,
+        Some(mut o) => {
+            o.push_str(&text[copied..]);
+            o
+        }
     }
-    out.push_str(&text[copied..]);
-    out
+}
+
+/// Whether the bytes before `at` end with `approvals` and a path separator in
+/// one of its spellings: `/`, `\/`, `%2F`, `%252F`, `\u002F`, `&#x2F;`, `&#47;`
+/// (any case), repeated.
+fn after_approvals(bytes: &[u8], at: usize) -> bool {
+    // Longest first: `\/` must not be taken for `/` with a stray `\` before it.
+    const SEPARATORS: [&[u8]; 7] = [b"\\u002f", b"&#x2f;", b"%252f", b"&#47;", b"%2f", b"\\/", b"/"];
+    let mut end = at;
+    let mut seen = false;
+    'strip: loop {
+        for sep in SEPARATORS {
+            if end >= sep.len() && bytes[end - sep.len()..end].eq_ignore_ascii_case(sep) {
+                end -= sep.len();
+                seen = true;
+                continue 'strip;
+            }
+        }
+        break;
+    }
+    seen && end >= 9 && bytes[end - 9..end].eq_ignore_ascii_case(b"approvals")
+}
+
+/// The tokens minted in this process, withheld wherever they appear.
+struct Live {
+    set: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+static LIVE: std::sync::LazyLock<std::sync::RwLock<Live>> =
+    std::sync::LazyLock::new(|| std::sync::RwLock::new(Live { set: Default::default(), order: Default::default() }));
+
+/// Most tokens remembered (oldest forgotten first; ~10 MiB). Older ones are
+/// still caught by their shape after `approvals`.
+const LIVE_MAX: usize = 100_000;
+
+/// Remembers tokens just minted so that [`withhold_tokens`] withholds them
+/// in any spelling.
+pub fn remember_live<'a>(tokens: impl IntoIterator<Item = &'a str>) {
+    let mut live = LIVE.write().unwrap_or_else(|p| p.into_inner());
+    for t in tokens {
+        if live.set.insert(t.to_string()) {
+            live.order.push_back(t.to_string());
+        }
+    }
+    while live.order.len() > LIVE_MAX {
+        if let Some(old) = live.order.pop_front() {
+            live.set.remove(&old);
+        }
+    }
 }
 
 /// A link of an approval, as a template sees it.
@@ -411,10 +561,42 @@ mod tests {
             let said = withhold_tokens(format!("text=go+https%3A%2F%2Fw{enc}{t}&x=1"));
             assert_eq!(said, format!("text=go+https%3A%2F%2Fw{enc}(token-withheld)&x=1"));
         }
-        // Not a token: other lengths, other paths, and text without links, untouched.
-        for text in [format!("/approvals/{}", &t[..42]), format!("/approvals/{t}x"), format!("/approval/{t}"), "approvals everywhere/approvals/".into(), "plain".into()] {
+        // Not a token: other lengths, other words, and text without links, untouched.
+        let other = "A".repeat(43);
+        for text in [format!("/approvals/{}", &t[..42]), format!("/approvals/{t}x"), format!("/approval/{other}"), format!("id {other}"), "approvals everywhere/approvals/".into(), "plain".into()] {
             assert_eq!(withhold_tokens(text.clone()), text);
         }
+    }
+
+    /// Every spelling of a link that keeps its token (which no escaping
+    /// changes) has the token withheld: minted here or not.
+    #[test]
+    fn a_token_is_withheld_in_every_spelling_of_its_link() {
+        let minted = token(&[9u8; 32], "r9", "confirm", "isolate", "lead@corp.example");
+        // One never minted in this process (as after a restart), found by its place after `approvals`.
+        let foreign = "Zx9_-".repeat(8) + "abc";
+        assert_eq!(foreign.len(), 43);
+        let spellings = |t: &str| {
+            vec![
+                format!("https://w.example/approvals/{t}"),
+                format!(r#"{{"text":"https:\/\/w.example\/approvals\/{t}"}}"#),
+                format!("https%3A%2F%2Fw.example%2Fapprovals%2F{t}"),
+                format!("https%253A%252F%252Fw.example%252Fapprovals%252F{t}"),
+                format!(r#"https:\u002F\u002Fw.example\u002Fapprovals\u002F{t}"#),
+                format!("https:&#x2F;&#x2F;w.example&#x2F;approvals&#x2F;{t}"),
+                format!("https:&#47;&#47;w.example&#47;APPROVALS&#47;{t}"),
+                format!("<https://w.example/approvals/{t}|Isolate>"),
+            ]
+        };
+        for t in [minted.as_str(), foreign.as_str()] {
+            for text in spellings(t) {
+                let said = withhold_tokens(text.clone());
+                assert!(!said.contains(t) && said.contains(WITHHELD), "{text} -> {said}");
+            }
+        }
+        // A minted token is withheld even with no link around it at all.
+        let bare = withhold_tokens(format!("token={minted}; done"));
+        assert_eq!(bare, format!("token={WITHHELD}; done"));
     }
 
     #[test]

@@ -171,7 +171,9 @@ fn links_of(srv: &Server, detail: &Value) -> Value {
     assert_eq!(stored["isolate"], format!("{}/approvals/(token-withheld)", srv.base), "the record withholds the token: {stored}");
     let run = detail["id"].as_str().unwrap();
     let store = warden::store::open(&srv.dir.join("runs.db")).unwrap();
-    let key = store.approvals().unwrap().link_key().unwrap();
+    // The server's link key: its secret (kept beside the store) over the store's salt.
+    let secret = warden::approval::secret_beside(&srv.dir.join("runs.db")).unwrap();
+    let key = warden::approval::link_key(&secret, &store.approvals().unwrap().key_salt().unwrap());
     let link = |choice: &str, to: &str| format!("{}/approvals/{}", srv.base, warden::approval::token(&key, run, "confirm", choice, to));
     let lead = if stored["lead_isolate"].is_null() { Value::Null } else { json!(link("isolate", "lead@corp.example")) };
     json!({"isolate": link("isolate", ""), "ignore": link("ignore", ""), "lead_isolate": lead})

@@ -125,7 +125,9 @@ async fn approvals_are_decided_once_and_resumed_once_across_nodes() {
     let dir = setup("approvals", "gate", &story, origin.port(), "concurrency = 100");
     let pg = PgSchema::new("approvals").await;
     let url = pg.url();
-    let nodes: Vec<Server> = (0..2).map(|_| Server::start_with(&dir, url.as_ref(), &["--workers", "8"])).collect();
+    // Every node derives the same link key: from the one operator secret they are given.
+    let secret = [("WARDEN_LINK_SECRET", "cluster-link-secret-for-the-tests-0123")];
+    let nodes: Vec<Server> = (0..2).map(|_| Server::start_env(&dir, url.as_ref(), &["--workers", "8"], &secret)).collect();
     let mut ids = Vec::new();
     for k in 0..20 {
         let (code, v) = send(&nodes[0].base, "gate", &format!(r#"{{"k": {k}}}"#), false).await.unwrap();
@@ -162,6 +164,7 @@ async fn approvals_are_decided_once_and_resumed_once_across_nodes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(pg.count("SELECT COUNT(*) FROM audit WHERE record LIKE '%\"kind\":\"approval\"%'").await, 20, "one audited decision per approval");
+    assert_eq!(pg.count("SELECT COUNT(*) FROM warden_keys WHERE name <> 'approval-links-salt'").await, 0, "the store keeps a salt, never a key that mints links");
     assert_eq!(pg.count("SELECT COUNT(*) FROM steps WHERE step_id = 'call' AND attempts = 1 AND state = 'succeeded'").await, 20, "each run resumed once");
     let mut calls = std::collections::HashMap::<String, usize>::new();
     for s in seen.all() {

@@ -198,11 +198,10 @@ fn the_tines_importer_never_panics_and_writes_what_loads() {
             }
             // Render every option of every agent against an empty event: errors are fine, panics are not.
             let empty = serde_json::Map::new();
-            let globals = warden::tines::liquid::globals(&empty);
             for (_, doc) in &imported.stories {
                 let formulas = doc["graph"]["templates"] == "formulas";
                 for a in doc["graph"]["agents"].as_array().into_iter().flatten() {
-                    let _ = warden::story::graph::render(&a["options"], &empty, &globals, formulas);
+                    let _ = warden::story::graph::render(&a["options"], &empty, formulas);
                 }
             }
             Ok(None)

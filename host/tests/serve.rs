@@ -565,3 +565,113 @@ async fn ticks_missed_while_down_are_skipped_unless_the_trigger_catches_up_once(
     assert_eq!(all.len(), unique.len(), "one run per tick");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A run whose execution ends the process (a host bug, an abort) is resumed
+/// at the next start, and may end it again; after its last two resumes each
+/// did, it is failed instead of resumed, so the server stays up and every
+/// other run goes on. (The abort is injected by `WARDEN_TEST_ABORT_AT_STEP`,
+/// which debug builds honour.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_keeps_ending_the_process_is_failed_not_resumed_forever() {
+    let bomb = "name: bomb\nsteps:\n  - id: first\n    transform: {set: {a: 1}}\n  - id: boom\n    transform: {set: {b: 2}}\n";
+    let dir = setup("crashloop", &[("bomb.yaml", bomb), ("quick.yaml", QUICK)], "[triggers.bomb]\nsecret_env = \"WEBHOOK_SECRET\"\n[triggers.quick]\nsecret_env = \"WEBHOOK_SECRET\"\nallow_sync = true\n");
+    let db = dir.join("runs.db");
+    let aborting = [("WARDEN_TEST_ABORT_AT_STEP", "boom")];
+    let mut srv = common::node::Server::start_env(&dir, db.as_os_str(), &["--workers", "2"], &aborting);
+    let (code, accepted) = post(&srv.base, "bomb", "{}", Some(sign("bomb", "{}")), "application/json").await;
+    assert_eq!(code, 202);
+    let id = accepted["run_id"].as_str().unwrap().to_string();
+    let ended = |srv: &mut common::node::Server| {
+        for _ in 0..200 {
+            if let Some(status) = srv.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the injected abort did not end the process");
+    };
+    assert!(!ended(&mut srv).success(), "the first execution ends the process");
+    // Two starts: each resumes the run, and each resume ends the process.
+    for start in 1..=2 {
+        srv = common::node::Server::spawn_env(&dir, db.as_os_str(), &["--workers", "2"], &aborting);
+        assert!(!ended(&mut srv).success(), "resume {start} ends the process too");
+    }
+    // The third start fails the run instead, and serves.
+    srv = common::node::Server::start_env(&dir, db.as_os_str(), &["--workers", "2"], &aborting);
+    let runs = wait_for(&srv.base, |r| r.iter().any(|x| x["id"] == id.as_str() && x["state"] == "failed")).await;
+    assert_eq!(runs.iter().filter(|r| r["id"] == id.as_str()).count(), 1);
+    let detail = get(&srv.base, &format!("/api/runs/{id}")).await;
+    let error = detail["error"].as_str().unwrap_or_default();
+    assert!(error.contains("each of its last 2 attempts to resume it"), "{detail}");
+    assert!(srv.child.try_wait().unwrap().is_none(), "the server is up");
+    let (code, quick) = post(&srv.base, "quick?wait=true", r#"{"num": 3}"#, Some(sign("quick", r#"{"num": 3}"#)), "application/json").await;
+    assert_eq!((code, quick["state"].as_str()), (200, Some("succeeded")), "other runs go on: {quick}");
+    drop(srv);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The hostile suite's host-evaluation section: what a sender controls is
+/// fed to the host's own evaluators — minijinja in a YAML story, Liquid and
+/// formulas in a graph story — by templates that grow it without bound. Each
+/// arrives as a real signed webhook at `warden serve`; each fails its own run
+/// with a one-line reason, and the server answers `/healthz` after every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_host_evaluation_bombs_fail_their_run_and_the_server_stays_up() {
+    let jinja = |name: &str, template: &str| (format!("{name}.yaml"), format!("name: {name}\nsteps:\n  - id: grow\n    transform: {{set: {{v: {}}}}}\n", serde_json::to_string(template).unwrap()));
+    let graph = |name: &str, templates: &str, payload: &str| {
+        (
+            format!("{name}.yaml"),
+            format!(
+                "name: {name}\ngraph:\n  templates: {templates}\n  agents:\n    - id: start\n      kind: webhook\n      receivers: [grow]\n    - id: grow\n      kind: message\n      options: {{payload: {{v: {}}}}}\n",
+                serde_json::to_string(payload).unwrap()
+            ),
+        )
+    };
+    let mut doubling = String::from("{% set a = input.s %}");
+    for _ in 0..40 {
+        doubling.push_str("{% set a = a ~ a %}");
+    }
+    doubling.push_str("{{ a | length }}");
+    let liquid_loop = "{% assign s = start.s %}{% for i in (1..40) %}{% assign s = s | append: s %}{% endfor %}{{ s | size }}";
+    let stories = vec![
+        jinja("jinja_replace", "{{ input.s | replace('a', input.r) | replace('a', input.r) | replace('a', input.r) }}"),
+        jinja("jinja_concat", &doubling),
+        jinja("jinja_repeat", "{{ (input.s * 5000) * 5000 }}"),
+        jinja("jinja_join", "{{ input.r | list | join(input.r) | length }}"),
+        graph("liquid_append", "liquid", liquid_loop),
+        graph("liquid_replace", "liquid", "{{ start.s | replace: 'a', start.r | replace: 'a', start.r | size }}"),
+        graph("formula_replace", "formulas", "=SIZE(REPLACE(REPLACE(REPLACE(start.s, \"a\", start.r), \"a\", start.r), \"a\", start.r))"),
+    ];
+    let files: Vec<(&str, &str)> = stories.iter().map(|(f, t)| (f.as_str(), t.as_str())).collect();
+    let names: Vec<String> = stories.iter().map(|(f, _)| f.trim_end_matches(".yaml").to_string()).collect();
+    let triggers: String = names.iter().map(|n| format!("[triggers.{n}]\nsecret_env = \"WEBHOOK_SECRET\"\nallow_sync = true\nmax_body = \"1MiB\"\n")).collect();
+    let dir = setup("hostile-eval", &files, &triggers);
+    let srv = Server::start(&dir, 2);
+    let b = &srv.base;
+    let body = serde_json::json!({"s": "a".repeat(12_000), "r": "a".repeat(12_000)}).to_string();
+    let big = serde_json::json!({"s": "a".repeat(200_000), "r": "a".repeat(200_000)}).to_string();
+    for name in &names {
+        let sent = if name == "liquid_replace" { &big } else { &body };
+        let (code, run) = post(b, &format!("{name}?wait=true"), sent, Some(sign(name, sent)), "application/json").await;
+        assert_eq!((code, run["state"].as_str()), (200, Some("failed")), "{name}: {run}");
+        let error = run["error"].as_str().or(run["error"]["message"].as_str()).unwrap_or_default();
+        // minijinja refuses a repeat past its own cap before allocating; every
+        // other bomb is stopped by the evaluator's memory or CPU budget.
+        assert!(error.contains("MiB of memory") || error.contains("too long to render") || (name == "jinja_repeat" && error.contains("too large")), "{name}: {error}");
+        assert!(!error.contains('\n'), "{name}: one line: {error}");
+        let health = client().get(format!("{b}/healthz")).send().await.unwrap();
+        assert_eq!(health.status().as_u16(), 200, "{name}: the server answers after the bomb");
+    }
+    // Webhook data that is itself a template is data: rendered once, never again.
+    let echo = "name: echo\nsteps:\n  - id: say\n    transform: {set: {said: \"{{ input.t }}\", text: \"x {{ input.t }}\"}}\n";
+    std::fs::write(dir.join("stories/echo.yaml"), echo).unwrap();
+    drop(srv);
+    std::fs::write(dir.join("warden.toml"), format!("{}\n[triggers.echo]\nsecret_env = \"WEBHOOK_SECRET\"\nallow_sync = true\n", std::fs::read_to_string(dir.join("warden.toml")).unwrap())).unwrap();
+    let srv = Server::start(&dir, 2);
+    let t = r#"{"t": "{{ 7 * 6 }}{% for i in range(3) %}x{% endfor %}"}"#;
+    let (code, run) = post(&srv.base, "echo?wait=true", t, Some(sign("echo", t)), "application/json").await;
+    assert_eq!((code, run["state"].as_str()), (200, Some("succeeded")), "{run}");
+    assert_eq!(run["output"], serde_json::json!({"said": "{{ 7 * 6 }}{% for i in range(3) %}x{% endfor %}", "text": "x {{ 7 * 6 }}{% for i in range(3) %}x{% endfor %}"}));
+    drop(srv);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -246,6 +246,12 @@ impl Policy {
                         return Err(err(span, format!("[server] slack_hooks_url `{u}` must be an origin like https://hooks.slack.com (Slack's response_urls must start with it)")));
                     }
                 }
+                let link_secret = match (s.link_secret_env, s.link_secret_file) {
+                    (Some(e), None) => Some(SecretSource::Env(e)),
+                    (None, Some(f)) => Some(SecretSource::File(base.join(f))),
+                    (None, None) => None,
+                    _ => return Err(err(span, "[server] give one of link_secret_env or link_secret_file, not both".into())),
+                };
                 if s.lease_secs.is_some_and(|l| !(1..=3600).contains(&l)) {
                     return Err(err(span, "[server] lease_secs must be 1..3600 (seconds a node's claim on a run lasts unless renewed)".into()));
                 }
@@ -262,6 +268,7 @@ impl Policy {
                 public_url: s.public_url.map(|u| u.trim_end_matches('/').to_string()),
                 slack_signing_secret: s.slack_signing_secret_env.map(SecretSource::Env),
                 slack_hooks_url: s.slack_hooks_url.map(|u| u.trim_end_matches('/').to_string()),
+                link_secret,
             }}
             None => ServerConfig::default(),
         };

@@ -140,6 +140,10 @@ pub struct ServerConfig {
     /// Where Slack's `response_url`s may point (default `https://hooks.slack.com`):
     /// warden answers a button press there (the decision, or why not).
     pub slack_hooks_url: Option<String>,
+    /// The operator secret approval links and console sessions are keyed
+    /// from (`link_secret_env` / `link_secret_file`; default the environment
+    /// variable `WARDEN_LINK_SECRET`). See [`crate::approval::link_secret`].
+    pub link_secret: Option<SecretSource>,
 }
 
 pub(super) fn parse_trigger(story: &str, t: RawTrigger, base: &Path, line: u64) -> Result<Trigger, String> {
@@ -242,5 +246,7 @@ pub(super) struct RawServer {
     pub(super) public_url: Option<String>,
     pub(super) slack_signing_secret_env: Option<String>,
     pub(super) slack_hooks_url: Option<String>,
+    pub(super) link_secret_env: Option<String>,
+    pub(super) link_secret_file: Option<String>,
 }
 

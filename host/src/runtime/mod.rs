@@ -5,6 +5,7 @@
 //! fresh `Store` per invocation with the grant's limits.
 
 mod cache;
+pub mod evaluator;
 mod engine;
 mod state;
 mod stdio;
@@ -469,7 +470,7 @@ impl Runtime {
         let state = InvocationState::new(&plugin.name, grant, info, self.transport.clone(), tap, tape);
         let meter = state.caps.call.meter.clone();
         let mut store = Store::new(&self.lane(plugin.memory_init).engine, state);
-        store.limiter(|s| &mut s.memory);
+        store.limiter(|s| s);
         // Every host call is off the guest's CPU: warden's imports and WASI's
         // alike, such as `poll` waiting on a wasi:http response.
         // And a capability that stopped the invocation at a limit (a refusal
@@ -578,6 +579,17 @@ fn trap_error(state: &mut InvocationState, limits: &crate::limits::Limits, e: wa
     }
     if state.memory.refused.is_some() {
         return InvokeError::Limit { limit: "memory", message: state.memory.message() };
+    }
+    if e.chain().any(|c| matches!(c.downcast_ref::<wasmtime::component::ResourceTableError>(), Some(wasmtime::component::ResourceTableError::Full))) {
+        let held = state.resource_capacity();
+        return InvokeError::Limit {
+            limit: "memory",
+            message: format!(
+                "memory limit exceeded: the plugin holds {held} host resources (header sections, streams, bodies), each charged {} of its grant's {} (limits.memory)",
+                Bytes(state::HOST_RESOURCE_BYTES),
+                Bytes(state.memory.limit())
+            ),
+        };
     }
     // A Rust panic prints its message to stderr before it traps: use it.
     let (stderr, _) = state.stderr.take();

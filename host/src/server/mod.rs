@@ -131,11 +131,13 @@ pub fn start(engine: Arc<Engine>, opts: &ServeOptions) -> anyhow::Result<(Router
         for id in engine.store.runs_in_state("running")? {
             tracing::warn!(run = %id, "resuming a run interrupted by the last shutdown");
             let story = engine.store.run_input(&id)?.map(|(s, _)| s).unwrap_or_default();
-            queue.push(id, &story, Start::Resume, None);
+            queue.push(id, &story, Start::AfterRestart { started: true }, None);
         }
         for id in engine.store.runs_in_state("queued")? {
             let story = engine.store.run_input(&id)?.map(|(s, _)| s).unwrap_or_default();
-            queue.push(id, &story, Start::FromStore, None);
+            // Queued when the process ended: perhaps executing already (its
+            // start not yet committed), so counted as a resume is.
+            queue.push(id, &story, Start::AfterRestart { started: false }, None);
         }
     }
     schedule::start(engine.clone(), queue.clone(), &policy);

@@ -25,8 +25,12 @@ pub enum Start {
     Accepted(NewlyAccepted),
     /// Recorded earlier (queued at a restart): read from the store.
     FromStore,
-    /// Interrupted by a restart: resumed (see [`Engine::resume`]).
+    /// Woken (an approval decided): resumed (see [`Engine::resume`]).
     Resume,
+    /// Found unfinished when the process started (or its node's lease
+    /// lapsed): counted, then resumed (`started`) or executed, unless its
+    /// resumes keep ending the process (see [`Engine::resume_after_restart`]).
+    AfterRestart { started: bool },
 }
 
 #[derive(Clone)]
@@ -172,6 +176,7 @@ impl Queue {
                 Start::Accepted(run) => engine.execute_accepted(run, &observer).await,
                 Start::FromStore => engine.execute(&run_id, &observer).await,
                 Start::Resume => engine.resume(&run_id, &observer).await,
+                Start::AfterRestart { started } => engine.resume_after_restart(&run_id, started, &observer).await,
             }
         };
         let result = match std::panic::AssertUnwindSafe(run).catch_unwind().await {

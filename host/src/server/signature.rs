@@ -40,10 +40,18 @@ fn mac(secret: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
     m
 }
 
-/// True when `hex_sig` is the HMAC of `parts` (constant time).
-fn matches(secret: &[u8], parts: &[&[u8]], hex_sig: &str) -> bool {
-    let Ok(sig) = hex::decode(hex_sig.trim()) else { return false };
-    mac(secret, parts).verify_slice(&sig).is_ok()
+/// The MAC's bytes when `hex_sig` is the HMAC of `parts` (constant time).
+/// The replay key is made from these bytes, never from the header's text:
+/// hex in upper or mixed case and spaces around it spell the same MAC, and
+/// must be judged the same request.
+fn matching(secret: &[u8], parts: &[&[u8]], hex_sig: &str) -> Option<Vec<u8>> {
+    let sig = hex::decode(hex_sig.trim()).ok()?;
+    mac(secret, parts).verify_slice(&sig).is_ok().then_some(sig)
+}
+
+/// A replay key: the scheme and the MAC's bytes in one canonical spelling.
+fn key(scheme: &str, mac: &[u8]) -> String {
+    format!("{scheme}:{}", hex::encode(mac))
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -86,35 +94,36 @@ pub fn verify(scheme: SignatureScheme, secret: &[u8], story: &str, headers: &Hea
             let (t, v1) = stamped(value);
             let ts = fresh(t, now, tolerance)?;
             let t = ts.to_string();
-            let sig = v1.into_iter().find(|s| matches(secret, &[t.as_bytes(), b".", story.as_bytes(), b".", body], s)).ok_or_else(wrong)?;
-            Ok(Verified { replay_key: format!("warden:{sig}"), remember_until: ts + tol })
+            let sig = v1.into_iter().find_map(|s| matching(secret, &[t.as_bytes(), b".", story.as_bytes(), b".", body], s)).ok_or_else(wrong)?;
+            Ok(Verified { replay_key: key("warden", &sig), remember_until: ts + tol })
         }
         SignatureScheme::Stripe => {
             let value = header(headers, "stripe-signature").ok_or_else(|| Rejected::Unsigned("missing Stripe-Signature: t=…,v1=…".into()))?;
             let (t, v1) = stamped(value);
             let ts = fresh(t, now, tolerance)?;
             let t = ts.to_string();
-            let sig = v1.into_iter().find(|s| matches(secret, &[t.as_bytes(), b".", body], s)).ok_or_else(wrong)?;
-            Ok(Verified { replay_key: format!("stripe:{sig}"), remember_until: ts + tol })
+            let sig = v1.into_iter().find_map(|s| matching(secret, &[t.as_bytes(), b".", body], s)).ok_or_else(wrong)?;
+            Ok(Verified { replay_key: key("stripe", &sig), remember_until: ts + tol })
         }
         SignatureScheme::Slack => {
             let value = header(headers, "x-slack-signature").ok_or_else(|| Rejected::Unsigned("missing X-Slack-Signature: v0=…".into()))?;
             let ts = fresh(header(headers, "x-slack-request-timestamp"), now, tolerance)?;
             let t = ts.to_string();
-            let sig = value.trim().strip_prefix("v0=").filter(|s| matches(secret, &[b"v0:", t.as_bytes(), b":", body], s)).ok_or_else(wrong)?;
-            Ok(Verified { replay_key: format!("slack:{sig}"), remember_until: ts + tol })
+            let sig = value.trim().strip_prefix("v0=").and_then(|s| matching(secret, &[b"v0:", t.as_bytes(), b":", body], s)).ok_or_else(wrong)?;
+            Ok(Verified { replay_key: key("slack", &sig), remember_until: ts + tol })
         }
         SignatureScheme::GitHub => {
             let value = header(headers, "x-hub-signature-256").ok_or_else(|| Rejected::Unsigned("missing X-Hub-Signature-256: sha256=…".into()))?;
-            let sig = value.trim().strip_prefix("sha256=").filter(|s| matches(secret, &[body], s)).ok_or_else(wrong)?;
-            // No timestamp: a delivery is remembered for a day.
-            let delivery = header(headers, "x-github-delivery").unwrap_or(sig);
-            Ok(Verified { replay_key: format!("github:{}", crate::invocation::guest_text(delivery, 128)), remember_until: now + 86_400 })
+            let sig = value.trim().strip_prefix("sha256=").and_then(|s| matching(secret, &[body], s)).ok_or_else(wrong)?;
+            // No timestamp, and the delivery id is not signed (anyone
+            // replaying may change it): the signed body is the event, and
+            // one seen twice within a day is one event.
+            Ok(Verified { replay_key: key("github", &sig), remember_until: now + 86_400 })
         }
         SignatureScheme::BodyOnly => {
             let value = header(headers, WARDEN_HEADER).ok_or_else(|| Rejected::Unsigned(format!("missing {WARDEN_HEADER}: sha256=<hex HMAC-SHA256 of the body>")))?;
-            let sig = value.trim().strip_prefix("sha256=").filter(|s| matches(secret, &[body], s)).ok_or_else(wrong)?;
-            Ok(Verified { replay_key: format!("body:{sig}"), remember_until: now + tol })
+            let sig = value.trim().strip_prefix("sha256=").and_then(|s| matching(secret, &[body], s)).ok_or_else(wrong)?;
+            Ok(Verified { replay_key: key("body", &sig), remember_until: now + tol })
         }
     }
 }
@@ -204,7 +213,9 @@ mod tests {
     fn github_slack_and_stripe_signatures_verify_their_own_way() {
         let body = b"{\"x\":1}";
         let gh = headers(&[("x-hub-signature-256", format!("sha256={}", hmac_hex(&[body]))), ("x-github-delivery", "d-1".into())]);
-        assert_eq!(verify(SignatureScheme::GitHub, b"k", "s", &gh, body, NOW, 300).unwrap().replay_key, "github:d-1");
+        let first = verify(SignatureScheme::GitHub, b"k", "s", &gh, body, NOW, 300).unwrap().replay_key;
+        let again = headers(&[("x-hub-signature-256", format!("sha256={}", hmac_hex(&[body]))), ("x-github-delivery", "d-2".into())]);
+        assert_eq!(verify(SignatureScheme::GitHub, b"k", "s", &again, body, NOW, 300).unwrap().replay_key, first, "the delivery id is not signed: the same body is the same event");
         assert!(verify(SignatureScheme::GitHub, b"other", "s", &gh, body, NOW, 300).is_err());
         let t = NOW.to_string();
         let slack = headers(&[("x-slack-signature", format!("v0={}", hmac_hex(&[b"v0:", t.as_bytes(), b":", body]))), ("x-slack-request-timestamp", t.clone())]);
@@ -223,5 +234,37 @@ mod tests {
         assert_eq!(cache.first_time("hunt", &v, NOW + 5), Err(Rejected::Replayed));
         assert!(cache.first_time("other", &v, NOW + 5).is_ok(), "per story");
         assert!(cache.first_time("hunt", &v, NOW + 301).is_ok(), "forgotten once its timestamp would be refused anyway");
+    }
+
+    #[test]
+    fn every_spelling_of_one_signature_is_one_replay_key() {
+        let body = b"{}";
+        let signed = sign_at(b"k", "hunt", body, NOW);
+        let (t, sig) = signed.split_once(",v1=").unwrap();
+        let mut one_letter = sig.to_string();
+        let at = one_letter.find(|c: char| c.is_ascii_alphabetic()).unwrap();
+        one_letter.replace_range(at..at + 1, &one_letter[at..at + 1].to_ascii_uppercase());
+        let spellings = [signed.clone(), format!("{t},v1={}", sig.to_ascii_uppercase()), format!("{t},v1={one_letter}"), format!("{t},v1= {sig}"), format!("{t}, v1={sig} ")];
+        let keys: Vec<String> = spellings.iter().map(|v| verify(SignatureScheme::Warden, b"k", "hunt", &headers(&[(WARDEN_HEADER, v.clone())]), body, NOW, 300).unwrap().replay_key).collect();
+        assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+        let cache = ReplayCache::default();
+        let accepted = spellings
+            .iter()
+            .filter(|v| cache.first_time("hunt", &verify(SignatureScheme::Warden, b"k", "hunt", &headers(&[(WARDEN_HEADER, (*v).clone())]), body, NOW, 300).unwrap(), NOW).is_ok())
+            .count();
+        assert_eq!(accepted, 1, "one request, however its signature is spelt, starts one run");
+        // The same for the body-only, Stripe, Slack and GitHub forms.
+        let h = hmac_hex(&[body]);
+        let body_only = |v: String| verify(SignatureScheme::BodyOnly, b"k", "s", &headers(&[(WARDEN_HEADER, v)]), body, NOW, 300).unwrap().replay_key;
+        assert_eq!(body_only(format!("sha256={h}")), body_only(format!("sha256={}", h.to_ascii_uppercase())));
+        let gh = |v: String| verify(SignatureScheme::GitHub, b"k", "s", &headers(&[("x-hub-signature-256", v)]), body, NOW, 300).unwrap().replay_key;
+        assert_eq!(gh(format!("sha256={h}")), gh(format!("sha256={}", h.to_ascii_uppercase())));
+        let ts = NOW.to_string();
+        let sl = hmac_hex(&[b"v0:", ts.as_bytes(), b":", body]);
+        let slack = |v: String| verify(SignatureScheme::Slack, b"k", "s", &headers(&[("x-slack-signature", v), ("x-slack-request-timestamp", ts.clone())]), body, NOW, 300).unwrap().replay_key;
+        assert_eq!(slack(format!("v0={sl}")), slack(format!("v0={}", sl.to_ascii_uppercase())));
+        let st = hmac_hex(&[ts.as_bytes(), b".", body]);
+        let stripe = |v: String| verify(SignatureScheme::Stripe, b"k", "s", &headers(&[("stripe-signature", v)]), body, NOW, 300).unwrap().replay_key;
+        assert_eq!(stripe(format!("t={ts},v1={st}")), stripe(format!("t={ts},v1={}", st.to_ascii_uppercase())));
     }
 }

@@ -209,6 +209,7 @@ fn describe(w: &Write) -> String {
     match w {
         Write::CreateRun { id, .. } => format!("run {id}"),
         Write::StartRun { id, .. } => format!("the start of run {id}"),
+        Write::NoteResume { id } => format!("the resume count of run {id}"),
         Write::Traced { run, .. } => format!("the trace id of run {run}"),
         Write::FinishRun { id, .. } => format!("the end of run {id}"),
         Write::StepStarted { run, step, .. } | Write::StepFinished { run, step, .. } => format!("step {step} of run {run}"),
@@ -387,6 +388,9 @@ mod tests {
         fn run_summary(&self, id: &str) -> anyhow::Result<Option<crate::store::RunSummary>> {
             self.inner.run_summary(id)
         }
+        fn resumes(&self, id: &str) -> anyhow::Result<u32> {
+            self.inner.resumes(id)
+        }
         fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, serde_json::Value)>> {
             self.inner.run_input(id)
         }
@@ -525,6 +529,9 @@ mod tests {
             }
             fn run_summary(&self, id: &str) -> anyhow::Result<Option<crate::store::RunSummary>> {
                 self.0.run_summary(id)
+            }
+            fn resumes(&self, id: &str) -> anyhow::Result<u32> {
+                self.0.resumes(id)
             }
             fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, serde_json::Value)>> {
                 self.0.run_input(id)

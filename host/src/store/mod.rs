@@ -336,6 +336,11 @@ impl<'a> RunFilter<'a> {
 pub enum Write {
     CreateRun { id: String, story: String, team: String, trigger: String, input: String, parent: Option<(String, String)>, idempotency_key: Option<String>, at_ms: u64 },
     StartRun { id: String, at_ms: u64 },
+    /// A run interrupted by the end of the process is about to be resumed:
+    /// counted (and committed) before it is, so that a run whose resumption
+    /// ends the process again and again is failed instead of resumed forever.
+    /// Reset when the run rests (finishes or parks).
+    NoteResume { id: String },
     /// The trace a run's spans are in (telemetry on).
     Traced { run: String, trace_id: String, span_id: String },
     FinishRun { id: String, state: String, output: Option<String>, error: Option<String>, failed_step: Option<String>, at_ms: u64 },
@@ -412,7 +417,7 @@ impl Write {
     }
 
     pub fn finish_run(id: &str, state: &str, output: Option<&Value>, error: Option<&str>, failed_step: Option<&str>) -> Write {
-        Write::FinishRun { id: id.into(), state: state.into(), output: output.map(|o| withhold_tokens(o.to_string())), error: error.map(Into::into), failed_step: failed_step.map(Into::into), at_ms: now_ms() }
+        Write::FinishRun { id: id.into(), state: state.into(), output: output.map(|o| withhold_tokens(o.to_string())), error: error.map(|e| withhold_tokens(e.to_string())), failed_step: failed_step.map(Into::into), at_ms: now_ms() }
     }
 
     pub fn step_started(run: &str, step: &str, item: Option<usize>, kind: &str, input: Option<&Value>, attempt: u32) -> Write {
@@ -459,7 +464,7 @@ impl Write {
     /// The run whose record this is part of.
     pub fn run(&self) -> &str {
         match self {
-            Write::CreateRun { id, .. } | Write::StartRun { id, .. } | Write::FinishRun { id, .. } => id,
+            Write::CreateRun { id, .. } | Write::StartRun { id, .. } | Write::NoteResume { id } | Write::FinishRun { id, .. } => id,
             Write::Traced { run, .. } => run,
             Write::StepStarted { run, .. } | Write::StepFinished { run, .. } | Write::Logs { run, .. } | Write::Audit { run, .. } | Write::Recording { run, .. } | Write::Park { run, .. } | Write::Remember { run, .. } => run,
         }
@@ -468,7 +473,7 @@ impl Write {
     /// The step whose record this is, if any.
     pub fn step(&self) -> Option<&str> {
         match self {
-            Write::CreateRun { .. } | Write::StartRun { .. } | Write::FinishRun { .. } | Write::Traced { .. } | Write::Remember { .. } => None,
+            Write::CreateRun { .. } | Write::StartRun { .. } | Write::NoteResume { .. } | Write::FinishRun { .. } | Write::Traced { .. } | Write::Remember { .. } => None,
             Write::StepStarted { step, .. } | Write::StepFinished { step, .. } | Write::Logs { step, .. } | Write::Audit { step, .. } | Write::Recording { step, .. } | Write::Park { step, .. } => Some(step),
         }
     }
@@ -478,6 +483,7 @@ impl Write {
         match self {
             Write::CreateRun { .. } => "create_run",
             Write::StartRun { .. } => "start_run",
+            Write::NoteResume { .. } => "note_resume",
             Write::Traced { .. } => "traced",
             Write::FinishRun { .. } => "finish_run",
             Write::StepStarted { .. } => "step_started",
@@ -551,6 +557,9 @@ pub trait Store: Send + Sync {
     /// The story and input of a run, to execute it (e.g. after a restart).
     fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>>;
     fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>>;
+    /// How many times the run was resumed after the process ended since it
+    /// last rested (finished or parked): see [`Write::NoteResume`].
+    fn resumes(&self, id: &str) -> anyhow::Result<u32>;
     /// How many of the latest [`COUNT_CAP`] top-level runs are in each state
     /// ([`Store::count_runs`] unfiltered). Every unfinished run, however many:
     /// [`Store::count_unfinished`].
@@ -599,7 +608,14 @@ pub trait ApprovalStore: Send + Sync {
     /// The key links are derived with: made at first use, then the same for
     /// every node and restart. (Whoever can read it can write decisions into
     /// the store directly anyway.)
-    fn link_key(&self) -> anyhow::Result<crate::approval::LinkKey>;
+    /// A random value kept in the store (not a secret on its own): mixed
+    /// into the link key so that two stores under one operator secret still
+    /// have different keys. See [`crate::approval::link_key`].
+    fn key_salt(&self) -> anyhow::Result<[u8; 32]>;
+    /// The link secret this store keeps outside itself when the operator
+    /// gives none: a file beside a SQLite store; `None` for a shared store,
+    /// whose nodes must be given one.
+    fn local_secret(&self) -> anyhow::Result<Option<crate::policy::credentials::Secret>>;
     fn approval(&self, run: &str, step: &str) -> anyhow::Result<Option<crate::approval::Approval>>;
     /// The approval a link opens (by the token's hash), and the link.
     fn approval_by_link(&self, hash: &str) -> anyhow::Result<Option<(crate::approval::Approval, crate::approval::Link)>>;

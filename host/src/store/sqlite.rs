@@ -122,6 +122,9 @@ CREATE INDEX dedupe_seq ON dedupe (scope, seq);
 CREATE INDEX runs_by_created ON runs(created_ms);
 CREATE INDEX runs_by_parent ON runs(parent_run) WHERE parent_run IS NOT NULL;
 CREATE INDEX runs_schedule_ticks ON runs(story, created_ms) WHERE trigger = 'schedule' AND idempotency_key IS NOT NULL;
+"#, r#"
+ALTER TABLE runs ADD COLUMN resumes INTEGER NOT NULL DEFAULT 0;
+DELETE FROM warden_keys WHERE name = 'approval-links';
 "#];
 
 /// A run's sub-story runs (`runs_by_parent`: only sub-story runs are in it).
@@ -151,6 +154,8 @@ pub struct RunStore {
     read: Option<Mutex<Connection>>,
     /// Copies the WAL into the database off the writer's path (file stores only).
     _checkpointer: Option<Checkpointer>,
+    /// The store's file (`None` in memory): its link secret sits beside it.
+    path: Option<std::path::PathBuf>,
 }
 
 /// How often the checkpointer copies committed WAL pages into the database.
@@ -240,6 +245,7 @@ impl RunStore {
         read.busy_timeout(std::time::Duration::from_secs(5))?;
         read.pragma_update(None, "query_only", true)?;
         store.read = Some(Mutex::new(read));
+        store.path = Some(path.to_path_buf());
         Ok(store)
     }
 
@@ -256,7 +262,7 @@ impl RunStore {
             conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))
                 .with_context(|| format!("run store migration {} failed", i + 1))?;
         }
-        Ok(RunStore { conn: Mutex::new(conn), read: None, _checkpointer: None })
+        Ok(RunStore { conn: Mutex::new(conn), read: None, _checkpointer: None, path: None })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -337,8 +343,11 @@ impl RunStore {
             Write::StartRun { id, at_ms } => {
                 tx.prepare_cached("UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, ?2) WHERE id = ?1")?.execute(params![id, at_ms])?;
             }
+            Write::NoteResume { id } => {
+                tx.prepare_cached("UPDATE runs SET resumes = resumes + 1 WHERE id = ?1")?.execute(params![id])?;
+            }
             Write::FinishRun { id, state, output, error, failed_step, at_ms } => {
-                tx.prepare_cached("UPDATE runs SET state = ?2, output = ?3, error = ?4, failed_step = ?5, finished_ms = ?6 WHERE id = ?1")?
+                tx.prepare_cached("UPDATE runs SET state = ?2, output = ?3, error = ?4, failed_step = ?5, finished_ms = ?6, resumes = 0 WHERE id = ?1")?
                     .execute(params![id, state, output, error, failed_step, at_ms])?;
             }
             Write::StepStarted { run, step, item, kind, input, attempt, at_ms } => {
@@ -501,6 +510,11 @@ impl Store for RunStore {
         Ok(row.map(|(s, i)| (s, serde_json::from_str(&i).unwrap_or(Value::Null))))
     }
 
+    fn resumes(&self, id: &str) -> anyhow::Result<u32> {
+        let n: Option<i64> = self.reader().query_row("SELECT resumes FROM runs WHERE id = ?1", params![id], |r| r.get(0)).optional()?;
+        Ok(n.unwrap_or(0).clamp(0, u32::MAX as i64) as u32)
+    }
+
     fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached("SELECT id FROM runs WHERE state = ?1 AND parent_run IS NULL ORDER BY created_ms")?;
@@ -589,13 +603,20 @@ fn approval_row(r: &rusqlite::Row) -> rusqlite::Result<crate::approval::Approval
 }
 
 impl ApprovalStore for RunStore {
-    fn link_key(&self) -> anyhow::Result<crate::approval::LinkKey> {
+    fn key_salt(&self) -> anyhow::Result<[u8; 32]> {
         let mut fresh = [0u8; 32];
-        getrandom::fill(&mut fresh).map_err(|e| anyhow::anyhow!("no randomness for the approval link key: {e}"))?;
+        getrandom::fill(&mut fresh).map_err(|e| anyhow::anyhow!("no randomness for the approval link salt: {e}"))?;
         let conn = self.conn();
-        conn.execute("INSERT INTO warden_keys (name, value) VALUES ('approval-links', ?1) ON CONFLICT(name) DO NOTHING", params![fresh.as_slice()])?;
-        let key: Vec<u8> = conn.query_row("SELECT value FROM warden_keys WHERE name = 'approval-links'", [], |r| r.get(0))?;
-        key.try_into().map_err(|_| anyhow::anyhow!("the run store's approval link key is damaged (not 32 bytes)"))
+        conn.execute("INSERT INTO warden_keys (name, value) VALUES ('approval-links-salt', ?1) ON CONFLICT(name) DO NOTHING", params![fresh.as_slice()])?;
+        let salt: Vec<u8> = conn.query_row("SELECT value FROM warden_keys WHERE name = 'approval-links-salt'", [], |r| r.get(0))?;
+        salt.try_into().map_err(|_| anyhow::anyhow!("the run store's approval link salt is damaged (not 32 bytes)"))
+    }
+
+    fn local_secret(&self) -> anyhow::Result<Option<crate::policy::credentials::Secret>> {
+        match &self.path {
+            Some(db) => crate::approval::secret_beside(db).map(Some),
+            None => Ok(Some(crate::approval::process_secret())),
+        }
     }
 
     fn approval(&self, run: &str, step: &str) -> anyhow::Result<Option<crate::approval::Approval>> {

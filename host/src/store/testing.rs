@@ -61,6 +61,9 @@ impl Store for Flaky {
     fn run_summary(&self, id: &str) -> anyhow::Result<Option<RunSummary>> {
         self.inner.run_summary(id)
     }
+    fn resumes(&self, id: &str) -> anyhow::Result<u32> {
+        self.inner.resumes(id)
+    }
     fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>> {
         self.inner.run_input(id)
     }

@@ -173,8 +173,12 @@ fn suite(s: &dyn Store) {
 fn approvals(s: &dyn Store) {
     use crate::approval::{Approval, Decision, Refused};
     let a = s.approvals().expect("every real store keeps approvals");
-    let key = a.link_key().unwrap();
-    assert_eq!(a.link_key().unwrap(), key, "one key per store");
+    let salt = a.key_salt().unwrap();
+    assert_eq!(a.key_salt().unwrap(), salt, "one salt per store");
+    // The key comes from the operator's secret and the salt: the store holds no key.
+    let key = crate::approval::link_key(&crate::policy::credentials::Secret::new("operator-secret-of-32-characters".into()), &salt);
+    assert_ne!(key, crate::approval::link_key(&crate::policy::credentials::Secret::new("another-secret-of-32-characters!".into()), &salt));
+    assert_ne!(&key[..], &salt[..]);
     let input = json!({});
     s.create_run(&run("w1", "ask", "soc", &input, None)).unwrap();
     s.create_run(&NewRun { id: "w1c", story: "sub", team: "soc", trigger: "story:ask", input: &input, parent: Some(("w1", "call")), idempotency_key: None }).unwrap();

@@ -18,6 +18,7 @@
 
 use super::{ErrorKind, OnError, Retry, Step, StepKind, Story};
 use crate::tines::formula;
+use crate::runtime::evaluator::Language;
 use crate::tines::liquid::Liquid;
 use regex::Regex;
 use serde::Deserialize;
@@ -198,9 +199,7 @@ impl Rule {
 }
 
 /// A regex from an export (Ruby's syntax is mostly Rust's), size-capped.
-pub fn regex(text: &str) -> Option<Regex> {
-    regex::RegexBuilder::new(text).size_limit(1 << 20).dfa_size_limit(1 << 20).build().ok()
-}
+pub use warden_eval::regex;
 
 /// Strings as Tines means them: `"true"`, `"1"`, `"60"`.
 pub fn number_of(v: &Value) -> Option<f64> {
@@ -227,20 +226,34 @@ pub fn bool_of(v: &Value) -> Option<bool> {
 
 /// Renders an agent's option against an event's context: formulas (when
 /// the story has them) or Liquid, string by string; keys stay as they are.
-pub fn render(v: &Value, ctx: &Map<String, Value>, globals: &liquid_core::Object, formulas: bool) -> Result<Value, String> {
-    Ok(match v {
-        Value::String(s) if formulas && formula::is_formula(s) => formula::render(s, ctx)?,
-        Value::String(s) => liquid().render_str(s, globals)?,
-        Value::Array(a) => Value::Array(a.iter().map(|x| render(x, ctx, globals, formulas)).collect::<Result<_, _>>()?),
-        Value::Object(o) => {
-            let mut out = Map::new();
-            for (k, x) in o {
-                out.insert(k.clone(), render(x, ctx, globals, formulas)?);
-            }
-            Value::Object(out)
-        }
-        other => other.clone(),
-    })
+/// Rendered by the sandboxed evaluator; text without a template or formula
+/// is kept as it is without a call.
+pub fn render(v: &Value, ctx: &Map<String, Value>, formulas: bool) -> Result<Value, String> {
+    if !needs_rendering(v, formulas) {
+        return Ok(v.clone());
+    }
+    let language = if formulas { Language::Formulas } else { Language::Liquid };
+    crate::runtime::evaluator::render(language, v, serde_json::to_string(ctx).map_err(|e| e.to_string())?)
+}
+
+/// Renders `v` once per item of `items`, each with `LOOP` (`value`, `index`)
+/// bound: a Message agent's `loop`, in one evaluator call.
+pub fn render_each(v: &Value, ctx: &Map<String, Value>, formulas: bool, items: &[Value]) -> Result<Vec<Value>, String> {
+    if !needs_rendering(v, formulas) {
+        return Ok(vec![v.clone(); items.len()]);
+    }
+    let language = if formulas { Language::Formulas } else { Language::Liquid };
+    crate::runtime::evaluator::render_each(language, v, serde_json::to_string(ctx).map_err(|e| e.to_string())?, items)
+}
+
+/// Whether any string in `v` holds Liquid or (when the story has them) a formula.
+fn needs_rendering(v: &Value, formulas: bool) -> bool {
+    match v {
+        Value::String(s) => s.contains("{{") || s.contains("{%") || (formulas && formula::is_formula(s)),
+        Value::Array(a) => a.iter().any(|x| needs_rendering(x, formulas)),
+        Value::Object(o) => o.values().any(|x| needs_rendering(x, formulas)),
+        _ => false,
+    }
 }
 
 /// What a graph story's webhook answers at once, Tines-style: its entry
@@ -256,8 +269,7 @@ pub fn webhook_response(story: &Story, input: &Value, run_id: &str, resources: &
     let code = entry.options.get("response_code").and_then(number_of).map(|c| c as u16).unwrap_or(201);
     let mut ctx: Map<String, Value> = run_globals(story, run_id, resources).into_iter().collect();
     ctx.insert(entry.id.clone(), input.clone());
-    let globals = crate::tines::liquid::globals(&ctx);
-    Some(render(response, &ctx, &globals, graph.formulas).map(|v| (code, v)))
+    Some(render(response, &ctx, graph.formulas).map(|v| (code, v)))
 }
 
 /// What every agent of a run can read beside its upstream payloads: `META`

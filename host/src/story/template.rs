@@ -6,104 +6,32 @@
 //! Undefined is an error, never an empty string. The context holds `input`,
 //! `steps`, `item`/`index` (in `for_each`), `run` and `error` (in fallbacks):
 //! credential values are not reachable from here at all.
+//!
+//! Where a template is rendered: an expression that is only a path of names
+//! (`{{ input.ioc.value }}`) reads a value the context already holds, and the
+//! host looks it up itself. Everything else — filters, operators, text with
+//! expressions in it — is rendered by the sandboxed evaluator
+//! ([`crate::runtime::evaluator`]) under a memory and CPU limit, with the
+//! parts of the context the template names. The host cannot render a
+//! template: `warden_eval` is built here without its renderers.
 
-use minijinja::{Environment, UndefinedBehavior};
+use crate::runtime::evaluator::{self, Language};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// Upper bound on template work, so a story cannot spin the host.
-const FUEL: u64 = 200_000;
-
-pub fn env() -> &'static Environment<'static> {
-    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.set_fuel(Some(FUEL));
-        env
-    })
-}
-
-pub fn is_template(s: &str) -> bool {
-    s.contains("{{") || s.contains("{%")
-}
-
-/// `Some(expr)` when the whole string is one `{{ expr }}`.
-fn single_expression(s: &str) -> Option<&str> {
-    let t = s.trim();
-    let inner = t.strip_prefix("{{")?.strip_suffix("}}")?;
-    if inner.contains("{{") || inner.contains("}}") || inner.contains("{%") {
-        return None;
-    }
-    Some(inner.trim())
-}
-
-/// Distinct expressions kept compiled. Stories are finite, so this only
-/// bounds a bug: past it, expressions are compiled each time, uncached.
-const CACHE_MAX: usize = 10_000;
-
-/// A single `{{ expression }}`, compiled once per distinct source (a story's
-/// templates are the same for every run) instead of once per render.
-fn compiled(expr: &str) -> Result<Arc<minijinja::Expression<'static, 'static>>, minijinja::Error> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Arc<minijinja::Expression<'static, 'static>>>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(e) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(expr) {
-        return Ok(e.clone());
-    }
-    let e = Arc::new(env().compile_expression_owned(expr.to_string())?);
-    let mut map = cache.lock().unwrap_or_else(|p| p.into_inner());
-    if map.len() < CACHE_MAX {
-        map.insert(expr.to_string(), e.clone());
-    }
-    Ok(e)
-}
-
-/// Most template source kept compiled, in bytes. A compiled template borrows
-/// its source for as long as it lives, and this cache lives as long as the
-/// process, so each cached source is leaked on purpose; the budget bounds the
-/// leak (stories are finite: past it, templates are parsed on each render, as
-/// before, and nothing else changes).
-const TEMPLATE_CACHE_BYTES: usize = 4 << 20;
-
-/// A template with text around its expressions (`"https://{{ host }}/x"`),
-/// parsed once per distinct source instead of once per render. The same
-/// template as [`Environment::render_str`] builds, named `<string>`.
-fn compiled_template(source: &str) -> Result<Option<minijinja::Template<'static, 'static>>, minijinja::Error> {
-    struct Cache {
-        templates: HashMap<String, minijinja::Template<'static, 'static>>,
-        bytes: usize,
-    }
-    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
-    let cache = CACHE.get_or_init(|| Mutex::new(Cache { templates: HashMap::new(), bytes: 0 }));
-    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(t) = c.templates.get(source) {
-        return Ok(Some(t.clone()));
-    }
-    if c.bytes + source.len() > TEMPLATE_CACHE_BYTES {
-        return Ok(None);
-    }
-    // Parsed before it is leaked (a template that does not parse is not
-    // kept), under the lock so that a source is leaked once: once per
-    // distinct template in the process's life.
-    env().template_from_str(source)?;
-    let leaked: &'static str = Box::leak(source.to_string().into_boxed_str());
-    let t = env().template_from_str(leaked)?;
-    c.bytes += source.len();
-    c.templates.insert(source.to_string(), t.clone());
-    Ok(Some(t))
-}
+pub use warden_eval::excerpt;
+pub use warden_eval::jinja::{is_template, references};
+use warden_eval::jinja::{plain_path, single_expression};
 
 /// What a story's templates can read — `input`, `steps`, `run` and, where
-/// they apply, `item`/`index`, `error` and `approval` — held as minijinja's
-/// values. Each entry is converted from JSON once, when it is set, and every
-/// render shares it (minijinja's values are reference counted): a hunt's
-/// 10,000 events are converted once per run, not again for each later step's
-/// templates, and a `for_each` item's bindings cost an entry, not a copy.
+/// they apply, `item`/`index`, `error` and `approval` — shared, not copied:
+/// a hunt's 10,000 events are held once per run however many steps and
+/// `for_each` items bind them.
 #[derive(Clone, Default)]
 pub struct Bindings {
-    entries: BTreeMap<String, minijinja::Value>,
-    steps: BTreeMap<String, minijinja::Value>,
+    entries: BTreeMap<String, Arc<Value>>,
+    steps: BTreeMap<String, Arc<Value>>,
 }
 
 impl Bindings {
@@ -123,12 +51,12 @@ impl Bindings {
 
     /// Binds `name` (`input`, `item`, `error`, …) to `value`.
     pub fn set(&mut self, name: &str, value: &Value) {
-        self.entries.insert(name.to_string(), minijinja::Value::from_serialize(value));
+        self.entries.insert(name.to_string(), Arc::new(value.clone()));
     }
 
     /// Binds `steps.<id>` to a step's record (`status`, `output`, `error`).
     pub fn set_step(&mut self, id: &str, record: &Value) {
-        self.steps.insert(id.to_string(), minijinja::Value::from_serialize(record));
+        self.steps.insert(id.to_string(), Arc::new(record.clone()));
     }
 
     /// These bindings and one more: a `for_each` item's, or a fallback's `error`.
@@ -138,106 +66,135 @@ impl Bindings {
         b
     }
 
-    /// The whole context as one minijinja value: a map of shared entries.
-    fn value(&self) -> minijinja::Value {
-        let steps = minijinja::Value::from_iter(self.steps.iter().map(|(k, v)| (k.as_str(), v.clone())));
-        minijinja::Value::from_iter(self.entries.iter().map(|(k, v)| (k.as_str(), v.clone())).chain(std::iter::once(("steps", steps))))
+    /// The value at a plain path (`input.ioc.value`), if the context holds one.
+    fn lookup(&self, path: &[&str]) -> Option<&Value> {
+        let (root, rest) = match path {
+            ["steps", id, rest @ ..] => (self.steps.get(*id)?, rest),
+            [name, rest @ ..] => (self.entries.get(*name)?, rest),
+            [] => return None,
+        };
+        rest.iter().try_fold(&**root, |v, key| v.as_object()?.get(*key))
+    }
+
+    /// The context as JSON text for the evaluator: only the roots `wanted`
+    /// names (`input`, `steps.hunt`; `steps` alone is every step), or all of
+    /// it when `wanted` is `None`.
+    fn context(&self, wanted: Option<&BTreeSet<String>>) -> String {
+        let want = |name: &str| wanted.is_none_or(|w| w.iter().any(|r| r.split('.').next() == Some(name)));
+        let want_step = |id: &str| wanted.is_none_or(|w| w.iter().any(|r| r == "steps" || r.strip_prefix("steps.").is_some_and(|p| p.split('.').next() == Some(id))));
+        let mut out = String::from("{");
+        let mut first = true;
+        let mut field = |out: &mut String, key: &str| {
+            if !std::mem::take(&mut first) {
+                out.push(',');
+            }
+            out.push_str(&Value::String(key.to_string()).to_string());
+            out.push(':');
+        };
+        for (k, v) in &self.entries {
+            if k != "steps" && want(k) {
+                field(&mut out, k);
+                out.push_str(&v.to_string());
+            }
+        }
+        if want("steps") {
+            field(&mut out, "steps");
+            out.push('{');
+            let mut first_step = true;
+            for (id, record) in self.steps.iter().filter(|(id, _)| want_step(id)) {
+                if !std::mem::take(&mut first_step) {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(id.clone()).to_string());
+                out.push(':');
+                out.push_str(&record.to_string());
+            }
+            out.push('}');
+        }
+        out.push('}');
+        out
     }
 }
 
-/// One render's context, built from the bindings at first use however many
-/// strings are rendered against it (a step's `with` has several).
-struct Scope<'a> {
-    bindings: &'a Bindings,
-    converted: std::cell::OnceCell<minijinja::Value>,
+/// Distinct template sources whose roots are kept (stories are finite: past
+/// it, roots are worked out on each render).
+const ROOTS_CACHE_MAX: usize = 10_000;
+
+/// The context roots a set of template strings read (`None`: one does not
+/// parse, so the evaluator gets everything and reports the error itself).
+fn roots(templates: &[&str]) -> Option<BTreeSet<String>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<BTreeSet<String>>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut all = BTreeSet::new();
+    for t in templates {
+        let cached = cache.lock().unwrap_or_else(|p| p.into_inner()).get(*t).cloned();
+        let refs = match cached {
+            Some(r) => r,
+            None => {
+                let refs: BTreeSet<String> = references(t).ok()?.into_iter().map(|r| r.split('.').take(2).collect::<Vec<_>>().join(".")).collect();
+                let refs = Arc::new(refs);
+                let mut map = cache.lock().unwrap_or_else(|p| p.into_inner());
+                if map.len() < ROOTS_CACHE_MAX {
+                    map.insert(t.to_string(), refs.clone());
+                }
+                refs
+            }
+        };
+        all.extend(refs.iter().cloned());
+    }
+    Some(all)
 }
 
-impl<'a> Scope<'a> {
-    fn new(bindings: &'a Bindings) -> Scope<'a> {
-        Scope { bindings, converted: std::cell::OnceCell::new() }
-    }
-    fn value(&self) -> &minijinja::Value {
-        self.converted.get_or_init(|| self.bindings.value())
-    }
+/// `v` with every template string that is a plain path replaced by the value
+/// it names; `None` when any template needs the evaluator.
+fn looked_up(v: &Value, ctx: &Bindings) -> Option<Value> {
+    Some(match v {
+        Value::String(s) if is_template(s) => ctx.lookup(&plain_path(single_expression(s)?)?)?.clone(),
+        Value::Array(items) => Value::Array(items.iter().map(|i| looked_up(i, ctx)).collect::<Option<_>>()?),
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| Some((k.clone(), looked_up(v, ctx)?))).collect::<Option<_>>()?),
+        other => other.clone(),
+    })
 }
 
 /// Renders one string against `ctx`.
 pub fn render_str(s: &str, ctx: &Bindings) -> Result<Value, String> {
-    render_in(s, &Scope::new(ctx))
-}
-
-fn render_in(s: &str, scope: &Scope) -> Result<Value, String> {
-    render_against(s, || scope.value())
-}
-
-fn render_against<'v>(s: &str, ctx: impl FnOnce() -> &'v minijinja::Value) -> Result<Value, String> {
     if !is_template(s) {
         return Ok(Value::String(s.to_string()));
     }
-    if let Some(expr) = single_expression(s) {
-        let compiled = compiled(expr).map_err(|e| describe(&e))?;
-        let v = compiled.eval(ctx()).map_err(|e| describe(&e))?;
-        if v.is_undefined() {
-            // Strict mode only trips when undefined is printed; a bare
-            // expression must not quietly become null either.
-            return Err(format!("undefined value: `{expr}` does not exist"));
-        }
-        return serde_json::to_value(&v).map_err(|e| e.to_string());
-    }
-    match compiled_template(s).map_err(|e| describe(&e))? {
-        Some(t) => t.render(ctx()),
-        None => env().render_str(s, ctx()),
-    }
-    .map(Value::String)
-    .map_err(|e| describe(&e))
-}
-
-/// Renders one template per item of a list (`deduplicate.by`,
-/// `aggregate.group_by`) with `item` and `index` over the story context: the
-/// context is built once and shared, not copied per item.
-pub struct PerItem {
-    base: minijinja::Value,
-}
-
-impl PerItem {
-    pub fn new(ctx: &Bindings) -> PerItem {
-        PerItem { base: ctx.value() }
-    }
-
-    pub fn render(&self, s: &str, item: &Value, index: usize) -> Result<Value, String> {
-        let ctx = minijinja::context! { item => minijinja::Value::from_serialize(item), index => index, ..self.base.clone() };
-        render_against(s, || &ctx)
-    }
-}
-
-/// A template shown in an error: one line, at most 80 characters.
-pub fn excerpt(s: &str) -> String {
-    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if one.chars().count() > 80 {
-        format!("{}…", one.chars().take(79).collect::<String>())
-    } else {
-        one
-    }
+    render_value(&Value::String(s.to_string()), ctx).map_err(|e| {
+        // One string: its error without the excerpt render_value puts first.
+        let prefix = format!("`{}`: ", excerpt(s));
+        e.strip_prefix(&prefix).map(str::to_string).unwrap_or(e)
+    })
 }
 
 /// Renders every string inside a JSON value.
 pub fn render_value(v: &Value, ctx: &Bindings) -> Result<Value, String> {
-    render_value_in(v, &Scope::new(ctx))
+    if let Some(v) = looked_up(v, ctx) {
+        return Ok(v);
+    }
+    let mut texts = Vec::new();
+    strings(v, &mut texts);
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let context = ctx.context(roots(&texts).as_ref());
+    evaluator::render(Language::Jinja, v, context)
 }
 
-fn render_value_in(v: &Value, scope: &Scope) -> Result<Value, String> {
-    Ok(match v {
-        Value::String(s) => render_in(s, scope).map_err(|e| format!("`{}`: {}", excerpt(s), e.replace('\n', " ")))?,
-        Value::Array(items) => Value::Array(items.iter().map(|i| render_value_in(i, scope)).collect::<Result<_, _>>()?),
-        Value::Object(map) => {
-            let mut out = serde_json::Map::new();
-            for (k, v) in map {
-                out.insert(k.clone(), render_value_in(v, scope)?);
-            }
-            Value::Object(out)
+/// Renders `template` once per item of `items` (`deduplicate.by`,
+/// `aggregate.group_by`) with `item` and `index` over the story context.
+pub fn render_each(template: &str, ctx: &Bindings, items: &[Value]) -> Result<Vec<Value>, String> {
+    if !is_template(template) {
+        return Ok(vec![Value::String(template.to_string()); items.len()]);
+    }
+    // `{{ item.name }}`: read from each item here.
+    if let Some(["item", rest @ ..]) = single_expression(template).and_then(plain_path).as_deref() {
+        let found: Option<Vec<Value>> = items.iter().map(|i| rest.iter().try_fold(i, |v, k| v.as_object()?.get(*k)).cloned()).collect();
+        if let Some(found) = found {
+            return Ok(found);
         }
-        other => other.clone(),
-    })
+    }
+    let context = ctx.context(roots(&[template]).as_ref());
+    evaluator::render_each(Language::Jinja, &Value::String(template.to_string()), context, items)
 }
 
 /// Jinja truthiness of a condition's value.
@@ -250,29 +207,6 @@ pub fn truthy(v: &Value) -> bool {
         Value::Array(a) => !a.is_empty(),
         Value::Object(o) => !o.is_empty(),
     }
-}
-
-fn describe(e: &minijinja::Error) -> String {
-    let mut msg = e.kind().to_string();
-    if let Some(detail) = e.detail() {
-        msg.push_str(": ");
-        msg.push_str(detail);
-    }
-    msg.replace('\n', " ")
-}
-
-/// Compiles a template string and returns the variable paths it reads
-/// (`steps.hunt.output`, `input.window`), so references can be checked at load.
-pub fn references(s: &str) -> Result<BTreeSet<String>, String> {
-    if !is_template(s) {
-        return Ok(BTreeSet::new());
-    }
-    let env = env();
-    let vars = match single_expression(s) {
-        Some(expr) => env.compile_expression(expr).map_err(|e| describe(&e))?.undeclared_variables(true),
-        None => env.template_from_str(s).map_err(|e| describe(&e))?.undeclared_variables(true),
-    };
-    Ok(vars.into_iter().collect())
 }
 
 /// Every template string inside a JSON value.
@@ -322,25 +256,16 @@ mod tests {
     }
 
     #[test]
-    fn a_cached_text_template_renders_against_each_context_anew() {
+    fn a_text_template_renders_against_each_context_anew() {
         let t = "https://{{ input.host }}/x?k={{ input.k }}";
         for k in 0..3 {
             let ctx = Bindings::from_json(&json!({"input": {"host": format!("h{k}.example"), "k": k}}));
             assert_eq!(render_str(t, &ctx).unwrap(), json!(format!("https://h{k}.example/x?k={k}")));
         }
-        // A cached template stays strict about what is missing.
         assert!(render_str(t, &Bindings::from_json(&json!({"input": {"host": "h"}}))).unwrap_err().contains("undefined"));
-        // A template that does not parse is refused each time, not kept.
         for _ in 0..2 {
             assert!(render_str("x {{ input.k ", &Bindings::from_json(&json!({"input": {"k": 1}}))).is_err());
         }
-    }
-
-    #[test]
-    fn a_template_past_the_cache_budget_still_renders() {
-        let big = format!("{}{{{{ input.k }}}}", "x".repeat(TEMPLATE_CACHE_BYTES + 1));
-        let out = render_str(&big, &Bindings::from_json(&json!({"input": {"k": 7}}))).unwrap();
-        assert_eq!(out.as_str().map(|s| (s.len(), s.ends_with("x7"))), Some((TEMPLATE_CACHE_BYTES + 2, true)));
     }
 
     #[test]
@@ -354,5 +279,62 @@ mod tests {
         assert_eq!(render_str("{{ item }}{{ input.n }}", &item).unwrap(), json!("x1"));
         assert!(render_str("{{ item }}", &ctx).is_err(), "an item's binding stays with its copy");
         assert_eq!(render_value(&json!({"all": "{{ steps | length }}"}), &ctx).unwrap(), json!({"all": 2}));
+    }
+
+    #[test]
+    fn only_the_named_roots_are_sent_to_the_evaluator() {
+        let ctx = Bindings::from_json(&json!({"input": {"n": 1}, "run": {"id": "r"}, "steps": {"a": {"output": 1}, "b": {"output": 2}}}));
+        let sent: Value = serde_json::from_str(&ctx.context(roots(&["{{ input.n ~ steps.b.output }}"]).as_ref())).unwrap();
+        assert_eq!(sent, json!({"input": {"n": 1}, "steps": {"b": {"output": 2}}}));
+        let all: Value = serde_json::from_str(&ctx.context(roots(&["{{ steps | length }}"]).as_ref())).unwrap();
+        assert_eq!(all, json!({"steps": {"a": {"output": 1}, "b": {"output": 2}}}));
+    }
+
+    #[test]
+    fn a_plain_path_is_looked_up_by_the_host_and_keeps_its_value() {
+        let ctx = Bindings::from_json(&json!({"input": {"big": 12345678901234567890u64, "f": 1.5, "o": {"k": [1]}}}));
+        assert_eq!(render_value(&json!({"a": "{{ input.big }}", "b": "{{input.f}}", "c": "{{ input.o }}"}), &ctx).unwrap(), json!({"a": 12345678901234567890u64, "b": 1.5, "c": {"k": [1]}}));
+    }
+
+    /// What a webhook sends is data: growing it inside a template fails that
+    /// render with a one-line reason; the host (this test process) lives on.
+    #[test]
+    fn a_template_that_grows_webhook_data_past_the_memory_limit_fails_only_itself() {
+        let ctx = Bindings::from_json(&json!({"input": {"s": "a".repeat(12_000), "r": "a".repeat(12_000)}}));
+        let bomb = "{{ input.s | replace('a', input.r) | replace('a', input.r) | replace('a', input.r) }}";
+        let e = render_str(bomb, &ctx).unwrap_err();
+        assert!(e.contains("MiB of memory") || e.contains("too long"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        // The evaluator is still there for the next render.
+        assert_eq!(render_str("{{ input.s | length }}", &ctx).unwrap(), json!(12_000));
+    }
+
+    #[test]
+    fn string_concatenation_that_doubles_is_bounded() {
+        let mut t = String::from("{% set a = input.s %}");
+        for _ in 0..40 {
+            t.push_str("{% set a = a ~ a %}");
+        }
+        t.push_str("{{ a | length }}");
+        let ctx = Bindings::from_json(&json!({"input": {"s": "x".repeat(1000)}}));
+        let e = render_str(&t, &ctx).unwrap_err();
+        assert!(e.contains("memory") || e.contains("too long") || e.contains("fuel"), "{e}");
+    }
+
+    #[test]
+    fn a_rendered_value_that_is_a_template_is_not_rendered_again() {
+        let ctx = Bindings::from_json(&json!({"input": {"t": "{{ 7 * 6 }}", "u": "{{ input.t }}"}}));
+        assert_eq!(render_str("{{ input.t }}", &ctx).unwrap(), json!("{{ 7 * 6 }}"));
+        assert_eq!(render_str("x {{ input.t }}", &ctx).unwrap(), json!("x {{ 7 * 6 }}"));
+        assert_eq!(render_value(&json!(["{{ input.u }}", "{{ input.u | upper }}"]), &ctx).unwrap(), json!(["{{ input.t }}", "{{ INPUT.T }}"]));
+    }
+
+    #[test]
+    fn per_item_renders_bind_item_and_index() {
+        let ctx = Bindings::from_json(&json!({"input": {"p": "-"}}));
+        let items = [json!({"n": "a"}), json!({"n": "b"})];
+        assert_eq!(render_each("{{ item.n }}", &ctx, &items).unwrap(), vec![json!("a"), json!("b")]);
+        assert_eq!(render_each("{{ item.n ~ input.p ~ index }}", &ctx, &items).unwrap(), vec![json!("a-0"), json!("b-1")]);
+        assert!(render_each("{{ item.missing }}", &ctx, &items).is_err());
     }
 }

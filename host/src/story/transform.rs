@@ -156,9 +156,8 @@ impl Transform {
                 let items = list(render_value(&d.items, ctx).map_err(Template)?, "deduplicate.items")?;
                 let mut seen = std::collections::HashSet::new();
                 let mut kept = Vec::new();
-                let per_item = template::PerItem::new(ctx);
-                for (i, item) in items.into_iter().enumerate() {
-                    let key = per_item.render(&d.by, &item, i).map_err(|e| Template(format!("deduplicate.by: {e}")))?;
+                let keys = template::render_each(&d.by, ctx, &items).map_err(|e| Template(format!("deduplicate.by: {e}")))?;
+                for (item, key) in items.into_iter().zip(keys) {
                     if seen.insert(key.to_string()) {
                         kept.push(item);
                     }
@@ -169,9 +168,8 @@ impl Transform {
                 let items = list(render_value(&a.items, ctx).map_err(Template)?, "aggregate.items")?;
                 let total = items.len();
                 let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-                let per_item = template::PerItem::new(ctx);
-                for (i, item) in items.into_iter().enumerate() {
-                    let key = match per_item.render(&a.group_by, &item, i).map_err(|e| Template(format!("aggregate.group_by: {e}")))? {
+                for key in template::render_each(&a.group_by, ctx, &items).map_err(|e| Template(format!("aggregate.group_by: {e}")))? {
+                    let key = match key {
                         Value::String(s) => s,
                         other => other.to_string(),
                     };
@@ -207,18 +205,8 @@ pub fn lookup(v: &Value, path: &str) -> Option<Value> {
     lookup_ref(v, path).cloned()
 }
 
-/// [`lookup`], borrowed.
-pub fn lookup_ref<'v>(v: &'v Value, path: &str) -> Option<&'v Value> {
-    let mut cur = v;
-    for part in path.split('.').filter(|p| !p.is_empty()) {
-        cur = match cur {
-            Value::Object(m) => m.get(part)?,
-            Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(cur)
-}
+/// `a.b.0.c` in a JSON value (object keys and list indexes).
+pub use warden_eval::lookup_ref;
 
 #[cfg(test)]
 mod tests {

@@ -7,10 +7,11 @@
 //! the report) → import.rs converts agents and links, moves credentials out,
 //! collects grants → liquid.rs renders Tines' templates at run time.
 
-pub mod liquid;
 pub mod export;
-pub mod formula;
 pub mod import;
+/// Tines' Liquid and formulas: parsed here for checks, rendered only by the
+/// sandboxed evaluator ([`crate::runtime::evaluator`]).
+pub use warden_eval::{formula, liquid};
 
 use crate::story::{Library, StoryErrors};
 use std::path::Path;

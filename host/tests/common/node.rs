@@ -29,6 +29,24 @@ impl Server {
     /// With the policy `dir/warden.toml`, the stories in `dir/stories`, the
     /// store `db` and more flags.
     pub fn start_with(dir: &Path, db: &std::ffi::OsStr, flags: &[&str]) -> Server {
+        Server::start_env(dir, db, flags, &[])
+    }
+
+    /// As [`Server::start_with`], with more environment variables.
+    pub fn start_env(dir: &Path, db: &std::ffi::OsStr, flags: &[&str], envs: &[(&str, &str)]) -> Server {
+        let s = Server::spawn_env(dir, db, flags, envs);
+        let port: u16 = s.base.rsplit(':').next().unwrap().parse().unwrap();
+        for _ in 0..400 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("warden serve did not start");
+    }
+
+    /// Starts the process without waiting for it to listen (it may end first).
+    pub fn spawn_env(dir: &Path, db: &std::ffi::OsStr, flags: &[&str], envs: &[(&str, &str)]) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(env!("CARGO_BIN_EXE_warden"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -42,16 +60,10 @@ impl Server {
             .env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache"))
             .env("WEBHOOK_SECRET", SECRET)
             .env("WARDEN_LOG", "warn")
+            .envs(envs.iter().copied())
             .spawn()
             .unwrap();
-        let s = Server { child, base: format!("http://127.0.0.1:{port}"), dir: dir.to_path_buf() };
-        for _ in 0..400 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("warden serve did not start");
+        Server { child, base: format!("http://127.0.0.1:{port}"), dir: dir.to_path_buf() }
     }
 
     /// SIGKILL: no drain, no goodbye.

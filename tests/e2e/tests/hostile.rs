@@ -44,6 +44,9 @@ fn cases(port: u16) -> Vec<Case> {
         Case { name: "cpu: infinite loop", plugin: "probe", input: json!({"op": "loop"}), expect: Expect::Stopped { kind: "limit", says: "CPU limit of 300 ms", rule: "limits.cpu_ms" } },
         Case { name: "cpu: busy between host calls", plugin: "probe", input: json!({"op": "spin_between_calls"}), expect: Expect::Stopped { kind: "limit", says: "CPU limit", rule: "limits.cpu_ms" } },
         Case { name: "memory: grow past the limit", plugin: "probe", input: json!({"op": "grow", "mib": 64}), expect: Expect::Stopped { kind: "limit", says: "grant allows 16 MiB", rule: "limits.memory" } },
+        // 4,000 header sections of 200 empty headers would hold ~187 MiB of
+        // host memory; each held resource is charged to the 16 MiB grant.
+        Case { name: "memory: host resources held past the grant", plugin: "probe", input: json!({"op": "hold_fields", "count": 4000, "headers": 200}), expect: Expect::Stopped { kind: "limit", says: "memory limit exceeded", rule: "limits.memory" } },
         Case { name: "memory: one huge allocation", plugin: "probe", input: json!({"op": "huge_alloc", "bytes": 1u64 << 30}), expect: Expect::Stopped { kind: "limit", says: "memory limit exceeded", rule: "limits.memory" } },
         Case { name: "stack: overflow", plugin: "probe", input: json!({"op": "recurse_native", "depth": 100_000_000}), expect: Expect::Stopped { kind: "trap", says: "stack overflow", rule: "trap" } },
         Case { name: "stack: deep recursion on the guest's own stack", plugin: "probe", input: json!({"op": "recurse", "depth": 100_000_000}), expect: Expect::Stopped { kind: "trap", says: "out of bounds memory access", rule: "trap" } },

@@ -125,14 +125,15 @@ impl Console {
         entry.1 += 1;
     }
 
-    /// The session key: derived from the run store's key (shared by every node
-    /// and kept across restarts); a store without one gets a key for this process.
+    /// The session key: derived from the link key (the operator's secret and
+    /// the store's salt: shared by every node and kept across restarts); a
+    /// store without approvals gets a key for this process.
     fn key(&self, s: &AppState) -> Result<[u8; 32], Response> {
         if let Some(k) = self.key.get() {
             return Ok(*k);
         }
         let store_key = match s.engine.store.approvals() {
-            Some(a) => a.link_key().map_err(|e| said(StatusCode::SERVICE_UNAVAILABLE, "Try again later", &format!("The run store is unavailable: {e:#}")))?,
+            Some(_) => s.engine.link_key().map_err(|e| said(StatusCode::SERVICE_UNAVAILABLE, "Try again later", &format!("The console cannot sign anyone in: {}", e.message)))?,
             None => {
                 let mut k = [0u8; 32];
                 k[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());

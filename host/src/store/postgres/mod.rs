@@ -212,6 +212,9 @@ CREATE INDEX dedupe_seq ON dedupe (scope, seq);
 "#, r#"
 CREATE INDEX runs_by_created ON runs(created_ms);
 CREATE INDEX runs_schedule_ticks ON runs(story, created_ms) WHERE trigger = 'schedule' AND idempotency_key IS NOT NULL;
+"#, r#"
+ALTER TABLE runs ADD COLUMN resumes INTEGER NOT NULL DEFAULT 0;
+DELETE FROM warden_keys WHERE name = 'approval-links';
 "#];
 
 /// Serializes migrations across processes.
@@ -425,7 +428,8 @@ fn sql_of(w: &Write, clustered: bool) -> &'static str {
         }
         Write::StartRun { .. } => "UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, $2) WHERE id = $1",
         Write::Traced { .. } => "UPDATE runs SET trace_id = $2, trace_span = $3 WHERE id = $1",
-        Write::FinishRun { .. } => "UPDATE runs SET state = $2, output = $3, error = $4, failed_step = $5, finished_ms = $6 WHERE id = $1",
+        Write::NoteResume { .. } => "UPDATE runs SET resumes = resumes + 1 WHERE id = $1",
+        Write::FinishRun { .. } => "UPDATE runs SET state = $2, output = $3, error = $4, failed_step = $5, finished_ms = $6, resumes = 0 WHERE id = $1",
         Write::StepStarted { .. } => {
             "INSERT INTO steps (run_id, step_id, item, kind, state, input, attempts, started_ms) VALUES ($1, $2, $3, $4, 'running', $5, $6, $7)
              ON CONFLICT (run_id, step_id, item) DO UPDATE SET state = 'running', input = COALESCE(EXCLUDED.input, steps.input), attempts = EXCLUDED.attempts"
@@ -511,6 +515,7 @@ fn params_of(w: &Write) -> Vec<Vec<Param>> {
             opt_text(idempotency_key),
         ]],
         Write::StartRun { id, at_ms } => vec![vec![text(id), Box::new(i(*at_ms))]],
+        Write::NoteResume { id } => vec![vec![text(id)]],
         Write::Traced { run, trace_id, span_id } => vec![vec![text(run), text(trace_id), text(span_id)]],
         Write::FinishRun { id, state, output, error, failed_step, at_ms } => {
             vec![vec![text(id), text(state), opt_text(output), opt_text(error), opt_text(failed_step), Box::new(i(*at_ms))]]
@@ -722,6 +727,15 @@ impl Store for PgStore {
         })
     }
 
+    fn resumes(&self, id: &str) -> anyhow::Result<u32> {
+        let (pool, id) = (self.pool.clone(), id.to_string());
+        self.block(async move {
+            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            let row = client.query_opt("SELECT resumes FROM runs WHERE id = $1", &[&t(&id)]).await?;
+            Ok(row.map(|r| r.get::<_, i32>(0)).unwrap_or(0).max(0) as u32)
+        })
+    }
+
     fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>> {
         let (pool, state) = (self.pool.clone(), state.to_string());
         self.block(async move {
@@ -831,16 +845,21 @@ impl PgStore {
 }
 
 impl ApprovalStore for PgStore {
-    fn link_key(&self) -> anyhow::Result<crate::approval::LinkKey> {
+    fn key_salt(&self) -> anyhow::Result<[u8; 32]> {
         let mut fresh = [0u8; 32];
-        getrandom::fill(&mut fresh).map_err(|e| anyhow!("no randomness for the approval link key: {e}"))?;
+        getrandom::fill(&mut fresh).map_err(|e| anyhow!("no randomness for the approval link salt: {e}"))?;
         let pool = self.pool.clone();
         self.block(async move {
             let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            client.execute("INSERT INTO warden_keys (name, value) VALUES ('approval-links', $1) ON CONFLICT (name) DO NOTHING", &[&fresh.as_slice()]).await?;
-            let key: Vec<u8> = client.query_one("SELECT value FROM warden_keys WHERE name = 'approval-links'", &[]).await?.get(0);
-            key.try_into().map_err(|_| anyhow!("the run store's approval link key is damaged (not 32 bytes)"))
+            client.execute("INSERT INTO warden_keys (name, value) VALUES ('approval-links-salt', $1) ON CONFLICT (name) DO NOTHING", &[&fresh.as_slice()]).await?;
+            let salt: Vec<u8> = client.query_one("SELECT value FROM warden_keys WHERE name = 'approval-links-salt'", &[]).await?.get(0);
+            salt.try_into().map_err(|_| anyhow!("the run store's approval link salt is damaged (not 32 bytes)"))
         })
+    }
+
+    /// Every node must derive the same key: no secret of one node's own.
+    fn local_secret(&self) -> anyhow::Result<Option<crate::policy::credentials::Secret>> {
+        Ok(None)
     }
 
     fn approval(&self, run: &str, step: &str) -> anyhow::Result<Option<crate::approval::Approval>> {

@@ -8,14 +8,15 @@ use crate::story::{StepKind, Story};
 use serde_json::{json, Value};
 
 impl Engine {
-    /// The store's link key, read once.
-    pub(super) fn link_key(&self) -> Result<LinkKey, StepError> {
+    /// The link key, derived once (see [`approval::link_key`]).
+    pub fn link_key(&self) -> Result<LinkKey, StepError> {
         if let Some(key) = self.link_key.get() {
             return Ok(*key);
         }
         let store = self.store.approvals().ok_or_else(|| StepError::new(ErrorKind::Failed, "this run store keeps no approvals"))?;
-        let key = store.link_key().map_err(|e| StepError::new(ErrorKind::Store, format!("run store unavailable: {e:#}")))?;
-        Ok(*self.link_key.get_or_init(|| key))
+        let secret = approval::operator_secret(&self.policy.server, store).map_err(|e| StepError::new(ErrorKind::Failed, e))?;
+        let salt = store.key_salt().map_err(|e| StepError::new(ErrorKind::Store, format!("run store unavailable: {e:#}")))?;
+        Ok(*self.link_key.get_or_init(|| approval::link_key(&secret, &salt)))
     }
 
     /// `approval.<step>.links.<choice>` (and `links_for.<address>.<choice>`)

@@ -6,11 +6,11 @@
 //! mid-way runs again only if its retry policy allows.
 
 use super::{Engine, Event, Observer, Outcome, StepRun};
-use crate::story::graph::{liquid, number_of, Agent, AgentKind, Graph};
+use crate::story::graph::{number_of, Agent, AgentKind, Graph};
 use crate::story::recorder::StepAt;
 use crate::story::state::{ErrorKind, StepError, StepState};
 use crate::story::Story;
-use crate::tines::liquid::{dotted, globals};
+use crate::tines::liquid::dotted;
 use serde_json::{json, Map, Value};
 use sha2::Digest;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -129,13 +129,12 @@ impl Engine {
             let started = Instant::now();
             let at = StepAt { run: run_id, step: &agent.id, item: Some(n), kind: agent.kind.step_kind() };
             let ctx = as_map(&d.ctx, &agent.reads);
-            let g = globals(&ctx);
             // The sender's payload, copied only by the kinds that pass it on.
             let incoming = || match d.from {
                 Some(f) => d.ctx.get(&graph.agents[f].id).map(|v| (**v).clone()).unwrap_or(Value::Null),
                 None => input.clone(),
             };
-            let render = |v: &Value| crate::story::graph::render(v, &ctx, &g, graph.formulas).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}` ({}): {e}", agent.id, agent.name)));
+            let render = |v: &Value| crate::story::graph::render(v, &ctx, graph.formulas).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}` ({}): {e}", agent.id, agent.name)));
             // A rule's, matcher's or key's template, rendered as the text it compares.
             let render_text = |t: &str| render(&Value::String(t.to_string())).map(|v| text_of(&v));
             let option = |k: &str| agent.options.get(k).cloned().unwrap_or(Value::Null);
@@ -147,7 +146,7 @@ impl Engine {
                     // `loop`: the payload once per item (as LOOP.value, LOOP.index), emitted as one list.
                     Some(l) => (|| {
                         let list = match l {
-                            Value::String(p) => resolve(p, &ctx, &g, graph.formulas).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}`: loop: {e}", agent.id)))?,
+                            Value::String(p) => resolve(p, &ctx, graph.formulas).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}`: loop: {e}", agent.id)))?,
                             other => other.clone(),
                         };
                         let items = match list {
@@ -155,13 +154,8 @@ impl Engine {
                             Value::Null => Vec::new(),
                             other => vec![other],
                         };
-                        let mut out = Vec::with_capacity(items.len());
-                        for (i, item) in items.into_iter().take(crate::story::graph::MAX_LOOP).enumerate() {
-                            let mut lctx = ctx.clone();
-                            lctx.insert("LOOP".into(), json!({"value": item, "index": i}));
-                            let lg = globals(&lctx);
-                            out.push(crate::story::graph::render(&option("payload"), &lctx, &lg, graph.formulas).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}` ({}) item {i}: {e}", agent.id, agent.name)))?);
-                        }
+                        let items: Vec<Value> = items.into_iter().take(crate::story::graph::MAX_LOOP).collect();
+                        let out = crate::story::graph::render_each(&option("payload"), &ctx, graph.formulas, &items).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}` ({}): {e}", agent.id, agent.name)))?;
                         Ok(vec![(Value::Array(out), true)])
                     })(),
                 },
@@ -198,7 +192,7 @@ impl Engine {
                     Ok(vec![(Value::Object(out), true)])
                 }
                 AgentKind::Explode { path, to, limit } => {
-                    let list = resolve(path, &ctx, &g, graph.formulas).map_err(|e| fail(StepError::new(ErrorKind::Template, format!("agent `{}`: path: {e}", agent.id))))?;
+                    let list = resolve(path, &ctx, graph.formulas).map_err(|e| fail(StepError::new(ErrorKind::Template, format!("agent `{}`: path: {e}", agent.id))))?;
                     let items = match list {
                         Value::Array(a) => a,
                         Value::Null => Vec::new(),
@@ -352,13 +346,13 @@ fn text_of(v: &Value) -> String {
 
 /// An explode's `path`: a template (`{{ .a.body.list | as_object }}`) or a
 /// bare path (`.a.body.list`, `a.body.list`).
-fn resolve(path: &str, ctx: &Map<String, Value>, g: &liquid_core::Object, formulas: bool) -> Result<Value, String> {
+fn resolve(path: &str, ctx: &Map<String, Value>, formulas: bool) -> Result<Value, String> {
     let p = path.trim();
     if formulas && crate::tines::formula::is_formula(p) {
-        return crate::tines::formula::render(p, ctx);
+        return crate::story::graph::render(&Value::String(p.to_string()), ctx, true);
     }
     if p.contains("{{") {
-        let v = liquid().render_str(p, g)?;
+        let v = crate::story::graph::render(&Value::String(p.to_string()), ctx, false)?;
         return Ok(match v {
             // `{{ .a.list }}` without as_object renders the list as text: read it back.
             Value::String(s) => serde_json::from_str(&s).unwrap_or(Value::String(s)),

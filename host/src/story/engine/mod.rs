@@ -505,6 +505,13 @@ impl Engine {
 
     async fn once(&self, sr: &StepRun<'_>, ctx: &Bindings, item: Option<usize>, attempt: u32) -> Result<Value, StepError> {
         let (story, step, run) = (sr.story, sr.step, sr.run);
+        // Fault injection for the tests of crash-loop protection (debug
+        // builds only): a step that ends the process, as a host bug would.
+        #[cfg(debug_assertions)]
+        if std::env::var("WARDEN_TEST_ABORT_AT_STEP").is_ok_and(|s| s == step.id) {
+            eprintln!("WARDEN_TEST_ABORT_AT_STEP: aborting at step {}", step.id);
+            std::process::abort();
+        }
         let input = match &step.kind {
             // No "running" row: a transform has no side effects, so after a
             // crash it simply runs again.

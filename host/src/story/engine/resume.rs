@@ -21,6 +21,10 @@ pub(super) struct Resume {
     pub(super) waiting_child: Option<String>,
 }
 
+/// Resumes after the process ended that may each end it again before a run
+/// is failed instead (see [`Engine::resume_after_restart`]).
+pub const MAX_FATAL_RESUMES: u32 = 2;
+
 impl Engine {
     /// Continues a run that a restart interrupted. Finished steps keep their
     /// results; the interrupted step runs again if its retry policy allows
@@ -31,6 +35,41 @@ impl Engine {
     /// the decision.
     pub async fn resume(&self, run_id: &str, observer: &dyn Observer) -> RunResult {
         self.resume_at(run_id, 0, None, observer).await
+    }
+
+    /// Resumes a run that was executing when the process ended (a restart,
+    /// a crash, a node whose lease lapsed). The resume is counted durably
+    /// first; a run whose last [`MAX_FATAL_RESUMES`] resumes each ended the
+    /// process (none reached a finish or a park) is failed instead: a run
+    /// that kills the host must not kill it at every start, stalling every
+    /// other run.
+    ///
+    /// `started`: whether the store shows the run started (`running`); a run
+    /// still `queued` may have been executing too (its start not yet
+    /// committed), so it is counted the same way and then executed from its
+    /// first step.
+    pub async fn resume_after_restart(&self, run_id: &str, started: bool, observer: &dyn Observer) -> RunResult {
+        match self.store.resumes(run_id) {
+            Ok(n) if n >= MAX_FATAL_RESUMES => {
+                tracing::error!(run = run_id, resumes = n, "not resuming a run whose resumption ended the process on each of its last {n} attempts; failing it");
+                let msg = format!(
+                    "the process ended while this run was executing, and again on each of its last {n} attempts to resume it; it is failed, not resumed again (its steps' records show how far it got)"
+                );
+                return self.fail_run(run_id, None, StepError::new(ErrorKind::Interrupted, msg)).await;
+            }
+            Ok(_) => {}
+            Err(e) => return RunResult::failed(run_id, None, StepError::new(ErrorKind::Store, format!("cannot read how often run {run_id} was resumed: {e:#}"))),
+        }
+        // Committed before the run executes: if this resume ends the process
+        // too, the next start knows.
+        if let Err(e) = self.store.apply_one(crate::store::Write::NoteResume { id: run_id.to_string() }) {
+            return RunResult::failed(run_id, None, StepError::new(ErrorKind::Store, format!("cannot count the resume of run {run_id}: {e:#}")));
+        }
+        if started {
+            self.resume(run_id, observer).await
+        } else {
+            self.execute(run_id, observer).await
+        }
     }
 
     /// Resumes the sub-story run `run_id` of the top-level run `root`, at `depth`.

@@ -169,6 +169,7 @@ impl Guest for Probe {
                 json!({"found": found})
             }
             "echo" => json!({"input": v, "run_id": inv.run_id, "attempt": inv.attempt}),
+            "hold_fields" => wasi_http::hold_fields(v["count"].as_u64().unwrap_or(1), v["headers"].as_u64().unwrap_or(1)),
             "fetch" => fetch(&v),
             "call" => {
                 // Like a connector: a non-2xx answer is an upstream error.

@@ -110,3 +110,23 @@ pub fn fetch(v: &Value) -> Value {
     }
     json!({"status": status, "headers": headers, "body": String::from_utf8_lossy(&data)})
 }
+
+/// Holds `count` header sections of `headers` empty values each, all alive at
+/// once: host memory a guest can make the host keep for it. Stops at the
+/// first refusal (or the host stops the guest).
+pub fn hold_fields(count: u64, headers: u64) -> Value {
+    let mut held = Vec::new();
+    let mut refused = None;
+    'all: for _ in 0..count {
+        let f = Fields::new();
+        for _ in 0..headers {
+            if let Err(e) = f.append("x-a", b"") {
+                refused = Some(format!("{e:?}"));
+                held.push(f);
+                break 'all;
+            }
+        }
+        held.push(f);
+    }
+    json!({"held": held.len(), "refused": refused})
+}

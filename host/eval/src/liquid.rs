@@ -13,7 +13,9 @@
 //! the host at egress, so a template that still names one fails to render.
 
 use liquid_core::parser::Language;
-use liquid_core::runtime::{Renderable, Template};
+#[cfg(feature = "evaluate")]
+use liquid_core::runtime::Renderable;
+use liquid_core::runtime::Template;
 use liquid_core::{
     Display_filter, Expression, Filter, FilterParameters, FilterReflection, FromFilterParameters, ParseFilter, Result as LResult, Runtime,
     Value as LValue, ValueView,
@@ -195,6 +197,7 @@ impl Liquid {
         Ok(t)
     }
 
+    #[cfg(feature = "evaluate")]
     /// Renders one string against `globals`. Text without `{{`/`{%` is
     /// returned as it is; `{{ x | as_object }}` alone gives x's value.
     pub fn render_str(&self, text: &str, globals: &liquid_core::Object) -> Result<Value, String> {
@@ -216,6 +219,7 @@ impl Liquid {
         Ok(unmark(&String::from_utf8_lossy(&out.0)))
     }
 
+    #[cfg(feature = "evaluate")]
     /// Renders every string inside `v` (object keys stay as they are).
     pub fn render_value(&self, v: &Value, globals: &liquid_core::Object) -> Result<Value, String> {
         Ok(match v {
@@ -502,7 +506,7 @@ impl Filter for HmacSha1Filter {
 }
 
 /// `a.b.0.c` (or `.a.b`) in a JSON value.
-pub use crate::story::transform::lookup_ref as dotted;
+pub use crate::lookup_ref as dotted;
 
 /// The JSONPath subset exports use: `$`, `.key`, `['key']`, `[n]`, `[*]`,
 /// `..key` (recursive). A path with a wildcard gives a list.
@@ -586,7 +590,7 @@ fn descend<'v>(v: &'v Value, key: &str, out: &mut Vec<&'v Value>) {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "evaluate"))]
 mod tests {
     use super::*;
     use serde_json::json;

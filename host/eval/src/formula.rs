@@ -366,7 +366,7 @@ const MAX_VALUE: usize = 4 * 1024 * 1024;
 /// Evaluates `e`. A missing key is null, as in Tines; a wrong type is an error.
 /// Each value made costs steps by its size, and none may pass [`MAX_VALUE`]:
 /// a formula cannot make the host loop or fill its memory.
-pub fn eval(e: &Expr, sc: &mut Scope) -> Result<Value, String> {
+pub(crate) fn eval(e: &Expr, sc: &mut Scope) -> Result<Value, String> {
     sc.steps += 1;
     if sc.steps > MAX_STEPS {
         return Err(format!("the formula took more than {MAX_STEPS} steps"));
@@ -781,7 +781,7 @@ fn call(f: &str, args: &[Expr], sc: &mut Scope) -> Result<Value, String> {
 }
 
 fn regex_of(text: &str) -> Result<Regex, String> {
-    crate::story::graph::regex(text).ok_or_else(|| format!("regex `{text}` does not compile"))
+    crate::regex(text).ok_or_else(|| format!("regex `{text}` does not compile"))
 }
 
 /// Every function named in `e` that formulas here do not have (for the importer's report).
@@ -823,6 +823,7 @@ pub fn sources(s: &str) -> Vec<String> {
     interpolation().captures_iter(s).map(|c| c[1].to_string()).collect()
 }
 
+#[cfg(feature = "evaluate")]
 /// Renders a string's formulas: `=expr` gives the value; `<<expr>>` alone
 /// gives the value too; inside text each gives its text.
 pub fn render(s: &str, ctx: &Map<String, Value>) -> Result<Value, String> {
@@ -848,7 +849,7 @@ pub fn render(s: &str, ctx: &Map<String, Value>) -> Result<Value, String> {
     Ok(Value::String(out))
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "evaluate"))]
 mod tests {
     use super::*;
 
