@@ -36,10 +36,16 @@ use std::time::{Duration, Instant};
 const MAX_STREAMS: usize = 64;
 /// Live streams one viewer (one session or token) may hold open.
 const MAX_STREAMS_PER_VIEWER: usize = 8;
+/// Live streams one principal (a team, or the admin) may hold open across all
+/// its sessions: signing in again, or spelling the token's header otherwise,
+/// does not take more of the [`MAX_STREAMS`] everyone shares.
+const MAX_STREAMS_PER_PRINCIPAL: usize = MAX_STREAMS / 4;
 /// Failed sign-ins from one address within [`SIGN_IN_WINDOW_SECS`] before it must wait.
 const MAX_FAILED_SIGN_INS: u32 = 10;
 const SIGN_IN_WINDOW_SECS: u64 = 300;
-/// Addresses remembered for failed sign-ins (beyond it, the oldest windows are forgotten).
+/// Addresses remembered for failed sign-ins. Beyond it, expired windows go
+/// first, then addresses not locked out (fewest failures first), and only
+/// then the oldest lockout: a flood of new addresses never lifts everyone's.
 const MAX_REMEMBERED_ADDRESSES: usize = 10_000;
 /// How often a live stream looks for changes.
 const LIVE_EVERY: Duration = Duration::from_millis(700);
@@ -56,7 +62,7 @@ pub struct Console {
     key: std::sync::OnceLock<[u8; 32]>,
     explained: tokio::sync::OnceCell<Vec<crate::explain::Explained>>,
     streams: Arc<tokio::sync::Semaphore>,
-    /// Live streams open per viewer.
+    /// Live streams open per viewer (a session) and per principal (`p:` + its scope).
     viewers: Arc<std::sync::Mutex<HashMap<String, usize>>>,
     /// Failed sign-ins per address: (window start, count).
     failures: std::sync::Mutex<HashMap<std::net::IpAddr, (u64, u32)>>,
@@ -74,48 +80,73 @@ impl Default for Console {
     }
 }
 
-/// One viewer's live stream, counted while it is open.
+/// One viewer's live stream, counted (for its session and its principal) while it is open.
 struct ViewerStream {
     viewers: Arc<std::sync::Mutex<HashMap<String, usize>>>,
-    viewer: String,
+    keys: [String; 2],
 }
 
 impl Drop for ViewerStream {
     fn drop(&mut self) {
-        let mut v = self.viewers.lock().unwrap();
-        if let Some(n) = v.get_mut(&self.viewer) {
-            *n -= 1;
-            if *n == 0 {
-                v.remove(&self.viewer);
+        let mut v = self.viewers.lock().unwrap_or_else(|p| p.into_inner());
+        for key in &self.keys {
+            if let Some(n) = v.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    v.remove(key);
+                }
             }
         }
     }
 }
 
+/// Where failed sign-ins are counted: an IPv6 address by its /64 (one
+/// machine is given a whole /64, so counting its addresses one by one would
+/// let it try forever); an IPv4-mapped one as the IPv4 address.
+fn sign_in_source(from: std::net::IpAddr) -> std::net::IpAddr {
+    match from {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
+    }
+}
+
 impl Console {
-    /// A stream for `viewer`, unless they hold [`MAX_STREAMS_PER_VIEWER`] already.
-    fn open_stream(&self, viewer: String) -> Option<ViewerStream> {
-        let mut v = self.viewers.lock().unwrap();
-        let n = v.entry(viewer.clone()).or_default();
-        if *n >= MAX_STREAMS_PER_VIEWER {
+    /// A stream for `session` of `principal`, unless the session holds
+    /// [`MAX_STREAMS_PER_VIEWER`] or the principal [`MAX_STREAMS_PER_PRINCIPAL`] already.
+    fn open_stream(&self, principal: &str, session: String) -> Option<ViewerStream> {
+        let mut v = self.viewers.lock().unwrap_or_else(|p| p.into_inner());
+        let keys = [format!("s:{session}"), format!("p:{principal}")];
+        if v.get(&keys[0]).copied().unwrap_or(0) >= MAX_STREAMS_PER_VIEWER || v.get(&keys[1]).copied().unwrap_or(0) >= MAX_STREAMS_PER_PRINCIPAL {
             return None;
         }
-        *n += 1;
-        Some(ViewerStream { viewers: self.viewers.clone(), viewer })
+        for key in &keys {
+            *v.entry(key.clone()).or_default() += 1;
+        }
+        Some(ViewerStream { viewers: self.viewers.clone(), keys })
     }
 
     /// Whether `from` may try to sign in now (not after too many failures in the window).
     fn may_sign_in(&self, from: std::net::IpAddr, now: u64) -> bool {
-        let f = self.failures.lock().unwrap();
-        f.get(&from).is_none_or(|(since, n)| now.saturating_sub(*since) >= SIGN_IN_WINDOW_SECS || *n < MAX_FAILED_SIGN_INS)
+        let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        f.get(&sign_in_source(from)).is_none_or(|(since, n)| now.saturating_sub(*since) >= SIGN_IN_WINDOW_SECS || *n < MAX_FAILED_SIGN_INS)
     }
 
     fn failed_sign_in(&self, from: std::net::IpAddr, now: u64) {
-        let mut f = self.failures.lock().unwrap();
-        if f.len() >= MAX_REMEMBERED_ADDRESSES {
+        let from = sign_in_source(from);
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if f.len() >= MAX_REMEMBERED_ADDRESSES && !f.contains_key(&from) {
             f.retain(|_, (since, _)| now.saturating_sub(*since) < SIGN_IN_WINDOW_SECS);
-            if f.len() >= MAX_REMEMBERED_ADDRESSES {
-                f.clear();
+        }
+        if f.len() >= MAX_REMEMBERED_ADDRESSES && !f.contains_key(&from) {
+            // The address that matters least: not locked out with the fewest
+            // failures, else the lockout that ends soonest.
+            let locked = |n: u32| n >= MAX_FAILED_SIGN_INS;
+            let least = f.iter().min_by_key(|(_, (since, n))| (locked(*n), *n, *since)).map(|(a, _)| *a);
+            if let Some(a) = least {
+                f.remove(&a);
             }
         }
         let entry = f.entry(from).or_insert((now, 0));
@@ -307,7 +338,7 @@ fn checked_post(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(Viewe
     let (v, key) = who(s, headers)?;
     let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
     let given = form.get("csrf").map(String::as_str).unwrap_or("");
-    if !session::csrf_matches(&key, &session::session_of(&s.tokens, headers), given) {
+    if !session::csrf_matches(&key, &v.session, given) {
         return Err(said(StatusCode::FORBIDDEN, "Refused", "This form has expired or was not sent from this console; reload the page and try again."));
     }
     Ok((v, form))
@@ -689,8 +720,8 @@ async fn live(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<Liv
     if let Some(why) = q.run.is_none().then(|| q.runs.invalid()).flatten() {
         return said(StatusCode::BAD_REQUEST, "Not a filter", &why);
     }
-    let Some(mine) = s.console.open_stream(session::session_of(&s.tokens, &headers)) else {
-        return said(StatusCode::TOO_MANY_REQUESTS, "Too many live views", &format!("You have {MAX_STREAMS_PER_VIEWER} live views open already; close some tabs."));
+    let Some(mine) = s.console.open_stream(&session::scope_text(&v.scope), v.session.clone()) else {
+        return said(StatusCode::TOO_MANY_REQUESTS, "Too many live views", &format!("You (or your team) have as many live views open as one may ({MAX_STREAMS_PER_VIEWER} a session, {MAX_STREAMS_PER_PRINCIPAL} a team); close some tabs."));
     };
     let Ok(permit) = s.console.streams.clone().try_acquire_owned() else {
         return said(StatusCode::SERVICE_UNAVAILABLE, "Busy", "Too many live views are open; reload later.");
@@ -754,6 +785,14 @@ async fn approvals_page(State(s): State<AppState>, headers: HeaderMap) -> Respon
     page(StatusCode::OK, "approvals.html", ctx)
 }
 
+/// A console page to return to: a path on the console, in printable ASCII
+/// (it becomes a `Location` header), else the approvals page.
+fn back_to(back: Option<&String>) -> String {
+    back.filter(|b| b.starts_with("/console/") && !b.starts_with("/console//") && !b.contains('\\') && b.len() <= 2048 && b.bytes().all(|c| c.is_ascii_graphic()))
+        .cloned()
+        .unwrap_or_else(|| "/console/approvals".into())
+}
+
 /// `POST /console/approvals/{run}/{step}`: `choice`, `comment`, `csrf`, `back`.
 async fn decide(State(s): State<AppState>, ext: axum::http::Extensions, headers: HeaderMap, Path((run, step)): Path<(String, String)>, body: Bytes) -> Response {
     let (v, form) = match checked_post(&s, &headers, &body) {
@@ -772,10 +811,13 @@ async fn decide(State(s): State<AppState>, ext: axum::http::Extensions, headers:
     let from = super::approvals::from(&ext, &headers);
     let d = crate::approval::Decision { choice: None, decided_by: format!("{who} (console)"), via: "console".into(), from, comment, decided_ms: now_ms() };
     let choice = form.get("choice").cloned().unwrap_or_default();
+    // Where to go afterwards, settled before anything is decided: a `back`
+    // that could not be answered (a newline, a control character) must not
+    // turn a decision already taken into an error page.
+    let back = back_to(form.get("back"));
     match crate::store::decide(store, &a, &choice, approver.as_deref(), d) {
         Ok(Ok(_)) => {
             s.approvals_poke.notify_one();
-            let back = form.get("back").filter(|b| b.starts_with("/console/") && !b.starts_with("/console//") && !b.contains('\\')).cloned().unwrap_or_else(|| "/console/approvals".into());
             Redirect::to(&back).into_response()
         }
         Ok(Err(crate::approval::Refused::Over(a))) => said(StatusCode::GONE, "This approval is over", &format!("{} — {}", a.title, a.what_happened())),

@@ -37,9 +37,12 @@ pub struct Viewer {
     pub csrf: String,
     /// Whether a sign-out makes sense (a cookie session).
     pub signed_in: bool,
+    /// The session this request belongs to (what its CSRF token and its
+    /// live views are counted against).
+    pub session: String,
 }
 
-fn scope_text(scope: &Scope) -> String {
+pub fn scope_text(scope: &Scope) -> String {
     match scope {
         Scope::All => "all".into(),
         Scope::Team(t) => format!("team:{t}"),
@@ -93,42 +96,50 @@ pub fn csrf_matches(key: &[u8; 32], session: &str, given: &str) -> bool {
 }
 
 /// The session cookie's value in a request.
-pub fn cookie(headers: &HeaderMap) -> Option<String> {
+/// Every session cookie the request carries. A browser sends several of one
+/// name when a page elsewhere on the domain set its own (another path, a
+/// sibling subdomain): each is judged, never just the first.
+pub fn cookies(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .filter(|(k, _)| *k == COOKIE)
         .map(|(_, v)| v.to_string())
+        .take(16)
+        .collect()
+}
+
+/// The one valid session among the cookies: `None` when none verifies, or
+/// when two valid ones disagree (someone set one beside the person's own;
+/// which was meant cannot be told, so neither is used and they sign in again).
+fn session_cookie(key: &[u8; 32], tokens: &ApiTokens, headers: &HeaderMap, now: u64) -> Option<(String, Scope)> {
+    let mut found: Option<(String, Scope)> = None;
+    for value in cookies(headers) {
+        let Some(scope) = verify(key, tokens, &value, now) else { continue };
+        match &found {
+            Some((v, _)) if *v != value => return None,
+            _ => found = Some((value, scope)),
+        }
+    }
+    found
 }
 
 /// Who the request is from: a bearer token, a session cookie, or (no tokens
 /// configured, loopback only) anyone. `None`: sign in first.
 pub fn viewer(key: &[u8; 32], tokens: &ApiTokens, headers: &HeaderMap, now: u64) -> Option<Viewer> {
     if tokens.0.is_empty() {
-        return Some(Viewer { scope: Scope::All, csrf: csrf(key, "open"), signed_in: false });
+        return Some(Viewer { scope: Scope::All, csrf: csrf(key, "open"), signed_in: false, session: "open".into() });
     }
     if headers.contains_key(header::AUTHORIZATION) {
         let scope = tokens.scope(headers).ok()?;
         let session = format!("bearer:{}", hex::encode(Sha256::digest(headers.get(header::AUTHORIZATION)?.as_bytes())));
-        return Some(Viewer { scope, csrf: csrf(key, &session), signed_in: false });
+        return Some(Viewer { scope, csrf: csrf(key, &session), signed_in: false, session });
     }
-    let value = cookie(headers)?;
-    let scope = verify(key, tokens, &value, now)?;
-    Some(Viewer { scope, csrf: csrf(key, &value), signed_in: true })
-}
-
-/// The session a request's CSRF token must be bound to (see [`viewer`]).
-pub fn session_of(tokens: &ApiTokens, headers: &HeaderMap) -> String {
-    if tokens.0.is_empty() {
-        return "open".into();
-    }
-    if let Some(auth) = headers.get(header::AUTHORIZATION) {
-        return format!("bearer:{}", hex::encode(Sha256::digest(auth.as_bytes())));
-    }
-    cookie(headers).unwrap_or_default()
+    let (value, scope) = session_cookie(key, tokens, headers, now)?;
+    Some(Viewer { scope, csrf: csrf(key, &value), signed_in: true, session: value })
 }
 
 /// Whether a POST comes from a page of this server: browsers say where a

@@ -135,6 +135,30 @@ async fn a_console_decision_needs_the_sessions_csrf_token_and_a_same_origin_requ
     assert_eq!((d.choice.as_deref(), d.decided_by.as_str(), d.via.as_str()), (Some("contain"), "team:red (console)", "console"));
 }
 
+/// A `back` that cannot be a `Location` (a newline, a control character)
+/// falls back to the approvals page: the decision is taken and answered, never a 500.
+#[tokio::test]
+async fn a_back_link_that_cannot_be_a_header_still_answers_the_decision() {
+    let (srv, _, _) = setup().await;
+    let cookie = sign_in(&srv.base, "red-token").await;
+    let host = srv.base.trim_start_matches("http://").to_string();
+    for back in ["/console/runs\nSet-Cookie: x=1", "/console/runs\r\nx", "/console/runs\u{7f}", "/console/runs\u{e9}"] {
+        let run = srv.engine.run("r", json!({"ask": true}), "webhook", &crate::story::engine::Quiet).await.unwrap().run_id;
+        let csrf = csrf_of(&page(&srv.base, &format!("/console/runs/{run}"), &cookie).await.1);
+        let r = client()
+            .post(format!("{}/console/approvals/{run}/confirm", srv.base))
+            .header("cookie", &cookie)
+            .header("origin", &srv.base)
+            .header("host", &host)
+            .form(&[("choice", "contain"), ("csrf", &csrf), ("back", &back)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (303, "/console/approvals"), "{back:?}");
+        assert_eq!(srv.engine.store.approvals().unwrap().approval(&run, "confirm").unwrap().unwrap().state, "decided");
+    }
+}
+
 #[tokio::test]
 async fn guessing_tokens_is_slowed_down_and_odd_filters_are_said_not_ignored() {
     let (srv, _, _) = setup().await;
@@ -163,4 +187,73 @@ async fn guessing_tokens_is_slowed_down_and_odd_filters_are_said_not_ignored() {
     assert_eq!(bearer("/console/live".into()).await.unwrap().status(), 429);
     let other = client().get(format!("{}/console/live", srv.base)).bearer_auth("admin-token").send().await.unwrap();
     assert_eq!(other.status(), 200, "another viewer is not held back");
+}
+
+/// A flood of failed sign-ins from new addresses (a botnet, or one host
+/// walking its IPv6 /64) forgets the addresses that matter least first: a
+/// locked-out address stays locked out, and a /64 counts as one address.
+#[test]
+fn a_flood_of_new_addresses_never_lifts_a_lockout() {
+    use super::{Console, MAX_FAILED_SIGN_INS, MAX_REMEMBERED_ADDRESSES};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let c = Console::default();
+    let attacker: IpAddr = "203.0.113.9".parse().unwrap();
+    for _ in 0..MAX_FAILED_SIGN_INS {
+        c.failed_sign_in(attacker, 1000);
+    }
+    assert!(!c.may_sign_in(attacker, 1000));
+    for i in 0..(MAX_REMEMBERED_ADDRESSES as u32 + 100) {
+        c.failed_sign_in(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), 1001);
+    }
+    assert!(!c.may_sign_in(attacker, 1002), "10,100 other addresses lifted the attacker's lockout");
+    // An IPv6 host's addresses within its /64 are one source; the mapped form of an IPv4 address is that address.
+    let host = |low: u64| IpAddr::V6(Ipv6Addr::from((0x2001_0db8_0000_0001u128 << 64) | low as u128));
+    for low in 0..MAX_FAILED_SIGN_INS as u64 {
+        c.failed_sign_in(host(low * 7919 + 1), 1003);
+    }
+    assert!(!c.may_sign_in(host(123_456_789), 1003), "another address of the same /64 may not go on guessing");
+    let mapped: IpAddr = "::ffff:203.0.113.9".parse().unwrap();
+    assert!(!c.may_sign_in(mapped, 1003), "the mapped spelling is the same address");
+}
+
+/// One principal cannot take every live view: each session holds at most
+/// eight, and a team (or the admin) at most a quarter of all, however many
+/// sessions it signs in.
+#[test]
+fn one_team_cannot_hold_every_live_view() {
+    use super::{Console, MAX_STREAMS_PER_PRINCIPAL, MAX_STREAMS_PER_VIEWER};
+    let c = Console::default();
+    let mut held = Vec::new();
+    for session in 0..100 {
+        while let Some(s) = c.open_stream("team:red", format!("session-{session}")) {
+            held.push(s);
+            assert!(held.len() <= 100, "no bound at all");
+        }
+    }
+    assert_eq!(held.len(), MAX_STREAMS_PER_PRINCIPAL);
+    let one: Vec<_> = (0..20).map_while(|_| c.open_stream("team:blue", "blue-1".into())).collect();
+    assert_eq!(one.len(), MAX_STREAMS_PER_VIEWER, "another team still gets its views, a session at most 8");
+    held.truncate(1);
+    assert!(c.open_stream("team:red", "session-0".into()).is_some(), "closed views are given back");
+}
+
+/// Every `warden_console` cookie a request carries is judged: one set beside
+/// the person's own (by another path, a sibling subdomain) neither hides a
+/// valid session nor is used in its place.
+#[tokio::test]
+async fn every_session_cookie_is_judged_not_only_the_first() {
+    let (srv, red, _) = setup().await;
+    let red_cookie = sign_in(&srv.base, "red-token").await;
+    let blue_cookie = sign_in(&srv.base, "blue-token").await;
+    // A stale or forged cookie first, the person's own after it: signed in as themselves.
+    let (code, html, _) = page(&srv.base, "/console/runs", &format!("warden_console=v1.forged.0.x; {red_cookie}")).await;
+    assert_eq!(code, 200);
+    assert!(html.contains(&red), "the valid session second in line was not read");
+    // Two valid sessions of different teams: which one was meant cannot be told; neither is used.
+    for cookies in [format!("{blue_cookie}; {red_cookie}"), format!("{red_cookie}; {blue_cookie}")] {
+        let (code, _, headers) = page(&srv.base, "/console/runs", &cookies).await;
+        assert_eq!((code, headers.get("location").and_then(|l| l.to_str().ok())), (303, Some("/console/login")), "{cookies}");
+    }
+    // The same session twice is that session.
+    assert_eq!(page(&srv.base, "/console/runs", &format!("{red_cookie}; {red_cookie}")).await.0, 200);
 }
