@@ -80,6 +80,11 @@ async fn webhooks_answer_with_the_right_status_and_create_runs_only_when_valid()
     let big = format!(r#"{{"num": "{}"}}"#, "x".repeat(2000));
     assert_eq!(post(b, "quick", &big, Some(sign("quick", &big)), "application/json").await.0, 413, "oversized");
     assert_eq!(post(b, "quick", "{not json", Some(sign("quick", "{not json")), "application/json").await.0, 400, "malformed");
+    // A key named twice: one reader would take the first value, another the last.
+    let twice = r#"{"num": -1, "num": 1}"#;
+    let (code, said) = post(b, "quick", twice, Some(sign("quick", twice)), "application/json").await;
+    assert_eq!(code, 400, "{said}");
+    assert!(said["error"].as_str().unwrap().contains("key `num` appears twice"), "{said}");
     assert_eq!(post(b, "quick", body, Some(sign("quick", body)), "text/plain").await.0, 415, "not JSON content type");
     assert_eq!(post(b, "nope", body, Some(sign("nope", body)), "application/json").await.0, 404, "unknown story");
     let (code, err) = post(b, "quick", "{}", Some(sign("quick", "{}")), "application/json").await;

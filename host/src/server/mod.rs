@@ -13,6 +13,7 @@ pub mod console;
 pub mod metrics;
 mod node;
 mod queue;
+pub mod received;
 mod schedule;
 mod slack;
 pub mod signature;
@@ -339,7 +340,7 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("run store unavailable: {e:#}")),
         }
     }
-    let input: serde_json::Value = match serde_json::from_slice(body) {
+    let input: serde_json::Value = match received::json(body) {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
     };

@@ -109,7 +109,7 @@ pub(super) async fn interactions(State(s): State<AppState>, ext: Extensions, hea
         return refused(StatusCode::UNAUTHORIZED, &why);
     }
     let payload = url::form_urlencoded::parse(&body).find(|(k, _)| k == "payload").map(|(_, v)| v.into_owned());
-    let Some(payload) = payload.and_then(|p| serde_json::from_str::<Value>(&p).ok()) else {
+    let Some(payload) = payload.and_then(|p| super::received::json(p.as_bytes()).ok()) else {
         return refused(StatusCode::BAD_REQUEST, "the body has no `payload` JSON field");
     };
     if payload["type"] != "block_actions" {
