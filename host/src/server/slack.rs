@@ -60,9 +60,10 @@ impl Slack {
 
     /// Whether the request is Slack's and fresh at `now` (Unix seconds): the
     /// webhooks' own `slack` scheme, with Slack's five-minute window.
-    fn verify(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<(), String> {
+    /// The press's signature, checked; `Err` says why it is refused.
+    fn verify(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<super::signature::Verified, String> {
         match super::signature::verify(SignatureScheme::Slack, self.secret.expose().as_bytes(), "slack", headers, body, now, MAX_SKEW_SECS) {
-            Ok(_) => Ok(()),
+            Ok(v) => Ok(v),
             Err(Rejected::Unsigned(why) | Rejected::Invalid(why)) => Err(why),
             Err(Rejected::Replayed) => Err("a replay".into()),
         }
@@ -104,9 +105,19 @@ pub(super) async fn interactions(State(s): State<AppState>, ext: Extensions, hea
     let Some(slack) = &s.slack else {
         return refused(StatusCode::NOT_FOUND, "Slack interactivity is not configured here; set [server] slack_signing_secret_env in the policy");
     };
-    if let Err(why) = slack.verify(&headers, &body, chrono::Utc::now().timestamp()) {
-        tracing::warn!(from = from(&ext, &headers).unwrap_or_default(), "refused a Slack interaction: {why}");
-        return refused(StatusCode::UNAUTHORIZED, &why);
+    let now = chrono::Utc::now().timestamp();
+    let verified = match slack.verify(&headers, &body, now) {
+        Ok(v) => v,
+        Err(why) => {
+            tracing::warn!(from = from(&ext, &headers).unwrap_or_default(), "refused a Slack interaction: {why}");
+            return refused(StatusCode::UNAUTHORIZED, &why);
+        }
+    };
+    // A press seen before (the same signed request sent again) is answered
+    // and does nothing: no decision, no post to its response_url.
+    if s.replays.first_time("slack:interactions", &verified, now).is_err() {
+        tracing::warn!(from = from(&ext, &headers).unwrap_or_default(), "refused a replayed Slack interaction");
+        return refused(StatusCode::CONFLICT, "this signed interaction was already received");
     }
     let payload = url::form_urlencoded::parse(&body).find(|(k, _)| k == "payload").map(|(_, v)| v.into_owned());
     let Some(payload) = payload.and_then(|p| super::received::json(p.as_bytes()).ok()) else {

@@ -532,10 +532,15 @@ async fn contain_host_asks_in_slack_and_a_signed_button_press_contains_through_c
     for secret in pack.cs_sim.valid_tokens().into_iter().chain(["cs-demo-secret".to_string(), "xoxb-demo-token".into(), "vt-demo-key".into()]) {
         assert!(!record.contains(&secret), "`{secret}` reached the run store");
     }
-    // The old request replayed (a second press from a stale client): over, nothing happens twice.
-    let (status, said) = post(&url, &pressed.0, &pressed.1).await;
-    assert_eq!(status, 200);
-    assert!(said.contains("already over"), "{said}");
+    // The old request replayed, twenty times: refused as a replay, nothing happens
+    // again, and nothing more is posted to its response_url.
+    let answered = pack.slack_sim.responses().len();
+    for _ in 0..20 {
+        let (status, said) = post(&url, &pressed.0, &pressed.1).await;
+        assert_eq!(status, 409, "{said}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(pack.slack_sim.responses().len(), answered, "a replayed press made response_url posts");
     assert_eq!(pack.cs_sim.state.lock().unwrap().actions.len(), 1);
 }
 
