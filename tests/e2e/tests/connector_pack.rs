@@ -368,6 +368,18 @@ async fn a_client_secret_falcon_refuses_denies_the_call_and_only_the_operator_he
     assert!(sim.contained().is_empty());
     assert_eq!(sim.recorder.paths(), vec!["/oauth2/token".to_string()], "nothing was sent to the API without a token");
     no_secret(&r, &["not-the-secret".to_string()]);
+    // Asked again at once, five times: the endpoint that refused is not asked
+    // again until its back-off is over; each call is still denied, saying so.
+    for _ in 0..5 {
+        let again = run(&runtime(None), &p, "crowdstrike-contain", falcon(&srv, "contain", json!([crowdstrike::ALICE]))).await;
+        let audit = serde_json::to_value(&again).unwrap()["audit"].clone();
+        assert!(audit[0]["reason"].as_str().unwrap().contains("the token endpoint is asked again in"), "{audit}");
+    }
+    assert_eq!(sim.recorder.paths(), vec!["/oauth2/token".to_string()], "a refusing token endpoint was asked on every request");
+    // After the back-off, it is asked again (once).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    run(&runtime(None), &p, "crowdstrike-contain", falcon(&srv, "contain", json!([crowdstrike::ALICE]))).await;
+    assert_eq!(sim.recorder.paths().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,12 +36,27 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 /// the host hammer the token endpoint.
 const MIN_FORCED_GAP: Duration = Duration::from_secs(5);
 
+/// First wait after a failed exchange before the endpoint is asked again;
+/// it doubles with each failure in a row, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
 /// The current access token of one credential (one per policy load).
 #[derive(Default)]
 pub struct TokenCache {
     // An async mutex: concurrent requests wait for one exchange instead of each making one.
     slot: tokio::sync::Mutex<Option<Cached>>,
     minted: std::sync::atomic::AtomicU64,
+    /// The last exchange failed: until its wait is over, requests are told
+    /// so without asking the endpoint (a refusing or unreachable endpoint is
+    /// not asked on every request).
+    failing: std::sync::Mutex<Option<Failing>>,
+}
+
+struct Failing {
+    at: Instant,
+    wait: Duration,
+    why: String,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -94,6 +109,10 @@ impl TokenCache {
             Some(c) => return Ok(Token { secret: c.token.clone(), generation: c.generation, fresh: false }),
             None => "first use",
         };
+        if let Some(f) = self.failing.lock().unwrap_or_else(|p| p.into_inner()).as_ref().filter(|f| f.at.elapsed() < f.wait) {
+            let left = f.wait.saturating_sub(f.at.elapsed()).as_secs_f64().ceil() as u64;
+            return Err(TokenFailure(format!("{} (the token endpoint is asked again in {left}s)", f.why)));
+        }
         let started = Instant::now();
         let mut record = TokenExchange { url: cfg.token_url.to_string(), why: why.to_string(), status: None, expires_in_s: None, error: None, duration_ms: 0 };
         let result = exchange(cfg, client_secret, transport, &mut record).await;
@@ -101,6 +120,7 @@ impl TokenCache {
         audit.push(record.clone());
         match result {
             Ok((token, lifetime)) => {
+                *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 let generation = self.minted.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 let margin = REFRESH_MARGIN.min(lifetime / 2);
                 let forced_at = if stale.is_some() { Some(started) } else { forced_at };
@@ -113,7 +133,10 @@ impl TokenCache {
                 if stale.is_some() {
                     *slot = None;
                 }
-                tracing::warn!(credential = name, token_url = %cfg.token_url, "cannot obtain an OAuth2 access token: {why}");
+                let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+                let wait = failing.as_ref().map_or(FIRST_BACKOFF, |f| (f.wait * 2).min(MAX_BACKOFF));
+                *failing = Some(Failing { at: Instant::now(), wait, why: why.clone() });
+                tracing::warn!(credential = name, token_url = %cfg.token_url, "cannot obtain an OAuth2 access token: {why}; not asked again for {}s", wait.as_secs());
                 Err(TokenFailure(why))
             }
         }
