@@ -450,8 +450,13 @@ async fn get_run(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<S
     match s.engine.store.get_run(&id) {
         // Another team's run is answered as if it did not exist.
         Ok(Some(run)) if scope == Scope::All || scope == Scope::Team(run.run.team.clone()) => {
+            let team = match &scope {
+                Scope::Team(t) => Some(t.as_str()),
+                Scope::All => None,
+            };
+            let run = crate::store::seen_by(run, team);
             // Whether `warden runs replay` can re-execute it, and its steps' recordings.
-            let recordings = crate::store::recordings_of_tree(s.engine.store.as_ref(), &id).unwrap_or_default();
+            let recordings = crate::store::recordings_seen_by(s.engine.store.as_ref(), &id, team).unwrap_or_default();
             let mut body = serde_json::to_value(&run).unwrap_or_default();
             body["recording"] = json!(crate::store::recording_state(&recordings));
             body["recordings"] = json!(recordings);

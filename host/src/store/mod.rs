@@ -376,13 +376,33 @@ pub struct StoredRecording {
 
 /// The recordings of a run and of its sub-story runs, depth first.
 pub fn recordings_of_tree(store: &dyn Store, run: &str) -> anyhow::Result<Vec<StoredRecording>> {
+    recordings_seen_by(store, run, None)
+}
+
+/// [`recordings_of_tree`] as `team` may see it: another team's sub-story
+/// runs (and theirs in turn) are that team's; the caller gets their output only.
+pub fn recordings_seen_by(store: &dyn Store, run: &str, team: Option<&str>) -> anyhow::Result<Vec<StoredRecording>> {
     let mut all = store.recordings(run)?;
     if let Some(detail) = store.get_run(run)? {
-        for child in &detail.children {
-            all.extend(recordings_of_tree(store, &child.id)?);
+        for child in detail.children.iter().filter(|c| team.is_none_or(|t| c.team == t)) {
+            all.extend(recordings_seen_by(store, &child.id, team)?);
         }
     }
     Ok(all)
+}
+
+/// A run as `team` may see it (`None`: everything): a sub-story run of
+/// another team keeps its id, story, team and state, not its error text or
+/// the step it failed at. What the caller's step received (its output) is in
+/// the caller's own step record.
+pub fn seen_by(mut detail: RunDetail, team: Option<&str>) -> RunDetail {
+    if let Some(team) = team {
+        for child in detail.children.iter_mut().filter(|c| c.team != team) {
+            child.error = child.error.as_ref().map(|_| format!("(a run of team {}: its details are that team's)", child.team));
+            child.failed_step = None;
+        }
+    }
+    detail
 }
 
 /// What a run's recordings allow: `complete` (every recorded step attempt

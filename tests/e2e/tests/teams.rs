@@ -1,7 +1,7 @@
 //! Vetted steps and teams: signed plugins, per-team grants and credentials,
 //! cross-team sub-stories.
 
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use warden::story::engine::Quiet;
 use warden::story::Library;
@@ -68,10 +68,12 @@ public_key = "{other}"
 [teams.red]
 trusted_keys = ["release"]
 stories = {red}
+api_token_env = "WARDEN_TEST_RED_API"
 
 [teams.blue]
 trusted_keys = ["release"]
 stories = {blue}
+api_token_env = "WARDEN_TEST_BLUE_API"
 
 [credentials.blue-token]
 kind = "bearer"
@@ -84,7 +86,11 @@ team = "blue"
         other = k.other.1,
     );
     // SAFETY: every test sets the same value.
-    unsafe { std::env::set_var("WARDEN_TEST_BLUE_TOKEN", BLUE_SECRET) };
+    unsafe {
+        std::env::set_var("WARDEN_TEST_BLUE_TOKEN", BLUE_SECRET);
+        std::env::set_var("WARDEN_TEST_RED_API", "red-api-token-for-tests");
+        std::env::set_var("WARDEN_TEST_BLUE_API", "blue-api-token-for-tests");
+    }
     warden::Policy::parse(&text, "teams.toml", &workspace_root()).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -204,6 +210,47 @@ async fn a_team_never_uses_another_teams_credential_but_its_sub_story_does() {
     assert_eq!(child.audit[0]["credential"], "blue-token");
     assert!(!serde_json::to_string(&d).unwrap().contains(BLUE_SECRET));
     assert!(!serde_json::to_string(&child).unwrap().contains(BLUE_SECRET));
+}
+
+/// The caller team sees what another team's sub-story gave it, not how:
+/// not the sub-story's recordings, its error text or the step it failed at,
+/// through the API or the console. The owning team sees all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_team_sees_another_teams_sub_story_output_only() {
+    let k = keys();
+    let tmp = StoryDir::new(&[]);
+    let wasm = probe_copy(&tmp.0);
+    write_sig(&wasm, &k.trusted.0, "release", "probe");
+    let (srv, _rec) = origin::spawn().await.unwrap();
+    let url = srv.url("/echo");
+    let red = "name: red-calls\nteam: red\nsteps:\n  - id: look\n    story: blue-lookup\n    with: {}\n  - id: check\n    story: blue-checks\n    with: {}\n    on_error: continue\n";
+    let blue = format!("name: blue-lookup\nteam: blue\nallow_callers: [red]\nsteps:\n  - id: blue_internal_fetch\n    action: probe\n    with: {{op: fetch, url: \"{url}\", credential: blue-token}}\noutput: {{status: \"{{{{ steps.blue_internal_fetch.output.status }}}}\"}}\n");
+    let checks = "name: blue-checks\nteam: blue\nallow_callers: [red]\nsteps:\n  - id: blue_internal_assert\n    transform: {assert: {that: \"{{ false }}\", message: \"blue internal detail 7f3a\"}}\n";
+    let dir = StoryDir::new(&[("red-a.yaml", red), ("blue-c.yaml", &blue), ("blue-d.yaml", checks)]);
+    let (base, e) = warden_e2e::serve(engine(policy(&wasm, &k, srv.port(), &dir.0), &dir.0)).await;
+    let r = e.run("red-calls", json!({}), "test", &Quiet).await.unwrap();
+    assert_eq!(r.state, "succeeded", "{:?}", r.error);
+    let get = |path: String, token: &'static str| {
+        let base = base.clone();
+        async move { reqwest::Client::new().get(format!("{base}{path}")).bearer_auth(token).send().await.unwrap().text().await.unwrap() }
+    };
+    let as_red = get(format!("/api/runs/{}", r.run_id), "red-api-token-for-tests").await;
+    let shown: Value = serde_json::from_str(&as_red).unwrap();
+    assert_eq!(shown["steps"][0]["output"], json!({"status": 200}), "red sees what the sub-story gave it: {as_red}");
+    for hidden in ["blue_internal_fetch", "blue_internal_assert", "blue internal detail 7f3a"] {
+        assert!(!as_red.contains(hidden), "red's view of its run shows blue's `{hidden}`: {as_red}");
+    }
+    assert_eq!(shown["children"].as_array().unwrap().len(), 2, "the sub-story runs are listed: {as_red}");
+    assert!(shown["recordings"].as_array().unwrap().is_empty(), "{as_red}");
+    let page = get(format!("/console/runs/{}", r.run_id), "red-api-token-for-tests").await;
+    assert!(page.contains(&r.run_id), "{page}");
+    for hidden in ["blue_internal_fetch", "blue_internal_assert", "blue internal detail 7f3a"] {
+        assert!(!page.contains(hidden), "red's console page shows blue's `{hidden}`");
+    }
+    // The whole tree, for whoever sees every team.
+    let child = &e.store.get_run(&r.run_id).unwrap().unwrap().children;
+    let as_blue = get(format!("/api/runs/{}", child[1].id), "blue-api-token-for-tests").await;
+    assert!(as_blue.contains("blue internal detail 7f3a") && as_blue.contains("blue_internal_assert"), "{as_blue}");
 }
 
 #[test]

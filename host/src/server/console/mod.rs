@@ -604,9 +604,14 @@ fn run_body(s: &AppState, v: &Viewer, id: &str) -> anyhow::Result<Option<(String
     if !sees_team(&v.scope, &run.run.team) {
         return Ok(None);
     }
-    // The sub-story runs' own steps, drawn under the steps that called them (one level).
+    let run = crate::store::seen_by(run, match &v.scope {
+        Scope::Team(t) => Some(t.as_str()),
+        Scope::All => None,
+    });
+    // The sub-story runs' own steps, drawn under the steps that called them
+    // (one level), for the sub-stories of teams the viewer sees.
     let mut called = Vec::new();
-    for c in run.steps.iter().filter_map(|st| view::called_by(&run, st)).take(MAX_NESTED) {
+    for c in run.steps.iter().filter_map(|st| view::called_by(&run, st)).filter(|c| sees_team(&v.scope, &c.team)).take(MAX_NESTED) {
         if let Some(d) = s.engine.store.get_run(&c.id)? {
             called.push(d);
         }

@@ -595,11 +595,17 @@ impl Engine {
                 Err(StepError::new(ErrorKind::Waiting, format!("sub-story {name} (run {child}) waits for an approval")))
             }
             (_, _, Some(e)) if e.kind == ErrorKind::Store => Err(e),
-            (_, _, Some(e)) => Err(StepError {
-                kind: ErrorKind::Story,
-                message: format!("sub-story {name} (run {child}) failed at {}: {}", result.failed_step.unwrap_or_default(), e.message),
-                retry_after_ms: e.retry_after_ms,
-            }),
+            (_, _, Some(e)) => {
+                // Another team's sub-story: the caller learns that it failed and
+                // how to ask, not its steps or its error text (that team's).
+                let callee_team = self.library.get(name).map(|c| c.team.clone()).unwrap_or_default();
+                let message = if callee_team == sr.story.team {
+                    format!("sub-story {name} (run {child}) failed at {}: {}", result.failed_step.unwrap_or_default(), e.message)
+                } else {
+                    format!("sub-story {name} (run {child}, team {callee_team}) failed ({}); its details are team {callee_team}'s", e.kind.as_str())
+                };
+                Err(StepError { kind: ErrorKind::Story, message, retry_after_ms: e.retry_after_ms })
+            }
             _ => Err(StepError::new(ErrorKind::Story, format!("sub-story {name} (run {child}) failed"))),
         }
     }
