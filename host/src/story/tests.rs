@@ -300,7 +300,8 @@ async fn a_failed_sub_story_fails_the_calling_step_with_kind_story() {
     let r = run(&e, "caller", json!({})).await;
     let err = r.error.clone().unwrap();
     assert_eq!(err.kind, ErrorKind::Story);
-    assert!(err.message.contains("sub-story callee") && err.message.contains("failed at act") && err.message.contains("edr down"), "{}", err.message);
+    // The callee is team ir's: the caller (soc) learns that it failed and where to ask, not its steps or error text.
+    assert!(err.message.contains("sub-story callee") && err.message.contains("team ir") && !err.message.contains("edr down") && !err.message.contains("act"), "{}", err.message);
     assert_eq!(detail(&e, &r).children[0].state, "failed");
 }
 
