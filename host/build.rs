@@ -7,7 +7,7 @@
 //! and the evaluator's dependencies are built once whichever profile the host
 //! is built with.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
@@ -44,9 +44,5 @@ fn main() {
         panic!("building the template evaluator (host/eval/guest) for wasm32-wasip2 failed; is the target installed? `rustup target add wasm32-wasip2`");
     }
     let built = target_dir.join("wasm32-wasip2/guest/warden_eval_guest.wasm");
-    copy(&built, &out.join("evaluator.wasm"));
-}
-
-fn copy(from: &Path, to: &Path) {
-    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copying the evaluator from {}: {e}", from.display()));
+    std::fs::copy(&built, out.join("evaluator.wasm")).unwrap_or_else(|e| panic!("copying the evaluator from {}: {e}", built.display()));
 }

@@ -315,19 +315,16 @@ pub fn withhold_tokens(text: String) -> String {
         while i < bytes.len() && is_token_byte(bytes[i]) {
             i += 1;
         }
-        // A word of token bytes; a token may sit at its end when the word
-        // is `2F<token>` (a URL-encoded slash runs into it).
-        for token_start in [start, i.saturating_sub(43)] {
-            if i - token_start != 43 || token_start < start {
-                continue;
-            }
-            let word = &text[token_start..i];
-            if live.set.contains(word) || after_approvals(bytes, token_start) {
+        // A word of token bytes. A token ends it (token bytes after it would
+        // make it another word), and may be all of it or its end: `2F<token>`,
+        // where a URL-encoded slash runs into it.
+        if i - start >= 43 {
+            let token_start = i - 43;
+            if live.set.contains(&text[token_start..i]) || after_approvals(bytes, token_start) {
                 let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
                 o.push_str(&text[copied..token_start]);
                 o.push_str(WITHHELD);
                 copied = i;
-                break;
             }
         }
     }

@@ -122,8 +122,8 @@ type Job = Box<dyn FnOnce(&'static Sandbox) + Send>;
 /// calls (a guest printing why it aborted) drive their own Tokio runtime,
 /// which may not start on a thread that is already driving one, as every
 /// step of a story is. At most [`SLOTS`] of them, one instance each.
-fn workers(e: &'static Sandbox) -> &'static Mutex<std::sync::mpsc::Sender<Job>> {
-    static POOL: OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> = OnceLock::new();
+fn workers(e: &'static Sandbox) -> &'static std::sync::mpsc::Sender<Job> {
+    static POOL: OnceLock<std::sync::mpsc::Sender<Job>> = OnceLock::new();
     POOL.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let rx = std::sync::Arc::new(Mutex::new(rx));
@@ -141,7 +141,7 @@ fn workers(e: &'static Sandbox) -> &'static Mutex<std::sync::mpsc::Sender<Job>> 
                 })
                 .expect("the OS starts a thread");
         }
-        Mutex::new(tx)
+        tx
     })
 }
 
@@ -153,7 +153,7 @@ fn with_instance(call: impl FnOnce(&Evaluator, &mut Store<State>) -> wasmtime::R
     let job: Job = Box::new(move |e| {
         let _ = tx.send(in_instance(e, call));
     });
-    workers(e).lock().unwrap_or_else(|p| p.into_inner()).send(job).map_err(|_| "the template evaluator has stopped".to_string())?;
+    workers(e).send(job).map_err(|_| "the template evaluator has stopped".to_string())?;
     rx.recv().map_err(|_| "the template evaluator failed (its thread ended)".to_string())?
 }
 

@@ -232,8 +232,7 @@ pub fn render(v: &Value, ctx: &Map<String, Value>, formulas: bool) -> Result<Val
     if !needs_rendering(v, formulas) {
         return Ok(v.clone());
     }
-    let language = if formulas { Language::Formulas } else { Language::Liquid };
-    crate::runtime::evaluator::render(language, v, serde_json::to_string(ctx).map_err(|e| e.to_string())?)
+    crate::runtime::evaluator::render(language(formulas), v, serde_json::to_string(ctx).map_err(|e| e.to_string())?)
 }
 
 /// Renders `v` once per item of `items`, each with `LOOP` (`value`, `index`)
@@ -242,8 +241,12 @@ pub fn render_each(v: &Value, ctx: &Map<String, Value>, formulas: bool, items: &
     if !needs_rendering(v, formulas) {
         return Ok(vec![v.clone(); items.len()]);
     }
-    let language = if formulas { Language::Formulas } else { Language::Liquid };
-    crate::runtime::evaluator::render_each(language, v, serde_json::to_string(ctx).map_err(|e| e.to_string())?, items)
+    crate::runtime::evaluator::render_each(language(formulas), v, serde_json::to_string(ctx).map_err(|e| e.to_string())?, items)
+}
+
+/// The language a graph story's options are written in.
+fn language(formulas: bool) -> Language {
+    if formulas { Language::Formulas } else { Language::Liquid }
 }
 
 /// Whether any string in `v` holds Liquid or (when the story has them) a formula.

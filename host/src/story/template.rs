@@ -78,41 +78,21 @@ impl Bindings {
 
     /// The context as JSON text for the evaluator: only the roots `wanted`
     /// names (`input`, `steps.hunt`; `steps` alone is every step), or all of
-    /// it when `wanted` is `None`.
+    /// it when `wanted` is `None`. Serialized from the shared values, not copied.
     fn context(&self, wanted: Option<&BTreeSet<String>>) -> String {
+        #[derive(serde::Serialize)]
+        #[serde(untagged)]
+        enum Entry<'a> {
+            One(&'a Value),
+            Steps(BTreeMap<&'a str, &'a Value>),
+        }
         let want = |name: &str| wanted.is_none_or(|w| w.iter().any(|r| r.split('.').next() == Some(name)));
         let want_step = |id: &str| wanted.is_none_or(|w| w.iter().any(|r| r == "steps" || r.strip_prefix("steps.").is_some_and(|p| p.split('.').next() == Some(id))));
-        let mut out = String::from("{");
-        let mut first = true;
-        let mut field = |out: &mut String, key: &str| {
-            if !std::mem::take(&mut first) {
-                out.push(',');
-            }
-            out.push_str(&Value::String(key.to_string()).to_string());
-            out.push(':');
-        };
-        for (k, v) in &self.entries {
-            if k != "steps" && want(k) {
-                field(&mut out, k);
-                out.push_str(&v.to_string());
-            }
-        }
+        let mut context: BTreeMap<&str, Entry> = self.entries.iter().filter(|(k, _)| *k != "steps" && want(k)).map(|(k, v)| (k.as_str(), Entry::One(v))).collect();
         if want("steps") {
-            field(&mut out, "steps");
-            out.push('{');
-            let mut first_step = true;
-            for (id, record) in self.steps.iter().filter(|(id, _)| want_step(id)) {
-                if !std::mem::take(&mut first_step) {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(id.clone()).to_string());
-                out.push(':');
-                out.push_str(&record.to_string());
-            }
-            out.push('}');
+            context.insert("steps", Entry::Steps(self.steps.iter().filter(|(id, _)| want_step(id)).map(|(id, v)| (id.as_str(), &**v)).collect()));
         }
-        out.push('}');
-        out
+        serde_json::to_string(&context).expect("JSON values serialize")
     }
 }
 
