@@ -30,6 +30,10 @@ wasmtime::component::bindgen!({ path: "eval/guest/wit", world: "evaluator" });
 pub const EVAL_MEMORY_BYTES: u64 = 64 * MIB;
 /// Wasm instructions one render may execute (about a second of CPU).
 pub const EVAL_FUEL: u64 = 2_000_000_000;
+/// Largest answer (a rendered value as JSON text) the host parses: a value
+/// of many small items is several times its text once parsed, and the host's
+/// parse is outside the instance's limit. A step's default output limit.
+pub const MAX_ANSWER_BYTES: usize = 4 * MIB as usize;
 /// Most renders at once (a slot each in the instance pool); more wait their turn.
 const SLOTS: u32 = 64;
 
@@ -184,6 +188,9 @@ fn one_line(s: &str) -> String {
 }
 
 fn parse(text: &str) -> Result<serde_json::Value, String> {
+    if text.len() > MAX_ANSWER_BYTES {
+        return Err(format!("the template rendered {} MiB of JSON; at most {} MiB is taken (make it build smaller values)", text.len().div_ceil(MIB as usize), MAX_ANSWER_BYTES / MIB as usize));
+    }
     serde_json::from_str(text).map_err(|e| format!("the template evaluator answered what is not JSON: {e}"))
 }
 

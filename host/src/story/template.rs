@@ -289,6 +289,16 @@ mod tests {
         assert_eq!(render_str("{{ input.s | length }}", &ctx).unwrap(), json!(12_000));
     }
 
+    /// What the evaluator answers is parsed by the host, outside its limit:
+    /// an answer past the cap is refused before it is parsed.
+    #[test]
+    fn a_rendered_value_too_large_for_the_host_to_parse_is_refused() {
+        let ctx = Bindings::from_json(&json!({"input": {"s": "ab".repeat(1000)}}));
+        let e = render_str("{{ input.s * 2500 }}", &ctx).unwrap_err();
+        assert!(e.contains("rendered 5 MiB of JSON; at most 4 MiB"), "{e}");
+        assert_eq!(render_str("{{ (input.s * 1500) | length }}", &ctx).unwrap(), json!(3_000_000), "under the cap it renders");
+    }
+
     #[test]
     fn string_concatenation_that_doubles_is_bounded() {
         let mut t = String::from("{% set a = input.s %}");
