@@ -471,6 +471,18 @@ impl Write {
         Write::Logs { run: run.into(), step: step.into(), lines }
     }
 
+    /// A run parked at `step`. An approval's title and details are shown to
+    /// the team (API, console): a link token rendered into them is withheld.
+    pub fn park(run: &str, step: &str, kind: &str, approval: Option<(crate::approval::Approval, Vec<crate::approval::Link>)>) -> Write {
+        let approval = approval.map(|(mut a, links)| {
+            a.title = withhold_tokens(std::mem::take(&mut a.title));
+            let details = withhold_tokens(a.details.to_string());
+            a.details = serde_json::from_str(&details).unwrap_or(Value::String(details));
+            Box::new((a, links))
+        });
+        Write::Park { run: run.into(), step: step.into(), kind: kind.into(), approval, at_ms: now_ms() }
+    }
+
     /// A step attempt's recording (see [`crate::recording`]).
     pub fn recording(run: &str, step: &str, item: Option<usize>, attempt: u32, stored: crate::recording::Stored) -> Write {
         Write::Recording { run: run.into(), step: step.into(), item, attempt, truncated: stored.truncated, recording: withhold_tokens(stored.json) }

@@ -452,3 +452,38 @@ fn a_postgres_password_never_reaches_a_message() {
         assert!(!e.contains("s3cret"), "{url}: {e}");
     }
 }
+
+/// What a team reads of a run holds no live approval token: the run's error,
+/// an approval's title and its details, as they are written to the store.
+#[test]
+fn a_runs_error_and_an_approvals_title_and_details_withhold_link_tokens() {
+    let s = sqlite::RunStore::in_memory().unwrap();
+    let token = crate::approval::token(&[3u8; 32], "t1", "ask", "go", "lead@corp.example");
+    let link = crate::approval::link_url("https://w.example", &token);
+    let escaped = link.replace('/', "\\/");
+    let input = json!({});
+    s.create_run(&run("t1", "ask", "soc", &input, None)).unwrap();
+    let a = crate::approval::Approval {
+        run: "t1".into(),
+        root_run: "t1".into(),
+        step: "ask".into(),
+        story: "ask".into(),
+        team: "soc".into(),
+        title: format!("Go? {link}"),
+        details: json!({"slack_said": escaped, "links": [link]}),
+        choices: vec!["go".into()],
+        approvers: vec![],
+        created_ms: 1,
+        deadline_ms: 1_000_000,
+        on_timeout: None,
+        state: "pending".into(),
+        decision: None,
+    };
+    s.apply(&[Write::park("t1", "ask", "approval", Some((a, vec![])))]).unwrap();
+    let kept = s.approval("t1", "ask").unwrap().unwrap();
+    let shown = format!("{} {}", kept.title, kept.details);
+    assert!(!shown.contains(&token) && shown.contains(crate::approval::WITHHELD), "{shown}");
+    s.apply_one(Write::finish_run("t1", "failed", None, Some(&format!("step tell: Slack answered {escaped}")), Some("tell"))).unwrap();
+    let error = s.get_run("t1").unwrap().unwrap().run.error.unwrap();
+    assert!(!error.contains(&token) && error.contains(crate::approval::WITHHELD), "{error}");
+}

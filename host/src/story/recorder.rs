@@ -99,18 +99,8 @@ impl Recorder {
 
     /// Awaited: the run is parked at `at` (waiting, with its approval when
     /// the step is one) before its task lets go of it.
-    /// An approval's title and details are shown to the team (API, console):
-    /// any link token rendered into them is withheld first.
     pub async fn park(&self, at: &StepAt<'_>, approval: Option<(crate::approval::Approval, Vec<crate::approval::Link>)>) -> Result<(), StoreDown> {
-        use crate::approval::withhold_tokens;
-        let approval = approval.map(|(mut a, links)| {
-            a.title = withhold_tokens(std::mem::take(&mut a.title));
-            let details = withhold_tokens(a.details.to_string());
-            a.details = serde_json::from_str(&details).unwrap_or(Value::String(details));
-            (a, links)
-        });
-        let write = Write::Park { run: at.run.into(), step: at.step.into(), kind: at.kind.into(), approval: approval.map(Box::new), at_ms: crate::audit::now_ms() };
-        self.commit(write).await
+        self.commit(Write::park(at.run, at.step, at.kind, approval)).await
     }
 
     /// Remembers `value` (a digest) for a deduplicate agent across runs:
