@@ -126,14 +126,50 @@ fn roots(templates: &[&str]) -> Option<BTreeSet<String>> {
 }
 
 /// `v` with every template string that is a plain path replaced by the value
-/// it names; `None` when any template needs the evaluator.
+/// it names, and every text whose expressions are all plain paths filled in;
+/// `None` when any template needs the evaluator.
 fn looked_up(v: &Value, ctx: &Bindings) -> Option<Value> {
     Some(match v {
-        Value::String(s) if is_template(s) => ctx.lookup(&plain_path(single_expression(s)?)?)?.clone(),
+        Value::String(s) if is_template(s) => match single_expression(s) {
+            Some(expr) => ctx.lookup(&plain_path(expr)?)?.clone(),
+            None => Value::String(filled_in(s, ctx)?),
+        },
         Value::Array(items) => Value::Array(items.iter().map(|i| looked_up(i, ctx)).collect::<Option<_>>()?),
         Value::Object(map) => Value::Object(map.iter().map(|(k, v)| Some((k.clone(), looked_up(v, ctx)?))).collect::<Option<_>>()?),
         other => other.clone(),
     })
+}
+
+/// A text whose expressions are all plain paths to a string or an integer
+/// (`https://{{ input.host }}/x?k={{ input.k }}`), filled in as minijinja
+/// prints those (not booleans: it prints `True`); `None` for anything else (a tag, a comment,
+/// whitespace control, a trailing newline minijinja would drop, another
+/// kind of value). What it makes is the text and values the context holds.
+fn filled_in(text: &str, ctx: &Bindings) -> Option<String> {
+    if text.contains("{%") || text.contains("{#") || text.ends_with('\n') {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 2..];
+        let close = after.find("}}")?;
+        let value = match ctx.lookup(&plain_path(after[..close].trim())?)? {
+            Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+            Value::Number(n) if !n.is_f64() => std::borrow::Cow::Owned(n.to_string()),
+            _ => return None,
+        };
+        // The same value named many times can make a large text: past what
+        // the evaluator may answer, it is the evaluator's to refuse.
+        if out.len() + value.len() > evaluator::MAX_ANSWER_BYTES {
+            return None;
+        }
+        out.push_str(&value);
+        rest = &after[close + 2..];
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 /// Renders one string against `ctx`.
@@ -259,6 +295,32 @@ mod tests {
         assert_eq!(render_str("{{ item }}{{ input.n }}", &item).unwrap(), json!("x1"));
         assert!(render_str("{{ item }}", &ctx).is_err(), "an item's binding stays with its copy");
         assert_eq!(render_value(&json!({"all": "{{ steps | length }}"}), &ctx).unwrap(), json!({"all": 2}));
+    }
+
+    /// A text of plain paths is filled in by the host exactly as the
+    /// evaluator renders it; anything it cannot say the same way goes there.
+    #[test]
+    fn a_text_of_plain_paths_is_filled_in_as_the_evaluator_renders_it() {
+        let ctx = Bindings::from_json(&json!({"input": {"host": "h.example", "k": 7, "big": 18446744073709551615u64, "neg": -3, "yes": true, "f": 1.0, "o": {"a": 1}, "t": "{{ 7 * 6 }}", "u": "é}}"}}));
+        let texts = [
+            "https://{{ input.host }}/x?k={{input.k}}",
+            "{{ input.big }}/{{ input.neg }}",
+            "a }} b {{ input.host }} c",
+            "x {{ input.t }} {{ input.u }}",
+            "{{ input.host }}{{ input.k }}",
+        ];
+        for t in texts {
+            assert!(filled_in(t, &ctx).is_some(), "{t} is only plain paths");
+            let by_evaluator = evaluator::render(Language::Jinja, &json!(t), ctx.context(None)).unwrap();
+            assert_eq!(render_str(t, &ctx).unwrap(), by_evaluator, "{t}");
+        }
+        let many = "{{ input.s }}".repeat(10);
+        let large = Bindings::from_json(&json!({"input": {"s": "x".repeat(1 << 20)}}));
+        assert_eq!(filled_in(&many, &large), None, "ten copies of a 1 MiB value are the evaluator's to refuse");
+        assert!(render_str(&many, &large).unwrap_err().contains("at most 4 MiB"));
+        for t in ["{{ input.yes }} x", "f = {{ input.f }}", "{{ input.o }} x", "x {{ input.k }}\n", "{{- input.k }} x", "{% if true %}x{% endif %} {{ input.k }}", "{# c #} {{ input.k }}", "x {{ input.missing }}", "x {{ input.host | upper }}"] {
+            assert_eq!(filled_in(t, &ctx), None, "{t} goes to the evaluator");
+        }
     }
 
     #[test]
