@@ -89,8 +89,15 @@ fn build() -> anyhow::Result<Sandbox> {
         .total_stacks(SLOTS)
         .max_memory_size(EVAL_MEMORY_BYTES as usize)
         .max_unused_warm_slots(SLOTS.min(8))
-        .linear_memory_keep_resident(1 << 20)
         .table_keep_resident(64 << 10);
+    // As the plugins' engines do (see `engine::resets_memory_in_place`):
+    // where the kernel says which pages an instance dirtied, only those are
+    // zeroed for the next one; else the slot's memory goes back to the kernel.
+    // (Keeping a fixed amount resident without the scan zeroed all of it
+    // after every render: the largest cost of a render, measured.)
+    if crate::runtime::resets_memory_in_place() {
+        pool.pagemap_scan(wasmtime::Enabled::Yes).linear_memory_keep_resident(crate::runtime::MEMORY_KEEP_RESIDENT);
+    }
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = match Engine::new(&config) {
         Ok(e) => e,
