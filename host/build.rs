@@ -44,5 +44,9 @@ fn main() {
         panic!("building the template evaluator (host/eval/guest) for wasm32-wasip2 failed; is the target installed? `rustup target add wasm32-wasip2`");
     }
     let built = target_dir.join("wasm32-wasip2/guest/warden_eval_guest.wasm");
-    std::fs::copy(&built, out.join("evaluator.wasm")).unwrap_or_else(|e| panic!("copying the evaluator from {}: {e}", built.display()));
+    let wasm = std::fs::read(&built).unwrap_or_else(|e| panic!("reading the evaluator {}: {e}", built.display()));
+    std::fs::write(out.join("evaluator.wasm"), &wasm).unwrap_or_else(|e| panic!("writing the evaluator: {e}"));
+    // Its digest (the compile cache's key), so start-up need not hash it.
+    use sha2::Digest as _;
+    std::fs::write(out.join("evaluator.sha256"), hex::encode(sha2::Sha256::digest(&wasm))).unwrap_or_else(|e| panic!("writing the evaluator's digest: {e}"));
 }

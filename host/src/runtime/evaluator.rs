@@ -38,6 +38,8 @@ pub const MAX_ANSWER_BYTES: usize = 4 * MIB as usize;
 const SLOTS: u32 = 64;
 
 static WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/evaluator.wasm"));
+/// Its sha256, worked out by build.rs.
+const DIGEST: &str = include_str!(concat!(env!("OUT_DIR"), "/evaluator.sha256"));
 
 struct Sandbox {
     engine: Engine,
@@ -107,8 +109,7 @@ fn build() -> anyhow::Result<Sandbox> {
             Engine::new(&config)?
         }
     };
-    let digest = crate::runtime::sha256_hex(WASM);
-    let component: Component = cache::compile(&engine, crate::runtime::default_cache_dir().as_deref(), &digest, WASM)?;
+    let component: Component = cache::compile(&engine, crate::runtime::default_cache_dir().as_deref(), DIGEST, WASM)?;
     let mut linker = Linker::<State>::new(&engine);
     // The guest's standard library imports WASI; its context grants nothing
     // (no files, no environment, no network; stdout and stderr go nowhere).
@@ -122,7 +123,8 @@ fn evaluator() -> Result<&'static Sandbox, String> {
     E.get_or_init(|| build().map_err(|e| format!("the template evaluator could not be loaded: {e:#}"))).as_ref().map_err(Clone::clone)
 }
 
-/// Loads the evaluator now (at start-up) instead of at the first render.
+/// Loads the evaluator now instead of at the first render (which waits for
+/// it if it is still loading).
 pub fn warm() -> Result<(), String> {
     evaluator().map(|_| ())
 }

@@ -612,11 +612,16 @@ impl Engine {
 
     /// Loads (compiles or fetches from the cache) and vets every plugin the
     /// stories use, for the team of each story that uses it, so a broken or
-    /// untrusted plugin stops the server at start rather than a run later;
-    /// and the template evaluator beside them, so the first webhook does not
-    /// wait for it to compile and a broken one stops the server too.
+    /// untrusted plugin stops the server at start rather than a run later.
+    /// The template evaluator starts loading beside them, off the path to
+    /// the first accepted webhook (a render waits for it if it must; a
+    /// failure is said here and by every render).
     pub async fn preload(&self) -> Result<usize, String> {
-        let evaluator = tokio::task::spawn_blocking(crate::runtime::evaluator::warm);
+        tokio::task::spawn_blocking(|| {
+            if let Err(e) = crate::runtime::evaluator::warm() {
+                tracing::error!("{e}; every template that needs it fails its step");
+            }
+        });
         let mut pairs = std::collections::BTreeSet::new();
         for story in self.library.stories.values() {
             for s in story.all_steps() {
@@ -628,7 +633,6 @@ impl Engine {
         for (team, plugin) in &pairs {
             self.invoker.prepare(plugin, team).await.map_err(|e| format!("plugin {plugin} for team {team}: {}", e.message))?;
         }
-        evaluator.await.map_err(|e| format!("the template evaluator: {e}"))??;
         Ok(pairs.len())
     }
 }
