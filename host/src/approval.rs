@@ -18,6 +18,14 @@
 //! (an email carrying the links) therefore renders the very links the
 //! approval will accept; only SHA-256 of each token is stored, and a token is
 //! good for one decision (the approval is decided once).
+//!
+//! A template never sees a token: `approval.<step>.links…` hold a
+//! [`placeholder`] sealed to the run tree, which the step's guest, the run
+//! record, the audit and recordings keep. The host puts the token in its
+//! place only at egress — in an HTTP request or a mail of a step whose
+//! rendered input held that placeholder ([`handed_in`]) — and scrubs the
+//! token from the answer. So the token reaches the approver's inbox (or
+//! Slack) and nothing the team can read, and a guest cannot mint or leak one.
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -318,7 +326,9 @@ pub fn withhold_tokens(text: String) -> String {
         // A word of token bytes. A token ends it (token bytes after it would
         // make it another word), and may be all of it or its end: `2F<token>`,
         // where a URL-encoded slash runs into it.
-        if i - start >= 43 {
+        // A placeholder of a link ([`placeholder`]) is no token: kept as it is.
+        let sealed = |w: &str| w.len() >= PLACEHOLDER_LEN && w[w.len() - PLACEHOLDER_LEN..].starts_with(PLACEHOLDER_PREFIX);
+        if i - start >= 43 && !sealed(&text[start..i]) {
             let token_start = i - 43;
             if live.set.contains(&text[token_start..i]) || after_approvals(bytes, token_start) {
                 let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
@@ -388,15 +398,106 @@ pub fn remember_live<'a>(tokens: impl IntoIterator<Item = &'a str>) {
     }
 }
 
-/// A link of an approval, as a template sees it.
+/// A link of an approval: its token after `/approvals/` (as the approver
+/// opens it), or its placeholder (as a template sees it).
 pub fn link_url(base: &str, token: &str) -> String {
     format!("{}/approvals/{token}", base.trim_end_matches('/'))
 }
 
-/// `{links: {choice: url}, links_for: {address: {choice: url}}}` for one approval step of a run.
-pub fn links_value(key: &LinkKey, base: &str, run: &str, step: &str, choices: &[String], approvers: &[String]) -> Value {
+/// How a placeholder of a link's token begins.
+pub const PLACEHOLDER_PREFIX: &str = "wardenlink";
+
+/// A placeholder's length: the prefix, then 44 bytes in hex.
+pub const PLACEHOLDER_LEN: usize = PLACEHOLDER_PREFIX.len() + 88;
+
+/// Most placeholders one step's input hands to its egress (a choice for each
+/// of 64 approvers of 16 choices is 1,024; past this many the rest go out as
+/// they are).
+pub const MAX_HANDED: usize = 4096;
+
+/// What a template sees in place of a link's token: the token sealed to the
+/// run tree `root`, so that the guest of a step never holds a link that
+/// decides. The host puts the token back only at egress (an HTTP request
+/// or a mail the step sends; see [`handed_in`]) and scrubs it from the
+/// answer, as it does a `placeholder` credential.
+///
+/// `wardenlink<nonce><sealed>` in lower-case hex: `nonce` is 12 bytes of
+/// HMAC(link key, token), `sealed` the token's 32 bytes XORed with
+/// HMAC(link key, root, nonce). Without the key it says nothing of the
+/// token; it opens only with the key and the same root, and only to the
+/// token it was made from (the nonce is checked after opening), so neither
+/// a webhook sender nor a guest can forge one, and one seen in another
+/// run's record does not open in theirs. Letters and digits only: no
+/// escaping a guest may apply (JSON, URL or form encoding of every byte,
+/// HTML) changes it.
+pub fn placeholder(key: &LinkKey, root: &str, token: &str) -> String {
+    use base64::Engine as _;
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token) else { return token.to_string() };
+    let nonce = &mac(key, &[b"warden-link-nonce/1", token.as_bytes()])[..12];
+    let mask = mac(key, &[b"warden-link-mask/1", root.as_bytes(), nonce]);
+    let sealed: Vec<u8> = bytes.iter().zip(mask.iter()).map(|(b, m)| b ^ m).collect();
+    format!("{PLACEHOLDER_PREFIX}{}{}", hex::encode(nonce), hex::encode(sealed))
+}
+
+/// The token a placeholder ([`placeholder`]) was made from, if it was made
+/// with `key` for `root`.
+pub fn open_placeholder(key: &LinkKey, root: &str, placeholder: &str) -> Option<String> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let body = placeholder.strip_prefix(PLACEHOLDER_PREFIX)?;
+    if placeholder.len() != PLACEHOLDER_LEN || !body.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    let (nonce, sealed) = (hex::decode(&body[..24]).ok()?, hex::decode(&body[24..]).ok()?);
+    let mask = mac(key, &[b"warden-link-mask/1", root.as_bytes(), &nonce]);
+    let bytes: Vec<u8> = sealed.iter().zip(mask.iter()).map(|(b, m)| b ^ m).collect();
+    let token = b64.encode(bytes);
+    let expected = &mac(key, &[b"warden-link-nonce/1", token.as_bytes()])[..12];
+    // Constant time: the nonce is what authenticates the opening.
+    let same = expected.iter().zip(nonce.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    same.then(|| {
+        remember_live([token.as_str()]);
+        token
+    })
+}
+
+/// Every placeholder of a link in `text` (a step's rendered input) that
+/// opens for `root`, with its token: what the step's HTTP requests and mails
+/// may carry in their place. Placeholders that do not open are left alone.
+pub fn handed_in(key: &LinkKey, root: &str, text: &str) -> Vec<(String, String)> {
+    let mut found = std::collections::BTreeMap::new();
+    let mut looked = 0;
+    for at in memchr::memmem::find_iter(text.as_bytes(), PLACEHOLDER_PREFIX.as_bytes()) {
+        if looked >= MAX_HANDED {
+            break;
+        }
+        let Some(candidate) = text.get(at..at + PLACEHOLDER_LEN) else { continue };
+        if found.contains_key(candidate) {
+            continue;
+        }
+        looked += 1;
+        if let Some(token) = open_placeholder(key, root, candidate) {
+            found.insert(candidate.to_string(), token);
+        }
+    }
+    found.into_iter().collect()
+}
+
+fn mac(key: &LinkKey, parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    for part in parts {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// `{links: {choice: url}, links_for: {address: {choice: url}}}` for one
+/// approval step of a run in the run tree `root`, each link's token as its
+/// [`placeholder`].
+pub fn links_value(key: &LinkKey, base: &str, root: &str, run: &str, step: &str, choices: &[String], approvers: &[String]) -> Value {
     let per = |recipient: &str| -> Value {
-        choices.iter().map(|c| (c.clone(), Value::String(link_url(base, &token(key, run, step, c, recipient))))).collect::<serde_json::Map<_, _>>().into()
+        choices.iter().map(|c| (c.clone(), Value::String(link_url(base, &placeholder(key, root, &token(key, run, step, c, recipient)))))).collect::<serde_json::Map<_, _>>().into()
     };
     let links_for: serde_json::Map<String, Value> = recipients(approvers).filter(|r| !r.is_empty()).map(|r| (r.to_string(), per(r))).collect();
     json!({"links": per(""), "links_for": links_for})
@@ -594,6 +695,63 @@ mod tests {
         // A minted token is withheld even with no link around it at all.
         let bare = withhold_tokens(format!("token={minted}; done"));
         assert_eq!(bare, format!("token={WITHHELD}; done"));
+    }
+
+    #[test]
+    fn a_placeholder_opens_to_its_token_only_with_the_key_and_the_run_tree_it_was_sealed_to() {
+        let key = [7u8; 32];
+        let t = token(&key, "r1", "confirm", "isolate", "lead@corp.example");
+        let p = placeholder(&key, "root-1", &t);
+        assert!(p.starts_with(PLACEHOLDER_PREFIX) && !p.contains(&t), "{p}");
+        assert_eq!(open_placeholder(&key, "root-1", &p).as_deref(), Some(t.as_str()));
+        // Another run tree, another key: it does not open.
+        assert_eq!(open_placeholder(&key, "root-2", &p), None);
+        assert_eq!(open_placeholder(&[8u8; 32], "root-1", &p), None);
+        // Changed in any character, it does not open (the nonce authenticates it).
+        assert_eq!(p.len(), PLACEHOLDER_LEN);
+        for i in PLACEHOLDER_PREFIX.len()..p.len() {
+            let mut forged = p.clone().into_bytes();
+            forged[i] = if forged[i] == b'a' { b'b' } else { b'a' };
+            let forged = String::from_utf8(forged).unwrap();
+            assert_eq!(open_placeholder(&key, "root-1", &forged), None, "{forged}");
+        }
+        // The same token sealed twice is the same placeholder (a resumed run renders the same links).
+        assert_eq!(placeholder(&key, "root-1", &t), p);
+    }
+
+    #[test]
+    fn a_placeholder_is_left_as_it_is_by_escaping_and_by_the_record() {
+        let key = [7u8; 32];
+        let p = placeholder(&key, "root-1", &token(&key, "r1", "ask", "go", ""));
+        let link = link_url("https://w.example", &p);
+        // The run record keeps it as it is, in any spelling.
+        assert_eq!(withhold_tokens(link.clone()), link);
+        let encoded = percent_encoding::utf8_percent_encode(&link, percent_encoding::NON_ALPHANUMERIC).to_string();
+        assert_eq!(withhold_tokens(encoded.clone()), encoded);
+        for spelled in [
+            serde_json::to_string(&link).unwrap(),
+            link.replace('/', "\\/"),
+            url::form_urlencoded::byte_serialize(link.as_bytes()).collect::<String>(),
+            percent_encoding::utf8_percent_encode(&link, percent_encoding::NON_ALPHANUMERIC).to_string(),
+        ] {
+            let handed = handed_in(&key, "root-1", &spelled);
+            assert_eq!(handed.len(), 1, "{spelled}");
+            assert_eq!(handed[0].0, p);
+        }
+    }
+
+    #[test]
+    fn only_placeholders_sealed_to_the_run_tree_are_handed_to_its_egress() {
+        let key = [7u8; 32];
+        let mine = token(&key, "r1", "ask", "go", "");
+        let theirs = token(&key, "r9", "ask", "go", "");
+        let (p_mine, p_theirs) = (placeholder(&key, "root-1", &mine), placeholder(&key, "root-9", &theirs));
+        let input = format!(r#"{{"a":"{p_mine}","b":"{p_theirs}","c":"{PLACEHOLDER_PREFIX}{}","d":"{p_mine}"}}"#, "0".repeat(88));
+        assert_eq!(handed_in(&key, "root-1", &input), vec![(p_mine.clone(), mine)]);
+        // A flood of forged placeholders costs a bounded number of openings.
+        let forged: String = (0..MAX_HANDED + 10).map(|i| format!("{PLACEHOLDER_PREFIX}{i:088} ")).collect();
+        assert!(handed_in(&key, "root-1", &format!("{forged}{p_mine}")).is_empty(), "past MAX_HANDED the rest go out as they are");
+        assert_eq!(handed_in(&key, "root-1", "no links here"), vec![]);
     }
 
     #[test]

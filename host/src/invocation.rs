@@ -21,6 +21,38 @@ pub struct InvocationInfo {
     /// the grant opts in (telemetry on). Not part of the audit record.
     #[serde(skip)]
     pub traceparent: Option<String>,
+    /// Approval links' tokens the step's input holds as placeholders, put
+    /// in their place only at egress. Not part of the audit record.
+    #[serde(skip)]
+    pub handed: Handed,
+}
+
+/// Secrets a step's input holds as placeholders — `(placeholder, value)`,
+/// today approval links' tokens — which the host puts in place of the
+/// placeholder in the step's HTTP requests and mails, and scrubs from what
+/// comes back. The guest, the audit and the recording keep the placeholder.
+/// Its `Debug` shows how many, never a value.
+#[derive(Clone, Default, PartialEq)]
+pub struct Handed(Arc<Vec<(String, String)>>);
+
+impl Handed {
+    pub fn new(pairs: Vec<(String, String)>) -> Handed {
+        Handed(Arc::new(pairs))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(p, v)| (p.as_str(), v.as_str()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Handed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Handed({} placeholders)", self.0.len())
+    }
 }
 
 /// One log line of an invocation.

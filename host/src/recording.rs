@@ -227,7 +227,7 @@ impl Invocation {
     }
 
     pub fn info(&self) -> crate::invocation::InvocationInfo {
-        crate::invocation::InvocationInfo { run_id: self.run_id.clone(), story: self.story.clone(), step: self.step.clone(), team: self.team.clone(), attempt: self.attempt, traceparent: None }
+        crate::invocation::InvocationInfo { run_id: self.run_id.clone(), story: self.story.clone(), step: self.step.clone(), team: self.team.clone(), attempt: self.attempt, traceparent: None, ..Default::default() }
     }
 }
 
@@ -837,7 +837,7 @@ mod tests {
 
     #[test]
     fn the_stored_json_is_the_recording() {
-        let info = crate::invocation::InvocationInfo { run_id: "r1".into(), story: "s".into(), step: "a".into(), team: "t".into(), attempt: 2, traceparent: None };
+        let info = crate::invocation::InvocationInfo { run_id: "r1".into(), story: "s".into(), step: "a".into(), team: "t".into(), attempt: 2, traceparent: None, ..Default::default() };
         let outcomes = [
             Ok(r#"{"hosts": ["a", "b"], "n": 1.5}"#.to_string()),
             Ok("not json".to_string()),

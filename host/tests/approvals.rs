@@ -168,13 +168,17 @@ async fn decide_api(srv: &Server, token: &str, run: &str, step: &str, body: Valu
 /// the run record (which the whole team reads) keeps their shape, not their tokens.
 fn links_of(srv: &Server, detail: &Value) -> Value {
     let stored = detail["steps"].as_array().unwrap().iter().find(|s| s["step_id"] == "links").unwrap()["output"].clone();
-    assert_eq!(stored["isolate"], format!("{}/approvals/(token-withheld)", srv.base), "the record withholds the token: {stored}");
     let run = detail["id"].as_str().unwrap();
     let store = warden::store::open(&srv.dir.join("runs.db")).unwrap();
     // The server's link key: its secret (kept beside the store) over the store's salt.
     let secret = warden::approval::secret_beside(&srv.dir.join("runs.db")).unwrap();
     let key = warden::approval::link_key(&secret, &store.approvals().unwrap().key_salt().unwrap());
-    let link = |choice: &str, to: &str| format!("{}/approvals/{}", srv.base, warden::approval::token(&key, run, "confirm", choice, to));
+    let token = |choice: &str, to: &str| warden::approval::token(&key, run, "confirm", choice, to);
+    // The record (a transform's output here) holds the link with its token sealed, opened only with the key, for this run.
+    let sealed = stored["isolate"].as_str().unwrap().strip_prefix(&format!("{}/approvals/", srv.base)).unwrap_or_else(|| panic!("{stored}")).to_string();
+    assert!(sealed.starts_with(warden::approval::PLACEHOLDER_PREFIX), "{stored}");
+    assert_eq!(warden::approval::open_placeholder(&key, run, &sealed), Some(token("isolate", "")));
+    let link = |choice: &str, to: &str| format!("{}/approvals/{}", srv.base, token(choice, to));
     let lead = if stored["lead_isolate"].is_null() { Value::Null } else { json!(link("isolate", "lead@corp.example")) };
     json!({"isolate": link("isolate", ""), "ignore": link("ignore", ""), "lead_isolate": lead})
 }
@@ -187,6 +191,11 @@ async fn a_run_waits_for_a_link_and_continues_with_the_decision() {
     let waiting = until(&srv, &run, "waiting").await;
     let links = links_of(&srv, &waiting);
     assert!(links["isolate"].as_str().unwrap().starts_with(&format!("{}/approvals/", srv.base)), "{links}");
+    // The record's copy of a link decides nothing, and says so.
+    let recorded = waiting["steps"].as_array().unwrap().iter().find(|s| s["step_id"] == "links").unwrap()["output"]["isolate"].as_str().unwrap().to_string();
+    let (code, page) = open(&srv, &recorded, Some("from+the+record")).await;
+    assert_eq!(code, 404, "{page}");
+    assert!(page.contains("it decides nothing"), "{page}");
     let pending = api(&srv.base, ADMIN, "/api/approvals").await;
     assert_eq!(pending["approvals"].as_array().unwrap().len(), 1, "{pending}");
     assert_eq!(pending["approvals"][0]["title"], "Isolate <b>WS-ALICE-01</b>?");

@@ -615,6 +615,54 @@ async fn a_run_that_keeps_ending_the_process_is_failed_not_resumed_forever() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A drain that reaches its deadline leaves the runs still executing to
+/// resume at the next start. That stop was the operator's, not the run's: a
+/// run stopped so at several restarts in a row (a rolling upgrade during a
+/// long hunt) is resumed every time, never failed as a run that keeps ending
+/// the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stopped_by_graceful_shutdowns_is_resumed_every_time() {
+    let slow = "name: slow\nsteps:\n  - id: wait\n    action: probe\n    with: {op: sleep, ms: 3000}\n    retry: {attempts: 10, backoff_ms: 10}\n";
+    let dir = setup("drained", &[("slow.yaml", slow)], "[triggers.slow]\nsecret_env = \"WEBHOOK_SECRET\"\n");
+    let db = dir.join("runs.db");
+    let flags = ["--workers", "2", "--drain-secs", "0"];
+    let mut srv = common::node::Server::start_with(&dir, db.as_os_str(), &flags);
+    let (code, accepted) = post(&srv.base, "slow", "{}", Some(sign("slow", "{}")), "application/json").await;
+    assert_eq!(code, 202);
+    let id = accepted["run_id"].as_str().unwrap().to_string();
+    // Three times: the step is under way (its attempt n), then SIGTERM, with no time to drain.
+    for attempt in 1..=3 {
+        let mut seen = serde_json::Value::Null;
+        for _ in 0..200 {
+            seen = get(&srv.base, &format!("/api/runs/{id}")).await;
+            if seen["steps"][0]["state"] == "running" && seen["steps"][0]["attempts"] == attempt {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!((seen["state"].as_str(), seen["steps"][0]["attempts"].as_u64()), (Some("running"), Some(attempt)), "{seen}");
+        let stopped = std::process::Command::new("kill").args(["-TERM", &srv.child.id().to_string()]).status().unwrap();
+        assert!(stopped.success());
+        let mut ended = None;
+        for _ in 0..200 {
+            ended = srv.child.try_wait().unwrap();
+            if ended.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(ended.is_some_and(|s| s.success()), "a drain ends the process cleanly: {ended:?}");
+        srv = common::node::Server::start_with(&dir, db.as_os_str(), &flags);
+    }
+    // The fourth start resumes it again, and this time it finishes.
+    let runs = wait_for(&srv.base, |r| r.iter().any(|x| x["id"] == id.as_str() && x["state"] != "running" && x["state"] != "queued")).await;
+    let detail = get(&srv.base, &format!("/api/runs/{id}")).await;
+    assert_eq!(detail["state"], "succeeded", "{detail} ({} runs)", runs.len());
+    assert_eq!(detail["steps"][0]["attempts"], 4, "{detail}");
+    drop(srv);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The hostile suite's host-evaluation section: what a sender controls is
 /// fed to the host's own evaluators — minijinja in a YAML story, Liquid and
 /// formulas in a graph story — by templates that grow it without bound. Each

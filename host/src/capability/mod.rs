@@ -177,12 +177,12 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    pub fn new(plugin: &str, grant: Arc<Grant>, info: InvocationInfo, transport: Arc<http::transport::Transport>, tap: Option<UnboundedSender<LogLine>>, tape: Tape) -> Capabilities {
+    pub fn new(plugin: &str, grant: Arc<Grant>, info: InvocationInfo, egress: Arc<http::Egress>, tap: Option<UnboundedSender<LogLine>>, tape: Tape) -> Capabilities {
         let limits = &grant.limits;
         Capabilities {
             tape,
             logs: log::LogBuffer::new(limits.log_bytes, tap),
-            http: http::HttpState::new(transport),
+            http: http::HttpState::new(egress),
             smtp: smtp::SmtpState::default(),
             call: Call {
                 plugin: plugin.to_string(),

@@ -8,7 +8,6 @@ use super::origin::{HostPattern, OriginPattern};
 use super::target::Target;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use toml::Spanned;
 
 /// A secret value. Debug and Display never show it.
@@ -175,9 +174,6 @@ pub struct CredentialSpec {
     /// of its hosts, without the plugin naming it (for code that cannot, such
     /// as an unmodified `fetch()`). The default, `"named"`, needs the name.
     pub auto: bool,
-    /// The access token of an `oauth2` credential, shared by every request
-    /// that uses it (one per policy load).
-    pub tokens: Arc<crate::capability::http::oauth::TokenCache>,
 }
 
 impl CredentialSpec {
@@ -265,7 +261,7 @@ pub(super) fn parse(name: &str, c: RawCredential, base: &Path) -> Result<Credent
             ))
         }
     };
-    Ok(CredentialSpec { name: name.to_string(), kind, source, hosts, relays, team: c.team, auto, tokens: Default::default() })
+    Ok(CredentialSpec { name: name.to_string(), kind, source, hosts, relays, team: c.team, auto })
 }
 
 /// The `oauth2` fields of a credential table, checked.

@@ -167,7 +167,8 @@ impl Lane {
 pub struct Runtime {
     copied: Lane,
     mapped: Lane,
-    transport: Arc<Transport>,
+    /// The wire and the OAuth tokens, shared by every invocation.
+    egress: Arc<crate::capability::http::Egress>,
     cache_dir: Option<PathBuf>,
     loaded: Mutex<std::collections::HashMap<String, Arc<Plugin>>>,
     /// Invocations alive right now, and the pool's capacity (for metrics).
@@ -212,7 +213,7 @@ impl Runtime {
         Ok(Runtime {
             copied,
             mapped,
-            transport: Arc::new(Transport::new(config.resolver)?),
+            egress: Arc::new(crate::capability::http::Egress::new(Transport::new(config.resolver)?)),
             cache_dir: config.cache_dir,
             loaded: Mutex::default(),
             live: Arc::default(),
@@ -467,7 +468,7 @@ impl Runtime {
         tape: Tape,
     ) -> Store<InvocationState> {
         let cpu_limit = Duration::from_millis(grant.limits.cpu_ms);
-        let state = InvocationState::new(&plugin.name, grant, info, self.transport.clone(), tap, tape);
+        let state = InvocationState::new(&plugin.name, grant, info, self.egress.clone(), tap, tape);
         let meter = state.caps.call.meter.clone();
         let mut store = Store::new(&self.lane(plugin.memory_init).engine, state);
         store.limiter(|s| s);

@@ -2,7 +2,6 @@
 //! built fresh for each call, so nothing leaks between runs.
 
 use super::stdio::CappedPipe;
-use crate::capability::http::transport::Transport;
 use crate::capability::Capabilities;
 use crate::invocation::{InvocationInfo, LogLine};
 use crate::limits::{Bytes, Limits};
@@ -118,7 +117,7 @@ impl InvocationState {
         plugin: &str,
         grant: Arc<Grant>,
         info: InvocationInfo,
-        transport: Arc<Transport>,
+        egress: Arc<crate::capability::http::Egress>,
         tap: Option<UnboundedSender<LogLine>>,
         tape: Tape,
     ) -> InvocationState {
@@ -160,7 +159,7 @@ impl InvocationState {
             stop: None,
             stdout,
             stderr,
-            caps: Capabilities::new(plugin, grant, info, transport, tap, tape),
+            caps: Capabilities::new(plugin, grant, info, egress, tap, tape),
         }
     }
 

@@ -137,6 +137,9 @@ fn said(code: StatusCode, heading: &str, text: &str) -> Response {
 /// The link's approval and link, or the page that says why there is none.
 fn open_link(s: &AppState, token: &str) -> Result<(Approval, approval::Link), Response> {
     let unknown = || said(StatusCode::NOT_FOUND, "Unknown link", "This approval link is not known here. If the run has not reached its approval step yet, try again in a moment.");
+    if token.starts_with(approval::PLACEHOLDER_PREFIX) {
+        return Err(said(StatusCode::NOT_FOUND, "Not a link that decides", "This is an approval link as the run record keeps it (its token is sealed); it decides nothing. The link that decides went to the approver, by the step that sent it."));
+    }
     if !approval::looks_like_token(token) {
         return Err(unknown());
     }

@@ -49,7 +49,7 @@ async fn claim_loop(q: Queue) {
                     waiting = claims.more_waiting;
                     let filled = claims.runs.len() == free;
                     for c in claims.runs {
-                        let start = if c.interrupted { Start::AfterRestart { started: true } } else { Start::FromStore };
+                        let start = if c.interrupted { Start::AfterRestart { started: c.started } } else { Start::FromStore };
                         if c.interrupted {
                             tracing::warn!(run = %c.id, "resuming a run whose node stopped renewing its lease");
                         }

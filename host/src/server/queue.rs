@@ -47,6 +47,8 @@ pub struct Queue {
     pub(super) role: Role,
     /// Callers waiting for runs that execute on other nodes.
     pub(super) waiters: Arc<Waiters>,
+    /// The runs executing here now (for a drain that reaches its deadline).
+    executing: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Queue {
@@ -62,6 +64,7 @@ impl Queue {
             freed: Arc::new(Notify::new()),
             role,
             waiters: Arc::default(),
+            executing: Arc::default(),
         }
     }
 
@@ -169,6 +172,7 @@ impl Queue {
     /// fails that run, recorded, and nothing else.
     async fn execute(&self, run_id: String, start: Start, permits: (PermitResult, PermitResult)) -> RunResult {
         self.metrics.runs_in_flight.fetch_add(1, Ordering::Relaxed);
+        self.executing.lock().unwrap_or_else(|p| p.into_inner()).insert(run_id.clone());
         let observer = MetricsObserver(&self.metrics, self.engine.telemetry.as_deref());
         let engine = &self.engine;
         let run = async {
@@ -184,6 +188,7 @@ impl Queue {
             Err(panic) => engine.failed_by_host_bug(&run_id, &crate::runtime::panic_text(&panic)).await,
         };
         self.metrics.runs_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.executing.lock().unwrap_or_else(|p| p.into_inner()).remove(&run_id);
         if let Some(cluster) = self.cluster() {
             cluster.release(&run_id);
         }
@@ -193,9 +198,23 @@ impl Queue {
     }
 
     /// Waits for every accepted run to finish, up to `deadline`. True when all did.
+    ///
+    /// Past the deadline, each run still executing is noted as stopped by
+    /// the shutdown: it resumes at the next start (or on another node), and
+    /// this end, which was not its doing, does not count towards failing it
+    /// as a run that keeps ending the process.
     pub async fn drain(&self, deadline: Duration) -> bool {
         self.tracker.close();
-        tokio::time::timeout(deadline, self.tracker.wait()).await.is_ok()
+        if tokio::time::timeout(deadline, self.tracker.wait()).await.is_ok() {
+            return true;
+        }
+        let executing: Vec<String> = self.executing.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+        for id in executing {
+            if let Err(e) = self.engine.store.apply_one(crate::store::Write::NoteShutdown { id: id.clone() }) {
+                tracing::warn!(run = %id, "cannot note that the shutdown stopped the run: {e:#}; its next resume counts as if it had ended the process");
+            }
+        }
+        false
     }
 }
 

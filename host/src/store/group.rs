@@ -209,7 +209,7 @@ fn describe(w: &Write) -> String {
     match w {
         Write::CreateRun { id, .. } => format!("run {id}"),
         Write::StartRun { id, .. } => format!("the start of run {id}"),
-        Write::NoteResume { id } => format!("the resume count of run {id}"),
+        Write::NoteResume { id } | Write::NoteShutdown { id } => format!("the resume count of run {id}"),
         Write::Traced { run, .. } => format!("the trace id of run {run}"),
         Write::FinishRun { id, .. } => format!("the end of run {id}"),
         Write::StepStarted { run, step, .. } | Write::StepFinished { run, step, .. } => format!("step {step} of run {run}"),

@@ -75,8 +75,11 @@ pub fn open_for_serving(db: &std::path::Path, lease: std::time::Duration) -> any
 pub struct Claimed {
     pub id: String,
     pub story: String,
-    /// It was `running` on a node whose lease lapsed: resume it.
+    /// It was `running`, or held by a node whose lease lapsed: counted as
+    /// a resume after the end of a process (see `Write::NoteResume`).
     pub interrupted: bool,
+    /// Its start was recorded (`running`): resume it; else execute it from its start.
+    pub started: bool,
 }
 
 /// What one claim took, and whether runs were left waiting (for a story's
@@ -341,6 +344,10 @@ pub enum Write {
     /// ends the process again and again is failed instead of resumed forever.
     /// Reset when the run rests (finishes or parks).
     NoteResume { id: String },
+    /// The process is stopping on purpose (a drain that reached its
+    /// deadline) while the run executes: that end was not the run's doing,
+    /// so its resume count starts again.
+    NoteShutdown { id: String },
     /// The trace a run's spans are in (telemetry on).
     Traced { run: String, trace_id: String, span_id: String },
     FinishRun { id: String, state: String, output: Option<String>, error: Option<String>, failed_step: Option<String>, at_ms: u64 },
@@ -496,7 +503,7 @@ impl Write {
     /// The run whose record this is part of.
     pub fn run(&self) -> &str {
         match self {
-            Write::CreateRun { id, .. } | Write::StartRun { id, .. } | Write::NoteResume { id } | Write::FinishRun { id, .. } => id,
+            Write::CreateRun { id, .. } | Write::StartRun { id, .. } | Write::NoteResume { id } | Write::NoteShutdown { id } | Write::FinishRun { id, .. } => id,
             Write::Traced { run, .. } => run,
             Write::StepStarted { run, .. } | Write::StepFinished { run, .. } | Write::Logs { run, .. } | Write::Audit { run, .. } | Write::Recording { run, .. } | Write::Park { run, .. } | Write::Remember { run, .. } => run,
         }
@@ -505,7 +512,7 @@ impl Write {
     /// The step whose record this is, if any.
     pub fn step(&self) -> Option<&str> {
         match self {
-            Write::CreateRun { .. } | Write::StartRun { .. } | Write::NoteResume { .. } | Write::FinishRun { .. } | Write::Traced { .. } | Write::Remember { .. } => None,
+            Write::CreateRun { .. } | Write::StartRun { .. } | Write::NoteResume { .. } | Write::NoteShutdown { .. } | Write::FinishRun { .. } | Write::Traced { .. } | Write::Remember { .. } => None,
             Write::StepStarted { step, .. } | Write::StepFinished { step, .. } | Write::Logs { step, .. } | Write::Audit { step, .. } | Write::Recording { step, .. } | Write::Park { step, .. } => Some(step),
         }
     }
@@ -516,6 +523,7 @@ impl Write {
             Write::CreateRun { .. } => "create_run",
             Write::StartRun { .. } => "start_run",
             Write::NoteResume { .. } => "note_resume",
+            Write::NoteShutdown { .. } => "note_shutdown",
             Write::Traced { .. } => "traced",
             Write::FinishRun { .. } => "finish_run",
             Write::StepStarted { .. } => "step_started",

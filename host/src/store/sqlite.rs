@@ -346,6 +346,9 @@ impl RunStore {
             Write::NoteResume { id } => {
                 tx.prepare_cached("UPDATE runs SET resumes = resumes + 1 WHERE id = ?1")?.execute(params![id])?;
             }
+            Write::NoteShutdown { id } => {
+                tx.prepare_cached("UPDATE runs SET resumes = 0 WHERE id = ?1")?.execute(params![id])?;
+            }
             Write::FinishRun { id, state, output, error, failed_step, at_ms } => {
                 tx.prepare_cached("UPDATE runs SET state = ?2, output = ?3, error = ?4, failed_step = ?5, finished_ms = ?6, resumes = 0 WHERE id = ?1")?
                     .execute(params![id, state, output, error, failed_step, at_ms])?;

@@ -358,7 +358,8 @@ fn a_run_just_accepted_is_its_nodes_for_a_moment_unless_offered() {
     // Should the accepting node die before either, the reservation lapses.
     a.apply_one(Write::create_run(&run("orphan", "st", "t", &json!({}), None))).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    assert_eq!(ids(&b.claim(5, &Default::default(), 16).unwrap().runs), vec!["orphan"]);
+    let orphan = b.claim(5, &Default::default(), 16).unwrap().runs;
+    assert_eq!(orphan, vec![Claimed { id: "orphan".into(), story: "st".into(), interrupted: false, started: false }], "reserved, never held: not an interrupted run");
     // A run made outside the cluster (`warden story run` on this database) is never claimed.
     let cli = PgStore::connect(&pg.url()).unwrap();
     cli.apply_one(Write::create_run(&run("cli", "st", "t", &json!({}), None))).unwrap();
@@ -400,7 +401,7 @@ fn a_lapsed_lease_is_taken_over_and_the_old_node_is_fenced() {
     // Node a stops renewing (it hangs, or lost the network): node b resumes the run.
     std::thread::sleep(std::time::Duration::from_millis(500));
     let taken = b.claim(5, &Default::default(), 16).unwrap().runs;
-    assert_eq!(taken, vec![Claimed { id: "r1".into(), story: "st".into(), interrupted: true }]);
+    assert_eq!(taken, vec![Claimed { id: "r1".into(), story: "st".into(), interrupted: true, started: true }]);
     // Whatever node a still sends for the run is refused; node b's writes land.
     let late = a.apply(&[Write::step_finished("r1", "call", None, "action", "succeeded", Some(&json!({"late": true})), None, 1), Write::finish_run("r1", "succeeded", None, None, None)]).unwrap();
     assert!(late.iter().all(|r| r.as_ref().is_err_and(|c| c.0.contains("not held by this node"))), "{late:?}");
@@ -409,6 +410,21 @@ fn a_lapsed_lease_is_taken_over_and_the_old_node_is_fenced() {
     let d = b.get_run("r1").unwrap().unwrap();
     assert_eq!(d.run.state, "failed");
     assert_eq!(d.steps[0].output, None, "node a's late step record was not written");
+}
+
+/// A node that claimed a run and died before its start was committed may
+/// have been executing it: the node that takes it over counts a resume, as
+/// a restart does a run found `queued` (see `Engine::resume_after_restart`).
+#[test]
+fn a_queued_run_whose_node_died_is_taken_over_as_interrupted() {
+    let pg = PgSchema::new();
+    let (a, b) = (node(&pg, 300), node(&pg, 300));
+    queued(&a, &["q1"], "st");
+    assert_eq!(a.claim(1, &Default::default(), 16).unwrap().runs, vec![Claimed { id: "q1".into(), story: "st".into(), interrupted: false, started: false }]);
+    // Node a never renews (it died): node b takes the run, still queued, over.
+    std::thread::sleep(std::time::Duration::from_millis(450));
+    let taken = b.claim(5, &Default::default(), 16).unwrap().runs;
+    assert_eq!(taken, vec![Claimed { id: "q1".into(), story: "st".into(), interrupted: true, started: false }]);
 }
 
 #[test]

@@ -145,7 +145,7 @@ async fn an_action_runs_for_its_story_team_with_the_run_step_and_attempt() {
     let r = run(&e, "s", json!({})).await;
     let call = &inv.calls("echo")[0];
     assert_eq!(call.team, "soc");
-    assert_eq!(call.info, InvocationInfo { run_id: r.run_id.clone(), story: "s".into(), step: "only".into(), team: "soc".into(), attempt: 1, traceparent: None });
+    assert_eq!(call.info, InvocationInfo { run_id: r.run_id.clone(), story: "s".into(), step: "only".into(), team: "soc".into(), attempt: 1, traceparent: None, ..Default::default() });
     let d = detail(&e, &r);
     assert_eq!(d.logs.len(), 1, "the plugin's log line is recorded");
     assert_eq!(d.audit.len(), 1, "its audit record is recorded");
@@ -498,14 +498,20 @@ async fn an_approval_parks_the_run_and_a_decision_resumes_it_after_the_step() {
     let store = e.store.approvals().unwrap();
     let a = store.approval(&r.run_id, "confirm").unwrap().unwrap();
     assert_eq!((a.title.as_str(), a.choices.clone(), a.state.as_str()), ("Go on with 7?", vec!["approve".to_string(), "reject".to_string()], "pending"));
-    // The link the earlier step carried is one the store knows.
-    let link = inv.calls("echo")[0].input["link"].as_str().unwrap().to_string();
-    let token = link.rsplit('/').next().unwrap();
-    let (found, l) = store.approval_by_link(&crate::approval::token_hash(token)).unwrap().unwrap();
+    // The earlier step's plugin got the link with its token sealed, and its
+    // egress the token, which the store knows.
+    let call = &inv.calls("echo")[0];
+    let link = call.input["link"].as_str().unwrap().to_string();
+    let sealed = link.rsplit('/').next().unwrap();
+    assert!(sealed.starts_with(crate::approval::PLACEHOLDER_PREFIX), "{link}");
+    let handed: Vec<(&str, &str)> = call.info.handed.iter().collect();
+    assert_eq!(handed.len(), 1, "{handed:?}");
+    assert_eq!(handed[0].0, sealed);
+    let (found, l) = store.approval_by_link(&crate::approval::token_hash(handed[0].1)).unwrap().unwrap();
     assert_eq!((found.run.as_str(), l.choice.as_str(), l.recipient.as_str()), (r.run_id.as_str(), "approve", ""));
-    // The plugin got the link; the run record (read by the whole team) keeps it without its token.
+    // The run record (read by the whole team) keeps what the plugin got.
     let stored = d.steps.iter().find(|s| s.step_id == "before").unwrap().input.clone().unwrap();
-    assert_eq!(stored["link"].as_str().unwrap(), link.replace(token, crate::approval::WITHHELD));
+    assert_eq!(stored["link"].as_str().unwrap(), link);
     // Woken before a decision: nothing to wake.
     assert!(store.runs_to_wake(10).unwrap().is_empty());
 

@@ -354,7 +354,9 @@ async fn a_client_secret_falcon_refuses_denies_the_call_and_only_the_operator_he
     set_env();
     let (srv, sim) = crowdstrike::spawn(crowdstrike::Config { client_id: CS_ID.into(), client_secret: CS_SECRET.into(), ..Default::default() }).await.unwrap();
     let p = pack_policy(1, 1, 1, srv.port(), "WARDEN_PACK_WRONG", "post");
-    let r = run(&runtime(None), &p, "crowdstrike-contain", falcon(&srv, "contain", json!([crowdstrike::ALICE]))).await;
+    // One runtime, as a server has: the token endpoint's back-off is the HTTP capability's state.
+    let rt = runtime(None);
+    let r = run(&rt, &p, "crowdstrike-contain", falcon(&srv, "contain", json!([crowdstrike::ALICE]))).await;
     match &r.outcome {
         // What the guest heard comes first; the host adds the audit's reason for the operator.
         Err(InvokeError::Denied { message }) => assert!(message.starts_with("credential `falcon` could not obtain an access token; the operator's audit record says why;"), "{message}"),
@@ -371,14 +373,14 @@ async fn a_client_secret_falcon_refuses_denies_the_call_and_only_the_operator_he
     // Asked again at once, five times: the endpoint that refused is not asked
     // again until its back-off is over; each call is still denied, saying so.
     for _ in 0..5 {
-        let again = run(&runtime(None), &p, "crowdstrike-contain", falcon(&srv, "contain", json!([crowdstrike::ALICE]))).await;
+        let again = run(&rt, &p, "crowdstrike-contain", falcon(&srv, "contain", json!([crowdstrike::ALICE]))).await;
         let audit = serde_json::to_value(&again).unwrap()["audit"].clone();
         assert!(audit[0]["reason"].as_str().unwrap().contains("the token endpoint is asked again in"), "{audit}");
     }
     assert_eq!(sim.recorder.paths(), vec!["/oauth2/token".to_string()], "a refusing token endpoint was asked on every request");
     // After the back-off, it is asked again (once).
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    run(&runtime(None), &p, "crowdstrike-contain", falcon(&srv, "contain", json!([crowdstrike::ALICE]))).await;
+    run(&rt, &p, "crowdstrike-contain", falcon(&srv, "contain", json!([crowdstrike::ALICE]))).await;
     assert_eq!(sim.recorder.paths().len(), 2);
 }
 

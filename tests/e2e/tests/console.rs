@@ -325,7 +325,7 @@ async fn hostile_text_stays_text_denials_show_their_rule_and_a_decision_resumes_
     // The lead's emailed links decide as the lead: the team sees their shape, never their tokens.
     c.find(Locator::Css("#step-ask-0 > summary")).await.unwrap().click().await.unwrap();
     let asked_input = text_of(&c, "#step-ask-0 pre.json").await.unwrap();
-    assert!(asked_input.contains("/approvals/(token-withheld)"), "{asked_input}");
+    assert!(asked_input.contains("/approvals/wardenlink"), "the link with its token sealed: {asked_input}");
     c.goto(&format!("{}/console/approvals", ex.base)).await.unwrap();
     assert!(text_of(&c, "main").await.unwrap().contains("Isolate 3 host(s) that saw evil.example?"));
     screenshot(&c, "approvals").await;

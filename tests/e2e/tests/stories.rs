@@ -443,6 +443,10 @@ async fn the_threat_hunt_asks_the_leads_before_isolating_and_does_nothing_on_tim
     assert_eq!((asked.state, asked.failed_step.as_deref()), (warden::story::RunState::Waiting, Some("contain")), "{:?}", asked.error);
     assert!(s1_sim.agents.lock().unwrap().actions.is_empty(), "nothing is isolated before the decision");
     let token = link_of("ir-lead@corp.example", "isolate");
+    // The mail carried the token; the run record (the email step's input
+    // included) holds only its placeholder.
+    let record = serde_json::to_string(&e.store.get_run(&asked.run_id).unwrap().unwrap()).unwrap();
+    assert!(!record.contains(&token) && record.contains("/approvals/wardenlink"), "{record}");
     let (approval, link) = approvals.approval_by_link(&warden::approval::token_hash(&token)).unwrap().expect("the emailed link is known");
     assert_eq!((link.choice.as_str(), link.recipient.as_str()), ("isolate", "ir-lead@corp.example"));
     assert_eq!(approval.title, "Isolate 3 host(s) that saw evil.example?");
@@ -480,3 +484,68 @@ async fn the_threat_hunt_asks_the_leads_before_isolating_and_does_nothing_on_tim
     let (over, _) = approvals.approval_by_link(&warden::approval::token_hash(&late)).unwrap().unwrap();
     assert!(over.what_happened().contains("the timeout chose `ignore`"), "{}", over.what_happened());
 }
+
+/// An approval link's token reaches only the egress of a step whose input
+/// held its placeholder: the guest, the run record and the audit see the
+/// placeholder; the upstream gets the token (in a body and in a URL); what
+/// the upstream says back is scrubbed of it; and a placeholder from another
+/// run, sent in as data, goes out as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_links_token_is_put_in_only_at_egress_and_scrubbed_from_the_answer() {
+    let (srv, rec) = origin::spawn().await.unwrap();
+    let echo = srv.url("/echo");
+    let ask = format!(r#"
+name: ask-in-chat
+steps:
+  - id: post
+    action: probe
+    with:
+      op: fetch
+      method: POST
+      url: "{echo}?go={{{{ approval.ask.links.go }}}}"
+      headers: {{content-type: text/plain}}
+      body: "Approve: {{{{ approval.ask.links.go }}}}"
+  - id: look
+    action: probe
+    with: {{op: echo, link: "{{{{ approval.ask.links.go }}}}"}}
+  - id: ask
+    approval:
+      title: "Go?"
+      choices: [go, stop]
+      timeout: 1h
+      on_timeout: stop
+"#);
+    let relay = format!("name: relay\nsteps:\n  - id: post\n    action: probe\n    with: {{op: fetch, method: POST, url: \"{echo}\", headers: {{content-type: text/plain}}, body: \"{{{{ input.link }}}}\"}}\n");
+    let dir = StoryDir::new(&[("ask.yaml", &ask), ("relay.yaml", &relay)]);
+    let policy = policy(&format!("[plugins.probe]\npath = \"{{probe}}\"\n[grants.probe]\nallow = [\"POST http://127.0.0.1:{}/*\"]\n", srv.port()));
+    let e = engine(policy, &dir.0);
+    let r = run(&e, "ask-in-chat", json!({})).await;
+    assert_eq!((r.state, r.failed_step.as_deref()), (warden::story::RunState::Waiting, Some("ask")), "{:?}", r.error);
+
+    let key = e.link_key().unwrap();
+    let token = warden::approval::token(&key, &r.run_id, "ask", "go", "");
+    let link = warden::approval::link_url(e.links_base(), &token);
+    // The upstream got the token, in the body and (percent-encoded) in the URL.
+    let sent = &rec.all()[0];
+    assert_eq!(String::from_utf8_lossy(&sent.body), format!("Approve: {link}"));
+    let query: std::collections::HashMap<String, String> = url::form_urlencoded::parse(sent.query.as_bytes()).into_owned().collect();
+    assert_eq!(query["go"], link, "{sent:?}");
+    // What the guest and the record hold: the placeholder; the echoed answer, scrubbed.
+    let d = e.store.get_run(&r.run_id).unwrap().unwrap();
+    let step = |id: &str| d.steps.iter().find(|s| s.step_id == id).unwrap().clone();
+    let placeholder = step("look").output.unwrap()["input"]["link"].as_str().unwrap().to_string();
+    assert!(placeholder.starts_with(&format!("{}/approvals/wardenlink", e.links_base().trim_end_matches('/'))), "{placeholder}");
+    let post = step("post").output.unwrap();
+    let answer = post["body"].as_str().unwrap_or_else(|| panic!("{post}")).to_string();
+    assert!(answer.contains("Approve: ") && answer.contains("[REDACTED]") && !answer.contains(&token), "{answer}");
+    assert!(d.audit[0]["url"].as_str().unwrap().contains("wardenlink"), "the audit keeps the placeholder: {:?}", d.audit[0]);
+    let record = serde_json::to_string(&d).unwrap();
+    assert!(!record.contains(&token), "{record}");
+
+    // Another run handed the placeholder as data: it is not sealed to that run, so it goes out as it is.
+    let r2 = run(&e, "relay", json!({"link": placeholder})).await;
+    assert_eq!(r2.state, "succeeded", "{:?}", r2.error);
+    let relayed = rec.all().last().unwrap().body.clone();
+    assert_eq!(String::from_utf8_lossy(&relayed), placeholder);
+}
+

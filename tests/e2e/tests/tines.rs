@@ -609,15 +609,16 @@ async fn with_allow_credential_in_payload_an_email_body_gets_the_credential_at_s
     let imported = import_with(&Export::parse(text).unwrap(), true);
     assert_eq!(imported.report.count(Level::Refused) + imported.report.count(Level::Unsupported), 0, "{}", imported.report);
     assert!(imported.policy.contains("hosts = [\"relay:default\"]") && imported.policy.contains("credentials = [\"door_code\"]"), "{}", imported.policy);
-    unsafe { std::env::set_var("WARDEN_CREDENTIAL_DOOR_CODE", "4711-<b>") };
+    unsafe { std::env::set_var("WARDEN_CREDENTIAL_DOOR_CODE", "door-4711-<b>") };
     let engine = engine(&imported, skeleton_policy(&imported, Some(smtp.port)));
     let r = engine.run("door-code", json!({"door": "B2"}), "test", &Quiet).await.unwrap();
     assert!(r.error.is_none(), "{:?}", r.error);
     let mail = smtp.messages();
     assert_eq!(mail.len(), 1);
-    assert_eq!(mail[0]["text"].as_str().unwrap().trim(), "Today's code: 4711-<b>");
+    assert_eq!(mail[0]["text"].as_str().unwrap().trim(), "Today's code: door-4711-<b>");
     let record = serde_json::to_string(&engine.store.get_run(&r.run_id).unwrap().unwrap()).unwrap();
-    assert!(!record.contains("4711"), "{record}");
+    // (Not the digits alone: a timestamp in the record may hold them.)
+    assert!(!record.contains("door-4711"), "{record}");
     assert!(record.contains("__warden_credential_door_code__"));
     // In an address it would decide where mail goes: refused.
     let text = text.replace("guard@corp.example", "{% credential door_code %}@corp.example");

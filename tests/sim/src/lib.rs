@@ -40,6 +40,7 @@ pub struct Seen {
     pub path: String,
     pub query: String,
     pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
 }
 
 /// Every request a simulator received, for assertions (e.g. that the host
@@ -57,7 +58,7 @@ impl Recorder {
     pub fn paths(&self) -> Vec<String> {
         self.all().into_iter().map(|s| s.path).collect()
     }
-    fn push(&self, method: &Method, uri: &Uri, headers: &HeaderMap) {
+    fn push(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) {
         self.0.lock().unwrap().push(Seen {
             method: method.to_string(),
             path: uri.path().to_string(),
@@ -66,14 +67,18 @@ impl Recorder {
                 .iter()
                 .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                 .collect(),
+            body: body.to_vec(),
         });
     }
 }
 
 /// Middleware that records each request into the router's [`Recorder`].
+/// The body is read whole (up to 64 MiB) and handed on as it came.
 pub async fn record(State(rec): State<Recorder>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    rec.push(req.method(), req.uri(), req.headers());
-    next.run(req).await
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+    rec.push(&parts.method, &parts.uri, &parts.headers, &body);
+    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(body))).await
 }
 
 /// A server running on a background task; stops when dropped.

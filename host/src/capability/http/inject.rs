@@ -171,6 +171,10 @@ fn spellings(s: &[u8]) -> Vec<Vec<u8>> {
     let minimal: String = url::form_urlencoded::byte_serialize(s).collect();
     out.push(minimal.clone().into_bytes());
     out.push(lower_escapes(&minimal, '%').into_bytes());
+    // As [`substitute`] puts a value in a URL: every byte but letters and digits.
+    let host_encoded = percent_encoding::percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+    out.push(lower_escapes(&host_encoded, '%').into_bytes());
+    out.push(host_encoded.into_bytes());
     let every_upper: String = s.iter().map(|b| format!("%{b:02X}")).collect();
     out.push(every_upper.to_ascii_lowercase().into_bytes());
     out.push(every_upper.into_bytes());
@@ -289,13 +293,27 @@ mod tests {
             relays: vec![],
             team: None,
             auto: false,
-            tokens: Default::default(),
         };
         let inj = injection(&spec, &Secret::new("tok-long-enough".into()), &[]);
         let (_, v) = inj.header.unwrap();
         let encoded = v.strip_prefix("Basic ").unwrap();
         assert_eq!(inj.redactor.redact(format!("x {encoded} y").as_bytes()), b"x [REDACTED] y");
         assert_eq!(inj.redactor.redact(b"tok-long-enough"), REDACTED);
+    }
+
+    #[test]
+    fn a_value_spelled_as_the_host_puts_it_in_a_url_is_redacted() {
+        // `substitute` encodes every byte but letters and digits: `-`, `_` and `.` too.
+        let secret = "Ab-cd_ef.gh-0123456789";
+        let r = Redactor::new(&[secret.as_bytes().to_vec()]);
+        let mut url = url::Url::parse("https://api.example/x?k=MARKER_0123456789").unwrap();
+        assert_eq!(substitute("MARKER_0123456789", secret, &mut url, &mut None, ""), 1);
+        let echoed = format!("{{\"query\":\"{}\"}}", url.query().unwrap());
+        for answer in [echoed.clone(), echoed.to_ascii_lowercase().replace("k=ab", "k=Ab")] {
+            let redacted = r.redact(answer.as_bytes());
+            assert!(!r.leaks(&redacted), "{}", String::from_utf8_lossy(&redacted));
+        }
+        assert_eq!(r.redact(echoed.as_bytes()), b"{\"query\":\"k=[REDACTED]\"}");
     }
 
     #[test]

@@ -49,9 +49,22 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest URL kept in an audit record.
 const AUDIT_URL_BYTES: usize = 2048;
 
+/// What all HTTP egress of a runtime shares: the wire, and the access
+/// tokens the host obtained for `oauth2` credentials.
+pub struct Egress {
+    pub transport: Transport,
+    pub tokens: oauth::Tokens,
+}
+
+impl Egress {
+    pub fn new(transport: Transport) -> Egress {
+        Egress { transport, tokens: oauth::Tokens::default() }
+    }
+}
+
 /// Per-invocation HTTP state.
 pub struct HttpState {
-    pub transport: Arc<Transport>,
+    pub egress: Arc<Egress>,
     /// Attempts so far, allowed or not, through either door.
     pub sent: u32,
     /// Turns on the wire for wasi:http exchanges (see [`WASI_IN_FLIGHT`]).
@@ -59,8 +72,8 @@ pub struct HttpState {
 }
 
 impl HttpState {
-    pub fn new(transport: Arc<Transport>) -> HttpState {
-        HttpState { transport, sent: 0, wasi_turns: Arc::new(tokio::sync::Semaphore::new(WASI_IN_FLIGHT)) }
+    pub fn new(egress: Arc<Egress>) -> HttpState {
+        HttpState { egress, sent: 0, wasi_turns: Arc::new(tokio::sync::Semaphore::new(WASI_IN_FLIGHT)) }
     }
 }
 
@@ -85,10 +98,12 @@ pub struct Admitted {
     target: Target,
     headers: HeaderMap,
     credential: Option<Arc<CredentialSpec>>,
+    /// Approval links the step was handed (see [`crate::invocation::Handed`]).
+    handed: crate::invocation::Handed,
     timeout: Duration,
     max_request_bytes: u64,
     max_response_bytes: u64,
-    transport: Arc<Transport>,
+    egress: Arc<Egress>,
 }
 
 impl Admitted {
@@ -205,11 +220,25 @@ pub fn admit(call: &CallState, state: &mut HttpState, req: &Outgoing, record: &m
         target,
         headers,
         credential,
+        handed: call.info.handed.clone(),
         timeout: req.timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT).min(remaining),
         max_request_bytes: grant.limits.request_bytes,
         max_response_bytes: grant.limits.response_bytes,
-        transport: state.transport.clone(),
+        egress: state.egress.clone(),
     })
+}
+
+/// Puts each approval link's token where the request holds its placeholder
+/// (as [`inject::substitute`] does a placeholder credential's value), and
+/// returns the redactor of the tokens that went out, if any did.
+fn put_links(handed: &crate::invocation::Handed, url: &mut url::Url, body: &mut Option<Vec<u8>>, content_type: &str) -> Option<Redactor> {
+    let mut sent: Vec<Vec<u8>> = Vec::new();
+    for (placeholder, token) in handed.iter() {
+        if inject::substitute(placeholder, token, url, body, content_type) > 0 {
+            sent.push(token.as_bytes().to_vec());
+        }
+    }
+    (!sent.is_empty()).then(|| Redactor::new(&sent))
 }
 
 /// An `oauth2` credential whose cached token went on the wire: if the API
@@ -224,9 +253,9 @@ struct OAuthUse {
 
 /// The credential's access token for this request; the exchange, if one was
 /// made, is audited on `record`. The guest hears only that there is none.
-async fn oauth_token(spec: &CredentialSpec, cfg: &OAuth2, client_secret: &Secret, transport: &Transport, stale: Option<u64>, record: &mut AuditRecord) -> Result<oauth::Token, http::HttpError> {
+async fn oauth_token(spec: &CredentialSpec, cfg: &OAuth2, client_secret: &Secret, egress: &Egress, stale: Option<u64>, record: &mut AuditRecord) -> Result<oauth::Token, http::HttpError> {
     let name = &spec.name;
-    spec.tokens.get(name, cfg, client_secret, transport, stale, &mut record.oauth).await.map_err(|oauth::TokenFailure(why)| {
+    egress.tokens.of(spec, cfg).get(name, cfg, client_secret, &egress.transport, stale, &mut record.oauth).await.map_err(|oauth::TokenFailure(why)| {
         let e = denied(record, Denial::new("credential-token", format!("credential `{name}` could not obtain an access token; the operator's audit record says why")));
         record.reason = Some(format!("credential `{name}` could not obtain an access token from {}: {why}", cfg.token_url));
         e
@@ -254,7 +283,7 @@ fn inject_into(headers: &mut HeaderMap, url: &mut url::Url, injection: &inject::
 /// and nothing coming back that carries the secret. Owns what it uses, so a
 /// `wasi:http` request can run it as a future beside the guest.
 pub async fn deliver(a: Admitted, mut body: Option<Vec<u8>>, record: &mut AuditRecord) -> Result<Delivered, http::HttpError> {
-    let Admitted { plugin, target, mut headers, credential, timeout, max_request_bytes, max_response_bytes, transport } = a;
+    let Admitted { plugin, target, mut headers, credential, handed, timeout, max_request_bytes, max_response_bytes, egress } = a;
     let len = body.as_ref().map_or(0, |b| b.len() as u64);
     record.request_bytes = len;
     // Layer 4 again, for a body whose size was not known at admission.
@@ -263,20 +292,33 @@ pub async fn deliver(a: Admitted, mut body: Option<Vec<u8>>, record: &mut AuditR
         return Err(failed(record, "limits.request_bytes", message.clone(), http::HttpError::TooLarge(message)));
     }
 
-    // Layer 8: the credential's value, injected only now. With a credential on
+    // Layer 8: the secrets, put in only now: approval links whose
+    // placeholders the step was handed, and the credential. With a secret on
     // the request the host owns content negotiation and refuses partial
     // content: a compressed body or one slice per request would hide the
     // secret from redaction.
     let mut url = target.url.clone();
+    let content_type = headers.get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let links = put_links(&handed, &mut url, &mut body, &content_type);
+    if links.is_some() {
+        headers.remove(reqwest::header::CONTENT_LENGTH);
+    }
     let mut redactor = Redactor::none();
-    let injected = credential.is_some();
+    let injected = credential.is_some() || links.is_some();
+    if injected {
+        let carries = match &credential {
+            Some(spec) => format!("credential `{}`", spec.name),
+            None => "an approval link".to_string(),
+        };
+        if let Some(h) = ["range", "if-range"].into_iter().find(|h| headers.contains_key(*h)) {
+            return Err(denied(record, Denial::new("credential-range", format!("header `{h}` asks for part of a response; refused on a request that carries {carries}, so redaction sees every byte"))));
+        }
+        headers.insert(reqwest::header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    }
+    let links = links.unwrap_or_else(Redactor::none);
     let mut oauth: Option<OAuthUse> = None;
     if let Some(spec) = &credential {
         let name = &spec.name;
-        if let Some(h) = ["range", "if-range"].into_iter().find(|h| headers.contains_key(*h)) {
-            return Err(denied(record, Denial::new("credential-range", format!("header `{h}` asks for part of a response; refused on a request that carries credential `{name}`, so redaction sees every byte"))));
-        }
-        headers.insert(reqwest::header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         // The guest hears that the value is missing; only the operator's audit
         // record says where it should have come from.
         let secret = spec.source.read().map_err(|why| {
@@ -287,7 +329,7 @@ pub async fn deliver(a: Admitted, mut body: Option<Vec<u8>>, record: &mut AuditR
         let injection = match &spec.kind {
             // The secret value is the client secret; what goes on the wire is the token.
             CredentialKind::OAuth2(cfg) => {
-                let token = oauth_token(spec, cfg, &secret, &transport, None, record).await?;
+                let token = oauth_token(spec, cfg, &secret, &egress, None, record).await?;
                 let injection = inject::injection(spec, &token.secret, &[&secret]);
                 // A token minted for this request is not worth another exchange on a 401.
                 if !token.fresh {
@@ -299,8 +341,7 @@ pub async fn deliver(a: Admitted, mut body: Option<Vec<u8>>, record: &mut AuditR
         };
         inject_into(&mut headers, &mut url, &injection, name, record)?;
         if let Some((marker, value)) = &injection.substitute {
-            let ct = headers.get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-            inject::substitute(marker, value, &mut url, &mut body, &ct);
+            inject::substitute(marker, value, &mut url, &mut body, &content_type);
             // The body grew or shrank by the value: the wire sets its length.
             headers.remove(reqwest::header::CONTENT_LENGTH);
         }
@@ -311,18 +352,18 @@ pub async fn deliver(a: Admitted, mut body: Option<Vec<u8>>, record: &mut AuditR
     let method = reqwest::Method::from_bytes(target.method.as_bytes()).expect("validated by Target::parse");
     let resend_method = oauth.as_ref().map(|_| method.clone());
     let wire = WireRequest { method, url, headers, body, timeout, max_response_bytes };
-    let mut sent = transport.send(wire).await;
+    let mut sent = egress.transport.send(wire).await;
     let refused = matches!(&sent, Ok(r) if r.status == 401);
     if let (true, Some(used), Some(method)) = (refused, oauth, resend_method) {
         let OAuthUse { spec, client_secret, token: old, unsent: (mut headers, mut url, body) } = used;
         let CredentialKind::OAuth2(cfg) = &spec.kind else { unreachable!("an OAuthUse holds an oauth2 credential") };
-        let token = oauth_token(&spec, cfg, &client_secret, &transport, Some(old.generation), record).await?;
+        let token = oauth_token(&spec, cfg, &client_secret, &egress, Some(old.generation), record).await?;
         // The same token back: the host just replaced one after a 401; this 401 stands.
         if token.generation != old.generation {
             let injection = inject::injection(&spec, &token.secret, &[&old.secret, &client_secret]);
             inject_into(&mut headers, &mut url, &injection, &spec.name, record)?;
             redactor = injection.redactor;
-            sent = transport.send(WireRequest { method, url, headers, body, timeout, max_response_bytes }).await;
+            sent = egress.transport.send(WireRequest { method, url, headers, body, timeout, max_response_bytes }).await;
         }
     }
     let response = match sent {
@@ -334,7 +375,7 @@ pub async fn deliver(a: Admitted, mut body: Option<Vec<u8>>, record: &mut AuditR
             return Err(failed(record, "timeout", "no complete response before the timeout".into(), http::HttpError::Timeout))
         }
         Err(WireError::Connection(m)) => {
-            let m = redactor.redact_str(&m);
+            let m = links.redact_str(&redactor.redact_str(&m));
             return Err(failed(record, "connection", m.clone(), http::HttpError::Connection(m)));
         }
         Err(WireError::TooLarge { cap, seen }) => {
@@ -354,10 +395,14 @@ pub async fn deliver(a: Admitted, mut body: Option<Vec<u8>>, record: &mut AuditR
             return Err(denied(record, Denial::new("content-encoding", why)));
         }
     }
-    let headers: Vec<(String, String)> = response.headers.into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&redactor.redact(&v)).into_owned())).collect();
-    let body = redactor.redact(&response.body);
-    if redactor.leaks(&body) || headers.iter().any(|(_, v)| redactor.leaks(v.as_bytes())) {
+    let headers: Vec<(String, String)> = response.headers.into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&links.redact(&redactor.redact(&v))).into_owned())).collect();
+    let body = links.redact(&redactor.redact(&response.body));
+    let leaks = |r: &Redactor| r.leaks(&body) || headers.iter().any(|(_, v)| r.leaks(v.as_bytes()));
+    if leaks(&redactor) {
         return Err(denied(record, Denial::new("redaction", "the response carries the credential in a form warden cannot redact; refused whole".into())));
+    }
+    if leaks(&links) {
+        return Err(denied(record, Denial::new("redaction", "the response carries an approval link's token in a form warden cannot redact; refused whole".into())));
     }
     record.decision = Decision::Allowed;
     Ok(Delivered { status: response.status, headers, body })

@@ -41,7 +41,23 @@ const MIN_FORCED_GAP: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// The current access token of one credential (one per policy load).
+/// The token caches of a runtime's `oauth2` credentials, one per credential
+/// as configured (name, token endpoint, client, scopes, where its secret
+/// comes from): state of the HTTP capability, shared by every invocation,
+/// so that the policy stays plain data. A policy reloaded with the same
+/// credential keeps its token; one that changes it gets a fresh cache.
+#[derive(Default)]
+pub struct Tokens(std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<TokenCache>>>);
+
+impl Tokens {
+    /// The cache of `spec`, an `oauth2` credential with `cfg`.
+    pub fn of(&self, spec: &crate::policy::credentials::CredentialSpec, cfg: &OAuth2) -> std::sync::Arc<TokenCache> {
+        let key = format!("{}\n{}\n{:?}\n{:?}\n{:?}\n{:?}", spec.name, cfg.token_url, cfg.client_id, cfg.scopes, cfg.client_auth, spec.source);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone()
+    }
+}
+
+/// The current access token of one credential.
 #[derive(Default)]
 pub struct TokenCache {
     // An async mutex: concurrent requests wait for one exchange instead of each making one.

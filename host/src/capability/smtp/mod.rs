@@ -51,6 +51,8 @@ impl smtp::Host for Capabilities {
             Some(g) => fill_placeholders(&self.call.grant.credentials, &g.relay.name, &mut draft),
             None => Ok(Vec::new()),
         };
+        // Approval links the step was handed, likewise put in only now.
+        let links = put_links(&self.call.info.handed, &mut draft);
         let result = match filled.and_then(|names| {
             if !names.is_empty() {
                 record.credential = Some(names.join(","));
@@ -88,11 +90,13 @@ impl smtp::Host for Capabilities {
                 Err(smtp::SmtpError::Timeout)
             }
             Err(MailError::Connection(m)) => {
+                let m = links.redact_str(&m);
                 record.decision = Decision::Allowed;
                 record.reason = Some(m.clone());
                 Err(smtp::SmtpError::Connection(m))
             }
             Err(MailError::Rejected(m)) => {
+                let m = links.redact_str(&m);
                 record.decision = Decision::Allowed;
                 record.reason = Some(m.clone());
                 Err(smtp::SmtpError::Rejected(m))
@@ -139,6 +143,27 @@ fn fill_placeholders(granted: &std::collections::BTreeMap<String, std::sync::Arc
         names.push(spec.name.clone());
     }
     Ok(names)
+}
+
+/// Puts each approval link's token where the message holds its placeholder
+/// (a token is letters, digits, `-` and `_`: the same in a subject, the text
+/// and HTML); the redactor of those that went out, for what the relay says.
+fn put_links(handed: &crate::invocation::Handed, d: &mut Draft) -> crate::capability::http::inject::Redactor {
+    use crate::capability::http::inject::Redactor;
+    let mut sent: Vec<Vec<u8>> = Vec::new();
+    for (placeholder, token) in handed.iter() {
+        let mut put = false;
+        for text in std::iter::once(&mut d.subject).chain(std::iter::once(&mut d.text)).chain(d.html.as_mut()) {
+            if text.contains(placeholder) {
+                *text = text.replace(placeholder, token);
+                put = true;
+            }
+        }
+        if put {
+            sent.push(token.as_bytes().to_vec());
+        }
+    }
+    if sent.is_empty() { Redactor::none() } else { Redactor::new(&sent) }
 }
 
 /// A receipt or an error, as a recording keeps it.

@@ -283,16 +283,22 @@ impl Cluster for PgStore {
                 .map(|r| r.get(0))
                 .collect();
             if open.is_empty() || n == 0 {
-                return Ok((Vec::new(), Vec::new(), free));
+                return Ok((Vec::new(), Vec::new(), free, HashSet::new()));
             }
             let sql = format!(
-                "SELECT id, story FROM runs WHERE {OPEN} AND story = ANY($2) AND {FREE}
+                "SELECT id, story, lease_owner IS NOT NULL FROM runs WHERE {OPEN} AND story = ANY($2) AND {FREE}
                  ORDER BY created_ms, id LIMIT $1 FOR UPDATE SKIP LOCKED"
             );
             let rows = tx.query(&sql, &[&candidates, &open]).await?;
             let mut by_story: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            // Held by a node whose lease lapsed: even a run still `queued`
+            // may have been executing there (its start not yet committed).
+            let mut lapsed: HashSet<String> = HashSet::new();
             for r in &rows {
                 by_story.entry(r.get(1)).or_default().push(r.get(0));
+                if r.get::<_, bool>(2) {
+                    lapsed.insert(r.get(0));
+                }
             }
             let mut take: Vec<String> = Vec::new();
             // Story by story in a fixed order, so two claiming nodes never deadlock.
@@ -317,15 +323,16 @@ impl Cluster for PgStore {
             // Sub-story runs of interrupted runs: resuming ends them, under the root's lease.
             let children = tx.query("SELECT id, parent_run FROM runs WHERE parent_run = ANY($1)", &[&interrupted]).await?;
             tx.commit().await?;
-            Ok((rows, children, free))
+            Ok((rows, children, free, lapsed))
         })
-        .map(|(rows, children, free)| {
+        .map(|(rows, children, free, lapsed)| {
             let mut held = member.held();
             let mut out = Vec::with_capacity(rows.len());
             for r in &rows {
                 let id: String = r.get(0);
                 held.insert(id.clone(), (id.clone(), r.get(3)));
-                out.push(Claimed { id, story: r.get(1), interrupted: r.get::<_, &str>(2) == "running" });
+                let started = r.get::<_, &str>(2) == "running";
+                out.push(Claimed { interrupted: started || lapsed.contains(&id), started, id, story: r.get(1) });
             }
             for c in &children {
                 let (child, parent): (String, String) = (c.get(0), c.get(1));

@@ -429,6 +429,7 @@ fn sql_of(w: &Write, clustered: bool) -> &'static str {
         Write::StartRun { .. } => "UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, $2) WHERE id = $1",
         Write::Traced { .. } => "UPDATE runs SET trace_id = $2, trace_span = $3 WHERE id = $1",
         Write::NoteResume { .. } => "UPDATE runs SET resumes = resumes + 1 WHERE id = $1",
+        Write::NoteShutdown { .. } => "UPDATE runs SET resumes = 0 WHERE id = $1",
         Write::FinishRun { .. } => "UPDATE runs SET state = $2, output = $3, error = $4, failed_step = $5, finished_ms = $6, resumes = 0 WHERE id = $1",
         Write::StepStarted { .. } => {
             "INSERT INTO steps (run_id, step_id, item, kind, state, input, attempts, started_ms) VALUES ($1, $2, $3, $4, 'running', $5, $6, $7)
@@ -515,7 +516,7 @@ fn params_of(w: &Write) -> Vec<Vec<Param>> {
             opt_text(idempotency_key),
         ]],
         Write::StartRun { id, at_ms } => vec![vec![text(id), Box::new(i(*at_ms))]],
-        Write::NoteResume { id } => vec![vec![text(id)]],
+        Write::NoteResume { id } | Write::NoteShutdown { id } => vec![vec![text(id)]],
         Write::Traced { run, trace_id, span_id } => vec![vec![text(run), text(trace_id), text(span_id)]],
         Write::FinishRun { id, state, output, error, failed_step, at_ms } => {
             vec![vec![text(id), text(state), opt_text(output), opt_text(error), opt_text(failed_step), Box::new(i(*at_ms))]]

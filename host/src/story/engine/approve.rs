@@ -3,6 +3,7 @@
 
 use super::{Context, Engine, ErrorKind, StepError, StepRun};
 use crate::approval::{self, Approval, ApprovalSpec, LinkKey, OnTimeout};
+use crate::invocation::Handed;
 use crate::story::template::{render_str, render_value, Bindings};
 use crate::story::{StepKind, Story};
 use serde_json::{json, Value};
@@ -22,7 +23,9 @@ impl Engine {
     /// `approval.<step>.links.<choice>` (and `links_for.<address>.<choice>`)
     /// for every approval step of the story, from the run's first step: a
     /// step before the approval (an email) carries the links it will accept.
-    pub(super) fn add_approval_links(&self, story: &Story, run: &str, ctx: &mut Context) -> Result<(), StepError> {
+    /// Each link's token is a placeholder sealed to the run tree `root`
+    /// ([`approval::placeholder`]); only egress puts the token in its place.
+    pub(super) fn add_approval_links(&self, story: &Story, run: &str, root: &str, ctx: &mut Context) -> Result<(), StepError> {
         let mut specs = story.steps.iter().filter_map(|s| match &s.kind {
             StepKind::Approval(spec) => Some((s.id.as_str(), spec)),
             _ => None,
@@ -33,10 +36,24 @@ impl Engine {
         for (step, spec) in std::iter::once(first).chain(specs) {
             let approvers = approval::render_approvers(&spec.approvers, &ctx.bindings)
                 .map_err(|e| StepError::new(ErrorKind::Template, format!("step {step}: approvers: {e}")))?;
-            all.insert(step.to_string(), approval::links_value(&key, &self.links_base, run, step, &spec.choices, &approvers));
+            all.insert(step.to_string(), approval::links_value(&key, &self.links_base, root, run, step, &spec.choices, &approvers));
         }
         ctx.bindings.set("approval", &Value::Object(all));
         Ok(())
+    }
+
+    /// The links a step's rendered input holds as placeholders, opened for
+    /// its run tree: what its egress may put in their place. Nothing when
+    /// the input holds none (the common case costs one scan).
+    pub(super) fn handed_links(&self, root: &str, input: &str) -> Handed {
+        if memchr::memmem::find(input.as_bytes(), approval::PLACEHOLDER_PREFIX.as_bytes()).is_none() {
+            return Handed::default();
+        }
+        match self.link_key() {
+            Ok(key) => Handed::new(approval::handed_in(&key, root, input)),
+            // No link key, so no link was made: nothing to hand.
+            Err(_) => Handed::default(),
+        }
     }
 
     /// Runs an approval step: the decision's output once there is one;

@@ -347,7 +347,7 @@ impl Engine {
             return self.run_graph(story, graph, run_id, root, input, depth, observer, resume.resumed).await;
         }
         let mut ctx = Context::new(run_id, story, &input);
-        self.add_approval_links(story, run_id, &mut ctx).map_err(|e| (None, e))?;
+        self.add_approval_links(story, run_id, root, &mut ctx).map_err(|e| (None, e))?;
         let mut last_output = Value::Null;
         for (id, status, output, error) in &resume.done {
             ctx.set_step(id, *status, output.clone(), error.as_ref());
@@ -532,9 +532,10 @@ impl Engine {
             StepKind::Transform(_) | StepKind::Approval(_) => unreachable!("returned above"),
             StepKind::Action(plugin) => {
                 let traceparent = self.telemetry.as_ref().and_then(|t| t.traceparent_of_step(run, &step.id, item));
-                let info = InvocationInfo { run_id: run.into(), story: story.name.clone(), step: step.id.clone(), team: story.team.clone(), attempt, traceparent };
-                let (tap, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
                 let input_text = input.to_string();
+                let handed = self.handed_links(sr.root, &input_text);
+                let info = InvocationInfo { run_id: run.into(), story: story.name.clone(), step: step.id.clone(), team: story.team.clone(), attempt, traceparent, handed };
+                let (tap, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
                 let invoke = async {
                     if self.record {
                         self.invoker.invoke_recorded(plugin, &story.team, info, &input_text, Some(tap)).await
