@@ -31,7 +31,7 @@ fn main() {
     let story = warden::story::parse(STORY, std::path::Path::new("fan-out.yaml")).unwrap();
     let mut library = warden::story::Library::default();
     library.stories.insert(story.name.clone(), Arc::new(story));
-    let rt = Arc::new(warden::Runtime::new(warden::RuntimeConfig::default()).unwrap());
+    let rt = Arc::new(warden::runtime::Runtime::new(warden::runtime::RuntimeConfig::default()).unwrap());
     let store = Arc::new(warden::store::RunStore::in_memory().unwrap());
     let engine = Engine::new(rt, Arc::new(warden::Policy::empty()), Arc::new(library), store);
     let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use ::http as http_types;
-use warden::{InvocationInfo, Policy, Runtime, RuntimeConfig};
+use warden::{InvocationInfo, Policy};
+use warden::runtime::{Runtime, RuntimeConfig};
 
 mod bare {
     wasmtime::component::bindgen!({

@@ -10,7 +10,8 @@ mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
-use warden::{InvocationInfo, Policy, Runtime, RuntimeConfig};
+use warden::{InvocationInfo, Policy};
+use warden::runtime::{Runtime, RuntimeConfig};
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();

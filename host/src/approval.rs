@@ -1,12 +1,12 @@
 //! Human approvals: a run waits, parked in the store, for a person's decision.
 //!
-//! story step `approval` → [`crate::story::engine`] renders the question,
+//! story step `approval` → the story engine (`story/engine/approve.rs`) renders the question,
 //! records a pending [`Approval`] with the hashes of its links, and parks the
 //! run (`waiting`: rows only — no worker, no instance, no memory) → a
 //! decision arrives (a link's POST, `POST /api/approvals/{run}/{step}`,
 //! `warden approvals decide`, or the scheduler's timeout) and is taken once,
-//! atomically, by [`crate::store::Store::decide`], which audits it → the
-//! server's sweep wakes the run ([`crate::store::Store::wake`]) and it
+//! atomically, by the store's `decide`, which audits it → the
+//! server's sweep wakes the run (the store's `wake`) and it
 //! resumes after the approval step with `{choice, decided_by, decided_at,
 //! comment}`.
 //!
@@ -155,14 +155,10 @@ fn check_approvers(list: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// The approvers a run's approval step names, rendered (against the run's
-/// input only, so the links exist from the run's first step).
-pub fn render_approvers(approvers: &Approvers, ctx: &crate::story::template::Bindings) -> Result<Vec<String>, String> {
-    let list = match approvers {
-        Approvers::List(l) => return Ok(l.clone()),
-        Approvers::Template(t) => crate::story::template::render_str(t, ctx)?,
-    };
-    let list: Vec<String> = match list {
+/// The approvers a run's approval step names, once rendered (see the
+/// engine's `approve.rs`): a list of addresses, checked.
+pub fn approvers_of(rendered: Value) -> Result<Vec<String>, String> {
+    let list: Vec<String> = match rendered {
         Value::String(s) => vec![s],
         Value::Array(a) => a.into_iter().map(|v| v.as_str().map(String::from).ok_or_else(|| format!("approvers must be addresses, got {v}"))).collect::<Result<_, _>>()?,
         Value::Null => Vec::new(),
@@ -202,12 +198,13 @@ pub const SECRET_ENV: &str = "WARDEN_LINK_SECRET";
 /// The operator secret: the policy's source, else `WARDEN_LINK_SECRET`, else
 /// the store's own (a file beside a SQLite store). A shared store without
 /// one is refused, with the fix.
-pub fn operator_secret(config: &crate::policy::triggers::ServerConfig, store: &dyn crate::store::ApprovalStore) -> Result<crate::policy::credentials::Secret, String> {
+/// `local` gives the store's own secret, if it keeps one.
+pub fn operator_secret(config: &crate::policy::triggers::ServerConfig, local: impl FnOnce() -> anyhow::Result<Option<crate::policy::credentials::Secret>>) -> Result<crate::policy::credentials::Secret, String> {
     let secret = match &config.link_secret {
         Some(source) => source.read().map_err(|e| format!("[server] link secret: {e}"))?,
         None => match std::env::var(SECRET_ENV) {
             Ok(v) if !v.is_empty() => crate::policy::credentials::Secret::new(v),
-            _ => store.local_secret().map_err(|e| format!("the link secret: {e:#}"))?.ok_or_else(|| {
+            _ => local().map_err(|e| format!("the link secret: {e:#}"))?.ok_or_else(|| {
                 format!("approval links and console sessions need an operator secret on a shared run store: set {SECRET_ENV} (the same value on every node) or [server] link_secret_env / link_secret_file")
             })?,
         },
@@ -627,7 +624,7 @@ impl Approval {
     /// approval is pending, the choice one of its own, the approver allowed.
     /// `approver`: an address or `team:NAME`, or `None` for the operator
     /// (admin token, CLI), who may always decide. (The once-only is the
-    /// store's: see [`crate::store::decide`].)
+    /// store's: see `store::decide`.)
     pub fn check_decision(&self, choice: &str, approver: Option<&str>) -> Result<(), Refused> {
         if self.state != "pending" {
             return Err(Refused::Over(self.clone()));

@@ -6,27 +6,26 @@
 //! `log`, `clock`) → each capability's `check` against the [`policy`] → the
 //! wire → [`audit`] (what happened, without secrets) → [`store`] (the run's record).
 //!
-//! Floors, bottom up: `limits`, `located` → `policy` → `invocation`, `audit`,
-//! `bindings` → `capability`, `vetting` → `runtime` → `store` → `story` → `server`.
+//! Floors, bottom up: `warden-policy` (its own crate under `host/policy`:
+//! the policy, `limits`, `located` — plain configuration data) and
+//! `warden-eval` (the template languages) → `invocation`, `audit`,
+//! `bindings`, `recording` → `capability`, `approval`, `vetting` → `runtime`
+//! → `store` → `story` → `tines`, `telemetry` → `server` → `cli`. No module
+//! imports one above it (`farm-studio look`: no circle, no arrow back up); the
+//! story engine gets trace context through `story::observe::TraceContext`.
 
 pub mod approval;
-pub mod audit;
-pub mod bindings;
-pub mod capability;
-pub mod explain;
-pub mod invocation;
-pub mod limits;
-pub mod located;
-pub mod policy;
-pub mod recording;
-pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tines;
 pub mod story;
-pub mod vetting;
+
+// The floors below are crates of their own (host/policy, host/sandbox): an
+// import back up into them is a compile error.
+pub use warden_policy as policy;
+pub use warden_policy::{limits, located};
+pub use warden_sandbox::{audit, bindings, capability, explain, invocation, recording, runtime, vetting};
 
 pub use invocation::{InvocationInfo, InvokeError};
 pub use policy::Policy;
-pub use runtime::{InvocationReport, Runtime, RuntimeConfig};

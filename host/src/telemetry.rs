@@ -145,7 +145,7 @@ impl Telemetry {
 
     /// The run `run` resumes: its new span continues the trace of its earlier
     /// part (`trace`, `span`: hex ids the store kept), as that span's child.
-    pub fn adopt_earlier(&self, run: &str, trace: &str, span: &str) {
+    fn adopt_earlier_trace(&self, run: &str, trace: &str, span: &str) {
         use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
         let (Ok(trace), Ok(span)) = (TraceId::from_hex(trace), SpanId::from_hex(span)) else { return };
         self.adopt(run, SpanContext::new(trace, span, TraceFlags::SAMPLED, true, TraceState::default()), "resume");
@@ -157,14 +157,14 @@ impl Telemetry {
     }
 
     /// The trace a run is in, while its span is open.
-    pub fn trace_of(&self, run: &str) -> Option<(String, String)> {
+    fn trace_of_run(&self, run: &str) -> Option<(String, String)> {
         let runs = self.runs.lock().unwrap();
         runs.get(run).map(|r| (r.span.span_context().trace_id().to_string(), r.span.span_context().span_id().to_string()))
     }
 
     /// W3C `traceparent` naming the span of `run`'s step (its invocation's
     /// span is made when the invocation ends), for egress.
-    pub fn traceparent_of_step(&self, run: &str, step: &str, item: Option<usize>) -> Option<String> {
+    fn step_traceparent(&self, run: &str, step: &str, item: Option<usize>) -> Option<String> {
         let runs = self.runs.lock().unwrap();
         let sc = runs.get(run)?.steps.get(&(step.to_string(), item))?.span_context().clone();
         Some(format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
@@ -390,5 +390,17 @@ mod tests {
         let text = format!("{:?}", call_attributes(&r));
         assert!(text.contains("https://api.example.com:8443") && text.contains("/v1/items/7"), "{text}");
         assert!(!text.contains("abc") && !text.contains("secret") && !text.contains('?'), "{text}");
+    }
+}
+
+impl crate::story::observe::TraceContext for Telemetry {
+    fn trace_of(&self, run: &str) -> Option<(String, String)> {
+        self.trace_of_run(run)
+    }
+    fn traceparent_of_step(&self, run: &str, step: &str, item: Option<usize>) -> Option<String> {
+        self.step_traceparent(run, step, item)
+    }
+    fn adopt_earlier(&self, run: &str, trace: &str, span: &str) {
+        self.adopt_earlier_trace(run, trace, span)
     }
 }

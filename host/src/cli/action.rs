@@ -9,7 +9,8 @@ use std::sync::Arc;
 use super::cassette;
 use warden::recording::Tape;
 use warden::story::invoke::PolicyInvoker;
-use warden::{InvocationInfo, Runtime, RuntimeConfig};
+use warden::InvocationInfo;
+use warden::runtime::{Runtime, RuntimeConfig};
 
 
 #[derive(Subcommand)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use warden::policy::{Grant, Policy};
 use warden::runtime::Plugin;
 use warden::story::Library;
-use warden::Runtime;
+use warden::runtime::Runtime;
 
 /// An error and its causes on one line, each cause once.
 pub fn one_line(e: &anyhow::Error) -> String {

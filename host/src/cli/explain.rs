@@ -3,7 +3,7 @@
 
 use warden::limits::Bytes;
 use warden::policy::{Grant, Policy};
-use warden::Runtime;
+use warden::runtime::Runtime;
 
 /// `policy check`'s lines for one grant.
 pub fn summary(grant: &Grant) {

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use warden::runtime::sha256_hex;
-use warden::{Runtime, RuntimeConfig};
+use warden::runtime::{Runtime, RuntimeConfig};
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum Lang {

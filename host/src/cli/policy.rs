@@ -6,7 +6,8 @@ use anyhow::anyhow;
 use clap::Subcommand;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use warden::{Policy, Runtime, RuntimeConfig};
+use warden::Policy;
+use warden::runtime::{Runtime, RuntimeConfig};
 
 #[derive(Subcommand)]
 pub enum PolicyCmd {

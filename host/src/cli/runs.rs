@@ -89,7 +89,7 @@ pub async fn run(cmd: RunsCmd) -> anyhow::Result<ExitCode> {
         RunsCmd::Replay { id, db, policy, step, plugin, json } => {
             let store = warden::store::open(&db.db)?;
             let policy = super::common::load_policy(&policy)?;
-            let rt = warden::Runtime::new(warden::RuntimeConfig::default())?;
+            let rt = warden::runtime::Runtime::new(warden::runtime::RuntimeConfig::default())?;
             let other = plugin.as_deref().map(|p| rt.load_file(p)).transpose()?;
             let steps = warden::story::replay::replay_run(&rt, &policy, store.as_ref(), &id, step.as_deref(), other.as_ref()).await?;
             if steps.is_empty() {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use warden::story::engine::{Engine, Observer, Quiet};
 use warden::story::invoke::{Invoke, PolicyInvoker};
 use warden::story::{Library, StepKind};
-use warden::{Runtime, RuntimeConfig};
+use warden::runtime::{Runtime, RuntimeConfig};
 
 #[derive(Subcommand)]
 pub enum StoryCmd {

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use warden::story::engine::{Engine, Observer, Quiet};
 use warden::tines::export::Export;
 use warden::tines::import::{import, story_files, ImportOptions, Imported};
-use warden::{Policy, Runtime, RuntimeConfig};
+use warden::Policy;
+use warden::runtime::{Runtime, RuntimeConfig};
 
 #[derive(Subcommand)]
 pub enum TinesCmd {

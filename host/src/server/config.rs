@@ -6,7 +6,7 @@ use anyhow::anyhow;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub use crate::policy::triggers::DEFAULT_LISTEN;
 /// The run store when neither a flag, `$WARDEN_DB` nor `[server] db` names one.
 pub const DEFAULT_DB: &str = ".warden/runs.db";
 /// The worker count's floor and ceiling when it is sized from memory.

@@ -116,6 +116,7 @@ impl Observer for MetricsObserver<'_> {
     fn event(&self, e: &Event) {
         // A run's span exists once the traces are told of its start, and is
         // gone once told of its end: its ids are read after one, before the other.
+        use crate::story::observe::TraceContext as _;
         let traced = |run: &str| self.1.and_then(|t| t.trace_of(run));
         let ending = match e {
             Event::RunFinished { run, depth: 0, .. } => traced(run),

@@ -49,6 +49,9 @@ pub struct ServeOptions {
     pub drain: Duration,
     /// What this node does in a cluster (a SQLite store: always [`Role::All`]).
     pub role: Role,
+    /// Traces (`[telemetry]`): webhook spans here, run spans from the
+    /// queue's observer. The engine gets the same as its trace context.
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 #[derive(Clone)]
@@ -64,6 +67,8 @@ struct AppState {
     console: Arc<console::Console>,
     /// Verifies Slack's interaction callbacks (`[server] slack_signing_secret_env`).
     slack: Option<Arc<slack::Slack>>,
+    /// Traces (`[telemetry]`): the webhook's span.
+    telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 /// What an API token may read.
@@ -124,7 +129,7 @@ fn error(code: StatusCode, message: impl Into<String>) -> Response {
 pub fn start(engine: Arc<Engine>, opts: &ServeOptions) -> anyhow::Result<(Router, Queue)> {
     let policy = engine.policy.clone();
     let metrics = Arc::new(Metrics::default());
-    let queue = Queue::start(engine.clone(), metrics.clone(), opts.workers, &policy, opts.role);
+    let queue = Queue::start(engine.clone(), metrics.clone(), opts.workers, &policy, opts.role, opts.telemetry.clone());
     if engine.store.cluster().is_some() {
         // Queued runs, and runs of nodes that stopped, are claimed from the shared queue.
         node::start(&queue);
@@ -152,7 +157,7 @@ pub fn start(engine: Arc<Engine>, opts: &ServeOptions) -> anyhow::Result<(Router
         }
         None => None,
     };
-    let state = AppState { engine, policy, queue: queue.clone(), metrics, tokens, replays: Arc::default(), approvals_poke, console: Arc::default(), slack };
+    let state = AppState { engine, policy, queue: queue.clone(), metrics, tokens, replays: Arc::default(), approvals_poke, console: Arc::default(), slack, telemetry: opts.telemetry.clone() };
     let router = Router::new()
         .route("/webhooks/{story}", post(webhook))
         .route("/api/runs", get(list_runs))
@@ -215,8 +220,8 @@ pub async fn run(policy: Policy, flags: config::ServeFlags) -> anyhow::Result<()
     if let Some(t) = &telemetry {
         tracing::info!("traces exported over OTLP/HTTP to {}", t.destination());
     }
-    let engine = Arc::new(Engine::new(rt, Arc::new(policy), Arc::new(library), store).with_links_base(&settings.listen).with_telemetry(telemetry.clone()));
-    let served = serve(engine, &settings.listen, ServeOptions { workers: settings.workers, drain: settings.drain, role: settings.role }).await;
+    let engine = Arc::new(Engine::new(rt, Arc::new(policy), Arc::new(library), store).with_links_base(&settings.listen).with_traces(telemetry.clone().map(|t| t as _)));
+    let served = serve(engine, &settings.listen, ServeOptions { workers: settings.workers, drain: settings.drain, role: settings.role, telemetry: telemetry.clone() }).await;
     if let Some(t) = telemetry {
         // Sends what is still buffered (the exporter blocks: off the runtime's threads).
         let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
@@ -281,7 +286,7 @@ async fn webhook(State(s): State<AppState>, Path(story): Path<String>, Query(q):
     // the metrics (or the span names) by inventing names.
     let label = if s.policy.triggers.get(&story).is_some_and(|t| t.secret.is_some()) { story.as_str() } else { "(unknown)" };
     // Traced: the span continues the caller's trace (W3C traceparent) and parents the run.
-    let span = s.engine.telemetry.as_ref().map(|t| t.webhook(label, &crate::telemetry::Telemetry::caller(&headers)));
+    let span = s.telemetry.as_ref().map(|t| t.webhook(label, &crate::telemetry::Telemetry::caller(&headers)));
     let parent = span.as_ref().map(|sp| {
         use opentelemetry::trace::Span as _;
         sp.span_context().clone()
@@ -372,7 +377,7 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
     };
     let run_id = run.id.clone();
     let graph_response = run.story.graph.is_some().then(|| (run.story.clone(), run.input.clone()));
-    if let (Some(t), Some(parent)) = (&s.engine.telemetry, trace) {
+    if let (Some(t), Some(parent)) = (&s.telemetry, trace) {
         t.adopt(&run_id, parent, "webhook");
     }
     match s.queue.dispatch(run, wait).await {
@@ -402,7 +407,7 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
         Err(e) => {
             // Not recorded: the sender may send the same request again.
             s.replays.forget(story, &verified);
-            if let Some(t) = &s.engine.telemetry {
+            if let Some(t) = &s.telemetry {
                 t.forget(&run_id);
             }
             error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())

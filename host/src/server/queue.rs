@@ -49,10 +49,12 @@ pub struct Queue {
     pub(super) waiters: Arc<Waiters>,
     /// The runs executing here now (for a drain that reaches its deadline).
     executing: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Run spans, made from the engine's events (`[telemetry]`).
+    telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl Queue {
-    pub fn start(engine: Arc<Engine>, metrics: Arc<Metrics>, workers: usize, policy: &Policy, role: Role) -> Queue {
+    pub fn start(engine: Arc<Engine>, metrics: Arc<Metrics>, workers: usize, policy: &Policy, role: Role, telemetry: Option<Arc<crate::telemetry::Telemetry>>) -> Queue {
         let limits = policy.triggers.iter().map(|(s, t)| (s.clone(), t.concurrency)).collect();
         Queue {
             engine,
@@ -65,6 +67,7 @@ impl Queue {
             role,
             waiters: Arc::default(),
             executing: Arc::default(),
+            telemetry,
         }
     }
 
@@ -173,7 +176,7 @@ impl Queue {
     async fn execute(&self, run_id: String, start: Start, permits: (PermitResult, PermitResult)) -> RunResult {
         self.metrics.runs_in_flight.fetch_add(1, Ordering::Relaxed);
         self.executing.lock().unwrap_or_else(|p| p.into_inner()).insert(run_id.clone());
-        let observer = MetricsObserver(&self.metrics, self.engine.telemetry.as_deref());
+        let observer = MetricsObserver(&self.metrics, self.telemetry.as_deref());
         let engine = &self.engine;
         let run = async {
             match start {

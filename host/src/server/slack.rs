@@ -247,7 +247,7 @@ mod tests {
 
     #[test]
     fn response_urls_must_be_under_the_configured_origin() {
-        let p = |extra: &str| crate::Policy::parse(&format!("[server]\n{extra}\n"), "p.toml", std::path::Path::new("."));
+        let p = |extra: &str| crate::policy::Policy::parse(&format!("[server]\n{extra}\n"), "p.toml", std::path::Path::new("."));
         assert!(p("slack_hooks_url = \"https://hooks.slack.com\"").is_ok());
         let e = p("slack_hooks_url = \"https://hooks.slack.com/actions\"").unwrap_err().to_string();
         assert!(e.starts_with("p.toml:1:") && e.contains("must be an origin"), "{e}");

@@ -7,7 +7,7 @@
 //! a trigger the incoming event when its rules hold (else to `no_match`), an
 //! explode one event per list item, an implode one list once it has all of
 //! an explode's items. Options are Tines' own, rendered with Tines' Liquid
-//! ([`crate::tines::liquid`]) against the event's context: every agent
+//! ([`warden_eval::liquid`]) against the event's context: every agent
 //! upstream of it by snake_cased name, plus `META`.
 //!
 //! Execution ([`crate::story::engine`]'s `run_graph`) takes events one at a
@@ -17,9 +17,9 @@
 //! with host-injected credentials.
 
 use super::{ErrorKind, OnError, Retry, Step, StepKind, Story};
-use crate::tines::formula;
+use warden_eval::formula;
 use crate::runtime::evaluator::Language;
-use crate::tines::liquid::Liquid;
+use warden_eval::liquid::Liquid;
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::{Map, Value};

@@ -25,6 +25,18 @@ pub trait Observer: Send + Sync {
     fn event(&self, event: &Event);
 }
 
+/// A run's trace context, when runs are traced (the server's telemetry
+/// implements it; its spans come from [`Event`]s): what the engine stores
+/// with a run, sends on a step's HTTP, and continues when a run resumes.
+pub trait TraceContext: Send + Sync {
+    /// The run's `(trace id, span id)`, kept with its record.
+    fn trace_of(&self, run: &str) -> Option<(String, String)>;
+    /// The W3C `traceparent` of a step's span.
+    fn traceparent_of_step(&self, run: &str, step: &str, item: Option<usize>) -> Option<String>;
+    /// A resumed run continues the trace it started in.
+    fn adopt_earlier(&self, run: &str, trace: &str, span: &str);
+}
+
 /// An observer that ignores everything.
 pub struct Quiet;
 

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use warden::capability::http::resolve::HostResolver;
 use warden::policy::Policy;
-use warden::{InvocationInfo, InvocationReport, Runtime, RuntimeConfig};
+use warden::InvocationInfo;
+use warden::runtime::{InvocationReport, Runtime, RuntimeConfig};
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
@@ -208,10 +209,15 @@ pub fn parse_example_policy(text: &str) -> Policy {
 /// `warden serve`'s app in this process on a port of its own (with each
 /// peer's address, as `serve` has it); its base URL and the engine.
 pub async fn serve(engine: warden::story::engine::Engine) -> (String, Arc<warden::story::engine::Engine>) {
+    serve_traced(engine, None).await
+}
+
+/// [`serve`] with traces (`[telemetry]`), as `warden serve` wires them.
+pub async fn serve_traced(engine: warden::story::engine::Engine, telemetry: Option<Arc<warden::telemetry::Telemetry>>) -> (String, Arc<warden::story::engine::Engine>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let engine = Arc::new(engine.with_links_base(&addr.to_string()));
-    let opts = warden::server::ServeOptions { workers: 8, drain: std::time::Duration::from_secs(1), role: Default::default() };
+    let engine = Arc::new(engine.with_links_base(&addr.to_string()).with_traces(telemetry.clone().map(|t| t as _)));
+    let opts = warden::server::ServeOptions { workers: 8, drain: std::time::Duration::from_secs(1), role: Default::default(), telemetry };
     let (router, _queue) = warden::server::start(engine.clone(), &opts).unwrap();
     tokio::spawn(async move { axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>()).await.unwrap() });
     (format!("http://{addr}"), engine)

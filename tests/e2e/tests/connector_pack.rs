@@ -5,7 +5,8 @@
 //! host obtains itself.
 
 use serde_json::{json, Value};
-use warden::{InvocationReport, InvokeError};
+use warden::InvokeError;
+use warden::runtime::InvocationReport;
 use warden_e2e::{everything, output, policy, run, runtime};
 use warden_sim::{crowdstrike, servicenow, slack, virustotal};
 

@@ -2,7 +2,8 @@
 //! credential injection, and the local SentinelOne and Jira simulators.
 
 use serde_json::{json, Value};
-use warden::{InvocationReport, InvokeError};
+use warden::InvokeError;
+use warden::runtime::InvocationReport;
 use warden_e2e::{everything, output, policy, run, runtime};
 use warden_sim::{jira, sentinelone};
 

@@ -88,7 +88,7 @@ async fn an_email_reaches_a_real_smtp_server_with_both_parts_and_a_clickable_lin
     assert!(!everything(&report).contains("WS-ALICE-01, WS-BOB-07"), "the audit must not carry the body");
 }
 
-fn denied_rule(report: &warden::InvocationReport) -> String {
+fn denied_rule(report: &warden::runtime::InvocationReport) -> String {
     report.audit.iter().find(|a| a.capability == "smtp").map(|a| a.rule.clone()).unwrap_or_default()
 }
 

@@ -229,7 +229,7 @@ async fn header_smuggling_and_userinfo_are_refused() {
     assert_eq!(rec.count(), 0);
 }
 
-fn limit_of(report: &warden::InvocationReport) -> &'static str {
+fn limit_of(report: &warden::runtime::InvocationReport) -> &'static str {
     match &report.outcome {
         Err(InvokeError::Limit { limit, .. }) => limit,
         other => panic!("expected a limit error, got {other:?}"),

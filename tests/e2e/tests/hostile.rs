@@ -146,7 +146,7 @@ fn cases(port: u16) -> Vec<Case> {
     c
 }
 
-fn engine(port: u16) -> (Engine, StoryDir, Arc<warden::Runtime>, Arc<warden::Policy>) {
+fn engine(port: u16) -> (Engine, StoryDir, Arc<warden::runtime::Runtime>, Arc<warden::Policy>) {
     let wasm = guest("probe");
     let policy = format!(
         r#"
@@ -246,7 +246,7 @@ fn input_for(case: &Case, door: &str) -> Value {
 }
 
 /// The case run once more, recorded: the recording as JSON text.
-async fn recorded(rt: &warden::Runtime, policy: &warden::Policy, plugin: &str, input: &Value) -> String {
+async fn recorded(rt: &warden::runtime::Runtime, policy: &warden::Policy, plugin: &str, input: &Value) -> String {
     use warden::recording::Tape;
     let loaded = rt.load_entry(&policy.plugins[plugin]).unwrap();
     let grant = policy.grant_for(plugin);

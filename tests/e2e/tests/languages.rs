@@ -7,7 +7,8 @@
 //! redirects not followed, response caps, address screening.
 
 use serde_json::{json, Value};
-use warden::{InvocationReport, InvokeError};
+use warden::InvokeError;
+use warden::runtime::InvocationReport;
 use warden_e2e::{everything, policy, run, runtime};
 use warden_sim::origin;
 

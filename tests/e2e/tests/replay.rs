@@ -6,7 +6,8 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use warden::recording::{locked, Recording, Tape};
 use warden::runtime::InvocationReport;
-use warden::{InvocationInfo, Policy, Runtime};
+use warden::{InvocationInfo, Policy};
+use warden::runtime::Runtime;
 use warden_e2e::{info, policy, runtime};
 use warden_sim::{origin, sentinelone};
 

@@ -58,7 +58,7 @@ async fn a_webhook_gives_one_trace_from_the_caller_down_to_each_call_with_no_sec
     let policy = warden_e2e::parse_example_policy(&text);
     let telemetry = warden::telemetry::Telemetry::start(&policy.telemetry).unwrap().map(Arc::new);
     assert!(telemetry.is_some(), "[telemetry] endpoint turns tracing on");
-    let (base, engine) = warden_e2e::serve(warden_e2e::engine(policy, &dir.0).with_telemetry(telemetry.clone())).await;
+    let (base, engine) = warden_e2e::serve_traced(warden_e2e::engine(policy, &dir.0), telemetry.clone()).await;
 
     let send = |story: &'static str, body: Value, traceparent: Option<String>| {
         let base = base.clone();

@@ -15,7 +15,7 @@ impl Engine {
             return Ok(*key);
         }
         let store = self.store.approvals().ok_or_else(|| StepError::new(ErrorKind::Failed, "this run store keeps no approvals"))?;
-        let secret = approval::operator_secret(&self.policy.server, store).map_err(|e| StepError::new(ErrorKind::Failed, e))?;
+        let secret = approval::operator_secret(&self.policy.server, || store.local_secret()).map_err(|e| StepError::new(ErrorKind::Failed, e))?;
         let salt = store.key_salt().map_err(|e| StepError::new(ErrorKind::Store, format!("run store unavailable: {e:#}")))?;
         Ok(*self.link_key.get_or_init(|| approval::link_key(&secret, &salt)))
     }
@@ -34,7 +34,7 @@ impl Engine {
         let key = self.link_key()?;
         let mut all = serde_json::Map::new();
         for (step, spec) in std::iter::once(first).chain(specs) {
-            let approvers = approval::render_approvers(&spec.approvers, &ctx.bindings)
+            let approvers = render_approvers(&spec.approvers, &ctx.bindings)
                 .map_err(|e| StepError::new(ErrorKind::Template, format!("step {step}: approvers: {e}")))?;
             all.insert(step.to_string(), approval::links_value(&key, &self.links_base, root, run, step, &spec.choices, &approvers));
         }
@@ -86,7 +86,7 @@ impl Engine {
                     // Kept readable and bounded; the full value is in the earlier steps' outputs.
                     details = json!(format!("(details were {size} bytes; the first {} are shown) {}", approval::MAX_DETAILS, crate::invocation::guest_text(&details.to_string(), approval::MAX_DETAILS)));
                 }
-                let approvers = approval::render_approvers(&spec.approvers, ctx).map_err(|e| fail("approvers", e))?;
+                let approvers = render_approvers(&spec.approvers, ctx).map_err(|e| fail("approvers", e))?;
                 let now = crate::audit::now_ms();
                 let a = Approval {
                     run: run.to_string(),
@@ -127,5 +127,14 @@ fn human(d: std::time::Duration) -> String {
         s if s % 3600 == 0 => format!("{}h", s / 3600),
         s if s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),
+    }
+}
+
+/// The approvers a run's approval step names, rendered (against the run's
+/// input only, so the links exist from the run's first step).
+fn render_approvers(approvers: &approval::Approvers, ctx: &Bindings) -> Result<Vec<String>, String> {
+    match approvers {
+        approval::Approvers::List(l) => Ok(l.clone()),
+        approval::Approvers::Template(t) => approval::approvers_of(render_str(t, ctx)?),
     }
 }

@@ -10,7 +10,7 @@ use crate::story::graph::{number_of, Agent, AgentKind, Graph};
 use crate::story::recorder::StepAt;
 use crate::story::state::{ErrorKind, StepError, StepState};
 use crate::story::Story;
-use crate::tines::liquid::dotted;
+use warden_eval::liquid::dotted;
 use serde_json::{json, Map, Value};
 use sha2::Digest;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -348,7 +348,7 @@ fn text_of(v: &Value) -> String {
 /// bare path (`.a.body.list`, `a.body.list`).
 fn resolve(path: &str, ctx: &Map<String, Value>, formulas: bool) -> Result<Value, String> {
     let p = path.trim();
-    if formulas && crate::tines::formula::is_formula(p) {
+    if formulas && warden_eval::formula::is_formula(p) {
         return crate::story::graph::render(&Value::String(p.to_string()), ctx, true);
     }
     if p.contains("{{") {

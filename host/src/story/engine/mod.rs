@@ -61,8 +61,10 @@ pub struct Engine {
     link_key: std::sync::OnceLock<crate::approval::LinkKey>,
     /// Where approval links point (`[server] public_url`).
     links_base: String,
-    /// Traces of runs (`warden serve` with `[telemetry]`); `None`: off.
-    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    /// Where runs' trace context comes from (`warden serve` with
+    /// `[telemetry]`); `None`: off. The spans themselves are made by an
+    /// observer from the engine's events.
+    pub traces: Option<Arc<dyn crate::story::observe::TraceContext>>,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -169,9 +171,9 @@ impl Engine {
     pub fn with_invoker(invoker: Arc<dyn Invoke>, policy: Arc<Policy>, library: Arc<Library>, store: Arc<dyn Store>) -> Engine {
         let record = policy.server.record.unwrap_or(true);
         let links_base = policy.server.public_url.clone().unwrap_or_else(|| {
-            format!("http://{}", policy.server.listen.as_deref().unwrap_or(crate::server::config::DEFAULT_LISTEN))
+            format!("http://{}", policy.server.listen.as_deref().unwrap_or(crate::policy::triggers::DEFAULT_LISTEN))
         });
-        Engine { invoker, policy, library, recorder: Recorder::new(store.clone(), Arc::default()), store, record, link_key: Default::default(), links_base, telemetry: None }
+        Engine { invoker, policy, library, recorder: Recorder::new(store.clone(), Arc::default()), store, record, link_key: Default::default(), links_base, traces: None }
     }
 
     /// Where approval links point, unless `[server] public_url` says (the
@@ -185,8 +187,8 @@ impl Engine {
 
     /// Traces runs through `telemetry` (its events come from the observer
     /// `warden serve` gives each run).
-    pub fn with_telemetry(mut self, telemetry: Option<Arc<crate::telemetry::Telemetry>>) -> Engine {
-        self.telemetry = telemetry;
+    pub fn with_traces(mut self, traces: Option<Arc<dyn crate::story::observe::TraceContext>>) -> Engine {
+        self.traces = traces;
         self
     }
 
@@ -305,7 +307,7 @@ impl Engine {
             let caller = caller.as_ref().map(|(r, s)| (r.as_str(), s.as_str()));
             observer.event(&Event::RunStarted { run: &run_id, story: &story.name, team: &story.team, depth, caller });
             // The run's trace id, for `runs show` and the API (queued with the run's next write).
-            if let Some(trace) = self.telemetry.as_ref().and_then(|t| t.trace_of(&run_id)) {
+            if let Some(trace) = self.traces.as_ref().and_then(|t| t.trace_of(&run_id)) {
                 self.recorder.traced(&run_id, trace);
             }
             let root = root.unwrap_or_else(|| run_id.clone());
@@ -531,7 +533,7 @@ impl Engine {
         match &step.kind {
             StepKind::Transform(_) | StepKind::Approval(_) => unreachable!("returned above"),
             StepKind::Action(plugin) => {
-                let traceparent = self.telemetry.as_ref().and_then(|t| t.traceparent_of_step(run, &step.id, item));
+                let traceparent = self.traces.as_ref().and_then(|t| t.traceparent_of_step(run, &step.id, item));
                 let input_text = input.to_string();
                 let handed = self.handed_links(sr.root, &input_text);
                 let info = InvocationInfo { run_id: run.into(), story: story.name.clone(), step: step.id.clone(), team: story.team.clone(), attempt, traceparent, handed };

@@ -142,7 +142,7 @@ impl Engine {
         }
         let caller = detail.run.parent_run.clone().zip(detail.run.parent_step.clone());
         // A top-level run resumed (after an approval, or a restart) continues its trace.
-        if let (Some(t), None, Some(trace), Some(span)) = (&self.telemetry, &caller, &detail.run.trace_id, &detail.run.trace_span) {
+        if let (Some(t), None, Some(trace), Some(span)) = (&self.traces, &caller, &detail.run.trace_id, &detail.run.trace_span) {
             t.adopt_earlier(run_id, trace, span);
         }
         self.run_story(story, run_id.to_string(), detail.input, depth, observer, resume, root, caller).await

@@ -1,6 +1,6 @@
 //! The template evaluator: every template, Liquid string and formula a story
 //! holds is rendered inside a fresh instance of one Wasm component
-//! (`host/eval/guest`, built and embedded by `host/build.rs`), never in the
+//! (`host/eval/guest`, built and embedded by `host/sandbox/build.rs`), never in the
 //! host process.
 //!
 //! Why: rendering is the host's own work on data it received (a webhook's
@@ -23,7 +23,7 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-wasmtime::component::bindgen!({ path: "eval/guest/wit", world: "evaluator" });
+wasmtime::component::bindgen!({ path: "../eval/guest/wit", world: "evaluator" });
 
 /// Linear memory one render may use: the story's context (as JSON and as
 /// values), the template and everything it builds. The default grant's memory.

@@ -5,7 +5,7 @@
 
 use crate::policy::Policy;
 use crate::limits::Bytes;
-use crate::Runtime;
+use crate::runtime::Runtime;
 
 /// One plugin for one team, as lines a person reads.
 #[derive(Debug, Clone, serde::Serialize)]

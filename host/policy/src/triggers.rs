@@ -117,6 +117,9 @@ pub struct Trigger {
     pub line: u64,
 }
 
+/// Where `warden serve` listens when neither `--listen` nor `[server] listen` says.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
 /// `[server]`: defaults for `warden serve` (flags override them).
 #[derive(Debug, Clone, Default)]
 pub struct ServerConfig {
@@ -142,7 +145,7 @@ pub struct ServerConfig {
     pub slack_hooks_url: Option<String>,
     /// The operator secret approval links and console sessions are keyed
     /// from (`link_secret_env` / `link_secret_file`; default the environment
-    /// variable `WARDEN_LINK_SECRET`). See [`crate::approval::link_secret`].
+    /// variable `WARDEN_LINK_SECRET`). See `warden::approval::operator_secret`.
     pub link_secret: Option<SecretSource>,
 }
 

@@ -2,7 +2,7 @@
 //! capabilities implement its imports; the runtime calls its exports.
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../../wit",
     world: "action",
     imports: { default: async | trappable },
     exports: { default: async },

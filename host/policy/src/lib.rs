@@ -1,5 +1,7 @@
 //! The operator's policy (`warden.toml`): which plugins exist, what each may
-//! reach, with which credentials and within which limits.
+//! reach, with which credentials and within which limits — plain, validated
+//! configuration data, with no runtime state (a capability keeps its own,
+//! such as the OAuth token caches, in the sandbox crate).
 //!
 //! The file is parsed once into typed rules. Anything wrong is refused with
 //! `file:line: what is wrong; how to fix it`. Deny by default: a plugin without
@@ -8,11 +10,15 @@
 //! Layout: one file per section — [`credentials`], [`mail`] (relays and smtp
 //! grants), [`grants`] (rules and limits), [`keys`] (keys and teams),
 //! [`triggers`] (triggers and `[server]`) — over [`origin`], [`target`] and
-//! [`rule`], which say how a request is matched. This module imports nothing
-//! of warden but `limits` and `located`: everything else builds on it.
+//! [`rule`], which say how a request is matched; [`limits`] (sizes as
+//! operators write them) and [`located`] (a value with its `file:line`)
+//! beneath them. This crate is warden's ground floor: it depends on no other
+//! warden crate, and everything else builds on it.
 
 pub mod credentials;
 pub mod grants;
+pub mod limits;
+pub mod located;
 pub mod keys;
 pub mod mail;
 pub mod origin;

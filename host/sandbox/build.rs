@@ -1,5 +1,5 @@
 //! Builds the template evaluator (`host/eval/guest`) as a Wasm component and
-//! hands its bytes to the host (`runtime::evaluator` embeds them), so the
+//! hands its bytes to the sandbox (`runtime::evaluator` embeds them), so the
 //! `warden` binary carries the sandbox its templates render in.
 //!
 //! A nested `cargo build` for `wasm32-wasip2`, in its own target folder
@@ -13,19 +13,19 @@ use std::process::Command;
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
-    let eval = manifest.join("eval");
+    let eval = manifest.join("../eval");
     for watched in ["src", "Cargo.toml", "guest/src", "guest/wit", "guest/Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", eval.join(watched).display());
     }
-    println!("cargo:rerun-if-changed={}", manifest.join("../Cargo.lock").display());
+    println!("cargo:rerun-if-changed={}", manifest.join("../../Cargo.lock").display());
 
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("../target"))
+        .unwrap_or_else(|| manifest.join("../../target"))
         .join("evaluator");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(manifest.join(".."))
+    cmd.current_dir(manifest.join("../.."))
         .args(["build", "--quiet", "--locked", "-p", "warden-eval-guest", "--target", "wasm32-wasip2", "--profile", "guest"])
         .arg("--target-dir")
         .arg(&target_dir);

@@ -227,7 +227,7 @@ pub(super) fn parse(name: &str, c: RawCredential, base: &Path) -> Result<Credent
         return Err(format!("credentials.{name}: `placeholder` belongs to kind \"placeholder\", not `{}`; remove it or change the kind", c.kind.get_ref()));
     }
     if let CredentialKind::Header { name: h, .. } = &kind {
-        if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
             return Err(format!("credentials.{name}: `{h}` is not a valid header name"));
         }
     }

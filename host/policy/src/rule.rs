@@ -153,7 +153,7 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::target::Target;
+    use crate::target::Target;
 
     fn target(method: &str, url: &str) -> Target {
         Target::parse(method, url).unwrap()

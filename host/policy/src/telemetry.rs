@@ -1,4 +1,4 @@
-//! `[telemetry]`: where traces go (see [`crate::telemetry`]). Checked at load;
+//! `[telemetry]`: where traces go (see warden's `telemetry` module). Checked at load;
 //! the standard `OTEL_*` variables fill in what it leaves out.
 
 use serde::Deserialize;
@@ -39,7 +39,7 @@ pub(super) fn parse(raw: RawTelemetry) -> Result<TelemetryConfig, String> {
         }
     }
     for (name, var) in &raw.headers_env {
-        if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() || var.is_empty() {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() || var.is_empty() {
             return Err(format!("[telemetry] headers_env: `{name}` = `{var}` must map a header name to the environment variable holding its value"));
         }
     }
