@@ -70,7 +70,7 @@ impl Store for Flaky {
     fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>> {
         self.inner.runs_in_state(state)
     }
-    fn count_runs(&self, f: &crate::store::RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
+    fn count_runs(&self, f: &crate::RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
         self.inner.count_runs(f)
     }
     fn count_unfinished(&self) -> anyhow::Result<Vec<(String, u64)>> {

@@ -363,8 +363,8 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::Flaky;
-    use crate::store::{NewRun, RunStore};
+    use crate::testing::Flaky;
+    use crate::{NewRun, RunStore};
     use serde_json::json;
     use std::sync::atomic::AtomicUsize;
 
@@ -379,13 +379,13 @@ mod tests {
             self.batches.fetch_add(1, Ordering::SeqCst);
             self.inner.apply(batch)
         }
-        fn find_runs(&self, f: &crate::store::RunFilter) -> anyhow::Result<Vec<crate::store::RunSummary>> {
+        fn find_runs(&self, f: &crate::RunFilter) -> anyhow::Result<Vec<crate::RunSummary>> {
             self.inner.find_runs(f)
         }
         fn run_by_idempotency_key(&self, story: &str, key: &str) -> anyhow::Result<Option<String>> {
             self.inner.run_by_idempotency_key(story, key)
         }
-        fn run_summary(&self, id: &str) -> anyhow::Result<Option<crate::store::RunSummary>> {
+        fn run_summary(&self, id: &str) -> anyhow::Result<Option<crate::RunSummary>> {
             self.inner.run_summary(id)
         }
         fn resumes(&self, id: &str) -> anyhow::Result<u32> {
@@ -397,16 +397,16 @@ mod tests {
         fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>> {
             self.inner.runs_in_state(state)
         }
-        fn count_runs(&self, f: &crate::store::RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
+        fn count_runs(&self, f: &crate::RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
             self.inner.count_runs(f)
         }
         fn count_unfinished(&self) -> anyhow::Result<Vec<(String, u64)>> {
             self.inner.count_unfinished()
         }
-        fn get_run(&self, id: &str) -> anyhow::Result<Option<crate::store::RunDetail>> {
+        fn get_run(&self, id: &str) -> anyhow::Result<Option<crate::RunDetail>> {
             self.inner.get_run(id)
         }
-        fn recordings(&self, run: &str) -> anyhow::Result<Vec<crate::store::StoredRecording>> {
+        fn recordings(&self, run: &str) -> anyhow::Result<Vec<crate::StoredRecording>> {
             self.inner.recordings(run)
         }
         fn last_schedule_tick(&self, story: &str) -> anyhow::Result<Option<u64>> {
@@ -521,13 +521,13 @@ mod tests {
                 }
                 self.0.apply(batch)
             }
-            fn find_runs(&self, f: &crate::store::RunFilter) -> anyhow::Result<Vec<crate::store::RunSummary>> {
+            fn find_runs(&self, f: &crate::RunFilter) -> anyhow::Result<Vec<crate::RunSummary>> {
                 self.0.find_runs(f)
             }
             fn run_by_idempotency_key(&self, s: &str, k: &str) -> anyhow::Result<Option<String>> {
                 self.0.run_by_idempotency_key(s, k)
             }
-            fn run_summary(&self, id: &str) -> anyhow::Result<Option<crate::store::RunSummary>> {
+            fn run_summary(&self, id: &str) -> anyhow::Result<Option<crate::RunSummary>> {
                 self.0.run_summary(id)
             }
             fn resumes(&self, id: &str) -> anyhow::Result<u32> {
@@ -539,16 +539,16 @@ mod tests {
             fn runs_in_state(&self, s: &str) -> anyhow::Result<Vec<String>> {
                 self.0.runs_in_state(s)
             }
-            fn count_runs(&self, f: &crate::store::RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
+            fn count_runs(&self, f: &crate::RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
                 self.0.count_runs(f)
             }
             fn count_unfinished(&self) -> anyhow::Result<Vec<(String, u64)>> {
                 self.0.count_unfinished()
             }
-            fn get_run(&self, id: &str) -> anyhow::Result<Option<crate::store::RunDetail>> {
+            fn get_run(&self, id: &str) -> anyhow::Result<Option<crate::RunDetail>> {
                 self.0.get_run(id)
             }
-            fn recordings(&self, run: &str) -> anyhow::Result<Vec<crate::store::StoredRecording>> {
+            fn recordings(&self, run: &str) -> anyhow::Result<Vec<crate::StoredRecording>> {
                 self.0.recordings(run)
             }
             fn last_schedule_tick(&self, story: &str) -> anyhow::Result<Option<u64>> {

@@ -5,17 +5,27 @@
 //! PostgreSQL, and [`group`] commits the engine's writes in groups. Nothing
 //! secret is written: inputs and outputs only ever hold credential *names*,
 //! and responses were scrubbed by the host before a guest saw them.
+//!
+//! A crate of its own (`warden-store`) above the policy and the sandbox;
+//! [`approval`] (human approvals: links, decisions) is here because the
+//! store is what keeps and decides them.
 
 use crate::audit::AuditRecord;
 use crate::invocation::LogLine;
+
+// What the store builds on (the policy, the sandbox's vocabulary), under the
+// names its modules use.
+pub(crate) use warden_policy as policy;
+pub(crate) use warden_sandbox::{audit, invocation, recording, runtime};
 use serde::Serialize;
 use serde_json::Value;
 
+pub mod approval;
 pub mod group;
 pub mod postgres;
 mod sqlite;
-#[cfg(test)]
-pub(crate) mod testing;
+/// A store that fails writes on purpose, for the engine's and the server's tests.
+pub mod testing;
 #[cfg(test)]
 mod tests;
 

@@ -140,7 +140,7 @@ fn suite(s: &dyn Store) {
     assert!(e.is_err(), "a tick starts one run");
 
     // Recordings of step attempts, in the order they were made, and what they allow.
-    assert_eq!(crate::store::recording_state(&s.recordings("r4").unwrap()), "none");
+    assert_eq!(crate::recording_state(&s.recordings("r4").unwrap()), "none");
     s.apply(&[
         Write::Recording { run: "r4".into(), step: "a".into(), item: None, attempt: 1, truncated: false, recording: "{\"n\":1}".into() },
         Write::Recording { run: "r4".into(), step: "a".into(), item: Some(2), attempt: 2, truncated: true, recording: "{\"n\":2}".into() },
@@ -148,7 +148,7 @@ fn suite(s: &dyn Store) {
     .unwrap();
     let r = s.recordings("r4").unwrap();
     assert_eq!(r.iter().map(|r| (r.step.as_str(), r.item, r.attempt, r.truncated, r.recording.as_str())).collect::<Vec<_>>(), vec![("a", None, 1, false, "{\"n\":1}"), ("a", Some(2), 2, true, "{\"n\":2}")]);
-    assert_eq!(crate::store::recording_state(&r), "truncated");
+    assert_eq!(crate::recording_state(&r), "truncated");
 
     // What the console asks: by trigger, since a time, and counts by state under a filter.
     let by = |trigger: Option<&'static str>, since_ms: Option<u64>| {

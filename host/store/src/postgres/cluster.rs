@@ -30,7 +30,7 @@
 //! order); a claim lost in a database crash is one no side effect relied on.
 
 use super::{i, t, PgStore};
-use crate::store::{Claimed, Claims, Cluster, Conflict, NewRun, Write};
+use crate::{Claimed, Claims, Cluster, Conflict, NewRun, Write};
 use anyhow::anyhow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
