@@ -11,14 +11,14 @@
 //!
 //! Needs the guests built (scripts/build-guests.sh).
 
+use ::http as http_types;
 use criterion::{criterion_group, Criterion};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use ::http as http_types;
-use warden::{InvocationInfo, Policy};
 use warden::runtime::{Runtime, RuntimeConfig};
+use warden::{InvocationInfo, Policy};
 
 mod bare {
     wasmtime::component::bindgen!({
@@ -228,7 +228,9 @@ fn benches(c: &mut Criterion) {
     // The same guest and origin through each front door: warden:action/http,
     // and standard wasi:http (judged by the same layers).
     let mut g = c.benchmark_group("http_round_trip");
-    for (name, door, record) in [("warden_per_request", "warden", false), ("warden_per_request_recording", "warden", true), ("wasi_http_per_request", "wasi-http", false)] {
+    for (name, door, record) in
+        [("warden_per_request", "warden", false), ("warden_per_request_recording", "warden", true), ("wasi_http_per_request", "wasi-http", false)]
+    {
         let many = json!({"op": "fetch_many", "count": N, "url": url, "door": door}).to_string();
         g.bench_function(name, |b| {
             b.to_async(&rt).iter_custom(|iters| {
@@ -287,7 +289,11 @@ fn count(n: usize, record: bool) {
     let (srv, _seen) = rt.block_on(warden_sim::origin::spawn()).unwrap();
     let calls: u64 = std::env::var("WARDEN_BENCH_HTTP").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
     let policy = Policy::parse(
-        &format!("[plugins.probe]\npath = \"{}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:{}/*\"]\nlimits = {{ http_requests = 1000 }}\n", probe().display(), srv.port()),
+        &format!(
+            "[plugins.probe]\npath = \"{}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:{}/*\"]\nlimits = {{ http_requests = 1000 }}\n",
+            probe().display(),
+            srv.port()
+        ),
         "bench.toml",
         std::path::Path::new("."),
     )

@@ -10,14 +10,20 @@ mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
-use warden::{InvocationInfo, Policy};
 use warden::runtime::{Runtime, RuntimeConfig};
+use warden::{InvocationInfo, Policy};
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     // WARDEN_BENCH_ONLY=waiting: only the approval part, in a fresh process.
     let only_waiting = std::env::var("WARDEN_BENCH_ONLY").is_ok_and(|o| o == "waiting");
-    let sizes: &[usize] = if only_waiting { &[] } else if common::full() { &[1_000, 10_000] } else { &[50] };
+    let sizes: &[usize] = if only_waiting {
+        &[]
+    } else if common::full() {
+        &[1_000, 10_000]
+    } else {
+        &[50]
+    };
     println!("memory per sleeping run (probe guest parked in clock.sleep)");
     for &n in sizes {
         let runtime = Arc::new(Runtime::new(RuntimeConfig { cache_dir: None, max_instances: n as u32 + 16, ..Default::default() }).unwrap());
@@ -70,7 +76,8 @@ fn waiting_runs(rt: &tokio::runtime::Runtime, sizes: &[usize]) {
         let dir = std::env::temp_dir().join(format!("warden-bench-waiting-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let runtime = Arc::new(Runtime::new(RuntimeConfig { cache_dir: None, max_instances: 64, ..Default::default() }).unwrap());
-        let policy = Policy::parse(&format!("[plugins.probe]\npath = \"{}\"\n", common::guest("probe").display()), "bench.toml", std::path::Path::new(".")).unwrap();
+        let policy =
+            Policy::parse(&format!("[plugins.probe]\npath = \"{}\"\n", common::guest("probe").display()), "bench.toml", std::path::Path::new(".")).unwrap();
         let mut library = warden::story::Library::default();
         let parsed = warden::story::parse(story, std::path::Path::new("ask.yaml")).unwrap();
         library.stories.insert(parsed.name.clone(), Arc::new(parsed));
@@ -104,7 +111,8 @@ fn waiting_runs(rt: &tokio::runtime::Runtime, sizes: &[usize]) {
         assert_eq!((waiting as usize, pending), (n + 1, n + 1));
         let alive = runtime.instances().in_use;
         let per_run = (during.saturating_sub(before)) as f64 / n as f64;
-        let db_kib = std::fs::metadata(dir.join("runs.db")).map_or(0, |m| m.len() / 1024) + std::fs::metadata(dir.join("runs.db-wal")).map_or(0, |m| m.len() / 1024);
+        let db_kib =
+            std::fs::metadata(dir.join("runs.db")).map_or(0, |m| m.len() / 1024) + std::fs::metadata(dir.join("runs.db-wal")).map_or(0, |m| m.len() / 1024);
         println!(
             "  {n:>6} waiting runs ({alive} instances alive, parked in {:.1} s): RSS {before} KiB → {during} KiB, {per_run:.2} KiB per run; store {db_kib} KiB on disk",
             took.as_secs_f64()

@@ -219,12 +219,8 @@ impl Server {
 async fn start_ceiling(dir: &Path) -> Server {
     let port = free_port();
     let db = dir.join("ceiling.db");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(CEILING_ENV, &db)
-        .env("WARDEN_BENCH_PORT", port.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child =
+        Command::new(std::env::current_exe().unwrap()).env(CEILING_ENV, &db).env("WARDEN_BENCH_PORT", port.to_string()).stdout(Stdio::null()).spawn().unwrap();
     wait_listening(port, &mut child).await;
     Server { child, port, db }
 }
@@ -246,7 +242,10 @@ fn ceiling_server(db: &str, port: u16) {
                 let input: serde_json::Value = serde_json::from_slice(&body).unwrap();
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
                 let c = conn.lock().unwrap();
-                c.prepare_cached("INSERT INTO runs (id, input, created_ms) VALUES (?1, ?2, ?3)").unwrap().execute(rusqlite::params![id, input.to_string(), now]).unwrap();
+                c.prepare_cached("INSERT INTO runs (id, input, created_ms) VALUES (?1, ?2, ?3)")
+                    .unwrap()
+                    .execute(rusqlite::params![id, input.to_string(), now])
+                    .unwrap();
                 axum::Json(serde_json::json!({"run_id": id}))
             }
         }),
@@ -261,8 +260,16 @@ fn ceiling_server(db: &str, port: u16) {
 fn write_setup(dir: &Path, origin_port: u16, sleep_ms: u64) -> PathBuf {
     let stories = dir.join("stories");
     std::fs::create_dir_all(&stories).unwrap();
-    std::fs::write(stories.join("t1.yaml"), "name: t1\ninput: {type: object, required: [k]}\nsteps:\n  - id: seen\n    transform: {set: {k: \"{{ input.k }}\"}}\n").unwrap();
-    std::fs::write(stories.join("a1.yaml"), "name: a1\ninput: {type: object, required: [k]}\nsteps:\n  - id: echo\n    action: probe\n    with: {op: echo, k: \"{{ input.k }}\"}\n").unwrap();
+    std::fs::write(
+        stories.join("t1.yaml"),
+        "name: t1\ninput: {type: object, required: [k]}\nsteps:\n  - id: seen\n    transform: {set: {k: \"{{ input.k }}\"}}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        stories.join("a1.yaml"),
+        "name: a1\ninput: {type: object, required: [k]}\nsteps:\n  - id: echo\n    action: probe\n    with: {op: echo, k: \"{{ input.k }}\"}\n",
+    )
+    .unwrap();
     std::fs::write(
         stories.join("bench3.yaml"),
         format!(
@@ -270,11 +277,13 @@ fn write_setup(dir: &Path, origin_port: u16, sleep_ms: u64) -> PathBuf {
         ),
     )
     .unwrap();
-    std::fs::write(stories.join("poll.yaml"), format!("name: poll\ninput: {{type: object}}\nsteps:\n  - id: wait\n    action: probe\n    with: {{op: sleep, ms: {sleep_ms}}}\n")).unwrap();
-    let mut policy = format!(
-        "[plugins.probe]\npath = \"{}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:{origin_port}/json\"]\n",
-        common::guest("probe").display()
-    );
+    std::fs::write(
+        stories.join("poll.yaml"),
+        format!("name: poll\ninput: {{type: object}}\nsteps:\n  - id: wait\n    action: probe\n    with: {{op: sleep, ms: {sleep_ms}}}\n"),
+    )
+    .unwrap();
+    let mut policy =
+        format!("[plugins.probe]\npath = \"{}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:{origin_port}/json\"]\n", common::guest("probe").display());
     // Recording is on by default; WARDEN_BENCH_RECORD=0 measures without it.
     if std::env::var("WARDEN_BENCH_RECORD").is_ok_and(|v| v == "0") {
         policy.push_str("[server]\nrecord = false\n");
@@ -387,13 +396,7 @@ fn main() {
         println!("  ceiling (axum + one SQLite insert)    c=16 {:>7.0}/s   c=2 {:>7.0}/s  p50 {:.3} ms", c16.per_sec, c2.per_sec, c2.p50_ms);
 
         let show = |what: &str, l: &Load| {
-            println!(
-                "  {what:<38} {:>7.0}/s  {:>5.1} % of ceiling  p50 {:.3} ms  p99 {:.3} ms",
-                l.per_sec,
-                100.0 * l.per_sec / c16.per_sec,
-                l.p50_ms,
-                l.p99_ms
-            )
+            println!("  {what:<38} {:>7.0}/s  {:>5.1} % of ceiling  p50 {:.3} ms  p99 {:.3} ms", l.per_sec, 100.0 * l.per_sec / c16.per_sec, l.p50_ms, l.p99_ms)
         };
         let w = start_warden(&dir, &policy, "runs").await;
         // Warm up: plugin instantiation, the page cache, the connection pool.
@@ -449,7 +452,10 @@ fn main() {
                 }
                 let ports: Vec<u16> = nodes.iter().map(|s| s.port).collect();
                 closed_loop_spread(&ports, "/webhooks/t1?wait=true", "t1", 200, 16, secs / 5.0).await;
-                show(&format!("1 transform, wait, c=16, PostgreSQL, {n} node(s)"), &closed_loop_spread(&ports, "/webhooks/t1?wait=true", "t1", 200, 16, secs).await);
+                show(
+                    &format!("1 transform, wait, c=16, PostgreSQL, {n} node(s)"),
+                    &closed_loop_spread(&ports, "/webhooks/t1?wait=true", "t1", 200, 16, secs).await,
+                );
             }
             drop(nodes);
             pg_admin(&base, &format!("DROP SCHEMA {schema} CASCADE")).await;
@@ -460,10 +466,7 @@ fn main() {
             let w = start_warden(&dir, &policy, "sleepers").await;
             let rate = completions(&w, "poll", sleepers, 16).await;
             let took = sleepers as f64 / rate;
-            println!(
-                "  {sleepers} runs sleeping {sleep_ms} ms each, default workers: all done in {took:.1} s, server peak RSS {:.0} MiB",
-                w.peak_rss_mib()
-            );
+            println!("  {sleepers} runs sleeping {sleep_ms} ms each, default workers: all done in {took:.1} s, server peak RSS {:.0} MiB", w.peak_rss_mib());
             assert_eq!(w.failed_runs(), 0, "sleeping runs failed");
         }
         let _ = std::fs::remove_dir_all(&dir);

@@ -8,11 +8,11 @@ mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use warden::runtime::{Runtime, RuntimeConfig};
 use warden::store::Store;
 use warden::story::engine::Engine;
 use warden::story::Library;
 use warden::Policy;
-use warden::runtime::{Runtime, RuntimeConfig};
 
 const SECRET: &str = "bench-secret";
 
@@ -46,7 +46,9 @@ async fn measure(runs: usize, concurrency: usize) -> f64 {
     let store = Arc::new(warden::store::RunStore::open(&dir.join("runs.db")).unwrap());
     let rt = Arc::new(Runtime::new(RuntimeConfig { max_instances: 512, ..Default::default() }).unwrap());
     let engine = Arc::new(Engine::new(rt, Arc::new(policy), Arc::new(library), store.clone()));
-    let (router, _queue) = warden::server::start(engine, &warden::server::ServeOptions { workers: 64, drain: Duration::from_secs(5), role: Default::default(), telemetry: None }).unwrap();
+    let (router, _queue) =
+        warden::server::start(engine, &warden::server::ServeOptions { workers: 64, drain: Duration::from_secs(5), role: Default::default(), telemetry: None })
+            .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });

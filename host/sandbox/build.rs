@@ -19,10 +19,7 @@ fn main() {
     }
     println!("cargo:rerun-if-changed={}", manifest.join("../../Cargo.lock").display());
 
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("../../target"))
-        .join("evaluator");
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| manifest.join("../../target")).join("evaluator");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(manifest.join("../.."))
@@ -31,7 +28,20 @@ fn main() {
         .arg(&target_dir);
     // What the outer build set for itself (flags, wrappers such as clippy's,
     // coverage) is not for a Wasm guest.
-    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "CARGO_PRIMARY_PACKAGE", "CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS", "CARGO_LLVM_COV", "LLVM_PROFILE_FILE"] {
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "CARGO_LLVM_COV",
+        "LLVM_PROFILE_FILE",
+    ] {
         cmd.env_remove(var);
     }
     for (k, _) in std::env::vars_os() {

@@ -17,9 +17,9 @@
 //! gets trace context through `story::observe::TraceContext`.
 
 pub mod server;
+pub mod story;
 pub mod telemetry;
 pub mod tines;
-pub mod story;
 
 // The floors below are crates of their own (host/policy, host/sandbox,
 // host/store): an import back up into them is a compile error.

@@ -63,7 +63,8 @@ impl Telemetry {
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
         let mut headers = HashMap::new();
         for (name, var) in &config.headers_env {
-            let value = env(var).ok_or_else(|| anyhow::anyhow!("[telemetry] headers_env: {name} is read from ${var}, which is not set; set it or remove the header"))?;
+            let value = env(var)
+                .ok_or_else(|| anyhow::anyhow!("[telemetry] headers_env: {name} is read from ${var}, which is not set; set it or remove the header"))?;
             headers.insert(name.clone(), value);
         }
         let mut exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -81,9 +82,8 @@ impl Telemetry {
         }
         let exporter = exporter.build().map_err(|e| anyhow::anyhow!("[telemetry]: cannot build the OTLP exporter: {e}"))?;
         let service = config.service_name.clone().or_else(|| env("OTEL_SERVICE_NAME")).unwrap_or_else(|| "warden".into());
-        let mut provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build());
+        let mut provider =
+            SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build());
         if let Some(ratio) = config.sample_ratio {
             provider = provider.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))));
         }
@@ -123,7 +123,11 @@ impl Telemetry {
         self.tracer
             .span_builder(format!("POST /webhooks/{story}"))
             .with_kind(SpanKind::Server)
-            .with_attributes([KeyValue::new("warden.story", story.to_string()), KeyValue::new("http.request.method", "POST"), KeyValue::new("http.route", "/webhooks/{story}")])
+            .with_attributes([
+                KeyValue::new("warden.story", story.to_string()),
+                KeyValue::new("http.request.method", "POST"),
+                KeyValue::new("http.route", "/webhooks/{story}"),
+            ])
             .start_with_context(&self.tracer, caller)
     }
 
@@ -185,10 +189,18 @@ fn origin_and_path(url: &str) -> (String, String) {
 
 /// A capability call's attributes, from its audit record.
 pub fn call_attributes(r: &AuditRecord) -> Vec<KeyValue> {
-    let mut a = vec![KeyValue::new("warden.capability", r.capability), KeyValue::new("warden.plugin", r.plugin.clone()), KeyValue::new("warden.decision", match r.decision {
-        Decision::Allowed => "allowed",
-        Decision::Denied => "denied",
-    }), KeyValue::new("warden.rule", r.rule.clone())];
+    let mut a = vec![
+        KeyValue::new("warden.capability", r.capability),
+        KeyValue::new("warden.plugin", r.plugin.clone()),
+        KeyValue::new(
+            "warden.decision",
+            match r.decision {
+                Decision::Allowed => "allowed",
+                Decision::Denied => "denied",
+            },
+        ),
+        KeyValue::new("warden.rule", r.rule.clone()),
+    ];
     if !r.method.is_empty() {
         a.push(KeyValue::new("http.request.method", r.method.clone()));
     }
@@ -225,11 +237,21 @@ impl Observer for Telemetry {
                     (None, Some((sc, trigger))) => (Context::new().with_remote_span_context(sc), Some(trigger)),
                     (None, None) => (Context::new(), None),
                 };
-                let mut attrs = vec![KeyValue::new("warden.run.id", run.to_string()), KeyValue::new("warden.story", story.to_string()), KeyValue::new("warden.team", team.to_string()), KeyValue::new("warden.depth", *depth as i64)];
+                let mut attrs = vec![
+                    KeyValue::new("warden.run.id", run.to_string()),
+                    KeyValue::new("warden.story", story.to_string()),
+                    KeyValue::new("warden.team", team.to_string()),
+                    KeyValue::new("warden.depth", *depth as i64),
+                ];
                 if let Some(t) = trigger {
                     attrs.push(KeyValue::new("warden.trigger", t));
                 }
-                let span = self.tracer.span_builder(format!("run {story}")).with_kind(SpanKind::Internal).with_attributes(attrs).start_with_context(&self.tracer, &parent);
+                let span = self
+                    .tracer
+                    .span_builder(format!("run {story}"))
+                    .with_kind(SpanKind::Internal)
+                    .with_attributes(attrs)
+                    .start_with_context(&self.tracer, &parent);
                 runs.insert(run.to_string(), RunSpans { span, steps: HashMap::new(), invocations: HashMap::new() });
             }
             Event::StepStarted { run, step, item, attempt, .. } => {
@@ -260,7 +282,12 @@ impl Observer for Telemetry {
                         attrs.push(KeyValue::new("warden.limit", *limit));
                     }
                 }
-                let mut span = self.tracer.span_builder(format!("invoke {plugin}")).with_start_time(ended - *elapsed).with_attributes(attrs).start_with_context(&self.tracer, &parent);
+                let mut span = self
+                    .tracer
+                    .span_builder(format!("invoke {plugin}"))
+                    .with_start_time(ended - *elapsed)
+                    .with_attributes(attrs)
+                    .start_with_context(&self.tracer, &parent);
                 if let Some(e) = error {
                     span.set_status(Status::error(e.kind_name()));
                 }
@@ -331,7 +358,9 @@ struct Blocking(std::sync::OnceLock<Result<reqwest::blocking::Client, String>>);
 #[async_trait::async_trait]
 impl opentelemetry_http::HttpClient for Blocking {
     async fn send_bytes(&self, request: http::Request<bytes::Bytes>) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
-        let client = self.0.get_or_init(|| reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).redirect(reqwest::redirect::Policy::none()).build().map_err(|e| e.to_string()));
+        let client = self.0.get_or_init(|| {
+            reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).redirect(reqwest::redirect::Policy::none()).build().map_err(|e| e.to_string())
+        });
         let client = client.as_ref().map_err(|e| e.clone())?;
         let (parts, body) = request.into_parts();
         let mut req = client.request(parts.method, parts.uri.to_string()).body(body.to_vec());
@@ -373,7 +402,11 @@ mod tests {
             std::env::remove_var("OTEL_EXPORTER_OTLP_ENDPOINT");
             std::env::remove_var("OTEL_SDK_DISABLED");
         }
-        let missing = TelemetryConfig { endpoint: Some("http://127.0.0.1:9".into()), headers_env: [("x-key".to_string(), "WARDEN_TEST_NO_SUCH_VAR".to_string())].into(), ..Default::default() };
+        let missing = TelemetryConfig {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            headers_env: [("x-key".to_string(), "WARDEN_TEST_NO_SUCH_VAR".to_string())].into(),
+            ..Default::default()
+        };
         let e = Telemetry::start(&missing).err().expect("a header whose variable is unset").to_string();
         assert!(e.contains("x-key") && e.contains("$WARDEN_TEST_NO_SUCH_VAR"), "{e}");
         // Nothing was sent anywhere: the provider stops without an export.

@@ -145,7 +145,9 @@ async fn open(srv: &Server, link: &str, confirm: Option<&str>) -> (u16, String) 
     let url = format!("{}/approvals/{}", srv.base, token_of(link));
     let resp = match confirm {
         None => client().get(url).send().await.unwrap(),
-        Some(comment) => client().post(url).header("content-type", "application/x-www-form-urlencoded").body(format!("comment={comment}")).send().await.unwrap(),
+        Some(comment) => {
+            client().post(url).header("content-type", "application/x-www-form-urlencoded").body(format!("comment={comment}")).send().await.unwrap()
+        }
     };
     let code = resp.status().as_u16();
     (code, resp.text().await.unwrap())

@@ -42,10 +42,7 @@ async fn action_run_prints_the_output_and_the_audit() {
     let policy = write_policy(&dir, srv.port());
     let input = format!(r#"{{"url": "{}", "credential": "demo"}}"#, srv.url("/echo"));
     let out = tokio::task::spawn_blocking(move || {
-        warden(
-            &["action", "run", "http-fetch", "--policy", policy.to_str().unwrap(), "--input", &input, "--audit"],
-            &[("CLI_TEST_TOKEN", "cli-secret-123")],
-        )
+        warden(&["action", "run", "http-fetch", "--policy", policy.to_str().unwrap(), "--input", &input, "--audit"], &[("CLI_TEST_TOKEN", "cli-secret-123")])
     })
     .await
     .unwrap();
@@ -322,7 +319,13 @@ fn the_bundled_connectors_replay_their_cassettes() {
     for c in &cassettes {
         let plugin = c.parent().unwrap().parent().unwrap().parent().unwrap().file_name().unwrap().to_str().unwrap().to_string();
         let out = warden(&["plugin", "test", &plugin, "--policy", policy.to_str().unwrap(), "--cassette", c.to_str().unwrap()], &[]);
-        assert!(out.status.success(), "{}: {}{}\n(if the connector changed on purpose, run scripts/record-cassettes.sh)", c.display(), text(&out.stdout), text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}: {}{}\n(if the connector changed on purpose, run scripts/record-cassettes.sh)",
+            c.display(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
     }
 }
 
@@ -340,7 +343,10 @@ async fn a_story_run_is_recorded_and_runs_replay_re_executes_it_offline() {
     let db = dir.join("runs.db");
     let (p, s, d) = (policy.clone(), story.clone(), db.clone());
     let out = tokio::task::spawn_blocking(move || {
-        warden(&["story", "run", s.to_str().unwrap(), "--policy", p.to_str().unwrap(), "--db", d.to_str().unwrap(), "--json", "-q"], &[("CLI_TEST_TOKEN", "cli-replay-secret-31")])
+        warden(
+            &["story", "run", s.to_str().unwrap(), "--policy", p.to_str().unwrap(), "--db", d.to_str().unwrap(), "--json", "-q"],
+            &[("CLI_TEST_TOKEN", "cli-replay-secret-31")],
+        )
     })
     .await
     .unwrap();
@@ -363,7 +369,22 @@ async fn a_story_run_is_recorded_and_runs_replay_re_executes_it_offline() {
     assert!(text(&replay.stdout).contains("1 of 1 recorded step attempt(s) replayed identically"), "{}", text(&replay.stdout));
 
     // With another component in the step's place: exit 1, the divergence named.
-    let other = warden(&["runs", "replay", &id, "--db", db.to_str().unwrap(), "--policy", policy.to_str().unwrap(), "--step", "get", "--plugin", guest("probe").to_str().unwrap()], &[]);
+    let other = warden(
+        &[
+            "runs",
+            "replay",
+            &id,
+            "--db",
+            db.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+            "--step",
+            "get",
+            "--plugin",
+            guest("probe").to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(other.status.code(), Some(1), "{}", text(&other.stdout));
     assert!(text(&other.stdout).contains("DIFFERS"), "{}", text(&other.stdout));
 }
@@ -404,7 +425,18 @@ fn tines_run_imports_in_memory_and_runs_and_refuses_what_it_could_not_convert() 
     let dir = tempdir("tines-run");
     let export = root().join("tests/e2e/fixtures/tines/dedupe-across-runs.json");
     let db = dir.join("runs.db");
-    let args = |id: &str| vec!["tines".to_string(), "run".into(), export.display().to_string(), "--input".into(), format!(r#"{{"id": "{id}"}}"#), "--db".into(), db.display().to_string(), "-q".into()];
+    let args = |id: &str| {
+        vec![
+            "tines".to_string(),
+            "run".into(),
+            export.display().to_string(),
+            "--input".into(),
+            format!(r#"{{"id": "{id}"}}"#),
+            "--db".into(),
+            db.display().to_string(),
+            "-q".into(),
+        ]
+    };
     let run = |id: &str| {
         let a = args(id);
         let refs: Vec<&str> = a.iter().map(String::as_str).collect();

@@ -42,7 +42,14 @@ fn setup(tag: &str, name: &str, story: &str, origin_port: u16, trigger_extra: &s
 /// Sends a signed webhook; `None` when the connection failed.
 async fn send(base: &str, story: &str, body: &str, wait: bool) -> Option<(u16, serde_json::Value)> {
     let url = format!("{base}/webhooks/{story}{}", if wait { "?wait=true" } else { "" });
-    let resp = client().post(url).header("content-type", "application/json").header("x-warden-signature", sign(story, body)).body(body.to_string()).send().await.ok()?;
+    let resp = client()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-warden-signature", sign(story, body))
+        .body(body.to_string())
+        .send()
+        .await
+        .ok()?;
     let code = resp.status().as_u16();
     let v = serde_json::from_slice(&resp.bytes().await.ok()?).unwrap_or(serde_json::Value::Null);
     Some((code, v))
@@ -68,9 +75,7 @@ async fn all_ended(pg: &PgSchema, within: Duration) {
 }
 
 fn call_story(name: &str, path: &str, retry: &str) -> String {
-    format!(
-        "name: {name}\ninput: {{type: object, required: [k]}}\nsteps:\n  - id: call\n    action: probe\n    with: {{op: call, url: \"{path}\"}}\n{retry}"
-    )
+    format!("name: {name}\ninput: {{type: object, required: [k]}}\nsteps:\n  - id: call\n    action: probe\n    with: {{op: call, url: \"{path}\"}}\n{retry}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +169,11 @@ async fn approvals_are_decided_once_and_resumed_once_across_nodes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(pg.count("SELECT COUNT(*) FROM audit WHERE record LIKE '%\"kind\":\"approval\"%'").await, 20, "one audited decision per approval");
-    assert_eq!(pg.count("SELECT COUNT(*) FROM warden_keys WHERE name <> 'approval-links-salt'").await, 0, "the store keeps a salt, never a key that mints links");
+    assert_eq!(
+        pg.count("SELECT COUNT(*) FROM warden_keys WHERE name <> 'approval-links-salt'").await,
+        0,
+        "the store keeps a salt, never a key that mints links"
+    );
     assert_eq!(pg.count("SELECT COUNT(*) FROM steps WHERE step_id = 'call' AND attempts = 1 AND state = 'succeeded'").await, 20, "each run resumed once");
     let mut calls = std::collections::HashMap::<String, usize>::new();
     for s in seen.all() {
@@ -183,7 +192,8 @@ async fn a_killed_nodes_runs_are_finished_by_the_others_once_its_lease_lapses() 
     let (origin, seen, counters) = warden_sim::origin::spawn_with_counters().await.unwrap();
     // Each run holds the origin 1 s under its own key; a second attempt is allowed.
     // (A lease of 3 s: a resumed call cannot overlap the dead node's own.)
-    let story = call_story("held", &format!("http://127.0.0.1:{}/hold?key={{{{ input.k }}}}&ms=1000", origin.port()), "    retry: {attempts: 2, backoff_ms: 10}\n");
+    let story =
+        call_story("held", &format!("http://127.0.0.1:{}/hold?key={{{{ input.k }}}}&ms=1000", origin.port()), "    retry: {attempts: 2, backoff_ms: 10}\n");
     let dir = setup("takeover", "held", &story, origin.port(), "concurrency = 100");
     let pg = PgSchema::new("takeover").await;
     let url = pg.url();
@@ -208,7 +218,12 @@ async fn a_killed_nodes_runs_are_finished_by_the_others_once_its_lease_lapses() 
     let killed_at = Instant::now();
     all_ended(&pg, Duration::from_secs(60)).await;
     assert!(killed_at.elapsed() >= Duration::from_millis(1900), "runs were finished before the dead node's lease could lapse");
-    assert_eq!(pg.count("SELECT COUNT(*) FROM runs WHERE state = 'succeeded'").await, 12, "no run lost: {:?}", pg.texts("SELECT id, state, error FROM runs").await);
+    assert_eq!(
+        pg.count("SELECT COUNT(*) FROM runs WHERE state = 'succeeded'").await,
+        12,
+        "no run lost: {:?}",
+        pg.texts("SELECT id, state, error FROM runs").await
+    );
     let survivor_ran = pg.texts("SELECT DISTINCT lease_owner FROM runs").await;
     assert_eq!(survivor_ran.len(), 1, "every run ended under the survivor's lease: {survivor_ran:?}");
     assert!(pg.count("SELECT COUNT(*) FROM steps WHERE step_id = 'call' AND attempts > 2").await == 0);
@@ -248,7 +263,8 @@ async fn a_storys_concurrency_holds_across_the_cluster() {
     let pg = PgSchema::new("two").await;
     let url = pg.url();
     // The first node only takes webhooks: its callers are answered once another node ran their run.
-    let nodes: Vec<Server> = (0..3).map(|n| Server::start_with(&dir, url.as_ref(), &["--workers", "8", "--role", if n == 0 { "intake" } else { "all" }])).collect();
+    let nodes: Vec<Server> =
+        (0..3).map(|n| Server::start_with(&dir, url.as_ref(), &["--workers", "8", "--role", if n == 0 { "intake" } else { "all" }])).collect();
     let mut sent = Vec::new();
     for k in 0..12 {
         let base = nodes[k % 3].base.clone();
@@ -311,12 +327,8 @@ async fn nodes_ride_out_a_database_restart() {
     let version = std::fs::read_dir("/etc/postgresql").ok().and_then(|mut d| d.next()).and_then(|e| e.ok()).map(|e| e.file_name());
     match (local, version) {
         (true, Some(v)) => {
-            let restarted = std::process::Command::new("pg_ctlcluster")
-                .arg("--skip-systemctl-redirect")
-                .arg(&v)
-                .args(["main", "restart"])
-                .output()
-                .expect("pg_ctlcluster");
+            let restarted =
+                std::process::Command::new("pg_ctlcluster").arg("--skip-systemctl-redirect").arg(&v).args(["main", "restart"]).output().expect("pg_ctlcluster");
             assert!(restarted.status.success(), "restarting PostgreSQL failed: {}", String::from_utf8_lossy(&restarted.stderr));
             eprintln!("PostgreSQL {} restarted", v.to_string_lossy());
         }

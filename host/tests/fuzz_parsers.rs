@@ -27,15 +27,75 @@ impl Rng {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
     }
 }
 
 const TOKENS: &[&str] = &[
-    "[", "]", "[[", "{", "}", "=", "\"", "'", "\n", ",", "*", "*.", "://", ":", "/", "@", "..", "%2e", "0x7f.1", "2130706433",
-    "[::ffff:127.0.0.1]", "GET ", "* ", "http", "https", "allow", "limits", "credentials", "memory = \"", "MiB", "99999999999999999999",
-    "-1", "\u{0}", "\u{feff}", "é", "{{", "}}", "{%", "%}", "- id: ", "steps:", "story: ", "action: ", "transform: ", "if: ", "for_each: ",
-    "&a", "*a", "<<: ", "!!binary", "---", "...", "#", "~", "null", "true", "no", "\t", "  ", "\r\n",
+    "[",
+    "]",
+    "[[",
+    "{",
+    "}",
+    "=",
+    "\"",
+    "'",
+    "\n",
+    ",",
+    "*",
+    "*.",
+    "://",
+    ":",
+    "/",
+    "@",
+    "..",
+    "%2e",
+    "0x7f.1",
+    "2130706433",
+    "[::ffff:127.0.0.1]",
+    "GET ",
+    "* ",
+    "http",
+    "https",
+    "allow",
+    "limits",
+    "credentials",
+    "memory = \"",
+    "MiB",
+    "99999999999999999999",
+    "-1",
+    "\u{0}",
+    "\u{feff}",
+    "é",
+    "{{",
+    "}}",
+    "{%",
+    "%}",
+    "- id: ",
+    "steps:",
+    "story: ",
+    "action: ",
+    "transform: ",
+    "if: ",
+    "for_each: ",
+    "&a",
+    "*a",
+    "<<: ",
+    "!!binary",
+    "---",
+    "...",
+    "#",
+    "~",
+    "null",
+    "true",
+    "no",
+    "\t",
+    "  ",
+    "\r\n",
 ];
 
 fn mutate(rng: &mut Rng, seed: &str) -> String {
@@ -90,10 +150,7 @@ fn seed() -> u64 {
 }
 
 fn is_located(line: &str, file: &str) -> bool {
-    line.strip_prefix(file)
-        .and_then(|r| r.strip_prefix(':'))
-        .and_then(|r| r.split_once(':'))
-        .is_some_and(|(n, _)| n.parse::<u64>().is_ok())
+    line.strip_prefix(file).and_then(|r| r.strip_prefix(':')).and_then(|r| r.split_once(':')).is_some_and(|(n, _)| n.parse::<u64>().is_ok())
 }
 
 #[test]
@@ -110,7 +167,10 @@ fn the_policy_parser_never_panics_and_always_locates_its_errors() {
             Err(_) => panic!("policy parser panicked at iteration {i} (FUZZ_SEED={}) on:\n{text}", seed()),
             Ok(Err(e)) => {
                 let shown = e.to_string();
-                assert!(is_located(&shown, "fuzz.toml") && !shown.contains('\n'), "iteration {i}: error not `file:line: …` on one line: {shown:?}\ninput:\n{text}");
+                assert!(
+                    is_located(&shown, "fuzz.toml") && !shown.contains('\n'),
+                    "iteration {i}: error not `file:line: …` on one line: {shown:?}\ninput:\n{text}"
+                );
             }
             Ok(Ok(_)) => {}
         }
@@ -158,7 +218,10 @@ fn the_story_parser_never_panics_and_always_locates_its_errors() {
             Ok(Err(errors)) => {
                 for e in &errors.0 {
                     let shown = e.to_string();
-                    assert!(is_located(&shown, "fuzz.yaml") && !shown.contains('\n'), "iteration {i}: error not `file:line: …` on one line: {shown:?}\ninput:\n{text}");
+                    assert!(
+                        is_located(&shown, "fuzz.yaml") && !shown.contains('\n'),
+                        "iteration {i}: error not `file:line: …` on one line: {shown:?}\ninput:\n{text}"
+                    );
                 }
             }
             Ok(Ok(_)) => {}
@@ -177,7 +240,10 @@ fn the_tines_importer_never_panics_and_writes_what_loads() {
     let dir = root().join("tests/e2e/fixtures/tines");
     let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
-    let seeds: Vec<String> = files.iter().map(|p| std::fs::read_to_string(p).unwrap().replace("{{PORT}}", "8080").replace("{{S1PORT}}", "8081").replace("{{JIRAPORT}}", "8082")).collect();
+    let seeds: Vec<String> = files
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap().replace("{{PORT}}", "8080").replace("{{S1PORT}}", "8081").replace("{{JIRAPORT}}", "8082"))
+        .collect();
     let mut rng = Rng(seed() ^ 0x7135);
     let opts = import::ImportOptions { allow_credential_in_payload: true, ..Default::default() };
     for i in 0..iterations() {

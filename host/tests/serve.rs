@@ -238,11 +238,7 @@ async fn sigterm_stops_intake_and_drains_in_flight_runs() {
     .unwrap();
     assert!(status.0.success(), "serve exited with {:?}", status.0);
     // The run in flight finished before the process left; nothing is left to resume.
-    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["runs", "list", "--json", "--db"])
-        .arg(dir.join("runs.db"))
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_warden")).args(["runs", "list", "--json", "--db"]).arg(dir.join("runs.db")).output().unwrap();
     let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(runs[0]["id"], id.as_str());
     assert_eq!(runs[0]["state"], "succeeded", "{runs}");
@@ -325,7 +321,11 @@ async fn sigkill_under_load_breaks_no_answered_promise_and_repeats_no_side_effec
     for s in seen.all() {
         *calls.entry(s.query).or_default() += 1;
     }
-    assert!(calls.values().all(|&n| n == 1), "a call was made twice though the step allows one attempt: {:?}", calls.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>());
+    assert!(
+        calls.values().all(|&n| n == 1),
+        "a call was made twice though the step allows one attempt: {:?}",
+        calls.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
     for r in &runs {
         if r["state"] == "failed" {
             let why = r["error"].as_str().unwrap_or("");
@@ -506,7 +506,10 @@ async fn traced_runs_log_their_trace_ids_and_runs_show_names_the_trace() {
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     for message in ["run started", "run finished"] {
-        let line = lines.iter().find(|l| l["fields"]["message"] == message && l["fields"]["run"] == id.as_str()).unwrap_or_else(|| panic!("no `{message}` line in:\n{text}"));
+        let line = lines
+            .iter()
+            .find(|l| l["fields"]["message"] == message && l["fields"]["run"] == id.as_str())
+            .unwrap_or_else(|| panic!("no `{message}` line in:\n{text}"));
         assert_eq!(line["fields"]["trace_id"], caller, "{line}");
         assert_eq!(line["fields"]["span_id"].as_str().map(str::len), Some(16), "{line}");
     }
@@ -579,7 +582,11 @@ async fn ticks_missed_while_down_are_skipped_unless_the_trigger_catches_up_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_that_keeps_ending_the_process_is_failed_not_resumed_forever() {
     let bomb = "name: bomb\nsteps:\n  - id: first\n    transform: {set: {a: 1}}\n  - id: boom\n    transform: {set: {b: 2}}\n";
-    let dir = setup("crashloop", &[("bomb.yaml", bomb), ("quick.yaml", QUICK)], "[triggers.bomb]\nsecret_env = \"WEBHOOK_SECRET\"\n[triggers.quick]\nsecret_env = \"WEBHOOK_SECRET\"\nallow_sync = true\n");
+    let dir = setup(
+        "crashloop",
+        &[("bomb.yaml", bomb), ("quick.yaml", QUICK)],
+        "[triggers.bomb]\nsecret_env = \"WEBHOOK_SECRET\"\n[triggers.quick]\nsecret_env = \"WEBHOOK_SECRET\"\nallow_sync = true\n",
+    );
     let db = dir.join("runs.db");
     let aborting = [("WARDEN_TEST_ABORT_AT_STEP", "boom")];
     let mut srv = common::node::Server::start_env(&dir, db.as_os_str(), &["--workers", "2"], &aborting);
@@ -670,7 +677,9 @@ async fn a_run_stopped_by_graceful_shutdowns_is_resumed_every_time() {
 /// with a one-line reason, and the server answers `/healthz` after every one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_host_evaluation_bombs_fail_their_run_and_the_server_stays_up() {
-    let jinja = |name: &str, template: &str| (format!("{name}.yaml"), format!("name: {name}\nsteps:\n  - id: grow\n    transform: {{set: {{v: {}}}}}\n", serde_json::to_string(template).unwrap()));
+    let jinja = |name: &str, template: &str| {
+        (format!("{name}.yaml"), format!("name: {name}\nsteps:\n  - id: grow\n    transform: {{set: {{v: {}}}}}\n", serde_json::to_string(template).unwrap()))
+    };
     let graph = |name: &str, templates: &str, payload: &str| {
         (
             format!("{name}.yaml"),
@@ -710,7 +719,10 @@ async fn hostile_host_evaluation_bombs_fail_their_run_and_the_server_stays_up() 
         let error = run["error"].as_str().or(run["error"]["message"].as_str()).unwrap_or_default();
         // minijinja refuses a repeat past its own cap before allocating; every
         // other bomb is stopped by the evaluator's memory or CPU budget.
-        assert!(error.contains("MiB of memory") || error.contains("too long to render") || (name == "jinja_repeat" && error.contains("too large")), "{name}: {error}");
+        assert!(
+            error.contains("MiB of memory") || error.contains("too long to render") || (name == "jinja_repeat" && error.contains("too large")),
+            "{name}: {error}"
+        );
         assert!(!error.contains('\n'), "{name}: one line: {error}");
         let health = client().get(format!("{b}/healthz")).send().await.unwrap();
         assert_eq!(health.status().as_u16(), 200, "{name}: the server answers after the bomb");
@@ -719,12 +731,19 @@ async fn hostile_host_evaluation_bombs_fail_their_run_and_the_server_stays_up() 
     let echo = "name: echo\nsteps:\n  - id: say\n    transform: {set: {said: \"{{ input.t }}\", text: \"x {{ input.t }}\"}}\n";
     std::fs::write(dir.join("stories/echo.yaml"), echo).unwrap();
     drop(srv);
-    std::fs::write(dir.join("warden.toml"), format!("{}\n[triggers.echo]\nsecret_env = \"WEBHOOK_SECRET\"\nallow_sync = true\n", std::fs::read_to_string(dir.join("warden.toml")).unwrap())).unwrap();
+    std::fs::write(
+        dir.join("warden.toml"),
+        format!("{}\n[triggers.echo]\nsecret_env = \"WEBHOOK_SECRET\"\nallow_sync = true\n", std::fs::read_to_string(dir.join("warden.toml")).unwrap()),
+    )
+    .unwrap();
     let srv = Server::start(&dir, 2);
     let t = r#"{"t": "{{ 7 * 6 }}{% for i in range(3) %}x{% endfor %}"}"#;
     let (code, run) = post(&srv.base, "echo?wait=true", t, Some(sign("echo", t)), "application/json").await;
     assert_eq!((code, run["state"].as_str()), (200, Some("succeeded")), "{run}");
-    assert_eq!(run["output"], serde_json::json!({"said": "{{ 7 * 6 }}{% for i in range(3) %}x{% endfor %}", "text": "x {{ 7 * 6 }}{% for i in range(3) %}x{% endfor %}"}));
+    assert_eq!(
+        run["output"],
+        serde_json::json!({"said": "{{ 7 * 6 }}{% for i in range(3) %}x{% endfor %}", "text": "x {{ 7 * 6 }}{% for i in range(3) %}x{% endfor %}"})
+    );
     drop(srv);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -67,7 +67,8 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
     let s: Vec<char> = src.chars().collect();
     let mut i = 0;
     let mut out = Vec::new();
-    const SYMS: &[&str] = &["==", "!=", "<>", "<=", ">=", "&&", "||", "=>", "+", "-", "*", "/", "%", "&", "=", "<", ">", "!", "(", ")", "[", "]", "{", "}", ",", ".", ":"];
+    const SYMS: &[&str] =
+        &["==", "!=", "<>", "<=", ">=", "&&", "||", "=>", "+", "-", "*", "/", "%", "&", "=", "<", ">", "!", "(", ")", "[", "]", "{", "}", ",", ".", ":"];
     while i < s.len() {
         let c = s[i];
         if c.is_whitespace() {
@@ -141,7 +142,11 @@ impl Parser {
         }
     }
     fn expect(&mut self, sym: &str) -> Result<(), String> {
-        if self.eat(sym) { Ok(()) } else { Err(format!("expected `{sym}`{}", self.at())) }
+        if self.eat(sym) {
+            Ok(())
+        } else {
+            Err(format!("expected `{sym}`{}", self.at()))
+        }
     }
     fn at(&self) -> String {
         match self.peek() {
@@ -304,7 +309,8 @@ impl Parser {
 
 fn leak(s: &str) -> &'static str {
     // Only the fixed symbol table is ever compared: map to its static entry.
-    const SYMS: &[&str] = &["==", "!=", "<>", "<=", ">=", "&&", "||", "=>", "+", "-", "*", "/", "%", "&", "=", "<", ">", "!", "(", ")", "[", "]", "{", "}", ",", ".", ":"];
+    const SYMS: &[&str] =
+        &["==", "!=", "<>", "<=", ">=", "&&", "||", "=>", "+", "-", "*", "/", "%", "&", "=", "<", ">", "!", "(", ")", "[", "]", "{", "}", ",", ".", ":"];
     SYMS.iter().find(|x| **x == s).copied().unwrap_or("")
 }
 
@@ -528,20 +534,91 @@ fn binary(op: Op, x: &Value, y: &Value) -> Result<Value, String> {
 
 fn short(v: &Value) -> String {
     let t = v.to_string();
-    if t.chars().count() > 40 { format!("{}…", t.chars().take(40).collect::<String>()) } else { t }
+    if t.chars().count() > 40 {
+        format!("{}…", t.chars().take(40).collect::<String>())
+    } else {
+        t
+    }
 }
 
 /// The functions formulas may call.
 pub const FUNCTIONS: &[&str] = &[
-    "IF", "AND", "OR", "NOT", "IS_EMPTY", "IS_PRESENT", "IS_BLANK", "TEXT", "TYPE", "SWITCH", "FILTER", "MAP", "REJECT", "FIND", "SIZE", "LENGTH", "DEFAULT", "COALESCE",
-    "CONCAT", "JOIN", "SPLIT", "UPPER", "UPCASE", "LOWER", "DOWNCASE", "CAPITALIZE", "TRIM", "STRIP", "REPLACE", "CONTAINS", "INCLUDES", "MATCH", "REGEX_EXTRACT", "FIRST", "LAST",
-    "UNIQ", "UNIQUE", "SORT", "REVERSE", "FLATTEN", "KEYS", "VALUES", "GET", "MERGE", "JSON_PARSE", "JSON_ENCODE", "TO_JSON", "NUMBER", "INT", "ROUND", "SUM", "MIN",
-    "MAX", "ABS", "BASE64_ENCODE", "BASE64_DECODE", "URL_ENCODE", "NOW", "DATE", "UNIX_TIMESTAMP", "APPEND", "SLICE", "COUNT",
+    "IF",
+    "AND",
+    "OR",
+    "NOT",
+    "IS_EMPTY",
+    "IS_PRESENT",
+    "IS_BLANK",
+    "TEXT",
+    "TYPE",
+    "SWITCH",
+    "FILTER",
+    "MAP",
+    "REJECT",
+    "FIND",
+    "SIZE",
+    "LENGTH",
+    "DEFAULT",
+    "COALESCE",
+    "CONCAT",
+    "JOIN",
+    "SPLIT",
+    "UPPER",
+    "UPCASE",
+    "LOWER",
+    "DOWNCASE",
+    "CAPITALIZE",
+    "TRIM",
+    "STRIP",
+    "REPLACE",
+    "CONTAINS",
+    "INCLUDES",
+    "MATCH",
+    "REGEX_EXTRACT",
+    "FIRST",
+    "LAST",
+    "UNIQ",
+    "UNIQUE",
+    "SORT",
+    "REVERSE",
+    "FLATTEN",
+    "KEYS",
+    "VALUES",
+    "GET",
+    "MERGE",
+    "JSON_PARSE",
+    "JSON_ENCODE",
+    "TO_JSON",
+    "NUMBER",
+    "INT",
+    "ROUND",
+    "SUM",
+    "MIN",
+    "MAX",
+    "ABS",
+    "BASE64_ENCODE",
+    "BASE64_DECODE",
+    "URL_ENCODE",
+    "NOW",
+    "DATE",
+    "UNIX_TIMESTAMP",
+    "APPEND",
+    "SLICE",
+    "COUNT",
 ];
 
 fn call(f: &str, args: &[Expr], sc: &mut Scope) -> Result<Value, String> {
     let arity = |n: std::ops::RangeInclusive<usize>| -> Result<(), String> {
-        if n.contains(&args.len()) { Ok(()) } else { Err(format!("{f} takes {} argument(s), not {}", if n.start() == n.end() { n.start().to_string() } else { format!("{}–{}", n.start(), n.end()) }, args.len())) }
+        if n.contains(&args.len()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{f} takes {} argument(s), not {}",
+                if n.start() == n.end() { n.start().to_string() } else { format!("{}–{}", n.start(), n.end()) },
+                args.len()
+            ))
+        }
     };
     // Lazy ones first: only the branch taken is evaluated.
     match f {
@@ -724,7 +801,11 @@ fn call(f: &str, args: &[Expr], sc: &mut Scope) -> Result<Value, String> {
             for part in text(&arg(1)).split('.').filter(|p| !p.is_empty()) {
                 v = index(&v, &Value::String(part.into()));
             }
-            if v.is_null() { arg(2) } else { v }
+            if v.is_null() {
+                arg(2)
+            } else {
+                v
+            }
         }
         "MERGE" => {
             let mut m = Map::new();

@@ -17,8 +17,8 @@ use liquid_core::parser::Language;
 use liquid_core::runtime::Renderable;
 use liquid_core::runtime::Template;
 use liquid_core::{
-    Display_filter, Expression, Filter, FilterParameters, FilterReflection, FromFilterParameters, ParseFilter, Result as LResult, Runtime,
-    Value as LValue, ValueView,
+    Display_filter, Expression, Filter, FilterParameters, FilterReflection, FromFilterParameters, ParseFilter, Result as LResult, Runtime, Value as LValue,
+    ValueView,
 };
 use regex::Regex;
 use serde_json::{Map, Value};
@@ -56,10 +56,54 @@ fn language() -> Language {
     tags!(s::AssignTag, s::BreakTag, s::ContinueTag, s::CycleTag, s::IncrementTag, s::DecrementTag);
     blocks!(s::RawBlock, s::IfBlock, s::UnlessBlock, s::IfChangedBlock, s::ForBlock, s::TableRowBlock, s::CommentBlock, s::CaptureBlock, s::CaseBlock);
     filters!(
-        s::Abs, s::Append, s::AtLeast, s::AtMost, s::Capitalize, s::Ceil, s::Compact, s::Concat, s::Date, s::Default, s::DividedBy, s::Downcase, s::Escape, s::EscapeOnce,
-        s::First, s::Floor, s::Join, s::Last, s::Lstrip, s::Map, s::Minus, s::Modulo, s::NewlineToBr, s::Plus, s::Prepend, s::Remove, s::RemoveFirst, s::Replace,
-        s::ReplaceFirst, s::Reverse, s::Round, s::Rstrip, s::Size, s::Slice, s::Sort, s::SortNatural, s::Split, s::Strip, s::StripHtml, s::StripNewlines, s::Times,
-        s::Truncate, s::TruncateWords, s::Uniq, s::Upcase, s::UrlDecode, s::UrlEncode, s::Where
+        s::Abs,
+        s::Append,
+        s::AtLeast,
+        s::AtMost,
+        s::Capitalize,
+        s::Ceil,
+        s::Compact,
+        s::Concat,
+        s::Date,
+        s::Default,
+        s::DividedBy,
+        s::Downcase,
+        s::Escape,
+        s::EscapeOnce,
+        s::First,
+        s::Floor,
+        s::Join,
+        s::Last,
+        s::Lstrip,
+        s::Map,
+        s::Minus,
+        s::Modulo,
+        s::NewlineToBr,
+        s::Plus,
+        s::Prepend,
+        s::Remove,
+        s::RemoveFirst,
+        s::Replace,
+        s::ReplaceFirst,
+        s::Reverse,
+        s::Round,
+        s::Rstrip,
+        s::Size,
+        s::Slice,
+        s::Sort,
+        s::SortNatural,
+        s::Split,
+        s::Strip,
+        s::StripHtml,
+        s::StripNewlines,
+        s::Times,
+        s::Truncate,
+        s::TruncateWords,
+        s::Uniq,
+        s::Upcase,
+        s::UrlDecode,
+        s::UrlEncode,
+        s::Where
     );
     filters!(AsObject, ToJson, JsonParse, JsonPath, Get, Base64Encode, Base64Decode, HmacSha1);
     l
@@ -560,7 +604,12 @@ fn step<'v>(current: &[&'v Value], key: &str, many: &mut bool) -> Vec<&'v Value>
                 out.extend(o.values());
             }
             (Value::Array(a), k) => {
-                if let Some(x) = k.parse::<i64>().ok().and_then(|i| if i < 0 { a.len().checked_sub(i.unsigned_abs() as usize) } else { Some(i as usize) }).and_then(|i| a.get(i)) {
+                if let Some(x) = k
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(|i| if i < 0 { a.len().checked_sub(i.unsigned_abs() as usize) } else { Some(i as usize) })
+                    .and_then(|i| a.get(i))
+                {
                     out.push(x);
                 }
             }

@@ -139,9 +139,7 @@ pub struct Binding {
 
 impl Binding {
     pub fn parse(text: &str) -> Result<Binding, String> {
-        let (scheme, rest) = text
-            .split_once("://")
-            .ok_or_else(|| format!("binding `{text}` needs a scheme, e.g. `https://api.example.com`"))?;
+        let (scheme, rest) = text.split_once("://").ok_or_else(|| format!("binding `{text}` needs a scheme, e.g. `https://api.example.com`"))?;
         let authority = rest.trim_end_matches('/');
         if authority.contains('/') {
             return Err(format!("binding `{text}` is an origin (scheme://host[:port]); drop the path"));
@@ -192,9 +190,7 @@ pub fn default_marker(name: &str) -> String {
 }
 
 pub(super) fn parse(name: &str, c: RawCredential, base: &Path) -> Result<CredentialSpec, String> {
-    let need = |field: Option<String>, what: &str| {
-        field.ok_or_else(|| format!("credentials.{name}: kind `{}` needs `{what}`", c.kind.get_ref()))
-    };
+    let need = |field: Option<String>, what: &str| field.ok_or_else(|| format!("credentials.{name}: kind `{}` needs `{what}`", c.kind.get_ref()));
     let kind = match c.kind.get_ref().as_str() {
         "bearer" => CredentialKind::Bearer,
         "header" => CredentialKind::Header {
@@ -207,18 +203,22 @@ pub(super) fn parse(name: &str, c: RawCredential, base: &Path) -> Result<Credent
         "placeholder" => {
             let marker = c.placeholder.clone().unwrap_or_else(|| default_marker(name));
             if marker.len() < 12 || !marker.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-                return Err(format!("credentials.{name}: placeholder `{marker}` must be at least 12 letters, digits, _ or - (it is found in URLs and bodies as it is)"));
+                return Err(format!(
+                    "credentials.{name}: placeholder `{marker}` must be at least 12 letters, digits, _ or - (it is found in URLs and bodies as it is)"
+                ));
             }
             CredentialKind::Placeholder { marker }
         }
-        other => {
-            return Err(format!(
-                "credentials.{name}: kind `{other}` is unknown; use header, bearer, basic, query, oauth2 or placeholder"
-            ))
-        }
+        other => return Err(format!("credentials.{name}: kind `{other}` is unknown; use header, bearer, basic, query, oauth2 or placeholder")),
     };
     if !matches!(kind, CredentialKind::OAuth2(_)) {
-        let stray = [("token_url", c.token_url.is_some()), ("client_id", c.client_id.is_some()), ("client_id_env", c.client_id_env.is_some()), ("scopes", c.scopes.is_some()), ("client_auth", c.client_auth.is_some())];
+        let stray = [
+            ("token_url", c.token_url.is_some()),
+            ("client_id", c.client_id.is_some()),
+            ("client_id_env", c.client_id_env.is_some()),
+            ("scopes", c.scopes.is_some()),
+            ("client_auth", c.client_auth.is_some()),
+        ];
         if let Some((field, _)) = stray.iter().find(|(_, given)| *given) {
             return Err(format!("credentials.{name}: `{field}` belongs to kind \"oauth2\", not `{}`; remove it or change the kind", c.kind.get_ref()));
         }
@@ -234,11 +234,7 @@ pub(super) fn parse(name: &str, c: RawCredential, base: &Path) -> Result<Credent
     let source = match (c.env, c.file) {
         (Some(v), None) => SecretSource::Env(v),
         (None, Some(f)) => SecretSource::File(base.join(f)),
-        _ => {
-            return Err(format!(
-                "credentials.{name}: give exactly one of env = \"VAR\" or file = \"path\" for the secret value"
-            ))
-        }
+        _ => return Err(format!("credentials.{name}: give exactly one of env = \"VAR\" or file = \"path\" for the secret value")),
     };
     if c.hosts.is_empty() {
         return Err(format!(
@@ -247,11 +243,13 @@ pub(super) fn parse(name: &str, c: RawCredential, base: &Path) -> Result<Credent
     }
     let (relays, origins): (Vec<&String>, Vec<&String>) = c.hosts.iter().partition(|h| h.starts_with("relay:"));
     if !relays.is_empty() && !matches!(kind, CredentialKind::Placeholder { .. }) {
-        return Err(format!("credentials.{name}: `{}` binds it to a mail relay, which only a kind = \"placeholder\" credential can be (filled into a message at SMTP egress)", relays[0]));
+        return Err(format!(
+            "credentials.{name}: `{}` binds it to a mail relay, which only a kind = \"placeholder\" credential can be (filled into a message at SMTP egress)",
+            relays[0]
+        ));
     }
     let relays: Vec<String> = relays.iter().map(|r| r.trim_start_matches("relay:").to_string()).collect();
-    let hosts = origins.into_iter().map(|h| Binding::parse(h)).collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("credentials.{name}: {e}"))?;
+    let hosts = origins.into_iter().map(|h| Binding::parse(h)).collect::<Result<Vec<_>, _>>().map_err(|e| format!("credentials.{name}: {e}"))?;
     let auto = match c.inject.as_deref() {
         None | Some("named") => false,
         Some("auto") => true,

@@ -56,10 +56,7 @@ pub(super) fn parse_grant(
     let where_ = g.span();
     let g = g.into_inner();
     if !plugins.contains_key(plugin) {
-        return Err(err(
-            where_,
-            format!("[{table}.{plugin}] grants a plugin that has no [plugins.{plugin}] entry; add the plugin or fix the name"),
-        ));
+        return Err(err(where_, format!("[{table}.{plugin}] grants a plugin that has no [plugins.{plugin}] entry; add the plugin or fix the name")));
     }
     let mut rules = Vec::new();
     for r in &g.allow {
@@ -77,9 +74,9 @@ pub(super) fn parse_grant(
     }
     let mut granted = BTreeMap::new();
     for c in &g.credentials {
-        let spec = credentials.get(c.get_ref()).ok_or_else(|| {
-            err(c.span(), format!("grant {plugin} names credential `{}` but there is no [credentials.{}]", c.get_ref(), c.get_ref()))
-        })?;
+        let spec = credentials
+            .get(c.get_ref())
+            .ok_or_else(|| err(c.span(), format!("grant {plugin} names credential `{}` but there is no [credentials.{}]", c.get_ref(), c.get_ref())))?;
         // Two auto credentials for one origin would leave the host to guess
         // which secret to send: refused here when their bindings are the same
         // spelling (overlaps such as a wildcard are refused per request).
@@ -129,10 +126,18 @@ pub(super) fn parse_limits(raw: RawLimits) -> Result<Limits, String> {
     size(&raw.log_bytes, "log_bytes", &mut l.log_bytes)?;
     size(&raw.output_bytes, "output_bytes", &mut l.output_bytes)?;
     size(&raw.recording_bytes, "recording_bytes", &mut l.recording_bytes)?;
-    if let Some(v) = raw.cpu_ms { l.cpu_ms = v; }
-    if let Some(v) = raw.wall_ms { l.wall_ms = v; }
-    if let Some(v) = raw.http_requests { l.http_requests = v; }
-    if let Some(v) = raw.denials { l.denials = v; }
+    if let Some(v) = raw.cpu_ms {
+        l.cpu_ms = v;
+    }
+    if let Some(v) = raw.wall_ms {
+        l.wall_ms = v;
+    }
+    if let Some(v) = raw.http_requests {
+        l.http_requests = v;
+    }
+    if let Some(v) = raw.denials {
+        l.denials = v;
+    }
     if l.memory_bytes > MAX_MEMORY_BYTES {
         return Err(format!("memory {} is above warden's maximum of {}", Bytes(l.memory_bytes), Bytes(MAX_MEMORY_BYTES)));
     }
@@ -174,4 +179,3 @@ pub(super) struct RawLimits {
     output_bytes: Option<SizeValue>,
     recording_bytes: Option<SizeValue>,
 }
-

@@ -63,4 +63,3 @@ pub(super) struct RawTeam {
     pub(super) stories: Vec<String>,
     pub(super) api_token_env: Option<String>,
 }
-

@@ -17,9 +17,9 @@
 
 pub mod credentials;
 pub mod grants;
+pub mod keys;
 pub mod limits;
 pub mod located;
-pub mod keys;
 pub mod mail;
 pub mod origin;
 pub mod rule;
@@ -28,8 +28,8 @@ pub mod telemetry;
 pub mod triggers;
 
 pub use grants::Grant;
-pub use telemetry::TelemetryConfig;
 pub use keys::{Team, TrustedKey};
+pub use telemetry::TelemetryConfig;
 pub use triggers::{CatchUp, Role, ServerConfig, Trigger};
 
 use credentials::{CredentialSpec, SecretSource};
@@ -37,11 +37,11 @@ use grants::{parse_grant, RawGrant};
 use keys::{RawKey, RawTeam};
 use mail::{parse_relay, RawRelay, Relay};
 use serde::Deserialize;
-use triggers::{parse_trigger, RawServer, RawTrigger};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use toml::Spanned;
+use triggers::{parse_trigger, RawServer, RawTrigger};
 
 /// A policy error: where, what, and the fix, on one line.
 pub type PolicyError = crate::located::Located;
@@ -129,11 +129,7 @@ impl Policy {
 
     /// Parses policy text; relative paths are resolved against `base`.
     pub fn parse(text: &str, file: &str, base: &Path) -> Result<Policy, PolicyError> {
-        let err = |span: std::ops::Range<usize>, message: String| PolicyError {
-            file: file.to_string(),
-            line: line_of(text, span.start),
-            message,
-        };
+        let err = |span: std::ops::Range<usize>, message: String| PolicyError { file: file.to_string(), line: line_of(text, span.start), message };
         let raw: RawPolicy = toml::from_str(text).map_err(|e| {
             let msg = e.message().trim().to_string();
             err(e.span().unwrap_or(0..0), format!("{msg} (see the policy example in README.md)"))
@@ -166,10 +162,7 @@ impl Policy {
                 Some(s) => {
                     let v = s.get_ref().to_ascii_lowercase();
                     if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return Err(err(
-                            s.span(),
-                            format!("plugins.{name}.sha256 must be 64 hex digits; `warden plugin digest <wasm>` prints it"),
-                        ));
+                        return Err(err(s.span(), format!("plugins.{name}.sha256 must be 64 hex digits; `warden plugin digest <wasm>` prints it")));
                     }
                     Some(v)
                 }
@@ -214,7 +207,10 @@ impl Policy {
             }
             let stories = t.stories.iter().map(|s| base.join(s)).collect();
             let api_token = t.api_token_env.map(SecretSource::Env);
-            teams.insert(name.clone(), Team { name, trusted_keys: t.trusted_keys, require_signature: t.require_signature, grants: team_grants, stories, api_token });
+            teams.insert(
+                name.clone(),
+                Team { name, trusted_keys: t.trusted_keys, require_signature: t.require_signature, grants: team_grants, stories, api_token },
+            );
         }
         for (cname, c) in &credentials {
             if let Some(owner) = &c.team {
@@ -241,15 +237,23 @@ impl Policy {
                     None => None,
                 };
                 if let Some(u) = &s.public_url {
-                    let ok = url::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host().is_some() && p.query().is_none() && p.fragment().is_none());
+                    let ok = url::Url::parse(u)
+                        .is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host().is_some() && p.query().is_none() && p.fragment().is_none());
                     if !ok {
-                        return Err(err(span, format!("[server] public_url `{u}` must be an http(s) URL like https://warden.corp.example (approval links start with it)")));
+                        return Err(err(
+                            span,
+                            format!("[server] public_url `{u}` must be an http(s) URL like https://warden.corp.example (approval links start with it)"),
+                        ));
                     }
                 }
                 if let Some(u) = &s.slack_hooks_url {
-                    let ok = url::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host().is_some() && p.path() == "/" && p.query().is_none());
+                    let ok = url::Url::parse(u)
+                        .is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host().is_some() && p.path() == "/" && p.query().is_none());
                     if !ok {
-                        return Err(err(span, format!("[server] slack_hooks_url `{u}` must be an origin like https://hooks.slack.com (Slack's response_urls must start with it)")));
+                        return Err(err(
+                            span,
+                            format!("[server] slack_hooks_url `{u}` must be an origin like https://hooks.slack.com (Slack's response_urls must start with it)"),
+                        ));
                     }
                 }
                 let link_secret = match (s.link_secret_env, s.link_secret_file) {
@@ -262,20 +266,21 @@ impl Policy {
                     return Err(err(span, "[server] lease_secs must be 1..3600 (seconds a node's claim on a run lasts unless renewed)".into()));
                 }
                 ServerConfig {
-                listen: s.listen,
-                db: s.db.map(|d| base.join(d)),
-                stories: s.stories.map(|d| base.join(d)),
-                workers: s.workers,
-                drain_secs: s.drain_secs,
-                role,
-                lease_secs: s.lease_secs,
-                record: s.record,
-                api_token: s.api_token_env.map(SecretSource::Env),
-                public_url: s.public_url.map(|u| u.trim_end_matches('/').to_string()),
-                slack_signing_secret: s.slack_signing_secret_env.map(SecretSource::Env),
-                slack_hooks_url: s.slack_hooks_url.map(|u| u.trim_end_matches('/').to_string()),
-                link_secret,
-            }}
+                    listen: s.listen,
+                    db: s.db.map(|d| base.join(d)),
+                    stories: s.stories.map(|d| base.join(d)),
+                    workers: s.workers,
+                    drain_secs: s.drain_secs,
+                    role,
+                    lease_secs: s.lease_secs,
+                    record: s.record,
+                    api_token: s.api_token_env.map(SecretSource::Env),
+                    public_url: s.public_url.map(|u| u.trim_end_matches('/').to_string()),
+                    slack_signing_secret: s.slack_signing_secret_env.map(SecretSource::Env),
+                    slack_hooks_url: s.slack_hooks_url.map(|u| u.trim_end_matches('/').to_string()),
+                    link_secret,
+                }
+            }
             None => ServerConfig::default(),
         };
         let telemetry = match raw.telemetry {
@@ -507,7 +512,8 @@ hosts = ["http://127.0.0.1:8080"]
 
     #[test]
     fn triggers_need_a_secret_or_a_schedule() {
-        let ok = format!("{GOOD}\n[triggers.hunt]\nsecret_env = \"S\"\nallow_sync = true\nschedule = \"0 */5 * * * *\"\nschedule_input = {{ indicator = \"x\" }}\n");
+        let ok =
+            format!("{GOOD}\n[triggers.hunt]\nsecret_env = \"S\"\nallow_sync = true\nschedule = \"0 */5 * * * *\"\nschedule_input = {{ indicator = \"x\" }}\n");
         let p = parse(&ok).unwrap();
         let t = &p.triggers["hunt"];
         assert!(t.allow_sync);
@@ -540,7 +546,10 @@ hosts = ["http://127.0.0.1:8080"]
     fn telemetry_is_off_unless_configured_and_checked_with_its_line() {
         let p = parse(GOOD).unwrap();
         assert!(p.telemetry.endpoint.is_none());
-        let p = parse(&format!("{GOOD}\n[telemetry]\nendpoint = \"http://127.0.0.1:4318/\"\nsample_ratio = 0.25\nheaders_env = {{ \"x-api-key\" = \"OTLP_KEY\" }}\n")).map(|p| p.telemetry);
+        let p = parse(&format!(
+            "{GOOD}\n[telemetry]\nendpoint = \"http://127.0.0.1:4318/\"\nsample_ratio = 0.25\nheaders_env = {{ \"x-api-key\" = \"OTLP_KEY\" }}\n"
+        ))
+        .map(|p| p.telemetry);
         let t = p.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((t.endpoint.as_deref(), t.sample_ratio), (Some("http://127.0.0.1:4318"), Some(0.25)));
         for (bad, says) in [
@@ -570,14 +579,14 @@ hosts = ["http://127.0.0.1:8080"]
         assert_eq!(p.triggers["hunt"].catch_up, CatchUp::Once);
     }
 
-
     #[test]
     fn resources_are_values_or_files_and_a_missing_file_is_named() {
         let dir = std::env::temp_dir().join(format!("warden-resources-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("teams.json"), r#"{"soc": ["a@corp.example"]}"#).unwrap();
         std::fs::write(dir.join("banner.txt"), "Handle with care\n").unwrap();
-        let text = "[resources]\nbase = \"https://api.example.com\"\nlimits = { n = 3 }\nteams = { file = \"teams.json\" }\nbanner = { file = \"banner.txt\" }\n";
+        let text =
+            "[resources]\nbase = \"https://api.example.com\"\nlimits = { n = 3 }\nteams = { file = \"teams.json\" }\nbanner = { file = \"banner.txt\" }\n";
         let p = Policy::parse(text, "warden.toml", &dir).unwrap();
         assert_eq!(p.resources["base"], "https://api.example.com");
         assert_eq!(p.resources["limits"], serde_json::json!({"n": 3}));
@@ -605,7 +614,9 @@ hosts = ["http://127.0.0.1:8080"]
         assert_eq!(p.credentials["c"].kind, credentials::CredentialKind::Placeholder { marker: "__warden_credential_c__".into() });
         let e = parse(&format!("{base}placeholder = \"{{{{x}}}}\"\n")).unwrap_err().to_string();
         assert!(e.contains("placeholder `{{x}}` must be at least 12 letters, digits, _ or -"), "{e}");
-        let e = parse("[credentials.c]\nkind = \"bearer\"\nplaceholder = \"__long_enough_marker__\"\nenv = \"C\"\nhosts = [\"https://a.example\"]\n").unwrap_err().to_string();
+        let e = parse("[credentials.c]\nkind = \"bearer\"\nplaceholder = \"__long_enough_marker__\"\nenv = \"C\"\nhosts = [\"https://a.example\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`placeholder` belongs to kind \"placeholder\""), "{e}");
     }
 }

@@ -80,9 +80,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size; write bytes or e.g. \"32MiB\""))?;
+    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size; write bytes or e.g. \"32MiB\""))?;
     let mult = match unit.trim() {
         "" | "B" => 1,
         "KiB" => KIB,
@@ -91,14 +89,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "unknown size unit `{other}` in `{text}`; use B, KiB, MiB or GiB"
-            ))
-        }
+        other => return Err(format!("unknown size unit `{other}` in `{text}`; use B, KiB, MiB or GiB")),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size `{text}` is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("size `{text}` is too large"))
 }
 
 /// Human form of a byte count, for error messages.

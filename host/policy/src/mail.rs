@@ -66,9 +66,7 @@ pub(super) fn parse_relay(name: &str, r: RawRelay, base: &Path) -> Result<Relay,
     };
     let local = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if auth.is_some() && tls == RelayTls::None && !local {
-        return Err(format!(
-            "relays.{name}: tls = \"none\" would send the relay password in clear to {host}; use starttls or tls"
-        ));
+        return Err(format!("relays.{name}: tls = \"none\" would send the relay password in clear to {host}; use starttls or tls"));
     }
     Ok(Relay {
         name: name.to_string(),
@@ -82,13 +80,9 @@ pub(super) fn parse_relay(name: &str, r: RawRelay, base: &Path) -> Result<Relay,
 }
 
 pub(super) fn parse_mail_grant(plugin: &str, m: RawMailGrant, relays: &BTreeMap<String, Arc<Relay>>) -> Result<MailGrant, String> {
-    let relay = relays.get(&m.relay).cloned().ok_or_else(|| {
-        format!("grants.{plugin}.smtp names relay `{}` but there is no [relays.{}]", m.relay, m.relay)
-    })?;
+    let relay = relays.get(&m.relay).cloned().ok_or_else(|| format!("grants.{plugin}.smtp names relay `{}` but there is no [relays.{}]", m.relay, m.relay))?;
     if m.recipient_domains.is_empty() {
-        return Err(format!(
-            "grants.{plugin}.smtp.recipient_domains is empty, so every message would be refused; list the domains it may write to"
-        ));
+        return Err(format!("grants.{plugin}.smtp.recipient_domains is empty, so every message would be refused; list the domains it may write to"));
     }
     if m.senders.is_empty() && relay.default_from.is_none() {
         return Err(format!("grants.{plugin}.smtp.senders is empty; list the addresses (or @domains) it may send as"));
@@ -138,4 +132,3 @@ pub(super) struct RawMailGrant {
     max_message_bytes: Option<SizeValue>,
     max_messages: Option<u32>,
 }
-

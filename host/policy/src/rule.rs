@@ -32,9 +32,7 @@ impl EgressRule {
     pub fn parse(text: &str) -> Result<EgressRule, String> {
         let mut parts = text.split_whitespace();
         let (Some(method), Some(pattern), None) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(format!(
-                "rule `{text}` must be `METHOD scheme://host[:port]/path`, e.g. `GET https://api.example.com/v1/*`"
-            ));
+            return Err(format!("rule `{text}` must be `METHOD scheme://host[:port]/path`, e.g. `GET https://api.example.com/v1/*`"));
         };
         let method = if method == "*" {
             MethodPattern::Any
@@ -45,9 +43,7 @@ impl EgressRule {
             }
             MethodPattern::One(m)
         };
-        let (scheme, rest) = pattern
-            .split_once("://")
-            .ok_or_else(|| format!("rule `{text}`: the URL needs a scheme, e.g. `https://`"))?;
+        let (scheme, rest) = pattern.split_once("://").ok_or_else(|| format!("rule `{text}`: the URL needs a scheme, e.g. `https://`"))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, "/*"),

@@ -88,9 +88,8 @@ impl Target {
             return Err(TargetError::Invalid(format!("method `{method}` is not supported")));
         }
         let parsed = Url::parse(url).map_err(|e| TargetError::Invalid(format!("URL `{url}`: {e}")))?;
-        let scheme = Scheme::parse(parsed.scheme()).ok_or_else(|| {
-            TargetError::Invalid(format!("scheme `{}` is not supported; use http or https", parsed.scheme()))
-        })?;
+        let scheme =
+            Scheme::parse(parsed.scheme()).ok_or_else(|| TargetError::Invalid(format!("scheme `{}` is not supported; use http or https", parsed.scheme())))?;
         if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err(TargetError::Refused("URLs with userinfo (user@host) are refused; name a credential instead".into()));
         }

@@ -30,7 +30,9 @@ pub(super) fn parse(raw: RawTelemetry) -> Result<TelemetryConfig, String> {
     if let Some(e) = &raw.endpoint {
         let ok = url::Url::parse(e).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none());
         if !ok {
-            return Err(format!("[telemetry] endpoint `{e}` must be the collector's OTLP/HTTP base URL, like http://127.0.0.1:4318 (traces are sent to <endpoint>/v1/traces)"));
+            return Err(format!(
+                "[telemetry] endpoint `{e}` must be the collector's OTLP/HTTP base URL, like http://127.0.0.1:4318 (traces are sent to <endpoint>/v1/traces)"
+            ));
         }
     }
     if let Some(r) = raw.sample_ratio {
@@ -43,5 +45,10 @@ pub(super) fn parse(raw: RawTelemetry) -> Result<TelemetryConfig, String> {
             return Err(format!("[telemetry] headers_env: `{name}` = `{var}` must map a header name to the environment variable holding its value"));
         }
     }
-    Ok(TelemetryConfig { endpoint: raw.endpoint.map(|e| e.trim_end_matches('/').to_string()), headers_env: raw.headers_env, sample_ratio: raw.sample_ratio, service_name: raw.service_name })
+    Ok(TelemetryConfig {
+        endpoint: raw.endpoint.map(|e| e.trim_end_matches('/').to_string()),
+        headers_env: raw.headers_env,
+        sample_ratio: raw.sample_ratio,
+        service_name: raw.service_name,
+    })
 }

@@ -157,15 +157,12 @@ pub(super) fn parse_trigger(story: &str, t: RawTrigger, base: &Path, line: u64) 
         _ => return Err(format!("triggers.{story}: give one of secret_env or secret_file, not both")),
     };
     if secret.is_none() && t.schedule.is_none() {
-        return Err(format!(
-            "triggers.{story} has neither a webhook secret (secret_env/secret_file) nor a schedule, so nothing can start it"
-        ));
+        return Err(format!("triggers.{story} has neither a webhook secret (secret_env/secret_file) nor a schedule, so nothing can start it"));
     }
     let signature = match t.signature.as_deref() {
         None => SignatureScheme::Warden,
-        Some(s) => SignatureScheme::parse(s).ok_or_else(|| {
-            format!("triggers.{story}.signature `{s}` is unknown; use warden (timestamped, the default), github, slack, stripe or body-hmac")
-        })?,
+        Some(s) => SignatureScheme::parse(s)
+            .ok_or_else(|| format!("triggers.{story}.signature `{s}` is unknown; use warden (timestamped, the default), github, slack, stripe or body-hmac"))?,
     };
     let tolerance_secs = t.tolerance_secs.unwrap_or(DEFAULT_TOLERANCE_SECS);
     if tolerance_secs == 0 || tolerance_secs > 3600 {
@@ -183,7 +180,9 @@ pub(super) fn parse_trigger(story: &str, t: RawTrigger, base: &Path, line: u64) 
     let timezone = match &t.schedule_timezone {
         None => chrono_tz::Tz::UTC,
         Some(_) if t.schedule.is_none() => return Err(format!("triggers.{story}: schedule_timezone needs a schedule")),
-        Some(z) => z.parse::<chrono_tz::Tz>().map_err(|_| format!("triggers.{story}.schedule_timezone `{z}` is not an IANA time zone; write one like \"Europe/Dublin\" or \"America/New_York\""))?,
+        Some(z) => z.parse::<chrono_tz::Tz>().map_err(|_| {
+            format!("triggers.{story}.schedule_timezone `{z}` is not an IANA time zone; write one like \"Europe/Dublin\" or \"America/New_York\"")
+        })?,
     };
     let max_body = match &t.max_body {
         Some(v) => v.to_bytes().map_err(|e| format!("triggers.{story}.max_body: {e}"))?,
@@ -252,4 +251,3 @@ pub(super) struct RawServer {
     pub(super) link_secret_env: Option<String>,
     pub(super) link_secret_file: Option<String>,
 }
-

@@ -3,8 +3,8 @@
 //! `warden policy explain` / `plugin check` and the console's Policy page, so
 //! both say the same thing.
 
-use crate::policy::Policy;
 use crate::limits::Bytes;
+use crate::policy::Policy;
 use crate::runtime::Runtime;
 
 /// One plugin for one team, as lines a person reads.
@@ -54,7 +54,9 @@ pub fn grant_lines(policy: &Policy, name: &str, team: &str) -> Vec<String> {
         let owner = spec.team.as_deref().map(|o| format!("team {o}")).unwrap_or_else(|| "shared".into());
         let injected = if spec.auto { ", added to every request to them (inject = \"auto\")" } else { "" };
         let minted = match &spec.kind {
-            crate::policy::credentials::CredentialKind::OAuth2(o) => format!(", as an OAuth2 token warden obtains from {} (the plugin never sees it)", o.token_url),
+            crate::policy::credentials::CredentialKind::OAuth2(o) => {
+                format!(", as an OAuth2 token warden obtains from {} (the plugin never sees it)", o.token_url)
+            }
             crate::policy::credentials::CredentialKind::Placeholder { marker } => format!(", put where the request holds `{marker}` (URL or body), at egress"),
             _ => String::new(),
         };

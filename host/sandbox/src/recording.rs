@@ -101,9 +101,16 @@ pub struct HttpRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum HttpAnswer {
-    Response { status: u16, headers: Vec<(String, String)>, body: Body },
+    Response {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Body,
+    },
     /// `denied`, `invalid-request`, `timeout`, `connection` or `too-large`.
-    Error { kind: String, message: String },
+    Error {
+        kind: String,
+        message: String,
+    },
 }
 
 /// Bytes, kept as text when they are UTF-8 (readable, diffable cassettes).
@@ -227,7 +234,15 @@ impl Invocation {
     }
 
     pub fn info(&self) -> crate::invocation::InvocationInfo {
-        crate::invocation::InvocationInfo { run_id: self.run_id.clone(), story: self.story.clone(), step: self.step.clone(), team: self.team.clone(), attempt: self.attempt, traceparent: None, ..Default::default() }
+        crate::invocation::InvocationInfo {
+            run_id: self.run_id.clone(),
+            story: self.story.clone(),
+            step: self.step.clone(),
+            team: self.team.clone(),
+            attempt: self.attempt,
+            traceparent: None,
+            ..Default::default()
+        }
     }
 }
 
@@ -273,7 +288,14 @@ impl Tape {
     /// The recording this tape made of one invocation as the store keeps it
     /// (None unless recording): what [`Tape::finish`] gives, as JSON, for
     /// less work on the invocation's path.
-    pub fn finish_stored(&self, plugin: &str, sha256: &str, info: &crate::invocation::InvocationInfo, input: &str, outcome: &Result<String, crate::invocation::InvokeError>) -> Option<Stored> {
+    pub fn finish_stored(
+        &self,
+        plugin: &str,
+        sha256: &str,
+        info: &crate::invocation::InvocationInfo,
+        input: &str,
+        outcome: &Result<String, crate::invocation::InvokeError>,
+    ) -> Option<Stored> {
         let Tape::Record(recorder) = self else { return None };
         let (calls, wasi, truncated) = lock(recorder).take_kept();
         let outcome = match outcome {
@@ -311,7 +333,14 @@ impl Tape {
     }
 
     /// The recording this tape made of one invocation (None unless recording).
-    pub fn finish(&self, plugin: &str, sha256: &str, info: &crate::invocation::InvocationInfo, input: &str, outcome: &Result<String, crate::invocation::InvokeError>) -> Option<Recording> {
+    pub fn finish(
+        &self,
+        plugin: &str,
+        sha256: &str,
+        info: &crate::invocation::InvocationInfo,
+        input: &str,
+        outcome: &Result<String, crate::invocation::InvokeError>,
+    ) -> Option<Recording> {
         let Tape::Record(recorder) = self else { return None };
         let input = serde_json::from_str(input).unwrap_or_else(|_| Value::String(input.to_string()));
         Some(lock(recorder).finish(plugin, sha256, Invocation::of(info), input, Outcome::of(outcome)))
@@ -393,7 +422,6 @@ impl<'a> BodyOut<'a> {
         }
     }
 }
-
 
 impl Recorder {
     /// An `http.send` call: `request` is the JSON of [`HttpRequestOut`] (written
@@ -502,7 +530,6 @@ impl Recorder {
         }
         (calls, wasi, truncated)
     }
-
 }
 
 fn approximate_size(call: &Call) -> usize {
@@ -837,7 +864,15 @@ mod tests {
 
     #[test]
     fn the_stored_json_is_the_recording() {
-        let info = crate::invocation::InvocationInfo { run_id: "r1".into(), story: "s".into(), step: "a".into(), team: "t".into(), attempt: 2, traceparent: None, ..Default::default() };
+        let info = crate::invocation::InvocationInfo {
+            run_id: "r1".into(),
+            story: "s".into(),
+            step: "a".into(),
+            team: "t".into(),
+            attempt: 2,
+            traceparent: None,
+            ..Default::default()
+        };
         let outcomes = [
             Ok(r#"{"hosts": ["a", "b"], "n": 1.5}"#.to_string()),
             Ok("not json".to_string()),
@@ -849,14 +884,30 @@ mod tests {
                 let Tape::Record(r) = t else { unreachable!() };
                 let mut r = locked(r);
                 r.put(None, get("https://a/1"));
-                let req = serde_json::to_string(&HttpRequestOut { method: "POST", url: "https://a/2", headers: &[("x".into(), "y".into())], body: Some(BodyOut::of(&[0xff, 0])), credential: Some("c") }).unwrap();
+                let req = serde_json::to_string(&HttpRequestOut {
+                    method: "POST",
+                    url: "https://a/2",
+                    headers: &[("x".into(), "y".into())],
+                    body: Some(BodyOut::of(&[0xff, 0])),
+                    credential: Some("c"),
+                })
+                .unwrap();
                 if std::ptr::eq(t, &a) {
                     r.put_http(&req, HttpAnswerOut::Response { status: 201, headers: &[], body: BodyOut::of(b"{\"ok\":true}") });
                 } else {
-                    r.put(None, Call::Http {
-                        request: HttpRequest { method: "POST".into(), url: "https://a/2".into(), headers: vec![("x".into(), "y".into())], body: Some(Body::of(&[0xff, 0])), credential: Some("c".into()) },
-                        answer: HttpAnswer::Response { status: 201, headers: vec![], body: Body::of(b"{\"ok\":true}") },
-                    });
+                    r.put(
+                        None,
+                        Call::Http {
+                            request: HttpRequest {
+                                method: "POST".into(),
+                                url: "https://a/2".into(),
+                                headers: vec![("x".into(), "y".into())],
+                                body: Some(Body::of(&[0xff, 0])),
+                                credential: Some("c".into()),
+                            },
+                            answer: HttpAnswer::Response { status: 201, headers: vec![], body: Body::of(b"{\"ok\":true}") },
+                        },
+                    );
                 }
                 r.random(&[1, 2, 3]);
                 r.wall(7);

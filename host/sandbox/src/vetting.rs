@@ -54,13 +54,7 @@ pub fn keygen() -> anyhow::Result<(String, String)> {
 pub fn sign(secret_hex: &str, key_name: &str, name: &str, version: &str, sha256: &str) -> Result<SignatureFile, String> {
     let key = SigningKey::from_bytes(&parse_hex32("the secret key", secret_hex)?);
     let sig = key.sign(&message(key_name, name, version, sha256));
-    Ok(SignatureFile {
-        key: key_name.into(),
-        name: name.into(),
-        version: version.into(),
-        sha256: sha256.into(),
-        signature: hex::encode(sig.to_bytes()),
-    })
+    Ok(SignatureFile { key: key_name.into(), name: name.into(), version: version.into(), sha256: sha256.into(), signature: hex::encode(sig.to_bytes()) })
 }
 
 /// Why a team will run a plugin.
@@ -87,10 +81,7 @@ pub fn verify(policy: &Policy, team: Option<&Team>, sig: &SignatureFile, sha256:
         return Err(format!("the signature covers sha256 {}, but the file is {sha256}: the component changed after signing", short(&sig.sha256)));
     }
     if sig.name != name || sig.version != version {
-        return Err(format!(
-            "the signature is for {} {}, but the component describes itself as {name} {version}",
-            sig.name, sig.version
-        ));
+        return Err(format!("the signature is for {} {}, but the component describes itself as {name} {version}", sig.name, sig.version));
     }
     let Some(key) = policy.keys.get(&sig.key) else {
         return Err(format!("it is signed by key `{}`, which the policy does not know ([keys.{}])", sig.key, sig.key));
@@ -107,10 +98,7 @@ pub fn verify(policy: &Policy, team: Option<&Team>, sig: &SignatureFile, sha256:
             return Err(format!("it is signed by key `{}`, which team {} does not trust", sig.key, t.name));
         }
     }
-    let bytes: [u8; 64] = hex::decode(&sig.signature)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| "the signature is not 64 bytes of hex".to_string())?;
+    let bytes: [u8; 64] = hex::decode(&sig.signature).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| "the signature is not 64 bytes of hex".to_string())?;
     key.public
         .verify(&message(&sig.key, name, version, sha256), &Signature::from_bytes(&bytes))
         .map_err(|_| format!("the signature does not verify with key `{}`", sig.key))?;
@@ -123,7 +111,12 @@ pub fn version_allowed(entry: &PluginEntry, version: &str) -> Result<(), String>
     match Version::parse(version) {
         Some(v) if v >= min => Ok(()),
         Some(v) => Err(format!("plugin {} is version {v}, older than plugins.{}.min_version {min}", entry.name, entry.name)),
-        None => Err(format!("plugin {} reports version `{}`, which is not major.minor.patch, and plugins.{}.min_version is set", entry.name, version.escape_debug(), entry.name)),
+        None => Err(format!(
+            "plugin {} reports version `{}`, which is not major.minor.patch, and plugins.{}.min_version is set",
+            entry.name,
+            version.escape_debug(),
+            entry.name
+        )),
     }
 }
 

@@ -1,17 +1,16 @@
 //! `warden action run|describe`: one plugin, once, outside any story.
 
+use super::cassette;
 use super::common::{load_policy, policy_name, read_input, resolve_plugin};
 use super::PolicyArg;
 use anyhow::anyhow;
 use clap::Subcommand;
 use std::process::ExitCode;
 use std::sync::Arc;
-use super::cassette;
 use warden::recording::Tape;
+use warden::runtime::{Runtime, RuntimeConfig};
 use warden::story::invoke::PolicyInvoker;
 use warden::InvocationInfo;
-use warden::runtime::{Runtime, RuntimeConfig};
-
 
 #[derive(Subcommand)]
 pub enum ActionCmd {
@@ -62,7 +61,10 @@ pub async fn run(cmd: ActionCmd) -> anyhow::Result<ExitCode> {
             // The same path as a story step: loaded, vetted for the team, run under its grant.
             let (loaded, grant) = match policy_name(&policy, &plugin) {
                 Some(name) => {
-                    let p = PolicyInvoker::new(rt.clone(), policy.clone()).plugin(&name, &team).await.map_err(|e| anyhow!("{name} for team {team}: {}", e.message))?;
+                    let p = PolicyInvoker::new(rt.clone(), policy.clone())
+                        .plugin(&name, &team)
+                        .await
+                        .map_err(|e| anyhow!("{name} for team {team}: {}", e.message))?;
                     (p, policy.grant_for_team(&name, &team))
                 }
                 None if policy.teams.is_empty() => resolve_plugin(&rt, &policy, &plugin)?,

@@ -63,9 +63,20 @@ pub fn run(cmd: ApprovalsCmd) -> anyhow::Result<ExitCode> {
                 return Err(anyhow!("run {run} has no approval step `{step}` (see `warden approvals list`)"));
             };
             let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
-            let d = Decision { choice: None, decided_by: format!("cli:{user}"), via: "cli".into(), from: Some("local".into()), comment, decided_ms: warden::audit::now_ms() };
+            let d = Decision {
+                choice: None,
+                decided_by: format!("cli:{user}"),
+                via: "cli".into(),
+                from: Some("local".into()),
+                comment,
+                decided_ms: warden::audit::now_ms(),
+            };
             match warden::store::decide(approvals, &a, &choice, None, d)? {
-                Ok(done) => println!("{}: {}; a serving warden on this store resumes run {run} within a second (or when it next starts)", done.title, done.what_happened()),
+                Ok(done) => println!(
+                    "{}: {}; a serving warden on this store resumes run {run} within a second (or when it next starts)",
+                    done.title,
+                    done.what_happened()
+                ),
                 Err(Refused::Over(a)) => return Err(anyhow!("approval {step} of run {run} is over: {}", a.what_happened())),
                 Err(r) => return Err(anyhow!("{r}")),
             }

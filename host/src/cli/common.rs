@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use warden::policy::{Grant, Policy};
 use warden::runtime::Plugin;
-use warden::story::Library;
 use warden::runtime::Runtime;
+use warden::story::Library;
 
 /// An error and its causes on one line, each cause once.
 pub fn one_line(e: &anyhow::Error) -> String {
@@ -87,11 +87,7 @@ pub fn load_library(spec: &str, stories: Option<&Path>) -> anyhow::Result<(Libra
     };
     let library = Library::load_dir(dir)?;
     if library.get(spec).is_none() {
-        return Err(anyhow!(
-            "no story `{spec}` in {} (it has: {})",
-            dir.display(),
-            library.stories.keys().cloned().collect::<Vec<_>>().join(", ")
-        ));
+        return Err(anyhow!("no story `{spec}` in {} (it has: {})", dir.display(), library.stories.keys().cloned().collect::<Vec<_>>().join(", ")));
     }
     Ok((library, spec.to_string()))
 }
@@ -102,5 +98,9 @@ pub fn folder_of(path: &Path) -> &Path {
 }
 
 pub fn list_or_none(v: &[String]) -> String {
-    if v.is_empty() { "none".into() } else { v.join(", ") }
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
 }

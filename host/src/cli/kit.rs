@@ -18,10 +18,8 @@ const WIT: &[(&str, &str)] = &[
 ];
 
 /// The Rust guest SDK's sources, as compiled in.
-const SDK: &[(&str, &str)] = &[
-    ("src/lib.rs", include_str!("../../../plugins/sdk/src/lib.rs")),
-    ("src/client.rs", include_str!("../../../plugins/sdk/src/client.rs")),
-];
+const SDK: &[(&str, &str)] =
+    &[("src/lib.rs", include_str!("../../../plugins/sdk/src/lib.rs")), ("src/client.rs", include_str!("../../../plugins/sdk/src/client.rs"))];
 
 /// The Python helper over wasi:http (plugins/py-fetch/warden_http.py).
 pub const PY_HTTP: &str = include_str!("../../../plugins/py-fetch/warden_http.py");

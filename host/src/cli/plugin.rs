@@ -198,9 +198,15 @@ pub async fn run(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
         PluginCmd::New { name, lang, dir } => {
             let file = name.replace('-', "_");
             let (path, steps, wasm) = match lang {
-                Lang::Rust => (scaffold::rust(&name, &dir)?, "cargo test && cargo build --release --target wasm32-wasip2".to_string(), format!("target/wasm32-wasip2/release/{file}.wasm")),
+                Lang::Rust => (
+                    scaffold::rust(&name, &dir)?,
+                    "cargo test && cargo build --release --target wasm32-wasip2".to_string(),
+                    format!("target/wasm32-wasip2/release/{file}.wasm"),
+                ),
                 Lang::Js => (scaffold::js(&name, &dir)?, "npm install && npm test && npm run build".to_string(), format!("{file}.wasm")),
-                Lang::Python => (scaffold::python(&name, &dir)?, "pip install componentize-py && python3 -m unittest && ./build.sh".to_string(), format!("{file}.wasm")),
+                Lang::Python => {
+                    (scaffold::python(&name, &dir)?, "pip install componentize-py && python3 -m unittest && ./build.sh".to_string(), format!("{file}.wasm"))
+                }
             };
             println!("created {}", path.display());
             println!("  cd {} && {steps}", path.display());

@@ -6,8 +6,8 @@ use anyhow::anyhow;
 use clap::Subcommand;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use warden::Policy;
 use warden::runtime::{Runtime, RuntimeConfig};
+use warden::Policy;
 
 #[derive(Subcommand)]
 pub enum PolicyCmd {

@@ -17,7 +17,11 @@ impl Progress {
 }
 
 fn secs(d: Duration) -> String {
-    if d.as_millis() < 1000 { format!("{} ms", d.as_millis()) } else { format!("{:.1} s", d.as_secs_f64()) }
+    if d.as_millis() < 1000 {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
 }
 
 fn item(i: Option<usize>) -> String {
@@ -95,7 +99,13 @@ pub fn print_run(run: &RunDetail) {
             if a["kind"] == "approval" {
                 let choice = a["choice"].as_str().map(|c| format!("`{c}`")).unwrap_or_else(|| "nothing (expired)".into());
                 let from = a["from"].as_str().map(|f| format!(" from {f}")).unwrap_or_default();
-                println!("  {:<8} {:<7} {choice} by {} via {}{from}", a["step"].as_str().unwrap_or(""), a["decision"].as_str().unwrap_or(""), a["decided_by"].as_str().unwrap_or(""), a["via"].as_str().unwrap_or(""));
+                println!(
+                    "  {:<8} {:<7} {choice} by {} via {}{from}",
+                    a["step"].as_str().unwrap_or(""),
+                    a["decision"].as_str().unwrap_or(""),
+                    a["decided_by"].as_str().unwrap_or(""),
+                    a["via"].as_str().unwrap_or("")
+                );
                 continue;
             }
             let status = a["status"].as_u64().map(|s| s.to_string()).unwrap_or_else(|| "-".into());

@@ -80,7 +80,10 @@ pub async fn run(cmd: RunsCmd) -> anyhow::Result<ExitCode> {
             } else {
                 progress::print_run(&run);
                 let state = warden::store::recording_state(&recordings);
-                println!("  recording: {state} ({} step attempt(s) recorded here and in sub-stories; `warden runs replay {id}` re-executes them offline)", recordings.len());
+                println!(
+                    "  recording: {state} ({} step attempt(s) recorded here and in sub-stories; `warden runs replay {id}` re-executes them offline)",
+                    recordings.len()
+                );
                 if let Some(trace) = &run.run.trace_id {
                     println!("  trace: {trace} (its spans in your tracing backend)");
                 }

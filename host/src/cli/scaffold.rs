@@ -111,9 +111,12 @@ console.log('built {file}.wasm');
     std::fs::write(root.join("logic.test.js"), JS_TEST)?;
     std::fs::write(root.join("app.js"), JS_APP.replace("{{name}}", name))?;
     std::fs::write(root.join("warden.toml"), example_policy(name, &format!("{file}.wasm")))?;
-    std::fs::write(root.join(".gitignore"), "/node_modules
+    std::fs::write(
+        root.join(".gitignore"),
+        "/node_modules
 *.wasm
-")?;
+",
+    )?;
     Ok(root)
 }
 
@@ -146,9 +149,12 @@ componentize-py -d wit -w action-http componentize app -o {file}.wasm
         std::fs::set_permissions(root.join("build.sh"), std::fs::Permissions::from_mode(0o755))?;
     }
     std::fs::write(root.join("warden.toml"), example_policy(name, &format!("{file}.wasm")))?;
-    std::fs::write(root.join(".gitignore"), "*.wasm
+    std::fs::write(
+        root.join(".gitignore"),
+        "*.wasm
 __pycache__/
-")?;
+",
+    )?;
     Ok(root)
 }
 

@@ -6,10 +6,10 @@ use clap::Subcommand;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use warden::runtime::{Runtime, RuntimeConfig};
 use warden::story::engine::{Engine, Observer, Quiet};
 use warden::story::invoke::{Invoke, PolicyInvoker};
 use warden::story::{Library, StepKind};
-use warden::runtime::{Runtime, RuntimeConfig};
 
 #[derive(Subcommand)]
 pub enum StoryCmd {

@@ -7,11 +7,11 @@ use clap::Subcommand;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use warden::runtime::{Runtime, RuntimeConfig};
 use warden::story::engine::{Engine, Observer, Quiet};
 use warden::tines::export::Export;
 use warden::tines::import::{import, story_files, ImportOptions, Imported};
 use warden::Policy;
-use warden::runtime::{Runtime, RuntimeConfig};
 
 #[derive(Subcommand)]
 pub enum TinesCmd {
@@ -96,7 +96,8 @@ pub async fn run(cmd: TinesCmd) -> anyhow::Result<ExitCode> {
                 std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
             }
             // What was written must load: the same checks `warden story check` makes.
-            warden::story::Library::load_dir(&stories).map_err(|e| anyhow::anyhow!("the imported stories do not load (a warden bug; please report it):\n{e}"))?;
+            warden::story::Library::load_dir(&stories)
+                .map_err(|e| anyhow::anyhow!("the imported stories do not load (a warden bug; please report it):\n{e}"))?;
             println!("{}", imported.report);
             println!("wrote {} stories to {}, the policy skeleton to {}", imported.stories.len(), stories.display(), out.join("warden.toml").display());
             for (name, c) in &imported.credentials {
@@ -109,7 +110,10 @@ pub async fn run(cmd: TinesCmd) -> anyhow::Result<ExitCode> {
             let imported = read(&export, &options("default", plugins.as_deref(), allow_credential_in_payload)?)?;
             if imported.report.refused() + imported.report.count(warden::tines::import::Level::Unsupported) > 0 {
                 eprintln!("{}", imported.report);
-                anyhow::bail!("{}: not every agent was converted (above); `warden tines import` writes the stories so they can be finished by hand", export.display());
+                anyhow::bail!(
+                    "{}: not every agent was converted (above); `warden tines import` writes the stories so they can be finished by hand",
+                    export.display()
+                );
             }
             let policy = match &policy {
                 Some(p) => Policy::load(p).map_err(|e| anyhow::anyhow!("{e}"))?,

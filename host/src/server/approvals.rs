@@ -136,7 +136,13 @@ fn said(code: StatusCode, heading: &str, text: &str) -> Response {
 
 /// The link's approval and link, or the page that says why there is none.
 fn open_link(s: &AppState, token: &str) -> Result<(Approval, approval::Link), Response> {
-    let unknown = || said(StatusCode::NOT_FOUND, "Unknown link", "This approval link is not known here. If the run has not reached its approval step yet, try again in a moment.");
+    let unknown = || {
+        said(
+            StatusCode::NOT_FOUND,
+            "Unknown link",
+            "This approval link is not known here. If the run has not reached its approval step yet, try again in a moment.",
+        )
+    };
     if token.starts_with(approval::PLACEHOLDER_PREFIX) {
         return Err(said(StatusCode::NOT_FOUND, "Not a link that decides", "This is an approval link as the run record keeps it (its token is sealed); it decides nothing. The link that decides went to the approver, by the step that sent it."));
     }
@@ -165,7 +171,11 @@ pub(super) async fn show(State(s): State<AppState>, Path(token): Path<String>) -
         return over(&a);
     }
     if link.recipient.is_empty() && !a.approvers.is_empty() {
-        return said(StatusCode::FORBIDDEN, "Not yours to decide", &format!("This approval is restricted to {}; each of them has links of their own.", a.approvers.join(", ")));
+        return said(
+            StatusCode::FORBIDDEN,
+            "Not yours to decide",
+            &format!("This approval is restricted to {}; each of them has links of their own.", a.approvers.join(", ")),
+        );
     }
     let details = match &a.details {
         serde_json::Value::Null => String::new(),
@@ -193,7 +203,11 @@ pub(super) async fn decide_by_link(State(s): State<AppState>, Path(token): Path<
     };
     let comment = url::form_urlencoded::parse(&body).find(|(k, _)| k == "comment").map(|(_, v)| v.trim().to_string()).filter(|c| !c.is_empty());
     // A link addressed to nobody decides only when anyone may.
-    let approver = if link.recipient.is_empty() { (!a.approvers.is_empty()).then_some("the holder of a link addressed to no approver") } else { Some(link.recipient.as_str()) };
+    let approver = if link.recipient.is_empty() {
+        (!a.approvers.is_empty()).then_some("the holder of a link addressed to no approver")
+    } else {
+        Some(link.recipient.as_str())
+    };
     let decided_by = if link.recipient.is_empty() { "link holder".to_string() } else { link.recipient.clone() };
     let d = Decision { choice: None, decided_by, via: "link".into(), from: from(&ext, &headers), comment, decided_ms: crate::audit::now_ms() };
     let Some(store) = s.engine.store.approvals() else { return said(StatusCode::NOT_FOUND, "Unknown link", "") };
@@ -238,7 +252,13 @@ pub(super) struct DecideBody {
 
 /// `POST /api/approvals/{run}/{step}` `{choice, comment?}`: decides as the API token's team
 /// (`team:NAME`, which `approvers` may restrict) or, with the admin token, as the operator.
-pub(super) async fn decide_by_api(State(s): State<AppState>, Path((run, step)): Path<(String, String)>, ext: Extensions, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn decide_by_api(
+    State(s): State<AppState>,
+    Path((run, step)): Path<(String, String)>,
+    ext: Extensions,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let scope = match s.tokens.scope(&headers) {
         Ok(scope) => scope,
         Err(r) => return r,
@@ -248,7 +268,12 @@ pub(super) async fn decide_by_api(State(s): State<AppState>, Path((run, step)): 
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("send JSON {{\"choice\": \"…\", \"comment\": \"…\"}}: {e}")),
     };
     let Some(store) = s.engine.store.approvals() else { return error(StatusCode::NOT_FOUND, "this run store keeps no approvals") };
-    let no_such = || error(StatusCode::NOT_FOUND, format!("run `{}` has no approval step `{}`", crate::invocation::guest_text(&run, 64), crate::invocation::guest_text(&step, 64)));
+    let no_such = || {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("run `{}` has no approval step `{}`", crate::invocation::guest_text(&run, 64), crate::invocation::guest_text(&step, 64)),
+        )
+    };
     let a = match store.approval(&run, &step) {
         Ok(Some(a)) => a,
         Ok(None) => return no_such(),
@@ -256,13 +281,22 @@ pub(super) async fn decide_by_api(State(s): State<AppState>, Path((run, step)): 
     };
     // Another team's approval is answered as if it did not exist.
     let Some((approver, decided_by)) = decider(&scope, &a) else { return no_such() };
-    let d = Decision { choice: None, decided_by, via: "api".into(), from: from(&ext, &headers), comment: body.comment.filter(|c| !c.trim().is_empty()), decided_ms: crate::audit::now_ms() };
+    let d = Decision {
+        choice: None,
+        decided_by,
+        via: "api".into(),
+        from: from(&ext, &headers),
+        comment: body.comment.filter(|c| !c.trim().is_empty()),
+        decided_ms: crate::audit::now_ms(),
+    };
     match crate::store::decide(store, &a, &body.choice, approver.as_deref(), d) {
         Ok(Ok(done)) => {
             s.approvals_poke.notify_one();
             Json(json!({"approval": done})).into_response()
         }
-        Ok(Err(Refused::Over(a))) => (StatusCode::GONE, Json(json!({"error": format!("this approval is over: {}", a.what_happened()), "approval": a}))).into_response(),
+        Ok(Err(Refused::Over(a))) => {
+            (StatusCode::GONE, Json(json!({"error": format!("this approval is over: {}", a.what_happened()), "approval": a}))).into_response()
+        }
         Ok(Err(Refused::NotAnApprover(m))) => error(StatusCode::FORBIDDEN, m),
         Ok(Err(Refused::BadChoice(m))) => error(StatusCode::BAD_REQUEST, m),
         Ok(Err(Refused::Unknown(_))) => no_such(),

@@ -48,10 +48,7 @@ pub struct ServeSettings {
 impl ServeSettings {
     /// Flag > `[server]` > default. Only the stories folder has no default.
     pub fn resolve(flags: ServeFlags, cfg: &ServerConfig) -> anyhow::Result<ServeSettings> {
-        let stories = flags
-            .stories
-            .or_else(|| cfg.stories.clone())
-            .ok_or_else(|| anyhow!("give --stories DIR (or [server] stories in the policy)"))?;
+        let stories = flags.stories.or_else(|| cfg.stories.clone()).ok_or_else(|| anyhow!("give --stories DIR (or [server] stories in the policy)"))?;
         Ok(ServeSettings {
             listen: flags.listen.or_else(|| cfg.listen.clone()).unwrap_or_else(|| DEFAULT_LISTEN.into()),
             db: flags.db.or_else(|| cfg.db.clone()).unwrap_or_else(|| PathBuf::from(DEFAULT_DB)),

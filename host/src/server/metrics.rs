@@ -65,7 +65,9 @@ impl Metrics {
         let store_write_failures = store.failures();
         let (commits, writes) = store.commits();
         let mut out = String::new();
-        out.push_str("# HELP warden_runs_finished_total Story runs finished by this process, by story and final state.\n# TYPE warden_runs_finished_total counter\n");
+        out.push_str(
+            "# HELP warden_runs_finished_total Story runs finished by this process, by story and final state.\n# TYPE warden_runs_finished_total counter\n",
+        );
         for ((story, state), n) in self.runs_finished.lock().unwrap().iter() {
             let _ = writeln!(out, "warden_runs_finished_total{{story=\"{}\",state=\"{}\"}} {n}", esc(story), esc(state));
         }
@@ -76,9 +78,20 @@ impl Metrics {
         }
         let _ = writeln!(out, "# HELP warden_store_write_failures_total Run store writes refused after every retry (each failed its run).\n# TYPE warden_store_write_failures_total counter\nwarden_store_write_failures_total {store_write_failures}");
         let _ = writeln!(out, "# HELP warden_store_commits_total Run store transactions committed (group commit: many writes share one).\n# TYPE warden_store_commits_total counter\nwarden_store_commits_total {commits}");
-        let _ = writeln!(out, "# HELP warden_store_writes_total Run store writes committed.\n# TYPE warden_store_writes_total counter\nwarden_store_writes_total {writes}");
-        let _ = writeln!(out, "# HELP warden_runs_in_flight Runs executing now.\n# TYPE warden_runs_in_flight gauge\nwarden_runs_in_flight {}", self.runs_in_flight.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP warden_runs_waiting Runs accepted and waiting for a worker.\n# TYPE warden_runs_waiting gauge\nwarden_runs_waiting {}", self.runs_queued.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP warden_store_writes_total Run store writes committed.\n# TYPE warden_store_writes_total counter\nwarden_store_writes_total {writes}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP warden_runs_in_flight Runs executing now.\n# TYPE warden_runs_in_flight gauge\nwarden_runs_in_flight {}",
+            self.runs_in_flight.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP warden_runs_waiting Runs accepted and waiting for a worker.\n# TYPE warden_runs_waiting gauge\nwarden_runs_waiting {}",
+            self.runs_queued.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP warden_step_duration_seconds Step attempt durations by step kind.\n# TYPE warden_step_duration_seconds histogram\n");
         for (kind, h) in self.step_seconds.lock().unwrap().iter() {
             for (i, b) in BUCKETS.iter().enumerate() {
@@ -88,7 +101,9 @@ impl Metrics {
             let _ = writeln!(out, "warden_step_duration_seconds_sum{{kind=\"{kind}\"}} {}", h.sum);
             let _ = writeln!(out, "warden_step_duration_seconds_count{{kind=\"{kind}\"}} {}", h.count);
         }
-        out.push_str("# HELP warden_egress_denials_total Capability calls refused by policy, by the rule that refused.\n# TYPE warden_egress_denials_total counter\n");
+        out.push_str(
+            "# HELP warden_egress_denials_total Capability calls refused by policy, by the rule that refused.\n# TYPE warden_egress_denials_total counter\n",
+        );
         for (rule, n) in self.denials.lock().unwrap().iter() {
             let _ = writeln!(out, "warden_egress_denials_total{{rule=\"{}\"}} {n}", esc(rule));
         }
@@ -96,8 +111,16 @@ impl Metrics {
         for ((story, code), n) in self.webhooks.lock().unwrap().iter() {
             let _ = writeln!(out, "warden_webhooks_total{{story=\"{}\",code=\"{code}\"}} {n}", esc(story));
         }
-        let _ = writeln!(out, "# HELP warden_instances_in_use Plugin instances alive now.\n# TYPE warden_instances_in_use gauge\nwarden_instances_in_use {}", instances.in_use);
-        let _ = writeln!(out, "# HELP warden_instances_capacity Instance pool capacity.\n# TYPE warden_instances_capacity gauge\nwarden_instances_capacity {}", instances.capacity);
+        let _ = writeln!(
+            out,
+            "# HELP warden_instances_in_use Plugin instances alive now.\n# TYPE warden_instances_in_use gauge\nwarden_instances_in_use {}",
+            instances.in_use
+        );
+        let _ = writeln!(
+            out,
+            "# HELP warden_instances_capacity Instance pool capacity.\n# TYPE warden_instances_capacity gauge\nwarden_instances_capacity {}",
+            instances.capacity
+        );
         let idle = instances.idle_resident;
         out.push_str("# HELP warden_instances_idle_resident_bytes Memory that finished instances' pool slots keep resident, wiped (zeroed or restored from the module image), for the next ones.\n# TYPE warden_instances_idle_resident_bytes gauge\n");
         for (kind, bytes) in [("memory", idle.memory), ("tables", idle.tables)] {

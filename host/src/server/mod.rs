@@ -15,8 +15,8 @@ mod node;
 mod queue;
 pub mod received;
 mod schedule;
-mod slack;
 pub mod signature;
+mod slack;
 
 use crate::policy::{Policy, Role};
 use crate::runtime::{Runtime, RuntimeConfig};
@@ -157,7 +157,18 @@ pub fn start(engine: Arc<Engine>, opts: &ServeOptions) -> anyhow::Result<(Router
         }
         None => None,
     };
-    let state = AppState { engine, policy, queue: queue.clone(), metrics, tokens, replays: Arc::default(), approvals_poke, console: Arc::default(), slack, telemetry: opts.telemetry.clone() };
+    let state = AppState {
+        engine,
+        policy,
+        queue: queue.clone(),
+        metrics,
+        tokens,
+        replays: Arc::default(),
+        approvals_poke,
+        console: Arc::default(),
+        slack,
+        telemetry: opts.telemetry.clone(),
+    };
     let router = Router::new()
         .route("/webhooks/{story}", post(webhook))
         .route("/api/runs", get(list_runs))
@@ -220,8 +231,11 @@ pub async fn run(policy: Policy, flags: config::ServeFlags) -> anyhow::Result<()
     if let Some(t) = &telemetry {
         tracing::info!("traces exported over OTLP/HTTP to {}", t.destination());
     }
-    let engine = Arc::new(Engine::new(rt, Arc::new(policy), Arc::new(library), store).with_links_base(&settings.listen).with_traces(telemetry.clone().map(|t| t as _)));
-    let served = serve(engine, &settings.listen, ServeOptions { workers: settings.workers, drain: settings.drain, role: settings.role, telemetry: telemetry.clone() }).await;
+    let engine =
+        Arc::new(Engine::new(rt, Arc::new(policy), Arc::new(library), store).with_links_base(&settings.listen).with_traces(telemetry.clone().map(|t| t as _)));
+    let served =
+        serve(engine, &settings.listen, ServeOptions { workers: settings.workers, drain: settings.drain, role: settings.role, telemetry: telemetry.clone() })
+            .await;
     if let Some(t) = telemetry {
         // Sends what is still buffered (the exporter blocks: off the runtime's threads).
         let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
@@ -235,9 +249,7 @@ pub async fn serve(engine: Arc<Engine>, listen: &str, opts: ServeOptions) -> any
     tracing::info!("{n} plugin(s) loaded and vetted");
     let unguarded = ApiTokens::load(&engine.policy)?.0.is_empty();
     let (router, queue) = start(engine, &opts)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e} (pick another with --listen)"))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e} (pick another with --listen)"))?;
     let addr = listener.local_addr()?;
     if unguarded && !addr.ip().is_loopback() {
         anyhow::bail!(
@@ -353,7 +365,10 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
         return error(StatusCode::BAD_REQUEST, format!("story `{story}` does not allow ?wait=true (allow_sync in its trigger)"));
     }
     if s.replays.first_time(story, &verified, now).is_err() {
-        return error(StatusCode::CONFLICT, "this signed request was already received; a replay starts no run (send an Idempotency-Key to get the first run back)");
+        return error(
+            StatusCode::CONFLICT,
+            "this signed request was already received; a replay starts no run (send an Idempotency-Key to get the first run back)",
+        );
     }
     // A waiting caller is told of the run only at its end, so its creation
     // need not be durable on its own: alone, it commits with the run's first
@@ -364,7 +379,9 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
         (true, true) => Creation::ByCaller,
     };
     let run = match s.engine.accept(story, input, "webhook", idempotency_key, creation).await {
-        Ok(Accepted::Existing(id)) => return (StatusCode::OK, Json(json!({"run_id": id, "status_url": format!("/api/runs/{id}"), "existing": true}))).into_response(),
+        Ok(Accepted::Existing(id)) => {
+            return (StatusCode::OK, Json(json!({"run_id": id, "status_url": format!("/api/runs/{id}"), "existing": true}))).into_response()
+        }
         Ok(Accepted::New(run)) => run,
         Err(e) => {
             // No run was made: the sender may send the same request again.
@@ -382,28 +399,30 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
     }
     match s.queue.dispatch(run, wait).await {
         Ok(Some(result)) => (StatusCode::OK, Json(result)).into_response(),
-        Ok(None) => match graph_response.as_ref().and_then(|(story, input)| crate::story::graph::webhook_response(story, input, &run_id, &s.engine.policy.resources)) {
-            // An imported Tines webhook's own answer (the run goes on; its id in a header).
-            Some(Ok((code, body))) => {
-                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::CREATED);
-                let mut response = match body {
-                    serde_json::Value::String(text) => match serde_json::from_str::<serde_json::Value>(&text) {
-                        Ok(v) if v.is_object() || v.is_array() => (status, Json(v)).into_response(),
-                        _ => (status, text).into_response(),
-                    },
-                    other => (status, Json(other)).into_response(),
-                };
-                if let Ok(v) = axum::http::HeaderValue::from_str(&run_id) {
-                    response.headers_mut().insert("x-warden-run", v);
+        Ok(None) => {
+            match graph_response.as_ref().and_then(|(story, input)| crate::story::graph::webhook_response(story, input, &run_id, &s.engine.policy.resources)) {
+                // An imported Tines webhook's own answer (the run goes on; its id in a header).
+                Some(Ok((code, body))) => {
+                    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::CREATED);
+                    let mut response = match body {
+                        serde_json::Value::String(text) => match serde_json::from_str::<serde_json::Value>(&text) {
+                            Ok(v) if v.is_object() || v.is_array() => (status, Json(v)).into_response(),
+                            _ => (status, text).into_response(),
+                        },
+                        other => (status, Json(other)).into_response(),
+                    };
+                    if let Ok(v) = axum::http::HeaderValue::from_str(&run_id) {
+                        response.headers_mut().insert("x-warden-run", v);
+                    }
+                    response
                 }
-                response
+                Some(Err(why)) => {
+                    tracing::warn!(story, run = %run_id, "the webhook's response did not render: {why}");
+                    (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status_url": format!("/api/runs/{run_id}"), "response_error": why}))).into_response()
+                }
+                None => (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status_url": format!("/api/runs/{run_id}")}))).into_response(),
             }
-            Some(Err(why)) => {
-                tracing::warn!(story, run = %run_id, "the webhook's response did not render: {why}");
-                (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status_url": format!("/api/runs/{run_id}"), "response_error": why}))).into_response()
-            }
-            None => (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status_url": format!("/api/runs/{run_id}")}))).into_response(),
-        },
+        }
         Err(e) => {
             // Not recorded: the sender may send the same request again.
             s.replays.forget(story, &verified);

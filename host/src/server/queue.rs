@@ -7,8 +7,8 @@
 use super::metrics::{Metrics, MetricsObserver};
 use crate::policy::{Policy, Role};
 use crate::store::Cluster;
-use crate::story::engine::{Engine, NewlyAccepted, RunResult, SubmitError};
 use crate::store::NewRun;
+use crate::story::engine::{Engine, NewlyAccepted, RunResult, SubmitError};
 use futures::FutureExt as _;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -54,7 +54,14 @@ pub struct Queue {
 }
 
 impl Queue {
-    pub fn start(engine: Arc<Engine>, metrics: Arc<Metrics>, workers: usize, policy: &Policy, role: Role, telemetry: Option<Arc<crate::telemetry::Telemetry>>) -> Queue {
+    pub fn start(
+        engine: Arc<Engine>,
+        metrics: Arc<Metrics>,
+        workers: usize,
+        policy: &Policy,
+        role: Role,
+        telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    ) -> Queue {
         let limits = policy.triggers.iter().map(|(s, t)| (s.clone(), t.concurrency)).collect();
         Queue {
             engine,
@@ -119,7 +126,8 @@ impl Queue {
             (true, None) => false,
             (false, _) => {
                 let limit = if permits.is_some() { self.limit(&story) } else { 0 };
-                let new = NewRun { id: &id, story: &story, team: &run.story.team, trigger: &run.trigger, input: &run.input, parent: None, idempotency_key: None };
+                let new =
+                    NewRun { id: &id, story: &story, team: &run.story.team, trigger: &run.trigger, input: &run.input, parent: None, idempotency_key: None };
                 cluster.create_and_claim(&new, limit).map_err(|e| SubmitError::Store(format!("run store unavailable: {e:#}")))?
             }
         };

@@ -90,7 +90,8 @@ pub fn verify(scheme: SignatureScheme, secret: &[u8], story: &str, headers: &Hea
     let wrong = || Rejected::Invalid("signature does not match the body".into());
     match scheme {
         SignatureScheme::Warden => {
-            let value = header(headers, WARDEN_HEADER).ok_or_else(|| Rejected::Unsigned(format!("missing {WARDEN_HEADER}: t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<story>.<body>\">")))?;
+            let value = header(headers, WARDEN_HEADER)
+                .ok_or_else(|| Rejected::Unsigned(format!("missing {WARDEN_HEADER}: t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<story>.<body>\">")))?;
             let (t, v1) = stamped(value);
             let ts = fresh(t, now, tolerance)?;
             let t = ts.to_string();
@@ -121,7 +122,8 @@ pub fn verify(scheme: SignatureScheme, secret: &[u8], story: &str, headers: &Hea
             Ok(Verified { replay_key: key("github", &sig), remember_until: now + 86_400 })
         }
         SignatureScheme::BodyOnly => {
-            let value = header(headers, WARDEN_HEADER).ok_or_else(|| Rejected::Unsigned(format!("missing {WARDEN_HEADER}: sha256=<hex HMAC-SHA256 of the body>")))?;
+            let value =
+                header(headers, WARDEN_HEADER).ok_or_else(|| Rejected::Unsigned(format!("missing {WARDEN_HEADER}: sha256=<hex HMAC-SHA256 of the body>")))?;
             let sig = value.trim().strip_prefix("sha256=").and_then(|s| matching(secret, &[body], s)).ok_or_else(wrong)?;
             Ok(Verified { replay_key: key("body", &sig), remember_until: now + tol })
         }
@@ -215,10 +217,15 @@ mod tests {
         let gh = headers(&[("x-hub-signature-256", format!("sha256={}", hmac_hex(&[body]))), ("x-github-delivery", "d-1".into())]);
         let first = verify(SignatureScheme::GitHub, b"k", "s", &gh, body, NOW, 300).unwrap().replay_key;
         let again = headers(&[("x-hub-signature-256", format!("sha256={}", hmac_hex(&[body]))), ("x-github-delivery", "d-2".into())]);
-        assert_eq!(verify(SignatureScheme::GitHub, b"k", "s", &again, body, NOW, 300).unwrap().replay_key, first, "the delivery id is not signed: the same body is the same event");
+        assert_eq!(
+            verify(SignatureScheme::GitHub, b"k", "s", &again, body, NOW, 300).unwrap().replay_key,
+            first,
+            "the delivery id is not signed: the same body is the same event"
+        );
         assert!(verify(SignatureScheme::GitHub, b"other", "s", &gh, body, NOW, 300).is_err());
         let t = NOW.to_string();
-        let slack = headers(&[("x-slack-signature", format!("v0={}", hmac_hex(&[b"v0:", t.as_bytes(), b":", body]))), ("x-slack-request-timestamp", t.clone())]);
+        let slack =
+            headers(&[("x-slack-signature", format!("v0={}", hmac_hex(&[b"v0:", t.as_bytes(), b":", body]))), ("x-slack-request-timestamp", t.clone())]);
         assert!(verify(SignatureScheme::Slack, b"k", "s", &slack, body, NOW, 300).is_ok());
         assert!(verify(SignatureScheme::Slack, b"k", "s", &slack, body, NOW + 1000, 300).is_err());
         let stripe = headers(&[("stripe-signature", format!("t={t},v1=00ff,v1={}", hmac_hex(&[t.as_bytes(), b".", body])))]);
@@ -244,13 +251,30 @@ mod tests {
         let mut one_letter = sig.to_string();
         let at = one_letter.find(|c: char| c.is_ascii_alphabetic()).unwrap();
         one_letter.replace_range(at..at + 1, &one_letter[at..at + 1].to_ascii_uppercase());
-        let spellings = [signed.clone(), format!("{t},v1={}", sig.to_ascii_uppercase()), format!("{t},v1={one_letter}"), format!("{t},v1= {sig}"), format!("{t}, v1={sig} ")];
-        let keys: Vec<String> = spellings.iter().map(|v| verify(SignatureScheme::Warden, b"k", "hunt", &headers(&[(WARDEN_HEADER, v.clone())]), body, NOW, 300).unwrap().replay_key).collect();
+        let spellings = [
+            signed.clone(),
+            format!("{t},v1={}", sig.to_ascii_uppercase()),
+            format!("{t},v1={one_letter}"),
+            format!("{t},v1= {sig}"),
+            format!("{t}, v1={sig} "),
+        ];
+        let keys: Vec<String> = spellings
+            .iter()
+            .map(|v| verify(SignatureScheme::Warden, b"k", "hunt", &headers(&[(WARDEN_HEADER, v.clone())]), body, NOW, 300).unwrap().replay_key)
+            .collect();
         assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
         let cache = ReplayCache::default();
         let accepted = spellings
             .iter()
-            .filter(|v| cache.first_time("hunt", &verify(SignatureScheme::Warden, b"k", "hunt", &headers(&[(WARDEN_HEADER, (*v).clone())]), body, NOW, 300).unwrap(), NOW).is_ok())
+            .filter(|v| {
+                cache
+                    .first_time(
+                        "hunt",
+                        &verify(SignatureScheme::Warden, b"k", "hunt", &headers(&[(WARDEN_HEADER, (*v).clone())]), body, NOW, 300).unwrap(),
+                        NOW,
+                    )
+                    .is_ok()
+            })
             .count();
         assert_eq!(accepted, 1, "one request, however its signature is spelt, starts one run");
         // The same for the body-only, Stripe, Slack and GitHub forms.
@@ -261,7 +285,11 @@ mod tests {
         assert_eq!(gh(format!("sha256={h}")), gh(format!("sha256={}", h.to_ascii_uppercase())));
         let ts = NOW.to_string();
         let sl = hmac_hex(&[b"v0:", ts.as_bytes(), b":", body]);
-        let slack = |v: String| verify(SignatureScheme::Slack, b"k", "s", &headers(&[("x-slack-signature", v), ("x-slack-request-timestamp", ts.clone())]), body, NOW, 300).unwrap().replay_key;
+        let slack = |v: String| {
+            verify(SignatureScheme::Slack, b"k", "s", &headers(&[("x-slack-signature", v), ("x-slack-request-timestamp", ts.clone())]), body, NOW, 300)
+                .unwrap()
+                .replay_key
+        };
         assert_eq!(slack(format!("v0={sl}")), slack(format!("v0={}", sl.to_ascii_uppercase())));
         let st = hmac_hex(&[ts.as_bytes(), b".", body]);
         let stripe = |v: String| verify(SignatureScheme::Stripe, b"k", "s", &headers(&[("stripe-signature", v)]), body, NOW, 300).unwrap().replay_key;

@@ -24,15 +24,15 @@
 //! presses again); a refusal is shown to the presser alone (ephemeral).
 
 use super::approvals::from;
+use super::signature::Rejected;
 use super::AppState;
 use crate::approval::{self, Decision, Refused};
+use crate::policy::triggers::SignatureScheme;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use super::signature::Rejected;
-use crate::policy::triggers::SignatureScheme;
 use serde_json::{json, Value};
 
 /// How far a request's timestamp may be from now (Slack's recommendation).
@@ -223,7 +223,10 @@ mod tests {
         assert!(s.verify(&signed(&t, &sign("another-apps-secret", now, body)), body, now).unwrap_err().contains("does not match"));
         assert!(s.verify(&signed(&t, &sign("8f742231b10e8888abcd99yyyzzz85a5", now, body)), b"payload=%7B%22x%22%7D", now).is_err(), "a changed body");
         let old = now - MAX_SKEW_SECS as i64 - 1;
-        assert!(s.verify(&signed(&old.to_string(), &sign("8f742231b10e8888abcd99yyyzzz85a5", old, body)), body, now).unwrap_err().contains("at most 300s is accepted"));
+        assert!(s
+            .verify(&signed(&old.to_string(), &sign("8f742231b10e8888abcd99yyyzzz85a5", old, body)), body, now)
+            .unwrap_err()
+            .contains("at most 300s is accepted"));
         // The timestamp is part of what is signed: moving it breaks the signature.
         assert!(s.verify(&signed(&t, &sign("8f742231b10e8888abcd99yyyzzz85a5", now - 10, body)), body, now).is_err());
         for bad in ["", "v1=00", "v0=zz", "v0="] {

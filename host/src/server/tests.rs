@@ -36,7 +36,8 @@ pub(super) async fn served(policy: &str, stories: &[(&str, &str)]) -> Served {
     let library = Library::load_dir(&dir.join("stories")).unwrap();
     library.check(&policy).unwrap_or_else(|e| panic!("{e}"));
     let engine = Arc::new(Engine::with_invoker(Arc::new(Panics), policy, Arc::new(library), Arc::new(RunStore::in_memory().unwrap())));
-    let (router, _queue) = start(engine.clone(), &ServeOptions { workers: 2, drain: Duration::from_secs(1), role: Default::default(), telemetry: None }).unwrap();
+    let (router, _queue) =
+        start(engine.clone(), &ServeOptions { workers: 2, drain: Duration::from_secs(1), role: Default::default(), telemetry: None }).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -148,7 +149,10 @@ async fn a_team_token_reads_only_its_teams_runs() {
 #[tokio::test]
 async fn serve_refuses_to_listen_beyond_loopback_without_a_token() {
     let srv = served("", &[("a.yaml", &format!("name: a\n{ECHO}"))]).await;
-    let e = serve(srv.engine.clone(), "0.0.0.0:0", ServeOptions { workers: 1, drain: Duration::from_secs(1), role: Default::default(), telemetry: None }).await.unwrap_err().to_string();
+    let e = serve(srv.engine.clone(), "0.0.0.0:0", ServeOptions { workers: 1, drain: Duration::from_secs(1), role: Default::default(), telemetry: None })
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("refusing to serve on 0.0.0.0") && e.contains("api_token_env"), "{e}");
 }
 
@@ -160,7 +164,14 @@ impl crate::story::invoke::Invoke for Panics {
     async fn prepare(&self, _: &str, _: &str) -> Result<(), crate::story::StepError> {
         Ok(())
     }
-    async fn invoke(&self, _: &str, _: &str, _: crate::invocation::InvocationInfo, _: &str, _: Option<tokio::sync::mpsc::UnboundedSender<crate::invocation::LogLine>>) -> Result<crate::runtime::InvocationReport, crate::story::StepError> {
+    async fn invoke(
+        &self,
+        _: &str,
+        _: &str,
+        _: crate::invocation::InvocationInfo,
+        _: &str,
+        _: Option<tokio::sync::mpsc::UnboundedSender<crate::invocation::LogLine>>,
+    ) -> Result<crate::runtime::InvocationReport, crate::story::StepError> {
         panic!("a bug in warden")
     }
 }
@@ -172,7 +183,8 @@ async fn a_run_that_panics_the_host_is_recorded_as_failed_and_its_neighbour_comp
     library.stories.insert("bad".into(), parse("name: bad\nsteps:\n  - id: a\n    action: p\n", "bad.yaml"));
     library.stories.insert("good".into(), parse("name: good\nsteps:\n  - id: a\n    transform: {set: {ok: true}}\n", "good.yaml"));
     let engine = Arc::new(Engine::with_invoker(Arc::new(Panics), Arc::new(Policy::empty()), Arc::new(library), Arc::new(RunStore::in_memory().unwrap())));
-    let (_router, queue) = start(engine.clone(), &ServeOptions { workers: 2, drain: Duration::from_secs(1), role: Default::default(), telemetry: None }).unwrap();
+    let (_router, queue) =
+        start(engine.clone(), &ServeOptions { workers: 2, drain: Duration::from_secs(1), role: Default::default(), telemetry: None }).unwrap();
     let (bad, good) = (engine.submit("bad", json!({}), "test").await.unwrap(), engine.submit("good", json!({}), "test").await.unwrap());
     let (tx_bad, rx_bad) = tokio::sync::oneshot::channel();
     let (tx_good, rx_good) = tokio::sync::oneshot::channel();
@@ -196,11 +208,16 @@ async fn healthz_reports_a_store_that_refuses_writes() {
     let rt = Arc::new(Runtime::new(RuntimeConfig { cache_dir: None, max_instances: 4, ..Default::default() }).unwrap());
     let invoker = Arc::new(PolicyInvoker::new(rt, policy.clone()));
     let engine = Arc::new(Engine::with_invoker(invoker, policy, Arc::new(library), store.clone()));
-    let (router, _queue) = start(engine.clone(), &ServeOptions { workers: 1, drain: Duration::from_secs(1), role: Default::default(), telemetry: None }).unwrap();
+    let (router, _queue) =
+        start(engine.clone(), &ServeOptions { workers: 1, drain: Duration::from_secs(1), role: Default::default(), telemetry: None }).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    let health = || async { let r = reqwest::get(format!("{base}/healthz")).await.unwrap(); let code = r.status().as_u16(); (code, serde_json::from_slice::<serde_json::Value>(&r.bytes().await.unwrap()).unwrap()) };
+    let health = || async {
+        let r = reqwest::get(format!("{base}/healthz")).await.unwrap();
+        let code = r.status().as_u16();
+        (code, serde_json::from_slice::<serde_json::Value>(&r.bytes().await.unwrap()).unwrap())
+    };
     assert_eq!(health().await.0, 200);
     store.fail(None);
     let refused = engine.submit("s", json!({}), "test").await.unwrap_err();

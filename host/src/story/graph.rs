@@ -17,15 +17,15 @@
 //! with host-injected credentials.
 
 use super::{ErrorKind, OnError, Retry, Step, StepKind, Story};
-use warden_eval::formula;
 use crate::runtime::evaluator::Language;
-use warden_eval::liquid::Liquid;
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use serde_saphyr::Spanned;
 use std::sync::OnceLock;
 use std::time::Duration;
+use warden_eval::formula;
+use warden_eval::liquid::Liquid;
 
 /// Events one run may emit in all, unless `graph.max_events` says otherwise
 /// (a paging loop that never ends stops here, failing the run).
@@ -91,13 +91,26 @@ pub enum AgentKind {
     Story(String),
     Message,
     Extract(Vec<Matcher>),
-    Explode { path: String, to: String, limit: usize },
-    Implode { guid_path: String, size_path: String },
+    Explode {
+        path: String,
+        to: String,
+        limit: usize,
+    },
+    Implode {
+        guid_path: String,
+        size_path: String,
+    },
     /// `lookback` > 0: across runs, among the last that many values (in the
     /// run store); 0: within the run.
-    Deduplicate { path: String, lookback: u64 },
+    Deduplicate {
+        path: String,
+        lookback: u64,
+    },
     Delay(Duration),
-    Trigger { rules: Vec<Rule>, must_match: usize },
+    Trigger {
+        rules: Vec<Rule>,
+        must_match: usize,
+    },
 }
 
 impl AgentKind {
@@ -246,7 +259,11 @@ pub fn render_each(v: &Value, ctx: &Map<String, Value>, formulas: bool, items: &
 
 /// The language a graph story's options are written in.
 fn language(formulas: bool) -> Language {
-    if formulas { Language::Formulas } else { Language::Liquid }
+    if formulas {
+        Language::Formulas
+    } else {
+        Language::Liquid
+    }
 }
 
 /// Whether any string in `v` holds Liquid or (when the story has them) a formula.
@@ -441,7 +458,8 @@ pub(super) fn convert(raw: &RawGraph, story_line: u64) -> Result<Graph, Vec<(u64
             "extract" => {
                 let mut matchers = Vec::new();
                 for m in opts.get("matchers").and_then(|m| m.as_array()).into_iter().flatten() {
-                    let (path, re, to) = (m.get("path").and_then(|v| v.as_str()), m.get("regexp").and_then(|v| v.as_str()), m.get("to").and_then(|v| v.as_str()));
+                    let (path, re, to) =
+                        (m.get("path").and_then(|v| v.as_str()), m.get("regexp").and_then(|v| v.as_str()), m.get("to").and_then(|v| v.as_str()));
                     match (path, re.map(|r| (r, regex(r))), to) {
                         (Some(path), Some((_, Some(regex))), Some(to)) => matchers.push(Matcher { path: path.into(), regex, to: to.into() }),
                         (_, Some((r, None)), _) => err(format!("extract: regexp `{r}` does not compile")),
@@ -568,7 +586,19 @@ pub(super) fn convert(raw: &RawGraph, story_line: u64) -> Result<Graph, Vec<(u64
             literal: true,
         });
         let reads = identifiers(&texts);
-        agents.push(Agent { id: a.id.clone(), name: a.name.clone().unwrap_or_else(|| a.id.clone()), line, kind, options, credential: a.credential.clone(), receivers, no_match, failure, step, reads });
+        agents.push(Agent {
+            id: a.id.clone(),
+            name: a.name.clone().unwrap_or_else(|| a.id.clone()),
+            line,
+            kind,
+            options,
+            credential: a.credential.clone(),
+            receivers,
+            no_match,
+            failure,
+            step,
+            reads,
+        });
     }
     let entry = match &raw.entry {
         Some(e) => index(e).unwrap_or_else(|| {
@@ -595,7 +625,11 @@ pub(super) fn convert(raw: &RawGraph, story_line: u64) -> Result<Graph, Vec<(u64
     if agents.is_empty() && errors.is_empty() {
         errors.push((story_line, "graph.agents is empty; a graph story needs at least its entry agent".into()));
     }
-    if errors.is_empty() { Ok(Graph { agents, entry, exits, max_events, formulas }) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(Graph { agents, entry, exits, max_events, formulas })
+    } else {
+        Err(errors)
+    }
 }
 
 #[cfg(test)]
@@ -625,14 +659,18 @@ mod tests {
 
     #[test]
     fn a_graph_story_is_checked_at_load_formulas_and_templates_alike() {
-        let story = |opts: &str| format!("name: g\ngraph:\n  templates: formulas\n  agents:\n    - id: start\n      kind: webhook\n      receivers: [m]\n    - id: m\n      kind: message\n      options: {opts}\n");
+        let story = |opts: &str| {
+            format!("name: g\ngraph:\n  templates: formulas\n  agents:\n    - id: start\n      kind: webhook\n      receivers: [m]\n    - id: m\n      kind: message\n      options: {opts}\n")
+        };
         let err = |opts: &str| crate::story::parse(&story(opts), std::path::Path::new("g.yaml")).unwrap_err().to_string();
         let e = err("{payload: {x: \"=NOPE(1)\"}}");
         assert!(e.contains("agent `m`: formula `NOPE(1)` calls NOPE, which warden does not have"), "{e}");
         assert!(err("{payload: {x: \"=IF(1, \"}}").contains("bad formula"));
         assert!(err("{payload: {x: \"{{ .a | }}\"}}").contains("bad template"));
         assert!(crate::story::parse(&story("{payload: {x: \"=UPPER(start.name)\", y: \"{{ .start.n }}\"}}"), std::path::Path::new("g.yaml")).is_ok());
-        let e = crate::story::parse("name: g\ngraph:\n  agents:\n    - id: a\n      kind: webhook\n      receivers: [nope]\n", std::path::Path::new("g.yaml")).unwrap_err().to_string();
+        let e = crate::story::parse("name: g\ngraph:\n  agents:\n    - id: a\n      kind: webhook\n      receivers: [nope]\n", std::path::Path::new("g.yaml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("receiver `nope` is not an agent of this story (agents: a)"), "{e}");
     }
 

@@ -24,12 +24,26 @@ pub trait Invoke: Send + Sync {
 
     /// Runs `plugin` once for `team`, under that team's grant. `tap` receives
     /// log lines as they are written.
-    async fn invoke(&self, plugin: &str, team: &str, info: InvocationInfo, input: &str, tap: Option<UnboundedSender<LogLine>>) -> Result<InvocationReport, StepError>;
+    async fn invoke(
+        &self,
+        plugin: &str,
+        team: &str,
+        info: InvocationInfo,
+        input: &str,
+        tap: Option<UnboundedSender<LogLine>>,
+    ) -> Result<InvocationReport, StepError>;
 
     /// [`Invoke::invoke`], recording every capability call and WASI read
     /// within the grant's `limits.recording_bytes` (see [`crate::recording`]).
     /// An invoker that cannot record returns no recording.
-    async fn invoke_recorded(&self, plugin: &str, team: &str, info: InvocationInfo, input: &str, tap: Option<UnboundedSender<LogLine>>) -> Result<(InvocationReport, Option<Stored>), StepError> {
+    async fn invoke_recorded(
+        &self,
+        plugin: &str,
+        team: &str,
+        info: InvocationInfo,
+        input: &str,
+        tap: Option<UnboundedSender<LogLine>>,
+    ) -> Result<(InvocationReport, Option<Stored>), StepError> {
         self.invoke(plugin, team, info, input, tap).await.map(|r| (r, None))
     }
 
@@ -84,13 +98,27 @@ impl Invoke for PolicyInvoker {
         self.plugin(plugin, team).await.map(|_| ())
     }
 
-    async fn invoke(&self, plugin: &str, team: &str, info: InvocationInfo, input: &str, tap: Option<UnboundedSender<LogLine>>) -> Result<InvocationReport, StepError> {
+    async fn invoke(
+        &self,
+        plugin: &str,
+        team: &str,
+        info: InvocationInfo,
+        input: &str,
+        tap: Option<UnboundedSender<LogLine>>,
+    ) -> Result<InvocationReport, StepError> {
         let p = self.plugin(plugin, team).await?;
         // The grant of the story's own team: a sub-story runs under its team, never the caller's.
         Ok(self.runtime.invoke(&p, self.policy.grant_for_team(plugin, team), info, input, tap).await)
     }
 
-    async fn invoke_recorded(&self, plugin: &str, team: &str, info: InvocationInfo, input: &str, tap: Option<UnboundedSender<LogLine>>) -> Result<(InvocationReport, Option<Stored>), StepError> {
+    async fn invoke_recorded(
+        &self,
+        plugin: &str,
+        team: &str,
+        info: InvocationInfo,
+        input: &str,
+        tap: Option<UnboundedSender<LogLine>>,
+    ) -> Result<(InvocationReport, Option<Stored>), StepError> {
         let p = self.plugin(plugin, team).await?;
         let grant = self.policy.grant_for_team(plugin, team);
         let tape = Tape::record(grant.limits.recording_bytes);

@@ -2,7 +2,7 @@
 //! across stories (plugins exist, callees exist and allow the caller's team,
 //! no story calls itself through others).
 
-use super::{parse, StepKind, StoryError, StoryErrors, Story};
+use super::{parse, StepKind, Story, StoryError, StoryErrors};
 use crate::policy::Policy;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,13 +17,10 @@ pub struct Library {
 impl Library {
     /// Loads every `*.yaml`, `*.yml` and `*.json` file in `dir`.
     pub fn load_dir(dir: &Path) -> Result<Library, StoryErrors> {
-        let entries = std::fs::read_dir(dir).map_err(|e| {
-            StoryErrors(vec![StoryError { file: dir.display().to_string(), line: 0, message: format!("cannot read the stories folder: {e}") }])
-        })?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
-            .collect();
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| StoryErrors(vec![StoryError { file: dir.display().to_string(), line: 0, message: format!("cannot read the stories folder: {e}") }]))?;
+        let mut files: Vec<PathBuf> =
+            entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json")).collect();
         files.sort();
         Library::load_files(&files)
     }
@@ -54,7 +51,11 @@ impl Library {
                 Err(StoryErrors(e)) => errors.extend(e),
             }
         }
-        if errors.is_empty() { Ok(lib) } else { Err(StoryErrors(errors)) }
+        if errors.is_empty() {
+            Ok(lib)
+        } else {
+            Err(StoryErrors(errors))
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Story>> {
@@ -107,7 +108,11 @@ impl Library {
                         None => errors.push(StoryError {
                             file: file.clone(),
                             line: s.line,
-                            message: format!("step `{}`: unknown story `{name}` (known: {})", s.id, self.stories.keys().cloned().collect::<Vec<_>>().join(", ")),
+                            message: format!(
+                                "step `{}`: unknown story `{name}` (known: {})",
+                                s.id,
+                                self.stories.keys().cloned().collect::<Vec<_>>().join(", ")
+                            ),
                         }),
                         Some(callee) if callee.team != story.team && !callee.allow_callers.contains(&story.team) => errors.push(StoryError {
                             file: file.clone(),
@@ -120,18 +125,27 @@ impl Library {
                         Some(_) if story.graph.is_some() && self.waits(name, 0) => errors.push(StoryError {
                             file: file.clone(),
                             line: s.line,
-                            message: format!("agent `{}`: story `{name}` can wait for an approval, which a graph story cannot do; send to a story without approval steps", s.id),
+                            message: format!(
+                                "agent `{}`: story `{name}` can wait for an approval, which a graph story cannot do; send to a story without approval steps",
+                                s.id
+                            ),
                         }),
                         // A parked item would hold its siblings' results in memory, not in rows.
                         Some(_) if s.for_each.is_some() && self.waits(name, 0) => errors.push(StoryError {
                             file: file.clone(),
                             line: s.line,
-                            message: format!("step `{}`: story `{name}` can wait for an approval, which a for_each step cannot do; call it once per step, without for_each", s.id),
+                            message: format!(
+                                "step `{}`: story `{name}` can wait for an approval, which a for_each step cannot do; call it once per step, without for_each",
+                                s.id
+                            ),
                         }),
                         Some(_) if story.fallbacks.iter().any(|f| f.id == s.id) && self.waits(name, 0) => errors.push(StoryError {
                             file: file.clone(),
                             line: s.line,
-                            message: format!("fallback `{}`: story `{name}` can wait for an approval, which a fallback cannot do; make it a step of its own", s.id),
+                            message: format!(
+                                "fallback `{}`: story `{name}` can wait for an approval, which a fallback cannot do; make it a step of its own",
+                                s.id
+                            ),
                         }),
                         Some(_) => {}
                     },
@@ -151,7 +165,11 @@ impl Library {
                 break;
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(StoryErrors(errors)) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(StoryErrors(errors))
+        }
     }
 
     /// Whether story `name` (or a story it calls) has an approval step.

@@ -21,15 +21,15 @@ pub mod state;
 pub mod template;
 pub mod transform;
 
+pub use library::Library;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_saphyr::Spanned;
+pub use state::{ErrorKind, RunResult, RunState, StepError, StepState};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-pub use state::{ErrorKind, RunResult, RunState, StepError, StepState};
-pub use library::Library;
 pub use transform::Transform;
 
 /// A story error: `file:line: what; the fix`.
@@ -252,8 +252,7 @@ struct RawRetry {
 
 fn valid_id(id: &str) -> bool {
     let mut chars = id.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Parses one story file (no cross-story checks; see [`Library::check`]).
@@ -275,7 +274,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Story, StoryErrors> {
         let line = raw.referenced.line();
         let r = &raw.value;
         if !valid_id(&r.id) {
-            errors.push(err(line, format!("step id `{}` must be an identifier (letters, digits, _) so templates can name it as steps.{}", r.id, r.id.replace('-', "_"))));
+            errors.push(err(
+                line,
+                format!("step id `{}` must be an identifier (letters, digits, _) so templates can name it as steps.{}", r.id, r.id.replace('-', "_")),
+            ));
         }
         let kinds = [r.action.is_some(), r.story.is_some(), r.transform.is_some(), r.approval.is_some()].iter().filter(|b| **b).count();
         if kinds != 1 {
@@ -331,12 +333,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Story, StoryErrors> {
                 if rr.attempts == 0 || rr.attempts > 20 {
                     errors.push(err(line, format!("step `{}`: retry.attempts must be 1..20", r.id)));
                 }
-                Retry {
-                    attempts: rr.attempts,
-                    backoff_ms: rr.backoff_ms.unwrap_or(1000),
-                    max_backoff_ms: rr.max_backoff_ms.unwrap_or(60_000),
-                    on,
-                }
+                Retry { attempts: rr.attempts, backoff_ms: rr.backoff_ms.unwrap_or(1000), max_backoff_ms: rr.max_backoff_ms.unwrap_or(60_000), on }
             }
         };
         let on_error = match r.on_error.as_deref() {
@@ -353,9 +350,14 @@ pub fn parse(text: &str, file: &Path) -> Result<Story, StoryErrors> {
         }
         if let StepKind::Approval(_) = kind {
             // One decision per step: a run waits for one approval at a time.
-            let not_here = [("for_each", r.for_each.is_some()), ("retry", r.retry.is_some()), ("timeout_ms", r.timeout_ms.is_some()), ("with", r.with.is_some())];
+            let not_here =
+                [("for_each", r.for_each.is_some()), ("retry", r.retry.is_some()), ("timeout_ms", r.timeout_ms.is_some()), ("with", r.with.is_some())];
             for (what, _) in not_here.iter().filter(|(_, given)| *given) {
-                let fix = if *what == "timeout_ms" { "give the approval its own timeout (e.g. timeout: 4h)" } else { "an approval asks once; put it in its own step" };
+                let fix = if *what == "timeout_ms" {
+                    "give the approval its own timeout (e.g. timeout: 4h)"
+                } else {
+                    "an approval asks once; put it in its own step"
+                };
                 errors.push(err(line, format!("step `{}`: an approval step takes no {what}; {fix}", r.id)));
             }
         }
@@ -376,7 +378,10 @@ pub fn parse(text: &str, file: &Path) -> Result<Story, StoryErrors> {
     let steps: Vec<Step> = raw.steps.iter().filter_map(|s| convert(s, &mut errors)).collect();
     let fallbacks: Vec<Step> = raw.fallbacks.iter().filter_map(|s| convert(s, &mut errors)).collect();
     for f in fallbacks.iter().filter(|f| matches!(f.kind, StepKind::Approval(_))) {
-        errors.push(err(f.line, format!("fallback `{}` is an approval; a fallback stands in for a failed step at once, so it cannot wait (make it a step of its own)", f.id)));
+        errors.push(err(
+            f.line,
+            format!("fallback `{}` is an approval; a fallback stands in for a failed step at once, so it cannot wait (make it a step of its own)", f.id),
+        ));
     }
     let story_line = raw.name.referenced.line();
     let graph = match &raw.graph {
@@ -415,7 +420,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Story, StoryErrors> {
         line: raw.name.referenced.line(),
     };
     check_references(&story, &mut errors);
-    if errors.is_empty() { Ok(story) } else { Err(StoryErrors(errors)) }
+    if errors.is_empty() {
+        Ok(story)
+    } else {
+        Err(StoryErrors(errors))
+    }
 }
 
 /// Template syntax and step references within one story.
@@ -506,7 +515,11 @@ fn check_references(story: &Story, errors: &mut Vec<StoryError>) {
                 errors.push(StoryError {
                     file: file.clone(),
                     line: s.line,
-                    message: format!("step `{}`: on_error `{f}` is not fail, continue, or a fallback id (fallbacks: {})", s.id, if fallback_ids.is_empty() { "none".into() } else { fallback_ids.join(", ") }),
+                    message: format!(
+                        "step `{}`: on_error `{f}` is not fail, continue, or a fallback id (fallbacks: {})",
+                        s.id,
+                        if fallback_ids.is_empty() { "none".into() } else { fallback_ids.join(", ") }
+                    ),
                 });
             }
         }

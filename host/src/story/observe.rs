@@ -9,16 +9,61 @@ use std::time::Duration;
 #[derive(Debug)]
 pub enum Event<'a> {
     /// `caller`: the run and step that called this sub-story.
-    RunStarted { run: &'a str, story: &'a str, team: &'a str, depth: usize, caller: Option<(&'a str, &'a str)> },
-    StepStarted { run: &'a str, step: &'a str, item: Option<usize>, attempt: u32, depth: usize },
-    StepFinished { run: &'a str, step: &'a str, kind: &'static str, item: Option<usize>, state: StepState, elapsed: Duration, error: Option<&'a StepError>, depth: usize },
-    Log { run: &'a str, step: &'a str, line: &'a LogLine, depth: usize },
+    RunStarted {
+        run: &'a str,
+        story: &'a str,
+        team: &'a str,
+        depth: usize,
+        caller: Option<(&'a str, &'a str)>,
+    },
+    StepStarted {
+        run: &'a str,
+        step: &'a str,
+        item: Option<usize>,
+        attempt: u32,
+        depth: usize,
+    },
+    StepFinished {
+        run: &'a str,
+        step: &'a str,
+        kind: &'static str,
+        item: Option<usize>,
+        state: StepState,
+        elapsed: Duration,
+        error: Option<&'a StepError>,
+        depth: usize,
+    },
+    Log {
+        run: &'a str,
+        step: &'a str,
+        line: &'a LogLine,
+        depth: usize,
+    },
     /// A plugin invocation of a step attempt, just over (its calls follow as
     /// `Audit`); `error`: what it ended with, if not output.
-    Invoked { run: &'a str, step: &'a str, item: Option<usize>, plugin: &'a str, digest: &'a str, elapsed: Duration, error: Option<&'a crate::invocation::InvokeError> },
+    Invoked {
+        run: &'a str,
+        step: &'a str,
+        item: Option<usize>,
+        plugin: &'a str,
+        digest: &'a str,
+        elapsed: Duration,
+        error: Option<&'a crate::invocation::InvokeError>,
+    },
     /// One capability call's audit record (already stored).
-    Audit { run: &'a str, step: &'a str, item: Option<usize>, record: &'a crate::audit::AuditRecord },
-    RunFinished { run: &'a str, story: &'a str, state: RunState, elapsed: Duration, depth: usize },
+    Audit {
+        run: &'a str,
+        step: &'a str,
+        item: Option<usize>,
+        record: &'a crate::audit::AuditRecord,
+    },
+    RunFinished {
+        run: &'a str,
+        story: &'a str,
+        state: RunState,
+        elapsed: Duration,
+        depth: usize,
+    },
 }
 
 pub trait Observer: Send + Sync {
@@ -43,4 +88,3 @@ pub struct Quiet;
 impl Observer for Quiet {
     fn event(&self, _: &Event) {}
 }
-

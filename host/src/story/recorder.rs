@@ -7,7 +7,7 @@
 //! that error, and [`StoreHealth`] reports the store unhealthy for a while.
 //! Never a run that claims success with a missing record.
 
-use super::state::{RunState, StepError, StepState, ErrorKind};
+use super::state::{ErrorKind, RunState, StepError, StepState};
 use crate::audit::AuditRecord;
 use crate::invocation::LogLine;
 use crate::store::group::{GroupCommit, Refused};
@@ -73,7 +73,14 @@ impl Recorder {
         self.writer.queue(Write::start_run(run))
     }
 
-    pub async fn finish_run(&self, run: &str, state: RunState, output: Option<&Value>, error: Option<&str>, failed_step: Option<&str>) -> Result<(), StoreDown> {
+    pub async fn finish_run(
+        &self,
+        run: &str,
+        state: RunState,
+        output: Option<&Value>,
+        error: Option<&str>,
+        failed_step: Option<&str>,
+    ) -> Result<(), StoreDown> {
         self.commit(Write::finish_run(run, state.as_str(), output, error, failed_step)).await
     }
 
@@ -88,7 +95,14 @@ impl Recorder {
     }
 
     /// [`Recorder::step_finished`], awaited (when nothing else follows soon).
-    pub async fn step_finished_now(&self, at: &StepAt<'_>, state: StepState, output: Option<&Value>, error: Option<&StepError>, attempts: u32) -> Result<(), StoreDown> {
+    pub async fn step_finished_now(
+        &self,
+        at: &StepAt<'_>,
+        state: StepState,
+        output: Option<&Value>,
+        error: Option<&StepError>,
+        attempts: u32,
+    ) -> Result<(), StoreDown> {
         self.commit(self.step_finished_write(at, state, output, error, attempts)).await
     }
 

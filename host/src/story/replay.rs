@@ -65,18 +65,28 @@ fn short(o: &Outcome) -> String {
 
 /// Replays every recorded step attempt of `run` (only `step`, when given)
 /// and of its sub-story runs, each with the policy's plugin or `other`.
-pub async fn replay_run(rt: &Runtime, policy: &Policy, store: &dyn Store, run: &str, step: Option<&str>, other: Option<&Arc<Plugin>>) -> anyhow::Result<Vec<StepReplay>> {
+pub async fn replay_run(
+    rt: &Runtime,
+    policy: &Policy,
+    store: &dyn Store,
+    run: &str,
+    step: Option<&str>,
+    other: Option<&Arc<Plugin>>,
+) -> anyhow::Result<Vec<StepReplay>> {
     let detail = store.get_run(run)?.ok_or_else(|| anyhow!("no run {run} in the store"))?;
     let mut out = Vec::new();
     for stored in store.recordings(run)? {
         if step.is_some_and(|s| s != stored.step) {
             continue;
         }
-        let rec: Recording = serde_json::from_str(&stored.recording).with_context(|| format!("the recording of step {} of run {run} is not readable", stored.step))?;
+        let rec: Recording =
+            serde_json::from_str(&stored.recording).with_context(|| format!("the recording of step {} of run {run} is not readable", stored.step))?;
         let plugin = match other {
             Some(p) => p.clone(),
             None => {
-                let entry = policy.plugins.get(&rec.plugin).ok_or_else(|| anyhow!("step {} ran plugin {}, which the policy does not name; give --policy, or --plugin FILE", stored.step, rec.plugin))?;
+                let entry = policy.plugins.get(&rec.plugin).ok_or_else(|| {
+                    anyhow!("step {} ran plugin {}, which the policy does not name; give --policy, or --plugin FILE", stored.step, rec.plugin)
+                })?;
                 rt.load_entry(entry)?
             }
         };

@@ -13,7 +13,8 @@ use serde_json::Value;
 const TYPES: &[&str] = &["object", "array", "string", "number", "integer", "boolean", "null"];
 
 /// Keywords [`validate`] enforces, and the annotations it may skip.
-const KEYWORDS: &[&str] = &["type", "properties", "required", "additionalProperties", "default", "enum", "items", "minimum", "maximum", "format", "title", "description"];
+const KEYWORDS: &[&str] =
+    &["type", "properties", "required", "additionalProperties", "default", "enum", "items", "minimum", "maximum", "format", "title", "description"];
 
 /// String formats [`validate`] checks (JSON Schema names).
 const FORMATS: &[&str] = &["date-time", "email", "hostname", "ipv4", "ipv6", "uri", "uuid"];
@@ -56,9 +57,7 @@ pub fn check_schema(schema: &Value) -> Result<(), String> {
     if let Some(req) = obj.get("required") {
         let ok = req.as_array().is_some_and(|a| a.iter().all(Value::is_string));
         if !ok {
-            return Err(format!(
-                "required must be a list of field names, got {req} (YAML reads bare y, n, yes, no, on, off as booleans: quote them)"
-            ));
+            return Err(format!("required must be a list of field names, got {req} (YAML reads bare y, n, yes, no, on, off as booleans: quote them)"));
         }
     }
     if let Some(props) = obj.get("properties") {
@@ -168,7 +167,11 @@ pub fn validate(schema: &Value, v: &mut Value, path: &str) -> Result<(), String>
 
 /// The path of field `name` inside the value at `path` (`""` at the top).
 fn field_path(path: &str, name: &str) -> String {
-    if path.is_empty() { name.to_string() } else { format!("{path}.{name}") }
+    if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    }
 }
 
 /// A field name from the payload, as a one-line error shows it: at most 64
@@ -199,10 +202,7 @@ fn is_hostname(text: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|label| {
-            (1..=63).contains(&label.len())
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
+            (1..=63).contains(&label.len()) && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !label.starts_with('-') && !label.ends_with('-')
         })
 }
 
@@ -296,7 +296,10 @@ mod tests {
 
     #[test]
     fn every_keyword_a_schema_holds_is_one_that_is_enforced() {
-        assert!(check_schema(&json!({"type": "object", "additionalProperties": false, "properties": {"n": {"minimum": 1, "maximum": 2.5}, "e": {"format": "email"}}})).is_ok());
+        assert!(check_schema(
+            &json!({"type": "object", "additionalProperties": false, "properties": {"n": {"minimum": 1, "maximum": 2.5}, "e": {"format": "email"}}})
+        )
+        .is_ok());
         assert!(check_schema(&json!({"maximum": "10"})).unwrap_err().contains("maximum must be a number"));
         let err = check_schema(&json!({"format": "credit-card"})).unwrap_err();
         assert!(err.contains("format \"credit-card\" is not one warden checks") && err.contains("email"), "{err}");

@@ -87,8 +87,10 @@ impl Bindings {
             Steps(BTreeMap<&'a str, &'a Value>),
         }
         let want = |name: &str| wanted.is_none_or(|w| w.iter().any(|r| r.split('.').next() == Some(name)));
-        let want_step = |id: &str| wanted.is_none_or(|w| w.iter().any(|r| r == "steps" || r.strip_prefix("steps.").is_some_and(|p| p.split('.').next() == Some(id))));
-        let mut context: BTreeMap<&str, Entry> = self.entries.iter().filter(|(k, _)| *k != "steps" && want(k)).map(|(k, v)| (k.as_str(), Entry::One(v))).collect();
+        let want_step =
+            |id: &str| wanted.is_none_or(|w| w.iter().any(|r| r == "steps" || r.strip_prefix("steps.").is_some_and(|p| p.split('.').next() == Some(id))));
+        let mut context: BTreeMap<&str, Entry> =
+            self.entries.iter().filter(|(k, _)| *k != "steps" && want(k)).map(|(k, v)| (k.as_str(), Entry::One(v))).collect();
         if want("steps") {
             context.insert("steps", Entry::Steps(self.steps.iter().filter(|(id, _)| want_step(id)).map(|(id, v)| (id.as_str(), &**v)).collect()));
         }
@@ -301,7 +303,9 @@ mod tests {
     /// evaluator renders it; anything it cannot say the same way goes there.
     #[test]
     fn a_text_of_plain_paths_is_filled_in_as_the_evaluator_renders_it() {
-        let ctx = Bindings::from_json(&json!({"input": {"host": "h.example", "k": 7, "big": 18446744073709551615u64, "neg": -3, "yes": true, "f": 1.0, "o": {"a": 1}, "t": "{{ 7 * 6 }}", "u": "é}}"}}));
+        let ctx = Bindings::from_json(
+            &json!({"input": {"host": "h.example", "k": 7, "big": 18446744073709551615u64, "neg": -3, "yes": true, "f": 1.0, "o": {"a": 1}, "t": "{{ 7 * 6 }}", "u": "é}}"}}),
+        );
         let texts = [
             "https://{{ input.host }}/x?k={{input.k}}",
             "{{ input.big }}/{{ input.neg }}",
@@ -318,7 +322,17 @@ mod tests {
         let large = Bindings::from_json(&json!({"input": {"s": "x".repeat(1 << 20)}}));
         assert_eq!(filled_in(&many, &large), None, "ten copies of a 1 MiB value are the evaluator's to refuse");
         assert!(render_str(&many, &large).unwrap_err().contains("at most 4 MiB"));
-        for t in ["{{ input.yes }} x", "f = {{ input.f }}", "{{ input.o }} x", "x {{ input.k }}\n", "{{- input.k }} x", "{% if true %}x{% endif %} {{ input.k }}", "{# c #} {{ input.k }}", "x {{ input.missing }}", "x {{ input.host | upper }}"] {
+        for t in [
+            "{{ input.yes }} x",
+            "f = {{ input.f }}",
+            "{{ input.o }} x",
+            "x {{ input.k }}\n",
+            "{{- input.k }} x",
+            "{% if true %}x{% endif %} {{ input.k }}",
+            "{# c #} {{ input.k }}",
+            "x {{ input.missing }}",
+            "x {{ input.host | upper }}",
+        ] {
             assert_eq!(filled_in(t, &ctx), None, "{t} goes to the evaluator");
         }
     }
@@ -335,7 +349,10 @@ mod tests {
     #[test]
     fn a_plain_path_is_looked_up_by_the_host_and_keeps_its_value() {
         let ctx = Bindings::from_json(&json!({"input": {"big": 12345678901234567890u64, "f": 1.5, "o": {"k": [1]}}}));
-        assert_eq!(render_value(&json!({"a": "{{ input.big }}", "b": "{{input.f}}", "c": "{{ input.o }}"}), &ctx).unwrap(), json!({"a": 12345678901234567890u64, "b": 1.5, "c": {"k": [1]}}));
+        assert_eq!(
+            render_value(&json!({"a": "{{ input.big }}", "b": "{{input.f}}", "c": "{{ input.o }}"}), &ctx).unwrap(),
+            json!({"a": 12345678901234567890u64, "b": 1.5, "c": {"k": [1]}})
+        );
     }
 
     /// What a webhook sends is data: growing it inside a template fails that

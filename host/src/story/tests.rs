@@ -57,7 +57,14 @@ impl Invoke for Scripted {
         }
     }
 
-    async fn invoke(&self, plugin: &str, team: &str, info: InvocationInfo, input: &str, tap: Option<UnboundedSender<LogLine>>) -> Result<InvocationReport, StepError> {
+    async fn invoke(
+        &self,
+        plugin: &str,
+        team: &str,
+        info: InvocationInfo,
+        input: &str,
+        tap: Option<UnboundedSender<LogLine>>,
+    ) -> Result<InvocationReport, StepError> {
         self.prepare(plugin, team).await?;
         let input: Value = serde_json::from_str(input).unwrap();
         if let Some(ms) = input["sleep_ms"].as_u64() {
@@ -145,7 +152,18 @@ async fn an_action_runs_for_its_story_team_with_the_run_step_and_attempt() {
     let r = run(&e, "s", json!({})).await;
     let call = &inv.calls("echo")[0];
     assert_eq!(call.team, "soc");
-    assert_eq!(call.info, InvocationInfo { run_id: r.run_id.clone(), story: "s".into(), step: "only".into(), team: "soc".into(), attempt: 1, traceparent: None, ..Default::default() });
+    assert_eq!(
+        call.info,
+        InvocationInfo {
+            run_id: r.run_id.clone(),
+            story: "s".into(),
+            step: "only".into(),
+            team: "soc".into(),
+            attempt: 1,
+            traceparent: None,
+            ..Default::default()
+        }
+    );
     let d = detail(&e, &r);
     assert_eq!(d.logs.len(), 1, "the plugin's log line is recorded");
     assert_eq!(d.audit.len(), 1, "its audit record is recorded");
@@ -206,7 +224,13 @@ async fn a_failing_fallback_fails_the_run_naming_both_errors() {
     let (e, _) = engine(Scripted::default().with("broken", |_, n| Err(upstream(&format!("failure {n}")))), &[story]);
     let r = run(&e, "s", json!({})).await;
     let err = r.error.unwrap();
-    assert!(err.message.contains("fallback plan_b failed too") && err.message.contains("failure 1") && err.message.contains("after: upstream error (HTTP 503): failure 0"), "{}", err.message);
+    assert!(
+        err.message.contains("fallback plan_b failed too")
+            && err.message.contains("failure 1")
+            && err.message.contains("after: upstream error (HTTP 503): failure 0"),
+        "{}",
+        err.message
+    );
 }
 
 #[tokio::test]
@@ -262,7 +286,11 @@ steps:
 #[tokio::test]
 async fn for_each_fails_at_a_failing_item_and_names_it() {
     let story = "name: s\nsteps:\n  - id: each\n    action: picky\n    for_each: '{{ input.items }}'\n    with: {item: '{{ item }}'}\n";
-    let (e, _) = engine(Scripted::default().with("picky", |c, _| if c.input["item"] == "bad" { Err(InvokeError::InvalidInput { message: "bad item".into() }) } else { Ok(json!({})) }), &[story]);
+    let (e, _) = engine(
+        Scripted::default()
+            .with("picky", |c, _| if c.input["item"] == "bad" { Err(InvokeError::InvalidInput { message: "bad item".into() }) } else { Ok(json!({})) }),
+        &[story],
+    );
     let r = run(&e, "s", json!({"items": ["ok", "bad", "ok"]})).await;
     let err = r.error.clone().unwrap();
     assert_eq!(err.kind, ErrorKind::InvalidInput);
@@ -301,7 +329,11 @@ async fn a_failed_sub_story_fails_the_calling_step_with_kind_story() {
     let err = r.error.clone().unwrap();
     assert_eq!(err.kind, ErrorKind::Story);
     // The callee is team ir's: the caller (soc) learns that it failed and where to ask, not its steps or error text.
-    assert!(err.message.contains("sub-story callee") && err.message.contains("team ir") && !err.message.contains("edr down") && !err.message.contains("act"), "{}", err.message);
+    assert!(
+        err.message.contains("sub-story callee") && err.message.contains("team ir") && !err.message.contains("edr down") && !err.message.contains("act"),
+        "{}",
+        err.message
+    );
     assert_eq!(detail(&e, &r).children[0].state, "failed");
 }
 

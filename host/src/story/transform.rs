@@ -182,7 +182,11 @@ impl Transform {
             }
             Transform::Assert(a) => {
                 let v = render_str(&a.that, ctx).map_err(Template)?;
-                if truthy(&v) { Ok(json!({"ok": true})) } else { Err(Failed(a.message.clone())) }
+                if truthy(&v) {
+                    Ok(json!({"ok": true}))
+                } else {
+                    Err(Failed(a.message.clone()))
+                }
             }
         }
     }
@@ -197,7 +201,11 @@ fn list(v: Value, what: &str) -> Result<Vec<Value>, TransformError> {
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 80 { format!("{}…", &s[..s.floor_char_boundary(80)]) } else { s }
+    if s.len() > 80 {
+        format!("{}…", &s[..s.floor_char_boundary(80)])
+    } else {
+        s
+    }
 }
 
 /// `a.b.0.c` into objects and arrays.
@@ -245,7 +253,11 @@ mod tests {
             {"name": "a", "os": "linux"}, {"name": "b", "os": "windows"}, {"name": "c", "os": "linux"}, {"name": "d", "os": "mac"}
         ]}}}}));
         let d = t(json!({"deduplicate": {"items": "{{ steps.hunt.output.hosts }}", "by": "{{ item[input.field] }}"}}));
-        assert_eq!(d.apply(&ctx).unwrap(), json!([{"name": "a", "os": "linux"}, {"name": "b", "os": "windows"}, {"name": "d", "os": "mac"}]), "the first of each key, in order");
+        assert_eq!(
+            d.apply(&ctx).unwrap(),
+            json!([{"name": "a", "os": "linux"}, {"name": "b", "os": "windows"}, {"name": "d", "os": "mac"}]),
+            "the first of each key, in order"
+        );
         let pairs = t(json!({"deduplicate": {"items": "{{ steps.hunt.output.hosts }}", "by": "{{ index // 2 }}"}}));
         assert_eq!(pairs.apply(&ctx).unwrap().as_array().unwrap().len(), 2);
         let a = t(json!({"aggregate": {"items": "{{ steps.hunt.output.hosts }}", "group_by": "{{ item.os }}"}}));

@@ -117,11 +117,20 @@ impl fmt::Display for Report {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Injection {
     Bearer,
-    Header { name: String, prefix: String },
-    Basic { user: String },
-    Query { param: String },
+    Header {
+        name: String,
+        prefix: String,
+    },
+    Basic {
+        user: String,
+    },
+    Query {
+        param: String,
+    },
     /// Put where the request holds `marker` (`--allow-credential-in-payload`).
-    Placeholder { marker: String },
+    Placeholder {
+        marker: String,
+    },
 }
 
 impl Injection {
@@ -149,7 +158,20 @@ pub struct Credential {
 
 /// Imports `export` (and the stories it sends to).
 pub fn import(export: &Export, opts: &ImportOptions) -> Imported {
-    let mut cx = Cx { opts, report: Report::default(), credentials: BTreeMap::new(), rules: BTreeSet::new(), stories: Vec::new(), names: HashMap::new(), emails: false, recipient_domains: BTreeSet::new(), webhooks: Vec::new(), schedules: Vec::new(), resources: BTreeSet::new(), email_credentials: BTreeSet::new() };
+    let mut cx = Cx {
+        opts,
+        report: Report::default(),
+        credentials: BTreeMap::new(),
+        rules: BTreeSet::new(),
+        stories: Vec::new(),
+        names: HashMap::new(),
+        emails: false,
+        recipient_domains: BTreeSet::new(),
+        webhooks: Vec::new(),
+        schedules: Vec::new(),
+        resources: BTreeSet::new(),
+        email_credentials: BTreeSet::new(),
+    };
     cx.name_stories(export);
     cx.story(export);
     let policy = cx.policy();
@@ -188,7 +210,11 @@ pub fn story_name(title: &str) -> String {
         }
     }
     let out = out.trim_end_matches('-').to_string();
-    if out.is_empty() { "tines-story".into() } else { out }
+    if out.is_empty() {
+        "tines-story".into()
+    } else {
+        out
+    }
 }
 
 /// An agent's name as Tines references it: `Get User Info` → `get_user_info`.
@@ -214,7 +240,8 @@ pub fn snake(name: &str) -> String {
 fn cred_regex() -> &'static Regex {
     static R: OnceLock<Regex> = OnceLock::new();
     R.get_or_init(|| {
-        Regex::new(r"\{%-?\s*credential\s+([A-Za-z0-9_\-]+)\s*-?%\}|\{\{-?\s*\.?CREDENTIAL\.([A-Za-z0-9_\-]+)\s*-?\}\}|<<\s*CREDENTIAL\.([A-Za-z0-9_\-]+)\s*>>").unwrap()
+        Regex::new(r"\{%-?\s*credential\s+([A-Za-z0-9_\-]+)\s*-?%\}|\{\{-?\s*\.?CREDENTIAL\.([A-Za-z0-9_\-]+)\s*-?\}\}|<<\s*CREDENTIAL\.([A-Za-z0-9_\-]+)\s*>>")
+            .unwrap()
     })
 }
 
@@ -322,7 +349,18 @@ fn path_glob(path: &str) -> String {
 fn known_options(kind: &str, mode: Option<&str>) -> &'static [&'static str] {
     match (kind, mode) {
         ("webhook", _) => &["path", "secret", "verbs", "include_headers", "response", "response_code", "response_headers"],
-        ("http", _) => &["url", "method", "content_type", "payload", "headers", "basic_auth", "retry_on_status", "log_error_on_status", "user_agent", "disable_ssl_verification"],
+        ("http", _) => &[
+            "url",
+            "method",
+            "content_type",
+            "payload",
+            "headers",
+            "basic_auth",
+            "retry_on_status",
+            "log_error_on_status",
+            "user_agent",
+            "disable_ssl_verification",
+        ],
         ("trigger", _) => &["rules", "must_match", "emit_no_match"],
         ("email", _) => &["recipients", "subject", "body", "reply_to", "sender_name", "cc", "bcc", "sender_address", "advanced_html"],
         ("story", _) => &["story", "payload", "send_payload_as_body"],
@@ -363,7 +401,9 @@ impl Cx<'_> {
     /// A `story` option (`{% story Name %}`, `{{ .STORY.slug }}`, a name) → the warden story it names.
     fn called_story(&self, option: &Value) -> Option<String> {
         static R: OnceLock<Regex> = OnceLock::new();
-        let r = R.get_or_init(|| Regex::new(r"\{%-?\s*story\s+(.+?)\s*-?%\}|\{\{-?\s*\.?STORY\.([A-Za-z0-9_\-]+)\s*-?\}\}|<<\s*STORY\.([A-Za-z0-9_\-]+)\s*>>").unwrap());
+        let r = R.get_or_init(|| {
+            Regex::new(r"\{%-?\s*story\s+(.+?)\s*-?%\}|\{\{-?\s*\.?STORY\.([A-Za-z0-9_\-]+)\s*-?\}\}|<<\s*STORY\.([A-Za-z0-9_\-]+)\s*>>").unwrap()
+        });
         let text = option.as_str()?.trim();
         let key = match r.captures(text) {
             Some(c) => c.get(1).or(c.get(2)).or(c.get(3))?.as_str().trim().trim_matches(|c| c == '"' || c == '\'').to_string(),
@@ -416,12 +456,20 @@ impl Cx<'_> {
         let formulas = e.agents.iter().any(|a| uses_formulas(&a.options));
         for (i, a) in e.agents.iter().enumerate() {
             // What an agent adds to the skeleton stays only if the agent is written.
-            let before = (self.rules.clone(), self.credentials.clone(), self.email_credentials.clone(), self.recipient_domains.clone(), self.emails, self.report.entries.len());
+            let before = (
+                self.rules.clone(),
+                self.credentials.clone(),
+                self.email_credentials.clone(),
+                self.recipient_domains.clone(),
+                self.emails,
+                self.report.entries.len(),
+            );
             let converted = self.agent(&story, &ids[i], a);
             // Written only if it loads as warden will load it (templates, formulas, options).
             let converted = match converted.map(|m| loads(&m, formulas).map(|()| m)) {
                 Some(Err(why)) => {
-                    (self.rules, self.credentials, self.email_credentials, self.recipient_domains, self.emails) = (before.0, before.1, before.2, before.3, before.4);
+                    (self.rules, self.credentials, self.email_credentials, self.recipient_domains, self.emails) =
+                        (before.0, before.1, before.2, before.3, before.4);
                     self.report.entries.truncate(before.5);
                     self.report.add(Level::Unsupported, &story, Some(&a.name), format!("{why}; not converted"));
                     None
@@ -472,7 +520,12 @@ impl Cx<'_> {
         for (i, a) in e.agents.iter().enumerate().filter(|(_, a)| scheduled(a) && !a.is_disabled()) {
             let list = a.schedule.as_ref().and_then(|s| s.as_array()).cloned().unwrap_or_default();
             if Some(i) != entry || kept[i].is_none() {
-                self.report.add(Level::Unsupported, &story, Some(&a.name), "its schedule is not converted: in warden a schedule starts the story at its entry, and this agent is not the entry");
+                self.report.add(
+                    Level::Unsupported,
+                    &story,
+                    Some(&a.name),
+                    "its schedule is not converted: in warden a schedule starts the story at its entry, and this agent is not the entry",
+                );
                 continue;
             }
             for (k, sch) in list.iter().enumerate() {
@@ -488,10 +541,20 @@ impl Cx<'_> {
                     }
                 };
                 if k > 0 {
-                    self.report.add(Level::Unsupported, &story, Some(&a.name), format!("second schedule `{cron}`: a warden trigger has one schedule; not converted"));
+                    self.report.add(
+                        Level::Unsupported,
+                        &story,
+                        Some(&a.name),
+                        format!("second schedule `{cron}`: a warden trigger has one schedule; not converted"),
+                    );
                     continue;
                 }
-                self.report.add(Level::Converted, &story, Some(&a.name), format!("schedule `{cron}`{} → [triggers.{story}] schedule", tz.as_ref().map(|t| format!(" ({t})")).unwrap_or_default()));
+                self.report.add(
+                    Level::Converted,
+                    &story,
+                    Some(&a.name),
+                    format!("schedule `{cron}`{} → [triggers.{story}] schedule", tz.as_ref().map(|t| format!(" ({t})")).unwrap_or_default()),
+                );
                 self.schedules.push((story.clone(), cron6, tz));
             }
         }
@@ -509,7 +572,12 @@ impl Cx<'_> {
                     .filter(|(i, _)| agents.iter().any(|a| a["id"] == json!(ids[*i])))
                     .map(|(i, _)| Value::String(ids[i].clone()))
                     .collect();
-                self.report.add(Level::Note, &story, None, "no webhook starts this story: an entry agent `input` stands in, sending the run's input to every agent that nothing links to");
+                self.report.add(
+                    Level::Note,
+                    &story,
+                    None,
+                    "no webhook starts this story: an entry agent `input` stands in, sending the run's input to every agent that nothing links to",
+                );
                 agents.insert(0, json!({"id": "input", "kind": "webhook", "receivers": receivers}));
                 "input".to_string()
             }
@@ -525,7 +593,12 @@ impl Cx<'_> {
                 for c in res.captures_iter(t) {
                     let name = c.get(1).or(c.get(2)).map(|m| m.as_str().to_string()).unwrap_or_default();
                     if self.resources.insert(name.clone()) {
-                        self.report.add(Level::Note, &story, Some(&a.name), format!("reads resource `{name}`: give it a value under [resources] in the policy"));
+                        self.report.add(
+                            Level::Note,
+                            &story,
+                            Some(&a.name),
+                            format!("reads resource `{name}`: give it a value under [resources] in the policy"),
+                        );
                     }
                 }
                 false
@@ -658,8 +731,14 @@ impl Cx<'_> {
                         o.insert(k.to_string(), v.clone());
                     }
                 }
-                let answers = if o.contains_key("response") { "; it answers with its own response at once (the run goes on, its id in X-Warden-Run)" } else { "" };
-                self.report.add(Level::Converted, story, Some(name), format!("webhook → the story's trigger (its HMAC secret in the policy, not Tines' path secret){answers}"));
+                let answers =
+                    if o.contains_key("response") { "; it answers with its own response at once (the run goes on, its id in X-Warden-Run)" } else { "" };
+                self.report.add(
+                    Level::Converted,
+                    story,
+                    Some(name),
+                    format!("webhook → the story's trigger (its HMAC secret in the policy, not Tines' path secret){answers}"),
+                );
                 (!o.is_empty()).then_some(Value::Object(o))
             }
             ("http", _) => return self.http(story, name, out, opts),
@@ -691,7 +770,12 @@ impl Cx<'_> {
                         Some((_, d)) if !is_templated(d) => {
                             self.recipient_domains.insert(d.trim_end_matches('>').to_ascii_lowercase());
                         }
-                        _ if is_templated(r) => self.report.add(Level::Note, story, Some(name), format!("recipient `{}` is templated: add its domain to grants.email recipient_domains", r.trim())),
+                        _ if is_templated(r) => self.report.add(
+                            Level::Note,
+                            story,
+                            Some(name),
+                            format!("recipient `{}` is templated: add its domain to grants.email recipient_domains", r.trim()),
+                        ),
                         _ => {}
                     }
                 }
@@ -704,7 +788,15 @@ impl Cx<'_> {
             ("story", _) => {
                 let called = opts.get("story").and_then(|s| self.called_story(s));
                 let Some(called) = called else {
-                    self.report.add(Level::Unsupported, story, Some(name), format!("sends to a story this export does not include ({}); export it with its sub-stories", opts.get("story").unwrap_or(&Value::Null)));
+                    self.report.add(
+                        Level::Unsupported,
+                        story,
+                        Some(name),
+                        format!(
+                            "sends to a story this export does not include ({}); export it with its sub-stories",
+                            opts.get("story").unwrap_or(&Value::Null)
+                        ),
+                    );
                     return None;
                 };
                 out.insert("kind".into(), json!("story"));
@@ -732,7 +824,11 @@ impl Cx<'_> {
                 out.insert("kind".into(), json!(k));
                 if m == "deduplicate" {
                     let lookback = opts.get("lookback").and_then(crate::story::graph::number_of).unwrap_or(0.0);
-                    let how = if lookback > 0.0 { format!("across runs, among the last {lookback} values (their digests kept in the run store)") } else { "within each run (lookback 0)".to_string() };
+                    let how = if lookback > 0.0 {
+                        format!("across runs, among the last {lookback} values (their digests kept in the run store)")
+                    } else {
+                        "within each run (lookback 0)".to_string()
+                    };
                     self.report.add(Level::Converted, story, Some(name), format!("event transformation (deduplicate) {how}"));
                     let mut o = opts.clone();
                     o.remove("mode");
@@ -783,7 +879,12 @@ impl Cx<'_> {
                         found.push((cred, inj));
                         taken.push(h.clone());
                     }
-                    _ => return refuse(self, format!("header `{h}` uses a credential inside a larger expression, which would have to be rendered where the step sees it")),
+                    _ => {
+                        return refuse(
+                            self,
+                            format!("header `{h}` uses a credential inside a larger expression, which would have to be rendered where the step sees it"),
+                        )
+                    }
                 }
             }
             for h in taken {
@@ -801,7 +902,10 @@ impl Cx<'_> {
                 _ => (String::new(), String::new()),
             };
             if mentions_credential(&user) {
-                return refuse(self, "basic_auth takes its user name from a credential; warden's basic credential has a fixed user and a secret password".into());
+                return refuse(
+                    self,
+                    "basic_auth takes its user name from a credential; warden's basic credential has a fixed user and a secret password".into(),
+                );
             }
             if mentions_credential(&pass) {
                 match one_reference(&pass) {
@@ -849,7 +953,9 @@ impl Cx<'_> {
                 found.push((cred, Injection::Placeholder { marker }));
             }
         }
-        let rest_mentions = mentions_credential(&url_out) || opts.iter().any(|(k, v)| k != "headers" && any_string(v, &mut |s| mentions_credential(s))) || opts.get("headers").is_some_and(|h| any_string(h, &mut |s| mentions_credential(s)));
+        let rest_mentions = mentions_credential(&url_out)
+            || opts.iter().any(|(k, v)| k != "headers" && any_string(v, &mut |s| mentions_credential(s)))
+            || opts.get("headers").is_some_and(|h| any_string(h, &mut |s| mentions_credential(s)));
         if rest_mentions {
             let how = if self.opts.allow_credential_in_payload {
                 "uses a credential inside a larger expression in its payload or URL, which the host cannot fill in at egress"
@@ -888,7 +994,12 @@ impl Cx<'_> {
                 line = rule.clone();
                 self.rules.insert(rule);
             }
-            None => self.report.add(Level::Note, story, Some(name), format!("its URL `{url}` takes its origin from a template: add the rule for it to grants.{HTTP_PLUGIN} by hand")),
+            None => self.report.add(
+                Level::Note,
+                story,
+                Some(name),
+                format!("its URL `{url}` takes its origin from a template: add the rule for it to grants.{HTTP_PLUGIN} by hand"),
+            ),
         }
         if let Some((cred, inj)) = found.pop() {
             let Some(origin) = origin else {
@@ -927,7 +1038,8 @@ impl Cx<'_> {
                 }
                 None => {
                     let env = format!("WARDEN_CREDENTIAL_{}", name.to_ascii_uppercase());
-                    self.credentials.insert(name.clone(), Credential { tines_name: tines.to_string(), injection, hosts: BTreeSet::from([origin.to_string()]), env });
+                    self.credentials
+                        .insert(name.clone(), Credential { tines_name: tines.to_string(), injection, hosts: BTreeSet::from([origin.to_string()]), env });
                     return name;
                 }
             }
@@ -946,7 +1058,9 @@ impl Cx<'_> {
         let uses_http = self.stories.iter().any(|(_, s)| s.to_string().contains("\"kind\":\"http\""));
         if uses_http {
             t.push_str(&format!("[plugins.{HTTP_PLUGIN}]\npath = {}\n\n", q(&format!("{dir}/http_request.wasm"))));
-            t.push_str(&format!("[grants.{HTTP_PLUGIN}]\n# One rule per method, origin and path the HTTP Request agents use (`*`: a templated segment).\nallow = [\n"));
+            t.push_str(&format!(
+                "[grants.{HTTP_PLUGIN}]\n# One rule per method, origin and path the HTTP Request agents use (`*`: a templated segment).\nallow = [\n"
+            ));
             for r in &self.rules {
                 t.push_str(&format!("  {},\n", q(r)));
             }
@@ -1088,7 +1202,13 @@ impl<'a> StoryDoc<'a> {
                     .collect()
             })
             .unwrap_or_default();
-        StoryDoc { name: &doc["name"], description: &doc["description"], team: &doc["team"], input: &doc["input"], graph: GraphDoc { templates: g.get("templates"), entry: &g["entry"], exit: g.get("exit"), agents } }
+        StoryDoc {
+            name: &doc["name"],
+            description: &doc["description"],
+            team: &doc["team"],
+            input: &doc["input"],
+            graph: GraphDoc { templates: g.get("templates"), entry: &g["entry"], exit: g.get("exit"), agents },
+        }
     }
 }
 
@@ -1116,13 +1236,21 @@ mod tests {
 
     #[test]
     fn repeated_names_and_template_inputs_are_said() {
-        let e = Export::parse(r#"{"name": "Dupes", "agents": [
+        let e = Export::parse(
+            r#"{"name": "Dupes", "agents": [
             {"type": "Agents::EventTransformationAgent", "name": "Send a message", "guid": "a", "options": {"mode": "message_only", "payload": {}}},
             {"type": "Agents::EventTransformationAgent", "name": "Send a message", "guid": "b", "options": {"mode": "message_only", "payload": {}}}
-        ], "links": [{"source": 0, "receiver": 1}], "integrations": [{"action_guid": "b", "product": "Slack", "action_inputs": []}]}"#).unwrap();
+        ], "links": [{"source": 0, "receiver": 1}], "integrations": [{"action_guid": "b", "product": "Slack", "action_inputs": []}]}"#,
+        )
+        .unwrap();
         let i = import(&e, &ImportOptions::default());
         let r = i.report.to_string();
-        assert!(r.contains("two agents are named `Send a message` (agents 0 and 1): references `.send_a_message` resolve to the first; this one is `send_a_message_2`"), "{r}");
+        assert!(
+            r.contains(
+                "two agents are named `Send a message` (agents 0 and 1): references `.send_a_message` resolve to the first; this one is `send_a_message_2`"
+            ),
+            "{r}"
+        );
         assert!(r.contains("unsupported dupes / Send a message: its Slack template inputs (integrations) are not converted"), "{r}");
         let ids: Vec<&Value> = i.stories[0].1["graph"]["agents"].as_array().unwrap().iter().map(|a| &a["id"]).collect();
         assert_eq!(ids, [&json!("input"), &json!("send_a_message"), &json!("send_a_message_2")]);

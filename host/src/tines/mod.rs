@@ -30,5 +30,9 @@ pub fn library(imported: &import::Imported, dir: &Path) -> Result<Library, Story
             Err(StoryErrors(e)) => errors.extend(e),
         }
     }
-    if errors.is_empty() { Ok(lib) } else { Err(StoryErrors(errors)) }
+    if errors.is_empty() {
+        Ok(lib)
+    } else {
+        Err(StoryErrors(errors))
+    }
 }

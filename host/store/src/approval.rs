@@ -160,7 +160,9 @@ fn check_approvers(list: &[String]) -> Result<(), String> {
 pub fn approvers_of(rendered: Value) -> Result<Vec<String>, String> {
     let list: Vec<String> = match rendered {
         Value::String(s) => vec![s],
-        Value::Array(a) => a.into_iter().map(|v| v.as_str().map(String::from).ok_or_else(|| format!("approvers must be addresses, got {v}"))).collect::<Result<_, _>>()?,
+        Value::Array(a) => {
+            a.into_iter().map(|v| v.as_str().map(String::from).ok_or_else(|| format!("approvers must be addresses, got {v}"))).collect::<Result<_, _>>()?
+        }
         Value::Null => Vec::new(),
         other => return Err(format!("approvers must give a list of addresses, not {other}")),
     };
@@ -199,7 +201,10 @@ pub const SECRET_ENV: &str = "WARDEN_LINK_SECRET";
 /// the store's own (a file beside a SQLite store). A shared store without
 /// one is refused, with the fix.
 /// `local` gives the store's own secret, if it keeps one.
-pub fn operator_secret(config: &crate::policy::triggers::ServerConfig, local: impl FnOnce() -> anyhow::Result<Option<crate::policy::credentials::Secret>>) -> Result<crate::policy::credentials::Secret, String> {
+pub fn operator_secret(
+    config: &crate::policy::triggers::ServerConfig,
+    local: impl FnOnce() -> anyhow::Result<Option<crate::policy::credentials::Secret>>,
+) -> Result<crate::policy::credentials::Secret, String> {
     let secret = match &config.link_secret {
         Some(source) => source.read().map_err(|e| format!("[server] link secret: {e}"))?,
         None => match std::env::var(SECRET_ENV) {
@@ -494,7 +499,11 @@ fn mac(key: &LinkKey, parts: &[&[u8]]) -> [u8; 32] {
 /// [`placeholder`].
 pub fn links_value(key: &LinkKey, base: &str, root: &str, run: &str, step: &str, choices: &[String], approvers: &[String]) -> Value {
     let per = |recipient: &str| -> Value {
-        choices.iter().map(|c| (c.clone(), Value::String(link_url(base, &placeholder(key, root, &token(key, run, step, c, recipient)))))).collect::<serde_json::Map<_, _>>().into()
+        choices
+            .iter()
+            .map(|c| (c.clone(), Value::String(link_url(base, &placeholder(key, root, &token(key, run, step, c, recipient))))))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     };
     let links_for: serde_json::Map<String, Value> = recipients(approvers).filter(|r| !r.is_empty()).map(|r| (r.to_string(), per(r))).collect();
     json!({"links": per(""), "links_for": links_for})
@@ -630,10 +639,16 @@ impl Approval {
             return Err(Refused::Over(self.clone()));
         }
         if !self.choices.iter().any(|c| c == choice) {
-            return Err(Refused::BadChoice(format!("`{}` is not a choice of this approval; choose one of {}", crate::invocation::guest_text(choice, 40), self.choices.join(", "))));
+            return Err(Refused::BadChoice(format!(
+                "`{}` is not a choice of this approval; choose one of {}",
+                crate::invocation::guest_text(choice, 40),
+                self.choices.join(", ")
+            )));
         }
         match approver {
-            Some(who) if !self.allows(who) => Err(Refused::NotAnApprover(format!("{who} may not decide this approval: it is restricted to {}", self.approvers.join(", ")))),
+            Some(who) if !self.allows(who) => {
+                Err(Refused::NotAnApprover(format!("{who} may not decide this approval: it is restricted to {}", self.approvers.join(", "))))
+            }
             _ => Ok(()),
         }
     }
@@ -658,7 +673,14 @@ mod tests {
         }
         // Not a token: other lengths, other words, and text without links, untouched.
         let other = "A".repeat(43);
-        for text in [format!("/approvals/{}", &t[..42]), format!("/approvals/{t}x"), format!("/approval/{other}"), format!("id {other}"), "approvals everywhere/approvals/".into(), "plain".into()] {
+        for text in [
+            format!("/approvals/{}", &t[..42]),
+            format!("/approvals/{t}x"),
+            format!("/approval/{other}"),
+            format!("id {other}"),
+            "approvals everywhere/approvals/".into(),
+            "plain".into(),
+        ] {
             assert_eq!(withhold_tokens(text.clone()), text);
         }
     }

@@ -153,10 +153,7 @@ impl GroupCommit {
     pub fn start(store: Arc<dyn Store>, health: Arc<StoreHealth>) -> GroupCommit {
         let inbox = Arc::new(Inbox::default());
         let writer = Writer { store, health, lost: HashMap::new(), inbox: inbox.clone() };
-        std::thread::Builder::new()
-            .name("warden-store-writer".into())
-            .spawn(move || writer.run())
-            .expect("cannot start the run store's writer thread");
+        std::thread::Builder::new().name("warden-store-writer".into()).spawn(move || writer.run()).expect("cannot start the run store's writer thread");
         GroupCommit { handle: Arc::new(Handle(inbox)) }
     }
 

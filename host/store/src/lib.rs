@@ -15,10 +15,10 @@ use crate::invocation::LogLine;
 
 // What the store builds on (the policy, the sandbox's vocabulary), under the
 // names its modules use.
-pub(crate) use warden_policy as policy;
-pub(crate) use warden_sandbox::{audit, invocation, recording, runtime};
 use serde::Serialize;
 use serde_json::Value;
+pub(crate) use warden_policy as policy;
+pub(crate) use warden_sandbox::{audit, invocation, recording, runtime};
 
 pub mod approval;
 pub mod group;
@@ -176,7 +176,6 @@ impl std::fmt::Display for Conflict {
 }
 
 impl std::error::Error for Conflict {}
-
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
@@ -347,36 +346,107 @@ impl<'a> RunFilter<'a> {
 /// is committed.
 #[derive(Debug, Clone)]
 pub enum Write {
-    CreateRun { id: String, story: String, team: String, trigger: String, input: String, parent: Option<(String, String)>, idempotency_key: Option<String>, at_ms: u64 },
-    StartRun { id: String, at_ms: u64 },
+    CreateRun {
+        id: String,
+        story: String,
+        team: String,
+        trigger: String,
+        input: String,
+        parent: Option<(String, String)>,
+        idempotency_key: Option<String>,
+        at_ms: u64,
+    },
+    StartRun {
+        id: String,
+        at_ms: u64,
+    },
     /// A run interrupted by the end of the process is about to be resumed:
     /// counted (and committed) before it is, so that a run whose resumption
     /// ends the process again and again is failed instead of resumed forever.
     /// Reset when the run rests (finishes or parks).
-    NoteResume { id: String },
+    NoteResume {
+        id: String,
+    },
     /// The process is stopping on purpose (a drain that reached its
     /// deadline) while the run executes: that end was not the run's doing,
     /// so its resume count starts again.
-    NoteShutdown { id: String },
+    NoteShutdown {
+        id: String,
+    },
     /// The trace a run's spans are in (telemetry on).
-    Traced { run: String, trace_id: String, span_id: String },
-    FinishRun { id: String, state: String, output: Option<String>, error: Option<String>, failed_step: Option<String>, at_ms: u64 },
-    StepStarted { run: String, step: String, item: Option<usize>, kind: String, input: Option<String>, attempt: u32, at_ms: u64 },
-    StepFinished { run: String, step: String, item: Option<usize>, kind: String, state: String, output: Option<String>, error: Option<String>, attempts: u32, at_ms: u64 },
-    Logs { run: String, step: String, lines: Vec<LogLine> },
+    Traced {
+        run: String,
+        trace_id: String,
+        span_id: String,
+    },
+    FinishRun {
+        id: String,
+        state: String,
+        output: Option<String>,
+        error: Option<String>,
+        failed_step: Option<String>,
+        at_ms: u64,
+    },
+    StepStarted {
+        run: String,
+        step: String,
+        item: Option<usize>,
+        kind: String,
+        input: Option<String>,
+        attempt: u32,
+        at_ms: u64,
+    },
+    StepFinished {
+        run: String,
+        step: String,
+        item: Option<usize>,
+        kind: String,
+        state: String,
+        output: Option<String>,
+        error: Option<String>,
+        attempts: u32,
+        at_ms: u64,
+    },
+    Logs {
+        run: String,
+        step: String,
+        lines: Vec<LogLine>,
+    },
     /// Audit records, each already serialized.
-    Audit { run: String, step: String, records: Vec<(u64, String)> },
+    Audit {
+        run: String,
+        step: String,
+        records: Vec<(u64, String)>,
+    },
     /// The recording of one attempt of an action step (see [`crate::recording`]).
-    Recording { run: String, step: String, item: Option<usize>, attempt: u32, truncated: bool, recording: String },
+    Recording {
+        run: String,
+        step: String,
+        item: Option<usize>,
+        attempt: u32,
+        truncated: bool,
+        recording: String,
+    },
     /// Parks a run at `step` (an approval, or a sub-story waiting for one):
     /// the step and the run become `waiting`; an approval step's pending
     /// approval and link hashes are recorded with them (once: a run parked
     /// again at the same approval keeps the first).
-    Park { run: String, step: String, kind: String, approval: Option<Box<(crate::approval::Approval, Vec<crate::approval::Link>)>>, at_ms: u64 },
+    Park {
+        run: String,
+        step: String,
+        kind: String,
+        approval: Option<Box<(crate::approval::Approval, Vec<crate::approval::Link>)>>,
+        at_ms: u64,
+    },
     /// A value a Tines-style deduplicate agent has seen (its SHA-256, never the
     /// value), kept among the last `lookback` of its `scope`. A value already
     /// kept is a [`Conflict`]: the caller drops the event as a duplicate.
-    Remember { run: String, scope: String, value: String, lookback: u64 },
+    Remember {
+        run: String,
+        scope: String,
+        value: String,
+        lookback: u64,
+    },
 }
 
 /// A step attempt's recording as the store keeps it.
@@ -454,15 +524,39 @@ impl Write {
     }
 
     pub fn finish_run(id: &str, state: &str, output: Option<&Value>, error: Option<&str>, failed_step: Option<&str>) -> Write {
-        Write::FinishRun { id: id.into(), state: state.into(), output: output.map(|o| withhold_tokens(o.to_string())), error: error.map(|e| withhold_tokens(e.to_string())), failed_step: failed_step.map(Into::into), at_ms: now_ms() }
+        Write::FinishRun {
+            id: id.into(),
+            state: state.into(),
+            output: output.map(|o| withhold_tokens(o.to_string())),
+            error: error.map(|e| withhold_tokens(e.to_string())),
+            failed_step: failed_step.map(Into::into),
+            at_ms: now_ms(),
+        }
     }
 
     pub fn step_started(run: &str, step: &str, item: Option<usize>, kind: &str, input: Option<&Value>, attempt: u32) -> Write {
-        Write::StepStarted { run: run.into(), step: step.into(), item, kind: kind.into(), input: input.map(|i| withhold_tokens(i.to_string())), attempt, at_ms: now_ms() }
+        Write::StepStarted {
+            run: run.into(),
+            step: step.into(),
+            item,
+            kind: kind.into(),
+            input: input.map(|i| withhold_tokens(i.to_string())),
+            attempt,
+            at_ms: now_ms(),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn step_finished(run: &str, step: &str, item: Option<usize>, kind: &str, state: &str, output: Option<&Value>, error: Option<&Value>, attempts: u32) -> Write {
+    pub fn step_finished(
+        run: &str,
+        step: &str,
+        item: Option<usize>,
+        kind: &str,
+        state: &str,
+        output: Option<&Value>,
+        error: Option<&Value>,
+        attempts: u32,
+    ) -> Write {
         Write::StepFinished {
             run: run.into(),
             step: step.into(),
@@ -513,17 +607,36 @@ impl Write {
     /// The run whose record this is part of.
     pub fn run(&self) -> &str {
         match self {
-            Write::CreateRun { id, .. } | Write::StartRun { id, .. } | Write::NoteResume { id } | Write::NoteShutdown { id } | Write::FinishRun { id, .. } => id,
+            Write::CreateRun { id, .. } | Write::StartRun { id, .. } | Write::NoteResume { id } | Write::NoteShutdown { id } | Write::FinishRun { id, .. } => {
+                id
+            }
             Write::Traced { run, .. } => run,
-            Write::StepStarted { run, .. } | Write::StepFinished { run, .. } | Write::Logs { run, .. } | Write::Audit { run, .. } | Write::Recording { run, .. } | Write::Park { run, .. } | Write::Remember { run, .. } => run,
+            Write::StepStarted { run, .. }
+            | Write::StepFinished { run, .. }
+            | Write::Logs { run, .. }
+            | Write::Audit { run, .. }
+            | Write::Recording { run, .. }
+            | Write::Park { run, .. }
+            | Write::Remember { run, .. } => run,
         }
     }
 
     /// The step whose record this is, if any.
     pub fn step(&self) -> Option<&str> {
         match self {
-            Write::CreateRun { .. } | Write::StartRun { .. } | Write::NoteResume { .. } | Write::NoteShutdown { .. } | Write::FinishRun { .. } | Write::Traced { .. } | Write::Remember { .. } => None,
-            Write::StepStarted { step, .. } | Write::StepFinished { step, .. } | Write::Logs { step, .. } | Write::Audit { step, .. } | Write::Recording { step, .. } | Write::Park { step, .. } => Some(step),
+            Write::CreateRun { .. }
+            | Write::StartRun { .. }
+            | Write::NoteResume { .. }
+            | Write::NoteShutdown { .. }
+            | Write::FinishRun { .. }
+            | Write::Traced { .. }
+            | Write::Remember { .. } => None,
+            Write::StepStarted { step, .. }
+            | Write::StepFinished { step, .. }
+            | Write::Logs { step, .. }
+            | Write::Audit { step, .. }
+            | Write::Recording { step, .. }
+            | Write::Park { step, .. } => Some(step),
         }
     }
 
@@ -592,7 +705,17 @@ pub trait Store: Send + Sync {
         self.apply_one(Write::step_started(run, step, item, kind, input, attempt))
     }
     #[allow(clippy::too_many_arguments)]
-    fn step_finished(&self, run: &str, step: &str, item: Option<usize>, kind: &str, state: &str, output: Option<&Value>, error: Option<&Value>, attempts: u32) -> anyhow::Result<()> {
+    fn step_finished(
+        &self,
+        run: &str,
+        step: &str,
+        item: Option<usize>,
+        kind: &str,
+        state: &str,
+        output: Option<&Value>,
+        error: Option<&Value>,
+        attempts: u32,
+    ) -> anyhow::Result<()> {
         self.apply_one(Write::step_finished(run, step, item, kind, state, output, error, attempts))
     }
     /// Runs matching `filter`, newest first.
@@ -686,7 +809,13 @@ pub trait ApprovalStore: Send + Sync {
 
 /// Takes a decision on `approval` for `choice` (checked by
 /// [`crate::approval::Approval::check_decision`], then made once by the store).
-pub fn decide(store: &dyn ApprovalStore, approval: &crate::approval::Approval, choice: &str, approver: Option<&str>, mut decision: crate::approval::Decision) -> anyhow::Result<crate::approval::Decided> {
+pub fn decide(
+    store: &dyn ApprovalStore,
+    approval: &crate::approval::Approval,
+    choice: &str,
+    approver: Option<&str>,
+    mut decision: crate::approval::Decision,
+) -> anyhow::Result<crate::approval::Decided> {
     if let Err(refused) = approval.check_decision(choice, approver) {
         return Ok(Err(refused));
     }
@@ -722,4 +851,3 @@ pub fn schedule_key(tick_ms: u64) -> String {
 pub fn tick_of(key: &str) -> Option<u64> {
     key.strip_prefix("schedule\u{b7}")?.parse().ok()
 }
-

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// Schema versions, applied in order; `PRAGMA user_version` records progress.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     id TEXT PRIMARY KEY,
     story TEXT NOT NULL,
@@ -57,10 +58,12 @@ CREATE TABLE audit (
     record TEXT NOT NULL
 );
 CREATE INDEX audit_by_run ON audit(run_id);
-"#, r#"
+"#,
+    r#"
 ALTER TABLE runs ADD COLUMN idempotency_key TEXT;
 CREATE UNIQUE INDEX runs_by_idempotency_key ON runs(story, idempotency_key) WHERE idempotency_key IS NOT NULL;
-"#, r#"
+"#,
+    r#"
 CREATE TABLE recordings (
     run_id TEXT NOT NULL,
     step_id TEXT NOT NULL,
@@ -70,7 +73,8 @@ CREATE TABLE recordings (
     recording TEXT NOT NULL
 );
 CREATE INDEX recordings_by_run ON recordings(run_id);
-"#, r#"
+"#,
+    r#"
 CREATE TABLE approvals (
     run_id TEXT NOT NULL,
     step_id TEXT NOT NULL,
@@ -107,10 +111,12 @@ CREATE TABLE warden_keys (
     name TEXT PRIMARY KEY,
     value BLOB NOT NULL
 );
-"#, r#"
+"#,
+    r#"
 ALTER TABLE runs ADD COLUMN trace_id TEXT;
 ALTER TABLE runs ADD COLUMN trace_span TEXT;
-"#, r#"
+"#,
+    r#"
 CREATE TABLE dedupe (
     scope TEXT NOT NULL,
     value TEXT NOT NULL,
@@ -118,14 +124,17 @@ CREATE TABLE dedupe (
     PRIMARY KEY (scope, value)
 );
 CREATE INDEX dedupe_seq ON dedupe (scope, seq);
-"#, r#"
+"#,
+    r#"
 CREATE INDEX runs_by_created ON runs(created_ms);
 CREATE INDEX runs_by_parent ON runs(parent_run) WHERE parent_run IS NOT NULL;
 CREATE INDEX runs_schedule_ticks ON runs(story, created_ms) WHERE trigger = 'schedule' AND idempotency_key IS NOT NULL;
-"#, r#"
+"#,
+    r#"
 ALTER TABLE runs ADD COLUMN resumes INTEGER NOT NULL DEFAULT 0;
 DELETE FROM warden_keys WHERE name = 'approval-links';
-"#];
+"#,
+];
 
 /// A run's sub-story runs (`runs_by_parent`: only sub-story runs are in it).
 const CHILDREN: &str = "SELECT * FROM runs WHERE parent_run = ?1 ORDER BY created_ms";
@@ -140,7 +149,8 @@ pub(super) fn schema_status(path: &Path) -> anyhow::Result<SchemaStatus> {
     if !path.exists() {
         return Ok(SchemaStatus { found: 0, known });
     }
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).with_context(|| format!("cannot open the run store {}", path.display()))?;
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .with_context(|| format!("cannot open the run store {}", path.display()))?;
     let found: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     Ok(SchemaStatus { found, known })
 }
@@ -323,7 +333,8 @@ impl RunStore {
         let added = tx
             .prepare_cached("INSERT INTO dedupe (scope, value, seq) SELECT ?1, ?2, COALESCE(MAX(seq), 0) + 1 FROM dedupe WHERE scope = ?1 ON CONFLICT (scope, value) DO NOTHING")?
             .execute(params![scope, value])?;
-        tx.prepare_cached("DELETE FROM dedupe WHERE scope = ?1 AND seq <= (SELECT MAX(seq) FROM dedupe WHERE scope = ?1) - ?2")?.execute(params![scope, lookback as i64])?;
+        tx.prepare_cached("DELETE FROM dedupe WHERE scope = ?1 AND seq <= (SELECT MAX(seq) FROM dedupe WHERE scope = ?1) - ?2")?
+            .execute(params![scope, lookback as i64])?;
         Ok(added == 1)
     }
 
@@ -411,7 +422,9 @@ impl RunStore {
                         a.deadline_ms,
                         a.on_timeout
                     ])?;
-                    let mut stmt = tx.prepare_cached("INSERT INTO approval_links (hash, run_id, step_id, choice, recipient) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(hash) DO NOTHING")?;
+                    let mut stmt = tx.prepare_cached(
+                        "INSERT INTO approval_links (hash, run_id, step_id, choice, recipient) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(hash) DO NOTHING",
+                    )?;
                     for l in links {
                         stmt.execute(params![l.hash, a.run, a.step, l.choice, l.recipient])?;
                     }
@@ -435,7 +448,8 @@ impl Store for RunStore {
         let mut answers = Vec::with_capacity(batch.len());
         for w in batch {
             if let Write::Remember { scope, value, lookback, .. } = w {
-                let fresh = RunStore::remember(&tx, scope, value, *lookback).map_err(|e| anyhow::Error::from(e).context(format!("{} of run {}", w.name(), w.run())))?;
+                let fresh =
+                    RunStore::remember(&tx, scope, value, *lookback).map_err(|e| anyhow::Error::from(e).context(format!("{} of run {}", w.name(), w.run())))?;
                 answers.push(if fresh { Ok(()) } else { Err(Conflict(format!("{scope} saw this value before"))) });
                 continue;
             }
@@ -506,10 +520,8 @@ impl Store for RunStore {
 
     /// The story and input of a run, to execute it (e.g. after a restart).
     fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>> {
-        let row: Option<(String, String)> = self
-            .reader()
-            .query_row("SELECT story, input FROM runs WHERE id = ?1", params![id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
+        let row: Option<(String, String)> =
+            self.reader().query_row("SELECT story, input FROM runs WHERE id = ?1", params![id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
         Ok(row.map(|(s, i)| (s, serde_json::from_str(&i).unwrap_or(Value::Null))))
     }
 
@@ -556,14 +568,17 @@ impl Store for RunStore {
         let mut stmt = conn.prepare_cached("SELECT * FROM logs WHERE run_id = ?1 ORDER BY rowid")?;
         let logs = stmt
             .query_map(params![id], |r| {
-                Ok(LogRecord { step_id: r.get("step_id")?, at_ms: r.get("at_ms")?, level: r.get("level")?, source: r.get("source")?, message: r.get("message")? })
+                Ok(LogRecord {
+                    step_id: r.get("step_id")?,
+                    at_ms: r.get("at_ms")?,
+                    level: r.get("level")?,
+                    source: r.get("source")?,
+                    message: r.get("message")?,
+                })
             })?
             .collect::<Result<Vec<_>, _>>()?;
         let mut stmt = conn.prepare_cached("SELECT record FROM audit WHERE run_id = ?1 ORDER BY rowid")?;
-        let audit = stmt
-            .query_map(params![id], |r| r.get::<_, String>(0))?
-            .filter_map(|r| r.ok().and_then(|s| serde_json::from_str(&s).ok()))
-            .collect();
+        let audit = stmt.query_map(params![id], |r| r.get::<_, String>(0))?.filter_map(|r| r.ok().and_then(|s| serde_json::from_str(&s).ok())).collect();
         let mut stmt = conn.prepare_cached(CHILDREN)?;
         let children = stmt.query_map(params![id], RunStore::summary)?.collect::<Result<Vec<_>, _>>()?;
         Ok(Some(RunDetail { run, input: serde_json::from_str(&input).unwrap_or(Value::Null), output: json_col(output), steps, logs, audit, children }))
@@ -658,8 +673,12 @@ impl ApprovalStore for RunStore {
                 )?
                 .execute(params![run, step, state, d.choice, d.decided_by, d.via, d.from, d.comment, d.decided_ms])?;
             if changed == 1 {
-                tx.prepare_cached("INSERT INTO audit (run_id, step_id, at_ms, record) VALUES (?1, ?2, ?3, ?4)")?
-                    .execute(params![run, step, d.decided_ms, decision_audit(step, d)])?;
+                tx.prepare_cached("INSERT INTO audit (run_id, step_id, at_ms, record) VALUES (?1, ?2, ?3, ?4)")?.execute(params![
+                    run,
+                    step,
+                    d.decided_ms,
+                    decision_audit(step, d)
+                ])?;
             }
             tx.commit()?;
             if changed == 0 {
@@ -675,7 +694,8 @@ impl ApprovalStore for RunStore {
 
     fn due_approvals(&self, now_ms: u64, limit: usize) -> anyhow::Result<Vec<crate::approval::Approval>> {
         let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&format!("SELECT {APPROVAL} FROM approvals WHERE state = 'pending' AND deadline_ms <= ?1 ORDER BY deadline_ms LIMIT ?2"))?;
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {APPROVAL} FROM approvals WHERE state = 'pending' AND deadline_ms <= ?1 ORDER BY deadline_ms LIMIT ?2"))?;
         let rows = stmt.query_map(params![now_ms.min(i64::MAX as u64), limit as i64], approval_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -726,11 +746,15 @@ mod tests {
         {
             let mut conn = s.conn();
             let tx = conn.transaction().unwrap();
-            let mut add = tx.prepare("INSERT INTO runs (id, story, team, state, trigger, input, parent_run, created_ms) VALUES (?1, 'st', 'soc', ?2, 'cli', '{}', ?3, 0)").unwrap();
+            let mut add = tx
+                .prepare("INSERT INTO runs (id, story, team, state, trigger, input, parent_run, created_ms) VALUES (?1, 'st', 'soc', ?2, 'cli', '{}', ?3, 0)")
+                .unwrap();
             for i in 0..2000 {
                 add.execute(params![format!("done{i}"), if i % 3 == 0 { "failed" } else { "succeeded" }, None::<String>]).unwrap();
             }
-            for (id, state, parent) in [("q1", "queued", None), ("q2", "queued", None), ("q3", "queued", Some("q1")), ("r1", "running", None), ("w1", "waiting", None)] {
+            for (id, state, parent) in
+                [("q1", "queued", None), ("q2", "queued", None), ("q3", "queued", Some("q1")), ("r1", "running", None), ("w1", "waiting", None)]
+            {
                 add.execute(params![id, state, parent]).unwrap();
             }
             drop(add);
@@ -796,7 +820,10 @@ mod tests {
         assert_eq!(ids(RunFilter { limit: 3, ..Default::default() }), ["r23999", "r23998", "r23997"], "newest first");
         assert_eq!(ids(RunFilter { story: Some("st1"), limit: 2, ..Default::default() }), ["r23998", "r23995"]);
         assert_eq!(ids(RunFilter { since_ms: Some(1_023_998), limit: 20, ..Default::default() }), ["r23999", "r23998"]);
-        assert_eq!(ids(RunFilter { state: Some("succeeded"), team: Some("soc"), trigger: Some("webhook"), limit: 2, offset: 1, ..Default::default() }), ["r23998", "r23997"]);
+        assert_eq!(
+            ids(RunFilter { state: Some("succeeded"), team: Some("soc"), trigger: Some("webhook"), limit: 2, offset: 1, ..Default::default() }),
+            ["r23998", "r23997"]
+        );
         assert_eq!(ids(RunFilter { story: Some("st2"), state: Some("failed"), limit: 1, ..Default::default() }), ["r01997"]);
     }
 
@@ -806,7 +833,11 @@ mod tests {
         for s in [&small, &big] {
             let mut conn = s.conn();
             let tx = conn.transaction().unwrap();
-            for (id, parent, trigger, key, at) in [("c1", Some("r05999"), "story:st2", None::<String>, 2_000_000), ("c2", Some("r05999"), "story:st2", None, 2_000_001), ("t1", None, "schedule", Some(super::super::schedule_key(60_000)), 500_000)] {
+            for (id, parent, trigger, key, at) in [
+                ("c1", Some("r05999"), "story:st2", None::<String>, 2_000_000),
+                ("c2", Some("r05999"), "story:st2", None, 2_000_001),
+                ("t1", None, "schedule", Some(super::super::schedule_key(60_000)), 500_000),
+            ] {
                 tx.execute(
                     "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, idempotency_key, created_ms) VALUES (?1, 'st0', 'soc', 'succeeded', ?2, '{}', ?3, ?4, ?5)",
                     params![id, trigger, parent, key, at],

@@ -19,7 +19,13 @@ pub struct Flaky {
 
 impl Flaky {
     pub fn new() -> Flaky {
-        Flaky { inner: RunStore::in_memory().unwrap(), down: AtomicBool::new(false), only: Mutex::new(None), refused: AtomicU32::new(0), delay_ms: Default::default() }
+        Flaky {
+            inner: RunStore::in_memory().unwrap(),
+            down: AtomicBool::new(false),
+            only: Mutex::new(None),
+            refused: AtomicU32::new(0),
+            delay_ms: Default::default(),
+        }
     }
     pub fn fail(&self, only: Option<&'static str>) {
         *self.only.lock().unwrap() = only;

@@ -30,7 +30,10 @@ impl PgSchema {
             }
             // Past the test harness's capture, so it is seen even when the test passes.
             use std::io::Write as _;
-            let _ = writeln!(std::io::stderr(), "skipped: no PostgreSQL answers at {base} ({e}); set WARDEN_TEST_POSTGRES to a server to run the PostgreSQL store's tests");
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: no PostgreSQL answers at {base} ({e}); set WARDEN_TEST_POSTGRES to a server to run the PostgreSQL store's tests"
+            );
             return None;
         }
         let schema = format!("warden_t_{}", uuid::Uuid::new_v4().simple());
@@ -133,11 +136,13 @@ fn suite(s: &dyn Store) {
     assert!(e.is::<Conflict>(), "{e:#}");
     assert_eq!(s.run_by_idempotency_key("st", "k1").unwrap().as_deref(), Some("r2"));
     // A conflict in a batch refuses that write only.
-    let answers = s.apply(&[Write::create_run(&run("r3", "st", "soc", &input, Some("k1"))), Write::create_run(&run("r4", "other", "red", &input, None))]).unwrap();
+    let answers =
+        s.apply(&[Write::create_run(&run("r3", "st", "soc", &input, Some("k1"))), Write::create_run(&run("r4", "other", "red", &input, None))]).unwrap();
     assert!(answers[0].is_err() && answers[1].is_ok(), "{answers:?}");
 
     // A sub-story run, listed under its parent and not at the top level.
-    s.create_run(&NewRun { id: "c1", story: "sub", team: "soc", trigger: "story:st", input: &input, parent: Some(("r1", "a")), idempotency_key: None }).unwrap();
+    s.create_run(&NewRun { id: "c1", story: "sub", team: "soc", trigger: "story:st", input: &input, parent: Some(("r1", "a")), idempotency_key: None })
+        .unwrap();
     assert_eq!(s.get_run("r1").unwrap().unwrap().children[0].id, "c1");
     let top: Vec<String> = s.list_runs(None, None, false, 10, 0).unwrap().into_iter().map(|r| r.id).collect();
     assert!(!top.contains(&"c1".to_string()) && top.len() == 3, "{top:?}");
@@ -178,7 +183,10 @@ fn suite(s: &dyn Store) {
     ])
     .unwrap();
     let r = s.recordings("r4").unwrap();
-    assert_eq!(r.iter().map(|r| (r.step.as_str(), r.item, r.attempt, r.truncated, r.recording.as_str())).collect::<Vec<_>>(), vec![("a", None, 1, false, "{\"n\":1}"), ("a", Some(2), 2, true, "{\"n\":2}")]);
+    assert_eq!(
+        r.iter().map(|r| (r.step.as_str(), r.item, r.attempt, r.truncated, r.recording.as_str())).collect::<Vec<_>>(),
+        vec![("a", None, 1, false, "{\"n\":1}"), ("a", Some(2), 2, true, "{\"n\":2}")]
+    );
     assert_eq!(crate::recording_state(&r), "truncated");
 
     // What the console asks: by trigger, since a time, and counts by state under a filter.
@@ -212,7 +220,8 @@ fn approvals(s: &dyn Store) {
     assert_ne!(&key[..], &salt[..]);
     let input = json!({});
     s.create_run(&run("w1", "ask", "soc", &input, None)).unwrap();
-    s.create_run(&NewRun { id: "w1c", story: "sub", team: "soc", trigger: "story:ask", input: &input, parent: Some(("w1", "call")), idempotency_key: None }).unwrap();
+    s.create_run(&NewRun { id: "w1c", story: "sub", team: "soc", trigger: "story:ask", input: &input, parent: Some(("w1", "call")), idempotency_key: None })
+        .unwrap();
     let pending = Approval {
         run: "w1c".into(),
         root_run: "w1".into(),
@@ -231,7 +240,13 @@ fn approvals(s: &dyn Store) {
     };
     let links = crate::approval::links(&key, "w1c", "confirm", &pending.choices, &pending.approvers);
     assert_eq!(links.len(), 4, "two choices, for the link holder and the one approver");
-    let park = |run: &str, step: &str, kind: &str, approval: Option<(Approval, Vec<crate::approval::Link>)>| Write::Park { run: run.into(), step: step.into(), kind: kind.into(), approval: approval.map(Box::new), at_ms: 5 };
+    let park = |run: &str, step: &str, kind: &str, approval: Option<(Approval, Vec<crate::approval::Link>)>| Write::Park {
+        run: run.into(),
+        step: step.into(),
+        kind: kind.into(),
+        approval: approval.map(Box::new),
+        at_ms: 5,
+    };
     s.apply(&[park("w1c", "confirm", "approval", Some((pending.clone(), links.clone()))), park("w1", "call", "story", None)]).unwrap();
     // Parked again (woken without a decision): the first approval is kept.
     s.apply(&[park("w1c", "confirm", "approval", Some((Approval { title: "changed".into(), ..pending.clone() }, links.clone())))]).unwrap();
@@ -252,7 +267,14 @@ fn approvals(s: &dyn Store) {
     // Not waiting for anything decided yet: waking it would be wrong, and harmless.
     assert!(a.runs_to_wake(10).unwrap().is_empty());
 
-    let d = Decision { choice: Some("go".into()), decided_by: "lead@corp.example".into(), via: "link".into(), from: Some("10.0.0.9".into()), comment: Some("ok".into()), decided_ms: 20 };
+    let d = Decision {
+        choice: Some("go".into()),
+        decided_by: "lead@corp.example".into(),
+        via: "link".into(),
+        from: Some("10.0.0.9".into()),
+        comment: Some("ok".into()),
+        decided_ms: 20,
+    };
     let decided = a.decide("w1c", "confirm", &d).unwrap().unwrap();
     assert_eq!((decided.state.as_str(), decided.decision.as_ref()), ("decided", Some(&d)));
     assert_eq!(decided.output().unwrap()["choice"], "go");
@@ -390,7 +412,11 @@ fn a_run_just_accepted_is_its_nodes_for_a_moment_unless_offered() {
     a.apply_one(Write::create_run(&run("orphan", "st", "t", &json!({}), None))).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let orphan = b.claim(5, &Default::default(), 16).unwrap().runs;
-    assert_eq!(orphan, vec![Claimed { id: "orphan".into(), story: "st".into(), interrupted: false, started: false }], "reserved, never held: not an interrupted run");
+    assert_eq!(
+        orphan,
+        vec![Claimed { id: "orphan".into(), story: "st".into(), interrupted: false, started: false }],
+        "reserved, never held: not an interrupted run"
+    );
     // A run made outside the cluster (`warden story run` on this database) is never claimed.
     let cli = PgStore::connect(&pg.url()).unwrap();
     cli.apply_one(Write::create_run(&run("cli", "st", "t", &json!({}), None))).unwrap();
@@ -434,7 +460,12 @@ fn a_lapsed_lease_is_taken_over_and_the_old_node_is_fenced() {
     let taken = b.claim(5, &Default::default(), 16).unwrap().runs;
     assert_eq!(taken, vec![Claimed { id: "r1".into(), story: "st".into(), interrupted: true, started: true }]);
     // Whatever node a still sends for the run is refused; node b's writes land.
-    let late = a.apply(&[Write::step_finished("r1", "call", None, "action", "succeeded", Some(&json!({"late": true})), None, 1), Write::finish_run("r1", "succeeded", None, None, None)]).unwrap();
+    let late = a
+        .apply(&[
+            Write::step_finished("r1", "call", None, "action", "succeeded", Some(&json!({"late": true})), None, 1),
+            Write::finish_run("r1", "succeeded", None, None, None),
+        ])
+        .unwrap();
     assert!(late.iter().all(|r| r.as_ref().is_err_and(|c| c.0.contains("not held by this node"))), "{late:?}");
     assert_eq!(a.renew().unwrap(), Vec::<String>::new(), "node a already forgot the run");
     b.apply_one(Write::finish_run("r1", "failed", None, Some("interrupted"), Some("call"))).unwrap();
@@ -468,9 +499,26 @@ fn a_node_learns_at_renewal_that_its_lease_was_taken() {
     assert_eq!(b.claim(1, &Default::default(), 16).unwrap().runs.len(), 1);
     assert_eq!(a.renew().unwrap(), vec!["r1".to_string()]);
     // Sub-story runs of a held run are covered by its lease; of a lost one, refused.
-    b.apply_one(Write::create_run(&NewRun { id: "c1", story: "sub", team: "t", trigger: "story:st", input: &json!({}), parent: Some(("r1", "call")), idempotency_key: None })).unwrap();
+    b.apply_one(Write::create_run(&NewRun {
+        id: "c1",
+        story: "sub",
+        team: "t",
+        trigger: "story:st",
+        input: &json!({}),
+        parent: Some(("r1", "call")),
+        idempotency_key: None,
+    }))
+    .unwrap();
     b.apply_one(Write::finish_run("c1", "succeeded", None, None, None)).unwrap();
-    let e = a.apply_one(Write::create_run(&NewRun { id: "c2", story: "sub", team: "t", trigger: "story:st", input: &json!({}), parent: Some(("r1", "call")), idempotency_key: None }));
+    let e = a.apply_one(Write::create_run(&NewRun {
+        id: "c2",
+        story: "sub",
+        team: "t",
+        trigger: "story:st",
+        input: &json!({}),
+        parent: Some(("r1", "call")),
+        idempotency_key: None,
+    }));
     assert!(e.is_err());
 }
 
@@ -489,7 +537,11 @@ async fn postgres_takes_group_commits_from_async_callers() {
 #[test]
 fn a_postgres_password_never_reaches_a_message() {
     // Nothing listens on port 1; the last URL does not parse as a URL at all.
-    for url in ["postgres://warden:s3cret@127.0.0.1:1/runs", "postgresql://warden:s3cret@127.0.0.1:1/runs?sslmode=disable", "postgres://warden:s3cret@127.0.0.1:notaport/runs"] {
+    for url in [
+        "postgres://warden:s3cret@127.0.0.1:1/runs",
+        "postgresql://warden:s3cret@127.0.0.1:1/runs?sslmode=disable",
+        "postgres://warden:s3cret@127.0.0.1:notaport/runs",
+    ] {
         let shown = describe(std::path::Path::new(url));
         assert!(!shown.contains("s3cret") && shown.contains("***"), "{url} shown as {shown}");
         let e = match PgStore::connect(url) {

@@ -131,7 +131,8 @@ impl Guest for Contain {
         // 404 with a body: none of the ids is a device of this tenant.
         let status = resp.status;
         let body: Value = if status == 404 {
-            serde_json::from_slice(&resp.body).map_err(|_| upstream(Some(404), format!("CrowdStrike answered 404 to {action}: {}", body_snippet(&resp)), None))?
+            serde_json::from_slice(&resp.body)
+                .map_err(|_| upstream(Some(404), format!("CrowdStrike answered 404 to {action}: {}", body_snippet(&resp)), None))?
         } else {
             client.json(resp, |r| match r.status {
                 400 => invalid(format!("CrowdStrike refused {action}: {}", messages(&r.body))),
@@ -141,15 +142,15 @@ impl Guest for Contain {
             })?
         };
         let accepted: Vec<String> = body["resources"].as_array().into_iter().flatten().filter_map(|r| r["id"].as_str().map(str::to_string)).collect();
-        let refused: Vec<Value> = body["errors"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|e| json!({"id": e["id"], "code": e["code"], "message": e["message"]}))
-            .collect();
+        let refused: Vec<Value> =
+            body["errors"].as_array().into_iter().flatten().map(|e| json!({"id": e["id"], "code": e["code"], "message": e["message"]})).collect();
         log::info(&format!("{action}: CrowdStrike accepted {} of {} device(s)", accepted.len(), i.ids.len()));
         if accepted.is_empty() {
-            return Err(invalid(format!("CrowdStrike acted on none of the {} device(s): {}", i.ids.len(), messages(&serde_json::to_vec(&body).unwrap_or_default()))));
+            return Err(invalid(format!(
+                "CrowdStrike acted on none of the {} device(s): {}",
+                i.ids.len(),
+                messages(&serde_json::to_vec(&body).unwrap_or_default())
+            )));
         }
         output(&json!({"action": action, "accepted": accepted, "refused": refused}))
     }

@@ -85,7 +85,11 @@ fn validate_address(field: &str, a: &str) -> Result<String, ActionError> {
         && !domain.starts_with('.')
         && !domain.ends_with('.')
         && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    if local_ok && domain_ok { Ok(bare.to_string()) } else { Err(bad()) }
+    if local_ok && domain_ok {
+        Ok(bare.to_string())
+    } else {
+        Err(bad())
+    }
 }
 
 fn escape_html(s: &str) -> String {
@@ -143,7 +147,11 @@ fn api_error(provider: &str, credential: &str, resp: &Response) -> ActionError {
     };
     match resp.status {
         400 => invalid(format!("{provider} refused the message: {detail}")),
-        401 | 403 => upstream(Some(resp.status), format!("{provider} rejected credential `{credential}` ({}): check the API key the host holds for it", resp.status), None),
+        401 | 403 => upstream(
+            Some(resp.status),
+            format!("{provider} rejected credential `{credential}` ({}): check the API key the host holds for it", resp.status),
+            None,
+        ),
         s => upstream(Some(s), format!("{provider} answered {s}: {detail}"), retry_after_ms(resp)),
     }
 }
@@ -278,7 +286,8 @@ fn send_mailgun(input: &Input, p: Prepared) -> Result<Value, ActionError> {
     }
     let from = p.from.clone().ok_or_else(|| invalid("from is required for mailgun"))?;
     let (to, cc, bcc) = (p.to.join(","), p.cc.join(","), p.bcc.join(","));
-    let mut fields = vec![("from", from.as_str()), ("to", to.as_str()), ("subject", input.subject.as_str()), ("text", input.text.as_str()), ("html", p.html.as_str())];
+    let mut fields =
+        vec![("from", from.as_str()), ("to", to.as_str()), ("subject", input.subject.as_str()), ("text", input.text.as_str()), ("html", p.html.as_str())];
     if !cc.is_empty() {
         fields.push(("cc", cc.as_str()));
     }

@@ -56,8 +56,7 @@ impl Guest for HttpFetch {
     }
 
     fn run(_inv: Invocation, input: String) -> Result<String, ActionError> {
-        let input: Input = serde_json::from_str(&input)
-            .map_err(|e| ActionError::InvalidInput(format!("input: {e}; expected {{\"url\": \"https://…\"}}")))?;
+        let input: Input = serde_json::from_str(&input).map_err(|e| ActionError::InvalidInput(format!("input: {e}; expected {{\"url\": \"https://…\"}}")))?;
         log::log(Level::Info, &format!("GET {}", input.url));
         let response = http::send(&Request {
             method: "GET".into(),
@@ -70,11 +69,9 @@ impl Guest for HttpFetch {
         .map_err(|e| match e {
             HttpError::Denied(why) => ActionError::Denied(why),
             HttpError::InvalidRequest(why) => ActionError::InvalidInput(format!("url: {why}")),
-            HttpError::Timeout => ActionError::Upstream(UpstreamError {
-                status: None,
-                message: format!("{} did not answer in time", input.url),
-                retry_after_ms: None,
-            }),
+            HttpError::Timeout => {
+                ActionError::Upstream(UpstreamError { status: None, message: format!("{} did not answer in time", input.url), retry_after_ms: None })
+            }
             HttpError::Connection(why) => ActionError::Upstream(UpstreamError { status: None, message: why, retry_after_ms: None }),
             HttpError::TooLarge(why) => ActionError::Failed(why),
         })?;

@@ -90,7 +90,14 @@ pub fn request(input: &Input) -> Result<Request, ActionError> {
         (Some(Value::Object(o)), "GET" | "HEAD" | "DELETE") if !o.is_empty() => {
             let q = form(o);
             let sep = if url.contains('?') { '&' } else { '?' };
-            return Ok(Request { method, url: format!("{url}{sep}{q}"), headers, body: None, timeout_ms: input.timeout_ms, credential: input.credential.clone() });
+            return Ok(Request {
+                method,
+                url: format!("{url}{sep}{q}"),
+                headers,
+                body: None,
+                timeout_ms: input.timeout_ms,
+                credential: input.credential.clone(),
+            });
         }
         (Some(Value::Object(o)), _) if o.is_empty() && matches!(method.as_str(), "GET" | "HEAD" | "DELETE") => None,
         (Some(p), _) => {

@@ -56,8 +56,12 @@ enum Operation {
     Open,
 }
 
-fn default_version() -> u8 { 2 }
-fn default_issue_type() -> String { "Task".into() }
+fn default_version() -> u8 {
+    2
+}
+fn default_issue_type() -> String {
+    "Task".into()
+}
 
 fn need<'a>(v: &'a Option<String>, field: &str, op: &str) -> Result<&'a str, ActionError> {
     match v.as_deref().map(str::trim) {
@@ -86,7 +90,11 @@ fn issue_key(key: &str) -> Result<&str, ActionError> {
     let ok = key.split_once('-').is_some_and(|(p, n)| {
         !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
     });
-    if ok { Ok(key) } else { Err(invalid(format!("key `{}` is not a Jira issue key like SEC-12", key.escape_debug()))) }
+    if ok {
+        Ok(key)
+    } else {
+        Err(invalid(format!("key `{}` is not a Jira issue key like SEC-12", key.escape_debug())))
+    }
 }
 
 struct Jira {
@@ -98,17 +106,19 @@ struct Jira {
 
 impl Jira {
     fn body_text(&self, text: &str) -> Value {
-        if self.v == 3 { adf(text) } else { Value::String(text.to_string()) }
+        if self.v == 3 {
+            adf(text)
+        } else {
+            Value::String(text.to_string())
+        }
     }
 
     /// Maps a non-2xx answer: 400 → invalid-input naming the fields, 401/403 →
     /// the credential, 404 → the key, 429/503 → upstream with retry-after.
     fn error(&self, resp: &Response, during: &str) -> ActionError {
         let parsed: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
-        let mut parts: Vec<String> = parsed["errorMessages"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|m| m.as_str().map(String::from)).collect())
-            .unwrap_or_default();
+        let mut parts: Vec<String> =
+            parsed["errorMessages"].as_array().map(|a| a.iter().filter_map(|m| m.as_str().map(String::from)).collect()).unwrap_or_default();
         if let Some(fields) = parsed["errors"].as_object() {
             for (field, msg) in fields {
                 parts.push(format!("{field}: {}", msg.as_str().unwrap_or("invalid")));

@@ -74,8 +74,7 @@ impl Client {
 
     /// POSTs `application/x-www-form-urlencoded` fields, with the same retries.
     pub fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> Result<Response, ActionError> {
-        let encoded: Vec<String> =
-            fields.iter().map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v))).collect();
+        let encoded: Vec<String> = fields.iter().map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v))).collect();
         let body = Body { content_type: "application/x-www-form-urlencoded".into(), bytes: encoded.join("&").into_bytes() };
         self.send_body("POST", path, Some(&body))
     }
@@ -88,16 +87,8 @@ impl Client {
             if !(resp.status == 429 || resp.status == 503) || attempt >= self.max_retries {
                 return Ok(resp);
             }
-            let wait = retry_after_ms(&resp)
-                .unwrap_or(self.backoff_ms.saturating_mul(1 << attempt))
-                .min(self.max_wait_ms);
-            log::warn(&format!(
-                "{} answered {} to {method} {path}; retrying in {wait} ms ({}/{})",
-                self.service,
-                resp.status,
-                attempt + 1,
-                self.max_retries
-            ));
+            let wait = retry_after_ms(&resp).unwrap_or(self.backoff_ms.saturating_mul(1 << attempt)).min(self.max_wait_ms);
+            log::warn(&format!("{} answered {} to {method} {path}; retrying in {wait} ms ({}/{})", self.service, resp.status, attempt + 1, self.max_retries));
             sleep_ms(wait);
             attempt += 1;
         }
@@ -120,9 +111,7 @@ impl Client {
         if resp.body.is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&resp.body).map_err(|e| {
-            upstream(Some(resp.status), format!("{} returned a body that is not JSON: {e}", self.service), None)
-        })
+        serde_json::from_slice(&resp.body).map_err(|e| upstream(Some(resp.status), format!("{} returned a body that is not JSON: {e}", self.service), None))
     }
 
     fn transport_error(&self, e: HttpError) -> ActionError {

@@ -49,13 +49,27 @@ struct Input {
     os_types: Vec<String>,
 }
 
-fn default_from() -> String { "-24h".into() }
-fn default_to() -> String { "now".into() }
-fn default_limit() -> usize { 10_000 }
-fn default_page_size() -> u32 { 1000 }
-fn default_poll() -> u64 { 1000 }
-fn default_max_wait() -> u64 { 300_000 }
-fn default_sample() -> usize { 20 }
+fn default_from() -> String {
+    "-24h".into()
+}
+fn default_to() -> String {
+    "now".into()
+}
+fn default_limit() -> usize {
+    10_000
+}
+fn default_page_size() -> u32 {
+    1000
+}
+fn default_poll() -> u64 {
+    1000
+}
+fn default_max_wait() -> u64 {
+    300_000
+}
+fn default_sample() -> usize {
+    20
+}
 
 impl Input {
     fn validate(&self) -> Result<(), ActionError> {
@@ -210,10 +224,7 @@ impl Guest for Hunt {
         }
         let resp = client.post(&format!("{API}/dv/init-query"), &body)?;
         let started = client.json(resp, |r| Hunt::error(r, cred, "init-query"))?;
-        let query_id = started["data"]["queryId"]
-            .as_str()
-            .ok_or_else(|| upstream(None, "init-query answered without data.queryId", None))?
-            .to_string();
+        let query_id = started["data"]["queryId"].as_str().ok_or_else(|| upstream(None, "init-query answered without data.queryId", None))?.to_string();
         log::info(&format!("Deep Visibility query {query_id} started: {s1ql} ({from} .. {to})"));
 
         // 3. Poll until it finishes.
@@ -253,9 +264,7 @@ impl Guest for Hunt {
     }
 }
 
-const FAILED_STATES: &[&str] = &[
-    "FAILED", "FAILED_CLIENT", "ERROR", "QUERY_CANCELLED", "TIMED_OUT", "QUERY_EXPIRED", "QUERY_NOT_FOUND",
-];
+const FAILED_STATES: &[&str] = &["FAILED", "FAILED_CLIENT", "ERROR", "QUERY_CANCELLED", "TIMED_OUT", "QUERY_EXPIRED", "QUERY_NOT_FOUND"];
 
 fn wait_for_query(client: &Client, cred: &str, query_id: &str, input: &Input) -> Result<(), ActionError> {
     let started = now_ms();

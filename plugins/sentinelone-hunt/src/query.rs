@@ -27,10 +27,7 @@ pub enum IocKind {
 
 fn quoted(v: &str) -> Result<String, ActionError> {
     if let Some(c) = v.chars().find(|c| *c == '"' || *c == '\\' || c.is_control()) {
-        return Err(invalid(format!(
-            "ioc.value contains {:?}, which cannot be quoted safely in S1QL; refusing to build the query",
-            c
-        )));
+        return Err(invalid(format!("ioc.value contains {:?}, which cannot be quoted safely in S1QL; refusing to build the query", c)));
     }
     Ok(format!("\"{v}\""))
 }

@@ -46,10 +46,8 @@ pub fn summarize(events: &[Value], sample_size: usize) -> Summary {
             _ => String::new(),
         };
         let host_key = if s(e, "agentUuid").is_empty() { s(e, "agentName") } else { s(e, "agentUuid") };
-        let request = [s(e, "dnsRequest"), s(e, "networkUrl"), s(e, "dstIp"), s(e, "tgtFilePath"), s(e, "sha256")]
-            .into_iter()
-            .find(|v| !v.is_empty())
-            .unwrap_or("");
+        let request =
+            [s(e, "dnsRequest"), s(e, "networkUrl"), s(e, "dstIp"), s(e, "tgtFilePath"), s(e, "sha256")].into_iter().find(|v| !v.is_empty()).unwrap_or("");
         let time = if s(e, "eventTime").is_empty() { s(e, "createdAt") } else { s(e, "eventTime") };
         let shape = format!("{host_key}\u{1f}{}\u{1f}{request}\u{1f}{time}", s(e, "processName"));
         let id_repeat = !id.is_empty() && !ids.insert(id);

@@ -92,7 +92,11 @@ impl Guest for Isolate {
         let resp = client.send("POST", &format!("/web/api/v2.1/agents/actions/{action}"), Some(&body))?;
         let answer: Value = client.json(resp, |r| match r.status {
             400 => invalid(format!("SentinelOne refused the {action} request: {}", body_snippet(r))),
-            401 | 403 => upstream(Some(r.status), format!("SentinelOne rejected credential `{}` ({}); it needs the agents' network-quarantine permission", input.credential, r.status), None),
+            401 | 403 => upstream(
+                Some(r.status),
+                format!("SentinelOne rejected credential `{}` ({}); it needs the agents' network-quarantine permission", input.credential, r.status),
+                None,
+            ),
             s => upstream(Some(s), format!("SentinelOne answered {s} to {action}: {}", body_snippet(r)), retry_after_ms(r)),
         })?;
         let affected = answer["data"]["affected"].as_u64().unwrap_or(0);

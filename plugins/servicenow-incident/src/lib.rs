@@ -200,12 +200,17 @@ struct Snow {
 impl Snow {
     fn error(&self, what: &str, r: &Response) -> ActionError {
         let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-        let message = [v["error"]["message"].as_str(), v["error"]["detail"].as_str()].into_iter().flatten().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(": ");
+        let message =
+            [v["error"]["message"].as_str(), v["error"]["detail"].as_str()].into_iter().flatten().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(": ");
         let message = if message.is_empty() { body_snippet(r) } else { message };
         match r.status {
             400 | 415 => invalid(format!("ServiceNow refused {what}: {message}")),
             401 => upstream(Some(401), format!("ServiceNow rejected credential `{}`: {message}", self.credential), None),
-            403 => upstream(Some(403), format!("ServiceNow denied {what} to credential `{}` (an ACL or a missing role such as itil): {message}", self.credential), None),
+            403 => upstream(
+                Some(403),
+                format!("ServiceNow denied {what} to credential `{}` (an ACL or a missing role such as itil): {message}", self.credential),
+                None,
+            ),
             404 => invalid(format!("ServiceNow has no such incident ({what}): {message}")),
             s => upstream(Some(s), format!("ServiceNow answered {s} to {what}: {message}"), retry_after_ms(r)),
         }
@@ -222,7 +227,10 @@ impl Snow {
         }
         let number = i.number.as_deref().unwrap_or_default();
         let q = percent_encode(&format!("number={number}"));
-        let found = self.result("the number lookup", self.client.get(&format!("/api/now/table/incident?sysparm_query={q}&sysparm_limit=1&sysparm_fields=sys_id,number"))?)?;
+        let found = self.result(
+            "the number lookup",
+            self.client.get(&format!("/api/now/table/incident?sysparm_query={q}&sysparm_limit=1&sysparm_fields=sys_id,number"))?,
+        )?;
         found[0]["sys_id"].as_str().filter(|s| is_sys_id(s)).map(str::to_string).ok_or_else(|| invalid(format!("ServiceNow has no incident {number}")))
     }
 
@@ -289,8 +297,15 @@ impl Guest for Incident {
         let snow = Snow { client: Client::new("ServiceNow", &base, Some(i.credential.clone())), base, credential: i.credential.clone() };
         match i.operation {
             Operation::Create | Operation::Open => {
-                let created = snow.result("the new incident", snow.client.send("POST", &format!("/api/now/table/incident?sysparm_fields={FIELDS}"), Some(&new_incident(&i)))?)?;
-                let sys_id = created["sys_id"].as_str().filter(|s| is_sys_id(s)).ok_or_else(|| upstream(None, "ServiceNow created an incident but answered no sys_id", None))?.to_string();
+                let created = snow.result(
+                    "the new incident",
+                    snow.client.send("POST", &format!("/api/now/table/incident?sysparm_fields={FIELDS}"), Some(&new_incident(&i)))?,
+                )?;
+                let sys_id = created["sys_id"]
+                    .as_str()
+                    .filter(|s| is_sys_id(s))
+                    .ok_or_else(|| upstream(None, "ServiceNow created an incident but answered no sys_id", None))?
+                    .to_string();
                 log::info(&format!("created {} ({sys_id})", created["number"].as_str().unwrap_or("?")));
                 let mut out = snow.summary(&created);
                 if i.operation == Operation::Open {

@@ -192,12 +192,26 @@ pub fn slack_error(credential: &str, answer: &Value) -> ActionError {
         .map(|s| format!(" ({s})"))
         .unwrap_or_default();
     match code {
-        "not_authed" | "invalid_auth" | "account_inactive" | "token_revoked" | "token_expired" | "no_permission" | "missing_scope" | "not_allowed_token_type" | "ekm_access_denied" => {
-            upstream(None, format!("Slack rejected credential `{credential}`: {code}; it needs a bot token with chat:write"), None)
-        }
-        "channel_not_found" | "not_in_channel" | "is_archived" | "no_text" | "invalid_blocks" | "msg_too_long" | "thread_not_found" | "invalid_ts" | "restricted_action" | "too_many_attachments" | "invalid_arguments" => {
-            invalid(format!("Slack refused the message: {code}{detail}"))
-        }
+        "not_authed"
+        | "invalid_auth"
+        | "account_inactive"
+        | "token_revoked"
+        | "token_expired"
+        | "no_permission"
+        | "missing_scope"
+        | "not_allowed_token_type"
+        | "ekm_access_denied" => upstream(None, format!("Slack rejected credential `{credential}`: {code}; it needs a bot token with chat:write"), None),
+        "channel_not_found"
+        | "not_in_channel"
+        | "is_archived"
+        | "no_text"
+        | "invalid_blocks"
+        | "msg_too_long"
+        | "thread_not_found"
+        | "invalid_ts"
+        | "restricted_action"
+        | "too_many_attachments"
+        | "invalid_arguments" => invalid(format!("Slack refused the message: {code}{detail}")),
         "ratelimited" | "rate_limited" => upstream(Some(429), "Slack rate-limited chat.postMessage", Some(1000)),
         _ => upstream(None, format!("Slack answered {code}{detail}"), None),
     }
@@ -327,8 +341,12 @@ mod tests {
 
     #[test]
     fn slack_errors_map_to_input_or_upstream() {
-        assert!(matches!(slack_error("slack", &json!({"ok": false, "error": "channel_not_found"})), ActionError::InvalidInput(m) if m.contains("channel_not_found")));
-        assert!(matches!(slack_error("slack", &json!({"ok": false, "error": "invalid_auth"})), ActionError::Upstream(u) if u.message.contains("credential `slack`")));
+        assert!(
+            matches!(slack_error("slack", &json!({"ok": false, "error": "channel_not_found"})), ActionError::InvalidInput(m) if m.contains("channel_not_found"))
+        );
+        assert!(
+            matches!(slack_error("slack", &json!({"ok": false, "error": "invalid_auth"})), ActionError::Upstream(u) if u.message.contains("credential `slack`"))
+        );
         assert!(matches!(slack_error("slack", &json!({"ok": false, "error": "fatal_error"})), ActionError::Upstream(_)));
     }
 }

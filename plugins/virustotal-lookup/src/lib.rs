@@ -53,7 +53,10 @@ pub fn path(ind: &Indicator) -> Result<(&'static str, String), ActionError> {
     let hex_of = |len: usize| v.len() == len && v.chars().all(|c| c.is_ascii_hexdigit());
     let (collection, id) = match ind.kind.as_str() {
         "domain" => {
-            let ok = !v.is_empty() && v.len() <= 253 && v.contains('.') && v.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+            let ok = !v.is_empty()
+                && v.len() <= 253
+                && v.contains('.')
+                && v.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
             if !ok {
                 return Err(invalid(format!("`{}` is not a domain name", v.escape_debug())));
             }
@@ -108,7 +111,8 @@ pub fn summarise(ind: &Indicator, data: &Value, malicious_at: u64) -> Value {
     } else {
         "clean"
     };
-    let mut categories: Vec<String> = a["categories"].as_object().map(|m| m.values().filter_map(Value::as_str).map(str::to_string).collect()).unwrap_or_default();
+    let mut categories: Vec<String> =
+        a["categories"].as_object().map(|m| m.values().filter_map(Value::as_str).map(str::to_string).collect()).unwrap_or_default();
     categories.sort();
     categories.dedup();
     let id = data["id"].as_str().unwrap_or_default();
@@ -207,7 +211,14 @@ impl Guest for Lookup {
             }
         })?;
         let summary = summarise(&input.indicator, &answer["data"], input.malicious_at);
-        log::info(&format!("{} {}: {} ({} malicious, {} suspicious)", input.indicator.kind, input.indicator.value, summary["verdict"].as_str().unwrap_or(""), summary["malicious"], summary["suspicious"]));
+        log::info(&format!(
+            "{} {}: {} ({} malicious, {} suspicious)",
+            input.indicator.kind,
+            input.indicator.value,
+            summary["verdict"].as_str().unwrap_or(""),
+            summary["malicious"],
+            summary["suspicious"]
+        ));
         output(&summary)
     }
 }
@@ -231,7 +242,15 @@ mod tests {
 
     #[test]
     fn values_that_are_not_their_kind_never_reach_the_path() {
-        for (k, v) in [("domain", "../users/me"), ("domain", "evil example"), ("ip", "1.2.3"), ("sha256", "abc"), ("md5", "g".repeat(32).as_str()), ("url", "file:///etc/passwd"), ("cve", "x")] {
+        for (k, v) in [
+            ("domain", "../users/me"),
+            ("domain", "evil example"),
+            ("ip", "1.2.3"),
+            ("sha256", "abc"),
+            ("md5", "g".repeat(32).as_str()),
+            ("url", "file:///etc/passwd"),
+            ("cve", "x"),
+        ] {
             assert!(matches!(path(&ind(k, v)), Err(ActionError::InvalidInput(_))), "{k} {v}");
         }
         assert_eq!(path(&ind("domain", "Evil.Example")).unwrap(), ("domains", "evil.example".to_string()));

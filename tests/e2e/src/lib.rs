@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use warden::capability::http::resolve::HostResolver;
 use warden::policy::Policy;
-use warden::InvocationInfo;
 use warden::runtime::{InvocationReport, Runtime, RuntimeConfig};
+use warden::InvocationInfo;
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
@@ -20,11 +20,7 @@ pub fn guest(name: &str) -> PathBuf {
 
 /// A runtime with a compile cache under target/, and an optional resolver.
 pub fn runtime(resolver: Option<Arc<dyn HostResolver>>) -> Runtime {
-    let mut cfg = RuntimeConfig {
-        cache_dir: Some(workspace_root().join("target/warden-test-cache")),
-        max_instances: 64,
-        ..Default::default()
-    };
+    let mut cfg = RuntimeConfig { cache_dir: Some(workspace_root().join("target/warden-test-cache")), max_instances: 64, ..Default::default() };
     if let Some(r) = resolver {
         cfg.resolver = r;
     }
@@ -34,7 +30,20 @@ pub fn runtime(resolver: Option<Arc<dyn HostResolver>>) -> Runtime {
 /// Parses a policy written inline; `{probe}` and friends become guest paths.
 pub fn policy(text: &str) -> Policy {
     let mut text = text.to_string();
-    for name in ["probe", "http-fetch", "sentinelone-hunt", "sentinelone-isolate", "jira-ticket", "email", "slack-notify", "virustotal-lookup", "servicenow-incident", "crowdstrike-contain", "js-fetch", "py-fetch"] {
+    for name in [
+        "probe",
+        "http-fetch",
+        "sentinelone-hunt",
+        "sentinelone-isolate",
+        "jira-ticket",
+        "email",
+        "slack-notify",
+        "virustotal-lookup",
+        "servicenow-incident",
+        "crowdstrike-contain",
+        "js-fetch",
+        "py-fetch",
+    ] {
         let key = format!("{{{name}}}");
         if text.contains(&key) {
             text = text.replace(&key, &guest(name).display().to_string());
@@ -87,10 +96,7 @@ impl SmtpServer {
             .expect("python3 is needed for the SMTP tests");
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(
-            line.starts_with("READY"),
-            "tests/smtp_server.py did not start (is aiosmtpd installed? `pip install aiosmtpd`; .ci/run does)"
-        );
+        assert!(line.starts_with("READY"), "tests/smtp_server.py did not start (is aiosmtpd installed? `pip install aiosmtpd`; .ci/run does)");
         SmtpServer { port, dir, child }
     }
 
@@ -139,12 +145,7 @@ impl Drop for StoryDir {
 pub fn engine(policy: Policy, dir: &Path) -> warden::story::engine::Engine {
     let library = warden::story::Library::load_dir(dir).unwrap_or_else(|e| panic!("{e}"));
     library.check(&policy).unwrap_or_else(|e| panic!("{e}"));
-    warden::story::engine::Engine::new(
-        Arc::new(runtime(None)),
-        Arc::new(policy),
-        Arc::new(library),
-        Arc::new(warden::store::RunStore::in_memory().unwrap()),
-    )
+    warden::story::engine::Engine::new(Arc::new(runtime(None)), Arc::new(policy), Arc::new(library), Arc::new(warden::store::RunStore::in_memory().unwrap()))
 }
 
 /// The ports of the simulators a test started, swapped into the example files
@@ -177,7 +178,8 @@ pub fn example_files_at(p: SimPorts, extra: &[(&str, &str)]) -> (StoryDir, Strin
     unsafe { std::env::set_var("SLACK_SIGNING_SECRET", SLACK_SIGNING_SECRET) };
     let root = workspace_root();
     let swap = |mut text: String| {
-        for (demo, port) in [(":8701", p.s1), (":8702", p.jira), (":8703", p.slack), (":8704", p.virustotal), (":8705", p.servicenow), (":8706", p.crowdstrike)] {
+        for (demo, port) in [(":8701", p.s1), (":8702", p.jira), (":8703", p.slack), (":8704", p.virustotal), (":8705", p.servicenow), (":8706", p.crowdstrike)]
+        {
             if port != 0 {
                 text = text.replace(demo, &format!(":{port}"));
             }
@@ -188,7 +190,11 @@ pub fn example_files_at(p: SimPorts, extra: &[(&str, &str)]) -> (StoryDir, Strin
         text
     };
     let mut files: Vec<(String, String)> = extra.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
-    let mut names: Vec<String> = std::fs::read_dir(root.join("examples/stories")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".yaml")).collect();
+    let mut names: Vec<String> = std::fs::read_dir(root.join("examples/stories"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
     names.sort();
     for name in names {
         if !files.iter().any(|(n, _)| *n == name) {
@@ -213,7 +219,10 @@ pub async fn serve(engine: warden::story::engine::Engine) -> (String, Arc<warden
 }
 
 /// [`serve`] with traces (`[telemetry]`), as `warden serve` wires them.
-pub async fn serve_traced(engine: warden::story::engine::Engine, telemetry: Option<Arc<warden::telemetry::Telemetry>>) -> (String, Arc<warden::story::engine::Engine>) {
+pub async fn serve_traced(
+    engine: warden::story::engine::Engine,
+    telemetry: Option<Arc<warden::telemetry::Telemetry>>,
+) -> (String, Arc<warden::story::engine::Engine>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let engine = Arc::new(engine.with_links_base(&addr.to_string()).with_traces(telemetry.clone().map(|t| t as _)));

@@ -5,8 +5,8 @@
 //! host obtains itself.
 
 use serde_json::{json, Value};
-use warden::InvokeError;
 use warden::runtime::InvocationReport;
+use warden::InvokeError;
 use warden_e2e::{everything, output, policy, run, runtime};
 use warden_sim::{crowdstrike, servicenow, slack, virustotal};
 
@@ -135,7 +135,10 @@ async fn slack_posts_block_kit_replies_in_threads_and_honours_rate_limits() {
     assert_eq!(msg.blocks[0]["type"], "header");
     assert_eq!(msg.blocks[2]["fields"][1]["text"], "*Hosts*\n3");
     let buttons = slack::buttons(&msg.blocks);
-    assert_eq!(buttons.iter().map(|b| b["value"].as_str().unwrap_or("(link)")).collect::<Vec<_>>(), vec!["(link)", "https://warden.corp.example/approvals/abc", "https://warden.corp.example/approvals/def"]);
+    assert_eq!(
+        buttons.iter().map(|b| b["value"].as_str().unwrap_or("(link)")).collect::<Vec<_>>(),
+        vec!["(link)", "https://warden.corp.example/approvals/abc", "https://warden.corp.example/approvals/def"]
+    );
     assert_eq!(sim.recorder.all()[0].headers["authorization"], format!("Bearer {SLACK_TOKEN}"), "the host injected the bot token");
     no_secret(&posted, &[]);
 
@@ -165,7 +168,11 @@ async fn slack_posts_block_kit_replies_in_threads_and_honours_rate_limits() {
     // A wrong token is named by its credential.
     let wrong = policy(&pack_text(srv.port(), 1, 1, 1, "WARDEN_PACK_CS_SECRET", "post").replace("env = \"WARDEN_PACK_SLACK\"", "env = \"WARDEN_PACK_WRONG\""));
     let r = run(&rt, &wrong, "slack-notify", base.clone()).await;
-    assert!(matches!(&r.outcome, Err(InvokeError::Upstream { message, .. }) if message.contains("credential `slack`") && message.contains("invalid_auth")), "{:?}", r.outcome);
+    assert!(
+        matches!(&r.outcome, Err(InvokeError::Upstream { message, .. }) if message.contains("credential `slack`") && message.contains("invalid_auth")),
+        "{:?}",
+        r.outcome
+    );
 }
 
 // ---- VirusTotal ----
@@ -180,7 +187,10 @@ async fn virustotal_summarises_known_indicators_and_unknown_is_an_answer() {
 
     let r = run(&rt, &p, "virustotal-lookup", lookup("domain", "evil.example")).await;
     let out = output(&r);
-    assert_eq!((out["found"].as_bool(), out["verdict"].as_str(), out["malicious"].as_u64(), out["reputation"].as_i64()), (Some(true), Some("malicious"), Some(12), Some(-41)));
+    assert_eq!(
+        (out["found"].as_bool(), out["verdict"].as_str(), out["malicious"].as_u64(), out["reputation"].as_i64()),
+        (Some(true), Some("malicious"), Some(12), Some(-41))
+    );
     assert_eq!(out["categories"], json!(["malicious web sites", "phishing"]));
     assert_eq!(out["link"], "https://www.virustotal.com/gui/domain/evil.example");
     assert_eq!(sim.recorder.all()[0].headers["x-apikey"], VT_KEY, "the host injected the key");
@@ -206,7 +216,14 @@ async fn virustotal_summarises_known_indicators_and_unknown_is_an_answer() {
     // Quota: not retried (it would burn the quota), returned with its retry-after.
     sim.quota_exceeded_next(1);
     let r = run(&rt, &p, "virustotal-lookup", lookup("domain", "evil.example")).await;
-    assert_eq!(r.outcome, Err(InvokeError::Upstream { status: Some(429), message: "VirusTotal quota exceeded (QuotaExceededError); try again later".into(), retry_after_ms: Some(60_000) }));
+    assert_eq!(
+        r.outcome,
+        Err(InvokeError::Upstream {
+            status: Some(429),
+            message: "VirusTotal quota exceeded (QuotaExceededError); try again later".into(),
+            retry_after_ms: Some(60_000)
+        })
+    );
 }
 
 // ---- ServiceNow ----
@@ -220,10 +237,19 @@ async fn servicenow_opens_notes_and_reads_incidents() {
     let site = format!("http://{}", srv.addr);
     let base = json!({"instance_url": site, "credential": "snow"});
 
-    let opened = run(&rt, &p, "servicenow-incident", with(base.clone(), json!({
-        "operation": "open", "short_description": "IOC evil.example seen on 3 hosts", "description": "WS-ALICE-01, WS-BOB-07, SRV-DB-01",
-        "priority": "High", "category": "security", "note": "Opened by warden"
-    }))).await;
+    let opened = run(
+        &rt,
+        &p,
+        "servicenow-incident",
+        with(
+            base.clone(),
+            json!({
+                "operation": "open", "short_description": "IOC evil.example seen on 3 hosts", "description": "WS-ALICE-01, WS-BOB-07, SRV-DB-01",
+                "priority": "High", "category": "security", "note": "Opened by warden"
+            }),
+        ),
+    )
+    .await;
     let out = output(&opened);
     assert_eq!(out["key"], "INC0010001");
     assert_eq!(out["status"], json!({"name": "New", "state": "1"}));
@@ -236,7 +262,15 @@ async fn servicenow_opens_notes_and_reads_incidents() {
     no_secret(&opened, &[]);
 
     // A note by number (looked up), customer-visible this time; the state as an analyst set it.
-    let noted = output(&run(&rt, &p, "servicenow-incident", with(base.clone(), json!({"operation": "note", "number": "INC0010001", "note": "Hosts contained", "internal": false}))).await);
+    let noted = output(
+        &run(
+            &rt,
+            &p,
+            "servicenow-incident",
+            with(base.clone(), json!({"operation": "note", "number": "INC0010001", "note": "Hosts contained", "internal": false})),
+        )
+        .await,
+    );
     assert_eq!(noted["noted"], true);
     assert_eq!(sim.incident("INC0010001").unwrap().comments, vec!["Hosts contained".to_string()]);
     sim.set_state("INC0010001", "6");
@@ -244,27 +278,41 @@ async fn servicenow_opens_notes_and_reads_incidents() {
     assert_eq!(status["status"]["name"], "Resolved");
 
     // Unknown incidents, refused input, throttling retried, a throttle that lasts.
-    assert!(invalid(&run(&rt, &p, "servicenow-incident", with(base.clone(), json!({"operation": "status", "sys_id": "00000000000000000000000000000000"}))).await).contains("No Record found"));
-    assert!(invalid(&run(&rt, &p, "servicenow-incident", with(base.clone(), json!({"operation": "note", "number": "INC0099999", "note": "x"}))).await).contains("no incident INC0099999"));
+    assert!(invalid(
+        &run(&rt, &p, "servicenow-incident", with(base.clone(), json!({"operation": "status", "sys_id": "00000000000000000000000000000000"}))).await
+    )
+    .contains("No Record found"));
+    assert!(invalid(&run(&rt, &p, "servicenow-incident", with(base.clone(), json!({"operation": "note", "number": "INC0099999", "note": "x"}))).await)
+        .contains("no incident INC0099999"));
     assert!(invalid(&run(&rt, &p, "servicenow-incident", with(base.clone(), json!({"operation": "create"}))).await).contains("short_description is required"));
     sim.throttle_next(1);
-    assert_eq!(output(&run(&rt, &p, "servicenow-incident", with(base.clone(), json!({"operation": "create", "short_description": "x"}))).await)["key"], "INC0010002");
+    assert_eq!(
+        output(&run(&rt, &p, "servicenow-incident", with(base.clone(), json!({"operation": "create", "short_description": "x"}))).await)["key"],
+        "INC0010002"
+    );
     sim.throttle_next(10);
     let r = run(&rt, &p, "servicenow-incident", with(base.clone(), json!({"operation": "create", "short_description": "x"}))).await;
     match &r.outcome {
         Err(InvokeError::Upstream { status: Some(429), retry_after_ms: Some(1000), message }) => assert!(message.contains("Rate limit rule"), "{message}"),
         other => panic!("{other:?}"),
-    }    sim.throttle_next(0);
+    }
+    sim.throttle_next(0);
 
     // An OAuth bearer token from the instance works the same; a wrong password is named by its credential.
     sim.config.lock().unwrap().bearer = Some(SNOW_PASSWORD.into());
-    let bearer = policy(&pack_text(1, 1, srv.port(), 1, "WARDEN_PACK_CS_SECRET", "post").replace("kind = \"basic\"\nuser = \"warden.integration\"", "kind = \"bearer\""));
+    let bearer = policy(
+        &pack_text(1, 1, srv.port(), 1, "WARDEN_PACK_CS_SECRET", "post").replace("kind = \"basic\"\nuser = \"warden.integration\"", "kind = \"bearer\""),
+    );
     let r = run(&rt, &bearer, "servicenow-incident", with(base.clone(), json!({"operation": "status", "number": "INC0010001"}))).await;
     assert_eq!(output(&r)["status"]["name"], "Resolved");
     assert_eq!(sim.recorder.all().last().unwrap().headers["authorization"], format!("Bearer {SNOW_PASSWORD}"));
     let wrong = policy(&pack_text(1, 1, srv.port(), 1, "WARDEN_PACK_CS_SECRET", "post").replace("env = \"WARDEN_PACK_SNOW\"", "env = \"WARDEN_PACK_WRONG\""));
     let r = run(&rt, &wrong, "servicenow-incident", with(base.clone(), json!({"operation": "status", "number": "INC0010001"}))).await;
-    assert!(matches!(&r.outcome, Err(InvokeError::Upstream { status: Some(401), message, .. }) if message.contains("credential `snow`") && message.contains("User Not Authenticated")), "{:?}", r.outcome);
+    assert!(
+        matches!(&r.outcome, Err(InvokeError::Upstream { status: Some(401), message, .. }) if message.contains("credential `snow`") && message.contains("User Not Authenticated")),
+        "{:?}",
+        r.outcome
+    );
 }
 
 // ---- CrowdStrike, with the host doing the OAuth ----
@@ -338,7 +386,9 @@ async fn the_host_mints_caches_and_refreshes_the_falcon_token_and_the_plugin_nev
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_near_its_expiry_is_replaced_before_use() {
     set_env();
-    let (srv, sim) = crowdstrike::spawn(crowdstrike::Config { client_id: CS_ID.into(), client_secret: CS_SECRET.into(), expires_in: 1, ..Default::default() }).await.unwrap();
+    let (srv, sim) = crowdstrike::spawn(crowdstrike::Config { client_id: CS_ID.into(), client_secret: CS_SECRET.into(), expires_in: 1, ..Default::default() })
+        .await
+        .unwrap();
     let p = pack_policy(1, 1, 1, srv.port(), "WARDEN_PACK_CS_SECRET", "post");
     let rt = runtime(None);
     output(&run(&rt, &p, "crowdstrike-contain", falcon(&srv, "contain", json!([crowdstrike::ALICE]))).await);
@@ -360,7 +410,9 @@ async fn a_client_secret_falcon_refuses_denies_the_call_and_only_the_operator_he
     let r = run(&rt, &p, "crowdstrike-contain", falcon(&srv, "contain", json!([crowdstrike::ALICE]))).await;
     match &r.outcome {
         // What the guest heard comes first; the host adds the audit's reason for the operator.
-        Err(InvokeError::Denied { message }) => assert!(message.starts_with("credential `falcon` could not obtain an access token; the operator's audit record says why;"), "{message}"),
+        Err(InvokeError::Denied { message }) => {
+            assert!(message.starts_with("credential `falcon` could not obtain an access token; the operator's audit record says why;"), "{message}")
+        }
         other => panic!("{other:?}"),
     }
     let audit = serde_json::to_value(&r).unwrap()["audit"].clone();
@@ -411,13 +463,29 @@ async fn oauth2_credentials_are_checked_at_load() {
         let e = warden::Policy::parse(&text, "p.toml", std::path::Path::new(".")).unwrap_err().to_string();
         assert!(e.contains("p.toml:") && e.contains(why), "{patch}: {e}");
     }
-    let e = warden::Policy::parse("[credentials.c]\nkind = \"bearer\"\nenv = \"S\"\ntoken_url = \"https://a.example/t\"\nhosts = [\"https://api.example.com\"]\n", "p.toml", std::path::Path::new(".")).unwrap_err().to_string();
+    let e = warden::Policy::parse(
+        "[credentials.c]\nkind = \"bearer\"\nenv = \"S\"\ntoken_url = \"https://a.example/t\"\nhosts = [\"https://api.example.com\"]\n",
+        "p.toml",
+        std::path::Path::new("."),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("`token_url` belongs to kind \"oauth2\""), "{e}");
     // `policy explain` says where the token comes from, and that the plugin never sees it.
     let p = pack_policy(1, 1, 1, 4242, "WARDEN_PACK_CS_SECRET", "post");
     let lines = warden::explain::grant_lines(&p, "crowdstrike-contain", "");
-    assert!(lines.iter().any(|l| l.contains("credential falcon") && l.contains("as an OAuth2 token warden obtains from http://127.0.0.1:4242/oauth2/token (the plugin never sees it)")), "{lines:?}");
-    let e = warden::Policy::parse("[credentials.c]\nkind = \"oauth2\"\nenv = \"S\"\ntoken_url = \"https://a.example/t\"\nhosts = [\"https://api.example.com\"]\n", "p.toml", std::path::Path::new(".")).unwrap_err().to_string();
+    assert!(
+        lines.iter().any(|l| l.contains("credential falcon")
+            && l.contains("as an OAuth2 token warden obtains from http://127.0.0.1:4242/oauth2/token (the plugin never sees it)")),
+        "{lines:?}"
+    );
+    let e = warden::Policy::parse(
+        "[credentials.c]\nkind = \"oauth2\"\nenv = \"S\"\ntoken_url = \"https://a.example/t\"\nhosts = [\"https://api.example.com\"]\n",
+        "p.toml",
+        std::path::Path::new("."),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("client_id"), "{e}");
 }
 
@@ -437,7 +505,15 @@ struct Pack {
 async fn example_pack(smtp: u16, extra: &[(&str, &str)]) -> Pack {
     // SAFETY: the example policy reads these; every test sets the same values.
     unsafe {
-        for (k, v) in [("S1_API_TOKEN", "s1-demo-token"), ("JIRA_API_TOKEN", "jira-demo-token"), ("SLACK_BOT_TOKEN", "xoxb-demo-token"), ("VT_API_KEY", "vt-demo-key"), ("SERVICENOW_PASSWORD", "snow-demo-password"), ("CS_CLIENT_ID", "cs-demo-client"), ("CS_CLIENT_SECRET", "cs-demo-secret")] {
+        for (k, v) in [
+            ("S1_API_TOKEN", "s1-demo-token"),
+            ("JIRA_API_TOKEN", "jira-demo-token"),
+            ("SLACK_BOT_TOKEN", "xoxb-demo-token"),
+            ("VT_API_KEY", "vt-demo-key"),
+            ("SERVICENOW_PASSWORD", "snow-demo-password"),
+            ("CS_CLIENT_ID", "cs-demo-client"),
+            ("CS_CLIENT_SECRET", "cs-demo-secret"),
+        ] {
             std::env::set_var(k, v);
         }
     }
@@ -447,7 +523,8 @@ async fn example_pack(smtp: u16, extra: &[(&str, &str)]) -> Pack {
     let (vt, _vt) = virustotal::spawn(Default::default()).await.unwrap();
     let (sn, snow_sim) = servicenow::spawn(Default::default()).await.unwrap();
     let (cs, cs_sim) = crowdstrike::spawn(Default::default()).await.unwrap();
-    let ports = warden_e2e::SimPorts { s1: s1.port(), jira: j.port(), smtp, slack: sl.port(), virustotal: vt.port(), servicenow: sn.port(), crowdstrike: cs.port() };
+    let ports =
+        warden_e2e::SimPorts { s1: s1.port(), jira: j.port(), smtp, slack: sl.port(), virustotal: vt.port(), servicenow: sn.port(), crowdstrike: cs.port() };
     let (dir, text) = warden_e2e::example_files_at(ports, extra);
     let policy = warden_e2e::parse_example_policy(&text);
     Pack { s1_sim, slack_sim, snow_sim, cs_sim, _servers: vec![s1, j, sl, vt, sn, cs], _dir: dir, policy }
@@ -595,7 +672,15 @@ async fn the_threat_hunt_opens_a_servicenow_incident_when_only_its_ticket_story_
     let swapped = hunt.replace("name: threat-hunt", "name: threat-hunt-snow").replace("story: jira-open", "story: servicenow-open");
     let pack = example_pack(smtp.port, &[("threat-hunt-snow.yaml", &swapped)]).await;
     let e = warden_e2e::engine(pack.policy.clone(), &pack._dir.0);
-    let done = e.run("threat-hunt-snow", json!({"indicator": {"kind": "domain", "value": "evil.example"}, "leads": ["soc-lead@corp.example"]}), "test", &warden::story::engine::Quiet).await.unwrap();
+    let done = e
+        .run(
+            "threat-hunt-snow",
+            json!({"indicator": {"kind": "domain", "value": "evil.example"}, "leads": ["soc-lead@corp.example"]}),
+            "test",
+            &warden::story::engine::Quiet,
+        )
+        .await
+        .unwrap();
     assert_eq!(done.state, warden::story::RunState::Succeeded, "{:?}", done.error);
     let out = done.output.unwrap();
     assert_eq!(out["ticket"], "INC0010001");

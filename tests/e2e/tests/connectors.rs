@@ -2,8 +2,8 @@
 //! credential injection, and the local SentinelOne and Jira simulators.
 
 use serde_json::{json, Value};
-use warden::InvokeError;
 use warden::runtime::InvocationReport;
+use warden::InvokeError;
 use warden_e2e::{everything, output, policy, run, runtime};
 use warden_sim::{jira, sentinelone};
 
@@ -118,8 +118,7 @@ async fn a_multi_page_hunt_with_duplicates_yields_the_unique_hosts() {
     assert_eq!(out["duplicates_dropped"], 5);
     assert_eq!(out["truncated"], false);
     let hosts = out["unique_hosts"].as_array().unwrap();
-    let counts: Vec<(&str, u64)> =
-        hosts.iter().map(|h| (h["agent_name"].as_str().unwrap(), h["event_count"].as_u64().unwrap())).collect();
+    let counts: Vec<(&str, u64)> = hosts.iter().map(|h| (h["agent_name"].as_str().unwrap(), h["event_count"].as_u64().unwrap())).collect();
     assert_eq!(counts, vec![("WS-ALICE-01", 5), ("WS-BOB-07", 3), ("SRV-DB-01", 1)]);
     let alice = &hosts[0];
     assert_eq!(alice["os"], "windows");
@@ -172,10 +171,8 @@ async fn hash_indicators_build_quoted_queries_and_unsafe_values_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_query_ends_with_its_state_and_error() {
     set_tokens();
-    let cfg = sentinelone::Config {
-        outcome: sentinelone::Outcome::Ends { state: "FAILED".into(), error: Some("S1QL syntax error at 12".into()) },
-        ..s1_config()
-    };
+    let cfg =
+        sentinelone::Config { outcome: sentinelone::Outcome::Ends { state: "FAILED".into(), error: Some("S1QL syntax error at 12".into()) }, ..s1_config() };
     let (s1, _sim) = sentinelone::spawn(cfg).await.unwrap();
     let p = connectors_policy(s1.port(), 1, "WARDEN_TEST_S1_TOKEN");
     let report = run(&runtime(None), &p, "sentinelone-hunt", hunt_input(&s1, json!({}))).await;
@@ -287,10 +284,20 @@ async fn jira_create_comment_status_and_request() {
     let rt = runtime(None);
     let site = format!("http://{}", j.addr);
 
-    let created = run(&rt, &p, "jira-ticket", jira_input(&j, "create", json!({
-        "project": "SEC", "summary": "IOC evil.example seen on 3 hosts", "description": "Hosts:\nWS-ALICE-01",
-        "priority": "Highest", "labels": ["ioc", "warden"]
-    }))).await;
+    let created = run(
+        &rt,
+        &p,
+        "jira-ticket",
+        jira_input(
+            &j,
+            "create",
+            json!({
+                "project": "SEC", "summary": "IOC evil.example seen on 3 hosts", "description": "Hosts:\nWS-ALICE-01",
+                "priority": "Highest", "labels": ["ioc", "warden"]
+            }),
+        ),
+    )
+    .await;
     let out = output(&created);
     assert_eq!(out["key"], "SEC-1");
     assert_eq!(out["url"], format!("{site}/browse/SEC-1"));
@@ -309,9 +316,21 @@ async fn jira_create_comment_status_and_request() {
     assert_eq!(s["name"], "To Do");
     assert_eq!(s["category"], "new");
 
-    let r = output(&run(&rt, &p, "jira-ticket", jira_input(&j, "request", json!({
-        "service_desk_id": "1", "request_type_id": "10", "summary": "Please isolate WS-ALICE-01"
-    }))).await);
+    let r = output(
+        &run(
+            &rt,
+            &p,
+            "jira-ticket",
+            jira_input(
+                &j,
+                "request",
+                json!({
+                    "service_desk_id": "1", "request_type_id": "10", "summary": "Please isolate WS-ALICE-01"
+                }),
+            ),
+        )
+        .await,
+    );
     assert_eq!(r["key"], "SEC-2");
     assert_eq!(r["status"], "Waiting for support");
     assert_eq!(r["portal_url"], format!("{site}/servicedesk/customer/portal/1/SEC-2"));
@@ -327,9 +346,19 @@ async fn jira_open_creates_comments_and_reads_status_in_one_call() {
     set_tokens();
     let (j, sim) = jira::spawn(jira_config()).await.unwrap();
     let p = connectors_policy(1, j.port(), "WARDEN_TEST_S1_TOKEN");
-    let report = run(&runtime(None), &p, "jira-ticket", jira_input(&j, "open", json!({
-        "project": "SEC", "summary": "Hunt: evil.example", "description": "d", "comment": "3 hosts", "api_version": 3
-    }))).await;
+    let report = run(
+        &runtime(None),
+        &p,
+        "jira-ticket",
+        jira_input(
+            &j,
+            "open",
+            json!({
+                "project": "SEC", "summary": "Hunt: evil.example", "description": "d", "comment": "3 hosts", "api_version": 3
+            }),
+        ),
+    )
+    .await;
     let out = output(&report);
     assert_eq!(out["key"], "SEC-1");
     assert_eq!(out["status"], json!({"name": "To Do", "category": "new"}));
@@ -434,5 +463,9 @@ async fn isolation_disconnects_exactly_the_named_agents_and_refuses_an_empty_lis
 
     let p = connectors_policy(s1.port(), 1, "WARDEN_TEST_WRONG_TOKEN");
     let report = run(&rt, &p, "sentinelone-isolate", input("disconnect", json!([bob]))).await;
-    assert!(matches!(&report.outcome, Err(InvokeError::Upstream { status: Some(401), message, .. }) if message.contains("credential `s1`")), "{:?}", report.outcome);
+    assert!(
+        matches!(&report.outcome, Err(InvokeError::Upstream { status: Some(401), message, .. }) if message.contains("credential `s1`")),
+        "{:?}",
+        report.outcome
+    );
 }

@@ -233,10 +233,8 @@ async fn a_webhook_run_appears_live_and_its_hunt_shows_every_call() {
 
     let run = webhook(&ex.base, "threat-hunt", &json!({"indicator": {"kind": "domain", "value": "evil.example"}, "leads": ["soc-lead@corp.example"]})).await;
     let row = format!("tr[data-run='{run}'] .state");
-    let state = until("the run to appear and succeed on the open runs page", || async {
-        text_of(&c, &row).await.filter(|s| s == "succeeded" || s == "failed")
-    })
-    .await;
+    let state =
+        until("the run to appear and succeed on the open runs page", || async { text_of(&c, &row).await.filter(|s| s == "succeeded" || s == "failed") }).await;
     assert_eq!(state, "succeeded");
     assert_eq!(c.execute("return window.wardenMark || null;", vec![]).await.unwrap(), json!("still here"), "the page updated itself without a reload");
     // Times are shown in the viewer's zone, with the UTC instant kept as a title.
@@ -318,7 +316,12 @@ async fn hostile_text_stays_text_denials_show_their_rule_and_a_decision_resumes_
     screenshot(&c, "denied").await;
 
     // An approval: the run waits, the Approvals tab shows it, one click decides, the run resumes.
-    let asked = webhook(&ex.base, "threat-hunt", &json!({"indicator": {"kind": "domain", "value": "evil.example"}, "leads": ["soc-lead@corp.example"], "ask_to_isolate": true})).await;
+    let asked = webhook(
+        &ex.base,
+        "threat-hunt",
+        &json!({"indicator": {"kind": "domain", "value": "evil.example"}, "leads": ["soc-lead@corp.example"], "ask_to_isolate": true}),
+    )
+    .await;
     c.goto(&format!("{}/console/runs/{asked}", ex.base)).await.unwrap();
     until("the run to wait for a decision", || async { text_of(&c, "#run-state").await.filter(|s| s == "waiting") }).await;
     assert!(text_of(&c, "section.waiting").await.unwrap().contains("Isolate 3 host(s) that saw evil.example?"));
@@ -337,10 +340,7 @@ async fn hostile_text_stays_text_denials_show_their_rule_and_a_decision_resumes_
     // navigation started now could abort that POST (it did once in CI). The decision's own
     // record is what says the POST arrived; the redirect then lands on this same page.
     let approvals = ex.engine.store.approvals().unwrap();
-    until("the decision to be recorded", || async {
-        approvals.approval(&asked, "contain").unwrap().unwrap().decision.map(|_| String::new())
-    })
-    .await;
+    until("the decision to be recorded", || async { approvals.approval(&asked, "contain").unwrap().unwrap().decision.map(|_| String::new()) }).await;
     c.goto(&format!("{}/console/runs/{asked}", ex.base)).await.unwrap();
     until("the decided run to finish", || async { text_of(&c, "#run-state").await.filter(|s| s == "succeeded") }).await;
     let a = approvals.approval(&asked, "contain").unwrap().unwrap();

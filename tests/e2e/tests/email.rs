@@ -60,12 +60,18 @@ async fn an_email_reaches_a_real_smtp_server_with_both_parts_and_a_clickable_lin
     let p = mail_policy(server.port, 1);
     let rt = runtime(None);
     let link = "https://corp.atlassian.net/browse/SEC-12";
-    let report = run(&rt, &p, "email", json!({
-        "to": ["lead-one@corp.example", "Lead Two <lead-two@corp.example>"],
-        "cc": "soc@corp.example",
-        "subject": "[warden] evil.example seen on 3 hosts: SEC-12",
-        "text": format!("Ticket SEC-12 is open: {link}.\nHosts: WS-ALICE-01, WS-BOB-07"),
-    })).await;
+    let report = run(
+        &rt,
+        &p,
+        "email",
+        json!({
+            "to": ["lead-one@corp.example", "Lead Two <lead-two@corp.example>"],
+            "cc": "soc@corp.example",
+            "subject": "[warden] evil.example seen on 3 hosts: SEC-12",
+            "text": format!("Ticket SEC-12 is open: {link}.\nHosts: WS-ALICE-01, WS-BOB-07"),
+        }),
+    )
+    .await;
     let out = output(&report);
     assert_eq!(out["provider"], "smtp");
     assert_eq!(out["accepted"], json!(["lead-one@corp.example", "lead-two@corp.example", "soc@corp.example"]));
@@ -136,10 +142,7 @@ async fn refused_messages_deliver_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_without_a_mail_grant_cannot_send() {
     let server = SmtpServer::start();
-    let p = policy(&format!(
-        "[relays.local]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n[plugins.email]\npath = \"{{email}}\"\n",
-        server.port
-    ));
+    let p = policy(&format!("[relays.local]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n[plugins.email]\npath = \"{{email}}\"\n", server.port));
     let report = run(&runtime(None), &p, "email", json!({"to": "a@corp.example", "from": "w@corp.example", "subject": "s", "text": "t"})).await;
     assert!(matches!(&report.outcome, Err(InvokeError::Denied { message }) if message.contains("may not send email")), "{:?}", report.outcome);
     assert_eq!(server.messages().len(), 0);
@@ -147,21 +150,22 @@ async fn a_plugin_without_a_mail_grant_cannot_send() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sendgrid_and_mailgun_send_through_the_simulators() {
-    let (api, sim) = mail::spawn(mail::Config {
-        sendgrid_key: SG_KEY.into(),
-        mailgun_key: MG_KEY.into(),
-        mailgun_domain: "mg.corp.example".into(),
-    })
-    .await
-    .unwrap();
+    let (api, sim) =
+        mail::spawn(mail::Config { sendgrid_key: SG_KEY.into(), mailgun_key: MG_KEY.into(), mailgun_domain: "mg.corp.example".into() }).await.unwrap();
     let p = mail_policy(1, api.port());
     let rt = runtime(None);
     let api_url = format!("http://{}", api.addr);
-    let sg = run(&rt, &p, "email", json!({
-        "provider": "sendgrid", "credential": "sendgrid", "api_url": api_url,
-        "from": "warden@corp.example", "to": ["lead@corp.example"], "bcc": "audit@corp.example",
-        "subject": "SEC-1", "text": "see https://jira.example/browse/SEC-1"
-    })).await;
+    let sg = run(
+        &rt,
+        &p,
+        "email",
+        json!({
+            "provider": "sendgrid", "credential": "sendgrid", "api_url": api_url,
+            "from": "warden@corp.example", "to": ["lead@corp.example"], "bcc": "audit@corp.example",
+            "subject": "SEC-1", "text": "see https://jira.example/browse/SEC-1"
+        }),
+    )
+    .await;
     let out = output(&sg);
     assert_eq!(out["message_id"], "sg-000001");
     assert_eq!(out["accepted"], json!(["lead@corp.example", "audit@corp.example"]));
@@ -172,35 +176,63 @@ async fn sendgrid_and_mailgun_send_through_the_simulators() {
     assert_eq!(sim.recorder.all()[0].headers["authorization"], format!("Bearer {SG_KEY}"));
     assert!(!everything(&sg).contains(SG_KEY));
 
-    let mg = run(&rt, &p, "email", json!({
-        "provider": "mailgun", "credential": "mailgun", "api_url": api_url, "domain": "mg.corp.example",
-        "from": "warden@corp.example", "to": "lead@corp.example", "subject": "SEC-1", "text": "t"
-    })).await;
+    let mg = run(
+        &rt,
+        &p,
+        "email",
+        json!({
+            "provider": "mailgun", "credential": "mailgun", "api_url": api_url, "domain": "mg.corp.example",
+            "from": "warden@corp.example", "to": "lead@corp.example", "subject": "SEC-1", "text": "t"
+        }),
+    )
+    .await;
     let out = output(&mg);
     assert_eq!(out["message_id"], "<000002.mg@mg.corp.example>");
     assert_eq!(sim.accepted.lock().unwrap()[1]["subject"], "SEC-1");
     assert!(!everything(&mg).contains(MG_KEY));
 
     // Error mapping: a refused field, and an unknown domain.
-    let missing_from = run(&rt, &p, "email", json!({
-        "provider": "sendgrid", "credential": "sendgrid", "api_url": api_url, "to": "lead@corp.example", "subject": "s", "text": "t"
-    })).await;
+    let missing_from = run(
+        &rt,
+        &p,
+        "email",
+        json!({
+            "provider": "sendgrid", "credential": "sendgrid", "api_url": api_url, "to": "lead@corp.example", "subject": "s", "text": "t"
+        }),
+    )
+    .await;
     assert!(matches!(&missing_from.outcome, Err(InvokeError::InvalidInput { message }) if message.contains("from is required")));
-    let wrong_domain = run(&rt, &p, "email", json!({
-        "provider": "mailgun", "credential": "mailgun", "api_url": api_url, "domain": "other.example",
-        "from": "warden@corp.example", "to": "lead@corp.example", "subject": "s", "text": "t"
-    })).await;
-    assert!(matches!(&wrong_domain.outcome, Err(InvokeError::Upstream { status: Some(404), message, .. }) if message.contains("Domain not found")), "{:?}", wrong_domain.outcome);
+    let wrong_domain = run(
+        &rt,
+        &p,
+        "email",
+        json!({
+            "provider": "mailgun", "credential": "mailgun", "api_url": api_url, "domain": "other.example",
+            "from": "warden@corp.example", "to": "lead@corp.example", "subject": "s", "text": "t"
+        }),
+    )
+    .await;
+    assert!(
+        matches!(&wrong_domain.outcome, Err(InvokeError::Upstream { status: Some(404), message, .. }) if message.contains("Domain not found")),
+        "{:?}",
+        wrong_domain.outcome
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_api_key_names_the_credential() {
     let (api, _sim) = mail::spawn(mail::Config { sendgrid_key: "SG.other".into(), ..Default::default() }).await.unwrap();
     let p = mail_policy(1, api.port());
-    let report = run(&runtime(None), &p, "email", json!({
-        "provider": "sendgrid", "credential": "sendgrid", "api_url": format!("http://{}", api.addr),
-        "from": "warden@corp.example", "to": "lead@corp.example", "subject": "s", "text": "t"
-    })).await;
+    let report = run(
+        &runtime(None),
+        &p,
+        "email",
+        json!({
+            "provider": "sendgrid", "credential": "sendgrid", "api_url": format!("http://{}", api.addr),
+            "from": "warden@corp.example", "to": "lead@corp.example", "subject": "s", "text": "t"
+        }),
+    )
+    .await;
     match &report.outcome {
         Err(InvokeError::Upstream { status: Some(401), message, .. }) => assert!(message.contains("credential `sendgrid`"), "{message}"),
         other => panic!("{other:?}"),

@@ -37,10 +37,8 @@ async fn extreme_inputs_to_every_import_are_refused_without_harm_to_the_host() {
     let p = policy(&grant(srv.port()));
     let rt = runtime(None);
     let url = srv.url("/json");
-    let (hostile, bystander) = tokio::join!(
-        run(&rt, &p, "probe", json!({"op": "extreme", "url": url})),
-        run(&rt, &p, "probe", json!({"op": "fetch", "url": url})),
-    );
+    let (hostile, bystander) =
+        tokio::join!(run(&rt, &p, "probe", json!({"op": "extreme", "url": url})), run(&rt, &p, "probe", json!({"op": "fetch", "url": url})),);
     assert_eq!(output(&bystander)["status"], 200, "a well-behaved invocation beside it completes");
     let out = output(&hostile);
     for (call, expected, says) in [
@@ -113,7 +111,10 @@ async fn a_missing_credential_value_is_explained_to_the_operator_not_the_guest()
     let out = output(&report);
     let told = out["error"]["message"].as_str().unwrap();
     assert_eq!(kind(&out), "denied");
-    assert!(told.contains("credential `unset` has no value on this host") && !told.contains("WARDEN_TEST_NEVER_SET_4417"), "the guest learns the operator's env var: {told}");
+    assert!(
+        told.contains("credential `unset` has no value on this host") && !told.contains("WARDEN_TEST_NEVER_SET_4417"),
+        "the guest learns the operator's env var: {told}"
+    );
     let audited = report.audit[0].reason.as_deref().unwrap();
     assert!(audited.contains("WARDEN_TEST_NEVER_SET_4417"), "the operator's audit record says where: {audited}");
     assert_eq!(report.audit[0].rule, "credential-value");
@@ -134,5 +135,9 @@ async fn wasi_random_and_resource_handles_are_bounded_by_the_host() {
     assert_eq!(output(&held)["held"], 100);
     let flood = run(&rt, &p, "probe", json!({"op": "handles", "count": 1_000_000})).await;
     // Each held handle is charged to the grant's memory: stopped, naming the limit.
-    assert!(matches!(&flood.outcome, Err(warden::InvokeError::Limit { limit: "memory", message }) if message.contains("host resources")), "{:?}", flood.outcome);
+    assert!(
+        matches!(&flood.outcome, Err(warden::InvokeError::Limit { limit: "memory", message }) if message.contains("host resources")),
+        "{:?}",
+        flood.outcome
+    );
 }

@@ -41,33 +41,111 @@ fn cases(port: u16) -> Vec<Case> {
     let fetch = |url: String| json!({"op": "fetch", "url": url});
     let mut c = vec![
         // CPU, memory, stack.
-        Case { name: "cpu: infinite loop", plugin: "probe", input: json!({"op": "loop"}), expect: Expect::Stopped { kind: "limit", says: "CPU limit of 300 ms", rule: "limits.cpu_ms" } },
-        Case { name: "cpu: busy between host calls", plugin: "probe", input: json!({"op": "spin_between_calls"}), expect: Expect::Stopped { kind: "limit", says: "CPU limit", rule: "limits.cpu_ms" } },
-        Case { name: "memory: grow past the limit", plugin: "probe", input: json!({"op": "grow", "mib": 64}), expect: Expect::Stopped { kind: "limit", says: "grant allows 16 MiB", rule: "limits.memory" } },
+        Case {
+            name: "cpu: infinite loop",
+            plugin: "probe",
+            input: json!({"op": "loop"}),
+            expect: Expect::Stopped { kind: "limit", says: "CPU limit of 300 ms", rule: "limits.cpu_ms" },
+        },
+        Case {
+            name: "cpu: busy between host calls",
+            plugin: "probe",
+            input: json!({"op": "spin_between_calls"}),
+            expect: Expect::Stopped { kind: "limit", says: "CPU limit", rule: "limits.cpu_ms" },
+        },
+        Case {
+            name: "memory: grow past the limit",
+            plugin: "probe",
+            input: json!({"op": "grow", "mib": 64}),
+            expect: Expect::Stopped { kind: "limit", says: "grant allows 16 MiB", rule: "limits.memory" },
+        },
         // 4,000 header sections of 200 empty headers would hold ~187 MiB of
         // host memory; each held resource is charged to the 16 MiB grant.
-        Case { name: "memory: host resources held past the grant", plugin: "probe", input: json!({"op": "hold_fields", "count": 4000, "headers": 200}), expect: Expect::Stopped { kind: "limit", says: "memory limit exceeded", rule: "limits.memory" } },
-        Case { name: "memory: one huge allocation", plugin: "probe", input: json!({"op": "huge_alloc", "bytes": 1u64 << 30}), expect: Expect::Stopped { kind: "limit", says: "memory limit exceeded", rule: "limits.memory" } },
-        Case { name: "stack: overflow", plugin: "probe", input: json!({"op": "recurse_native", "depth": 100_000_000}), expect: Expect::Stopped { kind: "trap", says: "stack overflow", rule: "trap" } },
-        Case { name: "stack: deep recursion on the guest's own stack", plugin: "probe", input: json!({"op": "recurse", "depth": 100_000_000}), expect: Expect::Stopped { kind: "trap", says: "out of bounds memory access", rule: "trap" } },
+        Case {
+            name: "memory: host resources held past the grant",
+            plugin: "probe",
+            input: json!({"op": "hold_fields", "count": 4000, "headers": 200}),
+            expect: Expect::Stopped { kind: "limit", says: "memory limit exceeded", rule: "limits.memory" },
+        },
+        Case {
+            name: "memory: one huge allocation",
+            plugin: "probe",
+            input: json!({"op": "huge_alloc", "bytes": 1u64 << 30}),
+            expect: Expect::Stopped { kind: "limit", says: "memory limit exceeded", rule: "limits.memory" },
+        },
+        Case {
+            name: "stack: overflow",
+            plugin: "probe",
+            input: json!({"op": "recurse_native", "depth": 100_000_000}),
+            expect: Expect::Stopped { kind: "trap", says: "stack overflow", rule: "trap" },
+        },
+        Case {
+            name: "stack: deep recursion on the guest's own stack",
+            plugin: "probe",
+            input: json!({"op": "recurse", "depth": 100_000_000}),
+            expect: Expect::Stopped { kind: "trap", says: "out of bounds memory access", rule: "trap" },
+        },
         // Egress rules.
-        Case { name: "egress: disallowed host", plugin: "probe", input: fetch("http://example.com/".into()), expect: refused("denied", "default-deny", "no rule of probe allows http://example.com:80") },
-        Case { name: "egress: disallowed port", plugin: "probe", input: fetch(format!("http://127.0.0.1:{}/json", port + 1)), expect: refused("denied", "default-deny", "(scheme, host and port)") },
-        Case { name: "egress: disallowed scheme", plugin: "probe", input: fetch(format!("https://127.0.0.1:{port}/json")), expect: refused("denied", "default-deny", "no rule of probe allows https://") },
-        Case { name: "egress: disallowed method", plugin: "probe", input: json!({"op": "fetch", "method": "DELETE", "url": o("/json")}), expect: refused("denied", "default-deny", "method DELETE") },
+        Case {
+            name: "egress: disallowed host",
+            plugin: "probe",
+            input: fetch("http://example.com/".into()),
+            expect: refused("denied", "default-deny", "no rule of probe allows http://example.com:80"),
+        },
+        Case {
+            name: "egress: disallowed port",
+            plugin: "probe",
+            input: fetch(format!("http://127.0.0.1:{}/json", port + 1)),
+            expect: refused("denied", "default-deny", "(scheme, host and port)"),
+        },
+        Case {
+            name: "egress: disallowed scheme",
+            plugin: "probe",
+            input: fetch(format!("https://127.0.0.1:{port}/json")),
+            expect: refused("denied", "default-deny", "no rule of probe allows https://"),
+        },
+        Case {
+            name: "egress: disallowed method",
+            plugin: "probe",
+            input: json!({"op": "fetch", "method": "DELETE", "url": o("/json")}),
+            expect: refused("denied", "default-deny", "method DELETE"),
+        },
         Case { name: "egress: disallowed path", plugin: "probe", input: fetch(o("/admin")), expect: refused("denied", "default-deny", "path /admin") },
-        Case { name: "egress: non-HTTP scheme", plugin: "probe", input: fetch("ftp://127.0.0.1/x".into()), expect: refused("invalid-request", "invalid-request", "scheme `ftp`") },
+        Case {
+            name: "egress: non-HTTP scheme",
+            plugin: "probe",
+            input: fetch("ftp://127.0.0.1/x".into()),
+            expect: refused("invalid-request", "invalid-request", "scheme `ftp`"),
+        },
     ];
     // The credential reflected in every spelling byte matching alone would miss.
     for (form, name) in [
-        ("json-u", "JSON \\u escapes"), ("json-slash", "JSON \\/"), ("percent-lower", "percent-encoding, lower case"),
-        ("percent-upper", "percent-encoding, upper case"), ("base64", "base64"), ("base64&offset=1", "base64 shifted by one byte"),
-        ("base64&offset=2", "base64 shifted by two bytes"), ("base64url&offset=1", "base64url shifted"), ("hex", "hex"),
+        ("json-u", "JSON \\u escapes"),
+        ("json-slash", "JSON \\/"),
+        ("percent-lower", "percent-encoding, lower case"),
+        ("percent-upper", "percent-encoding, upper case"),
+        ("base64", "base64"),
+        ("base64&offset=1", "base64 shifted by one byte"),
+        ("base64&offset=2", "base64 shifted by two bytes"),
+        ("base64url&offset=1", "base64url shifted"),
+        ("hex", "hex"),
     ] {
         let url = o(&format!("/reflect?form={form}"));
-        c.push(Case { name: Box::leak(format!("secret: reflected as {name}").into_boxed_str()), plugin: "probe", input: json!({"op": "fetch", "url": url, "credential": "origin-token"}), expect: Expect::Completes { rule: "GET", check: |out| {
-            if out["body"].as_str().unwrap_or("").contains("[REDACTED]") { Ok(()) } else { Err(format!("expected the reflected token redacted: {out}")) }
-        } } });
+        c.push(Case {
+            name: Box::leak(format!("secret: reflected as {name}").into_boxed_str()),
+            plugin: "probe",
+            input: json!({"op": "fetch", "url": url, "credential": "origin-token"}),
+            expect: Expect::Completes {
+                rule: "GET",
+                check: |out| {
+                    if out["body"].as_str().unwrap_or("").contains("[REDACTED]") {
+                        Ok(())
+                    } else {
+                        Err(format!("expected the reflected token redacted: {out}"))
+                    }
+                },
+            },
+        });
     }
     // Internal addresses, in every spelling, under a grant that allows any public host.
     for (name, host, says) in [
@@ -88,60 +166,255 @@ fn cases(port: u16) -> Vec<Case> {
         ("IPv4-mapped metadata", "[::ffff:169.254.169.254]", "cloud metadata"),
         ("unspecified", "0.0.0.0", "unspecified"),
     ] {
-        c.push(Case { name: Box::leak(format!("address: {name}").into_boxed_str()), plugin: "probe-any", input: fetch(any(host)), expect: refused("denied", "address-screen", says) });
+        c.push(Case {
+            name: Box::leak(format!("address: {name}").into_boxed_str()),
+            plugin: "probe-any",
+            input: fetch(any(host)),
+            expect: refused("denied", "address-screen", says),
+        });
     }
     c.extend([
-        Case { name: "dns: a name that resolves to 127.0.0.1", plugin: "probe-any", input: fetch(any("rebind.example.test")), expect: refused("denied", "address-screen", "resolves to 127.0.0.1 (loopback)") },
-        Case { name: "redirect: to the metadata service", plugin: "probe-any", input: json!({"op": "follow", "url": format!("{}?to=http://169.254.169.254/latest/meta-data/", o("/redirect"))}), expect: refused("denied", "address-screen", "cloud metadata") },
-        Case { name: "redirect: to a disallowed host", plugin: "probe", input: json!({"op": "follow", "url": format!("{}?to=https://evil.example/steal", o("/redirect"))}), expect: refused("denied", "default-deny", "evil.example") },
-        Case { name: "headers: CR/LF in a value", plugin: "probe", input: json!({"op": "fetch", "url": o("/echo"), "headers": {"x-a": "1\r\nx-injected: 2"}}), expect: refused("invalid-request", "invalid-request", "CR/LF") },
-        Case { name: "headers: CR/LF in a name", plugin: "probe", input: json!({"op": "fetch", "url": o("/echo"), "headers": {"x-a\r\nx-b": "1"}}), expect: refused("invalid-request", "invalid-request", "CR/LF") },
-        Case { name: "headers: a Host that differs from the URL", plugin: "probe", input: json!({"op": "fetch", "url": o("/echo"), "headers": {"Host": "169.254.169.254"}}), expect: refused("denied", "host-owned-header", "header `Host`") },
+        Case {
+            name: "dns: a name that resolves to 127.0.0.1",
+            plugin: "probe-any",
+            input: fetch(any("rebind.example.test")),
+            expect: refused("denied", "address-screen", "resolves to 127.0.0.1 (loopback)"),
+        },
+        Case {
+            name: "redirect: to the metadata service",
+            plugin: "probe-any",
+            input: json!({"op": "follow", "url": format!("{}?to=http://169.254.169.254/latest/meta-data/", o("/redirect"))}),
+            expect: refused("denied", "address-screen", "cloud metadata"),
+        },
+        Case {
+            name: "redirect: to a disallowed host",
+            plugin: "probe",
+            input: json!({"op": "follow", "url": format!("{}?to=https://evil.example/steal", o("/redirect"))}),
+            expect: refused("denied", "default-deny", "evil.example"),
+        },
+        Case {
+            name: "headers: CR/LF in a value",
+            plugin: "probe",
+            input: json!({"op": "fetch", "url": o("/echo"), "headers": {"x-a": "1\r\nx-injected: 2"}}),
+            expect: refused("invalid-request", "invalid-request", "CR/LF"),
+        },
+        Case {
+            name: "headers: CR/LF in a name",
+            plugin: "probe",
+            input: json!({"op": "fetch", "url": o("/echo"), "headers": {"x-a\r\nx-b": "1"}}),
+            expect: refused("invalid-request", "invalid-request", "CR/LF"),
+        },
+        Case {
+            name: "headers: a Host that differs from the URL",
+            plugin: "probe",
+            input: json!({"op": "fetch", "url": o("/echo"), "headers": {"Host": "169.254.169.254"}}),
+            expect: refused("denied", "host-owned-header", "header `Host`"),
+        },
         // Paths an upstream may read as another path, and headers that ask it to.
-        Case { name: "path: a path parameter (`..;`, Tomcat)", plugin: "probe", input: fetch(o("/deep/..;/admin")), expect: refused("denied", "ambiguous-path", "contains `;`") },
+        Case {
+            name: "path: a path parameter (`..;`, Tomcat)",
+            plugin: "probe",
+            input: fetch(o("/deep/..;/admin")),
+            expect: refused("denied", "ambiguous-path", "contains `;`"),
+        },
         Case { name: "path: an encoded slash", plugin: "probe", input: fetch(o("/deep/a%2Fb")), expect: refused("denied", "ambiguous-path", "contains `%2f`") },
-        Case { name: "path: an encoded backslash", plugin: "probe", input: fetch(o("/deep/a%5cb")), expect: refused("denied", "ambiguous-path", "contains `%5c`") },
-        Case { name: "path: double-encoded dot-segments", plugin: "probe", input: fetch(o("/deep/%252e%252e/admin")), expect: refused("denied", "ambiguous-path", "contains `%25`") },
-        Case { name: "path: encoded dot-segments, mixed case", plugin: "probe", input: fetch(o("/deep/%2E%2e/.%2E/admin")), expect: refused("denied", "default-deny", "path /admin") },
+        Case {
+            name: "path: an encoded backslash",
+            plugin: "probe",
+            input: fetch(o("/deep/a%5cb")),
+            expect: refused("denied", "ambiguous-path", "contains `%5c`"),
+        },
+        Case {
+            name: "path: double-encoded dot-segments",
+            plugin: "probe",
+            input: fetch(o("/deep/%252e%252e/admin")),
+            expect: refused("denied", "ambiguous-path", "contains `%25`"),
+        },
+        Case {
+            name: "path: encoded dot-segments, mixed case",
+            plugin: "probe",
+            input: fetch(o("/deep/%2E%2e/.%2E/admin")),
+            expect: refused("denied", "default-deny", "path /admin"),
+        },
         Case { name: "path: an empty segment", plugin: "probe", input: fetch(o("/deep//admin")), expect: refused("denied", "ambiguous-path", "contains `//`") },
-        Case { name: "path: `*` is one segment", plugin: "probe", input: fetch(o("/files/a/admin")), expect: refused("denied", "default-deny", "path /files/a/admin") },
-        Case { name: "headers: X-HTTP-Method-Override", plugin: "probe", input: json!({"op": "fetch", "url": o("/echo"), "headers": {"X-HTTP-Method-Override": "DELETE"}}), expect: refused("denied", "override-header", "another method or path") },
-        Case { name: "headers: X-Original-URL", plugin: "probe", input: json!({"op": "fetch", "url": o("/echo"), "headers": {"X-Original-URL": "/admin"}}), expect: refused("denied", "override-header", "another method or path") },
-        Case { name: "headers: X-Rewrite-URL", plugin: "probe", input: json!({"op": "fetch", "url": o("/echo"), "headers": {"x-rewrite-url": "/admin"}}), expect: refused("denied", "override-header", "another method or path") },
-        Case { name: "url: userinfo", plugin: "probe", input: fetch(format!("http://127.0.0.1:{port}@evil.example/echo")), expect: refused("denied", "userinfo", "userinfo") },
-        Case { name: "url: longer than any sane limit", plugin: "probe", input: fetch(format!("{}?q={}", o("/echo"), "a".repeat(20_000))), expect: refused("invalid-request", "invalid-request", "the limit is 8192") },
+        Case {
+            name: "path: `*` is one segment",
+            plugin: "probe",
+            input: fetch(o("/files/a/admin")),
+            expect: refused("denied", "default-deny", "path /files/a/admin"),
+        },
+        Case {
+            name: "headers: X-HTTP-Method-Override",
+            plugin: "probe",
+            input: json!({"op": "fetch", "url": o("/echo"), "headers": {"X-HTTP-Method-Override": "DELETE"}}),
+            expect: refused("denied", "override-header", "another method or path"),
+        },
+        Case {
+            name: "headers: X-Original-URL",
+            plugin: "probe",
+            input: json!({"op": "fetch", "url": o("/echo"), "headers": {"X-Original-URL": "/admin"}}),
+            expect: refused("denied", "override-header", "another method or path"),
+        },
+        Case {
+            name: "headers: X-Rewrite-URL",
+            plugin: "probe",
+            input: json!({"op": "fetch", "url": o("/echo"), "headers": {"x-rewrite-url": "/admin"}}),
+            expect: refused("denied", "override-header", "another method or path"),
+        },
+        Case {
+            name: "url: userinfo",
+            plugin: "probe",
+            input: fetch(format!("http://127.0.0.1:{port}@evil.example/echo")),
+            expect: refused("denied", "userinfo", "userinfo"),
+        },
+        Case {
+            name: "url: longer than any sane limit",
+            plugin: "probe",
+            input: fetch(format!("{}?q={}", o("/echo"), "a".repeat(20_000))),
+            expect: refused("invalid-request", "invalid-request", "the limit is 8192"),
+        },
         // Secrets.
-        Case { name: "secret: a credential that is not granted", plugin: "probe", input: json!({"op": "fetch", "url": o("/echo"), "credential": "not-granted"}), expect: refused("denied", "credential-grant", "not granted to probe") },
-        Case { name: "secret: a granted credential toward another host", plugin: "probe-any", input: json!({"op": "fetch", "url": "http://93.184.216.34/", "credential": "origin-token"}), expect: refused("denied", "credential-binding", "is bound to") },
-        Case { name: "secret: an upstream that echoes the credential", plugin: "probe", input: json!({"op": "fetch", "url": o("/echo"), "credential": "origin-token"}), expect: Expect::Completes { rule: "GET", check: |out| {
-            let text = out.to_string();
-            if text.matches("[REDACTED]").count() >= 2 { Ok(()) } else { Err(format!("expected the echoed header and body redacted: {text}")) }
-        } } },
-        Case { name: "secret: the guest asks for a compressed body", plugin: "probe", input: json!({"op": "fetch", "url": o("/echo"), "credential": "origin-token", "headers": {"Accept-Encoding": "gzip"}}), expect: Expect::Completes { rule: "GET", check: |out| {
-            let body: Value = serde_json::from_str(out["body"].as_str().unwrap_or("{}")).unwrap_or_default();
-            if body["headers"]["accept-encoding"] == "identity" { Ok(()) } else { Err(format!("the host must own content negotiation: {body}")) }
-        } } },
-        Case { name: "secret: an upstream that compresses anyway", plugin: "probe", input: json!({"op": "fetch", "url": o("/reflect?form=gzip"), "credential": "origin-token"}), expect: refused("denied", "content-encoding", "asked for identity") },
-        Case { name: "secret: one slice per request (Range)", plugin: "probe", input: json!({"op": "fetch", "url": o("/reflect"), "credential": "origin-token", "headers": {"Range": "bytes=6-9"}}), expect: refused("denied", "credential-range", "part of a response") },
-        Case { name: "secret: reflected with mixed-case percent escapes", plugin: "probe", input: json!({"op": "fetch", "url": o("/reflect?form=percent-mixed"), "credential": "origin-token"}), expect: refused("denied", "redaction", "cannot redact") },
-        Case { name: "ambient: env vars, files, args, preopens, sockets", plugin: "probe", input: json!({"op": "ambient"}), expect: Expect::Completes { rule: "invalid-request", check: |out| {
-            let nothing = out["env"] == json!([]) && out["args"] == json!([]) && out["tcp"] == json!(false)
-                && out["files"].as_array().unwrap().iter().all(|f| f["read"] == json!(false) && f["list"] == json!(false))
-                && out["file_url"]["error"]["kind"] == json!("invalid-request");
-            if nothing { Ok(()) } else { Err(format!("the sandbox leaked ambient authority: {out}")) }
-        } } },
+        Case {
+            name: "secret: a credential that is not granted",
+            plugin: "probe",
+            input: json!({"op": "fetch", "url": o("/echo"), "credential": "not-granted"}),
+            expect: refused("denied", "credential-grant", "not granted to probe"),
+        },
+        Case {
+            name: "secret: a granted credential toward another host",
+            plugin: "probe-any",
+            input: json!({"op": "fetch", "url": "http://93.184.216.34/", "credential": "origin-token"}),
+            expect: refused("denied", "credential-binding", "is bound to"),
+        },
+        Case {
+            name: "secret: an upstream that echoes the credential",
+            plugin: "probe",
+            input: json!({"op": "fetch", "url": o("/echo"), "credential": "origin-token"}),
+            expect: Expect::Completes {
+                rule: "GET",
+                check: |out| {
+                    let text = out.to_string();
+                    if text.matches("[REDACTED]").count() >= 2 {
+                        Ok(())
+                    } else {
+                        Err(format!("expected the echoed header and body redacted: {text}"))
+                    }
+                },
+            },
+        },
+        Case {
+            name: "secret: the guest asks for a compressed body",
+            plugin: "probe",
+            input: json!({"op": "fetch", "url": o("/echo"), "credential": "origin-token", "headers": {"Accept-Encoding": "gzip"}}),
+            expect: Expect::Completes {
+                rule: "GET",
+                check: |out| {
+                    let body: Value = serde_json::from_str(out["body"].as_str().unwrap_or("{}")).unwrap_or_default();
+                    if body["headers"]["accept-encoding"] == "identity" {
+                        Ok(())
+                    } else {
+                        Err(format!("the host must own content negotiation: {body}"))
+                    }
+                },
+            },
+        },
+        Case {
+            name: "secret: an upstream that compresses anyway",
+            plugin: "probe",
+            input: json!({"op": "fetch", "url": o("/reflect?form=gzip"), "credential": "origin-token"}),
+            expect: refused("denied", "content-encoding", "asked for identity"),
+        },
+        Case {
+            name: "secret: one slice per request (Range)",
+            plugin: "probe",
+            input: json!({"op": "fetch", "url": o("/reflect"), "credential": "origin-token", "headers": {"Range": "bytes=6-9"}}),
+            expect: refused("denied", "credential-range", "part of a response"),
+        },
+        Case {
+            name: "secret: reflected with mixed-case percent escapes",
+            plugin: "probe",
+            input: json!({"op": "fetch", "url": o("/reflect?form=percent-mixed"), "credential": "origin-token"}),
+            expect: refused("denied", "redaction", "cannot redact"),
+        },
+        Case {
+            name: "ambient: env vars, files, args, preopens, sockets",
+            plugin: "probe",
+            input: json!({"op": "ambient"}),
+            expect: Expect::Completes {
+                rule: "invalid-request",
+                check: |out| {
+                    let nothing = out["env"] == json!([])
+                        && out["args"] == json!([])
+                        && out["tcp"] == json!(false)
+                        && out["files"].as_array().unwrap().iter().all(|f| f["read"] == json!(false) && f["list"] == json!(false))
+                        && out["file_url"]["error"]["kind"] == json!("invalid-request");
+                    if nothing {
+                        Ok(())
+                    } else {
+                        Err(format!("the sandbox leaked ambient authority: {out}"))
+                    }
+                },
+            },
+        },
         // Floods.
-        Case { name: "flood: an endless response body", plugin: "probe", input: fetch(o("/endless")), expect: refused("too-large", format!("GET http://127.0.0.1:{port}/endless"), "64 KiB") },
-        Case { name: "flood: a slow upstream (one byte a second)", plugin: "probe", input: json!({"op": "fetch", "url": o("/slow"), "timeout_ms": 1000}), expect: refused("timeout", format!("GET http://127.0.0.1:{port}/slow"), "") },
-        Case { name: "flood: more requests than the quota", plugin: "probe", input: json!({"op": "fetch_many", "count": 7, "url": o("/json")}), expect: refused("denied", "limits.http_requests", "used its 5 HTTP requests") },
-        Case { name: "flood: a huge request body", plugin: "probe", input: json!({"op": "fetch", "method": "POST", "url": o("/echo"), "body": "x".repeat(10_000), "content_length": true}), expect: refused("too-large", "limits.request_bytes", "grant allows 4 KiB") },
+        Case {
+            name: "flood: an endless response body",
+            plugin: "probe",
+            input: fetch(o("/endless")),
+            expect: refused("too-large", format!("GET http://127.0.0.1:{port}/endless"), "64 KiB"),
+        },
+        Case {
+            name: "flood: a slow upstream (one byte a second)",
+            plugin: "probe",
+            input: json!({"op": "fetch", "url": o("/slow"), "timeout_ms": 1000}),
+            expect: refused("timeout", format!("GET http://127.0.0.1:{port}/slow"), ""),
+        },
+        Case {
+            name: "flood: more requests than the quota",
+            plugin: "probe",
+            input: json!({"op": "fetch_many", "count": 7, "url": o("/json")}),
+            expect: refused("denied", "limits.http_requests", "used its 5 HTTP requests"),
+        },
+        Case {
+            name: "flood: a huge request body",
+            plugin: "probe",
+            input: json!({"op": "fetch", "method": "POST", "url": o("/echo"), "body": "x".repeat(10_000), "content_length": true}),
+            expect: refused("too-large", "limits.request_bytes", "grant allows 4 KiB"),
+        },
         // Over wasi:http without a content-length, the cap holds as the body streams.
-        Case { name: "flood: a huge request body, streamed without a length", plugin: "probe", input: json!({"op": "fetch", "method": "POST", "url": o("/echo"), "body": "x".repeat(100_000)}), expect: refused("too-large", "limits.request_bytes", "grant allows 4 KiB") },
-        Case { name: "flood: log spam", plugin: "probe", input: json!({"op": "log", "count": 5000, "then": "http://169.254.169.254/"}), expect: Expect::Completes { rule: "default-deny", check: |out| {
-            if out["logged"] == json!(5000) && out["then"]["error"]["kind"] == json!("denied") { Ok(()) } else { Err(format!("{out}")) }
-        } } },
-        Case { name: "flood: a huge output", plugin: "probe", input: json!({"op": "output", "bytes": 1_000_000}), expect: Expect::Stopped { kind: "limit", says: "limits.output_bytes", rule: "limits.output_bytes" } },
-        Case { name: "wall: sleeping past the wall-clock limit", plugin: "probe", input: json!({"op": "sleep", "ms": 60_000}), expect: Expect::Stopped { kind: "limit", says: "wall-clock limit of 3000 ms", rule: "limits.wall_ms" } },
+        Case {
+            name: "flood: a huge request body, streamed without a length",
+            plugin: "probe",
+            input: json!({"op": "fetch", "method": "POST", "url": o("/echo"), "body": "x".repeat(100_000)}),
+            expect: refused("too-large", "limits.request_bytes", "grant allows 4 KiB"),
+        },
+        Case {
+            name: "flood: log spam",
+            plugin: "probe",
+            input: json!({"op": "log", "count": 5000, "then": "http://169.254.169.254/"}),
+            expect: Expect::Completes {
+                rule: "default-deny",
+                check: |out| {
+                    if out["logged"] == json!(5000) && out["then"]["error"]["kind"] == json!("denied") {
+                        Ok(())
+                    } else {
+                        Err(format!("{out}"))
+                    }
+                },
+            },
+        },
+        Case {
+            name: "flood: a huge output",
+            plugin: "probe",
+            input: json!({"op": "output", "bytes": 1_000_000}),
+            expect: Expect::Stopped { kind: "limit", says: "limits.output_bytes", rule: "limits.output_bytes" },
+        },
+        Case {
+            name: "wall: sleeping past the wall-clock limit",
+            plugin: "probe",
+            input: json!({"op": "sleep", "ms": 60_000}),
+            expect: Expect::Stopped { kind: "limit", says: "wall-clock limit of 3000 ms", rule: "limits.wall_ms" },
+        },
     ]);
     c
 }

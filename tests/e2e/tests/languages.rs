@@ -7,8 +7,8 @@
 //! redirects not followed, response caps, address screening.
 
 use serde_json::{json, Value};
-use warden::InvokeError;
 use warden::runtime::InvocationReport;
+use warden::InvokeError;
 use warden_e2e::{everything, policy, run, runtime};
 use warden_sim::origin;
 
@@ -104,11 +104,17 @@ async fn wasi_http_guests_in_every_language_are_held_to_the_same_policy() {
         // GET with an injected credential: the origin receives it, the guest does not.
         let r = run(&rt, &p, g, input(g, "GET", &srv.url("/echo"), None, Some("api"))).await;
         match answer(&r) {
-            Ok((200, body)) => check("the guest sees the echoed credential redacted", body["headers"]["authorization"] == "Bearer [REDACTED]", body.to_string()),
+            Ok((200, body)) => {
+                check("the guest sees the echoed credential redacted", body["headers"]["authorization"] == "Bearer [REDACTED]", body.to_string())
+            }
             other => check("GET with a credential", false, format!("{other:?} {:?}", r.logs)),
         }
         let last = rec.all().last().cloned().unwrap();
-        check("the origin received the injected credential", last.headers.get("authorization") == Some(&format!("Bearer {TOKEN}")), format!("{:?}", last.headers));
+        check(
+            "the origin received the injected credential",
+            last.headers.get("authorization") == Some(&format!("Bearer {TOKEN}")),
+            format!("{:?}", last.headers),
+        );
         check("the credential header never reaches the origin", !last.headers.contains_key("warden-credential"), format!("{:?}", last.headers));
         check("the audit names the credential", r.audit.first().and_then(|a| a.credential.clone()).as_deref() == Some("api"), format!("{:?}", r.audit));
         check("the token appears nowhere in the report", !everything(&r).contains(TOKEN), String::new());

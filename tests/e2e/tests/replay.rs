@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use warden::recording::{locked, Recording, Tape};
 use warden::runtime::InvocationReport;
-use warden::{InvocationInfo, Policy};
 use warden::runtime::Runtime;
+use warden::{InvocationInfo, Policy};
 use warden_e2e::{info, policy, runtime};
 use warden_sim::{origin, sentinelone};
 
@@ -145,7 +145,9 @@ async fn a_truncated_recording_says_so_and_refuses_to_replay_past_its_end() {
 async fn wasi_http_requests_record_and_replay_too() {
     let (srv, rec_origin) = origin::spawn().await.unwrap();
     let port = srv.port();
-    let p = policy(&format!("[plugins.probe]\npath = \"{{probe}}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:{port}/*\", \"POST http://127.0.0.1:{port}/*\"]\n"));
+    let p = policy(&format!(
+        "[plugins.probe]\npath = \"{{probe}}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:{port}/*\", \"POST http://127.0.0.1:{port}/*\"]\n"
+    ));
     let rt = runtime(None);
     let input = json!({"op": "fetch_many", "count": 2, "door": "wasi-http", "method": "POST", "url": srv.url("/echo"), "body": "{\"n\":1}"});
     let (live, rec) = record(&rt, &p, "probe", &input).await;

@@ -10,9 +10,7 @@ use warden_e2e::{engine, policy, SmtpServer, StoryDir};
 use warden_sim::{jira, origin, sentinelone};
 
 fn probe_policy(port: u16) -> warden::Policy {
-    policy(&format!(
-        "[plugins.probe]\npath = \"{{probe}}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:{port}/*\"]\nlimits = {{ wall_ms = 20000 }}\n"
-    ))
+    policy(&format!("[plugins.probe]\npath = \"{{probe}}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:{port}/*\"]\nlimits = {{ wall_ms = 20000 }}\n"))
 }
 
 async fn run(e: &warden::story::engine::Engine, story: &str, input: Value) -> warden::story::engine::RunResult {
@@ -21,7 +19,9 @@ async fn run(e: &warden::story::engine::Engine, story: &str, input: Value) -> wa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_false_condition_skips_the_step() {
-    let dir = StoryDir::new(&[("t.yaml", r#"
+    let dir = StoryDir::new(&[(
+        "t.yaml",
+        r#"
 name: t
 steps:
   - id: a
@@ -32,7 +32,8 @@ steps:
     with: {op: echo}
 output:
   b: "{{ steps.b.status }}"
-"#)]);
+"#,
+    )]);
     let e = engine(probe_policy(1), &dir.0);
     let r = run(&e, "t", json!({})).await;
     assert_eq!(r.state, "succeeded", "{:?}", r.error);
@@ -45,14 +46,20 @@ output:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_until_success_and_records_the_attempts() {
     let (srv, _rec, counters) = origin::spawn_with_counters().await.unwrap();
-    let dir = StoryDir::new(&[("t.yaml", &format!(r#"
+    let dir = StoryDir::new(&[(
+        "t.yaml",
+        &format!(
+            r#"
 name: t
 steps:
   - id: call
     action: probe
     retry: {{attempts: 3, backoff_ms: 10, max_backoff_ms: 50, on: [upstream]}}
     with: {{op: call, url: "http://127.0.0.1:{}/flaky?key=ok&fail=2"}}
-"#, srv.port()))]);
+"#,
+            srv.port()
+        ),
+    )]);
     let e = engine(probe_policy(srv.port()), &dir.0);
     let r = run(&e, "t", json!({})).await;
     assert_eq!(r.state, "succeeded", "{:?}", r.error);
@@ -66,7 +73,10 @@ steps:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_retries_fail_the_run_and_the_record_is_complete() {
     let (srv, _rec, counters) = origin::spawn_with_counters().await.unwrap();
-    let dir = StoryDir::new(&[("t.yaml", &format!(r#"
+    let dir = StoryDir::new(&[(
+        "t.yaml",
+        &format!(
+            r#"
 name: t
 steps:
   - id: call
@@ -75,7 +85,10 @@ steps:
     with: {{op: call, url: "http://127.0.0.1:{}/flaky?key=never&fail=99"}}
   - id: never
     transform: {{set: {{x: 1}}}}
-"#, srv.port()))]);
+"#,
+            srv.port()
+        ),
+    )]);
     let e = engine(probe_policy(srv.port()), &dir.0);
     let r = run(&e, "t", json!({})).await;
     assert_eq!(r.state, "failed");
@@ -99,14 +112,17 @@ steps:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_listed_error_kinds_are_retried() {
-    let dir = StoryDir::new(&[("t.yaml", r#"
+    let dir = StoryDir::new(&[(
+        "t.yaml",
+        r#"
 name: t
 steps:
   - id: bad
     action: probe
     retry: {attempts: 5, backoff_ms: 10, on: [upstream]}
     with: {op: fail, message: not retryable}
-"#)]);
+"#,
+    )]);
     let e = engine(probe_policy(1), &dir.0);
     let r = run(&e, "t", json!({})).await;
     assert_eq!(r.error.as_ref().unwrap().kind, "failed");
@@ -115,7 +131,9 @@ steps:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_error_continue_and_fallback() {
-    let dir = StoryDir::new(&[("t.yaml", r#"
+    let dir = StoryDir::new(&[(
+        "t.yaml",
+        r#"
 name: t
 steps:
   - id: bad
@@ -137,26 +155,27 @@ fallbacks:
   - id: recover
     transform:
       set: {note: "recovered from {{ error.step }}: {{ error.message }}"}
-"#)]);
+"#,
+    )]);
     let e = engine(probe_policy(1), &dir.0);
     let r = run(&e, "t", json!({})).await;
     assert_eq!(r.state, "succeeded", "{:?}", r.error);
-    assert_eq!(
-        r.output,
-        Some(json!({"saw": "failed", "err": "failed: boom", "rec": "recovered from bad2: failed: bang", "st": "recovered"}))
-    );
+    assert_eq!(r.output, Some(json!({"saw": "failed", "err": "failed: boom", "rec": "recovered from bad2: failed: bang", "st": "recovered"})));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_timeout_stops_the_step() {
-    let dir = StoryDir::new(&[("t.yaml", r#"
+    let dir = StoryDir::new(&[(
+        "t.yaml",
+        r#"
 name: t
 steps:
   - id: slow
     action: probe
     timeout_ms: 200
     with: {op: sleep, ms: 10000}
-"#)]);
+"#,
+    )]);
     let e = engine(probe_policy(1), &dir.0);
     let r = run(&e, "t", json!({})).await;
     let err = r.error.unwrap();
@@ -166,7 +185,9 @@ steps:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undefined_variable_names_the_step_and_the_expression() {
-    let dir = StoryDir::new(&[("t.yaml", r#"
+    let dir = StoryDir::new(&[(
+        "t.yaml",
+        r#"
 name: t
 steps:
   - id: a
@@ -174,7 +195,8 @@ steps:
   - id: b
     action: probe
     with: {op: echo, x: "{{ steps.a.output.nope }}"}
-"#)]);
+"#,
+    )]);
     let e = engine(probe_policy(1), &dir.0);
     let r = run(&e, "t", json!({})).await;
     assert_eq!(r.failed_step.as_deref(), Some("b"));
@@ -188,21 +210,27 @@ steps:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_sub_story_fails_the_caller_and_both_runs_are_recorded() {
     let dir = StoryDir::new(&[
-        ("parent.yaml", r#"
+        (
+            "parent.yaml",
+            r#"
 name: parent
 steps:
   - id: call
     story: child
     with: {what: kaboom}
-"#),
-        ("child.yaml", r#"
+"#,
+        ),
+        (
+            "child.yaml",
+            r#"
 name: child
 input: {type: object, required: [what]}
 steps:
   - id: boom
     action: probe
     with: {op: fail, message: "{{ input.what }}"}
-"#),
+"#,
+        ),
     ]);
     let e = engine(probe_policy(1), &dir.0);
     let r = run(&e, "parent", json!({})).await;
@@ -221,7 +249,10 @@ steps:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn for_each_keeps_item_order_within_its_concurrency_bound() {
     let (srv, _rec, counters) = origin::spawn_with_counters().await.unwrap();
-    let dir = StoryDir::new(&[("t.yaml", &format!(r#"
+    let dir = StoryDir::new(&[(
+        "t.yaml",
+        &format!(
+            r#"
 name: t
 input: {{type: object, properties: {{tags: {{type: array}}}}}}
 steps:
@@ -233,7 +264,10 @@ steps:
       op: call
       url: "http://127.0.0.1:{}/hold?key=fe&ms={{{{ 250 - index * 40 }}}}&tag={{{{ item }}}}"
 output: "{{{{ steps.each.output | map(attribute='tag') | list }}}}"
-"#, srv.port()))]);
+"#,
+            srv.port()
+        ),
+    )]);
     let e = engine(probe_policy(srv.port()), &dir.0);
     let tags = json!(["a", "b", "c", "d", "e", "f"]);
     let r = run(&e, "t", json!({"tags": tags})).await;
@@ -246,13 +280,16 @@ output: "{{{{ steps.each.output | map(attribute='tag') | list }}}}"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_is_validated_before_a_run_exists() {
-    let dir = StoryDir::new(&[("t.yaml", r#"
+    let dir = StoryDir::new(&[(
+        "t.yaml",
+        r#"
 name: t
 input: {type: object, required: [ioc], properties: {ioc: {type: string}}}
 steps:
   - id: a
     transform: {set: {x: "{{ input.ioc }}"}}
-"#)]);
+"#,
+    )]);
     let e = engine(probe_policy(1), &dir.0);
     let err = e.run("t", json!({"ioc": 5}), "test", &Quiet).await.unwrap_err();
     assert_eq!(err, SubmitError::InvalidInput("ioc must be string (got number)".into()));
@@ -282,7 +319,8 @@ fn stories_are_validated_at_load_with_file_and_line() {
     let e = load_errors(&[("a.yaml", "name: a\nsteps:\n  - id: x\n    transform: {set: {}}\n  - id: x\n    transform: {set: {}}\n")]);
     assert_eq!(e, vec!["a.yaml:5: duplicate step id `x`; ids must be unique in a story"]);
 
-    let e = load_errors(&[("a.yaml", "name: a\nsteps:\n  - id: x\n    transform: {set: {v: \"{{ steps.y.output }}\"}}\n  - id: y\n    transform: {set: {}}\n")]);
+    let e =
+        load_errors(&[("a.yaml", "name: a\nsteps:\n  - id: x\n    transform: {set: {v: \"{{ steps.y.output }}\"}}\n  - id: y\n    transform: {set: {}}\n")]);
     assert!(e[0].starts_with("a.yaml:3: step `x`: `{{ steps.y.output }}` reads steps.y, which runs later"), "{e:?}");
 
     let e = load_errors(&[("a.yaml", "name: a\nsteps:\n  - id: x\n    transform: {set: {v: \"{{ steps.zz.output }}\"}}\n")]);
@@ -294,10 +332,7 @@ fn stories_are_validated_at_load_with_file_and_line() {
     let e = load_errors(&[("a.yaml", "name: a\nsteps:\n  - id: x\n    transform: {set: {v: \"{{ secrets.token }}\"}}\n")]);
     assert!(e[0].contains("reads `secrets`, which is not defined here"), "{e:?}");
 
-    let e = load_errors(&[
-        ("a.yaml", "name: a\nsteps:\n  - id: x\n    story: b\n"),
-        ("b.yaml", "name: b\nsteps:\n  - id: y\n    story: a\n"),
-    ]);
+    let e = load_errors(&[("a.yaml", "name: a\nsteps:\n  - id: x\n    story: b\n"), ("b.yaml", "name: b\nsteps:\n  - id: y\n    story: a\n")]);
     assert!(e.iter().any(|l| l.contains("story calls form a cycle: a → b → a")), "{e:?}");
 
     let e = load_errors(&[
@@ -348,10 +383,15 @@ async fn example() -> Example {
 async fn the_threat_hunt_story_opens_a_ticket_and_emails_the_leads_only_when_hosts_were_seen() {
     let Example { s1, s1_sim, j, jira_sim, smtp, _dir, e } = example().await;
 
-    let hit = run(&e, "threat-hunt", json!({
-        "indicator": {"kind": "domain", "value": "evil.example"},
-        "leads": ["soc-lead@corp.example", "ir-lead@corp.example"]
-    })).await;
+    let hit = run(
+        &e,
+        "threat-hunt",
+        json!({
+            "indicator": {"kind": "domain", "value": "evil.example"},
+            "leads": ["soc-lead@corp.example", "ir-lead@corp.example"]
+        }),
+    )
+    .await;
     assert_eq!(hit.state, "succeeded", "{:?}", hit.error);
     let out = hit.output.unwrap();
     assert_eq!(out["hosts_seen"], 3);
@@ -374,10 +414,15 @@ async fn the_threat_hunt_story_opens_a_ticket_and_emails_the_leads_only_when_hos
     assert!(mail[0]["html"].as_str().unwrap().contains(&format!("<a href=\"{url}\">")));
     assert_eq!(s1_sim.poll_rate_violations(), 0);
 
-    let miss = run(&e, "threat-hunt", json!({
-        "indicator": {"kind": "domain", "value": "benign.example"},
-        "leads": ["soc-lead@corp.example"]
-    })).await;
+    let miss = run(
+        &e,
+        "threat-hunt",
+        json!({
+            "indicator": {"kind": "domain", "value": "benign.example"},
+            "leads": ["soc-lead@corp.example"]
+        }),
+    )
+    .await;
     assert_eq!(miss.state, "succeeded", "{:?}", miss.error);
     let out = miss.output.unwrap();
     assert_eq!((out["hosts_seen"].clone(), out["ticket"].clone()), (json!(0), Value::Null));
@@ -431,7 +476,12 @@ async fn the_threat_hunt_asks_the_leads_before_isolating_and_does_nothing_on_tim
     });
     let approvals = e.store.approvals().unwrap();
     let link_of = |to: &str, choice: &str| -> String {
-        let mail = smtp.messages().into_iter().rev().find(|m| m["rcpt_tos"] == json!([to]) && m["subject"].as_str().unwrap().starts_with("[warden] Isolate")).expect("the lead's email");
+        let mail = smtp
+            .messages()
+            .into_iter()
+            .rev()
+            .find(|m| m["rcpt_tos"] == json!([to]) && m["subject"].as_str().unwrap().starts_with("[warden] Isolate"))
+            .expect("the lead's email");
         let label = if choice == "isolate" { "Isolate them from the network: " } else { "Do nothing:" };
         let text = mail["text"].as_str().unwrap();
         let line = text.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("{text}"));
@@ -451,7 +501,14 @@ async fn the_threat_hunt_asks_the_leads_before_isolating_and_does_nothing_on_tim
     assert_eq!((link.choice.as_str(), link.recipient.as_str()), ("isolate", "ir-lead@corp.example"));
     assert_eq!(approval.title, "Isolate 3 host(s) that saw evil.example?");
     assert_eq!(approval.approvers, vec!["soc-lead@corp.example".to_string(), "ir-lead@corp.example".to_string()]);
-    let by_link = warden::approval::Decision { choice: None, decided_by: link.recipient.clone(), via: "link".into(), from: Some("127.0.0.1".into()), comment: None, decided_ms: 1 };
+    let by_link = warden::approval::Decision {
+        choice: None,
+        decided_by: link.recipient.clone(),
+        via: "link".into(),
+        from: Some("127.0.0.1".into()),
+        comment: None,
+        decided_ms: 1,
+    };
     warden::store::decide(approvals, &approval, &link.choice, Some(&link.recipient), by_link).unwrap().unwrap();
     assert!(approvals.wake(&asked.run_id).unwrap());
     let done = e.resume(&asked.run_id, &Quiet).await;
@@ -469,7 +526,14 @@ async fn the_threat_hunt_asks_the_leads_before_isolating_and_does_nothing_on_tim
     assert_eq!(asked.state, warden::story::RunState::Waiting);
     let due = approvals.due_approvals(u64::MAX, 10).unwrap();
     assert_eq!(due.len(), 1);
-    let timeout = warden::approval::Decision { choice: due[0].on_timeout.clone(), decided_by: "timeout".into(), via: "timeout".into(), from: None, comment: None, decided_ms: 2 };
+    let timeout = warden::approval::Decision {
+        choice: due[0].on_timeout.clone(),
+        decided_by: "timeout".into(),
+        via: "timeout".into(),
+        from: None,
+        comment: None,
+        decided_ms: 2,
+    };
     approvals.decide(&due[0].run, &due[0].step, &timeout).unwrap().unwrap();
     assert!(approvals.wake(&asked.run_id).unwrap());
     let done = e.resume(&asked.run_id, &Quiet).await;
@@ -494,7 +558,8 @@ async fn the_threat_hunt_asks_the_leads_before_isolating_and_does_nothing_on_tim
 async fn an_approval_links_token_is_put_in_only_at_egress_and_scrubbed_from_the_answer() {
     let (srv, rec) = origin::spawn().await.unwrap();
     let echo = srv.url("/echo");
-    let ask = format!(r#"
+    let ask = format!(
+        r#"
 name: ask-in-chat
 steps:
   - id: post
@@ -514,7 +579,8 @@ steps:
       choices: [go, stop]
       timeout: 1h
       on_timeout: stop
-"#);
+"#
+    );
     let relay = format!("name: relay\nsteps:\n  - id: post\n    action: probe\n    with: {{op: fetch, method: POST, url: \"{echo}\", headers: {{content-type: text/plain}}, body: \"{{{{ input.link }}}}\"}}\n");
     let dir = StoryDir::new(&[("ask.yaml", &ask), ("relay.yaml", &relay)]);
     let policy = policy(&format!("[plugins.probe]\npath = \"{{probe}}\"\n[grants.probe]\nallow = [\"POST http://127.0.0.1:{}/*\"]\n", srv.port()));
@@ -548,4 +614,3 @@ steps:
     let relayed = rec.all().last().unwrap().body.clone();
     assert_eq!(String::from_utf8_lossy(&relayed), placeholder);
 }
-

@@ -184,7 +184,8 @@ async fn a_team_never_uses_another_teams_credential_but_its_sub_story_does() {
     write_sig(&wasm, &k.trusted.0, "release", "probe");
     let (srv, rec) = origin::spawn().await.unwrap();
     let url = srv.url("/echo");
-    let red_direct = format!("name: red-direct\nteam: red\nsteps:\n  - id: use\n    action: probe\n    with: {{op: fetch, url: \"{url}\", credential: blue-token}}\n");
+    let red_direct =
+        format!("name: red-direct\nteam: red\nsteps:\n  - id: use\n    action: probe\n    with: {{op: fetch, url: \"{url}\", credential: blue-token}}\n");
     let red_via_blue = "name: red-via-blue\nteam: red\nsteps:\n  - id: ask\n    story: blue-lookup\n    with: {}\noutput: \"{{ steps.ask.output }}\"\n";
     let blue = format!("name: blue-lookup\nteam: blue\nallow_callers: [red]\nsteps:\n  - id: use\n    action: probe\n    with: {{op: fetch, url: \"{url}\", credential: blue-token}}\noutput: {{status: \"{{{{ steps.use.output.status }}}}\"}}\n");
     let dir = StoryDir::new(&[("red-a.yaml", &red_direct), ("red-b.yaml", red_via_blue), ("blue-c.yaml", &blue)]);
@@ -294,7 +295,10 @@ async fn a_signed_plugin_cannot_impersonate_another_or_an_older_self() {
     let tmp = StoryDir::new(&[]);
     let wasm = probe_copy(&tmp.0);
     write_sig(&wasm, &k.trusted.0, "release", "probe");
-    let dir = StoryDir::new(&[("red-jira.yaml", "name: red-jira\nteam: red\nsteps:\n  - id: t\n    action: jira-ticket\n    with: {op: echo}\n"), ("red.yaml", RED_ECHO)]);
+    let dir = StoryDir::new(&[
+        ("red-jira.yaml", "name: red-jira\nteam: red\nsteps:\n  - id: t\n    action: jira-ticket\n    with: {op: echo}\n"),
+        ("red.yaml", RED_ECHO),
+    ]);
     let mut base = policy(&wasm, &k, 1, &dir.0);
     let mut jira = base.plugins["probe"].clone();
     jira.name = "jira-ticket".into();

@@ -7,11 +7,11 @@
 //! no secret, body or query string value appears in any attribute.
 
 use opentelemetry_proto::tonic::trace::v1::Span;
-use warden_e2e::otlp::{attr, receiver};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use warden_e2e::otlp::{attr, receiver};
 use warden_e2e::SmtpServer;
 use warden_sim::{jira, origin, sentinelone};
 
@@ -76,12 +76,22 @@ async fn a_webhook_gives_one_trace_from_the_caller_down_to_each_call_with_no_sec
             serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap()
         }
     };
-    let hunt = send("threat-hunt", json!({"indicator": {"kind": "domain", "value": "evil.example"}, "leads": ["soc-lead@corp.example"]}), Some(format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))).await;
+    let hunt = send(
+        "threat-hunt",
+        json!({"indicator": {"kind": "domain", "value": "evil.example"}, "leads": ["soc-lead@corp.example"]}),
+        Some(format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01")),
+    )
+    .await;
     assert_eq!(hunt["state"], "succeeded", "{hunt}");
     let probing = send("probing", json!({"origin": format!("http://127.0.0.1:{}", o.port())}), None).await;
     assert_eq!(probing["state"], "succeeded", "{probing}");
     // A run that parks for an approval and resumes once decided stays in its trace.
-    let asked = send("threat-hunt", json!({"indicator": {"kind": "domain", "value": "evil.example"}, "leads": ["soc-lead@corp.example"], "ask_to_isolate": true}), None).await;
+    let asked = send(
+        "threat-hunt",
+        json!({"indicator": {"kind": "domain", "value": "evil.example"}, "leads": ["soc-lead@corp.example"], "ask_to_isolate": true}),
+        None,
+    )
+    .await;
     assert_eq!(asked["state"], "waiting", "{asked}");
     let asked_id = asked["run_id"].as_str().unwrap().to_string();
     let approvals = engine.store.approvals().unwrap();
@@ -100,7 +110,10 @@ async fn a_webhook_gives_one_trace_from_the_caller_down_to_each_call_with_no_sec
     tokio::task::spawn_blocking(move || t.shutdown()).await.unwrap();
     let spans = spans.lock().unwrap().clone();
     let headers = headers.lock().unwrap().clone();
-    assert!(!headers.is_empty() && headers.iter().all(|h| h.get("x-collector-key").map(String::as_str) == Some("collector-key-value")), "headers_env reached every export");
+    assert!(
+        !headers.is_empty() && headers.iter().all(|h| h.get("x-collector-key").map(String::as_str) == Some("collector-key-value")),
+        "headers_env reached every export"
+    );
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let by_id: HashMap<String, &Span> = spans.iter().map(|s| (hex(&s.span_id), s)).collect();
     let parent_of = |s: &Span| by_id.get(&hex(&s.parent_span_id)).copied();
@@ -114,19 +127,32 @@ async fn a_webhook_gives_one_trace_from_the_caller_down_to_each_call_with_no_sec
     let run = *named("run threat-hunt").iter().find(|r| attr(r, "warden.run.id").as_deref() == Some(run_id)).unwrap();
     assert_eq!(hex(&run.parent_span_id), hex(&hook.span_id), "the run is a child of its webhook");
     assert_eq!(attr(run, "warden.run.id").as_deref(), Some(run_id));
-    assert_eq!((attr(run, "warden.team").as_deref(), attr(run, "warden.trigger").as_deref(), attr(run, "warden.run.state").as_deref()), (Some("soc"), Some("webhook"), Some("succeeded")));
+    assert_eq!(
+        (attr(run, "warden.team").as_deref(), attr(run, "warden.trigger").as_deref(), attr(run, "warden.run.state").as_deref()),
+        (Some("soc"), Some("webhook"), Some("succeeded"))
+    );
     assert!(spans.iter().filter(|s| hex(&s.trace_id) == CALLER_TRACE).count() > 10, "the whole run is in the caller's trace");
     // The hunt step calls its sub-story, whose hunt step invokes the plugin, whose calls are spans.
     let hunt_step = spans.iter().find(|s| s.name == "step hunt" && hex(&s.parent_span_id) == hex(&run.span_id)).unwrap();
-    let sub = *named("run sentinelone-hunt").iter().find(|s| hex(&s.parent_span_id) == hex(&hunt_step.span_id)).expect("a sub-story run is a child of the step that called it");
+    let sub = *named("run sentinelone-hunt")
+        .iter()
+        .find(|s| hex(&s.parent_span_id) == hex(&hunt_step.span_id))
+        .expect("a sub-story run is a child of the step that called it");
     let invoke = *named("invoke sentinelone-hunt").iter().find(|i| parent_of(i).is_some_and(|st| hex(&st.parent_span_id) == hex(&sub.span_id))).unwrap();
     assert_eq!(parent_of(parent_of(invoke).unwrap()).map(|r| r.name.as_str()), Some("run sentinelone-hunt"));
     assert_eq!(attr(invoke, "warden.plugin.sha256").map(|d| d.len()), Some(64));
     let calls: Vec<&Span> = spans.iter().filter(|s| hex(&s.parent_span_id) == hex(&invoke.span_id)).collect();
     let init = calls.iter().find(|c| attr(c, "url.path").as_deref() == Some("/web/api/v2.1/dv/init-query")).expect("the init-query call");
-    assert_eq!((init.name.as_str(), attr(init, "http.response.status_code").as_deref(), attr(init, "warden.credential").as_deref()), ("http POST", Some("200"), Some("sentinelone")));
+    assert_eq!(
+        (init.name.as_str(), attr(init, "http.response.status_code").as_deref(), attr(init, "warden.credential").as_deref()),
+        ("http POST", Some("200"), Some("sentinelone"))
+    );
     assert!(attr(init, "warden.rule").unwrap().contains("/web/api/v2.1/dv/init-query"), "the allowing rule");
-    let step_ids: Vec<String> = named("step notify").iter().filter(|s| hex(&s.parent_span_id) == hex(&run.span_id)).map(|s| attr(s, "warden.step.outcome").unwrap_or_default()).collect();
+    let step_ids: Vec<String> = named("step notify")
+        .iter()
+        .filter(|s| hex(&s.parent_span_id) == hex(&run.span_id))
+        .map(|s| attr(s, "warden.step.outcome").unwrap_or_default())
+        .collect();
     assert_eq!(step_ids, vec!["succeeded".to_string()]);
     assert!(spans.iter().any(|s| s.name == "smtp" || s.name.starts_with("smtp ")), "the email's SMTP call");
 
@@ -144,7 +170,8 @@ async fn a_webhook_gives_one_trace_from_the_caller_down_to_each_call_with_no_sec
     assert_eq!(attr(echo_call, "warden.origin"), Some(format!("http://127.0.0.1:{}", o.port())));
 
     // An invocation stopped at a limit says which.
-    let spun = spans.iter().find(|s| s.name == "invoke probe" && attr(s, "warden.error.kind").as_deref() == Some("limit")).expect("the spinning step's invocation");
+    let spun =
+        spans.iter().find(|s| s.name == "invoke probe" && attr(s, "warden.error.kind").as_deref() == Some("limit")).expect("the spinning step's invocation");
     assert_eq!(attr(spun, "warden.limit").as_deref(), Some("cpu"));
 
     // Never a credential, a query string value, or a body in any attribute.

@@ -49,7 +49,9 @@ async fn users(State(api): State<Api>, Path(name): Path<String>, h: HeaderMap) -
     let admin = name == "ana";
     (
         axum::http::StatusCode::OK,
-        Json(json!({"name": name, "role": if admin { "admin" } else { "user" }, "manager": "lead@corp.example", "groups": if admin { json!(["domain-admins", "it"]) } else { json!(["staff"]) }})),
+        Json(
+            json!({"name": name, "role": if admin { "admin" } else { "user" }, "manager": "lead@corp.example", "groups": if admin { json!(["domain-admins", "it"]) } else { json!(["staff"]) }}),
+        ),
     )
 }
 
@@ -75,7 +77,12 @@ async fn items(State(api): State<Api>, Query(q): Query<HashMap<String, String>>,
     Json(json!({"page": page, "items": [format!("item-{page}")], "next": if page < 3 { json!(page + 1) } else { Value::Null }}))
 }
 
-async fn reputation(State(api): State<Api>, Path(ip): Path<String>, Query(q): Query<HashMap<String, String>>, h: HeaderMap) -> (axum::http::StatusCode, Json<Value>) {
+async fn reputation(
+    State(api): State<Api>,
+    Path(ip): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    h: HeaderMap,
+) -> (axum::http::StatusCode, Json<Value>) {
     let mut keys: Vec<_> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
     keys.sort();
     api.note("GET", format!("/reputation/{ip}?{}", keys.join("&")), &h, Value::Null);
@@ -126,7 +133,10 @@ fn import_with(e: &Export, allow_credential_in_payload: bool) -> Imported {
 fn skeleton_policy(imported: &Imported, smtp: Option<u16>) -> warden::Policy {
     let mut text = imported.policy.clone();
     if let Some(port) = smtp {
-        text = text.replace("port = 25", &format!("port = {port}")).replace("tls = \"starttls\"", "tls = \"none\"").replace("\"warden@example.com\"", "\"warden@corp.example\"");
+        text = text
+            .replace("port = 25", &format!("port = {port}"))
+            .replace("tls = \"starttls\"", "tls = \"none\"")
+            .replace("\"warden@example.com\"", "\"warden@corp.example\"");
     }
     warden::Policy::parse(&text, "imported-warden.toml", &workspace_root()).unwrap_or_else(|e| panic!("the skeleton does not load: {e}\n{text}"))
 }
@@ -157,7 +167,10 @@ async fn webhook_http_trigger_email_runs_with_the_credential_injected_by_the_hos
     // SAFETY: only this test reads this variable.
     unsafe { std::env::set_var("WARDEN_CREDENTIAL_DIRECTORY_API", "directory-s3cret") };
     let mut policy = imported.policy.replace("subject_prefix = \"\"", "subject_prefix = \"[SOC]\"");
-    policy = policy.replace("port = 25", &format!("port = {}", smtp.port)).replace("tls = \"starttls\"", "tls = \"none\"").replace("\"warden@example.com\"", "\"warden@corp.example\"");
+    policy = policy
+        .replace("port = 25", &format!("port = {}", smtp.port))
+        .replace("tls = \"starttls\"", "tls = \"none\"")
+        .replace("\"warden@example.com\"", "\"warden@corp.example\"");
     let engine = engine(&imported, warden::Policy::parse(&policy, "imported.toml", &workspace_root()).unwrap());
 
     // An admin, severity 4, a login alert: 3 of 3 rules hold → the email.
@@ -236,7 +249,11 @@ async fn a_scheduled_agent_starts_the_story_on_its_schedule_in_its_time_zone() {
     ], "links": [{"source": 0, "receiver": 1}]}"#;
     let imported = import_here(&Export::parse(&text.replace("PORT", &port.to_string())).unwrap());
     assert_eq!(imported.report.count(Level::Refused) + imported.report.count(Level::Unsupported), 0, "{}", imported.report);
-    assert!(imported.policy.contains("[triggers.poll-alerts]\nschedule = \"0 */15 9-17 * * 1-5\"\nschedule_timezone = \"Europe/Dublin\""), "{}", imported.policy);
+    assert!(
+        imported.policy.contains("[triggers.poll-alerts]\nschedule = \"0 */15 9-17 * * 1-5\"\nschedule_timezone = \"Europe/Dublin\""),
+        "{}",
+        imported.policy
+    );
     let policy = skeleton_policy(&imported, None);
     assert_eq!(policy.triggers["poll-alerts"].timezone, "Europe/Dublin".parse().unwrap());
     // A tick's run starts at the scheduled agent (there is no webhook).
@@ -395,7 +412,11 @@ async fn the_threat_hunt_as_a_tines_export_opens_the_same_ticket_and_sends_the_s
     let imported = import_here(&Export::parse(&text).unwrap());
     let report = imported.report.to_string();
     assert_eq!(imported.report.count(Level::Refused) + imported.report.count(Level::Unsupported), 0, "{report}");
-    assert!(imported.policy.contains("[credentials.sentinelone]\n") && imported.policy.contains("header = \"Authorization\"\nprefix = \"ApiToken \""), "{}", imported.policy);
+    assert!(
+        imported.policy.contains("[credentials.sentinelone]\n") && imported.policy.contains("header = \"Authorization\"\nprefix = \"ApiToken \""),
+        "{}",
+        imported.policy
+    );
     assert!(imported.policy.contains("kind = \"basic\"\nuser = \"warden-bot@corp.example\""), "{}", imported.policy);
     for rule in ["POST http://127.0.0.1:PORT/web/api/v2.1/dv/init-query", "GET http://127.0.0.1:PORT/web/api/v2.1/dv/events"] {
         assert!(imported.policy.contains(&rule.replace("PORT", &s1b.port().to_string())), "{rule}: {}", imported.policy);
@@ -422,7 +443,11 @@ async fn the_threat_hunt_as_a_tines_export_opens_the_same_ticket_and_sends_the_s
         assert_eq!(a.fields[f], b.fields[f], "{f}");
     }
     let desc = b.fields["description"].as_str().unwrap();
-    for line in ["- WS-ALICE-01 (windows, 10.20.1.15, site HQ): 5 event(s)", "- WS-BOB-07 (osx, 10.20.4.77, site HQ): 3 event(s)", "- SRV-DB-01 (linux, 10.30.0.5, site Datacenter): 1 event(s)"] {
+    for line in [
+        "- WS-ALICE-01 (windows, 10.20.1.15, site HQ): 5 event(s)",
+        "- WS-BOB-07 (osx, 10.20.4.77, site HQ): 3 event(s)",
+        "- SRV-DB-01 (linux, 10.30.0.5, site Datacenter): 1 event(s)",
+    ] {
         assert!(a.fields["description"].as_str().unwrap().contains(line) && desc.contains(line), "{line}\nnative: {}\ntines: {desc}", a.fields["description"]);
     }
     let comment = |c: &Value, run: &str| c["body"].as_str().unwrap().replace(run, "RUN");

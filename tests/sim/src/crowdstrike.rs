@@ -120,7 +120,12 @@ async fn token(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: axum::body
     let mut id = form.get("client_id").cloned();
     let mut secret = form.get("client_secret").cloned();
     if let Some(basic) = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Basic ")) {
-        if let Some((i, s)) = base64::engine::general_purpose::STANDARD.decode(basic).ok().and_then(|b| String::from_utf8(b).ok()).and_then(|p| p.split_once(':').map(|(a, b)| (a.to_string(), b.to_string()))) {
+        if let Some((i, s)) = base64::engine::general_purpose::STANDARD
+            .decode(basic)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|p| p.split_once(':').map(|(a, b)| (a.to_string(), b.to_string())))
+        {
             id = Some(i);
             secret = Some(s);
         }
@@ -146,7 +151,12 @@ async fn device_action(State(sim): State<Arc<Sim>>, headers: HeaderMap, Query(q)
             let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1;
             return (
                 StatusCode::TOO_MANY_REQUESTS,
-                [("x-ratelimit-limit", "6000".to_string()), ("x-ratelimit-remaining", "0".to_string()), ("x-ratelimit-retryafter", at.to_string()), ("retry-after", "1".to_string())],
+                [
+                    ("x-ratelimit-limit", "6000".to_string()),
+                    ("x-ratelimit-remaining", "0".to_string()),
+                    ("x-ratelimit-retryafter", at.to_string()),
+                    ("retry-after", "1".to_string()),
+                ],
                 Json(json!({"meta": meta(), "resources": [], "errors": [{"code": 429, "message": "API rate limit exceeded."}]})),
             )
                 .into_response();
@@ -158,7 +168,11 @@ async fn device_action(State(sim): State<Arc<Sim>>, headers: HeaderMap, Query(q)
     }
     let action = q.get("action_name").cloned().unwrap_or_default();
     if !["contain", "lift_containment"].contains(&action.as_str()) {
-        return errors(StatusCode::BAD_REQUEST, 400, "action_name must be one of: contain, lift_containment, hide_host, unhide_host, detection_suppress, detection_unsuppress");
+        return errors(
+            StatusCode::BAD_REQUEST,
+            400,
+            "action_name must be one of: contain, lift_containment, hide_host, unhide_host, detection_suppress, detection_unsuppress",
+        );
     }
     let Ok(body) = serde_json::from_slice::<Value>(&body) else { return errors(StatusCode::BAD_REQUEST, 400, "invalid JSON body") };
     let Some(ids) = body["ids"].as_array() else { return errors(StatusCode::BAD_REQUEST, 400, "ids is required") };

@@ -119,10 +119,7 @@ async fn gate(State(sim): State<Arc<Sim>>, req: axum::extract::Request, next: ax
             )
                 .into_response();
         }
-        let expected = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", cfg.email, cfg.token))
-        );
+        let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", cfg.email, cfg.token)));
         if req.headers().get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
             return errors(StatusCode::UNAUTHORIZED, &["You are not authenticated. Authentication required to perform this operation."], &[]);
         }
@@ -152,13 +149,7 @@ fn new_issue(sim: &Sim, project: &str, fields: Value, status: (&str, &str, &str)
     *next += 1;
     let mut issues = sim.issues.lock().unwrap();
     let n = issues.keys().filter(|k| k.starts_with(&format!("{project}-"))).count() + 1;
-    let issue = Issue {
-        id: *next,
-        key: format!("{project}-{n}"),
-        fields,
-        comments: vec![],
-        status: (status.0.into(), status.1.into(), status.2.into()),
-    };
+    let issue = Issue { id: *next, key: format!("{project}-{n}"), fields, comments: vec![], status: (status.0.into(), status.1.into(), status.2.into()) };
     issues.insert(issue.key.clone(), issue.clone());
     issue
 }
@@ -184,9 +175,7 @@ async fn create_issue(State(sim): State<Arc<Sim>>, Path(version): Path<String>, 
     }
     match f["issuetype"]["name"].as_str() {
         None => errs.push(("issuetype", "issue type is required")),
-        Some(t) if !["Task", "Bug", "Incident", "Story", "Service Request"].contains(&t) => {
-            errs.push(("issuetype", "Specify a valid issue type"))
-        }
+        Some(t) if !["Task", "Bug", "Incident", "Story", "Service Request"].contains(&t) => errs.push(("issuetype", "Specify a valid issue type")),
         _ => {}
     }
     if let Some(p) = f.get("priority") {
@@ -209,18 +198,11 @@ async fn create_issue(State(sim): State<Arc<Sim>>, Path(version): Path<String>, 
     }
     let issue = new_issue(&sim, project, f.clone(), ("To Do", "new", "To Do"));
     let site = sim.site();
-    (
-        StatusCode::CREATED,
-        Json(json!({"id": issue.id.to_string(), "key": issue.key, "self": format!("{site}/rest/api/{version}/issue/{}", issue.id)})),
-    )
+    (StatusCode::CREATED, Json(json!({"id": issue.id.to_string(), "key": issue.key, "self": format!("{site}/rest/api/{version}/issue/{}", issue.id)})))
         .into_response()
 }
 
-async fn add_comment(
-    State(sim): State<Arc<Sim>>,
-    Path((version, key)): Path<(String, String)>,
-    body: Option<Json<Value>>,
-) -> Response {
+async fn add_comment(State(sim): State<Arc<Sim>>, Path((version, key)): Path<(String, String)>, body: Option<Json<Value>>) -> Response {
     if !version_ok(&version) {
         return errors(StatusCode::NOT_FOUND, &["No such API version."], &[]);
     }
@@ -250,11 +232,7 @@ async fn add_comment(
     (StatusCode::CREATED, Json(comment)).into_response()
 }
 
-async fn get_issue(
-    State(sim): State<Arc<Sim>>,
-    Path((version, key)): Path<(String, String)>,
-    Query(_q): Query<HashMap<String, String>>,
-) -> Response {
+async fn get_issue(State(sim): State<Arc<Sim>>, Path((version, key)): Path<(String, String)>, Query(_q): Query<HashMap<String, String>>) -> Response {
     if !version_ok(&version) {
         return errors(StatusCode::NOT_FOUND, &["No such API version."], &[]);
     }

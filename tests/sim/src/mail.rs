@@ -87,10 +87,7 @@ async fn mailgun(
     headers: HeaderMap,
     form: Result<Form<Vec<(String, String)>>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let expected = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("api:{}", sim.config.mailgun_key))
-    );
+    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("api:{}", sim.config.mailgun_key)));
     if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
         return (StatusCode::UNAUTHORIZED, Json(json!({"message": "Invalid private key"}))).into_response();
     }

@@ -57,10 +57,7 @@ async fn main() -> anyhow::Result<()> {
     let origin = warden_sim::serve_on(&args.origin, warden_sim::origin::router(Default::default())).await?;
     println!("origin      http://{}", origin.addr);
 
-    let s1 = warden_sim::sentinelone::Sim::new(warden_sim::sentinelone::Config {
-        token: args.s1_token,
-        ..Default::default()
-    });
+    let s1 = warden_sim::sentinelone::Sim::new(warden_sim::sentinelone::Config { token: args.s1_token, ..Default::default() });
     let s1_srv = warden_sim::serve_on(&args.s1, warden_sim::sentinelone::router(s1)).await?;
     println!("sentinelone http://{}", s1_srv.addr);
 
@@ -78,7 +75,9 @@ async fn main() -> anyhow::Result<()> {
     let slack_srv = warden_sim::serve_on(&args.slack, slack::router(slack_sim.clone())).await?;
     *slack_sim.base_url.lock().unwrap() = format!("http://{}", slack_srv.addr);
     println!("slack       http://{}", slack_srv.addr);
-    let vt_srv = warden_sim::serve_on(&args.virustotal, virustotal::router(virustotal::Sim::new(virustotal::Config { api_key: args.vt_key, ..Default::default() }))).await?;
+    let vt_srv =
+        warden_sim::serve_on(&args.virustotal, virustotal::router(virustotal::Sim::new(virustotal::Config { api_key: args.vt_key, ..Default::default() })))
+            .await?;
     println!("virustotal  http://{}", vt_srv.addr);
     let snow = servicenow::Config { user: args.servicenow_user, password: args.servicenow_password, ..Default::default() };
     let snow_srv = warden_sim::serve_on(&args.servicenow, servicenow::router(servicenow::Sim::new(snow))).await?;

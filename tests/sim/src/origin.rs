@@ -12,16 +12,16 @@
 //! * `GET /redirect?to=URL` — 302 to URL
 //! * `GET /internal` — marks that it was reached (redirect targets)
 
+use crate::Recorder;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query};
-use crate::Recorder;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
 use serde_json::json;
-use std::sync::{Arc, Mutex};
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Counters behind `/flaky` and `/hold`.
@@ -65,10 +65,7 @@ pub fn router_with(rec: Recorder, counters: Arc<Counters>) -> Router {
 }
 
 async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let hdrs: HashMap<String, String> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-        .collect();
+    let hdrs: HashMap<String, String> = headers.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
     let auth = hdrs.get("authorization").cloned().unwrap_or_default();
     let body = json!({
         "method": method.to_string(),
@@ -132,10 +129,7 @@ async fn slow() -> Response {
     Response::new(Body::from_stream(stream))
 }
 
-fn futures_stream(
-    chunk: impl Fn() -> Bytes + Send + 'static,
-    every: Duration,
-) -> impl tokio_stream::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+fn futures_stream(chunk: impl Fn() -> Bytes + Send + 'static, every: Duration) -> impl tokio_stream::Stream<Item = Result<Bytes, std::io::Error>> + Send {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
         loop {
@@ -209,4 +203,3 @@ pub async fn spawn() -> std::io::Result<(crate::Running, Recorder)> {
     let running = crate::serve(router(rec.clone())).await?;
     Ok((running, rec))
 }
-

@@ -32,7 +32,10 @@ use std::time::{Duration, Instant};
 pub enum Outcome {
     Finished,
     /// A terminal state such as `FAILED` with its `responseError`.
-    Ends { state: String, error: Option<String> },
+    Ends {
+        state: String,
+        error: Option<String>,
+    },
     /// Stays `RUNNING` forever.
     NeverFinishes,
 }
@@ -190,28 +193,29 @@ async fn init_query(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Optio
     };
     let mut queries = sim.queries.lock().unwrap();
     let id = format!("q{:08x}", 0x7f20_0000 + queries.len() as u32);
-    queries.insert(
-        id.clone(),
-        QueryState { query: body["query"].as_str().unwrap().to_string(), polls: 0, limit, cancelled: false },
-    );
-    Json(json!({"data": {"queryId": id, "queryModeInfo": {"mode": "scalyr", "lastActivatedAt": "2024-05-01T00:00:00Z"}}}))
-        .into_response()
+    queries.insert(id.clone(), QueryState { query: body["query"].as_str().unwrap().to_string(), polls: 0, limit, cancelled: false });
+    Json(json!({"data": {"queryId": id, "queryModeInfo": {"mode": "scalyr", "lastActivatedAt": "2024-05-01T00:00:00Z"}}})).into_response()
 }
 
-async fn agent_action(State(sim): State<Arc<Sim>>, axum::extract::Path(action): axum::extract::Path<String>, headers: HeaderMap, body: Option<Json<Value>>) -> Response {
+async fn agent_action(
+    State(sim): State<Arc<Sim>>,
+    axum::extract::Path(action): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Response {
     if let Err(r) = authorized(&sim, &headers) {
         return r;
     }
     if action != "disconnect" && action != "connect" {
         return error(StatusCode::NOT_FOUND, 4040010, "Not Found", None);
     }
-    let uuids: Vec<String> = body
-        .and_then(|Json(b)| b["filter"]["uuids"].as_array().map(|a| a.iter().filter_map(|u| u.as_str().map(String::from)).collect()))
-        .unwrap_or_default();
+    let uuids: Vec<String> =
+        body.and_then(|Json(b)| b["filter"]["uuids"].as_array().map(|a| a.iter().filter_map(|u| u.as_str().map(String::from)).collect())).unwrap_or_default();
     if uuids.is_empty() {
         return error(StatusCode::BAD_REQUEST, 4000010, "Validation Error", Some("filter.uuids is required"));
     }
-    let fleet: std::collections::BTreeSet<String> = sim.config.lock().unwrap().events.iter().filter_map(|e| e["agentUuid"].as_str().map(String::from)).collect();
+    let fleet: std::collections::BTreeSet<String> =
+        sim.config.lock().unwrap().events.iter().filter_map(|e| e["agentUuid"].as_str().map(String::from)).collect();
     let mut agents = sim.agents.lock().unwrap();
     let mut affected = 0;
     for u in uuids.iter().filter(|u| fleet.contains(*u)) {
@@ -230,11 +234,7 @@ fn query_id(q: &HashMap<String, String>) -> Option<String> {
     q.get("queryId").or_else(|| q.get("query_id")).cloned()
 }
 
-async fn query_status(
-    State(sim): State<Arc<Sim>>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
+async fn query_status(State(sim): State<Arc<Sim>>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
     if let Err(r) = authorized(&sim, &headers) {
         return r;
     }
@@ -243,7 +243,8 @@ async fn query_status(
         let mut c = sim.counters.lock().unwrap();
         c.status_calls += 1;
         if c.status_calls <= cfg.status_throttle {
-            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], Json(json!({"errors": [{"code": 4290010, "title": "Too Many Requests"}]}))).into_response();
+            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], Json(json!({"errors": [{"code": 4290010, "title": "Too Many Requests"}]})))
+                .into_response();
         }
     }
     {
@@ -252,7 +253,11 @@ async fn query_status(
         if let Some(prev) = *last {
             if now.duration_since(prev) < cfg.min_poll_gap {
                 sim.counters.lock().unwrap().poll_rate_violations += 1;
-                return (StatusCode::TOO_MANY_REQUESTS, Json(json!({"errors": [{"code": 4290010, "title": "Too Many Requests", "detail": "query-status is limited to one call per second"}]}))).into_response();
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(json!({"errors": [{"code": 4290010, "title": "Too Many Requests", "detail": "query-status is limited to one call per second"}]})),
+                )
+                    .into_response();
             }
         }
         *last = Some(now);
@@ -316,7 +321,8 @@ async fn events(State(sim): State<Arc<Sim>>, headers: HeaderMap, Query(q): Query
         c.events_calls
     };
     if call <= cfg.events_throttle {
-        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], Json(json!({"errors": [{"code": 4290010, "title": "Too Many Requests"}]}))).into_response();
+        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], Json(json!({"errors": [{"code": 4290010, "title": "Too Many Requests"}]})))
+            .into_response();
     }
     if call <= cfg.events_throttle + cfg.events_unavailable {
         return (StatusCode::SERVICE_UNAVAILABLE, "upstream busy").into_response();
@@ -352,11 +358,7 @@ async fn events(State(sim): State<Arc<Sim>>, headers: HeaderMap, Query(q): Query
     all.truncate(query.limit);
     let page: Vec<Value> = all.iter().skip(offset).take(limit).cloned().collect();
     let next = offset + page.len();
-    let next_cursor = if next < all.len() {
-        Value::String(base64::engine::general_purpose::STANDARD.encode(format!("offset:{next}")))
-    } else {
-        Value::Null
-    };
+    let next_cursor = if next < all.len() { Value::String(base64::engine::general_purpose::STANDARD.encode(format!("offset:{next}"))) } else { Value::Null };
     Json(json!({"data": page, "pagination": {"nextCursor": next_cursor, "totalItems": all.len()}})).into_response()
 }
 

@@ -142,7 +142,20 @@ fn body_object(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, R
     }
 }
 
-const WRITABLE: [&str; 12] = ["short_description", "description", "urgency", "impact", "category", "subcategory", "assignment_group", "caller_id", "contact_type", "state", "close_code", "close_notes"];
+const WRITABLE: [&str; 12] = [
+    "short_description",
+    "description",
+    "urgency",
+    "impact",
+    "category",
+    "subcategory",
+    "assignment_group",
+    "caller_id",
+    "contact_type",
+    "state",
+    "close_code",
+    "close_notes",
+];
 
 fn apply(inc: &mut Incident, body: Map<String, Value>) -> Result<(), Response> {
     for (k, v) in body {
@@ -209,7 +222,13 @@ async fn read(State(sim): State<Arc<Sim>>, Path(sys_id): Path<String>, Query(q):
     }
 }
 
-async fn update(State(sim): State<Arc<Sim>>, Path(sys_id): Path<String>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>, body: axum::body::Bytes) -> Response {
+async fn update(
+    State(sim): State<Arc<Sim>>,
+    Path(sys_id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: axum::body::Bytes,
+) -> Response {
     let body = match body_object(&headers, &body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -229,12 +248,8 @@ async fn query(State(sim): State<Arc<Sim>>, Query(q): Query<HashMap<String, Stri
     let wanted = q.get("sysparm_query").and_then(|s| s.strip_prefix("number=")).map(str::to_string);
     let limit: usize = q.get("sysparm_limit").and_then(|l| l.parse().ok()).unwrap_or(10_000);
     let incidents = sim.incidents.lock().unwrap();
-    let found: Vec<Value> = incidents
-        .values()
-        .filter(|i| wanted.as_ref().map_or(true, |n| i.fields["number"] == n.as_str()))
-        .take(limit)
-        .map(|i| fields_of(i, &q))
-        .collect();
+    let found: Vec<Value> =
+        incidents.values().filter(|i| wanted.as_ref().map_or(true, |n| i.fields["number"] == n.as_str())).take(limit).map(|i| fields_of(i, &q)).collect();
     Json(json!({"result": found})).into_response()
 }
 

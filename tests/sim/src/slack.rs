@@ -78,7 +78,13 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(config: Config) -> Arc<Sim> {
-        Arc::new(Sim { config: Mutex::new(config), messages: Mutex::default(), responses: Mutex::default(), base_url: Mutex::default(), recorder: Recorder::default() })
+        Arc::new(Sim {
+            config: Mutex::new(config),
+            messages: Mutex::default(),
+            responses: Mutex::default(),
+            base_url: Mutex::default(),
+            recorder: Recorder::default(),
+        })
     }
     pub fn responses(&self) -> Vec<Value> {
         self.responses.lock().unwrap().clone()
@@ -130,9 +136,7 @@ impl Sim {
     /// returns the answer's status and body.
     pub async fn click(&self, request_url: &str, ts: &str, action_id: &str, user: (&str, &str)) -> anyhow::Result<(u16, String)> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-        let (body, headers) = self
-            .interaction(ts, action_id, user, now)
-            .ok_or_else(|| anyhow::anyhow!("no message {ts} with a button {action_id}"))?;
+        let (body, headers) = self.interaction(ts, action_id, user, now).ok_or_else(|| anyhow::anyhow!("no message {ts} with a button {action_id}"))?;
         let mut req = reqwest::Client::new().post(request_url).body(body);
         for (k, v) in headers {
             req = req.header(k, v);
@@ -255,7 +259,8 @@ async fn post_message(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: axu
     }
     if !blocks.is_null() {
         if let Err(why) = check_blocks(&blocks) {
-            return Json(json!({"ok": false, "error": "invalid_blocks", "errors": [why], "response_metadata": {"messages": [format!("[ERROR] {why}")]}})).into_response();
+            return Json(json!({"ok": false, "error": "invalid_blocks", "errors": [why], "response_metadata": {"messages": [format!("[ERROR] {why}")]}}))
+                .into_response();
         }
     }
     let thread_ts = body["thread_ts"].as_str().map(str::to_string);

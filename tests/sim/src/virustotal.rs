@@ -94,10 +94,7 @@ impl Sim {
 
 pub fn router(sim: Arc<Sim>) -> Router {
     let rec = sim.recorder.clone();
-    Router::new()
-        .route("/api/v3/{collection}/{id}", get(lookup))
-        .with_state(sim)
-        .layer(axum::middleware::from_fn_with_state(rec, crate::record))
+    Router::new().route("/api/v3/{collection}/{id}", get(lookup)).with_state(sim).layer(axum::middleware::from_fn_with_state(rec, crate::record))
 }
 
 pub async fn spawn(config: Config) -> std::io::Result<(Running, Arc<Sim>)> {

@@ -177,7 +177,14 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    pub fn new(plugin: &str, grant: Arc<Grant>, info: InvocationInfo, egress: Arc<http::Egress>, tap: Option<UnboundedSender<LogLine>>, tape: Tape) -> Capabilities {
+    pub fn new(
+        plugin: &str,
+        grant: Arc<Grant>,
+        info: InvocationInfo,
+        egress: Arc<http::Egress>,
+        tap: Option<UnboundedSender<LogLine>>,
+        tape: Tape,
+    ) -> Capabilities {
         let limits = &grant.limits;
         Capabilities {
             tape,

@@ -51,7 +51,11 @@ pub fn memory_init_for(component: &[u8]) -> MemoryInit {
             }
         }
     }
-    if data <= COPY_DATA_MAX_BYTES { MemoryInit::Copy } else { MemoryInit::CopyOnWrite }
+    if data <= COPY_DATA_MAX_BYTES {
+        MemoryInit::Copy
+    } else {
+        MemoryInit::CopyOnWrite
+    }
 }
 
 /// Instances the copy-on-write engine's pool holds for `max_instances` in the

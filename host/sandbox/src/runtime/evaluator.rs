@@ -198,7 +198,11 @@ fn one_line(s: &str) -> String {
 
 fn parse(text: &str) -> Result<serde_json::Value, String> {
     if text.len() > MAX_ANSWER_BYTES {
-        return Err(format!("the template rendered {} MiB of JSON; at most {} MiB is taken (make it build smaller values)", text.len().div_ceil(MIB as usize), MAX_ANSWER_BYTES / MIB as usize));
+        return Err(format!(
+            "the template rendered {} MiB of JSON; at most {} MiB is taken (make it build smaller values)",
+            text.len().div_ceil(MIB as usize),
+            MAX_ANSWER_BYTES / MIB as usize
+        ));
     }
     serde_json::from_str(text).map_err(|e| format!("the template evaluator answered what is not JSON: {e}"))
 }

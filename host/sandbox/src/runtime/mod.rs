@@ -5,8 +5,8 @@
 //! fresh `Store` per invocation with the grant's limits.
 
 mod cache;
-pub mod evaluator;
 mod engine;
+pub mod evaluator;
 mod state;
 mod stdio;
 
@@ -15,14 +15,14 @@ use crate::bindings;
 use crate::bindings::warden::action::types;
 use crate::capability::http::resolve::{HostResolver, SystemResolver};
 use crate::capability::http::transport::Transport;
-pub use crate::invocation::{InvocationInfo, InvokeError, LogLine, Manifest};
 use crate::invocation::guest_text;
+pub use crate::invocation::{InvocationInfo, InvokeError, LogLine, Manifest};
 use crate::limits::Bytes;
-use engine::{build_engine, memory_init_for, start_epoch_ticker};
-pub use engine::{mapped_pool, resets_memory_in_place, MemoryInit, COPY_DATA_MAX_BYTES, EPOCH_TICK, MEMORY_KEEP_RESIDENT};
 use crate::policy::{Grant, PluginEntry};
 use crate::recording::Tape;
 use anyhow::{anyhow, Context as _};
+use engine::{build_engine, memory_init_for, start_epoch_ticker};
+pub use engine::{mapped_pool, resets_memory_in_place, MemoryInit, COPY_DATA_MAX_BYTES, EPOCH_TICK, MEMORY_KEEP_RESIDENT};
 use futures::FutureExt as _;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -33,7 +33,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use wasmtime::component::Linker;
 use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
-
 
 /// Most hosts or credentials a manifest lists, and the largest schema it may give.
 const MAX_MANIFEST_ENTRIES: usize = 64;
@@ -49,11 +48,7 @@ impl From<types::ActionError> for InvokeError {
         match e {
             types::ActionError::InvalidInput(message) => InvokeError::InvalidInput { message: text(message) },
             types::ActionError::Denied(message) => InvokeError::Denied { message: text(message) },
-            types::ActionError::Upstream(u) => InvokeError::Upstream {
-                status: u.status,
-                message: text(u.message),
-                retry_after_ms: u.retry_after_ms,
-            },
+            types::ActionError::Upstream(u) => InvokeError::Upstream { status: u.status, message: text(u.message), retry_after_ms: u.retry_after_ms },
             types::ActionError::Failed(message) => InvokeError::Failed { message: text(message) },
         }
     }
@@ -127,11 +122,7 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig {
-            cache_dir: default_cache_dir(),
-            resolver: Arc::new(SystemResolver),
-            max_instances: 1000,
-        }
+        RuntimeConfig { cache_dir: default_cache_dir(), resolver: Arc::new(SystemResolver), max_instances: 1000 }
     }
 }
 
@@ -282,13 +273,9 @@ impl Runtime {
         let component = cache::compile(&lane.engine, self.cache_dir.as_deref(), &digest, bytes)
             .with_context(|| format!("plugin {name}: not a valid WebAssembly component"))?;
         let pre = lane.linker.instantiate_pre(&component).map_err(|e| {
-            anyhow!(
-                "plugin {name} does not fit the warden:action world: {e}; build it against wit/ with wit-bindgen (see README, Writing a plugin)"
-            )
+            anyhow!("plugin {name} does not fit the warden:action world: {e}; build it against wit/ with wit-bindgen (see README, Writing a plugin)")
         })?;
-        let pre = bindings::ActionPre::new(pre).map_err(|e| {
-            anyhow!("plugin {name} does not export the warden:action world (describe, run): {e}")
-        })?;
+        let pre = bindings::ActionPre::new(pre).map_err(|e| anyhow!("plugin {name} does not export the warden:action world (describe, run): {e}"))?;
         let plugin = Arc::new(Plugin { name: name.to_string(), sha256: digest, memory_init, pre });
         self.loaded.lock().unwrap().insert(key, plugin.clone());
         Ok(plugin)
@@ -299,9 +286,8 @@ impl Runtime {
     pub fn inspect(&self, bytes: &[u8]) -> anyhow::Result<Inspection> {
         let digest = sha256_hex(bytes);
         let engine = &self.lane(memory_init_for(bytes)).engine;
-        let component = cache::compile(engine, self.cache_dir.as_deref(), &digest, bytes).map_err(|e| {
-            anyhow!("not a WebAssembly component ({e}); build it for wasm32-wasip2 (a cdylib for that target is a component)")
-        })?;
+        let component = cache::compile(engine, self.cache_dir.as_deref(), &digest, bytes)
+            .map_err(|e| anyhow!("not a WebAssembly component ({e}); build it for wasm32-wasip2 (a cdylib for that target is a component)"))?;
         let ty = component.component_type();
         let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
         let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
@@ -392,13 +378,7 @@ impl Runtime {
         let _live = Live(self.live.clone());
         let limits = grant.limits.clone();
         let mut store = self.store(plugin, grant, info.clone(), log_tap, tape);
-        let wit_info = types::Invocation {
-            run_id: info.run_id,
-            story: info.story,
-            step: info.step,
-            team: info.team,
-            attempt: info.attempt,
-        };
+        let wit_info = types::Invocation { run_id: info.run_id, story: info.story, step: info.step, team: info.team, attempt: info.attempt };
         let call = async {
             let action = plugin.pre.instantiate_async(&mut store).await.map_err(Failure::Instantiate)?;
             action.call_run(&mut store, &wit_info, input).await.map_err(Failure::Trap)
@@ -411,16 +391,15 @@ impl Runtime {
         let outcome = match raw {
             Err(_elapsed) => Err(InvokeError::Limit {
                 limit: "wall",
-                message: format!(
-                    "wall-clock limit of {} ms reached (limits.wall_ms; sleeps and HTTP count)",
-                    limits.wall_ms
-                ),
+                message: format!("wall-clock limit of {} ms reached (limits.wall_ms; sleeps and HTTP count)", limits.wall_ms),
             }),
             Ok(Err(Failure::Instantiate(e))) => Err(instantiate_error(state, e)),
             Ok(Err(Failure::Trap(e))) => Err(trap_error(state, &limits, e)),
             Ok(Err(Failure::HostPanic(why))) => {
                 tracing::error!(plugin = %plugin.name, "warden panicked while serving a plugin: {why}");
-                Err(InvokeError::Trap { message: "warden failed while serving this plugin (a host bug, logged for the operator); the invocation was stopped".into() })
+                Err(InvokeError::Trap {
+                    message: "warden failed while serving this plugin (a host bug, logged for the operator); the invocation was stopped".into(),
+                })
             }
             Ok(Ok(Err(action_error))) => Err(InvokeError::from(action_error)),
             Ok(Ok(Ok(output))) => check_output(output, limits.output_bytes),
@@ -459,14 +438,7 @@ impl Runtime {
         }
     }
 
-    fn store(
-        &self,
-        plugin: &Plugin,
-        grant: Arc<Grant>,
-        info: InvocationInfo,
-        tap: Option<UnboundedSender<LogLine>>,
-        tape: Tape,
-    ) -> Store<InvocationState> {
+    fn store(&self, plugin: &Plugin, grant: Arc<Grant>, info: InvocationInfo, tap: Option<UnboundedSender<LogLine>>, tape: Tape) -> Store<InvocationState> {
         let cpu_limit = Duration::from_millis(grant.limits.cpu_ms);
         let state = InvocationState::new(&plugin.name, grant, info, self.egress.clone(), tap, tape);
         let meter = state.caps.call.meter.clone();
@@ -519,7 +491,11 @@ enum Failure {
 
 /// The message of a caught panic.
 pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a panic without a message".into())
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// A guest that lost warden's reason for a refused request — a JavaScript
@@ -531,10 +507,15 @@ fn name_the_refusal(outcome: Result<String, InvokeError>, audit: &[AuditRecord])
     // (A missing credential value is explained in the operator's audit record
     // only: where it should have come from stays out of step errors.)
     let refusal = audit.iter().rev().find(|r| r.capability == "http" && r.decision == crate::audit::Decision::Denied && r.rule != "credential-value");
-    let (Some(record), Some(message)) = (refusal, match &mut error {
-        InvokeError::Denied { message } | InvokeError::Failed { message } | InvokeError::Trap { message } | InvokeError::Upstream { message, .. } => Some(message),
-        _ => None,
-    }) else {
+    let (Some(record), Some(message)) = (
+        refusal,
+        match &mut error {
+            InvokeError::Denied { message } | InvokeError::Failed { message } | InvokeError::Trap { message } | InvokeError::Upstream { message, .. } => {
+                Some(message)
+            }
+            _ => None,
+        },
+    ) else {
         return Err(error);
     };
     if let Some(reason) = record.reason.as_deref().filter(|r| !message.contains(*r)) {
@@ -547,11 +528,7 @@ fn check_output(output: String, cap: u64) -> Result<String, InvokeError> {
     if output.len() as u64 > cap {
         return Err(InvokeError::Limit {
             limit: "output",
-            message: format!(
-                "output is {}; the grant allows {} (limits.output_bytes)",
-                Bytes(output.len() as u64),
-                Bytes(cap)
-            ),
+            message: format!("output is {}; the grant allows {} (limits.output_bytes)", Bytes(output.len() as u64), Bytes(cap)),
         });
     }
     if serde_json::from_str::<serde::de::IgnoredAny>(&output).is_err() {
@@ -573,10 +550,7 @@ fn trap_error(state: &mut InvocationState, limits: &crate::limits::Limits, e: wa
         return InvokeError::Limit { limit, message };
     }
     if state.stop == Some(Stop::Cpu) {
-        return InvokeError::Limit {
-            limit: "cpu",
-            message: format!("CPU limit of {} ms reached (limits.cpu_ms)", limits.cpu_ms),
-        };
+        return InvokeError::Limit { limit: "cpu", message: format!("CPU limit of {} ms reached (limits.cpu_ms)", limits.cpu_ms) };
     }
     if state.memory.refused.is_some() {
         return InvokeError::Limit { limit: "memory", message: state.memory.message() };
@@ -597,9 +571,7 @@ fn trap_error(state: &mut InvocationState, limits: &crate::limits::Limits, e: wa
     let panic = panic_message(&stderr);
     let mut message = match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::StackOverflow) => "stack overflow (the guest recursed too deeply)".to_string(),
-        Some(wasmtime::Trap::MemoryOutOfBounds) => {
-            "out of bounds memory access (in Rust and C guests, usually their own stack overflowing)".to_string()
-        }
+        Some(wasmtime::Trap::MemoryOutOfBounds) => "out of bounds memory access (in Rust and C guests, usually their own stack overflowing)".to_string(),
         Some(t) => t.to_string(),
         None => root_message(&e),
     };

@@ -164,7 +164,10 @@ impl Console {
             return Ok(*k);
         }
         let store_key = match s.engine.store.approvals() {
-            Some(_) => s.engine.link_key().map_err(|e| said(StatusCode::SERVICE_UNAVAILABLE, "Try again later", &format!("The console cannot sign anyone in: {}", e.message)))?,
+            Some(_) => s
+                .engine
+                .link_key()
+                .map_err(|e| said(StatusCode::SERVICE_UNAVAILABLE, "Try again later", &format!("The console cannot sign anyone in: {}", e.message)))?,
             None => {
                 let mut k = [0u8; 32];
                 k[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
@@ -196,7 +199,8 @@ fn now_ms() -> u64 {
     crate::audit::now_ms()
 }
 
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+const CSP: &str =
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 fn env() -> &'static minijinja::Environment<'static> {
     static ENV: std::sync::OnceLock<minijinja::Environment<'static>> = std::sync::OnceLock::new();
@@ -301,7 +305,11 @@ async fn login(State(s): State<AppState>, ext: axum::http::Extensions, headers: 
     let from = ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip()).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     let now = now_ms() / 1000;
     if !s.console.may_sign_in(from, now) {
-        return said(StatusCode::TOO_MANY_REQUESTS, "Too many failed sign-ins", &format!("{MAX_FAILED_SIGN_INS} tokens from this address were wrong; try again in {} minutes.", SIGN_IN_WINDOW_SECS / 60));
+        return said(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed sign-ins",
+            &format!("{MAX_FAILED_SIGN_INS} tokens from this address were wrong; try again in {} minutes.", SIGN_IN_WINDOW_SECS / 60),
+        );
     }
     let key = match s.console.key(&s) {
         Ok(k) => k,
@@ -604,10 +612,13 @@ fn run_body(s: &AppState, v: &Viewer, id: &str) -> anyhow::Result<Option<(String
     if !sees_team(&v.scope, &run.run.team) {
         return Ok(None);
     }
-    let run = crate::store::seen_by(run, match &v.scope {
-        Scope::Team(t) => Some(t.as_str()),
-        Scope::All => None,
-    });
+    let run = crate::store::seen_by(
+        run,
+        match &v.scope {
+            Scope::Team(t) => Some(t.as_str()),
+            Scope::All => None,
+        },
+    );
     // The sub-story runs' own steps, drawn under the steps that called them
     // (one level), for the sub-stories of teams the viewer sees.
     let mut called = Vec::new();
@@ -687,7 +698,8 @@ async fn run_page(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<
     };
     match run_body(&s, &v, &id) {
         Ok(Some((body, ended))) => {
-            let live = (!ended).then(|| format!("/console/live?run={}&seen={}", url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>(), digest(&body)));
+            let live = (!ended)
+                .then(|| format!("/console/live?run={}&seen={}", url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>(), digest(&body)));
             let ctx = context! { ..frame(&v, &s, "runs"), ..context! { id, body => minijinja::Value::from_safe_string(body), live } };
             page(StatusCode::OK, "run.html", ctx)
         }
@@ -793,13 +805,21 @@ async fn approvals_page(State(s): State<AppState>, headers: HeaderMap) -> Respon
 /// A console page to return to: a path on the console, in printable ASCII
 /// (it becomes a `Location` header), else the approvals page.
 fn back_to(back: Option<&String>) -> String {
-    back.filter(|b| b.starts_with("/console/") && !b.starts_with("/console//") && !b.contains('\\') && b.len() <= 2048 && b.bytes().all(|c| c.is_ascii_graphic()))
-        .cloned()
-        .unwrap_or_else(|| "/console/approvals".into())
+    back.filter(|b| {
+        b.starts_with("/console/") && !b.starts_with("/console//") && !b.contains('\\') && b.len() <= 2048 && b.bytes().all(|c| c.is_ascii_graphic())
+    })
+    .cloned()
+    .unwrap_or_else(|| "/console/approvals".into())
 }
 
 /// `POST /console/approvals/{run}/{step}`: `choice`, `comment`, `csrf`, `back`.
-async fn decide(State(s): State<AppState>, ext: axum::http::Extensions, headers: HeaderMap, Path((run, step)): Path<(String, String)>, body: Bytes) -> Response {
+async fn decide(
+    State(s): State<AppState>,
+    ext: axum::http::Extensions,
+    headers: HeaderMap,
+    Path((run, step)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
     let (v, form) = match checked_post(&s, &headers, &body) {
         Ok(x) => x,
         Err(r) => return r,
@@ -885,7 +905,8 @@ async fn stories_page(State(s): State<AppState>, headers: HeaderMap) -> Response
             capped: counts.iter().map(|(_, n)| n).sum::<u64>() >= crate::store::COUNT_CAP,
         });
     }
-    let ctx = context! { ..frame(&v, &s, "stories"), ..context! { stories, count_cap => crate::store::COUNT_CAP, node_w => view::NODE_W, node_h => view::NODE_H } };
+    let ctx =
+        context! { ..frame(&v, &s, "stories"), ..context! { stories, count_cap => crate::store::COUNT_CAP, node_w => view::NODE_W, node_h => view::NODE_H } };
     page(StatusCode::OK, "stories.html", ctx)
 }
 

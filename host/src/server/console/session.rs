@@ -80,9 +80,11 @@ pub fn verify(key: &[u8; 32], tokens: &ApiTokens, value: &str, now: u64) -> Opti
         return None;
     }
     let tag = b64.decode(tag).ok()?;
-    tokens.0.iter().filter(|(_, s)| scope_text(s) == scope).find_map(|(digest, s)| {
-        mac(key, &[b"session", scope.as_bytes(), exp.as_bytes(), digest]).verify_slice(&tag).ok().map(|_| s.clone())
-    })
+    tokens
+        .0
+        .iter()
+        .filter(|(_, s)| scope_text(s) == scope)
+        .find_map(|(digest, s)| mac(key, &[b"session", scope.as_bytes(), exp.as_bytes(), digest]).verify_slice(&tag).ok().map(|_| s.clone()))
 }
 
 /// The CSRF token of a session (or of the open console).

@@ -178,13 +178,33 @@ pub fn timeline(run: &RunDetail, children: &[RunDetail]) -> (Vec<Bar>, String) {
             Some(c) => format!("/console/runs/{c}"),
             None => format!("#{}", anchor(s)),
         };
-        bars.push(Bar { label: label(s), href, state: s.state.clone(), x, width, took: duration(to.saturating_sub(from)), attempts: s.attempts, calls: child.is_some(), depth: 0 });
+        bars.push(Bar {
+            label: label(s),
+            href,
+            state: s.state.clone(),
+            x,
+            width,
+            took: duration(to.saturating_sub(from)),
+            attempts: s.attempts,
+            calls: child.is_some(),
+            depth: 0,
+        });
         let Some(c) = child.and_then(|c| children.iter().find(|d| d.run.id == c)) else { continue };
         for cs in &c.steps {
             let (Some(from), to) = (cs.started_ms, cs.finished_ms.unwrap_or(end)) else { continue };
             let (x, width) = place(from, to);
             let href = format!("/console/runs/{}#{}", c.run.id, anchor(cs));
-            bars.push(Bar { label: label(cs), href, state: cs.state.clone(), x, width, took: duration(to.saturating_sub(from)), attempts: cs.attempts, calls: false, depth: 1 });
+            bars.push(Bar {
+                label: label(cs),
+                href,
+                state: cs.state.clone(),
+                x,
+                width,
+                took: duration(to.saturating_sub(from)),
+                attempts: cs.attempts,
+                calls: false,
+                depth: 1,
+            });
         }
     }
     (bars, duration(end - start))
@@ -239,7 +259,11 @@ pub fn graph(story: &Story) -> Graph {
     }
     let cut = |t: &str, n: usize| {
         let t = t.trim();
-        if t.chars().count() > n { format!("{}…", t.chars().take(n - 1).collect::<String>()) } else { t.to_string() }
+        if t.chars().count() > n {
+            format!("{}…", t.chars().take(n - 1).collect::<String>())
+        } else {
+            t.to_string()
+        }
     };
     let short = |t: &str| cut(t, 48);
     let node = |s: &crate::story::Step, x: u32, y: u32| {
@@ -277,7 +301,13 @@ pub fn graph(story: &Story) -> Graph {
         nodes.push(node(s, main_x, y));
         if i > 0 {
             let (x, top) = (main_x + NODE_W / 2, y - GAP);
-            edges.push(Edge { path: format!("M{x},{top} L{x},{}", y - 4), label: s.condition.as_deref().map(|c| format!("if {}", short(c))), label_x: x + 8, label_y: top + GAP / 2 + 4, fallback: false });
+            edges.push(Edge {
+                path: format!("M{x},{top} L{x},{}", y - 4),
+                label: s.condition.as_deref().map(|c| format!("if {}", short(c))),
+                label_x: x + 8,
+                label_y: top + GAP / 2 + 4,
+                fallback: false,
+            });
         } else if let Some(c) = &s.condition {
             nodes.last_mut().expect("pushed").condition = Some(short(c));
         }
@@ -361,16 +391,47 @@ fn agents_graph(g: &crate::story::graph::Graph) -> Graph {
         .collect();
     let mut edges = Vec::new();
     for (i, a) in g.agents.iter().enumerate() {
-        let links = a.receivers.iter().map(|r| (*r, None)).chain(a.no_match.iter().map(|r| (*r, Some("no match")))).chain(a.failure.iter().map(|r| (*r, Some("failure"))));
+        let links = a
+            .receivers
+            .iter()
+            .map(|r| (*r, None))
+            .chain(a.no_match.iter().map(|r| (*r, Some("no match"))))
+            .chain(a.failure.iter().map(|r| (*r, Some("failure"))));
         for (r, label) in links {
             let ((sx, sy), (dx, dy)) = (pos(i), pos(r));
             let path = if depth[r] > depth[i] {
-                format!("M{},{} C{},{} {},{} {},{}", sx + NODE_W / 2, sy + NODE_H, sx + NODE_W / 2, sy + NODE_H + GAP / 2, dx + NODE_W / 2, dy - GAP / 2, dx + NODE_W / 2, dy - 4)
+                format!(
+                    "M{},{} C{},{} {},{} {},{}",
+                    sx + NODE_W / 2,
+                    sy + NODE_H,
+                    sx + NODE_W / 2,
+                    sy + NODE_H + GAP / 2,
+                    dx + NODE_W / 2,
+                    dy - GAP / 2,
+                    dx + NODE_W / 2,
+                    dy - 4
+                )
             } else {
                 // Back up the graph: a loop.
-                format!("M{},{} C{},{} {},{} {},{}", sx + NODE_W, sy + NODE_H / 2, sx + NODE_W + 50, sy + NODE_H / 2, dx + NODE_W + 50, dy + NODE_H / 2, dx + NODE_W + 4, dy + NODE_H / 2)
+                format!(
+                    "M{},{} C{},{} {},{} {},{}",
+                    sx + NODE_W,
+                    sy + NODE_H / 2,
+                    sx + NODE_W + 50,
+                    sy + NODE_H / 2,
+                    dx + NODE_W + 50,
+                    dy + NODE_H / 2,
+                    dx + NODE_W + 4,
+                    dy + NODE_H / 2
+                )
             };
-            edges.push(Edge { path, label: label.map(str::to_string), label_x: sx + NODE_W / 2 + 8, label_y: sy + NODE_H + GAP / 2, fallback: label == Some("failure") });
+            edges.push(Edge {
+                path,
+                label: label.map(str::to_string),
+                label_x: sx + NODE_W / 2 + 8,
+                label_y: sy + NODE_H + GAP / 2,
+                fallback: label == Some("failure"),
+            });
         }
     }
     let cols = per_row.values().copied().max().unwrap_or(1);

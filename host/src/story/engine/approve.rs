@@ -34,8 +34,8 @@ impl Engine {
         let key = self.link_key()?;
         let mut all = serde_json::Map::new();
         for (step, spec) in std::iter::once(first).chain(specs) {
-            let approvers = render_approvers(&spec.approvers, &ctx.bindings)
-                .map_err(|e| StepError::new(ErrorKind::Template, format!("step {step}: approvers: {e}")))?;
+            let approvers =
+                render_approvers(&spec.approvers, &ctx.bindings).map_err(|e| StepError::new(ErrorKind::Template, format!("step {step}: approvers: {e}")))?;
             all.insert(step.to_string(), approval::links_value(&key, &self.links_base, root, run, step, &spec.choices, &approvers));
         }
         ctx.bindings.set("approval", &Value::Object(all));
@@ -70,7 +70,9 @@ impl Engine {
             }
             Some(a) => match a.output() {
                 Some(out) => Ok(out),
-                None => Err(StepError::new(ErrorKind::Timeout, format!("no decision within {} ({}); on_timeout: fail", human(spec.timeout), a.what_happened()))),
+                None => {
+                    Err(StepError::new(ErrorKind::Timeout, format!("no decision within {} ({}); on_timeout: fail", human(spec.timeout), a.what_happened())))
+                }
             },
             None => {
                 let key = self.link_key()?;
@@ -84,7 +86,11 @@ impl Engine {
                 let size = details.to_string().len();
                 if size > approval::MAX_DETAILS {
                     // Kept readable and bounded; the full value is in the earlier steps' outputs.
-                    details = json!(format!("(details were {size} bytes; the first {} are shown) {}", approval::MAX_DETAILS, crate::invocation::guest_text(&details.to_string(), approval::MAX_DETAILS)));
+                    details = json!(format!(
+                        "(details were {size} bytes; the first {} are shown) {}",
+                        approval::MAX_DETAILS,
+                        crate::invocation::guest_text(&details.to_string(), approval::MAX_DETAILS)
+                    ));
                 }
                 let approvers = render_approvers(&spec.approvers, ctx).map_err(|e| fail("approvers", e))?;
                 let now = crate::audit::now_ms();

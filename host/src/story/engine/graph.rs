@@ -10,12 +10,12 @@ use crate::story::graph::{number_of, Agent, AgentKind, Graph};
 use crate::story::recorder::StepAt;
 use crate::story::state::{ErrorKind, StepError, StepState};
 use crate::story::Story;
-use warden_eval::liquid::dotted;
 use serde_json::{json, Map, Value};
 use sha2::Digest;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
+use warden_eval::liquid::dotted;
 
 /// The latest payload of every agent upstream of an event, by id. Payloads
 /// are shared, not copied: fanning out (an explode of 500 after an 8 MiB
@@ -105,7 +105,17 @@ impl<'g> Flow<'g> {
 
 impl Engine {
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn run_graph(&self, story: &Story, graph: &Graph, run_id: &str, root: &str, input: Value, depth: usize, observer: &dyn Observer, resumed: bool) -> Outcome {
+    pub(super) async fn run_graph(
+        &self,
+        story: &Story,
+        graph: &Graph,
+        run_id: &str,
+        root: &str,
+        input: Value,
+        depth: usize,
+        observer: &dyn Observer,
+        resumed: bool,
+    ) -> Outcome {
         // Only a resumed run has executions recorded before it: a new one reads nothing back.
         let earlier = if resumed { self.earlier_executions(run_id) } else { HashMap::new() };
         let mut flow = Flow {
@@ -118,7 +128,8 @@ impl Engine {
             collected: HashMap::new(),
             seen: HashMap::new(),
         };
-        let base: BTreeMap<String, Arc<Value>> = crate::story::graph::run_globals(story, run_id, &self.policy.resources).into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        let base: BTreeMap<String, Arc<Value>> =
+            crate::story::graph::run_globals(story, run_id, &self.policy.resources).into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
         // The run's input reaches the entry agent (a webhook emits it as it is).
         flow.queue.push_back(Delivery { agent: graph.entry, from: None, ctx: Arc::new(base) });
         while let Some(d) = flow.queue.pop_front() {
@@ -134,7 +145,10 @@ impl Engine {
                 Some(f) => d.ctx.get(&graph.agents[f].id).map(|v| (**v).clone()).unwrap_or(Value::Null),
                 None => input.clone(),
             };
-            let render = |v: &Value| crate::story::graph::render(v, &ctx, graph.formulas).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}` ({}): {e}", agent.id, agent.name)));
+            let render = |v: &Value| {
+                crate::story::graph::render(v, &ctx, graph.formulas)
+                    .map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}` ({}): {e}", agent.id, agent.name)))
+            };
             // A rule's, matcher's or key's template, rendered as the text it compares.
             let render_text = |t: &str| render(&Value::String(t.to_string())).map(|v| text_of(&v));
             let option = |k: &str| agent.options.get(k).cloned().unwrap_or(Value::Null);
@@ -146,7 +160,9 @@ impl Engine {
                     // `loop`: the payload once per item (as LOOP.value, LOOP.index), emitted as one list.
                     Some(l) => (|| {
                         let list = match l {
-                            Value::String(p) => resolve(p, &ctx, graph.formulas).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}`: loop: {e}", agent.id)))?,
+                            Value::String(p) => {
+                                resolve(p, &ctx, graph.formulas).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}`: loop: {e}", agent.id)))?
+                            }
                             other => other.clone(),
                         };
                         let items = match list {
@@ -155,7 +171,8 @@ impl Engine {
                             other => vec![other],
                         };
                         let items: Vec<Value> = items.into_iter().take(crate::story::graph::MAX_LOOP).collect();
-                        let out = crate::story::graph::render_each(&option("payload"), &ctx, graph.formulas, &items).map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}` ({}): {e}", agent.id, agent.name)))?;
+                        let out = crate::story::graph::render_each(&option("payload"), &ctx, graph.formulas, &items)
+                            .map_err(|e| StepError::new(ErrorKind::Template, format!("agent `{}` ({}): {e}", agent.id, agent.name)))?;
                         Ok(vec![(Value::Array(out), true)])
                     })(),
                 },
@@ -192,7 +209,8 @@ impl Engine {
                     Ok(vec![(Value::Object(out), true)])
                 }
                 AgentKind::Explode { path, to, limit } => {
-                    let list = resolve(path, &ctx, graph.formulas).map_err(|e| fail(StepError::new(ErrorKind::Template, format!("agent `{}`: path: {e}", agent.id))))?;
+                    let list = resolve(path, &ctx, graph.formulas)
+                        .map_err(|e| fail(StepError::new(ErrorKind::Template, format!("agent `{}`: path: {e}", agent.id))))?;
                     let items = match list {
                         Value::Array(a) => a,
                         Value::Null => Vec::new(),
@@ -200,7 +218,12 @@ impl Engine {
                     };
                     let guid = format!("{run_id}:{}:{n}", agent.id);
                     let size = items.len().min(*limit);
-                    Ok(items.into_iter().take(*limit).enumerate().map(|(i, item)| (json!({to.as_str(): item, "index": i, "guid": guid, "size": size}), true)).collect())
+                    Ok(items
+                        .into_iter()
+                        .take(*limit)
+                        .enumerate()
+                        .map(|(i, item)| (json!({to.as_str(): item, "index": i, "guid": guid, "size": size}), true))
+                        .collect())
                 }
                 AgentKind::Implode { guid_path, size_path } => {
                     let guid = render_text(guid_path).map_err(fail)?;
@@ -228,7 +251,11 @@ impl Engine {
                         let scope = format!("{}/{}", story.name, agent.id);
                         self.recorder.remember(run_id, &scope, &digest, *lookback).await.map_err(|down| fail(down.into()))?
                     };
-                    if fresh { Ok(vec![(incoming(), true)]) } else { Ok(Vec::new()) }
+                    if fresh {
+                        Ok(vec![(incoming(), true)])
+                    } else {
+                        Ok(Vec::new())
+                    }
                 }
                 AgentKind::Delay(wait) => {
                     // Slept once: a resumed run does not wait again for a delay it already waited out.
@@ -254,7 +281,10 @@ impl Engine {
                     }
                     let first_attempt = match prior {
                         Some(e) if e.attempts >= step.retry.attempts => {
-                            let msg = format!("interrupted by a restart during agent `{}` (attempt {}); its retry policy allows no further attempt", agent.id, e.attempts);
+                            let msg = format!(
+                                "interrupted by a restart during agent `{}` (attempt {}); its retry policy allows no further attempt",
+                                agent.id, e.attempts
+                            );
                             let err = StepError::new(ErrorKind::Interrupted, msg);
                             self.recorder.step_finished(&at, StepState::Failed, None, Some(&err), e.attempts);
                             return Err(fail(err));
@@ -295,7 +325,16 @@ impl Engine {
                 Ok(e) => e,
                 Err(e) => {
                     self.recorder.step_finished(&at, StepState::Failed, None, Some(&e), 1);
-                    observer.event(&Event::StepFinished { run: run_id, step: &agent.id, kind: "transform", item: Some(n), state: StepState::Failed, elapsed: started.elapsed(), error: Some(&e), depth });
+                    observer.event(&Event::StepFinished {
+                        run: run_id,
+                        step: &agent.id,
+                        kind: "transform",
+                        item: Some(n),
+                        state: StepState::Failed,
+                        elapsed: started.elapsed(),
+                        error: Some(&e),
+                        depth,
+                    });
                     flow.failed(d.agent, &d.ctx, e).map_err(fail)?;
                     continue;
                 }
@@ -307,7 +346,16 @@ impl Engine {
                 (_, many) => json!({"emitted": many.len()}),
             };
             self.recorder.step_finished(&at, StepState::Succeeded, Some(&record), None, 1);
-            observer.event(&Event::StepFinished { run: run_id, step: &agent.id, kind: "transform", item: Some(n), state: StepState::Succeeded, elapsed: started.elapsed(), error: None, depth });
+            observer.event(&Event::StepFinished {
+                run: run_id,
+                step: &agent.id,
+                kind: "transform",
+                item: Some(n),
+                state: StepState::Succeeded,
+                elapsed: started.elapsed(),
+                error: None,
+                depth,
+            });
             for (payload, matched) in events {
                 flow.emit(d.agent, &d.ctx, payload, matched).map_err(fail)?;
             }

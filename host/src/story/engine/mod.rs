@@ -13,14 +13,14 @@ use resume::Resume;
 mod approve;
 mod graph;
 mod resume;
-use crate::story::recorder::{Recorder, StepAt, StoreHealth};
-pub use crate::story::state::{ErrorKind, RunResult, RunState, StepError, StepState};
-use crate::story::template::{render_str, render_value, truthy, Bindings};
-use crate::story::{schema, Library, OnError, Step, StepKind, Story};
 use crate::invocation::{InvocationInfo, LogLine};
 use crate::policy::Policy;
 use crate::runtime::Runtime;
 use crate::store::{NewRun, Store};
+use crate::story::recorder::{Recorder, StepAt, StoreHealth};
+pub use crate::story::state::{ErrorKind, RunResult, RunState, StepError, StepState};
+use crate::story::template::{render_str, render_value, truthy, Bindings};
+use crate::story::{schema, Library, OnError, Step, StepKind, Story};
 use futures::stream::{FuturesOrdered, StreamExt};
 use serde_json::{json, Value};
 use std::future::Future;
@@ -170,10 +170,22 @@ impl Engine {
     /// An engine that runs actions through `invoker` (tests script one).
     pub fn with_invoker(invoker: Arc<dyn Invoke>, policy: Arc<Policy>, library: Arc<Library>, store: Arc<dyn Store>) -> Engine {
         let record = policy.server.record.unwrap_or(true);
-        let links_base = policy.server.public_url.clone().unwrap_or_else(|| {
-            format!("http://{}", policy.server.listen.as_deref().unwrap_or(crate::policy::triggers::DEFAULT_LISTEN))
-        });
-        Engine { invoker, policy, library, recorder: Recorder::new(store.clone(), Arc::default()), store, record, link_key: Default::default(), links_base, traces: None }
+        let links_base = policy
+            .server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", policy.server.listen.as_deref().unwrap_or(crate::policy::triggers::DEFAULT_LISTEN)));
+        Engine {
+            invoker,
+            policy,
+            library,
+            recorder: Recorder::new(store.clone(), Arc::default()),
+            store,
+            record,
+            link_key: Default::default(),
+            links_base,
+            traces: None,
+        }
     }
 
     /// Where approval links point, unless `[server] public_url` says (the
@@ -233,7 +245,14 @@ impl Engine {
     /// `creation`: see [`Creation`]. With an `Idempotency-Key` the creation
     /// is always durable first, since its answer decides which run the
     /// caller gets.
-    pub async fn accept(&self, story: &str, mut input: Value, trigger: &str, idempotency_key: Option<&str>, creation: Creation) -> Result<Accepted, SubmitError> {
+    pub async fn accept(
+        &self,
+        story: &str,
+        mut input: Value,
+        trigger: &str,
+        idempotency_key: Option<&str>,
+        creation: Creation,
+    ) -> Result<Accepted, SubmitError> {
         let s = self.library.get(story).ok_or_else(|| SubmitError::UnknownStory(story.to_string()))?;
         let existing = |key: &str| self.store.run_by_idempotency_key(&s.name, key).map_err(|e| SubmitError::Store(format!("run store unavailable: {e:#}")));
         if let Some(key) = idempotency_key {
@@ -245,7 +264,9 @@ impl Engine {
         let id = new_run_id();
         let run = NewRun { id: &id, story: &s.name, team: &s.team, trigger, input: &input, parent: None, idempotency_key };
         let creation = if idempotency_key.is_some() { Creation::Durable } else { creation };
-        let accepted = |id: String, s: Arc<Story>, input: Value, recorded: bool| Accepted::New(NewlyAccepted { id, story: s, input, trigger: trigger.to_string(), recorded });
+        let accepted = |id: String, s: Arc<Story>, input: Value, recorded: bool| {
+            Accepted::New(NewlyAccepted { id, story: s, input, trigger: trigger.to_string(), recorded })
+        };
         match creation {
             Creation::ByCaller => return Ok(accepted(id, s, input, false)),
             Creation::WithFirstWrite => {
@@ -301,7 +322,17 @@ impl Engine {
     /// top-level run when this is a sub-story's, `caller` the run and step
     /// that called it.
     #[allow(clippy::too_many_arguments)]
-    fn run_story<'a>(&'a self, story: Arc<Story>, run_id: String, input: Value, depth: usize, observer: &'a dyn Observer, resume: Resume, root: Option<String>, caller: Option<(String, String)>) -> BoxFuture<'a, RunResult> {
+    fn run_story<'a>(
+        &'a self,
+        story: Arc<Story>,
+        run_id: String,
+        input: Value,
+        depth: usize,
+        observer: &'a dyn Observer,
+        resume: Resume,
+        root: Option<String>,
+        caller: Option<(String, String)>,
+    ) -> BoxFuture<'a, RunResult> {
         Box::pin(async move {
             let started = Instant::now();
             let caller = caller.as_ref().map(|(r, s)| (r.as_str(), s.as_str()));
@@ -367,8 +398,9 @@ impl Engine {
             }
         }
         match &story.output {
-            Some(template) => render_value(template, &ctx.bindings)
-                .map_err(|e| (Some("output".to_string()), StepError::new(ErrorKind::Template, format!("output: {e}")))),
+            Some(template) => {
+                render_value(template, &ctx.bindings).map_err(|e| (Some("output".to_string()), StepError::new(ErrorKind::Template, format!("output: {e}"))))
+            }
             None => Ok(last_output),
         }
     }
@@ -536,7 +568,15 @@ impl Engine {
                 let traceparent = self.traces.as_ref().and_then(|t| t.traceparent_of_step(run, &step.id, item));
                 let input_text = input.to_string();
                 let handed = self.handed_links(sr.root, &input_text);
-                let info = InvocationInfo { run_id: run.into(), story: story.name.clone(), step: step.id.clone(), team: story.team.clone(), attempt, traceparent, handed };
+                let info = InvocationInfo {
+                    run_id: run.into(),
+                    story: story.name.clone(),
+                    step: step.id.clone(),
+                    team: story.team.clone(),
+                    attempt,
+                    traceparent,
+                    handed,
+                };
                 let (tap, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
                 let invoke = async {
                     if self.record {
@@ -579,9 +619,28 @@ impl Engine {
                 let child = new_run_id();
                 let trigger = format!("story:{}", story.name);
                 self.recorder
-                    .create_run(&NewRun { id: &child, story: &callee.name, team: &callee.team, trigger: &trigger, input: &input, parent: Some((run, &step.id)), idempotency_key: None })
+                    .create_run(&NewRun {
+                        id: &child,
+                        story: &callee.name,
+                        team: &callee.team,
+                        trigger: &trigger,
+                        input: &input,
+                        parent: Some((run, &step.id)),
+                        idempotency_key: None,
+                    })
                     .await?;
-                let result = self.run_story(callee, child.clone(), input, sr.depth + 1, sr.observer, Resume::default(), Some(sr.root.to_string()), Some((run.to_string(), step.id.clone()))).await;
+                let result = self
+                    .run_story(
+                        callee,
+                        child.clone(),
+                        input,
+                        sr.depth + 1,
+                        sr.observer,
+                        Resume::default(),
+                        Some(sr.root.to_string()),
+                        Some((run.to_string(), step.id.clone())),
+                    )
+                    .await;
                 self.sub_story_result(sr, &child, result).await
             }
         }

@@ -2,9 +2,9 @@
 //! the interrupted one runs again only if its retry policy allows.
 
 use super::{Engine, ErrorKind, RunResult, RunState, StepError, StepState};
+use crate::story::observe::Observer;
 use crate::story::recorder::StepAt;
 use crate::story::OnError;
-use crate::story::observe::Observer;
 use serde_json::Value;
 
 /// Where a resumed run picks up: the finished steps' results, and the index of
@@ -51,14 +51,20 @@ impl Engine {
     pub async fn resume_after_restart(&self, run_id: &str, started: bool, observer: &dyn Observer) -> RunResult {
         match self.store.resumes(run_id) {
             Ok(n) if n >= MAX_FATAL_RESUMES => {
-                tracing::error!(run = run_id, resumes = n, "not resuming a run whose resumption ended the process on each of its last {n} attempts; failing it");
+                tracing::error!(
+                    run = run_id,
+                    resumes = n,
+                    "not resuming a run whose resumption ended the process on each of its last {n} attempts; failing it"
+                );
                 let msg = format!(
                     "the process ended while this run was executing, and again on each of its last {n} attempts to resume it; it is failed, not resumed again (its steps' records show how far it got)"
                 );
                 return self.fail_run(run_id, None, StepError::new(ErrorKind::Interrupted, msg)).await;
             }
             Ok(_) => {}
-            Err(e) => return RunResult::failed(run_id, None, StepError::new(ErrorKind::Store, format!("cannot read how often run {run_id} was resumed: {e:#}"))),
+            Err(e) => {
+                return RunResult::failed(run_id, None, StepError::new(ErrorKind::Store, format!("cannot read how often run {run_id} was resumed: {e:#}")))
+            }
         }
         // Committed before the run executes: if this resume ends the process
         // too, the next start knows.
@@ -80,7 +86,9 @@ impl Engine {
     async fn resume_at(&self, run_id: &str, depth: usize, root: Option<String>, observer: &dyn Observer) -> RunResult {
         let detail = match self.store.get_run(run_id) {
             Ok(Some(d)) => d,
-            _ if depth > 0 => return RunResult::failed(run_id, None, StepError::new(ErrorKind::Store, format!("cannot read sub-story run {run_id} to resume it"))),
+            _ if depth > 0 => {
+                return RunResult::failed(run_id, None, StepError::new(ErrorKind::Store, format!("cannot read sub-story run {run_id} to resume it")))
+            }
             _ => return self.execute(run_id, observer).await,
         };
         let Some(story) = self.library.get(&detail.run.story) else {
@@ -120,10 +128,8 @@ impl Engine {
                 }
                 _ => {
                     if r.attempts >= step.retry.attempts {
-                        let msg = format!(
-                            "interrupted by a restart during step {} (attempt {}); its retry policy allows no further attempt",
-                            step.id, r.attempts
-                        );
+                        let msg =
+                            format!("interrupted by a restart during step {} (attempt {}); its retry policy allows no further attempt", step.id, r.attempts);
                         let e = StepError::new(ErrorKind::Interrupted, msg);
                         let at = StepAt { run: run_id, step: &step.id, item: None, kind: step.kind.name() };
                         if let Err(down) = self.recorder.step_finished_now(&at, StepState::Failed, None, Some(&e), r.attempts).await {
@@ -147,5 +153,4 @@ impl Engine {
         }
         self.run_story(story, run_id.to_string(), detail.input, depth, observer, resume, root, caller).await
     }
-
 }

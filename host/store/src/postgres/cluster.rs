@@ -93,7 +93,13 @@ impl PgStore {
     /// Joins the cluster of nodes sharing this database: leases of `lease`,
     /// and a connection listening for work.
     pub fn join_cluster(&self, lease: Duration) -> anyhow::Result<()> {
-        let member = Membership { node: format!("n{}", uuid::Uuid::new_v4().simple()), lease, held: Mutex::default(), work: watch::Sender::new(0), ended: watch::Sender::new(0) };
+        let member = Membership {
+            node: format!("n{}", uuid::Uuid::new_v4().simple()),
+            lease,
+            held: Mutex::default(),
+            work: watch::Sender::new(0),
+            ended: watch::Sender::new(0),
+        };
         let (work, ended) = (member.work.clone(), member.ended.clone());
         self.cluster.set(member).map_err(|_| anyhow!("this store already joined the cluster"))?;
         let config = self.url.clone();
@@ -264,84 +270,82 @@ impl Cluster for PgStore {
         let candidates = (n.saturating_mul(4)).clamp(16, 1024) as i64;
         let limits: HashMap<String, i64> = limits.iter().map(|(s, l)| (s.clone(), (*l).min(i64::MAX as usize) as i64)).collect();
         let otherwise = default_limit.min(i64::MAX as usize) as i64;
-        let claimed: Claims = self.block(async move {
-            let mut client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let tx = client.transaction().await?;
-            tx.batch_execute("SET LOCAL synchronous_commit = off").await?;
-            // Only stories below their limit: a story's backlog at its limit
-            // must not hide the runs of others behind it.
-            let sql = format!(
-                "SELECT story, COUNT(*) FILTER (WHERE lease_owner IS NOT NULL AND lease_until_ms >= {NOW_MS}),
+        let claimed: Claims = self
+            .block(async move {
+                let mut client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+                let tx = client.transaction().await?;
+                tx.batch_execute("SET LOCAL synchronous_commit = off").await?;
+                // Only stories below their limit: a story's backlog at its limit
+                // must not hide the runs of others behind it.
+                let sql = format!(
+                    "SELECT story, COUNT(*) FILTER (WHERE lease_owner IS NOT NULL AND lease_until_ms >= {NOW_MS}),
                         COUNT(*) FILTER (WHERE {FREE}) FROM runs WHERE {OPEN} GROUP BY story"
-            );
-            let by_story = tx.query(&sql, &[]).await?;
-            // Runs no live node holds, before this claim.
-            let free: i64 = by_story.iter().map(|r| r.get::<_, i64>(2)).sum();
-            let open: Vec<String> = by_story
-                .iter()
-                .filter(|r| r.get::<_, i64>(1) < limits.get(r.get::<_, &str>(0)).copied().unwrap_or(otherwise))
-                .map(|r| r.get(0))
-                .collect();
-            if open.is_empty() || n == 0 {
-                return Ok((Vec::new(), Vec::new(), free, HashSet::new()));
-            }
-            let sql = format!(
-                "SELECT id, story, lease_owner IS NOT NULL FROM runs WHERE {OPEN} AND story = ANY($2) AND {FREE}
+                );
+                let by_story = tx.query(&sql, &[]).await?;
+                // Runs no live node holds, before this claim.
+                let free: i64 = by_story.iter().map(|r| r.get::<_, i64>(2)).sum();
+                let open: Vec<String> =
+                    by_story.iter().filter(|r| r.get::<_, i64>(1) < limits.get(r.get::<_, &str>(0)).copied().unwrap_or(otherwise)).map(|r| r.get(0)).collect();
+                if open.is_empty() || n == 0 {
+                    return Ok((Vec::new(), Vec::new(), free, HashSet::new()));
+                }
+                let sql = format!(
+                    "SELECT id, story, lease_owner IS NOT NULL FROM runs WHERE {OPEN} AND story = ANY($2) AND {FREE}
                  ORDER BY created_ms, id LIMIT $1 FOR UPDATE SKIP LOCKED"
-            );
-            let rows = tx.query(&sql, &[&candidates, &open]).await?;
-            let mut by_story: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            // Held by a node whose lease lapsed: even a run still `queued`
-            // may have been executing there (its start not yet committed).
-            let mut lapsed: HashSet<String> = HashSet::new();
-            for r in &rows {
-                by_story.entry(r.get(1)).or_default().push(r.get(0));
-                if r.get::<_, bool>(2) {
-                    lapsed.insert(r.get(0));
+                );
+                let rows = tx.query(&sql, &[&candidates, &open]).await?;
+                let mut by_story: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                // Held by a node whose lease lapsed: even a run still `queued`
+                // may have been executing there (its start not yet committed).
+                let mut lapsed: HashSet<String> = HashSet::new();
+                for r in &rows {
+                    by_story.entry(r.get(1)).or_default().push(r.get(0));
+                    if r.get::<_, bool>(2) {
+                        lapsed.insert(r.get(0));
+                    }
                 }
-            }
-            let mut take: Vec<String> = Vec::new();
-            // Story by story in a fixed order, so two claiming nodes never deadlock.
-            for (story, ids) in by_story {
-                if take.len() >= n {
-                    break;
+                let mut take: Vec<String> = Vec::new();
+                // Story by story in a fixed order, so two claiming nodes never deadlock.
+                for (story, ids) in by_story {
+                    if take.len() >= n {
+                        break;
+                    }
+                    let limit = limits.get(&story).copied().unwrap_or(otherwise);
+                    // Exclusive: several runs at once are counted exactly (see warden_story_room).
+                    tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&LOCK_STORY, &story]).await?;
+                    let live = format!("SELECT COUNT(*) FROM runs WHERE story = $1 AND {OPEN} AND lease_owner IS NOT NULL AND lease_until_ms >= {NOW_MS}");
+                    let held: i64 = tx.query_one(&live, &[&story]).await?.get(0);
+                    let room = (limit - held).max(0) as usize;
+                    take.extend(ids.into_iter().take(room.min(n - take.len())));
                 }
-                let limit = limits.get(&story).copied().unwrap_or(otherwise);
-                // Exclusive: several runs at once are counted exactly (see warden_story_room).
-                tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&LOCK_STORY, &story]).await?;
-                let live = format!("SELECT COUNT(*) FROM runs WHERE story = $1 AND {OPEN} AND lease_owner IS NOT NULL AND lease_until_ms >= {NOW_MS}");
-                let held: i64 = tx.query_one(&live, &[&story]).await?.get(0);
-                let room = (limit - held).max(0) as usize;
-                take.extend(ids.into_iter().take(room.min(n - take.len())));
-            }
-            let sql = format!(
-                "UPDATE runs SET lease_owner = $1, lease_gen = lease_gen + 1, lease_until_ms = {NOW_MS} + $2 WHERE id = ANY($3)
+                let sql = format!(
+                    "UPDATE runs SET lease_owner = $1, lease_gen = lease_gen + 1, lease_until_ms = {NOW_MS} + $2 WHERE id = ANY($3)
                  RETURNING id, story, state, lease_gen"
-            );
-            let rows = tx.query(&sql, &[&node, &lease_ms, &take]).await?;
-            let interrupted: Vec<String> = rows.iter().filter(|r| r.get::<_, &str>(2) == "running").map(|r| r.get(0)).collect();
-            // Sub-story runs of interrupted runs: resuming ends them, under the root's lease.
-            let children = tx.query("SELECT id, parent_run FROM runs WHERE parent_run = ANY($1)", &[&interrupted]).await?;
-            tx.commit().await?;
-            Ok((rows, children, free, lapsed))
-        })
-        .map(|(rows, children, free, lapsed)| {
-            let mut held = member.held();
-            let mut out = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let id: String = r.get(0);
-                held.insert(id.clone(), (id.clone(), r.get(3)));
-                let started = r.get::<_, &str>(2) == "running";
-                out.push(Claimed { interrupted: started || lapsed.contains(&id), started, id, story: r.get(1) });
-            }
-            for c in &children {
-                let (child, parent): (String, String) = (c.get(0), c.get(1));
-                if let Some(lease) = held.get(&parent).cloned() {
-                    held.insert(child, lease);
+                );
+                let rows = tx.query(&sql, &[&node, &lease_ms, &take]).await?;
+                let interrupted: Vec<String> = rows.iter().filter(|r| r.get::<_, &str>(2) == "running").map(|r| r.get(0)).collect();
+                // Sub-story runs of interrupted runs: resuming ends them, under the root's lease.
+                let children = tx.query("SELECT id, parent_run FROM runs WHERE parent_run = ANY($1)", &[&interrupted]).await?;
+                tx.commit().await?;
+                Ok((rows, children, free, lapsed))
+            })
+            .map(|(rows, children, free, lapsed)| {
+                let mut held = member.held();
+                let mut out = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    let id: String = r.get(0);
+                    held.insert(id.clone(), (id.clone(), r.get(3)));
+                    let started = r.get::<_, &str>(2) == "running";
+                    out.push(Claimed { interrupted: started || lapsed.contains(&id), started, id, story: r.get(1) });
                 }
-            }
-            Claims { more_waiting: free > out.len() as i64, runs: out }
-        })?;
+                for c in &children {
+                    let (child, parent): (String, String) = (c.get(0), c.get(1));
+                    if let Some(lease) = held.get(&parent).cloned() {
+                        held.insert(child, lease);
+                    }
+                }
+                Claims { more_waiting: free > out.len() as i64, runs: out }
+            })?;
         Ok(claimed)
     }
 

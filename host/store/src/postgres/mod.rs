@@ -20,7 +20,8 @@ use tokio_postgres::NoTls;
 mod cluster;
 
 /// Schema versions, applied in order; `warden_schema.version` records progress.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     id TEXT PRIMARY KEY,
     story TEXT NOT NULL,
@@ -75,7 +76,8 @@ CREATE TABLE audit (
     record TEXT NOT NULL
 );
 CREATE INDEX audit_by_run ON audit(run_id);
-"#, r#"
+"#,
+    r#"
 ALTER TABLE runs ADD COLUMN lease_owner TEXT;
 ALTER TABLE runs ADD COLUMN lease_gen BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN lease_until_ms BIGINT;
@@ -150,7 +152,8 @@ BEGIN
     RETURN CASE WHEN room THEN 1 END;
 END
 $$;
-"#, r#"
+"#,
+    r#"
 CREATE TABLE recordings (
     run_id TEXT NOT NULL,
     step_id TEXT NOT NULL,
@@ -161,7 +164,8 @@ CREATE TABLE recordings (
     seq BIGSERIAL
 );
 CREATE INDEX recordings_by_run ON recordings(run_id);
-"#, r#"
+"#,
+    r#"
 CREATE TABLE approvals (
     run_id TEXT NOT NULL,
     step_id TEXT NOT NULL,
@@ -198,10 +202,12 @@ CREATE TABLE warden_keys (
     name TEXT PRIMARY KEY,
     value BYTEA NOT NULL
 );
-"#, r#"
+"#,
+    r#"
 ALTER TABLE runs ADD COLUMN trace_id TEXT;
 ALTER TABLE runs ADD COLUMN trace_span TEXT;
-"#, r#"
+"#,
+    r#"
 CREATE TABLE dedupe (
     scope TEXT NOT NULL,
     value TEXT NOT NULL,
@@ -209,13 +215,16 @@ CREATE TABLE dedupe (
     PRIMARY KEY (scope, value)
 );
 CREATE INDEX dedupe_seq ON dedupe (scope, seq);
-"#, r#"
+"#,
+    r#"
 CREATE INDEX runs_by_created ON runs(created_ms);
 CREATE INDEX runs_schedule_ticks ON runs(story, created_ms) WHERE trigger = 'schedule' AND idempotency_key IS NOT NULL;
-"#, r#"
+"#,
+    r#"
 ALTER TABLE runs ADD COLUMN resumes INTEGER NOT NULL DEFAULT 0;
 DELETE FROM warden_keys WHERE name = 'approval-links';
-"#];
+"#,
+];
 
 /// Serializes migrations across processes.
 const LOCK_MIGRATE: i64 = 0x7761_7264_656e_0001;
@@ -367,7 +376,10 @@ impl PgStore {
             tx.batch_execute("CREATE TABLE IF NOT EXISTS warden_schema (version INTEGER NOT NULL)").await?;
             let version = tx.query_opt("SELECT version FROM warden_schema", &[]).await?.map_or(0, |r| r.get::<_, i32>(0)) as usize;
             if version > MIGRATIONS.len() {
-                anyhow::bail!("the run store was written by a newer warden (schema {version}, this one knows {}); upgrade warden or use another --db", MIGRATIONS.len());
+                anyhow::bail!(
+                    "the run store was written by a newer warden (schema {version}, this one knows {}); upgrade warden or use another --db",
+                    MIGRATIONS.len()
+                );
             }
             for (n, sql) in MIGRATIONS.iter().enumerate().skip(version) {
                 tx.batch_execute(sql).await.with_context(|| format!("run store migration {} failed", n + 1))?;
@@ -448,13 +460,17 @@ fn sql_of(w: &Write, clustered: bool) -> &'static str {
 
 /// Each statement a write runs, with its parameters.
 /// A remember's insert: no row inserted means the value was kept already.
-const REMEMBER_SQL: &str = "INSERT INTO dedupe (scope, value, seq) SELECT $1, $2, COALESCE(MAX(seq), 0) + 1 FROM dedupe WHERE scope = $1 ON CONFLICT (scope, value) DO NOTHING";
+const REMEMBER_SQL: &str =
+    "INSERT INTO dedupe (scope, value, seq) SELECT $1, $2, COALESCE(MAX(seq), 0) + 1 FROM dedupe WHERE scope = $1 ON CONFLICT (scope, value) DO NOTHING";
 
 fn rows_of(w: &Write, clustered: bool) -> Vec<(&'static str, Vec<Param>)> {
     if let Write::Remember { scope, value, lookback, .. } = w {
         return vec![
             (REMEMBER_SQL, vec![text(scope), text(value)]),
-            ("DELETE FROM dedupe WHERE scope = $1 AND seq <= (SELECT MAX(seq) FROM dedupe WHERE scope = $1) - $2", vec![text(scope), Box::new(*lookback as i64) as Param]),
+            (
+                "DELETE FROM dedupe WHERE scope = $1 AND seq <= (SELECT MAX(seq) FROM dedupe WHERE scope = $1) - $2",
+                vec![text(scope), Box::new(*lookback as i64) as Param],
+            ),
         ];
     }
     let Write::Park { run, step, kind, approval, at_ms } = w else {
@@ -524,17 +540,9 @@ fn params_of(w: &Write) -> Vec<Vec<Param>> {
         Write::StepStarted { run, step, item: it, kind, input, attempt, at_ms } => {
             vec![vec![text(run), text(step), item(it), text(kind), opt_text(input), count(*attempt), Box::new(i(*at_ms))]]
         }
-        Write::StepFinished { run, step, item: it, kind, state, output, error, attempts, at_ms } => vec![vec![
-            text(run),
-            text(step),
-            item(it),
-            text(kind),
-            text(state),
-            opt_text(output),
-            opt_text(error),
-            count(*attempts),
-            Box::new(i(*at_ms)),
-        ]],
+        Write::StepFinished { run, step, item: it, kind, state, output, error, attempts, at_ms } => {
+            vec![vec![text(run), text(step), item(it), text(kind), text(state), opt_text(output), opt_text(error), count(*attempts), Box::new(i(*at_ms))]]
+        }
         Write::Logs { run, step, lines } => {
             lines.iter().map(|l| vec![text(run), text(step), Box::new(i(l.at_ms)) as Param, text(l.level), text(&l.source), text(&l.message)]).collect()
         }
@@ -594,7 +602,8 @@ impl Store for PgStore {
                 };
                 let sent = rows.iter().map(|(n, sql, params)| {
                     let stmt = &stmts[sql];
-                    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+                    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                        params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
                     let tx = &tx;
                     async move { (*n, *sql, tx.execute(stmt, &refs).await) }
                 });
@@ -616,7 +625,9 @@ impl Store for PgStore {
                 for (n, sql, result) in done {
                     match (result, &batch[n]) {
                         // ON CONFLICT DO NOTHING: no row means the key had its run.
-                        (Ok(0), Write::CreateRun { story, .. }) => answers[n] = Err(Conflict(format!("story {story} already has a run for this Idempotency-Key"))),
+                        (Ok(0), Write::CreateRun { story, .. }) => {
+                            answers[n] = Err(Conflict(format!("story {story} already has a run for this Idempotency-Key")))
+                        }
                         (Ok(0), Write::Remember { scope, .. }) if sql == REMEMBER_SQL => answers[n] = Err(Conflict(format!("{scope} saw this value before"))),
                         (Ok(_), _) => {}
                         (Err(e), w) => return Err(anyhow::Error::from(e).context(format!("{} of run {}", w.name(), w.run()))),
@@ -651,15 +662,19 @@ impl Store for PgStore {
         let (pool, run) = (self.pool.clone(), run.to_string());
         self.block(async move {
             let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let rows = client
-                .query("SELECT step_id, item, attempt, truncated, recording FROM recordings WHERE run_id = $1 ORDER BY seq", &[&t(&run)])
-                .await?;
+            let rows = client.query("SELECT step_id, item, attempt, truncated, recording FROM recordings WHERE run_id = $1 ORDER BY seq", &[&t(&run)]).await?;
             Ok(rows
                 .iter()
                 .map(|r| {
                     let item: i32 = r.get(1);
                     let attempt: i32 = r.get(2);
-                    StoredRecording { step: r.get(0), item: (item >= 0).then_some(item as usize), attempt: attempt.max(0) as u32, truncated: r.get(3), recording: r.get(4) }
+                    StoredRecording {
+                        step: r.get(0),
+                        item: (item >= 0).then_some(item as usize),
+                        attempt: attempt.max(0) as u32,
+                        truncated: r.get(3),
+                        recording: r.get(4),
+                    }
                 })
                 .collect())
         })
@@ -788,12 +803,8 @@ impl Store for PgStore {
                 .iter()
                 .filter_map(|r| serde_json::from_str(r.get::<_, &str>(0)).ok())
                 .collect();
-            let children = tx
-                .query(&format!("SELECT {SUMMARY} FROM runs WHERE parent_run = $1 ORDER BY created_ms, id"), &[&t(&id)])
-                .await?
-                .iter()
-                .map(summary)
-                .collect();
+            let children =
+                tx.query(&format!("SELECT {SUMMARY} FROM runs WHERE parent_run = $1 ORDER BY created_ms, id"), &[&t(&id)]).await?.iter().map(summary).collect();
             tx.commit().await?;
             Ok(Some(RunDetail {
                 run: summary(&row),
@@ -852,7 +863,9 @@ impl ApprovalStore for PgStore {
         let pool = self.pool.clone();
         self.block(async move {
             let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            client.execute("INSERT INTO warden_keys (name, value) VALUES ('approval-links-salt', $1) ON CONFLICT (name) DO NOTHING", &[&fresh.as_slice()]).await?;
+            client
+                .execute("INSERT INTO warden_keys (name, value) VALUES ('approval-links-salt', $1) ON CONFLICT (name) DO NOTHING", &[&fresh.as_slice()])
+                .await?;
             let salt: Vec<u8> = client.query_one("SELECT value FROM warden_keys WHERE name = 'approval-links-salt'", &[]).await?.get(0);
             salt.try_into().map_err(|_| anyhow!("the run store's approval link salt is damaged (not 32 bytes)"))
         })
@@ -907,12 +920,25 @@ impl ApprovalStore for PgStore {
                 .execute(
                     "UPDATE approvals SET state = $3, choice = $4, decided_by = $5, via = $6, decided_from = $7, comment = $8, decided_ms = $9
                      WHERE run_id = $1 AND step_id = $2 AND state = 'pending'",
-                    &[&t(&run), &t(&step), &state, &d.choice.as_deref().map(t), &t(&d.decided_by), &t(&d.via), &d.from.as_deref().map(t), &d.comment.as_deref().map(t), &i(d.decided_ms)],
+                    &[
+                        &t(&run),
+                        &t(&step),
+                        &state,
+                        &d.choice.as_deref().map(t),
+                        &t(&d.decided_by),
+                        &t(&d.via),
+                        &d.from.as_deref().map(t),
+                        &d.comment.as_deref().map(t),
+                        &i(d.decided_ms),
+                    ],
                 )
                 .await?;
             if changed == 1 {
-                tx.execute("INSERT INTO audit (run_id, step_id, at_ms, record) VALUES ($1, $2, $3, $4)", &[&t(&run), &t(&step), &i(d.decided_ms), &t(&decision_audit(&step, &d))])
-                    .await?;
+                tx.execute(
+                    "INSERT INTO audit (run_id, step_id, at_ms, record) VALUES ($1, $2, $3, $4)",
+                    &[&t(&run), &t(&step), &i(d.decided_ms), &t(&decision_audit(&step, &d))],
+                )
+                .await?;
             }
             let now = PgStore::approval_on(&tx, &run, &step).await?;
             tx.commit().await?;

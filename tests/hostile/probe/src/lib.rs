@@ -32,10 +32,7 @@ fn fetch(v: &Value) -> Value {
     if WASI_DOOR.load(std::sync::atomic::Ordering::Relaxed) {
         return wasi_http::fetch(v);
     }
-    let headers = v["headers"]
-        .as_object()
-        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect())
-        .unwrap_or_default();
+    let headers = v["headers"].as_object().map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect()).unwrap_or_default();
     let req = Request {
         method: v["method"].as_str().unwrap_or("GET").into(),
         url: v["url"].as_str().unwrap_or("").into(),
@@ -116,13 +113,21 @@ fn extreme(v: &Value) -> Value {
 fn recurse(n: u64, pad: &mut [u8; 256]) -> u64 {
     pad[(n % 256) as usize] = n as u8;
     let mut p = *pad;
-    if n == 0 { 0 } else { recurse(n - 1, &mut p) + p[3] as u64 }
+    if n == 0 {
+        0
+    } else {
+        recurse(n - 1, &mut p) + p[3] as u64
+    }
 }
 
 /// Recursion that lives on the wasm stack only (no shadow-stack frames).
 #[inline(never)]
 fn deep(n: u64) -> u64 {
-    if n == 0 { 0 } else { 1 + deep(std::hint::black_box(n - 1)) }
+    if n == 0 {
+        0
+    } else {
+        1 + deep(std::hint::black_box(n - 1))
+    }
 }
 
 impl Guest for Probe {
@@ -179,9 +184,9 @@ impl Guest for Probe {
                 }
                 let status = r["status"].as_u64().unwrap_or(0) as u16;
                 if status >= 400 {
-                    let retry_after_ms = r["headers"].as_array().and_then(|hs| {
-                        hs.iter().find(|h| h[0] == "retry-after").and_then(|h| h[1].as_str()?.parse::<u64>().ok()).map(|s| s * 1000)
-                    });
+                    let retry_after_ms = r["headers"]
+                        .as_array()
+                        .and_then(|hs| hs.iter().find(|h| h[0] == "retry-after").and_then(|h| h[1].as_str()?.parse::<u64>().ok()).map(|s| s * 1000));
                     return Err(ActionError::Upstream(warden::action::types::UpstreamError {
                         status: Some(status),
                         message: format!("HTTP {status}"),
@@ -200,9 +205,7 @@ impl Guest for Probe {
                     if !(300..400).contains(&status) || hops >= 5 {
                         break json!({"hops": hops, "last": r});
                     }
-                    let location = r["headers"].as_array().and_then(|hs| {
-                        hs.iter().find(|h| h[0] == "location").and_then(|h| h[1].as_str().map(String::from))
-                    });
+                    let location = r["headers"].as_array().and_then(|hs| hs.iter().find(|h| h[0] == "location").and_then(|h| h[1].as_str().map(String::from)));
                     match location {
                         Some(l) => cur["url"] = json!(l),
                         None => break json!({"hops": hops, "last": r}),
@@ -251,9 +254,8 @@ impl Guest for Probe {
             }
             "mail" => {
                 // Hands the message to the host as is: the host alone must refuse.
-                let list = |k: &str| -> Vec<String> {
-                    v[k].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
-                };
+                let list =
+                    |k: &str| -> Vec<String> { v[k].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default() };
                 let m = smtp::Message {
                     from: v["from"].as_str().map(String::from),
                     to: list("to"),

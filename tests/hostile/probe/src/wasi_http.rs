@@ -36,7 +36,13 @@ fn split(url: &str) -> (Scheme, String, String) {
     };
     let cut = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(cut);
-    let path = if path.is_empty() { "/".to_string() } else if path.starts_with('?') { format!("/{path}") } else { path.to_string() };
+    let path = if path.is_empty() {
+        "/".to_string()
+    } else if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_string()
+    };
     (scheme, authority.to_string(), path)
 }
 
@@ -67,7 +73,11 @@ pub fn fetch(v: &Value) -> Value {
         other => Method::Other(other.to_string()),
     };
     let (scheme, authority, path) = split(v["url"].as_str().unwrap_or(""));
-    if req.set_method(&method).is_err() || req.set_scheme(Some(&scheme)).is_err() || req.set_authority(Some(&authority)).is_err() || req.set_path_with_query(Some(&path)).is_err() {
+    if req.set_method(&method).is_err()
+        || req.set_scheme(Some(&scheme)).is_err()
+        || req.set_authority(Some(&authority)).is_err()
+        || req.set_path_with_query(Some(&path)).is_err()
+    {
         return json!({"error": {"kind": "invalid-request", "message": "wasi:http refused the method, scheme, authority or path"}});
     }
     let outgoing = req.body().unwrap();

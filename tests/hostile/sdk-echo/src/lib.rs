@@ -12,7 +12,15 @@ struct Plugin;
 
 impl Guest for Plugin {
     fn describe() -> Manifest {
-        warden_sdk::manifest("sdk-echo", env!("CARGO_PKG_VERSION"), "test guest: returns its input", json!({"type": "object"}), json!({"type": "object"}), &[], &[])
+        warden_sdk::manifest(
+            "sdk-echo",
+            env!("CARGO_PKG_VERSION"),
+            "test guest: returns its input",
+            json!({"type": "object"}),
+            json!({"type": "object"}),
+            &[],
+            &[],
+        )
     }
 
     fn run(_invocation: Invocation, input: String) -> Result<String, ActionError> {

@@ -71,9 +71,9 @@ pub fn classify_v4(ip: Ipv4Addr) -> AddressClass {
         [192, 168, ..] => AddressClass::Private,
         [169, 254, ..] => AddressClass::LinkLocal,
         [100, b, ..] if (64..=127).contains(&b) => AddressClass::CarrierNat,
-        [192, 0, 0, _] => AddressClass::Reserved,      // IETF protocol assignments
+        [192, 0, 0, _] => AddressClass::Reserved,                                        // IETF protocol assignments
         [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _] => AddressClass::Reserved, // documentation
-        [198, b, ..] if b == 18 || b == 19 => AddressClass::Reserved, // benchmarking
+        [198, b, ..] if b == 18 || b == 19 => AddressClass::Reserved,                    // benchmarking
         [255, 255, 255, 255] => AddressClass::Broadcast,
         [a, ..] if (224..=239).contains(&a) => AddressClass::Multicast,
         [a, ..] if a >= 240 => AddressClass::Reserved,

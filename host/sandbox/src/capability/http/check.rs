@@ -70,17 +70,12 @@ pub const CREDENTIAL_HEADER: &str = "warden-credential";
 
 /// Headers the host owns. A guest setting them could smuggle a second request
 /// or point a virtual host somewhere its URL does not say.
-const HOST_OWNED_HEADERS: &[&str] = &[
-    "host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer",
-    "keep-alive", "proxy-authorization", "proxy-connection",
-];
+const HOST_OWNED_HEADERS: &[&str] =
+    &["host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer", "keep-alive", "proxy-authorization", "proxy-connection"];
 
 /// Headers that make common upstreams (and the proxies before them) act on
 /// another method or path than the one the rules judged.
-const OVERRIDE_HEADERS: &[&str] = &[
-    "x-http-method-override", "x-http-method", "x-method-override", "x-original-method",
-    "x-original-url", "x-rewrite-url",
-];
+const OVERRIDE_HEADERS: &[&str] = &["x-http-method-override", "x-http-method", "x-method-override", "x-original-method", "x-original-url", "x-rewrite-url"];
 
 /// Layer 1: the `sent`-th attempt (counting this one) within the grant's quota.
 pub fn quota(grant: &Grant, sent: u32) -> Result<(), Refusal> {
@@ -208,12 +203,7 @@ pub fn screen_literal(rule: &EgressRule, t: &Target) -> Result<(), Denial> {
     }
     Err(Denial::new(
         AddressRefused::RULE,
-        format!(
-            "{} is a {} address; warden refuses it unless a rule names that address (rule `{}` does not)",
-            t.host,
-            class.as_str(),
-            rule.text
-        ),
+        format!("{} is a {} address; warden refuses it unless a rule names that address (rule `{}` does not)", t.host, class.as_str(), rule.text),
     ))
 }
 
@@ -233,11 +223,7 @@ pub fn check_credential(grant: &Grant, name: &str, t: &Target) -> Result<Arc<Cre
     if !spec.bound_to(t) {
         return Err(Denial::new(
             "credential-binding",
-            format!(
-                "credential `{name}` is bound to {}, not {}; it is never sent elsewhere",
-                spec.bindings_text(),
-                t.origin()
-            ),
+            format!("credential `{name}` is bound to {}, not {}; it is never sent elsewhere", spec.bindings_text(), t.origin()),
         ));
     }
     Ok(spec.clone())
@@ -272,10 +258,8 @@ mod tests {
     use std::path::Path;
 
     fn grant(rules: &[&str]) -> Grant {
-        let text = format!(
-            "[plugins.p]\npath = \"p.wasm\"\n[grants.p]\nallow = [{}]\n",
-            rules.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(",")
-        );
+        let text =
+            format!("[plugins.p]\npath = \"p.wasm\"\n[grants.p]\nallow = [{}]\n", rules.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(","));
         (*Policy::parse(&text, "t.toml", Path::new(".")).unwrap().grant_for("p")).clone()
     }
 
@@ -291,7 +275,12 @@ mod tests {
     #[test]
     fn ambiguous_paths_need_a_rule_that_names_their_sequence() {
         let g = grant(&["GET https://jira.example/rest/api/**", "GET https://jira.example/files/*;jsessionid=*"]);
-        for url in ["https://jira.example/rest/api/..;/admin", "https://jira.example/rest/api/a%2Fb", "https://jira.example/rest/api/%252e%252e/x", "https://jira.example/rest/api//secure/admin"] {
+        for url in [
+            "https://jira.example/rest/api/..;/admin",
+            "https://jira.example/rest/api/a%2Fb",
+            "https://jira.example/rest/api/%252e%252e/x",
+            "https://jira.example/rest/api//secure/admin",
+        ] {
             assert_eq!(decide(&g, &t("GET", url)).unwrap_err().rule, "ambiguous-path", "{url}");
         }
         assert!(decide(&g, &t("GET", "https://jira.example/files/a;jsessionid=1")).is_ok(), "a rule may name `;` explicitly");

@@ -21,13 +21,13 @@ pub mod transport;
 pub mod wasi;
 
 use super::{taped, Call as CallState, Capabilities, Denial};
-use crate::recording::{self, locked, Call, Tape};
 use crate::audit::{AuditRecord, Decision};
 use crate::bindings::warden::action::http;
 use crate::invocation::guest_text;
 use crate::limits::Bytes;
 use crate::policy::credentials::{CredentialKind, CredentialSpec, OAuth2, Secret};
 use crate::policy::target::Target;
+use crate::recording::{self, locked, Call, Tape};
 use check::Refusal;
 use inject::Redactor;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -113,7 +113,6 @@ impl Admitted {
     }
 }
 
-
 impl http::Host for Capabilities {
     async fn send(&mut self, req: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
         let _off = self.call.meter.off_cpu();
@@ -125,7 +124,8 @@ impl http::Host for Capabilities {
             self.http.sent += 1;
             record.method = guest_text(&req.method, check::MAX_METHOD_BYTES).to_ascii_uppercase();
             record.url = guest_text(&req.url, AUDIT_URL_BYTES);
-            let answer = locked(replayer).answer(&Call::Http { request: asked(), answer: recording::HttpAnswer::Error { kind: String::new(), message: String::new() } });
+            let answer =
+                locked(replayer).answer(&Call::Http { request: asked(), answer: recording::HttpAnswer::Error { kind: String::new(), message: String::new() } });
             return match answer {
                 Ok(call @ Call::Http { .. }) => {
                     taped::audit_replayed(&mut record, &call);
@@ -146,7 +146,8 @@ impl http::Host for Capabilities {
             timeout: req.timeout_ms.map(|ms| Duration::from_millis(ms as u64)),
         };
         // Written now: the body goes on the wire below.
-        let request = matches!(self.tape, Tape::Record(_)).then(|| taped::request_json(&req.method, &req.url, &req.headers, req.body.as_deref(), req.credential.as_deref()));
+        let request = matches!(self.tape, Tape::Record(_))
+            .then(|| taped::request_json(&req.method, &req.url, &req.headers, req.body.as_deref(), req.credential.as_deref()));
         let result = match admit(&self.call, &mut self.http, &outgoing, &mut record) {
             Ok(admitted) => deliver(admitted, req.body, &mut record).await,
             Err(e) => Err(e),
@@ -253,22 +254,37 @@ struct OAuthUse {
 
 /// The credential's access token for this request; the exchange, if one was
 /// made, is audited on `record`. The guest hears only that there is none.
-async fn oauth_token(spec: &CredentialSpec, cfg: &OAuth2, client_secret: &Secret, egress: &Egress, stale: Option<u64>, record: &mut AuditRecord) -> Result<oauth::Token, http::HttpError> {
+async fn oauth_token(
+    spec: &CredentialSpec,
+    cfg: &OAuth2,
+    client_secret: &Secret,
+    egress: &Egress,
+    stale: Option<u64>,
+    record: &mut AuditRecord,
+) -> Result<oauth::Token, http::HttpError> {
     let name = &spec.name;
     egress.tokens.of(spec, cfg).get(name, cfg, client_secret, &egress.transport, stale, &mut record.oauth).await.map_err(|oauth::TokenFailure(why)| {
-        let e = denied(record, Denial::new("credential-token", format!("credential `{name}` could not obtain an access token; the operator's audit record says why")));
+        let e = denied(
+            record,
+            Denial::new("credential-token", format!("credential `{name}` could not obtain an access token; the operator's audit record says why")),
+        );
         record.reason = Some(format!("credential `{name}` could not obtain an access token from {}: {why}", cfg.token_url));
         e
     })
 }
 
 /// Applies `injection` to the request's headers and URL.
-fn inject_into(headers: &mut HeaderMap, url: &mut url::Url, injection: &inject::Injection, name: &str, record: &mut AuditRecord) -> Result<(), http::HttpError> {
+fn inject_into(
+    headers: &mut HeaderMap,
+    url: &mut url::Url,
+    injection: &inject::Injection,
+    name: &str,
+    record: &mut AuditRecord,
+) -> Result<(), http::HttpError> {
     if let Some((h, v)) = &injection.header {
         let n = HeaderName::from_bytes(h.as_bytes()).expect("validated at policy load");
-        let mut v = HeaderValue::from_str(v).map_err(|_| {
-            denied(record, Denial::new("credential-value", format!("credential `{name}` has a value that cannot be sent in a header")))
-        })?;
+        let mut v = HeaderValue::from_str(v)
+            .map_err(|_| denied(record, Denial::new("credential-value", format!("credential `{name}` has a value that cannot be sent in a header"))))?;
         v.set_sensitive(true);
         headers.remove(&n);
         headers.insert(n, v);
@@ -311,7 +327,13 @@ pub async fn deliver(a: Admitted, mut body: Option<Vec<u8>>, record: &mut AuditR
             None => "an approval link".to_string(),
         };
         if let Some(h) = ["range", "if-range"].into_iter().find(|h| headers.contains_key(*h)) {
-            return Err(denied(record, Denial::new("credential-range", format!("header `{h}` asks for part of a response; refused on a request that carries {carries}, so redaction sees every byte"))));
+            return Err(denied(
+                record,
+                Denial::new(
+                    "credential-range",
+                    format!("header `{h}` asks for part of a response; refused on a request that carries {carries}, so redaction sees every byte"),
+                ),
+            ));
         }
         headers.insert(reqwest::header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     }
@@ -322,7 +344,8 @@ pub async fn deliver(a: Admitted, mut body: Option<Vec<u8>>, record: &mut AuditR
         // The guest hears that the value is missing; only the operator's audit
         // record says where it should have come from.
         let secret = spec.source.read().map_err(|why| {
-            let e = denied(record, Denial::new("credential-value", format!("credential `{name}` has no value on this host; the operator's audit record says why")));
+            let e =
+                denied(record, Denial::new("credential-value", format!("credential `{name}` has no value on this host; the operator's audit record says why")));
             record.reason = Some(format!("credential `{name}` has no value on this host: {why}"));
             e
         })?;
@@ -368,12 +391,8 @@ pub async fn deliver(a: Admitted, mut body: Option<Vec<u8>>, record: &mut AuditR
     }
     let response = match sent {
         Ok(r) => r,
-        Err(WireError::AddressRefused(refused)) => {
-            return Err(denied(record, Denial::new(resolve::AddressRefused::RULE, refused.to_string())))
-        }
-        Err(WireError::Timeout) => {
-            return Err(failed(record, "timeout", "no complete response before the timeout".into(), http::HttpError::Timeout))
-        }
+        Err(WireError::AddressRefused(refused)) => return Err(denied(record, Denial::new(resolve::AddressRefused::RULE, refused.to_string()))),
+        Err(WireError::Timeout) => return Err(failed(record, "timeout", "no complete response before the timeout".into(), http::HttpError::Timeout)),
         Err(WireError::Connection(m)) => {
             let m = links.redact_str(&redactor.redact_str(&m));
             return Err(failed(record, "connection", m.clone(), http::HttpError::Connection(m)));
@@ -391,18 +410,25 @@ pub async fn deliver(a: Admitted, mut body: Option<Vec<u8>>, record: &mut AuditR
     if injected {
         let encoding = response.headers.iter().find(|(k, _)| k == "content-encoding").map(|(_, v)| String::from_utf8_lossy(v).to_ascii_lowercase());
         if let Some(enc) = encoding.filter(|e| e.trim() != "identity") {
-            let why = format!("the upstream sent a `{}`-encoded body although warden asked for identity; refused, since redaction cannot see into it", guest_text(&enc, 32));
+            let why = format!(
+                "the upstream sent a `{}`-encoded body although warden asked for identity; refused, since redaction cannot see into it",
+                guest_text(&enc, 32)
+            );
             return Err(denied(record, Denial::new("content-encoding", why)));
         }
     }
-    let headers: Vec<(String, String)> = response.headers.into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&links.redact(&redactor.redact(&v))).into_owned())).collect();
+    let headers: Vec<(String, String)> =
+        response.headers.into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&links.redact(&redactor.redact(&v))).into_owned())).collect();
     let body = links.redact(&redactor.redact(&response.body));
     let leaks = |r: &Redactor| r.leaks(&body) || headers.iter().any(|(_, v)| r.leaks(v.as_bytes()));
     if leaks(&redactor) {
         return Err(denied(record, Denial::new("redaction", "the response carries the credential in a form warden cannot redact; refused whole".into())));
     }
     if leaks(&links) {
-        return Err(denied(record, Denial::new("redaction", "the response carries an approval link's token in a form warden cannot redact; refused whole".into())));
+        return Err(denied(
+            record,
+            Denial::new("redaction", "the response carries an approval link's token in a form warden cannot redact; refused whole".into()),
+        ));
     }
     record.decision = Decision::Allowed;
     Ok(Delivered { status: response.status, headers, body })

@@ -47,9 +47,7 @@ impl StaticResolver {
 impl HostResolver for StaticResolver {
     fn lookup<'a>(&'a self, host: &'a str) -> LookupFuture<'a> {
         let found = self.0.get(host).cloned();
-        Box::pin(async move {
-            found.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no such host `{host}`")))
-        })
+        Box::pin(async move { found.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no such host `{host}`"))) })
     }
 }
 
@@ -104,8 +102,7 @@ impl reqwest::dns::Resolve for ScreeningResolver {
             let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
             let addrs = inner.lookup(&host).await?;
             if addrs.is_empty() {
-                return Err(Box::new(io::Error::new(io::ErrorKind::NotFound, format!("`{host}` has no addresses")))
-                    as Box<dyn std::error::Error + Send + Sync>);
+                return Err(Box::new(io::Error::new(io::ErrorKind::NotFound, format!("`{host}` has no addresses"))) as Box<dyn std::error::Error + Send + Sync>);
             }
             let passed = screen(&host, addrs).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
             let iter: reqwest::dns::Addrs = Box::new(passed.into_iter().map(|ip| SocketAddr::new(ip, 0)));

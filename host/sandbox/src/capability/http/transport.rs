@@ -33,7 +33,10 @@ pub enum WireError {
     Timeout,
     Connection(String),
     /// The body would pass the cap: (cap, bytes seen or announced).
-    TooLarge { cap: u64, seen: u64 },
+    TooLarge {
+        cap: u64,
+        seen: u64,
+    },
 }
 
 pub struct Transport {
@@ -68,11 +71,7 @@ impl Transport {
                 }
             }
             let status = resp.status().as_u16();
-            let headers = resp
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-                .collect();
+            let headers = resp.headers().iter().map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())).collect();
             let mut body = Vec::new();
             while let Some(chunk) = resp.chunk().await.map_err(classify_error)? {
                 if body.len() as u64 + chunk.len() as u64 > cap {

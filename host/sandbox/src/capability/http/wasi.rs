@@ -29,8 +29,8 @@ use super::{admit, deliver, Delivered, Outgoing};
 use crate::audit::Decision;
 use crate::bindings::warden::action::http::HttpError;
 use crate::capability::{taped, Capabilities};
-use crate::recording::{locked, Body, Call, HttpAnswer, HttpRequest, Tape};
 use crate::limits::Bytes;
+use crate::recording::{locked, Body, Call, HttpAnswer, HttpRequest, Tape};
 use bytes::Bytes as Buf;
 use http_body_util::{BodyExt, Full, Limited};
 use std::future::Future;
@@ -147,7 +147,9 @@ impl WasiHttpHooks for Capabilities {
                     let why = format!("request body is more than {}; {plugin}'s grant allows {} (limits.request_bytes)", Bytes(cap), Bytes(cap));
                     Err(body_failure(&mut record, "limits.request_bytes", why, true))
                 }
-                Err(BodyError::Timeout) => Err(body_failure(&mut record, "timeout", "the request body was not finished before the wall-clock limit".into(), false)),
+                Err(BodyError::Timeout) => {
+                    Err(body_failure(&mut record, "timeout", "the request body was not finished before the wall-clock limit".into(), false))
+                }
                 Err(BodyError::Broken(why)) => Err(body_failure(&mut record, "invalid-request", format!("the request body could not be read: {why}"), false)),
             };
             record.duration_ms = started.elapsed().as_millis() as u64;
@@ -292,10 +294,7 @@ impl http_body::Body for HeldBody {
     type Data = Buf;
     type Error = std::convert::Infallible;
 
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Buf>, Self::Error>>> {
+    fn poll_frame(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<Buf>, Self::Error>>> {
         std::pin::Pin::new(&mut self.body).poll_frame(cx)
     }
 

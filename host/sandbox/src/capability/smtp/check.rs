@@ -48,9 +48,7 @@ fn domain_of(m: &Mailbox) -> String {
 }
 
 fn parse(field: &str, addr: &str) -> Result<Mailbox, MailError> {
-    addr.trim()
-        .parse::<Mailbox>()
-        .map_err(|e| MailError::Invalid(format!("{field}: `{}` is not an email address ({e})", guest_text(addr, 256).escape_debug())))
+    addr.trim().parse::<Mailbox>().map_err(|e| MailError::Invalid(format!("{field}: `{}` is not an email address ({e})", guest_text(addr, 256).escape_debug())))
 }
 
 fn domain_allowed(rules: &[String], domain: &str) -> bool {
@@ -71,18 +69,12 @@ fn sender_allowed(rules: &[String], m: &Mailbox) -> bool {
 /// Checks a draft against the grant's mail policy and builds the message.
 pub fn check(plugin: &str, grant: Option<&MailGrant>, sent_so_far: u32, d: &Draft) -> Result<Checked, MailError> {
     let Some(g) = grant else {
-        return Err(deny(
-            "smtp-grant",
-            format!("{plugin} may not send email; add smtp = {{ relay = \"…\", … }} to [grants.{plugin}] if this is intended"),
-        ));
+        return Err(deny("smtp-grant", format!("{plugin} may not send email; add smtp = {{ relay = \"…\", … }} to [grants.{plugin}] if this is intended")));
     };
     // Header injection first: nothing else about such a message matters.
     let fields = d.to.iter().chain(&d.cc).chain(&d.bcc).chain(d.from.iter()).chain(d.reply_to.iter());
     if let Some(bad) = fields.chain(std::iter::once(&d.subject)).find(|f| f.contains(['\r', '\n'])) {
-        return Err(deny(
-            "header-injection",
-            format!("`{}` contains CR or LF, which could inject mail headers; refused", guest_text(bad, 256).escape_debug()),
-        ));
+        return Err(deny("header-injection", format!("`{}` contains CR or LF, which could inject mail headers; refused", guest_text(bad, 256).escape_debug())));
     }
     if sent_so_far >= g.max_messages {
         return Err(deny("smtp.max_messages", format!("{plugin} has sent its {} messages for this invocation (smtp.max_messages)", g.max_messages)));

@@ -28,7 +28,8 @@ impl smtp::Host for Capabilities {
         let grant = self.call.grant.mail.clone();
         let url = grant.as_ref().map_or("smtp://(none)".to_string(), |g| format!("smtp://{}:{}", g.relay.host, g.relay.port));
         let mut record = self.call.record("smtp", "SEND".into(), url);
-        let message = json!({"from": m.from, "to": m.to, "cc": m.cc, "bcc": m.bcc, "reply_to": m.reply_to, "subject": m.subject, "text": m.text, "html": m.html});
+        let message =
+            json!({"from": m.from, "to": m.to, "cc": m.cc, "bcc": m.bcc, "reply_to": m.reply_to, "subject": m.subject, "text": m.text, "html": m.html});
         if let Tape::Replay(r) = &self.tape {
             // A replayed message is compared, never sent.
             let answered = locked(r).answer(&Call::Smtp { message, answer: Value::Null });
@@ -114,7 +115,11 @@ impl smtp::Host for Capabilities {
 /// the message holds its marker: as it is in the text, HTML-escaped in the
 /// HTML, and in the subject only when it holds no line break (a header).
 /// Returns the names of the credentials filled in.
-fn fill_placeholders(granted: &std::collections::BTreeMap<String, std::sync::Arc<crate::policy::credentials::CredentialSpec>>, relay: &str, d: &mut Draft) -> Result<Vec<String>, MailError> {
+fn fill_placeholders(
+    granted: &std::collections::BTreeMap<String, std::sync::Arc<crate::policy::credentials::CredentialSpec>>,
+    relay: &str,
+    d: &mut Draft,
+) -> Result<Vec<String>, MailError> {
     use crate::policy::credentials::CredentialKind;
     let mut names = Vec::new();
     for spec in granted.values() {
@@ -163,7 +168,11 @@ fn put_links(handed: &crate::invocation::Handed, d: &mut Draft) -> crate::capabi
             sent.push(token.as_bytes().to_vec());
         }
     }
-    if sent.is_empty() { Redactor::none() } else { Redactor::new(&sent) }
+    if sent.is_empty() {
+        Redactor::none()
+    } else {
+        Redactor::new(&sent)
+    }
 }
 
 /// A receipt or an error, as a recording keeps it.

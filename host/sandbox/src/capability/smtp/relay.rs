@@ -11,30 +11,23 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 pub async fn send(relay: &Relay, checked: &Checked) -> Result<String, MailError> {
     let mut builder = match relay.tls {
         RelayTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&relay.host),
-        RelayTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&relay.host)
-            .map_err(|e| MailError::Connection(format!("relay {}: {e}", relay.name)))?,
-        RelayTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&relay.host)
-            .map_err(|e| MailError::Connection(format!("relay {}: {e}", relay.name)))?,
+        RelayTls::StartTls => {
+            AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&relay.host).map_err(|e| MailError::Connection(format!("relay {}: {e}", relay.name)))?
+        }
+        RelayTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&relay.host).map_err(|e| MailError::Connection(format!("relay {}: {e}", relay.name)))?,
     }
     .port(relay.port)
     .timeout(Some(relay.timeout));
     if let Some((user, source)) = &relay.auth {
-        let password = source
-            .read()
-            .map_err(|why| {
-                // The guest hears that the password is missing, not where it should be.
-                tracing::error!(relay = %relay.name, "relay password unavailable: {why}");
-                MailError::Denied(Denial::new("relay-credential", format!("relay {} has no password on this host; the operator's log says why", relay.name)))
-            })?;
+        let password = source.read().map_err(|why| {
+            // The guest hears that the password is missing, not where it should be.
+            tracing::error!(relay = %relay.name, "relay password unavailable: {why}");
+            MailError::Denied(Denial::new("relay-credential", format!("relay {} has no password on this host; the operator's log says why", relay.name)))
+        })?;
         builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_string()));
     }
     let transport = builder.build();
-    let id = checked
-        .message
-        .headers()
-        .get_raw("Message-ID")
-        .unwrap_or_default()
-        .to_string();
+    let id = checked.message.headers().get_raw("Message-ID").unwrap_or_default().to_string();
     match tokio::time::timeout(relay.timeout, transport.send(checked.message.clone())).await {
         Err(_) => Err(MailError::Timeout),
         Ok(Ok(_)) => Ok(id),
@@ -43,4 +36,3 @@ pub async fn send(relay: &Relay, checked: &Checked) -> Result<String, MailError>
         Ok(Err(e)) => Err(MailError::Connection(format!("relay {}: {e}", relay.name))),
     }
 }
-
