@@ -379,6 +379,18 @@ impl opentelemetry_http::HttpClient for Blocking {
     }
 }
 
+impl crate::story::observe::TraceContext for Telemetry {
+    fn trace_of(&self, run: &str) -> Option<(String, String)> {
+        self.trace_of_run(run)
+    }
+    fn traceparent_of_step(&self, run: &str, step: &str, item: Option<usize>) -> Option<String> {
+        self.step_traceparent(run, step, item)
+    }
+    fn adopt_earlier(&self, run: &str, trace: &str, span: &str) {
+        self.adopt_earlier_trace(run, trace, span)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,17 +435,5 @@ mod tests {
         let text = format!("{:?}", call_attributes(&r));
         assert!(text.contains("https://api.example.com:8443") && text.contains("/v1/items/7"), "{text}");
         assert!(!text.contains("abc") && !text.contains("secret") && !text.contains('?'), "{text}");
-    }
-}
-
-impl crate::story::observe::TraceContext for Telemetry {
-    fn trace_of(&self, run: &str) -> Option<(String, String)> {
-        self.trace_of_run(run)
-    }
-    fn traceparent_of_step(&self, run: &str, step: &str, item: Option<usize>) -> Option<String> {
-        self.step_traceparent(run, step, item)
-    }
-    fn adopt_earlier(&self, run: &str, trace: &str, span: &str) {
-        self.adopt_earlier_trace(run, trace, span)
     }
 }

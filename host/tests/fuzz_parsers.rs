@@ -146,7 +146,7 @@ fn iterations() -> usize {
 }
 
 fn seed() -> u64 {
-    std::env::var("FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed_0f_0a7c4)
+    std::env::var("FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x05ee_d0f0_a7c4)
 }
 
 fn is_located(line: &str, file: &str) -> bool {

@@ -695,7 +695,7 @@ async fn hostile_host_evaluation_bombs_fail_their_run_and_the_server_stays_up() 
     }
     doubling.push_str("{{ a | length }}");
     let liquid_loop = "{% assign s = start.s %}{% for i in (1..40) %}{% assign s = s | append: s %}{% endfor %}{{ s | size }}";
-    let stories = vec![
+    let stories = [
         jinja("jinja_replace", "{{ input.s | replace('a', input.r) | replace('a', input.r) | replace('a', input.r) }}"),
         jinja("jinja_concat", &doubling),
         jinja("jinja_repeat", "{{ (input.s * 5000) * 5000 }}"),

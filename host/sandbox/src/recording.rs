@@ -370,7 +370,7 @@ enum Kept {
 }
 
 impl Kept {
-    fn to_call(self) -> Option<Call> {
+    fn into_call(self) -> Option<Call> {
         match self {
             Kept::Call(c) => Some(c),
             Kept::Json(j) => serde_json::from_str(&j).ok(),
@@ -513,7 +513,7 @@ impl Recorder {
     /// The calls, the WASI reads and why the recording is truncated, if it is.
     fn take(&mut self) -> (Vec<Call>, WasiReads, Option<String>) {
         let (kept, wasi, truncated) = self.take_kept();
-        (kept.into_iter().filter_map(Kept::to_call).collect(), wasi, truncated)
+        (kept.into_iter().filter_map(Kept::into_call).collect(), wasi, truncated)
     }
 
     fn take_kept(&mut self) -> (Vec<Kept>, WasiReads, Option<String>) {

@@ -55,21 +55,6 @@ async fn catch_up(engine: &Engine, queue: &Queue, trigger: &Trigger, schedule: &
     }
 }
 
-/// Starts the run of one tick, unless another node already did.
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_schedule_reads_its_hours_in_its_time_zone() {
-        let s = cron::Schedule::from_str("0 0 9 * * *").unwrap();
-        let utc = ticks(&s, chrono_tz::Tz::UTC).next().unwrap();
-        assert_eq!(utc.format("%H:%M").to_string(), "09:00");
-        let tokyo = ticks(&s, chrono_tz::Asia::Tokyo).next().unwrap();
-        assert_eq!(tokyo.format("%H:%M").to_string(), "00:00", "09:00 in Tokyo is midnight UTC");
-    }
-}
-
 async fn fire(engine: &Engine, queue: &Queue, trigger: &Trigger, tick: DateTime<Utc>) {
     let key = crate::store::schedule_key(tick.timestamp_millis().max(0) as u64);
     match engine.accept(&trigger.story, trigger.schedule_input.clone(), "schedule", Some(&key), Creation::Durable).await {
@@ -82,5 +67,20 @@ async fn fire(engine: &Engine, queue: &Queue, trigger: &Trigger, tick: DateTime<
         // Another node fired this tick.
         Ok(Accepted::Existing(_)) => {}
         Err(e) => tracing::error!(story = %trigger.story, "scheduled run refused: {e}"),
+    }
+}
+
+/// Starts the run of one tick, unless another node already did.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_reads_its_hours_in_its_time_zone() {
+        let s = cron::Schedule::from_str("0 0 9 * * *").unwrap();
+        let utc = ticks(&s, chrono_tz::Tz::UTC).next().unwrap();
+        assert_eq!(utc.format("%H:%M").to_string(), "09:00");
+        let tokyo = ticks(&s, chrono_tz::Asia::Tokyo).next().unwrap();
+        assert_eq!(tokyo.format("%H:%M").to_string(), "00:00", "09:00 in Tokyo is midnight UTC");
     }
 }

@@ -142,8 +142,11 @@ pub fn sign_at(secret: &[u8], story: &str, body: &[u8], ts: i64) -> String {
 /// Bounded: past [`ReplayCache::CAPACITY`] entries the oldest go first.
 #[derive(Default)]
 pub struct ReplayCache {
-    seen: Mutex<(HashMap<(String, String), i64>, VecDeque<(i64, String, String)>)>,
+    seen: Mutex<Seen>,
 }
+
+/// Each request seen (story, key) with when it expires, and the same in expiry order.
+type Seen = (HashMap<(String, String), i64>, VecDeque<(i64, String, String)>);
 
 impl ReplayCache {
     pub const CAPACITY: usize = 200_000;

@@ -5,8 +5,8 @@
 //! posts the interaction to `POST /slack/interactions` (the app's *Request
 //! URL*). The request is Slack's only if its signature verifies — the same
 //! check as a webhook trigger's `signature = "slack"` ([`super::signature`]):
-//! `X-Slack-Signature: v0=hex(HMAC-SHA256(signing secret, "v0:" + timestamp
-//! + ":" + body))`, compared in constant time, with `X-Slack-Request-Timestamp`
+//! `X-Slack-Signature: v0=hex(HMAC-SHA256(signing secret, "v0:" +
+//! timestamp + ":" + body))`, compared in constant time, with `X-Slack-Request-Timestamp`
 //! within five minutes of now (an old request replayed is refused; a decision
 //! is made once anyway). The signing secret is `[server]
 //! slack_signing_secret_env`; without it the route answers 404 and decides

@@ -604,6 +604,9 @@ pub fn rfc3339(ms: u64) -> String {
 }
 
 /// Why a decision was not taken.
+// `Over` carries the approval so the page can say what happened; a refusal
+// is rare and answered once, so its size costs nothing worth boxing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refused {
     /// No such approval (or link).

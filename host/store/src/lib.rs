@@ -10,6 +10,9 @@
 //! [`approval`] (human approvals: links, decisions) is here because the
 //! store is what keeps and decides them.
 
+// A refusal (`approval::Refused`) carries the approval it refers to: rare, and not worth boxing.
+#![allow(clippy::result_large_err)]
+
 use crate::audit::AuditRecord;
 use crate::invocation::LogLine;
 

@@ -17,6 +17,12 @@ pub struct Flaky {
     pub delay_ms: std::sync::atomic::AtomicU64,
 }
 
+impl Default for Flaky {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Flaky {
     pub fn new() -> Flaky {
         Flaky {

@@ -397,7 +397,7 @@ async fn a_token_near_its_expiry_is_replaced_before_use() {
     output(&r);
     assert_eq!(oauth_exchanges(&r).iter().map(|e| e["why"].as_str().unwrap()).collect::<Vec<_>>(), vec!["the cached token is about to expire"]);
     assert_eq!(sim.tokens_issued(), 2);
-    assert!(!sim.recorder.all().iter().any(|s| s.path.starts_with("/devices") && s.headers.get("authorization").is_none()));
+    assert!(!sim.recorder.all().iter().any(|s| s.path.starts_with("/devices") && !s.headers.contains_key("authorization")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

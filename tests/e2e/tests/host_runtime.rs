@@ -348,7 +348,7 @@ async fn no_invocation_reads_what_an_earlier_one_left_in_memory() {
     let p = policy(&probe_policy(1, "\"GET http://127.0.0.1:1/never\"", "wall_ms = 10000"));
     let rt = runtime(None);
     assert_eq!(rt.load_entry(&p.plugins["probe"]).unwrap().memory_init, warden::runtime::MemoryInit::Copy);
-    assert!(64 << 10 < warden::runtime::MEMORY_KEEP_RESIDENT && 2 << 20 > warden::runtime::MEMORY_KEEP_RESIDENT);
+    const { assert!(64 << 10 < warden::runtime::MEMORY_KEEP_RESIDENT && 2 << 20 > warden::runtime::MEMORY_KEEP_RESIDENT) };
     for kib in [64, 2048] {
         // The probe can see freed data within one instance, so a zero below is a finding.
         let same = run(&rt, &p, "probe", json!({"op": "residue", "kib": kib, "leave": "7f3a", "find": "7f3a"})).await;

@@ -170,7 +170,7 @@ async fn create_issue(State(sim): State<Arc<Sim>>, Path(version): Path<String>, 
     } else if !cfg.projects.iter().any(|p| p == project) {
         errs.push(("project", "valid project is required"));
     }
-    if f["summary"].as_str().map_or(true, |s| s.trim().is_empty()) {
+    if f["summary"].as_str().is_none_or(|s| s.trim().is_empty()) {
         errs.push(("summary", "You must specify a summary of the issue."));
     }
     match f["issuetype"]["name"].as_str() {
@@ -189,7 +189,7 @@ async fn create_issue(State(sim): State<Arc<Sim>>, Path(version): Path<String>, 
         }
     }
     if let Some(labels) = f["labels"].as_array() {
-        if labels.iter().any(|l| l.as_str().map_or(true, |s| s.contains(char::is_whitespace))) {
+        if labels.iter().any(|l| l.as_str().is_none_or(|s| s.contains(char::is_whitespace))) {
             errs.push(("labels", "The label must not contain spaces."));
         }
     }
@@ -265,7 +265,7 @@ async fn create_request(State(sim): State<Arc<Sim>>, body: Option<Json<Value>>) 
         return errors(StatusCode::BAD_REQUEST, &["The request type you are trying to use does not exist for this service desk."], &[]);
     }
     let values = &body["requestFieldValues"];
-    if values["summary"].as_str().map_or(true, |s| s.trim().is_empty()) {
+    if values["summary"].as_str().is_none_or(|s| s.trim().is_empty()) {
         return errors(StatusCode::BAD_REQUEST, &[], &[("summary", "You must specify a summary of the issue.")]);
     }
     let project = cfg.projects.first().cloned().unwrap_or_else(|| "SD".into());

@@ -63,16 +63,16 @@ async fn sendgrid(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Option<
         return sg_error(StatusCode::BAD_REQUEST, "Bad Request", None);
     };
     let to = &b["personalizations"][0]["to"];
-    if to.as_array().map_or(true, |a| a.is_empty() || a.iter().any(|t| !t["email"].as_str().unwrap_or("").contains('@'))) {
+    if to.as_array().is_none_or(|a| a.is_empty() || a.iter().any(|t| !t["email"].as_str().unwrap_or("").contains('@'))) {
         return sg_error(StatusCode::BAD_REQUEST, "The to array is required and must contain valid email addresses.", Some("personalizations.0.to"));
     }
     if !b["from"]["email"].as_str().unwrap_or("").contains('@') {
         return sg_error(StatusCode::BAD_REQUEST, "The from email does not contain a valid address.", Some("from.email"));
     }
-    if b["subject"].as_str().map_or(true, str::is_empty) {
+    if b["subject"].as_str().is_none_or(str::is_empty) {
         return sg_error(StatusCode::BAD_REQUEST, "The subject is required.", Some("subject"));
     }
-    if b["content"].as_array().map_or(true, |c| c.is_empty()) {
+    if b["content"].as_array().is_none_or(|c| c.is_empty()) {
         return sg_error(StatusCode::BAD_REQUEST, "The content value must be a string at least one character in length.", Some("content.0.value"));
     }
     let mut accepted = sim.accepted.lock().unwrap();
@@ -99,7 +99,7 @@ async fn mailgun(
     };
     let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
     for required in ["from", "to", "subject"] {
-        if get(required).map_or(true, |v| v.is_empty()) {
+        if get(required).is_none_or(|v| v.is_empty()) {
             return (StatusCode::BAD_REQUEST, Json(json!({"message": format!("{required} parameter is missing")}))).into_response();
         }
     }

@@ -180,7 +180,7 @@ async fn init_query(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Optio
         return error(StatusCode::BAD_REQUEST, 4000010, "Validation Error", Some("body must be JSON"));
     };
     for field in ["query", "fromDate", "toDate"] {
-        if body[field].as_str().map_or(true, str::is_empty) {
+        if body[field].as_str().is_none_or(str::is_empty) {
             return error(StatusCode::BAD_REQUEST, 4000010, "Validation Error", Some(&format!("{field} is required")));
         }
     }

@@ -193,7 +193,7 @@ async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, Query(q): Query
         Ok(b) => b,
         Err(r) => return r,
     };
-    if body.get("short_description").and_then(Value::as_str).map_or(true, str::is_empty) {
+    if body.get("short_description").and_then(Value::as_str).is_none_or(str::is_empty) {
         return failure(StatusCode::BAD_REQUEST, "Mandatory field missing", "short_description is mandatory");
     }
     let mut incidents = sim.incidents.lock().unwrap();
@@ -249,7 +249,7 @@ async fn query(State(sim): State<Arc<Sim>>, Query(q): Query<HashMap<String, Stri
     let limit: usize = q.get("sysparm_limit").and_then(|l| l.parse().ok()).unwrap_or(10_000);
     let incidents = sim.incidents.lock().unwrap();
     let found: Vec<Value> =
-        incidents.values().filter(|i| wanted.as_ref().map_or(true, |n| i.fields["number"] == n.as_str())).take(limit).map(|i| fields_of(i, &q)).collect();
+        incidents.values().filter(|i| wanted.as_ref().is_none_or(|n| i.fields["number"] == n.as_str())).take(limit).map(|i| fields_of(i, &q)).collect();
     Json(json!({"result": found})).into_response()
 }
 

@@ -140,7 +140,7 @@ impl InvocationState {
         if !matches!(tape, Tape::Live) {
             wasi.secure_random(TapedRandom(tape.clone()))
                 .insecure_random(TapedRandom(tape.clone()))
-                .insecure_random_seed(0x5eed_0f_7a9e_u128)
+                .insecure_random_seed(0x005e_ed0f_7a9e_u128)
                 .wall_clock(TapedWallClock(tape.clone()))
                 .monotonic_clock(TapedMonotonicClock { tape: tape.clone(), started: std::time::Instant::now() });
         }

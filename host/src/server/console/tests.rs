@@ -150,7 +150,7 @@ async fn a_back_link_that_cannot_be_a_header_still_answers_the_decision() {
             .header("cookie", &cookie)
             .header("origin", &srv.base)
             .header("host", &host)
-            .form(&[("choice", "contain"), ("csrf", &csrf), ("back", &back)])
+            .form(&[("choice", "contain"), ("csrf", &csrf), ("back", back)])
             .send()
             .await
             .unwrap();

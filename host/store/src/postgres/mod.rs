@@ -544,7 +544,7 @@ fn params_of(w: &Write) -> Vec<Vec<Param>> {
             vec![vec![text(run), text(step), item(it), text(kind), text(state), opt_text(output), opt_text(error), count(*attempts), Box::new(i(*at_ms))]]
         }
         Write::Logs { run, step, lines } => {
-            lines.iter().map(|l| vec![text(run), text(step), Box::new(i(l.at_ms)) as Param, text(l.level), text(&l.source), text(&l.message)]).collect()
+            lines.iter().map(|l| vec![text(run), text(step), Box::new(i(l.at_ms)) as Param, text(l.level), text(l.source), text(&l.message)]).collect()
         }
         Write::Audit { run, step, records } => records.iter().map(|(at, r)| vec![text(run), text(step), Box::new(i(*at)) as Param, text(r)]).collect(),
         Write::Recording { run, step, item: it, attempt, truncated, recording } => {

@@ -81,6 +81,8 @@ pub fn classify_v4(ip: Ipv4Addr) -> AddressClass {
     }
 }
 
+// One branch per range, each with its reference, though several answer alike.
+#[allow(clippy::if_same_then_else)]
 pub fn classify_v6(ip: Ipv6Addr) -> AddressClass {
     if ip == METADATA_V6 {
         return AddressClass::Metadata;

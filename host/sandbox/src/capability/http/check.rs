@@ -20,7 +20,7 @@
 //! 9. **Transport** ([`super::transport`]): no proxy, no redirects followed,
 //!    timeouts, capped body read.
 //! 10. **Redaction** ([`super::inject::redact`]): any spelling of an injected
-//!    secret is replaced by `[REDACTED]` in what goes back to the guest.
+//!     secret is replaced by `[REDACTED]` in what goes back to the guest.
 
 use super::address::{classify, AddressClass};
 use super::resolve::AddressRefused;

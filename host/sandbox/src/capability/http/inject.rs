@@ -336,7 +336,7 @@ mod tests {
             every_byte.to_ascii_uppercase(),
             SECRET.replace('/', "\\/"),
             json_u.clone(),
-            json_u.to_ascii_lowercase().replace("\\u", "\\u"),
+            json_u.to_ascii_lowercase(),
             hex::encode(SECRET),
             hex::encode_upper(SECRET),
         ];
