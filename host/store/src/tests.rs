@@ -586,3 +586,70 @@ fn a_runs_error_and_an_approvals_title_and_details_withhold_link_tokens() {
     let error = s.get_run("t1").unwrap().unwrap().run.error.unwrap();
     assert!(!error.contains(&token) && error.contains(crate::approval::WITHHELD), "{error}");
 }
+
+/// The two dialects' migrations, checked against each other: every table and
+/// column one store keeps, the other keeps too — but for what one dialect
+/// alone needs, listed here with why. A migration added to one store only
+/// fails this test.
+#[test]
+fn both_stores_keep_the_same_tables_and_columns() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let Some(pg) = PgSchema::new() else { return };
+    type Tables = BTreeMap<String, BTreeSet<String>>;
+    let dir = std::env::temp_dir().join(format!("warden-schemas-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("runs.db");
+    drop(open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let names: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut sqlite = Tables::new();
+    for table in names {
+        let columns: Vec<String> =
+            conn.prepare(&format!("PRAGMA table_info({table})")).unwrap().query_map([], |r| r.get(1)).unwrap().collect::<Result<_, _>>().unwrap();
+        sqlite.insert(table, columns.into_iter().collect());
+    }
+    let mut postgres = Tables::new();
+    let sql = format!("SELECT table_name::text, column_name::text FROM information_schema.columns WHERE table_schema = '{}'", pg.schema);
+    for (table, column) in rows(&pg.base, &sql) {
+        postgres.entry(table).or_default().insert(column);
+    }
+    // PostgreSQL alone: `seq` orders rows that SQLite orders by rowid; the
+    // leases are the cluster's; its schema version is a table where SQLite
+    // keeps `PRAGMA user_version`.
+    let postgres_only = [
+        ("audit", "seq"),
+        ("logs", "seq"),
+        ("recordings", "seq"),
+        ("steps", "seq"),
+        ("runs", "lease_gen"),
+        ("runs", "lease_owner"),
+        ("runs", "lease_until_ms"),
+    ];
+    for (table, column) in postgres_only {
+        assert!(postgres.get_mut(table).is_some_and(|c| c.remove(column)), "{table}.{column} is no longer PostgreSQL's alone: update this list");
+    }
+    assert!(postgres.remove("warden_schema").is_some());
+    assert_eq!(sqlite, postgres, "the two stores' migrations disagree");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The rows of a two-column query on the test database.
+fn rows(url: &str, sql: &str) -> Vec<(String, String)> {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client.query(&sql, &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect()
+        })
+    })
+    .join()
+    .unwrap()
+}
