@@ -267,14 +267,14 @@ impl std::fmt::Display for Divergence {
 pub enum Tape {
     #[default]
     Live,
-    Record(Arc<Mutex<Recorder>>),
+    Record(Arc<Mutex<TapeWriter>>),
     Replay(Arc<Mutex<Replayer>>),
 }
 
 impl Tape {
     /// Records, keeping at most `budget` bytes of calls and WASI reads.
     pub fn record(budget: u64) -> Tape {
-        Tape::Record(Arc::new(Mutex::new(Recorder { calls: Vec::new(), wasi: WasiReads::default(), random: Vec::new(), used: 0, budget, truncated: None })))
+        Tape::Record(Arc::new(Mutex::new(TapeWriter { calls: Vec::new(), wasi: WasiReads::default(), random: Vec::new(), used: 0, budget, truncated: None })))
     }
 
     pub fn replay(recording: Recording) -> Result<Tape, String> {
@@ -352,7 +352,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A recording being made.
-pub struct Recorder {
+pub struct TapeWriter {
     calls: Vec<Option<Kept>>,
     wasi: WasiReads,
     random: Vec<u8>,
@@ -423,7 +423,7 @@ impl<'a> BodyOut<'a> {
     }
 }
 
-impl Recorder {
+impl TapeWriter {
     /// An `http.send` call: `request` is the JSON of [`HttpRequestOut`] (written
     /// before the body went on the wire), `answer` what the guest received.
     pub fn put_http(&mut self, request: &str, answer: HttpAnswerOut<'_>) {

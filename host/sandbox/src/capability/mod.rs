@@ -5,7 +5,7 @@
 //! * a pure **check** that answers a call with a [`Denial`] naming the rule,
 //! * its **per-invocation state** (a field of [`Capabilities`]),
 //! * its bindgen **`Host` impl**, which checks, acts, and leaves one audit
-//!   record through [`Call::record`].
+//!   record through [`CallState::record`].
 //!
 //! [`http`] (egress in numbered layers), [`smtp`] (mail through a relay),
 //! [`log`] and [`clock`]. A new capability is one module here, one field in
@@ -43,7 +43,7 @@ impl Denial {
 
 /// What every capability call of one invocation shares: who is asking, under
 /// which grant, until when, and the audit trail.
-pub struct Call {
+pub struct CallState {
     pub plugin: String,
     pub grant: Arc<Grant>,
     pub info: InvocationInfo,
@@ -59,7 +59,7 @@ pub struct Call {
     pub late: LateAudit,
 }
 
-impl Call {
+impl CallState {
     /// A new audit record of this invocation: denied until a check says otherwise.
     pub fn record(&self, capability: &'static str, method: String, url: String) -> AuditRecord {
         AuditRecord::new(capability, &self.plugin, &self.info, method, url)
@@ -71,7 +71,7 @@ impl Call {
         self.audit.push(record);
     }
 
-    /// [`Call::keep`] for the record of a capability call: a refusal counts
+    /// [`CallState::keep`] for the record of a capability call: a refusal counts
     /// against `limits.denials`, and past it the returned trap stops the
     /// invocation (the host call must return it).
     pub fn answered(&mut self, record: AuditRecord, started: Instant) -> wasmtime::Result<()> {
@@ -168,7 +168,7 @@ impl LateAudit {
 
 /// The per-invocation state of every capability.
 pub struct Capabilities {
-    pub call: Call,
+    pub call: CallState,
     /// Live, recorded or replayed (see [`crate::recording`]).
     pub tape: Tape,
     pub http: http::HttpState,
@@ -191,7 +191,7 @@ impl Capabilities {
             logs: log::LogBuffer::new(limits.log_bytes, tap),
             http: http::HttpState::new(egress),
             smtp: smtp::SmtpState::default(),
-            call: Call {
+            call: CallState {
                 plugin: plugin.to_string(),
                 deadline: Instant::now() + Duration::from_millis(limits.wall_ms),
                 grant,
@@ -234,7 +234,7 @@ pub fn add_to_linker<T: Send + 'static>(linker: &mut Linker<T>, get: fn(&mut T) 
     Ok(())
 }
 
-impl Call {
+impl CallState {
     /// Stops the invocation because a replay diverged: the guest is trapped
     /// as the host call returns, and the step error says where it diverged.
     pub fn diverged(&mut self, d: &crate::recording::Divergence) -> wasmtime::Error {

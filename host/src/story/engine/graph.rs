@@ -5,7 +5,7 @@
 //! instead of running again (no request is sent twice), and one cut off
 //! mid-way runs again only if its retry policy allows.
 
-use super::{Engine, Event, Observer, Outcome, StepRun};
+use super::{Engine, Event, Observer, RunOutcome, StepRun};
 use crate::story::graph::{number_of, Agent, AgentKind, Graph};
 use crate::story::recorder::StepAt;
 use crate::story::state::{ErrorKind, StepError, StepState};
@@ -115,7 +115,7 @@ impl Engine {
         depth: usize,
         observer: &dyn Observer,
         resumed: bool,
-    ) -> Outcome {
+    ) -> RunOutcome {
         // Only a resumed run has executions recorded before it: a new one reads nothing back.
         let earlier = if resumed { self.earlier_executions(run_id) } else { HashMap::new() };
         let mut flow = Flow {

@@ -117,7 +117,7 @@ impl<'a> StepRun<'a> {
 
 /// How a run's steps ended: the output, or the step that failed (`None`
 /// before any step) and why.
-type Outcome = Result<Value, (Option<String>, StepError)>;
+type RunOutcome = Result<Value, (Option<String>, StepError)>;
 
 /// What [`Engine::accept`] did with a submission.
 pub enum Accepted {
@@ -373,7 +373,7 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn run_steps(&self, story: &Story, run_id: &str, root: &str, input: Value, depth: usize, observer: &dyn Observer, resume: Resume) -> Outcome {
+    async fn run_steps(&self, story: &Story, run_id: &str, root: &str, input: Value, depth: usize, observer: &dyn Observer, resume: Resume) -> RunOutcome {
         self.recorder.start_run(run_id);
         if let Some(graph) = &story.graph {
             // A graph run resumes from its own record (see engine/graph.rs), not from a step index.

@@ -20,7 +20,7 @@ pub mod resolve;
 pub mod transport;
 pub mod wasi;
 
-use super::{taped, Call as CallState, Capabilities, Denial};
+use super::{taped, CallState, Capabilities, Denial};
 use crate::audit::{AuditRecord, Decision};
 use crate::bindings::warden::action::http;
 use crate::invocation::guest_text;
