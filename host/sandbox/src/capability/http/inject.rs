@@ -92,6 +92,14 @@ pub fn substitute(marker: &str, value: &str, url: &mut url::Url, body: &mut Opti
     count
 }
 
+/// Offers each secret the step was handed to `put` (which puts it where its
+/// placeholder stands, and says whether it did), and returns the redactor of
+/// those that went out, if any did: for HTTP and SMTP egress alike.
+pub fn put_handed(handed: &crate::invocation::Handed, mut put: impl FnMut(&str, &str) -> bool) -> Option<Redactor> {
+    let sent: Vec<Vec<u8>> = handed.iter().filter(|(placeholder, value)| put(placeholder, value)).map(|(_, value)| value.as_bytes().to_vec()).collect();
+    (!sent.is_empty()).then(|| Redactor::new(&sent))
+}
+
 pub const REDACTED: &[u8] = b"[REDACTED]";
 
 /// How many layers of escaping [`Redactor::leaks`] takes off.

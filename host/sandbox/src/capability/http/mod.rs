@@ -233,13 +233,7 @@ pub fn admit(call: &CallState, state: &mut HttpState, req: &Outgoing, record: &m
 /// (as [`inject::substitute`] does a placeholder credential's value), and
 /// returns the redactor of the tokens that went out, if any did.
 fn put_links(handed: &crate::invocation::Handed, url: &mut url::Url, body: &mut Option<Vec<u8>>, content_type: &str) -> Option<Redactor> {
-    let mut sent: Vec<Vec<u8>> = Vec::new();
-    for (placeholder, token) in handed.iter() {
-        if inject::substitute(placeholder, token, url, body, content_type) > 0 {
-            sent.push(token.as_bytes().to_vec());
-        }
-    }
-    (!sent.is_empty()).then(|| Redactor::new(&sent))
+    inject::put_handed(handed, |placeholder, token| inject::substitute(placeholder, token, url, body, content_type) > 0)
 }
 
 /// An `oauth2` credential whose cached token went on the wire: if the API

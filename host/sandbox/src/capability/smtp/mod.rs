@@ -154,9 +154,7 @@ fn fill_placeholders(
 /// (a token is letters, digits, `-` and `_`: the same in a subject, the text
 /// and HTML); the redactor of those that went out, for what the relay says.
 fn put_links(handed: &crate::invocation::Handed, d: &mut Draft) -> crate::capability::http::inject::Redactor {
-    use crate::capability::http::inject::Redactor;
-    let mut sent: Vec<Vec<u8>> = Vec::new();
-    for (placeholder, token) in handed.iter() {
+    crate::capability::http::inject::put_handed(handed, |placeholder, token| {
         let mut put = false;
         for text in std::iter::once(&mut d.subject).chain(std::iter::once(&mut d.text)).chain(d.html.as_mut()) {
             if text.contains(placeholder) {
@@ -164,15 +162,9 @@ fn put_links(handed: &crate::invocation::Handed, d: &mut Draft) -> crate::capabi
                 put = true;
             }
         }
-        if put {
-            sent.push(token.as_bytes().to_vec());
-        }
-    }
-    if sent.is_empty() {
-        Redactor::none()
-    } else {
-        Redactor::new(&sent)
-    }
+        put
+    })
+    .unwrap_or_else(crate::capability::http::inject::Redactor::none)
 }
 
 /// A receipt or an error, as a recording keeps it.
