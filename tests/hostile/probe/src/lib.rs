@@ -1,6 +1,6 @@
 //! `probe`: the adversarial guest. It does whatever its input says — loop,
 //! allocate, recurse, reach for internal addresses, smuggle headers, follow
-//! redirects, flood — so the host's tests (tests/e2e/tests/hostile.rs and
+//! redirects, flood — so the host's tests (tests/e2e/tests/e2e/hostile.rs and
 //! others) can check every way out from inside the sandbox. Not a plugin
 //! anyone should grant anything to.
 

@@ -3,7 +3,7 @@
 //! or the API (or nobody does, and the timeout decides), and the run resumes
 //! with the decision — across restarts too.
 
-mod common;
+use crate::common;
 
 use common::node::{Server, SECRET};
 use serde_json::{json, Value};

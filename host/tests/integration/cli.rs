@@ -1,6 +1,6 @@
 //! The `warden` binary as a user runs it: exit codes, stdout, one-line errors.
 
-mod common;
+use crate::common;
 
 use common::{guest, root, tempdir, text, warden};
 use std::path::PathBuf;

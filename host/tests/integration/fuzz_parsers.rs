@@ -7,11 +7,11 @@
 //! it. The parsers must never panic, and every refusal must be one line that
 //! starts with `file:line:`. CI runs a short burst; run it longer with
 //!
-//!     FUZZ_ITERS=200000 cargo test --release -p warden --test fuzz_parsers -- --nocapture
+//!     FUZZ_ITERS=200000 cargo test --release -p warden --test integration fuzz_parsers -- --nocapture
 //!
 //! A failure prints the seed and iteration to reproduce it (FUZZ_SEED=…).
 
-mod common;
+use crate::common;
 
 use common::root;
 use std::path::Path;

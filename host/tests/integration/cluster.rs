@@ -3,7 +3,7 @@
 //! by the others, schedules once per tick, a story's concurrency across the
 //! cluster, and a database that drops every connection mid-load.
 
-mod common;
+use crate::common;
 
 use common::node::{PgSchema, Server, SECRET};
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! The connector author's path: scaffold, build, test, check.
 
-mod common;
+use crate::common;
 
 use common::{root, tempdir, text};
 use std::process::Command;

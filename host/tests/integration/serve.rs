@@ -1,7 +1,7 @@
 //! `warden serve` as an operator runs it: webhooks, the run API, durability
 //! across SIGKILL, schedules and metrics.
 
-mod common;
+use crate::common;
 
 use common::root;
 use std::path::{Path, PathBuf};
