@@ -26,6 +26,7 @@ pub(crate) use warden_sandbox::{audit, invocation, recording, runtime};
 pub mod approval;
 pub mod group;
 pub mod postgres;
+mod sql;
 mod sqlite;
 /// A store that fails writes on purpose, for the engine's and the server's tests.
 pub mod testing;
@@ -279,16 +280,7 @@ pub(crate) enum FilterArg<'a> {
     Int(i64),
 }
 
-/// How one store writes the listing statements: its placeholders, how the
-/// state column is compared, and the column that breaks ties in creation time.
-pub(crate) struct Dialect {
-    /// `?` (SQLite) or `$` (PostgreSQL), followed by the argument's number.
-    pub placeholder: char,
-    /// SQLite's `+state` keeps its planner off the state index, which would
-    /// read every run in that state to sort them.
-    pub state: &'static str,
-    pub tiebreak: &'static str,
-}
+use sql::Dialect;
 
 impl<'a> RunFilter<'a> {
     /// The `WHERE` clause of the filters that are set (and only those, so each
@@ -298,7 +290,7 @@ impl<'a> RunFilter<'a> {
         let mut args = Vec::new();
         let mut add = |column: &str, op: &str, arg| {
             args.push(arg);
-            clause.push_str(&format!(" AND {column} {op} {}{}", d.placeholder, args.len()));
+            clause.push_str(&format!(" AND {column} {op} ${}", args.len()));
         };
         if let Some(team) = self.team {
             add("team", "=", FilterArg::Text(team));
@@ -327,8 +319,8 @@ impl<'a> RunFilter<'a> {
         let (clause, mut args) = self.where_clause(d);
         args.push(FilterArg::Int(self.limit.min(i64::MAX as usize) as i64));
         args.push(FilterArg::Int(self.offset.min(i64::MAX as usize) as i64));
-        let (p, n) = (d.placeholder, args.len());
-        let sql = format!("SELECT {columns} FROM runs {clause} ORDER BY created_ms DESC, {} DESC LIMIT {p}{} OFFSET {p}{n}", d.tiebreak, n - 1);
+        let n = args.len();
+        let sql = format!("SELECT {columns} FROM runs {clause} ORDER BY created_ms DESC, {} DESC LIMIT ${} OFFSET ${n}", d.tiebreak, n - 1);
         (sql, args)
     }
 
@@ -337,7 +329,7 @@ impl<'a> RunFilter<'a> {
     pub(crate) fn counting_sql(&self, d: &Dialect) -> (String, Vec<FilterArg<'a>>) {
         let (clause, args) = RunFilter { state: None, ..self.clone() }.where_clause(d);
         let sql = format!(
-            "SELECT state, COUNT(*) FROM (SELECT state FROM runs {clause} ORDER BY created_ms DESC, {} DESC LIMIT {COUNT_CAP}) latest GROUP BY state ORDER BY state",
+            "SELECT state, COUNT(*) AS n FROM (SELECT state FROM runs {clause} ORDER BY created_ms DESC, {} DESC LIMIT {COUNT_CAP}) latest GROUP BY state ORDER BY state",
             d.tiebreak
         );
         (sql, args)
@@ -670,14 +662,6 @@ fn now_ms() -> u64 {
 /// The states of a run that has not finished, which `/metrics` reports as a
 /// gauge (finished runs are `warden_runs_finished_total`, a counter).
 pub const UNFINISHED_STATES: [&str; 3] = ["queued", "running", "waiting"];
-
-/// [`Store::count_unfinished`] for both stores: the `IN` list of
-/// [`UNFINISHED_STATES`] lets each use its index on `state` and never read a
-/// finished run.
-static COUNT_UNFINISHED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let states: Vec<String> = UNFINISHED_STATES.iter().map(|s| format!("'{s}'")).collect();
-    format!("SELECT state, COUNT(*) FROM runs WHERE state IN ({}) AND parent_run IS NULL GROUP BY state ORDER BY state", states.join(", "))
-});
 
 /// The run store's interface: what the story engine writes (through its
 /// recorder and [`group::GroupCommit`]) and what the server and the CLI read.

@@ -2,8 +2,11 @@
 //! migrated by warden itself, statements prepared once and cached.
 
 use super::*;
+use crate::sql::{self, Arg, Cell};
 use anyhow::Context as _;
-use rusqlite::{params, Connection, OptionalExtension};
+#[cfg(test)]
+use rusqlite::params;
+use rusqlite::Connection;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -136,13 +139,6 @@ DELETE FROM warden_keys WHERE name = 'approval-links';
 "#,
 ];
 
-/// A run's sub-story runs (`runs_by_parent`: only sub-story runs are in it).
-const CHILDREN: &str = "SELECT * FROM runs WHERE parent_run = ?1 ORDER BY created_ms";
-
-/// A scheduled story's latest tick (`runs_schedule_ticks`: only scheduled runs are in it).
-const LAST_TICK: &str =
-    "SELECT idempotency_key FROM runs WHERE story = ?1 AND trigger = 'schedule' AND idempotency_key IS NOT NULL ORDER BY created_ms DESC, rowid DESC LIMIT 1";
-
 /// The schema version of the SQLite file at `path`, read only.
 pub(super) fn schema_status(path: &Path) -> anyhow::Result<SchemaStatus> {
     let known = MIGRATIONS.len();
@@ -228,10 +224,6 @@ impl Drop for Checkpointer {
     }
 }
 
-fn json_col(v: Option<String>) -> Option<Value> {
-    v.and_then(|s| serde_json::from_str(&s).ok())
-}
-
 impl RunStore {
     /// Opens (creating and migrating as needed) the store at `path`.
     pub fn open(path: &Path) -> anyhow::Result<RunStore> {
@@ -285,153 +277,80 @@ impl RunStore {
             None => self.conn(),
         }
     }
+}
 
-    fn summary(row: &rusqlite::Row) -> rusqlite::Result<RunSummary> {
-        Ok(RunSummary {
-            id: row.get("id")?,
-            story: row.get("story")?,
-            team: row.get("team")?,
-            state: row.get("state")?,
-            trigger: row.get("trigger")?,
-            error: row.get("error")?,
-            failed_step: row.get("failed_step")?,
-            parent_run: row.get("parent_run")?,
-            parent_step: row.get("parent_step")?,
-            created_ms: row.get("created_ms")?,
-            started_ms: row.get("started_ms")?,
-            finished_ms: row.get("finished_ms")?,
-            trace_id: row.get("trace_id")?,
-            trace_span: row.get("trace_span")?,
+/// The shared statements (see [`sql`]) on a SQLite connection or transaction.
+struct Lite<'a>(&'a Connection);
+
+impl rusqlite::ToSql for Arg {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, Value as V, ValueRef};
+        Ok(match self {
+            Arg::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Arg::MaybeText(None) => ToSqlOutput::Owned(V::Null),
+            Arg::MaybeText(Some(s)) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Arg::Int(i) => ToSqlOutput::Owned(V::Integer(*i as i64)),
+            Arg::BigInt(i) => ToSqlOutput::Owned(V::Integer(*i)),
+            Arg::Bool(b) => ToSqlOutput::Owned(V::Integer(*b as i64)),
+            Arg::Bytes(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
         })
     }
 }
 
-/// How the listing statements are written for SQLite (see [`Dialect`]).
-const SQLITE: Dialect = Dialect { placeholder: '?', state: "+state", tiebreak: "rowid" };
+impl sql::Db for Lite<'_> {
+    fn dialect(&self) -> &'static sql::Dialect {
+        &sql::SQLITE
+    }
 
-/// A woken run's decided approvals, marked resumed (`approvals_to_wake`:
-/// only those not resumed yet are in it).
-const MARK_RESUMED: &str = "UPDATE approvals SET resumed = 1 WHERE root_run = ?1 AND resumed = 0 AND state <> 'pending'";
+    async fn rows(&self, q: &str, args: &[Arg]) -> anyhow::Result<Vec<sql::Row>> {
+        use rusqlite::types::ValueRef;
+        let mut stmt = self.0.prepare_cached(&sql::lite(q))?;
+        let columns: Arc<[String]> = stmt.column_names().into_iter().map(String::from).collect();
+        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let cells = (0..columns.len())
+                .map(|i| {
+                    Ok(match r.get_ref(i)? {
+                        ValueRef::Null => Cell::Null,
+                        ValueRef::Integer(v) => Cell::Int(v),
+                        ValueRef::Real(v) => Cell::Text(v.to_string()),
+                        ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
+                        ValueRef::Blob(b) => Cell::Bytes(b.to_vec()),
+                    })
+                })
+                .collect::<rusqlite::Result<_>>()?;
+            out.push(sql::Row { columns: columns.clone(), cells });
+        }
+        Ok(out)
+    }
 
-/// Approvals, oldest first; pending only (the usual view) unless `all`,
-/// through the partial index of pending ones: decided ones pile up with age.
-fn approvals_sql(all: bool) -> String {
-    let which = if all { "1 = 1" } else { "state = 'pending'" };
-    format!("SELECT {APPROVAL} FROM approvals WHERE {which} AND (?1 IS NULL OR team = ?1) AND (?2 IS NULL OR story = ?2) ORDER BY created_ms, run_id LIMIT ?3")
+    async fn exec(&self, q: &str, args: &[Arg]) -> anyhow::Result<u64> {
+        Ok(self.0.prepare_cached(&sql::lite(q))?.execute(rusqlite::params_from_iter(args))? as u64)
+    }
 }
 
-fn arg<'a>(a: &'a FilterArg<'a>) -> &'a dyn rusqlite::ToSql {
-    match a {
-        FilterArg::Text(t) => t,
-        FilterArg::Int(i) => i,
-    }
+/// A SQLite [`sql::Db`] future has nothing to wait for: it is done when first polled.
+fn now<T>(fut: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    futures::executor::block_on(fut)
 }
 
 impl RunStore {
-    /// Keeps `value` among the last `lookback` of `scope`; `false` when it was kept already.
-    fn remember(tx: &rusqlite::Transaction, scope: &str, value: &str, lookback: u64) -> rusqlite::Result<bool> {
-        let added = tx
-            .prepare_cached("INSERT INTO dedupe (scope, value, seq) SELECT ?1, ?2, COALESCE(MAX(seq), 0) + 1 FROM dedupe WHERE scope = ?1 ON CONFLICT (scope, value) DO NOTHING")?
-            .execute(params![scope, value])?;
-        tx.prepare_cached("DELETE FROM dedupe WHERE scope = ?1 AND seq <= (SELECT MAX(seq) FROM dedupe WHERE scope = ?1) - ?2")?
-            .execute(params![scope, lookback as i64])?;
-        Ok(added == 1)
+    /// A read on the reader connection.
+    fn read<T>(&self, f: impl AsyncFnOnce(&Lite<'_>) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let conn = self.reader();
+        now(f(&Lite(&conn)))
     }
 
-    /// One write inside the batch's transaction. A failed statement undoes
-    /// only itself (SQLite's default `ABORT`); the caller decides the rest.
-    fn write_one(tx: &rusqlite::Transaction, w: &Write) -> rusqlite::Result<()> {
-        match w {
-            Write::CreateRun { id, story, team, trigger, input, parent, idempotency_key, at_ms } => {
-                tx.prepare_cached(
-                    "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms, idempotency_key) VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9)",
-                )?
-                .execute(params![id, story, team, trigger, input, parent.as_ref().map(|p| &p.0), parent.as_ref().map(|p| &p.1), at_ms, idempotency_key])?;
-            }
-            Write::Traced { run, trace_id, span_id } => {
-                tx.prepare_cached("UPDATE runs SET trace_id = ?2, trace_span = ?3 WHERE id = ?1")?.execute(params![run, trace_id, span_id])?;
-            }
-            Write::StartRun { id, at_ms } => {
-                tx.prepare_cached("UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, ?2) WHERE id = ?1")?.execute(params![id, at_ms])?;
-            }
-            Write::NoteResume { id } => {
-                tx.prepare_cached("UPDATE runs SET resumes = resumes + 1 WHERE id = ?1")?.execute(params![id])?;
-            }
-            Write::NoteShutdown { id } => {
-                tx.prepare_cached("UPDATE runs SET resumes = 0 WHERE id = ?1")?.execute(params![id])?;
-            }
-            Write::FinishRun { id, state, output, error, failed_step, at_ms } => {
-                tx.prepare_cached("UPDATE runs SET state = ?2, output = ?3, error = ?4, failed_step = ?5, finished_ms = ?6, resumes = 0 WHERE id = ?1")?
-                    .execute(params![id, state, output, error, failed_step, at_ms])?;
-            }
-            Write::StepStarted { run, step, item, kind, input, attempt, at_ms } => {
-                tx.prepare_cached(
-                    "INSERT INTO steps (run_id, step_id, item, kind, state, input, attempts, started_ms) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)
-                     ON CONFLICT(run_id, step_id, item) DO UPDATE SET state = 'running', input = COALESCE(excluded.input, input), attempts = excluded.attempts",
-                )?
-                .execute(params![run, step, item.map_or(-1, |i| i as i64), kind, input, attempt, at_ms])?;
-            }
-            Write::StepFinished { run, step, item, kind, state, output, error, attempts, at_ms } => {
-                tx.prepare_cached(
-                    "INSERT INTO steps (run_id, step_id, item, kind, state, output, error, attempts, started_ms, finished_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
-                     ON CONFLICT(run_id, step_id, item) DO UPDATE SET state = excluded.state, output = excluded.output, error = excluded.error, attempts = MAX(attempts, excluded.attempts), finished_ms = excluded.finished_ms",
-                )?
-                .execute(params![run, step, item.map_or(-1, |i| i as i64), kind, state, output, error, attempts, at_ms])?;
-            }
-            Write::Logs { run, step, lines } => {
-                let mut stmt = tx.prepare_cached("INSERT INTO logs (run_id, step_id, at_ms, level, source, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
-                for l in lines {
-                    stmt.execute(params![run, step, l.at_ms, l.level, l.source, l.message])?;
-                }
-            }
-            Write::Audit { run, step, records } => {
-                let mut stmt = tx.prepare_cached("INSERT INTO audit (run_id, step_id, at_ms, record) VALUES (?1, ?2, ?3, ?4)")?;
-                for (at_ms, record) in records {
-                    stmt.execute(params![run, step, at_ms, record])?;
-                }
-            }
-            Write::Recording { run, step, item, attempt, truncated, recording } => {
-                tx.prepare_cached("INSERT INTO recordings (run_id, step_id, item, attempt, truncated, recording) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-                    .execute(params![run, step, item.map_or(-1, |i| i as i64), attempt, truncated, recording])?;
-            }
-            Write::Remember { .. } => unreachable!("apply remembers values itself"),
-            Write::Park { run, step, kind, approval, at_ms } => {
-                tx.prepare_cached(
-                    "INSERT INTO steps (run_id, step_id, item, kind, state, attempts, started_ms) VALUES (?1, ?2, -1, ?3, 'waiting', 1, ?4)
-                     ON CONFLICT(run_id, step_id, item) DO UPDATE SET state = 'waiting', finished_ms = NULL",
-                )?
-                .execute(params![run, step, kind, at_ms])?;
-                tx.prepare_cached("UPDATE runs SET state = 'waiting', started_ms = COALESCE(started_ms, ?2) WHERE id = ?1")?.execute(params![run, at_ms])?;
-                if let Some(pair) = approval {
-                    let (a, links) = pair.as_ref();
-                    tx.prepare_cached(
-                        "INSERT INTO approvals (run_id, step_id, root_run, story, team, title, details, choices, approvers, created_ms, deadline_ms, on_timeout, state)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending') ON CONFLICT(run_id, step_id) DO NOTHING",
-                    )?
-                    .execute(params![
-                        a.run,
-                        a.step,
-                        a.root_run,
-                        a.story,
-                        a.team,
-                        a.title,
-                        a.details.to_string(),
-                        serde_json::to_string(&a.choices).unwrap_or_default(),
-                        serde_json::to_string(&a.approvers).unwrap_or_default(),
-                        a.created_ms,
-                        a.deadline_ms,
-                        a.on_timeout
-                    ])?;
-                    let mut stmt = tx.prepare_cached(
-                        "INSERT INTO approval_links (hash, run_id, step_id, choice, recipient) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(hash) DO NOTHING",
-                    )?;
-                    for l in links {
-                        stmt.execute(params![l.hash, a.run, a.step, l.choice, l.recipient])?;
-                    }
-                }
-            }
-        }
-        Ok(())
+    /// Statements that must be one decision (two deciders, one wins), in a
+    /// transaction that takes the write lock up front (waiting up to the busy
+    /// timeout) rather than fail to upgrade a read lock half-way.
+    fn write<T>(&self, f: impl AsyncFnOnce(&Lite<'_>) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let out = now(f(&Lite(&tx)))?;
+        tx.commit()?;
+        Ok(out)
     }
 }
 
@@ -442,278 +361,46 @@ impl Store for RunStore {
 
     fn apply(&self, batch: &[Write]) -> anyhow::Result<Vec<Result<(), Conflict>>> {
         let mut conn = self.conn();
-        // IMMEDIATE: take the write lock up front (waiting up to the busy
-        // timeout) rather than fail to upgrade a read lock half-way.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut answers = Vec::with_capacity(batch.len());
         for w in batch {
-            if let Write::Remember { scope, value, lookback, .. } = w {
-                let fresh =
-                    RunStore::remember(&tx, scope, value, *lookback).map_err(|e| anyhow::Error::from(e).context(format!("{} of run {}", w.name(), w.run())))?;
-                answers.push(if fresh { Ok(()) } else { Err(Conflict(format!("{scope} saw this value before"))) });
-                continue;
-            }
-            match RunStore::write_one(&tx, w) {
-                Ok(()) => answers.push(Ok(())),
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE && matches!(w, Write::CreateRun { idempotency_key: Some(_), .. }) =>
-                {
-                    let Write::CreateRun { story, .. } = w else { unreachable!() };
-                    answers.push(Err(Conflict(format!("story {story} already has a run for this Idempotency-Key"))));
+            let mut answer = Ok(());
+            for st in sql::statements(w, sql::Placement::Unleased) {
+                // A failed statement fails the batch: dropping `tx` rolls it back.
+                let changed = tx
+                    .prepare_cached(&sql::lite(st.sql))
+                    .and_then(|mut s| s.execute(rusqlite::params_from_iter(&st.args)))
+                    .map_err(|e| anyhow::Error::from(e).context(format!("{} of run {}", w.name(), w.run())))?;
+                if let (0, Some(conflict)) = (changed, st.none_means) {
+                    answer = Err(conflict);
                 }
-                // Anything else fails the batch: dropping `tx` rolls it back.
-                Err(e) => return Err(anyhow::Error::from(e).context(format!("{} of run {}", w.name(), w.run()))),
             }
+            answers.push(answer);
         }
         tx.commit()?;
         Ok(answers)
     }
 
-    /// Newest first. `story` and `state` filter; top-level runs only unless `include_children`.
-    fn find_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<RunSummary>> {
-        let (sql, args) = f.listing_sql(&SQLITE, "*");
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(args.iter().map(arg)), RunStore::summary)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
+    sql::store_reads!();
 
-    fn count_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
-        let (sql, args) = f.counting_sql(&SQLITE);
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(args.iter().map(arg)), |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn count_unfinished(&self) -> anyhow::Result<Vec<(String, u64)>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&super::COUNT_UNFINISHED)?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn run_by_idempotency_key(&self, story: &str, key: &str) -> anyhow::Result<Option<String>> {
-        Ok(self.reader().query_row("SELECT id FROM runs WHERE story = ?1 AND idempotency_key = ?2", params![story, key], |r| r.get(0)).optional()?)
-    }
-
-    fn last_schedule_tick(&self, story: &str) -> anyhow::Result<Option<u64>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(LAST_TICK)?;
-        let key: Option<String> = stmt.query_row(params![story], |r| r.get(0)).optional()?;
-        Ok(key.as_deref().and_then(tick_of))
-    }
-
-    fn recordings(&self, run: &str) -> anyhow::Result<Vec<StoredRecording>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached("SELECT step_id, item, attempt, truncated, recording FROM recordings WHERE run_id = ?1 ORDER BY rowid")?;
-        let rows = stmt.query_map(params![run], |r| {
-            let item: i64 = r.get(1)?;
-            Ok(StoredRecording { step: r.get(0)?, item: (item >= 0).then_some(item as usize), attempt: r.get(2)?, truncated: r.get(3)?, recording: r.get(4)? })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
-    }
-
-    fn run_summary(&self, id: &str) -> anyhow::Result<Option<RunSummary>> {
-        Ok(self.reader().query_row("SELECT * FROM runs WHERE id = ?1", params![id], RunStore::summary).optional()?)
-    }
-
-    /// The story and input of a run, to execute it (e.g. after a restart).
-    fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>> {
-        let row: Option<(String, String)> =
-            self.reader().query_row("SELECT story, input FROM runs WHERE id = ?1", params![id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
-        Ok(row.map(|(s, i)| (s, serde_json::from_str(&i).unwrap_or(Value::Null))))
-    }
-
-    fn resumes(&self, id: &str) -> anyhow::Result<u32> {
-        let n: Option<i64> = self.reader().query_row("SELECT resumes FROM runs WHERE id = ?1", params![id], |r| r.get(0)).optional()?;
-        Ok(n.unwrap_or(0).clamp(0, u32::MAX as i64) as u32)
-    }
-
-    fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached("SELECT id FROM runs WHERE state = ?1 AND parent_run IS NULL ORDER BY created_ms")?;
-        let rows = stmt.query_map(params![state], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
+    /// In one read transaction: the parts agree with the run.
     fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>> {
         let conn = self.reader();
-        let Some((run, input, output)) = conn
-            .query_row("SELECT *, input, output FROM runs WHERE id = ?1", params![id], |r| {
-                Ok((RunStore::summary(r)?, r.get::<_, String>("input")?, r.get::<_, Option<String>>("output")?))
-            })
-            .optional()?
-        else {
-            return Ok(None);
-        };
-        let mut stmt = conn.prepare_cached("SELECT * FROM steps WHERE run_id = ?1 ORDER BY rowid")?;
-        let steps = stmt
-            .query_map(params![id], |r| {
-                let item: i64 = r.get("item")?;
-                Ok(StepRecord {
-                    step_id: r.get("step_id")?,
-                    item: (item >= 0).then_some(item as u32),
-                    kind: r.get("kind")?,
-                    state: r.get("state")?,
-                    input: json_col(r.get("input")?),
-                    output: json_col(r.get("output")?),
-                    error: json_col(r.get("error")?),
-                    attempts: r.get("attempts")?,
-                    started_ms: r.get("started_ms")?,
-                    finished_ms: r.get("finished_ms")?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut stmt = conn.prepare_cached("SELECT * FROM logs WHERE run_id = ?1 ORDER BY rowid")?;
-        let logs = stmt
-            .query_map(params![id], |r| {
-                Ok(LogRecord {
-                    step_id: r.get("step_id")?,
-                    at_ms: r.get("at_ms")?,
-                    level: r.get("level")?,
-                    source: r.get("source")?,
-                    message: r.get("message")?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut stmt = conn.prepare_cached("SELECT record FROM audit WHERE run_id = ?1 ORDER BY rowid")?;
-        let audit = stmt.query_map(params![id], |r| r.get::<_, String>(0))?.filter_map(|r| r.ok().and_then(|s| serde_json::from_str(&s).ok())).collect();
-        let mut stmt = conn.prepare_cached(CHILDREN)?;
-        let children = stmt.query_map(params![id], RunStore::summary)?.collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(RunDetail { run, input: serde_json::from_str(&input).unwrap_or(Value::Null), output: json_col(output), steps, logs, audit, children }))
+        let tx = conn.unchecked_transaction()?;
+        let detail = now(sql::run_detail(&Lite(&tx), id))?;
+        tx.commit()?;
+        Ok(detail)
     }
-}
-
-const APPROVAL: &str = "run_id, step_id, root_run, story, team, title, details, choices, approvers, created_ms, deadline_ms, on_timeout, state, choice, decided_by, via, decided_from, comment, decided_ms";
-
-fn approval_row(r: &rusqlite::Row) -> rusqlite::Result<crate::approval::Approval> {
-    let json = |i: usize| -> rusqlite::Result<Value> { Ok(serde_json::from_str(&r.get::<_, String>(i)?).unwrap_or(Value::Null)) };
-    let list = |i: usize| -> rusqlite::Result<Vec<String>> { Ok(serde_json::from_str(&r.get::<_, String>(i)?).unwrap_or_default()) };
-    let decided_by: Option<String> = r.get(14)?;
-    let decision = match decided_by {
-        None => None,
-        Some(decided_by) => Some(crate::approval::Decision {
-            choice: r.get(13)?,
-            decided_by,
-            via: r.get::<_, Option<String>>(15)?.unwrap_or_default(),
-            from: r.get(16)?,
-            comment: r.get(17)?,
-            decided_ms: r.get::<_, Option<u64>>(18)?.unwrap_or(0),
-        }),
-    };
-    Ok(crate::approval::Approval {
-        run: r.get(0)?,
-        step: r.get(1)?,
-        root_run: r.get(2)?,
-        story: r.get(3)?,
-        team: r.get(4)?,
-        title: r.get(5)?,
-        details: json(6)?,
-        choices: list(7)?,
-        approvers: list(8)?,
-        created_ms: r.get(9)?,
-        deadline_ms: r.get(10)?,
-        on_timeout: r.get(11)?,
-        state: r.get(12)?,
-        decision,
-    })
 }
 
 impl ApprovalStore for RunStore {
-    fn key_salt(&self) -> anyhow::Result<[u8; 32]> {
-        let mut fresh = [0u8; 32];
-        getrandom::fill(&mut fresh).map_err(|e| anyhow::anyhow!("no randomness for the approval link salt: {e}"))?;
-        let conn = self.conn();
-        conn.execute("INSERT INTO warden_keys (name, value) VALUES ('approval-links-salt', ?1) ON CONFLICT(name) DO NOTHING", params![fresh.as_slice()])?;
-        let salt: Vec<u8> = conn.query_row("SELECT value FROM warden_keys WHERE name = 'approval-links-salt'", [], |r| r.get(0))?;
-        salt.try_into().map_err(|_| anyhow::anyhow!("the run store's approval link salt is damaged (not 32 bytes)"))
-    }
+    sql::approval_statements!();
 
     fn local_secret(&self) -> anyhow::Result<Option<crate::policy::credentials::Secret>> {
         match &self.path {
             Some(db) => crate::approval::secret_beside(db).map(Some),
             None => Ok(Some(crate::approval::process_secret())),
         }
-    }
-
-    fn approval(&self, run: &str, step: &str) -> anyhow::Result<Option<crate::approval::Approval>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&format!("SELECT {APPROVAL} FROM approvals WHERE run_id = ?1 AND step_id = ?2"))?;
-        Ok(stmt.query_row(params![run, step], approval_row).optional()?)
-    }
-
-    fn approval_by_link(&self, hash: &str) -> anyhow::Result<Option<(crate::approval::Approval, crate::approval::Link)>> {
-        let link = self
-            .reader()
-            .query_row("SELECT run_id, step_id, choice, recipient FROM approval_links WHERE hash = ?1", params![hash], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, crate::approval::Link { hash: hash.to_string(), choice: r.get(2)?, recipient: r.get(3)? }))
-            })
-            .optional()?;
-        let Some((run, step, link)) = link else { return Ok(None) };
-        Ok(self.approval(&run, &step)?.map(|a| (a, link)))
-    }
-
-    fn list_approvals(&self, f: &ApprovalFilter) -> anyhow::Result<Vec<crate::approval::Approval>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&approvals_sql(f.all))?;
-        let rows = stmt.query_map(params![f.team, f.story, f.limit as i64], approval_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn decide(&self, run: &str, step: &str, d: &crate::approval::Decision) -> anyhow::Result<crate::approval::Decided> {
-        {
-            let mut conn = self.conn();
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let state = if d.choice.is_some() { "decided" } else { "expired" };
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE approvals SET state = ?3, choice = ?4, decided_by = ?5, via = ?6, decided_from = ?7, comment = ?8, decided_ms = ?9
-                     WHERE run_id = ?1 AND step_id = ?2 AND state = 'pending'",
-                )?
-                .execute(params![run, step, state, d.choice, d.decided_by, d.via, d.from, d.comment, d.decided_ms])?;
-            if changed == 1 {
-                tx.prepare_cached("INSERT INTO audit (run_id, step_id, at_ms, record) VALUES (?1, ?2, ?3, ?4)")?.execute(params![
-                    run,
-                    step,
-                    d.decided_ms,
-                    decision_audit(step, d)
-                ])?;
-            }
-            tx.commit()?;
-            if changed == 0 {
-                drop(conn);
-                return Ok(match self.approval(run, step)? {
-                    Some(a) => Err(crate::approval::Refused::Over(a)),
-                    None => Err(crate::approval::Refused::Unknown(format!("run {run} has no approval step `{step}` waiting"))),
-                });
-            }
-        }
-        self.approval(run, step)?.ok_or_else(|| anyhow::anyhow!("approval {step} of run {run} vanished")).map(Ok)
-    }
-
-    fn due_approvals(&self, now_ms: u64, limit: usize) -> anyhow::Result<Vec<crate::approval::Approval>> {
-        let conn = self.reader();
-        let mut stmt =
-            conn.prepare_cached(&format!("SELECT {APPROVAL} FROM approvals WHERE state = 'pending' AND deadline_ms <= ?1 ORDER BY deadline_ms LIMIT ?2"))?;
-        let rows = stmt.query_map(params![now_ms.min(i64::MAX as u64), limit as i64], approval_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn runs_to_wake(&self, limit: usize) -> anyhow::Result<Vec<String>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached("SELECT DISTINCT root_run FROM approvals WHERE resumed = 0 AND state <> 'pending' LIMIT ?1")?;
-        let rows = stmt.query_map(params![limit as i64], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn wake(&self, root: &str) -> anyhow::Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let woke = tx.prepare_cached("UPDATE runs SET state = 'running' WHERE id = ?1 AND state = 'waiting'")?.execute(params![root])? == 1;
-        tx.prepare_cached(MARK_RESUMED)?.execute(params![root])?;
-        tx.commit()?;
-        Ok(woke)
     }
 }
 
@@ -764,7 +451,7 @@ mod tests {
         assert_eq!(counts, vec![("queued".to_string(), 2), ("running".to_string(), 1), ("waiting".to_string(), 1)], "top-level runs only");
 
         // 2,000 finished runs must not show in what the statement reads.
-        let unfinished = vm_steps(&s, (super::super::COUNT_UNFINISHED.clone(), vec![]));
+        let unfinished = vm_steps(&s, (sql::COUNT_UNFINISHED.clone(), vec![]));
         assert!(unfinished < 200, "counting 5 unfinished runs took {unfinished} VM steps: it reads finished runs");
         let every = vm_steps(&s, ("SELECT state, COUNT(*) FROM runs WHERE parent_run IS NULL GROUP BY state".to_string(), vec![]));
         assert!(every > 2000, "the measure tells a scan apart ({every} steps for every run)");
@@ -789,7 +476,11 @@ mod tests {
     /// Steps of SQLite's VM for one statement: they grow with every row it reads.
     fn vm_steps(s: &RunStore, (sql, args): (String, Vec<FilterArg>)) -> i32 {
         let conn = s.reader();
-        let mut stmt = conn.prepare(&sql).unwrap();
+        let mut stmt = conn.prepare(&sql::lite(&sql)).unwrap();
+        let arg = |a: &FilterArg| match a {
+            FilterArg::Text(t) => rusqlite::types::Value::Text(t.to_string()),
+            FilterArg::Int(i) => rusqlite::types::Value::Integer(*i),
+        };
         let n = stmt.query_map(rusqlite::params_from_iter(args.iter().map(arg)), |_| Ok(())).unwrap().count();
         assert!(n > 0, "{sql}");
         stmt.get_status(rusqlite::StatementStatus::VmStep)
@@ -813,7 +504,7 @@ mod tests {
             RunFilter { state: Some("succeeded"), team: Some("soc"), trigger: Some("webhook"), limit: 20, offset: 20, ..Default::default() },
         ];
         for f in &filters {
-            let g = growth(&small, &big, || f.listing_sql(&SQLITE, "*"));
+            let g = growth(&small, &big, || f.listing_sql(&sql::SQLITE, "*"));
             assert!(g < 1.1, "{f:?}: a page costs {g:.2}× on a 4× longer store");
         }
         let ids = |f: RunFilter| big.find_runs(&f).unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>();
@@ -846,9 +537,9 @@ mod tests {
             }
             tx.commit().unwrap();
         }
-        let children = growth(&small, &big, || (CHILDREN.to_string(), vec![FilterArg::Text("r05999")]));
+        let children = growth(&small, &big, || (sql::children_sql(&sql::SQLITE), vec![FilterArg::Text("r05999")]));
         assert!(children < 1.1, "a run's children cost {children:.2}× on a 4× longer store");
-        let tick = growth(&small, &big, || (LAST_TICK.to_string(), vec![FilterArg::Text("st0")]));
+        let tick = growth(&small, &big, || (sql::last_tick_sql(&sql::SQLITE), vec![FilterArg::Text("st0")]));
         assert!(tick < 1.1, "the last tick costs {tick:.2}× on a 4× longer store");
         let run = big.get_run("r05999").unwrap().unwrap();
         assert_eq!(run.children.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["c1", "c2"]);
@@ -881,7 +572,7 @@ mod tests {
         let (small, big) = (with(2_000), with(8_000));
         let pending = |s: &RunStore| {
             let conn = s.reader();
-            let mut stmt = conn.prepare(&approvals_sql(false)).unwrap();
+            let mut stmt = conn.prepare(&sql::lite(&sql::approvals_sql(false))).unwrap();
             let n = stmt.query_map(params![None::<String>, None::<String>, 50], |_| Ok(())).unwrap().count();
             assert_eq!(n, 3);
             stmt.get_status(rusqlite::StatementStatus::VmStep)
@@ -892,7 +583,7 @@ mod tests {
         let mark = |s: &RunStore| {
             let conn = s.conn();
             conn.execute("UPDATE approvals SET state = 'decided' WHERE run_id = 'p1'", []).unwrap();
-            let mut stmt = conn.prepare(MARK_RESUMED).unwrap();
+            let mut stmt = conn.prepare(&sql::lite(&sql::mark_resumed_sql(&sql::SQLITE))).unwrap();
             assert_eq!(stmt.execute(params!["p1"]).unwrap(), 1);
             stmt.get_status(rusqlite::StatementStatus::VmStep)
         };
@@ -905,7 +596,7 @@ mod tests {
         let (small, big) = (long_history(12_000), long_history(24_000));
         // The 2,000 failed runs are the oldest: past the cap, not counted.
         assert_eq!(big.count_runs(&RunFilter::default()).unwrap(), vec![("succeeded".to_string(), COUNT_CAP)]);
-        let g = growth(&small, &big, || RunFilter::default().counting_sql(&SQLITE));
+        let g = growth(&small, &big, || RunFilter::default().counting_sql(&sql::SQLITE));
         assert!(g < 1.1, "counting costs {g:.2}× on a 2× longer store");
         // A filter narrower than the cap counts all it matches.
         let st0 = small.count_runs(&RunFilter { story: Some("st0"), since_ms: Some(1_000_000), ..Default::default() }).unwrap();

@@ -265,14 +265,14 @@ impl Cluster for PgStore {
 
     fn claim(&self, n: usize, limits: &HashMap<String, usize>, default_limit: usize) -> anyhow::Result<Claims> {
         let member = self.member();
-        let (pool, node, lease_ms) = (self.pool.clone(), member.node.clone(), i(member.lease.as_millis() as u64));
+        let (node, lease_ms) = (member.node.clone(), i(member.lease.as_millis() as u64));
         // Candidates beyond `n`: some may belong to stories at their limit.
         let candidates = (n.saturating_mul(4)).clamp(16, 1024) as i64;
         let limits: HashMap<String, i64> = limits.iter().map(|(s, l)| (s.clone(), (*l).min(i64::MAX as usize) as i64)).collect();
         let otherwise = default_limit.min(i64::MAX as usize) as i64;
         let claimed: Claims = self
-            .block(async move {
-                let mut client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+            .block(async {
+                let mut client = self.client().await?;
                 let tx = client.transaction().await?;
                 tx.batch_execute("SET LOCAL synchronous_commit = off").await?;
                 // Only stories below their limit: a story's backlog at its limit
@@ -351,11 +351,11 @@ impl Cluster for PgStore {
 
     fn create_and_claim(&self, run: &NewRun, limit: usize) -> anyhow::Result<bool> {
         let member = self.member();
-        let (pool, node, lease_ms) = (self.pool.clone(), member.node.clone(), i(member.lease.as_millis() as u64));
+        let (node, lease_ms) = (member.node.clone(), i(member.lease.as_millis() as u64));
         let (id, story, team, trigger) = (t(run.id).into_owned(), t(run.story).into_owned(), t(run.team).into_owned(), t(run.trigger).into_owned());
         let (input, created, limit) = (t(&run.input.to_string()).into_owned(), i(crate::audit::now_ms()), limit.min(i64::MAX as usize) as i64);
-        let generation: Option<i64> = self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+        let generation: Option<i64> = self.block(async {
+            let client = self.client().await?;
             let stmt = client.prepare_cached("SELECT warden_create_run($1, $2, $3, $4, $5, $6, $7, $8, $9)").await?;
             Ok(client.query_one(&stmt, &[&id, &story, &team, &trigger, &input, &created, &node, &lease_ms, &limit]).await?.get(0))
         })?;
@@ -367,10 +367,10 @@ impl Cluster for PgStore {
 
     fn claim_run(&self, id: &str, story: &str, limit: usize) -> anyhow::Result<bool> {
         let member = self.member();
-        let (pool, node, lease_ms) = (self.pool.clone(), member.node.clone(), i(member.lease.as_millis() as u64));
+        let (node, lease_ms) = (member.node.clone(), i(member.lease.as_millis() as u64));
         let (run, story_name, limit) = (t(id).into_owned(), t(story).into_owned(), limit.min(i64::MAX as usize) as i64);
-        let generation: Option<i64> = self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+        let generation: Option<i64> = self.block(async {
+            let client = self.client().await?;
             let stmt = client.prepare_cached("SELECT warden_claim_run($1, $2, $3, $4, $5)").await?;
             Ok(client.query_one(&stmt, &[&run, &story_name, &node, &lease_ms, &limit]).await?.get(0))
         })?;
@@ -390,10 +390,10 @@ impl Cluster for PgStore {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        let (pool, node, lease_ms) = (self.pool.clone(), member.node.clone(), i(member.lease.as_millis() as u64));
+        let (node, lease_ms) = (member.node.clone(), i(member.lease.as_millis() as u64));
         let ids: Vec<String> = leases.iter().map(|(r, _)| r.clone()).collect();
-        let kept: HashSet<String> = self.block(async move {
-            let mut client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+        let kept: HashSet<String> = self.block(async {
+            let mut client = self.client().await?;
             let tx = client.transaction().await?;
             tx.batch_execute("SET LOCAL synchronous_commit = off").await?;
             // By primary key. A lease this node holds again after losing it
@@ -413,9 +413,9 @@ impl Cluster for PgStore {
     }
 
     fn offer(&self, id: &str) -> anyhow::Result<()> {
-        let (pool, id) = (self.pool.clone(), t(id).into_owned());
-        self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+        let id = t(id).into_owned();
+        self.block(async {
+            let client = self.client().await?;
             let (run, channel): ([&(dyn tokio_postgres::types::ToSql + Sync); 1], [&(dyn tokio_postgres::types::ToSql + Sync); 1]) = ([&id], [&CHANNEL]);
             // Pipelined; the notification goes out once the offer is committed.
             let (a, b) = futures::join!(
@@ -429,9 +429,9 @@ impl Cluster for PgStore {
     }
 
     fn ended_among(&self, ids: &[String]) -> anyhow::Result<Vec<String>> {
-        let (pool, ids) = (self.pool.clone(), ids.iter().map(|i| t(i).into_owned()).collect::<Vec<String>>());
-        self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
+        let ids = ids.iter().map(|i| t(i).into_owned()).collect::<Vec<String>>();
+        self.block(async {
+            let client = self.client().await?;
             let stmt = client.prepare_cached("SELECT id FROM runs WHERE id = ANY($1) AND state IN ('succeeded', 'failed', 'waiting')").await?;
             Ok(client.query(&stmt, &[&ids]).await?.iter().map(|r| r.get(0)).collect())
         })

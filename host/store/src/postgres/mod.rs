@@ -10,11 +10,13 @@
 //! to fail a batch that carries other runs' writes.
 
 use super::*;
+use crate::sql::{self, Arg, Cell};
 use anyhow::{anyhow, Context as _};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use tokio_postgres::NoTls;
 
 mod cluster;
@@ -269,33 +271,6 @@ impl Drop for PgStore {
     }
 }
 
-/// How the listing statements are written for PostgreSQL (see [`Dialect`]).
-const POSTGRES: Dialect = Dialect { placeholder: '$', state: "state", tiebreak: "id" };
-
-/// A filter's values, owned to cross into the store's runtime.
-enum OwnedArg {
-    Text(String),
-    Int(i64),
-}
-
-fn owned_args(args: &[FilterArg]) -> Vec<OwnedArg> {
-    args.iter()
-        .map(|a| match a {
-            FilterArg::Text(s) => OwnedArg::Text(t(s).into_owned()),
-            FilterArg::Int(i) => OwnedArg::Int(*i),
-        })
-        .collect()
-}
-
-fn pg_args(args: &[OwnedArg]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
-    args.iter()
-        .map(|a| match a {
-            OwnedArg::Text(s) => s as &(dyn tokio_postgres::types::ToSql + Sync),
-            OwnedArg::Int(i) => i,
-        })
-        .collect()
-}
-
 /// Text as Postgres can hold it: NUL becomes U+FFFD.
 fn t(s: &str) -> Cow<'_, str> {
     if s.contains('\0') {
@@ -308,27 +283,6 @@ fn t(s: &str) -> Cow<'_, str> {
 fn i(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
 }
-
-fn summary(r: &tokio_postgres::Row) -> RunSummary {
-    RunSummary {
-        id: r.get("id"),
-        story: r.get("story"),
-        team: r.get("team"),
-        state: r.get("state"),
-        trigger: r.get("trigger"),
-        error: r.get("error"),
-        failed_step: r.get("failed_step"),
-        parent_run: r.get("parent_run"),
-        parent_step: r.get("parent_step"),
-        created_ms: r.get::<_, i64>("created_ms") as u64,
-        started_ms: r.get::<_, Option<i64>>("started_ms").map(|v| v as u64),
-        finished_ms: r.get::<_, Option<i64>>("finished_ms").map(|v| v as u64),
-        trace_id: r.get("trace_id"),
-        trace_span: r.get("trace_span"),
-    }
-}
-
-const SUMMARY: &str = "id, story, team, state, trigger, error, failed_step, parent_run, parent_step, created_ms, started_ms, finished_ms, trace_id, trace_span";
 
 impl PgStore {
     /// Connects, creating and migrating the schema as needed.
@@ -350,27 +304,53 @@ impl PgStore {
         Ok(store)
     }
 
-    /// Runs `fut` on the store's runtime and waits for it, from any thread:
-    /// a plain thread, a current-thread runtime (blocked meanwhile), or a
-    /// multi-thread runtime (its other tasks move elsewhere).
     fn runtime(&self) -> &tokio::runtime::Runtime {
         self.rt.as_ref().expect("runtime present until drop")
     }
 
-    fn block<T: Send + 'static>(&self, fut: impl Future<Output = anyhow::Result<T>> + Send + 'static) -> anyhow::Result<T> {
-        let rt = self.runtime();
-        let task = rt.spawn(fut);
-        let wait = || futures::executor::block_on(task).map_err(|e| anyhow!("the PostgreSQL task failed: {e}"))?;
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+    /// Runs `fut` to its end on the calling thread, inside the store's
+    /// runtime (whose threads drive the connections and the pool), from any
+    /// thread: a plain thread, a current-thread runtime (blocked meanwhile),
+    /// or a multi-thread runtime (its other tasks move elsewhere).
+    fn block<T>(&self, fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+        let caller = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+        let wait = || {
+            let _inside = self.runtime().enter();
+            futures::executor::block_on(fut)
+        };
+        match caller {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
             _ => wait(),
         }
     }
 
+    /// A connection from the pool.
+    async fn client(&self) -> anyhow::Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))
+    }
+
+    /// A read on a connection of the pool.
+    fn read<T>(&self, f: impl AsyncFnOnce(&Pg<'_, deadpool_postgres::Client>) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        self.block(async {
+            let client = self.client().await?;
+            f(&Pg(&client)).await
+        })
+    }
+
+    /// Statements that must be one decision, in one transaction.
+    fn write<T>(&self, f: impl AsyncFnOnce(&Pg<'_, deadpool_postgres::Transaction<'_>>) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        self.block(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let out = f(&Pg(&tx)).await?;
+            tx.commit().await?;
+            Ok(out)
+        })
+    }
+
     fn migrate(&self) -> anyhow::Result<()> {
-        let pool = self.pool.clone();
-        self.block(async move {
-            let mut client = pool.get().await.map_err(|e| anyhow!("cannot connect: {e}"))?;
+        self.block(async {
+            let mut client = self.client().await?;
             let tx = client.transaction().await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_MIGRATE]).await?;
             tx.batch_execute("CREATE TABLE IF NOT EXISTS warden_schema (version INTEGER NOT NULL)").await?;
@@ -411,146 +391,72 @@ pub(super) fn redact(url: &str) -> String {
 
 type Param = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
 
-fn text(s: &str) -> Param {
-    Box::new(t(s).into_owned())
-}
-
-fn opt_text(s: &Option<String>) -> Param {
-    Box::new(s.as_deref().map(|s| t(s).into_owned()))
-}
-
-/// The statement a write runs (once per row for logs and audit); `clustered`:
-/// this store serves as a node of a cluster.
-fn sql_of(w: &Write, clustered: bool) -> &'static str {
-    match w {
-        // In a cluster, a new run is reserved for the node that accepted it for
-        // a moment (it claims it, or offers it to the others at once); should
-        // that node die first, the reservation lapses and any node claims it.
-        Write::CreateRun { .. } if clustered => {
-            "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms, idempotency_key, lease_until_ms)
-             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, (extract(epoch from clock_timestamp()) * 1000)::bigint + 1000)
-             ON CONFLICT (story, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
-        }
-        // Outside a cluster (`warden story run` on a shared database) the run
-        // is this process's alone: no serving node ever claims it.
-        Write::CreateRun { .. } => {
-            "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms, idempotency_key, lease_owner, lease_until_ms)
-             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, 'local', 9223372036854775807)
-             ON CONFLICT (story, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
-        }
-        Write::StartRun { .. } => "UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, $2) WHERE id = $1",
-        Write::Traced { .. } => "UPDATE runs SET trace_id = $2, trace_span = $3 WHERE id = $1",
-        Write::NoteResume { .. } => "UPDATE runs SET resumes = resumes + 1 WHERE id = $1",
-        Write::NoteShutdown { .. } => "UPDATE runs SET resumes = 0 WHERE id = $1",
-        Write::FinishRun { .. } => "UPDATE runs SET state = $2, output = $3, error = $4, failed_step = $5, finished_ms = $6, resumes = 0 WHERE id = $1",
-        Write::StepStarted { .. } => {
-            "INSERT INTO steps (run_id, step_id, item, kind, state, input, attempts, started_ms) VALUES ($1, $2, $3, $4, 'running', $5, $6, $7)
-             ON CONFLICT (run_id, step_id, item) DO UPDATE SET state = 'running', input = COALESCE(EXCLUDED.input, steps.input), attempts = EXCLUDED.attempts"
-        }
-        Write::StepFinished { .. } => {
-            "INSERT INTO steps (run_id, step_id, item, kind, state, output, error, attempts, started_ms, finished_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
-             ON CONFLICT (run_id, step_id, item) DO UPDATE SET state = EXCLUDED.state, output = EXCLUDED.output, error = EXCLUDED.error, attempts = GREATEST(steps.attempts, EXCLUDED.attempts), finished_ms = EXCLUDED.finished_ms"
-        }
-        Write::Logs { .. } => "INSERT INTO logs (run_id, step_id, at_ms, level, source, message) VALUES ($1, $2, $3, $4, $5, $6)",
-        Write::Audit { .. } => "INSERT INTO audit (run_id, step_id, at_ms, record) VALUES ($1, $2, $3, $4)",
-        Write::Recording { .. } => "INSERT INTO recordings (run_id, step_id, item, attempt, truncated, recording) VALUES ($1, $2, $3, $4, $5, $6)",
-        Write::Park { .. } | Write::Remember { .. } => unreachable!("rows_of spells a park and a remember"),
+/// An argument as PostgreSQL takes it (text without NUL, see [`t`]).
+fn param(a: &Arg) -> Param {
+    match a {
+        Arg::Text(s) => Box::new(t(s).into_owned()),
+        Arg::MaybeText(s) => Box::new(s.as_deref().map(|s| t(s).into_owned())),
+        Arg::Int(i) => Box::new(*i),
+        Arg::BigInt(i) => Box::new(*i),
+        Arg::Bool(b) => Box::new(*b),
+        Arg::Bytes(b) => Box::new(b.clone()),
     }
 }
 
-/// Each statement a write runs, with its parameters.
-/// A remember's insert: no row inserted means the value was kept already.
-const REMEMBER_SQL: &str =
-    "INSERT INTO dedupe (scope, value, seq) SELECT $1, $2, COALESCE(MAX(seq), 0) + 1 FROM dedupe WHERE scope = $1 ON CONFLICT (scope, value) DO NOTHING";
-
-fn rows_of(w: &Write, clustered: bool) -> Vec<(&'static str, Vec<Param>)> {
-    if let Write::Remember { scope, value, lookback, .. } = w {
-        return vec![
-            (REMEMBER_SQL, vec![text(scope), text(value)]),
-            (
-                "DELETE FROM dedupe WHERE scope = $1 AND seq <= (SELECT MAX(seq) FROM dedupe WHERE scope = $1) - $2",
-                vec![text(scope), Box::new(*lookback as i64) as Param],
-            ),
-        ];
-    }
-    let Write::Park { run, step, kind, approval, at_ms } = w else {
-        let sql = sql_of(w, clustered);
-        return params_of(w).into_iter().map(|p| (sql, p)).collect();
-    };
-    let mut rows: Vec<(&'static str, Vec<Param>)> = vec![
-        (
-            "INSERT INTO steps (run_id, step_id, item, kind, state, attempts, started_ms) VALUES ($1, $2, -1, $3, 'waiting', 1, $4)
-             ON CONFLICT (run_id, step_id, item) DO UPDATE SET state = 'waiting', finished_ms = NULL",
-            vec![text(run), text(step), text(kind), Box::new(i(*at_ms))],
-        ),
-        ("UPDATE runs SET state = 'waiting', started_ms = COALESCE(started_ms, $2) WHERE id = $1", vec![text(run), Box::new(i(*at_ms))]),
-    ];
-    if let Some(pair) = approval {
-        let (a, links) = pair.as_ref();
-        rows.push((
-            "INSERT INTO approvals (run_id, step_id, root_run, story, team, title, details, choices, approvers, created_ms, deadline_ms, on_timeout, state)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending') ON CONFLICT (run_id, step_id) DO NOTHING",
-            vec![
-                text(&a.run),
-                text(&a.step),
-                text(&a.root_run),
-                text(&a.story),
-                text(&a.team),
-                text(&a.title),
-                text(&a.details.to_string()),
-                text(&serde_json::to_string(&a.choices).unwrap_or_default()),
-                text(&serde_json::to_string(&a.approvers).unwrap_or_default()),
-                Box::new(i(a.created_ms)),
-                Box::new(i(a.deadline_ms)),
-                opt_text(&a.on_timeout),
-            ],
-        ));
-        for l in links {
-            rows.push((
-                "INSERT INTO approval_links (hash, run_id, step_id, choice, recipient) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING",
-                vec![text(&l.hash), text(&a.run), text(&a.step), text(&l.choice), text(&l.recipient)],
-            ));
-        }
-    }
-    rows
+fn refs(params: &[Param]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect()
 }
 
-/// The parameters of each row a write inserts or updates.
-fn params_of(w: &Write) -> Vec<Vec<Param>> {
-    let item = |item: &Option<usize>| -> Param { Box::new(item.map_or(-1, |i| i.min(i32::MAX as usize) as i32)) };
-    let count = |n: u32| -> Param { Box::new(n.min(i32::MAX as u32) as i32) };
-    match w {
-        Write::CreateRun { id, story, team, trigger, input, parent, idempotency_key, at_ms } => vec![vec![
-            text(id),
-            text(story),
-            text(team),
-            text(trigger),
-            text(input),
-            opt_text(&parent.as_ref().map(|p| p.0.clone())),
-            opt_text(&parent.as_ref().map(|p| p.1.clone())),
-            Box::new(i(*at_ms)),
-            opt_text(idempotency_key),
-        ]],
-        Write::StartRun { id, at_ms } => vec![vec![text(id), Box::new(i(*at_ms))]],
-        Write::NoteResume { id } | Write::NoteShutdown { id } => vec![vec![text(id)]],
-        Write::Traced { run, trace_id, span_id } => vec![vec![text(run), text(trace_id), text(span_id)]],
-        Write::FinishRun { id, state, output, error, failed_step, at_ms } => {
-            vec![vec![text(id), text(state), opt_text(output), opt_text(error), opt_text(failed_step), Box::new(i(*at_ms))]]
-        }
-        Write::StepStarted { run, step, item: it, kind, input, attempt, at_ms } => {
-            vec![vec![text(run), text(step), item(it), text(kind), opt_text(input), count(*attempt), Box::new(i(*at_ms))]]
-        }
-        Write::StepFinished { run, step, item: it, kind, state, output, error, attempts, at_ms } => {
-            vec![vec![text(run), text(step), item(it), text(kind), text(state), opt_text(output), opt_text(error), count(*attempts), Box::new(i(*at_ms))]]
-        }
-        Write::Logs { run, step, lines } => {
-            lines.iter().map(|l| vec![text(run), text(step), Box::new(i(l.at_ms)) as Param, text(l.level), text(l.source), text(&l.message)]).collect()
-        }
-        Write::Audit { run, step, records } => records.iter().map(|(at, r)| vec![text(run), text(step), Box::new(i(*at)) as Param, text(r)]).collect(),
-        Write::Recording { run, step, item: it, attempt, truncated, recording } => {
-            vec![vec![text(run), text(step), item(it), count(*attempt), Box::new(*truncated) as Param, text(recording)]]
-        }
-        Write::Park { .. } | Write::Remember { .. } => unreachable!("rows_of spells a park and a remember"),
+/// A row as the shared reads take it; a column of a type warden never
+/// writes is an error naming it.
+fn row_of(r: &tokio_postgres::Row, columns: &Arc<[String]>) -> anyhow::Result<sql::Row> {
+    use tokio_postgres::types::Type;
+    let cells = r
+        .columns()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let ty = c.type_();
+            Ok(if *ty == Type::BOOL {
+                r.try_get::<_, Option<bool>>(i)?.map_or(Cell::Null, Cell::Bool)
+            } else if *ty == Type::INT2 {
+                r.try_get::<_, Option<i16>>(i)?.map_or(Cell::Null, |v| Cell::Int(v.into()))
+            } else if *ty == Type::INT4 {
+                r.try_get::<_, Option<i32>>(i)?.map_or(Cell::Null, |v| Cell::Int(v.into()))
+            } else if *ty == Type::INT8 {
+                r.try_get::<_, Option<i64>>(i)?.map_or(Cell::Null, Cell::Int)
+            } else if *ty == Type::TEXT || *ty == Type::VARCHAR || *ty == Type::NAME || *ty == Type::BPCHAR {
+                r.try_get::<_, Option<String>>(i)?.map_or(Cell::Null, Cell::Text)
+            } else if *ty == Type::BYTEA {
+                r.try_get::<_, Option<Vec<u8>>>(i)?.map_or(Cell::Null, Cell::Bytes)
+            } else {
+                anyhow::bail!("the run store's column {} is of type {ty}, which warden does not read", c.name())
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(sql::Row { columns: columns.clone(), cells })
+}
+
+/// The shared statements (see [`sql`]) on a pooled connection or a transaction.
+struct Pg<'a, C>(&'a C);
+
+impl<C: deadpool_postgres::GenericClient> sql::Db for Pg<'_, C> {
+    fn dialect(&self) -> &'static sql::Dialect {
+        &sql::POSTGRES
+    }
+
+    async fn rows(&self, q: &str, args: &[Arg]) -> anyhow::Result<Vec<sql::Row>> {
+        let stmt = self.0.prepare_cached(q).await?;
+        let params: Vec<Param> = args.iter().map(param).collect();
+        let rows = self.0.query(&stmt, &refs(&params)).await?;
+        let columns: Arc<[String]> = stmt.columns().iter().map(|c| c.name().to_string()).collect();
+        rows.iter().map(|r| row_of(r, &columns)).collect()
+    }
+
+    async fn exec(&self, q: &str, args: &[Arg]) -> anyhow::Result<u64> {
+        let stmt = self.0.prepare_cached(q).await?;
+        let params: Vec<Param> = args.iter().map(param).collect();
+        Ok(self.0.execute(&stmt, &refs(&params)).await?)
     }
 }
 
@@ -560,14 +466,11 @@ impl Store for PgStore {
     }
 
     fn apply(&self, batch: &[Write]) -> anyhow::Result<Vec<Result<(), Conflict>>> {
-        let pool = self.pool.clone();
         let fence = self.fence_of(batch);
         let node = self.cluster.get().map(|m| m.node.clone());
-        let batch_owned = batch.to_vec();
-        let (answers, lost) = self.block(async move {
-            let batch = batch_owned;
-            let mut client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let clustered = fence.is_some();
+        let (answers, lost) = self.block(async {
+            let mut client = self.client().await?;
+            let placement = if fence.is_some() { sql::Placement::Clustered } else { sql::Placement::Local };
             // Runs another node took over: none of their writes are made.
             let mut lost = std::collections::HashSet::new();
             loop {
@@ -576,17 +479,18 @@ impl Store for PgStore {
                     Some(fence) => (0..batch.len()).map(|n| fence.verdict(n, &lost)).collect(),
                     None => vec![Ok(()); batch.len()],
                 };
-                // Every row's statement with its parameters, in the batch's order.
-                let mut rows: Vec<(usize, &'static str, Vec<Param>)> = Vec::new();
+                // Every statement with its parameters, in the batch's order.
+                let mut rows: Vec<(usize, sql::Stmt, Vec<Param>)> = Vec::new();
                 for (n, w) in batch.iter().enumerate().filter(|(n, _)| answers[*n].is_ok()) {
-                    for (sql, params) in rows_of(w, clustered) {
-                        rows.push((n, sql, params));
+                    for st in sql::statements(w, placement) {
+                        let params = st.args.iter().map(param).collect();
+                        rows.push((n, st, params));
                     }
                 }
                 let mut stmts = HashMap::new();
-                for (_, sql, _) in &rows {
-                    if !stmts.contains_key(sql) {
-                        stmts.insert(*sql, tx.prepare_cached(sql).await?);
+                for (_, st, _) in &rows {
+                    if !stmts.contains_key(st.sql) {
+                        stmts.insert(st.sql, tx.prepare_cached(st.sql).await?);
                     }
                 }
                 // Pipelined: every statement is sent before the first answer is
@@ -600,15 +504,13 @@ impl Store for PgStore {
                         _ => Ok(Default::default()),
                     }
                 };
-                let sent = rows.iter().map(|(n, sql, params)| {
-                    let stmt = &stmts[sql];
-                    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                        params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+                let sent = rows.iter().map(|(n, st, params)| {
+                    let stmt = &stmts[st.sql];
                     let tx = &tx;
-                    async move { (*n, *sql, tx.execute(stmt, &refs).await) }
+                    async move { (*n, st, tx.execute(stmt, &refs(params)).await) }
                 });
                 // Other nodes may wait for a run's end: a slot of its story, or a caller's answer.
-                let ends = clustered && batch.iter().zip(&answers).any(|(w, a)| a.is_ok() && matches!(w, Write::FinishRun { .. }));
+                let ends = fence.is_some() && batch.iter().zip(&answers).any(|(w, a)| a.is_ok() && matches!(w, Write::FinishRun { .. }));
                 let notify = async {
                     match ends {
                         true => cluster::notify_ended(&tx).await,
@@ -622,15 +524,11 @@ impl Store for PgStore {
                     lost.extend(newly_lost);
                     continue;
                 }
-                for (n, sql, result) in done {
-                    match (result, &batch[n]) {
-                        // ON CONFLICT DO NOTHING: no row means the key had its run.
-                        (Ok(0), Write::CreateRun { story, .. }) => {
-                            answers[n] = Err(Conflict(format!("story {story} already has a run for this Idempotency-Key")))
-                        }
-                        (Ok(0), Write::Remember { scope, .. }) if sql == REMEMBER_SQL => answers[n] = Err(Conflict(format!("{scope} saw this value before"))),
-                        (Ok(_), _) => {}
-                        (Err(e), w) => return Err(anyhow::Error::from(e).context(format!("{} of run {}", w.name(), w.run()))),
+                for (n, st, result) in done {
+                    match result {
+                        Ok(0) if st.none_means.is_some() => answers[n] = Err(st.none_means.clone().expect("checked")),
+                        Ok(_) => {}
+                        Err(e) => return Err(anyhow::Error::from(e).context(format!("{} of run {}", batch[n].name(), batch[n].run()))),
                     }
                 }
                 notified?;
@@ -644,343 +542,29 @@ impl Store for PgStore {
         Ok(answers)
     }
 
-    fn last_schedule_tick(&self, story: &str) -> anyhow::Result<Option<u64>> {
-        let (pool, story) = (self.pool.clone(), story.to_string());
-        self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let row = client
-                .query_opt(
-                    "SELECT idempotency_key FROM runs WHERE story = $1 AND trigger = 'schedule' AND idempotency_key IS NOT NULL ORDER BY created_ms DESC, id DESC LIMIT 1",
-                    &[&t(&story)],
-                )
-                .await?;
-            Ok(row.and_then(|r| tick_of(r.get::<_, &str>(0))))
-        })
-    }
-
-    fn recordings(&self, run: &str) -> anyhow::Result<Vec<StoredRecording>> {
-        let (pool, run) = (self.pool.clone(), run.to_string());
-        self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let rows = client.query("SELECT step_id, item, attempt, truncated, recording FROM recordings WHERE run_id = $1 ORDER BY seq", &[&t(&run)]).await?;
-            Ok(rows
-                .iter()
-                .map(|r| {
-                    let item: i32 = r.get(1);
-                    let attempt: i32 = r.get(2);
-                    StoredRecording {
-                        step: r.get(0),
-                        item: (item >= 0).then_some(item as usize),
-                        attempt: attempt.max(0) as u32,
-                        truncated: r.get(3),
-                        recording: r.get(4),
-                    }
-                })
-                .collect())
-        })
-    }
-
     fn cluster(&self) -> Option<&dyn Cluster> {
         self.cluster.get().map(|_| self as &dyn Cluster)
     }
 
-    fn find_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<RunSummary>> {
-        let (sql, args) = f.listing_sql(&POSTGRES, SUMMARY);
-        let args = owned_args(&args);
-        let pool = self.pool.clone();
-        self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let stmt = client.prepare_cached(&sql).await?;
-            let rows = client.query(&stmt, &pg_args(&args)).await?;
-            Ok(rows.iter().map(summary).collect())
-        })
-    }
+    sql::store_reads!();
 
-    fn count_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<(String, u64)>> {
-        let (sql, args) = f.counting_sql(&POSTGRES);
-        let args = owned_args(&args);
-        let pool = self.pool.clone();
-        self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let stmt = client.prepare_cached(&sql).await?;
-            let rows = client.query(&stmt, &pg_args(&args)).await?;
-            Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect())
-        })
-    }
-
-    fn count_unfinished(&self) -> anyhow::Result<Vec<(String, u64)>> {
-        let pool = self.pool.clone();
-        self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let rows = client.query(COUNT_UNFINISHED.as_str(), &[]).await?;
-            Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect())
-        })
-    }
-
-    fn run_by_idempotency_key(&self, story: &str, key: &str) -> anyhow::Result<Option<String>> {
-        let (pool, story, key) = (self.pool.clone(), story.to_string(), key.to_string());
-        self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let row = client.query_opt("SELECT id FROM runs WHERE story = $1 AND idempotency_key = $2", &[&t(&story), &t(&key)]).await?;
-            Ok(row.map(|r| r.get(0)))
-        })
-    }
-
-    fn run_summary(&self, id: &str) -> anyhow::Result<Option<RunSummary>> {
-        let (pool, id) = (self.pool.clone(), id.to_string());
-        self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            Ok(client.query_opt(&format!("SELECT {SUMMARY} FROM runs WHERE id = $1"), &[&t(&id)]).await?.as_ref().map(summary))
-        })
-    }
-
-    fn run_input(&self, id: &str) -> anyhow::Result<Option<(String, Value)>> {
-        let (pool, id) = (self.pool.clone(), id.to_string());
-        self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let row = client.query_opt("SELECT story, input FROM runs WHERE id = $1", &[&t(&id)]).await?;
-            Ok(row.map(|r| (r.get::<_, String>(0), serde_json::from_str(r.get::<_, &str>(1)).unwrap_or(Value::Null))))
-        })
-    }
-
-    fn resumes(&self, id: &str) -> anyhow::Result<u32> {
-        let (pool, id) = (self.pool.clone(), id.to_string());
-        self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let row = client.query_opt("SELECT resumes FROM runs WHERE id = $1", &[&t(&id)]).await?;
-            Ok(row.map(|r| r.get::<_, i32>(0)).unwrap_or(0).max(0) as u32)
-        })
-    }
-
-    fn runs_in_state(&self, state: &str) -> anyhow::Result<Vec<String>> {
-        let (pool, state) = (self.pool.clone(), state.to_string());
-        self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let rows = client.query("SELECT id FROM runs WHERE state = $1 AND parent_run IS NULL ORDER BY created_ms, id", &[&t(&state)]).await?;
-            Ok(rows.iter().map(|r| r.get(0)).collect())
-        })
-    }
-
+    /// One snapshot for the run and its parts.
     fn get_run(&self, id: &str) -> anyhow::Result<Option<RunDetail>> {
-        let (pool, id) = (self.pool.clone(), id.to_string());
-        self.block(async move {
-            let mut client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            // One snapshot for the run and its parts.
+        self.block(async {
+            let mut client = self.client().await?;
             let tx = client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).read_only(true).start().await?;
-            let Some(row) = tx.query_opt(&format!("SELECT {SUMMARY}, input, output FROM runs WHERE id = $1"), &[&t(&id)]).await? else {
-                return Ok(None);
-            };
-            let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
-            let steps = tx
-                .query("SELECT * FROM steps WHERE run_id = $1 ORDER BY seq", &[&t(&id)])
-                .await?
-                .iter()
-                .map(|r| {
-                    let item: i32 = r.get("item");
-                    StepRecord {
-                        step_id: r.get("step_id"),
-                        item: (item >= 0).then_some(item as u32),
-                        kind: r.get("kind"),
-                        state: r.get("state"),
-                        input: json(r.get("input")),
-                        output: json(r.get("output")),
-                        error: json(r.get("error")),
-                        attempts: r.get::<_, i32>("attempts") as u32,
-                        started_ms: r.get::<_, Option<i64>>("started_ms").map(|v| v as u64),
-                        finished_ms: r.get::<_, Option<i64>>("finished_ms").map(|v| v as u64),
-                    }
-                })
-                .collect();
-            let logs = tx
-                .query("SELECT step_id, at_ms, level, source, message FROM logs WHERE run_id = $1 ORDER BY seq", &[&t(&id)])
-                .await?
-                .iter()
-                .map(|r| LogRecord { step_id: r.get(0), at_ms: r.get::<_, i64>(1) as u64, level: r.get(2), source: r.get(3), message: r.get(4) })
-                .collect();
-            let audit = tx
-                .query("SELECT record FROM audit WHERE run_id = $1 ORDER BY seq", &[&t(&id)])
-                .await?
-                .iter()
-                .filter_map(|r| serde_json::from_str(r.get::<_, &str>(0)).ok())
-                .collect();
-            let children =
-                tx.query(&format!("SELECT {SUMMARY} FROM runs WHERE parent_run = $1 ORDER BY created_ms, id"), &[&t(&id)]).await?.iter().map(summary).collect();
+            let detail = sql::run_detail(&Pg(&tx), id).await?;
             tx.commit().await?;
-            Ok(Some(RunDetail {
-                run: summary(&row),
-                input: serde_json::from_str(row.get::<_, &str>("input")).unwrap_or(Value::Null),
-                output: json(row.get("output")),
-                steps,
-                logs,
-                audit,
-                children,
-            }))
+            Ok(detail)
         })
-    }
-}
-
-const APPROVAL: &str = "run_id, step_id, root_run, story, team, title, details, choices, approvers, created_ms, deadline_ms, on_timeout, state, choice, decided_by, via, decided_from, comment, decided_ms";
-
-fn approval_row(r: &tokio_postgres::Row) -> crate::approval::Approval {
-    let list = |i: usize| -> Vec<String> { serde_json::from_str(r.get::<_, &str>(i)).unwrap_or_default() };
-    let decision = r.get::<_, Option<String>>(14).map(|decided_by| crate::approval::Decision {
-        choice: r.get(13),
-        decided_by,
-        via: r.get::<_, Option<String>>(15).unwrap_or_default(),
-        from: r.get(16),
-        comment: r.get(17),
-        decided_ms: r.get::<_, Option<i64>>(18).unwrap_or(0).max(0) as u64,
-    });
-    crate::approval::Approval {
-        run: r.get(0),
-        step: r.get(1),
-        root_run: r.get(2),
-        story: r.get(3),
-        team: r.get(4),
-        title: r.get(5),
-        details: serde_json::from_str(r.get::<_, &str>(6)).unwrap_or(Value::Null),
-        choices: list(7),
-        approvers: list(8),
-        created_ms: r.get::<_, i64>(9).max(0) as u64,
-        deadline_ms: r.get::<_, i64>(10).max(0) as u64,
-        on_timeout: r.get(11),
-        state: r.get(12),
-        decision,
-    }
-}
-
-impl PgStore {
-    async fn approval_on(client: &impl deadpool_postgres::GenericClient, run: &str, step: &str) -> anyhow::Result<Option<crate::approval::Approval>> {
-        let row = client.query_opt(&format!("SELECT {APPROVAL} FROM approvals WHERE run_id = $1 AND step_id = $2"), &[&t(run), &t(step)]).await?;
-        Ok(row.as_ref().map(approval_row))
     }
 }
 
 impl ApprovalStore for PgStore {
-    fn key_salt(&self) -> anyhow::Result<[u8; 32]> {
-        let mut fresh = [0u8; 32];
-        getrandom::fill(&mut fresh).map_err(|e| anyhow!("no randomness for the approval link salt: {e}"))?;
-        let pool = self.pool.clone();
-        self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            client
-                .execute("INSERT INTO warden_keys (name, value) VALUES ('approval-links-salt', $1) ON CONFLICT (name) DO NOTHING", &[&fresh.as_slice()])
-                .await?;
-            let salt: Vec<u8> = client.query_one("SELECT value FROM warden_keys WHERE name = 'approval-links-salt'", &[]).await?.get(0);
-            salt.try_into().map_err(|_| anyhow!("the run store's approval link salt is damaged (not 32 bytes)"))
-        })
-    }
+    sql::approval_statements!();
 
     /// Every node must derive the same key: no secret of one node's own.
     fn local_secret(&self) -> anyhow::Result<Option<crate::policy::credentials::Secret>> {
         Ok(None)
-    }
-
-    fn approval(&self, run: &str, step: &str) -> anyhow::Result<Option<crate::approval::Approval>> {
-        let (pool, run, step) = (self.pool.clone(), run.to_string(), step.to_string());
-        self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            PgStore::approval_on(&client, &run, &step).await
-        })
-    }
-
-    fn approval_by_link(&self, hash: &str) -> anyhow::Result<Option<(crate::approval::Approval, crate::approval::Link)>> {
-        let (pool, hash) = (self.pool.clone(), hash.to_string());
-        self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let Some(row) = client.query_opt("SELECT run_id, step_id, choice, recipient FROM approval_links WHERE hash = $1", &[&t(&hash)]).await? else {
-                return Ok(None);
-            };
-            let link = crate::approval::Link { hash: hash.clone(), choice: row.get(2), recipient: row.get(3) };
-            Ok(PgStore::approval_on(&client, row.get(0), row.get(1)).await?.map(|a| (a, link)))
-        })
-    }
-
-    fn list_approvals(&self, f: &ApprovalFilter) -> anyhow::Result<Vec<crate::approval::Approval>> {
-        let pool = self.pool.clone();
-        let (team, story, limit) = (f.team.map(String::from), f.story.map(String::from), f.limit.min(i64::MAX as usize) as i64);
-        // Pending only through the partial index of pending approvals (see the SQLite store).
-        let which = if f.all { "TRUE" } else { "state = 'pending'" };
-        self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let sql = format!(
-                "SELECT {APPROVAL} FROM approvals WHERE {which} AND ($1::text IS NULL OR team = $1) AND ($2::text IS NULL OR story = $2) ORDER BY created_ms, run_id LIMIT $3"
-            );
-            Ok(client.query(&sql, &[&team, &story, &limit]).await?.iter().map(approval_row).collect())
-        })
-    }
-
-    fn decide(&self, run: &str, step: &str, d: &crate::approval::Decision) -> anyhow::Result<crate::approval::Decided> {
-        let (pool, run, step, d) = (self.pool.clone(), run.to_string(), step.to_string(), d.clone());
-        self.block(async move {
-            let mut client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let tx = client.transaction().await?;
-            let state = if d.choice.is_some() { "decided" } else { "expired" };
-            let changed = tx
-                .execute(
-                    "UPDATE approvals SET state = $3, choice = $4, decided_by = $5, via = $6, decided_from = $7, comment = $8, decided_ms = $9
-                     WHERE run_id = $1 AND step_id = $2 AND state = 'pending'",
-                    &[
-                        &t(&run),
-                        &t(&step),
-                        &state,
-                        &d.choice.as_deref().map(t),
-                        &t(&d.decided_by),
-                        &t(&d.via),
-                        &d.from.as_deref().map(t),
-                        &d.comment.as_deref().map(t),
-                        &i(d.decided_ms),
-                    ],
-                )
-                .await?;
-            if changed == 1 {
-                tx.execute(
-                    "INSERT INTO audit (run_id, step_id, at_ms, record) VALUES ($1, $2, $3, $4)",
-                    &[&t(&run), &t(&step), &i(d.decided_ms), &t(&decision_audit(&step, &d))],
-                )
-                .await?;
-            }
-            let now = PgStore::approval_on(&tx, &run, &step).await?;
-            tx.commit().await?;
-            Ok(match (changed, now) {
-                (1, Some(a)) => Ok(a),
-                (_, Some(a)) => Err(crate::approval::Refused::Over(a)),
-                (_, None) => Err(crate::approval::Refused::Unknown(format!("run {run} has no approval step `{step}` waiting"))),
-            })
-        })
-    }
-
-    fn due_approvals(&self, now_ms: u64, limit: usize) -> anyhow::Result<Vec<crate::approval::Approval>> {
-        let (pool, now, limit) = (self.pool.clone(), i(now_ms), limit.min(i64::MAX as usize) as i64);
-        self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let sql = format!("SELECT {APPROVAL} FROM approvals WHERE state = 'pending' AND deadline_ms <= $1 ORDER BY deadline_ms LIMIT $2");
-            Ok(client.query(&sql, &[&now, &limit]).await?.iter().map(approval_row).collect())
-        })
-    }
-
-    fn runs_to_wake(&self, limit: usize) -> anyhow::Result<Vec<String>> {
-        let (pool, limit) = (self.pool.clone(), limit.min(i64::MAX as usize) as i64);
-        self.block(async move {
-            let client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let rows = client.query("SELECT DISTINCT root_run FROM approvals WHERE NOT resumed AND state <> 'pending' LIMIT $1", &[&limit]).await?;
-            Ok(rows.iter().map(|r| r.get(0)).collect())
-        })
-    }
-
-    fn wake(&self, root: &str) -> anyhow::Result<bool> {
-        let (pool, root) = (self.pool.clone(), root.to_string());
-        self.block(async move {
-            let mut client = pool.get().await.map_err(|e| anyhow!("cannot connect to PostgreSQL: {e}"))?;
-            let tx = client.transaction().await?;
-            // Lease cleared: whichever node has room claims it as an interrupted run and resumes it.
-            let woke = tx
-                .execute("UPDATE runs SET state = 'running', lease_owner = NULL, lease_until_ms = NULL WHERE id = $1 AND state = 'waiting'", &[&t(&root)])
-                .await?
-                == 1;
-            tx.execute("UPDATE approvals SET resumed = TRUE WHERE root_run = $1 AND NOT resumed AND state <> 'pending'", &[&t(&root)]).await?;
-            tx.commit().await?;
-            Ok(woke)
-        })
     }
 }
