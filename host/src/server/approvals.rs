@@ -13,7 +13,7 @@
 use super::queue::Start;
 use super::{error, AppState, Scope};
 use crate::approval::{self, Approval, Decision, Refused};
-use crate::store::ApprovalFilter;
+use crate::store::{off_runtime, ApprovalFilter};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, Extensions, HeaderMap, StatusCode};
@@ -41,7 +41,9 @@ pub(super) fn start_sweep(queue: super::Queue) -> Arc<Notify> {
                 _ = tokio::time::sleep(SWEEP_EVERY) => {}
                 _ = woken.notified() => {}
             }
-            if let Err(e) = sweep(&queue) {
+            let pass = queue.clone();
+            let swept = tokio::task::spawn_blocking(move || sweep(&pass)).await.unwrap_or_else(|e| Err(anyhow::anyhow!("the sweep stopped: {e}")));
+            if let Err(e) = swept {
                 tracing::error!("approval sweep: {e:#}; trying again in {} s", SWEEP_EVERY.as_secs());
             }
         }
@@ -134,8 +136,37 @@ fn said(code: StatusCode, heading: &str, text: &str) -> Response {
     page(code, "said.html", minijinja::context! { heading, text })
 }
 
+/// The approval and link a link token's hash names (`None`: no such link,
+/// or a store that keeps no approvals), read off the runtime.
+pub(super) async fn by_link(s: &AppState, hash: String) -> anyhow::Result<Option<(Approval, approval::Link)>> {
+    off_runtime(&s.engine.store, move |st| match st.approvals() {
+        Some(store) => store.approval_by_link(&hash),
+        None => Ok(None),
+    })
+    .await
+}
+
+/// The approval of `run` at `step`, read off the runtime.
+async fn approval_at(s: &AppState, run: &str, step: &str) -> anyhow::Result<Option<Approval>> {
+    let (run, step) = (run.to_string(), step.to_string());
+    off_runtime(&s.engine.store, move |st| match st.approvals() {
+        Some(store) => store.approval(&run, &step),
+        None => Ok(None),
+    })
+    .await
+}
+
+/// Takes `choice` on `a` as `approver` (see [`crate::store::decide`]), off the runtime.
+pub(super) async fn decide(s: &AppState, a: Approval, choice: String, approver: Option<String>, d: Decision) -> anyhow::Result<approval::Decided> {
+    off_runtime(&s.engine.store, move |st| {
+        let store = st.approvals().ok_or_else(|| anyhow::anyhow!("this run store keeps no approvals"))?;
+        crate::store::decide(store, &a, &choice, approver.as_deref(), d)
+    })
+    .await
+}
+
 /// The link's approval and link, or the page that says why there is none.
-fn open_link(s: &AppState, token: &str) -> Result<(Approval, approval::Link), Response> {
+async fn open_link(s: &AppState, token: &str) -> Result<(Approval, approval::Link), Response> {
     let unknown = || {
         said(
             StatusCode::NOT_FOUND,
@@ -149,8 +180,7 @@ fn open_link(s: &AppState, token: &str) -> Result<(Approval, approval::Link), Re
     if !approval::looks_like_token(token) {
         return Err(unknown());
     }
-    let Some(store) = s.engine.store.approvals() else { return Err(unknown()) };
-    match store.approval_by_link(&approval::token_hash(token)) {
+    match by_link(s, approval::token_hash(token)).await {
         Ok(Some(found)) => Ok(found),
         Ok(None) => Err(unknown()),
         Err(e) => Err(said(StatusCode::SERVICE_UNAVAILABLE, "Try again later", &format!("The run store is unavailable: {e}"))),
@@ -163,7 +193,7 @@ fn over(a: &Approval) -> Response {
 
 /// `GET /approvals/{token}`: what the link decides, and a button to confirm it. Decides nothing.
 pub(super) async fn show(State(s): State<AppState>, Path(token): Path<String>) -> Response {
-    let (a, link) = match open_link(&s, &token) {
+    let (a, link) = match open_link(&s, &token).await {
         Ok(found) => found,
         Err(page) => return page,
     };
@@ -197,7 +227,7 @@ pub(super) async fn show(State(s): State<AppState>, Path(token): Path<String>) -
 
 /// `POST /approvals/{token}` (a form: optional `comment`): decides.
 pub(super) async fn decide_by_link(State(s): State<AppState>, Path(token): Path<String>, ext: Extensions, headers: HeaderMap, body: Bytes) -> Response {
-    let (a, link) = match open_link(&s, &token) {
+    let (a, link) = match open_link(&s, &token).await {
         Ok(found) => found,
         Err(page) => return page,
     };
@@ -210,8 +240,7 @@ pub(super) async fn decide_by_link(State(s): State<AppState>, Path(token): Path<
     };
     let decided_by = if link.recipient.is_empty() { "link holder".to_string() } else { link.recipient.clone() };
     let d = Decision { choice: None, decided_by, via: "link".into(), from: from(&ext, &headers), comment, decided_ms: crate::audit::now_ms() };
-    let Some(store) = s.engine.store.approvals() else { return said(StatusCode::NOT_FOUND, "Unknown link", "") };
-    match crate::store::decide(store, &a, &link.choice, approver, d) {
+    match decide(&s, a, link.choice, approver.map(String::from), d).await {
         Ok(Ok(done)) => {
             s.approvals_poke.notify_one();
             said(StatusCode::OK, "Decision recorded", &format!("{} — {}. The run continues.", done.title, done.what_happened()))
@@ -229,14 +258,17 @@ pub(super) async fn list(State(s): State<AppState>, headers: HeaderMap, Query(q)
         Ok(scope) => scope,
         Err(r) => return r,
     };
-    let team = match &scope {
-        Scope::All => q.get("team").map(String::as_str),
-        Scope::Team(t) => Some(t.as_str()),
-    };
-    let Some(store) = s.engine.store.approvals() else { return Json(json!({"approvals": []})).into_response() };
-    let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100usize).min(1000);
-    let filter = ApprovalFilter { team, story: q.get("story").map(String::as_str), all: q.get("all").is_some_and(|v| v == "true" || v == "1"), limit };
-    match store.list_approvals(&filter) {
+    let listed = off_runtime(&s.engine.store, move |st| {
+        let Some(store) = st.approvals() else { return Ok(Vec::new()) };
+        let team = match &scope {
+            Scope::All => q.get("team").map(String::as_str),
+            Scope::Team(t) => Some(t.as_str()),
+        };
+        let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100usize).min(1000);
+        let filter = ApprovalFilter { team, story: q.get("story").map(String::as_str), all: q.get("all").is_some_and(|v| v == "true" || v == "1"), limit };
+        store.list_approvals(&filter)
+    });
+    match listed.await {
         Ok(list) => Json(json!({"approvals": list})).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("run store unavailable: {e:#}")),
     }
@@ -267,14 +299,16 @@ pub(super) async fn decide_by_api(
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("send JSON {{\"choice\": \"…\", \"comment\": \"…\"}}: {e}")),
     };
-    let Some(store) = s.engine.store.approvals() else { return error(StatusCode::NOT_FOUND, "this run store keeps no approvals") };
+    if s.engine.store.approvals().is_none() {
+        return error(StatusCode::NOT_FOUND, "this run store keeps no approvals");
+    }
     let no_such = || {
         error(
             StatusCode::NOT_FOUND,
             format!("run `{}` has no approval step `{}`", crate::invocation::guest_text(&run, 64), crate::invocation::guest_text(&step, 64)),
         )
     };
-    let a = match store.approval(&run, &step) {
+    let a = match approval_at(&s, &run, &step).await {
         Ok(Some(a)) => a,
         Ok(None) => return no_such(),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("run store unavailable: {e:#}")),
@@ -289,7 +323,7 @@ pub(super) async fn decide_by_api(
         comment: body.comment.filter(|c| !c.trim().is_empty()),
         decided_ms: crate::audit::now_ms(),
     };
-    match crate::store::decide(store, &a, &body.choice, approver.as_deref(), d) {
+    match decide(&s, a, body.choice, approver, d).await {
         Ok(Ok(done)) => {
             s.approvals_poke.notify_one();
             Json(json!({"approval": done})).into_response()

@@ -20,7 +20,7 @@ mod slack;
 
 use crate::policy::{Policy, Role};
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::store::RunFilter;
+use crate::store::{off_runtime, RunFilter};
 use crate::story::engine::{Accepted, Creation, Engine, SubmitError};
 use crate::story::Library;
 use axum::body::Bytes;
@@ -351,7 +351,8 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
     };
     // A retry that names its run gets that run; otherwise a request seen before is a replay.
     if let Some(key) = idempotency_key {
-        match s.engine.store.run_by_idempotency_key(story, key) {
+        let (story, key) = (story.to_string(), key.to_string());
+        match off_runtime(&s.engine.store, move |st| st.run_by_idempotency_key(&story, &key)).await {
             Ok(Some(id)) => return (StatusCode::OK, Json(json!({"run_id": id, "status_url": format!("/api/runs/{id}"), "existing": true}))).into_response(),
             Ok(None) => {}
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("run store unavailable: {e:#}")),
@@ -441,26 +442,29 @@ async fn list_runs(State(s): State<AppState>, headers: HeaderMap, Query(q): Quer
     };
     let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(50usize).min(500);
     let offset = q.get("offset").and_then(|l| l.parse().ok()).unwrap_or(0usize);
-    let team = match &scope {
-        Scope::All => q.get("team").map(String::as_str),
-        Scope::Team(t) => Some(t.as_str()),
-    };
     let since_ms = match q.get("since").map(|t| t.parse::<u64>()) {
         None => None,
         Some(Ok(t)) => Some(t),
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "since is a time in Unix milliseconds"),
     };
-    let filter = RunFilter {
-        team,
-        story: q.get("story").map(String::as_str),
-        state: q.get("state").map(String::as_str),
-        trigger: q.get("trigger").map(String::as_str),
-        since_ms,
-        include_children: false,
-        limit,
-        offset,
-    };
-    match s.engine.store.find_runs(&filter) {
+    let listed = off_runtime(&s.engine.store, move |st| {
+        let team = match &scope {
+            Scope::All => q.get("team").map(String::as_str),
+            Scope::Team(t) => Some(t.as_str()),
+        };
+        let filter = RunFilter {
+            team,
+            story: q.get("story").map(String::as_str),
+            state: q.get("state").map(String::as_str),
+            trigger: q.get("trigger").map(String::as_str),
+            since_ms,
+            include_children: false,
+            limit,
+            offset,
+        };
+        st.find_runs(&filter)
+    });
+    match listed.await {
         Ok(runs) => Json(json!({"runs": runs, "limit": limit, "offset": offset})).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -471,16 +475,25 @@ async fn get_run(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<S
         Ok(scope) => scope,
         Err(r) => return r,
     };
-    match s.engine.store.get_run(&id) {
-        // Another team's run is answered as if it did not exist.
-        Ok(Some(run)) if scope == Scope::All || scope == Scope::Team(run.run.team.clone()) => {
-            let team = match &scope {
-                Scope::Team(t) => Some(t.as_str()),
-                Scope::All => None,
-            };
-            let run = crate::store::seen_by(run, team);
+    let team = match &scope {
+        Scope::Team(t) => Some(t.clone()),
+        Scope::All => None,
+    };
+    let read = off_runtime(&s.engine.store, {
+        let id = id.clone();
+        move |st| {
+            let Some(run) = st.get_run(&id)? else { return Ok(None) };
+            // Another team's run is answered as if it did not exist.
+            if team.as_ref().is_some_and(|t| *t != run.run.team) {
+                return Ok(None);
+            }
             // Whether `warden runs replay` can re-execute it, and its steps' recordings.
-            let recordings = crate::store::recordings_seen_by(s.engine.store.as_ref(), &id, team).unwrap_or_default();
+            let recordings = crate::store::recordings_seen_by(st, &id, team.as_deref()).unwrap_or_default();
+            Ok(Some((crate::store::seen_by(run, team.as_deref()), recordings)))
+        }
+    });
+    match read.await {
+        Ok(Some((run, recordings))) => {
             let mut body = serde_json::to_value(&run).unwrap_or_default();
             body["recording"] = json!(crate::store::recording_state(&recordings));
             body["recordings"] = json!(recordings);
@@ -501,7 +514,7 @@ async fn healthz(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics_text(State(s): State<AppState>) -> Response {
-    let unfinished = s.engine.store.count_unfinished().unwrap_or_default();
+    let unfinished = off_runtime(&s.engine.store, |st| st.count_unfinished()).await.unwrap_or_default();
     let body = s.metrics.render(s.engine.invoker.instances(), &unfinished, s.engine.store_health());
     ([("content-type", "text/plain; version=0.0.4")], body).into_response()
 }

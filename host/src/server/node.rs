@@ -128,15 +128,18 @@ impl Queue {
                 list.push(tx);
             }
             // It may have ended before this caller was listed.
-            match self.engine.store.run_summary(id) {
+            let run = id.to_string();
+            let ended = crate::store::off_runtime(&self.engine.store, move |st| match st.run_summary(&run)? {
                 // A run parked for an approval answers its caller now, as waiting.
-                Ok(Some(s)) if [RunState::Succeeded, RunState::Failed, RunState::Waiting].iter().any(|st| s.state == st.as_str()) => {
-                    if let Ok(Some(detail)) = self.engine.store.get_run(id) {
-                        self.waiters.lock().remove(id);
-                        return result_of(&detail);
-                    }
+                Some(s) if [RunState::Succeeded, RunState::Failed, RunState::Waiting].iter().any(|state| s.state == state.as_str()) => st.get_run(&run),
+                _ => Ok(None),
+            });
+            match ended.await {
+                Ok(Some(detail)) => {
+                    self.waiters.lock().remove(id);
+                    return result_of(&detail);
                 }
-                Ok(_) => {}
+                Ok(None) => {}
                 Err(e) => tracing::warn!(run = %id, "cannot read a run a caller waits for: {e:#}; trying again"),
             }
             let _ = tokio::time::timeout(POLL * 5, rx).await;

@@ -148,8 +148,10 @@ pub(super) async fn interactions(State(s): State<AppState>, ext: Extensions, hea
     if !approval::looks_like_token(token) {
         return tell("This button carries no warden approval.".into());
     }
-    let Some(store) = s.engine.store.approvals() else { return answer("No approvals here.".into()) };
-    let (a, link) = match store.approval_by_link(&approval::token_hash(token)) {
+    if s.engine.store.approvals().is_none() {
+        return answer("No approvals here.".into());
+    }
+    let (a, link) = match super::approvals::by_link(&s, approval::token_hash(token)).await {
         Ok(Some(found)) => found,
         Ok(None) => return tell("This approval is not known here.".into()),
         Err(e) => return refused(StatusCode::SERVICE_UNAVAILABLE, &format!("the run store is unavailable: {e}")),
@@ -157,7 +159,7 @@ pub(super) async fn interactions(State(s): State<AppState>, ext: Extensions, hea
     if !link.recipient.is_empty() && link.recipient != who {
         return tell(format!("This button is {}'s to press, not {who}'s.", link.recipient));
     }
-    let approver = if !link.recipient.is_empty() || !a.approvers.is_empty() { Some(who.as_str()) } else { None };
+    let approver = if !link.recipient.is_empty() || !a.approvers.is_empty() { Some(who.clone()) } else { None };
     let team = crate::invocation::guest_text(payload["team"]["id"].as_str().unwrap_or(""), 32);
     let channel = crate::invocation::guest_text(payload["channel"]["id"].as_str().unwrap_or(""), 32);
     let place = format!("Slack team {team}, channel {channel}");
@@ -167,7 +169,7 @@ pub(super) async fn interactions(State(s): State<AppState>, ext: Extensions, hea
     });
     let decided_by = if user_name.is_empty() { who.clone() } else { format!("{who} ({user_name})") };
     let d = Decision { choice: None, decided_by, via: "slack".into(), from, comment: None, decided_ms: crate::audit::now_ms() };
-    match crate::store::decide(store, &a, &link.choice, approver, d) {
+    match super::approvals::decide(&s, a, link.choice, approver, d).await {
         Ok(Ok(done)) => {
             s.approvals_poke.notify_one();
             tracing::info!(run = %done.run, step = %done.step, "approval decided from Slack by {who}");

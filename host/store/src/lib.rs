@@ -663,6 +663,18 @@ fn now_ms() -> u64 {
 /// gauge (finished runs are `warden_runs_finished_total`, a counter).
 pub const UNFINISHED_STATES: [&str; 3] = ["queued", "running", "waiting"];
 
+/// Runs `read` of `store` on tokio's blocking pool, for async callers (the
+/// server's handlers and sweeps): a store's reads block — SQLite's calls, the
+/// PostgreSQL client's wait on its own runtime — and must not hold one of the
+/// runtime's few worker threads while they do.
+pub async fn off_runtime<T: Send + 'static>(
+    store: &std::sync::Arc<dyn Store>,
+    read: impl FnOnce(&dyn Store) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || read(store.as_ref())).await.map_err(|e| anyhow::anyhow!("a run store read stopped: {e}"))?
+}
+
 /// The run store's interface: what the story engine writes (through its
 /// recorder and [`group::GroupCommit`]) and what the server and the CLI read.
 /// [`RunStore`] keeps it in SQLite; tests use stores that fail on demand.

@@ -449,6 +449,13 @@ fn row(r: &RunSummary) -> RunRow {
     }
 }
 
+/// Runs `read` (a page's store reads and the rendering on them) on tokio's
+/// blocking pool: see [`crate::store::off_runtime`].
+async fn off_runtime<T: Send + 'static>(s: &AppState, read: impl FnOnce(&AppState) -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
+    let s = s.clone();
+    tokio::task::spawn_blocking(move || read(&s)).await.map_err(|e| anyhow::anyhow!("a run store read stopped: {e}"))?
+}
+
 /// The runs table and the counts above it (also what a live update sends).
 fn runs_body(s: &AppState, v: &Viewer, q: &RunsQuery) -> anyhow::Result<String> {
     let filter = q.filter(&v.scope);
@@ -469,7 +476,8 @@ async fn runs_page(State(s): State<AppState>, headers: HeaderMap, Query(q): Quer
     if let Some(why) = q.invalid() {
         return said(StatusCode::BAD_REQUEST, "Not a filter", &why);
     }
-    let body = match runs_body(&s, &v, &q) {
+    let (viewer, query) = (v.clone(), q.clone());
+    let body = match off_runtime(&s, move |s| runs_body(s, &viewer, &query)).await {
         Ok(b) => b,
         Err(e) => return store_down(e),
     };
@@ -696,7 +704,8 @@ async fn run_page(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<
         Ok(v) => v,
         Err(r) => return r,
     };
-    match run_body(&s, &v, &id) {
+    let (viewer, run) = (v.clone(), id.clone());
+    match off_runtime(&s, move |s| run_body(s, &viewer, &run)).await {
         Ok(Some((body, ended))) => {
             let live = (!ended)
                 .then(|| format!("/console/live?run={}&seen={}", url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>(), digest(&body)));
@@ -754,16 +763,15 @@ async fn live(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<Liv
             if started.elapsed() > STREAM_LIFETIME {
                 return None;
             }
-            let (name, body, ended) = match &q.run {
-                Some(id) => match run_body(&s, &v, id) {
-                    Ok(Some((body, ended))) => ("run", body, ended),
-                    Ok(None) => return None,
-                    Err(_) => ("", String::new(), false),
-                },
-                None => match runs_body(&s, &v, &q.runs) {
-                    Ok(body) => ("runs", body, false),
-                    Err(_) => ("", String::new(), false),
-                },
+            let (viewer, run, runs) = (v.clone(), q.run.clone(), q.runs.clone());
+            let drawn = off_runtime(&s, move |s| match &run {
+                Some(id) => Ok(run_body(s, &viewer, id)?.map(|(body, ended)| ("run", body, ended))),
+                None => Ok(Some(("runs", runs_body(s, &viewer, &runs)?, false))),
+            });
+            let (name, body, ended) = match drawn.await {
+                Ok(Some(drawn)) => drawn,
+                Ok(None) => return None,
+                Err(_) => ("", String::new(), false),
             };
             if !name.is_empty() {
                 let h = digest(&body);
@@ -789,12 +797,19 @@ async fn approvals_page(State(s): State<AppState>, headers: HeaderMap) -> Respon
         Ok(v) => v,
         Err(r) => return r,
     };
-    let Some(store) = s.engine.store.approvals() else { return not_found("approvals page: this run store keeps no approvals") };
-    let team = match &v.scope {
-        Scope::All => None,
-        Scope::Team(t) => Some(t.as_str()),
-    };
-    let pending = match store.list_approvals(&ApprovalFilter { team, story: None, all: false, limit: 200 }) {
+    if s.engine.store.approvals().is_none() {
+        return not_found("approvals page: this run store keeps no approvals");
+    }
+    let scope = v.scope.clone();
+    let listed = off_runtime(&s, move |s| {
+        let Some(store) = s.engine.store.approvals() else { return Ok(Vec::new()) };
+        let team = match &scope {
+            Scope::All => None,
+            Scope::Team(t) => Some(t.as_str()),
+        };
+        store.list_approvals(&ApprovalFilter { team, story: None, all: false, limit: 200 })
+    });
+    let pending = match listed.await {
         Ok(list) => list.iter().map(|a| pending_view(a, &v.scope)).collect::<Vec<_>>(),
         Err(e) => return store_down(e),
     };
@@ -824,8 +839,11 @@ async fn decide(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let Some(store) = s.engine.store.approvals() else { return not_found("approval") };
-    let a = match store.approval(&run, &step) {
+    if s.engine.store.approvals().is_none() {
+        return not_found("approval");
+    }
+    let found = off_runtime(&s, move |s| s.engine.store.approvals().map_or(Ok(None), |store| store.approval(&run, &step)));
+    let a = match found.await {
         Ok(Some(a)) => a,
         Ok(None) => return not_found("such approval"),
         Err(e) => return store_down(e),
@@ -840,7 +858,7 @@ async fn decide(
     // that could not be answered (a newline, a control character) must not
     // turn a decision already taken into an error page.
     let back = back_to(form.get("back"));
-    match crate::store::decide(store, &a, &choice, approver.as_deref(), d) {
+    match super::approvals::decide(&s, a, choice, approver, d).await {
         Ok(Ok(_)) => {
             s.approvals_poke.notify_one();
             Redirect::to(&back).into_response()
@@ -881,10 +899,14 @@ async fn stories_page(State(s): State<AppState>, headers: HeaderMap) -> Response
     let mut stories = Vec::new();
     for (name, st) in s.engine.library.stories.iter().filter(|(_, st)| sees_team(&v.scope, &st.team)) {
         let trigger = s.policy.triggers.get(name);
-        let filter = RunFilter { story: Some(name), limit: 5, ..Default::default() };
-        let (recent, counts) = match (s.engine.store.find_runs(&filter), s.engine.store.count_runs(&filter)) {
-            (Ok(r), Ok(c)) => (r, c),
-            (Err(e), _) | (_, Err(e)) => return store_down(e),
+        let story = name.clone();
+        let read = off_runtime(&s, move |s| {
+            let filter = RunFilter { story: Some(&story), limit: 5, ..Default::default() };
+            Ok((s.engine.store.find_runs(&filter)?, s.engine.store.count_runs(&filter)?))
+        });
+        let (recent, counts) = match read.await {
+            Ok(read) => read,
+            Err(e) => return store_down(e),
         };
         let count = |state: &str| counts.iter().filter(|(k, _)| k == state).map(|(_, n)| *n).sum::<u64>();
         let succeeded = count("succeeded");
