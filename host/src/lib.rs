@@ -6,27 +6,24 @@
 //! `log`, `clock`) → each capability's `check` against the [`policy`] → the
 //! wire → [`audit`] (what happened, without secrets) → [`store`] (the run's record).
 //!
-//! Floors, bottom up, each floor below `story` a crate of its own under
-//! `host/`: `warden-policy` (the policy, `limits`, `located` — plain
-//! configuration data) and `warden-eval` (the template languages) →
-//! `warden-sandbox` (`invocation`, `audit`, `recording`, `capability`,
-//! `vetting`, `runtime`, `explain`) → `warden-store` (`store`, `approval`) →
-//! here: `story` → `tines`, `telemetry` → `server` → `cli` (the binary). An
-//! import back up into a lower crate is a compile error; within this crate,
-//! `farm-studio look` shows no circle and no arrow back up. The story engine
+//! Floors, bottom up, each a crate of its own under `host/`:
+//! `warden-policy` (the policy, `limits`, `located` — plain configuration
+//! data) and `warden-eval` (the template languages) → `warden-sandbox`
+//! (`invocation`, `audit`, `recording`, `capability`, `vetting`, `runtime`,
+//! `explain`) → `warden-store` (`store`, `approval`) → `warden-engine`
+//! (`story`: the story engine) → `warden-tines` (`tines`) and
+//! `warden-server` (`server`, `telemetry`) → this crate (the binary, `cli`).
+//! An import back up into a lower crate is a compile error. The story engine
 //! gets trace context through `story::observe::TraceContext`.
 
-// Handlers answer an early refusal as an axum `Response` in `Err` (the idiom
-// of the server); it is made once per request and never stored.
-#![allow(clippy::result_large_err)]
+// Each floor is a crate of its own under `host/`: an import back up into a
+// lower one is a compile error. This crate (the `warden` binary's library)
+// re-exports them under the names the command line, the tests and the
+// benchmarks use.
+pub use warden_engine::story;
+pub use warden_server::{server, telemetry};
+pub use warden_tines::tines;
 
-pub mod server;
-pub mod story;
-pub mod telemetry;
-pub mod tines;
-
-// The floors below are crates of their own (host/policy, host/sandbox,
-// host/store): an import back up into them is a compile error.
 pub use warden_policy as policy;
 pub use warden_policy::{limits, located};
 pub use warden_sandbox::{audit, bindings, capability, explain, invocation, recording, runtime, vetting};
