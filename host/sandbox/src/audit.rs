@@ -5,9 +5,11 @@
 use crate::invocation::InvocationInfo;
 use serde::{Deserialize, Serialize};
 
+/// What the policy said of a call (an approval's decision by a person is
+/// `approval::Decision` in the store, a different thing).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum Decision {
+pub enum Verdict {
     Allowed,
     Denied,
 }
@@ -26,7 +28,7 @@ pub struct AuditRecord {
     pub method: String,
     /// The URL as the guest asked for it, with any secret spelling redacted.
     pub url: String,
-    pub decision: Decision,
+    pub decision: Verdict,
     /// The rule that decided: the allow rule's text, or the name of the denying check.
     pub rule: String,
     /// Why it was denied, or how it failed after being allowed.
@@ -75,7 +77,7 @@ impl AuditRecord {
             invocation: invocation.clone(),
             method,
             url,
-            decision: Decision::Denied,
+            decision: Verdict::Denied,
             rule: String::new(),
             reason: None,
             credential: None,

@@ -14,7 +14,7 @@
 //! string (only the URL's origin and path are sent), and the deciding rule of
 //! a denial. The same goes for the webhook span: story and status, no headers.
 
-use crate::audit::{AuditRecord, Decision};
+use crate::audit::{AuditRecord, Verdict};
 use crate::policy::TelemetryConfig;
 use crate::story::observe::{Event, Observer};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
@@ -195,8 +195,8 @@ pub fn call_attributes(r: &AuditRecord) -> Vec<KeyValue> {
         KeyValue::new(
             "warden.decision",
             match r.decision {
-                Decision::Allowed => "allowed",
-                Decision::Denied => "denied",
+                Verdict::Allowed => "allowed",
+                Verdict::Denied => "denied",
             },
         ),
         KeyValue::new("warden.rule", r.rule.clone()),
@@ -313,7 +313,7 @@ impl Observer for Telemetry {
                     .with_start_time(at(record.at_ms))
                     .with_attributes(call_attributes(record))
                     .start_with_context(&self.tracer, &Context::new().with_remote_span_context(parent));
-                if record.decision == Decision::Denied {
+                if record.decision == Verdict::Denied {
                     span.set_status(Status::error(format!("denied by {}", record.rule)));
                 }
                 span.end_with_timestamp(at(record.at_ms + record.duration_ms));

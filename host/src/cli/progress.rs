@@ -56,7 +56,7 @@ impl Observer for Progress {
             Event::RunFinished { story, state, elapsed, depth, .. } => {
                 writeln!(out, "{}■ story {story} {state} in {}", "  ".repeat(*depth), secs(*elapsed))
             }
-            Event::Audit { step, record, .. } if record.decision == warden::audit::Decision::Denied => {
+            Event::Audit { step, record, .. } if record.decision == warden::audit::Verdict::Denied => {
                 writeln!(out, "      {step}: denied {} {} ({})", record.method, record.url, record.rule)
             }
             Event::Audit { .. } | Event::Invoked { .. } => Ok(()),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use warden::runtime::{Runtime, RuntimeConfig};
 use warden::story::engine::{Engine, Observer, Quiet};
 use warden::story::invoke::{Invoke, PolicyInvoker};
-use warden::story::{Library, StepKind};
+use warden::story::{Body, Library, StepKind};
 
 #[derive(Subcommand)]
 pub enum StoryCmd {
@@ -101,9 +101,9 @@ pub async fn run(cmd: StoryCmd) -> anyhow::Result<ExitCode> {
             library.check(&policy)?;
             let refused = refused_plugins(policy, &library).await?;
             for s in library.stories.values() {
-                match &s.graph {
-                    Some(g) => println!("ok {} ({}, team {}, a graph of {} agents)", s.name, s.file.display(), s.team, g.agents.len()),
-                    None => println!("ok {} ({}, team {}, {} steps)", s.name, s.file.display(), s.team, s.steps.len()),
+                match &s.body {
+                    Body::Graph(g) => println!("ok {} ({}, team {}, a graph of {} agents)", s.name, s.file.display(), s.team, g.agents.len()),
+                    Body::Steps(b) => println!("ok {} ({}, team {}, {} steps)", s.name, s.file.display(), s.team, b.steps.len()),
                 }
             }
             if refused.is_empty() {

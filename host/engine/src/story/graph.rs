@@ -280,7 +280,7 @@ fn needs_rendering(v: &Value, formulas: bool) -> bool {
 /// webhook's `response` rendered against the request (`{entry: body}`), with
 /// `response_code` (default 201). `None`: the usual `202 {run_id}`.
 pub fn webhook_response(story: &Story, input: &Value, run_id: &str, resources: &Map<String, Value>) -> Option<Result<(u16, Value), String>> {
-    let graph = story.graph.as_ref()?;
+    let graph = story.graph()?;
     let entry = &graph.agents[graph.entry];
     if !matches!(entry.kind, AgentKind::Webhook) {
         return None;

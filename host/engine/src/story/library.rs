@@ -122,7 +122,7 @@ impl Library {
                                 s.id, callee.team, story.team, story.team
                             ),
                         }),
-                        Some(_) if story.graph.is_some() && self.waits(name, 0) => errors.push(StoryError {
+                        Some(_) if story.graph().is_some() && self.waits(name, 0) => errors.push(StoryError {
                             file: file.clone(),
                             line: s.line,
                             message: format!(
@@ -139,7 +139,7 @@ impl Library {
                                 s.id
                             ),
                         }),
-                        Some(_) if story.fallbacks.iter().any(|f| f.id == s.id) && self.waits(name, 0) => errors.push(StoryError {
+                        Some(_) if story.steps().is_some_and(|b| b.fallbacks.iter().any(|f| f.id == s.id)) && self.waits(name, 0) => errors.push(StoryError {
                             file: file.clone(),
                             line: s.line,
                             message: format!(
@@ -177,7 +177,7 @@ impl Library {
         let Some(story) = self.stories.get(name) else { return false };
         // Deeper than any real chain: a cycle, refused on its own.
         depth < 32
-            && story.steps.iter().any(|s| match &s.kind {
+            && story.steps().into_iter().flat_map(|b| &b.steps).any(|s| match &s.kind {
                 StepKind::Approval(_) => true,
                 StepKind::Story(callee) => self.waits(callee, depth + 1),
                 _ => false,

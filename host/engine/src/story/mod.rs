@@ -129,28 +129,64 @@ pub struct Story {
     pub description: String,
     pub team: String,
     pub input_schema: Value,
-    pub steps: Vec<Step>,
-    pub fallbacks: Vec<Step>,
-    pub output: Option<Value>,
     /// Teams (other than its own) that may call this story as a sub-story.
     pub allow_callers: Vec<String>,
-    /// A graph story (Tines' events) instead of steps: see [`graph`].
-    pub graph: Option<graph::Graph>,
+    /// What it runs.
+    pub body: Body,
     pub file: PathBuf,
     pub line: u64,
 }
 
-impl Story {
+/// What a story runs: one kind or the other, never fields of both.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// `steps:` in order (with fallbacks and an `output:`), run by [`engine`].
+    Steps(Steps),
+    /// `graph:` agents and the events between them (Tines' model): see [`graph`].
+    Graph(graph::Graph),
+}
+
+/// A story of steps.
+#[derive(Debug, Clone, Default)]
+pub struct Steps {
+    pub steps: Vec<Step>,
+    /// Steps that stand in for a failed one (`on_error: <fallback id>`).
+    pub fallbacks: Vec<Step>,
+    /// The run's output (templates over the steps); `None`: the last step's.
+    pub output: Option<Value>,
+}
+
+impl Steps {
     pub fn fallback(&self, id: &str) -> Option<&Step> {
         self.fallbacks.iter().find(|s| s.id == id)
     }
+}
 
-    /// Every step that may run: the steps, the fallbacks, and a graph's
+impl Story {
+    /// The steps of a story of steps (`None` for a graph story).
+    pub fn steps(&self) -> Option<&Steps> {
+        match &self.body {
+            Body::Steps(s) => Some(s),
+            Body::Graph(_) => None,
+        }
+    }
+
+    /// The graph of a graph story (`None` for a story of steps).
+    pub fn graph(&self) -> Option<&graph::Graph> {
+        match &self.body {
+            Body::Graph(g) => Some(g),
+            Body::Steps(_) => None,
+        }
+    }
+
+    /// Every step that may run: the steps and the fallbacks, or a graph's
     /// agents that run a plugin or a story (for the checks and preloading
     /// that look at what a story uses).
-    pub fn all_steps(&self) -> impl Iterator<Item = &Step> {
-        let agents = self.graph.iter().flat_map(|g| g.agents.iter().filter_map(|a| a.step.as_ref()));
-        self.steps.iter().chain(&self.fallbacks).chain(agents)
+    pub fn all_steps(&self) -> Box<dyn Iterator<Item = &Step> + '_> {
+        match &self.body {
+            Body::Steps(s) => Box::new(s.steps.iter().chain(&s.fallbacks)),
+            Body::Graph(g) => Box::new(g.agents.iter().filter_map(|a| a.step.as_ref())),
+        }
     }
 }
 
@@ -384,21 +420,28 @@ pub fn parse(text: &str, file: &Path) -> Result<Story, StoryErrors> {
         ));
     }
     let story_line = raw.name.referenced.line();
-    let graph = match &raw.graph {
-        None => None,
+    let body = match &raw.graph {
+        None => Body::Steps(Steps { steps, fallbacks, output: raw.output }),
         Some(_) if !steps.is_empty() || !fallbacks.is_empty() => {
             errors.push(err(story_line, format!("story `{name}` has both steps and a graph; a story is one or the other")));
-            None
+            Body::Steps(Steps::default())
+        }
+        Some(_) if raw.output.is_some() => {
+            errors.push(err(
+                story_line,
+                format!("story `{name}`: `output:` belongs to a story of steps; a graph story's output is the event its exit agent emits (remove `output:`)"),
+            ));
+            Body::Steps(Steps::default())
         }
         Some(g) => match graph::convert(g, story_line) {
-            Ok(g) => Some(g),
+            Ok(g) => Body::Graph(g),
             Err(es) => {
                 errors.extend(es.into_iter().map(|(line, m)| err(line, m)));
-                None
+                Body::Steps(Steps::default())
             }
         },
     };
-    if steps.is_empty() && raw.graph.is_none() && errors.is_empty() {
+    if matches!(&body, Body::Steps(s) if s.steps.is_empty()) && errors.is_empty() {
         errors.push(err(story_line, format!("story `{name}` has no steps")));
     }
     if let Some(schema) = &raw.input {
@@ -411,11 +454,8 @@ pub fn parse(text: &str, file: &Path) -> Result<Story, StoryErrors> {
         description: raw.description,
         team: raw.team.unwrap_or_else(|| "default".into()),
         input_schema: raw.input.unwrap_or(Value::Null),
-        steps,
-        fallbacks,
-        output: raw.output,
         allow_callers: raw.allow_callers,
-        graph,
+        body,
         file: file.to_path_buf(),
         line: raw.name.referenced.line(),
     };
@@ -427,19 +467,21 @@ pub fn parse(text: &str, file: &Path) -> Result<Story, StoryErrors> {
     }
 }
 
-/// Template syntax and step references within one story.
+/// Template syntax and step references within one story of steps (a graph
+/// story's are checked by [`graph::convert`]).
 fn check_references(story: &Story, errors: &mut Vec<StoryError>) {
+    let Body::Steps(body) = &story.body else { return };
     let file = story.file.display().to_string();
-    let ids: Vec<&str> = story.steps.iter().map(|s| s.id.as_str()).collect();
+    let ids: Vec<&str> = body.steps.iter().map(|s| s.id.as_str()).collect();
     let mut seen = BTreeSet::new();
-    for s in story.steps.iter().chain(&story.fallbacks) {
+    for s in body.steps.iter().chain(&body.fallbacks) {
         if !seen.insert(s.id.as_str()) {
             errors.push(StoryError { file: file.clone(), line: s.line, message: format!("duplicate step id `{}`; ids must be unique in a story", s.id) });
         }
     }
-    let fallback_ids: Vec<&str> = story.fallbacks.iter().map(|s| s.id.as_str()).collect();
+    let fallback_ids: Vec<&str> = body.fallbacks.iter().map(|s| s.id.as_str()).collect();
     // `approval.<id>.links…` may be read anywhere, before the approval runs too.
-    let approval_ids: Vec<&str> = story.steps.iter().filter(|s| matches!(s.kind, StepKind::Approval(_))).map(|s| s.id.as_str()).collect();
+    let approval_ids: Vec<&str> = body.steps.iter().filter(|s| matches!(s.kind, StepKind::Approval(_))).map(|s| s.id.as_str()).collect();
     let check = |line: u64, owner: &str, earlier: &[&str], full: &str, roots: &[&str], errors: &mut Vec<StoryError>| {
         let text = template::excerpt(full);
         let text = text.as_str();
@@ -490,7 +532,7 @@ fn check_references(story: &Story, errors: &mut Vec<StoryError>) {
             }
         }
     };
-    for (i, s) in story.steps.iter().enumerate() {
+    for (i, s) in body.steps.iter().enumerate() {
         let earlier = &ids[..i];
         let owner = format!("step `{}`", s.id);
         let mut roots = vec!["input", "steps", "run"];
@@ -524,14 +566,14 @@ fn check_references(story: &Story, errors: &mut Vec<StoryError>) {
             }
         }
     }
-    for f in &story.fallbacks {
+    for f in &body.fallbacks {
         let owner = format!("fallback `{}`", f.id);
         for t in step_templates(f) {
             // A fallback may read any step (it runs when one fails) and the error.
             check(f.line, &owner, &ids, &t, &["input", "steps", "run", "error", "item", "index"], errors);
         }
     }
-    if let Some(out) = &story.output {
+    if let Some(out) = &body.output {
         let mut texts = Vec::new();
         template::strings(out, &mut texts);
         for t in texts {

@@ -627,3 +627,18 @@ fn an_input_schema_keyword_that_would_go_unchecked_is_refused_at_load() {
     assert!(e.contains("n: maximum must be a number"), "{e}");
     parse("name: s\ninput: {type: object, additionalProperties: false, properties: {n: {type: integer, minimum: 1}}}\nsteps:\n  - id: a\n    transform: {set: {}}\n", Path::new("s.yaml")).unwrap();
 }
+
+#[test]
+fn a_story_is_steps_or_a_graph_and_keeps_only_that_kinds_fields() {
+    let graph = "name: g\ngraph:\n  agents:\n    - id: start\n      kind: webhook\n";
+    let g = parse(graph, Path::new("g.yaml")).unwrap();
+    assert!(g.graph().is_some() && g.steps().is_none());
+    let s = parse(TWO_STEPS, Path::new("s.yaml")).unwrap();
+    assert!(s.steps().is_some_and(|b| b.steps.len() == 2) && s.graph().is_none());
+    // `output:` is a story of steps' own: on a graph story it would be dropped, so it is refused.
+    let e = bad(&format!("{graph}output: '{{{{ input }}}}'\n"));
+    assert!(e.contains("g.yaml:1") || e.contains("s.yaml:1"), "{e}");
+    assert!(e.contains("`output:` belongs to a story of steps") && e.contains("remove `output:`"), "{e}");
+    let e = bad(&format!("{graph}steps:\n  - id: a\n    transform: {{set: {{x: 1}}}}\n"));
+    assert!(e.contains("has both steps and a graph"), "{e}");
+}

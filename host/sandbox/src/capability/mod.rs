@@ -17,7 +17,7 @@ pub mod log;
 pub mod smtp;
 pub mod taped;
 
-use crate::audit::{AuditRecord, Decision};
+use crate::audit::{AuditRecord, Verdict};
 use crate::bindings::warden::action;
 use crate::invocation::{CpuMeter, InvocationInfo, LogLine};
 use crate::policy::Grant;
@@ -75,7 +75,7 @@ impl CallState {
     /// against `limits.denials`, and past it the returned trap stops the
     /// invocation (the host call must return it).
     pub fn answered(&mut self, record: AuditRecord, started: Instant) -> wasmtime::Result<()> {
-        if record.decision == Decision::Denied {
+        if record.decision == Verdict::Denied {
             self.denials += 1;
         }
         self.keep(record, started);
@@ -139,7 +139,7 @@ impl LateAudit {
     /// `position` ordinary records; returns its slot.
     fn open(&self, record: &AuditRecord, position: usize) -> usize {
         let mut provisional = record.clone();
-        provisional.decision = Decision::Allowed;
+        provisional.decision = Verdict::Allowed;
         provisional.reason = Some("the invocation ended before this request was answered".into());
         let mut late = self.0.lock().unwrap_or_else(|p| p.into_inner());
         late.records.push((position, provisional));
@@ -149,7 +149,7 @@ impl LateAudit {
     /// The final form of the record in `slot`.
     pub fn close(&self, slot: usize, record: AuditRecord) {
         let mut late = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if record.decision == Decision::Denied {
+        if record.decision == Verdict::Denied {
             late.denied += 1;
         }
         if let Some((_, r)) = late.records.get_mut(slot) {

@@ -4,7 +4,7 @@
 //! secret and a replay needs no network.
 
 use super::http::delivered::Delivered;
-use crate::audit::{AuditRecord, Decision};
+use crate::audit::{AuditRecord, Verdict};
 use crate::bindings::warden::action::http::HttpError;
 use crate::recording::{Body, BodyOut, Call, HttpAnswer, HttpAnswerOut, HttpRequest, HttpRequestOut};
 
@@ -75,8 +75,8 @@ pub fn audit_replayed(record: &mut AuditRecord, call: &Call) {
     record.rule = "replay".into();
     record.reason = Some("answered from the recording; nothing left the host".into());
     record.decision = match call {
-        Call::Http { answer: HttpAnswer::Error { kind, .. }, .. } if kind == "denied" => Decision::Denied,
-        _ => Decision::Allowed,
+        Call::Http { answer: HttpAnswer::Error { kind, .. }, .. } if kind == "denied" => Verdict::Denied,
+        _ => Verdict::Allowed,
     };
     if let Call::Http { answer: HttpAnswer::Response { status, .. }, .. } = call {
         record.status = Some(*status);

@@ -506,7 +506,7 @@ fn name_the_refusal(outcome: Result<String, InvokeError>, audit: &[AuditRecord])
     let Err(mut error) = outcome else { return outcome };
     // (A missing credential value is explained in the operator's audit record
     // only: where it should have come from stays out of step errors.)
-    let refusal = audit.iter().rev().find(|r| r.capability == "http" && r.decision == crate::audit::Decision::Denied && r.rule != "credential-value");
+    let refusal = audit.iter().rev().find(|r| r.capability == "http" && r.decision == crate::audit::Verdict::Denied && r.rule != "credential-value");
     let (Some(record), Some(message)) = (
         refusal,
         match &mut error {

@@ -1,7 +1,7 @@
 //! Prometheus metrics for `warden serve`: runs by state, step durations,
 //! egress denials by rule, webhook answers, and instance pool use.
 
-use crate::audit::Decision;
+use crate::audit::Verdict;
 use crate::story::engine::{Event, Observer};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -162,7 +162,7 @@ impl Observer for MetricsObserver<'_> {
                     tracing::info!(run = %run, step = %step, state = %state, kind = %err.kind, "step {state}: {}", err.message);
                 }
             }
-            Event::Audit { record, .. } if record.decision == Decision::Denied => {
+            Event::Audit { record, .. } if record.decision == Verdict::Denied => {
                 *self.0.denials.lock().unwrap().entry(record.rule.clone()).or_default() += 1;
             }
             // The trace fields are absent when the run is not traced.

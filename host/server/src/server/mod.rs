@@ -394,7 +394,7 @@ async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMa
         }
     };
     let run_id = run.id.clone();
-    let graph_response = run.story.graph.is_some().then(|| (run.story.clone(), run.input.clone()));
+    let graph_response = run.story.graph().is_some().then(|| (run.story.clone(), run.input.clone()));
     if let (Some(t), Some(parent)) = (&s.telemetry, trace) {
         t.adopt(&run_id, parent, "webhook");
     }

@@ -280,7 +280,7 @@ async fn a_webhook_run_appears_live_and_its_hunt_shows_every_call() {
     // Stories and policy pages, for the record.
     c.goto(&format!("{}/console/stories", ex.base)).await.unwrap();
     let graph = c.find_all(Locator::Css("#story-threat-hunt svg.graph g.node")).await.unwrap();
-    assert_eq!(graph.len(), ex.engine.library.get("threat-hunt").unwrap().steps.len(), "one node per step");
+    assert_eq!(graph.len(), ex.engine.library.get("threat-hunt").unwrap().steps().expect("a story of steps").steps.len(), "one node per step");
     let hook = text_of(&c, "#story-threat-hunt dd code").await.unwrap();
     assert_eq!(hook, format!("POST {}/webhooks/threat-hunt", ex.base));
     c.execute("document.querySelector('#story-threat-hunt').scrollIntoView({block: 'start'}); return 1;", vec![]).await.unwrap();

@@ -3,7 +3,7 @@
 //! Mailgun simulators.
 
 use serde_json::{json, Value};
-use warden::audit::Decision;
+use warden::audit::Verdict;
 use warden::InvokeError;
 use warden_e2e::{everything, output, policy, run, runtime, SmtpServer};
 use warden_sim::mail;
@@ -89,7 +89,7 @@ async fn an_email_reaches_a_real_smtp_server_with_both_parts_and_a_clickable_lin
     assert_eq!(m["message_id"], out["message_id"]);
 
     let a = report.audit.iter().find(|a| a.capability == "smtp").unwrap();
-    assert_eq!(a.decision, Decision::Allowed);
+    assert_eq!(a.decision, Verdict::Allowed);
     assert_eq!(a.recipient_domains.as_ref().unwrap()["corp.example"], 3);
     assert!(!everything(&report).contains("WS-ALICE-01, WS-BOB-07"), "the audit must not carry the body");
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 use std::sync::Arc;
-use warden::audit::Decision;
+use warden::audit::Verdict;
 use warden::capability::http::resolve::StaticResolver;
 use warden::InvokeError;
 use warden_e2e::{everything, output, policy, run, runtime};
@@ -60,7 +60,7 @@ async fn an_allowed_call_succeeds_and_is_audited() {
     assert_eq!(rec.paths(), vec!["/json"]);
     assert_eq!(report.audit.len(), 1);
     let a = &report.audit[0];
-    assert_eq!(a.decision, Decision::Allowed);
+    assert_eq!(a.decision, Verdict::Allowed);
     assert_eq!(a.rule, format!("GET http://127.0.0.1:{}/**", srv.port()));
     assert_eq!(a.status, Some(200));
     assert_eq!(a.plugin, "probe");
@@ -108,7 +108,7 @@ async fn each_rule_part_denies_and_the_audit_names_the_rule() {
         let out = output(&report);
         assert_eq!(error_kind(&out), "denied", "{what}: {out}");
         assert_eq!(report.audit.len(), 1, "{what}");
-        assert_eq!(report.audit[0].decision, Decision::Denied, "{what}");
+        assert_eq!(report.audit[0].decision, Verdict::Denied, "{what}");
         assert_eq!(report.audit[0].rule, "default-deny", "{what}");
         assert!(report.audit[0].reason.as_deref().unwrap().contains("add a rule"), "{what}");
     }

@@ -26,7 +26,7 @@ impl Engine {
     /// Each link's token is a placeholder sealed to the run tree `root`
     /// ([`approval::placeholder`]); only egress puts the token in its place.
     pub(super) fn add_approval_links(&self, story: &Story, run: &str, root: &str, ctx: &mut Context) -> Result<(), StepError> {
-        let mut specs = story.steps.iter().filter_map(|s| match &s.kind {
+        let mut specs = story.steps().into_iter().flat_map(|b| &b.steps).filter_map(|s| match &s.kind {
             StepKind::Approval(spec) => Some((s.id.as_str(), spec)),
             _ => None,
         });

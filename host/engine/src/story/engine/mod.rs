@@ -20,7 +20,7 @@ use crate::store::{NewRun, Store};
 use crate::story::recorder::{Recorder, StepAt, StoreHealth};
 pub use crate::story::state::{ErrorKind, RunResult, RunState, StepError, StepState};
 use crate::story::template::{render_str, render_value, truthy, Bindings};
-use crate::story::{schema, Library, OnError, Step, StepKind, Story};
+use crate::story::{schema, Body, Library, OnError, Step, StepKind, Story};
 use futures::stream::{FuturesOrdered, StreamExt};
 use serde_json::{json, Value};
 use std::future::Future;
@@ -375,10 +375,11 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     async fn run_steps(&self, story: &Story, run_id: &str, root: &str, input: Value, depth: usize, observer: &dyn Observer, resume: Resume) -> RunOutcome {
         self.recorder.start_run(run_id);
-        if let Some(graph) = &story.graph {
+        let body = match &story.body {
+            Body::Steps(body) => body,
             // A graph run resumes from its own record (see engine/graph.rs), not from a step index.
-            return self.run_graph(story, graph, run_id, root, input, depth, observer, resume.resumed).await;
-        }
+            Body::Graph(graph) => return self.run_graph(story, graph, run_id, root, input, depth, observer, resume.resumed).await,
+        };
         let mut ctx = Context::new(run_id, story, &input);
         self.add_approval_links(story, run_id, root, &mut ctx).map_err(|e| (None, e))?;
         let mut last_output = Value::Null;
@@ -386,7 +387,7 @@ impl Engine {
             ctx.set_step(id, *status, output.clone(), error.as_ref());
             last_output = output.clone();
         }
-        for (i, step) in story.steps.iter().enumerate().skip(resume.from) {
+        for (i, step) in body.steps.iter().enumerate().skip(resume.from) {
             // A resumed step continues its attempt count, so the retry policy holds across restarts.
             let first_attempt = if i == resume.from { resume.attempts_used + 1 } else { 1 };
             let waiting_child = if i == resume.from { resume.waiting_child.as_deref() } else { None };
@@ -397,7 +398,7 @@ impl Engine {
                 Err(e) => return Err((Some(step.id.clone()), e)),
             }
         }
-        match &story.output {
+        match &body.output {
             Some(template) => {
                 render_value(template, &ctx.bindings).map_err(|e| (Some("output".to_string()), StepError::new(ErrorKind::Template, format!("output: {e}"))))
             }
@@ -457,7 +458,7 @@ impl Engine {
                 Ok(None)
             }
             OnError::Fallback(name) => {
-                let fb = sr.story.fallback(name).expect("checked at load");
+                let fb = sr.story.steps().and_then(|b| b.fallback(name)).expect("checked at load");
                 let fctx = ctx.bindings.with("error", &json!({"step": step.id, "kind": e.kind, "message": e.message}));
                 let fsr = StepRun { step: fb, ..*sr };
                 let out = self.attempts(&fsr, &fctx, None, 1).await.map_err(|fe| match fe.kind {

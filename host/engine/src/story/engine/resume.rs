@@ -103,7 +103,7 @@ impl Engine {
             }
         }
         let mut resume = Resume { resumed: true, ..Resume::default() };
-        for step in &story.steps {
+        for step in story.steps().into_iter().flat_map(|b| &b.steps) {
             let row = detail.steps.iter().find(|r| r.step_id == step.id && r.item.is_none());
             let Some(r) = row else { break };
             match StepState::parse(&r.state) {

@@ -21,7 +21,7 @@ pub mod transport;
 pub mod wasi;
 
 use super::{taped, CallState, Capabilities, Denial};
-use crate::audit::{AuditRecord, Decision};
+use crate::audit::{AuditRecord, Verdict};
 use crate::bindings::warden::action::http;
 use crate::invocation::guest_text;
 use crate::limits::Bytes;
@@ -161,7 +161,7 @@ impl http::Host for Capabilities {
 }
 
 fn denied(record: &mut AuditRecord, d: Denial) -> http::HttpError {
-    record.decision = Decision::Denied;
+    record.decision = Verdict::Denied;
     record.rule = d.rule;
     record.reason = Some(d.reason.clone());
     http::HttpError::Denied(d.reason)
@@ -424,6 +424,6 @@ pub async fn deliver(a: Admitted, mut body: Option<Vec<u8>>, record: &mut AuditR
             Denial::new("redaction", "the response carries an approval link's token in a form warden cannot redact; refused whole".into()),
         ));
     }
-    record.decision = Decision::Allowed;
+    record.decision = Verdict::Allowed;
     Ok(Delivered { status: response.status, headers, body })
 }

@@ -26,7 +26,7 @@
 //!   wall-clock limit ends it with the guest.
 
 use super::{admit, deliver, Delivered, Outgoing};
-use crate::audit::Decision;
+use crate::audit::Verdict;
 use crate::bindings::warden::action::http::HttpError;
 use crate::capability::{taped, Capabilities};
 use crate::limits::Bytes;
@@ -271,7 +271,7 @@ async fn read_body(body: WasiBody, cap: u64, deadline: Instant) -> Result<Buf, B
 }
 
 fn body_failure(record: &mut crate::audit::AuditRecord, rule: &str, reason: String, too_large: bool) -> HttpError {
-    record.decision = Decision::Denied;
+    record.decision = Verdict::Denied;
     if record.rule.is_empty() || too_large {
         record.rule = rule.to_string();
     }

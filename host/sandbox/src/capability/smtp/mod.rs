@@ -7,7 +7,7 @@ pub mod check;
 pub mod relay;
 
 use super::Capabilities;
-use crate::audit::Decision;
+use crate::audit::Verdict;
 use crate::bindings::warden::action::smtp;
 use crate::recording::{locked, Call, Tape};
 use check::{Draft, MailError};
@@ -72,7 +72,7 @@ impl smtp::Host for Capabilities {
         };
         let result = match result {
             Ok(receipt) => {
-                record.decision = Decision::Allowed;
+                record.decision = Verdict::Allowed;
                 Ok(receipt)
             }
             Err(MailError::Denied(d)) => {
@@ -86,19 +86,19 @@ impl smtp::Host for Capabilities {
                 Err(smtp::SmtpError::InvalidMessage(m))
             }
             Err(MailError::Timeout) => {
-                record.decision = Decision::Allowed;
+                record.decision = Verdict::Allowed;
                 record.reason = Some("relay timeout".into());
                 Err(smtp::SmtpError::Timeout)
             }
             Err(MailError::Connection(m)) => {
                 let m = links.redact_str(&m);
-                record.decision = Decision::Allowed;
+                record.decision = Verdict::Allowed;
                 record.reason = Some(m.clone());
                 Err(smtp::SmtpError::Connection(m))
             }
             Err(MailError::Rejected(m)) => {
                 let m = links.redact_str(&m);
-                record.decision = Decision::Allowed;
+                record.decision = Verdict::Allowed;
                 record.reason = Some(m.clone());
                 Err(smtp::SmtpError::Rejected(m))
             }

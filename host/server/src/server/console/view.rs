@@ -254,9 +254,10 @@ const GAP: u32 = 40;
 /// Steps run in order, each behind its condition; fallbacks to the right,
 /// reached from the steps whose `on_error` names them.
 pub fn graph(story: &Story) -> Graph {
-    if let Some(g) = &story.graph {
-        return agents_graph(g);
-    }
+    let story = match &story.body {
+        crate::story::Body::Graph(g) => return agents_graph(g),
+        crate::story::Body::Steps(steps) => steps,
+    };
     let cut = |t: &str, n: usize| {
         let t = t.trim();
         if t.chars().count() > n {
