@@ -17,13 +17,13 @@ pub mod received;
 mod schedule;
 pub mod signature;
 mod slack;
+mod webhook;
 
 use crate::policy::{Policy, Role};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::{off_runtime, RunFilter};
-use crate::story::engine::{Accepted, Creation, Engine, SubmitError};
+use crate::story::engine::Engine;
 use crate::story::Library;
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -31,7 +31,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics::Metrics;
 use queue::{Queue, Start};
-use serde::Deserialize;
 use serde_json::json;
 use sha2::Sha256;
 use std::collections::HashMap;
@@ -281,19 +280,13 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-#[derive(Deserialize)]
-struct WebhookQuery {
-    #[serde(default)]
-    wait: bool,
-}
-
 /// Signs a body for `story` with warden's scheme, now: the `X-Warden-Signature`
 /// value (for tests, docs and clients written in Rust).
 pub fn sign(secret: &[u8], story: &str, body: &[u8]) -> String {
     signature::sign_at(secret, story, body, chrono::Utc::now().timestamp())
 }
 
-async fn webhook(State(s): State<AppState>, Path(story): Path<String>, Query(q): Query<WebhookQuery>, headers: HeaderMap, body: Bytes) -> Response {
+async fn webhook(State(s): State<AppState>, Path(story): Path<String>, headers: HeaderMap, request: Result<webhook::Verified, Response>) -> Response {
     // Only stories with a webhook get their own label: a caller cannot grow
     // the metrics (or the span names) by inventing names.
     let label = if s.policy.triggers.get(&story).is_some_and(|t| t.secret.is_some()) { story.as_str() } else { "(unknown)" };
@@ -303,136 +296,18 @@ async fn webhook(State(s): State<AppState>, Path(story): Path<String>, Query(q):
         use opentelemetry::trace::Span as _;
         sp.span_context().clone()
     });
-    let resp = webhook_inner(&s, &story, q.wait, &headers, &body, parent).await;
+    let resp = match request {
+        Ok(verified) => match webhook::accept(&s, verified).await {
+            Ok(accepted) => webhook::dispatch(&s, accepted, parent).await,
+            Err(answer) => answer,
+        },
+        Err(rejected) => rejected,
+    };
     s.metrics.webhook(label, resp.status().as_u16());
     if let Some(span) = span {
         crate::telemetry::Telemetry::webhook_answered(span, resp.status().as_u16());
     }
     resp
-}
-
-async fn webhook_inner(s: &AppState, story: &str, wait: bool, headers: &HeaderMap, body: &[u8], trace: Option<opentelemetry::trace::SpanContext>) -> Response {
-    if !s.queue.role.takes_webhooks() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "this node takes no webhooks (--role worker); send them to a node with --role intake or all");
-    }
-    let Some(trigger) = s.policy.triggers.get(story).filter(|t| t.secret.is_some()) else {
-        return error(StatusCode::NOT_FOUND, format!("no webhook for story `{}`", crate::invocation::guest_text(story, 64)));
-    };
-    if s.engine.library.get(story).is_none() {
-        return error(StatusCode::NOT_FOUND, format!("story `{story}` is not loaded"));
-    }
-    if body.len() as u64 > trigger.max_body {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, format!("body is {} bytes; this webhook takes at most {}", body.len(), trigger.max_body));
-    }
-    let is_json = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send Content-Type: application/json");
-    }
-    let secret = match trigger.secret.as_ref().expect("filtered above").read() {
-        Ok(v) => v,
-        Err(why) => {
-            tracing::error!(story, "webhook secret unavailable: {why}");
-            return error(StatusCode::SERVICE_UNAVAILABLE, "this webhook's secret is not configured on the server");
-        }
-    };
-    let now = chrono::Utc::now().timestamp();
-    let verified = match signature::verify(trigger.signature, secret.expose().as_bytes(), story, headers, body, now, trigger.tolerance_secs) {
-        Ok(v) => v,
-        Err(signature::Rejected::Unsigned(m) | signature::Rejected::Invalid(m)) => return error(StatusCode::UNAUTHORIZED, m),
-        Err(signature::Rejected::Replayed) => unreachable!("verify does not judge replays"),
-    };
-    let idempotency_key = match headers.get("idempotency-key").map(|v| v.to_str()) {
-        None => None,
-        Some(Ok(k)) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => Some(k),
-        Some(_) => return error(StatusCode::BAD_REQUEST, format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters")),
-    };
-    // A retry that names its run gets that run; otherwise a request seen before is a replay.
-    if let Some(key) = idempotency_key {
-        let (story, key) = (story.to_string(), key.to_string());
-        match off_runtime(&s.engine.store, move |st| st.run_by_idempotency_key(&story, &key)).await {
-            Ok(Some(id)) => return (StatusCode::OK, Json(json!({"run_id": id, "status_url": format!("/api/runs/{id}"), "existing": true}))).into_response(),
-            Ok(None) => {}
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("run store unavailable: {e:#}")),
-        }
-    }
-    let input: serde_json::Value = match received::json(body) {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")),
-    };
-    if wait && !trigger.allow_sync {
-        return error(StatusCode::BAD_REQUEST, format!("story `{story}` does not allow ?wait=true (allow_sync in its trigger)"));
-    }
-    if s.replays.first_time(story, &verified, now).is_err() {
-        return error(
-            StatusCode::CONFLICT,
-            "this signed request was already received; a replay starts no run (send an Idempotency-Key to get the first run back)",
-        );
-    }
-    // A waiting caller is told of the run only at its end, so its creation
-    // need not be durable on its own: alone, it commits with the run's first
-    // awaited write; in a cluster, this node creates and claims it in one go.
-    let creation = match (wait, s.engine.store.cluster().is_some()) {
-        (false, _) => Creation::Durable,
-        (true, false) => Creation::WithFirstWrite,
-        (true, true) => Creation::ByCaller,
-    };
-    let run = match s.engine.accept(story, input, "webhook", idempotency_key, creation).await {
-        Ok(Accepted::Existing(id)) => {
-            return (StatusCode::OK, Json(json!({"run_id": id, "status_url": format!("/api/runs/{id}"), "existing": true}))).into_response()
-        }
-        Ok(Accepted::New(run)) => run,
-        Err(e) => {
-            // No run was made: the sender may send the same request again.
-            s.replays.forget(story, &verified);
-            return match e {
-                SubmitError::InvalidInput(m) => error(StatusCode::UNPROCESSABLE_ENTITY, m),
-                e => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            };
-        }
-    };
-    let run_id = run.id.clone();
-    let graph_response = run.story.graph().is_some().then(|| (run.story.clone(), run.input.clone()));
-    if let (Some(t), Some(parent)) = (&s.telemetry, trace) {
-        t.adopt(&run_id, parent, "webhook");
-    }
-    match s.queue.dispatch(run, wait).await {
-        Ok(Some(result)) => (StatusCode::OK, Json(result)).into_response(),
-        Ok(None) => {
-            match graph_response.as_ref().and_then(|(story, input)| crate::story::graph::webhook_response(story, input, &run_id, &s.engine.policy.resources)) {
-                // An imported Tines webhook's own answer (the run goes on; its id in a header).
-                Some(Ok((code, body))) => {
-                    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::CREATED);
-                    let mut response = match body {
-                        serde_json::Value::String(text) => match serde_json::from_str::<serde_json::Value>(&text) {
-                            Ok(v) if v.is_object() || v.is_array() => (status, Json(v)).into_response(),
-                            _ => (status, text).into_response(),
-                        },
-                        other => (status, Json(other)).into_response(),
-                    };
-                    if let Ok(v) = axum::http::HeaderValue::from_str(&run_id) {
-                        response.headers_mut().insert("x-warden-run", v);
-                    }
-                    response
-                }
-                Some(Err(why)) => {
-                    tracing::warn!(story, run = %run_id, "the webhook's response did not render: {why}");
-                    (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status_url": format!("/api/runs/{run_id}"), "response_error": why}))).into_response()
-                }
-                None => (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status_url": format!("/api/runs/{run_id}")}))).into_response(),
-            }
-        }
-        Err(e) => {
-            // Not recorded: the sender may send the same request again.
-            s.replays.forget(story, &verified);
-            if let Some(t) = &s.telemetry {
-                t.forget(&run_id);
-            }
-            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-        }
-    }
 }
 
 async fn list_runs(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
