@@ -346,10 +346,45 @@ fn path_glob(path: &str) -> String {
 }
 
 /// Options each agent type uses; any other is reported as not used.
-fn known_options(kind: &str, mode: Option<&str>) -> &'static [&'static str] {
-    match (kind, mode) {
-        ("webhook", _) => &["path", "secret", "verbs", "include_headers", "response", "response_code", "response_headers"],
-        ("http", _) => &[
+/// How one Tines agent type (an event transformation: type and mode) becomes
+/// a graph agent: the warden kind it becomes, the options it reads (any other
+/// is reported, never dropped silently), and its converter, which gets the
+/// agent's `id`/`name` map and its options and returns the agent (`None`:
+/// reported, not converted). A type or mode with no row is reported as
+/// unsupported; supporting one is a row and a function.
+struct Converter {
+    tines: &'static str,
+    mode: Option<&'static str>,
+    kind: &'static str,
+    options: &'static [&'static str],
+    convert: Convert,
+}
+
+/// A converter: the agent so far (`id`, `name`) and the Tines options in, the
+/// graph agent out (`None`: reported, not converted).
+type Convert = fn(&mut Cx<'_>, &At<'_>, Map<String, Value>, Map<String, Value>) -> Option<Map<String, Value>>;
+
+/// The agent being converted, for the report.
+struct At<'a> {
+    story: &'a str,
+    name: &'a str,
+}
+
+const TRANSFORM: &str = "Agents::EventTransformationAgent";
+
+const CONVERTERS: &[Converter] = &[
+    Converter {
+        tines: "Agents::WebhookAgent",
+        mode: None,
+        kind: "webhook",
+        options: &["path", "secret", "verbs", "include_headers", "response", "response_code", "response_headers"],
+        convert: |cx, at, out, opts| cx.webhook(at, out, opts),
+    },
+    Converter {
+        tines: "Agents::HTTPRequestAgent",
+        mode: None,
+        kind: "http",
+        options: &[
             "url",
             "method",
             "content_type",
@@ -361,18 +396,66 @@ fn known_options(kind: &str, mode: Option<&str>) -> &'static [&'static str] {
             "user_agent",
             "disable_ssl_verification",
         ],
-        ("trigger", _) => &["rules", "must_match", "emit_no_match"],
-        ("email", _) => &["recipients", "subject", "body", "reply_to", "sender_name", "cc", "bcc", "sender_address", "advanced_html"],
-        ("story", _) => &["story", "payload", "send_payload_as_body"],
-        ("transform", Some("message_only")) => &["mode", "payload", "loop"],
-        ("transform", Some("extract")) => &["mode", "matchers", "emit_no_match"],
-        ("transform", Some("explode")) => &["mode", "path", "to", "limit"],
-        ("transform", Some("implode")) => &["mode", "guid_path", "size_path", "item_path", "seconds"],
-        ("transform", Some("deduplicate")) => &["mode", "path", "lookback"],
-        ("transform", Some("delay")) => &["mode", "seconds"],
-        _ => &[],
-    }
-}
+        convert: |cx, at, out, opts| cx.http(at, out, opts),
+    },
+    Converter {
+        tines: "Agents::TriggerAgent",
+        mode: None,
+        kind: "trigger",
+        options: &["rules", "must_match", "emit_no_match"],
+        convert: |cx, at, out, opts| cx.trigger(at, out, opts),
+    },
+    Converter {
+        tines: "Agents::EmailAgent",
+        mode: None,
+        kind: "email",
+        options: &["recipients", "subject", "body", "reply_to", "sender_name", "cc", "bcc", "sender_address", "advanced_html"],
+        convert: |cx, at, out, opts| cx.email(at, out, opts),
+    },
+    Converter {
+        tines: "Agents::SendToStoryAgent",
+        mode: None,
+        kind: "story",
+        options: &["story", "payload", "send_payload_as_body"],
+        convert: |cx, at, out, opts| cx.send_to_story(at, out, opts),
+    },
+    Converter {
+        tines: TRANSFORM,
+        mode: Some("message_only"),
+        kind: "message",
+        options: &["mode", "payload", "loop"],
+        convert: |cx, at, out, opts| cx.transform(at, out, opts),
+    },
+    Converter {
+        tines: TRANSFORM,
+        mode: Some("extract"),
+        kind: "extract",
+        options: &["mode", "matchers", "emit_no_match"],
+        convert: |cx, at, out, opts| cx.transform(at, out, opts),
+    },
+    Converter {
+        tines: TRANSFORM,
+        mode: Some("explode"),
+        kind: "explode",
+        options: &["mode", "path", "to", "limit"],
+        convert: |cx, at, out, opts| cx.transform(at, out, opts),
+    },
+    Converter {
+        tines: TRANSFORM,
+        mode: Some("implode"),
+        kind: "implode",
+        options: &["mode", "guid_path", "size_path", "item_path", "seconds"],
+        convert: |cx, at, out, opts| cx.transform(at, out, opts),
+    },
+    Converter {
+        tines: TRANSFORM,
+        mode: Some("deduplicate"),
+        kind: "deduplicate",
+        options: &["mode", "path", "lookback"],
+        convert: |cx, at, out, opts| cx.deduplicate(at, out, opts),
+    },
+    Converter { tines: TRANSFORM, mode: Some("delay"), kind: "delay", options: &["mode", "seconds"], convert: |cx, at, out, opts| cx.transform(at, out, opts) },
+];
 
 impl Cx<'_> {
     fn name_stories(&mut self, e: &Export) {
@@ -637,18 +720,17 @@ impl Cx<'_> {
                 return None;
             }
         };
-        let (kind, mode) = match a.kind.as_str() {
-            "Agents::WebhookAgent" => ("webhook", None::<String>),
-            "Agents::HTTPRequestAgent" => ("http", None),
-            "Agents::TriggerAgent" => ("trigger", None),
-            "Agents::EmailAgent" => ("email", None),
-            "Agents::SendToStoryAgent" => ("story", None),
-            "Agents::EventTransformationAgent" => ("transform", opts.get("mode").and_then(|m| m.as_str()).map(str::to_string)),
-            other => {
-                self.report.add(Level::Unsupported, story, Some(name), format!("agent type `{other}` is not supported by warden; not converted"));
-                return None;
-            }
+        let mode = (a.kind == TRANSFORM).then(|| opts.get("mode").and_then(|m| m.as_str())).flatten();
+        let Some(converter) = CONVERTERS.iter().find(|c| c.tines == a.kind && c.mode == mode) else {
+            let why = match (a.kind.as_str(), mode) {
+                (TRANSFORM, Some(other)) => format!("event transformation mode `{other}` is not supported; not converted"),
+                (TRANSFORM, None) => "event transformation without a mode; not converted".to_string(),
+                (other, _) => format!("agent type `{other}` is not supported by warden; not converted"),
+            };
+            self.report.add(Level::Unsupported, story, Some(name), why);
+            return None;
         };
+        let kind = converter.kind;
         // Formulas must parse and call only functions warden has.
         let mut formula_problems = Vec::new();
         any_string(&a.options, &mut |s| {
@@ -678,8 +760,7 @@ impl Cx<'_> {
             out.insert("name".into(), json!(name));
         }
         // Options outside what the type uses are said, not dropped silently.
-        let known = known_options(kind, mode.as_deref());
-        for k in opts.keys().filter(|k| !known.contains(&k.as_str())) {
+        for k in opts.keys().filter(|k| !converter.options.contains(&k.as_str())) {
             self.report.add(Level::Note, story, Some(name), format!("option `{k}` is not used by warden"));
         }
         // A credential anywhere but an HTTP request's header, basic_auth or query would reach the step.
@@ -715,144 +796,136 @@ impl Cx<'_> {
             self.email_credentials.insert(c.clone());
             self.report.add(Level::Note, story, Some(name), format!("credential moved out of the message: the host fills in {c} (placeholder) at SMTP egress"));
         }
-        let options = match (kind, mode.as_deref()) {
-            ("webhook", _) => {
-                out.insert("kind".into(), json!("webhook"));
-                let verbs = opts.get("verbs").and_then(|v| v.as_str()).unwrap_or("post").to_ascii_lowercase();
-                if verbs.split(',').any(|v| !v.trim().is_empty() && v.trim() != "post") {
-                    self.report.add(Level::Note, story, Some(name), format!("verbs `{verbs}`: a warden webhook takes POST (signed JSON) only"));
-                }
-                if opts.get("include_headers").and_then(bool_of).unwrap_or(false) {
-                    self.report.add(Level::Note, story, Some(name), "include_headers: the request's headers are not part of the event in warden");
-                }
-                let mut o = Map::new();
-                for k in ["response", "response_code"] {
-                    if let Some(v) = opts.get(k).filter(|v| !v.is_null() && *v != "") {
-                        o.insert(k.to_string(), v.clone());
-                    }
-                }
-                let answers =
-                    if o.contains_key("response") { "; it answers with its own response at once (the run goes on, its id in X-Warden-Run)" } else { "" };
-                self.report.add(
-                    Level::Converted,
-                    story,
-                    Some(name),
-                    format!("webhook → the story's trigger (its HMAC secret in the policy, not Tines' path secret){answers}"),
-                );
-                (!o.is_empty()).then_some(Value::Object(o))
-            }
-            ("http", _) => return self.http(story, name, out, opts),
-            ("trigger", _) => {
-                out.insert("kind".into(), json!("trigger"));
-                for r in opts.get("rules").and_then(|r| r.as_array()).into_iter().flatten() {
-                    let ty = r.get("type").and_then(|t| t.as_str()).unwrap_or("");
-                    if Test::parse(ty).is_none() {
-                        self.report.add(Level::Unsupported, story, Some(name), format!("rule type `{ty}` is not supported; not converted"));
-                        return None;
-                    }
-                }
-                if opts.get("emit_no_match").and_then(bool_of).unwrap_or(false) {
-                    self.report.add(Level::Note, story, Some(name), "emit_no_match: a non-matching event goes down the no-match links only");
-                }
-                self.report.add(Level::Converted, story, Some(name), "trigger");
-                Some(Value::Object(opts))
-            }
-            ("email", _) => {
-                out.insert("kind".into(), json!("email"));
-                self.emails = true;
-                let mut recipients = Vec::new();
-                any_string(opts.get("recipients").unwrap_or(&Value::Null), &mut |s| {
-                    recipients.push(s.to_string());
-                    false
-                });
-                for r in recipients.iter().flat_map(|r| r.split([',', ';'])) {
-                    match r.trim().rsplit_once('@') {
-                        Some((_, d)) if !is_templated(d) => {
-                            self.recipient_domains.insert(d.trim_end_matches('>').to_ascii_lowercase());
-                        }
-                        _ if is_templated(r) => self.report.add(
-                            Level::Note,
-                            story,
-                            Some(name),
-                            format!("recipient `{}` is templated: add its domain to grants.email recipient_domains", r.trim()),
-                        ),
-                        _ => {}
-                    }
-                }
-                if opts.get("sender_address").is_some_and(|v| v != "" && !v.is_null()) {
-                    self.report.add(Level::Note, story, Some(name), "sender_address: add it to grants.email senders, or the relay refuses the message");
-                }
-                self.report.add(Level::Converted, story, Some(name), "email → the email plugin under the SMTP grant");
-                Some(Value::Object(opts))
-            }
-            ("story", _) => {
-                let called = opts.get("story").and_then(|s| self.called_story(s));
-                let Some(called) = called else {
-                    self.report.add(
-                        Level::Unsupported,
-                        story,
-                        Some(name),
-                        format!(
-                            "sends to a story this export does not include ({}); export it with its sub-stories",
-                            opts.get("story").unwrap_or(&Value::Null)
-                        ),
-                    );
-                    return None;
-                };
-                out.insert("kind".into(), json!("story"));
-                out.insert("story".into(), json!(called));
-                self.report.add(Level::Converted, story, Some(name), format!("send to story → sub-story {called}"));
-                let mut o = Map::new();
-                if let Some(p) = opts.get("payload") {
-                    o.insert("payload".into(), p.clone());
-                }
-                Some(Value::Object(o))
-            }
-            ("transform", Some(m)) => {
-                let k = match m {
-                    "message_only" => "message",
-                    "extract" => "extract",
-                    "explode" => "explode",
-                    "implode" => "implode",
-                    "deduplicate" => "deduplicate",
-                    "delay" => "delay",
-                    other => {
-                        self.report.add(Level::Unsupported, story, Some(name), format!("event transformation mode `{other}` is not supported; not converted"));
-                        return None;
-                    }
-                };
-                out.insert("kind".into(), json!(k));
-                if m == "deduplicate" {
-                    let lookback = opts.get("lookback").and_then(crate::story::graph::number_of).unwrap_or(0.0);
-                    let how = if lookback > 0.0 {
-                        format!("across runs, among the last {lookback} values (their digests kept in the run store)")
-                    } else {
-                        "within each run (lookback 0)".to_string()
-                    };
-                    self.report.add(Level::Converted, story, Some(name), format!("event transformation (deduplicate) {how}"));
-                    let mut o = opts.clone();
-                    o.remove("mode");
-                    out.insert("options".into(), Value::Object(o));
-                    return Some(out);
-                }
-                self.report.add(Level::Converted, story, Some(name), format!("event transformation ({m})"));
-                let mut o = opts.clone();
-                o.remove("mode");
-                Some(Value::Object(o))
-            }
-            ("transform", None) => {
-                self.report.add(Level::Unsupported, story, Some(name), "event transformation without a mode; not converted");
-                return None;
-            }
-            _ => unreachable!("every kind is matched above"),
-        };
+        (converter.convert)(self, &At { story, name }, out, opts)
+    }
+
+    /// The agent with its options (none when empty).
+    fn with_options(mut out: Map<String, Value>, options: Option<Value>) -> Option<Map<String, Value>> {
         if let Some(o) = options {
             out.insert("options".into(), o);
         }
         Some(out)
     }
 
-    fn http(&mut self, story: &str, name: &str, mut out: Map<String, Value>, mut opts: Map<String, Value>) -> Option<Map<String, Value>> {
+    fn webhook(&mut self, at: &At<'_>, mut out: Map<String, Value>, opts: Map<String, Value>) -> Option<Map<String, Value>> {
+        let At { story, name } = *at;
+        out.insert("kind".into(), json!("webhook"));
+        let verbs = opts.get("verbs").and_then(|v| v.as_str()).unwrap_or("post").to_ascii_lowercase();
+        if verbs.split(',').any(|v| !v.trim().is_empty() && v.trim() != "post") {
+            self.report.add(Level::Note, story, Some(name), format!("verbs `{verbs}`: a warden webhook takes POST (signed JSON) only"));
+        }
+        if opts.get("include_headers").and_then(bool_of).unwrap_or(false) {
+            self.report.add(Level::Note, story, Some(name), "include_headers: the request's headers are not part of the event in warden");
+        }
+        let mut o = Map::new();
+        for k in ["response", "response_code"] {
+            if let Some(v) = opts.get(k).filter(|v| !v.is_null() && *v != "") {
+                o.insert(k.to_string(), v.clone());
+            }
+        }
+        let answers = if o.contains_key("response") { "; it answers with its own response at once (the run goes on, its id in X-Warden-Run)" } else { "" };
+        self.report.add(
+            Level::Converted,
+            story,
+            Some(name),
+            format!("webhook → the story's trigger (its HMAC secret in the policy, not Tines' path secret){answers}"),
+        );
+        Self::with_options(out, (!o.is_empty()).then_some(Value::Object(o)))
+    }
+
+    fn trigger(&mut self, at: &At<'_>, mut out: Map<String, Value>, opts: Map<String, Value>) -> Option<Map<String, Value>> {
+        let At { story, name } = *at;
+        out.insert("kind".into(), json!("trigger"));
+        for r in opts.get("rules").and_then(|r| r.as_array()).into_iter().flatten() {
+            let ty = r.get("type").and_then(|t| t.as_str()).unwrap_or("");
+            if Test::parse(ty).is_none() {
+                self.report.add(Level::Unsupported, story, Some(name), format!("rule type `{ty}` is not supported; not converted"));
+                return None;
+            }
+        }
+        if opts.get("emit_no_match").and_then(bool_of).unwrap_or(false) {
+            self.report.add(Level::Note, story, Some(name), "emit_no_match: a non-matching event goes down the no-match links only");
+        }
+        self.report.add(Level::Converted, story, Some(name), "trigger");
+        Self::with_options(out, Some(Value::Object(opts)))
+    }
+
+    fn email(&mut self, at: &At<'_>, mut out: Map<String, Value>, opts: Map<String, Value>) -> Option<Map<String, Value>> {
+        let At { story, name } = *at;
+        out.insert("kind".into(), json!("email"));
+        self.emails = true;
+        let mut recipients = Vec::new();
+        any_string(opts.get("recipients").unwrap_or(&Value::Null), &mut |s| {
+            recipients.push(s.to_string());
+            false
+        });
+        for r in recipients.iter().flat_map(|r| r.split([',', ';'])) {
+            match r.trim().rsplit_once('@') {
+                Some((_, d)) if !is_templated(d) => {
+                    self.recipient_domains.insert(d.trim_end_matches('>').to_ascii_lowercase());
+                }
+                _ if is_templated(r) => self.report.add(
+                    Level::Note,
+                    story,
+                    Some(name),
+                    format!("recipient `{}` is templated: add its domain to grants.email recipient_domains", r.trim()),
+                ),
+                _ => {}
+            }
+        }
+        if opts.get("sender_address").is_some_and(|v| v != "" && !v.is_null()) {
+            self.report.add(Level::Note, story, Some(name), "sender_address: add it to grants.email senders, or the relay refuses the message");
+        }
+        self.report.add(Level::Converted, story, Some(name), "email → the email plugin under the SMTP grant");
+        Self::with_options(out, Some(Value::Object(opts)))
+    }
+
+    fn send_to_story(&mut self, at: &At<'_>, mut out: Map<String, Value>, opts: Map<String, Value>) -> Option<Map<String, Value>> {
+        let At { story, name } = *at;
+        let called = opts.get("story").and_then(|s| self.called_story(s));
+        let Some(called) = called else {
+            self.report.add(
+                Level::Unsupported,
+                story,
+                Some(name),
+                format!("sends to a story this export does not include ({}); export it with its sub-stories", opts.get("story").unwrap_or(&Value::Null)),
+            );
+            return None;
+        };
+        out.insert("kind".into(), json!("story"));
+        out.insert("story".into(), json!(called));
+        self.report.add(Level::Converted, story, Some(name), format!("send to story → sub-story {called}"));
+        let mut o = Map::new();
+        if let Some(p) = opts.get("payload") {
+            o.insert("payload".into(), p.clone());
+        }
+        Self::with_options(out, Some(Value::Object(o)))
+    }
+
+    /// An event transformation whose options carry over as they are (but its `mode`).
+    fn transform(&mut self, at: &At<'_>, mut out: Map<String, Value>, mut opts: Map<String, Value>) -> Option<Map<String, Value>> {
+        let mode = opts.remove("mode").and_then(|m| m.as_str().map(String::from)).unwrap_or_default();
+        let kind = CONVERTERS.iter().find(|c| c.mode == Some(mode.as_str())).map_or("message", |c| c.kind);
+        out.insert("kind".into(), json!(kind));
+        self.report.add(Level::Converted, at.story, Some(at.name), format!("event transformation ({mode})"));
+        Self::with_options(out, Some(Value::Object(opts)))
+    }
+
+    fn deduplicate(&mut self, at: &At<'_>, mut out: Map<String, Value>, mut opts: Map<String, Value>) -> Option<Map<String, Value>> {
+        out.insert("kind".into(), json!("deduplicate"));
+        let lookback = opts.get("lookback").and_then(crate::story::graph::number_of).unwrap_or(0.0);
+        let how = if lookback > 0.0 {
+            format!("across runs, among the last {lookback} values (their digests kept in the run store)")
+        } else {
+            "within each run (lookback 0)".to_string()
+        };
+        self.report.add(Level::Converted, at.story, Some(at.name), format!("event transformation (deduplicate) {how}"));
+        opts.remove("mode");
+        Self::with_options(out, Some(Value::Object(opts)))
+    }
+
+    fn http(&mut self, at: &At<'_>, mut out: Map<String, Value>, mut opts: Map<String, Value>) -> Option<Map<String, Value>> {
+        let At { story, name } = *at;
         out.insert("kind".into(), json!("http"));
         let url = opts.get("url").and_then(|u| u.as_str()).unwrap_or("").to_string();
         let (origin, path, query) = split_url(&url);
