@@ -21,7 +21,7 @@
 
 use super::*;
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Where the two dialects differ in the statements both run.
 pub(crate) struct Dialect {
@@ -94,9 +94,35 @@ pub(crate) fn lite(sql: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// A write's statement in both dialects: written once with `$n`; SQLite's
+/// `?n` spelling is made the first time it is needed and kept (the writer
+/// runs these for every run: translating each time would allocate on its path).
+pub(crate) struct Sql {
+    pub pg: &'static str,
+    sqlite: OnceLock<String>,
+}
+
+impl Sql {
+    const fn new(pg: &'static str) -> Sql {
+        Sql { pg, sqlite: OnceLock::new() }
+    }
+
+    pub fn sqlite(&self) -> &str {
+        self.sqlite.get_or_init(|| lite(self.pg).into_owned())
+    }
+}
+
+/// A statement of the write vocabulary, as a `static` [`Sql`] of its own.
+macro_rules! sql {
+    ($text:expr) => {{
+        static SQL: Sql = Sql::new($text);
+        &SQL
+    }};
+}
+
 /// One statement of a write, with its arguments.
 pub(crate) struct Stmt {
-    pub sql: &'static str,
+    pub sql: &'static Sql,
     pub args: Vec<Arg>,
     /// What it means when the statement touched no row: a conflict the
     /// caller is told of (and the batch goes on), or nothing (`None`).
@@ -104,7 +130,7 @@ pub(crate) struct Stmt {
 }
 
 impl Stmt {
-    fn new(sql: &'static str, args: Vec<Arg>) -> Stmt {
+    fn new(sql: &'static Sql, args: Vec<Arg>) -> Stmt {
         Stmt { sql, args, none_means: None }
     }
 }
@@ -124,26 +150,30 @@ pub(crate) enum Placement {
     Clustered,
 }
 
-const CREATE_RUN: &str = "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms, idempotency_key)
+static CREATE_RUN: Sql = Sql::new(
+    "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms, idempotency_key)
      VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9)
-     ON CONFLICT (story, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING";
-const CREATE_RUN_LOCAL: &str =
+     ON CONFLICT (story, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+);
+static CREATE_RUN_LOCAL: Sql = Sql::new(
     "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms, idempotency_key, lease_owner, lease_until_ms)
      VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, 'local', 9223372036854775807)
-     ON CONFLICT (story, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING";
-const CREATE_RUN_CLUSTERED: &str =
+     ON CONFLICT (story, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+);
+static CREATE_RUN_CLUSTERED: Sql = Sql::new(
     "INSERT INTO runs (id, story, team, state, trigger, input, parent_run, parent_step, created_ms, idempotency_key, lease_until_ms)
      VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, (extract(epoch from clock_timestamp()) * 1000)::bigint + 1000)
-     ON CONFLICT (story, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING";
+     ON CONFLICT (story, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+);
 
 /// The statements that keep `w`, in order.
 pub(crate) fn statements(w: &Write, placement: Placement) -> Vec<Stmt> {
     match w {
         Write::CreateRun { id, story, team, trigger, input, parent, idempotency_key, at_ms } => {
             let sql = match placement {
-                Placement::Unleased => CREATE_RUN,
-                Placement::Local => CREATE_RUN_LOCAL,
-                Placement::Clustered => CREATE_RUN_CLUSTERED,
+                Placement::Unleased => &CREATE_RUN,
+                Placement::Local => &CREATE_RUN_LOCAL,
+                Placement::Clustered => &CREATE_RUN_CLUSTERED,
             };
             let args = vec![
                 text(id),
@@ -160,26 +190,26 @@ pub(crate) fn statements(w: &Write, placement: Placement) -> Vec<Stmt> {
             vec![Stmt { sql, args, none_means: Some(Conflict(format!("story {story} already has a run for this Idempotency-Key"))) }]
         }
         Write::StartRun { id, at_ms } => {
-            vec![Stmt::new("UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, $2) WHERE id = $1", vec![text(id), big(*at_ms)])]
+            vec![Stmt::new(sql!("UPDATE runs SET state = 'running', started_ms = COALESCE(started_ms, $2) WHERE id = $1"), vec![text(id), big(*at_ms)])]
         }
         Write::Traced { run, trace_id, span_id } => {
-            vec![Stmt::new("UPDATE runs SET trace_id = $2, trace_span = $3 WHERE id = $1", vec![text(run), text(trace_id), text(span_id)])]
+            vec![Stmt::new(sql!("UPDATE runs SET trace_id = $2, trace_span = $3 WHERE id = $1"), vec![text(run), text(trace_id), text(span_id)])]
         }
-        Write::NoteResume { id } => vec![Stmt::new("UPDATE runs SET resumes = resumes + 1 WHERE id = $1", vec![text(id)])],
-        Write::NoteShutdown { id } => vec![Stmt::new("UPDATE runs SET resumes = 0 WHERE id = $1", vec![text(id)])],
+        Write::NoteResume { id } => vec![Stmt::new(sql!("UPDATE runs SET resumes = resumes + 1 WHERE id = $1"), vec![text(id)])],
+        Write::NoteShutdown { id } => vec![Stmt::new(sql!("UPDATE runs SET resumes = 0 WHERE id = $1"), vec![text(id)])],
         Write::FinishRun { id, state, output, error, failed_step, at_ms } => vec![Stmt::new(
-            "UPDATE runs SET state = $2, output = $3, error = $4, failed_step = $5, finished_ms = $6, resumes = 0 WHERE id = $1",
+            sql!("UPDATE runs SET state = $2, output = $3, error = $4, failed_step = $5, finished_ms = $6, resumes = 0 WHERE id = $1"),
             vec![text(id), text(state), maybe(output.as_deref()), maybe(error.as_deref()), maybe(failed_step.as_deref()), big(*at_ms)],
         )],
         Write::StepStarted { run, step, item: it, kind, input, attempt, at_ms } => vec![Stmt::new(
-            "INSERT INTO steps (run_id, step_id, item, kind, state, input, attempts, started_ms) VALUES ($1, $2, $3, $4, 'running', $5, $6, $7)
-             ON CONFLICT (run_id, step_id, item) DO UPDATE SET state = 'running', input = COALESCE(excluded.input, steps.input), attempts = excluded.attempts",
+            sql!("INSERT INTO steps (run_id, step_id, item, kind, state, input, attempts, started_ms) VALUES ($1, $2, $3, $4, 'running', $5, $6, $7)
+             ON CONFLICT (run_id, step_id, item) DO UPDATE SET state = 'running', input = COALESCE(excluded.input, steps.input), attempts = excluded.attempts"),
             vec![text(run), text(step), item(*it), text(kind), maybe(input.as_deref()), count(*attempt), big(*at_ms)],
         )],
         Write::StepFinished { run, step, item: it, kind, state, output, error, attempts, at_ms } => vec![Stmt::new(
-            "INSERT INTO steps (run_id, step_id, item, kind, state, output, error, attempts, started_ms, finished_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+            sql!("INSERT INTO steps (run_id, step_id, item, kind, state, output, error, attempts, started_ms, finished_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
              ON CONFLICT (run_id, step_id, item) DO UPDATE SET state = excluded.state, output = excluded.output, error = excluded.error,
-             attempts = CASE WHEN steps.attempts > excluded.attempts THEN steps.attempts ELSE excluded.attempts END, finished_ms = excluded.finished_ms",
+             attempts = CASE WHEN steps.attempts > excluded.attempts THEN steps.attempts ELSE excluded.attempts END, finished_ms = excluded.finished_ms"),
             vec![
                 text(run),
                 text(step),
@@ -196,31 +226,31 @@ pub(crate) fn statements(w: &Write, placement: Placement) -> Vec<Stmt> {
             .iter()
             .map(|l| {
                 Stmt::new(
-                    "INSERT INTO logs (run_id, step_id, at_ms, level, source, message) VALUES ($1, $2, $3, $4, $5, $6)",
+                    sql!("INSERT INTO logs (run_id, step_id, at_ms, level, source, message) VALUES ($1, $2, $3, $4, $5, $6)"),
                     vec![text(run), text(step), big(l.at_ms), text(l.level), text(l.source), text(&l.message)],
                 )
             })
             .collect(),
-        Write::Audit { run, step, records } => records.iter().map(|(at, record)| Stmt::new(ADD_AUDIT, vec![text(run), text(step), big(*at), text(record)])).collect(),
+        Write::Audit { run, step, records } => records.iter().map(|(at, record)| Stmt::new(&ADD_AUDIT, vec![text(run), text(step), big(*at), text(record)])).collect(),
         Write::Recording { run, step, item: it, attempt, truncated, recording } => vec![Stmt::new(
-            "INSERT INTO recordings (run_id, step_id, item, attempt, truncated, recording) VALUES ($1, $2, $3, $4, $5, $6)",
+            sql!("INSERT INTO recordings (run_id, step_id, item, attempt, truncated, recording) VALUES ($1, $2, $3, $4, $5, $6)"),
             vec![text(run), text(step), item(*it), count(*attempt), Arg::Bool(*truncated), text(recording)],
         )],
         Write::Park { run, step, kind, approval, at_ms } => {
             let mut out = vec![
                 Stmt::new(
-                    "INSERT INTO steps (run_id, step_id, item, kind, state, attempts, started_ms) VALUES ($1, $2, -1, $3, 'waiting', 1, $4)
-                     ON CONFLICT (run_id, step_id, item) DO UPDATE SET state = 'waiting', finished_ms = NULL",
+                    sql!("INSERT INTO steps (run_id, step_id, item, kind, state, attempts, started_ms) VALUES ($1, $2, -1, $3, 'waiting', 1, $4)
+                     ON CONFLICT (run_id, step_id, item) DO UPDATE SET state = 'waiting', finished_ms = NULL"),
                     vec![text(run), text(step), text(kind), big(*at_ms)],
                 ),
-                Stmt::new("UPDATE runs SET state = 'waiting', started_ms = COALESCE(started_ms, $2) WHERE id = $1", vec![text(run), big(*at_ms)]),
+                Stmt::new(sql!("UPDATE runs SET state = 'waiting', started_ms = COALESCE(started_ms, $2) WHERE id = $1"), vec![text(run), big(*at_ms)]),
             ];
             // Once: a run parked again at the same approval keeps the first.
             if let Some(pair) = approval {
                 let (a, links) = pair.as_ref();
                 out.push(Stmt::new(
-                    "INSERT INTO approvals (run_id, step_id, root_run, story, team, title, details, choices, approvers, created_ms, deadline_ms, on_timeout, state)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending') ON CONFLICT (run_id, step_id) DO NOTHING",
+                    sql!("INSERT INTO approvals (run_id, step_id, root_run, story, team, title, details, choices, approvers, created_ms, deadline_ms, on_timeout, state)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending') ON CONFLICT (run_id, step_id) DO NOTHING"),
                     vec![
                         text(&a.run),
                         text(&a.step),
@@ -238,7 +268,7 @@ pub(crate) fn statements(w: &Write, placement: Placement) -> Vec<Stmt> {
                 ));
                 for l in links {
                     out.push(Stmt::new(
-                        "INSERT INTO approval_links (hash, run_id, step_id, choice, recipient) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING",
+                        sql!("INSERT INTO approval_links (hash, run_id, step_id, choice, recipient) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING"),
                         vec![text(&l.hash), text(&a.run), text(&a.step), text(&l.choice), text(&l.recipient)],
                     ));
                 }
@@ -248,16 +278,16 @@ pub(crate) fn statements(w: &Write, placement: Placement) -> Vec<Stmt> {
         Write::Remember { scope, value, lookback, .. } => vec![
             // No row inserted: the value was kept already.
             Stmt {
-                sql: "INSERT INTO dedupe (scope, value, seq) SELECT $1, $2, COALESCE(MAX(seq), 0) + 1 FROM dedupe WHERE scope = $1 ON CONFLICT (scope, value) DO NOTHING",
+                sql: sql!("INSERT INTO dedupe (scope, value, seq) SELECT $1, $2, COALESCE(MAX(seq), 0) + 1 FROM dedupe WHERE scope = $1 ON CONFLICT (scope, value) DO NOTHING"),
                 args: vec![text(scope), text(value)],
                 none_means: Some(Conflict(format!("{scope} saw this value before"))),
             },
-            Stmt::new("DELETE FROM dedupe WHERE scope = $1 AND seq <= (SELECT MAX(seq) FROM dedupe WHERE scope = $1) - $2", vec![text(scope), big(*lookback)]),
+            Stmt::new(sql!("DELETE FROM dedupe WHERE scope = $1 AND seq <= (SELECT MAX(seq) FROM dedupe WHERE scope = $1) - $2"), vec![text(scope), big(*lookback)]),
         ],
     }
 }
 
-const ADD_AUDIT: &str = "INSERT INTO audit (run_id, step_id, at_ms, record) VALUES ($1, $2, $3, $4)";
+static ADD_AUDIT: Sql = Sql::new("INSERT INTO audit (run_id, step_id, at_ms, record) VALUES ($1, $2, $3, $4)");
 
 // ---------------------------------------------------------------------------
 // Reading: rows without a dialect, and the statements both stores read with.
@@ -609,7 +639,7 @@ pub(crate) async fn decide(db: &impl Db, run: &str, step: &str, d: &crate::appro
         )
         .await?;
     if changed == 1 {
-        db.exec(ADD_AUDIT, &[text(run), text(step), big(d.decided_ms), text(&decision_audit(step, d))]).await?;
+        db.exec(ADD_AUDIT.pg, &[text(run), text(step), big(d.decided_ms), text(&decision_audit(step, d))]).await?;
     }
     Ok(match (changed, approval(db, run, step).await?) {
         (1, Some(a)) => Ok(a),
@@ -816,8 +846,8 @@ mod tests {
                 let stmts = statements(w, placement);
                 assert!(!stmts.is_empty(), "{} has no statement", w.name());
                 for st in stmts {
-                    let highest = (1..=st.args.len() + 1).filter(|n| st.sql.contains(&format!("${n}"))).max().unwrap_or(0);
-                    assert_eq!(highest, st.args.len(), "{}: {highest} placeholders, {} arguments in {}", w.name(), st.args.len(), st.sql);
+                    let highest = (1..=st.args.len() + 1).filter(|n| st.sql.pg.contains(&format!("${n}"))).max().unwrap_or(0);
+                    assert_eq!(highest, st.args.len(), "{}: {highest} placeholders, {} arguments in {}", w.name(), st.args.len(), st.sql.pg);
                 }
             }
         }

@@ -368,7 +368,7 @@ impl Store for RunStore {
             for st in sql::statements(w, sql::Placement::Unleased) {
                 // A failed statement fails the batch: dropping `tx` rolls it back.
                 let changed = tx
-                    .prepare_cached(&sql::lite(st.sql))
+                    .prepare_cached(st.sql.sqlite())
                     .and_then(|mut s| s.execute(rusqlite::params_from_iter(&st.args)))
                     .map_err(|e| anyhow::Error::from(e).context(format!("{} of run {}", w.name(), w.run())))?;
                 if let (0, Some(conflict)) = (changed, st.none_means) {

@@ -467,7 +467,7 @@ impl Store for PgStore {
 
     fn apply(&self, batch: &[Write]) -> anyhow::Result<Vec<Result<(), Conflict>>> {
         let fence = self.fence_of(batch);
-        let node = self.cluster.get().map(|m| m.node.clone());
+        let node = self.cluster.get().map(|m| m.node.as_str());
         let (answers, lost) = self.block(async {
             let mut client = self.client().await?;
             let placement = if fence.is_some() { sql::Placement::Clustered } else { sql::Placement::Local };
@@ -489,8 +489,8 @@ impl Store for PgStore {
                 }
                 let mut stmts = HashMap::new();
                 for (_, st, _) in &rows {
-                    if !stmts.contains_key(st.sql) {
-                        stmts.insert(st.sql, tx.prepare_cached(st.sql).await?);
+                    if !stmts.contains_key(st.sql.pg) {
+                        stmts.insert(st.sql.pg, tx.prepare_cached(st.sql.pg).await?);
                     }
                 }
                 // Pipelined: every statement is sent before the first answer is
@@ -505,7 +505,7 @@ impl Store for PgStore {
                     }
                 };
                 let sent = rows.iter().map(|(n, st, params)| {
-                    let stmt = &stmts[st.sql];
+                    let stmt = &stmts[st.sql.pg];
                     let tx = &tx;
                     async move { (*n, st, tx.execute(stmt, &refs(params)).await) }
                 });
@@ -525,10 +525,10 @@ impl Store for PgStore {
                     continue;
                 }
                 for (n, st, result) in done {
-                    match result {
-                        Ok(0) if st.none_means.is_some() => answers[n] = Err(st.none_means.clone().expect("checked")),
-                        Ok(_) => {}
-                        Err(e) => return Err(anyhow::Error::from(e).context(format!("{} of run {}", batch[n].name(), batch[n].run()))),
+                    match (result, &st.none_means) {
+                        (Ok(0), Some(conflict)) => answers[n] = Err(conflict.clone()),
+                        (Ok(_), _) => {}
+                        (Err(e), _) => return Err(anyhow::Error::from(e).context(format!("{} of run {}", batch[n].name(), batch[n].run()))),
                     }
                 }
                 notified?;

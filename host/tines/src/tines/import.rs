@@ -796,6 +796,7 @@ impl Cx<'_> {
             self.email_credentials.insert(c.clone());
             self.report.add(Level::Note, story, Some(name), format!("credential moved out of the message: the host fills in {c} (placeholder) at SMTP egress"));
         }
+        out.insert("kind".into(), json!(converter.kind));
         (converter.convert)(self, &At { story, name }, out, opts)
     }
 
@@ -807,9 +808,8 @@ impl Cx<'_> {
         Some(out)
     }
 
-    fn webhook(&mut self, at: &At<'_>, mut out: Map<String, Value>, opts: Map<String, Value>) -> Option<Map<String, Value>> {
+    fn webhook(&mut self, at: &At<'_>, out: Map<String, Value>, opts: Map<String, Value>) -> Option<Map<String, Value>> {
         let At { story, name } = *at;
-        out.insert("kind".into(), json!("webhook"));
         let verbs = opts.get("verbs").and_then(|v| v.as_str()).unwrap_or("post").to_ascii_lowercase();
         if verbs.split(',').any(|v| !v.trim().is_empty() && v.trim() != "post") {
             self.report.add(Level::Note, story, Some(name), format!("verbs `{verbs}`: a warden webhook takes POST (signed JSON) only"));
@@ -833,9 +833,8 @@ impl Cx<'_> {
         Self::with_options(out, (!o.is_empty()).then_some(Value::Object(o)))
     }
 
-    fn trigger(&mut self, at: &At<'_>, mut out: Map<String, Value>, opts: Map<String, Value>) -> Option<Map<String, Value>> {
+    fn trigger(&mut self, at: &At<'_>, out: Map<String, Value>, opts: Map<String, Value>) -> Option<Map<String, Value>> {
         let At { story, name } = *at;
-        out.insert("kind".into(), json!("trigger"));
         for r in opts.get("rules").and_then(|r| r.as_array()).into_iter().flatten() {
             let ty = r.get("type").and_then(|t| t.as_str()).unwrap_or("");
             if Test::parse(ty).is_none() {
@@ -850,9 +849,8 @@ impl Cx<'_> {
         Self::with_options(out, Some(Value::Object(opts)))
     }
 
-    fn email(&mut self, at: &At<'_>, mut out: Map<String, Value>, opts: Map<String, Value>) -> Option<Map<String, Value>> {
+    fn email(&mut self, at: &At<'_>, out: Map<String, Value>, opts: Map<String, Value>) -> Option<Map<String, Value>> {
         let At { story, name } = *at;
-        out.insert("kind".into(), json!("email"));
         self.emails = true;
         let mut recipients = Vec::new();
         any_string(opts.get("recipients").unwrap_or(&Value::Null), &mut |s| {
@@ -892,7 +890,6 @@ impl Cx<'_> {
             );
             return None;
         };
-        out.insert("kind".into(), json!("story"));
         out.insert("story".into(), json!(called));
         self.report.add(Level::Converted, story, Some(name), format!("send to story → sub-story {called}"));
         let mut o = Map::new();
@@ -903,16 +900,13 @@ impl Cx<'_> {
     }
 
     /// An event transformation whose options carry over as they are (but its `mode`).
-    fn transform(&mut self, at: &At<'_>, mut out: Map<String, Value>, mut opts: Map<String, Value>) -> Option<Map<String, Value>> {
+    fn transform(&mut self, at: &At<'_>, out: Map<String, Value>, mut opts: Map<String, Value>) -> Option<Map<String, Value>> {
         let mode = opts.remove("mode").and_then(|m| m.as_str().map(String::from)).unwrap_or_default();
-        let kind = CONVERTERS.iter().find(|c| c.mode == Some(mode.as_str())).map_or("message", |c| c.kind);
-        out.insert("kind".into(), json!(kind));
         self.report.add(Level::Converted, at.story, Some(at.name), format!("event transformation ({mode})"));
         Self::with_options(out, Some(Value::Object(opts)))
     }
 
-    fn deduplicate(&mut self, at: &At<'_>, mut out: Map<String, Value>, mut opts: Map<String, Value>) -> Option<Map<String, Value>> {
-        out.insert("kind".into(), json!("deduplicate"));
+    fn deduplicate(&mut self, at: &At<'_>, out: Map<String, Value>, mut opts: Map<String, Value>) -> Option<Map<String, Value>> {
         let lookback = opts.get("lookback").and_then(crate::story::graph::number_of).unwrap_or(0.0);
         let how = if lookback > 0.0 {
             format!("across runs, among the last {lookback} values (their digests kept in the run store)")
@@ -926,7 +920,6 @@ impl Cx<'_> {
 
     fn http(&mut self, at: &At<'_>, mut out: Map<String, Value>, mut opts: Map<String, Value>) -> Option<Map<String, Value>> {
         let At { story, name } = *at;
-        out.insert("kind".into(), json!("http"));
         let url = opts.get("url").and_then(|u| u.as_str()).unwrap_or("").to_string();
         let (origin, path, query) = split_url(&url);
         let mut found: Vec<(String, Injection)> = Vec::new();
