@@ -315,8 +315,17 @@ impl Row {
         self.columns.iter().position(|c| c == name).map(|i| &self.cells[i]).ok_or_else(|| anyhow::anyhow!("the run store's row has no column {name}"))
     }
 
+    /// Names the kind of value found, never the value: a stored input or
+    /// output may be large, and is not a message's to repeat.
     fn wrong(name: &str, want: &str, got: &Cell) -> anyhow::Error {
-        anyhow::anyhow!("the run store's column {name} holds {got:?}, not {want}")
+        let found = match got {
+            Cell::Null => "nothing",
+            Cell::Int(_) => "an integer",
+            Cell::Text(_) => "text",
+            Cell::Bool(_) => "a boolean",
+            Cell::Bytes(_) => "bytes",
+        };
+        anyhow::anyhow!("the run store's column {name} holds {found}, not {want}")
     }
 
     pub fn text(&self, name: &str) -> anyhow::Result<String> {
@@ -774,6 +783,14 @@ pub(crate) use approval_statements;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cell_of_the_wrong_type_is_named_by_its_kind_never_by_its_value() {
+        let row = Row { columns: vec!["input".to_string()].into(), cells: vec![Cell::Text("s3cret-input".into())] };
+        let e = row.int("input").unwrap_err().to_string();
+        assert_eq!(e, "the run store's column input holds text, not an integer");
+        assert!(row.text("missing").unwrap_err().to_string().contains("no column missing"));
+    }
 
     #[test]
     fn placeholders_become_sqlites_numbered_ones_in_any_order() {
