@@ -10,17 +10,22 @@
 //! `warden-policy` (the policy, `limits`, `located` — plain configuration
 //! data) and `warden-eval` (the template languages) → `warden-sandbox`
 //! (`invocation`, `audit`, `recording`, `capability`, `vetting`, `runtime`,
-//! `explain`) → `warden-store` (`store`, `approval`) → `warden-engine`
-//! (`story`: the story engine) → `warden-tines` (`tines`) and
-//! `warden-server` (`server`, `telemetry`) → this crate (the binary, `cli`).
-//! An import back up into a lower crate is a compile error. The story engine
-//! gets trace context through `story::observe::TraceContext`.
+//! `explain`) → `warden-store` (`store`, `approval`) → `warden-story` (story
+//! files of both kinds, templates, the run's record) → the engines of the two
+//! story kinds, side by side: `warden-steps` (steps in order) and
+//! `warden-graph` (agents and events, Liquid and formulas) → `warden-engine`
+//! (`story::engine`: a run's lifecycle and each step it runs) →
+//! `warden-tines` (`tines`) and `warden-server` (`server`, `telemetry`) → this
+//! crate (the binary, `cli`). An import back up into a lower crate is a
+//! compile error. The engine gets trace context through
+//! `story::observe::TraceContext`.
 
 // Each floor is a crate of its own under `host/`: an import back up into a
 // lower one is a compile error. This crate (the `warden` binary's library)
 // re-exports them under the names the command line, the tests and the
 // benchmarks use.
 pub use warden_engine::story;
+pub use warden_graph as graph;
 pub use warden_server::{server, telemetry};
 pub use warden_tines::tines;
 

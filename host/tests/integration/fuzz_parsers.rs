@@ -267,7 +267,7 @@ fn the_tines_importer_never_panics_and_writes_what_loads() {
             for (_, doc) in &imported.stories {
                 let formulas = doc["graph"]["templates"] == "formulas";
                 for a in doc["graph"]["agents"].as_array().into_iter().flatten() {
-                    let _ = warden::story::graph::render(&a["options"], &empty, formulas);
+                    let _ = warden::graph::render(&a["options"], &empty, formulas);
                 }
             }
             Ok(None)

@@ -167,7 +167,7 @@ pub(super) async fn dispatch(s: &AppState, started: Started, trace: Option<opent
     match s.queue.dispatch(run, wait).await {
         Ok(Some(result)) => (StatusCode::OK, Json(result)).into_response(),
         Ok(None) => {
-            match graph_response.as_ref().and_then(|(story, input)| crate::story::graph::webhook_response(story, input, &run_id, &s.engine.policy.resources)) {
+            match graph_response.as_ref().and_then(|(story, input)| warden_graph::webhook_response(story, input, &run_id, &s.engine.policy.resources)) {
                 // An imported Tines webhook's own answer (the run goes on; its id in a header).
                 Some(Ok((code, body))) => {
                     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::CREATED);

@@ -1,7 +1,7 @@
 //! The `approval` step: ask once, park the run, answer with the decision.
 //! See [`crate::approval`] for the whole path (links, decisions, waking).
 
-use super::{Context, Engine, ErrorKind, StepError, StepRun};
+use super::{Engine, ErrorKind, StepError, StepRun};
 use crate::approval::{self, Approval, ApprovalSpec, LinkKey, OnTimeout};
 use crate::invocation::Handed;
 use crate::story::template::{render_str, render_value, Bindings};
@@ -25,21 +25,19 @@ impl Engine {
     /// step before the approval (an email) carries the links it will accept.
     /// Each link's token is a placeholder sealed to the run tree `root`
     /// ([`approval::placeholder`]); only egress puts the token in its place.
-    pub(super) fn add_approval_links(&self, story: &Story, run: &str, root: &str, ctx: &mut Context) -> Result<(), StepError> {
+    pub(super) fn approval_links_of(&self, story: &Story, run: &str, root: &str, ctx: &Bindings) -> Result<Option<Value>, StepError> {
         let mut specs = story.steps().into_iter().flat_map(|b| &b.steps).filter_map(|s| match &s.kind {
             StepKind::Approval(spec) => Some((s.id.as_str(), spec)),
             _ => None,
         });
-        let Some(first) = specs.next() else { return Ok(()) };
+        let Some(first) = specs.next() else { return Ok(None) };
         let key = self.link_key()?;
         let mut all = serde_json::Map::new();
         for (step, spec) in std::iter::once(first).chain(specs) {
-            let approvers =
-                render_approvers(&spec.approvers, &ctx.bindings).map_err(|e| StepError::new(ErrorKind::Template, format!("step {step}: approvers: {e}")))?;
+            let approvers = render_approvers(&spec.approvers, ctx).map_err(|e| StepError::new(ErrorKind::Template, format!("step {step}: approvers: {e}")))?;
             all.insert(step.to_string(), approval::links_value(&key, &self.links_base, root, run, step, &spec.choices, &approvers));
         }
-        ctx.bindings.set("approval", &Value::Object(all));
-        Ok(())
+        Ok(Some(Value::Object(all)))
     }
 
     /// The links a step's rendered input holds as placeholders, opened for

@@ -8,25 +8,23 @@
 
 use crate::story::invoke::{Invoke, PolicyInvoker};
 pub use crate::story::observe::{Event, Observer, Quiet};
-use resume::Resume;
+pub use crate::story::run::{Resume, RunOutcome, StepRun, StepRunner};
 
 mod approve;
-mod graph;
 mod resume;
 use crate::invocation::{InvocationInfo, LogLine};
 use crate::policy::Policy;
 use crate::runtime::Runtime;
 use crate::store::{NewRun, Store};
-use crate::story::recorder::{Recorder, StepAt, StoreHealth};
+use crate::story::recorder::{Recorder, StoreHealth};
 pub use crate::story::state::{ErrorKind, RunResult, RunState, StepError, StepState};
-use crate::story::template::{render_str, render_value, truthy, Bindings};
-use crate::story::{schema, Body, Library, OnError, Step, StepKind, Story};
-use futures::stream::{FuturesOrdered, StreamExt};
-use serde_json::{json, Value};
+use crate::story::template::{render_value, Bindings};
+use crate::story::{schema, Body, Library, StepKind, Story};
+use serde_json::Value;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Refused before a run was created.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,56 +66,6 @@ pub struct Engine {
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// The template context of a run: what its templates can read so far.
-struct Context {
-    bindings: Bindings,
-}
-
-impl Context {
-    fn new(run: &str, story: &Story, input: &Value) -> Context {
-        let mut bindings = Bindings::default();
-        bindings.set("input", input);
-        bindings.set("run", &json!({"id": run, "story": story.name, "team": story.team}));
-        Context { bindings }
-    }
-    fn set_step(&mut self, id: &str, status: StepState, output: Value, error: Option<&StepError>) {
-        self.bindings.set_step(id, &json!({"status": status, "output": output, "error": error}));
-    }
-    fn with_item(&self, item: &Value, index: usize) -> Bindings {
-        let mut b = self.bindings.with("item", item);
-        b.set("index", &json!(index));
-        b
-    }
-}
-
-/// One step being run: where it is and who watches.
-struct StepRun<'a> {
-    story: &'a Story,
-    step: &'a Step,
-    run: &'a str,
-    /// The top-level run (woken when an approval below it is decided).
-    root: &'a str,
-    depth: usize,
-    observer: &'a dyn Observer,
-    /// A resumed run's sub-story run that this step left waiting.
-    waiting_child: Option<&'a str>,
-}
-
-impl<'a> StepRun<'a> {
-    fn at(&self, item: Option<usize>) -> StepAt<'a> {
-        StepAt { run: self.run, step: &self.step.id, item, kind: self.step.kind.name() }
-    }
-
-    fn finished(&self, item: Option<usize>, state: StepState, elapsed: Duration, error: Option<&StepError>) {
-        let (run, step, kind, depth) = (self.run, self.step.id.as_str(), self.step.kind.name(), self.depth);
-        self.observer.event(&Event::StepFinished { run, step, kind, item, state, elapsed, error, depth });
-    }
-}
-
-/// How a run's steps ended: the output, or the step that failed (`None`
-/// before any step) and why.
-type RunOutcome = Result<Value, (Option<String>, StepError)>;
 
 /// What [`Engine::accept`] did with a submission.
 pub enum Accepted {
@@ -342,7 +290,7 @@ impl Engine {
                 self.recorder.traced(&run_id, trace);
             }
             let root = root.unwrap_or_else(|| run_id.clone());
-            let outcome = self.run_steps(&story, &run_id, &root, input, depth, observer, resume).await;
+            let outcome = self.run_body(&story, &run_id, &root, input, depth, observer, resume).await;
             let result = match outcome {
                 // Parked (recorded as `waiting` already): it resumes once decided.
                 Err((step, e)) if e.kind == ErrorKind::Waiting => RunResult::waiting(&run_id, step),
@@ -372,132 +320,19 @@ impl Engine {
         }
     }
 
+    /// Hands the run's body to the engine of its kind.
     #[allow(clippy::too_many_arguments)]
-    async fn run_steps(&self, story: &Story, run_id: &str, root: &str, input: Value, depth: usize, observer: &dyn Observer, resume: Resume) -> RunOutcome {
+    async fn run_body(&self, story: &Story, run_id: &str, root: &str, input: Value, depth: usize, observer: &dyn Observer, resume: Resume) -> RunOutcome {
         self.recorder.start_run(run_id);
-        let body = match &story.body {
-            Body::Steps(body) => body,
-            // A graph run resumes from its own record (see engine/graph.rs), not from a step index.
-            Body::Graph(graph) => return self.run_graph(story, graph, run_id, root, input, depth, observer, resume.resumed).await,
-        };
-        let mut ctx = Context::new(run_id, story, &input);
-        self.add_approval_links(story, run_id, root, &mut ctx).map_err(|e| (None, e))?;
-        let mut last_output = Value::Null;
-        for (id, status, output, error) in &resume.done {
-            ctx.set_step(id, *status, output.clone(), error.as_ref());
-            last_output = output.clone();
+        match &story.body {
+            Body::Steps(body) => warden_steps::run(self, story, body, run_id, root, input, depth, observer, resume).await,
+            // A graph run resumes from its own record, not from a step index.
+            Body::Graph(graph) => warden_graph::run(self, story, graph, run_id, root, input, depth, observer, resume.resumed).await,
         }
-        for (i, step) in body.steps.iter().enumerate().skip(resume.from) {
-            // A resumed step continues its attempt count, so the retry policy holds across restarts.
-            let first_attempt = if i == resume.from { resume.attempts_used + 1 } else { 1 };
-            let waiting_child = if i == resume.from { resume.waiting_child.as_deref() } else { None };
-            let sr = StepRun { story, step, run: run_id, root, depth, observer, waiting_child };
-            match self.run_step(&sr, &mut ctx, first_attempt).await {
-                Ok(Some(out)) => last_output = out,
-                Ok(None) => {}
-                Err(e) => return Err((Some(step.id.clone()), e)),
-            }
-        }
-        match &body.output {
-            Some(template) => {
-                render_value(template, &ctx.bindings).map_err(|e| (Some("output".to_string()), StepError::new(ErrorKind::Template, format!("output: {e}"))))
-            }
-            None => Ok(last_output),
-        }
-    }
-
-    /// One step: condition, items, retries, error policy. `Ok(None)` when it
-    /// adds no output (skipped, or failed with `on_error: continue`).
-    async fn run_step(&self, sr: &StepRun<'_>, ctx: &mut Context, first_attempt: u32) -> Result<Option<Value>, StepError> {
-        let step = sr.step;
-        if let Some(cond) = &step.condition {
-            match render_str(cond, &ctx.bindings) {
-                Ok(v) if !truthy(&v) => {
-                    self.recorder.step_finished(&sr.at(None), StepState::Skipped, None, None, 0);
-                    sr.finished(None, StepState::Skipped, Duration::ZERO, None);
-                    ctx.set_step(&step.id, StepState::Skipped, Value::Null, None);
-                    return Ok(None);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let e = StepError::new(ErrorKind::Template, format!("if `{cond}`: {e}"));
-                    self.recorder.step_finished(&sr.at(None), StepState::Failed, None, Some(&e), 0);
-                    return Err(e);
-                }
-            }
-        }
-        let started = Instant::now();
-        let result = match &step.for_each {
-            None => self.attempts(sr, &ctx.bindings, None, first_attempt).await,
-            Some(list) => {
-                let result = self.for_each(sr, ctx, list, first_attempt).await;
-                // The step as a whole, beside its items' rows.
-                let (state, out, err) = match &result {
-                    Ok(out) => (StepState::Succeeded, Some(out), None),
-                    Err(e) => (StepState::Failed, None, Some(e)),
-                };
-                self.recorder.step_finished(&sr.at(None), state, out, err, 1);
-                result
-            }
-        };
-        let e = match result {
-            Ok(out) => {
-                ctx.set_step(&step.id, StepState::Succeeded, out.clone(), None);
-                return Ok(Some(out));
-            }
-            // No error policy may hide a run the store could not record, and
-            // a parked run is not a failure.
-            Err(e) if e.kind == ErrorKind::Store || e.kind == ErrorKind::Waiting => return Err(e),
-            Err(e) => e,
-        };
-        match &step.on_error {
-            OnError::Fail => Err(e),
-            OnError::Continue => {
-                sr.finished(None, StepState::Continued, started.elapsed(), Some(&e));
-                ctx.set_step(&step.id, StepState::Failed, Value::Null, Some(&e));
-                Ok(None)
-            }
-            OnError::Fallback(name) => {
-                let fb = sr.story.steps().and_then(|b| b.fallback(name)).expect("checked at load");
-                let fctx = ctx.bindings.with("error", &json!({"step": step.id, "kind": e.kind, "message": e.message}));
-                let fsr = StepRun { step: fb, ..*sr };
-                let out = self.attempts(&fsr, &fctx, None, 1).await.map_err(|fe| match fe.kind {
-                    ErrorKind::Store => fe,
-                    _ => StepError::new(fe.kind, format!("fallback {name} failed too: {} (after: {})", fe.message, e.message)),
-                })?;
-                ctx.set_step(&step.id, StepState::Recovered, out.clone(), Some(&e));
-                Ok(Some(out))
-            }
-        }
-    }
-
-    async fn for_each(&self, sr: &StepRun<'_>, ctx: &Context, list: &str, first_attempt: u32) -> Result<Value, StepError> {
-        let items = match render_str(list, &ctx.bindings).map_err(|e| StepError::new(ErrorKind::Template, format!("for_each `{list}`: {e}")))? {
-            Value::Array(a) => a,
-            other => return Err(StepError::new(ErrorKind::Template, format!("for_each `{list}` must give a list, not {other}"))),
-        };
-        // At most `concurrency` items in flight; results kept in item order.
-        let mut pending = FuturesOrdered::new();
-        let mut next = items.iter().enumerate();
-        let mut outputs = Vec::with_capacity(items.len());
-        loop {
-            while pending.len() < sr.step.concurrency {
-                let Some((i, item)) = next.next() else { break };
-                let ictx = ctx.with_item(item, i);
-                pending.push_back(async move { (i, self.attempts(sr, &ictx, Some(i), first_attempt).await) });
-            }
-            match pending.next().await {
-                Some((_, Ok(v))) => outputs.push(v),
-                Some((_, Err(e))) if e.kind == ErrorKind::Store => return Err(e),
-                Some((i, Err(e))) => return Err(StepError { message: format!("item {i}: {}", e.message), ..e }),
-                None => break,
-            }
-        }
-        Ok(Value::Array(outputs))
     }
 
     /// Runs a step (or one item of it) with its retry policy and timeout.
-    async fn attempts(&self, sr: &StepRun<'_>, ctx: &Bindings, item: Option<usize>, first_attempt: u32) -> Result<Value, StepError> {
+    async fn step_attempts(&self, sr: &StepRun<'_>, ctx: &Bindings, item: Option<usize>, first_attempt: u32) -> Result<Value, StepError> {
         let step = sr.step;
         let at = sr.at(item);
         let mut attempt = first_attempt;
@@ -697,5 +532,30 @@ impl Engine {
             self.invoker.prepare(plugin, team).await.map_err(|e| format!("plugin {plugin} for team {team}: {}", e.message))?;
         }
         Ok(pairs.len())
+    }
+}
+
+/// What the engine of a story's kind asks of this one: one step run, the
+/// record, the policy.
+#[async_trait::async_trait]
+impl StepRunner for Engine {
+    async fn attempts(&self, sr: &StepRun<'_>, ctx: &Bindings, item: Option<usize>, first_attempt: u32) -> Result<Value, StepError> {
+        self.step_attempts(sr, ctx, item, first_attempt).await
+    }
+
+    fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    fn approval_links(&self, story: &Story, run: &str, root: &str, ctx: &Bindings) -> Result<Option<Value>, StepError> {
+        self.approval_links_of(story, run, root, ctx)
     }
 }

@@ -1,25 +1,11 @@
 //! Resuming a run a restart interrupted: finished steps keep their results,
 //! the interrupted one runs again only if its retry policy allows.
 
-use super::{Engine, ErrorKind, RunResult, RunState, StepError, StepState};
+use super::{Engine, ErrorKind, Resume, RunResult, RunState, StepError, StepState};
 use crate::story::observe::Observer;
 use crate::story::recorder::StepAt;
 use crate::story::OnError;
 use serde_json::Value;
-
-/// Where a resumed run picks up: the finished steps' results, and the index of
-/// the first step still to run.
-#[derive(Default)]
-pub(super) struct Resume {
-    /// Whether the run was interrupted or parked before (a new run: `false`).
-    pub(super) resumed: bool,
-    pub(super) done: Vec<(String, StepState, Value, Option<StepError>)>,
-    pub(super) from: usize,
-    /// Attempts the interrupted step already used (recorded for the audit trail).
-    pub(super) attempts_used: u32,
-    /// The sub-story run the step at `from` left waiting for an approval.
-    pub(super) waiting_child: Option<String>,
-}
 
 /// Resumes after the process ended that may each end it again before a run
 /// is failed instead (see [`Engine::resume_after_restart`]).
