@@ -169,7 +169,8 @@ impl LateAudit {
 /// The per-invocation state of every capability.
 pub struct Capabilities {
     pub call: CallState,
-    /// Live, recorded or replayed (see [`crate::recording`]).
+    /// The interceptor every capability asks before a call and hands the
+    /// call made: live, recorded or replayed (see [`crate::recording::intercept`]).
     pub tape: Tape,
     pub http: http::HttpState,
     pub smtp: smtp::SmtpState,
@@ -210,11 +211,8 @@ impl Capabilities {
     /// Whether the invocation must stop now: past `limits.denials`, or a
     /// replay that diverged (possibly in a wasi:http body checked late).
     pub fn check_stopped(&mut self) -> wasmtime::Result<()> {
-        if let Tape::Replay(r) = &self.tape {
-            let diverged = crate::recording::locked(r).divergence.clone();
-            if let (Some(d), None) = (diverged, &self.call.stopped) {
-                return Err(self.call.diverged(&d));
-            }
+        if let (Some(d), None) = (self.tape.divergence(), &self.call.stopped) {
+            return Err(self.call.diverged(&d));
         }
         self.call.check_denials()
     }

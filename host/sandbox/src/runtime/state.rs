@@ -137,7 +137,7 @@ impl InvocationState {
             .max_random_size(MAX_RANDOM_BYTES.min(limits.memory_bytes));
         // Recorded or replayed: what makes a guest take another path on
         // another run (randomness, the time) is read from the tape.
-        if !matches!(tape, Tape::Live) {
+        if !tape.is_live() {
             wasi.secure_random(TapedRandom(tape.clone()))
                 .insecure_random(TapedRandom(tape.clone()))
                 .insecure_random_seed(0x005e_ed0f_7a9e_u128)

@@ -27,7 +27,7 @@ use crate::invocation::guest_text;
 use crate::limits::Bytes;
 use crate::policy::credentials::{CredentialKind, CredentialSpec, OAuth2, Secret};
 use crate::policy::target::Target;
-use crate::recording::{self, locked, Call, Tape};
+use crate::recording::{self, Call, Intercepted};
 use check::Refusal;
 use inject::Redactor;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -119,24 +119,26 @@ impl http::Host for Capabilities {
         let started = Instant::now();
         let mut record = self.call.record("http", String::new(), String::new());
         let asked = || taped::request(&req.method, &req.url, &req.headers, req.body.as_deref(), req.credential.as_deref());
-        if let Tape::Replay(replayer) = &self.tape {
+        let answered = || Call::Http { request: asked(), answer: recording::HttpAnswer::Error { kind: String::new(), message: String::new() } };
+        let made = match self.tape.intercept(answered) {
             // Answered from the recording: nothing is judged or sent again.
-            self.http.sent += 1;
-            record.method = guest_text(&req.method, check::MAX_METHOD_BYTES).to_ascii_uppercase();
-            record.url = guest_text(&req.url, AUDIT_URL_BYTES);
-            let answer =
-                locked(replayer).answer(&Call::Http { request: asked(), answer: recording::HttpAnswer::Error { kind: String::new(), message: String::new() } });
-            return match answer {
-                Ok(call @ Call::Http { .. }) => {
-                    taped::audit_replayed(&mut record, &call);
-                    self.call.keep(record, started);
-                    let Call::Http { answer, .. } = call else { unreachable!() };
-                    Ok(taped::replayed(&answer).map(|d| http::Response { status: d.status, headers: d.headers, body: d.body }))
-                }
-                Ok(_) => unreachable!("answer() returns a call of the kind asked"),
-                Err(d) => Err(self.call.diverged(&d)),
-            };
-        }
+            Intercepted::Answered(answer) => {
+                self.http.sent += 1;
+                record.method = guest_text(&req.method, check::MAX_METHOD_BYTES).to_ascii_uppercase();
+                record.url = guest_text(&req.url, AUDIT_URL_BYTES);
+                return match answer {
+                    Ok(call @ Call::Http { .. }) => {
+                        taped::audit_replayed(&mut record, &call);
+                        self.call.keep(record, started);
+                        let Call::Http { answer, .. } = call else { unreachable!() };
+                        Ok(taped::replayed(&answer).map(|d| http::Response { status: d.status, headers: d.headers, body: d.body }))
+                    }
+                    Ok(_) => unreachable!("answer() returns a call of the kind asked"),
+                    Err(d) => Err(self.call.diverged(&d)),
+                };
+            }
+            Intercepted::Proceed(made) => made,
+        };
         let outgoing = Outgoing {
             method: &req.method,
             url: &req.url,
@@ -146,14 +148,14 @@ impl http::Host for Capabilities {
             timeout: req.timeout_ms.map(|ms| Duration::from_millis(ms as u64)),
         };
         // Written now: the body goes on the wire below.
-        let request = matches!(self.tape, Tape::Record(_))
-            .then(|| taped::request_json(&req.method, &req.url, &req.headers, req.body.as_deref(), req.credential.as_deref()));
+        let request = made.keeps().then(|| taped::request_json(&req.method, &req.url, &req.headers, req.body.as_deref(), req.credential.as_deref()));
         let result = match admit(&self.call, &mut self.http, &outgoing, &mut record) {
             Ok(admitted) => deliver(admitted, req.body, &mut record).await,
             Err(e) => Err(e),
         };
-        if let (Tape::Record(recorder), Some(request)) = (&self.tape, request) {
-            locked(recorder).put_http(&request, taped::answer_out(&result));
+        // Kept before the audit's verdict, which may end the invocation (past limits.denials).
+        if let Some(request) = request {
+            made.keep_http(&request, taped::answer_out(&result));
         }
         self.call.answered(record, started)?;
         Ok(result.map(|d| http::Response { status: d.status, headers: d.headers, body: d.body }))

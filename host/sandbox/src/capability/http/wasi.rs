@@ -30,7 +30,7 @@ use crate::audit::Verdict;
 use crate::bindings::warden::action::http::HttpError;
 use crate::capability::{taped, Capabilities};
 use crate::limits::Bytes;
-use crate::recording::{locked, Body, Call, HttpAnswer, HttpRequest, Tape};
+use crate::recording::{Body, BodyCheck, Call, HttpRequest, InterceptedStream};
 use bytes::Bytes as Buf;
 use http_body_util::{BodyExt, Full, Limited};
 use std::future::Future;
@@ -105,18 +105,18 @@ impl WasiHttpHooks for Capabilities {
         };
         let mut record = self.call.record("http", String::new(), String::new());
         let asked = |body: Option<Body>| HttpRequest { body, ..taped::request(&method, &url, &head.headers, None, head.credential.as_deref()) };
-        if let Tape::Replay(replayer) = &self.tape {
-            return self.replay(replayer.clone(), asked, body, record, started);
-        }
-        let recording = match &self.tape {
-            Tape::Record(r) => Some((r.clone(), locked(r).reserve(), asked(None))),
-            _ => None,
+        let made = match self.tape.intercept_streamed(&asked) {
+            InterceptedStream::Answered(answer, body_check) => return self.replay(answer, body_check, body, record, started),
+            InterceptedStream::Proceed(made) => made,
         };
+        // The request's place on the recording is taken now: it is answered later, beside the guest.
+        let recording = made.reserve();
+        let request = recording.keeps().then(|| asked(None));
         let admitted = match admit(&self.call, &mut self.http, &outgoing, &mut record) {
             Ok(a) => a,
             Err(e) => {
-                if let Some((recorder, slot, request)) = recording {
-                    locked(&recorder).put(slot, Call::Http { request, answer: taped::answer(&Err(e.clone())) });
+                if let Some(request) = request {
+                    recording.keep(|| Call::Http { request, answer: taped::answer(&Err(e.clone())) });
                 }
                 let error = to_wasi_error(e, &record.rule);
                 // Past `limits.denials` this marks the invocation stopped; the
@@ -155,8 +155,8 @@ impl WasiHttpHooks for Capabilities {
             record.duration_ms = started.elapsed().as_millis() as u64;
             let rule = record.rule.clone();
             late.close(slot, record);
-            if let Some((recorder, at, request)) = recording {
-                locked(&recorder).put(at, Call::Http { request: HttpRequest { body: sent_body, ..request }, answer: taped::answer(&result) });
+            if let Some(request) = request {
+                recording.keep(|| Call::Http { request: HttpRequest { body: sent_body, ..request }, answer: taped::answer(&result) });
             }
             match result {
                 Ok(d) => Ok((response(d, turn), Box::new(async { Ok(()) }) as Box<dyn Future<Output = Result<(), WasiError>> + Send>)),
@@ -171,25 +171,13 @@ impl Capabilities {
     /// recorded one (its body once the guest has written it), never sent.
     fn replay(
         &mut self,
-        replayer: std::sync::Arc<std::sync::Mutex<crate::recording::Replayer>>,
-        asked: impl Fn(Option<Body>) -> HttpRequest,
+        answered: Result<Call, crate::recording::Divergence>,
+        body_check: BodyCheck,
         body: WasiBody,
         mut record: crate::audit::AuditRecord,
         started: Instant,
     ) -> Box<dyn Future<Output = Answer> + Send> {
         self.http.sent += 1;
-        let mut replayer_now = locked(&replayer);
-        // The body is still streaming: the head is compared now, the body below.
-        let recorded_body = match replayer_now.peek() {
-            Some(Call::Http { request, .. }) => request.body.clone(),
-            _ => None,
-        };
-        let request = asked(recorded_body.clone());
-        record.method = request.method.clone();
-        record.url = crate::invocation::guest_text(&request.url, 2048);
-        let answered = replayer_now.answer(&Call::Http { request, answer: HttpAnswer::Error { kind: String::new(), message: String::new() } });
-        let n = replayer_now.answered();
-        drop(replayer_now);
         let call = match answered {
             Ok(call) => call,
             Err(d) => {
@@ -197,6 +185,10 @@ impl Capabilities {
                 return Box::new(async move { Err(WasiError::InternalError(Some(message))) });
             }
         };
+        if let Call::Http { request, .. } = &call {
+            record.method = request.method.clone();
+            record.url = crate::invocation::guest_text(&request.url, 2048);
+        }
         taped::audit_replayed(&mut record, &call);
         self.call.keep(record, started);
         let deadline = self.call.deadline;
@@ -205,12 +197,12 @@ impl Capabilities {
         Box::new(async move {
             let turn = turns.acquire_owned().await.expect("never closed");
             let now = match read_body(body, cap, deadline).await {
-                Ok(b) if b.is_empty() && recorded_body.is_none() => None,
+                Ok(b) if b.is_empty() && body_check.recorded().is_none() => None,
                 Ok(b) => Some(Body::of(&b)),
                 Err(BodyError::TooLarge) => Some(Body::Text(format!("(more than the {} limits.request_bytes allows)", Bytes(cap)))),
                 Err(_) => Some(Body::Text("(unfinished or unreadable)".into())),
             };
-            if let Err(d) = locked(&replayer).check_body(n, &recorded_body, &now) {
+            if let Err(d) = body_check.check(&now) {
                 return Err(WasiError::InternalError(Some(format!("replay diverged at {d}"))));
             }
             let Call::Http { answer, .. } = call else { unreachable!("answer() returns a call of the kind asked") };

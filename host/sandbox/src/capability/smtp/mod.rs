@@ -9,7 +9,7 @@ pub mod relay;
 use super::Capabilities;
 use crate::audit::Verdict;
 use crate::bindings::warden::action::smtp;
-use crate::recording::{locked, Call, Tape};
+use crate::recording::{Call, Intercepted};
 use check::{Draft, MailError};
 use serde_json::{json, Value};
 use std::time::Instant;
@@ -30,21 +30,18 @@ impl smtp::Host for Capabilities {
         let mut record = self.call.record("smtp", "SEND".into(), url);
         let message =
             json!({"from": m.from, "to": m.to, "cc": m.cc, "bcc": m.bcc, "reply_to": m.reply_to, "subject": m.subject, "text": m.text, "html": m.html});
-        if let Tape::Replay(r) = &self.tape {
+        let made = match self.tape.intercept(|| Call::Smtp { message: message.clone(), answer: Value::Null }) {
             // A replayed message is compared, never sent.
-            let answered = locked(r).answer(&Call::Smtp { message, answer: Value::Null });
-            return match answered {
-                Ok(call @ Call::Smtp { .. }) => {
-                    super::taped::audit_replayed(&mut record, &call);
-                    self.call.keep(record, started);
-                    let Call::Smtp { answer, .. } = call else { unreachable!() };
-                    Ok(replayed(&answer))
-                }
-                Ok(_) => unreachable!("answer() returns a call of the kind asked"),
-                Err(d) => Err(self.call.diverged(&d)),
-            };
-        }
-        let recording = matches!(self.tape, Tape::Record(_)).then(|| message.clone());
+            Intercepted::Answered(Ok(call @ Call::Smtp { .. })) => {
+                super::taped::audit_replayed(&mut record, &call);
+                self.call.keep(record, started);
+                let Call::Smtp { answer, .. } = call else { unreachable!() };
+                return Ok(replayed(&answer));
+            }
+            Intercepted::Answered(Ok(_)) => unreachable!("answer() returns a call of the kind asked"),
+            Intercepted::Answered(Err(d)) => return Err(self.call.diverged(&d)),
+            Intercepted::Proceed(made) => made,
+        };
         let mut draft = Draft { from: m.from, to: m.to, cc: m.cc, bcc: m.bcc, reply_to: m.reply_to, subject: m.subject, text: m.text, html: m.html };
         // Placeholder credentials granted for this relay, filled in only now (the
         // audit, the recording and the guest keep the placeholder).
@@ -103,9 +100,7 @@ impl smtp::Host for Capabilities {
                 Err(smtp::SmtpError::Rejected(m))
             }
         };
-        if let (Tape::Record(r), Some(message)) = (&self.tape, recording) {
-            locked(r).put(None, Call::Smtp { message, answer: answer(&result) });
-        }
+        made.keep(|| Call::Smtp { message, answer: answer(&result) });
         self.call.answered(record, started)?;
         Ok(result)
     }

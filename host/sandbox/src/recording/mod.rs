@@ -14,6 +14,9 @@
 //! from a recording instead of the world, checking that the guest asks the
 //! same thing, and stops it at the first divergence, which it names precisely.
 
+mod intercept;
+pub use intercept::{BodyCheck, Intercepted, InterceptedStream, Made, Reserved};
+
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
