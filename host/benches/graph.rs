@@ -11,7 +11,7 @@ mod common;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Instant;
-use warden::story::engine::{Engine, Quiet};
+use warden::story::engine::{Quiet, StoryRunner};
 
 const STORY: &str = r#"
 name: fan-out
@@ -32,8 +32,8 @@ fn main() {
     let mut library = warden::story::Library::default();
     library.stories.insert(story.name.clone(), Arc::new(story));
     let rt = Arc::new(warden::runtime::Runtime::new(warden::runtime::RuntimeConfig::default()).unwrap());
-    let store = Arc::new(warden::store::RunStore::in_memory().unwrap());
-    let engine = Engine::new(rt, Arc::new(warden::Policy::empty()), Arc::new(library), store);
+    let store = Arc::new(warden::store::SqliteStore::in_memory().unwrap());
+    let engine = StoryRunner::new(rt, Arc::new(warden::Policy::empty()), Arc::new(library), store);
     let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     // An upstream answer of about 1 MiB that every event carries.
     let blob: Vec<Value> = (0..8_000).map(|i| json!({"id": i, "text": "x".repeat(100)})).collect();

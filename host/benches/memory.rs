@@ -69,7 +69,7 @@ fn main() {
 
 /// Runs parked at an approval step: what they cost while they wait.
 fn waiting_runs(rt: &tokio::runtime::Runtime, sizes: &[usize]) {
-    use warden::story::engine::{Engine, Quiet};
+    use warden::story::engine::{Quiet, StoryRunner};
     println!("memory per run waiting for an approval (an echo step, then the approval; SQLite store on disk)");
     let story = "name: ask\nsteps:\n  - id: before\n    action: probe\n    with: {op: echo}\n  - id: confirm\n    approval: {title: 'Go on?', timeout: 4h}\n";
     for &n in sizes {
@@ -82,7 +82,7 @@ fn waiting_runs(rt: &tokio::runtime::Runtime, sizes: &[usize]) {
         let parsed = warden::story::parse(story, std::path::Path::new("ask.yaml")).unwrap();
         library.stories.insert(parsed.name.clone(), Arc::new(parsed));
         let store = warden::store::open(&dir.join("runs.db")).unwrap();
-        let engine = Arc::new(Engine::new(runtime.clone(), Arc::new(policy), Arc::new(library), store.clone()));
+        let engine = Arc::new(StoryRunner::new(runtime.clone(), Arc::new(policy), Arc::new(library), store.clone()));
         // Warm: one parked run first, so code, caches and the store's pages are resident.
         let first = rt.block_on(engine.run("ask", serde_json::json!({}), "bench", &Quiet)).unwrap();
         assert_eq!(first.state, warden::story::RunState::Waiting);

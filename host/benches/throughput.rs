@@ -9,8 +9,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use warden::runtime::{Runtime, RuntimeConfig};
-use warden::store::Store;
-use warden::story::engine::Engine;
+use warden::store::RunStore;
+use warden::story::engine::StoryRunner;
 use warden::story::Library;
 use warden::Policy;
 
@@ -43,9 +43,9 @@ async fn measure(runs: usize, concurrency: usize) -> f64 {
     )
     .unwrap();
     let library = Library::load_dir(&dir.join("stories")).unwrap();
-    let store = Arc::new(warden::store::RunStore::open(&dir.join("runs.db")).unwrap());
+    let store = Arc::new(warden::store::SqliteStore::open(&dir.join("runs.db")).unwrap());
     let rt = Arc::new(Runtime::new(RuntimeConfig { max_instances: 512, ..Default::default() }).unwrap());
-    let engine = Arc::new(Engine::new(rt, Arc::new(policy), Arc::new(library), store.clone()));
+    let engine = Arc::new(StoryRunner::new(rt, Arc::new(policy), Arc::new(library), store.clone()));
     let (router, _queue) =
         warden::server::start(engine, &warden::server::ServeOptions { workers: 64, drain: Duration::from_secs(5), role: Default::default(), telemetry: None })
             .unwrap();

@@ -1,7 +1,7 @@
 //! The run engine: accepts a run, runs it, resumes it after a restart or
 //! an approval, and replays it from its recordings.
 //!
-//! One run's path through this crate: [`story::engine`] (`Engine::accept` /
+//! One run's path through this crate: [`story::engine`] (`StoryRunner::accept` /
 //! `execute`: the run's lifecycle) hands the story's body to the engine of
 //! its kind — `warden-steps` (steps in order) or `warden-graph` (agents and
 //! events) — which asks back for each step through

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use warden::runtime::{Runtime, RuntimeConfig};
-use warden::story::engine::{Engine, Observer, Quiet};
+use warden::story::engine::{Observer, Quiet, StoryRunner};
 use warden::story::invoke::{Invoke, PolicyInvoker};
 use warden::story::{Body, Library, StepKind};
 
@@ -71,7 +71,7 @@ pub async fn run(cmd: StoryCmd) -> anyhow::Result<ExitCode> {
             library.check(&policy)?;
             let store = warden::store::open(&db.db)?;
             let rt = Arc::new(Runtime::new(RuntimeConfig::default())?);
-            let engine = Engine::new(rt, policy, Arc::new(library), store);
+            let engine = StoryRunner::new(rt, policy, Arc::new(library), store);
             let observer: Box<dyn Observer> = if quiet { Box::new(Quiet) } else { Box::new(progress::Progress::new()) };
             let result = engine.run(&name, input, "cli", observer.as_ref()).await?;
             if json {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use warden::runtime::{Runtime, RuntimeConfig};
-use warden::story::engine::{Engine, Observer, Quiet};
+use warden::story::engine::{Observer, Quiet, StoryRunner};
 use warden::tines::export::Export;
 use warden::tines::import::{import, story_files, ImportOptions, Imported};
 use warden::Policy;
@@ -127,7 +127,7 @@ pub async fn run(cmd: TinesCmd) -> anyhow::Result<ExitCode> {
             let input: serde_json::Value = serde_json::from_str(&read_input(&input)?).context("--input is not JSON")?;
             let store = warden::store::open(&db.db)?;
             let rt = Arc::new(Runtime::new(RuntimeConfig::default())?);
-            let engine = Engine::new(rt, policy, Arc::new(library), store);
+            let engine = StoryRunner::new(rt, policy, Arc::new(library), store);
             let observer: Box<dyn Observer> = if quiet { Box::new(Quiet) } else { Box::new(progress::Progress::new()) };
             let result = engine.run(&first, input, "tines", observer.as_ref()).await?;
             if let Some(out) = &result.output {

@@ -17,7 +17,7 @@
 //! record is incomplete never records success. Recording its failure is
 //! always allowed.
 
-use super::{Conflict, Store, Write};
+use super::{Conflict, RunStore, Write};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -150,7 +150,7 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub fn start(store: Arc<dyn Store>, health: Arc<StoreHealth>) -> GroupCommit {
+    pub fn start(store: Arc<dyn RunStore>, health: Arc<StoreHealth>) -> GroupCommit {
         let inbox = Arc::new(Inbox::default());
         let writer = Writer { store, health, lost: HashMap::new(), inbox: inbox.clone() };
         std::thread::Builder::new().name("warden-store-writer".into()).spawn(move || writer.run()).expect("cannot start the run store's writer thread");
@@ -220,7 +220,7 @@ fn describe(w: &Write) -> String {
 
 struct Writer {
     inbox: Arc<Inbox>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn RunStore>,
     health: Arc<StoreHealth>,
     /// Runs with a queued write that was lost: why, and the step it recorded.
     lost: HashMap<String, (String, Option<String>)>,
@@ -361,7 +361,7 @@ impl Writer {
 mod tests {
     use super::*;
     use crate::testing::Flaky;
-    use crate::{NewRun, RunStore};
+    use crate::{NewRun, SqliteStore};
     use serde_json::json;
     use std::sync::atomic::AtomicUsize;
 
@@ -371,7 +371,7 @@ mod tests {
         batches: AtomicUsize,
     }
 
-    impl Store for Counting {
+    impl RunStore for Counting {
         fn apply(&self, batch: &[Write]) -> anyhow::Result<Vec<Result<(), Conflict>>> {
             self.batches.fetch_add(1, Ordering::SeqCst);
             self.inner.apply(batch)
@@ -432,7 +432,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_awaited_write_commits_what_its_run_queued_before_it() {
-        let store = Arc::new(RunStore::in_memory().unwrap());
+        let store = Arc::new(SqliteStore::in_memory().unwrap());
         let writer = GroupCommit::start(store.clone(), Arc::default());
         writer.queue(create("r1", None));
         writer.queue(Write::start_run("r1"));
@@ -444,7 +444,7 @@ mod tests {
 
     #[tokio::test]
     async fn queued_writes_commit_soon_without_an_awaited_one() {
-        let store = Arc::new(RunStore::in_memory().unwrap());
+        let store = Arc::new(SqliteStore::in_memory().unwrap());
         let writer = GroupCommit::start(store.clone(), Arc::default());
         writer.queue(create("r1", None));
         for _ in 0..200 {
@@ -458,7 +458,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_the_last_handle_commits_what_was_queued() {
-        let store = Arc::new(RunStore::in_memory().unwrap());
+        let store = Arc::new(SqliteStore::in_memory().unwrap());
         let writer = GroupCommit::start(store.clone(), Arc::default());
         for i in 0..100 {
             writer.queue(create(&format!("r{i}"), None));
@@ -475,7 +475,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_conflict_refuses_its_write_only() {
-        let store = Arc::new(RunStore::in_memory().unwrap());
+        let store = Arc::new(SqliteStore::in_memory().unwrap());
         let writer = GroupCommit::start(store.clone(), Arc::default());
         let (a, b, c) = tokio::join!(writer.commit(create("r1", Some("k"))), writer.commit(create("r2", Some("k"))), writer.commit(create("r3", None)));
         assert!(a.is_ok() ^ b.is_ok(), "one run per key: {a:?} {b:?}");
@@ -510,8 +510,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_store_fails_the_batch_and_the_writer_goes_on() {
-        struct Panics(RunStore, std::sync::atomic::AtomicBool);
-        impl Store for Panics {
+        struct Panics(SqliteStore, std::sync::atomic::AtomicBool);
+        impl RunStore for Panics {
             fn apply(&self, batch: &[Write]) -> anyhow::Result<Vec<Result<(), Conflict>>> {
                 if self.1.load(Ordering::SeqCst) {
                     panic!("store bug");
@@ -552,7 +552,7 @@ mod tests {
                 self.0.last_schedule_tick(story)
             }
         }
-        let store = Arc::new(Panics(RunStore::in_memory().unwrap(), true.into()));
+        let store = Arc::new(Panics(SqliteStore::in_memory().unwrap(), true.into()));
         let writer = GroupCommit::start(store.clone(), Arc::default());
         let e = writer.commit(create("r1", None)).await.unwrap_err();
         assert!(matches!(&e, Refused::Down { why, .. } if why.contains("the store panicked: store bug")), "{e:?}");

@@ -1,7 +1,7 @@
 //! The run store: every story run, its steps (input, output, error, attempts,
 //! timings), their logs and the audit records of every capability call. The
-//! [`Store`] trait is what the engine (through its recorder), the server and
-//! the CLI use; [`RunStore`] keeps it in embedded SQLite, [`PgStore`] in
+//! [`RunStore`] trait is what the engine (through its recorder), the server and
+//! the CLI use; [`SqliteStore`] keeps it in embedded SQLite, [`PgStore`] in
 //! PostgreSQL, and [`group`] commits the engine's writes in groups. Nothing
 //! secret is written: inputs and outputs only ever hold credential *names*,
 //! and responses were scrubbed by the host before a guest saw them.
@@ -34,7 +34,7 @@ pub mod testing;
 mod tests;
 
 pub use postgres::PgStore;
-pub use sqlite::RunStore;
+pub use sqlite::SqliteStore;
 
 /// Where a run store is, read once from `--db` / `$WARDEN_DB` / `[server] db`:
 /// a PostgreSQL URL (`postgres://…`, `postgresql://…`), or a SQLite file
@@ -63,17 +63,17 @@ impl Location {
 }
 
 /// Opens (creating and migrating as needed) the run store `db` names.
-pub fn open(db: &std::path::Path) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+pub fn open(db: &std::path::Path) -> anyhow::Result<std::sync::Arc<dyn RunStore>> {
     Ok(match Location::of(db) {
         Location::Postgres(url) => std::sync::Arc::new(PgStore::connect(&url)?),
-        Location::Sqlite(path) => std::sync::Arc::new(RunStore::open(&path)?),
+        Location::Sqlite(path) => std::sync::Arc::new(SqliteStore::open(&path)?),
     })
 }
 
 /// [`open`], for `warden serve`: on PostgreSQL this node joins the cluster
 /// of nodes sharing the database (see [`Cluster`]), holding each run it
 /// executes under a lease of `lease`.
-pub fn open_for_serving(db: &std::path::Path, lease: std::time::Duration) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+pub fn open_for_serving(db: &std::path::Path, lease: std::time::Duration) -> anyhow::Result<std::sync::Arc<dyn RunStore>> {
     match Location::of(db) {
         Location::Postgres(url) => {
             let store = PgStore::connect(&url)?;
@@ -268,7 +268,7 @@ pub struct RunFilter<'a> {
     pub offset: usize,
 }
 
-/// Most runs [`Store::count_runs`] reads: it counts the latest this many that
+/// Most runs [`RunStore::count_runs`] reads: it counts the latest this many that
 /// match. A live console view counts every 0.7 s; counting a store's whole
 /// history each time would grow without bound.
 pub const COUNT_CAP: u64 = 10_000;
@@ -457,13 +457,13 @@ pub struct StoredRecording {
 }
 
 /// The recordings of a run and of its sub-story runs, depth first.
-pub fn recordings_of_tree(store: &dyn Store, run: &str) -> anyhow::Result<Vec<StoredRecording>> {
+pub fn recordings_of_tree(store: &dyn RunStore, run: &str) -> anyhow::Result<Vec<StoredRecording>> {
     recordings_seen_by(store, run, None)
 }
 
 /// [`recordings_of_tree`] as `team` may see it: another team's sub-story
 /// runs (and theirs in turn) are that team's; the caller gets their output only.
-pub fn recordings_seen_by(store: &dyn Store, run: &str, team: Option<&str>) -> anyhow::Result<Vec<StoredRecording>> {
+pub fn recordings_seen_by(store: &dyn RunStore, run: &str, team: Option<&str>) -> anyhow::Result<Vec<StoredRecording>> {
     let mut all = store.recordings(run)?;
     if let Some(detail) = store.get_run(run)? {
         for child in detail.children.iter().filter(|c| team.is_none_or(|t| c.team == t)) {
@@ -668,8 +668,8 @@ pub const UNFINISHED_STATES: [&str; 3] = ["queued", "running", "waiting"];
 /// PostgreSQL client's wait on its own runtime — and must not hold one of the
 /// runtime's few worker threads while they do.
 pub async fn off_runtime<T: Send + 'static>(
-    store: &std::sync::Arc<dyn Store>,
-    read: impl FnOnce(&dyn Store) -> anyhow::Result<T> + Send + 'static,
+    store: &std::sync::Arc<dyn RunStore>,
+    read: impl FnOnce(&dyn RunStore) -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
     let store = store.clone();
     tokio::task::spawn_blocking(move || read(store.as_ref())).await.map_err(|e| anyhow::anyhow!("a run store read stopped: {e}"))?
@@ -677,14 +677,14 @@ pub async fn off_runtime<T: Send + 'static>(
 
 /// The run store's interface: what the story engine writes (through its
 /// recorder and [`group::GroupCommit`]) and what the server and the CLI read.
-/// [`RunStore`] keeps it in SQLite; tests use stores that fail on demand.
-pub trait Store: Send + Sync {
+/// [`SqliteStore`] keeps it in SQLite; tests use stores that fail on demand.
+pub trait RunStore: Send + Sync {
     /// Applies `batch` in one transaction. `Err` means nothing was committed;
     /// `Ok` holds one answer per write: a [`Conflict`] was not applied (and
     /// did not stop the others).
     fn apply(&self, batch: &[Write]) -> anyhow::Result<Vec<Result<(), Conflict>>>;
 
-    /// [`Store::apply`] of one write; a conflict is an error.
+    /// [`RunStore::apply`] of one write; a conflict is an error.
     fn apply_one(&self, w: Write) -> anyhow::Result<()> {
         match self.apply(std::slice::from_ref(&w))?.pop() {
             Some(Err(conflict)) => Err(conflict.into()),
@@ -733,8 +733,8 @@ pub trait Store: Send + Sync {
     /// last rested (finished or parked): see [`Write::NoteResume`].
     fn resumes(&self, id: &str) -> anyhow::Result<u32>;
     /// How many of the latest [`COUNT_CAP`] top-level runs are in each state
-    /// ([`Store::count_runs`] unfiltered). Every unfinished run, however many:
-    /// [`Store::count_unfinished`].
+    /// ([`RunStore::count_runs`] unfiltered). Every unfinished run, however many:
+    /// [`RunStore::count_unfinished`].
     fn count_by_state(&self) -> anyhow::Result<Vec<(String, u64)>> {
         self.count_runs(&RunFilter::default())
     }

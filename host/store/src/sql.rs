@@ -446,7 +446,7 @@ pub(crate) async fn count_runs(db: &impl Db, f: &RunFilter<'_>) -> anyhow::Resul
     state_counts(db.rows(&sql, &filter_args(&args)).await?)
 }
 
-/// [`Store::count_unfinished`]: the `IN` list of [`UNFINISHED_STATES`] lets
+/// [`RunStore::count_unfinished`]: the `IN` list of [`UNFINISHED_STATES`] lets
 /// each store use its index on `state` and never read a finished run.
 pub(crate) static COUNT_UNFINISHED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let states: Vec<String> = UNFINISHED_STATES.iter().map(|s| format!("'{s}'")).collect();
@@ -689,7 +689,7 @@ pub(crate) fn mark_resumed_sql(d: &Dialect) -> String {
     format!("UPDATE approvals SET resumed = TRUE WHERE root_run = $1 AND {} AND state <> 'pending'", d.unresumed)
 }
 
-/// The [`Store`] reads both stores make the same way: each one shared
+/// The [`RunStore`] reads both stores make the same way: each one shared
 /// statement above, on the store's own `read` (its reader connection, or a
 /// pooled connection). What differs (writing, a run's snapshot) each store
 /// spells itself.
@@ -874,7 +874,7 @@ mod tests {
     /// shared statements (the PostgreSQL suite does the same on a server).
     #[test]
     fn every_write_runs_on_sqlite() {
-        let store = crate::RunStore::in_memory().unwrap();
+        let store = crate::SqliteStore::in_memory().unwrap();
         let answers = store.apply(&one_of_each()).unwrap();
         assert!(answers.iter().all(Result::is_ok), "{answers:?}");
         let mut second = one_of_each().remove(0);

@@ -151,7 +151,7 @@ pub(super) fn schema_status(path: &Path) -> anyhow::Result<SchemaStatus> {
     Ok(SchemaStatus { found, known })
 }
 
-pub struct RunStore {
+pub struct SqliteStore {
     /// Every write goes through this one connection.
     conn: Mutex<Connection>,
     /// Reads, on their own connection so that they never wait for a write
@@ -224,9 +224,9 @@ impl Drop for Checkpointer {
     }
 }
 
-impl RunStore {
+impl SqliteStore {
     /// Opens (creating and migrating as needed) the store at `path`.
-    pub fn open(path: &Path) -> anyhow::Result<RunStore> {
+    pub fn open(path: &Path) -> anyhow::Result<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
@@ -241,7 +241,7 @@ impl RunStore {
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
         // And the WAL file shrinks back after such a burst.
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-        let mut store = RunStore::with(conn)?;
+        let mut store = SqliteStore::with(conn)?;
         store._checkpointer = Some(Checkpointer::start(path)?);
         let read = Connection::open(path).with_context(|| format!("cannot open the run store {}", path.display()))?;
         read.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -251,11 +251,11 @@ impl RunStore {
         Ok(store)
     }
 
-    pub fn in_memory() -> anyhow::Result<RunStore> {
-        RunStore::with(Connection::open_in_memory()?)
+    pub fn in_memory() -> anyhow::Result<SqliteStore> {
+        SqliteStore::with(Connection::open_in_memory()?)
     }
 
-    fn with(conn: Connection) -> anyhow::Result<RunStore> {
+    fn with(conn: Connection) -> anyhow::Result<SqliteStore> {
         let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > MIGRATIONS.len() {
             anyhow::bail!("the run store was written by a newer warden (schema {version}); upgrade warden or use another --db");
@@ -264,7 +264,7 @@ impl RunStore {
             conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))
                 .with_context(|| format!("run store migration {} failed", i + 1))?;
         }
-        Ok(RunStore { conn: Mutex::new(conn), read: None, _checkpointer: None, path: None })
+        Ok(SqliteStore { conn: Mutex::new(conn), read: None, _checkpointer: None, path: None })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -335,7 +335,7 @@ fn now<T>(fut: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::
     futures::executor::block_on(fut)
 }
 
-impl RunStore {
+impl SqliteStore {
     /// A read on the reader connection.
     fn read<T>(&self, f: impl AsyncFnOnce(&Lite<'_>) -> anyhow::Result<T>) -> anyhow::Result<T> {
         let conn = self.reader();
@@ -354,7 +354,7 @@ impl RunStore {
     }
 }
 
-impl Store for RunStore {
+impl RunStore for SqliteStore {
     fn approvals(&self) -> Option<&dyn ApprovalStore> {
         Some(self)
     }
@@ -393,7 +393,7 @@ impl Store for RunStore {
     }
 }
 
-impl ApprovalStore for RunStore {
+impl ApprovalStore for SqliteStore {
     sql::approval_statements!();
 
     fn local_secret(&self) -> anyhow::Result<Option<crate::policy::credentials::Secret>> {
@@ -411,7 +411,7 @@ mod tests {
 
     #[test]
     fn a_run_is_recorded_with_its_steps() {
-        let s = RunStore::in_memory().unwrap();
+        let s = SqliteStore::in_memory().unwrap();
         let input = json!({"x": 1});
         s.create_run(&NewRun { id: "r1", story: "st", team: "soc", trigger: "cli", input: &input, parent: None, idempotency_key: None }).unwrap();
         s.start_run("r1").unwrap();
@@ -429,7 +429,7 @@ mod tests {
 
     #[test]
     fn counting_unfinished_runs_reads_the_state_index_not_the_stores_history() {
-        let s = RunStore::in_memory().unwrap();
+        let s = SqliteStore::in_memory().unwrap();
         {
             let mut conn = s.conn();
             let tx = conn.transaction().unwrap();
@@ -459,8 +459,8 @@ mod tests {
 
     /// `n` webhook runs of three stories, each with an idempotency key, 1 ms
     /// apart; the oldest 2,000 failed.
-    fn long_history(n: i64) -> RunStore {
-        let s = RunStore::in_memory().unwrap();
+    fn long_history(n: i64) -> SqliteStore {
+        let s = SqliteStore::in_memory().unwrap();
         let mut conn = s.conn();
         let tx = conn.transaction().unwrap();
         let mut add = tx.prepare("INSERT INTO runs (id, story, team, state, trigger, input, created_ms, idempotency_key) VALUES (?1, ?2, 'soc', ?3, 'webhook', '{}', ?4, 'k' || ?1)").unwrap();
@@ -474,7 +474,7 @@ mod tests {
     }
 
     /// Steps of SQLite's VM for one statement: they grow with every row it reads.
-    fn vm_steps(s: &RunStore, (sql, args): (String, Vec<FilterArg>)) -> i32 {
+    fn vm_steps(s: &SqliteStore, (sql, args): (String, Vec<FilterArg>)) -> i32 {
         let conn = s.reader();
         let mut stmt = conn.prepare(&sql::lite(&sql)).unwrap();
         let arg = |a: &FilterArg| match a {
@@ -487,7 +487,7 @@ mod tests {
     }
 
     /// What a statement costs on the longer store, against the shorter one.
-    fn growth(small: &RunStore, big: &RunStore, statement: impl Fn() -> (String, Vec<FilterArg<'static>>)) -> f64 {
+    fn growth(small: &SqliteStore, big: &SqliteStore, statement: impl Fn() -> (String, Vec<FilterArg<'static>>)) -> f64 {
         vm_steps(big, statement()) as f64 / vm_steps(small, statement()) as f64
     }
 
@@ -549,7 +549,7 @@ mod tests {
     #[test]
     fn pending_approvals_cost_the_pending_ones_not_every_decision() {
         let with = |decided: i64| {
-            let s = RunStore::in_memory().unwrap();
+            let s = SqliteStore::in_memory().unwrap();
             let mut conn = s.conn();
             let tx = conn.transaction().unwrap();
             let mut add = tx
@@ -570,7 +570,7 @@ mod tests {
             s
         };
         let (small, big) = (with(2_000), with(8_000));
-        let pending = |s: &RunStore| {
+        let pending = |s: &SqliteStore| {
             let conn = s.reader();
             let mut stmt = conn.prepare(&sql::lite(&sql::approvals_sql(false))).unwrap();
             let n = stmt.query_map(params![None::<String>, None::<String>, 50], |_| Ok(())).unwrap().count();
@@ -580,7 +580,7 @@ mod tests {
         let g = pending(&big) as f64 / pending(&small) as f64;
         assert!(g < 1.1, "listing 3 pending approvals costs {g:.2}× beside 4× more decided ones");
         // Waking a run whose approval was decided: its own rows, not every decision.
-        let mark = |s: &RunStore| {
+        let mark = |s: &SqliteStore| {
             let conn = s.conn();
             conn.execute("UPDATE approvals SET state = 'decided' WHERE run_id = 'p1'", []).unwrap();
             let mut stmt = conn.prepare(&sql::lite(&sql::mark_resumed_sql(&sql::SQLITE))).unwrap();
@@ -605,7 +605,7 @@ mod tests {
 
     #[test]
     fn a_second_run_with_one_idempotency_key_is_a_conflict_not_a_failure() {
-        let s = RunStore::in_memory().unwrap();
+        let s = SqliteStore::in_memory().unwrap();
         let input = json!({});
         let run = |id| NewRun { id, story: "st", team: "t", trigger: "webhook", input: &input, parent: None, idempotency_key: Some("k1") };
         s.create_run(&run("r1")).unwrap();
@@ -620,10 +620,10 @@ mod tests {
         let path = dir.join("runs.db");
         let _ = std::fs::remove_file(&path);
         {
-            let s = RunStore::open(&path).unwrap();
+            let s = SqliteStore::open(&path).unwrap();
             s.create_run(&NewRun { id: "r", story: "s", team: "t", trigger: "cli", input: &json!({}), parent: None, idempotency_key: None }).unwrap();
         }
-        let s = RunStore::open(&path).unwrap();
+        let s = SqliteStore::open(&path).unwrap();
         assert!(s.run_summary("r").unwrap().is_some());
         let _ = std::fs::remove_dir_all(dir);
     }

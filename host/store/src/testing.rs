@@ -8,7 +8,7 @@ use std::sync::Mutex;
 /// A SQLite store whose writes fail while `down` is set (optionally only
 /// writes of one kind), as a full disk or a locked database would.
 pub struct Flaky {
-    inner: RunStore,
+    inner: SqliteStore,
     down: AtomicBool,
     only: Mutex<Option<&'static str>>,
     /// Writes refused so far.
@@ -26,7 +26,7 @@ impl Default for Flaky {
 impl Flaky {
     pub fn new() -> Flaky {
         Flaky {
-            inner: RunStore::in_memory().unwrap(),
+            inner: SqliteStore::in_memory().unwrap(),
             down: AtomicBool::new(false),
             only: Mutex::new(None),
             refused: AtomicU32::new(0),
@@ -54,7 +54,7 @@ impl Flaky {
     }
 }
 
-impl Store for Flaky {
+impl RunStore for Flaky {
     fn approvals(&self) -> Option<&dyn ApprovalStore> {
         self.inner.approvals()
     }

@@ -94,7 +94,7 @@ fn run<'a>(id: &'a str, story: &'a str, team: &'a str, input: &'a Value, key: Op
 
 /// What every store must do.
 /// A deduplicate agent's memory: the last `lookback` values of a scope.
-fn remembers(s: &dyn Store) {
+fn remembers(s: &dyn RunStore) {
     let fresh = |scope: &str, v: &str| {
         let w = Write::Remember { run: "r-dedupe".into(), scope: scope.into(), value: v.into(), lookback: 2 };
         s.apply(&[w]).unwrap().pop().unwrap().is_ok()
@@ -108,7 +108,7 @@ fn remembers(s: &dyn Store) {
     assert!(!fresh("s/a", "z"), "z is still among them");
 }
 
-fn suite(s: &dyn Store) {
+fn suite(s: &dyn RunStore) {
     remembers(s);
     let input = json!({"x": 1});
     s.create_run(&run("r1", "st", "soc", &input, None)).unwrap();
@@ -209,7 +209,7 @@ fn suite(s: &dyn Store) {
 }
 
 /// Approvals: parked with their links, decided exactly once, woken once.
-fn approvals(s: &dyn Store) {
+fn approvals(s: &dyn RunStore) {
     use crate::approval::{Approval, Decision, Refused};
     let a = s.approvals().expect("every real store keeps approvals");
     let salt = a.key_salt().unwrap();
@@ -298,7 +298,7 @@ fn approvals(s: &dyn Store) {
 
 #[test]
 fn sqlite_in_memory_keeps_the_record() {
-    suite(&RunStore::in_memory().unwrap());
+    suite(&SqliteStore::in_memory().unwrap());
 }
 
 #[test]
@@ -476,7 +476,7 @@ fn a_lapsed_lease_is_taken_over_and_the_old_node_is_fenced() {
 
 /// A node that claimed a run and died before its start was committed may
 /// have been executing it: the node that takes it over counts a resume, as
-/// a restart does a run found `queued` (see `Engine::resume_after_restart`).
+/// a restart does a run found `queued` (see `StoryRunner::resume_after_restart`).
 #[test]
 fn a_queued_run_whose_node_died_is_taken_over_as_interrupted() {
     let Some(pg) = PgSchema::new() else { return };
@@ -556,7 +556,7 @@ fn a_postgres_password_never_reaches_a_message() {
 /// an approval's title and its details, as they are written to the store.
 #[test]
 fn a_runs_error_and_an_approvals_title_and_details_withhold_link_tokens() {
-    let s = sqlite::RunStore::in_memory().unwrap();
+    let s = sqlite::SqliteStore::in_memory().unwrap();
     let token = crate::approval::token(&[3u8; 32], "t1", "ask", "go", "lead@corp.example");
     let link = crate::approval::link_url("https://w.example", &token);
     let escaped = link.replace('/', "\\/");

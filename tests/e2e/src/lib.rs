@@ -142,10 +142,15 @@ impl Drop for StoryDir {
 }
 
 /// A story engine over `dir` with an in-memory run store.
-pub fn engine(policy: Policy, dir: &Path) -> warden::story::engine::Engine {
+pub fn engine(policy: Policy, dir: &Path) -> warden::story::engine::StoryRunner {
     let library = warden::story::Library::load_dir(dir).unwrap_or_else(|e| panic!("{e}"));
     library.check(&policy).unwrap_or_else(|e| panic!("{e}"));
-    warden::story::engine::Engine::new(Arc::new(runtime(None)), Arc::new(policy), Arc::new(library), Arc::new(warden::store::RunStore::in_memory().unwrap()))
+    warden::story::engine::StoryRunner::new(
+        Arc::new(runtime(None)),
+        Arc::new(policy),
+        Arc::new(library),
+        Arc::new(warden::store::SqliteStore::in_memory().unwrap()),
+    )
 }
 
 /// The ports of the simulators a test started, swapped into the example files
@@ -214,15 +219,15 @@ pub fn parse_example_policy(text: &str) -> Policy {
 
 /// `warden serve`'s app in this process on a port of its own (with each
 /// peer's address, as `serve` has it); its base URL and the engine.
-pub async fn serve(engine: warden::story::engine::Engine) -> (String, Arc<warden::story::engine::Engine>) {
+pub async fn serve(engine: warden::story::engine::StoryRunner) -> (String, Arc<warden::story::engine::StoryRunner>) {
     serve_traced(engine, None).await
 }
 
 /// [`serve`] with traces (`[telemetry]`), as `warden serve` wires them.
 pub async fn serve_traced(
-    engine: warden::story::engine::Engine,
+    engine: warden::story::engine::StoryRunner,
     telemetry: Option<Arc<warden::telemetry::Telemetry>>,
-) -> (String, Arc<warden::story::engine::Engine>) {
+) -> (String, Arc<warden::story::engine::StoryRunner>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let engine = Arc::new(engine.with_links_base(&addr.to_string()).with_traces(telemetry.clone().map(|t| t as _)));

@@ -5,7 +5,7 @@
 use crate::policy::{Grant, Policy};
 use crate::recording::{self, json_diff, locked, Outcome, Recording, Tape};
 use crate::runtime::{Plugin, Runtime};
-use crate::store::Store;
+use crate::store::RunStore;
 use anyhow::{anyhow, Context as _};
 use std::sync::Arc;
 
@@ -68,7 +68,7 @@ fn short(o: &Outcome) -> String {
 pub async fn replay_run(
     rt: &Runtime,
     policy: &Policy,
-    store: &dyn Store,
+    store: &dyn RunStore,
     run: &str,
     step: Option<&str>,
     other: Option<&Arc<Plugin>>,

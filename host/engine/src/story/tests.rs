@@ -1,7 +1,7 @@
 //! Story semantics through the [`Invoke`] seam: no guest is compiled; a
 //! scripted invoker plays the plugins and a store can refuse writes on demand.
 
-use super::engine::{Engine, Quiet};
+use super::engine::{Quiet, StoryRunner};
 use super::invoke::Invoke;
 use super::state::{ErrorKind, RunResult, RunState, StepError};
 use super::{parse, Library};
@@ -10,7 +10,7 @@ use crate::invocation::{InvocationInfo, InvokeError, LogLine};
 use crate::policy::Policy;
 use crate::runtime::InvocationReport;
 use crate::store::testing::Flaky;
-use crate::store::{RunDetail, RunStore, Store};
+use crate::store::{RunDetail, RunStore, SqliteStore};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -92,21 +92,21 @@ fn library(stories: &[&str]) -> Library {
     lib
 }
 
-fn engine_on(invoker: Scripted, store: Arc<dyn Store>, stories: &[&str]) -> (Engine, Arc<Scripted>) {
+fn engine_on(invoker: Scripted, store: Arc<dyn RunStore>, stories: &[&str]) -> (StoryRunner, Arc<Scripted>) {
     let invoker = Arc::new(invoker);
-    let engine = Engine::with_invoker(invoker.clone(), Arc::new(Policy::empty()), Arc::new(library(stories)), store);
+    let engine = StoryRunner::with_invoker(invoker.clone(), Arc::new(Policy::empty()), Arc::new(library(stories)), store);
     (engine, invoker)
 }
 
-fn engine(invoker: Scripted, stories: &[&str]) -> (Engine, Arc<Scripted>) {
-    engine_on(invoker, Arc::new(RunStore::in_memory().unwrap()), stories)
+fn engine(invoker: Scripted, stories: &[&str]) -> (StoryRunner, Arc<Scripted>) {
+    engine_on(invoker, Arc::new(SqliteStore::in_memory().unwrap()), stories)
 }
 
-async fn run(e: &Engine, story: &str, input: Value) -> RunResult {
+async fn run(e: &StoryRunner, story: &str, input: Value) -> RunResult {
     e.run(story, input, "test", &Quiet).await.unwrap()
 }
 
-fn detail(e: &Engine, r: &RunResult) -> RunDetail {
+fn detail(e: &StoryRunner, r: &RunResult) -> RunDetail {
     e.store.get_run(&r.run_id).unwrap().unwrap()
 }
 
@@ -491,7 +491,7 @@ async fn two_submissions_racing_with_one_idempotency_key_share_one_run_and_leave
 async fn a_conflicting_create_is_answered_at_once_and_is_not_a_store_failure() {
     use super::recorder::Recorder;
     use crate::store::NewRun;
-    let rec = Recorder::new(Arc::new(RunStore::in_memory().unwrap()), Arc::default());
+    let rec = Recorder::new(Arc::new(SqliteStore::in_memory().unwrap()), Arc::default());
     let input = json!({});
     let run = |id| NewRun { id, story: "st", team: "t", trigger: "webhook", input: &input, parent: None, idempotency_key: Some("k") };
     rec.create_run(&run("r1")).await.unwrap();

@@ -60,7 +60,7 @@ impl Metrics {
     }
 
     /// `unfinished`: the store's top-level runs per unfinished state
-    /// ([`crate::store::Store::count_unfinished`]); a state it lacks is 0.
+    /// ([`crate::store::RunStore::count_unfinished`]); a state it lacks is 0.
     pub fn render(&self, instances: crate::runtime::PoolGauges, unfinished: &[(String, u64)], store: &crate::store::group::StoreHealth) -> String {
         let store_write_failures = store.failures();
         let (commits, writes) = store.commits();

@@ -3,7 +3,7 @@
 //! webhook → signature (HMAC-SHA256, constant-time) → JSON → input schema →
 //! the run is written to the store as `queued` → `202 {run_id}` → a bounded
 //! worker pool executes it (per-story concurrency limits). On start, queued
-//! runs start and interrupted runs resume (see [`crate::story::engine::Engine::resume`]).
+//! runs start and interrupted runs resume (see [`crate::story::engine::StoryRunner::resume`]).
 //! SIGTERM stops intake and drains in-flight runs up to a deadline; whatever
 //! is still running then resumes at the next start.
 
@@ -22,7 +22,7 @@ mod webhook;
 use crate::policy::{Policy, Role};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::{off_runtime, RunFilter};
-use crate::story::engine::Engine;
+use crate::story::engine::StoryRunner;
 use crate::story::Library;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -55,7 +55,7 @@ pub struct ServeOptions {
 
 #[derive(Clone)]
 struct AppState {
-    engine: Arc<Engine>,
+    engine: Arc<StoryRunner>,
     policy: Arc<Policy>,
     queue: Queue,
     metrics: Arc<Metrics>,
@@ -125,7 +125,7 @@ fn error(code: StatusCode, message: impl Into<String>) -> Response {
 
 /// Builds the app and starts the workers and schedules. Queued and
 /// interrupted runs from the store are picked up first.
-pub fn start(engine: Arc<Engine>, opts: &ServeOptions) -> anyhow::Result<(Router, Queue)> {
+pub fn start(engine: Arc<StoryRunner>, opts: &ServeOptions) -> anyhow::Result<(Router, Queue)> {
     let policy = engine.policy.clone();
     let metrics = Arc::new(Metrics::default());
     let queue = Queue::start(engine.clone(), metrics.clone(), opts.workers, &policy, opts.role, opts.telemetry.clone());
@@ -230,8 +230,9 @@ pub async fn run(policy: Policy, flags: config::ServeFlags) -> anyhow::Result<()
     if let Some(t) = &telemetry {
         tracing::info!("traces exported over OTLP/HTTP to {}", t.destination());
     }
-    let engine =
-        Arc::new(Engine::new(rt, Arc::new(policy), Arc::new(library), store).with_links_base(&settings.listen).with_traces(telemetry.clone().map(|t| t as _)));
+    let engine = Arc::new(
+        StoryRunner::new(rt, Arc::new(policy), Arc::new(library), store).with_links_base(&settings.listen).with_traces(telemetry.clone().map(|t| t as _)),
+    );
     let served =
         serve(engine, &settings.listen, ServeOptions { workers: settings.workers, drain: settings.drain, role: settings.role, telemetry: telemetry.clone() })
             .await;
@@ -243,7 +244,7 @@ pub async fn run(policy: Policy, flags: config::ServeFlags) -> anyhow::Result<()
 }
 
 /// Serves until SIGTERM/SIGINT, then drains.
-pub async fn serve(engine: Arc<Engine>, listen: &str, opts: ServeOptions) -> anyhow::Result<()> {
+pub async fn serve(engine: Arc<StoryRunner>, listen: &str, opts: ServeOptions) -> anyhow::Result<()> {
     let n = engine.preload().await.map_err(|e| anyhow::anyhow!("cannot serve: {e}"))?;
     tracing::info!("{n} plugin(s) loaded and vetted");
     let unguarded = ApiTokens::load(&engine.policy)?.0.is_empty();

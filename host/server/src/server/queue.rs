@@ -8,7 +8,7 @@ use super::metrics::{Metrics, MetricsObserver};
 use crate::policy::{Policy, Role};
 use crate::store::Cluster;
 use crate::store::NewRun;
-use crate::story::engine::{Engine, NewlyAccepted, RunResult, SubmitError};
+use crate::story::engine::{NewlyAccepted, RunResult, StoryRunner, SubmitError};
 use futures::FutureExt as _;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -25,17 +25,17 @@ pub enum Start {
     Accepted(NewlyAccepted),
     /// Recorded earlier (queued at a restart): read from the store.
     FromStore,
-    /// Woken (an approval decided): resumed (see [`Engine::resume`]).
+    /// Woken (an approval decided): resumed (see [`StoryRunner::resume`]).
     Resume,
     /// Found unfinished when the process started (or its node's lease
     /// lapsed): counted, then resumed (`started`) or executed, unless its
-    /// resumes keep ending the process (see [`Engine::resume_after_restart`]).
+    /// resumes keep ending the process (see [`StoryRunner::resume_after_restart`]).
     AfterRestart { started: bool },
 }
 
 #[derive(Clone)]
 pub struct Queue {
-    pub(super) engine: Arc<Engine>,
+    pub(super) engine: Arc<StoryRunner>,
     metrics: Arc<Metrics>,
     pub(super) workers: Arc<Semaphore>,
     per_story: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
@@ -55,7 +55,7 @@ pub struct Queue {
 
 impl Queue {
     pub fn start(
-        engine: Arc<Engine>,
+        engine: Arc<StoryRunner>,
         metrics: Arc<Metrics>,
         workers: usize,
         policy: &Policy,

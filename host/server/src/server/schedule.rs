@@ -6,12 +6,12 @@
 
 use super::queue::Queue;
 use crate::policy::{CatchUp, Policy, Trigger};
-use crate::story::engine::{Accepted, Creation, Engine};
+use crate::story::engine::{Accepted, Creation, StoryRunner};
 use chrono::{DateTime, Utc};
 use std::str::FromStr;
 use std::sync::Arc;
 
-pub fn start(engine: Arc<Engine>, queue: Queue, policy: &Policy) {
+pub fn start(engine: Arc<StoryRunner>, queue: Queue, policy: &Policy) {
     for t in policy.triggers.values() {
         let Some(expr) = &t.schedule else { continue };
         let schedule = cron::Schedule::from_str(expr).expect("validated at policy load");
@@ -36,7 +36,7 @@ pub fn ticks(schedule: &cron::Schedule, zone: chrono_tz::Tz) -> impl Iterator<It
 }
 
 /// Fires the latest tick missed since the story's last scheduled run, if any.
-async fn catch_up(engine: &Engine, queue: &Queue, trigger: &Trigger, schedule: &cron::Schedule) {
+async fn catch_up(engine: &StoryRunner, queue: &Queue, trigger: &Trigger, schedule: &cron::Schedule) {
     let last = match engine.store.last_schedule_tick(&trigger.story) {
         Ok(Some(ms)) => DateTime::<Utc>::from_timestamp_millis(ms as i64),
         // Never fired: nothing was missed.
@@ -55,7 +55,7 @@ async fn catch_up(engine: &Engine, queue: &Queue, trigger: &Trigger, schedule: &
     }
 }
 
-async fn fire(engine: &Engine, queue: &Queue, trigger: &Trigger, tick: DateTime<Utc>) {
+async fn fire(engine: &StoryRunner, queue: &Queue, trigger: &Trigger, tick: DateTime<Utc>) {
     let key = crate::store::schedule_key(tick.timestamp_millis().max(0) as u64);
     match engine.accept(&trigger.story, trigger.schedule_input.clone(), "schedule", Some(&key), Creation::Durable).await {
         Ok(Accepted::New(run)) => {

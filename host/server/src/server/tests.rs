@@ -1,13 +1,13 @@
 //! The server in-process: webhooks, the run API, health and panics.
 use super::*;
 use crate::store::testing::Flaky;
-use crate::store::RunStore;
+use crate::store::SqliteStore;
 use crate::story::invoke::PolicyInvoker;
 
 /// A served policy and its stories, in a folder of their own.
 pub(super) struct Served {
     pub(super) base: String,
-    pub(super) engine: Arc<Engine>,
+    pub(super) engine: Arc<StoryRunner>,
     dir: std::path::PathBuf,
 }
 
@@ -35,7 +35,7 @@ pub(super) async fn served(policy: &str, stories: &[(&str, &str)]) -> Served {
     let policy = Arc::new(Policy::parse(policy, "warden.toml", &dir).unwrap_or_else(|e| panic!("{e}")));
     let library = Library::load_dir(&dir.join("stories")).unwrap();
     library.check(&policy).unwrap_or_else(|e| panic!("{e}"));
-    let engine = Arc::new(Engine::with_invoker(Arc::new(Panics), policy, Arc::new(library), Arc::new(RunStore::in_memory().unwrap())));
+    let engine = Arc::new(StoryRunner::with_invoker(Arc::new(Panics), policy, Arc::new(library), Arc::new(SqliteStore::in_memory().unwrap())));
     let (router, _queue) =
         start(engine.clone(), &ServeOptions { workers: 2, drain: Duration::from_secs(1), role: Default::default(), telemetry: None }).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -182,7 +182,8 @@ async fn a_run_that_panics_the_host_is_recorded_as_failed_and_its_neighbour_comp
     let mut library = Library::default();
     library.stories.insert("bad".into(), parse("name: bad\nsteps:\n  - id: a\n    action: p\n", "bad.yaml"));
     library.stories.insert("good".into(), parse("name: good\nsteps:\n  - id: a\n    transform: {set: {ok: true}}\n", "good.yaml"));
-    let engine = Arc::new(Engine::with_invoker(Arc::new(Panics), Arc::new(Policy::empty()), Arc::new(library), Arc::new(RunStore::in_memory().unwrap())));
+    let engine =
+        Arc::new(StoryRunner::with_invoker(Arc::new(Panics), Arc::new(Policy::empty()), Arc::new(library), Arc::new(SqliteStore::in_memory().unwrap())));
     let (_router, queue) =
         start(engine.clone(), &ServeOptions { workers: 2, drain: Duration::from_secs(1), role: Default::default(), telemetry: None }).unwrap();
     let (bad, good) = (engine.submit("bad", json!({}), "test").await.unwrap(), engine.submit("good", json!({}), "test").await.unwrap());
@@ -207,7 +208,7 @@ async fn healthz_reports_a_store_that_refuses_writes() {
     let policy = Arc::new(Policy::empty());
     let rt = Arc::new(Runtime::new(RuntimeConfig { cache_dir: None, max_instances: 4, ..Default::default() }).unwrap());
     let invoker = Arc::new(PolicyInvoker::new(rt, policy.clone()));
-    let engine = Arc::new(Engine::with_invoker(invoker, policy, Arc::new(library), store.clone()));
+    let engine = Arc::new(StoryRunner::with_invoker(invoker, policy, Arc::new(library), store.clone()));
     let (router, _queue) =
         start(engine.clone(), &ServeOptions { workers: 1, drain: Duration::from_secs(1), role: Default::default(), telemetry: None }).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -108,7 +108,7 @@ impl PgStore {
     }
 
     fn member(&self) -> &Membership {
-        self.cluster.get().expect("called only through Store::cluster, once joined")
+        self.cluster.get().expect("called only through RunStore::cluster, once joined")
     }
 
     /// What [`Fence`] a batch needs: `None` outside a cluster.

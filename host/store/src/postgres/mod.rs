@@ -1,7 +1,7 @@
 //! The run store in PostgreSQL (`--db postgres://…`): the same record as the
 //! SQLite store, in a database operations teams already run, back up and
 //! monitor. tokio-postgres with a deadpool pool, on a small runtime of its
-//! own so the [`Store`] trait stays synchronous for its callers (the group
+//! own so the [`RunStore`] trait stays synchronous for its callers (the group
 //! commit's writer thread, the CLI, and async code through `block_in_place`).
 //!
 //! Migrations are versioned in `warden_schema`; a node refuses a schema newer
@@ -460,7 +460,7 @@ impl<C: deadpool_postgres::GenericClient> sql::Db for Pg<'_, C> {
     }
 }
 
-impl Store for PgStore {
+impl RunStore for PgStore {
     fn approvals(&self) -> Option<&dyn ApprovalStore> {
         Some(self)
     }

@@ -11,7 +11,7 @@ use super::state::{ErrorKind, RunState, StepError, StepState};
 use crate::audit::AuditRecord;
 use crate::invocation::LogLine;
 use crate::store::group::{GroupCommit, Refused};
-use crate::store::{NewRun, Store, Write};
+use crate::store::{NewRun, RunStore, Write};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -45,7 +45,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(store: Arc<dyn Store>, health: Arc<StoreHealth>) -> Recorder {
+    pub fn new(store: Arc<dyn RunStore>, health: Arc<StoreHealth>) -> Recorder {
         Recorder { writer: GroupCommit::start(store, health.clone()), health }
     }
 
@@ -63,7 +63,7 @@ impl Recorder {
         self.commit(Write::create_run(r)).await
     }
 
-    /// Queued: for a run whose caller waits for its end (see `Engine::accept`).
+    /// Queued: for a run whose caller waits for its end (see `StoryRunner::accept`).
     pub fn create_run_queued(&self, r: &NewRun<'_>) {
         self.writer.queue(Write::create_run(r))
     }

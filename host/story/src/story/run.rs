@@ -15,7 +15,7 @@ use super::state::{StepError, StepState};
 use super::template::Bindings;
 use super::{Step, Story};
 use crate::policy::Policy;
-use crate::store::Store;
+use crate::store::RunStore;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -79,7 +79,7 @@ pub trait StepRunner: Send + Sync {
     fn policy(&self) -> &Policy;
 
     /// The run store, for reading back what a resumed run recorded.
-    fn store(&self) -> &dyn Store;
+    fn store(&self) -> &dyn RunStore;
 
     /// The `approval` object a story's templates read (each approval step's
     /// links, sealed); `None` when the story has no approval step.

@@ -530,7 +530,7 @@ async fn example_pack(smtp: u16, extra: &[(&str, &str)]) -> Pack {
     Pack { s1_sim, slack_sim, snow_sim, cs_sim, _servers: vec![s1, j, sl, vt, sn, cs], _dir: dir, policy }
 }
 
-async fn settled(e: &warden::story::engine::Engine, run: &str) -> warden::store::RunDetail {
+async fn settled(e: &warden::story::engine::StoryRunner, run: &str) -> warden::store::RunDetail {
     for _ in 0..300 {
         let d = e.store.get_run(run).unwrap().expect("the run");
         if matches!(d.run.state.as_str(), "succeeded" | "failed") {

@@ -189,7 +189,7 @@ struct Example {
     _smtp: SmtpServer,
     _dir: StoryDir,
     base: String,
-    engine: Arc<warden::story::engine::Engine>,
+    engine: Arc<warden::story::engine::StoryRunner>,
 }
 
 /// The example stories and policy against the simulators, with an API token and the hostile story.

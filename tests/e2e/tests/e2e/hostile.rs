@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 use std::sync::Arc;
 use warden::capability::http::resolve::StaticResolver;
-use warden::story::engine::{Engine, Quiet};
+use warden::story::engine::{Quiet, StoryRunner};
 use warden::story::Library;
 use warden_e2e::{guest, runtime, workspace_root, StoryDir};
 use warden_sim::origin;
@@ -419,7 +419,7 @@ fn cases(port: u16) -> Vec<Case> {
     c
 }
 
-fn engine(port: u16) -> (Engine, StoryDir, Arc<warden::runtime::Runtime>, Arc<warden::Policy>) {
+fn engine(port: u16) -> (StoryRunner, StoryDir, Arc<warden::runtime::Runtime>, Arc<warden::Policy>) {
     let wasm = guest("probe");
     let policy = format!(
         r#"
@@ -468,7 +468,7 @@ hosts = ["http://127.0.0.1:{port}"]
     let resolver = StaticResolver::default().with("rebind.example.test", &["127.0.0.1"]);
     let rt = Arc::new(runtime(Some(Arc::new(resolver))));
     let policy = Arc::new(policy);
-    let e = Engine::new(rt.clone(), policy.clone(), Arc::new(library), Arc::new(warden::store::RunStore::in_memory().unwrap()));
+    let e = StoryRunner::new(rt.clone(), policy.clone(), Arc::new(library), Arc::new(warden::store::SqliteStore::in_memory().unwrap()));
     (e, dir, rt, policy)
 }
 

@@ -13,7 +13,7 @@ fn probe_policy(port: u16) -> warden::Policy {
     policy(&format!("[plugins.probe]\npath = \"{{probe}}\"\n[grants.probe]\nallow = [\"GET http://127.0.0.1:{port}/*\"]\nlimits = {{ wall_ms = 20000 }}\n"))
 }
 
-async fn run(e: &warden::story::engine::Engine, story: &str, input: Value) -> warden::story::engine::RunResult {
+async fn run(e: &warden::story::engine::StoryRunner, story: &str, input: Value) -> warden::story::engine::RunResult {
     e.run(story, input, "test", &Quiet).await.expect("submit")
 }
 
@@ -362,7 +362,7 @@ struct Example {
     jira_sim: std::sync::Arc<jira::Sim>,
     smtp: SmtpServer,
     _dir: StoryDir,
-    e: warden::story::engine::Engine,
+    e: warden::story::engine::StoryRunner,
 }
 
 async fn example() -> Example {

@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use warden::story::engine::{Engine, Quiet};
+use warden::story::engine::{Quiet, StoryRunner};
 use warden::tines::export::Export;
 use warden::tines::import::{import, story_files, ImportOptions, Imported, Level};
 use warden_e2e::{runtime, workspace_root, SmtpServer};
@@ -141,10 +141,10 @@ fn skeleton_policy(imported: &Imported, smtp: Option<u16>) -> warden::Policy {
     warden::Policy::parse(&text, "imported-warden.toml", &workspace_root()).unwrap_or_else(|e| panic!("the skeleton does not load: {e}\n{text}"))
 }
 
-fn engine(imported: &Imported, policy: warden::Policy) -> Engine {
+fn engine(imported: &Imported, policy: warden::Policy) -> StoryRunner {
     let library = warden::tines::library(imported, std::path::Path::new("imported")).unwrap_or_else(|e| panic!("{e}"));
     library.check(&policy).unwrap_or_else(|e| panic!("{e}"));
-    Engine::new(Arc::new(runtime(None)), Arc::new(policy), Arc::new(library), Arc::new(warden::store::RunStore::in_memory().unwrap()))
+    StoryRunner::new(Arc::new(runtime(None)), Arc::new(policy), Arc::new(library), Arc::new(warden::store::SqliteStore::in_memory().unwrap()))
 }
 
 #[tokio::test]
@@ -273,7 +273,7 @@ async fn deduplicate_with_a_lookback_drops_what_earlier_runs_saw() {
     let _ = std::fs::remove_file(&db);
     let library = warden::tines::library(&imported, std::path::Path::new("imported")).unwrap();
     let policy = Arc::new(skeleton_policy(&imported, None));
-    let new_engine = || Engine::new(Arc::new(runtime(None)), policy.clone(), Arc::new(library.clone()), warden::store::open(&db).unwrap());
+    let new_engine = || StoryRunner::new(Arc::new(runtime(None)), policy.clone(), Arc::new(library.clone()), warden::store::open(&db).unwrap());
     let engine = new_engine();
     let mut outputs = Vec::new();
     for id in ["A-1", "A-1", "A-2", "A-3"] {

@@ -1,14 +1,14 @@
 //! The `approval` step: ask once, park the run, answer with the decision.
 //! See [`crate::approval`] for the whole path (links, decisions, waking).
 
-use super::{Engine, ErrorKind, StepError, StepRun};
+use super::{ErrorKind, StepError, StepRun, StoryRunner};
 use crate::approval::{self, Approval, ApprovalSpec, LinkKey, OnTimeout};
 use crate::invocation::Handed;
 use crate::story::template::{render_str, render_value, Bindings};
 use crate::story::{StepKind, Story};
 use serde_json::{json, Value};
 
-impl Engine {
+impl StoryRunner {
     /// The link key, derived once (see [`approval::link_key`]).
     pub fn link_key(&self) -> Result<LinkKey, StepError> {
         if let Some(key) = self.link_key.get() {

@@ -15,7 +15,7 @@ mod resume;
 use crate::invocation::{InvocationInfo, LogLine};
 use crate::policy::Policy;
 use crate::runtime::Runtime;
-use crate::store::{NewRun, Store};
+use crate::store::{NewRun, RunStore};
 use crate::story::recorder::{Recorder, StoreHealth};
 pub use crate::story::state::{ErrorKind, RunResult, RunState, StepError, StepState};
 use crate::story::template::{render_value, Bindings};
@@ -46,12 +46,12 @@ impl std::fmt::Display for SubmitError {
 
 impl std::error::Error for SubmitError {}
 
-pub struct Engine {
+pub struct StoryRunner {
     pub invoker: Arc<dyn Invoke>,
     pub policy: Arc<Policy>,
     pub library: Arc<Library>,
     /// For reading runs; every write goes through the recorder.
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn RunStore>,
     recorder: Recorder,
     /// Record every action step attempt (on by default; see [`crate::recording`]).
     record: bool,
@@ -67,7 +67,7 @@ pub struct Engine {
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// What [`Engine::accept`] did with a submission.
+/// What [`StoryRunner::accept`] did with a submission.
 pub enum Accepted {
     /// A new run, not yet started: durable in the store, or — when its caller
     /// waits for its end — queued to commit with its first awaited write.
@@ -82,12 +82,12 @@ pub struct NewlyAccepted {
     pub story: Arc<Story>,
     pub input: Value,
     pub trigger: String,
-    /// Whether [`Engine::accept`] recorded (or queued) its creation; with
+    /// Whether [`StoryRunner::accept`] recorded (or queued) its creation; with
     /// [`Creation::ByCaller`] the caller records it.
     pub recorded: bool,
 }
 
-/// How [`Engine::accept`] records a new run's creation.
+/// How [`StoryRunner::accept`] records a new run's creation.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Creation {
     /// Durable before `accept` answers (a `202`, a schedule's tick).
@@ -108,22 +108,22 @@ pub fn new_run_id() -> String {
     format!("r{}", uuid::Uuid::now_v7().simple())
 }
 
-impl Engine {
+impl StoryRunner {
     /// An engine that runs plugins on `runtime` under `policy`.
-    pub fn new(runtime: Arc<Runtime>, policy: Arc<Policy>, library: Arc<Library>, store: Arc<dyn Store>) -> Engine {
+    pub fn new(runtime: Arc<Runtime>, policy: Arc<Policy>, library: Arc<Library>, store: Arc<dyn RunStore>) -> StoryRunner {
         let invoker = Arc::new(PolicyInvoker::new(runtime, policy.clone()));
-        Engine::with_invoker(invoker, policy, library, store)
+        StoryRunner::with_invoker(invoker, policy, library, store)
     }
 
     /// An engine that runs actions through `invoker` (tests script one).
-    pub fn with_invoker(invoker: Arc<dyn Invoke>, policy: Arc<Policy>, library: Arc<Library>, store: Arc<dyn Store>) -> Engine {
+    pub fn with_invoker(invoker: Arc<dyn Invoke>, policy: Arc<Policy>, library: Arc<Library>, store: Arc<dyn RunStore>) -> StoryRunner {
         let record = policy.server.record.unwrap_or(true);
         let links_base = policy
             .server
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{}", policy.server.listen.as_deref().unwrap_or(crate::policy::triggers::DEFAULT_LISTEN)));
-        Engine {
+        StoryRunner {
             invoker,
             policy,
             library,
@@ -138,7 +138,7 @@ impl Engine {
 
     /// Where approval links point, unless `[server] public_url` says (the
     /// server's own address).
-    pub fn with_links_base(mut self, listen: &str) -> Engine {
+    pub fn with_links_base(mut self, listen: &str) -> StoryRunner {
         if self.policy.server.public_url.is_none() {
             self.links_base = format!("http://{listen}");
         }
@@ -147,7 +147,7 @@ impl Engine {
 
     /// Traces runs through `telemetry` (its events come from the observer
     /// `warden serve` gives each run).
-    pub fn with_traces(mut self, traces: Option<Arc<dyn crate::story::observe::TraceContext>>) -> Engine {
+    pub fn with_traces(mut self, traces: Option<Arc<dyn crate::story::observe::TraceContext>>) -> StoryRunner {
         self.traces = traces;
         self
     }
@@ -158,7 +158,7 @@ impl Engine {
     }
 
     /// Whether action steps are recorded for replay (on by default).
-    pub fn with_recording(mut self, on: bool) -> Engine {
+    pub fn with_recording(mut self, on: bool) -> StoryRunner {
         self.record = on;
         self
     }
@@ -169,7 +169,7 @@ impl Engine {
     }
 
     /// Reports the store unhealthy for `window` after a refused write (default [`super::recorder::UNHEALTHY_FOR`]).
-    pub fn with_health_window(mut self, window: std::time::Duration) -> Engine {
+    pub fn with_health_window(mut self, window: std::time::Duration) -> StoryRunner {
         self.recorder = Recorder::new(self.store.clone(), Arc::new(StoreHealth::with_window(window)));
         self
     }
@@ -179,7 +179,7 @@ impl Engine {
         self.submit_once(story, input, trigger, None).await.map(|(id, _)| id)
     }
 
-    /// [`Engine::submit`], at most once per story and `idempotency_key`: a key
+    /// [`StoryRunner::submit`], at most once per story and `idempotency_key`: a key
     /// seen before answers with its run, `(id, false)`, and records nothing.
     pub async fn submit_once(&self, story: &str, input: Value, trigger: &str, idempotency_key: Option<&str>) -> Result<(String, bool), SubmitError> {
         self.accept(story, input, trigger, idempotency_key, Creation::Durable).await.map(|a| match a {
@@ -188,7 +188,7 @@ impl Engine {
         })
     }
 
-    /// [`Engine::submit_once`], keeping what executing the new run needs.
+    /// [`StoryRunner::submit_once`], keeping what executing the new run needs.
     ///
     /// `creation`: see [`Creation`]. With an `Idempotency-Key` the creation
     /// is always durable first, since its answer decides which run the
@@ -538,7 +538,7 @@ impl Engine {
 /// What the engine of a story's kind asks of this one: one step run, the
 /// record, the policy.
 #[async_trait::async_trait]
-impl StepRunner for Engine {
+impl StepRunner for StoryRunner {
     async fn attempts(&self, sr: &StepRun<'_>, ctx: &Bindings, item: Option<usize>, first_attempt: u32) -> Result<Value, StepError> {
         self.step_attempts(sr, ctx, item, first_attempt).await
     }
@@ -551,7 +551,7 @@ impl StepRunner for Engine {
         &self.policy
     }
 
-    fn store(&self) -> &dyn Store {
+    fn store(&self) -> &dyn RunStore {
         self.store.as_ref()
     }
 

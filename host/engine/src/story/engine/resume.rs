@@ -1,17 +1,17 @@
 //! Resuming a run a restart interrupted: finished steps keep their results,
 //! the interrupted one runs again only if its retry policy allows.
 
-use super::{Engine, ErrorKind, Resume, RunResult, RunState, StepError, StepState};
+use super::{ErrorKind, Resume, RunResult, RunState, StepError, StepState, StoryRunner};
 use crate::story::observe::Observer;
 use crate::story::recorder::StepAt;
 use crate::story::OnError;
 use serde_json::Value;
 
 /// Resumes after the process ended that may each end it again before a run
-/// is failed instead (see [`Engine::resume_after_restart`]).
+/// is failed instead (see [`StoryRunner::resume_after_restart`]).
 pub const MAX_FATAL_RESUMES: u32 = 2;
 
-impl Engine {
+impl StoryRunner {
     /// Continues a run that a restart interrupted. Finished steps keep their
     /// results; the interrupted step runs again if its retry policy allows
     /// another attempt, otherwise the run fails saying so. Never silent.
