@@ -101,7 +101,8 @@ impl BodyCheck {
 
 /// [`Tape::intercept_streamed`]'s answer.
 pub enum InterceptedStream {
-    Answered(Result<Call, Divergence>, BodyCheck),
+    /// The recorded answer (boxed: a call is large beside a [`Made`]).
+    Answered(Box<Result<Call, Divergence>>, BodyCheck),
     Proceed(Made),
 }
 
@@ -134,7 +135,7 @@ impl Tape {
         let answered = replayer.answer(&Call::Http { request, answer: super::HttpAnswer::Error { kind: String::new(), message: String::new() } });
         let call = replayer.answered();
         drop(replayer);
-        InterceptedStream::Answered(answered, BodyCheck { replayer: r.clone(), call, recorded })
+        InterceptedStream::Answered(Box::new(answered), BodyCheck { replayer: r.clone(), call, recorded })
     }
 
     /// Where a replay diverged, if it did (possibly in a body checked late):

@@ -105,8 +105,8 @@ impl WasiHttpHooks for Capabilities {
         };
         let mut record = self.call.record("http", String::new(), String::new());
         let asked = |body: Option<Body>| HttpRequest { body, ..taped::request(&method, &url, &head.headers, None, head.credential.as_deref()) };
-        let made = match self.tape.intercept_streamed(&asked) {
-            InterceptedStream::Answered(answer, body_check) => return self.replay(answer, body_check, body, record, started),
+        let made = match self.tape.intercept_streamed(asked) {
+            InterceptedStream::Answered(answer, body_check) => return self.replay(*answer, body_check, body, record, started),
             InterceptedStream::Proceed(made) => made,
         };
         // The request's place on the recording is taken now: it is answered later, beside the guest.
