@@ -15,6 +15,7 @@
 //! beneath them. This crate is warden's ground floor: it depends on no other
 //! warden crate, and everything else builds on it.
 
+pub mod access;
 pub mod credentials;
 pub mod grants;
 pub mod keys;

@@ -2,6 +2,7 @@
 
 mod action;
 mod approvals;
+mod audit_log;
 mod cassette;
 mod common;
 mod db;
@@ -14,6 +15,7 @@ mod runs;
 mod scaffold;
 mod story;
 mod tines;
+mod tokens;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -54,6 +56,12 @@ pub enum Command {
     /// The run store's schema: migrate or check.
     #[command(subcommand)]
     Db(db::DbCmd),
+    /// Service accounts: named API tokens with a role, in a team or every team.
+    #[command(subcommand)]
+    Tokens(tokens::TokensCmd),
+    /// What people and service accounts did (sign-ins, decisions, tokens), as JSON lines.
+    #[command(subcommand, name = "audit-log")]
+    AuditLog(audit_log::AuditLogCmd),
     /// Serve webhooks, the run API and metrics; run schedules; execute runs durably.
     Serve {
         /// Address to listen on (default: [server] listen, else 127.0.0.1:8080).
@@ -115,6 +123,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs(cmd) => runs::run(cmd).await,
         Command::Approvals(cmd) => approvals::run(cmd),
         Command::Db(cmd) => db::run(cmd),
+        Command::Tokens(cmd) => tokens::run(cmd),
+        Command::AuditLog(cmd) => audit_log::run(cmd),
         Command::Tines(cmd) => tines::run(cmd).await,
         Command::Serve { listen, db, policy, stories, workers, drain_secs, log_json: _, role, lease_secs } => {
             let policy = common::load_policy(&policy)?;

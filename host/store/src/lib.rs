@@ -761,6 +761,132 @@ pub trait RunStore: Send + Sync {
     fn approvals(&self) -> Option<&dyn ApprovalStore> {
         None
     }
+    /// Where service accounts' tokens are kept (both real stores keep them).
+    fn tokens(&self) -> Option<&dyn TokenStore> {
+        None
+    }
+    /// Where what people did is kept (both real stores keep it).
+    fn activity(&self) -> Option<&dyn ActivityLog> {
+        None
+    }
+}
+
+/// One thing a person or a service account did (or tried): the audit log of
+/// people, apart from runs' records.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Activity {
+    /// Its place in the log (0 until kept): `since` reads on from one.
+    pub id: u64,
+    pub at_ms: u64,
+    /// Who: `admin`, `team:soc`, `token:ci-bot`, or what a failed sign-in claimed (`unknown`).
+    pub actor: String,
+    /// What, as `noun.verb`: `console.sign_in`, `console.sign_in_failed`,
+    /// `console.sign_out`, `approval.decide`, `token.create`, `token.revoke`, `token.use`.
+    pub action: String,
+    /// The team it concerns (`None`: no one team).
+    pub team: Option<String>,
+    /// What it was done to (`run/step`, a token's name, a route).
+    pub target: Option<String>,
+    /// `ok`, `refused` or `failed`.
+    pub outcome: String,
+    /// A choice, a reason: never a secret.
+    pub detail: Option<String>,
+    /// The address it came from, when it came over the network.
+    pub from: Option<String>,
+}
+
+impl Activity {
+    /// An entry of now: `actor` did `action` (to something of `team`), with `outcome`.
+    pub fn now(action: &str, actor: &str, team: Option<&str>, outcome: &str) -> Activity {
+        let at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Activity {
+            id: 0,
+            at_ms,
+            actor: actor.into(),
+            action: action.into(),
+            team: team.map(String::from),
+            target: None,
+            outcome: outcome.into(),
+            detail: None,
+            from: None,
+        }
+    }
+}
+
+/// What a read of the audit log of people asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ActivityFilter<'a> {
+    /// Entries after this one (`warden audit-log tail` follows with it).
+    pub after_id: u64,
+    /// At or after this time (Unix milliseconds).
+    pub since_ms: Option<u64>,
+    pub actor: Option<&'a str>,
+    pub action: Option<&'a str>,
+    /// Only this team's (a team admin's view).
+    pub team: Option<&'a str>,
+    pub limit: usize,
+}
+
+/// The most entries one read returns.
+pub const MAX_ACTIVITY_READ: usize = 1000;
+
+/// The audit log of what people did: written once per thing done, read in order.
+pub trait ActivityLog: Send + Sync {
+    /// Keeps `entry` (its fields capped: a sender's text never grows the log unbounded).
+    fn note(&self, entry: &Activity) -> anyhow::Result<()>;
+    /// Entries in the order they were kept, oldest first.
+    fn read_activity(&self, filter: &ActivityFilter) -> anyhow::Result<Vec<Activity>>;
+}
+
+/// A service account: a named API token with one role, in one team or in
+/// every team. The store keeps the token's SHA-256 digest, never the token.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ServiceToken {
+    pub name: String,
+    /// `None`: every team.
+    pub team: Option<String>,
+    /// A role name (see `warden_policy::access::TeamRole`).
+    pub role: String,
+    pub created_ms: u64,
+    /// Who made it (`cli:<user>`, or the principal that asked).
+    pub created_by: String,
+    pub revoked_ms: Option<u64>,
+    /// When it was last accepted (every use moves it).
+    pub last_used_ms: Option<u64>,
+}
+
+/// A new service token's secret (`wdn_` and 64 hex digits: 256 random
+/// bits) and the digest the store keeps of it. Shown once; never stored.
+pub fn new_service_token() -> anyhow::Result<(String, [u8; 32])> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for a new token: {e}"))?;
+    let token = format!("wdn_{}", hex::encode(bytes));
+    let digest = service_token_digest(&token);
+    Ok((token, digest))
+}
+
+/// What the store keeps of a token, and looks it up by.
+pub fn service_token_digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// Most service tokens one store keeps (revoked ones count): a bound on
+/// what `list` reads and shows.
+pub const MAX_SERVICE_TOKENS: usize = 1000;
+
+/// Service accounts' tokens in the run store, shared by every node.
+pub trait TokenStore: Send + Sync {
+    /// Adds `token` with the digest of its secret. `Ok(false)`: its name is
+    /// taken (revoked names stay taken, so a name means one token forever),
+    /// or the store holds [`MAX_SERVICE_TOKENS`] already.
+    fn create_token(&self, token: &ServiceToken, digest: &[u8; 32]) -> anyhow::Result<bool>;
+    /// Every token, revoked ones too, by name.
+    fn list_tokens(&self) -> anyhow::Result<Vec<ServiceToken>>;
+    /// Revokes the token named `name`; `Ok(false)`: no such unrevoked token.
+    fn revoke_token(&self, name: &str, now_ms: u64) -> anyhow::Result<bool>;
+    /// The unrevoked token whose secret has `digest`, its use noted.
+    fn use_token(&self, digest: &[u8; 32], now_ms: u64) -> anyhow::Result<Option<ServiceToken>>;
 }
 
 /// Which approvals to list, oldest first.

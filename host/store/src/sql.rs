@@ -738,6 +738,132 @@ macro_rules! store_reads {
 }
 pub(crate) use store_reads;
 
+/// The columns of a [`ServiceToken`].
+const SERVICE_TOKEN: &str = "name, team, role, created_ms, created_by, revoked_ms, last_used_ms";
+
+fn service_token(r: &Row) -> anyhow::Result<ServiceToken> {
+    Ok(ServiceToken {
+        name: r.text("name")?,
+        team: r.opt_text("team")?,
+        role: r.text("role")?,
+        created_ms: r.u64("created_ms")?,
+        created_by: r.text("created_by")?,
+        revoked_ms: r.opt_u64("revoked_ms")?,
+        last_used_ms: r.opt_u64("last_used_ms")?,
+    })
+}
+
+pub(crate) async fn create_token(db: &impl Db, t: &ServiceToken, digest: &[u8; 32]) -> anyhow::Result<bool> {
+    let held = db.row("SELECT COUNT(*) AS n FROM service_tokens", &[]).await?.map_or(Ok(0), |r| r.u64("n"))?;
+    if held >= crate::MAX_SERVICE_TOKENS as u64 {
+        return Ok(false);
+    }
+    let args = [text(&t.name), Arg::Bytes(digest.to_vec()), maybe(t.team.as_deref()), text(&t.role), big(t.created_ms), text(&t.created_by)];
+    let added = db
+        .exec("INSERT INTO service_tokens (name, digest, team, role, created_ms, created_by) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING", &args)
+        .await?;
+    Ok(added == 1)
+}
+
+pub(crate) async fn list_tokens(db: &impl Db) -> anyhow::Result<Vec<ServiceToken>> {
+    let rows = db.rows(&format!("SELECT {SERVICE_TOKEN} FROM service_tokens ORDER BY name LIMIT $1"), &[big(crate::MAX_SERVICE_TOKENS as u64)]).await?;
+    all(rows, service_token)
+}
+
+pub(crate) async fn revoke_token(db: &impl Db, name: &str, now_ms: u64) -> anyhow::Result<bool> {
+    let n = db.exec("UPDATE service_tokens SET revoked_ms = $2 WHERE name = $1 AND revoked_ms IS NULL", &[text(name), big(now_ms)]).await?;
+    Ok(n == 1)
+}
+
+pub(crate) async fn use_token(db: &impl Db, digest: &[u8; 32], now_ms: u64) -> anyhow::Result<Option<ServiceToken>> {
+    let sql = format!("UPDATE service_tokens SET last_used_ms = $2 WHERE digest = $1 AND revoked_ms IS NULL RETURNING {SERVICE_TOKEN}");
+    db.row(&sql, &[Arg::Bytes(digest.to_vec()), big(now_ms)]).await?.as_ref().map(service_token).transpose()
+}
+
+/// The [`TokenStore`] methods, the same for both stores: every one a write
+/// but the list (a use is noted where the token is found).
+macro_rules! token_statements {
+    () => {
+        fn create_token(&self, token: &ServiceToken, digest: &[u8; 32]) -> anyhow::Result<bool> {
+            self.write(async |db| sql::create_token(db, token, digest).await)
+        }
+
+        fn list_tokens(&self) -> anyhow::Result<Vec<ServiceToken>> {
+            self.read(async |db| sql::list_tokens(db).await)
+        }
+
+        fn revoke_token(&self, name: &str, now_ms: u64) -> anyhow::Result<bool> {
+            self.write(async |db| sql::revoke_token(db, name, now_ms).await)
+        }
+
+        fn use_token(&self, digest: &[u8; 32], now_ms: u64) -> anyhow::Result<Option<ServiceToken>> {
+            self.write(async |db| sql::use_token(db, digest, now_ms).await)
+        }
+    };
+}
+pub(crate) use token_statements;
+
+/// The columns of an [`Activity`].
+const ACTIVITY: &str = "id, at_ms, actor, action, team, target, outcome, detail, from_addr";
+
+fn activity_row(r: &Row) -> anyhow::Result<Activity> {
+    Ok(Activity {
+        id: r.u64("id")?,
+        at_ms: r.u64("at_ms")?,
+        actor: r.text("actor")?,
+        action: r.text("action")?,
+        team: r.opt_text("team")?,
+        target: r.opt_text("target")?,
+        outcome: r.text("outcome")?,
+        detail: r.opt_text("detail")?,
+        from: r.opt_text("from_addr")?,
+    })
+}
+
+/// A field of an entry as kept: at most `max` characters.
+fn capped(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+pub(crate) async fn note(db: &impl Db, e: &Activity) -> anyhow::Result<()> {
+    let opt = |s: &Option<String>, max| maybe(s.as_deref().map(|v| capped(v, max)).as_deref());
+    let args = [
+        big(e.at_ms),
+        text(&capped(&e.actor, 200)),
+        text(&capped(&e.action, 64)),
+        opt(&e.team, 200),
+        opt(&e.target, 400),
+        text(&capped(&e.outcome, 16)),
+        opt(&e.detail, 2000),
+        opt(&e.from, 200),
+    ];
+    db.exec("INSERT INTO activity (at_ms, actor, action, team, target, outcome, detail, from_addr) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", &args).await?;
+    Ok(())
+}
+
+pub(crate) async fn read_activity(db: &impl Db, f: &ActivityFilter<'_>) -> anyhow::Result<Vec<Activity>> {
+    let sql = format!(
+        "SELECT {ACTIVITY} FROM activity WHERE id > $1 AND at_ms >= $2 AND (CAST($3 AS TEXT) IS NULL OR actor = $3) AND (CAST($4 AS TEXT) IS NULL OR action = $4) AND (CAST($5 AS TEXT) IS NULL OR team = $5) ORDER BY id LIMIT $6"
+    );
+    let args =
+        [big(f.after_id), big(f.since_ms.unwrap_or(0)), maybe(f.actor), maybe(f.action), maybe(f.team), big(f.limit.min(crate::MAX_ACTIVITY_READ) as u64)];
+    all(db.rows(&sql, &args).await?, activity_row)
+}
+
+/// The [`ActivityLog`] methods, the same for both stores.
+macro_rules! activity_statements {
+    () => {
+        fn note(&self, entry: &Activity) -> anyhow::Result<()> {
+            self.write(async |db| sql::note(db, entry).await)
+        }
+
+        fn read_activity(&self, filter: &ActivityFilter) -> anyhow::Result<Vec<Activity>> {
+            self.read(async |db| sql::read_activity(db, filter).await)
+        }
+    };
+}
+pub(crate) use activity_statements;
+
 /// The [`ApprovalStore`] methods both stores make the same way: reads on
 /// `read`, decisions in one transaction on `write` (two deciders, one
 /// decision; a wake and its approvals marked together).

@@ -137,6 +137,30 @@ CREATE INDEX runs_schedule_ticks ON runs(story, created_ms) WHERE trigger = 'sch
 ALTER TABLE runs ADD COLUMN resumes INTEGER NOT NULL DEFAULT 0;
 DELETE FROM warden_keys WHERE name = 'approval-links';
 "#,
+    r#"
+CREATE TABLE service_tokens (
+    name TEXT PRIMARY KEY,
+    digest BLOB NOT NULL UNIQUE,
+    team TEXT,
+    role TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked_ms INTEGER,
+    last_used_ms INTEGER
+);
+CREATE TABLE activity (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    team TEXT,
+    target TEXT,
+    outcome TEXT NOT NULL,
+    detail TEXT,
+    from_addr TEXT
+);
+CREATE INDEX activity_by_team ON activity (team, id);
+"#,
 ];
 
 /// The schema version of the SQLite file at `path`, read only.
@@ -359,6 +383,14 @@ impl RunStore for SqliteStore {
         Some(self)
     }
 
+    fn tokens(&self) -> Option<&dyn TokenStore> {
+        Some(self)
+    }
+
+    fn activity(&self) -> Option<&dyn ActivityLog> {
+        Some(self)
+    }
+
     fn apply(&self, batch: &[Write]) -> anyhow::Result<Vec<Result<(), Conflict>>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -402,6 +434,14 @@ impl ApprovalStore for SqliteStore {
             None => Ok(Some(crate::approval::process_secret())),
         }
     }
+}
+
+impl TokenStore for SqliteStore {
+    sql::token_statements!();
+}
+
+impl ActivityLog for SqliteStore {
+    sql::activity_statements!();
 }
 
 #[cfg(test)]

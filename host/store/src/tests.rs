@@ -110,6 +110,8 @@ fn remembers(s: &dyn RunStore) {
 
 fn suite(s: &dyn RunStore) {
     remembers(s);
+    service_tokens(s.tokens().expect("a real store keeps service tokens"));
+    audit_log_of_people(s.activity().expect("a real store keeps the audit log of people"));
     let input = json!({"x": 1});
     s.create_run(&run("r1", "st", "soc", &input, None)).unwrap();
     s.start_run("r1").unwrap();
@@ -294,6 +296,64 @@ fn approvals(s: &dyn RunStore) {
     assert!(!a.wake("w1").unwrap());
     assert!(a.runs_to_wake(10).unwrap().is_empty());
     assert_eq!(s.run_summary("w1").unwrap().unwrap().state, "running");
+}
+
+/// The audit log of people: kept in order, read on from an id, narrowed by
+/// actor, action and team, every field capped.
+fn audit_log_of_people(log: &dyn ActivityLog) {
+    let entry = |actor: &str, action: &str, team: Option<&str>, detail: &str| Activity {
+        id: 0,
+        at_ms: 1_000,
+        actor: actor.into(),
+        action: action.into(),
+        team: team.map(String::from),
+        target: Some("r1/confirm".into()),
+        outcome: "ok".into(),
+        detail: Some(detail.into()),
+        from: Some("127.0.0.1".into()),
+    };
+    log.note(&entry("team:soc", "approval.decide", Some("soc"), "choice contain via api")).unwrap();
+    log.note(&entry("token:ci", "token.use", Some("intel"), &"x".repeat(10_000))).unwrap();
+    log.note(&entry("admin", "console.sign_in", None, "")).unwrap();
+    let all = log.read_activity(&ActivityFilter { limit: 10, ..Default::default() }).unwrap();
+    assert_eq!(all.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), vec!["approval.decide", "token.use", "console.sign_in"]);
+    assert!(all[0].id < all[1].id && all[1].id < all[2].id, "kept in order");
+    assert_eq!(all[1].detail.as_ref().unwrap().len(), 2000, "a long detail is capped");
+    let after = log.read_activity(&ActivityFilter { after_id: all[0].id, limit: 10, ..Default::default() }).unwrap();
+    assert_eq!(after.len(), 2, "read on from an id");
+    let soc = log.read_activity(&ActivityFilter { team: Some("soc"), limit: 10, ..Default::default() }).unwrap();
+    assert_eq!(soc, vec![all[0].clone()], "a team's only");
+    let by = log.read_activity(&ActivityFilter { actor: Some("admin"), action: Some("console.sign_in"), limit: 10, ..Default::default() }).unwrap();
+    assert_eq!(by.len(), 1);
+    assert!(log.read_activity(&ActivityFilter { since_ms: Some(1_001), limit: 10, ..Default::default() }).unwrap().is_empty());
+}
+
+/// Service accounts: kept by digest, a name is one token forever, a revoked
+/// token is refused, every use is noted.
+fn service_tokens(t: &dyn TokenStore) {
+    let token = |name: &str, team: Option<&str>| ServiceToken {
+        name: name.into(),
+        team: team.map(String::from),
+        role: "operator".into(),
+        created_ms: 1_000,
+        created_by: "cli:tester".into(),
+        revoked_ms: None,
+        last_used_ms: None,
+    };
+    let (ci, ops) = ([1u8; 32], [2u8; 32]);
+    assert!(t.create_token(&token("ci-bot", Some("soc")), &ci).unwrap());
+    assert!(t.create_token(&token("ops", None), &ops).unwrap());
+    assert!(!t.create_token(&token("ci-bot", Some("intel")), &[3u8; 32]).unwrap(), "a name in use is refused");
+    assert!(t.use_token(&[9u8; 32], 2_000).unwrap().is_none(), "an unknown digest is no one");
+    let used = t.use_token(&ci, 2_000).unwrap().expect("the token is found by its digest");
+    assert_eq!((used.name.as_str(), used.team.as_deref(), used.last_used_ms), ("ci-bot", Some("soc"), Some(2_000)));
+    assert!(t.revoke_token("ci-bot", 3_000).unwrap());
+    assert!(!t.revoke_token("ci-bot", 4_000).unwrap(), "revoked once");
+    assert!(t.use_token(&ci, 5_000).unwrap().is_none(), "a revoked token is refused");
+    assert!(!t.create_token(&token("ci-bot", Some("soc")), &[4u8; 32]).unwrap(), "a revoked name stays taken");
+    let listed = t.list_tokens().unwrap();
+    assert_eq!(listed.iter().map(|t| (t.name.as_str(), t.revoked_ms)).collect::<Vec<_>>(), vec![("ci-bot", Some(3_000)), ("ops", None)]);
+    assert_eq!(listed[0].last_used_ms, Some(2_000));
 }
 
 #[test]

@@ -456,3 +456,51 @@ fn tines_run_imports_in_memory_and_runs_and_refuses_what_it_could_not_convert() 
     let stderr = text(&out.stderr);
     assert!(stderr.contains("refused     leaky-credentials / Post the token") && stderr.contains("not every agent was converted"), "{stderr}");
 }
+
+#[test]
+fn service_tokens_are_made_shown_once_listed_without_their_secret_and_revoked() {
+    let dir = tempdir("tokens");
+    let db = dir.join("runs.db");
+    let db = db.to_str().unwrap();
+    let out = warden(&["tokens", "create", "ci-bot", "--team", "soc", "--role", "operator", "--db", db], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let secret = text(&out.stdout).trim().to_string();
+    assert!(secret.starts_with("wdn_") && secret.len() == 68, "{secret}");
+    assert!(text(&out.stderr).contains("operator of team soc; shown once"), "{}", text(&out.stderr));
+    // The store keeps its digest: the secret printed is the one it accepts.
+    let store = warden::store::open(std::path::Path::new(db)).unwrap();
+    let found = store.tokens().unwrap().use_token(&warden::store::service_token_digest(&secret), 1).unwrap().expect("the printed token is the stored one");
+    assert_eq!((found.name.as_str(), found.team.as_deref(), found.role.as_str()), ("ci-bot", Some("soc"), "operator"));
+    drop(store);
+
+    let out = warden(&["tokens", "create", "ci-bot", "--all-teams", "--role", "viewer", "--db", db], &[]);
+    assert!(!out.status.success() && text(&out.stderr).contains("a token named `ci-bot` exists"), "{}", text(&out.stderr));
+    let out = warden(&["tokens", "create", "x", "--team", "soc", "--role", "owner", "--db", db], &[]);
+    assert!(text(&out.stderr).contains("--role: `owner` is not a role; a role is one of viewer, approver, operator, admin"), "{}", text(&out.stderr));
+    let out = warden(&["tokens", "create", "bad name", "--team", "soc", "--role", "viewer", "--db", db], &[]);
+    assert!(text(&out.stderr).contains("token name `bad name` must be"), "{}", text(&out.stderr));
+
+    let out = warden(&["tokens", "list", "--db", db], &[]);
+    let listed = text(&out.stdout);
+    assert!(listed.contains("ci-bot") && listed.contains("operator") && !listed.contains(&secret[4..]), "{listed}");
+    let out = warden(&["tokens", "revoke", "ci-bot", "--db", db], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = warden(&["tokens", "revoke", "ci-bot", "--db", db], &[]);
+    assert_eq!(out.status.code(), Some(1), "revoked once");
+    let out = warden(&["tokens", "list", "--json", "--db", db], &[]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(list[0]["revoked_ms"].is_u64(), "{list}");
+    let store = warden::store::open(std::path::Path::new(db)).unwrap();
+    assert!(store.tokens().unwrap().use_token(&warden::store::service_token_digest(&secret), 2).unwrap().is_none(), "a revoked token is no one");
+    drop(store);
+    // What was done to tokens is in the audit log of people, as JSON lines.
+    let out = warden(&["audit-log", "tail", "--action", "token.create", "--db", db], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let outcomes: Vec<(&str, &str)> = lines.iter().map(|e| (e["target"].as_str().unwrap(), e["outcome"].as_str().unwrap())).collect();
+    assert_eq!(outcomes, vec![("ci-bot", "ok"), ("ci-bot", "refused")], "{lines:?}");
+    assert!(lines[0]["actor"].as_str().unwrap().starts_with("cli:") && lines[0]["detail"] == "role operator");
+    let out = warden(&["audit-log", "tail", "--action", "token.revoke", "--db", db], &[]);
+    assert_eq!(text(&out.stdout).lines().count(), 2, "revoked, then refused: {}", text(&out.stdout));
+    assert!(!text(&out.stdout).contains(&secret[4..]));
+}

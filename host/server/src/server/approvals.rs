@@ -11,8 +11,9 @@
 //! and resume (here, or on whichever node claims them).
 
 use super::queue::Start;
-use super::{error, AppState, Scope};
+use super::{error, AppState, Principal, Scope};
 use crate::approval::{self, Approval, Decision, Refused};
+use crate::policy::access::Action;
 use crate::store::{off_runtime, ApprovalFilter};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -83,15 +84,31 @@ fn sweep(queue: &super::Queue) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Who a token's scope decides `a` as: the approver its `approvers` must
-/// list (none for the admin token), and the name audited. `None`: the scope
-/// may not see it — another team's approval that does not list this team.
-pub(super) fn decider(scope: &Scope, a: &Approval) -> Option<(Option<String>, String)> {
-    match scope {
-        Scope::All => Some((None, "admin".to_string())),
-        Scope::Team(t) if *t != a.team && !a.approvers.iter().any(|x| x == &format!("team:{t}")) => None,
-        Scope::Team(t) => Some((Some(format!("team:{t}")), format!("team:{t}"))),
+/// Why a principal may not decide an approval.
+pub(super) enum NotDecider {
+    /// It may not see it: another team's approval that does not list its team.
+    Unseen,
+    /// It sees it, but its role does not decide (the one-line reason).
+    Role(String),
+}
+
+/// Who a principal decides `a` as: the approver its `approvers` must list
+/// (none for an every-team principal), and the name audited.
+pub(super) fn decider(who: &Principal, a: &Approval) -> Result<(Option<String>, String), NotDecider> {
+    let listed = |t: &str| a.approvers.iter().any(|x| *x == format!("team:{t}"));
+    let team = match &who.scope {
+        Scope::All => None,
+        Scope::Team(t) if *t != a.team && !listed(t) => return Err(NotDecider::Unseen),
+        Scope::Team(t) => Some(t.clone()),
+    };
+    // A team an approval lists decides it as that team's, by the role it holds there.
+    if !who.may(Action::Decide, Some(team.as_deref().unwrap_or(&a.team))) {
+        return Err(NotDecider::Role(who.refused(Action::Decide)));
     }
+    Ok(match team {
+        None => (None, who.name.clone()),
+        Some(t) => (Some(format!("team:{t}")), who.name.clone()),
+    })
 }
 
 /// The address a decision came from: the peer, and what a proxy in front says.
@@ -157,12 +174,29 @@ async fn approval_at(s: &AppState, run: &str, step: &str) -> anyhow::Result<Opti
 }
 
 /// Takes `choice` on `a` as `approver` (see [`crate::store::decide`]), off the runtime.
+/// Every decision (console, API, link, Slack) passes here, and so into the
+/// audit log of people, taken or refused.
 pub(super) async fn decide(s: &AppState, a: Approval, choice: String, approver: Option<String>, d: Decision) -> anyhow::Result<approval::Decided> {
-    off_runtime(&s.engine.store, move |st| {
+    let (team, target, actor, from) = (a.team.clone(), format!("{}/{}", a.run, a.step), d.decided_by.clone(), d.from.clone());
+    let detail = format!("choice {} via {}", crate::invocation::guest_text(&choice, 100), d.via);
+    let decided = off_runtime(&s.engine.store, move |st| {
         let store = st.approvals().ok_or_else(|| anyhow::anyhow!("this run store keeps no approvals"))?;
         crate::store::decide(store, &a, &choice, approver.as_deref(), d)
     })
-    .await
+    .await;
+    let (outcome, detail) = match &decided {
+        Ok(Ok(_)) => ("ok", detail),
+        Ok(Err(why)) => ("refused", format!("{detail}: {why}")),
+        Err(e) => ("failed", format!("{detail}: run store unavailable: {e}")),
+    };
+    let entry = crate::store::Activity {
+        target: Some(target),
+        detail: Some(detail),
+        from,
+        ..crate::store::Activity::now("approval.decide", &actor, Some(&team), outcome)
+    };
+    super::access::note(s, entry).await;
+    decided
 }
 
 /// The link's approval and link, or the page that says why there is none.
@@ -254,10 +288,11 @@ pub(super) async fn decide_by_link(State(s): State<AppState>, Path(token): Path<
 
 /// `GET /api/approvals[?story=S&all=true]`: pending approvals (every one with `all`), oldest first.
 pub(super) async fn list(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
-    let scope = match s.tokens.scope(&headers) {
-        Ok(scope) => scope,
+    let who = match s.principal(&headers).await {
+        Ok(p) => p,
         Err(r) => return r,
     };
+    let scope = who.scope.clone();
     let listed = off_runtime(&s.engine.store, move |st| {
         let Some(store) = st.approvals() else { return Ok(Vec::new()) };
         let team = match &scope {
@@ -291,8 +326,8 @@ pub(super) async fn decide_by_api(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let scope = match s.tokens.scope(&headers) {
-        Ok(scope) => scope,
+    let who = match s.principal(&headers).await {
+        Ok(p) => p,
         Err(r) => return r,
     };
     let body: DecideBody = match serde_json::from_slice(&body) {
@@ -314,7 +349,11 @@ pub(super) async fn decide_by_api(
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("run store unavailable: {e:#}")),
     };
     // Another team's approval is answered as if it did not exist.
-    let Some((approver, decided_by)) = decider(&scope, &a) else { return no_such() };
+    let (approver, decided_by) = match decider(&who, &a) {
+        Ok(d) => d,
+        Err(NotDecider::Unseen) => return no_such(),
+        Err(NotDecider::Role(why)) => return error(StatusCode::FORBIDDEN, why),
+    };
     let d = Decision {
         choice: None,
         decided_by,

@@ -7,6 +7,7 @@
 //! SIGTERM stops intake and drains in-flight runs up to a deadline; whatever
 //! is still running then resumes at the next start.
 
+pub mod access;
 mod approvals;
 pub mod config;
 pub mod console;
@@ -24,6 +25,7 @@ use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::{off_runtime, RunFilter};
 use crate::story::engine::StoryRunner;
 use crate::story::Library;
+pub use access::{ApiTokens, Principal, Scope};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -32,7 +34,6 @@ use axum::{Json, Router};
 use metrics::Metrics;
 use queue::{Queue, Start};
 use serde_json::json;
-use sha2::Sha256;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,55 +69,6 @@ struct AppState {
     slack: Option<Arc<slack::Slack>>,
     /// Traces (`[telemetry]`): the webhook's span.
     telemetry: Option<Arc<crate::telemetry::Telemetry>>,
-}
-
-/// What an API token may read.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Scope {
-    All,
-    Team(String),
-}
-
-/// The `/api/*` tokens: `[server] api_token_env` sees every run; a team's
-/// `api_token_env` sees that team's. Kept as digests, compared in constant time.
-pub struct ApiTokens(Vec<([u8; 32], Scope)>);
-
-impl ApiTokens {
-    /// The scope of a token, with its digest. Digests are compared, so timing
-    /// says nothing about the token itself.
-    fn find(&self, given: &str) -> Option<(Scope, [u8; 32])> {
-        use sha2::Digest;
-        if given.is_empty() {
-            return None;
-        }
-        let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
-        self.0.iter().find(|(d, _)| *d == digest).map(|(d, scope)| (scope.clone(), *d))
-    }
-
-    fn load(policy: &Policy) -> anyhow::Result<ApiTokens> {
-        use sha2::Digest;
-        let mut tokens = Vec::new();
-        if let Some(src) = &policy.server.api_token {
-            let t = src.read().map_err(|e| anyhow::anyhow!("[server] api_token_env: {e}"))?;
-            tokens.push((Sha256::digest(t.expose().as_bytes()).into(), Scope::All));
-        }
-        for team in policy.teams.values() {
-            if let Some(src) = &team.api_token {
-                let t = src.read().map_err(|e| anyhow::anyhow!("[teams.{}] api_token_env: {e}", team.name))?;
-                tokens.push((Sha256::digest(t.expose().as_bytes()).into(), Scope::Team(team.name.clone())));
-            }
-        }
-        Ok(ApiTokens(tokens))
-    }
-
-    /// The scope of the request's bearer token; every run when no token is configured.
-    fn scope(&self, headers: &HeaderMap) -> Result<Scope, Response> {
-        if self.0.is_empty() {
-            return Ok(Scope::All);
-        }
-        let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-        self.find(given).map(|(scope, _)| scope).ok_or_else(|| error(StatusCode::UNAUTHORIZED, "send Authorization: Bearer <api token>"))
-    }
 }
 
 fn error(code: StatusCode, message: impl Into<String>) -> Response {
@@ -173,6 +125,7 @@ pub fn start(engine: Arc<StoryRunner>, opts: &ServeOptions) -> anyhow::Result<(R
         .route("/api/runs", get(list_runs))
         .route("/api/runs/{id}", get(get_run))
         .route("/api/approvals", get(approvals::list))
+        .route("/api/audit-log", get(access::audit_log))
         .route("/api/approvals/{run}/{step}", post(approvals::decide_by_api))
         .route("/approvals/{token}", get(approvals::show).post(approvals::decide_by_link))
         .route("/slack/interactions", post(slack::interactions))
@@ -247,7 +200,7 @@ pub async fn run(policy: Policy, flags: config::ServeFlags) -> anyhow::Result<()
 pub async fn serve(engine: Arc<StoryRunner>, listen: &str, opts: ServeOptions) -> anyhow::Result<()> {
     let n = engine.preload().await.map_err(|e| anyhow::anyhow!("cannot serve: {e}"))?;
     tracing::info!("{n} plugin(s) loaded and vetted");
-    let unguarded = ApiTokens::load(&engine.policy)?.0.is_empty();
+    let unguarded = ApiTokens::load(&engine.policy)?.is_open();
     let (router, queue) = start(engine, &opts)?;
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e} (pick another with --listen)"))?;
     let addr = listener.local_addr()?;
@@ -312,10 +265,11 @@ async fn webhook(State(s): State<AppState>, Path(story): Path<String>, headers: 
 }
 
 async fn list_runs(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
-    let scope = match s.tokens.scope(&headers) {
-        Ok(scope) => scope,
+    let who = match s.principal(&headers).await {
+        Ok(p) => p,
         Err(r) => return r,
     };
+    let scope = who.scope.clone();
     let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(50usize).min(500);
     let offset = q.get("offset").and_then(|l| l.parse().ok()).unwrap_or(0usize);
     let since_ms = match q.get("since").map(|t| t.parse::<u64>()) {
@@ -347,10 +301,11 @@ async fn list_runs(State(s): State<AppState>, headers: HeaderMap, Query(q): Quer
 }
 
 async fn get_run(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let scope = match s.tokens.scope(&headers) {
-        Ok(scope) => scope,
+    let who = match s.principal(&headers).await {
+        Ok(p) => p,
         Err(r) => return r,
     };
+    let scope = who.scope.clone();
     let team = match &scope {
         Scope::Team(t) => Some(t.clone()),
         Scope::All => None,

@@ -3,6 +3,7 @@ use super::*;
 use crate::store::testing::Flaky;
 use crate::store::SqliteStore;
 use crate::story::invoke::PolicyInvoker;
+use sha2::Sha256;
 
 /// A served policy and its stories, in a folder of their own.
 pub(super) struct Served {

@@ -226,6 +226,30 @@ CREATE INDEX runs_schedule_ticks ON runs(story, created_ms) WHERE trigger = 'sch
 ALTER TABLE runs ADD COLUMN resumes INTEGER NOT NULL DEFAULT 0;
 DELETE FROM warden_keys WHERE name = 'approval-links';
 "#,
+    r#"
+CREATE TABLE service_tokens (
+    name TEXT PRIMARY KEY,
+    digest BYTEA NOT NULL UNIQUE,
+    team TEXT,
+    role TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked_ms BIGINT,
+    last_used_ms BIGINT
+);
+CREATE TABLE activity (
+    id BIGSERIAL PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    team TEXT,
+    target TEXT,
+    outcome TEXT NOT NULL,
+    detail TEXT,
+    from_addr TEXT
+);
+CREATE INDEX activity_by_team ON activity (team, id);
+"#,
 ];
 
 /// Serializes migrations across processes.
@@ -465,6 +489,14 @@ impl RunStore for PgStore {
         Some(self)
     }
 
+    fn tokens(&self) -> Option<&dyn TokenStore> {
+        Some(self)
+    }
+
+    fn activity(&self) -> Option<&dyn ActivityLog> {
+        Some(self)
+    }
+
     fn apply(&self, batch: &[Write]) -> anyhow::Result<Vec<Result<(), Conflict>>> {
         let fence = self.fence_of(batch);
         let node = self.cluster.get().map(|m| m.node.as_str());
@@ -567,4 +599,12 @@ impl ApprovalStore for PgStore {
     fn local_secret(&self) -> anyhow::Result<Option<crate::policy::credentials::Secret>> {
         Ok(None)
     }
+}
+
+impl TokenStore for PgStore {
+    sql::token_statements!();
+}
+
+impl ActivityLog for PgStore {
+    sql::activity_statements!();
 }

@@ -3,14 +3,14 @@
 use super::*;
 
 pub(super) async fn approvals_page(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    let (v, _) = match who(&s, &headers) {
+    let (v, _) = match who(&s, &headers).await {
         Ok(v) => v,
         Err(r) => return r,
     };
     if s.engine.store.approvals().is_none() {
         return not_found("approvals page: this run store keeps no approvals");
     }
-    let scope = v.scope.clone();
+    let scope = v.principal.scope.clone();
     let listed = off_runtime(&s, move |s| {
         let Some(store) = s.engine.store.approvals() else { return Ok(Vec::new()) };
         let team = match &scope {
@@ -20,7 +20,7 @@ pub(super) async fn approvals_page(State(s): State<AppState>, headers: HeaderMap
         store.list_approvals(&ApprovalFilter { team, story: None, all: false, limit: 200 })
     });
     let pending = match listed.await {
-        Ok(list) => list.iter().map(|a| pending_view(a, &v.scope)).collect::<Vec<_>>(),
+        Ok(list) => list.iter().map(|a| pending_view(a, &v.principal)).collect::<Vec<_>>(),
         Err(e) => return store_down(e),
     };
     let ctx = context! { ..frame(&v, &s, "approvals"), ..context! { pending } };
@@ -45,7 +45,7 @@ pub(super) async fn decide(
     Path((run, step)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let (v, form) = match checked_post(&s, &headers, &body) {
+    let (v, form) = match checked_post(&s, &headers, &body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -59,7 +59,11 @@ pub(super) async fn decide(
         Err(e) => return store_down(e),
     };
     // The API's rules: another team's approval (not listing this team) does not exist.
-    let Some((approver, who)) = crate::server::approvals::decider(&v.scope, &a) else { return not_found("such approval") };
+    let (approver, who) = match crate::server::approvals::decider(&v.principal, &a) {
+        Ok(d) => d,
+        Err(crate::server::approvals::NotDecider::Unseen) => return not_found("such approval"),
+        Err(crate::server::approvals::NotDecider::Role(why)) => return said(StatusCode::FORBIDDEN, "Not yours to decide", &why),
+    };
     let comment = form.get("comment").map(|c| c.trim().to_string()).filter(|c| !c.is_empty());
     let from = crate::server::approvals::from(&ext, &headers);
     let d = crate::approval::Decision { choice: None, decided_by: format!("{who} (console)"), via: "console".into(), from, comment, decided_ms: now_ms() };

@@ -21,14 +21,14 @@ pub(super) struct LiveQuery {
 }
 
 pub(super) async fn live(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<LiveQuery>) -> Response {
-    let (v, _) = match who(&s, &headers) {
+    let (v, _) = match who(&s, &headers).await {
         Ok(v) => v,
         Err(r) => return r,
     };
     if let Some(why) = q.run.is_none().then(|| q.runs.invalid()).flatten() {
         return said(StatusCode::BAD_REQUEST, "Not a filter", &why);
     }
-    let Some(mine) = s.console.open_stream(&session::scope_text(&v.scope), v.session.clone()) else {
+    let Some(mine) = s.console.open_stream(&session::scope_text(&v.principal.scope), v.session.clone()) else {
         return said(StatusCode::TOO_MANY_REQUESTS, "Too many live views", &format!("You (or your team) have as many live views open as one may ({MAX_STREAMS_PER_VIEWER} a session, {MAX_STREAMS_PER_PRINCIPAL} a team); close some tabs."));
     };
     let Ok(permit) = s.console.streams.clone().try_acquire_owned() else {

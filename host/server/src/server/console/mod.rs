@@ -32,13 +32,14 @@ pub mod view;
 // borrows from another (the runs table, a run's body, the CSRF check).
 use approvals::{approvals_page, decide};
 use live::{digest, live};
-use policy::policy_page;
+use policy::{audit_log_page, policy_page};
 use run::{pending_view, run_body, run_page};
 use runs::{query_of, row, runs_body, runs_page, RunRow, RunsQuery};
 use sign_in::{checked_post, login, login_page, logout};
 use stories::stories_page;
 
 use super::{AppState, Scope};
+use crate::policy::access::Action;
 use crate::store::{ApprovalFilter, RunFilter, RunSummary};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -214,6 +215,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/console/approvals/{run}/{step}", post(decide))
         .route("/console/stories", get(stories_page))
         .route("/console/policy", get(policy_page))
+        .route("/console/audit-log", get(audit_log_page))
         .route("/console/assets/{name}", get(asset))
 }
 
@@ -241,6 +243,7 @@ fn env() -> &'static minijinja::Environment<'static> {
             ("approvals.html", include_str!("templates/approvals.html")),
             ("stories.html", include_str!("templates/stories.html")),
             ("policy.html", include_str!("templates/policy.html")),
+            ("audit_log.html", include_str!("templates/audit_log.html")),
         ] {
             env.add_template(name, text).expect("valid console template");
         }
@@ -278,19 +281,30 @@ fn said(code: StatusCode, heading: &str, text: &str) -> Response {
 
 /// What every page's frame needs.
 fn frame(v: &Viewer, s: &AppState, tab: &str) -> minijinja::Value {
-    let scope = match &v.scope {
-        Scope::All => "every team".to_string(),
-        Scope::Team(t) => format!("team {t}"),
+    let scope = match &v.principal.scope {
+        Scope::All => format!("every team ({})", v.principal.role),
+        Scope::Team(t) => format!("team {t} ({})", v.principal.role),
     };
-    context! { tab, scope, csrf => v.csrf, signed_in => v.signed_in, approvals => s.engine.store.approvals().is_some(), nav => true }
+    // A link is shown only where the access layer would let the viewer through.
+    let policy = v.principal.may(Action::ReadPolicy, v.principal.scope.team());
+    let audit_log = v.principal.may(Action::ReadAuditLog, v.principal.scope.team());
+    context! { tab, scope, csrf => v.csrf, signed_in => v.signed_in, approvals => s.engine.store.approvals().is_some(), policy, audit_log, nav => true }
 }
 
-/// The viewer, or the answer that sends them to sign in.
-fn who(s: &AppState, headers: &HeaderMap) -> Result<(Viewer, [u8; 32]), Response> {
+/// The viewer, or the answer that sends them to sign in. A bearer token is
+/// judged by the server's access layer, as on `/api/*`.
+async fn who(s: &AppState, headers: &HeaderMap) -> Result<(Viewer, [u8; 32]), Response> {
     let key = s.console.key(s)?;
+    if let (false, Some(auth)) = (s.tokens.is_open(), headers.get(header::AUTHORIZATION)) {
+        let unknown = || said(StatusCode::UNAUTHORIZED, "Not signed in", "That API token is not known here.");
+        return match crate::server::access::principal_of(s, crate::server::access::bearer(headers).unwrap_or("")).await {
+            Ok(Some(p)) => Ok((session::bearer_viewer(&key, p, auth.as_bytes()), key)),
+            Ok(None) => Err(unknown()),
+            Err(e) => Err(store_down(e)),
+        };
+    }
     match session::viewer(&key, &s.tokens, headers, now_ms() / 1000) {
         Some(v) => Ok((v, key)),
-        None if headers.contains_key(header::AUTHORIZATION) => Err(said(StatusCode::UNAUTHORIZED, "Not signed in", "That API token is not known here.")),
         None => Err(Redirect::to("/console/login").into_response()),
     }
 }

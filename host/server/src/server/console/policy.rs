@@ -1,12 +1,16 @@
-//! The policy page: the policy as `warden policy explain` says it.
+//! The admin's pages: the policy as `warden policy explain` says it, and the audit log of what people did.
 
 use super::*;
 
 pub(super) async fn policy_page(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    let (v, _) = match who(&s, &headers) {
+    let (v, _) = match who(&s, &headers).await {
         Ok(v) => v,
         Err(r) => return r,
     };
+    // The policy view is an admin's (of a team: its plugins' grants and the policy-wide ones).
+    if !v.principal.may(Action::ReadPolicy, v.principal.scope.team()) {
+        return said(StatusCode::FORBIDDEN, "Not yours to read", &v.principal.refused(Action::ReadPolicy));
+    }
     let policy = s.policy.clone();
     let invoker = s.engine.invoker.clone();
     // Judging trust loads each plugin once: done at the first view, then kept
@@ -34,7 +38,35 @@ pub(super) async fn policy_page(State(s): State<AppState>, headers: HeaderMap) -
             out
         })
         .await;
-    let shown: Vec<&crate::explain::Explained> = all.iter().filter(|e| e.team.is_empty() || sees_team(&v.scope, &e.team)).collect();
+    let shown: Vec<&crate::explain::Explained> = all.iter().filter(|e| e.team.is_empty() || sees_team(&v.principal.scope, &e.team)).collect();
     let ctx = context! { ..frame(&v, &s, "policy"), ..context! { explained => shown, file => s.policy.file.clone() } };
     page(StatusCode::OK, "policy.html", ctx)
+}
+
+/// `/console/audit-log[?actor=&action=&after=]`: what people did, newest last.
+pub(super) async fn audit_log_page(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    let (v, _) = match who(&s, &headers).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let who = v.principal.clone();
+    let read = off_runtime(&s, move |s| {
+        let filter = match crate::server::access::audit_log_filter(&who, &q) {
+            Ok(f) => f,
+            Err(why) => return Ok(Err(why)),
+        };
+        let Some(log) = s.engine.store.activity() else { return Ok(Ok(Vec::new())) };
+        log.read_activity(&filter).map(Ok)
+    });
+    let entries = match read.await {
+        Ok(Ok(entries)) => entries,
+        Ok(Err(why)) => return said(StatusCode::FORBIDDEN, "Not yours to read", &why),
+        Err(e) => return store_down(e),
+    };
+    let rows: Vec<minijinja::Value> = entries
+        .iter()
+        .map(|e| context! { id => e.id, at => view::time(e.at_ms), actor => e.actor, action => e.action, team => e.team, target => e.target, outcome => e.outcome, detail => e.detail, from => e.from })
+        .collect();
+    let ctx = context! { ..frame(&v, &s, "audit-log"), ..context! { entries => rows } };
+    page(StatusCode::OK, "audit_log.html", ctx)
 }

@@ -101,15 +101,23 @@ pub(super) struct Pending {
     pub(super) on_timeout: String,
     pub(super) story: String,
     pub(super) can_decide: bool,
+    /// Why the viewer may not decide it (shown instead of the buttons).
+    pub(super) cannot: String,
 }
 
-pub(super) fn pending_view(a: &crate::approval::Approval, scope: &Scope) -> Pending {
+pub(super) fn pending_view(a: &crate::approval::Approval, who: &crate::server::Principal) -> Pending {
     let details = match &a.details {
         serde_json::Value::Null => None,
         d => Some(view::json_html(d)),
     };
-    // What deciding would check: the scope's approver among `approvers`, if any are named.
-    let can_decide = crate::server::approvals::decider(scope, a).is_some_and(|(approver, _)| approver.is_none_or(|ap| a.allows(&ap)));
+    // What deciding would check (the same function the API asks): the role,
+    // then the principal's approver among `approvers`, if any are named.
+    let (can_decide, cannot) = match crate::server::approvals::decider(who, a) {
+        Ok((approver, _)) if approver.as_ref().is_none_or(|ap| a.allows(ap)) => (true, String::new()),
+        Ok(_) => (false, format!("Only {} may decide.", a.approvers.join(", "))),
+        Err(crate::server::approvals::NotDecider::Role(why)) => (false, why),
+        Err(crate::server::approvals::NotDecider::Unseen) => (false, "Another team's approval.".into()),
+    };
     Pending {
         step: a.step.clone(),
         run: a.run.clone(),
@@ -121,18 +129,19 @@ pub(super) fn pending_view(a: &crate::approval::Approval, scope: &Scope) -> Pend
         on_timeout: a.on_timeout.clone().unwrap_or_else(|| "fail the step".into()),
         story: a.story.clone(),
         can_decide,
+        cannot,
     }
 }
 
 /// A run's page body (also what a live update sends), and whether the run is over.
 pub(super) fn run_body(s: &AppState, v: &Viewer, id: &str) -> anyhow::Result<Option<(String, bool)>> {
     let Some(run) = s.engine.store.get_run(id)? else { return Ok(None) };
-    if !sees_team(&v.scope, &run.run.team) {
+    if !sees_team(&v.principal.scope, &run.run.team) {
         return Ok(None);
     }
     let run = crate::store::seen_by(
         run,
-        match &v.scope {
+        match &v.principal.scope {
             Scope::Team(t) => Some(t.as_str()),
             Scope::All => None,
         },
@@ -140,7 +149,7 @@ pub(super) fn run_body(s: &AppState, v: &Viewer, id: &str) -> anyhow::Result<Opt
     // The sub-story runs' own steps, drawn under the steps that called them
     // (one level), for the sub-stories of teams the viewer sees.
     let mut called = Vec::new();
-    for c in run.steps.iter().filter_map(|st| view::called_by(&run, st)).filter(|c| sees_team(&v.scope, &c.team)).take(MAX_NESTED) {
+    for c in run.steps.iter().filter_map(|st| view::called_by(&run, st)).filter(|c| sees_team(&v.principal.scope, &c.team)).take(MAX_NESTED) {
         if let Some(d) = s.engine.store.get_run(&c.id)? {
             called.push(d);
         }
@@ -182,7 +191,7 @@ pub(super) fn run_body(s: &AppState, v: &Viewer, id: &str) -> anyhow::Result<Opt
         for st in run.steps.iter().filter(|st| st.state == "waiting" && st.kind == "approval") {
             if let Some(a) = store.approval(id, &st.step_id)? {
                 if a.state == "pending" {
-                    pending.push(pending_view(&a, &v.scope));
+                    pending.push(pending_view(&a, &v.principal));
                 }
             }
         }
@@ -210,7 +219,7 @@ pub(super) fn run_body(s: &AppState, v: &Viewer, id: &str) -> anyhow::Result<Opt
 }
 
 pub(super) async fn run_page(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let (v, _) = match who(&s, &headers) {
+    let (v, _) = match who(&s, &headers).await {
         Ok(v) => v,
         Err(r) => return r,
     };

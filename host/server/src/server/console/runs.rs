@@ -99,7 +99,7 @@ pub(super) fn row(r: &RunSummary) -> RunRow {
 
 /// The runs table and the counts above it (also what a live update sends).
 pub(super) fn runs_body(s: &AppState, v: &Viewer, q: &RunsQuery) -> anyhow::Result<String> {
-    let filter = q.filter(&v.scope);
+    let filter = q.filter(&v.principal.scope);
     let runs = s.engine.store.find_runs(&filter)?;
     let counts = s.engine.store.count_runs(&filter)?;
     let total: u64 = counts.iter().map(|(_, n)| n).sum();
@@ -110,7 +110,7 @@ pub(super) fn runs_body(s: &AppState, v: &Viewer, q: &RunsQuery) -> anyhow::Resu
 }
 
 pub(super) async fn runs_page(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<RunsQuery>) -> Response {
-    let (v, _) = match who(&s, &headers) {
+    let (v, _) = match who(&s, &headers).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -122,7 +122,7 @@ pub(super) async fn runs_page(State(s): State<AppState>, headers: HeaderMap, Que
         Ok(b) => b,
         Err(e) => return store_down(e),
     };
-    let stories: Vec<&String> = s.engine.library.stories.iter().filter(|(_, st)| sees_team(&v.scope, &st.team)).map(|(n, _)| n).collect();
+    let stories: Vec<&String> = s.engine.library.stories.iter().filter(|(_, st)| sees_team(&v.principal.scope, &st.team)).map(|(n, _)| n).collect();
     let live = format!("/console/live?{}{}seen={}", q.query_string(), if q.query_string().is_empty() { "" } else { "&" }, digest(&body));
     let ctx = context! { ..frame(&v, &s, "runs"), ..context! {
         body => minijinja::Value::from_safe_string(body), q, stories, states => STATES, triggers => TRIGGERS,

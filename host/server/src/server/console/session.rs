@@ -11,7 +11,7 @@
 //! (`Sec-Fetch-Site` / `Origin`) carrying a CSRF token derived from the
 //! session, so another site can neither forge nor read one.
 
-use super::super::{ApiTokens, Scope};
+use super::super::{ApiTokens, Principal, Scope};
 use axum::http::{header, HeaderMap};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -32,7 +32,8 @@ pub fn console_key(store_key: &[u8; 32]) -> [u8; 32] {
 /// A signed-in (or open-console) viewer.
 #[derive(Debug, Clone)]
 pub struct Viewer {
-    pub scope: Scope,
+    /// Who it is, and so what it may see and do.
+    pub principal: Principal,
     /// What every form of this viewer carries.
     pub csrf: String,
     /// Whether a sign-out makes sense (a cookie session).
@@ -68,8 +69,8 @@ pub fn issue(key: &[u8; 32], scope: &Scope, token_digest: &[u8; 32], expires: u6
     format!("v1.{}.{exp}.{}", b64.encode(scope.as_bytes()), b64.encode(tag))
 }
 
-/// The scope a cookie value proves, if it is ours, unexpired, and its token still configured.
-pub fn verify(key: &[u8; 32], tokens: &ApiTokens, value: &str, now: u64) -> Option<Scope> {
+/// The principal a cookie value proves, if it is ours, unexpired, and its token still configured.
+pub fn verify(key: &[u8; 32], tokens: &ApiTokens, value: &str, now: u64) -> Option<Principal> {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let mut parts = value.split('.');
@@ -83,8 +84,8 @@ pub fn verify(key: &[u8; 32], tokens: &ApiTokens, value: &str, now: u64) -> Opti
     tokens
         .0
         .iter()
-        .filter(|(_, s)| scope_text(s) == scope)
-        .find_map(|(digest, s)| mac(key, &[b"session", scope.as_bytes(), exp.as_bytes(), digest]).verify_slice(&tag).ok().map(|_| s.clone()))
+        .filter(|(_, p)| scope_text(&p.scope) == scope)
+        .find_map(|(digest, p)| mac(key, &[b"session", scope.as_bytes(), exp.as_bytes(), digest]).verify_slice(&tag).ok().map(|_| p.clone()))
 }
 
 /// The CSRF token of a session (or of the open console).
@@ -117,31 +118,33 @@ pub fn cookies(headers: &HeaderMap) -> Vec<String> {
 /// The one valid session among the cookies: `None` when none verifies, or
 /// when two valid ones disagree (someone set one beside the person's own;
 /// which was meant cannot be told, so neither is used and they sign in again).
-fn session_cookie(key: &[u8; 32], tokens: &ApiTokens, headers: &HeaderMap, now: u64) -> Option<(String, Scope)> {
-    let mut found: Option<(String, Scope)> = None;
+fn session_cookie(key: &[u8; 32], tokens: &ApiTokens, headers: &HeaderMap, now: u64) -> Option<(String, Principal)> {
+    let mut found: Option<(String, Principal)> = None;
     for value in cookies(headers) {
-        let Some(scope) = verify(key, tokens, &value, now) else { continue };
+        let Some(p) = verify(key, tokens, &value, now) else { continue };
         match &found {
             Some((v, _)) if *v != value => return None,
-            _ => found = Some((value, scope)),
+            _ => found = Some((value, p)),
         }
     }
     found
 }
 
-/// Who the request is from: a bearer token, a session cookie, or (no tokens
-/// configured, loopback only) anyone. `None`: sign in first.
+/// Who the request is from when it sends no bearer token: a session cookie,
+/// or (no tokens configured, loopback only) anyone. `None`: sign in first.
 pub fn viewer(key: &[u8; 32], tokens: &ApiTokens, headers: &HeaderMap, now: u64) -> Option<Viewer> {
-    if tokens.0.is_empty() {
-        return Some(Viewer { scope: Scope::All, csrf: csrf(key, "open"), signed_in: false, session: "open".into() });
+    if tokens.is_open() {
+        return Some(Viewer { principal: Principal::admin(), csrf: csrf(key, "open"), signed_in: false, session: "open".into() });
     }
-    if headers.contains_key(header::AUTHORIZATION) {
-        let scope = tokens.scope(headers).ok()?;
-        let session = format!("bearer:{}", hex::encode(Sha256::digest(headers.get(header::AUTHORIZATION)?.as_bytes())));
-        return Some(Viewer { scope, csrf: csrf(key, &session), signed_in: false, session });
-    }
-    let (value, scope) = session_cookie(key, tokens, headers, now)?;
-    Some(Viewer { scope, csrf: csrf(key, &value), signed_in: true, session: value })
+    let (value, principal) = session_cookie(key, tokens, headers, now)?;
+    Some(Viewer { principal, csrf: csrf(key, &value), signed_in: true, session: value })
+}
+
+/// The viewer a bearer token is (`principal`, resolved by the server's
+/// access layer): a script's or `curl`'s request, with no cookie.
+pub fn bearer_viewer(key: &[u8; 32], principal: Principal, authorization: &[u8]) -> Viewer {
+    let session = format!("bearer:{}", hex::encode(Sha256::digest(authorization)));
+    Viewer { principal, csrf: csrf(key, &session), signed_in: false, session }
 }
 
 /// Whether a POST comes from a page of this server: browsers say where a

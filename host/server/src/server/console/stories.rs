@@ -21,13 +21,13 @@ pub(super) struct StoryView {
 }
 
 pub(super) async fn stories_page(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    let (v, _) = match who(&s, &headers) {
+    let (v, _) = match who(&s, &headers).await {
         Ok(v) => v,
         Err(r) => return r,
     };
     let base = s.engine.links_base().trim_end_matches('/').to_string();
     let mut stories = Vec::new();
-    for (name, st) in s.engine.library.stories.iter().filter(|(_, st)| sees_team(&v.scope, &st.team)) {
+    for (name, st) in s.engine.library.stories.iter().filter(|(_, st)| sees_team(&v.principal.scope, &st.team)) {
         let trigger = s.policy.triggers.get(name);
         let story = name.clone();
         let read = off_runtime(&s, move |s| {

@@ -257,3 +257,191 @@ async fn every_session_cookie_is_judged_not_only_the_first() {
     // The same session twice is that session.
     assert_eq!(page(&srv.base, "/console/runs", &format!("{red_cookie}; {red_cookie}")).await.0, 200);
 }
+
+/// Every route a principal reaches, for every role in each team, against a
+/// table written out by hand (not computed by the rule it checks): what the
+/// API answers and what the console shows agree, and both are the table's.
+#[tokio::test]
+async fn every_route_answers_each_role_of_each_team_as_the_role_table_says_and_the_console_hides_what_the_api_refuses() {
+    use crate::policy::access::TeamRole;
+    use crate::store::ServiceToken;
+    let (srv, red, _blue) = setup().await;
+    let waiting = srv.engine.run("r", json!({"ask": true}), "webhook", &crate::story::engine::Quiet).await.unwrap().run_id;
+    let store = srv.engine.store.tokens().expect("service tokens");
+    let mut principals: Vec<(String, &str, &str)> =
+        vec![("admin-token".into(), "every", "admin"), ("red-token".into(), "red", "admin"), ("blue-token".into(), "blue", "admin")];
+    for team in ["red", "blue"] {
+        for role in TeamRole::ALL {
+            let (secret, digest) = crate::store::new_service_token().unwrap();
+            let t = ServiceToken {
+                name: format!("{team}-{role}"),
+                team: Some(team.into()),
+                role: role.name().into(),
+                created_ms: 1,
+                created_by: "test".into(),
+                revoked_ms: None,
+                last_used_ms: None,
+            };
+            assert!(store.create_token(&t, &digest).unwrap());
+            principals.push((secret, team, role.name()));
+        }
+    }
+    // The role table, written out: (decides, reads the policy).
+    let table = |role: &str| match role {
+        "viewer" => (false, false),
+        "approver" => (true, false),
+        "operator" => (false, false),
+        "admin" => (true, true),
+        other => panic!("no row for {other}"),
+    };
+    let get = |path: String, token: &str| {
+        let (path, token) = (format!("{}{path}", srv.base), token.to_string());
+        async move {
+            let r = client().get(path).bearer_auth(token).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    for (token, team, role) in &principals {
+        let sees_red = matches!(*team, "red" | "every");
+        let (decides, reads_policy) = table(role);
+        let who = format!("{role} of {team}");
+        // Reading: a team's own runs and approvals, never another's.
+        let (code, body) = get("/api/runs".into(), token).await;
+        assert_eq!((code, body.contains(&red)), (200, sees_red), "{who}: GET /api/runs");
+        assert_eq!(get(format!("/api/runs/{red}"), token).await.0, if sees_red { 200 } else { 404 }, "{who}: GET /api/runs/ID");
+        let (code, body) = get("/api/approvals".into(), token).await;
+        assert_eq!((code, body.contains(&waiting)), (200, sees_red), "{who}: GET /api/approvals");
+        assert_eq!(get(format!("/console/runs/{red}"), token).await.0, if sees_red { 200 } else { 404 }, "{who}: console run page");
+        // Deciding: an unknown choice, so the approval stays pending for the next row;
+        // refused by role (403) or unseen (404) before the choice is even read.
+        let r = client()
+            .post(format!("{}/api/approvals/{waiting}/confirm", srv.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(json!({"choice": "no-such-choice"}).to_string())
+            .send()
+            .await
+            .unwrap();
+        let expected = match (sees_red, decides) {
+            (false, _) => 404,
+            (true, false) => 403,
+            (true, true) => 400,
+        };
+        assert_eq!(r.status().as_u16(), expected, "{who}: POST /api/approvals/RUN/STEP");
+        let (code, html) = get("/console/approvals".into(), token).await;
+        let form = format!("action=\"/console/approvals/{waiting}/confirm\"");
+        assert_eq!((code, html.contains(&form)), (200, sees_red && decides), "{who}: the console shows the decide buttons exactly where the API decides");
+        if sees_red && !decides {
+            assert!(html.contains("may not decide approvals; approver or admin may"), "{who}: the console says why not: {html}");
+        }
+        // The policy view: an admin's, linked only for one.
+        let (code, html) = get("/console/policy".into(), token).await;
+        assert_eq!(code, if reads_policy { 200 } else { 403 }, "{who}: console policy page");
+        let (_, runs) = get("/console/runs".into(), token).await;
+        assert_eq!(runs.contains("href=\"/console/policy\""), reads_policy, "{who}: the policy link");
+        let _ = html;
+    }
+    // A revoked token, and one no one made, are no one.
+    assert!(store.revoke_token("red-approver", crate::audit::now_ms()).unwrap());
+    let revoked = &principals.iter().find(|(_, t, r)| *t == "red" && *r == "approver").unwrap().0;
+    assert_eq!(get("/api/runs".into(), revoked).await.0, 401, "a revoked token is refused");
+    assert_eq!(get("/console/runs".into(), revoked).await.0, 401, "on the console too");
+    assert_eq!(get("/api/runs".into(), "wdn_0000").await.0, 401);
+    // Every use was noted.
+    let used = store.list_tokens().unwrap();
+    assert!(used.iter().all(|t| t.last_used_ms.is_some()), "{used:?}");
+    // Nothing above decided it: it is still pending.
+    assert_eq!(srv.engine.store.approvals().unwrap().approval(&waiting, "confirm").unwrap().unwrap().state, "pending");
+}
+
+/// What people did is kept apart from runs and read by admins only: sign-ins
+/// (and failed ones), decisions taken and refused, service tokens' use.
+#[tokio::test]
+async fn the_audit_log_of_people_keeps_sign_ins_decisions_and_token_use_for_admins_only() {
+    use crate::store::ServiceToken;
+    let (srv, _red, _blue) = setup().await;
+    let waiting = srv.engine.run("r", json!({"ask": true}), "webhook", &crate::story::engine::Quiet).await.unwrap().run_id;
+    let store = srv.engine.store.tokens().unwrap();
+    let make = |name: &str, role: &str| {
+        let (secret, digest) = crate::store::new_service_token().unwrap();
+        let t = ServiceToken {
+            name: name.into(),
+            team: Some("red".into()),
+            role: role.into(),
+            created_ms: 1,
+            created_by: "test".into(),
+            revoked_ms: None,
+            last_used_ms: None,
+        };
+        assert!(store.create_token(&t, &digest).unwrap());
+        secret
+    };
+    let (viewer, approver) = (make("red-viewer", "viewer"), make("red-approver", "approver"));
+    let _ = sign_in(&srv.base, "red-token").await;
+    let r = client().post(format!("{}/console/login", srv.base)).form(&[("token", "wrong")]).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let decide = |token: String, choice: &'static str| {
+        let url = format!("{}/api/approvals/{waiting}/confirm", srv.base);
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(json!({"choice": choice}).to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(decide(approver.clone(), "maybe").await, 400, "not a choice: refused, and kept as refused");
+    assert_eq!(decide(approver.clone(), "contain").await, 200);
+
+    let read = |token: &str, query: &str| {
+        let url = format!("{}/api/audit-log{query}", srv.base);
+        let token = token.to_string();
+        async move {
+            let r = client().get(url).bearer_auth(token).send().await.unwrap();
+            (r.status().as_u16(), serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap())
+        }
+    };
+    let (code, log) = read("admin-token", "").await;
+    assert_eq!(code, 200, "{log}");
+    let entries = log["entries"].as_array().unwrap();
+    let has = |action: &str, actor: &str, outcome: &str| entries.iter().any(|e| e["action"] == action && e["actor"] == actor && e["outcome"] == outcome);
+    assert!(has("console.sign_in", "team:red", "ok"), "{log}");
+    assert!(has("console.sign_in_failed", "unknown", "refused"), "{log}");
+    assert!(has("approval.decide", "token:red-approver", "refused") && has("approval.decide", "token:red-approver", "ok"), "{log}");
+    assert!(has("token.use", "token:red-approver", "ok"), "{log}");
+    let decided = entries.iter().find(|e| e["action"] == "approval.decide" && e["outcome"] == "ok").unwrap();
+    assert_eq!((decided["team"].as_str(), decided["target"].as_str()), (Some("red"), Some(format!("{waiting}/confirm").as_str())));
+    assert!(decided["detail"].as_str().unwrap().contains("choice contain via api"), "{decided}");
+    assert!(!log.to_string().contains(&approver) && !log.to_string().contains("red-token"), "no secret is kept");
+    // Narrowed, and read on from an id.
+    let (_, only) = read("admin-token", "?action=approval.decide").await;
+    assert_eq!(only["entries"].as_array().unwrap().len(), 2, "{only}");
+    let last = entries.last().unwrap()["id"].as_u64().unwrap();
+    assert!(read("admin-token", &format!("?after={last}&action=approval.decide")).await.1["entries"].as_array().unwrap().is_empty());
+    // A team's admin reads its team's entries; another team's admin none of red's; a viewer nothing.
+    let (_, red) = read("red-token", "").await;
+    assert!(red["entries"].as_array().unwrap().iter().all(|e| e["team"] == "red"), "{red}");
+    let (_, blue) = read("blue-token", "?team=red").await;
+    assert!(blue["entries"].as_array().unwrap().iter().all(|e| e["team"] == "blue"), "a team admin cannot widen its view: {blue}");
+    assert_eq!(read(&viewer, "").await.0, 403);
+    assert_eq!(read("admin-token", "?after=soon").await.0, 400);
+    // The console page: an admin's, linked for one only.
+    let page_of = |token: &str| {
+        let url = format!("{}/console/audit-log", srv.base);
+        let token = token.to_string();
+        async move {
+            let r = client().get(url).bearer_auth(token).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (code, html) = page_of("admin-token").await;
+    assert!(code == 200 && html.contains("approval.decide") && html.contains("href=\"/console/audit-log\""), "{html}");
+    assert_eq!(page_of(&viewer).await.0, 403);
+    let runs = client().get(format!("{}/console/runs", srv.base)).bearer_auth(&viewer).send().await.unwrap().text().await.unwrap();
+    assert!(runs.contains("Runs") && !runs.contains("href=\"/console/audit-log\""), "a viewer's pages do not link it: {runs}");
+}
