@@ -33,6 +33,9 @@ pub enum ApprovalsCmd {
         choice: String,
         #[arg(long)]
         comment: Option<String>,
+        /// Confirms a choice the story marks `confirm: true` (refused without it).
+        #[arg(long)]
+        confirm: bool,
         #[command(flatten)]
         db: DbArg,
     },
@@ -56,7 +59,7 @@ pub fn run(cmd: ApprovalsCmd) -> anyhow::Result<ExitCode> {
                 println!("{}  {:<12} {:<8} {}  [{}]  by {who}  ({})", a.run, a.step, a.state, a.title, a.choices.join("|"), a.what_happened());
             }
         }
-        ApprovalsCmd::Decide { run, step, choice, comment, db } => {
+        ApprovalsCmd::Decide { run, step, choice, comment, confirm, db } => {
             let store = warden::store::open(&db.db)?;
             let approvals = store.approvals().ok_or_else(|| anyhow!("this run store keeps no approvals"))?;
             let Some(a) = approvals.approval(&run, &step)? else {
@@ -71,13 +74,14 @@ pub fn run(cmd: ApprovalsCmd) -> anyhow::Result<ExitCode> {
                 comment,
                 decided_ms: warden::audit::now_ms(),
             };
-            match warden::store::decide(approvals, &a, &choice, None, d)? {
+            match warden::store::decide(approvals, &a, &choice, None, confirm, d)? {
                 Ok(done) => println!(
                     "{}: {}; a serving warden on this store resumes run {run} within a second (or when it next starts)",
                     done.title,
                     done.what_happened()
                 ),
                 Err(Refused::Over(a)) => return Err(anyhow!("approval {step} of run {run} is over: {}", a.what_happened())),
+                Err(Refused::Unconfirmed(_)) => return Err(anyhow!("`{choice}` is marked to be confirmed; decide again with --confirm")),
                 Err(r) => return Err(anyhow!("{r}")),
             }
         }

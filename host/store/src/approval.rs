@@ -54,6 +54,12 @@ pub struct ApprovalSpec {
     /// Template(s), shown to the approver.
     pub details: Value,
     pub choices: Vec<String>,
+    /// Choices marked dangerous (`style: danger`): shown as such.
+    pub danger: Vec<String>,
+    /// Choices that take effect only once confirmed (`confirm: true`): the
+    /// console asks again, the API needs `confirm: true`, a link's page is
+    /// itself the confirmation, a Slack button cannot give one.
+    pub confirm: Vec<String>,
     /// Who may decide: addresses (each gets links of their own) and
     /// `team:NAME` (that team's API token). Empty: anyone holding a link or
     /// the story team's token.
@@ -118,6 +124,11 @@ impl ApprovalSpec {
             }
             if self.choices[..i].contains(c) {
                 return Err(format!("choice `{c}` is listed twice"));
+            }
+        }
+        for c in self.danger.iter().chain(&self.confirm) {
+            if !self.choices.contains(c) {
+                return Err(format!("`{c}` is marked but is not one of the choices ({})", self.choices.join(", ")));
             }
         }
         if let OnTimeout::Choice(c) = &self.on_timeout {
@@ -542,6 +553,12 @@ pub struct Approval {
     pub title: String,
     pub details: Value,
     pub choices: Vec<String>,
+    /// Choices marked dangerous.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub danger: Vec<String>,
+    /// Choices that need a confirmation (see [`ApprovalSpec::confirm`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub confirm: Vec<String>,
     pub approvers: Vec<String>,
     pub created_ms: u64,
     pub deadline_ms: u64,
@@ -617,12 +634,14 @@ pub enum Refused {
     NotAnApprover(String),
     /// Not one of the choices.
     BadChoice(String),
+    /// A choice that must be confirmed, not confirmed.
+    Unconfirmed(String),
 }
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refused::Unknown(m) | Refused::NotAnApprover(m) | Refused::BadChoice(m) => f.write_str(m),
+            Refused::Unknown(m) | Refused::NotAnApprover(m) | Refused::BadChoice(m) | Refused::Unconfirmed(m) => f.write_str(m),
             Refused::Over(a) => write!(f, "approval {} of run {} is over: {}", a.step, a.run, a.what_happened()),
         }
     }
@@ -636,8 +655,9 @@ impl Approval {
     /// approval is pending, the choice one of its own, the approver allowed.
     /// `approver`: an address or `team:NAME`, or `None` for the operator
     /// (admin token, CLI), who may always decide. (The once-only is the
-    /// store's: see `store::decide`.)
-    pub fn check_decision(&self, choice: &str, approver: Option<&str>) -> Result<(), Refused> {
+    /// store's: see `store::decide`.) `confirmed`: whether the decider
+    /// confirmed it, which a choice in [`Approval::confirm`] needs.
+    pub fn check_decision(&self, choice: &str, approver: Option<&str>, confirmed: bool) -> Result<(), Refused> {
         if self.state != "pending" {
             return Err(Refused::Over(self.clone()));
         }
@@ -647,6 +667,9 @@ impl Approval {
                 crate::invocation::guest_text(choice, 40),
                 self.choices.join(", ")
             )));
+        }
+        if !confirmed && self.confirm.iter().any(|c| c == choice) {
+            return Err(Refused::Unconfirmed(format!("`{choice}` is marked to be confirmed: confirm it (the console asks; the API takes \"confirm\": true)")));
         }
         match approver {
             Some(who) if !self.allows(who) => {
@@ -813,6 +836,8 @@ mod tests {
             title: "t".into(),
             details: Value::Null,
             choices: choices.iter().map(|c| c.to_string()).collect(),
+            danger: vec![],
+            confirm: vec![],
             approvers: Approvers::List(vec![]),
             timeout: Duration::from_secs(60),
             on_timeout: on,
@@ -823,5 +848,32 @@ mod tests {
         assert!(spec(&["a", "a"], OnTimeout::Fail).validate().unwrap_err().contains("twice"));
         assert!(check_approvers(&["lead@corp.example".into(), "team:soc".into()]).is_ok());
         assert!(check_approvers(&["not an address".into()]).is_err());
+    }
+
+    #[test]
+    fn a_choice_marked_to_be_confirmed_is_refused_unconfirmed_and_the_others_are_not() {
+        let a = Approval {
+            run: "r".into(),
+            root_run: "r".into(),
+            step: "ask".into(),
+            story: "s".into(),
+            team: "soc".into(),
+            title: "t".into(),
+            details: Value::Null,
+            choices: vec!["isolate".into(), "ignore".into()],
+            danger: vec!["isolate".into()],
+            confirm: vec!["isolate".into()],
+            approvers: vec![],
+            created_ms: 0,
+            deadline_ms: 1,
+            on_timeout: None,
+            state: "pending".into(),
+            decision: None,
+        };
+        assert!(matches!(a.check_decision("isolate", None, false), Err(Refused::Unconfirmed(m)) if m.contains("confirm")));
+        assert!(a.check_decision("isolate", None, true).is_ok());
+        assert!(a.check_decision("ignore", None, false).is_ok());
+        // Confirming does not stand in for anything else.
+        assert!(matches!(a.check_decision("wipe", None, true), Err(Refused::BadChoice(_))));
     }
 }

@@ -939,9 +939,10 @@ pub fn decide(
     approval: &crate::approval::Approval,
     choice: &str,
     approver: Option<&str>,
+    confirmed: bool,
     mut decision: crate::approval::Decision,
 ) -> anyhow::Result<crate::approval::Decided> {
-    if let Err(refused) = approval.check_decision(choice, approver) {
+    if let Err(refused) = approval.check_decision(choice, approver, confirmed) {
         return Ok(Err(refused));
     }
     decision.choice = Some(choice.to_string());

@@ -249,8 +249,8 @@ pub(crate) fn statements(w: &Write, placement: Placement) -> Vec<Stmt> {
             if let Some(pair) = approval {
                 let (a, links) = pair.as_ref();
                 out.push(Stmt::new(
-                    sql!("INSERT INTO approvals (run_id, step_id, root_run, story, team, title, details, choices, approvers, created_ms, deadline_ms, on_timeout, state)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending') ON CONFLICT (run_id, step_id) DO NOTHING"),
+                    sql!("INSERT INTO approvals (run_id, step_id, root_run, story, team, title, details, choices, approvers, created_ms, deadline_ms, on_timeout, state, choice_marks)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending', $13) ON CONFLICT (run_id, step_id) DO NOTHING"),
                     vec![
                         text(&a.run),
                         text(&a.step),
@@ -264,6 +264,7 @@ pub(crate) fn statements(w: &Write, placement: Placement) -> Vec<Stmt> {
                         big(a.created_ms),
                         big(a.deadline_ms),
                         maybe(a.on_timeout.as_deref()),
+                        text(&serde_json::json!({"danger": a.danger, "confirm": a.confirm}).to_string()),
                     ],
                 ));
                 for l in links {
@@ -556,10 +557,15 @@ pub(crate) async fn run_detail(db: &impl Db, id: &str) -> anyhow::Result<Option<
 
 // Approvals.
 
-const APPROVAL: &str = "run_id, step_id, root_run, story, team, title, details, choices, approvers, created_ms, deadline_ms, on_timeout, state, choice, decided_by, via, decided_from, comment, decided_ms";
+const APPROVAL: &str = "run_id, step_id, root_run, story, team, title, details, choices, choice_marks, approvers, created_ms, deadline_ms, on_timeout, state, choice, decided_by, via, decided_from, comment, decided_ms";
 
 fn approval_row(r: &Row) -> anyhow::Result<crate::approval::Approval> {
     let list = |name: &str| -> anyhow::Result<Vec<String>> { Ok(r.opt_text(name)?.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default()) };
+    // `{"danger": […], "confirm": […]}`; an approval parked before marks existed has none.
+    let marks_of: Option<Value> = r.opt_text("choice_marks")?.and_then(|s| serde_json::from_str(&s).ok());
+    let marks = |name: &str| -> anyhow::Result<Vec<String>> {
+        Ok(marks_of.as_ref().and_then(|m| m.get(name)).and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default())
+    };
     let decision = match r.opt_text("decided_by")? {
         None => None,
         Some(decided_by) => Some(crate::approval::Decision {
@@ -580,6 +586,8 @@ fn approval_row(r: &Row) -> anyhow::Result<crate::approval::Approval> {
         title: r.text("title")?,
         details: r.json("details")?.unwrap_or(Value::Null),
         choices: list("choices")?,
+        danger: marks("danger")?,
+        confirm: marks("confirm")?,
         approvers: list("approvers")?,
         created_ms: r.u64("created_ms")?,
         deadline_ms: r.u64("deadline_ms")?,
@@ -937,6 +945,8 @@ mod tests {
             title: s("t"),
             details: Value::Null,
             choices: vec![s("yes")],
+            danger: vec![],
+            confirm: vec![],
             approvers: vec![],
             created_ms: 1,
             deadline_ms: 2,

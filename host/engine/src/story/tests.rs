@@ -547,9 +547,9 @@ async fn an_approval_parks_the_run_and_a_decision_resumes_it_after_the_step() {
     // Woken before a decision: nothing to wake.
     assert!(store.runs_to_wake(10).unwrap().is_empty());
 
-    let decided = crate::store::decide(store, &a, "reject", None, decision("x")).unwrap().unwrap();
+    let decided = crate::store::decide(store, &a, "reject", None, false, decision("x")).unwrap().unwrap();
     assert_eq!(decided.state, "decided");
-    let again = crate::store::decide(store, &a, "approve", None, decision("x")).unwrap();
+    let again = crate::store::decide(store, &a, "approve", None, false, decision("x")).unwrap();
     assert!(matches!(again, Err(crate::approval::Refused::Over(_))), "decided twice: {again:?}");
     let stale = store.decide(&r.run_id, "confirm", &decision("approve")).unwrap();
     assert!(matches!(stale, Err(crate::approval::Refused::Over(_))), "the store decided twice: {stale:?}");
@@ -641,4 +641,19 @@ fn a_story_is_steps_or_a_graph_and_keeps_only_that_kinds_fields() {
     assert!(e.contains("`output:` belongs to a story of steps") && e.contains("remove `output:`"), "{e}");
     let e = bad(&format!("{graph}steps:\n  - id: a\n    transform: {{set: {{x: 1}}}}\n"));
     assert!(e.contains("has both steps and a graph"), "{e}");
+}
+
+#[test]
+fn a_choice_may_be_marked_dangerous_and_to_be_confirmed_and_a_bad_mark_is_said_with_its_line() {
+    let story = |choices: &str| format!("name: s\nsteps:\n  - id: ask\n    approval:\n      title: t\n      choices: {choices}\n      timeout: 1h\n");
+    let s = parse(&story("[{name: isolate, style: danger, confirm: true}, ignore]"), Path::new("s.yaml")).unwrap();
+    let crate::story::StepKind::Approval(spec) = &s.steps().unwrap().steps[0].kind else { panic!("an approval step") };
+    assert_eq!(
+        (spec.choices.clone(), spec.danger.clone(), spec.confirm.clone()),
+        (vec!["isolate".to_string(), "ignore".into()], vec!["isolate".to_string()], vec!["isolate".to_string()])
+    );
+    let e = parse(&story("[{name: isolate, style: red}]"), Path::new("s.yaml")).unwrap_err().to_string();
+    assert!(e.contains("s.yaml:") && e.contains("style `red` is not a style; use danger or default"), "{e}");
+    let e = parse(&story("[{name: isolate, confirm: yes, colour: red}]"), Path::new("s.yaml")).unwrap_err().to_string();
+    assert!(e.contains("s.yaml:"), "{e}");
 }

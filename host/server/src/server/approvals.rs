@@ -176,12 +176,19 @@ async fn approval_at(s: &AppState, run: &str, step: &str) -> anyhow::Result<Opti
 /// Takes `choice` on `a` as `approver` (see [`crate::store::decide`]), off the runtime.
 /// Every decision (console, API, link, Slack) passes here, and so into the
 /// audit log of people, taken or refused.
-pub(super) async fn decide(s: &AppState, a: Approval, choice: String, approver: Option<String>, d: Decision) -> anyhow::Result<approval::Decided> {
+pub(super) async fn decide(
+    s: &AppState,
+    a: Approval,
+    choice: String,
+    approver: Option<String>,
+    confirmed: bool,
+    d: Decision,
+) -> anyhow::Result<approval::Decided> {
     let (team, target, actor, from) = (a.team.clone(), format!("{}/{}", a.run, a.step), d.decided_by.clone(), d.from.clone());
     let detail = format!("choice {} via {}", crate::invocation::guest_text(&choice, 100), d.via);
     let decided = off_runtime(&s.engine.store, move |st| {
         let store = st.approvals().ok_or_else(|| anyhow::anyhow!("this run store keeps no approvals"))?;
-        crate::store::decide(store, &a, &choice, approver.as_deref(), d)
+        crate::store::decide(store, &a, &choice, approver.as_deref(), confirmed, d)
     })
     .await;
     let (outcome, detail) = match &decided {
@@ -274,7 +281,8 @@ pub(super) async fn decide_by_link(State(s): State<AppState>, Path(token): Path<
     };
     let decided_by = if link.recipient.is_empty() { "link holder".to_string() } else { link.recipient.clone() };
     let d = Decision { choice: None, decided_by, via: "link".into(), from: from(&ext, &headers), comment, decided_ms: crate::audit::now_ms() };
-    match decide(&s, a, link.choice, approver.map(String::from), d).await {
+    // The link's page asked "nothing is decided until you confirm": this POST is the confirmation.
+    match decide(&s, a, link.choice, approver.map(String::from), true, d).await {
         Ok(Ok(done)) => {
             s.approvals_poke.notify_one();
             said(StatusCode::OK, "Decision recorded", &format!("{} — {}. The run continues.", done.title, done.what_happened()))
@@ -315,9 +323,12 @@ pub(super) struct DecideBody {
     choice: String,
     #[serde(default)]
     comment: Option<String>,
+    /// Confirms a choice the story marks `confirm: true`.
+    #[serde(default)]
+    confirm: bool,
 }
 
-/// `POST /api/approvals/{run}/{step}` `{choice, comment?}`: decides as the API token's team
+/// `POST /api/approvals/{run}/{step}` `{choice, comment?, confirm?}`: decides as the API token's team
 /// (`team:NAME`, which `approvers` may restrict) or, with the admin token, as the operator.
 pub(super) async fn decide_by_api(
     State(s): State<AppState>,
@@ -362,7 +373,7 @@ pub(super) async fn decide_by_api(
         comment: body.comment.filter(|c| !c.trim().is_empty()),
         decided_ms: crate::audit::now_ms(),
     };
-    match decide(&s, a, body.choice, approver, d).await {
+    match decide(&s, a, body.choice, approver, body.confirm, d).await {
         Ok(Ok(done)) => {
             s.approvals_poke.notify_one();
             Json(json!({"approval": done})).into_response()
@@ -371,7 +382,7 @@ pub(super) async fn decide_by_api(
             (StatusCode::GONE, Json(json!({"error": format!("this approval is over: {}", a.what_happened()), "approval": a}))).into_response()
         }
         Ok(Err(Refused::NotAnApprover(m))) => error(StatusCode::FORBIDDEN, m),
-        Ok(Err(Refused::BadChoice(m))) => error(StatusCode::BAD_REQUEST, m),
+        Ok(Err(Refused::BadChoice(m) | Refused::Unconfirmed(m))) => error(StatusCode::BAD_REQUEST, m),
         Ok(Err(Refused::Unknown(_))) => no_such(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("run store unavailable: {e:#}")),
     }

@@ -169,7 +169,8 @@ pub(super) async fn interactions(State(s): State<AppState>, ext: Extensions, hea
     });
     let decided_by = if user_name.is_empty() { who.clone() } else { format!("{who} ({user_name})") };
     let d = Decision { choice: None, decided_by, via: "slack".into(), from, comment: None, decided_ms: crate::audit::now_ms() };
-    match super::approvals::decide(&s, a, link.choice, approver, d).await {
+    // A button press cannot confirm: a choice marked `confirm: true` is refused here, saying where it can be.
+    match super::approvals::decide(&s, a, link.choice, approver, false, d).await {
         Ok(Ok(done)) => {
             s.approvals_poke.notify_one();
             tracing::info!(run = %done.run, step = %done.step, "approval decided from Slack by {who}");

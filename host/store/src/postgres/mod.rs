@@ -249,6 +249,7 @@ CREATE TABLE activity (
     from_addr TEXT
 );
 CREATE INDEX activity_by_team ON activity (team, id);
+ALTER TABLE approvals ADD COLUMN choice_marks TEXT;
 "#,
 ];
 

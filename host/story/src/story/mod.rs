@@ -236,7 +236,7 @@ struct RawApproval {
     #[serde(default)]
     details: Option<Value>,
     #[serde(default)]
-    choices: Option<Vec<String>>,
+    choices: Option<Vec<RawChoice>>,
     /// A list of addresses / `team:NAME`, or one `{{ expression }}` over the input.
     #[serde(default)]
     approvers: Option<Value>,
@@ -245,10 +245,51 @@ struct RawApproval {
     on_timeout: Option<String>,
 }
 
+/// A choice: its name, or `{name, style: danger, confirm: true}`.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum RawChoice {
+    Name(String),
+    Marked(MarkedChoice),
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct MarkedChoice {
+    name: String,
+    /// `danger` (shown as dangerous) or `default`.
+    #[serde(default)]
+    style: Option<String>,
+    /// Taken only once confirmed.
+    #[serde(default)]
+    confirm: bool,
+}
+
 impl RawApproval {
     fn spec(&self) -> Result<crate::approval::ApprovalSpec, String> {
         use crate::approval::{ApprovalSpec, Approvers, OnTimeout, DEFAULT_CHOICES};
-        let choices = self.choices.clone().unwrap_or_else(|| DEFAULT_CHOICES.iter().map(|c| c.to_string()).collect());
+        let (mut choices, mut danger, mut confirm) = (Vec::new(), Vec::new(), Vec::new());
+        match &self.choices {
+            None => choices = DEFAULT_CHOICES.iter().map(|c| c.to_string()).collect(),
+            Some(list) => {
+                for c in list {
+                    match c {
+                        RawChoice::Name(n) => choices.push(n.clone()),
+                        RawChoice::Marked(m) => {
+                            match m.style.as_deref() {
+                                None | Some("default") => {}
+                                Some("danger") => danger.push(m.name.clone()),
+                                Some(other) => return Err(format!("choice `{}`: style `{other}` is not a style; use danger or default", m.name)),
+                            }
+                            if m.confirm {
+                                confirm.push(m.name.clone());
+                            }
+                            choices.push(m.name.clone());
+                        }
+                    }
+                }
+            }
+        }
         let approvers = match &self.approvers {
             None | Some(Value::Null) => Approvers::List(Vec::new()),
             Some(Value::String(t)) if template::is_template(t) => Approvers::Template(t.clone()),
@@ -266,6 +307,8 @@ impl RawApproval {
             title: self.title.clone(),
             details: self.details.clone().unwrap_or(Value::Null),
             choices,
+            danger,
+            confirm,
             approvers,
             timeout: crate::approval::parse_duration(&self.timeout).map_err(|e| format!("timeout: {e}"))?,
             on_timeout,

@@ -509,7 +509,7 @@ async fn the_threat_hunt_asks_the_leads_before_isolating_and_does_nothing_on_tim
         comment: None,
         decided_ms: 1,
     };
-    warden::store::decide(approvals, &approval, &link.choice, Some(&link.recipient), by_link).unwrap().unwrap();
+    warden::store::decide(approvals, &approval, &link.choice, Some(&link.recipient), false, by_link).unwrap().unwrap();
     assert!(approvals.wake(&asked.run_id).unwrap());
     let done = e.resume(&asked.run_id, &Quiet).await;
     assert_eq!(done.state, "succeeded", "{:?}", done.error);

@@ -97,7 +97,7 @@ async fn a_webhook_gives_one_trace_from_the_caller_down_to_each_call_with_no_sec
     let approvals = engine.store.approvals().unwrap();
     let pending = approvals.approval(&asked_id, "contain").unwrap().unwrap();
     let by = warden::approval::Decision { choice: None, decided_by: "admin".into(), via: "api".into(), from: None, comment: None, decided_ms: 1 };
-    warden::store::decide(approvals, &pending, "ignore", None, by).unwrap().unwrap();
+    warden::store::decide(approvals, &pending, "ignore", None, false, by).unwrap().unwrap();
     for _ in 0..100 {
         if engine.store.run_summary(&asked_id).unwrap().unwrap().state == "succeeded" {
             break;

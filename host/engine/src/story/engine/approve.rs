@@ -101,6 +101,8 @@ impl StoryRunner {
                     title,
                     details,
                     choices: spec.choices.clone(),
+                    danger: spec.danger.clone(),
+                    confirm: spec.confirm.clone(),
                     approvers,
                     created_ms: now,
                     deadline_ms: now.saturating_add(spec.timeout.as_millis() as u64),

@@ -68,11 +68,19 @@ pub(super) async fn decide(
     let from = crate::server::approvals::from(&ext, &headers);
     let d = crate::approval::Decision { choice: None, decided_by: format!("{who} (console)"), via: "console".into(), from, comment, decided_ms: now_ms() };
     let choice = form.get("choice").cloned().unwrap_or_default();
+    // A choice the story marks `confirm: true` is asked again, on a page of its own.
+    let confirmed = form.get("confirmed").is_some_and(|c| c == "yes");
+    if !confirmed && a.confirm.contains(&choice) {
+        let back = back_to(form.get("back"));
+        let comment = form.get("comment").cloned().unwrap_or_default();
+        let ask = context! { run => a.run, step => a.step, story => a.story, title => a.title, choice, danger => a.danger.contains(&choice), comment, back };
+        return page(StatusCode::OK, "confirm.html", context! { ..frame(&v, &s, "approvals"), ..ask });
+    }
     // Where to go afterwards, settled before anything is decided: a `back`
     // that could not be answered (a newline, a control character) must not
     // turn a decision already taken into an error page.
     let back = back_to(form.get("back"));
-    match crate::server::approvals::decide(&s, a, choice, approver, d).await {
+    match crate::server::approvals::decide(&s, a, choice, approver, confirmed, d).await {
         Ok(Ok(_)) => {
             s.approvals_poke.notify_one();
             Redirect::to(&back).into_response()

@@ -244,6 +244,7 @@ fn env() -> &'static minijinja::Environment<'static> {
             ("stories.html", include_str!("templates/stories.html")),
             ("policy.html", include_str!("templates/policy.html")),
             ("audit_log.html", include_str!("templates/audit_log.html")),
+            ("confirm.html", include_str!("templates/confirm.html")),
         ] {
             env.add_template(name, text).expect("valid console template");
         }

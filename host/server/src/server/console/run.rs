@@ -101,6 +101,9 @@ pub(super) struct Pending {
     pub(super) on_timeout: String,
     pub(super) story: String,
     pub(super) can_decide: bool,
+    /// Choices marked dangerous, and those asked again before they count.
+    pub(super) danger: Vec<String>,
+    pub(super) confirm: Vec<String>,
     /// Why the viewer may not decide it (shown instead of the buttons).
     pub(super) cannot: String,
 }
@@ -129,6 +132,8 @@ pub(super) fn pending_view(a: &crate::approval::Approval, who: &crate::server::P
         on_timeout: a.on_timeout.clone().unwrap_or_else(|| "fail the step".into()),
         story: a.story.clone(),
         can_decide,
+        danger: a.danger.clone(),
+        confirm: a.confirm.clone(),
         cannot,
     }
 }

@@ -445,3 +445,66 @@ async fn the_audit_log_of_people_keeps_sign_ins_decisions_and_token_use_for_admi
     let runs = client().get(format!("{}/console/runs", srv.base)).bearer_auth(&viewer).send().await.unwrap().text().await.unwrap();
     assert!(runs.contains("Runs") && !runs.contains("href=\"/console/audit-log\""), "a viewer's pages do not link it: {runs}");
 }
+
+/// A choice the story marks `confirm: true` counts only once confirmed: the
+/// console asks again on a page of its own, the API wants `"confirm": true`;
+/// an unmarked choice of the same approval is taken at once.
+#[tokio::test]
+async fn a_dangerous_choice_is_asked_again_before_it_counts() {
+    const CONTAIN: &str = "name: c\nteam: red\nsteps:\n  - id: ask\n    approval:\n      title: Isolate the host?\n      choices: [{name: isolate, style: danger, confirm: true}, ignore]\n      timeout: 1h\n";
+    let srv = served(POLICY, &[("red.yaml", CONTAIN), ("blue.yaml", BLUE)]).await;
+    let run = |srv: &Served| {
+        let engine = srv.engine.clone();
+        async move { engine.run("c", json!({}), "webhook", &crate::story::engine::Quiet).await.unwrap().run_id }
+    };
+    let store = srv.engine.store.approvals().unwrap();
+    // The API: refused without the confirmation, taken with it.
+    let first = run(&srv).await;
+    let decide = |body: serde_json::Value| {
+        let url = format!("{}/api/approvals/{first}/ask", srv.base);
+        async move {
+            let r = client().post(url).bearer_auth("red-token").header("content-type", "application/json").body(body.to_string()).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (code, said) = decide(json!({"choice": "isolate"})).await;
+    assert!(code == 400 && said.contains("`isolate` is marked to be confirmed"), "{code} {said}");
+    assert_eq!(store.approval(&first, "ask").unwrap().unwrap().state, "pending");
+    assert_eq!(decide(json!({"choice": "isolate", "confirm": true})).await.0, 200);
+    assert_eq!(store.approval(&first, "ask").unwrap().unwrap().decision.unwrap().choice.as_deref(), Some("isolate"));
+
+    // The console: the button is marked; pressing it asks again; confirming decides.
+    let second = run(&srv).await;
+    let cookie = sign_in(&srv.base, "red-token").await;
+    let (_, html, _) = page(&srv.base, "/console/approvals", &cookie).await;
+    assert!(html.contains("value=\"isolate\" class=\"danger\">isolate …</button>") && html.contains("value=\"ignore\">ignore</button>"), "{html}");
+    let csrf = csrf_of(&html);
+    let host = srv.base.trim_start_matches("http://").to_string();
+    let url = format!("{}/console/approvals/{second}/ask", srv.base);
+    let post =
+        |form: Vec<(&'static str, String)>| client().post(&url).header("cookie", &cookie).header("origin", &srv.base).header("host", &host).form(&form).send();
+    let r = post(vec![("choice", "isolate".into()), ("csrf", csrf.clone()), ("comment", "seen beaconing".into())]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ask = r.text().await.unwrap();
+    assert!(ask.contains("Confirm: isolate") && ask.contains("name=\"confirmed\" value=\"yes\"") && ask.contains("value=\"seen beaconing\""), "{ask}");
+    assert_eq!(store.approval(&second, "ask").unwrap().unwrap().state, "pending", "asking again decided nothing");
+    let r = post(vec![("choice", "isolate".into()), ("csrf", csrf_of(&ask)), ("comment", "seen beaconing".into()), ("confirmed", "yes".into())]).await.unwrap();
+    assert_eq!(r.status(), 303);
+    let d = store.approval(&second, "ask").unwrap().unwrap().decision.unwrap();
+    assert_eq!((d.choice.as_deref(), d.comment.as_deref()), (Some("isolate"), Some("seen beaconing")));
+
+    // An unmarked choice is taken at once.
+    let third = run(&srv).await;
+    let url3 = format!("{}/console/approvals/{third}/ask", srv.base);
+    let r = client()
+        .post(&url3)
+        .header("cookie", &cookie)
+        .header("origin", &srv.base)
+        .header("host", &host)
+        .form(&[("choice", "ignore"), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(store.approval(&third, "ask").unwrap().unwrap().decision.unwrap().choice.as_deref(), Some("ignore"));
+}
