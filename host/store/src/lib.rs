@@ -798,10 +798,9 @@ pub struct Activity {
 impl Activity {
     /// An entry of now: `actor` did `action` (to something of `team`), with `outcome`.
     pub fn now(action: &str, actor: &str, team: Option<&str>, outcome: &str) -> Activity {
-        let at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         Activity {
             id: 0,
-            at_ms,
+            at_ms: now_ms(),
             actor: actor.into(),
             action: action.into(),
             team: team.map(String::from),

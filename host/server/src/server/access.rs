@@ -16,7 +16,6 @@ use crate::policy::Policy;
 use crate::store::{off_runtime, Activity};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use sha2::{Digest, Sha256};
 
 /// Which teams' things a principal sees.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,13 +85,13 @@ impl ApiTokens {
         let mut tokens = Vec::new();
         if let Some(src) = &policy.server.api_token {
             let t = src.read().map_err(|e| anyhow::anyhow!("[server] api_token_env: {e}"))?;
-            tokens.push((Sha256::digest(t.expose().as_bytes()).into(), Principal::admin()));
+            tokens.push((token_digest(t.expose()), Principal::admin()));
         }
         for team in policy.teams.values() {
             if let Some(src) = &team.api_token {
                 let t = src.read().map_err(|e| anyhow::anyhow!("[teams.{}] api_token_env: {e}", team.name))?;
                 let p = Principal { name: format!("team:{}", team.name), scope: Scope::Team(team.name.clone()), role: TeamRole::Admin };
-                tokens.push((Sha256::digest(t.expose().as_bytes()).into(), p));
+                tokens.push((token_digest(t.expose()), p));
             }
         }
         Ok(ApiTokens(tokens))
@@ -108,14 +107,19 @@ impl ApiTokens {
         if given.is_empty() {
             return None;
         }
-        let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
-        self.0.iter().find(|(d, _)| *d == digest).map(|(d, p)| (p.clone(), *d))
+        let digest = token_digest(given);
+        self.by_digest(&digest).map(|p| (p, digest))
     }
 
-    /// Whether a policy token with this digest is still configured.
-    pub fn holds(&self, digest: &[u8; 32]) -> bool {
-        self.0.iter().any(|(d, _)| d == digest)
+    fn by_digest(&self, digest: &[u8; 32]) -> Option<Principal> {
+        self.0.iter().find(|(d, _)| d == digest).map(|(_, p)| p.clone())
     }
+}
+
+/// What is kept of an API token, the policy's or a service account's, and
+/// looked up by (the store's digest: see [`crate::store::service_token_digest`]).
+fn token_digest(token: &str) -> [u8; 32] {
+    crate::store::service_token_digest(token)
 }
 
 /// The bearer token of a request, if it sends one.
@@ -126,13 +130,17 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// The principal a token is: a policy token, else a service account's
 /// (its use noted in the store). `Ok(None)`: no one.
 pub(in crate::server) async fn principal_of(s: &AppState, given: &str) -> anyhow::Result<Option<Principal>> {
-    if let Some((p, _)) = s.tokens.find(given) {
-        return Ok(Some(p));
-    }
-    if given.is_empty() || given.len() > 512 {
+    if given.is_empty() {
         return Ok(None);
     }
-    let digest = crate::store::service_token_digest(given);
+    // One digest, looked up among the policy's tokens, then the store's.
+    let digest = token_digest(given);
+    if let Some(p) = s.tokens.by_digest(&digest) {
+        return Ok(Some(p));
+    }
+    if given.len() > 512 {
+        return Ok(None);
+    }
     let now = crate::audit::now_ms();
     let found = off_runtime(&s.engine.store, move |st| st.tokens().map_or(Ok(None), |t| t.use_token(&digest, now))).await?;
     let Some(t) = found else { return Ok(None) };
@@ -199,10 +207,7 @@ impl AppState {
 
 /// What `GET /api/audit-log` and the console's page read: an admin's view,
 /// of their team (or of every team, `team=` to narrow it, for an admin of every team).
-pub(in crate::server) fn audit_log_filter<'a>(
-    who: &'a Principal,
-    q: &'a std::collections::HashMap<String, String>,
-) -> Result<crate::store::ActivityFilter<'a>, String> {
+fn audit_log_filter<'a>(who: &'a Principal, q: &'a std::collections::HashMap<String, String>) -> Result<crate::store::ActivityFilter<'a>, String> {
     if !who.may(Action::ReadAuditLog, who.scope.team()) {
         return Err(who.refused(Action::ReadAuditLog));
     }
@@ -221,6 +226,21 @@ pub(in crate::server) fn audit_log_filter<'a>(
     })
 }
 
+/// The audit log as `who` may read it, narrowed by `q` (see
+/// [`audit_log_filter`]): `Ok(Err(why))` when it may not, or `q` is malformed.
+pub(in crate::server) fn read_audit_log(
+    st: &dyn crate::store::RunStore,
+    who: &Principal,
+    q: &std::collections::HashMap<String, String>,
+) -> anyhow::Result<Result<Vec<Activity>, String>> {
+    let filter = match audit_log_filter(who, q) {
+        Ok(f) => f,
+        Err(why) => return Ok(Err(why)),
+    };
+    let Some(log) = st.activity() else { return Ok(Ok(Vec::new())) };
+    log.read_activity(&filter).map(Ok)
+}
+
 /// `GET /api/audit-log?after=&since=&actor=&action=&team=&limit=`: what people
 /// did, oldest first (`after`: the last `id` seen, to read on).
 pub(super) async fn audit_log(
@@ -233,15 +253,7 @@ pub(super) async fn audit_log(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let read = off_runtime(&s.engine.store, move |st| {
-        let filter = match audit_log_filter(&who, &q) {
-            Ok(f) => f,
-            Err(why) => return Ok(Err(why)),
-        };
-        let Some(log) = st.activity() else { return Ok(Ok(Vec::new())) };
-        log.read_activity(&filter).map(Ok)
-    });
-    match read.await {
+    match off_runtime(&s.engine.store, move |st| read_audit_log(st, &who, &q)).await {
         Ok(Ok(entries)) => axum::Json(serde_json::json!({"entries": entries})).into_response(),
         Ok(Err(why)) if why.ends_with(" is a number") => error(StatusCode::BAD_REQUEST, why),
         Ok(Err(why)) => error(StatusCode::FORBIDDEN, why),

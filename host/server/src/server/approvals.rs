@@ -303,10 +303,7 @@ pub(super) async fn list(State(s): State<AppState>, headers: HeaderMap, Query(q)
     let scope = who.scope.clone();
     let listed = off_runtime(&s.engine.store, move |st| {
         let Some(store) = st.approvals() else { return Ok(Vec::new()) };
-        let team = match &scope {
-            Scope::All => q.get("team").map(String::as_str),
-            Scope::Team(t) => Some(t.as_str()),
-        };
+        let team = scope.team().or(q.get("team").map(String::as_str));
         let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100usize).min(1000);
         let filter = ApprovalFilter { team, story: q.get("story").map(String::as_str), all: q.get("all").is_some_and(|v| v == "true" || v == "1"), limit };
         store.list_approvals(&filter)

@@ -278,10 +278,7 @@ async fn list_runs(State(s): State<AppState>, headers: HeaderMap, Query(q): Quer
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "since is a time in Unix milliseconds"),
     };
     let listed = off_runtime(&s.engine.store, move |st| {
-        let team = match &scope {
-            Scope::All => q.get("team").map(String::as_str),
-            Scope::Team(t) => Some(t.as_str()),
-        };
+        let team = scope.team().or(q.get("team").map(String::as_str));
         let filter = RunFilter {
             team,
             story: q.get("story").map(String::as_str),
@@ -305,11 +302,7 @@ async fn get_run(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<S
         Ok(p) => p,
         Err(r) => return r,
     };
-    let scope = who.scope.clone();
-    let team = match &scope {
-        Scope::Team(t) => Some(t.clone()),
-        Scope::All => None,
-    };
+    let team = who.scope.team().map(String::from);
     let read = off_runtime(&s.engine.store, {
         let id = id.clone();
         move |st| {

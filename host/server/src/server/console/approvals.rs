@@ -13,11 +13,7 @@ pub(super) async fn approvals_page(State(s): State<AppState>, headers: HeaderMap
     let scope = v.principal.scope.clone();
     let listed = off_runtime(&s, move |s| {
         let Some(store) = s.engine.store.approvals() else { return Ok(Vec::new()) };
-        let team = match &scope {
-            Scope::All => None,
-            Scope::Team(t) => Some(t.as_str()),
-        };
-        store.list_approvals(&ApprovalFilter { team, story: None, all: false, limit: 200 })
+        store.list_approvals(&ApprovalFilter { team: scope.team(), story: None, all: false, limit: 200 })
     });
     let pending = match listed.await {
         Ok(list) => list.iter().map(|a| pending_view(a, &v.principal)).collect::<Vec<_>>(),

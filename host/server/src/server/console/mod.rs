@@ -311,10 +311,7 @@ async fn who(s: &AppState, headers: &HeaderMap) -> Result<(Viewer, [u8; 32]), Re
 }
 
 fn sees_team(scope: &Scope, team: &str) -> bool {
-    match scope {
-        Scope::All => true,
-        Scope::Team(t) => t == team,
-    }
+    scope.team().is_none_or(|t| t == team)
 }
 
 fn not_found(what: &str) -> Response {

@@ -50,14 +50,7 @@ pub(super) async fn audit_log_page(State(s): State<AppState>, headers: HeaderMap
         Err(r) => return r,
     };
     let who = v.principal.clone();
-    let read = off_runtime(&s, move |s| {
-        let filter = match crate::server::access::audit_log_filter(&who, &q) {
-            Ok(f) => f,
-            Err(why) => return Ok(Err(why)),
-        };
-        let Some(log) = s.engine.store.activity() else { return Ok(Ok(Vec::new())) };
-        log.read_activity(&filter).map(Ok)
-    });
+    let read = off_runtime(&s, move |s| crate::server::access::read_audit_log(s.engine.store.as_ref(), &who, &q));
     let entries = match read.await {
         Ok(Ok(entries)) => entries,
         Ok(Err(why)) => return said(StatusCode::FORBIDDEN, "Not yours to read", &why),

@@ -144,13 +144,7 @@ pub(super) fn run_body(s: &AppState, v: &Viewer, id: &str) -> anyhow::Result<Opt
     if !sees_team(&v.principal.scope, &run.run.team) {
         return Ok(None);
     }
-    let run = crate::store::seen_by(
-        run,
-        match &v.principal.scope {
-            Scope::Team(t) => Some(t.as_str()),
-            Scope::All => None,
-        },
-    );
+    let run = crate::store::seen_by(run, v.principal.scope.team());
     // The sub-story runs' own steps, drawn under the steps that called them
     // (one level), for the sub-stories of teams the viewer sees.
     let mut called = Vec::new();

@@ -36,10 +36,7 @@ impl RunsQuery {
     pub(super) fn filter<'a>(&'a self, scope: &'a Scope) -> RunFilter<'a> {
         let some = |t: &'a String| (!t.is_empty()).then_some(t.as_str());
         RunFilter {
-            team: match scope {
-                Scope::All => None,
-                Scope::Team(t) => Some(t.as_str()),
-            },
+            team: scope.team(),
             story: some(&self.story),
             state: some(&self.state),
             trigger: some(&self.trigger),
